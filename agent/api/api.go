@@ -1,0 +1,139 @@
+// Package api holds the wire types weir-cni and weir-agent exchange over the
+// agent's unix socket. It is a leaf: both binaries import it and it imports
+// nothing of weir, so the protocol cannot drift between them.
+//
+// The protocol is HTTP/1.1 with JSON bodies over a unix socket, so an operator
+// can talk to the agent with `curl --unix-socket`. Every call is a POST of one
+// request type to its path and answers 200 with the matching response type, or
+// a non-200 status with an Error body. Order on the wire for one attachment:
+//
+//	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect
+//	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
+//	del    (runtime DEL)     -> DelResponse; sent after the plugin removed its rules
+//	gc     (runtime GC)      -> GCResponse; drops attachments the runtime no longer knows
+//	status (runtime STATUS)  -> StatusResponse
+//
+// Version is bumped on any incompatible change; the agent rejects requests of
+// another version with 400 so a half-upgraded node fails loudly, not subtly.
+package api
+
+// Version is the protocol version both sides must speak.
+const Version = "v1"
+
+// DefaultSocket is where the agent listens and weir-cni dials unless told otherwise.
+const DefaultSocket = "/run/weir/agent.sock"
+
+// Paths of the calls, relative to the socket's HTTP root.
+const (
+	PathAdd    = "/v1/cni/add"
+	PathCheck  = "/v1/cni/check"
+	PathDel    = "/v1/cni/del"
+	PathGC     = "/v1/cni/gc"
+	PathStatus = "/v1/status"
+)
+
+// Pod names the Kubernetes pod an attachment belongs to, as the runtime passed
+// it in CNI_ARGS. Outside Kubernetes the fields may be empty.
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Attachment identifies one CNI attachment the way the runtime does, so that DEL
+// and GC, which may arrive without a netns, still name the same thing as ADD.
+type Attachment struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifName"`
+}
+
+// AddRequest asks the agent to decide on a pod and, if it is captured, to open
+// its listeners inside the pod's network namespace before any rule points at them.
+type AddRequest struct {
+	Version    string     `json:"version"`
+	Attachment Attachment `json:"attachment"`
+	Netns      string     `json:"netns"`
+	Pod        Pod        `json:"pod"`
+	// IPs are the pod's addresses from the primary plugin's result, in CIDR form.
+	IPs []string `json:"ips"`
+	// Mode is the conflist's mode, the node default; the agent may override it per pod.
+	Mode string `json:"mode"`
+}
+
+// AddResponse carries the agent's decision. Redirect is nil when Captured is false.
+type AddResponse struct {
+	Captured bool      `json:"captured"`
+	Reason   string    `json:"reason,omitempty"`
+	Redirect *Redirect `json:"redirect,omitempty"`
+}
+
+// Redirect is the interception the plugin must program inside the pod netns.
+// Field meanings and defaults are those of redirect.Spec, which it converts to.
+type Redirect struct {
+	Mode                 string   `json:"mode"`
+	OutboundPort         uint16   `json:"outboundPort"`
+	InboundPort          uint16   `json:"inboundPort"`
+	Mark                 uint32   `json:"mark"`
+	Mask                 uint32   `json:"mask"`
+	IPv4                 bool     `json:"ipv4"`
+	IPv6                 bool     `json:"ipv6"`
+	ExcludeInboundPorts  []uint16 `json:"excludeInboundPorts,omitempty"`
+	IncludeInboundPorts  []uint16 `json:"includeInboundPorts,omitempty"`
+	ExcludeOutboundPorts []uint16 `json:"excludeOutboundPorts,omitempty"`
+	ExcludeOutboundCIDRs []string `json:"excludeOutboundCIDRs,omitempty"`
+	Backend              string   `json:"backend,omitempty"`
+}
+
+// CheckRequest asks whether the agent still serves an attachment.
+type CheckRequest struct {
+	Version    string     `json:"version"`
+	Attachment Attachment `json:"attachment"`
+	Netns      string     `json:"netns"`
+	Pod        Pod        `json:"pod"`
+}
+
+// CheckResponse tells the plugin what it must find in the netns. Listening is
+// false when the agent has no listener for a captured pod: CHECK then fails.
+type CheckResponse struct {
+	Captured  bool      `json:"captured"`
+	Listening bool      `json:"listening"`
+	Redirect  *Redirect `json:"redirect,omitempty"`
+}
+
+// DelRequest tells the agent an attachment is gone; the plugin has already
+// removed the rules, so the agent may close the listeners.
+type DelRequest struct {
+	Version    string     `json:"version"`
+	Attachment Attachment `json:"attachment"`
+	Netns      string     `json:"netns"`
+	Pod        Pod        `json:"pod"`
+}
+
+// DelResponse reports whether the agent knew the attachment (for logs only).
+type DelResponse struct {
+	Known bool `json:"known"`
+}
+
+// GCRequest lists every attachment the runtime still knows; the agent releases
+// the others (CNI 1.1 GC, cni.dev/valid-attachments).
+type GCRequest struct {
+	Version string       `json:"version"`
+	Valid   []Attachment `json:"valid"`
+}
+
+// GCResponse counts what the agent released.
+type GCResponse struct {
+	Released int `json:"released"`
+}
+
+// StatusResponse is the agent's readiness as the plugin's STATUS reports it.
+type StatusResponse struct {
+	Ready bool   `json:"ready"`
+	Pods  int    `json:"pods"`
+	Error string `json:"error,omitempty"`
+}
+
+// Error is the body of every non-200 answer.
+type Error struct {
+	Error string `json:"error"`
+}
