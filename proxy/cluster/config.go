@@ -1,0 +1,319 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/balance"
+)
+
+// Balancer names accepted in Config.Balancer.
+const (
+	RoundRobin   = "round_robin"
+	Random       = "random"
+	LeastRequest = "least_request"
+	PeakEWMA     = "peak_ewma"
+	RingHash     = "ring_hash"
+	Maglev       = "maglev"
+)
+
+// Subset fallback policies.
+const (
+	FallbackNone = "none" // no endpoint matches: refuse (ErrNoEndpoint)
+	FallbackAny  = "any"  // no endpoint matches or none is up: use every endpoint
+)
+
+// ZoneLabel is the endpoint label locality preference compares with the
+// node's zone.
+const ZoneLabel = "zone"
+
+// Defaults applied by Config.WithDefaults to zero fields.
+const (
+	DefaultConnectTimeout        = 5 * time.Second
+	DefaultMaxRetries            = 2
+	DefaultRetryBudgetPercent    = 20
+	DefaultMinRetriesPerSecond   = 10
+	DefaultConsecutiveFailures   = 5
+	DefaultBaseEjectionTime      = 30 * time.Second
+	DefaultMaxEjectionTime       = 300 * time.Second
+	DefaultMaxEjectionPercent    = 10
+	DefaultMaxConnections        = 100000
+	DefaultMaxPendingConnects    = 10000
+	DefaultLocalityMinHealthyPct = 70
+	DefaultRingSizeMin           = 1024
+	DefaultRingSizeMax           = 1 << 20
+	DefaultMaglevTableSize       = 65537
+)
+
+// Config is one cluster's balancing and resilience settings. The zero value
+// (plus a Name) is a working cluster: round robin, 5s connect timeout, two
+// retries on other endpoints within a 20% budget, Envoy-like outlier
+// ejection and generous circuit breakers. Field names in error messages and
+// JSON are the lower-camel keys the agent's YAML uses.
+type Config struct {
+	// Name identifies the cluster in metrics, logs and the config dump.
+	Name string `json:"name,omitempty"`
+	// Balancer is one of round_robin (default), random, least_request,
+	// peak_ewma, ring_hash, maglev.
+	Balancer string `json:"balancer,omitempty"`
+	// ConnectTimeout bounds each connect attempt; default 5s.
+	ConnectTimeout Duration `json:"connectTimeout,omitempty"`
+
+	PeakEWMA       PeakEWMAConfig       `json:"peakEwma,omitzero"`
+	RingHash       RingHashConfig       `json:"ringHash,omitzero"`
+	Maglev         MaglevConfig         `json:"maglev,omitzero"`
+	Subset         SubsetConfig         `json:"subset,omitzero"`
+	Locality       LocalityConfig       `json:"locality,omitzero"`
+	Retry          RetryConfig          `json:"retry,omitzero"`
+	Outlier        OutlierConfig        `json:"outlier,omitzero"`
+	CircuitBreaker CircuitBreakerConfig `json:"circuitBreaker,omitzero"`
+}
+
+// PeakEWMAConfig tunes the peak_ewma balancer.
+type PeakEWMAConfig struct {
+	// DefaultRTT is the cost of an endpoint not measured yet; default 30ms.
+	DefaultRTT Duration `json:"defaultRtt,omitempty"`
+	// Decay is the time constant of the moving average; default 10s.
+	Decay Duration `json:"decay,omitempty"`
+}
+
+// RingHashConfig sizes the ring_hash balancer's ring.
+type RingHashConfig struct {
+	// MinRingSize is the least number of points on the ring; default 1024.
+	MinRingSize int `json:"minRingSize,omitempty"`
+	// MaxRingSize caps the ring; default 1048576.
+	MaxRingSize int `json:"maxRingSize,omitempty"`
+}
+
+// MaglevConfig sizes the maglev balancer's lookup table.
+type MaglevConfig struct {
+	// TableSize is the lookup table size, a prime; default 65537.
+	TableSize int `json:"tableSize,omitempty"`
+}
+
+// SubsetConfig restricts the cluster to endpoints whose labels match.
+type SubsetConfig struct {
+	// Selector lists labels an endpoint must all carry; empty selects all.
+	Selector map[string]string `json:"selector,omitempty"`
+	// Fallback says what happens when no selected endpoint is available:
+	// none (default) refuses, any uses every endpoint of the cluster.
+	Fallback string `json:"fallback,omitempty"`
+}
+
+// LocalityConfig prefers endpoints in the node's own zone.
+type LocalityConfig struct {
+	// Enabled turns on same-zone preference (endpoints labelled
+	// zone=<node zone> first); off by default.
+	Enabled bool `json:"enabled,omitempty"`
+	// MinHealthyPercent is the share of the local zone's weight that must
+	// be up for traffic to stay local; below it every zone is used.
+	// Default 70.
+	MinHealthyPercent int `json:"minHealthyPercent,omitempty"`
+}
+
+// RetryConfig bounds connect retries (always on another endpoint).
+type RetryConfig struct {
+	// MaxRetries is the number of further endpoints tried after a failed
+	// connect; default 2. Set Disabled to never retry.
+	MaxRetries int `json:"maxRetries,omitempty"`
+	// Disabled turns retries off.
+	Disabled bool `json:"disabled,omitempty"`
+	// BudgetPercent caps retries at this percentage of new connections
+	// (plus MinRetriesPerSecond), so a dying cluster is not hammered;
+	// default 20.
+	BudgetPercent int `json:"budgetPercent,omitempty"`
+	// MinRetriesPerSecond is the retry rate always allowed, so a quiet
+	// cluster can still retry; default 10.
+	MinRetriesPerSecond int `json:"minRetriesPerSecond,omitempty"`
+}
+
+// OutlierConfig ejects endpoints that fail in a row.
+type OutlierConfig struct {
+	// Disabled turns outlier ejection off.
+	Disabled bool `json:"disabled,omitempty"`
+	// ConsecutiveFailures ejects an endpoint after this many connect
+	// failures in a row, or this many connections in a row ending in an
+	// upstream error; default 5.
+	ConsecutiveFailures int `json:"consecutiveFailures,omitempty"`
+	// BaseEjectionTime is the first ejection's length; the n-th ejection
+	// in a row lasts n times as long. Default 30s.
+	BaseEjectionTime Duration `json:"baseEjectionTime,omitempty"`
+	// MaxEjectionTime caps one ejection; default 300s.
+	MaxEjectionTime Duration `json:"maxEjectionTime,omitempty"`
+	// MaxEjectionPercent caps the share of endpoints ejected at once,
+	// rounded down but never below one endpoint (so a two-endpoint cluster
+	// can eject one); default 10.
+	MaxEjectionPercent int `json:"maxEjectionPercent,omitempty"`
+}
+
+// CircuitBreakerConfig refuses new connections fast when a cluster is
+// saturated.
+type CircuitBreakerConfig struct {
+	// MaxConnections caps connections open to the cluster (established and
+	// connecting); default 100000.
+	MaxConnections int `json:"maxConnections,omitempty"`
+	// MaxPendingConnects caps connects in progress; default 10000.
+	MaxPendingConnects int `json:"maxPendingConnects,omitempty"`
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Balancer == "" {
+		c.Balancer = RoundRobin
+	}
+	def(&c.ConnectTimeout, DefaultConnectTimeout)
+	def(&c.PeakEWMA.DefaultRTT, balance.DefaultRTT)
+	def(&c.PeakEWMA.Decay, balance.DefaultDecay)
+	defInt(&c.RingHash.MinRingSize, DefaultRingSizeMin)
+	defInt(&c.RingHash.MaxRingSize, max(DefaultRingSizeMax, c.RingHash.MinRingSize))
+	defInt(&c.Maglev.TableSize, DefaultMaglevTableSize)
+	if c.Subset.Fallback == "" {
+		c.Subset.Fallback = FallbackNone
+	}
+	defInt(&c.Locality.MinHealthyPercent, DefaultLocalityMinHealthyPct)
+	defInt(&c.Retry.MaxRetries, DefaultMaxRetries)
+	defInt(&c.Retry.BudgetPercent, DefaultRetryBudgetPercent)
+	defInt(&c.Retry.MinRetriesPerSecond, DefaultMinRetriesPerSecond)
+	defInt(&c.Outlier.ConsecutiveFailures, DefaultConsecutiveFailures)
+	def(&c.Outlier.BaseEjectionTime, DefaultBaseEjectionTime)
+	def(&c.Outlier.MaxEjectionTime, max(DefaultMaxEjectionTime, c.Outlier.BaseEjectionTime.D()))
+	defInt(&c.Outlier.MaxEjectionPercent, DefaultMaxEjectionPercent)
+	defInt(&c.CircuitBreaker.MaxConnections, DefaultMaxConnections)
+	defInt(&c.CircuitBreaker.MaxPendingConnects, DefaultMaxPendingConnects)
+	return c
+}
+
+func def(d *Duration, v time.Duration) {
+	if *d == 0 {
+		*d = Duration(v)
+	}
+}
+
+func defInt(p *int, v int) {
+	if *p == 0 {
+		*p = v
+	}
+}
+
+// Validate reports every invalid field, each error naming the field by its
+// YAML key (e.g. "outlier.consecutiveFailures must be > 0"). Zero fields
+// are valid: they take defaults.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch c.Balancer {
+	case "", RoundRobin, Random, LeastRequest, PeakEWMA, RingHash, Maglev:
+	default:
+		bad("balancer %q is not one of round_robin, random, least_request, peak_ewma, ring_hash, maglev", c.Balancer)
+	}
+	positive := func(name string, d Duration) {
+		if d < 0 {
+			bad("%s must be > 0, got %s", name, d)
+		}
+	}
+	positiveInt := func(name string, v int) {
+		if v < 0 {
+			bad("%s must be > 0, got %d", name, v)
+		}
+	}
+	percent := func(name string, v int) {
+		if v < 0 || v > 100 {
+			bad("%s must be between 1 and 100, got %d", name, v)
+		}
+	}
+	positive("connectTimeout", c.ConnectTimeout)
+	positive("peakEwma.defaultRtt", c.PeakEWMA.DefaultRTT)
+	positive("peakEwma.decay", c.PeakEWMA.Decay)
+	positiveInt("ringHash.minRingSize", c.RingHash.MinRingSize)
+	positiveInt("ringHash.maxRingSize", c.RingHash.MaxRingSize)
+	if c.RingHash.MinRingSize > 0 && c.RingHash.MaxRingSize > 0 && c.RingHash.MaxRingSize < c.RingHash.MinRingSize {
+		bad("ringHash.maxRingSize (%d) must be >= ringHash.minRingSize (%d)", c.RingHash.MaxRingSize, c.RingHash.MinRingSize)
+	}
+	if c.RingHash.MaxRingSize > 1<<23 {
+		bad("ringHash.maxRingSize must be <= %d, got %d", 1<<23, c.RingHash.MaxRingSize)
+	}
+	if t := c.Maglev.TableSize; t != 0 && (t < 3 || t > 1<<20 || !isPrime(t)) {
+		bad("maglev.tableSize must be a prime between 3 and %d, got %d", 1<<20, t)
+	}
+	switch c.Subset.Fallback {
+	case "", FallbackNone, FallbackAny:
+	default:
+		bad("subset.fallback %q is not one of none, any", c.Subset.Fallback)
+	}
+	for k := range c.Subset.Selector {
+		if k == "" {
+			bad("subset.selector has an empty label name")
+		}
+	}
+	percent("locality.minHealthyPercent", c.Locality.MinHealthyPercent)
+	positiveInt("retry.maxRetries", c.Retry.MaxRetries)
+	if c.Retry.MaxRetries > 10 {
+		bad("retry.maxRetries must be <= 10, got %d", c.Retry.MaxRetries)
+	}
+	percent("retry.budgetPercent", c.Retry.BudgetPercent)
+	positiveInt("retry.minRetriesPerSecond", c.Retry.MinRetriesPerSecond)
+	positiveInt("outlier.consecutiveFailures", c.Outlier.ConsecutiveFailures)
+	positive("outlier.baseEjectionTime", c.Outlier.BaseEjectionTime)
+	positive("outlier.maxEjectionTime", c.Outlier.MaxEjectionTime)
+	if c.Outlier.BaseEjectionTime > 0 && c.Outlier.MaxEjectionTime > 0 && c.Outlier.MaxEjectionTime < c.Outlier.BaseEjectionTime {
+		bad("outlier.maxEjectionTime (%s) must be >= outlier.baseEjectionTime (%s)", c.Outlier.MaxEjectionTime, c.Outlier.BaseEjectionTime)
+	}
+	percent("outlier.maxEjectionPercent", c.Outlier.MaxEjectionPercent)
+	positiveInt("circuitBreaker.maxConnections", c.CircuitBreaker.MaxConnections)
+	positiveInt("circuitBreaker.maxPendingConnects", c.CircuitBreaker.MaxPendingConnects)
+	return errors.Join(errs...)
+}
+
+// equal reports whether two configs are the same (Config holds a map, so ==
+// does not compile).
+func (c Config) equal(o Config) bool {
+	return c.Name == o.Name && c.Balancer == o.Balancer && c.ConnectTimeout == o.ConnectTimeout &&
+		c.PeakEWMA == o.PeakEWMA && c.RingHash == o.RingHash && c.Maglev == o.Maglev &&
+		c.Subset.Fallback == o.Subset.Fallback && maps.Equal(c.Subset.Selector, o.Subset.Selector) &&
+		c.Locality == o.Locality && c.Retry == o.Retry && c.Outlier == o.Outlier &&
+		c.CircuitBreaker == o.CircuitBreaker
+}
+
+func isPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for d := 2; d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Duration is a time.Duration that reads and writes as a Go duration string
+// ("5s", "250ms") in JSON and YAML.
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats d like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a duration string such as "5s".
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string such as \"5s\", got %s", b)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", s, err)
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,290 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+)
+
+// Errors Connect returns, wrapped in an *Error; test with errors.Is.
+var (
+	// ErrNoEndpoint: no endpoint could be picked (none configured, none
+	// selected by the subset, all unhealthy or already tried).
+	ErrNoEndpoint = errors.New("no endpoint available")
+	// ErrCircuitOpen: the cluster is at circuitBreaker.maxConnections or
+	// maxPendingConnects; the connection is refused without trying.
+	ErrCircuitOpen = errors.New("circuit breaker open")
+	// ErrConnectFailed: every attempt failed; the *Error also wraps the
+	// last dial error.
+	ErrConnectFailed = errors.New("connect failed")
+)
+
+// Error is what Connect returns on failure: which cluster, how many
+// endpoints were tried, and why. errors.Is matches its Err (one of the
+// sentinels above) and its Cause (the last dial error). The errors for
+// ErrNoEndpoint and ErrCircuitOpen are shared values, made once per cluster
+// so refusing costs no allocation: do not modify an *Error.
+type Error struct {
+	Cluster  string
+	Attempts int
+	Err      error
+	Cause    error
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.Cause != nil:
+		return fmt.Sprintf("cluster %s: %v after %d attempts: %v", e.Cluster, e.Err, e.Attempts, e.Cause)
+	default:
+		return fmt.Sprintf("cluster %s: %v", e.Cluster, e.Err)
+	}
+}
+
+// Unwrap gives errors.Is and errors.As both the sentinel and the cause.
+func (e *Error) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{e.Err}
+	}
+	return []error{e.Err, e.Cause}
+}
+
+// Dialer makes an upstream TCP connection; the engine's creates the socket
+// inside the pod's network namespace with the bypass mark. It must honour
+// ctx's deadline.
+type Dialer func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error)
+
+// Connect opens a connection to one of the cluster's endpoints. key is the
+// affinity hash of the client (balance.HashAddr of its address), used by the
+// hash balancers and ignored by the others.
+//
+// In order: the circuit breakers refuse at once when the cluster is full
+// (ErrCircuitOpen); a pick that finds no endpoint fails with ErrNoEndpoint;
+// each attempt dials with the connect timeout; a failed attempt counts
+// against the endpoint (outlier ejection) and, while retries and the retry
+// budget allow, the next attempt goes to an endpoint not tried yet. If ctx
+// ends, Connect returns its error without blaming the endpoint.
+//
+// On success the caller owns the connection and must call Lease.Done when
+// it ends.
+func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TCPConn, *Lease, error) {
+	st := c.st
+	if st.active.Add(1) > int64(c.cfg.CircuitBreaker.MaxConnections) {
+		st.active.Add(-1)
+		st.circuitOpen.Add(1)
+		return nil, nil, c.errCircuitOpen
+	}
+	if st.pending.Add(1) > int64(c.cfg.CircuitBreaker.MaxPendingConnects) {
+		st.pending.Add(-1)
+		st.active.Add(-1)
+		st.circuitOpen.Add(1)
+		return nil, nil, c.errCircuitOpen
+	}
+	defer st.pending.Add(-1)
+
+	maxRetries := c.cfg.Retry.MaxRetries
+	if c.cfg.Retry.Disabled {
+		maxRetries = 0
+	}
+	st.budget.deposit(c.cfg.Retry.BudgetPercent, c.cfg.Retry.MinRetriesPerSecond)
+
+	l := &Lease{c: c}
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		e := c.pick(key, &l.view)
+		if e == nil {
+			break
+		}
+		if attempt > 0 {
+			if !st.budget.withdraw(l.view.now, c.cfg.Retry.MinRetriesPerSecond) {
+				st.retryBudgetExhausted.Add(1)
+				break
+			}
+			st.retries.Add(1)
+		}
+		l.view.remember(e.st)
+		conn, err := c.attempt(ctx, dial, e)
+		if err == nil {
+			st.connections.Add(1)
+			l.ep = e
+			return conn, l, nil
+		}
+		if ctx.Err() != nil {
+			st.active.Add(-1)
+			st.connectFailures.Add(1)
+			return nil, nil, &Error{Cluster: c.cfg.Name, Attempts: l.view.n, Err: ErrConnectFailed, Cause: ctx.Err()}
+		}
+		lastErr = err
+		if attempt >= maxRetries {
+			break
+		}
+	}
+	st.active.Add(-1)
+	if l.view.n == 0 {
+		st.noEndpoint.Add(1)
+		return nil, nil, c.errNoEndpoint
+	}
+	st.connectFailures.Add(1)
+	return nil, nil, &Error{Cluster: c.cfg.Name, Attempts: l.view.n, Err: ErrConnectFailed, Cause: lastErr}
+}
+
+// attempt dials one endpoint with the connect timeout and records the
+// outcome on it.
+func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint) (*net.TCPConn, error) {
+	e.st.active.Add(1)
+	start := c.clock()
+	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout.D())
+	conn, err := dial(dctx, e.Addr)
+	cancel()
+	end := c.clock()
+	now := int64(end.Sub(epoch)) + 1
+	if err == nil {
+		if conn == nil {
+			err = errors.New("dialer returned no connection and no error")
+		} else {
+			e.st.connections.Add(1)
+			e.st.connectStreak.Store(0)
+			e.st.rtt.Observe(end.Sub(start), now, c.cfg.PeakEWMA.Decay.D())
+			return conn, nil
+		}
+	}
+	e.st.active.Add(-1)
+	if ctx.Err() != nil {
+		return nil, err
+	}
+	e.st.connectFailures.Add(1)
+	// A failed connect costs the whole timeout in the latency estimate, so
+	// an endpoint that refuses fast does not look attractive.
+	e.st.rtt.Observe(c.cfg.ConnectTimeout.D(), now, c.cfg.PeakEWMA.Decay.D())
+	c.failed(e, &e.st.connectStreak, now)
+	return nil, err
+}
+
+// failed counts a failure in a row on e and ejects it at the threshold.
+func (c *Cluster) failed(e *endpoint, streak *atomic.Int32, now int64) {
+	o := &c.cfg.Outlier
+	if o.Disabled || streak.Add(1) < int32(o.ConsecutiveFailures) {
+		return
+	}
+	c.eject(e, now)
+}
+
+// eject takes e out of rotation for base×n (capped), where n counts its
+// ejections in a row, unless that would eject more than
+// outlier.maxEjectionPercent of the cluster (but at least one endpoint may
+// always be ejected). Each base period spent back in rotation forgives one
+// step of n.
+func (c *Cluster) eject(e *endpoint, now int64) {
+	st := c.st
+	st.ejectMu.Lock()
+	defer st.ejectMu.Unlock()
+	if e.st.ejected(now) {
+		return
+	}
+	ejected := 0
+	for _, o := range c.eps {
+		if o.st.ejected(now) {
+			ejected++
+		}
+	}
+	if ejected >= max(1, len(c.eps)*c.cfg.Outlier.MaxEjectionPercent/100) {
+		return
+	}
+	base := int64(c.cfg.Outlier.BaseEjectionTime)
+	step := int64(e.st.ejectStep.Load())
+	if last := e.st.ejectedUntil.Load(); last > 0 && step > 0 {
+		step = max(0, step-(now-last)/base)
+	}
+	step++
+	d := min(base*step, int64(c.cfg.Outlier.MaxEjectionTime))
+	e.st.ejectStep.Store(int32(step))
+	e.st.ejectedUntil.Store(now + d)
+	e.st.ejections.Add(1)
+	e.st.connectStreak.Store(0)
+	e.st.errorStreak.Store(0)
+	if now+d > st.ejectedTill.Load() {
+		st.ejectedTill.Store(now + d)
+	}
+}
+
+// Lease is one connection's hold on an endpoint: it counts as active until
+// Done.
+type Lease struct {
+	c    *Cluster
+	ep   *endpoint
+	done atomic.Bool
+	view pickView
+}
+
+// Endpoint is the address the connection went to.
+func (l *Lease) Endpoint() netip.AddrPort { return l.ep.Addr }
+
+// Done releases the lease when the relayed connection ends. Pass the
+// upstream side's error (a reset by the endpoint, a read or write error on
+// the upstream socket) or nil for a clean end; errors count toward outlier
+// ejection (outlier.consecutiveFailures connections in a row), a clean end
+// resets that count. A client's reset is not the endpoint's fault: pass nil.
+// Calls after the first do nothing; Done on a nil Lease does nothing.
+func (l *Lease) Done(err error) {
+	if l == nil || l.ep == nil || !l.done.CompareAndSwap(false, true) {
+		return
+	}
+	e, c := l.ep, l.c
+	e.st.active.Add(-1)
+	c.st.active.Add(-1)
+	if err == nil {
+		e.st.errorStreak.Store(0)
+		return
+	}
+	e.st.errors.Add(1)
+	c.failed(e, &e.st.errorStreak, c.now())
+}
+
+// retryBudget is a token bucket in thousandths of a retry: every new
+// connection deposits budgetPercent×10, time adds minRetriesPerSecond×1000
+// a second, and a retry takes 1000. The balance is capped at ten seconds of
+// the minimum rate (at least 100 retries), so a calm period cannot bank a
+// retry storm.
+type retryBudget struct {
+	milli atomic.Int64
+	last  atomic.Int64 // clock of the last time-based refill
+}
+
+func budgetCap(minPerSecond int) int64 { return 1000 * int64(max(100, 10*minPerSecond)) }
+
+func (b *retryBudget) add(n, limit int64) {
+	for {
+		t := b.milli.Load()
+		next := min(t+n, limit)
+		if next <= t || b.milli.CompareAndSwap(t, next) {
+			return
+		}
+	}
+}
+
+func (b *retryBudget) deposit(percent, minPerSecond int) {
+	b.add(int64(percent)*10, budgetCap(minPerSecond))
+}
+
+func (b *retryBudget) withdraw(now int64, minPerSecond int) bool {
+	limit := budgetCap(minPerSecond)
+	if last := b.last.Load(); now > last && b.last.CompareAndSwap(last, now) {
+		elapsed := min(now-last, int64(10*time.Second))
+		if last == 0 {
+			elapsed = int64(time.Second)
+		}
+		b.add(elapsed*int64(minPerSecond)/1e6, limit)
+	}
+	for {
+		t := b.milli.Load()
+		if t < 1000 {
+			return false
+		}
+		if b.milli.CompareAndSwap(t, t-1000) {
+			return true
+		}
+	}
+}

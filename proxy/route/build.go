@@ -1,0 +1,265 @@
+package route
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+// What to do with destinations no route matches (Config.Unknown) and with
+// CIDR routes that name no service (CIDRRoute.Action).
+const (
+	Passthrough = "passthrough"
+	Refuse      = "refuse"
+)
+
+// Config is the agent's whole routing intent. Build keeps references to
+// its slices and maps: treat a Config as immutable once built (build the
+// next one anew, sharing the unchanged parts, which makes rebuilds cheaper).
+type Config struct {
+	Services []Service `json:"services,omitempty"`
+	// CIDRs route destination prefixes (optionally one port) that are not
+	// service addresses.
+	CIDRs []CIDRRoute `json:"cidrs,omitempty"`
+	// Unknown is what happens to destinations nothing matches:
+	// "passthrough" (default) or "refuse".
+	Unknown string `json:"unknown,omitempty"`
+	// LocalZone is the node's zone, for clusters with locality enabled.
+	LocalZone string `json:"localZone,omitempty"`
+
+	// Clock replaces time.Now in the clusters built (tests).
+	Clock func() time.Time `json:"-"`
+	// Seed makes the balancers deterministic (tests); 0 seeds randomly.
+	Seed uint64 `json:"-"`
+}
+
+// Service is a virtual service: the addresses clients dial and the cluster
+// of endpoints behind them.
+type Service struct {
+	// Name is unique in a Config and names the cluster in metrics.
+	Name string `json:"name"`
+	// Addresses are the virtual ip:port pairs (IPv4 or IPv6) clients dial.
+	Addresses []netip.AddrPort `json:"addresses,omitempty"`
+	// Cluster holds balancing and resilience settings; its Name may be
+	// left empty (it is the service's name).
+	Cluster   cluster.Config     `json:"cluster,omitzero"`
+	Endpoints []cluster.Endpoint `json:"endpoints,omitempty"`
+}
+
+// CIDRRoute sends destinations inside Prefix to a service's cluster, or
+// passes them through or refuses them.
+type CIDRRoute struct {
+	// Prefix is a masked prefix such as 10.20.0.0/16 or fd00::/64.
+	Prefix netip.Prefix `json:"prefix"`
+	// Port restricts the route to one destination port; 0 matches any.
+	Port uint16 `json:"port,omitempty"`
+	// Service names the service whose cluster takes the connections.
+	Service string `json:"service,omitempty"`
+	// Action, when Service is empty: "passthrough" (default) or "refuse".
+	Action string `json:"action,omitempty"`
+}
+
+// Build validates cfg and builds a snapshot. prev, when not nil, is the
+// snapshot being replaced: every service whose cluster config, endpoints
+// (and, with locality, the local zone) are unchanged keeps prev's Cluster
+// as is, a changed one is rebuilt carrying its live state (counters,
+// ejections) over, and the address indexes are reused when no address,
+// CIDR route or service order changed. On error nothing is built and prev
+// is untouched; the error lists every problem, each naming its field.
+func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	var unknown Route
+	switch cfg.Unknown {
+	case "", Passthrough:
+		unknown = Route{Passthrough: true}
+	case Refuse:
+	default:
+		bad("unknown %q is not one of passthrough, refuse", cfg.Unknown)
+	}
+
+	s := &Snapshot{
+		cfg:      cfg,
+		routes:   make([]Route, len(cfg.Services)),
+		clusters: make([]*cluster.Cluster, len(cfg.Services)),
+		byName:   make(map[string]int32, len(cfg.Services)),
+		unknown:  unknown,
+	}
+	for i, svc := range cfg.Services {
+		where := fmt.Sprintf("services[%d]", i)
+		if svc.Name == "" {
+			bad("%s.name is missing", where)
+			continue
+		}
+		where = fmt.Sprintf("services[%d] (%s)", i, svc.Name)
+		if j, dup := s.byName[svc.Name]; dup {
+			bad("%s.name repeats services[%d]", where, j)
+			continue
+		}
+		s.byName[svc.Name] = int32(i)
+		ccfg := svc.Cluster
+		if ccfg.Name != "" && ccfg.Name != svc.Name {
+			bad("%s.cluster.name %q must be empty or the service name", where, ccfg.Name)
+			continue
+		}
+		ccfg.Name = svc.Name
+		var pc *cluster.Cluster
+		if prev != nil {
+			pc = prev.Cluster(svc.Name)
+		}
+		c := pc
+		if !pc.Matches(ccfg, svc.Endpoints, cfg.LocalZone) {
+			var err error
+			c, err = cluster.New(ccfg, svc.Endpoints, cluster.Options{
+				Prev: pc, LocalZone: cfg.LocalZone, Clock: cfg.Clock, Seed: seedFor(cfg.Seed, svc.Name),
+			})
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.cluster: %w", where, err))
+				continue
+			}
+		}
+		s.clusters[i] = c
+		s.routes[i] = Route{Cluster: c}
+	}
+	if prev != nil && sameLayout(cfg, prev.cfg) {
+		s.exact, s.cidr4, s.cidr6 = prev.exact, prev.cidr4, prev.cidr6
+	} else {
+		errs = append(errs, s.index(cfg)...)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// index builds the address and CIDR indexes.
+func (s *Snapshot) index(cfg Config) []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	n := 0
+	for _, svc := range cfg.Services {
+		n += len(svc.Addresses)
+	}
+	s.exact = make(map[netip.AddrPort]int32, n)
+	owner := make(map[netip.AddrPort]string, n)
+	for i, svc := range cfg.Services {
+		for j, a := range svc.Addresses {
+			where := fmt.Sprintf("services[%d] (%s).addresses[%d]", i, svc.Name, j)
+			switch {
+			case !a.IsValid():
+				bad("%s is missing", where)
+				continue
+			case a.Port() == 0:
+				bad("%s %s has no port", where, a)
+				continue
+			case a.Addr().Zone() != "":
+				bad("%s %s must not carry an IPv6 zone", where, a)
+				continue
+			}
+			a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+			if o, dup := owner[a]; dup {
+				bad("%s %s is already an address of service %s", where, a, o)
+				continue
+			}
+			owner[a] = svc.Name
+			s.exact[a] = int32(i)
+		}
+	}
+	s.cidr4 = cidrIndex{m: map[cidrKey]int32{}}
+	s.cidr6 = cidrIndex{m: map[cidrKey]int32{}}
+	for i, r := range cfg.CIDRs {
+		where := fmt.Sprintf("cidrs[%d]", i)
+		if !r.Prefix.IsValid() {
+			bad("%s.prefix is missing or invalid", where)
+			continue
+		}
+		p := r.Prefix
+		if p.Addr().Zone() != "" {
+			bad("%s.prefix %s must not carry an IPv6 zone", where, p)
+			continue
+		}
+		if p.Addr().Is4In6() {
+			if p.Bits() < 96 {
+				bad("%s.prefix %s mixes IPv4-mapped and IPv6 space", where, p)
+				continue
+			}
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		if p.Masked() != p {
+			bad("%s.prefix %s has host bits set (did you mean %s?)", where, r.Prefix, p.Masked())
+			continue
+		}
+		var t int32
+		switch {
+		case r.Service != "":
+			if r.Action != "" {
+				bad("%s sets both service and action", where)
+				continue
+			}
+			j, ok := s.byName[r.Service]
+			if !ok {
+				bad("%s.service %q is not a service", where, r.Service)
+				continue
+			}
+			t = j
+		case r.Action == "" || r.Action == Passthrough:
+			t = toPassthrough
+		case r.Action == Refuse:
+			t = toRefuse
+		default:
+			bad("%s.action %q is not one of passthrough, refuse", where, r.Action)
+			continue
+		}
+		idx := &s.cidr6
+		if p.Addr().Is4() {
+			idx = &s.cidr4
+		}
+		k := cidrKey{p, r.Port}
+		if _, dup := idx.m[k]; dup {
+			bad("%s repeats prefix %s port %d", where, p, r.Port)
+			continue
+		}
+		idx.m[k] = t
+		if !slices.Contains(idx.bits, p.Bits()) {
+			idx.bits = append(idx.bits, p.Bits())
+		}
+	}
+	for _, idx := range []*cidrIndex{&s.cidr4, &s.cidr6} {
+		sort.Sort(sort.Reverse(sort.IntSlice(idx.bits)))
+	}
+	return errs
+}
+
+// sameLayout reports whether the address and CIDR indexes built for b
+// serve a: same services in the same order with the same addresses, same
+// CIDR routes.
+func sameLayout(a, b Config) bool {
+	if len(a.Services) != len(b.Services) || !slices.Equal(a.CIDRs, b.CIDRs) {
+		return false
+	}
+	for i := range a.Services {
+		sa, sb := &a.Services[i], &b.Services[i]
+		if sa.Name != sb.Name || !slices.Equal(sa.Addresses, sb.Addresses) {
+			return false
+		}
+	}
+	return true
+}
+
+// seedFor derives a per-cluster seed so tests are deterministic and
+// clusters do not move in lockstep.
+func seedFor(seed uint64, name string) uint64 {
+	if seed == 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return seed ^ h.Sum64() | 1
+}

@@ -1,0 +1,139 @@
+// Package route maps a connection's original destination to what the
+// engine does with it: balance it over a cluster, pass it through to the
+// destination itself, or refuse it.
+//
+// The agent describes services, CIDR routes and the policy for unknown
+// destinations in a Config; Build turns it into an immutable Snapshot,
+// reusing every cluster of the previous snapshot whose config and endpoints
+// did not change; a Table publishes the current Snapshot to the accept path
+// with one atomic pointer. Lookup is a hash-map probe for service addresses,
+// then at most one probe per distinct CIDR prefix length: it takes no lock,
+// allocates nothing, and costs the same with 10 services as with 100 000.
+package route
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+// Route is what Lookup decides for one destination.
+type Route struct {
+	// Cluster, when non-nil, is where the connection goes: call
+	// Cluster.Connect.
+	Cluster *cluster.Cluster
+	// Passthrough, when Cluster is nil, means dial the original
+	// destination itself. Cluster nil and Passthrough false means refuse.
+	Passthrough bool
+}
+
+// Refused reports whether the route says to refuse the connection.
+func (r Route) Refused() bool { return r.Cluster == nil && !r.Passthrough }
+
+// Snapshot is an immutable routing table. A nil *Snapshot routes every
+// destination to passthrough, like an empty Config.
+type Snapshot struct {
+	cfg      Config           // as built, for Dump and the next Build
+	routes   []Route          // one per service, in cfg.Services order
+	byName   map[string]int32 // service name -> index
+	exact    map[netip.AddrPort]int32
+	cidr4    cidrIndex
+	cidr6    cidrIndex
+	unknown  Route
+	clusters []*cluster.Cluster // one per service
+}
+
+// cidrIndex finds the longest matching prefix with one map probe per
+// distinct prefix length in use (at most 33 for IPv4, 129 for IPv6).
+type cidrIndex struct {
+	bits []int // distinct prefix lengths, longest first
+	m    map[cidrKey]int32
+}
+
+// cidrKey is a masked prefix and a port (0: any port).
+type cidrKey struct {
+	prefix netip.Prefix
+	port   uint16
+}
+
+// Route targets in index maps: a service index (>= 0) or one of these.
+const (
+	toPassthrough int32 = -1
+	toRefuse      int32 = -2
+)
+
+// Lookup returns the route for an original destination: the service that
+// owns the exact address and port; else the longest CIDR route whose prefix
+// holds the address, a route for the port winning over an any-port route of
+// the same length; else the Unknown policy. IPv4-mapped IPv6 destinations
+// match their IPv4 form.
+func (s *Snapshot) Lookup(dst netip.AddrPort) Route {
+	if s == nil {
+		return Route{Passthrough: true}
+	}
+	a := dst.Addr().Unmap().WithZone("")
+	port := dst.Port()
+	if i, ok := s.exact[netip.AddrPortFrom(a, port)]; ok {
+		return s.routes[i]
+	}
+	idx := &s.cidr6
+	if a.Is4() {
+		idx = &s.cidr4
+	}
+	for _, bits := range idx.bits {
+		p, err := a.Prefix(bits)
+		if err != nil {
+			continue
+		}
+		if t, ok := idx.m[cidrKey{p, port}]; ok {
+			return s.target(t)
+		}
+		if t, ok := idx.m[cidrKey{p, 0}]; ok {
+			return s.target(t)
+		}
+	}
+	return s.unknown
+}
+
+func (s *Snapshot) target(t int32) Route {
+	switch t {
+	case toPassthrough:
+		return Route{Passthrough: true}
+	case toRefuse:
+		return Route{}
+	}
+	return s.routes[t]
+}
+
+// Cluster returns the cluster of the named service, or nil.
+func (s *Snapshot) Cluster(service string) *cluster.Cluster {
+	if s == nil {
+		return nil
+	}
+	if i, ok := s.byName[service]; ok {
+		return s.clusters[i]
+	}
+	return nil
+}
+
+// Clusters returns every cluster in service order; do not modify the slice.
+func (s *Snapshot) Clusters() []*cluster.Cluster {
+	if s == nil {
+		return nil
+	}
+	return s.clusters
+}
+
+// Table holds the current snapshot. The zero value holds none (Load
+// returns nil, which routes everything to passthrough). Readers call Load
+// once per connection; the agent calls Store after each Build.
+type Table struct {
+	p atomic.Pointer[Snapshot]
+}
+
+// Load returns the current snapshot.
+func (t *Table) Load() *Snapshot { return t.p.Load() }
+
+// Store publishes s; connections routed earlier keep the clusters they got.
+func (t *Table) Store(s *Snapshot) { t.p.Store(s) }
