@@ -6,7 +6,23 @@
 // Every rule lives in chains named WEIR_* and carries a comment, so
 // `iptables-save` inside a pod explains itself. Chain names are an upgrade
 // contract: renaming one strands the rules of running pods.
+//
+// Apply, Remove, Verify and Installed take a path to a network namespace
+// (/var/run/netns/…, /proc/<pid>/ns/net, or /proc/self/fd/N for a netns fd
+// the caller holds) and do their work on a thread switched into it. Rules
+// are read with iptables-save and written with one iptables-restore
+// --noflush per family, so each family changes in one step; IPv4 and IPv6
+// are applied both or neither. Writers of the same namespace (the plugin and
+// the agent) serialise on a per-namespace lock, so a repeated or concurrent
+// Apply never stacks jumps.
 package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
 
 // Mode is the interception technique.
 type Mode string
@@ -50,4 +66,108 @@ type Spec struct {
 	// Backend is "legacy" or "nft": the iptables flavour the node uses. Empty
 	// means detect it in the caller's network namespace.
 	Backend string
+}
+
+// Backends an iptables rule set can live in.
+const (
+	BackendLegacy = "legacy"
+	BackendNFT    = "nft"
+)
+
+// WithDefaults returns a copy of s with every zero port, mark and mask
+// replaced by its default and an empty Mode read as ModeRedirect. The lists
+// are copied, so the result shares no memory with s.
+func (s Spec) WithDefaults() Spec {
+	if s.Mode == "" {
+		s.Mode = ModeRedirect
+	}
+	if s.OutboundPort == 0 {
+		s.OutboundPort = DefaultOutboundPort
+	}
+	if s.InboundPort == 0 {
+		s.InboundPort = DefaultInboundPort
+	}
+	if s.Mark == 0 {
+		s.Mark = DefaultMark
+	}
+	if s.Mask == 0 {
+		s.Mask = DefaultMask
+	}
+	s.ExcludeInboundPorts = slices.Clone(s.ExcludeInboundPorts)
+	s.IncludeInboundPorts = slices.Clone(s.IncludeInboundPorts)
+	s.ExcludeOutboundPorts = slices.Clone(s.ExcludeOutboundPorts)
+	s.ExcludeOutboundCIDRs = slices.Clone(s.ExcludeOutboundCIDRs)
+	return s
+}
+
+// Validate reports the first thing wrong with s, exactly as given: call it on
+// s.WithDefaults() when zero values should mean defaults (Apply and Verify
+// do). A spec that passes can be rendered into rules for every family it
+// selects.
+func (s Spec) Validate() error {
+	switch s.Mode {
+	case ModeRedirect:
+	case ModeTPROXY, ModeEBPF:
+		return fmt.Errorf("mode %q is not implemented yet", s.Mode)
+	case "":
+		return errors.New("mode is empty (WithDefaults sets it)")
+	default:
+		return fmt.Errorf("unknown mode %q (want %q, %q or %q)", s.Mode, ModeRedirect, ModeTPROXY, ModeEBPF)
+	}
+	if s.OutboundPort == 0 {
+		return errors.New("outbound port is 0")
+	}
+	if s.InboundPort == 0 {
+		return errors.New("inbound port is 0")
+	}
+	if s.OutboundPort == s.InboundPort {
+		return fmt.Errorf("outbound and inbound ports are both %d: the agent needs one listener for each direction", s.OutboundPort)
+	}
+	if err := validateMark("mark", s.Mark, s.Mask); err != nil {
+		return err
+	}
+	if !s.IPv4 && !s.IPv6 {
+		return errors.New("no IP family selected (IPv4 and IPv6 are both false)")
+	}
+	if len(s.IncludeInboundPorts) > 0 && len(s.ExcludeInboundPorts) > 0 {
+		return errors.New("includeInboundPorts and excludeInboundPorts are both set: use one")
+	}
+	for _, l := range []struct {
+		name  string
+		ports []uint16
+	}{
+		{"excludeInboundPorts", s.ExcludeInboundPorts},
+		{"includeInboundPorts", s.IncludeInboundPorts},
+		{"excludeOutboundPorts", s.ExcludeOutboundPorts},
+	} {
+		if slices.Contains(l.ports, 0) {
+			return fmt.Errorf("%s holds port 0", l.name)
+		}
+	}
+	for _, c := range s.ExcludeOutboundCIDRs {
+		if _, err := netip.ParsePrefix(c); err != nil {
+			return fmt.Errorf("excludeOutboundCIDRs: %w", err)
+		}
+	}
+	switch s.Backend {
+	case "", BackendLegacy, BackendNFT:
+	default:
+		return fmt.Errorf("unknown backend %q (want %q, %q or empty to detect)", s.Backend, BackendLegacy, BackendNFT)
+	}
+	return nil
+}
+
+// validateMark checks a mark/mask pair as the kernel's mark match reads it:
+// a mark with bits outside its mask could never match.
+func validateMark(what string, mark, mask uint32) error {
+	if mask == 0 {
+		return fmt.Errorf("%s mask is 0", what)
+	}
+	if mark == 0 {
+		return fmt.Errorf("%s is 0: a zero mark cannot tell marked packets from unmarked ones", what)
+	}
+	if mark&^mask != 0 {
+		return fmt.Errorf("%s %#x has bits outside its mask %#x", what, mark, mask)
+	}
+	return nil
 }

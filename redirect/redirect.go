@@ -1,0 +1,341 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Apply programs s into the network namespace at netnsPath: after it returns
+// nil, exactly the rules (and, for TPROXY, the policy routes) that s
+// describes are in place, for every family s selects, in the backend s
+// names (or the one the caller's namespace uses). It is idempotent and
+// replaces whatever weir had installed there before, including rules of a
+// family, mode or backend s no longer uses. It is all or nothing: on error
+// the namespace is left as it was. An invalid spec or a path that is not a
+// network namespace changes nothing.
+func Apply(netnsPath string, s Spec) error {
+	s = s.WithDefaults()
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("apply redirect in %s: invalid spec: %w", netnsPath, err)
+	}
+	backend, err := pickBackend(s.Backend)
+	if err != nil {
+		return fmt.Errorf("apply redirect in %s: %w", netnsPath, err)
+	}
+	err = inNetns(netnsPath, func() error { return apply(s, backend) })
+	if err != nil {
+		return fmt.Errorf("apply redirect in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// Remove takes every weir chain, jump, rule, policy rule and route out of the
+// network namespace at netnsPath, in both families and both backends. It is
+// idempotent, and a path that no longer exists returns nil, so a CNI DEL for
+// a sandbox that is already gone succeeds.
+func Remove(netnsPath string) error {
+	err := inNetns(netnsPath, remove)
+	if errors.Is(err, ErrNetnsNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove redirect from %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// Verify returns nil when the network namespace at netnsPath holds exactly
+// what Apply(netnsPath, s) would install. Otherwise it returns an error (a
+// *VerifyError inside) naming each missing or unexpected chain, jump, rule
+// or route, e.g. `iptables nat/WEIR_OUTPUT: missing rule "-p tcp -j
+// REDIRECT --to-ports 15001"`. It changes nothing.
+func Verify(netnsPath string, s Spec) error {
+	s = s.WithDefaults()
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("verify redirect in %s: invalid spec: %w", netnsPath, err)
+	}
+	backend, err := pickBackend(s.Backend)
+	if err != nil {
+		return fmt.Errorf("verify redirect in %s: %w", netnsPath, err)
+	}
+	err = inNetns(netnsPath, func() error { return verify(s, backend) })
+	if err != nil {
+		return fmt.Errorf("verify redirect in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// Installed reports whether any weir chain, jump, policy rule or route is in
+// the network namespace at netnsPath, in either family and either backend:
+// true for a captured pod, false for one that never was or was released.
+func Installed(netnsPath string) (bool, error) {
+	var found bool
+	err := inNetns(netnsPath, func() error {
+		var err error
+		found, err = installed()
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("inspect redirect in %s: %w", netnsPath, err)
+	}
+	return found, nil
+}
+
+// inNetns runs fn on an OS thread switched into the network namespace at
+// path, holding that namespace's weir lock; programs fn starts inherit the
+// namespace. A path that does not exist gives an error wrapping
+// ErrNetnsNotExist.
+func inNetns(path string, fn func() error) error {
+	n, err := ns.GetNS(path)
+	if err != nil {
+		var notExist ns.NSPathNotExistErr
+		if errors.As(err, &notExist) {
+			return fmt.Errorf("%w: %s", ErrNetnsNotExist, path)
+		}
+		var notNS ns.NSPathNotNSErr
+		if errors.As(err, &notNS) {
+			return fmt.Errorf("%s is not a network namespace: %w", path, err)
+		}
+		return fmt.Errorf("open network namespace %s: %w", path, err)
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error {
+		unlock, err := lockNetns()
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		return fn()
+	})
+}
+
+// pickBackend returns the backend to program: the one asked for, or the one
+// the caller's network namespace uses.
+func pickBackend(asked string) (string, error) {
+	if asked != "" {
+		return asked, nil
+	}
+	b, err := DetectBackend()
+	if err != nil {
+		return "", err
+	}
+	return b, nil
+}
+
+func otherBackend(b string) string {
+	if b == BackendLegacy {
+		return BackendNFT
+	}
+	return BackendLegacy
+}
+
+func (s Spec) wants(f family) bool {
+	if f == ipv6 {
+		return s.IPv6
+	}
+	return s.IPv4
+}
+
+// undoStack collects the inverse of each step Apply has taken, to run in
+// reverse order if a later step fails.
+type undoStack []func() error
+
+func (u *undoStack) push(f func() error) { *u = append(*u, f) }
+
+func (u undoStack) run() error {
+	var errs []error
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// apply runs inside the pod netns. Order: address check; the selected
+// backend, IPv4 then IPv6; the other backend emptied of weir rules. Each
+// family step records the rules it found so a later failure can put them
+// back.
+func apply(s Spec, backend string) (err error) {
+	if err := checkFamilies(s); err != nil {
+		return err
+	}
+	var undo undoStack
+	defer func() {
+		if err != nil {
+			if uerr := undo.run(); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("roll back: %w", uerr))
+			}
+		}
+	}()
+	for _, f := range []family{ipv4, ipv6} {
+		want := ruleSet{}
+		if s.wants(f) {
+			want = rulesFor(s, f)
+		}
+		if err := reconcileStep(&undo, backend, f, want, s.wants(f)); err != nil {
+			return err
+		}
+	}
+	for _, f := range []family{ipv4, ipv6} {
+		if err := reconcileStep(&undo, otherBackend(backend), f, ruleSet{}, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reconcileStep makes one backend and family hold want and records how to
+// go back. When required is false (a family or backend not in use), tools
+// that are missing or cannot read the namespace are logged and skipped:
+// there can be no weir rules for us to clean up where nothing can be read.
+func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, required bool) error {
+	t, err := lookupTools(backend, f)
+	if err != nil {
+		if required {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		return nil
+	}
+	cur, err := t.read()
+	if err != nil {
+		if required {
+			return fmt.Errorf("read %s rules: %w", t, err)
+		}
+		slog.Debug("redirect: cannot read rules of an unused backend or family, skipping", "tools", t.String(), "error", err)
+		return nil
+	}
+	if err := t.reconcile(cur, want); err != nil {
+		return fmt.Errorf("program %s rules: %w", t, err)
+	}
+	undo.push(func() error {
+		now, err := t.read()
+		if err != nil {
+			return fmt.Errorf("read %s rules: %w", t, err)
+		}
+		return t.reconcile(now, cur)
+	})
+	return nil
+}
+
+// remove runs inside the pod netns and empties every backend and family.
+func remove() error {
+	var errs []error
+	for _, backend := range []string{BackendNFT, BackendLegacy} {
+		for _, f := range []family{ipv4, ipv6} {
+			t, err := lookupTools(backend, f)
+			if err != nil {
+				continue
+			}
+			cur, err := t.read()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s rules: %w", t, err))
+				continue
+			}
+			if err := t.reconcile(cur, ruleSet{}); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s rules: %w", t, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// verify runs inside the pod netns.
+func verify(s Spec, backend string) error {
+	var probs []string
+	for _, b := range []string{backend, otherBackend(backend)} {
+		inUse := b == backend
+		for _, f := range []family{ipv4, ipv6} {
+			required := inUse && s.wants(f)
+			t, err := lookupTools(b, f)
+			if err != nil {
+				if required {
+					return fmt.Errorf("%s: %w", f, err)
+				}
+				continue
+			}
+			have, err := t.read()
+			if err != nil {
+				if required {
+					return fmt.Errorf("read %s rules: %w", t, err)
+				}
+				continue
+			}
+			want := ruleSet{}
+			if required {
+				want = rulesFor(s, f)
+			}
+			probs = append(probs, problems(t.label(inUse)+" ", have, want)...)
+		}
+	}
+	if len(probs) > 0 {
+		return &VerifyError{Problems: probs}
+	}
+	return nil
+}
+
+// installed runs inside the pod netns.
+func installed() (bool, error) {
+	var errs []error
+	for _, backend := range []string{BackendNFT, BackendLegacy} {
+		for _, f := range []family{ipv4, ipv6} {
+			t, err := lookupTools(backend, f)
+			if err != nil {
+				continue
+			}
+			have, err := t.read()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s rules: %w", t, err))
+				continue
+			}
+			if !have.empty() {
+				return true, nil
+			}
+		}
+	}
+	return false, errors.Join(errs...)
+}
+
+// checkFamilies refuses a spec that leaves one of the namespace's address
+// families uncaptured: a dual-stack pod captured over IPv4 only would reach
+// every IPv6 destination around the agent. Loopback and link-local
+// addresses do not count.
+func checkFamilies(s Spec) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
+		if err != nil {
+			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		}
+		for _, a := range addrs {
+			ip := a.IP
+			if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+				continue
+			}
+			if ip.To4() != nil && !s.IPv4 {
+				return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", l.Attrs().Name, ip)
+			}
+			if ip.To4() == nil && !s.IPv6 {
+				return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", l.Attrs().Name, ip)
+			}
+		}
+	}
+	return nil
+}
