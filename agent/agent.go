@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/proxy"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// Agent is one node's daemon. Create it with New, run it with Run.
+type Agent struct {
+	cfg    Config
+	log    *slog.Logger
+	pods   *registry
+	routes *route.Table
+	engine *proxy.Engine
+	reg    *prometheus.Registry
+	ready  atomic.Bool
+
+	podsCaptured prometheus.Gauge
+	cniRequests  *prometheus.CounterVec
+}
+
+// New builds an agent from a validated config. It checks what the agent
+// cannot work without (the right to enter network namespaces) up front.
+func New(cfg Config, log *slog.Logger) (*Agent, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if _, err := netns.Host(); err != nil {
+		return nil, fmt.Errorf("open own network namespace: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &Agent{
+		cfg:    cfg,
+		log:    log,
+		pods:   newRegistry(),
+		routes: &route.Table{},
+		reg:    reg,
+		podsCaptured: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
+		}),
+		cniRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_cni_requests_total", Help: "Requests from weir-cni by verb and result.",
+		}, []string{"verb", "result"}),
+	}
+	reg.MustRegister(a.podsCaptured, a.cniRequests)
+	snap, err := buildRoutes(cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	a.routes.Store(snap)
+	reg.MustRegister(route.NewCollector(a.routes))
+	a.engine = &proxy.Engine{
+		Routes:         a.routes,
+		Metrics:        proxy.NewMetrics(reg),
+		Mark:           uint32(cfg.Capture.Mark),
+		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
+		Log:            log,
+	}
+	return a, nil
+}
+
+// Run serves weir-cni and the admin endpoints until ctx ends, then shuts
+// down: stop accepting, close every capture listener, wait (bounded by
+// drainTimeout) for open connections, and return.
+func (a *Agent) Run(ctx context.Context) error {
+	cniLn, err := listenUnix(a.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	adminLn, err := net.Listen("tcp", a.cfg.Admin)
+	if err != nil {
+		cniLn.Close()
+		return fmt.Errorf("admin listen on %s: %w", a.cfg.Admin, err)
+	}
+	cniSrv := &http.Server{Handler: a.cniHandler(), ReadHeaderTimeout: 5 * time.Second}
+	adminSrv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- serveHTTP(cniSrv, cniLn) }()
+	go func() { errc <- serveHTTP(adminSrv, adminLn) }()
+	a.ready.Store(true)
+	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String())
+
+	sweep := time.NewTicker(time.Duration(a.cfg.SweepInterval))
+	defer sweep.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-errc:
+			runErr = err
+			break loop
+		case <-sweep.C:
+			a.sweep()
+		}
+	}
+	a.ready.Store(false)
+	a.log.Info("agent stopping", "pods", a.pods.len())
+	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	cniSrv.Shutdown(shutCtx)
+	cancel()
+	os.Remove(a.cfg.Socket)
+	for _, p := range a.pods.list() {
+		closeListeners(p.listeners)
+	}
+	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(a.cfg.DrainTimeout))
+	defer cancel()
+	if err := a.engine.Shutdown(drainCtx); err != nil {
+		a.log.Warn("drain deadline passed, closed remaining connections", "timeout", time.Duration(a.cfg.DrainTimeout).String())
+	}
+	for _, p := range a.pods.list() {
+		a.release(p.att, "shutdown")
+	}
+	adminSrv.Close()
+	a.log.Info("agent stopped")
+	return runErr
+}
+
+func serveHTTP(s *http.Server, ln net.Listener) error {
+	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// listenUnix binds the CNI socket, root-only. A socket file left by a dead
+// agent is removed; one a live agent still answers on is not.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s: another agent is serving it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	old := umask(0o077)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// sweep releases pods whose network namespace path is gone or now names a
+// different namespace: a DEL that never arrived must not keep a dead
+// namespace alive through the handle the agent holds.
+func (a *Agent) sweep() {
+	for _, p := range a.pods.list() {
+		id, err := netns.IDOf(p.netnsPath)
+		if err == nil && id == p.ns.ID() {
+			continue
+		}
+		a.release(p.att, "netns gone")
+	}
+}
+
+// release closes a pod's listeners and namespace handle. Rules are the
+// plugin's to remove (it does so before DEL reaches here); connections
+// already relayed run to their end.
+func (a *Agent) release(att api.Attachment, why string) bool {
+	p := a.pods.remove(att)
+	if p == nil {
+		return false
+	}
+	closeListeners(p.listeners)
+	p.serving.Wait()
+	p.ns.Close()
+	a.podsCaptured.Set(float64(a.pods.len()))
+	a.log.Info("pod released", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)
+	return true
+}
+
+// captures is the static enrolment policy: a pod is captured when its
+// namespace is listed.
+func (a *Agent) captures(p api.Pod) (bool, string) {
+	if slices.Contains(a.cfg.Capture.Namespaces, p.Namespace) {
+		return true, "namespace " + p.Namespace + " is captured"
+	}
+	return false, "namespace " + p.Namespace + " is not captured"
+}

@@ -1,0 +1,55 @@
+// Command weir-agent is weir's node daemon. See the README for its
+// configuration file.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/weir-mesh/weir/agent"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	configPath := flag.String("config", "", "path of the YAML configuration file (empty: built-in defaults)")
+	checkOnly := flag.Bool("check-config", false, "validate the configuration and exit")
+	flag.Parse()
+
+	cfg := agent.DefaultConfig()
+	if *configPath != "" {
+		var err error
+		if cfg, err = agent.LoadConfig(*configPath); err != nil {
+			fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
+			return 2
+		}
+	}
+	if *checkOnly {
+		fmt.Println("configuration ok")
+		return 0
+	}
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel))
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log)
+
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent failed", "err", err)
+		return 1
+	}
+	return 0
+}

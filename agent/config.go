@@ -1,0 +1,270 @@
+// Package agent is weir's node daemon: it serves weir-cni over a unix socket,
+// decides which pods are captured, holds each captured pod's network namespace
+// and the capture listeners inside it, feeds the proxy engine its routes, and
+// serves metrics and health on the admin address.
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// Config is the agent's configuration file. Every field has a default that
+// works; Load rejects unknown keys and bad values, naming the key.
+type Config struct {
+	// Socket is the unix socket weir-cni talks to (root-only).
+	Socket string `json:"socket"`
+	// Admin is the address of /metrics, /healthz, /readyz and /config_dump.
+	Admin string `json:"admin"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"logLevel"`
+	// ConnectTimeout bounds upstream connects that go through no cluster.
+	ConnectTimeout Duration `json:"connectTimeout"`
+	// DrainTimeout bounds how long SIGTERM waits for open connections.
+	DrainTimeout Duration `json:"drainTimeout"`
+	// SweepInterval is how often the agent drops pods whose netns is gone
+	// when no DEL arrived.
+	SweepInterval Duration `json:"sweepInterval"`
+	// Capture says which pods are captured and how.
+	Capture Capture `json:"capture"`
+	// Services are the virtual addresses the agent balances (static mode).
+	Services []Service `json:"services"`
+	// UnknownDestinations is passthrough (default) or refuse: what happens
+	// to outbound connections that match no service.
+	UnknownDestinations string `json:"unknownDestinations"`
+}
+
+// Capture is the static enrolment policy and the interception settings.
+type Capture struct {
+	// Namespaces whose pods are captured (K8S_POD_NAMESPACE).
+	Namespaces []string `json:"namespaces"`
+	// Mode is redirect (default); tproxy and ebpf are not implemented yet.
+	Mode         string `json:"mode"`
+	OutboundPort uint16 `json:"outboundPort"`
+	InboundPort  uint16 `json:"inboundPort"`
+	// Mark and Mask: the socket mark on every agent-made socket ("0x5700").
+	Mark Hex `json:"mark"`
+	Mask Hex `json:"mask"`
+	// Backend is auto (default), legacy or nft: the iptables flavour.
+	Backend              string   `json:"backend"`
+	ExcludeInboundPorts  []uint16 `json:"excludeInboundPorts"`
+	IncludeInboundPorts  []uint16 `json:"includeInboundPorts"`
+	ExcludeOutboundPorts []uint16 `json:"excludeOutboundPorts"`
+	ExcludeOutboundCIDRs []string `json:"excludeOutboundCIDRs"`
+}
+
+// Service is one virtual address and its endpoints.
+type Service struct {
+	Name      string   `json:"name"`
+	Address   string   `json:"address"`
+	Addresses []string `json:"addresses"`
+	Endpoints []string `json:"endpoints"`
+}
+
+// Duration is a time.Duration written as "5s" in the file.
+type Duration time.Duration
+
+// UnmarshalJSON accepts a Go duration string.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration such as \"5s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalJSON writes the duration as a string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(time.Duration(d).String()) }
+
+// Hex is a uint32 written as "0x5700" (or a plain number) in the file.
+type Hex uint32
+
+// UnmarshalJSON accepts "0x…" strings and numbers.
+func (h *Hex) UnmarshalJSON(b []byte) error {
+	s := strings.Trim(string(b), `"`)
+	v, err := strconv.ParseUint(s, 0, 32)
+	if err != nil {
+		return fmt.Errorf("want a 32-bit number such as \"0x5700\"")
+	}
+	*h = Hex(v)
+	return nil
+}
+
+// MarshalJSON writes the value in hex.
+func (h Hex) MarshalJSON() ([]byte, error) { return json.Marshal(fmt.Sprintf("%#x", uint32(h))) }
+
+// DefaultConfig is what the agent runs with when the file sets nothing.
+func DefaultConfig() Config {
+	return Config{
+		Socket:              api.DefaultSocket,
+		Admin:               "127.0.0.1:15020",
+		LogLevel:            "info",
+		ConnectTimeout:      Duration(5 * time.Second),
+		DrainTimeout:        Duration(10 * time.Second),
+		SweepInterval:       Duration(30 * time.Second),
+		UnknownDestinations: "passthrough",
+		Capture: Capture{
+			Mode:         string(redirect.ModeRedirect),
+			OutboundPort: redirect.DefaultOutboundPort,
+			InboundPort:  redirect.DefaultInboundPort,
+			Mark:         Hex(redirect.DefaultMark),
+			Mask:         Hex(redirect.DefaultMask),
+			Backend:      "auto",
+		},
+	}
+}
+
+// LoadConfig reads, defaults and validates a config file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig decodes YAML over the defaults and validates the result.
+func ParseConfig(b []byte) (Config, error) {
+	c := DefaultConfig()
+	if err := yaml.UnmarshalStrict(b, &c); err != nil {
+		return Config{}, fmt.Errorf("decode: %w", err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// Validate checks every value, naming the offending key.
+func (c Config) Validate() error {
+	if c.Socket == "" || !strings.HasPrefix(c.Socket, "/") {
+		return fmt.Errorf("socket: must be an absolute path, got %q", c.Socket)
+	}
+	if _, err := netip.ParseAddrPort(c.Admin); err != nil {
+		return fmt.Errorf("admin: want ip:port, got %q: %w", c.Admin, err)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("logLevel: want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	for key, d := range map[string]Duration{"connectTimeout": c.ConnectTimeout, "drainTimeout": c.DrainTimeout, "sweepInterval": c.SweepInterval} {
+		if d <= 0 {
+			return fmt.Errorf("%s: must be positive", key)
+		}
+	}
+	switch c.UnknownDestinations {
+	case "passthrough", "refuse":
+	default:
+		return fmt.Errorf("unknownDestinations: want passthrough or refuse, got %q", c.UnknownDestinations)
+	}
+	switch c.Capture.Backend {
+	case "auto", "legacy", "nft":
+	default:
+		return fmt.Errorf("capture.backend: want auto, legacy or nft, got %q", c.Capture.Backend)
+	}
+	for _, ns := range c.Capture.Namespaces {
+		if ns == "" {
+			return fmt.Errorf("capture.namespaces: empty name")
+		}
+	}
+	spec := c.redirectSpec(true, true)
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("capture: %w", err)
+	}
+	seen := map[netip.AddrPort]string{}
+	for i, s := range c.Services {
+		where := fmt.Sprintf("services[%d]", i)
+		if s.Name == "" {
+			return fmt.Errorf("%s.name: required", where)
+		}
+		where = fmt.Sprintf("services[%d] (%s)", i, s.Name)
+		addrs, err := s.addrs()
+		if err != nil {
+			return fmt.Errorf("%s.address: %w", where, err)
+		}
+		if len(addrs) == 0 {
+			return fmt.Errorf("%s.address: required", where)
+		}
+		for _, a := range addrs {
+			if other, dup := seen[a]; dup {
+				return fmt.Errorf("%s.address: %s already belongs to service %s", where, a, other)
+			}
+			seen[a] = s.Name
+		}
+		if _, err := s.endpoints(); err != nil {
+			return fmt.Errorf("%s.endpoints: %w", where, err)
+		}
+	}
+	return nil
+}
+
+func (s Service) addrs() ([]netip.AddrPort, error) {
+	raw := s.Addresses
+	if s.Address != "" {
+		raw = append([]string{s.Address}, raw...)
+	}
+	out := make([]netip.AddrPort, 0, len(raw))
+	for _, r := range raw {
+		ap, err := netip.ParseAddrPort(r)
+		if err != nil {
+			return nil, fmt.Errorf("want ip:port (IPv6 as [addr]:port), got %q", r)
+		}
+		out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	return out, nil
+}
+
+func (s Service) endpoints() ([]netip.AddrPort, error) {
+	out := make([]netip.AddrPort, 0, len(s.Endpoints))
+	for _, r := range s.Endpoints {
+		ap, err := netip.ParseAddrPort(r)
+		if err != nil {
+			return nil, fmt.Errorf("want ip:port (IPv6 as [addr]:port), got %q", r)
+		}
+		out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
+	return out, nil
+}
+
+// redirectSpec is the interception this config asks for, for a pod with the
+// given address families.
+func (c Config) redirectSpec(v4, v6 bool) redirect.Spec {
+	backend := c.Capture.Backend
+	if backend == "auto" {
+		backend = ""
+	}
+	return redirect.Spec{
+		Mode:                 redirect.Mode(c.Capture.Mode),
+		OutboundPort:         c.Capture.OutboundPort,
+		InboundPort:          c.Capture.InboundPort,
+		Mark:                 uint32(c.Capture.Mark),
+		Mask:                 uint32(c.Capture.Mask),
+		IPv4:                 v4,
+		IPv6:                 v6,
+		ExcludeInboundPorts:  c.Capture.ExcludeInboundPorts,
+		IncludeInboundPorts:  c.Capture.IncludeInboundPorts,
+		ExcludeOutboundPorts: c.Capture.ExcludeOutboundPorts,
+		ExcludeOutboundCIDRs: c.Capture.ExcludeOutboundCIDRs,
+		Backend:              backend,
+	}
+}

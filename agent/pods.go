@@ -1,0 +1,140 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/proxy"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// pod is one captured attachment: the namespace the agent holds open and the
+// capture listeners inside it.
+type pod struct {
+	att       api.Attachment
+	meta      api.Pod
+	netnsPath string
+	ns        *netns.Handle
+	spec      redirect.Spec
+	listeners []proxy.Listener
+	serving   sync.WaitGroup
+}
+
+// registry holds captured pods by attachment. Its lock guards the map only;
+// nothing on the connection path takes it.
+type registry struct {
+	mu   sync.Mutex
+	pods map[api.Attachment]*pod
+}
+
+func newRegistry() *registry { return &registry{pods: map[api.Attachment]*pod{}} }
+
+func (r *registry) get(a api.Attachment) *pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pods[a]
+}
+
+// swap stores p under its attachment and returns what was there.
+func (r *registry) swap(p *pod) *pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.pods[p.att]
+	r.pods[p.att] = p
+	return old
+}
+
+func (r *registry) remove(a api.Attachment) *pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.pods[a]
+	delete(r.pods, a)
+	return p
+}
+
+func (r *registry) list() []*pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*pod, 0, len(r.pods))
+	for _, p := range r.pods {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].att.ContainerID < out[j].att.ContainerID })
+	return out
+}
+
+func (r *registry) len() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pods)
+}
+
+// families reports which address families a pod has, from its CNI result.
+// A pod with no address at all gets both, so nothing escapes capture.
+func families(ips []string) (v4, v6 bool, err error) {
+	for _, s := range ips {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return false, false, fmt.Errorf("pod IP %q: want an address or CIDR", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Unmap().Is4() {
+			v4 = true
+		} else {
+			v6 = true
+		}
+	}
+	if !v4 && !v6 {
+		return true, true, nil
+	}
+	return v4, v6, nil
+}
+
+// openListeners opens the capture sockets of spec inside ns. Outbound
+// listeners bind loopback only: REDIRECT in OUTPUT targets loopback, and a
+// wildcard bind would let peers reach the outbound port directly. All carry
+// SO_REUSEPORT so a successor agent can join them.
+func openListeners(ns *netns.Handle, spec redirect.Spec) ([]proxy.Listener, error) {
+	type want struct {
+		addr netip.AddrPort
+		dir  proxy.Direction
+	}
+	var wants []want
+	if spec.IPv4 {
+		wants = append(wants,
+			want{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), spec.OutboundPort), proxy.Outbound},
+			want{netip.AddrPortFrom(netip.IPv4Unspecified(), spec.InboundPort), proxy.Inbound})
+	}
+	if spec.IPv6 {
+		wants = append(wants,
+			want{netip.AddrPortFrom(netip.IPv6Loopback(), spec.OutboundPort), proxy.Outbound},
+			want{netip.AddrPortFrom(netip.IPv6Unspecified(), spec.InboundPort), proxy.Inbound})
+	}
+	var out []proxy.Listener
+	for _, w := range wants {
+		ln, err := ns.Listen(w.addr, netns.SocketOptions{ReusePort: true})
+		if err != nil {
+			closeListeners(out)
+			return nil, err
+		}
+		out = append(out, proxy.Listener{TCP: ln, Direction: w.dir})
+	}
+	return out, nil
+}
+
+func closeListeners(ls []proxy.Listener) {
+	for _, l := range ls {
+		if err := l.TCP.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			_ = err // a listener that cannot close is already gone
+		}
+	}
+}

@@ -1,0 +1,201 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/proxy"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// cniHandler serves weir-cni's calls (see package api for the protocol).
+func (a *Agent) cniHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+api.PathAdd, handle(a, "add", a.add))
+	mux.HandleFunc("POST "+api.PathCheck, handle(a, "check", a.check))
+	mux.HandleFunc("POST "+api.PathDel, handle(a, "del", a.del))
+	mux.HandleFunc("POST "+api.PathGC, handle(a, "gc", a.gc))
+	mux.HandleFunc("GET "+api.PathStatus, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, api.StatusResponse{Ready: a.ready.Load(), Pods: a.pods.len()})
+	})
+	return mux
+}
+
+// badRequest marks errors the caller caused (400) rather than the agent (500).
+type badRequest struct{ error }
+
+type versioned interface{ version() string }
+
+// handle decodes a request, checks its protocol version, calls f and writes
+// the answer or an api.Error.
+func handle[Req versioned, Resp any](a *Agent, verb string, f func(Req) (Resp, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			a.cniRequests.WithLabelValues(verb, "bad_request").Inc()
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "decode " + verb + " request: " + err.Error()})
+			return
+		}
+		if v := req.version(); v != api.Version {
+			a.cniRequests.WithLabelValues(verb, "bad_request").Inc()
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("protocol version %q, agent speaks %q: upgrade weir-cni and weir-agent together", v, api.Version)})
+			return
+		}
+		resp, err := f(req)
+		if err != nil {
+			code := http.StatusInternalServerError
+			var br badRequest
+			if errors.As(err, &br) {
+				code = http.StatusBadRequest
+			}
+			a.cniRequests.WithLabelValues(verb, "error").Inc()
+			a.log.Warn("cni request failed", "verb", verb, "err", err)
+			writeJSON(w, code, api.Error{Error: err.Error()})
+			return
+		}
+		a.cniRequests.WithLabelValues(verb, "ok").Inc()
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+type addReq struct{ api.AddRequest }
+
+func (r addReq) version() string { return r.Version }
+
+type checkReq struct{ api.CheckRequest }
+
+func (r checkReq) version() string { return r.Version }
+
+type delReq struct{ api.DelRequest }
+
+func (r delReq) version() string { return r.Version }
+
+type gcReq struct{ api.GCRequest }
+
+func (r gcReq) version() string { return r.Version }
+
+// add decides on a pod and, when it is captured, opens its listeners before
+// any rule can point at them. Repeating an ADD for the same attachment and
+// namespace is answered from what is already open.
+func (a *Agent) add(r addReq) (api.AddResponse, error) {
+	if r.Attachment.ContainerID == "" {
+		return api.AddResponse{}, badRequest{errors.New("attachment.containerID is empty")}
+	}
+	if r.Netns == "" {
+		return api.AddResponse{}, badRequest{errors.New("netns is empty")}
+	}
+	captured, why := a.captures(r.Pod)
+	if !captured {
+		a.log.Info("pod not captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "why", why)
+		return api.AddResponse{Captured: false, Reason: why}, nil
+	}
+	if mode := r.Mode; mode != "" && mode != a.cfg.Capture.Mode {
+		return api.AddResponse{}, badRequest{fmt.Errorf("plugin asks for mode %q but the agent runs %q", mode, a.cfg.Capture.Mode)}
+	}
+	v4, v6, err := families(r.IPs)
+	if err != nil {
+		return api.AddResponse{}, badRequest{err}
+	}
+	spec := a.cfg.redirectSpec(v4, v6)
+
+	id, err := netns.IDOf(r.Netns)
+	if err != nil {
+		return api.AddResponse{}, badRequest{err}
+	}
+	if p := a.pods.get(r.Attachment); p != nil && p.ns.ID() == id && p.spec.IPv4 == v4 && p.spec.IPv6 == v6 {
+		return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(p.spec)}, nil
+	}
+	ns, err := netns.Open(r.Netns)
+	if err != nil {
+		return api.AddResponse{}, badRequest{err}
+	}
+	ls, err := openListeners(ns, spec)
+	if err != nil {
+		ns.Close()
+		return api.AddResponse{}, fmt.Errorf("open capture listeners for %s/%s: %w", r.Pod.Namespace, r.Pod.Name, err)
+	}
+	p := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, ns: ns, spec: spec, listeners: ls}
+	if old := a.pods.swap(p); old != nil {
+		closeListeners(old.listeners)
+		old.ns.Close()
+	}
+	a.serve(p)
+	a.podsCaptured.Set(float64(a.pods.len()))
+	a.log.Info("pod captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "container", r.Attachment.ContainerID, "netns", r.Netns, "ipv4", v4, "ipv6", v6)
+	return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(spec)}, nil
+}
+
+func (a *Agent) serve(p *pod) {
+	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: p.ns}
+	for _, l := range p.listeners {
+		p.serving.Add(1)
+		go func() {
+			defer p.serving.Done()
+			a.engine.Serve(l, w)
+		}()
+	}
+}
+
+func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
+	p := a.pods.get(r.Attachment)
+	if p == nil {
+		captured, _ := a.captures(r.Pod)
+		return api.CheckResponse{Captured: captured, Listening: false}, nil
+	}
+	return api.CheckResponse{Captured: true, Listening: len(p.listeners) > 0, Redirect: toWire(p.spec)}, nil
+}
+
+func (a *Agent) del(r delReq) (api.DelResponse, error) {
+	return api.DelResponse{Known: a.release(r.Attachment, "cni del")}, nil
+}
+
+func (a *Agent) gc(r gcReq) (api.GCResponse, error) {
+	valid := make(map[api.Attachment]bool, len(r.Valid))
+	for _, v := range r.Valid {
+		valid[v] = true
+	}
+	n := 0
+	for _, p := range a.pods.list() {
+		if valid[p.att] {
+			continue
+		}
+		// The runtime no longer knows this attachment: take the rules out
+		// too, since no DEL will come to do it.
+		if err := redirect.Remove(p.ns.FdPath()); err != nil {
+			a.log.Warn("gc: remove rules", "container", p.att.ContainerID, "err", err)
+		}
+		if a.release(p.att, "cni gc") {
+			n++
+		}
+	}
+	return api.GCResponse{Released: n}, nil
+}
+
+func toWire(s redirect.Spec) *api.Redirect {
+	return &api.Redirect{
+		Mode:                 string(s.Mode),
+		OutboundPort:         s.OutboundPort,
+		InboundPort:          s.InboundPort,
+		Mark:                 s.Mark,
+		Mask:                 s.Mask,
+		IPv4:                 s.IPv4,
+		IPv6:                 s.IPv6,
+		ExcludeInboundPorts:  s.ExcludeInboundPorts,
+		IncludeInboundPorts:  s.IncludeInboundPorts,
+		ExcludeOutboundPorts: s.ExcludeOutboundPorts,
+		ExcludeOutboundCIDRs: s.ExcludeOutboundCIDRs,
+		Backend:              s.Backend,
+	}
+}

@@ -1,0 +1,111 @@
+// Package plugin implements weir-cni, a chained CNI plugin. It runs after the
+// node's primary plugin, asks the agent whether the pod is captured, programs
+// the redirect inside the pod's network namespace, and passes the primary
+// plugin's result on unchanged.
+//
+// It refuses to run unchained (ADD needs a prevResult), fails closed when the
+// agent cannot be reached for a pod the agent would capture, and writes
+// nothing to stderr on success (libcni hands a plugin's stderr to the
+// runtime); it logs to a file.
+package plugin
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// Conf is weir-cni's entry in a conflist.
+type Conf struct {
+	types.PluginConf
+	// AgentSocket is where the agent listens (default /run/weir/agent.sock).
+	AgentSocket string `json:"agentSocket"`
+	// Mode is the node's interception mode: redirect (default). tproxy and
+	// ebpf are rejected until they exist.
+	Mode string `json:"mode"`
+	// LogFile receives the plugin's log lines (default /var/log/weir-cni.log);
+	// "" after defaults is impossible, "-" disables logging.
+	LogFile string `json:"logFile"`
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string `json:"logLevel"`
+	// AgentTimeout bounds each call to the agent (default "10s").
+	AgentTimeout string `json:"agentTimeout"`
+
+	// Keys a runtime injects; accepted so strict decoding does not reject them.
+	RuntimeConfig    json.RawMessage `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage `json:"args,omitempty"`
+	LegacyValidAttch json.RawMessage `json:"cni.dev/attachments,omitempty"`
+
+	timeout time.Duration
+}
+
+// Defaults of the conflist keys.
+const (
+	DefaultLogFile = "/var/log/weir-cni.log"
+	DefaultTimeout = 10 * time.Second
+)
+
+// parseConfig decodes the plugin's config strictly (an unknown key is almost
+// always a typo that would silently change behaviour), fills defaults,
+// validates, and parses prevResult when present.
+func parseConfig(stdin []byte) (*Conf, error) {
+	c := &Conf{}
+	dec := json.NewDecoder(bytes.NewReader(stdin))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(c); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "invalid weir-cni config", err.Error())
+	}
+	if c.AgentSocket == "" {
+		c.AgentSocket = api.DefaultSocket
+	}
+	if c.Mode == "" {
+		c.Mode = string(redirect.ModeRedirect)
+	}
+	if c.LogFile == "" {
+		c.LogFile = DefaultLogFile
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	c.timeout = DefaultTimeout
+	if c.AgentTimeout != "" {
+		d, err := time.ParseDuration(c.AgentTimeout)
+		if err != nil || d <= 0 {
+			return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+				fmt.Sprintf("agentTimeout: want a positive duration such as \"10s\", got %q", c.AgentTimeout))
+		}
+		c.timeout = d
+	}
+	if c.AgentSocket[0] != '/' {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+			fmt.Sprintf("agentSocket: want an absolute path, got %q", c.AgentSocket))
+	}
+	switch redirect.Mode(c.Mode) {
+	case redirect.ModeRedirect:
+	case redirect.ModeTPROXY, redirect.ModeEBPF:
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+			fmt.Sprintf("mode: %q is not implemented yet; use \"redirect\"", c.Mode))
+	default:
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+			fmt.Sprintf("mode: want \"redirect\", got %q", c.Mode))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+			fmt.Sprintf("logLevel: want debug, info, warn or error, got %q", c.LogLevel))
+	}
+	if c.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&c.PluginConf); err != nil {
+			return nil, types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
+		}
+	}
+	return c, nil
+}

@@ -1,0 +1,279 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// Error codes of weir-cni beyond the CNI spec's well-known ones (the spec
+// leaves 100 and above to plugins).
+const (
+	// ErrPluginNotAvailable is the spec's code for STATUS "not ready".
+	ErrPluginNotAvailable uint = 50
+	// ErrAgentRefused: the agent answered, with an error.
+	ErrAgentRefused uint = 100
+	// ErrRedirect: the redirect could not be programmed (nothing was left).
+	ErrRedirect uint = 101
+	// ErrCheck: CHECK found the pod's capture incomplete.
+	ErrCheck uint = 102
+)
+
+// Funcs are the plugin's verbs for skel.
+func Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
+}
+
+// cmdAdd: parse, require prevResult, ask the agent, program the redirect,
+// print prevResult unchanged.
+func cmdAdd(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log := conf.logger().With("verb", "ADD", "container", args.ContainerID, "netns", args.Netns)
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin",
+			"no prevResult in the config: list weir-cni after the plugin that creates the interface")
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
+	}
+	if err := checkNetns(args.Netns); err != nil {
+		return err
+	}
+	pod, err := podFromArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	ips := make([]string, 0, len(prev.IPs))
+	for _, ip := range prev.IPs {
+		ips = append(ips, ip.Address.String())
+	}
+	client := newAgentClient(conf)
+	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
+	var resp api.AddResponse
+	err = client.call(http.MethodPost, api.PathAdd, api.AddRequest{
+		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
+	}, &resp)
+	if err != nil {
+		log.Error("agent add failed", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+		return agentCallError("ADD", conf, err)
+	}
+	if !resp.Captured {
+		log.Info("pod not captured", "pod", pod.Namespace+"/"+pod.Name, "reason", resp.Reason)
+		return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+	}
+	if resp.Redirect == nil {
+		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
+	}
+	spec := fromWire(*resp.Redirect)
+	if err := redirect.Apply(args.Netns, spec); err != nil {
+		// Nothing was applied (Apply is all or nothing); let the agent close
+		// the listeners it opened for us.
+		if derr := client.call(http.MethodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
+			log.Warn("rollback: agent del failed", "err", derr)
+		}
+		log.Error("apply redirect failed", "err", err)
+		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
+	}
+	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
+	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+}
+
+// cmdDel removes the rules, then tells the agent. It needs no prevResult and
+// succeeds for a netns that is gone, a pod never added, and a second DEL.
+// An unreachable agent does not fail DEL: the agent's sweep and GC release
+// what it held.
+func cmdDel(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log := conf.logger().With("verb", "DEL", "container", args.ContainerID, "netns", args.Netns)
+	if args.Netns != "" {
+		if err := redirect.Remove(args.Netns); err != nil {
+			log.Error("remove redirect failed", "err", err)
+			return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
+		}
+	}
+	pod, _ := podFromArgs(args.Args)
+	var resp api.DelResponse
+	err = newAgentClient(conf).call(http.MethodPost, api.PathDel, api.DelRequest{
+		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
+	}, &resp)
+	if err != nil {
+		log.Warn("agent del failed; it will release the pod on its own", "err", err)
+		return nil
+	}
+	log.Info("pod deleted", "known", resp.Known)
+	return nil
+}
+
+// cmdCheck fails, naming what is missing, when the capture the agent expects
+// is not fully in place.
+func cmdCheck(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if conf.PrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin", "no prevResult in the config")
+	}
+	if err := checkNetns(args.Netns); err != nil {
+		return err
+	}
+	pod, err := podFromArgs(args.Args)
+	if err != nil {
+		return err
+	}
+	var resp api.CheckResponse
+	err = newAgentClient(conf).call(http.MethodPost, api.PathCheck, api.CheckRequest{
+		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
+	}, &resp)
+	if err != nil {
+		return agentCallError("CHECK", conf, err)
+	}
+	if !resp.Captured {
+		installed, err := redirect.Installed(args.Netns)
+		if err != nil {
+			return types.NewError(ErrCheck, "cannot read rules in pod netns "+args.Netns, err.Error())
+		}
+		if installed {
+			return types.NewError(ErrCheck, "weir rules present in a pod the agent does not capture", "netns "+args.Netns)
+		}
+		return nil
+	}
+	if !resp.Listening || resp.Redirect == nil {
+		return types.NewError(ErrCheck, "weir-agent holds no capture listener for this pod", "container "+args.ContainerID+": delete and re-add the pod, or restart the agent to reconcile")
+	}
+	if err := redirect.Verify(args.Netns, fromWire(*resp.Redirect)); err != nil {
+		return types.NewError(ErrCheck, "weir capture incomplete in pod netns "+args.Netns, err.Error())
+	}
+	return nil
+}
+
+// cmdStatus reports whether the agent is up to serve ADDs.
+func cmdStatus(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	var resp api.StatusResponse
+	if err := newAgentClient(conf).call(http.MethodGet, api.PathStatus, nil, &resp); err != nil {
+		return types.NewError(ErrPluginNotAvailable, "weir-agent not available", err.Error())
+	}
+	if !resp.Ready {
+		return types.NewError(ErrPluginNotAvailable, "weir-agent not ready", resp.Error)
+	}
+	return nil
+}
+
+// cmdGC hands the runtime's list of live attachments to the agent, which
+// releases the rest.
+func cmdGC(args *skel.CmdArgs) error {
+	conf, err := parseConfig(args.StdinData)
+	if err != nil {
+		return err
+	}
+	valid := make([]api.Attachment, 0, len(conf.ValidAttachments))
+	for _, a := range conf.ValidAttachments {
+		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
+	}
+	var resp api.GCResponse
+	if err := newAgentClient(conf).call(http.MethodPost, api.PathGC, api.GCRequest{Version: api.Version, Valid: valid}, &resp); err != nil {
+		return agentCallError("GC", conf, err)
+	}
+	conf.logger().Info("gc", "valid", len(valid), "released", resp.Released)
+	return nil
+}
+
+func agentCallError(verb string, conf *Conf, err error) error {
+	var ue *unreachableError
+	if errors.As(err, &ue) {
+		return types.NewError(types.ErrTryAgainLater,
+			fmt.Sprintf("weir-agent unreachable at %s", conf.AgentSocket),
+			fmt.Sprintf("%s needs the node agent: %v; is weir-agent running on this node?", verb, ue.err))
+	}
+	var ae *agentError
+	if errors.As(err, &ae) {
+		return types.NewError(ErrAgentRefused, "weir-agent refused "+verb, ae.msg)
+	}
+	return types.NewError(types.ErrInternal, "weir-agent call failed", err.Error())
+}
+
+// checkNetns fails clearly when the runtime passed a netns path that is not
+// there, before anything else is touched.
+func checkNetns(path string) error {
+	if path == "" {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
+	}
+	n.Close()
+	return nil
+}
+
+// k8sArgs are the CNI_ARGS a Kubernetes runtime passes.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // names are the wire keys
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+}
+
+func podFromArgs(s string) (api.Pod, error) {
+	var a k8sArgs
+	a.IgnoreUnknown = true
+	if err := types.LoadArgs(s, &a); err != nil {
+		return api.Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	}
+	return api.Pod{Namespace: string(a.K8S_POD_NAMESPACE), Name: string(a.K8S_POD_NAME), UID: string(a.K8S_POD_UID)}, nil
+}
+
+func fromWire(r api.Redirect) redirect.Spec {
+	return redirect.Spec{
+		Mode:                 redirect.Mode(r.Mode),
+		OutboundPort:         r.OutboundPort,
+		InboundPort:          r.InboundPort,
+		Mark:                 r.Mark,
+		Mask:                 r.Mask,
+		IPv4:                 r.IPv4,
+		IPv6:                 r.IPv6,
+		ExcludeInboundPorts:  r.ExcludeInboundPorts,
+		IncludeInboundPorts:  r.IncludeInboundPorts,
+		ExcludeOutboundPorts: r.ExcludeOutboundPorts,
+		ExcludeOutboundCIDRs: r.ExcludeOutboundCIDRs,
+		Backend:              r.Backend,
+	}
+}
+
+// logger logs to the configured file; it never writes to stderr, which
+// libcni would hand to the runtime.
+func (c *Conf) logger() *slog.Logger {
+	var w io.Writer = io.Discard
+	if c.LogFile != "-" {
+		if f, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			w = f // closed at process exit; the plugin lives for one verb
+		}
+	}
+	var level slog.Level
+	level.UnmarshalText([]byte(strings.ToUpper(c.LogLevel)))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("plugin", "weir-cni")
+}

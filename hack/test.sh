@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every weir test as CI does: installs what is missing, builds, vets, and
+# runs unit and end-to-end tests (network namespaces, real CNI chain, real
+# servers). Needs root. Safe to run twice.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "weir: the tests need root (network namespaces, iptables)" >&2; exit 1; }
+hack/deps.sh
+export PATH=$PATH:/usr/local/go/bin
+export WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
+if [ -x hack/kube-binaries.sh ]; then
+  WEIR_KUBE_BIN_DIR=${WEIR_KUBE_BIN_DIR:-$(hack/kube-binaries.sh | tail -n1)}
+  export WEIR_KUBE_BIN_DIR
+fi
+make build
+go vet ./...
+test -z "$(gofmt -l $(git ls-files '*.go'))" || { echo "weir: gofmt needed:" >&2; gofmt -l $(git ls-files '*.go') >&2; exit 1; }
+go test -count=1 -timeout 75m ${WEIR_TEST_FLAGS:-} ./...

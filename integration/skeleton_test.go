@@ -1,0 +1,318 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// specVersions are the CNI spec versions every skeleton test runs under.
+var specVersions = []string{"1.0.0", "1.1.0"}
+
+// mesh is the standard small world: two nginx servers in an uncaptured
+// namespace, an agent that captures namespace demo and balances the virtual
+// service 10.96.0.10:80 over the two servers, and a client pod in demo.
+type mesh struct {
+	node           *testworld.Node
+	agent          *testworld.Agent
+	srvA, srvB     *testworld.Pod
+	nginxA, nginxB *testworld.Nginx
+	client         *testworld.Pod
+}
+
+const serviceVIP = "10.96.0.10:80"
+
+func newMesh(t *testing.T, spec string) *mesh {
+	t.Helper()
+	m := &mesh{node: testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec})}
+	// Servers first (their namespace is not captured, so ADD needs no agent
+	// answer beyond "not captured"); the agent must be up for any ADD.
+	m.agent = m.node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	m.srvA = m.node.MustAddPod(t, "backend", "server-a")
+	m.srvB = m.node.MustAddPod(t, "backend", "server-b")
+	m.nginxA = m.srvA.StartNginx(t, 8080, "server-a")
+	m.nginxB = m.srvB.StartNginx(t, 8080, "server-b")
+	// Restart the agent with the service pointing at the servers' IPs.
+	m.agent.Stop(t)
+	m.agent = m.node.StartAgent(t, map[string]any{
+		"capture": map[string]any{"namespaces": []string{"demo"}},
+		"services": []any{map[string]any{
+			"name": "web", "address": serviceVIP,
+			"endpoints": []string{m.srvA.IP4.String() + ":8080", m.srvB.IP4.String() + ":8080"},
+		}},
+	})
+	m.client = m.node.MustAddPod(t, "demo", "client")
+	return m
+}
+
+func forEachSpec(t *testing.T, f func(t *testing.T, spec string)) {
+	for _, v := range specVersions {
+		t.Run("cni-"+v, func(t *testing.T) { f(t, v) })
+	}
+}
+
+func outbound(t *testing.T, a *testworld.Agent) float64 {
+	return a.Metric(t, `weir_connections_total{direction="outbound"}`)
+}
+
+// Must show 1: the service address is balanced over both endpoints, and the
+// servers see the client pod's own IP.
+func TestServiceAddressReachesBothEndpoints(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		m := newMesh(t, spec)
+		seen := map[string]int{}
+		for i := 0; i < 20; i++ {
+			body, err := m.client.Curl(t, "http://"+serviceVIP+"/")
+			if err != nil {
+				t.Fatalf("request %d to %s: %v: %s", i, serviceVIP, err, body)
+			}
+			seen[strings.TrimSpace(body)]++
+		}
+		if seen["server-a"] == 0 || seen["server-b"] == 0 || seen["server-a"]+seen["server-b"] != 20 {
+			t.Fatalf("answers over 20 requests: %v; want both servers and nothing else", seen)
+		}
+		for _, n := range []*testworld.Nginx{m.nginxA, m.nginxB} {
+			for _, c := range n.Clients(t) {
+				if c != m.client.IP4.String() {
+					t.Fatalf("server logged client %s, want the client pod's IP %s", c, m.client.IP4)
+				}
+			}
+		}
+		if got := outbound(t, m.agent); got < 20 {
+			t.Fatalf("outbound connections counted %v, want at least 20", got)
+		}
+	})
+}
+
+// Must show 2: a direct pod-IP connection is captured too, counted exactly.
+func TestDirectPodIPGoesThroughAgent(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		m := newMesh(t, spec)
+		before := outbound(t, m.agent)
+		const n = 5
+		for i := 0; i < n; i++ {
+			body, err := m.client.Curl(t, fmt.Sprintf("http://%s:8080/", m.srvA.IP4))
+			if err != nil || strings.TrimSpace(body) != "server-a" {
+				t.Fatalf("request %d: %v: %q", i, err, body)
+			}
+		}
+		if got := outbound(t, m.agent) - before; got != n {
+			t.Fatalf("outbound counter rose by %v, want exactly %d", got, n)
+		}
+	})
+}
+
+// Must show 3: a connection into a captured pod passes the inbound listener.
+func TestInboundThroughAgent(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		m := newMesh(t, spec)
+		app := m.node.MustAddPod(t, "demo", "app")
+		app.StartNginx(t, 8080, "app")
+		before := m.agent.Metric(t, `weir_connections_total{direction="inbound"}`)
+		body, err := m.srvA.Curl(t, fmt.Sprintf("http://%s:8080/", app.IP4))
+		if err != nil || strings.TrimSpace(body) != "app" {
+			t.Fatalf("request into captured pod: %v: %q", err, body)
+		}
+		if got := m.agent.Metric(t, `weir_connections_total{direction="inbound"}`) - before; got != 1 {
+			t.Fatalf("inbound counter rose by %v, want 1", got)
+		}
+	})
+}
+
+// Must show 4: an uncaptured pod has no weir rule and works normally.
+func TestUncapturedPodUntouched(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		m := newMesh(t, spec)
+		other := m.node.MustAddPod(t, "other", "plain")
+		installed, err := redirect.Installed(other.Path)
+		if err != nil || installed {
+			t.Fatalf("uncaptured pod: weir rules installed=%v err=%v", installed, err)
+		}
+		before := outbound(t, m.agent)
+		body, err := other.Curl(t, fmt.Sprintf("http://%s:8080/", m.srvB.IP4))
+		if err != nil || strings.TrimSpace(body) != "server-b" {
+			t.Fatalf("uncaptured pod request: %v: %q", err, body)
+		}
+		if got := outbound(t, m.agent) - before; got != 0 {
+			t.Fatalf("agent counted %v outbound connections from an uncaptured pod", got)
+		}
+	})
+}
+
+// Must show 5: with the agent down, ADD of a captured pod fails naming the
+// socket and leaves no rule; with the agent back, ADD works.
+func TestAgentDownFailsClosed(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec})
+		cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}}
+		node.WriteAgentConfig(t, cfg)
+		p, err := node.AddPod(t, "demo", "early")
+		if err == nil {
+			t.Fatal("ADD succeeded with no agent running")
+		}
+		if !strings.Contains(err.Error(), node.Socket) {
+			t.Fatalf("ADD error does not name the agent socket %s: %v", node.Socket, err)
+		}
+		if installed, ierr := redirect.Installed(p.Path); ierr != nil || installed {
+			t.Fatalf("failed ADD left weir rules (installed=%v, err=%v)", installed, ierr)
+		}
+		agent := node.StartAgent(t, cfg)
+		p2 := node.MustAddPod(t, "demo", "late")
+		if installed, err := redirect.Installed(p2.Path); err != nil || !installed {
+			t.Fatalf("ADD with the agent up: installed=%v err=%v", installed, err)
+		}
+		_ = agent
+	})
+}
+
+func listeningPorts(t *testing.T, p *testworld.Pod) string {
+	t.Helper()
+	return p.MustRun(t, "ss", "-Hltn")
+}
+
+// Must show 6: DEL removes every rule and listener; repeated and orphan DELs
+// succeed; CHECK fails when a rule was removed by hand.
+func TestDelAndCheck(t *testing.T) {
+	forEachSpec(t, func(t *testing.T, spec string) {
+		node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec})
+		node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+		p := node.MustAddPod(t, "demo", "victim")
+		if err := node.Check(p); err != nil {
+			t.Fatalf("CHECK of a fresh pod: %v", err)
+		}
+		if ls := listeningPorts(t, p); !strings.Contains(ls, ":15001") || !strings.Contains(ls, ":15006") {
+			t.Fatalf("agent listeners missing in pod netns:\n%s", ls)
+		}
+		// Remove one weir rule by hand: CHECK must fail and say what is missing.
+		p.MustRun(t, "iptables", "-t", "nat", "-F", "WEIR_OUTPUT")
+		err := node.Check(p)
+		if err == nil || !strings.Contains(err.Error(), "WEIR_OUTPUT") {
+			t.Fatalf("CHECK after flushing WEIR_OUTPUT: %v; want an error naming it", err)
+		}
+		for i := 0; i < 2; i++ {
+			if err := node.Del(p); err != nil {
+				t.Fatalf("DEL #%d: %v", i+1, err)
+			}
+		}
+		if installed, err := redirect.Installed(p.Path); err != nil || installed {
+			t.Fatalf("after DEL: installed=%v err=%v", installed, err)
+		}
+		if ls := listeningPorts(t, p); strings.Contains(ls, ":15001") || strings.Contains(ls, ":15006") {
+			t.Fatalf("agent listeners left in pod netns after DEL:\n%s", ls)
+		}
+		// Orphan DEL: a pod never added.
+		never := node.NewPodNetns(t, "demo", "never")
+		if err := node.Del(never); err != nil {
+			t.Fatalf("DEL of a pod never added: %v", err)
+		}
+		// DEL after the netns is gone.
+		gone := node.MustAddPod(t, "demo", "gone")
+		gone.MustRunDelete(t)
+		if err := node.Del(gone); err != nil {
+			t.Fatalf("DEL of a pod whose netns is gone: %v", err)
+		}
+	})
+}
+
+// Must show 8a: a bulk transfer arrives byte-exact through the agent.
+func TestBulkTransferByteExact(t *testing.T) {
+	m := newMesh(t, "1.0.0")
+	ln := m.srvA.Listen(t, "0.0.0.0:9000")
+	const size = 1 << 30
+	got := make(chan [32]byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(got)
+			return
+		}
+		defer c.Close()
+		h := sha256.New()
+		io.Copy(h, c)
+		var sum [32]byte
+		copy(sum[:], h.Sum(nil))
+		got <- sum
+	}()
+	c, err := m.client.Dial(fmt.Sprintf("%s:9000", m.srvA.IP4), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(newPattern(), size), h)
+	if _, err := io.Copy(c, src); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	c.CloseWrite()
+	var want [32]byte
+	copy(want[:], h.Sum(nil))
+	select {
+	case sum, ok := <-got:
+		if !ok || sum != want {
+			t.Fatalf("received data differs (sha256 %x, sent %x)", sum, want)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("bulk transfer did not finish in 2 minutes")
+	}
+	c.Close()
+	if up := m.agent.Metric(t, `weir_bytes_total{direction="outbound",stream="client_to_upstream"}`); up < size {
+		t.Fatalf("agent counted %v bytes upstream, want >= %d", up, size)
+	}
+}
+
+// Must show 8b: after the client half-closes, the rest of the response
+// still arrives.
+func TestHalfCloseDeliversResponse(t *testing.T) {
+	m := newMesh(t, "1.0.0")
+	ln := m.srvA.Listen(t, "0.0.0.0:9001")
+	const reply = 3 << 20
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c) // read until the client's FIN
+		fmt.Fprintf(c, "got %d\n", n)
+		io.Copy(c, io.LimitReader(newPattern(), reply))
+	}()
+	c, err := m.client.Dial(fmt.Sprintf("%s:9001", m.srvA.IP4), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	c.Write([]byte("hello, half-closed world"))
+	c.CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read after half-close: %v", err)
+	}
+	head := "got 24\n"
+	if !strings.HasPrefix(string(b), head) || len(b) != len(head)+reply {
+		t.Fatalf("response after half-close: %d bytes, prefix %q; want %q + %d bytes", len(b), string(b[:min(len(b), 16)]), head, reply)
+	}
+}
+
+// pattern is a cheap, endless, non-repeating-ish byte source.
+type pattern struct{ x uint64 }
+
+func newPattern() *pattern { return &pattern{x: 0x9e3779b97f4a7c15} }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	for i := range b {
+		p.x ^= p.x << 13
+		p.x ^= p.x >> 7
+		p.x ^= p.x << 17
+		b[i] = byte(p.x)
+	}
+	return len(b), nil
+}
+
+var _ net.Conn = (*net.TCPConn)(nil)

@@ -1,0 +1,188 @@
+package testworld
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// AdminAddr is where test agents serve /metrics inside their node netns.
+const AdminAddr = "127.0.0.1:15020"
+
+// Agent is a weir-agent process running inside a node netns.
+type Agent struct {
+	node    *Node
+	cmd     *exec.Cmd
+	Config  string // path of its config file
+	LogPath string
+	done    chan struct{}
+	exitErr error
+}
+
+// WriteAgentConfig writes cfg (merged over the node's socket and admin
+// address) as the agent's config file and returns its path. JSON is YAML.
+func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
+	t.Helper()
+	full := map[string]any{"socket": n.Socket, "admin": AdminAddr, "logLevel": "debug", "sweepInterval": "2s"}
+	for k, v := range cfg {
+		full[k] = v
+	}
+	b, err := json.MarshalIndent(full, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(n.Dir, "agent.yaml")
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// StartAgent writes cfg and starts weir-agent in the node netns, waiting for
+// /readyz. It is stopped (SIGTERM) at cleanup.
+func (n *Node) StartAgent(t T, cfg map[string]any) *Agent {
+	t.Helper()
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg)}
+	a.start(t)
+	t.Cleanup(func() {
+		a.Stop(t)
+		if t.Failed() {
+			if b, err := os.ReadFile(a.LogPath); err == nil {
+				t.Logf("agent log:\n%s", tail(b, 60))
+			}
+		}
+	})
+	return a
+}
+
+func tail(b []byte, lines int) string {
+	s := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(s) > lines {
+		s = s[len(s)-lines:]
+	}
+	return strings.Join(s, "\n")
+}
+
+func (a *Agent) start(t T) {
+	t.Helper()
+	a.LogPath = filepath.Join(a.node.Dir, "agent.log")
+	logf, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.cmd = a.node.Command(context.Background(), filepath.Join(a.node.Bin, "weir-agent"), "--config", a.Config)
+	a.cmd.Stdout, a.cmd.Stderr = logf, logf
+	if err := a.cmd.Start(); err != nil {
+		t.Fatalf("start weir-agent: %v", err)
+	}
+	a.done = make(chan struct{})
+	go func() {
+		a.exitErr = a.cmd.Wait()
+		logf.Close()
+		close(a.done)
+	}()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if body, err := a.Get("/readyz"); err == nil && strings.HasPrefix(body, "ready") {
+			return
+		}
+		select {
+		case <-a.done:
+			b, _ := os.ReadFile(a.LogPath)
+			t.Fatalf("weir-agent exited at start: %v\n%s", a.exitErr, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(a.LogPath)
+			t.Fatalf("weir-agent not ready after 15s\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Restart starts the agent again after Stop, with the same config.
+func (a *Agent) Restart(t T) {
+	t.Helper()
+	a.Stop(t)
+	a.start(t)
+}
+
+// Stop sends SIGTERM and waits (bounded) for the agent to exit; it returns
+// the exit error, nil for exit status 0.
+func (a *Agent) Stop(t T) error {
+	if a.cmd == nil || a.done == nil {
+		return nil
+	}
+	select {
+	case <-a.done:
+		return a.exitErr
+	default:
+	}
+	// ip netns exec replaces itself with the agent, so the signal reaches it.
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		a.cmd.Process.Kill()
+		<-a.done
+		t.Errorf("weir-agent did not exit within 30s of SIGTERM")
+	}
+	return a.exitErr
+}
+
+// Get fetches a path from the agent's admin endpoint inside the node netns.
+func (a *Agent) Get(path string) (string, error) {
+	c := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return a.node.Dial(addr, 2*time.Second)
+			},
+			DisableKeepAlives: true,
+		},
+	}
+	resp, err := c.Get("http://" + AdminAddr + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return string(b), err
+}
+
+// Metric returns the value of one Prometheus series, e.g.
+// Metric(t, `weir_connections_total{direction="outbound"}`); 0 if absent.
+func (a *Agent) Metric(t T, series string) float64 {
+	t.Helper()
+	body, err := a.Get("/metrics")
+	if err != nil {
+		t.Fatalf("read agent metrics: %v", err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(body))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, series+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(line[len(series):]), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return v
+		}
+	}
+	return 0
+}

@@ -1,0 +1,105 @@
+package testworld
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// Binaries builds weir-cni and weir-agent once per test binary and returns the
+// directory holding them.
+func Binaries(t T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "weir-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		for _, pkg := range []string{"./cni/cmd/weir-cni", "./agent/cmd/weir-agent"} {
+			cmd := exec.Command("go", "build", "-o", dir, pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = &buildError{pkg: pkg, out: string(out), err: err}
+				return
+			}
+		}
+		binDir = dir
+	})
+	if buildErr != nil {
+		t.Fatalf("build weir binaries: %v", buildErr)
+	}
+	return binDir
+}
+
+type buildError struct {
+	pkg, out string
+	err      error
+}
+
+func (e *buildError) Error() string { return e.pkg + ": " + e.err.Error() + "\n" + e.out }
+
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Dir(strings.TrimSpace(string(out))), nil
+}
+
+// DebianPlugins is where Debian's containernetworking-plugins (spec ≤ 1.0.0) live.
+const DebianPlugins = "/usr/lib/cni"
+
+var (
+	upstreamOnce sync.Once
+	upstreamDir  string
+	upstreamErr  error
+)
+
+// PluginDir returns the reference plugins for a CNI spec version: Debian's for
+// 1.0.0, upstream v1.7+ (built by hack/cni-plugins.sh, cached) for 1.1.0.
+func PluginDir(t T, specVersion string) string {
+	t.Helper()
+	if specVersion != "1.1.0" {
+		_, err := os.Stat(filepath.Join(DebianPlugins, "bridge"))
+		Require(t, err == nil, "Debian package containernetworking-plugins ("+DebianPlugins+"/bridge)")
+		return DebianPlugins
+	}
+	upstreamOnce.Do(func() {
+		if d := os.Getenv("WEIR_CNI_PLUGINS_DIR"); d != "" {
+			upstreamDir = d
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		out, err := exec.Command(filepath.Join(root, "hack", "cni-plugins.sh")).Output()
+		if err != nil {
+			upstreamErr = err
+			return
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		upstreamDir = lines[len(lines)-1]
+	})
+	if upstreamErr != nil {
+		Require(t, false, "upstream CNI plugins v1.7.1 (hack/cni-plugins.sh failed: "+upstreamErr.Error()+")")
+	}
+	_, err := os.Stat(filepath.Join(upstreamDir, "bridge"))
+	Require(t, err == nil, "upstream CNI plugins in "+upstreamDir)
+	return upstreamDir
+}

@@ -1,0 +1,254 @@
+package testworld
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+)
+
+// Subnets of every test node. Each node lives in its own isolated netns, so
+// nodes of parallel tests may reuse them.
+const (
+	PodSubnet4 = "10.22.0.0/16"
+	Gateway4   = "10.22.0.1"
+	PodSubnet6 = "fd00:22::/64"
+)
+
+// NodeOptions shape a node. The zero value is an IPv4 node on CNI spec 1.0.0
+// with Debian's plugins.
+type NodeOptions struct {
+	// SpecVersion is the conflist's cniVersion: "1.0.0" (Debian's plugins)
+	// or "1.1.0" (upstream plugins, STATUS and GC).
+	SpecVersion string
+	// IPv6 adds an IPv6 range (dual stack with IPv4 unless NoIPv4).
+	IPv6   bool
+	NoIPv4 bool
+	// Weir holds extra keys for weir-cni's conflist entry (mode, …).
+	Weir map[string]any
+}
+
+// Node is one isolated node: a netns with the bridge, the CNI chain and an
+// agent socket path.
+type Node struct {
+	*Netns
+	Opts      NodeOptions
+	Dir       string // temp dir: IPAM data, CNI cache, logs, agent config
+	Bin       string // weir binaries
+	PluginDir string
+	Socket    string // the agent's unix socket
+	CNILog    string // weir-cni's log file
+	cni       *libcni.CNIConfig
+}
+
+// NewNode builds an isolated node netns and prepares the CNI chain.
+func NewNode(t T, opts NodeOptions) *Node {
+	t.Helper()
+	RequireRoot(t)
+	if opts.SpecVersion == "" {
+		opts.SpecVersion = "1.0.0"
+	}
+	n := &Node{Netns: NewNetns(t, "wn-"), Opts: opts, Dir: t.TempDir()}
+	n.Bin = Binaries(t)
+	n.PluginDir = PluginDir(t, opts.SpecVersion)
+	n.Socket = filepath.Join(n.Dir, "agent.sock")
+	n.CNILog = filepath.Join(n.Dir, "weir-cni.log")
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), nil)
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(n.CNILog); err == nil {
+				t.Logf("weir-cni log:\n%s", b)
+			}
+		}
+	})
+	return n
+}
+
+// Conflist is the node's chain: bridge + host-local, then weir-cni.
+func (n *Node) Conflist() []byte {
+	var ranges []any
+	if !n.Opts.NoIPv4 {
+		ranges = append(ranges, []any{map[string]any{"subnet": PodSubnet4, "gateway": Gateway4}})
+	}
+	routes := []any{}
+	if !n.Opts.NoIPv4 {
+		routes = append(routes, map[string]any{"dst": "0.0.0.0/0"})
+	}
+	if n.Opts.IPv6 {
+		ranges = append(ranges, []any{map[string]any{"subnet": PodSubnet6}})
+		routes = append(routes, map[string]any{"dst": "::/0"})
+	}
+	weir := map[string]any{"type": "weir-cni", "agentSocket": n.Socket, "logFile": n.CNILog, "logLevel": "debug"}
+	for k, v := range n.Opts.Weir {
+		weir[k] = v
+	}
+	list := map[string]any{
+		"cniVersion": n.Opts.SpecVersion,
+		"name":       "weir-test",
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": "weir0", "isGateway": true, "ipMasq": false,
+				"ipam": map[string]any{"type": "host-local", "ranges": ranges, "routes": routes, "dataDir": filepath.Join(n.Dir, "ipam")},
+			},
+			weir,
+		},
+	}
+	b, _ := json.Marshal(list)
+	return b
+}
+
+func (n *Node) netList() (*libcni.NetworkConfigList, error) {
+	return libcni.ConfListFromBytes(n.Conflist())
+}
+
+func (n *Node) loList() (*libcni.NetworkConfigList, error) {
+	return libcni.ConfListFromBytes([]byte(fmt.Sprintf(`{"cniVersion":%q,"name":"lo","plugins":[{"type":"loopback"}]}`, n.Opts.SpecVersion)))
+}
+
+// Pod is a pod netns attached to the node by the CNI chain.
+type Pod struct {
+	*Netns
+	Namespace, Name, ContainerID string
+	IP4, IP6                     netip.Addr
+	Result                       *current.Result
+	node                         *Node
+}
+
+// Runtime is the RuntimeConf libcni passes for p, as a Kubernetes runtime would.
+func (p *Pod) Runtime() *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{
+		ContainerID: p.ContainerID,
+		NetNS:       p.Path,
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"K8S_POD_NAMESPACE", p.Namespace},
+			{"K8S_POD_NAME", p.Name},
+			{"K8S_POD_UID", "uid-" + p.ContainerID},
+		},
+	}
+}
+
+// NewPodNetns makes the pod's namespace without running the chain yet.
+func (n *Node) NewPodNetns(t T, namespace, name string) *Pod {
+	t.Helper()
+	p := &Pod{Netns: NewNetns(t, "wp-"), Namespace: namespace, Name: name, node: n}
+	p.ContainerID = "c" + p.Netns.Name
+	return p
+}
+
+// AddPod creates a pod netns and runs ADD (loopback, then the chain) through
+// libcni inside the node netns. A failed ADD is returned, not fatal.
+func (n *Node) AddPod(t T, namespace, name string) (*Pod, error) {
+	t.Helper()
+	p := n.NewPodNetns(t, namespace, name)
+	return p, n.Add(t, p)
+}
+
+// MustAddPod is AddPod that fails the test on error.
+func (n *Node) MustAddPod(t T, namespace, name string) *Pod {
+	t.Helper()
+	p, err := n.AddPod(t, namespace, name)
+	if err != nil {
+		t.Fatalf("ADD pod %s/%s: %v", namespace, name, err)
+	}
+	return p
+}
+
+// Add runs ADD for an existing pod netns and registers DEL at cleanup.
+func (n *Node) Add(t T, p *Pod) error {
+	t.Helper()
+	lo, err := n.loList()
+	if err != nil {
+		return err
+	}
+	list, err := n.netList()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var res types.Result
+	err = n.Do(func() error {
+		if _, err := n.cni.AddNetworkList(ctx, lo, p.Runtime()); err != nil {
+			return fmt.Errorf("loopback: %w", err)
+		}
+		var err error
+		res, err = n.cni.AddNetworkList(ctx, list, p.Runtime())
+		return err
+	})
+	t.Cleanup(func() { n.Del(p) })
+	if err != nil {
+		return err
+	}
+	r, err := current.NewResultFromResult(res)
+	if err != nil {
+		return err
+	}
+	p.Result = r
+	for _, ip := range r.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		a = a.Unmap()
+		if a.Is4() {
+			p.IP4 = a
+		} else {
+			p.IP6 = a
+		}
+	}
+	return nil
+}
+
+// Del runs DEL for the pod through libcni.
+func (n *Node) Del(p *Pod) error {
+	list, err := n.netList()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Do(func() error { return n.cni.DelNetworkList(ctx, list, p.Runtime()) })
+}
+
+// Check runs CHECK for the pod through libcni.
+func (n *Node) Check(p *Pod) error {
+	list, err := n.netList()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Do(func() error { return n.cni.CheckNetworkList(ctx, list, p.Runtime()) })
+}
+
+// Status runs STATUS (spec 1.1.0) through libcni.
+func (n *Node) Status() error {
+	list, err := n.netList()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Do(func() error { return n.cni.GetStatusNetworkList(ctx, list) })
+}
+
+// GC runs GC (spec 1.1.0) through libcni, naming the pods still valid.
+func (n *Node) GC(valid ...*Pod) error {
+	list, err := n.netList()
+	if err != nil {
+		return err
+	}
+	args := &libcni.GCArgs{}
+	for _, p := range valid {
+		args.ValidAttachments = append(args.ValidAttachments, types.GCAttachment{ContainerID: p.ContainerID, IfName: "eth0"})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Do(func() error { return n.cni.GCNetworkList(ctx, list, args) })
+}

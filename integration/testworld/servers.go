@@ -1,0 +1,89 @@
+package testworld
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Nginx is a real nginx serving inside a pod: every request answers with the
+// server's name, and the access log records each client's address.
+type Nginx struct {
+	Dir, AccessLog string
+}
+
+// StartNginx runs nginx in the pod on port (IPv4 and, when the pod has it,
+// IPv6), answering "name\n". It waits until the port accepts.
+func (p *Pod) StartNginx(t T, port int, name string) *Nginx {
+	t.Helper()
+	RequireTool(t, "nginx")
+	dir := t.TempDir()
+	n := &Nginx{Dir: dir, AccessLog: filepath.Join(dir, "access.log")}
+	listen := fmt.Sprintf("listen %d;", port)
+	if p.IP6.IsValid() {
+		listen += fmt.Sprintf(" listen [::]:%d;", port)
+	}
+	conf := fmt.Sprintf(`
+user root;
+daemon off;
+worker_processes 1;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 4096; }
+http {
+  log_format weir '$remote_addr';
+  access_log %[1]s/access.log weir;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 1000000;
+  server { %[2]s location / { return 200 "%[3]s\n"; } }
+}
+`, dir, listen, name)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Start(t, "nginx", "-c", confPath, "-e", filepath.Join(dir, "error.log"))
+	p.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
+	return n
+}
+
+// Clients returns the client addresses nginx logged, in order.
+func (n *Nginx) Clients(t T) []string {
+	t.Helper()
+	b, err := os.ReadFile(n.AccessLog)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Fields(string(b))
+}
+
+// WaitPort waits until addr accepts connections from inside the pod.
+func (p *Pod) WaitPort(t T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := p.Dial(addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never accepted in %s: %v", addr, p.Name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Curl runs curl in the pod and returns its body.
+func (p *Pod) Curl(t T, url string, extra ...string) (string, error) {
+	t.Helper()
+	RequireTool(t, "curl")
+	args := append([]string{"-sS", "--max-time", "5", "--noproxy", "*"}, extra...)
+	return p.Run("curl", append(args, url)...)
+}

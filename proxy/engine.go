@@ -1,0 +1,208 @@
+// Package proxy is weir's data plane: it accepts captured connections on
+// listeners that live inside pod network namespaces, recovers where each was
+// going, routes it, balances it over a cluster, connects upstream from inside
+// the same namespace with the bypass mark, and relays bytes.
+//
+// proxy knows nothing of Kubernetes, CNI or iptables. The agent feeds it an
+// immutable route snapshot (route.Table) and listeners it opened; the hot path
+// reads the snapshot with one atomic load and takes no lock.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/proxy/origdst"
+	"github.com/weir-mesh/weir/proxy/relay"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// Direction says which way a listener captures.
+type Direction string
+
+// Directions of capture.
+const (
+	Outbound Direction = "outbound" // the pod's own connections to elsewhere
+	Inbound  Direction = "inbound"  // peers' connections to the pod
+)
+
+// Engine forwards captured connections. Its zero value is not usable: set
+// Routes and Metrics. Fields must not change after the first Serve.
+type Engine struct {
+	// Routes is the current route snapshot for outbound connections.
+	Routes *route.Table
+	// Metrics receives per-connection counts; required.
+	Metrics *Metrics
+	// Mark is the SO_MARK every upstream socket carries so the pod's rules
+	// let it through instead of capturing it again.
+	Mark uint32
+	// ConnectTimeout bounds connects that do not go through a cluster
+	// (passthrough and inbound); zero means 5s.
+	ConnectTimeout time.Duration
+	// Log receives one line per notable event; nil means slog.Default().
+	Log *slog.Logger
+
+	once   sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Workload is the pod a listener belongs to: its namespace (where upstream
+// sockets are made) and a name for logs.
+type Workload struct {
+	Name  string
+	Netns *netns.Handle
+}
+
+// Listener is one capture socket inside a pod namespace.
+type Listener struct {
+	TCP       *net.TCPListener
+	Direction Direction
+	// Transparent is true for TPROXY listeners: the original destination is
+	// the accepted socket's local address, not SO_ORIGINAL_DST.
+	Transparent bool
+}
+
+var seed = maphash.MakeSeed()
+
+func (e *Engine) init() {
+	e.once.Do(func() {
+		e.ctx, e.cancel = context.WithCancel(context.Background())
+		if e.ConnectTimeout == 0 {
+			e.ConnectTimeout = 5 * time.Second
+		}
+		if e.Log == nil {
+			e.Log = slog.Default()
+		}
+	})
+}
+
+// Serve accepts on l until it is closed, handling each connection on its own
+// goroutine. It returns nil when the listener was closed.
+func (e *Engine) Serve(l Listener, w *Workload) error {
+	e.init()
+	for {
+		c, err := l.TCP.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// EMFILE and friends: back off briefly instead of spinning.
+			e.Log.Warn("accept failed", "pod", w.Name, "direction", l.Direction, "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.handle(c, l, w)
+		}()
+	}
+}
+
+// Shutdown waits for relayed connections to finish, up to ctx's deadline,
+// then closes the ones that remain. Close listeners first.
+func (e *Engine) Shutdown(ctx context.Context) error {
+	e.init()
+	done := make(chan struct{})
+	go func() { e.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		e.cancel()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// handle runs the hot path for one accepted connection, in order: original
+// destination, loop check, route, connect upstream, relay, account.
+func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
+	defer c.Close()
+	m := e.Metrics
+	dir := l.Direction
+	m.accepted(dir)
+	defer m.closed(dir)
+
+	dst, err := e.originalDst(c, l)
+	if err != nil {
+		m.refused(dir, "no_original_dst")
+		e.Log.Debug("no original destination", "pod", w.Name, "direction", dir, "err", err)
+		return
+	}
+	local, _ := c.LocalAddr().(*net.TCPAddr)
+	if local != nil && local.AddrPort() == dst {
+		// Never redirected: someone connected to the capture port itself.
+		// Dialling dst would connect the agent to itself in a loop.
+		m.refused(dir, "loop")
+		return
+	}
+
+	up, lease, err := e.connect(c, dst, dir, w)
+	if err != nil {
+		m.connectError(dir)
+		e.Log.Debug("upstream connect failed", "pod", w.Name, "direction", dir, "dst", dst, "err", err)
+		return
+	}
+	defer up.Close()
+	res := relay.Relay(e.ctx, c, up)
+	m.bytes(dir, res.Up, res.Down)
+	if lease != nil {
+		lease.Done(res.Err())
+	}
+}
+
+func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error) {
+	if l.Transparent {
+		return origdst.Local(c)
+	}
+	return origdst.Redirected(c)
+}
+
+// connect opens the upstream side: through a cluster when a route names one,
+// straight to the original destination for passthrough and inbound.
+func (e *Engine) connect(c *net.TCPConn, dst netip.AddrPort, dir Direction, w *Workload) (*net.TCPConn, *cluster.Lease, error) {
+	dial := func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+		return w.Netns.Dial(ctx, addr, netip.Addr{}, netns.SocketOptions{Mark: e.Mark})
+	}
+	if dir == Outbound {
+		r := e.Routes.Load().Lookup(dst)
+		switch {
+		case r.Cluster != nil:
+			return r.Cluster.Connect(e.ctx, sourceKey(c), dial)
+		case !r.Passthrough:
+			e.Metrics.refused(dir, "no_route")
+			return nil, nil, errNoRoute
+		}
+	}
+	ctx, cancel := context.WithTimeout(e.ctx, e.ConnectTimeout)
+	defer cancel()
+	up, err := dial(ctx, dst)
+	return up, nil, err
+}
+
+var errNoRoute = errors.New("no route and unknown destinations are refused")
+
+// sourceKey hashes the client's address for affinity balancers.
+func sourceKey(c *net.TCPConn) uint64 {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return 0
+	}
+	b := ra.AddrPort().Addr().As16()
+	return maphash.Bytes(seed, b[:])
+}

@@ -1,0 +1,296 @@
+// Package netns makes sockets inside another network namespace without moving
+// the rest of the process there.
+//
+// Only socket() depends on the calling thread's network namespace: once a
+// socket exists, bind, listen, accept, connect and I/O work from any goroutine
+// on any thread. So a Handle switches a locked OS thread into the namespace for
+// the duration of socket creation only, and switches it back; if switching back
+// fails the thread is left locked and dies with its goroutine rather than being
+// reused in the wrong namespace.
+//
+// A namespace is identified by (device, inode), never by its path: paths are
+// reused, bind mounts move, /proc/self/fd/N differs per opener.
+package netns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ID identifies a network namespace independent of the path it was opened by.
+type ID struct {
+	Dev uint64
+	Ino uint64
+}
+
+func (id ID) String() string { return fmt.Sprintf("%d:%d", id.Dev, id.Ino) }
+
+// Handle is an open network namespace. It keeps the namespace alive until Close.
+type Handle struct {
+	f    *os.File
+	id   ID
+	path string
+}
+
+var (
+	hostOnce sync.Once
+	hostNS   *Handle
+	hostErr  error
+)
+
+// Host returns the namespace the process started in, where threads return to.
+func Host() (*Handle, error) {
+	hostOnce.Do(func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		hostNS, hostErr = Open("/proc/thread-self/ns/net")
+	})
+	return hostNS, hostErr
+}
+
+// Open opens the network namespace at path (a bind mount such as
+// /run/netns/NAME, or /proc/PID/ns/net). It fails if path is not a netns.
+func Open(path string) (*Handle, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open netns %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("statfs netns %s: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a network namespace", path)
+	}
+	return &Handle{f: f, id: ID{Dev: uint64(st.Dev), Ino: st.Ino}, path: path}, nil
+}
+
+// IDOf returns the identity of the namespace at path without keeping it open.
+func IDOf(path string) (ID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return ID{}, fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	return ID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
+}
+
+// ID is the namespace's identity.
+func (h *Handle) ID() ID { return h.id }
+
+// Path is the path the namespace was opened by (for logs).
+func (h *Handle) Path() string { return h.path }
+
+// FdPath is a path that opens this very namespace for as long as the handle is
+// open, even after its bind mount is gone (for tools that want a path).
+func (h *Handle) FdPath() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), h.f.Fd()) }
+
+// Close releases the namespace; it may be destroyed once nothing else holds it.
+func (h *Handle) Close() error { return h.f.Close() }
+
+// Do runs f on an OS thread switched into the namespace. f must be short and
+// must not start goroutines that expect to inherit the namespace.
+func (h *Handle) Do(f func() error) error {
+	host, err := Host()
+	if err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := unix.Setns(int(h.f.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", h.path, err)
+			return
+		}
+		ferr := f()
+		if err := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); err != nil {
+			// Leave the thread locked: it exits with this goroutine instead of
+			// serving other goroutines in the pod's namespace.
+			errc <- fmt.Errorf("return from netns %s: %w", h.path, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// SocketOptions are set on a socket before it binds or connects.
+type SocketOptions struct {
+	// Mark is SO_MARK; 0 leaves it unset.
+	Mark uint32
+	// ReusePort sets SO_REUSEPORT so a successor process can join a listener.
+	ReusePort bool
+	// Transparent sets IP_TRANSPARENT / IPV6_TRANSPARENT (TPROXY listeners,
+	// and upstream sockets bound to a foreign source address).
+	Transparent bool
+}
+
+func (o SocketOptions) apply(fd int, v6 bool) error {
+	if o.Mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark)); err != nil {
+			return fmt.Errorf("set SO_MARK: %w", err)
+		}
+	}
+	if o.ReusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fmt.Errorf("set SO_REUSEPORT: %w", err)
+		}
+	}
+	if o.Transparent {
+		if v6 {
+			if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); err != nil {
+				return fmt.Errorf("set IPV6_TRANSPARENT: %w", err)
+			}
+		} else if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+			return fmt.Errorf("set IP_TRANSPARENT: %w", err)
+		}
+	}
+	return nil
+}
+
+// Listen opens a TCP listener on addr inside the namespace.
+func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListener, error) {
+	network := "tcp4"
+	if addr.Addr().Is6() {
+		network = "tcp6" // Go sets IPV6_V6ONLY for tcp6, so v4 and v6 listeners coexist.
+	}
+	lc := net.ListenConfig{
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = opts.apply(int(fd), addr.Addr().Is6()) }); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	var ln net.Listener
+	err := h.Do(func() error {
+		var err error
+		ln, err = lc.Listen(context.Background(), network, addr.String())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s in netns %s: %w", addr, h.path, err)
+	}
+	return ln.(*net.TCPListener), nil
+}
+
+// Dial connects to addr from a socket made inside the namespace, so the
+// connection leaves with the namespace's routes and source address. Only the
+// socket() call runs in the namespace; the connect wait is on Go's poller and
+// holds no OS thread. src, when valid, is bound first (with port 0) — for
+// transparent connects on behalf of a foreign client.
+func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, opts SocketOptions) (*net.TCPConn, error) {
+	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	var fd int
+	err := h.Do(func() error {
+		var err error
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("socket in netns %s: %w", h.path, err)
+	}
+	if err := opts.apply(fd, v6); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if src.IsValid() {
+		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, 0), v6)); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("bind %s: %w", src, err)
+		}
+	}
+	f := os.NewFile(uintptr(fd), "tcp")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("wrap socket: %w", err)
+	}
+	tc := c.(*net.TCPConn)
+	if err := connect(ctx, tc, sockaddr(addr, v6)); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("connect %s: %w", addr, err)
+	}
+	return tc, nil
+}
+
+// connect runs a non-blocking connect on c, waiting on the poller until it
+// completes, ctx ends, or ctx's deadline passes.
+func connect(ctx context.Context, c *net.TCPConn, sa unix.Sockaddr) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cerr error
+	if err := rc.Control(func(fd uintptr) { cerr = unix.Connect(int(fd), sa) }); err != nil {
+		return err
+	}
+	switch {
+	case cerr == nil:
+		return nil
+	case !errors.Is(cerr, unix.EINPROGRESS):
+		return cerr
+	}
+	if d, ok := ctx.Deadline(); ok {
+		c.SetWriteDeadline(d)
+		defer c.SetWriteDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var soerr error
+	werr := rc.Write(func(fd uintptr) bool {
+		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			soerr = err
+			return true
+		}
+		if v != 0 {
+			soerr = unix.Errno(v)
+			return true
+		}
+		if _, err := unix.Getpeername(int(fd)); err != nil {
+			return false // still connecting: wait for writability
+		}
+		return true
+	})
+	if werr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(werr, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("connect timed out: %w", werr)
+		}
+		return werr
+	}
+	return soerr
+}
+
+func sockaddr(ap netip.AddrPort, v6 bool) unix.Sockaddr {
+	if v6 {
+		return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+}

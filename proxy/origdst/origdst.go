@@ -1,0 +1,90 @@
+// Package origdst recovers where a captured connection was going before the
+// kernel redirected it to the agent.
+//
+// Under iptables REDIRECT the destination was rewritten by conntrack, so it is
+// read back with SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6). Under
+// TPROXY nothing was rewritten: the accepted socket's local address is the
+// original destination.
+package origdst
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// soOriginalDst is SO_ORIGINAL_DST from linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST
+// has the same value at level SOL_IPV6.
+const soOriginalDst = 80
+
+// Redirected returns the pre-NAT destination of a connection accepted from a
+// REDIRECT rule. The socket's family decides which option is asked.
+func Redirected(c *net.TCPConn) (netip.AddrPort, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	local, _ := c.LocalAddr().(*net.TCPAddr)
+	v6 := local != nil && local.IP.To4() == nil
+	var (
+		ap   netip.AddrPort
+		gerr error
+	)
+	err = rc.Control(func(fd uintptr) {
+		if v6 {
+			ap, gerr = getV6(int(fd))
+		} else {
+			ap, gerr = getV4(int(fd))
+		}
+	})
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if gerr != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", gerr)
+	}
+	return ap, nil
+}
+
+// Local returns the accepted socket's local address: the original destination
+// under TPROXY, where nothing was rewritten.
+func Local(c *net.TCPConn) (netip.AddrPort, error) {
+	a, ok := c.LocalAddr().(*net.TCPAddr)
+	if !ok || a == nil {
+		return netip.AddrPort{}, fmt.Errorf("no local address")
+	}
+	ap := a.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+func getV4(fd int) (netip.AddrPort, error) {
+	var sa unix.RawSockaddrInet4
+	l := uint32(unsafe.Sizeof(sa))
+	if err := getsockopt(fd, unix.SOL_IP, soOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
+		return netip.AddrPort{}, err
+	}
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port), nil
+}
+
+func getV6(fd int) (netip.AddrPort, error) {
+	var sa unix.RawSockaddrInet6
+	l := uint32(unsafe.Sizeof(sa))
+	if err := getsockopt(fd, unix.SOL_IPV6, soOriginalDst, unsafe.Pointer(&sa), &l); err != nil {
+		return netip.AddrPort{}, err
+	}
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
+}
+
+func getsockopt(fd, level, name int, v unsafe.Pointer, l *uint32) error {
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(v), uintptr(unsafe.Pointer(l)), 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
