@@ -24,11 +24,11 @@ func (a *Agent) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
 		type podView struct {
-			Namespace   string `json:"namespace"`
-			Name        string `json:"name"`
-			ContainerID string `json:"containerID"`
-			Netns       string `json:"netns"`
-			NetnsID     string `json:"netnsID"`
+			Namespace   string   `json:"namespace"`
+			Name        string   `json:"name"`
+			ContainerID string   `json:"containerID"`
+			Netns       string   `json:"netns"`
+			NetnsID     string   `json:"netnsID"`
 			Listeners   []string `json:"listeners"`
 			Redirect    any      `json:"redirect"`
 		}

@@ -53,7 +53,9 @@ type agentError struct {
 	msg    string
 }
 
-func (e *agentError) Error() string { return fmt.Sprintf("weir-agent refused (%d): %s", e.status, e.msg) }
+func (e *agentError) Error() string {
+	return fmt.Sprintf("weir-agent refused (%d): %s", e.status, e.msg)
+}
 
 func (a *agentClient) call(method, path string, req, resp any) error {
 	var body io.Reader
