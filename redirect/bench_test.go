@@ -27,19 +27,22 @@ func BenchmarkApply(b *testing.B) {
 // and tear it down again.
 func BenchmarkApplyRemove(b *testing.B) {
 	for _, backend := range backends {
-		b.Run(backend, func(b *testing.B) {
-			requireBackend(b, backend)
-			n := newNS(b)
-			s := fullSpec(backend)
-			for b.Loop() {
-				if err := Apply(n.Path(), s); err != nil {
-					b.Fatal(err)
+		for _, mode := range []Mode{ModeRedirect, ModeTPROXY} {
+			b.Run(backend+"/"+string(mode), func(b *testing.B) {
+				requireBackend(b, backend)
+				n := newNS(b)
+				s := fullSpec(backend)
+				s.Mode = mode
+				for b.Loop() {
+					if err := Apply(n.Path(), s); err != nil {
+						b.Fatal(err)
+					}
+					if err := Remove(n.Path()); err != nil {
+						b.Fatal(err)
+					}
 				}
-				if err := Remove(n.Path()); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 

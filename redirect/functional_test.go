@@ -70,29 +70,13 @@ func newWorld(t *testing.T) *world {
 // name and closes it. transparent sets IP_TRANSPARENT, as a TPROXY
 // listener needs. It returns the address each accepted connection saw as
 // its local one, in order.
-func listen(t *testing.T, n ns.NetNS, f family, addr, name string, transparent bool) *greeter {
+func listen(t *testing.T, n ns.NetNS, f family, addr, name string, o sockOpts) *greeter {
 	t.Helper()
 	network := "tcp4"
 	if f == ipv6 {
 		network = "tcp6"
 	}
-	lc := net.ListenConfig{}
-	if transparent {
-		lc.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				if f == ipv6 {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
-				} else {
-					serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
-				}
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		}
-	}
+	lc := net.ListenConfig{Control: o.control}
 	var l net.Listener
 	err := n.Do(func(ns.NetNS) error {
 		var err error
@@ -138,22 +122,43 @@ func (g *greeter) last() (local, remote string) {
 	return g.locals[len(g.locals)-1], g.remotes[len(g.remotes)-1]
 }
 
-// dial connects from inside n to addr (with SO_MARK mark when not 0) and
-// returns the greeting of whoever answered.
-func dial(t *testing.T, n ns.NetNS, addr string, mark uint32) string {
-	t.Helper()
-	d := net.Dialer{Timeout: ioTimeout}
-	if mark != 0 {
-		d.Control = func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
-			})
-			if err != nil {
-				return err
+// sockOpts are the socket options the agent sets: IP_TRANSPARENT (TPROXY
+// listeners, connections from a foreign source address) and SO_MARK.
+type sockOpts struct {
+	transparent bool
+	mark        uint32
+	// from binds a dial to this local address (with transparent, any
+	// address, like the agent's transparently-sourced connections).
+	from net.IP
+}
+
+func (o sockOpts) control(network, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if o.transparent {
+			if strings.HasSuffix(network, "6") {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+			} else {
+				serr = unix.SetsockoptInt(int(fd), unix.SOL_IP, unix.IP_TRANSPARENT, 1)
 			}
-			return serr
 		}
+		if serr == nil && o.mark != 0 {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(o.mark))
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// dial connects from inside n to addr with the options o and returns the
+// greeting of whoever answered.
+func dial(t *testing.T, n ns.NetNS, addr string, o sockOpts) string {
+	t.Helper()
+	d := net.Dialer{Timeout: ioTimeout, Control: o.control}
+	if o.from != nil {
+		d.LocalAddr = &net.TCPAddr{IP: o.from}
 	}
 	var c net.Conn
 	err := n.Do(func(ns.NetNS) error {
@@ -162,7 +167,7 @@ func dial(t *testing.T, n ns.NetNS, addr string, mark uint32) string {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("dial %s from %s (mark %#x): %v", addr, n.Path(), mark, err)
+		t.Fatalf("dial %s from %s (%+v): %v", addr, n.Path(), o, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(ioTimeout))
@@ -203,38 +208,38 @@ func TestRedirectCapturesTraffic(t *testing.T) {
 					if f == ipv6 {
 						loop, any = "::1", "::"
 					}
-					out := listen(t, w.pod, f, hostPort(loop, 15001), "agent-outbound", false)
-					in := listen(t, w.pod, f, hostPort(any, 15006), "agent-inbound", false)
-					listen(t, w.pod, f, hostPort(any, 22), "app-22", false)
-					listen(t, w.pod, f, hostPort(any, 8080), "app-8080", false)
-					listen(t, w.peer, f, hostPort(any, 80), "upstream-80", false)
-					listen(t, w.peer, f, hostPort(any, 81), "upstream-81", false)
+					out := listen(t, w.pod, f, hostPort(loop, 15001), "agent-outbound", sockOpts{})
+					in := listen(t, w.pod, f, hostPort(any, 15006), "agent-inbound", sockOpts{})
+					listen(t, w.pod, f, hostPort(any, 22), "app-22", sockOpts{})
+					listen(t, w.pod, f, hostPort(any, 8080), "app-8080", sockOpts{})
+					listen(t, w.peer, f, hostPort(any, 80), "upstream-80", sockOpts{})
+					listen(t, w.peer, f, hostPort(any, 81), "upstream-81", sockOpts{})
 
-					if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), 0); got != "agent-outbound" {
+					if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), sockOpts{}); got != "agent-outbound" {
 						t.Errorf("outbound to peer:80 reached %q, want the agent", got)
 					}
 					if local, _ := out.last(); local != hostPort(loop, 15001) {
 						t.Errorf("outbound listener saw local address %s", local)
 					}
-					if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), DefaultMark); got != "upstream-80" {
+					if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), sockOpts{mark: DefaultMark}); got != "upstream-80" {
 						t.Errorf("marked outbound reached %q, want the real upstream", got)
 					}
-					if got := dial(t, w.pod, hostPort(w.peerIP[f], 81), 0); got != "upstream-81" {
+					if got := dial(t, w.pod, hostPort(w.peerIP[f], 81), sockOpts{}); got != "upstream-81" {
 						t.Errorf("excluded outbound port reached %q", got)
 					}
-					if got := dial(t, w.pod, hostPort(loop, 8080), 0); got != "app-8080" {
+					if got := dial(t, w.pod, hostPort(loop, 8080), sockOpts{}); got != "app-8080" {
 						t.Errorf("loopback connect reached %q", got)
 					}
-					if got := dial(t, w.pod, hostPort(w.podIP[f], 8080), 0); got != "app-8080" {
+					if got := dial(t, w.pod, hostPort(w.podIP[f], 8080), sockOpts{}); got != "app-8080" {
 						t.Errorf("connect to own pod IP reached %q", got)
 					}
-					if got := dial(t, w.peer, hostPort(w.podIP[f], 8080), 0); got != "agent-inbound" {
+					if got := dial(t, w.peer, hostPort(w.podIP[f], 8080), sockOpts{}); got != "agent-inbound" {
 						t.Errorf("inbound to pod:8080 reached %q, want the agent", got)
 					}
 					if _, remote := in.last(); hostOf(remote) != w.peerIP[f] {
 						t.Errorf("inbound agent saw remote %s, want the peer", remote)
 					}
-					if got := dial(t, w.peer, hostPort(w.podIP[f], 22), 0); got != "app-22" {
+					if got := dial(t, w.peer, hostPort(w.podIP[f], 22), sockOpts{}); got != "app-22" {
 						t.Errorf("excluded inbound port reached %q", got)
 					}
 				})
@@ -243,8 +248,112 @@ func TestRedirectCapturesTraffic(t *testing.T) {
 			if err := Remove(w.pod.Path()); err != nil {
 				t.Fatal(err)
 			}
-			listen(t, w.peer, ipv4, hostPort("0.0.0.0", 82), "upstream-82", false)
-			if got := dial(t, w.pod, hostPort(w.peerIP[ipv4], 82), 0); got != "upstream-82" {
+			listen(t, w.peer, ipv4, hostPort("0.0.0.0", 82), "upstream-82", sockOpts{})
+			if got := dial(t, w.pod, hostPort(w.peerIP[ipv4], 82), sockOpts{}); got != "upstream-82" {
+				t.Errorf("after Remove outbound reached %q", got)
+			}
+		})
+	}
+}
+
+// TestTPROXYCapturesTraffic sends real connections through TPROXY mode with
+// IP_TRANSPARENT listeners, the way the agent will hold them:
+//   - outbound TCP reaches the agent with its original destination as the
+//     accepted socket's local address (no NAT); marked sockets and excluded
+//     ports go to the real destination; loopback is left alone;
+//   - inbound TCP reaches the agent, again with the original destination;
+//     excluded ports reach the app;
+//   - the agent can connect to the app from the inbound peer's address
+//     (transparent source) and the app's replies come back to it;
+//   - all with src_valid_mark=1 and rp_filter=1 in the pod, which break
+//     naive TPROXY set-ups.
+func TestTPROXYCapturesTraffic(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			requireBackend(t, backend)
+			w := newWorld(t)
+			for _, kv := range []string{
+				"net.ipv4.conf.all.src_valid_mark=1", "net.ipv4.conf.eth0.src_valid_mark=1",
+				"net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1",
+			} {
+				inNS(t, w.pod, "sysctl", "-q", "-w", kv)
+			}
+			s := Spec{
+				Mode: ModeTPROXY, IPv4: true, IPv6: true, Backend: backend,
+				ExcludeInboundPorts:  []uint16{22},
+				ExcludeOutboundPorts: []uint16{81},
+			}
+			if err := Apply(w.pod.Path(), s); err != nil {
+				t.Fatal(err)
+			}
+			agent := sockOpts{transparent: true, mark: DefaultMark}
+			for _, f := range []family{ipv4, ipv6} {
+				t.Run(f.String(), func(t *testing.T) {
+					loop, any := "127.0.0.1", "0.0.0.0"
+					if f == ipv6 {
+						loop, any = "::1", "::"
+					}
+					// The outbound listener carries the agent's mark like
+					// every agent socket; the inbound one does not, so
+					// both reply paths are exercised.
+					out := listen(t, w.pod, f, hostPort(loop, 15001), "agent-outbound", agent)
+					in := listen(t, w.pod, f, hostPort(any, 15006), "agent-inbound", sockOpts{transparent: true})
+					listen(t, w.pod, f, hostPort(any, 22), "app-22", sockOpts{})
+					app := listen(t, w.pod, f, hostPort(any, 8080), "app-8080", sockOpts{})
+					up := listen(t, w.peer, f, hostPort(any, 80), "upstream-80", sockOpts{})
+					listen(t, w.peer, f, hostPort(any, 81), "upstream-81", sockOpts{})
+
+					for i := 0; i < 3; i++ {
+						if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), sockOpts{}); got != "agent-outbound" {
+							t.Fatalf("outbound to peer:80 reached %q, want the agent", got)
+						}
+					}
+					if local, remote := out.last(); local != hostPort(w.peerIP[f], 80) || hostOf(remote) != w.podIP[f] {
+						t.Errorf("outbound agent socket is %s <- %s; want the original destination %s from the pod", local, remote, hostPort(w.peerIP[f], 80))
+					}
+					if local, _ := up.last(); local != "" {
+						t.Errorf("upstream saw a captured connection (%s)", local)
+					}
+					if got := dial(t, w.pod, hostPort(w.peerIP[f], 80), sockOpts{mark: DefaultMark}); got != "upstream-80" {
+						t.Errorf("marked outbound reached %q, want the real upstream", got)
+					}
+					if got := dial(t, w.pod, hostPort(w.peerIP[f], 81), sockOpts{}); got != "upstream-81" {
+						t.Errorf("excluded outbound port reached %q", got)
+					}
+					if got := dial(t, w.pod, hostPort(loop, 8080), sockOpts{}); got != "app-8080" {
+						t.Errorf("loopback connect reached %q", got)
+					}
+					if got := dial(t, w.pod, hostPort(w.podIP[f], 8080), sockOpts{}); got != "app-8080" {
+						t.Errorf("connect to own pod IP reached %q", got)
+					}
+					if got := dial(t, w.peer, hostPort(w.podIP[f], 8080), sockOpts{}); got != "agent-inbound" {
+						t.Errorf("inbound to pod:8080 reached %q, want the agent", got)
+					}
+					if local, remote := in.last(); local != hostPort(w.podIP[f], 8080) || hostOf(remote) != w.peerIP[f] {
+						t.Errorf("inbound agent socket is %s <- %s; want %s from the peer", local, remote, hostPort(w.podIP[f], 8080))
+					}
+					if got := dial(t, w.peer, hostPort(w.podIP[f], 22), sockOpts{}); got != "app-22" {
+						t.Errorf("excluded inbound port reached %q", got)
+					}
+					// The agent forwards to the app, marked; first from its
+					// own address, then transparently from the peer's.
+					if got := dial(t, w.pod, hostPort(w.podIP[f], 8080), sockOpts{mark: DefaultMark}); got != "app-8080" {
+						t.Errorf("agent to app reached %q", got)
+					}
+					spoof := sockOpts{transparent: true, mark: DefaultMark, from: net.ParseIP(w.peerIP[f])}
+					if got := dial(t, w.pod, hostPort(w.podIP[f], 8080), spoof); got != "app-8080" {
+						t.Errorf("transparent agent to app reached %q", got)
+					}
+					if _, remote := app.last(); hostOf(remote) != w.peerIP[f] {
+						t.Errorf("app saw the agent's connection from %s, want the peer's address %s", remote, w.peerIP[f])
+					}
+				})
+			}
+			if err := Remove(w.pod.Path()); err != nil {
+				t.Fatal(err)
+			}
+			listen(t, w.peer, ipv4, hostPort("0.0.0.0", 82), "upstream-82", sockOpts{})
+			if got := dial(t, w.pod, hostPort(w.peerIP[ipv4], 82), sockOpts{}); got != "upstream-82" {
 				t.Errorf("after Remove outbound reached %q", got)
 			}
 		})

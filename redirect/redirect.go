@@ -158,14 +158,20 @@ func (u undoStack) run() error {
 	return errors.Join(errs...)
 }
 
-// apply runs inside the pod netns. Order: address check; the selected
-// backend, IPv4 then IPv6; the other backend emptied of weir rules. Each
-// family step records the rules it found so a later failure can put them
-// back.
+// apply runs inside the pod netns. Order: address check; policy routes
+// the spec needs (so nothing is marked before its route exists); the
+// selected backend, IPv4 then IPv6; the other backend emptied of weir rules;
+// policy routes the spec no longer needs. Each step records how to go back,
+// and a failure unwinds every step before it.
 func apply(s Spec, backend string) (err error) {
 	if err := checkFamilies(s); err != nil {
 		return err
 	}
+	nl, err := openNetlink()
+	if err != nil {
+		return err
+	}
+	defer nl.close()
 	var undo undoStack
 	defer func() {
 		if err != nil {
@@ -174,6 +180,15 @@ func apply(s Spec, backend string) (err error) {
 			}
 		}
 	}()
+	havePolicy := map[family]policy{}
+	for _, f := range []family{ipv4, ipv6} {
+		if havePolicy[f], err = nl.current(f); err != nil {
+			return err
+		}
+		if err := nl.add(&undo, havePolicy[f], policyFor(s, f, nl.lo)); err != nil {
+			return err
+		}
+	}
 	for _, f := range []family{ipv4, ipv6} {
 		want := ruleSet{}
 		if s.wants(f) {
@@ -185,6 +200,11 @@ func apply(s Spec, backend string) (err error) {
 	}
 	for _, f := range []family{ipv4, ipv6} {
 		if err := reconcileStep(&undo, otherBackend(backend), f, ruleSet{}, false); err != nil {
+			return err
+		}
+	}
+	for _, f := range []family{ipv4, ipv6} {
+		if err := nl.prune(&undo, havePolicy[f], policyFor(s, f, nl.lo)); err != nil {
 			return err
 		}
 	}
@@ -224,7 +244,9 @@ func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, requ
 	return nil
 }
 
-// remove runs inside the pod netns and empties every backend and family.
+// remove runs inside the pod netns and empties every backend and family,
+// then deletes weir's policy rules and routes, once no rule marks packets
+// for them any more.
 func remove() error {
 	var errs []error
 	for _, backend := range []string{BackendNFT, BackendLegacy} {
@@ -241,6 +263,20 @@ func remove() error {
 			if err := t.reconcile(cur, ruleSet{}); err != nil {
 				errs = append(errs, fmt.Errorf("remove %s rules: %w", t, err))
 			}
+		}
+	}
+	nl, err := openNetlink()
+	if err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	defer nl.close()
+	for _, f := range []family{ipv4, ipv6} {
+		cur, err := nl.current(f)
+		if err == nil {
+			err = nl.prune(nil, cur, policy{})
+		}
+		if err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
@@ -274,6 +310,20 @@ func verify(s Spec, backend string) error {
 			probs = append(probs, problems(t.label(inUse)+" ", have, want)...)
 		}
 	}
+	nl, err := openNetlink()
+	if err != nil {
+		return err
+	}
+	defer nl.close()
+	for _, f := range []family{ipv4, ipv6} {
+		have, err := nl.current(f)
+		if err != nil {
+			return err
+		}
+		for _, p := range have.problems(policyFor(s, f, nl.lo)) {
+			probs = append(probs, f.String()+" routing: "+p)
+		}
+	}
 	if len(probs) > 0 {
 		return &VerifyError{Problems: probs}
 	}
@@ -297,6 +347,21 @@ func installed() (bool, error) {
 			if !have.empty() {
 				return true, nil
 			}
+		}
+	}
+	nl, err := openNetlink()
+	if err != nil {
+		return false, errors.Join(append(errs, err)...)
+	}
+	defer nl.close()
+	for _, f := range []family{ipv4, ipv6} {
+		have, err := nl.current(f)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !have.empty() {
+			return true, nil
 		}
 	}
 	return false, errors.Join(errs...)

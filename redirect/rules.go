@@ -88,6 +88,8 @@ func rulesFor(s Spec, f family) ruleSet {
 	switch s.Mode {
 	case ModeRedirect:
 		return redirectRules(s, f)
+	case ModeTPROXY:
+		return tproxyRules(s, f)
 	}
 	return ruleSet{}
 }
@@ -130,6 +132,94 @@ func redirectRules(s Spec, f family) ruleSet {
 	out = append(out, ruleSpec{proto: "tcp", comment: "outbound TCP to the agent", target: redirectTo(s.OutboundPort)}.words())
 
 	return ruleSet{"nat": &tableRules{
+		chains: []chainRules{{name: chainPrerouting, rules: pre}, {name: chainOutput, rules: out}},
+		jumps: []jumpRule{
+			{chain: "PREROUTING", rule: jumpTo(chainPrerouting, "capture inbound")},
+			{chain: "OUTPUT", rule: jumpTo(chainOutput, "capture outbound")},
+		},
+	}}
+}
+
+// tproxyRules is ModeTPROXY: no address is rewritten, so the agent reads
+// the original destination from its accepted socket's local address. It
+// lives in mangle and needs the policy routes of routes.go. The agent's
+// listeners must be IP_TRANSPARENT and bound to the wildcard address (or,
+// for outbound, loopback).
+//
+// Outbound. Routing, not NAT, brings the pod's connections to the agent:
+// WEIR_OUTPUT marks every packet of an outbound TCP flow with TPROXYMark;
+// the mark change makes the kernel route the packet again, and the policy
+// rule `fwmark TPROXYMark lookup RouteTable` finds `local default dev lo`,
+// so the packet loops back through lo. There WEIR_PREROUTING's first rule
+// hands a NEW flow's packet to the listener on OutboundPort (TPROXY --on-ip
+// loopback); later packets keep the route they got in OUTPUT and find the
+// accepted socket by their four-tuple.
+//
+// Inbound. On any interface but lo, a NEW TCP flow is handed to the
+// listener on InboundPort. Its destination is the pod's own address, which
+// the local table already delivers, so the rule sets no mark: with no mark
+// on an input packet, net.ipv4.conf.*.src_valid_mark=1 (which makes the
+// reverse-path check consult the mark and would find the local route) cannot
+// drop it. Only NEW flows match, so replies to the agent's own upstream
+// connections, arriving on eth0, are never diverted.
+//
+// The agent's own sockets carry Mark. WEIR_OUTPUT saves that mark into the
+// connection mark and lets the packet through untouched. Packets the app
+// sends on such a connection (its replies to an agent connection, which may
+// come from a transparently chosen source address such as the inbound
+// peer's) get TPROXYMark from the connection mark and so return to the agent
+// over lo instead of leaving on eth0. Other replies (to inbound connections
+// on excluded ports) are never marked: only the original direction of a
+// flow is captured.
+func tproxyRules(s Spec, f family) ruleSet {
+	loopback, anyAddr := "127.0.0.1", "0.0.0.0"
+	if f == ipv6 {
+		loopback, anyAddr = "::1", "::"
+	}
+	bypass := &markMatch{s.Mark, s.Mask}
+	route := markMatch{s.TPROXYMark, s.TPROXYMask}
+	setRoute := []string{"-j", "MARK", "--set-xmark", fmt.Sprintf("0x%x/0x%x", route.value, route.mask)}
+	ret := []string{"-j", "RETURN"}
+	tproxy := func(port uint16, onIP string, mark markMatch) []string {
+		return []string{"-j", "TPROXY", "--on-port", strconv.Itoa(int(port)), "--on-ip", onIP,
+			"--tproxy-mark", fmt.Sprintf("0x%x/0x%x", mark.value, mark.mask)}
+	}
+
+	var pre []rule
+	pre = append(pre, ruleSpec{in: "lo", proto: "tcp", mark: &route, ctstate: "NEW",
+		comment: "outbound TCP looped back by WEIR_OUTPUT goes to the agent", target: tproxy(s.OutboundPort, loopback, route)}.words())
+	pre = append(pre, ruleSpec{in: "lo", comment: "other loopback traffic, agent connections included, is left alone", target: ret}.words())
+	for _, p := range dedupe(s.ExcludeInboundPorts) {
+		pre = append(pre, ruleSpec{proto: "tcp", dport: p, comment: fmt.Sprintf("inbound port %d excluded", p), target: ret}.words())
+	}
+	noMark := markMatch{0, 0}
+	if include := dedupe(s.IncludeInboundPorts); len(include) > 0 {
+		for _, p := range include {
+			pre = append(pre, ruleSpec{proto: "tcp", dport: p, ctstate: "NEW",
+				comment: fmt.Sprintf("new inbound connections to port %d go to the agent", p), target: tproxy(s.InboundPort, anyAddr, noMark)}.words())
+		}
+	} else {
+		pre = append(pre, ruleSpec{proto: "tcp", ctstate: "NEW",
+			comment: "new inbound TCP connections go to the agent", target: tproxy(s.InboundPort, anyAddr, noMark)}.words())
+	}
+
+	var out []rule
+	out = append(out, ruleSpec{mark: bypass, comment: "remember connections the agent opened",
+		target: []string{"-j", "CONNMARK", "--save-mark", "--nfmask", fmt.Sprintf("0x%x", s.Mask), "--ctmask", fmt.Sprintf("0x%x", s.Mask)}}.words())
+	out = append(out, ruleSpec{mark: bypass, comment: "agent sockets carry the bypass mark", target: ret}.words())
+	out = append(out, ruleSpec{connmark: bypass, comment: "the app side of an agent connection goes back to the agent over lo", target: setRoute}.words())
+	out = append(out, ruleSpec{connmark: bypass, comment: "nothing else applies to agent connections", target: ret}.words())
+	out = append(out, ruleSpec{out: "lo", comment: "loopback inside the pod is left alone", target: ret}.words())
+	out = append(out, ruleSpec{ctdir: "REPLY", comment: "replies to uncaptured inbound connections leave normally", target: ret}.words())
+	for _, p := range dedupe(s.ExcludeOutboundPorts) {
+		out = append(out, ruleSpec{proto: "tcp", dport: p, comment: fmt.Sprintf("outbound port %d excluded", p), target: ret}.words())
+	}
+	for _, c := range cidrsFor(s.ExcludeOutboundCIDRs, f) {
+		out = append(out, ruleSpec{dst: c, comment: "outbound to " + c + " excluded", target: ret}.words())
+	}
+	out = append(out, ruleSpec{proto: "tcp", comment: "outbound TCP is routed over lo to the agent", target: setRoute}.words())
+
+	return ruleSet{"mangle": &tableRules{
 		chains: []chainRules{{name: chainPrerouting, rules: pre}, {name: chainOutput, rules: out}},
 		jumps: []jumpRule{
 			{chain: "PREROUTING", rule: jumpTo(chainPrerouting, "capture inbound")},

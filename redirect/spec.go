@@ -15,6 +15,12 @@
 // are applied both or neither. Writers of the same namespace (the plugin and
 // the agent) serialise on a per-namespace lock, so a repeated or concurrent
 // Apply never stacks jumps.
+//
+// ModeRedirect uses nat REDIRECT (the agent reads SO_ORIGINAL_DST).
+// ModeTPROXY uses mangle TPROXY plus a fwmark policy rule and a local
+// default route (netlink, tagged proto 87), rewrites no address, and needs
+// IP_TRANSPARENT listeners bound to the wildcard address; rules.go explains
+// every rule of both.
 package redirect
 
 import (
@@ -22,13 +28,15 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"golang.org/x/sys/unix"
 )
 
 // Mode is the interception technique.
 type Mode string
 
-// Modes weir knows. Only ModeRedirect is implemented so far; the others are
-// rejected by Validate until they exist.
+// Modes weir knows. ModeRedirect and ModeTPROXY are implemented; ModeEBPF is
+// rejected by Validate until it exists.
 const (
 	ModeRedirect Mode = "redirect"
 	ModeTPROXY   Mode = "tproxy"
@@ -43,6 +51,20 @@ const (
 	// let marked packets through so the agent's own traffic is never captured.
 	DefaultMark uint32 = 0x5700
 	DefaultMask uint32 = 0xff00
+
+	// DefaultTPROXYMark is the packet mark (under DefaultTPROXYMask) that
+	// ModeTPROXY puts on packets it must deliver to the agent on this host;
+	// the policy rule sends marked packets to DefaultRouteTable. It shares
+	// the bypass mark's byte with a different value, so one byte of the mark
+	// is weir's and Istio's 1337 (0x539) is left alone.
+	DefaultTPROXYMark uint32 = 0x5800
+	DefaultTPROXYMask uint32 = 0xff00
+	// DefaultRouteTable holds ModeTPROXY's `local default dev lo` route (Istio
+	// uses 133).
+	DefaultRouteTable uint32 = 157
+	// DefaultRulePriority is the preference of ModeTPROXY's fwmark policy
+	// rule: early, well before the main table's 32766.
+	DefaultRulePriority uint32 = 157
 )
 
 // Spec is what to program into one netns. The zero value of a port or mark
@@ -66,6 +88,18 @@ type Spec struct {
 	// Backend is "legacy" or "nft": the iptables flavour the node uses. Empty
 	// means detect it in the caller's network namespace.
 	Backend string
+
+	// TPROXYMark and TPROXYMask (ModeTPROXY only) mark packets the policy
+	// rule routes to the local stack. They must differ from Mark/Mask in the
+	// bits both masks cover, so neither mark can pass for the other.
+	TPROXYMark uint32
+	TPROXYMask uint32
+	// RouteTable (ModeTPROXY only) is the routing table holding
+	// `local default dev lo`; RulePriority is the preference of the
+	// `fwmark TPROXYMark/TPROXYMask lookup RouteTable` rule, below the main
+	// table's 32766.
+	RouteTable   uint32
+	RulePriority uint32
 }
 
 // Backends an iptables rule set can live in.
@@ -93,6 +127,18 @@ func (s Spec) WithDefaults() Spec {
 	if s.Mask == 0 {
 		s.Mask = DefaultMask
 	}
+	if s.TPROXYMark == 0 {
+		s.TPROXYMark = DefaultTPROXYMark
+	}
+	if s.TPROXYMask == 0 {
+		s.TPROXYMask = DefaultTPROXYMask
+	}
+	if s.RouteTable == 0 {
+		s.RouteTable = DefaultRouteTable
+	}
+	if s.RulePriority == 0 {
+		s.RulePriority = DefaultRulePriority
+	}
 	s.ExcludeInboundPorts = slices.Clone(s.ExcludeInboundPorts)
 	s.IncludeInboundPorts = slices.Clone(s.IncludeInboundPorts)
 	s.ExcludeOutboundPorts = slices.Clone(s.ExcludeOutboundPorts)
@@ -106,8 +152,8 @@ func (s Spec) WithDefaults() Spec {
 // selects.
 func (s Spec) Validate() error {
 	switch s.Mode {
-	case ModeRedirect:
-	case ModeTPROXY, ModeEBPF:
+	case ModeRedirect, ModeTPROXY:
+	case ModeEBPF:
 		return fmt.Errorf("mode %q is not implemented yet", s.Mode)
 	case "":
 		return errors.New("mode is empty (WithDefaults sets it)")
@@ -125,6 +171,11 @@ func (s Spec) Validate() error {
 	}
 	if err := validateMark("mark", s.Mark, s.Mask); err != nil {
 		return err
+	}
+	if s.Mode == ModeTPROXY {
+		if err := s.validateTPROXY(); err != nil {
+			return err
+		}
 	}
 	if !s.IPv4 && !s.IPv6 {
 		return errors.New("no IP family selected (IPv4 and IPv6 are both false)")
@@ -168,6 +219,25 @@ func validateMark(what string, mark, mask uint32) error {
 	}
 	if mark&^mask != 0 {
 		return fmt.Errorf("%s %#x has bits outside its mask %#x", what, mark, mask)
+	}
+	return nil
+}
+
+// validateTPROXY checks the fields only ModeTPROXY reads.
+func (s Spec) validateTPROXY() error {
+	if err := validateMark("tproxy mark", s.TPROXYMark, s.TPROXYMask); err != nil {
+		return err
+	}
+	// A packet carrying one mark must not match the other's test.
+	if s.TPROXYMark&s.Mask == s.Mark || s.Mark&s.TPROXYMask == s.TPROXYMark {
+		return fmt.Errorf("tproxy mark %#x/%#x and bypass mark %#x/%#x cannot be told apart", s.TPROXYMark, s.TPROXYMask, s.Mark, s.Mask)
+	}
+	switch s.RouteTable {
+	case 0, unix.RT_TABLE_COMPAT, unix.RT_TABLE_DEFAULT, unix.RT_TABLE_MAIN, unix.RT_TABLE_LOCAL:
+		return fmt.Errorf("route table %d is reserved", s.RouteTable)
+	}
+	if s.RulePriority == 0 || s.RulePriority >= 32766 {
+		return fmt.Errorf("rule priority %d must be between 1 and 32765, before the main table", s.RulePriority)
 	}
 	return nil
 }

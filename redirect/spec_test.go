@@ -39,7 +39,21 @@ func TestValidate(t *testing.T) {
 		{"full mask", func(s *Spec) { s.Mark, s.Mask = 0x1, 0xffffffff }, ""},
 		{"unknown mode", func(s *Spec) { s.Mode = "magic" }, `unknown mode "magic"`},
 		{"empty mode", func(s *Spec) { s.Mode = "" }, "mode is empty"},
-		{"tproxy not yet", func(s *Spec) { s.Mode = ModeTPROXY }, "not implemented"},
+		{"tproxy", func(s *Spec) { s.Mode = ModeTPROXY }, ""},
+		{"tproxy custom", func(s *Spec) {
+			s.Mode = ModeTPROXY
+			s.TPROXYMark, s.TPROXYMask, s.RouteTable, s.RulePriority = 0x10000, 0x10000, 5000, 32765
+		}, ""},
+		{"tproxy mark clashes", func(s *Spec) { s.Mode, s.TPROXYMark = ModeTPROXY, s.Mark }, "cannot be told apart"},
+		{"tproxy mark inside bypass mark", func(s *Spec) {
+			s.Mode, s.Mark, s.Mask, s.TPROXYMark, s.TPROXYMask = ModeTPROXY, 0x1, 0x1, 0x3, 0x3
+		}, "cannot be told apart"},
+		{"tproxy mark outside mask", func(s *Spec) { s.Mode, s.TPROXYMark = ModeTPROXY, 0x15800 }, "outside its mask"},
+		{"tproxy main table", func(s *Spec) { s.Mode, s.RouteTable = ModeTPROXY, 254 }, "reserved"},
+		{"tproxy local table", func(s *Spec) { s.Mode, s.RouteTable = ModeTPROXY, 255 }, "reserved"},
+		{"tproxy priority after main", func(s *Spec) { s.Mode, s.RulePriority = ModeTPROXY, 32766 }, "before the main table"},
+		{"tproxy priority 0", func(s *Spec) { s.Mode, s.RulePriority = ModeTPROXY, 0 }, "before the main table"},
+		{"redirect ignores tproxy fields", func(s *Spec) { s.RouteTable = 254 }, ""},
 		{"ebpf not yet", func(s *Spec) { s.Mode = ModeEBPF }, "not implemented"},
 		{"outbound port 0", func(s *Spec) { s.OutboundPort = 0 }, "outbound port is 0"},
 		{"inbound port 0", func(s *Spec) { s.InboundPort = 0 }, "inbound port is 0"},

@@ -1,0 +1,243 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// routeProtocol tags the policy rules and routes weir adds (the "proto"
+// column of `ip rule` and `ip route`), so Remove finds them without knowing
+// the spec they came from. Like the chain names it is an upgrade contract.
+const routeProtocol = 87
+
+// policy is the routing state ModeTPROXY needs in one family: the fwmark
+// rule and the local default route it points to.
+type policy struct {
+	rules  []netlink.Rule
+	routes []netlink.Route
+}
+
+func netlinkFamily(f family) int {
+	if f == ipv6 {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
+}
+
+// policyFor is what Apply installs for s in family f: nothing outside
+// ModeTPROXY.
+func policyFor(s Spec, f family, lo int) policy {
+	if s.Mode != ModeTPROXY || !s.wants(f) {
+		return policy{}
+	}
+	mask := s.TPROXYMask
+	r := *netlink.NewRule()
+	r.Family = netlinkFamily(f)
+	r.Priority = int(s.RulePriority)
+	r.Mark = s.TPROXYMark
+	r.Mask = &mask
+	r.Table = int(s.RouteTable)
+	r.Protocol = routeProtocol
+	dst := &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	if f == ipv6 {
+		dst = &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+	}
+	rt := netlink.Route{
+		Family:    netlinkFamily(f),
+		LinkIndex: lo,
+		Dst:       dst,
+		Table:     int(s.RouteTable),
+		Type:      unix.RTN_LOCAL,
+		Scope:     unix.RT_SCOPE_HOST,
+		Protocol:  routeProtocol,
+	}
+	return policy{rules: []netlink.Rule{r}, routes: []netlink.Route{rt}}
+}
+
+func ruleString(r netlink.Rule) string {
+	fam := "ip"
+	if r.Family == netlink.FAMILY_V6 {
+		fam = "ip -6"
+	}
+	mask := uint32(0xffffffff)
+	if r.Mask != nil {
+		mask = *r.Mask
+	}
+	return fmt.Sprintf("%s rule pref %d fwmark 0x%x/0x%x lookup %d proto %d", fam, r.Priority, r.Mark, mask, r.Table, r.Protocol)
+}
+
+func routeString(r netlink.Route) string {
+	fam, dst := "ip", "0.0.0.0/0"
+	if r.Family == netlink.FAMILY_V6 {
+		fam, dst = "ip -6", "::/0"
+	}
+	if r.Dst != nil {
+		dst = r.Dst.String()
+	}
+	return fmt.Sprintf("%s route local %s dev #%d table %d proto %d", fam, dst, r.LinkIndex, r.Table, r.Protocol)
+}
+
+func sameRule(a, b netlink.Rule) bool { return ruleString(a) == ruleString(b) }
+
+func sameRoute(a, b netlink.Route) bool {
+	return routeString(a) == routeString(b) && a.Type == b.Type
+}
+
+// netlinkState is a netlink handle in the pod netns plus the index of its lo.
+type netlinkState struct {
+	h  *netlink.Handle
+	lo int
+}
+
+// openNetlink opens a handle whose sockets live in the calling thread's
+// network namespace, so it must run inside the pod netns.
+func openNetlink() (*netlinkState, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink: %w", err)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("find lo: %w", err)
+	}
+	return &netlinkState{h: h, lo: lo.Attrs().Index}, nil
+}
+
+func (n *netlinkState) close() { n.h.Close() }
+
+// current lists weir's rules and routes of family f (those tagged with
+// routeProtocol), in any table.
+func (n *netlinkState) current(f family) (policy, error) {
+	var p policy
+	rules, err := n.h.RuleList(netlinkFamily(f))
+	if err != nil {
+		return p, fmt.Errorf("list %s policy rules: %w", f, err)
+	}
+	for _, r := range rules {
+		if r.Protocol == routeProtocol {
+			p.rules = append(p.rules, r)
+		}
+	}
+	routes, err := n.h.RouteListFiltered(netlinkFamily(f),
+		&netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: routeProtocol},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return p, fmt.Errorf("list %s routes: %w", f, err)
+	}
+	p.routes = routes
+	return p, nil
+}
+
+// add installs what want has and have lacks: routes first, then the rule
+// that points at them. Each addition pushes its removal onto undo.
+func (n *netlinkState) add(undo *undoStack, have, want policy) error {
+	for _, r := range want.routes {
+		if containsFunc(have.routes, r, sameRoute) {
+			continue
+		}
+		r := r
+		if err := n.h.RouteAdd(&r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add %s: table %d already holds such a route that weir did not add; pick another route table: %w", routeString(r), r.Table, err)
+			}
+			return fmt.Errorf("add %s: %w", routeString(r), err)
+		}
+		undo.push(func() error { return ignoreGone(n.h.RouteDel(&r)) })
+	}
+	for _, r := range want.rules {
+		if containsFunc(have.rules, r, sameRule) {
+			continue
+		}
+		r := r
+		if err := n.h.RuleAdd(&r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("add %s: an equal policy rule that weir did not add exists: %w", ruleString(r), err)
+			}
+			return fmt.Errorf("add %s: %w", ruleString(r), err)
+		}
+		undo.push(func() error { return ignoreGone(n.h.RuleDel(&r)) })
+	}
+	return nil
+}
+
+// prune deletes what have holds and want lacks: the rule first, so nothing
+// points at a route while it goes. Each deletion pushes its re-addition
+// onto undo (nil undo: no way back, as in Remove).
+func (n *netlinkState) prune(undo *undoStack, have, want policy) error {
+	for _, r := range have.rules {
+		if containsFunc(want.rules, r, sameRule) {
+			continue
+		}
+		r := r
+		if err := ignoreGone(n.h.RuleDel(&r)); err != nil {
+			return fmt.Errorf("delete %s: %w", ruleString(r), err)
+		}
+		if undo != nil {
+			undo.push(func() error { return n.h.RuleAdd(&r) })
+		}
+	}
+	for _, r := range have.routes {
+		if containsFunc(want.routes, r, sameRoute) {
+			continue
+		}
+		r := r
+		if err := ignoreGone(n.h.RouteDel(&r)); err != nil {
+			return fmt.Errorf("delete %s: %w", routeString(r), err)
+		}
+		if undo != nil {
+			undo.push(func() error { return n.h.RouteAdd(&r) })
+		}
+	}
+	return nil
+}
+
+// problems names what want holds and have lacks, and what have holds
+// beyond want.
+func (p policy) problems(want policy) []string {
+	var out []string
+	for _, r := range want.rules {
+		if !containsFunc(p.rules, r, sameRule) {
+			out = append(out, fmt.Sprintf("missing policy rule %q", ruleString(r)))
+		}
+	}
+	for _, r := range want.routes {
+		if !containsFunc(p.routes, r, sameRoute) {
+			out = append(out, fmt.Sprintf("missing route %q", routeString(r)))
+		}
+	}
+	for _, r := range p.rules {
+		if !containsFunc(want.rules, r, sameRule) {
+			out = append(out, fmt.Sprintf("unexpected policy rule %q", ruleString(r)))
+		}
+	}
+	for _, r := range p.routes {
+		if !containsFunc(want.routes, r, sameRoute) {
+			out = append(out, fmt.Sprintf("unexpected route %q", routeString(r)))
+		}
+	}
+	return out
+}
+
+func (p policy) empty() bool { return len(p.rules) == 0 && len(p.routes) == 0 }
+
+func containsFunc[T any](list []T, v T, eq func(a, b T) bool) bool {
+	for _, x := range list {
+		if eq(x, v) {
+			return true
+		}
+	}
+	return false
+}
+
+// ignoreGone turns "no such rule/route" into success, for teardown.
+func ignoreGone(err error) error {
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
+}
