@@ -34,16 +34,17 @@ func NewRoundRobin(ts []Target, start uint64) *RoundRobin {
 	return r
 }
 
-// Pick implements the balancer interface.
+// Pick implements the balancer interface. A host that is not allowed
+// consumes its turn (the shared counter moves on), so its share spreads
+// evenly over the others instead of falling to its successor.
 func (r *RoundRobin) Pick(_ uint64, hs Hosts) int {
 	n := hs.Len()
 	if n == 0 {
 		return None
 	}
-	start := r.next.Add(1) - 1
 	if r.seq == nil {
-		for k := range n {
-			i := int((start + uint64(k)) % uint64(n))
+		for range n {
+			i := int((r.next.Add(1) - 1) % uint64(n))
 			if hs.Allowed(i) {
 				return i
 			}
@@ -51,8 +52,8 @@ func (r *RoundRobin) Pick(_ uint64, hs Hosts) int {
 		return None
 	}
 	l := uint64(len(r.seq))
-	for k := range l {
-		i := int(r.seq[(start+k)%l])
+	for range l {
+		i := int(r.seq[(r.next.Add(1)-1)%l])
 		if i < n && hs.Allowed(i) {
 			return i
 		}

@@ -32,6 +32,10 @@ type Balancer interface {
 var (
 	_ Balancer = (*balance.RoundRobin)(nil)
 	_ Balancer = (*balance.PeakEWMA)(nil)
+	_ Balancer = (*balance.Random)(nil)
+	_ Balancer = (*balance.LeastRequest)(nil)
+	_ Balancer = (*balance.RingHash)(nil)
+	_ Balancer = (*balance.Maglev)(nil)
 )
 
 // Options carry what a cluster needs beyond its config.
@@ -245,6 +249,14 @@ func newBalancer(cfg Config, ts []balance.Target, seed uint64) Balancer {
 	switch cfg.Balancer {
 	case PeakEWMA:
 		return balance.NewPeakEWMA(ts, seed, cfg.PeakEWMA.DefaultRTT.D(), cfg.PeakEWMA.Decay.D())
+	case Random:
+		return balance.NewRandom(ts, seed)
+	case LeastRequest:
+		return balance.NewLeastRequest(ts, seed)
+	case RingHash:
+		return balance.NewRingHash(ts, cfg.RingHash.MinRingSize, cfg.RingHash.MaxRingSize)
+	case Maglev:
+		return balance.NewMaglev(ts, cfg.Maglev.TableSize)
 	default:
 		return balance.NewRoundRobin(ts, seed)
 	}
