@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -78,11 +79,11 @@ type Duration time.Duration
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("want a duration such as \"5s\"")
+		return badValue(b, Duration(0))
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return err
+		return badValue(b, Duration(0))
 	}
 	*d = Duration(v)
 	return nil
@@ -99,7 +100,7 @@ func (h *Hex) UnmarshalJSON(b []byte) error {
 	s := strings.Trim(string(b), `"`)
 	v, err := strconv.ParseUint(s, 0, 32)
 	if err != nil {
-		return fmt.Errorf("want a 32-bit number such as \"0x5700\"")
+		return badValue(b, Hex(0))
 	}
 	*h = Hex(v)
 	return nil
@@ -107,6 +108,12 @@ func (h *Hex) UnmarshalJSON(b []byte) error {
 
 // MarshalJSON writes the value in hex.
 func (h Hex) MarshalJSON() ([]byte, error) { return json.Marshal(fmt.Sprintf("%#x", uint32(h))) }
+
+// badValue reports a value a custom type cannot take, as a type error so the
+// decoder adds the key's path to the message.
+func badValue(b []byte, want any) error {
+	return &json.UnmarshalTypeError{Value: "value " + string(b), Type: reflect.TypeOf(want)}
+}
 
 // DefaultConfig is what the agent runs with when the file sets nothing.
 func DefaultConfig() Config {

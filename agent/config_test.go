@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseConfigDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte("capture:\n  namespaces: [demo]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Socket != "/run/weir/agent.sock" || c.Admin != "127.0.0.1:15020" || c.Capture.OutboundPort != 15001 ||
+		c.Capture.InboundPort != 15006 || time.Duration(c.ConnectTimeout) != 5*time.Second || c.Capture.Mode != "redirect" {
+		t.Fatalf("defaults not applied: %+v", c)
+	}
+}
+
+func TestParseConfigExample(t *testing.T) {
+	const example = `
+socket: /run/weir/agent.sock
+admin: 127.0.0.1:15020
+capture:
+  namespaces: [demo]
+  mark: "0x100"
+  mask: "0xf00"
+services:
+  - name: web
+    address: 10.96.0.10:80
+    endpoints: ["10.22.0.3:8080", "10.22.0.4:8080"]
+  - name: web6
+    addresses: ["[fd00:96::10]:80"]
+    endpoints: ["[fd00:22::3]:8080"]
+`
+	c, err := ParseConfig([]byte(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Capture.Mark != 0x100 || len(c.Services) != 2 {
+		t.Fatalf("parsed %+v", c)
+	}
+	if _, err := buildRoutes(c, nil); err != nil {
+		t.Fatalf("routes from the example: %v", err)
+	}
+}
+
+func TestParseConfigRejects(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown key", "sockett: /x\n", `unknown field "sockett"`},
+		{"unknown nested key", "capture:\n  namespace: [demo]\n", `unknown field "namespace"`},
+		{"relative socket", "socket: agent.sock\n", "socket:"},
+		{"bad admin", "admin: localhost\n", "admin:"},
+		{"bad log level", "logLevel: loud\n", "logLevel:"},
+		{"bad duration", "connectTimeout: soon\n", "connectTimeout"},
+		{"negative duration", "drainTimeout: -1s\n", "drainTimeout"},
+		{"bad unknown policy", "unknownDestinations: drop\n", "unknownDestinations"},
+		{"bad backend", "capture:\n  backend: iptables\n", "capture.backend"},
+		{"bad mode", "capture:\n  mode: magic\n", "capture"},
+		{"bad mark", "capture:\n  mark: lots\n", "mark"},
+		{"service without name", "services:\n  - address: 10.0.0.1:80\n", "services[0].name"},
+		{"service without address", "services:\n  - name: a\n", "services[0] (a).address"},
+		{"bad service address", "services:\n  - name: a\n    address: 10.0.0.1\n", "services[0] (a).address"},
+		{"bad endpoint", "services:\n  - name: a\n    address: 10.0.0.1:80\n    endpoints: [x]\n", "services[0] (a).endpoints"},
+		{"duplicate address", "services:\n  - name: a\n    address: 10.0.0.1:80\n  - name: b\n    address: 10.0.0.1:80\n", "already belongs to service a"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		ips    []string
+		v4, v6 bool
+	}{
+		{[]string{"10.0.0.2/16"}, true, false},
+		{[]string{"fd00::2/64"}, false, true},
+		{[]string{"10.0.0.2/16", "fd00::2/64"}, true, true},
+		{nil, true, true},
+	} {
+		v4, v6, err := families(tc.ips)
+		if err != nil || v4 != tc.v4 || v6 != tc.v6 {
+			t.Errorf("families(%v) = %v %v %v", tc.ips, v4, v6, err)
+		}
+	}
+	if _, _, err := families([]string{"nonsense"}); err == nil {
+		t.Error("families accepted nonsense")
+	}
+}

@@ -1,0 +1,55 @@
+package plugin
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+func TestParseConfig(t *testing.T) {
+	prev := `,"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.22.0.9/16"}]}`
+	base := `"cniVersion":"1.0.0","name":"n","type":"weir-cni"`
+	c, err := parseConfig([]byte(`{` + base + prev + `}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AgentSocket != "/run/weir/agent.sock" || c.Mode != "redirect" || c.LogFile != DefaultLogFile || c.timeout != DefaultTimeout || c.PrevResult == nil {
+		t.Fatalf("defaults: %+v", c)
+	}
+	// Keys a runtime injects are accepted.
+	if _, err := parseConfig([]byte(`{` + base + `,"runtimeConfig":{"portMappings":[]},"args":{"cni":{}},"capabilities":{"portMappings":true}}`)); err != nil {
+		t.Fatalf("runtime-injected keys rejected: %v", err)
+	}
+	for _, tc := range []struct {
+		name, conf string
+		code       uint
+		want       string
+	}{
+		{"typo", `{` + base + `,"agentSockt":"/x"}`, types.ErrDecodingFailure, "agentSockt"},
+		{"mode", `{` + base + `,"mode":"fast"}`, types.ErrInvalidNetworkConfig, "fast"},
+		{"tproxy not yet", `{` + base + `,"mode":"tproxy"}`, types.ErrInvalidNetworkConfig, "not implemented"},
+		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, types.ErrInvalidNetworkConfig, "agentTimeout"},
+		{"log level", `{` + base + `,"logLevel":"chatty"}`, types.ErrInvalidNetworkConfig, "logLevel"},
+		{"socket", `{` + base + `,"agentSocket":"rel"}`, types.ErrInvalidNetworkConfig, "agentSocket"},
+		{"prevResult", `{` + base + `,"prevResult":{"cniVersion":"1.0.0","ips":"no"}}`, types.ErrDecodingFailure, "prevResult"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := parseConfig([]byte(tc.conf))
+			e, ok := err.(*types.Error)
+			if !ok {
+				t.Fatalf("error %v (%T), want *types.Error", err, err)
+			}
+			if e.Code != tc.code || !strings.Contains(e.Msg+e.Details, tc.want) {
+				t.Fatalf("got %+v, want code %d mentioning %q", e, tc.code, tc.want)
+			}
+		})
+	}
+}
+
+func TestPodFromArgs(t *testing.T) {
+	p, err := podFromArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-0;K8S_POD_UID=u1;OTHER=x")
+	if err != nil || p.Namespace != "demo" || p.Name != "web-0" || p.UID != "u1" {
+		t.Fatalf("podFromArgs: %+v %v", p, err)
+	}
+}

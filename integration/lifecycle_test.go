@@ -1,0 +1,119 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// STATUS and GC exist from CNI spec 1.1.0 on: STATUS follows the agent's
+// availability; GC releases every attachment the runtime no longer lists.
+func TestStatusAndGC(t *testing.T) {
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.1.0"})
+	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}}
+	node.WriteAgentConfig(t, cfg)
+	if err := node.Status(); err == nil || !strings.Contains(err.Error(), "not available") {
+		t.Fatalf("STATUS with no agent: %v; want a not-available error", err)
+	}
+	agent := node.StartAgent(t, cfg)
+	if err := node.Status(); err != nil {
+		t.Fatalf("STATUS with the agent up: %v", err)
+	}
+	keep := node.MustAddPod(t, "demo", "keep")
+	drop := node.MustAddPod(t, "demo", "drop")
+	if n := agent.Metric(t, "weir_pods_captured"); n != 2 {
+		t.Fatalf("pods captured %v, want 2", n)
+	}
+	if err := node.GC(keep); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if n := agent.Metric(t, "weir_pods_captured"); n != 1 {
+		t.Fatalf("after GC the agent holds %v pods, want 1", n)
+	}
+	if installed, err := redirect.Installed(drop.Path); err != nil || installed {
+		t.Fatalf("GC left rules in the dropped pod: installed=%v err=%v", installed, err)
+	}
+	if err := node.Check(keep); err != nil {
+		t.Fatalf("the kept pod no longer checks out: %v", err)
+	}
+}
+
+// A pod whose netns vanishes without a DEL is released by the agent's sweep,
+// so the agent does not keep a dead namespace alive.
+func TestSweepReleasesVanishedNetns(t *testing.T) {
+	node := testworld.NewNode(t, testworld.NodeOptions{})
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "sweepInterval": "200ms"})
+	p := node.MustAddPod(t, "demo", "ghost")
+	p.MustRunDelete(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for agent.Metric(t, "weir_pods_captured") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("agent still holds the pod 10s after its netns vanished")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// SIGTERM: the agent stops accepting and closes its listeners at once, lets
+// open connections finish within drainTimeout, and exits 0.
+func TestSigtermDrains(t *testing.T) {
+	node := testworld.NewNode(t, testworld.NodeOptions{})
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": "3s"})
+	server := node.MustAddPod(t, "backend", "echo")
+	client := node.MustAddPod(t, "demo", "client")
+	ln := server.Listen(t, "0.0.0.0:7000")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	c, err := client.Dial(fmt.Sprintf("%s:7000", server.IP4), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	echo := func(msg string) error {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := fmt.Fprintln(c, msg); err != nil {
+			return err
+		}
+		line, err := r.ReadString('\n')
+		if err == nil && strings.TrimSpace(line) != msg {
+			err = fmt.Errorf("echo %q, want %q", line, msg)
+		}
+		return err
+	}
+	if err := echo("before"); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	start := time.Now()
+	go func() { stopped <- agent.Stop(t) }()
+	// Listeners close at once: wait until the pod has none.
+	for strings.Contains(client.MustRun(t, "ss", "-Hltn"), ":15001") {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("agent listeners still open 5s after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := echo("during drain"); err != nil {
+		t.Fatalf("open connection broke during drain: %v", err)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("agent exit after SIGTERM: %v, want status 0", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("agent took %v to exit with drainTimeout 3s", d)
+	}
+}
