@@ -170,7 +170,9 @@ func writeAtomic(path string, data []byte, mode fs.FileMode, uid, gid int) error
 	if err := tmp.Chmod(mode); err != nil {
 		return fmt.Errorf("chmod %s: %w", tmp.Name(), err)
 	}
-	if uid >= 0 && os.Geteuid() == 0 {
+	// Chown only when the owner differs from ours: the installer then needs
+	// CAP_CHOWN only for a file some other user owns.
+	if uid >= 0 && (uid != os.Geteuid() || gid != os.Getegid()) {
 		if err := tmp.Chown(uid, gid); err != nil {
 			return fmt.Errorf("chown %s: %w", tmp.Name(), err)
 		}
