@@ -54,7 +54,8 @@ type Options struct {
 // Cluster is an immutable set of endpoints with the policy to connect to
 // them. Build it with New.
 type Cluster struct {
-	cfg       Config
+	cfg       Config     // with defaults
+	raw       Config     // as given, for Matches
 	spec      []Endpoint // as given, for Matches
 	localZone string
 	eps       []*endpoint
@@ -105,6 +106,7 @@ func New(cfg Config, eps []Endpoint, opt Options) (*Cluster, error) {
 	}
 	c := &Cluster{
 		cfg:       cfg.WithDefaults(),
+		raw:       cfg,
 		spec:      eps,
 		localZone: opt.LocalZone,
 		clock:     opt.Clock,
@@ -272,21 +274,13 @@ func (c *Cluster) Config() Config { return c.cfg }
 // be the same as c, so a rebuild can keep c as it is. It compares values;
 // an Endpoints slice shared with the previous build is recognised at once.
 func (c *Cluster) Matches(cfg Config, eps []Endpoint, localZone string) bool {
-	if c == nil || len(eps) != len(c.spec) || !cfg.WithDefaults().equal(c.cfg) {
+	if c == nil || len(eps) != len(c.spec) || !cfg.Equal(&c.raw) {
 		return false
 	}
 	if c.cfg.Locality.Enabled && localZone != c.localZone {
 		return false
 	}
-	if len(eps) == 0 || &eps[0] == &c.spec[0] {
-		return true
-	}
-	for i := range eps {
-		if !eps[i].equal(c.spec[i]) {
-			return false
-		}
-	}
-	return true
+	return EndpointsEqual(eps, c.spec)
 }
 
 // now is the cluster clock in nanoseconds since the process started (or

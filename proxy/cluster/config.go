@@ -267,14 +267,19 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// equal reports whether two configs are the same (Config holds a map, so ==
-// does not compile).
-func (c Config) equal(o Config) bool {
+// Equal reports whether two configs are the same as given (before
+// defaults); Config holds a map, so == does not compile.
+func (c *Config) Equal(o *Config) bool {
 	return c.Name == o.Name && c.Balancer == o.Balancer && c.ConnectTimeout == o.ConnectTimeout &&
 		c.PeakEWMA == o.PeakEWMA && c.RingHash == o.RingHash && c.Maglev == o.Maglev &&
-		c.Subset.Fallback == o.Subset.Fallback && maps.Equal(c.Subset.Selector, o.Subset.Selector) &&
+		c.Subset.Fallback == o.Subset.Fallback && labelsEqual(c.Subset.Selector, o.Subset.Selector) &&
 		c.Locality == o.Locality && c.Retry == o.Retry && c.Outlier == o.Outlier &&
 		c.CircuitBreaker == o.CircuitBreaker
+}
+
+// labelsEqual is maps.Equal without starting an iteration for empty maps.
+func labelsEqual(a, b map[string]string) bool {
+	return len(a) == len(b) && (len(a) == 0 || maps.Equal(a, b))
 }
 
 func isPrime(n int) bool {

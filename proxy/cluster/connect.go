@@ -106,7 +106,7 @@ func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TC
 			st.retries.Add(1)
 		}
 		l.view.remember(e.st)
-		conn, err := c.attempt(ctx, dial, e)
+		conn, err := c.attempt(ctx, dial, e, l.view.now)
 		if err == nil {
 			st.connections.Add(1)
 			l.ep = e
@@ -132,22 +132,20 @@ func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TC
 }
 
 // attempt dials one endpoint with the connect timeout and records the
-// outcome on it.
-func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint) (*net.TCPConn, error) {
+// outcome on it; start is the clock at the pick.
+func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint, start int64) (*net.TCPConn, error) {
 	e.st.active.Add(1)
-	start := c.clock()
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout.D())
 	conn, err := dial(dctx, e.Addr)
 	cancel()
-	end := c.clock()
-	now := int64(end.Sub(epoch)) + 1
+	now := c.now()
 	if err == nil {
 		if conn == nil {
 			err = errors.New("dialer returned no connection and no error")
 		} else {
 			e.st.connections.Add(1)
 			e.st.connectStreak.Store(0)
-			e.st.rtt.Observe(end.Sub(start), now, c.cfg.PeakEWMA.Decay.D())
+			e.st.rtt.Observe(time.Duration(now-start), now, c.cfg.PeakEWMA.Decay.D())
 			return conn, nil
 		}
 	}

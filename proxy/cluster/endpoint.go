@@ -67,12 +67,30 @@ type Endpoint struct {
 	Health Health `json:"health,omitempty"`
 }
 
-func (e Endpoint) equal(o Endpoint) bool {
+// Equal reports whether two endpoints are the same.
+func (e *Endpoint) Equal(o *Endpoint) bool {
 	if e.Addr != o.Addr || e.Weight != o.Weight || e.Health != o.Health || len(e.Labels) != len(o.Labels) {
 		return false
 	}
 	for k, v := range e.Labels {
 		if w, ok := o.Labels[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// EndpointsEqual reports whether two endpoint lists are the same, at once
+// when they share their backing array.
+func EndpointsEqual(a, b []Endpoint) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	for i := range a {
+		if !a[i].Equal(&b[i]) {
 			return false
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
@@ -89,29 +88,52 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 		cfg:      cfg,
 		routes:   make([]Route, len(cfg.Services)),
 		clusters: make([]*cluster.Cluster, len(cfg.Services)),
-		byName:   make(map[string]int32, len(cfg.Services)),
 		unknown:  unknown,
 	}
-	for i, svc := range cfg.Services {
-		where := fmt.Sprintf("services[%d]", i)
-		if svc.Name == "" {
-			bad("%s.name is missing", where)
-			continue
+	// Same services in the same order with the same addresses and CIDR
+	// routes (the usual case: endpoints changed): the indexes of prev serve
+	// as they are, and prev's cluster for service i is prev.clusters[i].
+	same := prev != nil && sameLayout(cfg, prev.cfg)
+	if same {
+		s.byName, s.exact, s.cidr4, s.cidr6 = prev.byName, prev.exact, prev.cidr4, prev.cidr6
+	} else {
+		s.byName = make(map[string]int32, len(cfg.Services))
+	}
+	for i := range cfg.Services {
+		svc := &cfg.Services[i]
+		where := func() string { return fmt.Sprintf("services[%d] (%s)", i, svc.Name) }
+		if !same {
+			if svc.Name == "" {
+				bad("services[%d].name is missing", i)
+				continue
+			}
+			if j, dup := s.byName[svc.Name]; dup {
+				bad("%s.name repeats services[%d]", where(), j)
+				continue
+			}
+			s.byName[svc.Name] = int32(i)
 		}
-		where = fmt.Sprintf("services[%d] (%s)", i, svc.Name)
-		if j, dup := s.byName[svc.Name]; dup {
-			bad("%s.name repeats services[%d]", where, j)
-			continue
+		if same {
+			// Compare with the previous config side by side: two
+			// contiguous arrays, no visit to the cluster objects.
+			ps := &prev.cfg.Services[i]
+			if cfg.LocalZone == prev.cfg.LocalZone && svc.Cluster.Equal(&ps.Cluster) && cluster.EndpointsEqual(svc.Endpoints, ps.Endpoints) {
+				s.clusters[i] = prev.clusters[i]
+				s.routes[i] = prev.routes[i]
+				continue
+			}
 		}
-		s.byName[svc.Name] = int32(i)
 		ccfg := svc.Cluster
 		if ccfg.Name != "" && ccfg.Name != svc.Name {
-			bad("%s.cluster.name %q must be empty or the service name", where, ccfg.Name)
+			bad("%s.cluster.name %q must be empty or the service name", where(), ccfg.Name)
 			continue
 		}
 		ccfg.Name = svc.Name
 		var pc *cluster.Cluster
-		if prev != nil {
+		switch {
+		case same:
+			pc = prev.clusters[i]
+		case prev != nil:
 			pc = prev.Cluster(svc.Name)
 		}
 		c := pc
@@ -121,16 +143,14 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 				Prev: pc, LocalZone: cfg.LocalZone, Clock: cfg.Clock, Seed: seedFor(cfg.Seed, svc.Name),
 			})
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s.cluster: %w", where, err))
+				errs = append(errs, fmt.Errorf("%s.cluster: %w", where(), err))
 				continue
 			}
 		}
 		s.clusters[i] = c
 		s.routes[i] = Route{Cluster: c}
 	}
-	if prev != nil && sameLayout(cfg, prev.cfg) {
-		s.exact, s.cidr4, s.cidr6 = prev.exact, prev.cidr4, prev.cidr6
-	} else {
+	if !same {
 		errs = append(errs, s.index(cfg)...)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -147,7 +167,7 @@ func (s *Snapshot) index(cfg Config) []error {
 	for _, svc := range cfg.Services {
 		n += len(svc.Addresses)
 	}
-	s.exact = make(map[netip.AddrPort]int32, n)
+	s.exact = make(map[addrKey]int32, n)
 	owner := make(map[netip.AddrPort]string, n)
 	for i, svc := range cfg.Services {
 		for j, a := range svc.Addresses {
@@ -169,10 +189,10 @@ func (s *Snapshot) index(cfg Config) []error {
 				continue
 			}
 			owner[a] = svc.Name
-			s.exact[a] = int32(i)
+			s.exact[keyOf(a.Addr(), a.Port())] = int32(i)
 		}
 	}
-	s.cidr4 = cidrIndex{m: map[cidrKey]int32{}}
+	s.cidr4 = cidrIndex{m: map[cidrKey]int32{}, offset: 96}
 	s.cidr6 = cidrIndex{m: map[cidrKey]int32{}}
 	for i, r := range cfg.CIDRs {
 		where := fmt.Sprintf("cidrs[%d]", i)
@@ -221,18 +241,20 @@ func (s *Snapshot) index(cfg Config) []error {
 		if p.Addr().Is4() {
 			idx = &s.cidr4
 		}
-		k := cidrKey{p, r.Port}
+		ak := keyOf(p.Addr(), 0)
+		k := cidrKey{hi: ak.hi, lo: ak.lo, bits: uint8(p.Bits()), port: r.Port}
 		if _, dup := idx.m[k]; dup {
 			bad("%s repeats prefix %s port %d", where, p, r.Port)
 			continue
 		}
 		idx.m[k] = t
-		if !slices.Contains(idx.bits, p.Bits()) {
-			idx.bits = append(idx.bits, p.Bits())
+		if !slices.Contains(idx.bits, uint8(p.Bits())) {
+			idx.bits = append(idx.bits, uint8(p.Bits()))
 		}
 	}
 	for _, idx := range []*cidrIndex{&s.cidr4, &s.cidr6} {
-		sort.Sort(sort.Reverse(sort.IntSlice(idx.bits)))
+		slices.Sort(idx.bits)
+		slices.Reverse(idx.bits)
 	}
 	return errs
 }

@@ -12,6 +12,7 @@
 package route
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"sync/atomic"
 
@@ -37,7 +38,7 @@ type Snapshot struct {
 	cfg      Config           // as built, for Dump and the next Build
 	routes   []Route          // one per service, in cfg.Services order
 	byName   map[string]int32 // service name -> index
-	exact    map[netip.AddrPort]int32
+	exact    map[addrKey]int32
 	cidr4    cidrIndex
 	cidr6    cidrIndex
 	unknown  Route
@@ -47,13 +48,43 @@ type Snapshot struct {
 // cidrIndex finds the longest matching prefix with one map probe per
 // distinct prefix length in use (at most 33 for IPv4, 129 for IPv6).
 type cidrIndex struct {
-	bits []int // distinct prefix lengths, longest first
-	m    map[cidrKey]int32
+	bits   []uint8 // distinct prefix lengths, longest first
+	offset int     // 96 for IPv4 (held in 16-byte form), 0 for IPv6
+	m      map[cidrKey]int32
 }
 
-// cidrKey is a masked prefix and a port (0: any port).
+// mask keeps the first n bits of the 128-bit address hi:lo.
+func mask(hi, lo uint64, n int) (uint64, uint64) {
+	switch {
+	case n <= 0:
+		return 0, 0
+	case n < 64:
+		return hi &^ (^uint64(0) >> n), 0
+	case n == 64:
+		return hi, 0
+	case n < 128:
+		return hi, lo &^ (^uint64(0) >> (n - 64))
+	}
+	return hi, lo
+}
+
+// addrKey is an address (IPv4 in its IPv4-mapped 16-byte form) and a port,
+// as plain integers: cheaper to hash than netip.AddrPort.
+type addrKey struct {
+	hi, lo uint64
+	port   uint16
+}
+
+func keyOf(a netip.Addr, port uint16) addrKey {
+	b := a.As16()
+	return addrKey{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:]), port}
+}
+
+// cidrKey is a masked prefix (as in addrKey), its length and a port (0:
+// any port).
 type cidrKey struct {
-	prefix netip.Prefix
+	hi, lo uint64
+	bits   uint8
 	port   uint16
 }
 
@@ -72,24 +103,24 @@ func (s *Snapshot) Lookup(dst netip.AddrPort) Route {
 	if s == nil {
 		return Route{Passthrough: true}
 	}
-	a := dst.Addr().Unmap().WithZone("")
+	a := dst.Addr()
 	port := dst.Port()
-	if i, ok := s.exact[netip.AddrPortFrom(a, port)]; ok {
+	k := keyOf(a, port)
+	if i, ok := s.exact[k]; ok {
 		return s.routes[i]
 	}
 	idx := &s.cidr6
-	if a.Is4() {
+	if a.Is4() || a.Is4In6() {
 		idx = &s.cidr4
 	}
 	for _, bits := range idx.bits {
-		p, err := a.Prefix(bits)
-		if err != nil {
-			continue
-		}
-		if t, ok := idx.m[cidrKey{p, port}]; ok {
+		ck := cidrKey{bits: bits, port: port}
+		ck.hi, ck.lo = mask(k.hi, k.lo, idx.offset+int(bits))
+		if t, ok := idx.m[ck]; ok {
 			return s.target(t)
 		}
-		if t, ok := idx.m[cidrKey{p, 0}]; ok {
+		ck.port = 0
+		if t, ok := idx.m[ck]; ok {
 			return s.target(t)
 		}
 	}
