@@ -151,12 +151,16 @@ type installer struct {
 	o     Options
 	entry []byte
 	log   *slog.Logger
+	// replacePending: no pass has yet written this release's entry, so the
+	// watcher still replaces a differing one instead of keeping it.
+	replacePending bool
 }
 
 // Run installs weir: it copies the binary, waits for a primary configuration if
 // there is none yet, and chains weir into it. With o.Watch it then keeps the
-// chain repaired until ctx ends, and returns nil on cancellation. Bad options or
-// a primary weir cannot chain into return an error and change nothing.
+// chain repaired until ctx ends, and returns nil on cancellation. Bad options
+// return an error and change nothing; so does a primary weir cannot chain into,
+// except in watch mode, where it is logged and retried on the next change.
 func Run(ctx context.Context, o Options) error {
 	if err := o.validate(); err != nil {
 		return err
@@ -210,6 +214,13 @@ func (in *installer) firstPass(ctx context.Context, w *dirWatch) error {
 	logged := false
 	for {
 		err := in.pass(replaceEntry)
+		if err != nil && !errors.Is(err, errNoPrimary) && in.o.Watch {
+			// A watcher outlives a primary caught mid-write: it reports the
+			// error and keeps trying, still with this release's settings.
+			in.log.Error("chain into CNI configuration; will retry on the next change", "err", err)
+			in.replacePending = true
+			return nil
+		}
 		if !errors.Is(err, errNoPrimary) {
 			return err
 		}
@@ -264,7 +275,15 @@ func (in *installer) watch(ctx context.Context, w *dirWatch) error {
 		if err := in.repairBinary(); err != nil {
 			in.log.Error("plugin binary", "err", err)
 		}
-		if err := in.pass(keepEntry); err != nil && !errors.Is(err, errNoPrimary) {
+		mode := keepEntry
+		if in.replacePending {
+			mode = replaceEntry
+		}
+		err := in.pass(mode)
+		switch {
+		case err == nil:
+			in.replacePending = false
+		case !errors.Is(err, errNoPrimary):
 			in.log.Error("repair CNI configuration", "err", err)
 		}
 	}

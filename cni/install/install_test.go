@@ -628,3 +628,23 @@ func TestUninstallLeavesUnparsableFilesAlone(t *testing.T) {
 		t.Errorf("good file still holds %v", got)
 	}
 }
+
+func TestWatchStartsOnAMalformedPrimary(t *testing.T) {
+	// The init container already failed loudly on such a file; the watcher
+	// must not crash-loop but chain in, with its own settings, once it is fixed.
+	n := newNode(t)
+	n.write(t, "10-bridge.conflist", `{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"},`+
+		`{"type":"weir-cni","agentSocket":"/old.sock","mode":"tproxy"}]`, 0o644)
+	w := startWatch(t, n.options())
+	w.waitFor(t, "a failed first pass", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.errs) > 0 && w.errs[0] != nil
+	})
+	n.replace(t, "10-bridge.conflist", `{"cniVersion":"1.0.0","name":"k8s","plugins":[{"type":"bridge"},`+
+		`{"type":"weir-cni","agentSocket":"/old.sock","mode":"tproxy"}]}`)
+	w.waitFor(t, "this release's entry", func() bool {
+		got := pluginsOf(t, n.read(t, "10-bridge.conflist"))
+		return len(got) == 2 && strings.Contains(got[1], `"/run/weir/agent.sock"`)
+	})
+}
