@@ -1,0 +1,248 @@
+package bench
+
+import (
+	"encoding/json"
+	"math"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+// TestMain lets the test binary act as the bench's helper programs (echo
+// server, ping-pong client, Go relay), which the bench starts inside pods by
+// re-executing its own binary.
+func TestMain(m *testing.M) {
+	if code, ok := HelperMain(os.Args[1:]); ok {
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+type logWriter struct{ t *testing.T }
+
+func (l logWriter) Write(b []byte) (int, error) {
+	l.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// TestQuickBench runs the whole bench once with one-second cells so that a
+// broken path, tool, parser or accounting fails CI. It asserts that every
+// cell produced figures, not what they are: speed is for the bench itself.
+func TestQuickBench(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "iptables", "sysctl", "nginx", "haproxy", "wrk", "iperf3")
+	rep, err := Run(t, Options{Quick: true, Rounds: 1, Duration: time.Second, Log: logWriter{t}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var table strings.Builder
+	rep.WriteTable(&table)
+	t.Log("\n" + table.String())
+
+	if len(rep.Workloads) != len(workloads) {
+		t.Fatalf("%d workloads ran, want %d", len(rep.Workloads), len(workloads))
+	}
+	for _, w := range rep.Workloads {
+		for _, row := range w.Rows {
+			if len(row.Failures) > 0 {
+				t.Errorf("%s over %s failed: %s", w.Name, row.Path, strings.Join(row.Failures, "; "))
+				continue
+			}
+			if len(row.Samples) != 1 || row.Rate <= 0 {
+				t.Errorf("%s over %s: %d samples, rate %v", w.Name, row.Path, len(row.Samples), row.Rate)
+			}
+			if row.Kind != kindDirect && row.RSS <= 0 {
+				t.Errorf("%s over %s: no peak RSS for the proxy", w.Name, row.Path)
+			}
+			if w.Name == "http-keepalive" && row.Kind != kindDirect && row.CPU <= 0 {
+				// Thousands of requests cost a proxy far more than one 10 ms
+				// tick; zero means the wrong processes were accounted.
+				t.Errorf("%s over %s: proxy used no CPU", w.Name, row.Path)
+			}
+		}
+	}
+	for _, m := range WeirModes {
+		if n := rep.AgentConnections["weir-"+m]; n < 1 {
+			t.Errorf("weir-%s: the agent counted %v connections: the path did not go through weir", m, n)
+		}
+	}
+	md := rep.Markdown()
+	for _, want := range []string{"## Results", "### http-keepalive", "| weir-redirect |", "## Targets"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q", want)
+		}
+	}
+	if err := rep.WriteJSON(t.TempDir() + "/r.json"); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestParseWrk(t *testing.T) {
+	out := `Running 5s test @ http://10.96.0.10:80/
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   350.12us  200.00us   9.00ms   90.00%
+    Req/Sec    70.01k     3.00k   80.00k    70.00%
+  Latency Distribution
+     50%  301.00us
+     75%  400.00us
+     90%  600.00us
+     99%    1.50ms
+  700123 requests in 5.00s, 100.00MB read
+  Socket errors: connect 1, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec: 140024.60
+Transfer/sec:     20.00MB
+`
+	s, err := parseWrk([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Units != 700123 || s.Rate != 140024.60 || s.P50us != 301 || s.P99us != 1500 || s.Errors != 10 {
+		t.Errorf("got %+v", s)
+	}
+	for _, bad := range []string{"", "Requests/sec: 1\n", "  10 requests in 1.00s, 1MB read\nRequests/sec: 10\n"} {
+		if _, err := parseWrk([]byte(bad)); err == nil {
+			t.Errorf("parseWrk(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseIPerf(t *testing.T) {
+	s, err := parseIPerf([]byte(`{"end":{"sum_received":{"bytes":5000000000,"bits_per_second":40000000000}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Rate != 40 || s.Units != 5e9 {
+		t.Errorf("got %+v", s)
+	}
+	for _, bad := range []string{"", "{}", `{"error":"unable to connect"}`} {
+		if _, err := parseIPerf([]byte(bad)); err == nil {
+			t.Errorf("parseIPerf(%q) accepted", bad)
+		}
+	}
+}
+
+func TestParseProc(t *testing.T) {
+	cpu, err := parseStatCPU([]byte("1234 (we ir) (x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 100 1000 200 18446744073709551615"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cpu != 3250*time.Millisecond {
+		t.Errorf("cpu = %v, want 3.25s", cpu)
+	}
+	if _, err := parseStatCPU([]byte("1234 no name here")); err == nil {
+		t.Error("accepted a stat line without a command name")
+	}
+	hwm, err := parseHWM([]byte("Name:\tnginx\nVmPeak:\t 100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1024 kB\n"))
+	if err != nil || hwm != 2<<20 {
+		t.Errorf("hwm = %d, %v", hwm, err)
+	}
+	if _, err := parseHWM([]byte("Name:\tx\n")); err == nil {
+		t.Error("accepted a status without VmHWM")
+	}
+	// The accounting of this very process works end to end.
+	g := procGroup{root: os.Getpid()}
+	u, err := g.begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(50 * time.Millisecond); time.Now().Before(deadline); {
+	}
+	c, rss, err := u.end()
+	if err != nil || c <= 0 || rss <= 0 {
+		t.Errorf("own accounting: cpu %v rss %d err %v", c, rss, err)
+	}
+}
+
+func TestOptions(t *testing.T) {
+	for _, bad := range []Options{
+		{Rounds: -1}, {Rounds: 1000}, {Duration: time.Millisecond}, {Duration: time.Hour},
+		{Paths: []string{"envoy"}}, {Workloads: []string{"grpc"}}, {Warmup: -time.Second},
+	} {
+		if err := bad.fill(); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	o := Options{Quick: true}
+	if err := o.fill(); err != nil || o.Rounds != QuickRounds || o.Duration != QuickDuration || o.Warmup != 0 {
+		t.Errorf("quick defaults: %+v %v", o, err)
+	}
+	o = Options{}
+	if err := o.fill(); err != nil || o.Rounds != DefaultRounds || o.Duration != DefaultDuration || o.Warmup != DefaultWarmup {
+		t.Errorf("full defaults: %+v %v", o, err)
+	}
+}
+
+func TestRatios(t *testing.T) {
+	w := &WorkloadResult{Name: "bulk", cpuScale: 1, Rows: []*Row{
+		{Path: "direct", Kind: kindDirect, Samples: []Sample{{Rate: 10, Units: 1}}},
+		{Path: "weir-redirect", Kind: kindWeir, Samples: []Sample{{Rate: 6, Units: 1, ProxyCPU: 1}, {Rate: 8, Units: 1, ProxyCPU: 3}, {Rate: 7, Units: 1, ProxyCPU: 2}}},
+		{Path: "nginx-stream", Kind: kindPeer, Samples: []Sample{{Rate: 4, Units: 1, ProxyCPU: 4}}},
+		{Path: "go-relay", Kind: kindPeer, Samples: []Sample{{Rate: 2, Units: 1, ProxyCPU: 1}}},
+		{Path: "haproxy-tcp", Kind: kindPeer, Failures: []string{"boom"}},
+	}}
+	r := &Report{Workloads: []*WorkloadResult{w}}
+	r.finish(time.Second)
+	weir := w.Row("weir-redirect")
+	if weir.Rate != 7 || weir.CPU != 2 || weir.RateVsBestPeer != 7.0/4 || weir.CPUVsBestPeer != 2 {
+		t.Errorf("weir row %+v", weir)
+	}
+	if w.BestPeerRate != "nginx-stream" || w.BestPeerCPU != "go-relay" {
+		t.Errorf("best peers %q %q", w.BestPeerRate, w.BestPeerCPU)
+	}
+	if d := w.Row("direct"); !math.IsNaN(d.CPUVsBestPeer) || d.RateVsBestPeer != 2.5 {
+		t.Errorf("direct row %+v", d)
+	}
+	if !r.Failed() {
+		t.Error("a failed cell did not mark the report failed")
+	}
+	var bulk *Target
+	for i := range r.Targets {
+		if strings.HasPrefix(r.Targets[i].Goal, "single-stream bulk") {
+			bulk = &r.Targets[i]
+		}
+	}
+	if bulk == nil || !bulk.Measured || bulk.Ratio != 7.0/4 || !bulk.Met {
+		t.Errorf("bulk target %+v", bulk)
+	}
+	if err := r.WriteJSON(t.TempDir() + "/r.json"); err != nil {
+		t.Errorf("NaN ratios broke the JSON: %v", err)
+	}
+}
+
+func TestPingpongHelper(t *testing.T) {
+	// The helper against an in-process echo server: loopback only, bounded.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveEcho(ln)
+	var b strings.Builder
+	if err := pingpongMain([]string{"-addr", ln.Addr().String(), "-conns", "2", "-size", "64", "-duration", "200ms"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	var r pingpongResult
+	if err := json.Unmarshal([]byte(b.String()), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.RoundTrips == 0 || r.Errors != 0 || r.P50us <= 0 || r.P99us < r.P50us {
+		t.Errorf("against echo: %+v", r)
+	}
+	ln.Close()
+	b.Reset()
+	if err := pingpongMain([]string{"-addr", ln.Addr().String(), "-conns", "1", "-duration", "100ms"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `"errors":1`) {
+		t.Errorf("a refused connect was not counted: %s", b.String())
+	}
+	if err := pingpongMain([]string{"-conns", "0"}, &b); err == nil {
+		t.Error("bad flags accepted")
+	}
+}

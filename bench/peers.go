@@ -1,0 +1,199 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+// peer is another proxy benchmarked beside weir. Every peer runs inside the
+// uncaptured client pod, listening on 127.0.0.1, and the client reaches it
+// through the same kind of rule weir-cni installs: an iptables nat OUTPUT
+// REDIRECT from a virtual address. So the client, the kernel path into the
+// proxy and the proxy's upstream connects from the pod's namespace are the
+// same as weir's; only the proxy differs.
+type peer struct {
+	name, desc string
+	// l7 peers parse HTTP and carry the HTTP backend only.
+	l7 bool
+	// tool is the program the peer needs on PATH ("" for the Go relay).
+	tool string
+	// start runs the peer listening on 127.0.0.1:listen[b] and forwarding to
+	// upstream[b] for each backend, and returns its processes.
+	start func(w *world, listen map[backend]int, upstream map[backend]string) procGroup
+}
+
+var peers = []peer{
+	{name: "nginx-stream", desc: "nginx stream proxy_pass (L4), 2 workers", tool: "nginx", start: startNginxStream},
+	{name: "nginx-http", desc: "nginx http proxy_pass, upstream keepalive, 2 workers", l7: true, tool: "nginx", start: startNginxHTTP},
+	{name: "haproxy-tcp", desc: "haproxy mode tcp, nbthread 2", tool: "haproxy", start: startHAProxy(false)},
+	{name: "haproxy-http", desc: "haproxy mode http, nbthread 2", l7: true, tool: "haproxy", start: startHAProxy(true)},
+	{name: "go-relay", desc: "plain Go relay, io.Copy between TCPConns (splice)", start: startGoRelay},
+}
+
+// peerVIP is the virtual address the client uses for peer i.
+func peerVIP(i int) string { return fmt.Sprintf("10.96.1.%d", i+1) }
+
+// peerListenPort is where peer i listens for backend b inside the pod.
+func peerListenPort(i int, b backend) int {
+	for k, bb := range backends {
+		if bb == b {
+			return 16000 + 10*i + k
+		}
+	}
+	panic("unknown backend " + string(b))
+}
+
+func (w *world) startPeer(i int, p peer) *path {
+	t := w.t
+	if p.tool != "" {
+		testworld.RequireTool(t, p.tool)
+	}
+	listen := map[backend]int{}
+	upstream := map[backend]string{}
+	addr := map[backend]string{}
+	for _, b := range backends {
+		if p.l7 && b != backendHTTP {
+			continue
+		}
+		listen[b] = peerListenPort(i, b)
+		upstream[b] = fmt.Sprintf("%s:%d", w.first.server.IP4, serverPorts[b])
+		addr[b] = fmt.Sprintf("%s:%d", peerVIP(i), servicePort[b])
+		w.plain.MustRun(t, "iptables", "-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+			"-d", peerVIP(i), "--dport", strconv.Itoa(servicePort[b]),
+			"-j", "REDIRECT", "--to-ports", strconv.Itoa(listen[b]))
+	}
+	procs := p.start(w, listen, upstream)
+	for _, b := range backends {
+		if port, ok := listen[b]; ok {
+			w.plain.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
+		}
+	}
+	return &path{Name: p.name, Kind: kindPeer, Desc: p.desc, client: w.plain, addr: addr, procs: procs}
+}
+
+// nginxModuleStream is where Debian's libnginx-mod-stream puts the module.
+const nginxModuleStream = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+func nginxMain(dir string) string {
+	return fmt.Sprintf(`
+user root;
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile 65536;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 16384; multi_accept on; }
+`, dir)
+}
+
+func startNginx(w *world, conf, dir string) procGroup {
+	t := w.t
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("nginx", "-t", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")).CombinedOutput(); err != nil {
+		t.Fatalf("nginx config for the bench is invalid: %v\n%s\n%s", err, out, conf)
+	}
+	cmd := w.plain.Start(t, "nginx", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log"))
+	return procGroup{root: cmd.Process.Pid, withWorkers: true}
+}
+
+func startNginxStream(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+	dir := w.t.TempDir()
+	_, err := os.Stat(nginxModuleStream)
+	testworld.Require(w.t, err == nil, "nginx stream module "+nginxModuleStream+" (Debian package libnginx-mod-stream)")
+	var b strings.Builder
+	fmt.Fprintf(&b, "load_module %s;\n%s\nstream {\n", nginxModuleStream, nginxMain(dir))
+	for _, be := range backends {
+		fmt.Fprintf(&b, "  server { listen 127.0.0.1:%d backlog=8192; proxy_pass %s; }\n", listen[be], upstream[be])
+	}
+	b.WriteString("}\n")
+	return startNginx(w, b.String(), dir)
+}
+
+func startNginxHTTP(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+	dir := w.t.TempDir()
+	conf := nginxMain(dir) + fmt.Sprintf(`
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 1000000;
+  upstream backend { server %[2]s; keepalive 128; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:%[3]d backlog=8192;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+`, dir, upstream[backendHTTP], listen[backendHTTP])
+	return startNginx(w, conf, dir)
+}
+
+func startHAProxy(http bool) func(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+	return func(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+		t := w.t
+		dir := t.TempDir()
+		mode := "tcp"
+		if http {
+			mode = "http"
+		}
+		var b strings.Builder
+		// maxconn 4000: 10000 runs into the fd limit on this machine kind.
+		fmt.Fprintf(&b, `global
+  nbthread 2
+  maxconn 4000
+
+defaults
+  mode %s
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+`, mode)
+		if http {
+			b.WriteString("  option http-keep-alive\n  http-reuse safe\n")
+		}
+		for _, be := range backends {
+			port, ok := listen[be]
+			if !ok {
+				continue
+			}
+			fmt.Fprintf(&b, "\nfrontend f_%[1]s\n  bind 127.0.0.1:%[2]d\n  default_backend b_%[1]s\n\nbackend b_%[1]s\n  server s1 %[3]s\n", be, port, upstream[be])
+		}
+		path := filepath.Join(dir, "haproxy.cfg")
+		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("haproxy", "-c", "-f", path).CombinedOutput(); err != nil {
+			t.Fatalf("haproxy config for the bench is invalid: %v\n%s\n%s", err, out, b.String())
+		}
+		cmd := w.plain.Start(t, "haproxy", "-db", "-f", path)
+		return procGroup{root: cmd.Process.Pid}
+	}
+}
+
+func startGoRelay(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+	var args []string
+	for _, b := range backends {
+		args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
+	}
+	exe, args, err := helperCommand("relay", args...)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	cmd := w.plain.Start(w.t, exe, args...)
+	return procGroup{root: cmd.Process.Pid}
+}

@@ -1,0 +1,428 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Report is a bench run's results; it is also the JSON the tool writes.
+type Report struct {
+	Started  time.Time `json:"started"`
+	Elapsed  string    `json:"elapsed"`
+	Machine  Machine   `json:"machine"`
+	Command  string    `json:"command,omitempty"`
+	Rounds   int       `json:"rounds"`
+	Duration string    `json:"duration"`
+	Quick    bool      `json:"quick"`
+	Paths    []PathInfo
+	// Workloads hold one row per path the workload applies to.
+	Workloads []*WorkloadResult `json:"workloads"`
+	// Targets are weir's stated performance goals, met or not.
+	Targets []Target `json:"targets"`
+	// AgentConnections is weir_connections_total{direction="outbound"} per
+	// weir path at the end: proof that the weir rows went through weir.
+	AgentConnections map[string]float64 `json:"agentConnections"`
+	// Profiles lists the perf reports written (--profile).
+	Profiles []string `json:"profiles,omitempty"`
+}
+
+// Machine is where the bench ran.
+type Machine struct {
+	CPUs     int               `json:"cpus"`
+	CPUModel string            `json:"cpuModel"`
+	Kernel   string            `json:"kernel"`
+	Go       string            `json:"go"`
+	Tools    map[string]string `json:"tools"`
+}
+
+// PathInfo names a path and says what sits between client and server.
+type PathInfo struct {
+	Name string `json:"name"`
+	Kind string `json:"kind"`
+	Desc string `json:"desc"`
+}
+
+// WorkloadResult is one workload's rows.
+type WorkloadResult struct {
+	Name     string `json:"name"`
+	Desc     string `json:"desc"`
+	RateUnit string `json:"rateUnit"`
+	CPUUnit  string `json:"cpuUnit"`
+	// BestPeerRate and BestPeerCPU name the peers the ratios compare with:
+	// the highest rate and the lowest CPU per unit among the peers.
+	BestPeerRate string `json:"bestPeerRate,omitempty"`
+	BestPeerCPU  string `json:"bestPeerCpu,omitempty"`
+	Rows         []*Row `json:"rows"`
+	cpuScale     float64
+}
+
+// Row is one path under one workload: every round's sample and medians.
+type Row struct {
+	Path     string   `json:"path"`
+	Kind     string   `json:"kind"`
+	Samples  []Sample `json:"samples"`
+	Failures []string `json:"failures,omitempty"`
+	// Medians over the samples.
+	Rate  float64 `json:"rate"`
+	P50us float64 `json:"p50us,omitempty"`
+	P99us float64 `json:"p99us,omitempty"`
+	// CPU is the median proxy CPU per unit, in the workload's CPU unit
+	// (0 for the direct path).
+	CPU float64 `json:"cpu"`
+	// RSS is the median peak RSS of the proxy processes, bytes.
+	RSS    int64 `json:"rssBytes"`
+	Errors int64 `json:"errors"`
+	// RateVsBestPeer is Rate over the best peer's; CPUVsBestPeer is CPU
+	// over the lowest peer's. NaN when there is nothing to compare.
+	RateVsBestPeer float64 `json:"rateVsBestPeer"`
+	CPUVsBestPeer  float64 `json:"cpuVsBestPeer"`
+}
+
+// Target is one of weir's performance goals against a named peer.
+type Target struct {
+	Goal     string  `json:"goal"`
+	Path     string  `json:"path"`
+	Ratio    float64 `json:"ratio"`
+	Want     string  `json:"want"`
+	Met      bool    `json:"met"`
+	Measured bool    `json:"measured"`
+}
+
+func newReport(opts Options, started time.Time, paths []*path, wls []workload) *Report {
+	r := &Report{Started: started, Machine: machine(), Rounds: opts.Rounds, Duration: opts.Duration.String(),
+		Quick: opts.Quick, AgentConnections: map[string]float64{}}
+	for _, p := range paths {
+		r.Paths = append(r.Paths, PathInfo{Name: p.Name, Kind: p.Kind, Desc: p.Desc})
+	}
+	for _, wl := range wls {
+		res := &WorkloadResult{Name: wl.Name, Desc: wl.Desc, RateUnit: wl.rateUnit, CPUUnit: wl.cpuUnit, cpuScale: wl.cpuScale}
+		for _, p := range paths {
+			if _, ok := p.addr[wl.backend]; ok {
+				res.Rows = append(res.Rows, &Row{Path: p.Name, Kind: p.Kind})
+			}
+		}
+		r.Workloads = append(r.Workloads, res)
+	}
+	return r
+}
+
+func (w *WorkloadResult) row(path string) *Row {
+	for _, r := range w.Rows {
+		if r.Path == path {
+			return r
+		}
+	}
+	panic("no row for " + path)
+}
+
+// Row returns the row of a path, nil if the workload has none.
+func (w *WorkloadResult) Row(path string) *Row {
+	for _, r := range w.Rows {
+		if r.Path == path {
+			return r
+		}
+	}
+	return nil
+}
+
+// Workload returns a workload's results by name, nil if it did not run.
+func (r *Report) Workload(name string) *WorkloadResult {
+	for _, w := range r.Workloads {
+		if w.Name == name {
+			return w
+		}
+	}
+	return nil
+}
+
+// finish computes medians, ratios and targets.
+func (r *Report) finish(elapsed time.Duration) {
+	r.Elapsed = elapsed.Round(time.Second).String()
+	for _, w := range r.Workloads {
+		bestRate, bestCPU := 0.0, math.Inf(1)
+		for _, row := range w.Rows {
+			var rate, p50, p99, cpu, rss []float64
+			for _, s := range row.Samples {
+				rate = append(rate, s.Rate)
+				p50 = append(p50, s.P50us)
+				p99 = append(p99, s.P99us)
+				if row.Kind != kindDirect && s.Units > 0 {
+					cpu = append(cpu, s.ProxyCPU/s.Units*w.cpuScale)
+					rss = append(rss, float64(s.ProxyRSS))
+				}
+				row.Errors += s.Errors
+			}
+			row.Rate, row.P50us, row.P99us = median(rate), median(p50), median(p99)
+			row.CPU, row.RSS = median(cpu), int64(median(rss))
+			if row.Kind == kindPeer && len(row.Samples) > 0 {
+				if row.Rate > bestRate {
+					bestRate, w.BestPeerRate = row.Rate, row.Path
+				}
+				if row.CPU < bestCPU {
+					bestCPU, w.BestPeerCPU = row.CPU, row.Path
+				}
+			}
+		}
+		for _, row := range w.Rows {
+			row.RateVsBestPeer, row.CPUVsBestPeer = math.NaN(), math.NaN()
+			if len(row.Samples) == 0 {
+				continue
+			}
+			if bestRate > 0 {
+				row.RateVsBestPeer = row.Rate / bestRate
+			}
+			if row.Kind != kindDirect && bestCPU > 0 && !math.IsInf(bestCPU, 1) {
+				row.CPUVsBestPeer = row.CPU / bestCPU
+			}
+		}
+	}
+	for _, m := range WeirModes {
+		weir := "weir-" + m
+		r.target("L4 proxy CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", weir, "nginx-stream",
+			func(a, b *Row) float64 { return a.CPU / b.CPU }, "≤ 1.00", func(x float64) bool { return x <= 1 })
+		r.target("L4 proxy CPU per request ≤ nginx stream's (connection per request)", "http-close", weir, "nginx-stream",
+			func(a, b *Row) float64 { return a.CPU / b.CPU }, "≤ 1.00", func(x float64) bool { return x <= 1 })
+		r.target("single-stream bulk throughput ≥ 1.5 × nginx stream's", "bulk", weir, "nginx-stream",
+			func(a, b *Row) float64 { return a.Rate / b.Rate }, "≥ 1.50", func(x float64) bool { return x >= 1.5 })
+	}
+}
+
+func (r *Report) target(goal, workload, path, peer string, ratio func(a, b *Row) float64, want string, ok func(float64) bool) {
+	t := Target{Goal: goal, Path: path, Want: want, Ratio: math.NaN()}
+	if w := r.Workload(workload); w != nil {
+		a, b := w.Row(path), w.Row(peer)
+		if a != nil && b != nil && len(a.Samples) > 0 && len(b.Samples) > 0 {
+			t.Ratio, t.Measured = ratio(a, b), true
+			t.Met = ok(t.Ratio)
+		}
+	}
+	r.Targets = append(r.Targets, t)
+}
+
+// Failed reports whether any cell failed.
+func (r *Report) Failed() bool {
+	for _, w := range r.Workloads {
+		for _, row := range w.Rows {
+			if len(row.Failures) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// WriteJSON writes the report as indented JSON (NaN ratios become null).
+func (r *Report) WriteJSON(path string) error {
+	b, err := json.MarshalIndent(jsonSafe(r), "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode report: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report: %w", err)
+	}
+	return nil
+}
+
+// jsonSafe replaces NaN (which encoding/json refuses) by -1 in a copy of
+// the report's ratios; -1 reads as "not comparable".
+func jsonSafe(r *Report) *Report {
+	c := *r
+	c.Workloads = nil
+	for _, w := range r.Workloads {
+		wc := *w
+		wc.Rows = nil
+		for _, row := range w.Rows {
+			rc := *row
+			rc.RateVsBestPeer, rc.CPUVsBestPeer = finite(rc.RateVsBestPeer), finite(rc.CPUVsBestPeer)
+			wc.Rows = append(wc.Rows, &rc)
+		}
+		c.Workloads = append(c.Workloads, &wc)
+	}
+	c.Targets = nil
+	for _, t := range r.Targets {
+		t.Ratio = finite(t.Ratio)
+		c.Targets = append(c.Targets, t)
+	}
+	return &c
+}
+
+func finite(x float64) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return -1
+	}
+	return x
+}
+
+func fmtRatio(x float64) string {
+	if math.IsNaN(x) {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", x)
+}
+
+func fmtMiB(b int64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f", float64(b)/(1<<20))
+}
+
+func fmtCPU(row *Row) string {
+	if row.Kind == kindDirect || len(row.Samples) == 0 {
+		return "-"
+	}
+	switch {
+	case row.CPU >= 100:
+		return fmt.Sprintf("%.0f", row.CPU)
+	default:
+		return fmt.Sprintf("%.2f", row.CPU)
+	}
+}
+
+// cells is a row as table cells: path, rate, p50, p99, CPU, RSS, ratios, errors.
+func (w *WorkloadResult) cells(row *Row) []string {
+	if len(row.Samples) == 0 {
+		return []string{row.Path, "FAILED", "", "", "", "", "", "", fmt.Sprint(len(row.Failures))}
+	}
+	errs := fmt.Sprint(row.Errors)
+	if len(row.Failures) > 0 {
+		errs += fmt.Sprintf(" (+%d failed runs)", len(row.Failures))
+	}
+	return []string{row.Path, fmtRate(row.Rate), fmtUs(row.P50us), fmtUs(row.P99us), fmtCPU(row), fmtMiB(row.RSS),
+		fmtRatio(row.RateVsBestPeer), fmtRatio(row.CPUVsBestPeer), errs}
+}
+
+func (w *WorkloadResult) header() []string {
+	return []string{"path", w.RateUnit, "p50", "p99", "proxy CPU " + w.CPUUnit, "peak RSS MiB",
+		"rate/best peer", "CPU/best peer", "errors"}
+}
+
+// WriteTable prints the human table.
+func (r *Report) WriteTable(out io.Writer) {
+	fmt.Fprintf(out, "weir bench: %d CPUs (%s), kernel %s, %s; %d rounds × %s per cell, interleaved; medians\n",
+		r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Machine.Go, r.Rounds, r.Duration)
+	for _, w := range r.Workloads {
+		fmt.Fprintf(out, "\n%s: %s (best peer: rate %s, CPU %s)\n", w.Name, w.Desc, orDash(w.BestPeerRate), orDash(w.BestPeerCPU))
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, strings.Join(w.header(), "\t")+"\t")
+		for _, row := range w.Rows {
+			fmt.Fprintln(tw, strings.Join(w.cells(row), "\t")+"\t")
+		}
+		tw.Flush()
+	}
+	fmt.Fprintln(out, "\ntargets:")
+	for _, t := range r.Targets {
+		fmt.Fprintf(out, "  %-14s %-70s %s (want %s)\n", t.Path, t.Goal, targetVerdict(t), t.Want)
+	}
+	if len(r.AgentConnections) > 0 {
+		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
+	}
+}
+
+func targetVerdict(t Target) string {
+	switch {
+	case !t.Measured:
+		return "not measured"
+	case t.Met:
+		return fmt.Sprintf("%.2f met", t.Ratio)
+	default:
+		return fmt.Sprintf("%.2f MISSED", t.Ratio)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// Markdown renders docs/benchmarks.md: machine, command, method, tables,
+// targets.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	b.WriteString("# weir benchmarks\n\n")
+	b.WriteString("Generated by `make bench` (`hack/bench.sh`, the program in `bench/cmd/weir-bench`); do not edit by hand.\n\n")
+	fmt.Fprintf(&b, "- ran: %s, took %s\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Elapsed)
+	fmt.Fprintf(&b, "- machine: %d CPUs, %s, kernel %s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Machine.Go)
+	var tools []string
+	for _, k := range []string{"nginx", "haproxy", "wrk", "iperf3"} {
+		if v, ok := r.Machine.Tools[k]; ok {
+			tools = append(tools, "`"+v+"`")
+		}
+	}
+	fmt.Fprintf(&b, "- tools: %s\n", strings.Join(tools, ", "))
+	fmt.Fprintf(&b, "- command: `%s`\n", r.Command)
+	fmt.Fprintf(&b, "- %d rounds × %s per cell, paths interleaved within each round (order rotated every round); every figure is the median over the rounds\n\n", r.Rounds, r.Duration)
+	b.WriteString(method)
+	b.WriteString("\n## Paths\n\n| path | what sits between client and server |\n|---|---|\n")
+	for _, p := range r.Paths {
+		fmt.Fprintf(&b, "| %s | %s |\n", p.Name, p.Desc)
+	}
+	b.WriteString("\n## Results\n")
+	for _, w := range r.Workloads {
+		fmt.Fprintf(&b, "\n### %s\n\n%s. Best peer by rate: %s; by CPU: %s.\n\n", w.Name, w.Desc, orDash(w.BestPeerRate), orDash(w.BestPeerCPU))
+		h := w.header()
+		b.WriteString("| " + strings.Join(h, " | ") + " |\n|" + strings.Repeat("---|", len(h)) + "\n")
+		for _, row := range w.Rows {
+			b.WriteString("| " + strings.Join(w.cells(row), " | ") + " |\n")
+		}
+	}
+	b.WriteString("\n## Targets\n\n| path | goal | ratio | want | verdict |\n|---|---|---|---|---|\n")
+	for _, t := range r.Targets {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", t.Path, t.Goal, fmtRatio(t.Ratio), t.Want, targetVerdict(t))
+	}
+	if len(r.AgentConnections) > 0 {
+		b.WriteString("\nConnections weir-agent counted (`weir_connections_total{direction=\"outbound\"}`), proof the weir rows went through it:")
+		for k, v := range r.AgentConnections {
+			fmt.Fprintf(&b, " %s %.0f;", k, v)
+		}
+		b.WriteString("\n")
+	}
+	if findings != "" {
+		b.WriteString("\n" + findings)
+	}
+	return b.String()
+}
+
+// method is the fixed part of docs/benchmarks.md: how the paths are placed
+// and what each figure means.
+const method = `## Method
+
+Everything runs inside a test world of network namespaces (` + "`integration/testworld`" + `): a node
+netns with a bridge, and pods attached through the real CNI chain (bridge + host-local, then
+weir-cni). Nothing touches the machine's own network; every load is bounded in time.
+
+- **server pod** (not captured): nginx with one worker answering a 13-byte ` + "`return 200`" + ` (no
+  access log), ` + "`iperf3 -s`" + `, and a Go echo server.
+- **captured client pod** (namespace ` + "`bench-weir-<mode>`" + `): weir-cni installed the mode's rules;
+  the client connects to a virtual service address (10.96.0.10) that exists only in the
+  agent's config, so every byte goes through weir-agent's listener inside the pod netns and
+  its upstream socket made in the same netns.
+- **plain client pod** (not captured): the direct path connects straight to the server pod.
+  The peers run inside this pod, listening on 127.0.0.1, and the client reaches each through
+  an iptables ` + "`nat OUTPUT REDIRECT`" + ` from a virtual address of its own (10.96.1.N) — the same
+  kind of rule weir-cni installs. So client, interception, conntrack and the upstream connect
+  from the pod's namespace are the same for weir and the peers; only the proxy differs.
+  Peers get the same two cores weir does (nginx 2 workers, haproxy nbthread 2, Go
+  GOMAXPROCS 2).
+
+Figures: **rate** is what the client measured (requests/s from wrk, Gbit/s received from
+iperf3, round trips/s from the ping-pong client); **p50/p99** are the client's latency
+percentiles; **proxy CPU** is the proxy's own user+system time over the run
+(` + "`/proc/PID/stat`" + ` utime+stime deltas, summed over nginx's master and workers) divided by the
+work done; **peak RSS** is the sum of ` + "`VmHWM`" + ` over the proxy's processes, reset through
+` + "`/proc/PID/clear_refs`" + ` before each run. Ratios compare each path with the best peer (highest
+rate; lowest CPU). Client, proxy and server share the machine's cores, so rates are noisy:
+CPU per unit and the interleaved ratios are the steadier figures.
+`
+
+// findings is hand-kept analysis appended to the generated page; it lives
+// here so that regenerating the page keeps it.
+var findings = ""

@@ -1,0 +1,318 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+// Options shape a bench run. The zero value is the full run.
+type Options struct {
+	// Quick is the smoke run: one round of short runs.
+	Quick bool
+	// Rounds is how many times every (workload, path) cell runs; the cells
+	// are interleaved (A B C A B C …) and the table shows medians.
+	Rounds int
+	// Duration is each cell's load time.
+	Duration time.Duration
+	// Warmup is an unrecorded keep-alive HTTP run per path before round 1.
+	Warmup time.Duration
+	// Paths and Workloads, when set, keep only the named ones.
+	Paths, Workloads []string
+	// ProfileDir, when set, gets a perf profile of weir-agent per workload,
+	// recorded in an extra unrecorded pass after the rounds.
+	ProfileDir string
+	// Log receives progress lines; nil for none.
+	Log io.Writer
+}
+
+// Default and quick sizes. The full run fits well inside 15 minutes on the
+// 2-core reference machine (about 24 cells × 5 rounds × 4 s plus setup).
+const (
+	DefaultRounds   = 5
+	DefaultDuration = 4 * time.Second
+	DefaultWarmup   = time.Second
+	QuickRounds     = 1
+	QuickDuration   = time.Second
+	maxRounds       = 50
+	maxDuration     = time.Minute
+)
+
+func (o *Options) fill() error {
+	if o.Rounds == 0 {
+		o.Rounds = DefaultRounds
+		if o.Quick {
+			o.Rounds = QuickRounds
+		}
+	}
+	if o.Duration == 0 {
+		o.Duration = DefaultDuration
+		if o.Quick {
+			o.Duration = QuickDuration
+		}
+	}
+	if o.Warmup == 0 && !o.Quick {
+		o.Warmup = DefaultWarmup
+	}
+	if o.Rounds < 1 || o.Rounds > maxRounds {
+		return fmt.Errorf("rounds: want 1..%d, got %d", maxRounds, o.Rounds)
+	}
+	if o.Duration < time.Second || o.Duration > maxDuration {
+		return fmt.Errorf("duration: want 1s..%s, got %s", maxDuration, o.Duration)
+	}
+	if o.Warmup < 0 || o.Warmup > maxDuration {
+		return fmt.Errorf("warmup: want 0..%s, got %s", maxDuration, o.Warmup)
+	}
+	if err := knownNames("path", o.Paths, pathNames()); err != nil {
+		return err
+	}
+	var wl []string
+	for _, w := range workloads {
+		wl = append(wl, w.Name)
+	}
+	return knownNames("workload", o.Workloads, wl)
+}
+
+func pathNames() []string {
+	names := []string{"direct"}
+	for _, m := range WeirModes {
+		names = append(names, "weir-"+m)
+	}
+	for _, p := range peers {
+		names = append(names, p.name)
+	}
+	return names
+}
+
+func knownNames(what string, asked, known []string) error {
+	for _, a := range asked {
+		if !slices.Contains(known, a) {
+			return fmt.Errorf("unknown %s %q (known: %s)", what, a, strings.Join(known, ", "))
+		}
+	}
+	return nil
+}
+
+func keep(filter []string, name string) bool {
+	return len(filter) == 0 || slices.Contains(filter, name)
+}
+
+// Run builds the test world, runs every workload over every path it
+// applies to, interleaved over the rounds, and returns the report. Bad
+// options are an error before anything is built; a cell that fails is
+// recorded in its row (Row.Failures) and the run goes on.
+func Run(t testworld.T, opts Options) (*Report, error) {
+	t.Helper()
+	if err := opts.fill(); err != nil {
+		return nil, err
+	}
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "iptables", "sysctl", "nginx")
+	var wls []workload
+	for _, w := range workloads {
+		if keep(opts.Workloads, w.Name) {
+			if w.tool != "" {
+				testworld.RequireTool(t, w.tool)
+			}
+			wls = append(wls, w)
+		}
+	}
+	started := time.Now()
+	w := buildWorld(t, &opts)
+	var paths []*path
+	for _, p := range w.paths {
+		if keep(opts.Paths, p.Name) {
+			paths = append(paths, p)
+		}
+	}
+
+	rep := newReport(opts, started, paths, wls)
+	if opts.Warmup > 0 {
+		for _, p := range paths {
+			w.logf("warm-up %s", p.Name)
+			runWrk(wrkConnections, false)(w, p, opts.Warmup)
+		}
+	}
+	for round := range opts.Rounds {
+		for wi, wl := range wls {
+			// Rotate the order every round so no path always runs first.
+			for k := range paths {
+				p := paths[(k+round)%len(paths)]
+				if _, ok := p.addr[wl.backend]; !ok {
+					continue
+				}
+				s, err := w.cell(wl, p, opts.Duration)
+				row := rep.Workloads[wi].row(p.Name)
+				if err != nil {
+					w.logf("round %d %-15s %-14s FAILED: %v", round+1, wl.Name, p.Name, err)
+					row.Failures = append(row.Failures, err.Error())
+					continue
+				}
+				w.logf("round %d %-15s %-14s %s", round+1, wl.Name, p.Name, describe(wl, s))
+				row.Samples = append(row.Samples, s)
+			}
+		}
+	}
+	for _, p := range paths {
+		if p.agent != nil {
+			rep.AgentConnections[p.Name] = p.agent.Metric(t, `weir_connections_total{direction="outbound"}`)
+		}
+	}
+	if opts.ProfileDir != "" {
+		w.profile(paths, wls, opts.ProfileDir, rep)
+	}
+	rep.finish(time.Since(started))
+	return rep, nil
+}
+
+// cell runs one workload over one path with the proxy's accounting around it.
+func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
+	u, err := p.procs.begin()
+	if err != nil {
+		return Sample{}, err
+	}
+	s, err := wl.run(w, p, d)
+	if err != nil {
+		return Sample{}, err
+	}
+	cpu, rss, err := u.end()
+	if err != nil {
+		return Sample{}, err
+	}
+	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
+	return s, nil
+}
+
+func describe(wl workload, s Sample) string {
+	out := fmt.Sprintf("%s %s", fmtRate(s.Rate), wl.rateUnit)
+	if s.P50us > 0 {
+		out += fmt.Sprintf("  p50 %s p99 %s", fmtUs(s.P50us), fmtUs(s.P99us))
+	}
+	if s.ProxyCPU > 0 {
+		out += fmt.Sprintf("  cpu %.2f %s  rss %.1f MiB", s.ProxyCPU/s.Units*wl.cpuScale, wl.cpuUnit, float64(s.ProxyRSS)/(1<<20))
+	}
+	if s.Errors > 0 {
+		out += fmt.Sprintf("  errors %d (%s)", s.Errors, s.Note)
+	}
+	return out
+}
+
+// profile records weir-agent with perf while each workload runs once more
+// (not counted), and writes perf.data plus a text report per workload.
+func (w *world) profile(paths []*path, wls []workload, dir string, rep *Report) {
+	if _, err := exec.LookPath("perf"); err != nil {
+		w.logf("profile: perf is not installed (Debian package linux-perf); skipping")
+		rep.Profiles = append(rep.Profiles, "perf not installed")
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		w.logf("profile: %v", err)
+		return
+	}
+	for _, p := range paths {
+		if p.Kind != kindWeir {
+			continue
+		}
+		for _, wl := range wls {
+			if _, ok := p.addr[wl.backend]; !ok {
+				continue
+			}
+			data := filepath.Join(dir, fmt.Sprintf("%s-%s.perf.data", p.Name, wl.Name))
+			rec := exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", fmt.Sprint(p.procs.root),
+				"-o", data, "--", "sleep", fmt.Sprint(secondsArg(w.opts.Duration)))
+			if err := rec.Start(); err != nil {
+				w.logf("profile: perf record: %v", err)
+				return
+			}
+			if _, err := wl.run(w, p, w.opts.Duration); err != nil {
+				w.logf("profile: %s over %s: %v", wl.Name, p.Name, err)
+			}
+			rec.Wait()
+			txt := strings.TrimSuffix(data, ".perf.data") + ".txt"
+			report, err := exec.Command("perf", "report", "-i", data, "--stdio", "--no-children",
+				"--sort", "sym", "--percent-limit", "0.5", "-g", "none").Output()
+			if err != nil {
+				w.logf("profile: perf report: %v", err)
+				continue
+			}
+			if err := os.WriteFile(txt, report, 0o644); err != nil {
+				w.logf("profile: %v", err)
+				continue
+			}
+			w.logf("profile: %s", txt)
+			rep.Profiles = append(rep.Profiles, txt)
+		}
+	}
+}
+
+// median of xs (0 for none).
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// machine describes where the bench ran.
+func machine() Machine {
+	m := Machine{CPUs: runtime.NumCPU(), Go: runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPUModel = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		m.Kernel = strings.TrimSpace(string(b))
+	}
+	m.Tools = map[string]string{}
+	for name, args := range map[string][]string{
+		"nginx": {"-v"}, "haproxy": {"-v"}, "wrk": {"-v"}, "iperf3": {"-v"},
+	} {
+		out, _ := exec.Command(name, args...).CombinedOutput()
+		if line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n"); line != "" {
+			m.Tools[name] = line
+		}
+	}
+	return m
+}
+
+func fmtRate(v float64) string {
+	switch {
+	case v >= 1e5:
+		return fmt.Sprintf("%.0fk", v/1e3)
+	case v >= 1e3:
+		return fmt.Sprintf("%.1fk", v/1e3)
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+func fmtUs(us float64) string {
+	switch {
+	case us == 0 || math.IsNaN(us):
+		return "-"
+	case us >= 1000:
+		return fmt.Sprintf("%.2fms", us/1000)
+	default:
+		return fmt.Sprintf("%.0fµs", us)
+	}
+}

@@ -1,0 +1,219 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+// WeirModes are the interception modes benchmarked, one path each
+// ("weir-<mode>"). Adding a mode weir-cni and the agent accept is one line
+// here; each mode beyond the first gets a node of its own with the same
+// servers, since the mode is a node-wide setting.
+var WeirModes = []string{
+	"redirect",
+	// "tproxy",
+	// "ebpf",
+}
+
+// backend is one server program in the server pod, reached by the workloads.
+type backend string
+
+const (
+	backendHTTP  backend = "http"  // nginx, 13-byte `return 200`
+	backendIPerf backend = "iperf" // iperf3 -s
+	backendEcho  backend = "echo"  // the echo helper
+)
+
+// serverPorts are the server pod's ports, one per backend; the virtual
+// service addresses use the same order.
+var (
+	serverPorts = map[backend]int{backendHTTP: 8080, backendIPerf: 5201, backendEcho: 7000}
+	servicePort = map[backend]int{backendHTTP: 80, backendIPerf: 5201, backendEcho: 7000}
+	backends    = []backend{backendHTTP, backendIPerf, backendEcho}
+)
+
+// weirVIP is the virtual address of the services weir balances; it exists
+// only in the agent's config.
+const weirVIP = "10.96.0.10"
+
+// Kinds of path.
+const (
+	kindDirect = "direct" // no proxy at all
+	kindWeir   = "weir"   // captured by weir-cni's rules, relayed by weir-agent
+	kindPeer   = "peer"   // another proxy placed where weir's listener sits
+)
+
+// path is one way from a client pod to the servers.
+type path struct {
+	Name string
+	Kind string
+	// Desc says in a few words what sits in between.
+	Desc   string
+	client *testworld.Pod
+	// addr is where the client connects for each backend the path carries
+	// (L7 peers carry HTTP only).
+	addr  map[backend]string
+	procs procGroup
+	agent *testworld.Agent
+}
+
+// site is one node with its server pod; the first also holds the direct
+// path and the peers.
+type site struct {
+	node   *testworld.Node
+	server *testworld.Pod
+}
+
+// world is the benchmark's test world and its paths, in table order.
+type world struct {
+	t     testworld.T
+	opts  *Options
+	paths []*path
+	// exe runs the helper programs.
+	exe string
+	// first is the node holding the peers; plain is its uncaptured client
+	// pod, where the direct path and the peers run.
+	first *site
+	plain *testworld.Pod
+}
+
+// tuneNetns lets a netns take connection churn: reuse of TIME_WAIT ports,
+// the whole ephemeral range, and conntrack entries that leave TIME_WAIT fast
+// (the table is global: a connection-per-request workload would fill it).
+func tuneNetns(t testworld.T, n *testworld.Netns) {
+	t.Helper()
+	n.MustRun(t, "sysctl", "-q", "-w",
+		"net.ipv4.tcp_tw_reuse=1",
+		"net.ipv4.ip_local_port_range=1024 65000",
+		"net.core.somaxconn=8192",
+		"net.ipv4.tcp_max_syn_backlog=8192",
+	)
+	// Conntrack sysctls exist only once the module is loaded; best effort.
+	n.Run("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
+}
+
+func (w *world) logf(format string, args ...any) {
+	if w.opts.Log != nil {
+		fmt.Fprintf(w.opts.Log, format+"\n", args...)
+	}
+}
+
+// newSite builds a node for a weir mode, starts its agent and its server pod.
+func (w *world) newSite(mode string) (*site, *testworld.Agent) {
+	t := w.t
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}})
+	tuneNetns(t, node.Netns)
+	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
+	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}
+	agent := node.StartAgent(t, cfg)
+	s := &site{node: node, server: node.MustAddPod(t, "bench-server", "server")}
+	tuneNetns(t, s.server.Netns)
+	w.startServers(s.server)
+
+	// Restart the agent with the services now that the server's address is
+	// known; pods added so far are not captured, so nothing is lost.
+	agent.Stop(t)
+	var services []any
+	for _, b := range backends {
+		services = append(services, map[string]any{
+			"name":      string(b),
+			"address":   fmt.Sprintf("%s:%d", weirVIP, servicePort[b]),
+			"endpoints": []string{fmt.Sprintf("%s:%d", s.server.IP4, serverPorts[b])},
+		})
+	}
+	cfg["services"] = services
+	agent = node.StartAgent(t, cfg)
+	return s, agent
+}
+
+func captureNamespace(mode string) string { return "bench-weir-" + mode }
+
+// startServers runs the three backends in the server pod.
+func (w *world) startServers(p *testworld.Pod) {
+	t := w.t
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`
+user root;
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  keepalive_requests 1000000;
+  server { listen %[2]d backlog=8192; location / { return 200 "hello, weir!\n"; } }
+}
+`, dir, serverPorts[backendHTTP])
+	path := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Start(t, "nginx", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log"))
+	p.Start(t, "iperf3", "-s", "-p", strconv.Itoa(serverPorts[backendIPerf]))
+	exe, args, err := helperCommand("echo", "-listen", fmt.Sprintf(":%d", serverPorts[backendEcho]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Start(t, exe, args...)
+	for _, b := range backends {
+		p.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", serverPorts[b]))
+	}
+}
+
+// buildWorld makes every node, pod, server and proxy, and lists the paths.
+func buildWorld(t testworld.T, opts *Options) *world {
+	t.Helper()
+	w := &world{t: t, opts: opts}
+	start := time.Now()
+	for i, mode := range WeirModes {
+		w.logf("building node for weir mode %s", mode)
+		s, agent := w.newSite(mode)
+		if i == 0 {
+			w.first = s
+			plain := s.node.MustAddPod(t, "bench-plain", "client-plain")
+			tuneNetns(t, plain.Netns)
+			w.paths = append(w.paths, &path{
+				Name: "direct", Kind: kindDirect, Desc: "client connects straight to the server pod",
+				client: plain, addr: serverAddrs(s.server),
+			})
+			w.plain = plain
+		}
+		client := s.node.MustAddPod(t, captureNamespace(mode), "client")
+		tuneNetns(t, client.Netns)
+		addrs := map[backend]string{}
+		for _, b := range backends {
+			addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
+		}
+		w.paths = append(w.paths, &path{
+			Name: "weir-" + mode, Kind: kindWeir, Desc: "weir-agent, captured by weir-cni's " + mode + " rules",
+			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent,
+		})
+	}
+	w.exe, _ = os.Executable()
+	for i, p := range peers {
+		w.logf("starting peer %s", p.name)
+		w.paths = append(w.paths, w.startPeer(i, p))
+	}
+	w.logf("test world ready in %s", time.Since(start).Round(time.Millisecond))
+	return w
+}
+
+func serverAddrs(p *testworld.Pod) map[backend]string {
+	m := map[backend]string{}
+	for _, b := range backends {
+		m[b] = fmt.Sprintf("%s:%d", p.IP4, serverPorts[b])
+	}
+	return m
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs weir's side-by-side performance suite: builds a test world of network
+# namespaces (node, client and server pods through the real CNI chain) and
+# measures direct, weir and peer proxies (nginx, haproxy, a Go relay) under
+# keep-alive HTTP, a connection per request, bulk and ping-pong. Needs root.
+#
+#   hack/bench.sh            full run (under 15 minutes on 2 cores), rewrites docs/benchmarks.md
+#   hack/bench.sh --quick    smoke run (under 2 minutes), leaves docs/ alone
+#   hack/bench.sh --profile DIR   also records weir-agent with perf per workload
+#
+# Any other flag goes to weir-bench (see `go run ./bench/cmd/weir-bench -h`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "weir: the bench needs root (network namespaces, iptables)" >&2; exit 1; }
+hack/deps.sh
+export PATH=$PATH:/usr/local/go/bin
+
+out=$(mktemp -d /tmp/weir-bench-XXXXXX)
+go build -o "$out/weir-bench" ./bench/cmd/weir-bench
+args=("$@")
+doc=()
+case " $* " in
+  *" --quick "* | *" -quick "* | *" --doc "* | *" -doc "*) ;;
+  *) doc=(--doc docs/benchmarks.md) ;;
+esac
+if [ $# -eq 0 ]; then export WEIR_BENCH_COMMAND="make bench"; else export WEIR_BENCH_COMMAND="hack/bench.sh $*"; fi
+exec "$out/weir-bench" --json "$out/results.json" "${doc[@]}" "${args[@]}"
