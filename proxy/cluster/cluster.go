@@ -292,8 +292,9 @@ func (c *Cluster) now() int64 {
 var epoch = time.Now()
 
 // pick chooses an endpoint for one attempt, walking three passes over the
-// tiers: healthy endpoints not ejected; then draining ones too; then, when
-// every endpoint is ejected (panic), ejected ones too. Within a pass a
+// tiers: healthy endpoints neither ejected nor failing health checks; then
+// draining ones too; then, when every endpoint is out (panic), ejected and
+// failing ones too. Within a pass a
 // local tier is skipped while too little of it is up.
 func (c *Cluster) pick(key uint64, v *pickView) *endpoint {
 	v.now = c.now()
@@ -317,9 +318,9 @@ func (c *Cluster) pick(key uint64, v *pickView) *endpoint {
 // ejected, to keep traffic in the zone.
 func (c *Cluster) localUp(t *tier, now int64) bool {
 	up := t.healthyWeight
-	if now < c.st.ejectedTill.Load() {
+	if now < c.st.ejectedTill.Load() || c.cfg.HealthCheck.Enabled {
 		for _, e := range t.eps {
-			if e.Health == Healthy && e.st.ejected(now) {
+			if e.Health == Healthy && (e.st.ejected(now) || e.st.checkDown.Load()) {
 				up -= uint64(max(e.Weight, 1))
 			}
 		}
@@ -353,7 +354,7 @@ func (v *pickView) Allowed(i int) bool {
 			return false
 		}
 	}
-	if v.pass < 2 && e.st.ejected(v.now) {
+	if v.pass < 2 && (e.st.ejected(v.now) || e.st.checkDown.Load()) {
 		return false
 	}
 	for _, s := range v.tried[:v.n] {

@@ -46,6 +46,10 @@ const (
 	DefaultRingSizeMin           = 1024
 	DefaultRingSizeMax           = 1 << 20
 	DefaultMaglevTableSize       = 65537
+	DefaultHealthCheckInterval   = 10 * time.Second
+	DefaultHealthCheckTimeout    = 2 * time.Second
+	DefaultHealthyThreshold      = 1
+	DefaultUnhealthyThreshold    = 3
 )
 
 // Config is one cluster's balancing and resilience settings. The zero value
@@ -70,6 +74,7 @@ type Config struct {
 	Retry          RetryConfig          `json:"retry,omitzero"`
 	Outlier        OutlierConfig        `json:"outlier,omitzero"`
 	CircuitBreaker CircuitBreakerConfig `json:"circuitBreaker,omitzero"`
+	HealthCheck    HealthCheckConfig    `json:"healthCheck,omitzero"`
 }
 
 // PeakEWMAConfig tunes the peak_ewma balancer.
@@ -159,6 +164,24 @@ type CircuitBreakerConfig struct {
 	MaxPendingConnects int `json:"maxPendingConnects,omitempty"`
 }
 
+// HealthCheckConfig turns on active TCP health checks: a connect to each
+// endpoint every interval, through the Dialer given to the checker.
+type HealthCheckConfig struct {
+	// Enabled turns checks on; off by default (the readiness the agent
+	// feeds in and outlier ejection cover most needs).
+	Enabled bool `json:"enabled,omitempty"`
+	// Interval between two checks of one endpoint; default 10s.
+	Interval Duration `json:"interval,omitempty"`
+	// Timeout of one check's connect; default 2s.
+	Timeout Duration `json:"timeout,omitempty"`
+	// HealthyThreshold is how many passing checks in a row bring a failed
+	// endpoint back; default 1.
+	HealthyThreshold int `json:"healthyThreshold,omitempty"`
+	// UnhealthyThreshold is how many failing checks in a row take an
+	// endpoint out; default 3.
+	UnhealthyThreshold int `json:"unhealthyThreshold,omitempty"`
+}
+
 // WithDefaults returns c with every zero field set to its default.
 func (c Config) WithDefaults() Config {
 	if c.Balancer == "" {
@@ -183,6 +206,10 @@ func (c Config) WithDefaults() Config {
 	defInt(&c.Outlier.MaxEjectionPercent, DefaultMaxEjectionPercent)
 	defInt(&c.CircuitBreaker.MaxConnections, DefaultMaxConnections)
 	defInt(&c.CircuitBreaker.MaxPendingConnects, DefaultMaxPendingConnects)
+	def(&c.HealthCheck.Interval, DefaultHealthCheckInterval)
+	def(&c.HealthCheck.Timeout, DefaultHealthCheckTimeout)
+	defInt(&c.HealthCheck.HealthyThreshold, DefaultHealthyThreshold)
+	defInt(&c.HealthCheck.UnhealthyThreshold, DefaultUnhealthyThreshold)
 	return c
 }
 
@@ -264,6 +291,10 @@ func (c Config) Validate() error {
 	percent("outlier.maxEjectionPercent", c.Outlier.MaxEjectionPercent)
 	positiveInt("circuitBreaker.maxConnections", c.CircuitBreaker.MaxConnections)
 	positiveInt("circuitBreaker.maxPendingConnects", c.CircuitBreaker.MaxPendingConnects)
+	positive("healthCheck.interval", c.HealthCheck.Interval)
+	positive("healthCheck.timeout", c.HealthCheck.Timeout)
+	positiveInt("healthCheck.healthyThreshold", c.HealthCheck.HealthyThreshold)
+	positiveInt("healthCheck.unhealthyThreshold", c.HealthCheck.UnhealthyThreshold)
 	return errors.Join(errs...)
 }
 
@@ -274,7 +305,7 @@ func (c *Config) Equal(o *Config) bool {
 		c.PeakEWMA == o.PeakEWMA && c.RingHash == o.RingHash && c.Maglev == o.Maglev &&
 		c.Subset.Fallback == o.Subset.Fallback && labelsEqual(c.Subset.Selector, o.Subset.Selector) &&
 		c.Locality == o.Locality && c.Retry == o.Retry && c.Outlier == o.Outlier &&
-		c.CircuitBreaker == o.CircuitBreaker
+		c.CircuitBreaker == o.CircuitBreaker && c.HealthCheck == o.HealthCheck
 }
 
 // labelsEqual is maps.Equal without starting an iteration for empty maps.

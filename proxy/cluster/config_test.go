@@ -144,3 +144,65 @@ func TestConcurrentConnect(t *testing.T) {
 		}
 	}
 }
+
+func TestHealthChecks(t *testing.T) {
+	f := newFakeNet(t)
+	clk := newFakeClock()
+	cfg := Config{Name: "hc", HealthCheck: HealthCheckConfig{Enabled: true}, Outlier: OutlierConfig{Disabled: true}}
+	c := mustNew(t, cfg, eps("10.0.0.1:80", "10.0.0.2:80"), Options{Clock: clk.Now})
+	bad := ap("10.0.0.1:80")
+	failing := func() bool { return c.Stats().Endpoints[0].HealthCheckFailing }
+
+	c.HealthCheck(context.Background(), f.dial, 4)
+	if n := len(f.dialed()); n != 2 {
+		t.Fatalf("first round dialed %d endpoints, want 2", n)
+	}
+	c.HealthCheck(context.Background(), f.dial, 4)
+	if n := len(f.dialed()); n != 2 {
+		t.Fatalf("a second round before the interval dialed again (%d)", n)
+	}
+	f.setDown(bad, true)
+	for i := range 3 {
+		clk.Advance(10 * time.Second)
+		c.HealthCheck(context.Background(), f.dial, 4)
+		if got, want := failing(), i == 2; got != want {
+			t.Fatalf("after %d failed checks: failing=%v, want %v (unhealthyThreshold 3)", i+1, got, want)
+		}
+	}
+	// Out of rotation: connections avoid it without dialing it.
+	f.reset()
+	for range 10 {
+		if a, err := connect(t, c, f, 0, nil); err != nil || a == bad {
+			t.Fatalf("while failing checks: %s %v", a, err)
+		}
+	}
+	for _, a := range f.dialed() {
+		if a == bad {
+			t.Fatal("dialed an endpoint failing its health checks")
+		}
+	}
+	// One pass brings it back (healthyThreshold 1).
+	f.setDown(bad, false)
+	clk.Advance(10 * time.Second)
+	c.HealthCheck(context.Background(), f.dial, 4)
+	if failing() {
+		t.Fatal("still failing after a passing check")
+	}
+	// The state survives a rebuild.
+	f.setDown(bad, true)
+	for range 3 {
+		clk.Advance(10 * time.Second)
+		c.HealthCheck(context.Background(), f.dial, 4)
+	}
+	c2 := mustNew(t, cfg, eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{Prev: c, Clock: clk.Now})
+	if !c2.Stats().Endpoints[0].HealthCheckFailing {
+		t.Error("health check state lost across rebuild")
+	}
+	// Disabled: no checks at all.
+	f.reset()
+	c3 := mustNew(t, Config{Name: "nohc"}, eps("10.0.0.1:80"), Options{Clock: clk.Now})
+	c3.HealthCheck(context.Background(), f.dial, 4)
+	if len(f.dialed()) != 0 {
+		t.Error("checks ran with healthCheck disabled")
+	}
+}

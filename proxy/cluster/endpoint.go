@@ -120,6 +120,13 @@ type endpointState struct {
 	errorStreak   atomic.Int32 // connections in a row ending in error
 	ejectedUntil  atomic.Int64 // clock; ejected while now < ejectedUntil
 	ejectStep     atomic.Int32 // ejections in a row (the multiplier)
+
+	checkDown   atomic.Bool  // failed active health checks
+	checkStreak atomic.Int32 // checks in a row agreeing with the opposite of checkDown
+	checkDue    atomic.Int64 // clock of the next check
+	checking    atomic.Bool  // a check is running
+	checks      atomic.Uint64
+	checkFails  atomic.Uint64
 }
 
 func (s *endpointState) ejected(now int64) bool { return now < s.ejectedUntil.Load() }

@@ -42,6 +42,11 @@ type EndpointStats struct {
 	// the time left.
 	Ejected    bool     `json:"ejected"`
 	EjectedFor Duration `json:"ejectedFor,omitempty"`
+	// HealthCheckFailing is true while active health checks keep the
+	// endpoint out; HealthChecks and HealthCheckFailures count checks.
+	HealthCheckFailing  bool   `json:"healthCheckFailing,omitempty"`
+	HealthChecks        uint64 `json:"healthChecks,omitempty"`
+	HealthCheckFailures uint64 `json:"healthCheckFailures,omitempty"`
 	// RTT is the peak-EWMA estimate of connect latency, 0 before the first
 	// connect.
 	RTT Duration `json:"rtt,omitempty"`
@@ -72,12 +77,16 @@ func (c *Cluster) Stats() Stats {
 			ConnectFailures: e.st.connectFailures.Load(),
 			Errors:          e.st.errors.Load(),
 			Ejections:       e.st.ejections.Load(),
+
+			HealthCheckFailing:  e.st.checkDown.Load(),
+			HealthChecks:        e.st.checks.Load(),
+			HealthCheckFailures: e.st.checkFails.Load(),
 		}
 		if until := e.st.ejectedUntil.Load(); now < until {
 			es.Ejected, es.EjectedFor = true, Duration(until-now)
 		}
-		if e.st.rtt.Estimate(now, c.cfg.PeakEWMA.Decay.D(), 0) > 0 {
-			es.RTT = Duration(time.Duration(e.st.rtt.Estimate(now, c.cfg.PeakEWMA.Decay.D(), 0)))
+		if rtt := e.st.rtt.Estimate(now, c.cfg.PeakEWMA.Decay.D(), 0); rtt > 0 {
+			es.RTT = Duration(time.Duration(rtt))
 		}
 		s.Endpoints[i] = es
 	}

@@ -49,6 +49,10 @@ var (
 		"Times the endpoint was ejected by outlier detection.", endpointLabels, nil)
 	descEndpointEjected = prometheus.NewDesc("weir_endpoint_ejected",
 		"1 while the endpoint is ejected, else 0.", endpointLabels, nil)
+	descEndpointCheckFailing = prometheus.NewDesc("weir_endpoint_health_check_failing",
+		"1 while active health checks keep the endpoint out, else 0.", endpointLabels, nil)
+	descEndpointCheckFailures = prometheus.NewDesc("weir_endpoint_health_check_failures_total",
+		"Failed active health checks of the endpoint.", endpointLabels, nil)
 	descEndpointRTT = prometheus.NewDesc("weir_endpoint_connect_rtt_seconds",
 		"Peak-EWMA estimate of the endpoint's connect latency.", endpointLabels, nil)
 )
@@ -61,6 +65,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 		descClusterActive, descClusterPending,
 		descEndpointConnections, descEndpointActive, descEndpointConnectFailures,
 		descEndpointErrors, descEndpointEjections, descEndpointEjected, descEndpointRTT,
+		descEndpointCheckFailing, descEndpointCheckFailures,
 	} {
 		ch <- d
 	}
@@ -82,9 +87,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descClusterPending, gauge, float64(s.Pending), n)
 		for _, e := range s.Endpoints {
 			ep := e.Name
-			ejected := 0.0
+			ejected, failing := 0.0, 0.0
 			if e.Ejected {
 				ejected = 1
+			}
+			if e.HealthCheckFailing {
+				failing = 1
 			}
 			ch <- prometheus.MustNewConstMetric(descEndpointConnections, counter, float64(e.Connections), n, ep)
 			ch <- prometheus.MustNewConstMetric(descEndpointActive, gauge, float64(e.Active), n, ep)
@@ -93,6 +101,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descEndpointEjections, counter, float64(e.Ejections), n, ep)
 			ch <- prometheus.MustNewConstMetric(descEndpointEjected, gauge, ejected, n, ep)
 			ch <- prometheus.MustNewConstMetric(descEndpointRTT, gauge, e.RTT.D().Seconds(), n, ep)
+			ch <- prometheus.MustNewConstMetric(descEndpointCheckFailing, gauge, failing, n, ep)
+			ch <- prometheus.MustNewConstMetric(descEndpointCheckFailures, counter, float64(e.HealthCheckFailures), n, ep)
 		}
 	}
 }
