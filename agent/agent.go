@@ -20,6 +20,7 @@ import (
 	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/redirect"
 )
 
 // Agent is one node's daemon. Create it with New, run it with Run.
@@ -31,6 +32,9 @@ type Agent struct {
 	engine *proxy.Engine
 	reg    *prometheus.Registry
 	ready  atomic.Bool
+	// backend is the iptables flavour of the node, detected once at start
+	// when the config says auto.
+	backend string
 
 	podsCaptured prometheus.Gauge
 	cniRequests  *prometheus.CounterVec
@@ -61,6 +65,16 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}, []string{"verb", "result"}),
 	}
 	reg.MustRegister(a.podsCaptured, a.cniRequests)
+	if cfg.Capture.Backend == "auto" {
+		b, err := redirect.DetectBackend()
+		if err != nil {
+			return nil, fmt.Errorf("detect the node's iptables backend (set capture.backend to force one): %w", err)
+		}
+		a.backend = b
+		log.Info("iptables backend detected", "backend", b)
+	} else {
+		a.backend = cfg.Capture.Backend
+	}
 	snap, err := buildRoutes(cfg, nil)
 	if err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/agent/podconfig"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -49,7 +50,8 @@ type Config struct {
 type Capture struct {
 	// Namespaces whose pods are captured (K8S_POD_NAMESPACE).
 	Namespaces []string `json:"namespaces"`
-	// Mode is redirect (default); tproxy and ebpf are not implemented yet.
+	// Mode is redirect or tproxy; empty (default) means the mode in
+	// weir-cni's conflist entry, the node's default.
 	Mode         string `json:"mode"`
 	OutboundPort uint16 `json:"outboundPort"`
 	InboundPort  uint16 `json:"inboundPort"`
@@ -62,6 +64,23 @@ type Capture struct {
 	IncludeInboundPorts  []uint16 `json:"includeInboundPorts"`
 	ExcludeOutboundPorts []uint16 `json:"excludeOutboundPorts"`
 	ExcludeOutboundCIDRs []string `json:"excludeOutboundCIDRs"`
+	// TPROXY mode: mark (under mask) that routes captured packets to the
+	// local stack, and the routing table and rule preference doing it.
+	TPROXYMark   Hex    `json:"tproxyMark"`
+	TPROXYMask   Hex    `json:"tproxyMask"`
+	RouteTable   uint32 `json:"routeTable"`
+	RulePriority uint32 `json:"rulePriority"`
+	// Overrides change capture for one pod (name set) or every pod of a
+	// namespace (name empty); the most specific entry wins. Same model and
+	// validation as the weir.dev/* pod annotations.
+	Overrides []PodOverride `json:"overrides"`
+}
+
+// PodOverride is a static per-pod (or per-namespace) capture override.
+type PodOverride struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	podconfig.Overrides
 }
 
 // Service is one virtual address and its endpoints.
@@ -126,12 +145,15 @@ func DefaultConfig() Config {
 		SweepInterval:       Duration(30 * time.Second),
 		UnknownDestinations: "passthrough",
 		Capture: Capture{
-			Mode:         string(redirect.ModeRedirect),
 			OutboundPort: redirect.DefaultOutboundPort,
 			InboundPort:  redirect.DefaultInboundPort,
 			Mark:         Hex(redirect.DefaultMark),
 			Mask:         Hex(redirect.DefaultMask),
 			Backend:      "auto",
+			TPROXYMark:   Hex(redirect.DefaultTPROXYMark),
+			TPROXYMask:   Hex(redirect.DefaultTPROXYMask),
+			RouteTable:   redirect.DefaultRouteTable,
+			RulePriority: redirect.DefaultRulePriority,
 		},
 	}
 }
@@ -194,9 +216,29 @@ func (c Config) Validate() error {
 			return fmt.Errorf("capture.namespaces: empty name")
 		}
 	}
-	spec := c.redirectSpec(true, true)
+	switch redirect.Mode(c.Capture.Mode) {
+	case "", redirect.ModeRedirect, redirect.ModeTPROXY:
+	default:
+		return fmt.Errorf("capture.mode: want redirect or tproxy, got %q", c.Capture.Mode)
+	}
+	spec := c.redirectSpec(true, true, redirect.ModeRedirect)
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("capture: %w", err)
+	}
+	for i, o := range c.Capture.Overrides {
+		if o.Namespace == "" {
+			return fmt.Errorf("capture.overrides[%d].namespace: required", i)
+		}
+		if err := o.Overrides.Validate(); err != nil {
+			return fmt.Errorf("capture.overrides[%d]: %w", i, err)
+		}
+		s := o.Overrides.Apply(spec)
+		if s.Mode == "" {
+			s.Mode = redirect.ModeRedirect
+		}
+		if err := s.Validate(); err != nil {
+			return fmt.Errorf("capture.overrides[%d]: %w", i, err)
+		}
 	}
 	seen := map[netip.AddrPort]string{}
 	for i, s := range c.Services {
@@ -254,14 +296,17 @@ func (s Service) endpoints() ([]netip.AddrPort, error) {
 }
 
 // redirectSpec is the interception this config asks for, for a pod with the
-// given address families.
-func (c Config) redirectSpec(v4, v6 bool) redirect.Spec {
+// given address families, in mode unless the config sets one.
+func (c Config) redirectSpec(v4, v6 bool, mode redirect.Mode) redirect.Spec {
 	backend := c.Capture.Backend
 	if backend == "auto" {
 		backend = ""
 	}
+	if c.Capture.Mode != "" {
+		mode = redirect.Mode(c.Capture.Mode)
+	}
 	return redirect.Spec{
-		Mode:                 redirect.Mode(c.Capture.Mode),
+		Mode:                 mode,
 		OutboundPort:         c.Capture.OutboundPort,
 		InboundPort:          c.Capture.InboundPort,
 		Mark:                 uint32(c.Capture.Mark),
@@ -273,5 +318,28 @@ func (c Config) redirectSpec(v4, v6 bool) redirect.Spec {
 		ExcludeOutboundPorts: c.Capture.ExcludeOutboundPorts,
 		ExcludeOutboundCIDRs: c.Capture.ExcludeOutboundCIDRs,
 		Backend:              backend,
+		TPROXYMark:           uint32(c.Capture.TPROXYMark),
+		TPROXYMask:           uint32(c.Capture.TPROXYMask),
+		RouteTable:           c.Capture.RouteTable,
+		RulePriority:         c.Capture.RulePriority,
 	}
+}
+
+// overridesFor returns the static overrides of a pod: a name match beats a
+// namespace-wide entry.
+func (c Config) overridesFor(namespace, name string) podconfig.Overrides {
+	var best *PodOverride
+	for i := range c.Capture.Overrides {
+		o := &c.Capture.Overrides[i]
+		if o.Namespace != namespace || (o.Name != "" && o.Name != name) {
+			continue
+		}
+		if best == nil || (best.Name == "" && o.Name != "") {
+			best = o
+		}
+	}
+	if best == nil {
+		return podconfig.Overrides{}
+	}
+	return best.Overrides
 }

@@ -12,7 +12,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Socket != "/run/weir/agent.sock" || c.Admin != "127.0.0.1:15020" || c.Capture.OutboundPort != 15001 ||
-		c.Capture.InboundPort != 15006 || time.Duration(c.ConnectTimeout) != 5*time.Second || c.Capture.Mode != "redirect" {
+		c.Capture.InboundPort != 15006 || time.Duration(c.ConnectTimeout) != 5*time.Second || c.Capture.Mode != "" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"sort"
 	"sync"
 
@@ -23,6 +24,7 @@ type pod struct {
 	ns        *netns.Handle
 	spec      redirect.Spec
 	listeners []proxy.Listener
+	ips       []netip.Addr
 	serving   sync.WaitGroup
 }
 
@@ -99,9 +101,30 @@ func families(ips []string) (v4, v6 bool, err error) {
 	return v4, v6, nil
 }
 
+// podAddrs parses the pod's CNI addresses (CIDR form), skipping bad ones
+// (families has rejected those already).
+func podAddrs(ips []string) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range ips {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Addr().Unmap())
+		} else if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
+}
+
+// equalSpec reports whether two specs program the same capture.
+func equalSpec(a, b redirect.Spec) bool {
+	return reflect.DeepEqual(a, b)
+}
+
 // openListeners opens the capture sockets of spec inside ns. Outbound
-// listeners bind loopback only: REDIRECT in OUTPUT targets loopback, and a
-// wildcard bind would let peers reach the outbound port directly. All carry
+// listeners bind loopback only: REDIRECT in OUTPUT targets loopback (and
+// TPROXY's outbound rule delivers there), and a wildcard bind would let peers
+// reach the outbound port directly. In TPROXY mode every listener is
+// IP_TRANSPARENT, without which TPROXY drops the packets. All carry
 // SO_REUSEPORT so a successor agent can join them.
 func openListeners(ns *netns.Handle, spec redirect.Spec) ([]proxy.Listener, error) {
 	type want struct {
@@ -119,14 +142,15 @@ func openListeners(ns *netns.Handle, spec redirect.Spec) ([]proxy.Listener, erro
 			want{netip.AddrPortFrom(netip.IPv6Loopback(), spec.OutboundPort), proxy.Outbound},
 			want{netip.AddrPortFrom(netip.IPv6Unspecified(), spec.InboundPort), proxy.Inbound})
 	}
+	transparent := spec.Mode == redirect.ModeTPROXY
 	var out []proxy.Listener
 	for _, w := range wants {
-		ln, err := ns.Listen(w.addr, netns.SocketOptions{ReusePort: true})
+		ln, err := ns.Listen(w.addr, netns.SocketOptions{ReusePort: true, Transparent: transparent})
 		if err != nil {
 			closeListeners(out)
 			return nil, err
 		}
-		out = append(out, proxy.Listener{TCP: ln, Direction: w.dir})
+		out = append(out, proxy.Listener{TCP: ln, Direction: w.dir, Transparent: transparent})
 	}
 	return out, nil
 }

@@ -101,20 +101,29 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 		a.log.Info("pod not captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "why", why)
 		return api.AddResponse{Captured: false, Reason: why}, nil
 	}
-	if mode := r.Mode; mode != "" && mode != a.cfg.Capture.Mode {
-		return api.AddResponse{}, badRequest{fmt.Errorf("plugin asks for mode %q but the agent runs %q", mode, a.cfg.Capture.Mode)}
-	}
 	v4, v6, err := families(r.IPs)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	spec := a.cfg.redirectSpec(v4, v6)
+	nodeMode := redirect.Mode(r.Mode)
+	if nodeMode == "" {
+		nodeMode = redirect.ModeRedirect
+	}
+	spec := a.cfg.overridesFor(r.Pod.Namespace, r.Pod.Name).Apply(a.cfg.redirectSpec(v4, v6, nodeMode))
+	if spec.Backend == "" {
+		spec.Backend = a.backend
+	}
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return api.AddResponse{}, badRequest{fmt.Errorf("capture for %s/%s: %w", r.Pod.Namespace, r.Pod.Name, err)}
+	}
+	podIPs := podAddrs(r.IPs)
 
 	id, err := netns.IDOf(r.Netns)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	if p := a.pods.get(r.Attachment); p != nil && p.ns.ID() == id && p.spec.IPv4 == v4 && p.spec.IPv6 == v6 {
+	if p := a.pods.get(r.Attachment); p != nil && p.ns.ID() == id && equalSpec(p.spec, spec) {
 		return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(p.spec)}, nil
 	}
 	ns, err := netns.Open(r.Netns)
@@ -126,19 +135,19 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 		ns.Close()
 		return api.AddResponse{}, fmt.Errorf("open capture listeners for %s/%s: %w", r.Pod.Namespace, r.Pod.Name, err)
 	}
-	p := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, ns: ns, spec: spec, listeners: ls}
+	p := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, ns: ns, spec: spec, listeners: ls, ips: podIPs}
 	if old := a.pods.swap(p); old != nil {
 		closeListeners(old.listeners)
 		old.ns.Close()
 	}
 	a.serve(p)
 	a.podsCaptured.Set(float64(a.pods.len()))
-	a.log.Info("pod captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "container", r.Attachment.ContainerID, "netns", r.Netns, "ipv4", v4, "ipv6", v6)
+	a.log.Info("pod captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", v4, "ipv6", v6)
 	return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(spec)}, nil
 }
 
 func (a *Agent) serve(p *pod) {
-	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: p.ns}
+	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: p.ns, Addrs: p.ips}
 	for _, l := range p.listeners {
 		p.serving.Add(1)
 		go func() {
@@ -197,5 +206,9 @@ func toWire(s redirect.Spec) *api.Redirect {
 		ExcludeOutboundPorts: s.ExcludeOutboundPorts,
 		ExcludeOutboundCIDRs: s.ExcludeOutboundCIDRs,
 		Backend:              s.Backend,
+		TPROXYMark:           s.TPROXYMark,
+		TPROXYMask:           s.TPROXYMask,
+		RouteTable:           s.RouteTable,
+		RulePriority:         s.RulePriority,
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -18,8 +19,10 @@ var specVersions = []string{"1.0.0", "1.1.0"}
 
 // mesh is the standard small world: two nginx servers in an uncaptured
 // namespace, an agent that captures namespace demo and balances the virtual
-// service 10.96.0.10:80 over the two servers, and a client pod in demo.
+// service (10.96.0.10:80 and [fd00:96::10]:80) over the two servers, and a
+// client pod in demo.
 type mesh struct {
+	w              world
 	node           *testworld.Node
 	agent          *testworld.Agent
 	srvA, srvB     *testworld.Pod
@@ -27,26 +30,27 @@ type mesh struct {
 	client         *testworld.Pod
 }
 
-const serviceVIP = "10.96.0.10:80"
-
-func newMesh(t *testing.T, spec string) *mesh {
+func newMesh(t *testing.T, w world) *mesh {
 	t.Helper()
-	m := &mesh{node: testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec})}
-	// Servers first (their namespace is not captured, so ADD needs no agent
-	// answer beyond "not captured"); the agent must be up for any ADD.
+	m := &mesh{w: w, node: testworld.NewNode(t, w.nodeOptions())}
+	// The agent must answer every ADD, captured or not; start it, add the
+	// servers, then restart it with the service pointing at them.
 	m.agent = m.node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	m.srvA = m.node.MustAddPod(t, "backend", "server-a")
 	m.srvB = m.node.MustAddPod(t, "backend", "server-b")
 	m.nginxA = m.srvA.StartNginx(t, 8080, "server-a")
 	m.nginxB = m.srvB.StartNginx(t, 8080, "server-b")
-	// Restart the agent with the service pointing at the servers' IPs.
 	m.agent.Stop(t)
+	var services []any
+	for _, fam := range w.families() {
+		services = append(services, map[string]any{
+			"name": "web-" + fam, "address": vip(fam).String(),
+			"endpoints": []string{hostPort(addr(m.srvA, fam), 8080), hostPort(addr(m.srvB, fam), 8080)},
+		})
+	}
 	m.agent = m.node.StartAgent(t, map[string]any{
-		"capture": map[string]any{"namespaces": []string{"demo"}},
-		"services": []any{map[string]any{
-			"name": "web", "address": serviceVIP,
-			"endpoints": []string{m.srvA.IP4.String() + ":8080", m.srvB.IP4.String() + ":8080"},
-		}},
+		"capture":  map[string]any{"namespaces": []string{"demo"}},
+		"services": services,
 	})
 	m.client = m.node.MustAddPod(t, "demo", "client")
 	return m
@@ -62,81 +66,103 @@ func outbound(t *testing.T, a *testworld.Agent) float64 {
 	return a.Metric(t, `weir_connections_total{direction="outbound"}`)
 }
 
+func inbound(t *testing.T, a *testworld.Agent) float64 {
+	return a.Metric(t, `weir_connections_total{direction="inbound"}`)
+}
+
+func url(a netip.AddrPort) string { return "http://" + a.String() + "/" }
+
 // Must show 1: the service address is balanced over both endpoints, and the
 // servers see the client pod's own IP.
 func TestServiceAddressReachesBothEndpoints(t *testing.T) {
-	forEachSpec(t, func(t *testing.T, spec string) {
-		m := newMesh(t, spec)
-		seen := map[string]int{}
-		for i := 0; i < 20; i++ {
-			body, err := m.client.Curl(t, "http://"+serviceVIP+"/")
-			if err != nil {
-				t.Fatalf("request %d to %s: %v: %s", i, serviceVIP, err, body)
+	forEachWorld(t, func(t *testing.T, w world) {
+		m := newMesh(t, w)
+		for _, fam := range w.families() {
+			seen := map[string]int{}
+			for i := 0; i < 20; i++ {
+				body, err := m.client.Curl(t, url(vip(fam)))
+				if err != nil {
+					t.Fatalf("%s request %d to %s: %v: %s", fam, i, vip(fam), err, body)
+				}
+				seen[strings.TrimSpace(body)]++
 			}
-			seen[strings.TrimSpace(body)]++
+			if seen["server-a"] == 0 || seen["server-b"] == 0 || seen["server-a"]+seen["server-b"] != 20 {
+				t.Fatalf("%s answers over 20 requests: %v; want both servers and nothing else", fam, seen)
+			}
 		}
-		if seen["server-a"] == 0 || seen["server-b"] == 0 || seen["server-a"]+seen["server-b"] != 20 {
-			t.Fatalf("answers over 20 requests: %v; want both servers and nothing else", seen)
+		want := map[string]bool{}
+		for _, fam := range w.families() {
+			want[addr(m.client, fam).String()] = true
 		}
 		for _, n := range []*testworld.Nginx{m.nginxA, m.nginxB} {
 			for _, c := range n.Clients(t) {
-				if c != m.client.IP4.String() {
-					t.Fatalf("server logged client %s, want the client pod's IP %s", c, m.client.IP4)
+				if !want[c] {
+					t.Fatalf("server logged client %s, want the client pod's own IP (%v)", c, want)
 				}
 			}
 		}
-		if got := outbound(t, m.agent); got < 20 {
-			t.Fatalf("outbound connections counted %v, want at least 20", got)
+		if got := outbound(t, m.agent); got < float64(20*len(w.families())) {
+			t.Fatalf("outbound connections counted %v, want at least %d", got, 20*len(w.families()))
 		}
 	})
 }
 
 // Must show 2: a direct pod-IP connection is captured too, counted exactly.
 func TestDirectPodIPGoesThroughAgent(t *testing.T) {
-	forEachSpec(t, func(t *testing.T, spec string) {
-		m := newMesh(t, spec)
-		before := outbound(t, m.agent)
-		const n = 5
-		for i := 0; i < n; i++ {
-			body, err := m.client.Curl(t, fmt.Sprintf("http://%s:8080/", m.srvA.IP4))
-			if err != nil || strings.TrimSpace(body) != "server-a" {
-				t.Fatalf("request %d: %v: %q", i, err, body)
+	forEachWorld(t, func(t *testing.T, w world) {
+		m := newMesh(t, w)
+		for _, fam := range w.families() {
+			before := outbound(t, m.agent)
+			const n = 5
+			for i := 0; i < n; i++ {
+				body, err := m.client.Curl(t, url(netip.AddrPortFrom(addr(m.srvA, fam), 8080)))
+				if err != nil || strings.TrimSpace(body) != "server-a" {
+					t.Fatalf("%s request %d: %v: %q", fam, i, err, body)
+				}
 			}
-		}
-		if got := outbound(t, m.agent) - before; got != n {
-			t.Fatalf("outbound counter rose by %v, want exactly %d", got, n)
+			if got := outbound(t, m.agent) - before; got != n {
+				t.Fatalf("%s: outbound counter rose by %v, want exactly %d", fam, got, n)
+			}
 		}
 	})
 }
 
-// Must show 3: a connection into a captured pod passes the inbound listener.
+// Must show 3: a connection into a captured pod passes the inbound listener;
+// under TPROXY the app sees the real client's IP.
 func TestInboundThroughAgent(t *testing.T) {
-	forEachSpec(t, func(t *testing.T, spec string) {
-		m := newMesh(t, spec)
+	forEachWorld(t, func(t *testing.T, w world) {
+		m := newMesh(t, w)
 		app := m.node.MustAddPod(t, "demo", "app")
-		app.StartNginx(t, 8080, "app")
-		before := m.agent.Metric(t, `weir_connections_total{direction="inbound"}`)
-		body, err := m.srvA.Curl(t, fmt.Sprintf("http://%s:8080/", app.IP4))
-		if err != nil || strings.TrimSpace(body) != "app" {
-			t.Fatalf("request into captured pod: %v: %q", err, body)
-		}
-		if got := m.agent.Metric(t, `weir_connections_total{direction="inbound"}`) - before; got != 1 {
-			t.Fatalf("inbound counter rose by %v, want 1", got)
+		ngx := app.StartNginx(t, 8080, "app")
+		for _, fam := range w.families() {
+			before := inbound(t, m.agent)
+			body, err := m.srvA.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
+			if err != nil || strings.TrimSpace(body) != "app" {
+				t.Fatalf("%s request into captured pod: %v: %q", fam, err, body)
+			}
+			if got := inbound(t, m.agent) - before; got != 1 {
+				t.Fatalf("%s: inbound counter rose by %v, want 1", fam, got)
+			}
+			clients := ngx.Clients(t)
+			last := clients[len(clients)-1]
+			if w.mode == "tproxy" && last != addr(m.srvA, fam).String() {
+				t.Fatalf("TPROXY %s: app logged client %s, want the real client %s", fam, last, addr(m.srvA, fam))
+			}
 		}
 	})
 }
 
 // Must show 4: an uncaptured pod has no weir rule and works normally.
 func TestUncapturedPodUntouched(t *testing.T) {
-	forEachSpec(t, func(t *testing.T, spec string) {
-		m := newMesh(t, spec)
+	forEachWorld(t, func(t *testing.T, w world) {
+		m := newMesh(t, w)
 		other := m.node.MustAddPod(t, "other", "plain")
 		installed, err := redirect.Installed(other.Path)
 		if err != nil || installed {
 			t.Fatalf("uncaptured pod: weir rules installed=%v err=%v", installed, err)
 		}
 		before := outbound(t, m.agent)
-		body, err := other.Curl(t, fmt.Sprintf("http://%s:8080/", m.srvB.IP4))
+		body, err := other.Curl(t, url(netip.AddrPortFrom(addr(m.srvB, w.families()[0]), 8080)))
 		if err != nil || strings.TrimSpace(body) != "server-b" {
 			t.Fatalf("uncaptured pod request: %v: %q", err, body)
 		}
@@ -223,7 +249,7 @@ func TestDelAndCheck(t *testing.T) {
 
 // Must show 8a: a bulk transfer arrives byte-exact through the agent.
 func TestBulkTransferByteExact(t *testing.T) {
-	m := newMesh(t, "1.0.0")
+	m := newMesh(t, world{"1.0.0", "redirect", "v4"})
 	ln := m.srvA.Listen(t, "0.0.0.0:9000")
 	const size = 1 << 30
 	got := make(chan [32]byte, 1)
@@ -269,7 +295,7 @@ func TestBulkTransferByteExact(t *testing.T) {
 // Must show 8b: after the client half-closes, the rest of the response
 // still arrives.
 func TestHalfCloseDeliversResponse(t *testing.T) {
-	m := newMesh(t, "1.0.0")
+	m := newMesh(t, world{"1.0.0", "redirect", "v4"})
 	ln := m.srvA.Listen(t, "0.0.0.0:9001")
 	const reply = 3 << 20
 	go func() {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,10 +58,13 @@ type Engine struct {
 }
 
 // Workload is the pod a listener belongs to: its namespace (where upstream
-// sockets are made) and a name for logs.
+// sockets are made), its own addresses, and a name for logs.
 type Workload struct {
 	Name  string
 	Netns *netns.Handle
+	// Addrs are the pod's own IPs: a connection to one of them on a capture
+	// port was never captured, and forwarding it would loop.
+	Addrs []netip.Addr
 }
 
 // Listener is one capture socket inside a pod namespace.
@@ -144,15 +148,14 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 		e.Log.Debug("no original destination", "pod", w.Name, "direction", dir, "err", err)
 		return
 	}
-	local, _ := c.LocalAddr().(*net.TCPAddr)
-	if local != nil && local.AddrPort() == dst {
-		// Never redirected: someone connected to the capture port itself.
+	if e.isLoop(c, l, w, dst) {
+		// Never captured: someone connected to a capture port itself.
 		// Dialling dst would connect the agent to itself in a loop.
 		m.refused(dir, "loop")
 		return
 	}
 
-	up, lease, err := e.connect(c, dst, dir, w)
+	up, lease, err := e.connect(c, l, dst, w)
 	if err != nil {
 		m.connectError(dir)
 		e.Log.Debug("upstream connect failed", "pod", w.Name, "direction", dir, "dst", dst, "err", err)
@@ -166,6 +169,24 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 	}
 }
 
+// isLoop reports whether dst is the agent's own capture socket.
+func (e *Engine) isLoop(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrPort) bool {
+	if !l.Transparent {
+		// Under REDIRECT a connection that was never redirected reports its
+		// own local address as the original destination.
+		local, _ := c.LocalAddr().(*net.TCPAddr)
+		return local != nil && local.AddrPort() == dst
+	}
+	// Under TPROXY the local address always is the destination: compare
+	// with the listener's port on an address of the pod itself.
+	lp := l.TCP.Addr().(*net.TCPAddr).Port
+	if int(dst.Port()) != lp {
+		return false
+	}
+	a := dst.Addr()
+	return a.IsLoopback() || a.IsUnspecified() || slices.Contains(w.Addrs, a)
+}
+
 func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error) {
 	if l.Transparent {
 		return origdst.Local(c)
@@ -175,9 +196,21 @@ func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error)
 
 // connect opens the upstream side: through a cluster when a route names one,
 // straight to the original destination for passthrough and inbound.
-func (e *Engine) connect(c *net.TCPConn, dst netip.AddrPort, dir Direction, w *Workload) (*net.TCPConn, *cluster.Lease, error) {
+func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Workload) (*net.TCPConn, *cluster.Lease, error) {
+	dir := l.Direction
+	opts := netns.SocketOptions{Mark: e.Mark}
+	var src netip.Addr
+	if dir == Inbound && l.Transparent {
+		// TPROXY inbound: connect to the app from the client's own address
+		// (port 0: the client's port would collide with the accepted socket's
+		// 4-tuple), so the app sees who really called.
+		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			src = ra.AddrPort().Addr().Unmap()
+			opts.Transparent = true
+		}
+	}
 	dial := func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
-		return w.Netns.Dial(ctx, addr, netip.Addr{}, netns.SocketOptions{Mark: e.Mark})
+		return w.Netns.Dial(ctx, addr, src, opts)
 	}
 	if dir == Outbound {
 		r := e.Routes.Load().Lookup(dst)

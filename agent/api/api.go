@@ -82,6 +82,12 @@ type Redirect struct {
 	ExcludeOutboundPorts []uint16 `json:"excludeOutboundPorts,omitempty"`
 	ExcludeOutboundCIDRs []string `json:"excludeOutboundCIDRs,omitempty"`
 	Backend              string   `json:"backend,omitempty"`
+	// TPROXY mode only: the mark that routes packets to the local stack, and
+	// the policy routing table and rule preference that do it.
+	TPROXYMark   uint32 `json:"tproxyMark,omitempty"`
+	TPROXYMask   uint32 `json:"tproxyMask,omitempty"`
+	RouteTable   uint32 `json:"routeTable,omitempty"`
+	RulePriority uint32 `json:"rulePriority,omitempty"`
 }
 
 // CheckRequest asks whether the agent still serves an attachment.

@@ -27,8 +27,9 @@ type Conf struct {
 	types.PluginConf
 	// AgentSocket is where the agent listens (default /run/weir/agent.sock).
 	AgentSocket string `json:"agentSocket"`
-	// Mode is the node's interception mode: redirect (default). tproxy and
-	// ebpf are rejected until they exist.
+	// Mode is the node's interception mode: redirect (default) or tproxy.
+	// ebpf is rejected until it exists. The agent may choose another mode
+	// for a pod (per-pod override); the plugin applies what the agent says.
 	Mode string `json:"mode"`
 	// LogFile receives the plugin's log lines (default /var/log/weir-cni.log);
 	// "" after defaults is impossible, "-" disables logging.
@@ -88,13 +89,13 @@ func parseConfig(stdin []byte) (*Conf, error) {
 			fmt.Sprintf("agentSocket: want an absolute path, got %q", c.AgentSocket))
 	}
 	switch redirect.Mode(c.Mode) {
-	case redirect.ModeRedirect:
-	case redirect.ModeTPROXY, redirect.ModeEBPF:
+	case redirect.ModeRedirect, redirect.ModeTPROXY:
+	case redirect.ModeEBPF:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
 			fmt.Sprintf("mode: %q is not implemented yet; use \"redirect\"", c.Mode))
 	default:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
-			fmt.Sprintf("mode: want \"redirect\", got %q", c.Mode))
+			fmt.Sprintf("mode: want \"redirect\" or \"tproxy\", got %q", c.Mode))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

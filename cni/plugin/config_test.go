@@ -28,7 +28,7 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{"typo", `{` + base + `,"agentSockt":"/x"}`, types.ErrDecodingFailure, "agentSockt"},
 		{"mode", `{` + base + `,"mode":"fast"}`, types.ErrInvalidNetworkConfig, "fast"},
-		{"tproxy not yet", `{` + base + `,"mode":"tproxy"}`, types.ErrInvalidNetworkConfig, "not implemented"},
+		{"ebpf not yet", `{` + base + `,"mode":"ebpf"}`, types.ErrInvalidNetworkConfig, "not implemented"},
 		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, types.ErrInvalidNetworkConfig, "agentTimeout"},
 		{"log level", `{` + base + `,"logLevel":"chatty"}`, types.ErrInvalidNetworkConfig, "logLevel"},
 		{"socket", `{` + base + `,"agentSocket":"rel"}`, types.ErrInvalidNetworkConfig, "agentSocket"},

@@ -261,6 +261,10 @@ func fromWire(r api.Redirect) redirect.Spec {
 		ExcludeOutboundPorts: r.ExcludeOutboundPorts,
 		ExcludeOutboundCIDRs: r.ExcludeOutboundCIDRs,
 		Backend:              r.Backend,
+		TPROXYMark:           r.TPROXYMark,
+		TPROXYMask:           r.TPROXYMask,
+		RouteTable:           r.RouteTable,
+		RulePriority:         r.RulePriority,
 	}
 }
 

@@ -80,10 +80,11 @@ func (p *Pod) WaitPort(t T, addr string) {
 	}
 }
 
-// Curl runs curl in the pod and returns its body.
-func (p *Pod) Curl(t T, url string, extra ...string) (string, error) {
+// Curl runs curl in the namespace and returns its body. URLs may hold
+// bracketed IPv6 literals (globbing is off).
+func (n *Netns) Curl(t T, url string, extra ...string) (string, error) {
 	t.Helper()
 	RequireTool(t, "curl")
-	args := append([]string{"-sS", "--max-time", "5", "--noproxy", "*"}, extra...)
-	return p.Run("curl", append(args, url)...)
+	args := append([]string{"-sS", "-g", "--max-time", "5", "--noproxy", "*"}, extra...)
+	return n.Run("curl", append(args, url)...)
 }
