@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"sync/atomic"
 
 	"github.com/weir-mesh/weir/proxy/balance"
@@ -69,11 +70,20 @@ type Endpoint struct {
 
 // Equal reports whether two endpoints are the same.
 func (e *Endpoint) Equal(o *Endpoint) bool {
-	if e.Addr != o.Addr || e.Weight != o.Weight || e.Health != o.Health || len(e.Labels) != len(o.Labels) {
+	return e.Addr == o.Addr && e.Weight == o.Weight && e.Health == o.Health && sameLabels(e.Labels, o.Labels)
+}
+
+// sameLabels compares label maps, at once when both are the same map (the
+// usual case when a config is rebuilt from parts of the last one).
+func sameLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
 		return false
 	}
-	for k, v := range e.Labels {
-		if w, ok := o.Labels[k]; !ok || w != v {
+	if len(a) == 0 || reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
 			return false
 		}
 	}

@@ -2,6 +2,7 @@ package route
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"runtime"
 	"testing"
@@ -78,11 +79,12 @@ func BenchmarkLookup(b *testing.B) {
 // BenchmarkRebuildOneEndpoint measures Build after one endpoint of one
 // service changed, with 10k services × 10 endpoints. "shared" is what an
 // agent that keeps unchanged services' slices passes (the usual case);
-// "copied" gives every service fresh, equal slices, so every endpoint is
-// compared by value.
+// "copied" gives every service fresh, equal slices (sharing the label
+// maps), so every endpoint is compared by value; "fresh" also rebuilds every
+// label map, the worst case.
 func BenchmarkRebuildOneEndpoint(b *testing.B) {
 	const n, eps = 10_000, 10
-	for _, mode := range []string{"shared", "copied"} {
+	for _, mode := range []string{"shared", "copied", "fresh"} {
 		b.Run(fmt.Sprintf("services=%d,endpoints=%d/%s", n, eps, mode), func(b *testing.B) {
 			base := bigConfig(n, eps)
 			prev, err := Build(base, nil)
@@ -95,10 +97,15 @@ func BenchmarkRebuildOneEndpoint(b *testing.B) {
 			for v := range variants {
 				cfg := base
 				cfg.Services = append([]Service(nil), base.Services...)
-				if mode == "copied" {
+				if mode != "shared" {
 					for i := range cfg.Services {
 						cfg.Services[i].Endpoints = append([]cluster.Endpoint(nil), base.Services[i].Endpoints...)
 						cfg.Services[i].Addresses = append([]netip.AddrPort(nil), base.Services[i].Addresses...)
+						if mode == "fresh" {
+							for j := range cfg.Services[i].Endpoints {
+								cfg.Services[i].Endpoints[j].Labels = maps.Clone(cfg.Services[i].Endpoints[j].Labels)
+							}
+						}
 					}
 				}
 				k := n / 2
@@ -119,6 +126,35 @@ func BenchmarkRebuildOneEndpoint(b *testing.B) {
 				prev = next
 			}
 		})
+	}
+}
+
+// BenchmarkRebuildServiceAdded measures Build when the layout changes (one
+// service added to 10k × 10): the address indexes are rebuilt, every
+// cluster is still reused.
+func BenchmarkRebuildServiceAdded(b *testing.B) {
+	const n, eps = 10_000, 10
+	base := bigConfig(n+1, eps)
+	small := base
+	small.Services = base.Services[:n]
+	prev, err := Build(small, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		cfg := small
+		if i&1 == 0 {
+			cfg = base
+		}
+		next, err := Build(cfg, prev)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if next.Cluster("ns-0/svc-0") != prev.Cluster("ns-0/svc-0") {
+			b.Fatal("unchanged cluster rebuilt")
+		}
+		prev = next
 	}
 }
 

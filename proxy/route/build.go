@@ -168,28 +168,27 @@ func (s *Snapshot) index(cfg Config) []error {
 		n += len(svc.Addresses)
 	}
 	s.exact = make(map[addrKey]int32, n)
-	owner := make(map[netip.AddrPort]string, n)
-	for i, svc := range cfg.Services {
+	for i := range cfg.Services {
+		svc := &cfg.Services[i]
 		for j, a := range svc.Addresses {
-			where := fmt.Sprintf("services[%d] (%s).addresses[%d]", i, svc.Name, j)
+			where := func() string { return fmt.Sprintf("services[%d] (%s).addresses[%d]", i, svc.Name, j) }
 			switch {
 			case !a.IsValid():
-				bad("%s is missing", where)
+				bad("%s is missing", where())
 				continue
 			case a.Port() == 0:
-				bad("%s %s has no port", where, a)
+				bad("%s %s has no port", where(), a)
 				continue
 			case a.Addr().Zone() != "":
-				bad("%s %s must not carry an IPv6 zone", where, a)
+				bad("%s %s must not carry an IPv6 zone", where(), a)
 				continue
 			}
-			a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-			if o, dup := owner[a]; dup {
-				bad("%s %s is already an address of service %s", where, a, o)
+			k := keyOf(a.Addr(), a.Port())
+			if o, dup := s.exact[k]; dup {
+				bad("%s %s is already an address of service %s", where(), a, cfg.Services[o].Name)
 				continue
 			}
-			owner[a] = svc.Name
-			s.exact[keyOf(a.Addr(), a.Port())] = int32(i)
+			s.exact[k] = int32(i)
 		}
 	}
 	s.cidr4 = cidrIndex{m: map[cidrKey]int32{}, offset: 96}

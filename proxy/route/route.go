@@ -7,7 +7,8 @@
 // reusing every cluster of the previous snapshot whose config and endpoints
 // did not change; a Table publishes the current Snapshot to the accept path
 // with one atomic pointer. Lookup is a hash-map probe for service addresses,
-// then at most one probe per distinct CIDR prefix length: it takes no lock,
+// then at most two probes (the port, any port) per distinct CIDR prefix
+// length in use: it takes no lock,
 // allocates nothing, and costs the same with 10 services as with 100 000.
 package route
 
