@@ -187,3 +187,30 @@ func TestDumpIsJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestBuildLayoutChangeReusesByName(t *testing.T) {
+	s1 := mustBuild(t, testConfig(), nil)
+	cfg := testConfig()
+	// Reorder, add a service and an address: indexes are rebuilt, clusters
+	// are still found by name.
+	cfg.Services[0], cfg.Services[1] = cfg.Services[1], cfg.Services[0]
+	cfg.Services = append(cfg.Services, svc("new", []string{"10.96.0.99:80"}, "10.1.0.9:80"))
+	cfg.Services[1].Addresses = append(cfg.Services[1].Addresses, ap("10.96.0.11:80"))
+	s2 := mustBuild(t, cfg, s1)
+	for _, name := range []string{"web", "dns", "db", "pg-any"} {
+		if s1.Cluster(name) != s2.Cluster(name) {
+			t.Errorf("%s rebuilt after a layout change that did not touch it", name)
+		}
+	}
+	for dst, want := range map[string]string{"10.96.0.10:80": "web", "10.96.0.11:80": "web", "10.96.0.53:53": "dns", "10.96.0.99:80": "new", "10.20.1.1:5432": "db"} {
+		if r := s2.Lookup(ap(dst)); r.Cluster == nil || r.Cluster.Name() != want {
+			t.Errorf("Lookup(%s) = %+v, want %s", dst, r, want)
+		}
+	}
+	// And a removed service's address no longer routes to it.
+	cfg.Services = cfg.Services[:len(cfg.Services)-1]
+	s3 := mustBuild(t, cfg, s2)
+	if r := s3.Lookup(ap("10.96.0.99:80")); r.Cluster != nil {
+		t.Errorf("removed service still routed: %+v", r)
+	}
+}
