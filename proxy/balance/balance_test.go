@@ -215,7 +215,8 @@ func TestHashBalancersAffinityAndWeights(t *testing.T) {
 	}{
 		{"ring_hash_1024", func(ts []Target) picker { return NewRingHash(ts, 0, 0) }, 0.25},
 		{"ring_hash_65536", func(ts []Target) picker { return NewRingHash(ts, 1<<16, 0) }, 0.05},
-		{"maglev", func(ts []Target) picker { return NewMaglev(ts, 0) }, 0.05},
+		{"maglev_auto", func(ts []Target) picker { return NewMaglev(ts, 0) }, 0.05},
+		{"maglev_65537", func(ts []Target) picker { return NewMaglev(ts, 65537) }, 0.05},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := targets(1, 1, 2, 4)
@@ -278,5 +279,16 @@ func TestHashBalancersAffinityAndWeights(t *testing.T) {
 	var zm Maglev
 	if zr.Pick(77, &hosts{n: 5}) != zr.Pick(77, &hosts{n: 5}) || zm.Pick(77, &hosts{n: 5}) == None {
 		t.Error("zero-value hash balancers")
+	}
+}
+
+func TestAutoMaglevTableSize(t *testing.T) {
+	for n, want := range map[int]int{0: 1021, 4: 1021, 11: 1103, 1000: 65537, 5000: 65537} {
+		if got := AutoMaglevTableSize(n); got != want {
+			t.Errorf("AutoMaglevTableSize(%d) = %d, want %d", n, got, want)
+		}
+	}
+	if got := len(NewMaglev(targets(1, 1, 1), 0).table); got != 1021 {
+		t.Errorf("3 hosts: table of %d, want 1021", got)
 	}
 }

@@ -9,8 +9,9 @@ import (
 const (
 	DefaultMinRingSize = 1024
 	DefaultMaxRingSize = 1 << 20
-	// DefaultMaglevTableSize is Envoy's default, a prime.
-	DefaultMaglevTableSize = 65537
+	// MaxMaglevTableSize is the largest table NewMaglev picks by itself
+	// (Envoy's default size, a prime).
+	MaxMaglevTableSize = 65537
 )
 
 // hashProbes is how many further points a hash balancer tries when the
@@ -107,10 +108,13 @@ type Maglev struct {
 	table []int32
 }
 
-// NewMaglev builds a table of size (a prime; 0 takes 65537) over ts.
+// NewMaglev builds a table of size entries (a prime) over ts. Size 0 picks
+// the smallest prime at or above 100 entries per host (Maglev's bound for
+// about 1% imbalance), at least 1021 and at most 65537, so a node with
+// thousands of small Maglev clusters does not spend 256KiB on each.
 func NewMaglev(ts []Target, size int) *Maglev {
 	if size <= 0 {
-		size = DefaultMaglevTableSize
+		size = AutoMaglevTableSize(len(ts))
 	}
 	m := &Maglev{}
 	if len(ts) == 0 {
@@ -157,6 +161,28 @@ func NewMaglev(ts []Target, size int) *Maglev {
 	}
 	m.table = table
 	return m
+}
+
+// AutoMaglevTableSize is the table size NewMaglev picks for n hosts.
+func AutoMaglevTableSize(n int) int {
+	want := min(max(100*n, 1021), MaxMaglevTableSize)
+	for p := want; ; p++ {
+		if isPrime(p) {
+			return p
+		}
+	}
+}
+
+func isPrime(n int) bool {
+	if n < 2 {
+		return false
+	}
+	for d := 2; d*d <= n; d++ {
+		if n%d == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // Pick implements the balancer interface.

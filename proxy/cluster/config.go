@@ -45,7 +45,6 @@ const (
 	DefaultLocalityMinHealthyPct = 70
 	DefaultRingSizeMin           = 1024
 	DefaultRingSizeMax           = 1 << 20
-	DefaultMaglevTableSize       = 65537
 	DefaultHealthCheckInterval   = 10 * time.Second
 	DefaultHealthCheckTimeout    = 2 * time.Second
 	DefaultHealthyThreshold      = 1
@@ -95,7 +94,8 @@ type RingHashConfig struct {
 
 // MaglevConfig sizes the maglev balancer's lookup table.
 type MaglevConfig struct {
-	// TableSize is the lookup table size, a prime; default 65537.
+	// TableSize is the lookup table size, a prime. Default: the smallest
+	// prime at or above 100 per endpoint, between 1021 and 65537.
 	TableSize int `json:"tableSize,omitempty"`
 }
 
@@ -192,7 +192,6 @@ func (c Config) WithDefaults() Config {
 	def(&c.PeakEWMA.Decay, balance.DefaultDecay)
 	defInt(&c.RingHash.MinRingSize, DefaultRingSizeMin)
 	defInt(&c.RingHash.MaxRingSize, max(DefaultRingSizeMax, c.RingHash.MinRingSize))
-	defInt(&c.Maglev.TableSize, DefaultMaglevTableSize)
 	if c.Subset.Fallback == "" {
 		c.Subset.Fallback = FallbackNone
 	}
