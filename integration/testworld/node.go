@@ -33,6 +33,10 @@ type NodeOptions struct {
 	NoIPv4 bool
 	// Weir holds extra keys for weir-cni's conflist entry (mode, …).
 	Weir map[string]any
+	// Backend, when set (legacy or nft), makes the node look like one whose
+	// kubelet uses that iptables backend: it creates kubelet's canary chain
+	// there, as a real node has.
+	Backend string
 }
 
 // Node is one isolated node: a netns with the bridge, the CNI chain and an
@@ -61,6 +65,14 @@ func NewNode(t T, opts NodeOptions) *Node {
 	n.Socket = filepath.Join(n.Dir, "agent.sock")
 	n.CNILog = filepath.Join(n.Dir, "weir-cni.log")
 	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), nil)
+	// The bridge's IPv6 gateway address would sit "tentative" through
+	// duplicate address detection, and the node could not use it.
+	n.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+	if opts.Backend != "" {
+		tool := "iptables-" + opts.Backend
+		RequireTool(t, tool)
+		n.MustRun(t, tool, "-w", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY")
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(n.CNILog); err == nil {

@@ -1,0 +1,273 @@
+package integration
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// captureWorlds are the worlds the capture knobs are tested in: both modes,
+// dual stack so both families are exercised in each.
+func captureWorlds() []world {
+	return []world{{"1.0.0", "redirect", "dual"}, {"1.0.0", "tproxy", "dual"}}
+}
+
+// knobWorld is a node with an agent whose static config gives pods of
+// namespace demo the override under test, two plain servers (ports 8080 and
+// 8081 each), a captured client and a captured app (ports 8080 and 8081).
+type knobWorld struct {
+	w           world
+	node        *testworld.Node
+	agent       *testworld.Agent
+	srvA, srvB  *testworld.Pod
+	client, app *testworld.Pod
+}
+
+func newKnobWorld(t *testing.T, w world, override map[string]any) *knobWorld {
+	t.Helper()
+	k := &knobWorld{w: w, node: testworld.NewNode(t, w.nodeOptions())}
+	o := map[string]any{"namespace": "demo"}
+	for key, v := range override {
+		o[key] = v
+	}
+	k.agent = k.node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}, "overrides": []any{o}}})
+	k.srvA = k.node.MustAddPod(t, "backend", "server-a")
+	k.srvB = k.node.MustAddPod(t, "backend", "server-b")
+	k.client = k.node.MustAddPod(t, "demo", "client")
+	k.app = k.node.MustAddPod(t, "demo", "app")
+	for _, p := range []*testworld.Pod{k.srvA, k.srvB, k.app} {
+		p.StartNginx(t, 8080, p.Name+"-8080")
+		p.StartNginx(t, 8081, p.Name+"-8081")
+	}
+	return k
+}
+
+// viaAgent requests url from pod p and reports whether the agent counted the
+// connection in direction dir.
+func (k *knobWorld) viaAgent(t *testing.T, p *testworld.Pod, target netip.AddrPort, dir string) bool {
+	t.Helper()
+	series := fmt.Sprintf(`weir_connections_total{direction=%q}`, dir)
+	before := k.agent.Metric(t, series)
+	body, err := p.Curl(t, url(target))
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(body), fmt.Sprint(target.Port())) {
+		t.Fatalf("request %s from %s: %v: %q", target, p.Name, err, body)
+	}
+	return k.agent.Metric(t, series)-before == 1
+}
+
+// Must show 4 (issue 3): every exclusion does what it says, in both modes and
+// both families, and the traffic it does not exclude still goes through the
+// agent.
+func TestExclusions(t *testing.T) {
+	for _, w := range captureWorlds() {
+		t.Run(w.String(), func(t *testing.T) {
+			t.Run("excludeOutboundPorts", func(t *testing.T) {
+				k := newKnobWorld(t, w, map[string]any{"excludeOutboundPorts": []int{8081}})
+				for _, fam := range w.families() {
+					if !k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8080), "outbound") {
+						t.Errorf("%s: port 8080 bypassed the agent", fam)
+					}
+					if k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8081), "outbound") {
+						t.Errorf("%s: excluded port 8081 went through the agent", fam)
+					}
+				}
+			})
+			t.Run("excludeOutboundCIDRs", func(t *testing.T) {
+				k := newKnobWorld(t, w, nil)
+				// Restart with the exclusion naming server-b's addresses,
+				// known only now.
+				k.agent.Stop(t)
+				k.agent = k.node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}, "overrides": []any{
+					map[string]any{"namespace": "demo", "excludeOutboundCIDRs": []string{k.srvB.IP4.String() + "/32", k.srvB.IP6.String() + "/128"}},
+				}}})
+				k.client = k.node.MustAddPod(t, "demo", "client2")
+				for _, fam := range w.families() {
+					if !k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8080), "outbound") {
+						t.Errorf("%s: server-a bypassed the agent", fam)
+					}
+					if k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvB, fam), 8080), "outbound") {
+						t.Errorf("%s: excluded server-b went through the agent", fam)
+					}
+				}
+			})
+			t.Run("excludeInboundPorts", func(t *testing.T) {
+				k := newKnobWorld(t, w, map[string]any{"excludeInboundPorts": []int{8081}})
+				for _, fam := range w.families() {
+					if !k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8080), "inbound") {
+						t.Errorf("%s: inbound 8080 bypassed the agent", fam)
+					}
+					if k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8081), "inbound") {
+						t.Errorf("%s: excluded inbound 8081 went through the agent", fam)
+					}
+				}
+			})
+			t.Run("includeInboundPorts", func(t *testing.T) {
+				k := newKnobWorld(t, w, map[string]any{"includeInboundPorts": []int{8081}})
+				for _, fam := range w.families() {
+					if !k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8081), "inbound") {
+						t.Errorf("%s: included inbound 8081 bypassed the agent", fam)
+					}
+					if k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8080), "inbound") {
+						t.Errorf("%s: inbound 8080, not included, went through the agent", fam)
+					}
+				}
+			})
+		})
+	}
+}
+
+// Must show 5 (issue 3): a kubelet-style probe from the node to a captured
+// pod's port works in every mode and family.
+func TestHealthProbeFromNode(t *testing.T) {
+	for _, w := range captureWorlds() {
+		t.Run(w.String(), func(t *testing.T) {
+			node := testworld.NewNode(t, w.nodeOptions())
+			node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			app := node.MustAddPod(t, "demo", "app")
+			app.StartNginx(t, 8080, "healthy")
+			for _, fam := range w.families() {
+				body, err := node.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
+				if err != nil || strings.TrimSpace(body) != "healthy" {
+					t.Fatalf("%s probe from the node: %v: %q", fam, err, body)
+				}
+			}
+		})
+	}
+}
+
+// Must show 3 (issue 3): under TPROXY the captured connection's destination
+// is never rewritten (no DNAT entry in the pod's conntrack table); under
+// REDIRECT there is one, which shows the check can fail.
+func TestTPROXYHasNoDNAT(t *testing.T) {
+	testworld.RequireTool(t, "conntrack")
+	for _, w := range captureWorlds() {
+		t.Run(w.String(), func(t *testing.T) {
+			node := testworld.NewNode(t, w.nodeOptions())
+			node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			srv := node.MustAddPod(t, "backend", "server")
+			client := node.MustAddPod(t, "demo", "client")
+			ln := srv.Listen(t, "[::]:9000")
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					defer c.Close()
+				}
+			}()
+			for _, fam := range w.families() {
+				c, err := client.Dial(hostPort(addr(srv, fam), 9000), 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+			}
+			time.Sleep(100 * time.Millisecond)
+			out := client.MustRun(t, "conntrack", "-L", "--dst-nat", "-p", "tcp")
+			dnat := strings.Count(out, "dport=9000")
+			switch w.mode {
+			case "tproxy":
+				if dnat != 0 {
+					t.Fatalf("TPROXY: conntrack shows rewritten destinations:\n%s", out)
+				}
+			case "redirect":
+				if dnat == 0 {
+					t.Fatalf("REDIRECT: expected DNAT entries for the captured connections, got:\n%s", out)
+				}
+			}
+		})
+	}
+}
+
+// Must show 6 (issue 3): rules land in the backend the node uses, and
+// traffic goes through the agent with either.
+func TestIPTablesBackends(t *testing.T) {
+	for _, backend := range []string{redirect.BackendLegacy, redirect.BackendNFT} {
+		t.Run(backend, func(t *testing.T) {
+			opts := world{"1.0.0", "redirect", "v4"}.nodeOptions()
+			opts.Backend = backend
+			node := testworld.NewNode(t, opts)
+			agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			srv := node.MustAddPod(t, "backend", "server")
+			srv.StartNginx(t, 8080, "server")
+			client := node.MustAddPod(t, "demo", "client")
+			other := map[string]string{"legacy": "nft", "nft": "legacy"}[backend]
+			if out := client.MustRun(t, "iptables-"+backend+"-save", "-t", "nat"); !strings.Contains(out, "WEIR_OUTPUT") {
+				t.Fatalf("no weir rules in the %s backend:\n%s", backend, out)
+			}
+			if out, _ := client.Run("iptables-"+other+"-save", "-t", "nat"); strings.Contains(out, "WEIR_") {
+				t.Fatalf("weir rules in the %s backend too:\n%s", other, out)
+			}
+			before := outbound(t, agent)
+			if body, err := client.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
+				t.Fatalf("request: %v: %q", err, body)
+			}
+			if outbound(t, agent)-before != 1 {
+				t.Fatal("request did not go through the agent")
+			}
+		})
+	}
+}
+
+// Must show 7 (issue 3): 50 concurrent ADDs then 50 concurrent DELs against
+// one agent: every pod correct, nothing left behind.
+func TestConcurrentAddDel(t *testing.T) {
+	const n = 50
+	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4"}.nodeOptions())
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	pods := make([]*testworld.Pod, n)
+	for i := range pods {
+		pods[i] = node.NewPodNetns(t, "demo", fmt.Sprintf("p%02d", i))
+	}
+	parallel := func(f func(p *testworld.Pod) error) []error {
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, p := range pods {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = f(p) }()
+		}
+		wg.Wait()
+		return errs
+	}
+	for i, err := range parallel(func(p *testworld.Pod) error { return node.Add(t, p) }) {
+		if err != nil {
+			t.Fatalf("ADD %s: %v", pods[i].Name, err)
+		}
+	}
+	if got := agent.Metric(t, "weir_pods_captured"); got != n {
+		t.Fatalf("agent captures %v pods, want %d", got, n)
+	}
+	for i, err := range parallel(func(p *testworld.Pod) error { return node.Check(p) }) {
+		if err != nil {
+			t.Fatalf("CHECK %s after concurrent ADDs: %v", pods[i].Name, err)
+		}
+	}
+	for _, p := range pods {
+		if ls := p.MustRun(t, "ss", "-Hltn"); strings.Count(ls, ":15001") != 1 || strings.Count(ls, ":15006") != 1 {
+			t.Fatalf("pod %s listeners:\n%s", p.Name, ls)
+		}
+	}
+	for i, err := range parallel(func(p *testworld.Pod) error { return node.Del(p) }) {
+		if err != nil {
+			t.Fatalf("DEL %s: %v", pods[i].Name, err)
+		}
+	}
+	if got := agent.Metric(t, "weir_pods_captured"); got != 0 {
+		t.Fatalf("agent still captures %v pods after DELs", got)
+	}
+	for _, p := range pods {
+		if installed, err := redirect.Installed(p.Path); err != nil || installed {
+			t.Fatalf("pod %s after DEL: installed=%v err=%v", p.Name, installed, err)
+		}
+		if ls := p.MustRun(t, "ss", "-Hltn"); ls != "" {
+			t.Fatalf("pod %s keeps listeners after DEL:\n%s", p.Name, ls)
+		}
+	}
+}
