@@ -246,3 +246,24 @@ func TestPingpongHelper(t *testing.T) {
 		t.Error("bad flags accepted")
 	}
 }
+
+func TestWriteMarkdownKeepsNotes(t *testing.T) {
+	r := &Report{Started: time.Now(), Rounds: 1, Duration: "1s"}
+	r.finish(time.Second)
+	path := t.TempDir() + "/benchmarks.md"
+	if err := r.WriteMarkdown(path); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	notes := "\n## Findings\n\nhand-written\n"
+	if err := os.WriteFile(path, append(b, notes...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WriteMarkdown(path); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = os.ReadFile(path)
+	if !strings.HasSuffix(string(b), NotesMarker+"\n"+notes) || strings.Count(string(b), "# weir benchmarks") != 1 {
+		t.Errorf("notes not kept once:\n%s", b)
+	}
+}

@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,8 +30,8 @@ type Report struct {
 	// AgentConnections is weir_connections_total{direction="outbound"} per
 	// weir path at the end: proof that the weir rows went through weir.
 	AgentConnections map[string]float64 `json:"agentConnections"`
-	// Profiles lists the perf reports written (--profile).
-	Profiles []string `json:"profiles,omitempty"`
+	// Profiles are the perf counts and reports of --profile.
+	Profiles []Profile `json:"profiles,omitempty"`
 }
 
 // Machine is where the bench ran.
@@ -323,6 +325,15 @@ func (r *Report) WriteTable(out io.Writer) {
 	if len(r.AgentConnections) > 0 {
 		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
 	}
+	if len(r.Profiles) > 0 {
+		fmt.Fprintln(out, "\nperf (one extra unrecorded run each; per request, round trip, or MB for bulk):")
+		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "workload\tpath\tper\tsyscalls\tcontext switches\tCPU µs\tperf report\t")
+		for _, p := range r.Profiles {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%.1f\t%.2f\t%.1f\t%s\t\n", p.Workload, p.Path, p.Per, p.Syscalls, p.ContextSwitches, p.CPUus, orDash(p.Report))
+		}
+		tw.Flush()
+	}
 }
 
 func targetVerdict(t Target) string {
@@ -380,15 +391,43 @@ func (r *Report) Markdown() string {
 	}
 	if len(r.AgentConnections) > 0 {
 		b.WriteString("\nConnections weir-agent counted (`weir_connections_total{direction=\"outbound\"}`), proof the weir rows went through it:")
-		for k, v := range r.AgentConnections {
-			fmt.Fprintf(&b, " %s %.0f;", k, v)
+		for _, k := range slices.Sorted(maps.Keys(r.AgentConnections)) {
+			fmt.Fprintf(&b, " %s %.0f;", k, r.AgentConnections[k])
 		}
 		b.WriteString("\n")
 	}
-	if findings != "" {
-		b.WriteString("\n" + findings)
+	if len(r.Profiles) > 0 {
+		b.WriteString("\n## Where the proxies spend it (perf)\n\n")
+		b.WriteString("One extra, unrecorded run per cell with `perf stat` attached to the proxy's processes: system calls, context switches and CPU (task-clock) per request, round trip, or MB for bulk.\n\n")
+		b.WriteString("| workload | path | per | syscalls | context switches | CPU µs |\n|---|---|---|---|---|---|\n")
+		for _, p := range r.Profiles {
+			fmt.Fprintf(&b, "| %s | %s | %s | %.1f | %.2f | %.1f |\n", p.Workload, p.Path, p.Per, p.Syscalls, p.ContextSwitches, p.CPUus)
+		}
 	}
+	b.WriteString("\n" + NotesMarker + "\n")
 	return b.String()
+}
+
+// NotesMarker ends the generated part of docs/benchmarks.md. What follows it
+// is hand-written analysis that WriteMarkdown carries over when it rewrites
+// the file.
+const NotesMarker = "<!-- Everything below this line is kept when the bench rewrites this file. -->"
+
+// WriteMarkdown rewrites path with the report, keeping the notes after
+// NotesMarker of the file it replaces.
+func (r *Report) WriteMarkdown(path string) error {
+	md := r.Markdown()
+	if old, err := os.ReadFile(path); err == nil {
+		if _, notes, ok := strings.Cut(string(old), NotesMarker+"\n"); ok {
+			md += notes
+		}
+	} else if !os.IsNotExist(err) {
+		return fmt.Errorf("read %s: %w", path, err)
+	}
+	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // method is the fixed part of docs/benchmarks.md: how the paths are placed
@@ -422,7 +461,3 @@ work done; **peak RSS** is the sum of ` + "`VmHWM`" + ` over the proxy's process
 rate; lowest CPU). Client, proxy and server share the machine's cores, so rates are noisy:
 CPU per unit and the interleaved ratios are the steadier figures.
 `
-
-// findings is hand-kept analysis appended to the generated page; it lives
-// here so that regenerating the page keeps it.
-var findings = ""

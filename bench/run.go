@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -206,52 +207,131 @@ func describe(wl workload, s Sample) string {
 	return out
 }
 
-// profile records weir-agent with perf while each workload runs once more
-// (not counted), and writes perf.data plus a text report per workload.
+// profile runs each workload once more over every proxy path (not counted)
+// under perf: `perf stat` counts the proxy's syscalls and context switches
+// per unit of work, and for weir paths `perf record` samples where the CPU
+// goes (a perf.data and a text report per workload in dir).
 func (w *world) profile(paths []*path, wls []workload, dir string, rep *Report) {
 	if _, err := exec.LookPath("perf"); err != nil {
 		w.logf("profile: perf is not installed (Debian package linux-perf); skipping")
-		rep.Profiles = append(rep.Profiles, "perf not installed")
 		return
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		w.logf("profile: %v", err)
 		return
 	}
-	for _, p := range paths {
-		if p.Kind != kindWeir {
-			continue
-		}
-		for _, wl := range wls {
-			if _, ok := p.addr[wl.backend]; !ok {
+	for _, wl := range wls {
+		for _, p := range paths {
+			if _, ok := p.addr[wl.backend]; !ok || p.Kind == kindDirect {
 				continue
 			}
-			data := filepath.Join(dir, fmt.Sprintf("%s-%s.perf.data", p.Name, wl.Name))
-			rec := exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", fmt.Sprint(p.procs.root),
-				"-o", data, "--", "sleep", fmt.Sprint(secondsArg(w.opts.Duration)))
-			if err := rec.Start(); err != nil {
-				w.logf("profile: perf record: %v", err)
-				return
-			}
-			if _, err := wl.run(w, p, w.opts.Duration); err != nil {
-				w.logf("profile: %s over %s: %v", wl.Name, p.Name, err)
-			}
-			rec.Wait()
-			txt := strings.TrimSuffix(data, ".perf.data") + ".txt"
-			report, err := exec.Command("perf", "report", "-i", data, "--stdio", "--no-children",
-				"--sort", "sym", "--percent-limit", "0.5", "-g", "none").Output()
+			pr, err := w.profileCell(wl, p, dir)
 			if err != nil {
-				w.logf("profile: perf report: %v", err)
+				w.logf("profile: %s over %s: %v", wl.Name, p.Name, err)
 				continue
 			}
-			if err := os.WriteFile(txt, report, 0o644); err != nil {
-				w.logf("profile: %v", err)
-				continue
-			}
-			w.logf("profile: %s", txt)
-			rep.Profiles = append(rep.Profiles, txt)
+			w.logf("profile %-15s %-14s %6.1f syscalls, %5.2f context switches, %6.1f µs CPU per %s%s",
+				wl.Name, p.Name, pr.Syscalls, pr.ContextSwitches, pr.CPUus, strings.TrimPrefix(wl.cpuUnit, "µs/"), pr.pathNote())
+			rep.Profiles = append(rep.Profiles, pr)
 		}
 	}
+}
+
+// Profile is one workload over one proxy path under perf. Counts are per
+// request or round trip (per MB for bulk).
+type Profile struct {
+	Workload        string  `json:"workload"`
+	Path            string  `json:"path"`
+	Per             string  `json:"per"`
+	Syscalls        float64 `json:"syscalls"`
+	ContextSwitches float64 `json:"contextSwitches"`
+	CPUus           float64 `json:"cpuUs"`
+	Report          string  `json:"report,omitempty"`
+}
+
+func (p Profile) pathNote() string {
+	if p.Report == "" {
+		return ""
+	}
+	return "  " + p.Report
+}
+
+func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
+	pids, err := p.procs.pids()
+	if err != nil {
+		return Profile{}, err
+	}
+	var ps []string
+	for _, pid := range pids {
+		ps = append(ps, fmt.Sprint(pid))
+	}
+	secs := fmt.Sprint(secondsArg(w.opts.Duration) + 1)
+	statFile := filepath.Join(dir, fmt.Sprintf("%s-%s.stat", p.Name, wl.Name))
+	stat := exec.Command("perf", "stat", "-x,", "-o", statFile, "-e", "raw_syscalls:sys_enter,context-switches,task-clock",
+		"-p", strings.Join(ps, ","), "--", "sleep", secs)
+	var rec *exec.Cmd
+	data := filepath.Join(dir, fmt.Sprintf("%s-%s.perf.data", p.Name, wl.Name))
+	if p.Kind == kindWeir {
+		rec = exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", strings.Join(ps, ","), "-o", data, "--", "sleep", secs)
+		if err := rec.Start(); err != nil {
+			return Profile{}, fmt.Errorf("perf record: %w", err)
+		}
+	}
+	if err := stat.Start(); err != nil {
+		return Profile{}, fmt.Errorf("perf stat: %w", err)
+	}
+	time.Sleep(200 * time.Millisecond) // let perf attach before the load starts
+	s, err := wl.run(w, p, w.opts.Duration)
+	stat.Wait()
+	if rec != nil {
+		rec.Wait()
+	}
+	if err != nil {
+		return Profile{}, err
+	}
+	b, err := os.ReadFile(statFile)
+	if err != nil {
+		return Profile{}, err
+	}
+	counts := parsePerfStat(b)
+	units := s.Units
+	per := strings.TrimPrefix(wl.cpuUnit, "µs/")
+	if wl.backend == backendIPerf {
+		units, per = s.Units/1e6, "MB"
+	}
+	pr := Profile{Workload: wl.Name, Path: p.Name, Per: per,
+		Syscalls: counts["raw_syscalls:sys_enter"] / units, ContextSwitches: counts["context-switches"] / units,
+		CPUus: counts["task-clock"] * 1e3 / units} // task-clock is in ms
+	if rec != nil {
+		txt := strings.TrimSuffix(data, ".perf.data") + ".txt"
+		out, err := exec.Command("perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym",
+			"--percent-limit", "2", "-g", "none").Output()
+		if err == nil {
+			err = os.WriteFile(txt, out, 0o644)
+		}
+		if err != nil {
+			return pr, fmt.Errorf("perf report: %w", err)
+		}
+		pr.Report = txt
+	}
+	return pr, nil
+}
+
+// parsePerfStat reads `perf stat -x,` output: value,unit,event,…
+func parsePerfStat(b []byte) map[string]float64 {
+	m := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Split(line, ",")
+		if len(f) < 3 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		m[f[2]] = v
+	}
+	return m
 }
 
 // median of xs (0 for none).

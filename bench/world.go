@@ -203,6 +203,9 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	}
 	w.exe, _ = os.Executable()
 	for i, p := range peers {
+		if !keep(opts.Paths, p.name) {
+			continue
+		}
 		w.logf("starting peer %s", p.name)
 		w.paths = append(w.paths, w.startPeer(i, p))
 	}

@@ -23,5 +23,11 @@ case " $* " in
   *" --quick "* | *" -quick "* | *" --doc "* | *" -doc "*) ;;
   *) doc=(--doc docs/benchmarks.md) ;;
 esac
+# A full run also counts each proxy's syscalls and context switches with perf
+# (one extra unrecorded run per cell) and samples weir-agent's CPU.
+case " $* " in
+  *" --quick "* | *" -quick "* | *"-profile"*) ;;
+  *) command -v perf >/dev/null && doc+=(--profile "$out/profile") ;;
+esac
 if [ $# -eq 0 ]; then export WEIR_BENCH_COMMAND="make bench"; else export WEIR_BENCH_COMMAND="hack/bench.sh $*"; fi
 exec "$out/weir-bench" --json "$out/results.json" "${doc[@]}" "${args[@]}"

@@ -72,8 +72,8 @@ func run() int {
 	}
 	fmt.Printf("\nJSON results: %s\n", out)
 	if *doc != "" {
-		if err := os.WriteFile(*doc, []byte(rep.Markdown()), 0o644); err != nil {
-			fmt.Fprintf(os.Stderr, "weir-bench: write %s: %v\n", *doc, err)
+		if err := rep.WriteMarkdown(*doc); err != nil {
+			fmt.Fprintf(os.Stderr, "weir-bench: %v\n", err)
 			return 1
 		}
 		fmt.Printf("markdown: %s\n", *doc)
