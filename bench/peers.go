@@ -25,7 +25,7 @@ type peer struct {
 	tool string
 	// start runs the peer listening on 127.0.0.1:listen[b] and forwarding to
 	// upstream[b] for each backend, and returns its processes.
-	start func(w *world, listen map[backend]int, upstream map[backend]string) procGroup
+	start func(w *world, listen map[backend]int, upstream map[backend]string) *proc
 }
 
 var peers = []peer{
@@ -68,13 +68,18 @@ func (w *world) startPeer(i int, p peer) *path {
 			"-d", peerVIP(i), "--dport", strconv.Itoa(servicePort[b]),
 			"-j", "REDIRECT", "--to-ports", strconv.Itoa(listen[b]))
 	}
-	procs := p.start(w, listen, upstream)
+	pr := p.start(w, listen, upstream)
+	pr.name = p.name
 	for _, b := range backends {
 		if port, ok := listen[b]; ok {
 			w.plain.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
 		}
 	}
-	return &path{Name: p.name, Kind: kindPeer, Desc: p.desc, client: w.plain, addr: addr, procs: procs}
+	// nginx's workers are children of its master; haproxy and the Go relay
+	// are one process each.
+	procs := procGroup{root: pr.pid(), withWorkers: p.tool == "nginx"}
+	return &path{Name: p.name, Kind: kindPeer, Desc: p.desc, client: w.plain, addr: addr, procs: procs,
+		deps: append([]*proc{pr}, w.first.servers...)}
 }
 
 // nginxModuleStream is where Debian's libnginx-mod-stream puts the module.
@@ -87,12 +92,12 @@ daemon off;
 worker_processes 2;
 worker_rlimit_nofile 65536;
 pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
+error_log %[1]s/error.log notice;
 events { worker_connections 16384; multi_accept on; }
 `, dir)
 }
 
-func startNginx(w *world, conf, dir string) procGroup {
+func startNginx(w *world, conf, dir string) *proc {
 	t := w.t
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
@@ -101,11 +106,11 @@ func startNginx(w *world, conf, dir string) procGroup {
 	if out, err := exec.Command("nginx", "-t", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log")).CombinedOutput(); err != nil {
 		t.Fatalf("nginx config for the bench is invalid: %v\n%s\n%s", err, out, conf)
 	}
-	cmd := w.plain.Start(t, "nginx", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log"))
-	return procGroup{root: cmd.Process.Pid, withWorkers: true}
+	errLog := filepath.Join(dir, "error.log")
+	return w.startProc(w.plain.Netns, "nginx", []string{errLog}, "nginx", "-p", dir, "-c", path, "-e", errLog)
 }
 
-func startNginxStream(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+func startNginxStream(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	dir := w.t.TempDir()
 	_, err := os.Stat(nginxModuleStream)
 	testworld.Require(w.t, err == nil, "nginx stream module "+nginxModuleStream+" (Debian package libnginx-mod-stream)")
@@ -118,7 +123,7 @@ func startNginxStream(w *world, listen map[backend]int, upstream map[backend]str
 	return startNginx(w, b.String(), dir)
 }
 
-func startNginxHTTP(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+func startNginxHTTP(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	dir := w.t.TempDir()
 	conf := nginxMain(dir) + fmt.Sprintf(`
 http {
@@ -143,8 +148,8 @@ http {
 	return startNginx(w, conf, dir)
 }
 
-func startHAProxy(http bool) func(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
-	return func(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+func startHAProxy(http bool) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 		t := w.t
 		dir := t.TempDir()
 		mode := "tcp"
@@ -180,12 +185,11 @@ defaults
 		if out, err := exec.Command("haproxy", "-c", "-f", path).CombinedOutput(); err != nil {
 			t.Fatalf("haproxy config for the bench is invalid: %v\n%s\n%s", err, out, b.String())
 		}
-		cmd := w.plain.Start(t, "haproxy", "-db", "-f", path)
-		return procGroup{root: cmd.Process.Pid}
+		return w.startProc(w.plain.Netns, "haproxy", nil, "haproxy", "-db", "-f", path)
 	}
 }
 
-func startGoRelay(w *world, listen map[backend]int, upstream map[backend]string) procGroup {
+func startGoRelay(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	var args []string
 	for _, b := range backends {
 		args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
@@ -194,6 +198,5 @@ func startGoRelay(w *world, listen map[backend]int, upstream map[backend]string)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	cmd := w.plain.Start(w.t, exe, args...)
-	return procGroup{root: cmd.Process.Pid}
+	return w.startProc(w.plain.Netns, "go-relay", nil, exe, args...)
 }

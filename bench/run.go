@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/weir-mesh/weir/integration/testworld"
@@ -177,12 +178,18 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 
 // cell runs one workload over one path with the proxy's accounting around it.
 func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
+	if err := p.check(); err != nil {
+		return Sample{}, err
+	}
 	u, err := p.procs.begin()
 	if err != nil {
 		return Sample{}, err
 	}
 	s, err := wl.run(w, p, d)
 	if err != nil {
+		if cerr := p.check(); cerr != nil {
+			return Sample{}, fmt.Errorf("%w (%v)", cerr, err)
+		}
 		return Sample{}, err
 	}
 	cpu, rss, err := u.end()
@@ -191,6 +198,21 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	}
 	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
 	return s, nil
+}
+
+// check reports a dead server, proxy or agent the path needs.
+func (p *path) check() error {
+	for _, d := range p.deps {
+		if err := d.check(); err != nil {
+			return err
+		}
+	}
+	if p.agent != nil {
+		if err := syscall.Kill(p.agent.Pid(), 0); err != nil {
+			return fmt.Errorf("weir-agent (pid %d) is gone: %w", p.agent.Pid(), err)
+		}
+	}
+	return nil
 }
 
 func describe(wl workload, s Sample) string {

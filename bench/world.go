@@ -60,13 +60,16 @@ type path struct {
 	addr  map[backend]string
 	procs procGroup
 	agent *testworld.Agent
+	// deps are the processes the path needs alive: the servers and its proxy.
+	deps []*proc
 }
 
 // site is one node with its server pod; the first also holds the direct
 // path and the peers.
 type site struct {
-	node   *testworld.Node
-	server *testworld.Pod
+	node    *testworld.Node
+	server  *testworld.Pod
+	servers []*proc
 }
 
 // world is the benchmark's test world and its paths, in table order.
@@ -80,6 +83,8 @@ type world struct {
 	// pod, where the direct path and the peers run.
 	first *site
 	plain *testworld.Pod
+	// procs are every server and peer process started.
+	procs []*proc
 }
 
 // tuneNetns lets a netns take connection churn: reuse of TIME_WAIT ports,
@@ -113,7 +118,7 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 	agent := node.StartAgent(t, cfg)
 	s := &site{node: node, server: node.MustAddPod(t, "bench-server", "server")}
 	tuneNetns(t, s.server.Netns)
-	w.startServers(s.server)
+	s.servers = w.startServers(s.server)
 
 	// Restart the agent with the services now that the server's address is
 	// known; pods added so far are not captured, so nothing is lost.
@@ -134,7 +139,7 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 func captureNamespace(mode string) string { return "bench-weir-" + mode }
 
 // startServers runs the three backends in the server pod.
-func (w *world) startServers(p *testworld.Pod) {
+func (w *world) startServers(p *testworld.Pod) []*proc {
 	t := w.t
 	dir := t.TempDir()
 	conf := fmt.Sprintf(`
@@ -143,7 +148,7 @@ daemon off;
 worker_processes 1;
 worker_rlimit_nofile 65536;
 pid %[1]s/nginx.pid;
-error_log %[1]s/error.log;
+error_log %[1]s/error.log notice;
 events { worker_connections 16384; }
 http {
   access_log off;
@@ -160,16 +165,20 @@ http {
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.Start(t, "nginx", "-p", dir, "-c", path, "-e", filepath.Join(dir, "error.log"))
-	p.Start(t, "iperf3", "-s", "-p", strconv.Itoa(serverPorts[backendIPerf]))
+	errLog := filepath.Join(dir, "error.log")
+	procs := []*proc{
+		w.startProc(p.Netns, "server nginx", []string{errLog}, "nginx", "-p", dir, "-c", path, "-e", errLog),
+		w.startProc(p.Netns, "server iperf3", nil, "iperf3", "-s", "-p", strconv.Itoa(serverPorts[backendIPerf])),
+	}
 	exe, args, err := helperCommand("echo", "-listen", fmt.Sprintf(":%d", serverPorts[backendEcho]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Start(t, exe, args...)
+	procs = append(procs, w.startProc(p.Netns, "server echo", nil, exe, args...))
 	for _, b := range backends {
 		p.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", serverPorts[b]))
 	}
+	return procs
 }
 
 // buildWorld makes every node, pod, server and proxy, and lists the paths.
@@ -186,7 +195,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 			tuneNetns(t, plain.Netns)
 			w.paths = append(w.paths, &path{
 				Name: "direct", Kind: kindDirect, Desc: "client connects straight to the server pod",
-				client: plain, addr: serverAddrs(s.server),
+				client: plain, addr: serverAddrs(s.server), deps: s.servers,
 			})
 			w.plain = plain
 		}
@@ -198,7 +207,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		}
 		w.paths = append(w.paths, &path{
 			Name: "weir-" + mode, Kind: kindWeir, Desc: "weir-agent, captured by weir-cni's " + mode + " rules",
-			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent,
+			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
 		})
 	}
 	w.exe, _ = os.Executable()
