@@ -57,7 +57,7 @@ command -v "$kubectl" >/dev/null || die "KUBECONFIG is set but there is no kubec
 created=""
 if ! "$kubectl" get namespace weir-system >/dev/null 2>&1; then
 	log "creating namespace weir-system for the dry run"
-	"$kubectl" create namespace weir-system >&2
+	"$kubectl" create namespace weir-system --save-config >&2
 	created=1
 fi
 cleanup() {
