@@ -577,6 +577,31 @@ func TestHelmChart(t *testing.T) {
 		}
 	})
 
+	t.Run("optional values render valid objects", func(t *testing.T) {
+		out, err := helm(t, bin, "template", "weir", "helm/weir",
+			"--set-json", `extraTolerations=[{"key":"dedicated","operator":"Equal","value":"infra","effect":"NoSchedule"}]`,
+			"--set-json", `imagePullSecrets=[{"name":"regcred"}]`,
+			"--set-json", `podAnnotations={"example.com/team":"mesh"}`,
+			"--set", "priorityClassName=", "--set", "cni.logFile=")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := parseStream(out)
+		if err != nil {
+			t.Fatalf("rendered chart: %v", err)
+		}
+		pod := find[*appsv1.DaemonSet](t, objs, "DaemonSet", "weir-agent").Spec.Template
+		if len(pod.Spec.Tolerations) != 4 || pod.Spec.Tolerations[3].Key != "dedicated" {
+			t.Errorf("tolerations %v", pod.Spec.Tolerations)
+		}
+		if len(pod.Spec.ImagePullSecrets) != 1 || pod.Annotations["example.com/team"] != "mesh" || pod.Spec.PriorityClassName != "" {
+			t.Errorf("pull secrets %v, annotations %v, priority class %q", pod.Spec.ImagePullSecrets, pod.Annotations, pod.Spec.PriorityClassName)
+		}
+		if f := flags(container(t, pod.Spec.InitContainers, "install-cni").Command[3:]); f["log-file"] != "" {
+			t.Errorf("--log-file=%q, want empty", f["log-file"])
+		}
+	})
+
 	t.Run("bad values fail the render", func(t *testing.T) {
 		for _, set := range []string{"capture.mode=ebpf", "agent.admin=localhost"} {
 			if _, err := helm(t, bin, "template", "weir", "helm/weir", "--set", set); err == nil {
