@@ -70,7 +70,7 @@ func checkBinDir(dir string) error {
 		p := filepath.Join(dir, name)
 		fi, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("stat %s: %w", p, err)
+			return err // names the path already
 		}
 		if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0 {
 			return fmt.Errorf("%s is not an executable file", p)

@@ -34,7 +34,7 @@ const ServiceCIDR = "10.96.0.0/16"
 // about 3 s on an idle machine; the margins cover a loaded CI runner.
 const (
 	etcdReadyTimeout      = 30 * time.Second
-	apiserverReadyTimeout = 90 * time.Second
+	apiserverReadyTimeout = 120 * time.Second
 	startAttempts         = 3 // a free port can be taken between probe and bind
 )
 
