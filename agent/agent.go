@@ -7,9 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,6 +39,7 @@ type Agent struct {
 	// when the config says auto.
 	backend string
 
+	reloadMu     sync.Mutex
 	podsCaptured prometheus.Gauge
 	cniRequests  *prometheus.CounterVec
 }
@@ -112,6 +116,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.ready.Store(true)
 	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String())
 
+	hcCtx, stopHC := context.WithCancel(context.Background())
+	defer stopHC()
+	go route.RunHealthChecks(hcCtx, a.routes, a.healthDial, time.Second, 64)
+
 	sweep := time.NewTicker(time.Duration(a.cfg.SweepInterval))
 	defer sweep.Stop()
 	var runErr error
@@ -181,6 +189,39 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	return ln, nil
+}
+
+// healthDial connects active health checks from the agent's own network
+// namespace (the node's), where every pod is reachable.
+func (a *Agent) healthDial(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// Reload swaps in the services (and unknownDestinations, zone) of a new
+// config without touching running pods; unchanged clusters keep their state.
+// Other settings need a restart; Reload says which ones differ.
+func (a *Agent) Reload(cfg Config) error {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	snap, err := buildRoutes(cfg, a.routes.Load())
+	if err != nil {
+		return err
+	}
+	a.routes.Store(snap)
+	a.log.Info("routes reloaded", "services", len(cfg.Services))
+	old, cur := a.cfg, cfg
+	old.Services, cur.Services = nil, nil
+	old.UnknownDestinations, cur.UnknownDestinations = "", ""
+	old.Zone, cur.Zone = "", ""
+	if !reflect.DeepEqual(old, cur) {
+		a.log.Warn("reload applied services only; restart the agent for the other changes")
+	}
+	return nil
 }
 
 // sweep releases pods whose network namespace path is gone or now names a

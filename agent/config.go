@@ -5,6 +5,7 @@
 package agent
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/podconfig"
+	"github.com/weir-mesh/weir/proxy/cluster"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -44,6 +46,9 @@ type Config struct {
 	// UnknownDestinations is passthrough (default) or refuse: what happens
 	// to outbound connections that match no service.
 	UnknownDestinations string `json:"unknownDestinations"`
+	// Zone is this node's topology zone, for clusters with locality
+	// preference (endpoints labelled zone=<this> first).
+	Zone string `json:"zone"`
 }
 
 // Capture is the static enrolment policy and the interception settings.
@@ -88,7 +93,38 @@ type Service struct {
 	Name      string   `json:"name"`
 	Address   string   `json:"address"`
 	Addresses []string `json:"addresses"`
-	Endpoints []string `json:"endpoints"`
+	// Endpoints are "ip:port" strings or objects with address, weight,
+	// labels and health.
+	Endpoints []Endpoint `json:"endpoints"`
+	// Cluster holds balancing and resilience settings (balancer, retry,
+	// outlier, circuitBreaker, …); every field has a default.
+	Cluster cluster.Config `json:"cluster"`
+}
+
+// Endpoint is one upstream of a service.
+type Endpoint struct {
+	Address string            `json:"address"`
+	Weight  uint32            `json:"weight,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Health  cluster.Health    `json:"health,omitempty"`
+}
+
+// UnmarshalJSON accepts a plain "ip:port" string or an object.
+func (e *Endpoint) UnmarshalJSON(b []byte) error {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		*e = Endpoint{Address: s}
+		return nil
+	}
+	type plain Endpoint
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var p plain
+	if err := dec.Decode(&p); err != nil {
+		return err
+	}
+	*e = Endpoint(p)
+	return nil
 }
 
 // Duration is a time.Duration written as "5s" in the file.
@@ -263,6 +299,9 @@ func (c Config) Validate() error {
 		if _, err := s.endpoints(); err != nil {
 			return fmt.Errorf("%s.endpoints: %w", where, err)
 		}
+		if err := s.Cluster.Validate(); err != nil {
+			return fmt.Errorf("%s.cluster: %w", where, err)
+		}
 	}
 	return nil
 }
@@ -283,14 +322,14 @@ func (s Service) addrs() ([]netip.AddrPort, error) {
 	return out, nil
 }
 
-func (s Service) endpoints() ([]netip.AddrPort, error) {
-	out := make([]netip.AddrPort, 0, len(s.Endpoints))
-	for _, r := range s.Endpoints {
-		ap, err := netip.ParseAddrPort(r)
+func (s Service) endpoints() ([]cluster.Endpoint, error) {
+	out := make([]cluster.Endpoint, 0, len(s.Endpoints))
+	for _, e := range s.Endpoints {
+		ap, err := netip.ParseAddrPort(e.Address)
 		if err != nil {
-			return nil, fmt.Errorf("want ip:port (IPv6 as [addr]:port), got %q", r)
+			return nil, fmt.Errorf("want ip:port (IPv6 as [addr]:port), got %q", e.Address)
 		}
-		out = append(out, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+		out = append(out, cluster.Endpoint{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), Weight: e.Weight, Labels: e.Labels, Health: e.Health})
 	}
 	return out, nil
 }

@@ -30,7 +30,10 @@ type mesh struct {
 	client         *testworld.Pod
 }
 
-func newMesh(t *testing.T, w world) *mesh {
+func newMesh(t *testing.T, w world) *mesh { return newMeshWith(t, w, nil) }
+
+// newMeshWith is newMesh with cluster settings for the service.
+func newMeshWith(t *testing.T, w world, clusterCfg map[string]any) *mesh {
 	t.Helper()
 	m := &mesh{w: w, node: testworld.NewNode(t, w.nodeOptions())}
 	// The agent must answer every ADD, captured or not; start it, add the
@@ -46,6 +49,7 @@ func newMesh(t *testing.T, w world) *mesh {
 		services = append(services, map[string]any{
 			"name": "web-" + fam, "address": vip(fam).String(),
 			"endpoints": []string{hostPort(addr(m.srvA, fam), 8080), hostPort(addr(m.srvB, fam), 8080)},
+			"cluster":   clusterCfg,
 		})
 	}
 	m.agent = m.node.StartAgent(t, map[string]any{

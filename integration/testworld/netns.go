@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -76,15 +77,27 @@ func (n *Netns) Start(t T, name string, args ...string) *exec.Cmd {
 	}
 	cmd := n.Command(context.Background(), name, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group, so Kill reaches the children (nginx workers)
+	// too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s in %s: %v", name, n.Name, err)
 	}
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
+		KillGroup(cmd)
 		logf.Close()
 	})
 	return cmd
+}
+
+// KillGroup kills a command started by Start and all its children, and
+// reaps it. Safe to call twice.
+func KillGroup(cmd *exec.Cmd) {
+	if cmd.Process == nil || cmd.ProcessState != nil {
+		return
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	cmd.Wait()
 }
 
 // Do runs f with the calling goroutine's thread inside the namespace.

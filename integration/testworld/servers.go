@@ -1,8 +1,13 @@
 package testworld
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -12,7 +17,11 @@ import (
 // server's name, and the access log records each client's address.
 type Nginx struct {
 	Dir, AccessLog string
+	cmd            *exec.Cmd
 }
+
+// Stop kills nginx (its port then refuses connections).
+func (n *Nginx) Stop() { KillGroup(n.cmd) }
 
 // StartNginx runs nginx in the pod on port (IPv4 and, when the pod has it,
 // IPv6), answering "name\n". It waits until the port accepts.
@@ -48,7 +57,7 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p.Start(t, "nginx", "-c", confPath, "-e", filepath.Join(dir, "error.log"))
+	n.cmd = p.Start(t, "nginx", "-c", confPath, "-e", filepath.Join(dir, "error.log"))
 	p.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
 	return n
 }
@@ -87,4 +96,32 @@ func (n *Netns) Curl(t T, url string, extra ...string) (string, error) {
 	RequireTool(t, "curl")
 	args := append([]string{"-sS", "-g", "--max-time", "5", "--noproxy", "*"}, extra...)
 	return n.Run("curl", append(args, url)...)
+}
+
+// Get sends one HTTP/1.1 GET from inside the namespace on a new connection
+// and returns the body: a cheaper client than curl for long request loops.
+func (n *Netns) Get(target string) (string, error) {
+	c := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return n.Dial(addr, 5*time.Second)
+			},
+			DisableKeepAlives: true,
+			Proxy:             nil,
+		},
+	}
+	resp, err := c.Get(target)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return string(b), fmt.Errorf("GET %s: %s", target, resp.Status)
+	}
+	return string(b), nil
 }

@@ -47,6 +47,24 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// SIGHUP re-reads the file and swaps in its services; a bad file is
+	// logged and changes nothing.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			if *configPath == "" {
+				continue
+			}
+			next, err := agent.LoadConfig(*configPath)
+			if err == nil {
+				err = a.Reload(next)
+			}
+			if err != nil {
+				log.Error("reload refused, keeping the running config", "err", err)
+			}
+		}
+	}()
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent failed", "err", err)
 		return 1
