@@ -21,7 +21,8 @@
 //
 // One world is shared by every test of a test binary when its TestMain calls
 // [Main]; each test still gets its own namespaces and uniquely named nodes.
-// Without [Main], [Start] gives each test a private world (about 3 s more).
+// Without [Main], [Start] gives each test a private world (several seconds
+// each, and about 300 MB of memory while it runs).
 //
 // The binaries are found through WEIR_KUBE_BIN_DIR or, when that is unset, by
 // running hack/kube-binaries.sh (a cold build takes minutes; later runs reuse
