@@ -29,16 +29,22 @@ func (a *Agent) adminHandler() http.Handler {
 			ContainerID string   `json:"containerID"`
 			Netns       string   `json:"netns"`
 			NetnsID     string   `json:"netnsID"`
+			Captured    bool     `json:"captured"`
 			Listeners   []string `json:"listeners"`
-			Redirect    any      `json:"redirect"`
+			Redirect    any      `json:"redirect,omitempty"`
 		}
 		pods := []podView{}
 		for _, p := range a.pods.list() {
+			a.mu.Lock()
 			v := podView{Namespace: p.meta.Namespace, Name: p.meta.Name, ContainerID: p.att.ContainerID,
-				Netns: p.netnsPath, NetnsID: p.ns.ID().String(), Redirect: toWire(p.spec)}
+				Netns: p.netnsPath, NetnsID: p.nsID.String(), Captured: p.ns != nil}
+			if p.ns != nil {
+				v.Redirect = toWire(p.spec)
+			}
 			for _, l := range p.listeners {
 				v.Listeners = append(v.Listeners, string(l.Direction)+" "+l.TCP.Addr().String())
 			}
+			a.mu.Unlock()
 			pods = append(pods, v)
 		}
 		writeJSON(w, http.StatusOK, map[string]any{

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/agent/kube"
 	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
@@ -38,7 +39,14 @@ type Agent struct {
 	// backend is the iptables flavour of the node, detected once at start
 	// when the config says auto.
 	backend string
+	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
+	kube *kube.Source
+	// baseCtx lives as long as Run.
+	baseCtx context.Context
 
+	// mu serialises changes to the set of captured pods (CNI calls,
+	// reconcile, restore); the connection path never takes it.
+	mu           sync.Mutex
 	reloadMu     sync.Mutex
 	podsCaptured prometheus.Gauge
 	cniRequests  *prometheus.CounterVec
@@ -56,11 +64,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &Agent{
-		cfg:    cfg,
-		log:    log,
-		pods:   newRegistry(),
-		routes: &route.Table{},
-		reg:    reg,
+		cfg:     cfg,
+		log:     log,
+		pods:    newRegistry(),
+		routes:  &route.Table{},
+		reg:     reg,
+		baseCtx: context.Background(),
 		podsCaptured: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
 		}),
@@ -92,13 +101,33 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
 		Log:            log,
 	}
+	if cfg.Kubernetes.Enabled {
+		if a.kube, err = newKubeSource(cfg, log); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
 // Run serves weir-cni and the admin endpoints until ctx ends, then shuts
 // down: stop accepting, close every capture listener, wait (bounded by
 // drainTimeout) for open connections, and return.
+//
+// Start-up order: re-capture the pods a previous agent left (listeners
+// first), serve the CNI socket, sync the Kubernetes caches, reconcile every
+// pod with the policy, and only then report ready (and lift the node taint).
 func (a *Agent) Run(ctx context.Context) error {
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	a.baseCtx = runCtx
+	if a.kube != nil {
+		if err := a.kube.SetNodeReady(ctx, false); err != nil {
+			a.log.Warn("cannot taint node not-ready", "err", err)
+		}
+	}
+	if err := a.restoreState(); err != nil {
+		a.log.Error("restore state", "err", err)
+	}
 	cniLn, err := listenUnix(a.cfg.Socket)
 	if err != nil {
 		return err
@@ -113,15 +142,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- serveHTTP(cniSrv, cniLn) }()
 	go func() { errc <- serveHTTP(adminSrv, adminLn) }()
-	a.ready.Store(true)
-	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String())
 
-	hcCtx, stopHC := context.WithCancel(context.Background())
-	defer stopHC()
-	go route.RunHealthChecks(hcCtx, a.routes, a.healthDial, time.Second, 64)
+	var changed <-chan struct{}
+	if a.kube != nil {
+		if err := a.kube.Run(runCtx); err != nil {
+			cniSrv.Close()
+			adminSrv.Close()
+			return fmt.Errorf("kubernetes: %w", err)
+		}
+		changed = a.kube.Changed()
+		a.syncKube()
+	}
+	if err := a.writeEnablement(); err != nil {
+		a.log.Error("write enablement file", "err", err)
+	}
+	a.reconcile(runCtx, "start")
+	a.ready.Store(true)
+	if a.kube != nil {
+		if err := a.kube.SetNodeReady(ctx, true); err != nil {
+			a.log.Warn("cannot lift node not-ready taint", "err", err)
+		}
+	}
+	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+
+	go route.RunHealthChecks(runCtx, a.routes, a.healthDial, time.Second, 64)
 
 	sweep := time.NewTicker(time.Duration(a.cfg.SweepInterval))
 	defer sweep.Stop()
+	resync := time.NewTicker(time.Duration(a.cfg.ReconcileInterval))
+	defer resync.Stop()
 	var runErr error
 loop:
 	for {
@@ -133,10 +182,18 @@ loop:
 			break loop
 		case <-sweep.C:
 			a.sweep()
+		case <-resync.C:
+			a.reconcile(runCtx, "periodic")
+		case <-changed:
+			a.syncKube()
+			if err := a.writeEnablement(); err != nil {
+				a.log.Error("write enablement file", "err", err)
+			}
+			a.reconcile(runCtx, "kubernetes change")
 		}
 	}
 	a.ready.Store(false)
-	a.log.Info("agent stopping", "pods", a.pods.len())
+	a.log.Info("agent stopping", "pods", a.pods.capturedCount())
 	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	cniSrv.Shutdown(shutCtx)
 	cancel()
@@ -149,9 +206,14 @@ loop:
 	if err := a.engine.Shutdown(drainCtx); err != nil {
 		a.log.Warn("drain deadline passed, closed remaining connections", "timeout", time.Duration(a.cfg.DrainTimeout).String())
 	}
+	// Rules stay in the pods and the state file stays on disk: a pod of an
+	// enabled namespace must not silently leave the mesh because the agent
+	// stopped; the next agent picks them up from the state file.
+	a.mu.Lock()
 	for _, p := range a.pods.list() {
-		a.release(p.att, "shutdown")
+		a.uncapture(p)
 	}
+	a.mu.Unlock()
 	adminSrv.Close()
 	a.log.Info("agent stopped")
 	return runErr
@@ -230,26 +292,31 @@ func (a *Agent) Reload(cfg Config) error {
 func (a *Agent) sweep() {
 	for _, p := range a.pods.list() {
 		id, err := netns.IDOf(p.netnsPath)
-		if err == nil && id == p.ns.ID() {
+		if err == nil && id == p.nsID {
 			continue
 		}
-		a.release(p.att, "netns gone")
+		a.forget(p.att, "netns gone", false)
 	}
 }
 
-// release closes a pod's listeners and namespace handle. Rules are the
-// plugin's to remove (it does so before DEL reaches here); connections
-// already relayed run to their end.
-func (a *Agent) release(att api.Attachment, why string) bool {
+// forget drops an attachment: closes its listeners and namespace handle
+// and, with removeRules, takes its rules out first (at DEL the plugin has
+// done that already). Connections already relayed run to their end.
+func (a *Agent) forget(att api.Attachment, why string, removeRules bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	p := a.pods.remove(att)
 	if p == nil {
 		return false
 	}
-	closeListeners(p.listeners)
-	p.serving.Wait()
-	p.ns.Close()
-	a.podsCaptured.Set(float64(a.pods.len()))
-	a.log.Info("pod released", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)
+	if removeRules && p.ns != nil {
+		if err := redirect.Remove(p.ns.FdPath()); err != nil {
+			a.log.Warn("remove rules", "container", att.ContainerID, "err", err)
+		}
+	}
+	a.uncapture(p)
+	a.afterChange()
+	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)
 	return true
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -49,6 +50,32 @@ type Config struct {
 	// Zone is this node's topology zone, for clusters with locality
 	// preference (endpoints labelled zone=<this> first).
 	Zone string `json:"zone"`
+	// StateDir holds the agent's state across restarts and the enablement
+	// file weir-cni reads; default: the socket's directory. It must be on
+	// tmpfs (such as /run): after a reboot no pod netns survives.
+	StateDir string `json:"stateDir"`
+	// ReconcileInterval is how often every pod is checked against the
+	// policy and its rules verified (repairing damage).
+	ReconcileInterval Duration `json:"reconcileInterval"`
+	// NetnsDirs are searched for the network namespace of a pod the agent
+	// never saw an ADD for (then /proc).
+	NetnsDirs []string `json:"netnsDirs"`
+	// Kubernetes turns on the cluster sources.
+	Kubernetes Kubernetes `json:"kubernetes"`
+}
+
+// Kubernetes configures the agent's view of the cluster: enablement from
+// namespace labels and pod annotations, services from Services and
+// EndpointSlices (replacing services:), and the node's readiness taint.
+type Kubernetes struct {
+	Enabled bool `json:"enabled"`
+	// Kubeconfig is a kubeconfig file; empty means in-cluster credentials.
+	Kubeconfig string `json:"kubeconfig"`
+	// NodeName is this node; empty means the NODE_NAME environment variable.
+	NodeName string `json:"nodeName"`
+	// Namespace is the agent's own namespace, never captured; empty means
+	// the POD_NAMESPACE environment variable, else weir-system.
+	Namespace string `json:"namespace"`
 }
 
 // Capture is the static enrolment policy and the interception settings.
@@ -179,6 +206,8 @@ func DefaultConfig() Config {
 		ConnectTimeout:      Duration(5 * time.Second),
 		DrainTimeout:        Duration(10 * time.Second),
 		SweepInterval:       Duration(30 * time.Second),
+		ReconcileInterval:   Duration(60 * time.Second),
+		NetnsDirs:           []string{"/run/netns", "/var/run/netns"},
 		UnknownDestinations: "passthrough",
 		Capture: Capture{
 			OutboundPort: redirect.DefaultOutboundPort,
@@ -213,6 +242,18 @@ func ParseConfig(b []byte) (Config, error) {
 	if err := yaml.UnmarshalStrict(b, &c); err != nil {
 		return Config{}, fmt.Errorf("decode: %w", err)
 	}
+	if c.StateDir == "" {
+		c.StateDir = filepath.Dir(c.Socket)
+	}
+	if c.Kubernetes.NodeName == "" {
+		c.Kubernetes.NodeName = os.Getenv("NODE_NAME")
+	}
+	if c.Kubernetes.Namespace == "" {
+		c.Kubernetes.Namespace = os.Getenv("POD_NAMESPACE")
+	}
+	if c.Kubernetes.Namespace == "" {
+		c.Kubernetes.Namespace = "weir-system"
+	}
 	if err := c.Validate(); err != nil {
 		return Config{}, err
 	}
@@ -232,7 +273,16 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("logLevel: want debug, info, warn or error, got %q", c.LogLevel)
 	}
-	for key, d := range map[string]Duration{"connectTimeout": c.ConnectTimeout, "drainTimeout": c.DrainTimeout, "sweepInterval": c.SweepInterval} {
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("stateDir: must be an absolute path, got %q", c.StateDir)
+	}
+	if c.Kubernetes.Enabled && c.Kubernetes.NodeName == "" {
+		return fmt.Errorf("kubernetes.nodeName: required when kubernetes.enabled (or set NODE_NAME)")
+	}
+	if c.Kubernetes.Enabled && len(c.Services) > 0 {
+		return fmt.Errorf("services: not used when kubernetes.enabled (services come from the cluster); remove them")
+	}
+	for key, d := range map[string]Duration{"connectTimeout": c.ConnectTimeout, "drainTimeout": c.DrainTimeout, "sweepInterval": c.SweepInterval, "reconcileInterval": c.ReconcileInterval} {
 		if d <= 0 {
 			return fmt.Errorf("%s: must be positive", key)
 		}

@@ -15,20 +15,25 @@ import (
 	"github.com/weir-mesh/weir/redirect"
 )
 
-// pod is one captured attachment: the namespace the agent holds open and the
-// capture listeners inside it.
+// pod is one attachment the agent knows, captured or not. Knowing the
+// netns of uncaptured pods lets the agent onboard them later without a
+// restart. When captured, ns, spec and listeners are set.
 type pod struct {
 	att       api.Attachment
 	meta      api.Pod
 	netnsPath string
+	nsID      netns.ID
+	cniIPs    []string // addresses as the CNI result gave them (CIDR)
+	ips       []netip.Addr
+	nodeMode  redirect.Mode // the conflist's mode, the node default
+
 	ns        *netns.Handle
 	spec      redirect.Spec
 	listeners []proxy.Listener
-	ips       []netip.Addr
 	serving   sync.WaitGroup
 }
 
-// registry holds captured pods by attachment. Its lock guards the map only;
+// registry holds known pods by attachment. Its lock guards the map only;
 // nothing on the connection path takes it.
 type registry struct {
 	mu   sync.Mutex
@@ -75,6 +80,18 @@ func (r *registry) len() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.pods)
+}
+
+func (r *registry) capturedCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, p := range r.pods {
+		if p.ns != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // families reports which address families a pod has, from its CNI result.

@@ -7,7 +7,6 @@ import (
 	"net/http"
 
 	"github.com/weir-mesh/weir/agent/api"
-	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/redirect"
 )
@@ -87,8 +86,9 @@ type gcReq struct{ api.GCRequest }
 func (r gcReq) version() string { return r.Version }
 
 // add decides on a pod and, when it is captured, opens its listeners before
-// any rule can point at them. Repeating an ADD for the same attachment and
-// namespace is answered from what is already open.
+// any rule can point at them. Repeating an ADD for the same attachment,
+// namespace and spec is answered from what is already open. Uncaptured pods
+// are remembered too, so that enabling their namespace later onboards them.
 func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if r.Attachment.ContainerID == "" {
 		return api.AddResponse{}, badRequest{errors.New("attachment.containerID is empty")}
@@ -96,78 +96,68 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if r.Netns == "" {
 		return api.AddResponse{}, badRequest{errors.New("netns is empty")}
 	}
-	captured, why := a.captures(r.Pod)
-	if !captured {
-		a.log.Info("pod not captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "why", why)
-		return api.AddResponse{Captured: false, Reason: why}, nil
-	}
-	v4, v6, err := families(r.IPs)
-	if err != nil {
+	if _, _, err := families(r.IPs); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	nodeMode := redirect.Mode(r.Mode)
-	if nodeMode == "" {
-		nodeMode = redirect.ModeRedirect
-	}
-	spec := a.cfg.overridesFor(r.Pod.Namespace, r.Pod.Name).Apply(a.cfg.redirectSpec(v4, v6, nodeMode))
-	if spec.Backend == "" {
-		spec.Backend = a.backend
-	}
-	spec = spec.WithDefaults()
-	if err := spec.Validate(); err != nil {
-		return api.AddResponse{}, badRequest{fmt.Errorf("capture for %s/%s: %w", r.Pod.Namespace, r.Pod.Name, err)}
-	}
-	podIPs := podAddrs(r.IPs)
-
 	id, err := netns.IDOf(r.Netns)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	if p := a.pods.get(r.Attachment); p != nil && p.ns.ID() == id && equalSpec(p.spec, spec) {
-		return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(p.spec)}, nil
+	name := r.Pod.Namespace + "/" + r.Pod.Name
+	d := a.decide(a.baseCtx, r.Pod)
+	if d.err != nil {
+		return api.AddResponse{}, fmt.Errorf("cannot decide capture for %s: %w", name, d.err)
 	}
-	ns, err := netns.Open(r.Netns)
+	next := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, nsID: id, cniIPs: r.IPs, ips: podAddrs(r.IPs), nodeMode: redirect.Mode(r.Mode)}
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	old := a.pods.get(r.Attachment)
+	if !d.captured {
+		if old != nil {
+			a.uncapture(old)
+		}
+		a.pods.swap(next)
+		a.afterChange()
+		a.log.Info("pod not captured", "pod", name, "why", d.reason)
+		a.recordCapture(next, false, d.reason)
+		return api.AddResponse{Captured: false, Reason: d.reason}, nil
+	}
+	spec, err := a.specFor(next, d)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	ls, err := openListeners(ns, spec)
-	if err != nil {
-		ns.Close()
-		return api.AddResponse{}, fmt.Errorf("open capture listeners for %s/%s: %w", r.Pod.Namespace, r.Pod.Name, err)
+	if old != nil && old.ns != nil && old.nsID == id && equalSpec(old.spec, spec) {
+		return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(old.spec)}, nil
 	}
-	p := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, ns: ns, spec: spec, listeners: ls, ips: podIPs}
-	if old := a.pods.swap(p); old != nil {
-		closeListeners(old.listeners)
-		old.ns.Close()
+	if old != nil {
+		a.uncapture(old)
 	}
-	a.serve(p)
-	a.podsCaptured.Set(float64(a.pods.len()))
-	a.log.Info("pod captured", "pod", r.Pod.Namespace+"/"+r.Pod.Name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", v4, "ipv6", v6)
-	return api.AddResponse{Captured: true, Reason: why, Redirect: toWire(spec)}, nil
-}
-
-func (a *Agent) serve(p *pod) {
-	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: p.ns, Addrs: p.ips}
-	for _, l := range p.listeners {
-		p.serving.Add(1)
-		go func() {
-			defer p.serving.Done()
-			a.engine.Serve(l, w)
-		}()
+	if err := a.capture(next, spec); err != nil {
+		a.pods.remove(r.Attachment)
+		a.afterChange()
+		return api.AddResponse{}, err
 	}
+	a.pods.swap(next)
+	a.afterChange()
+	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
+	a.recordCapture(next, true, d.reason)
+	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec)}, nil
 }
 
 func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	p := a.pods.get(r.Attachment)
-	if p == nil {
-		captured, _ := a.captures(r.Pod)
-		return api.CheckResponse{Captured: captured, Listening: false}, nil
+	if p == nil || p.ns == nil {
+		d := a.decide(a.baseCtx, r.Pod)
+		return api.CheckResponse{Captured: d.captured, Listening: false}, nil
 	}
 	return api.CheckResponse{Captured: true, Listening: len(p.listeners) > 0, Redirect: toWire(p.spec)}, nil
 }
 
 func (a *Agent) del(r delReq) (api.DelResponse, error) {
-	return api.DelResponse{Known: a.release(r.Attachment, "cni del")}, nil
+	return api.DelResponse{Known: a.forget(r.Attachment, "cni del", false)}, nil
 }
 
 func (a *Agent) gc(r gcReq) (api.GCResponse, error) {
@@ -182,10 +172,7 @@ func (a *Agent) gc(r gcReq) (api.GCResponse, error) {
 		}
 		// The runtime no longer knows this attachment: take the rules out
 		// too, since no DEL will come to do it.
-		if err := redirect.Remove(p.ns.FdPath()); err != nil {
-			a.log.Warn("gc: remove rules", "container", p.att.ContainerID, "err", err)
-		}
-		if a.release(p.att, "cni gc") {
+		if a.forget(p.att, "cni gc", true) {
 			n++
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -38,6 +39,11 @@ type Conf struct {
 	LogLevel string `json:"logLevel"`
 	// AgentTimeout bounds each call to the agent (default "10s").
 	AgentTimeout string `json:"agentTimeout"`
+	// EnablementFile lists the namespaces whose pods need the agent; the
+	// agent keeps it current. When the agent cannot be reached, pods of
+	// other namespaces start anyway. Default: enablement.json beside
+	// agentSocket. A missing file means every pod needs the agent.
+	EnablementFile string `json:"enablementFile"`
 
 	// Keys a runtime injects; accepted so strict decoding does not reject them.
 	RuntimeConfig    json.RawMessage `json:"runtimeConfig,omitempty"`
@@ -65,6 +71,9 @@ func parseConfig(stdin []byte) (*Conf, error) {
 	}
 	if c.AgentSocket == "" {
 		c.AgentSocket = api.DefaultSocket
+	}
+	if c.EnablementFile == "" {
+		c.EnablementFile = filepath.Join(filepath.Dir(c.AgentSocket), "enablement.json")
 	}
 	if c.Mode == "" {
 		c.Mode = string(redirect.ModeRedirect)

@@ -1,12 +1,14 @@
 package plugin
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -70,6 +72,14 @@ func cmdAdd(args *skel.CmdArgs) error {
 		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
 	}, &resp)
 	if err != nil {
+		var ue *unreachableError
+		if errors.As(err, &ue) && !conf.needsAgent(pod.Namespace) {
+			// Fail closed only for pods the agent would capture: this
+			// namespace is not enabled, so the pod starts as it would
+			// without weir (the agent onboards it if that changes).
+			log.Warn("agent unreachable; namespace not enabled, pod starts uncaptured", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+			return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+		}
 		log.Error("agent add failed", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 		return agentCallError("ADD", conf, err)
 	}
@@ -213,6 +223,23 @@ func agentCallError(verb string, conf *Conf, err error) error {
 		return types.NewError(ErrAgentRefused, "weir-agent refused "+verb, ae.msg)
 	}
 	return types.NewError(types.ErrInternal, "weir-agent call failed", err.Error())
+}
+
+// needsAgent reports whether pods of namespace must wait for the agent,
+// from the enablement file the agent keeps. Without a readable file nobody
+// can tell, so every pod waits (fail closed).
+func (c *Conf) needsAgent(namespace string) bool {
+	b, err := os.ReadFile(c.EnablementFile)
+	if err != nil {
+		return true
+	}
+	var e struct {
+		Namespaces []string `json:"namespaces"`
+	}
+	if json.Unmarshal(b, &e) != nil || e.Namespaces == nil {
+		return true
+	}
+	return slices.Contains(e.Namespaces, namespace)
 }
 
 // checkNetns fails clearly when the runtime passed a netns path that is not

@@ -294,3 +294,24 @@ func sockaddr(ap netip.AddrPort, v6 bool) unix.Sockaddr {
 	}
 	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
 }
+
+// Addrs lists the IP addresses configured inside the namespace (to find
+// which namespace holds a given pod IP).
+func (h *Handle) Addrs() ([]netip.Addr, error) {
+	var out []netip.Addr
+	err := h.Do(func() error {
+		as, err := net.InterfaceAddrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			if n, ok := a.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok {
+					out = append(out, ip.Unmap())
+				}
+			}
+		}
+		return nil
+	})
+	return out, err
+}

@@ -1,0 +1,323 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/agent/podconfig"
+	"github.com/weir-mesh/weir/proxy"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// decision is the enrolment policy's answer for one pod.
+type decision struct {
+	captured  bool
+	reason    string
+	overrides podconfig.Overrides
+	// err means no decision could be made (the API is unreachable and the
+	// pod is unknown): a CNI ADD must fail rather than guess.
+	err error
+}
+
+// decide asks the policy in force: the Kubernetes source when running in a
+// cluster, else the static namespace list. Static overrides apply in both,
+// pod annotations on top of them.
+func (a *Agent) decide(ctx context.Context, p api.Pod) decision {
+	static := a.cfg.overridesFor(p.Namespace, p.Name)
+	if a.kube == nil {
+		captured, why := a.captures(p)
+		return decision{captured: captured, reason: why, overrides: static}
+	}
+	d := a.kube.Decide(ctx, p.Namespace, p.Name)
+	if d.Err != nil {
+		return decision{err: d.Err, reason: d.Reason}
+	}
+	return decision{captured: d.Captured, reason: d.Reason, overrides: mergeOverrides(static, d.Overrides)}
+}
+
+// mergeOverrides lays b over a: a set field of b wins.
+func mergeOverrides(a, b podconfig.Overrides) podconfig.Overrides {
+	if b.Mode != "" {
+		a.Mode = b.Mode
+	}
+	if b.ExcludeInboundPorts != nil || b.IncludeInboundPorts != nil {
+		a.ExcludeInboundPorts, a.IncludeInboundPorts = b.ExcludeInboundPorts, b.IncludeInboundPorts
+	}
+	if b.ExcludeOutboundPorts != nil {
+		a.ExcludeOutboundPorts = b.ExcludeOutboundPorts
+	}
+	if b.ExcludeOutboundCIDRs != nil {
+		a.ExcludeOutboundCIDRs = b.ExcludeOutboundCIDRs
+	}
+	return a
+}
+
+// specFor is the redirect a captured pod gets.
+func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
+	v4, v6, err := families(p.cniIPs)
+	if err != nil {
+		return redirect.Spec{}, err
+	}
+	mode := p.nodeMode
+	if mode == "" {
+		mode = redirect.ModeRedirect
+	}
+	spec := d.overrides.Apply(a.cfg.redirectSpec(v4, v6, mode))
+	if spec.Backend == "" {
+		spec.Backend = a.backend
+	}
+	spec = spec.WithDefaults()
+	if err := spec.Validate(); err != nil {
+		return redirect.Spec{}, fmt.Errorf("capture for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
+	}
+	return spec, nil
+}
+
+// capture opens the pod's namespace and its listeners and starts serving
+// them. It does not touch rules: the plugin programs them at ADD, the
+// agent itself when it onboards or repairs.
+func (a *Agent) capture(p *pod, spec redirect.Spec) error {
+	ns, err := netns.Open(p.netnsPath)
+	if err != nil {
+		return err
+	}
+	if ns.ID() != p.nsID {
+		ns.Close()
+		return fmt.Errorf("netns %s now is another namespace", p.netnsPath)
+	}
+	ls, err := openListeners(ns, spec)
+	if err != nil {
+		ns.Close()
+		return fmt.Errorf("open capture listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
+	}
+	p.ns, p.spec, p.listeners = ns, spec, ls
+	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: ns, Addrs: p.ips}
+	for _, l := range ls {
+		p.serving.Add(1)
+		go func() {
+			defer p.serving.Done()
+			a.engine.Serve(l, w)
+		}()
+	}
+	return nil
+}
+
+// uncapture closes the pod's listeners and namespace handle; relayed
+// connections run to their end.
+func (a *Agent) uncapture(p *pod) {
+	if p.ns == nil {
+		return
+	}
+	closeListeners(p.listeners)
+	p.serving.Wait()
+	p.ns.Close()
+	p.ns, p.listeners, p.spec = nil, nil, redirect.Spec{}
+}
+
+// onboard captures a running pod: listeners first, then the rules that point
+// at them, all or nothing.
+func (a *Agent) onboard(p *pod, spec redirect.Spec) error {
+	if err := a.capture(p, spec); err != nil {
+		return err
+	}
+	if err := redirect.Apply(p.ns.FdPath(), spec); err != nil {
+		a.uncapture(p)
+		return fmt.Errorf("apply rules: %w", err)
+	}
+	return nil
+}
+
+// offboard releases a running pod: rules first, then the listeners.
+func (a *Agent) offboard(p *pod) error {
+	if p.ns == nil {
+		return nil
+	}
+	if err := redirect.Remove(p.ns.FdPath()); err != nil {
+		return fmt.Errorf("remove rules: %w", err)
+	}
+	a.uncapture(p)
+	return nil
+}
+
+// reconcile brings every known pod in line with the policy: pods whose
+// netns vanished are forgotten; newly enabled pods are onboarded, disabled
+// ones released, changed ones re-programmed, and captured ones whose rules
+// were damaged repaired. In a cluster it also finds the namespaces of
+// enabled pods the agent never saw an ADD for.
+func (a *Agent) reconcile(ctx context.Context, why string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.kube != nil {
+		a.discover(ctx)
+	}
+	changed := false
+	for _, p := range a.pods.list() {
+		name := p.meta.Namespace + "/" + p.meta.Name
+		if id, err := netns.IDOf(p.netnsPath); err != nil || id != p.nsID {
+			a.uncapture(p)
+			a.pods.remove(p.att)
+			changed = true
+			a.log.Info("pod forgotten", "pod", name, "why", "netns gone")
+			continue
+		}
+		d := a.decide(ctx, p.meta)
+		if d.err != nil {
+			a.log.Warn("reconcile: no decision, leaving pod as it is", "pod", name, "err", d.err)
+			continue
+		}
+		if !d.captured {
+			if p.ns != nil {
+				if err := a.offboard(p); err != nil {
+					a.log.Error("release failed", "pod", name, "err", err)
+					continue
+				}
+				changed = true
+				a.log.Info("pod released", "pod", name, "why", d.reason)
+				a.recordCapture(p, false, d.reason)
+			}
+			continue
+		}
+		spec, err := a.specFor(p, d)
+		if err != nil {
+			a.log.Error("reconcile: invalid capture", "pod", name, "err", err)
+			continue
+		}
+		switch {
+		case p.ns == nil:
+			if err := a.onboard(p, spec); err != nil {
+				a.log.Error("onboard failed", "pod", name, "err", err)
+				continue
+			}
+			changed = true
+			a.log.Info("pod onboarded", "pod", name, "mode", spec.Mode, "why", d.reason)
+			a.recordCapture(p, true, d.reason)
+		case !equalSpec(p.spec, spec):
+			if err := a.offboard(p); err != nil {
+				a.log.Error("re-program: release failed", "pod", name, "err", err)
+				continue
+			}
+			if err := a.onboard(p, spec); err != nil {
+				a.log.Error("re-program: onboard failed", "pod", name, "err", err)
+			}
+			changed = true
+			a.log.Info("pod re-programmed", "pod", name, "mode", spec.Mode)
+		default:
+			if err := redirect.Verify(p.ns.FdPath(), p.spec); err != nil {
+				a.log.Warn("rules damaged, repairing", "pod", name, "problem", err)
+				if err := redirect.Apply(p.ns.FdPath(), p.spec); err != nil {
+					a.log.Error("repair failed", "pod", name, "err", err)
+				}
+			}
+		}
+	}
+	if changed {
+		a.afterChange()
+	}
+	a.log.Debug("reconciled", "why", why, "pods", a.pods.len())
+}
+
+// afterChange refreshes what depends on the set of captured pods. Called
+// with a.mu held.
+func (a *Agent) afterChange() {
+	a.podsCaptured.Set(float64(a.pods.capturedCount()))
+	if err := a.saveState(); err != nil {
+		a.log.Error("persist state", "err", err)
+	}
+}
+
+// recordCapture writes the enrolment onto the pod object, in the
+// background: the API being slow must not hold up capture.
+func (a *Agent) recordCapture(p *pod, captured bool, reason string) {
+	if a.kube == nil {
+		return
+	}
+	ns, name := p.meta.Namespace, p.meta.Name
+	go func() {
+		if err := a.kube.RecordCapture(a.baseCtx, ns, name, captured, reason); err != nil {
+			a.log.Warn("record capture on pod", "pod", ns+"/"+name, "err", err)
+		}
+	}()
+}
+
+// discover finds the network namespace of enabled pods on this node that
+// the agent has no attachment for (they were added while it was down), by
+// looking for a namespace holding the pod's IP. Called with a.mu held.
+func (a *Agent) discover(ctx context.Context) {
+	known := map[string]bool{}
+	for _, p := range a.pods.list() {
+		known[p.meta.Namespace+"/"+p.meta.Name] = true
+	}
+	var want []kubePod
+	for _, kp := range a.kube.Pods() {
+		if !kp.Decision.Captured || known[kp.Namespace+"/"+kp.Name] || len(kp.IPs) == 0 {
+			continue
+		}
+		want = append(want, kubePod{namespace: kp.Namespace, name: kp.Name, uid: kp.UID, ips: kp.IPs})
+	}
+	if len(want) == 0 {
+		return
+	}
+	found := findNetns(a.cfg.NetnsDirs, want)
+	for _, kp := range want {
+		path, ok := found[kp.namespace+"/"+kp.name]
+		if !ok {
+			a.log.Warn("no network namespace found for enabled pod", "pod", kp.namespace+"/"+kp.name, "ips", kp.ips)
+			continue
+		}
+		id, err := netns.IDOf(path)
+		if err != nil {
+			continue
+		}
+		var cidrs []string
+		for _, ip := range kp.ips {
+			cidrs = append(cidrs, netip.PrefixFrom(ip, ip.BitLen()).String())
+		}
+		p := &pod{
+			att:       api.Attachment{ContainerID: "discovered-" + kp.uid, IfName: "eth0"},
+			meta:      api.Pod{Namespace: kp.namespace, Name: kp.name, UID: kp.uid},
+			netnsPath: path, nsID: id, cniIPs: cidrs, ips: kp.ips,
+		}
+		a.pods.swap(p)
+		a.log.Info("found netns of a pod added while the agent was away", "pod", kp.namespace+"/"+kp.name, "netns", path)
+	}
+}
+
+// kubePod is what discovery needs of a pod.
+type kubePod struct {
+	namespace, name, uid string
+	ips                  []netip.Addr
+}
+
+// findNetns scans the namespace bind-mount directories for namespaces
+// holding the pods' IPs.
+func findNetns(dirs []string, pods []kubePod) map[string]string {
+	byIP := map[netip.Addr]string{}
+	for _, p := range pods {
+		for _, ip := range p.ips {
+			byIP[ip] = p.namespace + "/" + p.name
+		}
+	}
+	out := map[string]string{}
+	for _, path := range netnsCandidates(dirs) {
+		h, err := netns.Open(path)
+		if err != nil {
+			continue
+		}
+		addrs, err := h.Addrs()
+		h.Close()
+		if err != nil {
+			continue
+		}
+		for _, ip := range addrs {
+			if key, ok := byIP[ip]; ok {
+				if _, dup := out[key]; !dup {
+					out[key] = path
+				}
+			}
+		}
+	}
+	return out
+}

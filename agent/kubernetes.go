@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weir-mesh/weir/agent/kube"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// newKubeSource connects to the API server the config names.
+func newKubeSource(cfg Config, log *slog.Logger) (*kube.Source, error) {
+	var (
+		rc  *rest.Config
+		err error
+	)
+	if cfg.Kubernetes.Kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", cfg.Kubernetes.Kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes credentials: %w", err)
+	}
+	rc.UserAgent = "weir-agent"
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return kube.New(kube.Options{Client: client, NodeName: cfg.Kubernetes.NodeName, AgentNamespace: cfg.Kubernetes.Namespace, Log: log})
+}
+
+// syncKube swaps in routes derived from the cluster's Services and
+// EndpointSlices, reusing what did not change.
+func (a *Agent) syncKube() {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	rc := route.Config{Unknown: a.cfg.UnknownDestinations, LocalZone: a.cfg.Zone, Services: a.kube.Services()}
+	snap, err := route.Build(rc, a.routes.Load())
+	if err != nil {
+		// One bad Service must not stop the others: the source already
+		// drops what it cannot express, so this is unexpected.
+		a.log.Error("routes from kubernetes", "err", err)
+		return
+	}
+	a.routes.Store(snap)
+}
