@@ -54,7 +54,18 @@ type Pod struct {
 // one GET, because a CNI ADD can arrive before the watch delivers the pod.
 // A pod that does not exist, or is bound to another node, is not captured.
 func (s *Source) Decide(ctx context.Context, namespace, name string) Decision {
+	return s.DecideUID(ctx, namespace, name, "")
+}
+
+// DecideUID is Decide for the pod with the given UID (a CNI ADD carries
+// it): when the cached pod namespace/name has another UID, the cache still
+// holds an earlier pod of that name (a StatefulSet pod recreated), so the
+// pod is fetched from the API instead. An empty uid accepts any.
+func (s *Source) DecideUID(ctx context.Context, namespace, name, uid string) Decision {
 	pod, err := s.pods.Pods(namespace).Get(name)
+	if err == nil && uid != "" && string(pod.UID) != uid {
+		err = apierrors.NewNotFound(corev1.Resource("pods"), name)
+	}
 	if apierrors.IsNotFound(err) {
 		pod, err = s.client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
@@ -63,6 +74,11 @@ func (s *Source) Decide(ctx context.Context, namespace, name string) Decision {
 	}
 	if err != nil {
 		return Decision{Reason: "cannot read the pod from Kubernetes", Err: fmt.Errorf("get pod %s/%s: %w", namespace, name, err)}
+	}
+	if uid != "" && string(pod.UID) != uid {
+		d := Decision{Reason: fmt.Sprintf("pod %s/%s has UID %s, not %s: it was replaced", namespace, name, pod.UID, uid)}
+		d.UID, d.IPs = string(pod.UID), podIPs(pod)
+		return d
 	}
 	if pod.Spec.NodeName != s.node {
 		d := Decision{Reason: fmt.Sprintf("pod is bound to node %q, not to this node %q", pod.Spec.NodeName, s.node)}
@@ -156,6 +172,11 @@ func (s *Source) Pods() []Pod {
 func (s *Source) report(pod *corev1.Pod, d Decision) Decision {
 	if d.Invalid != nil {
 		s.warnOnce(pod, ReasonInvalidCaptureConfig, d.Reason)
+	} else {
+		// Fixed: the same mistake made again deserves a new Event.
+		s.repMu.Lock()
+		delete(s.reported, pod.UID)
+		s.repMu.Unlock()
 	}
 	return d
 }

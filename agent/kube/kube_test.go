@@ -323,6 +323,51 @@ func TestDecideBeforeCache(t *testing.T) {
 	}
 }
 
+// TestDecideStaleCache: the cache still holds an earlier pod of the same
+// name (a StatefulSet pod deleted and recreated) when the new pod's CNI ADD
+// comes; DecideUID notices the UID and asks the API.
+func TestDecideStaleCache(t *testing.T) {
+	w := newWorld(t)
+	ctx := kubeworld.Context(t)
+	ns := w.Namespace(t, "sts", map[string]string{LabelCapture: CaptureEnabled}).Name
+	pod := w.Pod(t, ns, "db-0", w.node.Name, nil, nil)
+	s := w.source(t, false)
+	old := pod.DeepCopy()
+	old.UID = "uid-of-the-deleted-pod"
+	old.Labels = map[string]string{LabelCapture: CaptureDisabled}
+	if err := s.podFactory.Core().V1().Pods().Informer().GetIndexer().Add(old); err != nil {
+		t.Fatal(err)
+	}
+	if d := s.Decide(ctx, ns, "db-0"); d.Captured || d.UID != string(old.UID) {
+		t.Fatalf("Decide without a UID reads the cache: %+v; want the cached, opted-out pod", d)
+	}
+	if d := s.DecideUID(ctx, ns, "db-0", string(pod.UID)); !d.Captured || d.UID != string(pod.UID) || d.Err != nil {
+		t.Fatalf("DecideUID(new UID) = %+v; want the API's pod, captured", d)
+	}
+	if d := s.DecideUID(ctx, ns, "db-0", "uid-of-a-pod-never-seen"); d.Captured || d.Err != nil || !strings.Contains(d.Reason, "replaced") {
+		t.Fatalf("DecideUID(unknown UID) = %+v; want not captured: replaced", d)
+	}
+}
+
+// TestResyncWakes: with a ResyncPeriod, Changed fires after each replay
+// although nothing changed, so the agent reconciles periodically.
+func TestResyncWakes(t *testing.T) {
+	w := newWorld(t)
+	s, err := New(Options{Client: w.agentCli, NodeName: w.node.Name, ResyncPeriod: time.Second, Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		drain(s.Changed())
+		waitChanged(t, s, fmt.Sprintf("resync %d", i))
+	}
+}
+
 func TestChangedOnLabels(t *testing.T) {
 	w := newWorld(t)
 	ctx := kubeworld.Context(t)

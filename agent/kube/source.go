@@ -113,8 +113,9 @@ type Options struct {
 	AgentNamespace string
 	// Log receives the source's logs; nil means slog.Default().
 	Log *slog.Logger
-	// ResyncPeriod makes the informers replay their caches periodically;
-	// 0 means never (watches are enough with client-go's relist on error).
+	// ResyncPeriod makes the informers replay their caches periodically,
+	// and Changed fire after each replay, so the caller reconciles
+	// periodically; 0 means never (the watches are enough).
 	ResyncPeriod time.Duration
 }
 
@@ -210,16 +211,22 @@ func New(o Options) (*Source, error) {
 		services bool // affects Services()
 		relevant func(old, cur any) bool
 	}{
-		{podInf.Informer(), false, resourceVersionChanged},
+		{podInf.Informer(), false, always},
 		{nsInf.Informer(), false, namespaceCaptureChanged},
-		{svcInf.Informer(), true, resourceVersionChanged},
-		{sliceInf.Informer(), true, resourceVersionChanged},
+		{svcInf.Informer(), true, always},
+		{sliceInf.Informer(), true, always},
 	}
 	for _, h := range handlers {
 		_, err := h.inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(any) { s.notify(h.services) },
 			UpdateFunc: func(old, cur any) {
-				if h.relevant(old, cur) {
+				switch {
+				case !resourceVersionChanged(old, cur):
+					// A resync (ResyncPeriod) or a relist replays an
+					// object unchanged: wake the caller, who asked for
+					// periodic reconciles, but nothing needs rebuilding.
+					s.notify(false)
+				case h.relevant(old, cur):
 					s.notify(h.services)
 				}
 			},
@@ -343,6 +350,8 @@ func stripManagedFields(obj any) (any, error) {
 	}
 	return obj, nil
 }
+
+func always(_, _ any) bool { return true }
 
 func resourceVersionChanged(old, cur any) bool {
 	o, ok1 := old.(metav1.Object)
