@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -573,6 +574,13 @@ func TestRecordCapture(t *testing.T) {
 	p = get()
 	if _, has := p.Annotations[AnnotationCaptureReason]; p.Annotations[AnnotationCaptured] != "false" || has {
 		t.Fatalf("annotations after RecordCapture(false, \"\") = %v", p.Annotations)
+	}
+	long := strings.Repeat("é", 200) // 400 bytes, cut inside a rune
+	if err := s.RecordCapture(ctx, ns, "app", false, long); err != nil {
+		t.Fatalf("RecordCapture with a long reason: %v", err)
+	}
+	if got := get().Annotations[AnnotationCaptureReason]; len(got) > maxReasonLen || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Errorf("long reason recorded as %q (%d bytes), want at most %d valid UTF-8 bytes ending in ...", got, len(got), maxReasonLen)
 	}
 	if err := s.RecordCapture(ctx, ns, "gone", true, "x"); err != nil {
 		t.Fatalf("RecordCapture of a missing pod = %v, want nil", err)

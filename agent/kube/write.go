@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -23,7 +24,7 @@ const maxReasonLen = 256
 // longer exists is not an error: there is nothing left to describe.
 func (s *Source) RecordCapture(ctx context.Context, namespace, name string, captured bool, reason string) error {
 	if len(reason) > maxReasonLen {
-		reason = reason[:maxReasonLen-3] + "..."
+		reason = strings.ToValidUTF8(reason[:maxReasonLen-3], "") + "..."
 	}
 	want := "false"
 	if captured {
