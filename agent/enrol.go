@@ -31,7 +31,7 @@ func (a *Agent) decide(ctx context.Context, p api.Pod) decision {
 		captured, why := a.captures(p)
 		return decision{captured: captured, reason: why, overrides: static}
 	}
-	d := a.kube.Decide(ctx, p.Namespace, p.Name)
+	d := a.kube.DecideUID(ctx, p.Namespace, p.Name, p.UID)
 	if d.Err != nil {
 		return decision{err: d.Err, reason: d.Reason}
 	}

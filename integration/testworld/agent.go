@@ -186,3 +186,16 @@ func (a *Agent) Metric(t T, series string) float64 {
 	}
 	return 0
 }
+
+// Kill ends the agent with SIGKILL, as a crash or an OOM kill would: no
+// drain, no cleanup.
+func (a *Agent) Kill(t T) {
+	t.Helper()
+	select {
+	case <-a.done:
+		return
+	default:
+	}
+	a.cmd.Process.Kill()
+	<-a.done
+}

@@ -1,0 +1,319 @@
+package integration
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/weir-mesh/weir/integration/kubeworld"
+	"github.com/weir-mesh/weir/integration/testworld"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// kubeNode is a test-world node whose agent watches a real API server.
+type kubeNode struct {
+	*testworld.Node
+	kw       *kubeworld.World
+	nodeName string
+	agentCfg map[string]any
+	agent    *testworld.Agent
+}
+
+const captureLabel = "weir.dev/capture"
+
+// newKubeNode starts an API server, a node netns that reaches it through a
+// relay, a Node object, and (unless noAgent) the agent in Kubernetes mode.
+func newKubeNode(t *testing.T, noAgent bool) *kubeNode {
+	t.Helper()
+	kw := kubeworld.Start(t)
+	k := &kubeNode{Node: testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions()), kw: kw}
+	k.nodeName = kw.Node(t, "weir-node").Name
+	// The agent runs in the node netns: give it a kubeconfig pointing at a
+	// relay into the test's namespace.
+	local := k.Forward(t, strings.TrimPrefix(kw.Host, "https://"))
+	kc, err := clientcmd.LoadFromFile(kw.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range kc.Clusters {
+		c.Server = "https://" + local
+	}
+	path := filepath.Join(k.Dir, "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		t.Fatal(err)
+	}
+	k.agentCfg = map[string]any{
+		"kubernetes":        map[string]any{"enabled": true, "kubeconfig": path, "nodeName": k.nodeName, "namespace": "weir-system"},
+		"reconcileInterval": "1s",
+	}
+	if !noAgent {
+		k.agent = k.StartAgent(t, k.agentCfg)
+	}
+	return k
+}
+
+// namespace creates a namespace, labelled for capture when enabled.
+func (k *kubeNode) namespace(t *testing.T, enabled bool) string {
+	labels := map[string]string{}
+	if enabled {
+		labels[captureLabel] = "enabled"
+	}
+	return k.kw.Namespace(t, "ns", labels).Name
+}
+
+// pod creates the pod object, runs the CNI chain as the kubelet's runtime
+// would, then reports the pod running with its IP.
+func (k *kubeNode) pod(t *testing.T, ns, name string, labels map[string]string) (*testworld.Pod, *corev1.Pod, error) {
+	t.Helper()
+	obj := k.kw.Pod(t, ns, name, k.nodeName, labels, nil)
+	p := k.NewPodNetns(t, ns, name)
+	if err := k.Add(t, p); err != nil {
+		return p, obj, err
+	}
+	obj = k.kw.SetPodReady(t, obj, p.IP4.String(), "")
+	return p, obj, nil
+}
+
+func (k *kubeNode) mustPod(t *testing.T, ns, name string, labels map[string]string) *testworld.Pod {
+	t.Helper()
+	p, _, err := k.pod(t, ns, name, labels)
+	if err != nil {
+		t.Fatalf("ADD %s/%s: %v", ns, name, err)
+	}
+	return p
+}
+
+func captured(t *testing.T, p *testworld.Pod) bool {
+	t.Helper()
+	installed, err := redirect.Installed(p.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return installed && strings.Contains(p.MustRun(t, "ss", "-Hltn"), ":15001")
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// Must show 1 (issue 5): a labelled namespace's pod is captured; an
+// unlabelled namespace's pod is not; a pod with the opt-out label is not;
+// the agent records its decision on the pod.
+func TestKubeEnablement(t *testing.T) {
+	k := newKubeNode(t, false)
+	on, off := k.namespace(t, true), k.namespace(t, false)
+	in := k.mustPod(t, on, "in", nil)
+	out := k.mustPod(t, off, "out", nil)
+	optOut := k.mustPod(t, on, "opt-out", map[string]string{captureLabel: "disabled"})
+	if !captured(t, in) {
+		t.Fatal("pod of a labelled namespace not captured")
+	}
+	if captured(t, out) || captured(t, optOut) {
+		t.Fatalf("captured: unlabelled namespace %v, opted-out pod %v", captured(t, out), captured(t, optOut))
+	}
+	eventually(t, 10*time.Second, "weir.dev/captured=true on the pod", func() bool {
+		p, err := k.kw.Client.CoreV1().Pods(on).Get(kubeworld.Context(t), "in", metav1.GetOptions{})
+		return err == nil && p.Annotations["weir.dev/captured"] == "true"
+	})
+}
+
+// Must show 2 (issue 5): labelling the namespace of a running pod captures
+// it, same netns, no restart; unlabelling releases it.
+func TestKubeOnboardRunningPod(t *testing.T) {
+	k := newKubeNode(t, false)
+	ns := k.namespace(t, false)
+	srvNS := k.namespace(t, false)
+	app := k.mustPod(t, ns, "app", nil)
+	srv := k.mustPod(t, srvNS, "server", nil)
+	srv.StartNginx(t, 8080, "server")
+	if captured(t, app) {
+		t.Fatal("pod captured before its namespace was labelled")
+	}
+	label := func(v string) {
+		n, err := k.kw.Client.CoreV1().Namespaces().Get(kubeworld.Context(t), ns, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v == "" {
+			delete(n.Labels, captureLabel)
+		} else {
+			n.Labels[captureLabel] = v
+		}
+		if _, err := k.kw.Client.CoreV1().Namespaces().Update(kubeworld.Context(t), n, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	label("enabled")
+	d := eventually(t, 10*time.Second, "running pod captured after the label", func() bool { return captured(t, app) })
+	t.Logf("onboarded %v after the label", d)
+	before := outbound(t, k.agent)
+	if body, err := app.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
+		t.Fatalf("request from the onboarded pod: %v: %q", err, body)
+	}
+	if outbound(t, k.agent)-before != 1 {
+		t.Fatal("the onboarded pod's request did not go through the agent")
+	}
+	label("")
+	eventually(t, 10*time.Second, "pod released after the label is removed", func() bool { return !captured(t, app) })
+	if body, err := app.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
+		t.Fatalf("request from the released pod: %v: %q", err, body)
+	}
+}
+
+// Must show 3 (issue 5): the agent killed and restarted with captured pods
+// running: within 2 s all are captured again, a pod whose netns vanished
+// meanwhile is dropped, and no rule is duplicated.
+func TestKubeRestartReconciles(t *testing.T) {
+	k := newKubeNode(t, false)
+	ns := k.namespace(t, true)
+	srvNS := k.namespace(t, false)
+	srv := k.mustPod(t, srvNS, "server", nil)
+	srv.StartNginx(t, 8080, "server")
+	var pods []*testworld.Pod
+	for i := 0; i < 5; i++ {
+		pods = append(pods, k.mustPod(t, ns, fmt.Sprintf("p%d", i), nil))
+	}
+	stale := k.mustPod(t, ns, "stale", nil)
+	k.agent.Kill(t)
+	stale.MustRunDelete(t)
+	start := time.Now()
+	k.agent.Restart(t)
+	for _, p := range pods {
+		eventually(t, 2*time.Second-time.Since(start), "pod "+p.Name+" captured again after restart", func() bool { return captured(t, p) })
+	}
+	t.Logf("all pods captured again %v after the restart began", time.Since(start))
+	for _, p := range pods {
+		if err := k.Check(p); err != nil {
+			t.Fatalf("CHECK %s after restart (duplicate or missing rules): %v", p.Name, err)
+		}
+		before := outbound(t, k.agent)
+		if body, err := p.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
+			t.Fatalf("request from %s after restart: %v: %q", p.Name, err, body)
+		}
+		if outbound(t, k.agent)-before != 1 {
+			t.Fatalf("%s: request after restart did not go through the agent", p.Name)
+		}
+	}
+	if n := k.agent.Metric(t, "weir_pods_captured"); n != float64(len(pods)) {
+		t.Fatalf("agent captures %v pods, want %d (the stale one dropped)", n, len(pods))
+	}
+}
+
+// Must show 4 (issue 5): with the agent down, a pod of an unlabelled
+// namespace still starts; one of a labelled namespace does not.
+func TestKubeAgentDownOnlyBlocksEnabled(t *testing.T) {
+	k := newKubeNode(t, false)
+	on, off := k.namespace(t, true), k.namespace(t, false)
+	eventually(t, 10*time.Second, "enablement file lists the labelled namespace", func() bool {
+		b, err := os.ReadFile(filepath.Join(k.Dir, "enablement.json"))
+		return err == nil && strings.Contains(string(b), on)
+	})
+	k.agent.Stop(t)
+	if _, _, err := k.pod(t, off, "free", nil); err != nil {
+		t.Fatalf("ADD in an unlabelled namespace with the agent down: %v", err)
+	}
+	if _, _, err := k.pod(t, on, "blocked", nil); err == nil {
+		t.Fatal("ADD in a labelled namespace succeeded with the agent down")
+	}
+}
+
+// Must show 5 (issue 5): a Service and EndpointSlice in the API are reached
+// by ClusterIP through the agent; an endpoint turning not-ready stops
+// receiving traffic.
+func TestKubeServiceByClusterIP(t *testing.T) {
+	k := newKubeNode(t, false)
+	ns := k.namespace(t, true)
+	backNS := k.namespace(t, false)
+	client := k.mustPod(t, ns, "client", nil)
+	a, aObj, _ := k.pod(t, backNS, "a", nil)
+	b, bObj, _ := k.pod(t, backNS, "b", nil)
+	a.StartNginx(t, 8080, "a")
+	b.StartNginx(t, 8080, "b")
+	svc := k.kw.Service(t, backNS, "web", map[string]string{"app": "web"}, corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt(8080), Protocol: corev1.ProtocolTCP})
+	epA, epB := kubeworld.PodEndpoint(aObj), kubeworld.PodEndpoint(bObj)
+	slice := k.kw.EndpointSlice(t, svc, epA, epB)
+	vip := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
+	seen := map[string]int{}
+	eventually(t, 10*time.Second, "both endpoints answer on the ClusterIP", func() bool {
+		body, err := client.Get(url(vip))
+		if err == nil {
+			seen[strings.TrimSpace(body)]++
+		}
+		return seen["a"] > 0 && seen["b"] > 0
+	})
+	// b turns not ready.
+	notReady := false
+	slice.Endpoints[1].Conditions.Ready = &notReady
+	if _, err := k.kw.Client.DiscoveryV1().EndpointSlices(backNS).Update(kubeworld.Context(t), slice, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "not-ready endpoint leaves the rotation", func() bool {
+		for i := 0; i < 10; i++ {
+			if body, err := client.Get(url(vip)); err != nil || strings.TrimSpace(body) != "a" {
+				return false
+			}
+		}
+		return true
+	})
+	for i := 0; i < 20; i++ {
+		if body, err := client.Get(url(vip)); err != nil || strings.TrimSpace(body) != "a" {
+			t.Fatalf("request %d after b turned not ready: %v: %q", i, err, body)
+		}
+	}
+	_ = discoveryv1.AddressTypeIPv4
+}
+
+// Must show 7 (issue 5): the agent taints its node not-ready until it
+// serves, then lifts the taint.
+func TestKubeNodeTaint(t *testing.T) {
+	k := newKubeNode(t, true)
+	w, err := k.kw.Client.CoreV1().Nodes().Watch(kubeworld.Context(t), metav1.ListOptions{FieldSelector: "metadata.name=" + k.nodeName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	k.agent = k.StartAgent(t, k.agentCfg)
+	sawTaint, lifted := false, false
+	timeout := time.After(20 * time.Second)
+	for !lifted {
+		select {
+		case ev := <-w.ResultChan():
+			if ev.Type != watch.Modified && ev.Type != watch.Added {
+				continue
+			}
+			n := ev.Object.(*corev1.Node)
+			has := false
+			for _, tt := range n.Spec.Taints {
+				if tt.Key == "weir.dev/agent-not-ready" && tt.Effect == corev1.TaintEffectNoSchedule {
+					has = true
+				}
+			}
+			if has {
+				sawTaint = true
+			} else if sawTaint {
+				lifted = true
+			}
+		case <-timeout:
+			t.Fatalf("taint seen %v, lifted %v after 20s", sawTaint, lifted)
+		}
+	}
+}
