@@ -264,3 +264,31 @@ func (n *Node) GC(valid ...*Pod) error {
 	defer cancel()
 	return n.Do(func() error { return n.cni.GCNetworkList(ctx, list, args) })
 }
+
+// AddList runs ADD for p with a conflist of the caller's (such as one an
+// installer wrote), looking up plugins in paths before the node's own.
+func (n *Node) AddList(t T, p *Pod, conflist []byte, paths ...string) error {
+	t.Helper()
+	list, err := libcni.ConfListFromBytes(conflist)
+	if err != nil {
+		return err
+	}
+	lo, err := n.loList()
+	if err != nil {
+		return err
+	}
+	cni := libcni.NewCNIConfigWithCacheDir(append(paths, n.PluginDir, n.Bin), filepath.Join(n.Dir, "cni-cache"), nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = n.Do(func() error {
+		if _, err := cni.AddNetworkList(ctx, lo, p.Runtime()); err != nil {
+			return err
+		}
+		_, err := cni.AddNetworkList(ctx, list, p.Runtime())
+		return err
+	})
+	t.Cleanup(func() {
+		n.Do(func() error { return cni.DelNetworkList(context.Background(), list, p.Runtime()) })
+	})
+	return err
+}
