@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "weir: the tests need root (network namespaces, iptables)" >&2; exit 1; }
 hack/deps.sh
 export PATH=$PATH:/usr/local/go/bin
-export WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
-if [ -x hack/kube-binaries.sh ]; then
-  WEIR_KUBE_BIN_DIR=${WEIR_KUBE_BIN_DIR:-$(hack/kube-binaries.sh | tail -n1)}
-  export WEIR_KUBE_BIN_DIR
-fi
+# Cached builds (first run: minutes): upstream CNI plugins for spec 1.1.0,
+# and a real kube-apiserver, etcd and kubectl for the Kubernetes tests.
+# Assign, then export, so a failed build stops the run.
+WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
+export WEIR_CNI_PLUGINS_DIR
+WEIR_KUBE_BIN_DIR=${WEIR_KUBE_BIN_DIR:-$(hack/kube-binaries.sh | tail -n1)}
+export WEIR_KUBE_BIN_DIR
 make build
 go vet ./...
 test -z "$(gofmt -l $(git ls-files '*.go'))" || { echo "weir: gofmt needed:" >&2; gofmt -l $(git ls-files '*.go') >&2; exit 1; }
