@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
 	"math"
 	"net"
 	"os"
@@ -265,5 +267,62 @@ func TestWriteMarkdownKeepsNotes(t *testing.T) {
 	b, _ = os.ReadFile(path)
 	if !strings.HasSuffix(string(b), NotesMarker+"\n"+notes) || strings.Count(string(b), "# weir benchmarks") != 1 {
 		t.Errorf("notes not kept once:\n%s", b)
+	}
+}
+
+// TestCopiers checks every Go relay copy strategy moves small and bulk data
+// intact and ends at EOF (loopback only).
+func TestCopiers(t *testing.T) {
+	for name, copyHalf := range copiers {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			src, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			srcPeer, _ := ln.AcceptTCP()
+			dst, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dst.Close()
+			dstPeer, _ := ln.AcceptTCP()
+			done := make(chan struct{})
+			go func() { copyHalf(dstPeer, srcPeer); dstPeer.CloseWrite(); close(done) }()
+
+			want := make([]byte, 0, 1<<20)
+			go func() {
+				for i := range 10 { // small messages, then bulk
+					msg := []byte(strings.Repeat(string(rune('a'+i)), 100))
+					src.Write(msg)
+				}
+				big := make([]byte, 1<<20)
+				for i := range big {
+					big[i] = byte(i % 251)
+				}
+				src.Write(big)
+				src.CloseWrite()
+			}()
+			for i := range 10 {
+				want = append(want, []byte(strings.Repeat(string(rune('a'+i)), 100))...)
+			}
+			for i := range 1 << 20 {
+				want = append(want, byte(i%251))
+			}
+			dst.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("got %d bytes, want %d (equal prefix: %v)", len(got), len(want), bytes.HasPrefix(want, got))
+			}
+			<-done
+		})
 	}
 }

@@ -196,6 +196,7 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 // *net.TCPConn, which the runtime turns into splice(2).
 func relayMain(args []string) error {
 	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	copyMode := fs.String("copy", "splice", "splice (io.Copy between TCPConns), buffer (read/write) or adaptive")
 	var pairs []string
 	fs.Func("pair", "LISTEN=UPSTREAM (repeatable)", func(s string) error {
 		if !strings.Contains(s, "=") {
@@ -210,6 +211,10 @@ func relayMain(args []string) error {
 	if len(pairs) == 0 {
 		return errors.New("need at least one -pair")
 	}
+	copyHalf, ok := copiers[*copyMode]
+	if !ok {
+		return fmt.Errorf("-copy: want splice, buffer or adaptive, got %q", *copyMode)
+	}
 	errc := make(chan error, len(pairs))
 	for _, p := range pairs {
 		listen, upstream, _ := strings.Cut(p, "=")
@@ -217,12 +222,53 @@ func relayMain(args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() { errc <- serveRelay(ln.(*net.TCPListener), upstream) }()
+		go func() { errc <- serveRelay(ln.(*net.TCPListener), upstream, copyHalf) }()
 	}
 	return <-errc
 }
 
-func serveRelay(ln *net.TCPListener, upstream string) error {
+// copiers copy one direction of a relayed connection until EOF or error.
+var copiers = map[string]func(dst, src *net.TCPConn){
+	// splice: io.Copy sees two *net.TCPConn and the runtime splices
+	// through a pipe, never copying into user space.
+	"splice": func(dst, src *net.TCPConn) { io.Copy(dst, src) },
+	// buffer: plain read/write through a user-space buffer.
+	"buffer": func(dst, src *net.TCPConn) { copyBuffered(dst, src, make([]byte, 32<<10), -1) },
+	// adaptive: read/write while messages are small, splice once a
+	// direction carries bulk (two reads in a row fill the buffer).
+	"adaptive": func(dst, src *net.TCPConn) {
+		if copyBuffered(dst, src, make([]byte, 32<<10), 2) {
+			io.Copy(dst, src)
+		}
+	},
+}
+
+// copyBuffered copies src to dst through buf. With switchAfter > 0 it
+// stops early, returning true, once that many reads in a row filled buf.
+func copyBuffered(dst, src *net.TCPConn, buf []byte, switchAfter int) bool {
+	full := 0
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return false
+			}
+		}
+		if err != nil {
+			return false
+		}
+		if n == len(buf) {
+			full++
+			if switchAfter > 0 && full >= switchAfter {
+				return true
+			}
+		} else {
+			full = 0
+		}
+	}
+}
+
+func serveRelay(ln *net.TCPListener, upstream string, copyHalf func(dst, src *net.TCPConn)) error {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -238,11 +284,11 @@ func serveRelay(ln *net.TCPListener, upstream string) error {
 			defer up.Close()
 			done := make(chan struct{})
 			go func() {
-				io.Copy(c, up)
+				copyHalf(c, up)
 				c.CloseWrite()
 				close(done)
 			}()
-			io.Copy(up, c)
+			copyHalf(up, c)
 			up.CloseWrite()
 			<-done
 		}()

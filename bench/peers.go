@@ -23,6 +23,8 @@ type peer struct {
 	l7 bool
 	// tool is the program the peer needs on PATH ("" for the Go relay).
 	tool string
+	// optIn peers are experiments that run only when --paths names them.
+	optIn bool
 	// start runs the peer listening on 127.0.0.1:listen[b] and forwarding to
 	// upstream[b] for each backend, and returns its processes.
 	start func(w *world, listen map[backend]int, upstream map[backend]string) *proc
@@ -33,7 +35,10 @@ var peers = []peer{
 	{name: "nginx-http", desc: "nginx http proxy_pass, upstream keepalive, 2 workers", l7: true, tool: "nginx", start: startNginxHTTP},
 	{name: "haproxy-tcp", desc: "haproxy mode tcp, nbthread 2", tool: "haproxy", start: startHAProxy(false)},
 	{name: "haproxy-http", desc: "haproxy mode http, nbthread 2", l7: true, tool: "haproxy", start: startHAProxy(true)},
-	{name: "go-relay", desc: "plain Go relay, io.Copy between TCPConns (splice)", start: startGoRelay},
+	{name: "go-relay", desc: "plain Go relay, io.Copy between TCPConns (splice)", start: startGoRelay("splice")},
+	// Experiments for relay.go's copy strategy (run with --paths).
+	{name: "go-relay-buffer", desc: "Go relay copying through a 32 KiB user-space buffer (read/write, no splice)", optIn: true, start: startGoRelay("buffer")},
+	{name: "go-relay-adaptive", desc: "Go relay: read/write through a 32 KiB buffer, a direction switches to splice after 2 reads in a row fill the buffer", optIn: true, start: startGoRelay("adaptive")},
 }
 
 // peerVIP is the virtual address the client uses for peer i.
@@ -189,8 +194,14 @@ defaults
 	}
 }
 
-func startGoRelay(w *world, listen map[backend]int, upstream map[backend]string) *proc {
-	var args []string
+func startGoRelay(copyMode string) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+		return startGoRelayMode(w, copyMode, listen, upstream)
+	}
+}
+
+func startGoRelayMode(w *world, copyMode string, listen map[backend]int, upstream map[backend]string) *proc {
+	args := []string{"-copy", copyMode}
 	for _, b := range backends {
 		args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
 	}

@@ -190,6 +190,11 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 		if cerr := p.check(); cerr != nil {
 			return Sample{}, fmt.Errorf("%w (%v)", cerr, err)
 		}
+		if p.agent != nil {
+			if b, rerr := os.ReadFile(p.agent.LogPath); rerr == nil {
+				err = fmt.Errorf("%w\n--- weir-agent log:\n%s", err, tail(string(b), 6))
+			}
+		}
 		return Sample{}, err
 	}
 	cpu, rss, err := u.end()

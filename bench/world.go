@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -212,7 +213,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	}
 	w.exe, _ = os.Executable()
 	for i, p := range peers {
-		if !keep(opts.Paths, p.name) {
+		if !keep(opts.Paths, p.name) || (p.optIn && !slices.Contains(opts.Paths, p.name)) {
 			continue
 		}
 		w.logf("starting peer %s", p.name)
