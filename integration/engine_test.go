@@ -25,6 +25,7 @@ func TestEjectionAndRecovery(t *testing.T) {
 	})
 	epB := hostPort(m.srvB.IP4, 8080)
 	m.nginxB.Stop()
+	m.srvB.WaitPortClosed(t, epB)
 	for i := 0; i < 200; i++ {
 		body, err := m.client.Get(url(vip("v4")))
 		if err != nil || strings.TrimSpace(body) != "server-a" {

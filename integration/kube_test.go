@@ -78,6 +78,7 @@ func (k *kubeNode) pod(t *testing.T, ns, name string, labels map[string]string) 
 	t.Helper()
 	obj := k.kw.Pod(t, ns, name, k.nodeName, labels, nil)
 	p := k.NewPodNetns(t, ns, name)
+	p.UID = string(obj.UID)
 	if err := k.Add(t, p); err != nil {
 		return p, obj, err
 	}

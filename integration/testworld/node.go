@@ -128,9 +128,12 @@ func (n *Node) loList() (*libcni.NetworkConfigList, error) {
 type Pod struct {
 	*Netns
 	Namespace, Name, ContainerID string
-	IP4, IP6                     netip.Addr
-	Result                       *current.Result
-	node                         *Node
+	// UID is the pod object's UID (K8S_POD_UID); empty: one derived from
+	// the container ID.
+	UID      string
+	IP4, IP6 netip.Addr
+	Result   *current.Result
+	node     *Node
 }
 
 // Runtime is the RuntimeConf libcni passes for p, as a Kubernetes runtime would.
@@ -143,9 +146,16 @@ func (p *Pod) Runtime() *libcni.RuntimeConf {
 			{"IgnoreUnknown", "1"},
 			{"K8S_POD_NAMESPACE", p.Namespace},
 			{"K8S_POD_NAME", p.Name},
-			{"K8S_POD_UID", "uid-" + p.ContainerID},
+			{"K8S_POD_UID", p.uid()},
 		},
 	}
+}
+
+func (p *Pod) uid() string {
+	if p.UID != "" {
+		return p.UID
+	}
+	return "uid-" + p.ContainerID
 }
 
 // NewPodNetns makes the pod's namespace without running the chain yet.

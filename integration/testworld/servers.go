@@ -62,6 +62,24 @@ http {
 	return n
 }
 
+// WaitPortClosed waits until addr refuses connections from inside the pod
+// (a killed server's children may hold its socket for a moment).
+func (p *Pod) WaitPortClosed(t T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := p.Dial(addr, time.Second)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still accepts in %s 10s after its server was stopped", addr, p.Name)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Clients returns the client addresses nginx logged, in order.
 func (n *Nginx) Clients(t T) []string {
 	t.Helper()
