@@ -15,14 +15,14 @@ import (
 
 // Report is a bench run's results; it is also the JSON the tool writes.
 type Report struct {
-	Started  time.Time `json:"started"`
-	Elapsed  string    `json:"elapsed"`
-	Machine  Machine   `json:"machine"`
-	Command  string    `json:"command,omitempty"`
-	Rounds   int       `json:"rounds"`
-	Duration string    `json:"duration"`
-	Quick    bool      `json:"quick"`
-	Paths    []PathInfo
+	Started  time.Time  `json:"started"`
+	Elapsed  string     `json:"elapsed"`
+	Machine  Machine    `json:"machine"`
+	Command  string     `json:"command,omitempty"`
+	Rounds   int        `json:"rounds"`
+	Duration string     `json:"duration"`
+	Quick    bool       `json:"quick"`
+	Paths    []PathInfo `json:"paths"`
 	// Workloads hold one row per path the workload applies to.
 	Workloads []*WorkloadResult `json:"workloads"`
 	// Targets are weir's stated performance goals, met or not.
@@ -30,6 +30,9 @@ type Report struct {
 	// AgentConnections is weir_connections_total{direction="outbound"} per
 	// weir path at the end: proof that the weir rows went through weir.
 	AgentConnections map[string]float64 `json:"agentConnections"`
+	// AgentWarnings are the WARN and ERROR lines weir-agent logged during
+	// the run; a healthy run has none.
+	AgentWarnings []string `json:"agentWarnings,omitempty"`
 	// Profiles are the perf counts and reports of --profile.
 	Profiles []Profile `json:"profiles,omitempty"`
 }
@@ -325,6 +328,12 @@ func (r *Report) WriteTable(out io.Writer) {
 	if len(r.AgentConnections) > 0 {
 		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
 	}
+	if len(r.AgentWarnings) > 0 {
+		fmt.Fprintf(out, "\nweir-agent logged %d warnings or errors during the run:\n", len(r.AgentWarnings))
+		for _, w := range r.AgentWarnings {
+			fmt.Fprintf(out, "  %s\n", w)
+		}
+	}
 	if len(r.Profiles) > 0 {
 		fmt.Fprintln(out, "\nperf (one extra unrecorded run each; per request, round trip, or MB for bulk):")
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -395,6 +404,12 @@ func (r *Report) Markdown() string {
 			fmt.Fprintf(&b, " %s %.0f;", k, r.AgentConnections[k])
 		}
 		b.WriteString("\n")
+	}
+	if len(r.AgentWarnings) > 0 {
+		fmt.Fprintf(&b, "\nweir-agent logged %d warnings or errors during the run:\n\n", len(r.AgentWarnings))
+		for _, w := range r.AgentWarnings {
+			fmt.Fprintf(&b, "    %s\n", w)
+		}
 	}
 	if len(r.Profiles) > 0 {
 		b.WriteString("\n## Where the proxies spend it (perf)\n\n")

@@ -167,6 +167,7 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 	for _, p := range paths {
 		if p.agent != nil {
 			rep.AgentConnections[p.Name] = p.agent.Metric(t, `weir_connections_total{direction="outbound"}`)
+			rep.AgentWarnings = append(rep.AgentWarnings, agentWarnings(p)...)
 		}
 	}
 	if opts.ProfileDir != "" {
@@ -203,6 +204,22 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	}
 	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
 	return s, nil
+}
+
+// agentWarnings are the WARN and ERROR lines of a weir path's agent log:
+// anything the agent complained about while it was being measured.
+func agentWarnings(p *path) []string {
+	b, err := os.ReadFile(p.agent.LogPath)
+	if err != nil {
+		return []string{fmt.Sprintf("%s: read agent log: %v", p.Name, err)}
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `"level":"WARN"`) || strings.Contains(line, `"level":"ERROR"`) {
+			out = append(out, p.Name+": "+line)
+		}
+	}
+	return out
 }
 
 // check reports a dead server, proxy or agent the path needs.
@@ -258,7 +275,7 @@ func (w *world) profile(paths []*path, wls []workload, dir string, rep *Report) 
 				continue
 			}
 			w.logf("profile %-15s %-14s %6.1f syscalls, %5.2f context switches, %6.1f µs CPU per %s%s",
-				wl.Name, p.Name, pr.Syscalls, pr.ContextSwitches, pr.CPUus, strings.TrimPrefix(wl.cpuUnit, "µs/"), pr.pathNote())
+				wl.Name, p.Name, pr.Syscalls, pr.ContextSwitches, pr.CPUus, pr.Per, pr.pathNote())
 			rep.Profiles = append(rep.Profiles, pr)
 		}
 	}

@@ -78,8 +78,6 @@ type world struct {
 	t     testworld.T
 	opts  *Options
 	paths []*path
-	// exe runs the helper programs.
-	exe string
 	// first is the node holding the peers; plain is its uncaptured client
 	// pod, where the direct path and the peers run.
 	first *site
@@ -211,7 +209,6 @@ func buildWorld(t testworld.T, opts *Options) *world {
 			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
 		})
 	}
-	w.exe, _ = os.Executable()
 	for i, p := range peers {
 		if !keep(opts.Paths, p.name) || (p.optIn && !slices.Contains(opts.Paths, p.name)) {
 			continue
