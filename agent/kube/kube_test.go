@@ -496,7 +496,18 @@ func TestServicesFromEndpointSlices(t *testing.T) {
 	})
 
 	// The not-ready endpoint becomes ready: Changed fires and Services
-	// has it.
+	// has it; the unchanged Service keeps the very same values, so the
+	// route rebuild reuses its cluster.
+	badAddrs := func() *netip.AddrPort {
+		for _, rs := range mine() {
+			if rs.Name == ns+"/bad:7000" {
+				return &rs.Addresses[0]
+			}
+		}
+		t.Fatal("no bad:7000")
+		return nil
+	}
+	before := badAddrs()
 	drain(s.Changed())
 	cur, err := w.Client.DiscoveryV1().EndpointSlices(ns).Get(ctx, v4.Name, metav1.GetOptions{})
 	if err != nil {
@@ -518,6 +529,9 @@ func TestServicesFromEndpointSlices(t *testing.T) {
 		}
 		return fmt.Errorf("no web:80")
 	})
+	if badAddrs() != before {
+		t.Error("an unchanged Service was derived anew after another Service's slice changed")
+	}
 
 	// Deleting the Service removes its entries.
 	drain(s.Changed())

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -53,12 +54,47 @@ func (s *Source) Services() []route.Service {
 		s.svcDirty.Store(true)
 		return s.svcCache
 	}
-	out, problems := buildServices(svcs, s.slicesOf)
-	for _, p := range problems {
-		s.warnOnce(p.svc, ReasonInvalidClusterConfig, p.err.Error())
+	// Services whose object and slices did not change keep the very same
+	// route.Service values (and Endpoints slices), so the route rebuild
+	// recognises them and re-derives only what changed.
+	memo := make(map[string]svcMemo, len(svcs))
+	var out []route.Service
+	for _, svc := range svcs {
+		slices := s.slicesOf(svc.Namespace, svc.Name)
+		id := svc.Namespace + "/" + svc.Name
+		key := memoKey(svc, slices)
+		m, ok := s.svcMemo[id]
+		if !ok || m.key != key || svc.ResourceVersion == "" {
+			m.key = key
+			var problem *serviceProblem
+			m.out, problem = buildService(svc, slices)
+			if problem != nil {
+				s.warnOnce(problem.svc, ReasonInvalidClusterConfig, problem.err.Error())
+			}
+		}
+		memo[id] = m
+		out = append(out, m.out...)
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	s.svcMemo = memo
 	s.svcCache = out
 	return out
+}
+
+// svcMemo is one Service's derived routes and the versions they came from.
+type svcMemo struct {
+	key string
+	out []route.Service
+}
+
+// memoKey names the versions of a Service and its EndpointSlices.
+func memoKey(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) string {
+	rvs := make([]string, 0, len(slices)+1)
+	for _, sl := range slices {
+		rvs = append(rvs, string(sl.UID)+"@"+sl.ResourceVersion)
+	}
+	sort.Strings(rvs)
+	return string(svc.UID) + "@" + svc.ResourceVersion + "|" + strings.Join(rvs, ",")
 }
 
 func (s *Source) slicesOf(namespace, name string) []*discoveryv1.EndpointSlice {
@@ -88,33 +124,44 @@ func buildServices(svcs []*corev1.Service, slicesOf func(namespace, name string)
 	var out []route.Service
 	var problems []serviceProblem
 	for _, svc := range svcs {
-		ips := clusterIPs(svc)
-		if len(ips) == 0 {
-			continue
+		rs, problem := buildService(svc, slicesOf(svc.Namespace, svc.Name))
+		if problem != nil {
+			problems = append(problems, *problem)
 		}
-		cfg, err := clusterConfig(svc.Annotations)
-		if err != nil {
-			problems = append(problems, serviceProblem{svc, fmt.Errorf("service %s/%s: %w; using the default cluster config", svc.Namespace, svc.Name, err)})
-			cfg = cluster.Config{}
-		}
-		slices := slicesOf(svc.Namespace, svc.Name)
-		for _, sp := range svc.Spec.Ports {
-			if !isTCP(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
-				continue
-			}
-			rs := route.Service{
-				Name:      svc.Namespace + "/" + svc.Name + ":" + strconv.Itoa(int(sp.Port)),
-				Cluster:   cfg,
-				Endpoints: endpointsFor(sp.Name, slices),
-			}
-			for _, ip := range ips {
-				rs.Addresses = append(rs.Addresses, netip.AddrPortFrom(ip, uint16(sp.Port)))
-			}
-			out = append(out, rs)
-		}
+		out = append(out, rs...)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, problems
+}
+
+// buildService derives the routes of one Service from it and its slices.
+func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]route.Service, *serviceProblem) {
+	ips := clusterIPs(svc)
+	if len(ips) == 0 {
+		return nil, nil
+	}
+	var problem *serviceProblem
+	cfg, err := clusterConfig(svc.Annotations)
+	if err != nil {
+		problem = &serviceProblem{svc, fmt.Errorf("service %s/%s: %w; using the default cluster config", svc.Namespace, svc.Name, err)}
+		cfg = cluster.Config{}
+	}
+	var out []route.Service
+	for _, sp := range svc.Spec.Ports {
+		if !isTCP(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
+			continue
+		}
+		rs := route.Service{
+			Name:      svc.Namespace + "/" + svc.Name + ":" + strconv.Itoa(int(sp.Port)),
+			Cluster:   cfg,
+			Endpoints: endpointsFor(sp.Name, slices),
+		}
+		for _, ip := range ips {
+			rs.Addresses = append(rs.Addresses, netip.AddrPortFrom(ip, uint16(sp.Port)))
+		}
+		out = append(out, rs)
+	}
+	return out, problem
 }
 
 // clusterIPs returns a Service's virtual addresses; none for ExternalName,

@@ -153,6 +153,7 @@ type Source struct {
 	svcDirty atomic.Bool
 	svcMu    sync.Mutex
 	svcCache []route.Service
+	svcMemo  map[string]svcMemo
 }
 
 // indexByService indexes EndpointSlices by "namespace/service-name".
