@@ -14,7 +14,6 @@ package netns
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -22,7 +21,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -173,6 +171,9 @@ func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListen
 		network = "tcp6" // Go sets IPV6_V6ONLY for tcp6, so v4 and v6 listeners coexist.
 	}
 	lc := net.ListenConfig{
+		// No keep-alive on accepted connections: the client's own settings
+		// apply end to end, and it costs syscalls on every accept.
+		KeepAlive: -1,
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			if err := c.Control(func(fd uintptr) { serr = opts.apply(int(fd), addr.Addr().Is6()) }); err != nil {
@@ -194,105 +195,65 @@ func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListen
 }
 
 // Dial connects to addr from a socket made inside the namespace, so the
-// connection leaves with the namespace's routes and source address. Only the
-// socket() call runs in the namespace; the connect wait is on Go's poller and
-// holds no OS thread. src, when valid, is bound first (with port 0) — for
-// transparent connects on behalf of a foreign client.
+// connection leaves with the namespace's routes and source address. The
+// calling goroutine's thread enters the namespace for socket() only: the
+// dialer's Control hook, which runs right after socket() and before bind and
+// connect, sets the socket options and switches the thread back, so the
+// connect waits on Go's poller like any other and holds no thread. src, when
+// valid, is bound first (with port 0): transparent connects on behalf of a
+// foreign client. TCP keep-alive is left off: the endpoints' own settings
+// apply, and it saves a handful of syscalls per connection.
 func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, opts SocketOptions) (*net.TCPConn, error) {
-	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
-	family := unix.AF_INET
-	if v6 {
-		family = unix.AF_INET6
-	}
-	var fd int
-	err := h.Do(func() error {
-		var err error
-		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
-		return err
-	})
+	host, err := Host()
 	if err != nil {
-		return nil, fmt.Errorf("socket in netns %s: %w", h.path, err)
-	}
-	if err := opts.apply(fd, v6); err != nil {
-		unix.Close(fd)
 		return nil, err
 	}
-	if src.IsValid() {
-		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, 0), v6)); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("bind %s: %w", src, err)
-		}
-	}
-	f := os.NewFile(uintptr(fd), "tcp")
-	c, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return nil, fmt.Errorf("wrap socket: %w", err)
-	}
-	tc := c.(*net.TCPConn)
-	if err := connect(ctx, tc, sockaddr(addr, v6)); err != nil {
-		tc.Close()
-		return nil, fmt.Errorf("connect %s: %w", addr, err)
-	}
-	return tc, nil
-}
-
-// connect runs a non-blocking connect on c, waiting on the poller until it
-// completes, ctx ends, or ctx's deadline passes.
-func connect(ctx context.Context, c *net.TCPConn, sa unix.Sockaddr) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var cerr error
-	if err := rc.Control(func(fd uintptr) { cerr = unix.Connect(int(fd), sa) }); err != nil {
-		return err
-	}
-	switch {
-	case cerr == nil:
-		return nil
-	case !errors.Is(cerr, unix.EINPROGRESS):
-		return cerr
-	}
-	if d, ok := ctx.Deadline(); ok {
-		c.SetWriteDeadline(d)
-		defer c.SetWriteDeadline(time.Time{})
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetWriteDeadline(time.Unix(1, 0)) })
-	defer stop()
-	var soerr error
-	werr := rc.Write(func(fd uintptr) bool {
-		v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR)
-		if err != nil {
-			soerr = err
-			return true
-		}
-		if v != 0 {
-			soerr = unix.Errno(v)
-			return true
-		}
-		if _, err := unix.Getpeername(int(fd)); err != nil {
-			return false // still connecting: wait for writability
-		}
-		return true
-	})
-	if werr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(werr, os.ErrDeadlineExceeded) {
-			return fmt.Errorf("connect timed out: %w", werr)
-		}
-		return werr
-	}
-	return soerr
-}
-
-func sockaddr(ap netip.AddrPort, v6 bool) unix.Sockaddr {
+	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
+	network := "tcp4"
 	if v6 {
-		return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		network = "tcp6"
 	}
-	return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().Unmap().As4()}
+	returned := false
+	d := net.Dialer{
+		KeepAlive: -1,
+		ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = opts.apply(int(fd), v6) }); err != nil {
+				serr = err
+			}
+			if err := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); err != nil {
+				return fmt.Errorf("return from netns %s: %w", h.path, err)
+			}
+			returned = true
+			runtime.UnlockOSThread()
+			return serr
+		},
+	}
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	runtime.LockOSThread()
+	if err := unix.Setns(int(h.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("enter netns %s: %w", h.path, err)
+	}
+	c, err := d.DialContext(ctx, network, addr.String())
+	if !returned {
+		// socket() failed before the hook ran, or the hook could not switch
+		// back. A thread that cannot leave the pod's namespace stays locked
+		// and dies with this goroutine instead of serving others there.
+		if serr := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); serr != nil {
+			if c != nil {
+				c.Close()
+			}
+			return nil, fmt.Errorf("return from netns %s: %w", h.path, serr)
+		}
+		runtime.UnlockOSThread()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect %s in netns %s: %w", addr, h.path, err)
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // Addrs lists the IP addresses configured inside the namespace (to find

@@ -1,0 +1,115 @@
+package netns
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// newNetns makes a throwaway namespace with lo up (root only).
+func newNetns(t *testing.T) *Handle {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CI=true: failing instead of skipping)")
+		}
+		t.Skip("needs root")
+	}
+	name := "weir-nstest-" + t.Name()
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "delete", name).Run() })
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v %s", err, out)
+	}
+	h, err := Open("/run/netns/" + name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func threadNetns(t *testing.T) ID {
+	id, err := IDOf("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// Listen and Dial make their sockets in the namespace, set the options, and
+// leave the calling thread where it was.
+func TestListenDialStayOnHost(t *testing.T) {
+	h := newNetns(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadNetns(t)
+	if before == h.ID() {
+		t.Fatal("test runs inside the namespace it made")
+	}
+	ln, err := h.Listen(netip.MustParseAddrPort("127.0.0.1:0"), SocketOptions{ReusePort: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := h.Dial(ctx, ln.Addr().(*net.TCPAddr).AddrPort(), netip.Addr{}, SocketOptions{Mark: 0x5700})
+	if err != nil {
+		t.Fatalf("dial inside the namespace: %v", err)
+	}
+	defer c.Close()
+	if after := threadNetns(t); after != before {
+		t.Fatalf("calling thread left in netns %v, was %v", after, before)
+	}
+	rc, _ := c.SyscallConn()
+	var mark int
+	rc.Control(func(fd uintptr) { mark, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+	if mark != 0x5700 {
+		t.Fatalf("SO_MARK %#x, want 0x5700", mark)
+	}
+	b := make([]byte, 2)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(b); err != nil || string(b) != "hi" {
+		t.Fatalf("read %q %v", b, err)
+	}
+	// The host's loopback does not have this listener: the socket really
+	// was made in the pod namespace.
+	if hc, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		hc.Close()
+		t.Fatal("the namespace's listener is reachable from the host namespace")
+	}
+}
+
+// A failed dial (nothing listens) also leaves the thread on the host.
+func TestDialFailureStaysOnHost(t *testing.T) {
+	h := newNetns(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if c, err := h.Dial(ctx, netip.MustParseAddrPort("127.0.0.1:1"), netip.Addr{}, SocketOptions{}); err == nil {
+		c.Close()
+		t.Fatal("dial to a closed port succeeded")
+	}
+	if after := threadNetns(t); after != before {
+		t.Fatalf("calling thread left in netns %v after a failed dial", after)
+	}
+}
