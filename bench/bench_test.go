@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -324,5 +325,31 @@ func TestCopiers(t *testing.T) {
 			}
 			<-done
 		})
+	}
+}
+
+func TestResolveChangers(t *testing.T) {
+	dir := t.TempDir()
+	mon, who := dir+"/mon", dir+"/mon.who"
+	done := make(chan struct{})
+	defer close(done)
+	go resolveChangers(mon, who, done)
+	line := fmt.Sprintf("# new generation 7 by process %d (bench.test)\n", os.Getpid())
+	if err := os.WriteFile(mon, []byte("add table ip nat\n"+line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(who)
+		if strings.Contains(string(b), fmt.Sprintf("<- %d ", os.Getpid())) {
+			if strings.Count(string(b), "new generation") != 1 {
+				t.Errorf("resolved more than once:\n%s", b)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not resolved: %q", b)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -33,6 +33,10 @@ type Report struct {
 	// AgentWarnings are the WARN and ERROR lines weir-agent logged during
 	// the run; a healthy run has none.
 	AgentWarnings []string `json:"agentWarnings,omitempty"`
+	// RuleChanges are the nftables generations `nft monitor` saw inside
+	// captured pods during the rounds, each naming the process that made it;
+	// a healthy run has none.
+	RuleChanges []string `json:"ruleChanges,omitempty"`
 	// Profiles are the perf counts and reports of --profile.
 	Profiles []Profile `json:"profiles,omitempty"`
 }
@@ -334,6 +338,12 @@ func (r *Report) WriteTable(out io.Writer) {
 			fmt.Fprintf(out, "  %s\n", w)
 		}
 	}
+	if len(r.RuleChanges) > 0 {
+		fmt.Fprintf(out, "\nrules inside captured pods changed %d times during the rounds (nft monitor):\n", len(r.RuleChanges))
+		for _, c := range r.RuleChanges {
+			fmt.Fprintf(out, "  %s\n", c)
+		}
+	}
 	if len(r.Profiles) > 0 {
 		fmt.Fprintln(out, "\nperf (one extra unrecorded run each; per request, round trip, or MB for bulk):")
 		tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -409,6 +419,12 @@ func (r *Report) Markdown() string {
 		fmt.Fprintf(&b, "\nweir-agent logged %d warnings or errors during the run:\n\n", len(r.AgentWarnings))
 		for _, w := range r.AgentWarnings {
 			fmt.Fprintf(&b, "    %s\n", w)
+		}
+	}
+	if len(r.RuleChanges) > 0 {
+		fmt.Fprintf(&b, "\nRules inside captured pods changed %d times during the rounds (`nft monitor`, naming the process):\n\n", len(r.RuleChanges))
+		for _, c := range r.RuleChanges {
+			fmt.Fprintf(&b, "    %s\n", c)
 		}
 	}
 	if len(r.Profiles) > 0 {

@@ -170,6 +170,7 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 			rep.AgentWarnings = append(rep.AgentWarnings, agentWarnings(p)...)
 		}
 	}
+	rep.RuleChanges = w.ruleChanges()
 	if opts.ProfileDir != "" {
 		w.profile(paths, wls, opts.ProfileDir, rep)
 	}

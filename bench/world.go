@@ -84,6 +84,8 @@ type world struct {
 	plain *testworld.Pod
 	// procs are every server and peer process started.
 	procs []*proc
+	// ruleWatches are `nft monitor` logs of the captured pods' rule changes.
+	ruleWatches map[string]string
 }
 
 // tuneNetns lets a netns take connection churn: reuse of TIME_WAIT ports,
@@ -200,6 +202,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		}
 		client := s.node.MustAddPod(t, captureNamespace(mode), "client")
 		tuneNetns(t, client.Netns)
+		w.watchRules(client)
 		addrs := map[backend]string{}
 		for _, b := range backends {
 			addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
