@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"sync"
@@ -44,6 +43,12 @@ type Agent struct {
 	// baseCtx lives as long as Run.
 	baseCtx context.Context
 
+	// ownsState is true while this agent may write the state file.
+	ownsState atomic.Bool
+	// handover is closed when a successor took over (see takeover.go).
+	handover     chan struct{}
+	handoverOnce sync.Once
+
 	// mu serialises changes to the set of captured pods (CNI calls,
 	// reconcile, restore); the connection path never takes it.
 	mu           sync.Mutex
@@ -64,12 +69,13 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &Agent{
-		cfg:     cfg,
-		log:     log,
-		pods:    newRegistry(),
-		routes:  &route.Table{},
-		reg:     reg,
-		baseCtx: context.Background(),
+		cfg:      cfg,
+		log:      log,
+		handover: make(chan struct{}),
+		pods:     newRegistry(),
+		routes:   &route.Table{},
+		reg:      reg,
+		baseCtx:  context.Background(),
 		podsCaptured: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
 		}),
@@ -125,15 +131,29 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("cannot taint node not-ready", "err", err)
 		}
 	}
-	if err := a.restoreState(); err != nil {
-		a.log.Error("restore state", "err", err)
-	}
-	cniLn, err := listenUnix(a.cfg.Socket)
+	// A running predecessor keeps serving until this agent is ready; this
+	// agent joins its listeners (SO_REUSEPORT) and does not write the state
+	// file before the predecessor hands over.
+	pred, err := findPredecessor(a.cfg.Socket)
 	if err != nil {
 		return err
 	}
-	adminLn, err := net.Listen("tcp", a.cfg.Admin)
+	if pred == nil {
+		a.ownsState.Store(true)
+	} else {
+		a.log.Info("taking over from a running agent", "socket", a.cfg.Socket)
+	}
+	if err := a.restoreState(); err != nil {
+		a.log.Error("restore state", "err", err)
+	}
+	cniLn, err := listenUnix(a.cfg.Socket, pred != nil)
 	if err != nil {
+		pred.close()
+		return err
+	}
+	adminLn, err := listenAdmin(a.cfg.Admin)
+	if err != nil {
+		pred.close()
 		cniLn.Close()
 		return fmt.Errorf("admin listen on %s: %w", a.cfg.Admin, err)
 	}
@@ -156,6 +176,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.writeEnablement(); err != nil {
 		a.log.Error("write enablement file", "err", err)
 	}
+	if pred != nil {
+		// Ready: the predecessor stops accepting (its queued connections
+		// migrate to these listeners) and drains; then take the state it
+		// left, which includes any pod it added meanwhile.
+		if err := pred.handOver(); err != nil {
+			a.log.Warn("predecessor did not confirm the handover", "err", err)
+		}
+		a.ownsState.Store(true)
+		if err := a.restoreState(); err != nil {
+			a.log.Error("restore state after takeover", "err", err)
+		}
+		a.log.Info("took over", "pods", a.pods.capturedCount())
+	}
 	a.reconcile(runCtx, "start")
 	a.ready.Store(true)
 	if a.kube != nil {
@@ -177,6 +210,9 @@ loop:
 		select {
 		case <-ctx.Done():
 			break loop
+		case <-a.handover:
+			a.log.Info("handed over to a successor; draining")
+			break loop
 		case err := <-errc:
 			runErr = err
 			break loop
@@ -194,10 +230,19 @@ loop:
 	}
 	a.ready.Store(false)
 	a.log.Info("agent stopping", "pods", a.pods.capturedCount())
+	handedOver := false
+	select {
+	case <-a.handover:
+		handedOver = true
+	default:
+	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	cniSrv.Shutdown(shutCtx)
 	cancel()
-	os.Remove(a.cfg.Socket)
+	if !handedOver {
+		// The path is the successor's after a handover.
+		os.Remove(a.cfg.Socket)
+	}
 	for _, p := range a.pods.list() {
 		closeListeners(p.listeners)
 	}
@@ -224,33 +269,6 @@ func serveHTTP(s *http.Server, ln net.Listener) error {
 		return err
 	}
 	return nil
-}
-
-// listenUnix binds the CNI socket, root-only. A socket file left by a dead
-// agent is removed; one a live agent still answers on is not.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket dir: %w", err)
-	}
-	if st, err := os.Lstat(path); err == nil {
-		if st.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("socket %s: exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s: another agent is serving it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-	}
-	old := umask(0o077)
-	ln, err := net.Listen("unix", path)
-	umask(old)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	return ln, nil
 }
 
 // healthDial connects active health checks from the agent's own network

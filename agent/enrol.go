@@ -94,6 +94,9 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 		return fmt.Errorf("open capture listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
 	}
 	p.ns, p.spec, p.listeners = ns, spec, ls
+	if err := enableMigration(ns); err != nil {
+		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
+	}
 	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: ns, Addrs: p.ips}
 	for _, l := range ls {
 		p.serving.Add(1)
@@ -223,6 +226,11 @@ func (a *Agent) reconcile(ctx context.Context, why string) {
 // with a.mu held.
 func (a *Agent) afterChange() {
 	a.podsCaptured.Set(float64(a.pods.capturedCount()))
+	// The state file belongs to one agent at a time: not to a successor
+	// before its predecessor handed over, not to a predecessor after.
+	if !a.ownsState.Load() {
+		return
+	}
 	if err := a.saveState(); err != nil {
 		a.log.Error("persist state", "err", err)
 	}

@@ -72,6 +72,9 @@ func (a *Agent) restoreState() error {
 	defer a.mu.Unlock()
 	restored, dropped := 0, 0
 	for _, sp := range st.Pods {
+		if a.pods.get(sp.Attachment) != nil {
+			continue // known already (a second pass after a takeover)
+		}
 		if id, err := netns.IDOf(sp.Netns); err != nil || id != sp.NetnsID {
 			dropped++
 			continue

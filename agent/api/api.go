@@ -30,6 +30,9 @@ const (
 	PathDel    = "/v1/cni/del"
 	PathGC     = "/v1/cni/gc"
 	PathStatus = "/v1/status"
+	// PathHandover is agent to agent: a successor that is ready asks the
+	// running agent to stop accepting, drain and exit (takeover).
+	PathHandover = "/v1/handover"
 )
 
 // Pod names the Kubernetes pod an attachment belongs to, as the runtime passed

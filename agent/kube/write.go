@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 )
 
@@ -72,7 +74,7 @@ const fieldManager = "weir-agent"
 // patch carries the resourceVersion it was computed from, so it never
 // overwrites taints it did not see.
 func (s *Source) SetNodeReady(ctx context.Context, ready bool) error {
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.RetryOnConflict(nodeBackoff, func() error {
 		node, err := s.client.CoreV1().Nodes().Get(ctx, s.node, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -106,6 +108,11 @@ func (s *Source) SetNodeReady(ctx context.Context, ready bool) error {
 	}
 	return nil
 }
+
+// nodeBackoff outlasts busy node writers (kubelet status, other agents'
+// taints): ten tries spread over about ten seconds, jittered so competing
+// writers fall out of step.
+var nodeBackoff = wait.Backoff{Steps: 10, Duration: 10 * time.Millisecond, Factor: 2, Jitter: 0.5}
 
 // withTaint returns taints with TaintKey:NoSchedule present (want) or with
 // every taint of key TaintKey gone, and whether that differs from taints.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -74,9 +75,13 @@ func tail(b []byte, lines int) string {
 	return strings.Join(s, "\n")
 }
 
+var agentSeq atomic.Int64
+
 func (a *Agent) start(t T) {
 	t.Helper()
-	a.LogPath = filepath.Join(a.node.Dir, "agent.log")
+	if a.LogPath == "" {
+		a.LogPath = filepath.Join(a.node.Dir, fmt.Sprintf("agent-%d.log", agentSeq.Add(1)))
+	}
 	logf, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		t.Fatal(err)
@@ -185,6 +190,25 @@ func (a *Agent) Metric(t T, series string) float64 {
 		}
 	}
 	return 0
+}
+
+// Wait waits up to d for the agent to exit on its own (after handing over
+// to a successor) and returns its exit error, nil for status 0.
+func (a *Agent) Wait(t T, d time.Duration) error {
+	t.Helper()
+	select {
+	case <-a.done:
+		return a.exitErr
+	case <-time.After(d):
+		t.Fatalf("weir-agent still running after %v", d)
+		return nil
+	}
+}
+
+// Log returns what the agent logged so far.
+func (a *Agent) Log() string {
+	b, _ := os.ReadFile(a.LogPath)
+	return string(b)
 }
 
 // Kill ends the agent with SIGKILL, as a crash or an OOM kill would: no
