@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "weir: the demo needs root (network namespaces, iptables)" >&2; exit 1; }
 hack/deps.sh
 export PATH=$PATH:/usr/local/go/bin
+# An older Go fetches the toolchain go.mod names through the module proxy.
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 exec go run ./integration/demo "$@"

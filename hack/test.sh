@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "weir: the tests need root (network namespaces, iptables)" >&2; exit 1; }
 hack/deps.sh
 export PATH=$PATH:/usr/local/go/bin
+# An older Go fetches the toolchain go.mod names through the module proxy.
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 # Cached builds (first run: minutes): upstream CNI plugins for spec 1.1.0,
 # and a real kube-apiserver, etcd and kubectl for the Kubernetes tests.
 # Assign, then export, so a failed build stops the run.
