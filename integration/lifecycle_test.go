@@ -1,9 +1,6 @@
 package integration
 
 import (
-	"bufio"
-	"fmt"
-	"io"
 	"strings"
 	"testing"
 	"time"
@@ -67,33 +64,9 @@ func TestSigtermDrains(t *testing.T) {
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": "3s"})
 	server := node.MustAddPod(t, "backend", "echo")
 	client := node.MustAddPod(t, "demo", "client")
-	ln := server.Listen(t, "0.0.0.0:7000")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	c, err := client.Dial(fmt.Sprintf("%s:7000", server.IP4), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	echo := func(msg string) error {
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprintln(c, msg); err != nil {
-			return err
-		}
-		line, err := r.ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != msg {
-			err = fmt.Errorf("echo %q, want %q", line, msg)
-		}
-		return err
-	}
+	startEcho(t, server)
+	conn := dialEcho(t, client, server)
+	echo := conn.echo
 	if err := echo("before"); err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,33 +20,9 @@ func TestTakeoverDropsNothing(t *testing.T) {
 	srv := node.MustAddPod(t, "backend", "server")
 	srv.StartNginx(t, 8080, "server")
 	client := node.MustAddPod(t, "demo", "client")
-	ln := srv.Listen(t, "0.0.0.0:7000")
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	long, err := client.Dial(fmt.Sprintf("%s:7000", srv.IP4), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer long.Close()
-	r := bufio.NewReader(long)
-	echo := func(msg string) error {
-		long.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := fmt.Fprintln(long, msg); err != nil {
-			return err
-		}
-		line, err := r.ReadString('\n')
-		if err == nil && strings.TrimSpace(line) != msg {
-			err = fmt.Errorf("echo %q", line)
-		}
-		return err
-	}
+	startEcho(t, srv)
+	long := dialEcho(t, client, srv)
+	echo := long.echo
 	if err := echo("before"); err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +61,7 @@ func TestTakeoverDropsNothing(t *testing.T) {
 	if err := echo("during drain"); err != nil {
 		t.Fatalf("relayed connection broke during the takeover: %v", err)
 	}
-	long.Close()
+	long.c.Close()
 	if err := old.Wait(t, 25*time.Second); err != nil {
 		t.Fatalf("old agent exit: %v, want status 0", err)
 	}
