@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/podconfig"
 	"github.com/weir-mesh/weir/proxy"
@@ -293,14 +295,52 @@ func (a *Agent) discover(ctx context.Context) {
 	}
 }
 
+// localPodAddrs lists the addresses in h that sit on an interface whose
+// peer (a veth's other end) is in the agent's namespace.
+func localPodAddrs(h *netns.Handle) ([]netip.Addr, error) {
+	host, err := netns.Host()
+	if err != nil {
+		return nil, err
+	}
+	if h.ID() == host.ID() {
+		return nil, nil
+	}
+	var out []netip.Addr
+	err = h.Do(func() error {
+		hostID, err := netlink.GetNetNsIdByFd(host.Fd())
+		if err != nil || hostID < 0 {
+			return fmt.Errorf("no peer link to the agent's namespace")
+		}
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			link, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil || link.Attrs().NetNsID != hostID {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(a.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
 // kubePod is what discovery needs of a pod.
 type kubePod struct {
 	namespace, name, uid string
 	ips                  []netip.Addr
 }
 
-// findNetns scans the namespace bind-mount directories for namespaces
-// holding the pods' IPs.
+// findNetns scans the namespace bind-mount directories (then /proc) for
+// namespaces holding the pods' IPs on an interface whose peer lives in the
+// agent's own namespace: a pod of this node. Matching the IP alone is not
+// enough: namespaces of other nodes on the same machine (test worlds,
+// nested clusters) may hold the same addresses, and rules must never be
+// programmed into them.
 func findNetns(dirs []string, pods []kubePod) map[string]string {
 	byIP := map[netip.Addr]string{}
 	for _, p := range pods {
@@ -314,7 +354,7 @@ func findNetns(dirs []string, pods []kubePod) map[string]string {
 		if err != nil {
 			continue
 		}
-		addrs, err := h.Addrs()
+		addrs, err := localPodAddrs(h)
 		h.Close()
 		if err != nil {
 			continue

@@ -318,3 +318,53 @@ func TestKubeNodeTaint(t *testing.T) {
 		}
 	}
 }
+
+// labelNamespace sets or (v == "") removes the capture label.
+func (k *kubeNode) labelNamespace(t *testing.T, ns, v string) {
+	t.Helper()
+	n, err := k.kw.Client.CoreV1().Namespaces().Get(kubeworld.Context(t), ns, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Labels == nil {
+		n.Labels = map[string]string{}
+	}
+	if v == "" {
+		delete(n.Labels, captureLabel)
+	} else {
+		n.Labels[captureLabel] = v
+	}
+	if _, err := k.kw.Client.CoreV1().Namespaces().Update(kubeworld.Context(t), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A pod added while the agent was away (its namespace not enabled, so the
+// ADD went ahead) is found by its IP once its namespace is enabled, and
+// captured. A namespace of another node on the same machine holding the
+// same IP is never touched.
+func TestKubeDiscoversPodsOfThisNodeOnly(t *testing.T) {
+	k := newKubeNode(t, false)
+	ns := k.namespace(t, false)
+	eventually(t, 10*time.Second, "enablement file written", func() bool {
+		_, err := os.Stat(filepath.Join(k.Dir, "enablement.json"))
+		return err == nil
+	})
+	k.agent.Stop(t)
+	// Another node on this machine, with a pod holding the same IP the
+	// next pod of this node will get (host-local starts both at .2).
+	other := testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions())
+	other.StartAgent(t, map[string]any{})
+	twin := other.MustAddPod(t, "elsewhere", "twin")
+	away := k.mustPod(t, ns, "away", nil)
+	if twin.IP4 != away.IP4 {
+		t.Fatalf("twin %s and away %s differ; the test needs equal IPs", twin.IP4, away.IP4)
+	}
+	k.agent.Restart(t)
+	k.labelNamespace(t, ns, "enabled")
+	eventually(t, 10*time.Second, "pod added while the agent was away captured", func() bool { return captured(t, away) })
+	time.Sleep(2 * time.Second) // several reconciles
+	if installed, err := redirect.Installed(twin.Path); err != nil || installed {
+		t.Fatalf("the other node's pod with the same IP got weir rules (installed=%v err=%v)", installed, err)
+	}
+}

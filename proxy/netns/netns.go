@@ -256,23 +256,5 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	return c.(*net.TCPConn), nil
 }
 
-// Addrs lists the IP addresses configured inside the namespace (to find
-// which namespace holds a given pod IP).
-func (h *Handle) Addrs() ([]netip.Addr, error) {
-	var out []netip.Addr
-	err := h.Do(func() error {
-		as, err := net.InterfaceAddrs()
-		if err != nil {
-			return err
-		}
-		for _, a := range as {
-			if n, ok := a.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(n.IP); ok {
-					out = append(out, ip.Unmap())
-				}
-			}
-		}
-		return nil
-	})
-	return out, err
-}
+// Fd is the open namespace's file descriptor, valid until Close.
+func (h *Handle) Fd() int { return int(h.f.Fd()) }
