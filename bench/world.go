@@ -17,7 +17,7 @@ import (
 // servers, since the mode is a node-wide setting.
 var WeirModes = []string{
 	"redirect",
-	// "tproxy",
+	"tproxy",
 	// "ebpf",
 }
 
