@@ -206,7 +206,7 @@ func TestRatios(t *testing.T) {
 	}
 	var bulk *Target
 	for i := range r.Targets {
-		if strings.HasPrefix(r.Targets[i].Goal, "single-stream bulk") {
+		if strings.HasPrefix(r.Targets[i].Goal, "single-stream bulk") && r.Targets[i].Path == "weir-redirect" {
 			bulk = &r.Targets[i]
 		}
 	}
