@@ -280,7 +280,7 @@ func checkContract(t *testing.T, objs []object) {
 	}
 	for _, taint := range []corev1.Taint{{Key: "weir.dev/agent-not-ready", Effect: corev1.TaintEffectNoSchedule},
 		{Key: "node.kubernetes.io/not-ready", Effect: corev1.TaintEffectNoExecute},
-		{Key: "example.com/any", Effect: corev1.TaintEffectNoSchedule}} {
+		{Key: "example.invalid/any", Effect: corev1.TaintEffectNoSchedule}} {
 		if !tolerates(taint.Key, taint.Effect) {
 			t.Errorf("does not tolerate %s:%s", taint.Key, taint.Effect)
 		}
@@ -581,7 +581,7 @@ func TestHelmChart(t *testing.T) {
 		out, err := helm(t, bin, "template", "weir", "helm/weir",
 			"--set-json", `extraTolerations=[{"key":"dedicated","operator":"Equal","value":"infra","effect":"NoSchedule"}]`,
 			"--set-json", `imagePullSecrets=[{"name":"regcred"}]`,
-			"--set-json", `podAnnotations={"example.com/team":"mesh"}`,
+			"--set-json", `podAnnotations={"example.invalid/team":"mesh"}`,
 			"--set", "priorityClassName=", "--set", "cni.logFile=")
 		if err != nil {
 			t.Fatal(err)
@@ -594,7 +594,7 @@ func TestHelmChart(t *testing.T) {
 		if len(pod.Spec.Tolerations) != 4 || pod.Spec.Tolerations[3].Key != "dedicated" {
 			t.Errorf("tolerations %v", pod.Spec.Tolerations)
 		}
-		if len(pod.Spec.ImagePullSecrets) != 1 || pod.Annotations["example.com/team"] != "mesh" || pod.Spec.PriorityClassName != "" {
+		if len(pod.Spec.ImagePullSecrets) != 1 || pod.Annotations["example.invalid/team"] != "mesh" || pod.Spec.PriorityClassName != "" {
 			t.Errorf("pull secrets %v, annotations %v, priority class %q", pod.Spec.ImagePullSecrets, pod.Annotations, pod.Spec.PriorityClassName)
 		}
 		if f := flags(container(t, pod.Spec.InitContainers, "install-cni").Command[3:]); f["log-file"] != "" {

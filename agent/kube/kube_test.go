@@ -438,7 +438,7 @@ func TestServicesFromEndpointSlices(t *testing.T) {
 	w.EndpointSlice(t, headless, endpoint("10.244.1.9", "", yes, yes, no))
 	ext := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "ext"},
-		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.com"},
+		Spec:       corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "example.invalid"},
 	}
 	if _, err := w.Client.CoreV1().Services(ns).Create(ctx, ext, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create ExternalName service: %v", err)

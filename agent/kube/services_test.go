@@ -70,7 +70,7 @@ func TestBuildServices(t *testing.T) {
 			// The same address in a second slice (a rewrite in progress)
 			// counts once, at its best health.
 			slice(discoveryv1.AddressTypeIPv4, webPorts, ep("10.1.0.4", ready, "zone-b")),
-			slice(discoveryv1.AddressTypeFQDN, webPorts, ep("db.example.com", ready, "")),
+			slice(discoveryv1.AddressTypeFQDN, webPorts, ep("db.example.invalid", ready, "")),
 		},
 		"unnamed": {slice(discoveryv1.AddressTypeIPv4, []discoveryv1.EndpointPort{eport("", 5000)}, ep("10.2.0.1", ready, ""))},
 	}
@@ -84,7 +84,7 @@ func TestBuildServices(t *testing.T) {
 	headless := svc("headless", []string{corev1.ClusterIPNone}, sport("", 80, ""))
 	external := svc("ext", nil, sport("", 80, ""))
 	external.Spec.Type = corev1.ServiceTypeExternalName
-	external.Spec.ExternalName = "example.com"
+	external.Spec.ExternalName = "example.invalid"
 	balanced := svc("balanced", []string{"10.96.0.30"}, sport("", 80, ""))
 	balanced.Annotations = map[string]string{AnnotationCluster: `{"connectTimeout":"2s","balancer":"random"}`, AnnotationBalancer: "maglev"}
 	bad := svc("bad", []string{"10.96.0.31"}, sport("", 80, ""))
