@@ -41,6 +41,9 @@ func (w *world) startProc(n *testworld.Netns, name string, extraLogs []string, p
 	p := &proc{name: name, logs: append([]string{out}, extraLogs...), done: make(chan struct{})}
 	p.cmd = n.Command(context.Background(), prog, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	// Its own process group, so cleanup also kills the children (nginx's
+	// workers outlive a killed master otherwise).
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		t.Fatalf("start %s (%s) in %s: %v", name, prog, n.Name, err)
@@ -51,7 +54,7 @@ func (w *world) startProc(n *testworld.Netns, name string, extraLogs []string, p
 		close(p.done)
 	}()
 	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGKILL)
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		select {
 		case <-p.done:
 		case <-time.After(10 * time.Second):
