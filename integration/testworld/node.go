@@ -68,6 +68,11 @@ func NewNode(t T, opts NodeOptions) *Node {
 	// The bridge's IPv6 gateway address would sit "tentative" through
 	// duplicate address detection, and the node could not use it.
 	n.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
+	// The bridge plugin's CHECK compares the bridge's MAC with the one ADD
+	// recorded; a bridge takes its ports' lowest MAC unless one is set, so
+	// every later pod would change it. Create it with a fixed address.
+	n.MustRun(t, "ip", "link", "add", "weir0", "type", "bridge")
+	n.MustRun(t, "ip", "link", "set", "weir0", "address", "02:00:00:22:00:01")
 	if opts.Backend != "" {
 		tool := "iptables-" + opts.Backend
 		RequireTool(t, tool)
