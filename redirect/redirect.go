@@ -20,17 +20,22 @@ import (
 // the namespace is left as it was. An invalid spec or a path that is not a
 // network namespace changes nothing.
 func Apply(netnsPath string, s Spec) error {
+	return inNetnsWithSpec("apply", netnsPath, s, apply)
+}
+
+// inNetnsWithSpec defaults and validates s, picks its backend, and runs f in
+// the namespace at netnsPath; errors name the verb and the path.
+func inNetnsWithSpec(verb, netnsPath string, s Spec, f func(Spec, string) error) error {
 	s = s.WithDefaults()
 	if err := s.Validate(); err != nil {
-		return fmt.Errorf("apply redirect in %s: invalid spec: %w", netnsPath, err)
+		return fmt.Errorf("%s redirect in %s: invalid spec: %w", verb, netnsPath, err)
 	}
 	backend, err := pickBackend(s.Backend)
 	if err != nil {
-		return fmt.Errorf("apply redirect in %s: %w", netnsPath, err)
+		return fmt.Errorf("%s redirect in %s: %w", verb, netnsPath, err)
 	}
-	err = inNetns(netnsPath, func() error { return apply(s, backend) })
-	if err != nil {
-		return fmt.Errorf("apply redirect in %s: %w", netnsPath, err)
+	if err := inNetns(netnsPath, func() error { return f(s, backend) }); err != nil {
+		return fmt.Errorf("%s redirect in %s: %w", verb, netnsPath, err)
 	}
 	return nil
 }
@@ -56,19 +61,7 @@ func Remove(netnsPath string) error {
 // or route, e.g. `iptables nat/WEIR_OUTPUT: missing rule "-p tcp -j
 // REDIRECT --to-ports 15001"`. It changes nothing.
 func Verify(netnsPath string, s Spec) error {
-	s = s.WithDefaults()
-	if err := s.Validate(); err != nil {
-		return fmt.Errorf("verify redirect in %s: invalid spec: %w", netnsPath, err)
-	}
-	backend, err := pickBackend(s.Backend)
-	if err != nil {
-		return fmt.Errorf("verify redirect in %s: %w", netnsPath, err)
-	}
-	err = inNetns(netnsPath, func() error { return verify(s, backend) })
-	if err != nil {
-		return fmt.Errorf("verify redirect in %s: %w", netnsPath, err)
-	}
-	return nil
+	return inNetnsWithSpec("verify", netnsPath, s, verify)
 }
 
 // Installed reports whether any weir chain, jump, policy rule or route is in
