@@ -61,6 +61,17 @@ func (k *knobWorld) viaAgent(t *testing.T, p *testworld.Pod, target netip.AddrPo
 	return k.agent.Metric(t, series)-before == 1
 }
 
+// expect checks, in every family of the world, whether a request from pod
+// from to target's port goes through the agent (want) or bypasses it.
+func (k *knobWorld) expect(t *testing.T, from, target *testworld.Pod, port uint16, dir string, want bool, what string) {
+	t.Helper()
+	for _, fam := range k.w.families() {
+		if got := k.viaAgent(t, from, netip.AddrPortFrom(addr(target, fam), port), dir); got != want {
+			t.Errorf("%s: %s (through the agent: %v, want %v)", fam, what, got, want)
+		}
+	}
+}
+
 // Must show 4 (issue 3): every exclusion does what it says, in both modes and
 // both families, and the traffic it does not exclude still goes through the
 // agent.
@@ -69,14 +80,8 @@ func TestExclusions(t *testing.T) {
 		t.Run(w.String(), func(t *testing.T) {
 			t.Run("excludeOutboundPorts", func(t *testing.T) {
 				k := newKnobWorld(t, w, map[string]any{"excludeOutboundPorts": []int{8081}})
-				for _, fam := range w.families() {
-					if !k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8080), "outbound") {
-						t.Errorf("%s: port 8080 bypassed the agent", fam)
-					}
-					if k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8081), "outbound") {
-						t.Errorf("%s: excluded port 8081 went through the agent", fam)
-					}
-				}
+				k.expect(t, k.client, k.srvA, 8080, "outbound", true, "port 8080 bypassed the agent")
+				k.expect(t, k.client, k.srvA, 8081, "outbound", false, "excluded port 8081 went through the agent")
 			})
 			t.Run("excludeOutboundCIDRs", func(t *testing.T) {
 				k := newKnobWorld(t, w, nil)
@@ -87,36 +92,18 @@ func TestExclusions(t *testing.T) {
 					map[string]any{"namespace": "demo", "excludeOutboundCIDRs": []string{k.srvB.IP4.String() + "/32", k.srvB.IP6.String() + "/128"}},
 				}}})
 				k.client = k.node.MustAddPod(t, "demo", "client2")
-				for _, fam := range w.families() {
-					if !k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvA, fam), 8080), "outbound") {
-						t.Errorf("%s: server-a bypassed the agent", fam)
-					}
-					if k.viaAgent(t, k.client, netip.AddrPortFrom(addr(k.srvB, fam), 8080), "outbound") {
-						t.Errorf("%s: excluded server-b went through the agent", fam)
-					}
-				}
+				k.expect(t, k.client, k.srvA, 8080, "outbound", true, "server-a bypassed the agent")
+				k.expect(t, k.client, k.srvB, 8080, "outbound", false, "excluded server-b went through the agent")
 			})
 			t.Run("excludeInboundPorts", func(t *testing.T) {
 				k := newKnobWorld(t, w, map[string]any{"excludeInboundPorts": []int{8081}})
-				for _, fam := range w.families() {
-					if !k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8080), "inbound") {
-						t.Errorf("%s: inbound 8080 bypassed the agent", fam)
-					}
-					if k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8081), "inbound") {
-						t.Errorf("%s: excluded inbound 8081 went through the agent", fam)
-					}
-				}
+				k.expect(t, k.srvA, k.app, 8080, "inbound", true, "inbound 8080 bypassed the agent")
+				k.expect(t, k.srvA, k.app, 8081, "inbound", false, "excluded inbound 8081 went through the agent")
 			})
 			t.Run("includeInboundPorts", func(t *testing.T) {
 				k := newKnobWorld(t, w, map[string]any{"includeInboundPorts": []int{8081}})
-				for _, fam := range w.families() {
-					if !k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8081), "inbound") {
-						t.Errorf("%s: included inbound 8081 bypassed the agent", fam)
-					}
-					if k.viaAgent(t, k.srvA, netip.AddrPortFrom(addr(k.app, fam), 8080), "inbound") {
-						t.Errorf("%s: inbound 8080, not included, went through the agent", fam)
-					}
-				}
+				k.expect(t, k.srvA, k.app, 8081, "inbound", true, "included inbound 8081 bypassed the agent")
+				k.expect(t, k.srvA, k.app, 8080, "inbound", false, "inbound 8080, not included, went through the agent")
 			})
 		})
 	}
