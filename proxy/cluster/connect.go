@@ -132,9 +132,20 @@ func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TC
 }
 
 // attempt dials one endpoint with the connect timeout and records the
-// outcome on it; start is the clock at the pick.
+// outcome on it; start is the clock at the pick. The endpoint counts as
+// active from the attempt on, and again not if it fails.
 func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint, start int64) (*net.TCPConn, error) {
 	e.st.active.Add(1)
+	conn, err := c.dialEndpoint(ctx, dial, e, start)
+	if err != nil {
+		e.st.active.Add(-1)
+	}
+	return conn, err
+}
+
+// dialEndpoint dials e with the connect timeout and records the outcome on
+// it: latency, connect failures in a row, ejection.
+func (c *Cluster) dialEndpoint(ctx context.Context, dial Dialer, e *endpoint, start int64) (*net.TCPConn, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout.D())
 	conn, err := dial(dctx, e.Addr)
 	cancel()
@@ -149,7 +160,6 @@ func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint, start i
 			return conn, nil
 		}
 	}
-	e.st.active.Add(-1)
 	if ctx.Err() != nil {
 		return nil, err
 	}

@@ -49,6 +49,16 @@ type Service struct {
 	// left empty (it is the service's name).
 	Cluster   cluster.Config     `json:"cluster,omitzero"`
 	Endpoints []cluster.Endpoint `json:"endpoints,omitempty"`
+	// Protocol is what the service speaks; Auto (the zero value) sniffs
+	// each connection.
+	Protocol Protocol `json:"protocol,omitempty"`
+	// HTTPRoutes route HTTP requests to this service's addresses by host,
+	// path, method, headers and query; none sends every request to the
+	// service's own cluster, balanced per request.
+	HTTPRoutes []HTTPRoute `json:"httpRoutes,omitempty"`
+	// TLSRoutes route TLS connections by SNI; none sends them to the
+	// service's own cluster.
+	TLSRoutes []TLSRoute `json:"tlsRoutes,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -153,6 +163,7 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 	if !same {
 		errs = append(errs, s.index(cfg)...)
 	}
+	errs = append(errs, s.compileL7(cfg)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -283,4 +294,51 @@ func seedFor(seed uint64, name string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(name))
 	return seed ^ h.Sum64() | 1
+}
+
+// compileL7 sets each service route's protocol and compiles its HTTP and
+// TLS routes, whose backends may name any service of the snapshot. Routes
+// are few next to services, so they are compiled on every build.
+func (s *Snapshot) compileL7(cfg Config) []error {
+	var errs []error
+	clusterOf := func(name string) *cluster.Cluster {
+		if i, ok := s.byName[name]; ok {
+			return s.clusters[i]
+		}
+		return nil
+	}
+	for i := range cfg.Services {
+		svc := &cfg.Services[i]
+		if s.clusters[i] == nil {
+			continue
+		}
+		where := fmt.Sprintf("services[%d] (%s)", i, svc.Name)
+		if _, err := ParseProtocol(string(svc.Protocol)); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			continue
+		}
+		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
+		if len(svc.HTTPRoutes) > 0 {
+			if svc.Protocol == TCP || svc.Protocol == TLS {
+				errs = append(errs, fmt.Errorf("%s has httpRoutes but protocol %s", where, svc.Protocol))
+			}
+			h, err := compileHTTP(svc.HTTPRoutes, clusterOf, where)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.HTTP = h
+		}
+		if len(svc.TLSRoutes) > 0 {
+			if svc.Protocol != Auto && svc.Protocol != TLS {
+				errs = append(errs, fmt.Errorf("%s has tlsRoutes but protocol %s", where, svc.Protocol))
+			}
+			t, err := compileTLS(svc.TLSRoutes, clusterOf, where)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.TLS = t
+		}
+		s.routes[i] = r
+	}
+	return errs
 }

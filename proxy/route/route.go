@@ -29,6 +29,16 @@ type Route struct {
 	// Passthrough, when Cluster is nil, means dial the original
 	// destination itself. Cluster nil and Passthrough false means refuse.
 	Passthrough bool
+	// Service names the service whose address matched; empty for CIDR
+	// routes and unknown destinations.
+	Service string
+	// Protocol is what the service declared; Auto means sniff.
+	Protocol Protocol
+	// HTTP routes each request of an HTTP connection; nil sends every
+	// request to Cluster.
+	HTTP *HTTPRouter
+	// TLS routes a TLS connection by SNI; nil sends it to Cluster.
+	TLS *TLSRouter
 }
 
 // Refused reports whether the route says to refuse the connection.

@@ -1,0 +1,65 @@
+package cluster
+
+import (
+	"context"
+	"net"
+)
+
+// Pick chooses an endpoint for one L7 request without connecting: the L7
+// half keeps pools of upstream connections per endpoint and needs the
+// balancer's choice before it knows whether it must dial. The lease counts
+// as an active request on the cluster (circuitBreaker.maxConnections bounds
+// requests in flight) and on the endpoint (least_request sees it) until
+// Done, which also feeds outlier ejection with the request's outcome.
+//
+// prev, when not nil, is the lease of an earlier attempt of the same
+// request: the pick avoids every endpoint prev tried, and the attempt is a
+// retry that must fit the cluster's retry budget (ErrNoEndpoint when it
+// does not, or when no untried endpoint is left). prev is released first.
+func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
+	st := c.st
+	l := &Lease{c: c}
+	if prev != nil {
+		l.view = prev.view
+		prev.Done(nil)
+		if l.view.n >= maxTried {
+			return nil, c.errNoEndpoint
+		}
+	}
+	if st.active.Add(1) > int64(c.cfg.CircuitBreaker.MaxConnections) {
+		st.active.Add(-1)
+		st.circuitOpen.Add(1)
+		return nil, c.errCircuitOpen
+	}
+	e := c.pick(key, &l.view)
+	if e == nil {
+		st.active.Add(-1)
+		st.noEndpoint.Add(1)
+		return nil, c.errNoEndpoint
+	}
+	if prev != nil {
+		if c.cfg.Retry.Disabled || l.view.n > c.cfg.Retry.MaxRetries ||
+			!st.budget.withdraw(l.view.now, c.cfg.Retry.MinRetriesPerSecond) {
+			st.active.Add(-1)
+			st.retryBudgetExhausted.Add(1)
+			return nil, c.errNoEndpoint
+		}
+		st.retries.Add(1)
+	} else {
+		st.budget.deposit(c.cfg.Retry.BudgetPercent, c.cfg.Retry.MinRetriesPerSecond)
+	}
+	l.view.remember(e.st)
+	e.st.active.Add(1)
+	l.ep = e
+	st.connections.Add(1)
+	return l, nil
+}
+
+// Dial opens a new connection to the lease's endpoint with the cluster's
+// connect timeout, for an L7 pool that had none idle. The outcome is
+// recorded on the endpoint as an L4 connect's is (latency estimate,
+// connect failures in a row, ejection); the lease itself stays open either
+// way: on error, retry with Pick(key, lease) or end it with Done.
+func (l *Lease) Dial(ctx context.Context, dial Dialer) (*net.TCPConn, error) {
+	return l.c.dialEndpoint(ctx, dial, l.ep, l.c.now())
+}

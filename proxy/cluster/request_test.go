@@ -1,0 +1,120 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"testing"
+)
+
+func TestPickSpreadsRequestsAndCountsActive(t *testing.T) {
+	c := mustNew(t, Config{Name: "l7"}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
+	var leases []*Lease
+	got := map[netip.AddrPort]int{}
+	for range 10 {
+		l, err := c.Pick(0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[l.Endpoint()]++
+		leases = append(leases, l)
+	}
+	if got[ap("10.0.0.1:80")] != 5 || got[ap("10.0.0.2:80")] != 5 {
+		t.Errorf("10 picks went %v, want 5 and 5", got)
+	}
+	if s := c.Stats(); s.Active != 10 || s.Endpoints[0].Active != 5 {
+		t.Errorf("active %d (endpoint 0: %d), want 10 and 5 while requests are in flight", s.Active, s.Endpoints[0].Active)
+	}
+	for _, l := range leases {
+		l.Done(nil)
+	}
+	if s := c.Stats(); s.Active != 0 || s.Endpoints[0].Active != 0 || s.Endpoints[1].Active != 0 {
+		t.Errorf("after Done: active %d, endpoints %d %d, want 0", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
+	}
+}
+
+func TestPickRetryAvoidsTriedEndpoints(t *testing.T) {
+	f := newFakeNet(t)
+	c := mustNew(t, Config{Name: "l7retry"}, eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{})
+	f.setDown(ap("10.0.0.1:80"), true)
+	f.setDown(ap("10.0.0.2:80"), true)
+	for range 4 {
+		l, err := c.Pick(0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[netip.AddrPort]bool{}
+		for {
+			if seen[l.Endpoint()] {
+				t.Fatalf("retry picked %s again", l.Endpoint())
+			}
+			seen[l.Endpoint()] = true
+			conn, err := l.Dial(context.Background(), f.dial)
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if l, err = c.Pick(0, l); err != nil {
+				t.Fatalf("retry after %v: %v", seen, err)
+			}
+		}
+		if l.Endpoint() != ap("10.0.0.3:80") {
+			t.Fatalf("ended on %s, want the only endpoint up", l.Endpoint())
+		}
+		l.Done(nil)
+	}
+	s := c.Stats()
+	if s.Retries == 0 || s.Active != 0 {
+		t.Errorf("retries %d active %d, want retries > 0 and nothing active", s.Retries, s.Active)
+	}
+	if s.Endpoints[0].ConnectFailures == 0 {
+		t.Errorf("a failed Dial was not counted on the endpoint")
+	}
+}
+
+func TestPickRetriesBoundedAndBreaker(t *testing.T) {
+	c := mustNew(t, Config{Name: "l7b", Retry: RetryConfig{MaxRetries: 1}, CircuitBreaker: CircuitBreakerConfig{MaxConnections: 2}},
+		eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{})
+	l, err := c.Pick(0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := c.Pick(0, l) // the one retry allowed
+	if err != nil {
+		t.Fatalf("first retry: %v", err)
+	}
+	if _, err := c.Pick(0, l2); !errors.Is(err, ErrNoEndpoint) {
+		t.Fatalf("second retry with maxRetries 1: %v, want ErrNoEndpoint", err)
+	}
+	a, _ := c.Pick(0, nil)
+	b, _ := c.Pick(0, nil)
+	if _, err := c.Pick(0, nil); !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("third request in flight with maxConnections 2: %v, want ErrCircuitOpen", err)
+	}
+	a.Done(nil)
+	b.Done(nil)
+	if s := c.Stats(); s.Active != 0 {
+		t.Errorf("active %d after every lease ended", s.Active)
+	}
+}
+
+func TestRequestErrorsEject(t *testing.T) {
+	c := mustNew(t, Config{Name: "l7ej", Outlier: OutlierConfig{ConsecutiveFailures: 3}}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
+	bad := ap("10.0.0.1:80")
+	for i := 0; i < 20; i++ {
+		l, err := c.Pick(0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Endpoint() == bad {
+			l.Done(errors.New("502 from upstream"))
+		} else {
+			l.Done(nil)
+		}
+	}
+	for _, e := range c.Stats().Endpoints {
+		if e.Addr == bad && (e.Ejections == 0 || !e.Ejected) {
+			t.Errorf("endpoint failing every request: ejections %d ejected %v", e.Ejections, e.Ejected)
+		}
+	}
+}

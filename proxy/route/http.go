@@ -1,0 +1,669 @@
+package route
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+// Protocol is what a service's port speaks, as declared in the config or
+// in Kubernetes (appProtocol, port name prefix). Auto means sniff.
+type Protocol string
+
+// Declared protocols. The zero value is Auto.
+const (
+	Auto  Protocol = ""
+	TCP   Protocol = "tcp"
+	TLS   Protocol = "tls"
+	HTTP  Protocol = "http"
+	HTTP2 Protocol = "http2"
+	GRPC  Protocol = "grpc"
+)
+
+// ParseProtocol reads a declared protocol; "auto" and "" are Auto.
+func ParseProtocol(s string) (Protocol, error) {
+	switch p := Protocol(strings.ToLower(s)); p {
+	case "auto", Auto:
+		return Auto, nil
+	case TCP, TLS, HTTP, HTTP2, GRPC:
+		return p, nil
+	}
+	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc", s)
+}
+
+// IsHTTP reports whether p is one of the HTTP family, so requests are
+// routed and balanced one by one.
+func (p Protocol) IsHTTP() bool { return p == HTTP || p == HTTP2 || p == GRPC }
+
+// The L7 route model follows Gateway API's HTTPRoute (and GRPCRoute, which
+// is an HTTPRoute over the path /service/method), so a later source can
+// feed it from the API objects unchanged. Field names and semantics are
+// those of gateway.networking.k8s.io/v1 where they exist.
+
+// HTTPRoute is a set of rules for requests to one service.
+type HTTPRoute struct {
+	// Name identifies the route in errors and metrics.
+	Name string `json:"name,omitempty"`
+	// Hostnames restrict the route to requests whose host (authority,
+	// without port) is one of these; "*.example.com" matches any single
+	// or multi-label prefix of example.com. Empty matches every host.
+	Hostnames []string `json:"hostnames,omitempty"`
+	// Rules are tried in Gateway API precedence order (see Match).
+	Rules []HTTPRouteRule `json:"rules,omitempty"`
+}
+
+// HTTPRouteRule sends requests that match one of Matches through Filters
+// to one of Backends.
+type HTTPRouteRule struct {
+	// Matches are alternatives; none means every request.
+	Matches []HTTPRouteMatch `json:"matches,omitempty"`
+	// Filters change the request or answer it locally (redirect).
+	Filters []HTTPRouteFilter `json:"filters,omitempty"`
+	// Backends share the rule's requests by weight. None (and no redirect
+	// filter) answers 500, as Gateway API says of a rule with no backends.
+	Backends []BackendRef `json:"backendRefs,omitempty"`
+}
+
+// Path match types.
+const (
+	PathExact  = "Exact"
+	PathPrefix = "PathPrefix"
+	PathRegex  = "RegularExpression"
+)
+
+// Header and query match types.
+const (
+	MatchExact = "Exact"
+	MatchRegex = "RegularExpression"
+)
+
+// HTTPRouteMatch is one alternative: every condition set must hold.
+type HTTPRouteMatch struct {
+	Path        *PathMatch        `json:"path,omitempty"`
+	Method      string            `json:"method,omitempty"`
+	Headers     []HeaderMatch     `json:"headers,omitempty"`
+	QueryParams []QueryParamMatch `json:"queryParams,omitempty"`
+}
+
+// PathMatch matches the request path (without the query). A PathPrefix
+// matches whole segments: /api matches /api and /api/x, not /apix.
+type PathMatch struct {
+	Type  string `json:"type,omitempty"` // default PathPrefix
+	Value string `json:"value"`
+}
+
+// HeaderMatch matches a request header by name (case-insensitive).
+type HeaderMatch struct {
+	Type  string `json:"type,omitempty"` // default Exact
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// QueryParamMatch matches a query parameter by name (case-sensitive).
+type QueryParamMatch struct {
+	Type  string `json:"type,omitempty"` // default Exact
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Filter types.
+const (
+	FilterRequestHeaderModifier  = "RequestHeaderModifier"
+	FilterResponseHeaderModifier = "ResponseHeaderModifier"
+	FilterURLRewrite             = "URLRewrite"
+	FilterRequestRedirect        = "RequestRedirect"
+)
+
+// HTTPRouteFilter is one filter; Type says which of the others is set.
+type HTTPRouteFilter struct {
+	Type                   string          `json:"type"`
+	RequestHeaderModifier  *HeaderModifier `json:"requestHeaderModifier,omitempty"`
+	ResponseHeaderModifier *HeaderModifier `json:"responseHeaderModifier,omitempty"`
+	URLRewrite             *URLRewrite     `json:"urlRewrite,omitempty"`
+	RequestRedirect        *Redirect       `json:"requestRedirect,omitempty"`
+}
+
+// Header is one name and value.
+type Header struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// HeaderModifier sets (replaces), adds (appends) and removes headers, in
+// that order of precedence: a name removed is gone, set wins over the
+// original value.
+type HeaderModifier struct {
+	Set    []Header `json:"set,omitempty"`
+	Add    []Header `json:"add,omitempty"`
+	Remove []string `json:"remove,omitempty"`
+}
+
+// Path modifier types.
+const (
+	ReplaceFullPath    = "ReplaceFullPath"
+	ReplacePrefixMatch = "ReplacePrefixMatch"
+)
+
+// PathModifier replaces the whole path, or the prefix the rule's
+// PathPrefix match matched.
+type PathModifier struct {
+	Type               string `json:"type"`
+	ReplaceFullPath    string `json:"replaceFullPath,omitempty"`
+	ReplacePrefixMatch string `json:"replacePrefixMatch,omitempty"`
+}
+
+// URLRewrite changes the host and path the upstream sees.
+type URLRewrite struct {
+	Hostname string        `json:"hostname,omitempty"`
+	Path     *PathModifier `json:"path,omitempty"`
+}
+
+// Redirect answers the request locally with a redirect.
+type Redirect struct {
+	Scheme     string        `json:"scheme,omitempty"`
+	Hostname   string        `json:"hostname,omitempty"`
+	Path       *PathModifier `json:"path,omitempty"`
+	Port       uint16        `json:"port,omitempty"`
+	StatusCode int           `json:"statusCode,omitempty"` // 301 or 302 (default)
+}
+
+// BackendRef names a service whose cluster takes a share of a rule's
+// requests.
+type BackendRef struct {
+	Service string `json:"service"`
+	// Weight is the share relative to the rule's other backends; nil
+	// means 1, 0 means none.
+	Weight *uint32 `json:"weight,omitempty"`
+}
+
+// RequestView is what matching reads of a request. Implementations read
+// their own buffers; matching keeps none of the slices.
+type RequestView interface {
+	Method() []byte
+	// Host is the authority (Host header or :authority), port included if
+	// the client sent one.
+	Host() []byte
+	// Path is the request path without the query.
+	Path() []byte
+	// Query is the raw query, without '?'.
+	Query() []byte
+	// Header returns the first value of the header (name in lower case).
+	Header(lowerName string) ([]byte, bool)
+}
+
+// HTTPRouter is a service's compiled HTTP routes.
+type HTTPRouter struct {
+	rules []*compiledMatch // every (route, rule, match) in precedence order
+}
+
+// Action is what a matched rule does with a request. It is shared by every
+// request the rule matches: do not modify it.
+type Action struct {
+	// Route and Rule name the match for logs and metrics ("name/2").
+	Route string
+	Rule  int
+	// RequestHeaders and ResponseHeaders are the rule's header modifiers,
+	// nil when none.
+	RequestHeaders, ResponseHeaders *HeaderModifier
+	// Rewrite changes host and path upstream; nil when none.
+	Rewrite *URLRewrite
+	// Redirect answers locally; nil when none.
+	Redirect *Redirect
+	// PrefixMatched is the PathPrefix value the match used, for
+	// ReplacePrefixMatch.
+	PrefixMatched string
+
+	backends []weightedCluster
+	total    uint64
+}
+
+type weightedCluster struct {
+	c      *cluster.Cluster
+	weight uint64
+}
+
+// Backend picks the cluster for one request by weight; nil when the rule
+// has no backend with weight (answer 500), or when it redirects.
+func (a *Action) Backend() *cluster.Cluster {
+	switch {
+	case a.total == 0:
+		return nil
+	case len(a.backends) == 1:
+		return a.backends[0].c
+	}
+	n := rand.Uint64N(a.total)
+	for _, b := range a.backends {
+		if n < b.weight {
+			return b.c
+		}
+		n -= b.weight
+	}
+	return a.backends[len(a.backends)-1].c
+}
+
+type compiledMatch struct {
+	hosts   []string // exact (lower case) or "*.suffix"
+	m       HTTPRouteMatch
+	method  []byte
+	path    []byte
+	re      *regexp.Regexp
+	headers []compiledKV
+	query   []compiledKV
+	action  *Action
+	order   int // position in the config, the last tie-breaker
+}
+
+type compiledKV struct {
+	name  string // lower case for headers
+	value []byte
+	re    *regexp.Regexp
+}
+
+// Match returns the action of the first rule matching r, in Gateway API
+// precedence: among matches whose hostnames admit the request, an Exact
+// path first, then RegularExpression paths (whose order Gateway API leaves
+// to implementations: before prefixes, so a catch-all "/" does not hide
+// them), then PathPrefix, longer first; at equal paths a match with a
+// method, then the one with more header matches, then more query matches;
+// remaining ties go to the earlier route and rule in the config. A match
+// with no path is a PathPrefix "/". nil means no rule matched (404).
+func (h *HTTPRouter) Match(r RequestView) *Action {
+	if h == nil {
+		return nil
+	}
+	host := stripPort(r.Host())
+	for _, m := range h.rules {
+		if m.matches(r, host) {
+			return m.action
+		}
+	}
+	return nil
+}
+
+func (m *compiledMatch) matches(r RequestView, host []byte) bool {
+	if len(m.hosts) > 0 && !hostMatches(m.hosts, host) {
+		return false
+	}
+	if m.method != nil && !bytes.Equal(r.Method(), m.method) {
+		return false
+	}
+	{
+		p := r.Path()
+		switch m.m.Path.Type {
+		case PathExact:
+			if !bytes.Equal(p, m.path) {
+				return false
+			}
+		case PathRegex:
+			if !m.re.Match(p) {
+				return false
+			}
+		default:
+			if !prefixMatches(p, m.path) {
+				return false
+			}
+		}
+	}
+	for i := range m.headers {
+		kv := &m.headers[i]
+		v, ok := r.Header(kv.name)
+		if !ok || !kv.matches(v) {
+			return false
+		}
+	}
+	if len(m.query) > 0 {
+		q := r.Query()
+		for i := range m.query {
+			kv := &m.query[i]
+			v, ok := queryValue(q, kv.name)
+			if !ok || !kv.matches(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func (kv *compiledKV) matches(v []byte) bool {
+	if kv.re != nil {
+		return kv.re.Match(v)
+	}
+	return bytes.Equal(v, kv.value)
+}
+
+// prefixMatches matches whole path segments; "/" matches everything.
+func prefixMatches(p, prefix []byte) bool {
+	if len(prefix) > 0 && prefix[len(prefix)-1] == '/' {
+		prefix = prefix[:len(prefix)-1]
+	}
+	if !bytes.HasPrefix(p, prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || p[len(prefix)] == '/'
+}
+
+func hostMatches(hosts []string, host []byte) bool {
+	for _, h := range hosts {
+		if h[0] == '*' {
+			// "*.example.com" matches "a.example.com" and "a.b.example.com",
+			// not "example.com".
+			if len(host) > len(h)-1 && equalFoldASCII(host[len(host)-(len(h)-1):], h[1:]) {
+				return true
+			}
+			continue
+		}
+		if equalFoldASCII(host, h) {
+			return true
+		}
+	}
+	return false
+}
+
+func equalFoldASCII(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := range b {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// stripPort removes ":port" from a host, keeping IPv6 brackets' content
+// as it is.
+func stripPort(h []byte) []byte {
+	if len(h) > 0 && h[0] == '[' {
+		if i := bytes.IndexByte(h, ']'); i > 0 {
+			return h[:i+1]
+		}
+		return h
+	}
+	if i := bytes.LastIndexByte(h, ':'); i >= 0 {
+		return h[:i]
+	}
+	return h
+}
+
+// queryValue finds the first value of name in a raw query. Values are
+// compared as sent (percent-encoding is not decoded).
+func queryValue(q []byte, name string) ([]byte, bool) {
+	for len(q) > 0 {
+		var kv []byte
+		if i := bytes.IndexByte(q, '&'); i >= 0 {
+			kv, q = q[:i], q[i+1:]
+		} else {
+			kv, q = q, nil
+		}
+		k, v := kv, []byte(nil)
+		if i := bytes.IndexByte(kv, '='); i >= 0 {
+			k, v = kv[:i], kv[i+1:]
+		}
+		if string(k) == name {
+			return v, true
+		}
+	}
+	return nil, false
+}
+
+// compileHTTP builds a service's router. clusterOf resolves a backend
+// service name. where prefixes errors.
+func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, where string) (*HTTPRouter, error) {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(where+format, args...)) }
+	h := &HTTPRouter{}
+	order := 0
+	for ri, rt := range routes {
+		var hosts []string
+		for hi, hn := range rt.Hostnames {
+			hn = strings.ToLower(hn)
+			if hn == "" || strings.Contains(hn[1:], "*") || (hn[0] == '*' && !strings.HasPrefix(hn, "*.")) || strings.ContainsAny(hn, ":/ ") {
+				bad(".routes[%d].hostnames[%d] %q is not a hostname or *.suffix", ri, hi, hn)
+				continue
+			}
+			hosts = append(hosts, hn)
+		}
+		name := rt.Name
+		if name == "" {
+			name = fmt.Sprintf("route%d", ri)
+		}
+		for ji, rule := range rt.Rules {
+			rw := fmt.Sprintf(".routes[%d].rules[%d]", ri, ji)
+			a := &Action{Route: name, Rule: ji}
+			for fi, f := range rule.Filters {
+				fw := fmt.Sprintf("%s.filters[%d]", rw, fi)
+				switch f.Type {
+				case FilterRequestHeaderModifier:
+					if f.RequestHeaderModifier == nil {
+						bad("%s.requestHeaderModifier is missing", fw)
+					}
+					a.RequestHeaders = f.RequestHeaderModifier
+				case FilterResponseHeaderModifier:
+					if f.ResponseHeaderModifier == nil {
+						bad("%s.responseHeaderModifier is missing", fw)
+					}
+					a.ResponseHeaders = f.ResponseHeaderModifier
+				case FilterURLRewrite:
+					if f.URLRewrite == nil {
+						bad("%s.urlRewrite is missing", fw)
+						continue
+					}
+					if err := checkPathModifier(f.URLRewrite.Path, rule.Matches); err != nil {
+						bad("%s.urlRewrite.path: %v", fw, err)
+					}
+					a.Rewrite = f.URLRewrite
+				case FilterRequestRedirect:
+					rd := f.RequestRedirect
+					if rd == nil {
+						bad("%s.requestRedirect is missing", fw)
+						continue
+					}
+					if rd.StatusCode != 0 && rd.StatusCode != 301 && rd.StatusCode != 302 {
+						bad("%s.requestRedirect.statusCode %d is not 301 or 302", fw, rd.StatusCode)
+					}
+					if rd.Scheme != "" && rd.Scheme != "http" && rd.Scheme != "https" {
+						bad("%s.requestRedirect.scheme %q is not http or https", fw, rd.Scheme)
+					}
+					if err := checkPathModifier(rd.Path, rule.Matches); err != nil {
+						bad("%s.requestRedirect.path: %v", fw, err)
+					}
+					a.Redirect = rd
+				default:
+					bad("%s.type %q is not one of RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect", fw, f.Type)
+				}
+			}
+			if a.Redirect != nil && len(rule.Backends) > 0 {
+				bad("%s has both a requestRedirect filter and backendRefs", rw)
+			}
+			for bi, b := range rule.Backends {
+				c := clusterOf(b.Service)
+				if c == nil {
+					bad("%s.backendRefs[%d].service %q is not a service", rw, bi, b.Service)
+					continue
+				}
+				w := uint64(1)
+				if b.Weight != nil {
+					w = uint64(*b.Weight)
+				}
+				if w > 1_000_000 {
+					bad("%s.backendRefs[%d].weight %d is over 1000000", rw, bi, w)
+					continue
+				}
+				if w > 0 {
+					a.backends = append(a.backends, weightedCluster{c: c, weight: w})
+					a.total += w
+				}
+			}
+			matches := rule.Matches
+			if len(matches) == 0 {
+				matches = []HTTPRouteMatch{{}}
+			}
+			for mi, m := range matches {
+				mw := fmt.Sprintf("%s.matches[%d]", rw, mi)
+				cm := &compiledMatch{hosts: hosts, m: m, action: a, order: order}
+				order++
+				if m.Method != "" {
+					cm.method = []byte(strings.ToUpper(m.Method))
+				}
+				p := m.Path
+				if p == nil {
+					// No path condition is a PathPrefix "/" in precedence.
+					p = &PathMatch{Type: PathPrefix, Value: "/"}
+				}
+				{
+					switch p.Type {
+					case "", PathPrefix:
+						cm.m.Path = &PathMatch{Type: PathPrefix, Value: p.Value}
+						if !strings.HasPrefix(p.Value, "/") {
+							bad("%s.path.value %q must start with /", mw, p.Value)
+						}
+						ma := *a
+						ma.PrefixMatched = p.Value
+						cm.action = &ma
+					case PathExact:
+						if !strings.HasPrefix(p.Value, "/") {
+							bad("%s.path.value %q must start with /", mw, p.Value)
+						}
+					case PathRegex:
+						re, err := regexp.Compile("^(?:" + p.Value + ")$")
+						if err != nil {
+							bad("%s.path.value: %v", mw, err)
+						}
+						cm.re = re
+					default:
+						bad("%s.path.type %q is not one of Exact, PathPrefix, RegularExpression", mw, p.Type)
+					}
+					cm.path = []byte(cm.m.Path.Value)
+				}
+				for i, hm := range m.Headers {
+					kv, err := compileKV(hm.Type, strings.ToLower(hm.Name), hm.Value)
+					if err != nil {
+						bad("%s.headers[%d]: %v", mw, i, err)
+					}
+					cm.headers = append(cm.headers, kv)
+				}
+				for i, qm := range m.QueryParams {
+					kv, err := compileKV(qm.Type, qm.Name, qm.Value)
+					if err != nil {
+						bad("%s.queryParams[%d]: %v", mw, i, err)
+					}
+					cm.query = append(cm.query, kv)
+				}
+				h.rules = append(h.rules, cm)
+			}
+		}
+	}
+	slices.SortStableFunc(h.rules, precedence)
+	return h, errors.Join(errs...)
+}
+
+func compileKV(typ, name, value string) (compiledKV, error) {
+	kv := compiledKV{name: name, value: []byte(value)}
+	if name == "" {
+		return kv, errors.New("name is missing")
+	}
+	switch typ {
+	case "", MatchExact:
+	case MatchRegex:
+		re, err := regexp.Compile("^(?:" + value + ")$")
+		if err != nil {
+			return kv, err
+		}
+		kv.re = re
+	default:
+		return kv, fmt.Errorf("type %q is not one of Exact, RegularExpression", typ)
+	}
+	return kv, nil
+}
+
+func checkPathModifier(p *PathModifier, matches []HTTPRouteMatch) error {
+	if p == nil {
+		return nil
+	}
+	switch p.Type {
+	case ReplaceFullPath:
+		if !strings.HasPrefix(p.ReplaceFullPath, "/") {
+			return fmt.Errorf("replaceFullPath %q must start with /", p.ReplaceFullPath)
+		}
+	case ReplacePrefixMatch:
+		ok := len(matches) > 0
+		for _, m := range matches {
+			if m.Path == nil || (m.Path.Type != "" && m.Path.Type != PathPrefix) {
+				ok = false
+			}
+		}
+		if !ok {
+			return errors.New("ReplacePrefixMatch needs every match of the rule to be a PathPrefix")
+		}
+	default:
+		return fmt.Errorf("type %q is not one of ReplaceFullPath, ReplacePrefixMatch", p.Type)
+	}
+	return nil
+}
+
+// precedence orders matches as Gateway API says (see Match).
+func precedence(a, b *compiledMatch) int {
+	ka, kb := pathRank(a), pathRank(b)
+	if ka != kb {
+		return kb - ka
+	}
+	if a.m.Path != nil && b.m.Path != nil && len(a.m.Path.Value) != len(b.m.Path.Value) && a.m.Path.Type == PathPrefix {
+		return len(b.m.Path.Value) - len(a.m.Path.Value)
+	}
+	if (a.method != nil) != (b.method != nil) {
+		if a.method != nil {
+			return -1
+		}
+		return 1
+	}
+	if len(a.headers) != len(b.headers) {
+		return len(b.headers) - len(a.headers)
+	}
+	if len(a.query) != len(b.query) {
+		return len(b.query) - len(a.query)
+	}
+	return a.order - b.order
+}
+
+func pathRank(m *compiledMatch) int {
+	switch m.m.Path.Type {
+	case PathExact:
+		return 4
+	case PathRegex:
+		return 3
+	}
+	return 2
+}
+
+// RewritePath applies a rewrite or redirect path modifier to path (no
+// query); prefix is the PathPrefix the request matched.
+func RewritePath(p *PathModifier, path, prefix string) string {
+	if p == nil {
+		return path
+	}
+	if p.Type == ReplaceFullPath {
+		return p.ReplaceFullPath
+	}
+	prefix = strings.TrimSuffix(prefix, "/")
+	rest := strings.TrimPrefix(path, prefix)
+	repl := strings.TrimSuffix(p.ReplacePrefixMatch, "/")
+	out := repl + rest
+	if out == "" {
+		return "/"
+	}
+	if out[0] != '/' {
+		out = "/" + out
+	}
+	return out
+}

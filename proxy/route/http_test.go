@@ -1,0 +1,153 @@
+package route
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+type req struct {
+	method, host, path, query string
+	headers                   map[string]string
+}
+
+func (r req) Method() []byte { return []byte(r.method) }
+func (r req) Host() []byte   { return []byte(r.host) }
+func (r req) Path() []byte   { return []byte(r.path) }
+func (r req) Query() []byte  { return []byte(r.query) }
+func (r req) Header(n string) ([]byte, bool) {
+	v, ok := r.headers[n]
+	return []byte(v), ok
+}
+
+func w(n uint32) *uint32 { return &n }
+
+func l7Config(routes []HTTPRoute) Config {
+	ep := func(a string) []cluster.Endpoint { return []cluster.Endpoint{{Addr: netip.MustParseAddrPort(a)}} }
+	return Config{Services: []Service{
+		{Name: "front", Addresses: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.1:80")}, Endpoints: ep("10.0.0.1:80"), Protocol: HTTP, HTTPRoutes: routes},
+		{Name: "a", Endpoints: ep("10.0.0.2:80")},
+		{Name: "b", Endpoints: ep("10.0.0.3:80")},
+		{Name: "c", Endpoints: ep("10.0.0.4:80")},
+	}}
+}
+
+func TestHTTPRoutePrecedence(t *testing.T) {
+	routes := []HTTPRoute{{
+		Name:      "r",
+		Hostnames: []string{"shop.example.test", "*.api.test"},
+		Rules: []HTTPRouteRule{
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/api"}}}, Backends: []BackendRef{{Service: "a"}}},
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/api/v2"}}}, Backends: []BackendRef{{Service: "b"}}},
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Type: PathExact, Value: "/api/v2/exact"}}}, Backends: []BackendRef{{Service: "c"}}},
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/api"}, Method: "post"}}, Backends: []BackendRef{{Service: "c"}}},
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Type: PathRegex, Value: "/img/[0-9]+"}}}, Backends: []BackendRef{{Service: "b"}}},
+			{Matches: []HTTPRouteMatch{{Headers: []HeaderMatch{{Name: "X-Canary", Value: "yes"}}}}, Backends: []BackendRef{{Service: "c"}}},
+			{Matches: []HTTPRouteMatch{{QueryParams: []QueryParamMatch{{Name: "v", Type: MatchRegex, Value: "2|3"}}}}, Backends: []BackendRef{{Service: "b"}}},
+			{Backends: []BackendRef{{Service: "a"}}},
+		},
+	}}
+	snap, err := Build(l7Config(routes), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).HTTP
+	for _, tc := range []struct {
+		r    req
+		want string // service, or "" for no match
+	}{
+		{req{method: "GET", host: "shop.example.test", path: "/api"}, "a"},
+		{req{method: "GET", host: "SHOP.example.test:8080", path: "/api/x"}, "a"},
+		{req{method: "GET", host: "shop.example.test", path: "/apix"}, "a"}, // catch-all, not the /api prefix
+		{req{method: "GET", host: "shop.example.test", path: "/api/v2/y"}, "b"},
+		{req{method: "GET", host: "shop.example.test", path: "/api/v2/exact"}, "c"},
+		{req{method: "POST", host: "shop.example.test", path: "/api/z"}, "c"},
+		{req{method: "GET", host: "x.api.test", path: "/img/42"}, "b"},
+		{req{method: "GET", host: "x.api.test", path: "/img/4a"}, "a"},
+		{req{method: "GET", host: "x.api.test", path: "/", headers: map[string]string{"x-canary": "yes"}}, "c"},
+		{req{method: "GET", host: "x.api.test", path: "/", query: "a=1&v=3"}, "b"},
+		{req{method: "GET", host: "api.test", path: "/api"}, ""},
+		{req{method: "GET", host: "other.test", path: "/api"}, ""},
+	} {
+		a := h.Match(tc.r)
+		got := ""
+		if a != nil {
+			got = a.Backend().Name()
+		}
+		if got != tc.want {
+			t.Errorf("%+v went to %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
+
+func TestHTTPRouteWeights(t *testing.T) {
+	snap, err := Build(l7Config([]HTTPRoute{{Rules: []HTTPRouteRule{{Backends: []BackendRef{{Service: "a", Weight: w(90)}, {Service: "b", Weight: w(10)}, {Service: "c", Weight: w(0)}}}}}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).HTTP.Match(req{method: "GET", path: "/"})
+	got := map[string]int{}
+	for range 10000 {
+		got[a.Backend().Name()]++
+	}
+	if got["a"] < 8700 || got["a"] > 9300 || got["c"] != 0 {
+		t.Errorf("90/10/0 split over 10000 requests: %v", got)
+	}
+}
+
+func TestHTTPRouteErrorsNameFields(t *testing.T) {
+	_, err := Build(l7Config([]HTTPRoute{{Hostnames: []string{"a*.b"}, Rules: []HTTPRouteRule{
+		{Matches: []HTTPRouteMatch{{Path: &PathMatch{Type: PathRegex, Value: "("}}}, Backends: []BackendRef{{Service: "nope"}}},
+		{Filters: []HTTPRouteFilter{{Type: FilterURLRewrite, URLRewrite: &URLRewrite{Path: &PathModifier{Type: ReplacePrefixMatch, ReplacePrefixMatch: "/x"}}}}},
+	}}}), nil)
+	if err == nil {
+		t.Fatal("bad routes accepted")
+	}
+	for _, want := range []string{"hostnames[0]", "rules[0].matches[0].path.value", `"nope" is not a service`, "rules[1].filters[0].urlRewrite.path"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}
+
+func TestRewritePath(t *testing.T) {
+	for _, tc := range []struct {
+		p                  *PathModifier
+		path, prefix, want string
+	}{
+		{&PathModifier{Type: ReplaceFullPath, ReplaceFullPath: "/new"}, "/old/x", "/old", "/new"},
+		{&PathModifier{Type: ReplacePrefixMatch, ReplacePrefixMatch: "/v2"}, "/v1/users", "/v1", "/v2/users"},
+		{&PathModifier{Type: ReplacePrefixMatch, ReplacePrefixMatch: "/"}, "/v1/users", "/v1/", "/users"},
+		{&PathModifier{Type: ReplacePrefixMatch, ReplacePrefixMatch: "/"}, "/v1", "/v1", "/"},
+	} {
+		if got := RewritePath(tc.p, tc.path, tc.prefix); got != tc.want {
+			t.Errorf("RewritePath(%+v, %q, %q) = %q, want %q", tc.p, tc.path, tc.prefix, got, tc.want)
+		}
+	}
+}
+
+func TestTLSRouteBySNI(t *testing.T) {
+	cfg := l7Config(nil)
+	cfg.Services[0].Protocol = TLS
+	cfg.Services[0].TLSRoutes = []TLSRoute{
+		{Hostnames: []string{"*.example.test"}, Backends: []BackendRef{{Service: "a"}}},
+		{Hostnames: []string{"pay.example.test"}, Backends: []BackendRef{{Service: "b"}}},
+		{Hostnames: []string{"*.deep.example.test"}, Backends: []BackendRef{{Service: "c"}}},
+	}
+	snap, err := Build(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).TLS
+	for sni, want := range map[string]string{"pay.example.test": "b", "shop.example.test": "a", "x.deep.example.test": "c", "example.test": "", "other.test": ""} {
+		got := ""
+		if a := tr.Match(sni); a != nil {
+			got = a.Backend().Name()
+		}
+		if got != want {
+			t.Errorf("SNI %s went to %q, want %q", sni, got, want)
+		}
+	}
+}
