@@ -21,6 +21,7 @@ import (
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/podconfig"
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -62,6 +63,8 @@ type Config struct {
 	NetnsDirs []string `json:"netnsDirs"`
 	// Kubernetes turns on the cluster sources.
 	Kubernetes Kubernetes `json:"kubernetes"`
+	// Sniffing configures protocol detection.
+	Sniffing Sniffing `json:"sniffing"`
 }
 
 // Kubernetes configures the agent's view of the cluster: enablement from
@@ -126,7 +129,36 @@ type Service struct {
 	// Cluster holds balancing and resilience settings (balancer, retry,
 	// outlier, circuitBreaker, …); every field has a default.
 	Cluster cluster.Config `json:"cluster"`
+	// Protocol is what the service speaks: auto (default: sniff each
+	// connection), tcp, tls, http, http2 or grpc. A declared protocol
+	// skips the sniffing deadline.
+	Protocol string `json:"protocol"`
+	// HTTPRoutes route requests by host, path, method, headers and query
+	// (Gateway API HTTPRoute shape); none sends every request to this
+	// service's endpoints, balanced per request.
+	HTTPRoutes []route.HTTPRoute `json:"httpRoutes"`
+	// TLSRoutes route TLS connections by SNI to other services; none
+	// sends them to this service's endpoints.
+	TLSRoutes []route.TLSRoute `json:"tlsRoutes"`
 }
+
+// Sniffing configures protocol detection on connections to services whose
+// protocol is auto.
+type Sniffing struct {
+	// Timeout is how long the agent waits for a silent client's first
+	// bytes before relaying the connection at L4; 0 never sniffs.
+	Timeout Duration `json:"timeout"`
+	// ServerFirstPorts are destination ports of protocols whose server
+	// speaks first (SMTP, MySQL, …): connections to them are relayed at
+	// L4 at once, never delayed.
+	ServerFirstPorts []uint16 `json:"serverFirstPorts"`
+	// PortTimeouts override Timeout per destination port ("5432": "0s").
+	PortTimeouts map[string]Duration `json:"portTimeouts"`
+}
+
+// DefaultServerFirstPorts are the well-known ports of server-first
+// protocols: FTP, SSH, SMTP, POP3, IMAP, SMTP submission, MySQL, NATS.
+var DefaultServerFirstPorts = []uint16{21, 22, 25, 110, 143, 587, 3306, 4222}
 
 // Endpoint is one upstream of a service.
 type Endpoint struct {
@@ -209,6 +241,10 @@ func DefaultConfig() Config {
 		ReconcileInterval:   Duration(60 * time.Second),
 		NetnsDirs:           []string{"/run/netns", "/var/run/netns"},
 		UnknownDestinations: "passthrough",
+		Sniffing: Sniffing{
+			Timeout:          Duration(100 * time.Millisecond),
+			ServerFirstPorts: DefaultServerFirstPorts,
+		},
 		Capture: Capture{
 			OutboundPort: redirect.DefaultOutboundPort,
 			InboundPort:  redirect.DefaultInboundPort,
@@ -287,6 +323,22 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s: must be positive", key)
 		}
 	}
+	if c.Sniffing.Timeout < 0 || c.Sniffing.Timeout > Duration(10*time.Second) {
+		return fmt.Errorf("sniffing.timeout: want 0 (never sniff) up to 10s, got %s", time.Duration(c.Sniffing.Timeout))
+	}
+	for k, d := range c.Sniffing.PortTimeouts {
+		if p, err := strconv.ParseUint(k, 10, 16); err != nil || p == 0 {
+			return fmt.Errorf("sniffing.portTimeouts: key %q is not a port", k)
+		}
+		if d < 0 || d > Duration(10*time.Second) {
+			return fmt.Errorf("sniffing.portTimeouts[%s]: want 0 up to 10s, got %s", k, time.Duration(d))
+		}
+	}
+	for _, p := range c.Sniffing.ServerFirstPorts {
+		if p == 0 {
+			return fmt.Errorf("sniffing.serverFirstPorts: port 0")
+		}
+	}
 	switch c.UnknownDestinations {
 	case "passthrough", "refuse":
 	default:
@@ -337,8 +389,8 @@ func (c Config) Validate() error {
 		if err != nil {
 			return fmt.Errorf("%s.address: %w", where, err)
 		}
-		if len(addrs) == 0 {
-			return fmt.Errorf("%s.address: required", where)
+		if len(addrs) == 0 && len(s.Endpoints) == 0 {
+			return fmt.Errorf("%s: needs an address or endpoints (a service without an address is reachable only as a route's backend)", where)
 		}
 		for _, a := range addrs {
 			if other, dup := seen[a]; dup {
@@ -351,6 +403,15 @@ func (c Config) Validate() error {
 		}
 		if err := s.Cluster.Validate(); err != nil {
 			return fmt.Errorf("%s.cluster: %w", where, err)
+		}
+		if _, err := route.ParseProtocol(s.Protocol); err != nil {
+			return fmt.Errorf("%s.protocol: %w", where, err)
+		}
+	}
+	if len(c.Services) > 0 {
+		// Routes name other services: only a whole build checks them.
+		if _, err := buildRoutes(c, nil); err != nil {
+			return err
 		}
 	}
 	return nil

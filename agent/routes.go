@@ -21,7 +21,14 @@ func buildRoutes(cfg Config, prev *route.Snapshot) (*route.Snapshot, error) {
 		}
 		cc := s.Cluster
 		cc.Name = s.Name
-		rc.Services = append(rc.Services, route.Service{Name: s.Name, Addresses: addrs, Cluster: cc, Endpoints: eps})
+		proto, err := route.ParseProtocol(s.Protocol)
+		if err != nil {
+			return nil, fmt.Errorf("service %s: %w", s.Name, err)
+		}
+		rc.Services = append(rc.Services, route.Service{
+			Name: s.Name, Addresses: addrs, Cluster: cc, Endpoints: eps,
+			Protocol: proto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes,
+		})
 	}
 	snap, err := route.Build(rc, prev)
 	if err != nil {

@@ -469,7 +469,7 @@ func TestServicesFromEndpointSlices(t *testing.T) {
 			{Addr: netip.MustParseAddrPort("10.244.1.1:8080"), Labels: zone("zone-a")},
 			{Addr: netip.MustParseAddrPort("10.244.1.4:8080"), Labels: zone("zone-a"), Health: cluster.Draining},
 			{Addr: netip.MustParseAddrPort("[fd00:244::1]:8080"), Labels: zone("zone-a")},
-		}},
+		}, Protocol: route.HTTP}, // the port is named "http"
 		{Name: ns + "/web:9000", Addresses: []netip.AddrPort{ap(vip, 9000)}, Endpoints: []cluster.Endpoint{
 			{Addr: netip.MustParseAddrPort("10.244.1.1:9000"), Labels: zone("zone-a")},
 			{Addr: netip.MustParseAddrPort("10.244.1.4:9000"), Labels: zone("zone-a"), Health: cluster.Draining},

@@ -155,6 +155,7 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]r
 			Name:      svc.Namespace + "/" + svc.Name + ":" + strconv.Itoa(int(sp.Port)),
 			Cluster:   cfg,
 			Endpoints: endpointsFor(sp.Name, slices),
+			Protocol:  PortProtocol(sp),
 		}
 		for _, ip := range ips {
 			rs.Addresses = append(rs.Addresses, netip.AddrPortFrom(ip, uint16(sp.Port)))
@@ -300,4 +301,44 @@ func clusterConfig(a map[string]string) (cluster.Config, error) {
 	}
 	cfg.Name = "" // the route names the cluster after the service port
 	return cfg, nil
+}
+
+// PortProtocol is what a Service port declares it speaks: its appProtocol
+// (the standard field: "http", "kubernetes.io/h2c", "grpc", "tls", "tcp",
+// and the "kubernetes.io/ws" family as http), else the name prefix other
+// meshes use ("http-", "http2-", "grpc-", "tls-", "tcp-", or the bare
+// name), else Auto: the agent sniffs.
+func PortProtocol(sp corev1.ServicePort) route.Protocol {
+	if sp.AppProtocol != nil {
+		switch strings.ToLower(*sp.AppProtocol) {
+		case "http", "kubernetes.io/ws", "kubernetes.io/wss", "http1":
+			return route.HTTP
+		case "kubernetes.io/h2c", "http2", "h2c":
+			return route.HTTP2
+		case "grpc", "grpc-web":
+			return route.GRPC
+		case "tls", "https", "kubernetes.io/wss+tls":
+			return route.TLS
+		case "tcp":
+			return route.TCP
+		}
+		return route.Auto
+	}
+	name := strings.ToLower(sp.Name)
+	if i := strings.IndexByte(name, '-'); i >= 0 {
+		name = name[:i]
+	}
+	switch name {
+	case "http":
+		return route.HTTP
+	case "http2", "h2c":
+		return route.HTTP2
+	case "grpc":
+		return route.GRPC
+	case "tls", "https":
+		return route.TLS
+	case "tcp", "mysql", "mongo", "redis":
+		return route.TCP
+	}
+	return route.Auto
 }

@@ -177,3 +177,27 @@ func TestClusterConfigAnnotation(t *testing.T) {
 		})
 	}
 }
+
+func TestPortProtocol(t *testing.T) {
+	ap := func(s string) *string { return &s }
+	for _, tc := range []struct {
+		sp   corev1.ServicePort
+		want route.Protocol
+	}{
+		{corev1.ServicePort{Name: "web", AppProtocol: ap("http")}, route.HTTP},
+		{corev1.ServicePort{Name: "tcp-x", AppProtocol: ap("kubernetes.io/h2c")}, route.HTTP2},
+		{corev1.ServicePort{AppProtocol: ap("GRPC")}, route.GRPC},
+		{corev1.ServicePort{AppProtocol: ap("tls")}, route.TLS},
+		{corev1.ServicePort{Name: "http", AppProtocol: ap("example.com/custom")}, route.Auto},
+		{corev1.ServicePort{Name: "http-api"}, route.HTTP},
+		{corev1.ServicePort{Name: "grpc-backend"}, route.GRPC},
+		{corev1.ServicePort{Name: "tcp-db"}, route.TCP},
+		{corev1.ServicePort{Name: "https"}, route.TLS},
+		{corev1.ServicePort{Name: "httpx"}, route.Auto},
+		{corev1.ServicePort{Name: "web"}, route.Auto},
+	} {
+		if got := PortProtocol(tc.sp); got != tc.want {
+			t.Errorf("PortProtocol(%s, %v) = %q, want %q", tc.sp.Name, tc.sp.AppProtocol, got, tc.want)
+		}
+	}
+}
