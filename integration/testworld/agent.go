@@ -80,14 +80,14 @@ func tail(b []byte, lines int) string {
 
 // StartAgentUnderInit is StartAgent with the agent in a PID namespace of
 // its own, whose PID 1 (a shell that passes SIGTERM on) lives in network
-// namespace init. For that agent /proc/1/ns/net, the host's namespace on a
-// real node, is init: a throwaway stand-in, so a test can point an ADD at
+// namespace initNS. For that agent /proc/1/ns/net, the host's namespace on a
+// real node, is initNS: a throwaway stand-in, so a test can point an ADD at
 // /proc/1/ns/net and, whatever the agent does, never reach the machine's
 // real host namespace.
-func (n *Node) StartAgentUnderInit(t T, cfg map[string]any, init *Netns) *Agent {
+func (n *Node) StartAgentUnderInit(t T, cfg map[string]any, initNS *Netns) *Agent {
 	t.Helper()
 	RequireTool(t, "sh", "mount")
-	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), init: init}
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), init: initNS}
 	a.start(t)
 	t.Cleanup(func() {
 		a.Stop(t)
