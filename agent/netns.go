@@ -126,10 +126,12 @@ func (a *Agent) notShared(path string, id netns.ID, att api.Attachment, meta api
 }
 
 // supersedes reports whether an attachment of pod meta replaces p, a stand-in
-// discovery made for the same pod.
+// discovery made for the same pod (same namespace and name, and same UID
+// where both are known: a pod recreated under its old name is another pod).
 func supersedes(att api.Attachment, meta api.Pod, p *pod) bool {
 	return strings.HasPrefix(p.att.ContainerID, discoveredPrefix) && !strings.HasPrefix(att.ContainerID, discoveredPrefix) &&
-		p.meta.Namespace == meta.Namespace && p.meta.Name == meta.Name
+		p.meta.Namespace == meta.Namespace && p.meta.Name == meta.Name &&
+		(p.meta.UID == "" || meta.UID == "" || p.meta.UID == meta.UID)
 }
 
 // admitNetns runs the whole guard for an attachment the agent is about to

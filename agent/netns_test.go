@@ -119,11 +119,13 @@ func TestNotShared(t *testing.T) {
 
 	// Discovery's stand-in gives way to an ADD of the same pod only.
 	b := guardAgent(t, "/proc/self/ns/net")
-	b.pods.swap(&pod{att: api.Attachment{ContainerID: discoveredPrefix + "u1", IfName: "eth0"}, meta: api.Pod{Namespace: "demo", Name: "a"}, netnsPath: podNS, nsID: id})
-	if _, err := b.admitNetns(podNS, first, api.Pod{Namespace: "demo", Name: "a"}); err != nil {
+	b.pods.swap(&pod{att: api.Attachment{ContainerID: discoveredPrefix + "u1", IfName: "eth0"}, meta: api.Pod{Namespace: "demo", Name: "a", UID: "u1"}, netnsPath: podNS, nsID: id})
+	if _, err := b.admitNetns(podNS, first, api.Pod{Namespace: "demo", Name: "a", UID: "u1"}); err != nil {
 		t.Fatalf("ADD of the discovered pod refused: %v", err)
 	}
 	_, err = b.admitNetns(podNS, first, api.Pod{Namespace: "demo", Name: "other"})
+	wantRefusal(t, err, podNS, "already the network namespace of pod demo/a")
+	_, err = b.admitNetns(podNS, first, api.Pod{Namespace: "demo", Name: "a", UID: "u2"})
 	wantRefusal(t, err, podNS, "already the network namespace of pod demo/a")
 	b.dropStandIns(id, first, api.Pod{Namespace: "demo", Name: "a"})
 	if b.pods.len() != 0 {
