@@ -40,6 +40,8 @@ type Agent struct {
 	backend string
 	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
 	kube *kube.Source
+	// nodeNetns are the namespaces the agent never captures (netns.go).
+	nodeNetns nodeNamespaces
 	// baseCtx lives as long as Run.
 	baseCtx context.Context
 
@@ -63,19 +65,21 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if _, err := netns.Host(); err != nil {
-		return nil, fmt.Errorf("open own network namespace: %w", err)
+	nodeNetns, err := findNodeNamespaces(hostNetnsPath, log)
+	if err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &Agent{
-		cfg:      cfg,
-		log:      log,
-		handover: make(chan struct{}),
-		pods:     newRegistry(),
-		routes:   &route.Table{},
-		reg:      reg,
-		baseCtx:  context.Background(),
+		cfg:       cfg,
+		log:       log,
+		handover:  make(chan struct{}),
+		nodeNetns: nodeNetns,
+		pods:      newRegistry(),
+		routes:    &route.Table{},
+		reg:       reg,
+		baseCtx:   context.Background(),
 		podsCaptured: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
 		}),

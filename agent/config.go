@@ -298,8 +298,19 @@ func ParseConfig(b []byte) (Config, error) {
 
 // Validate checks every value, naming the offending key.
 func (c Config) Validate() error {
-	if c.Socket == "" || !strings.HasPrefix(c.Socket, "/") {
-		return fmt.Errorf("socket: must be an absolute path, got %q", c.Socket)
+	// Paths must be absolute: a relative one would depend on the directory
+	// the agent happens to be started from.
+	paths := [][2]string{{"socket", c.Socket}, {"stateDir", c.StateDir}}
+	for i, d := range c.NetnsDirs {
+		paths = append(paths, [2]string{fmt.Sprintf("netnsDirs[%d]", i), d})
+	}
+	if c.Kubernetes.Kubeconfig != "" {
+		paths = append(paths, [2]string{"kubernetes.kubeconfig", c.Kubernetes.Kubeconfig})
+	}
+	for _, p := range paths {
+		if !filepath.IsAbs(p[1]) {
+			return fmt.Errorf("%s: must be an absolute path, got %q", p[0], p[1])
+		}
 	}
 	if _, err := netip.ParseAddrPort(c.Admin); err != nil {
 		return fmt.Errorf("admin: want ip:port, got %q: %w", c.Admin, err)
@@ -308,9 +319,6 @@ func (c Config) Validate() error {
 	case "debug", "info", "warn", "error":
 	default:
 		return fmt.Errorf("logLevel: want debug, info, warn or error, got %q", c.LogLevel)
-	}
-	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
-		return fmt.Errorf("stateDir: must be an absolute path, got %q", c.StateDir)
 	}
 	if c.Kubernetes.Enabled && c.Kubernetes.NodeName == "" {
 		return fmt.Errorf("kubernetes.nodeName: required when kubernetes.enabled (or set NODE_NAME)")

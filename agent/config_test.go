@@ -17,6 +17,22 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+// With no file at all the state directory is still the socket's, never
+// the working directory.
+func TestParseConfigNoFile(t *testing.T) {
+	c, err := ParseConfig(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != "/run/weir" {
+		t.Fatalf("stateDir %q, want the default socket's directory /run/weir", c.StateDir)
+	}
+	c, err = ParseConfig([]byte("socket: /var/run/w/a.sock\nnetnsDirs: [/run/netns]\nkubernetes:\n  kubeconfig: /etc/kube.conf\n"))
+	if err != nil || c.StateDir != "/var/run/w" {
+		t.Fatalf("absolute paths: %+v %v", c, err)
+	}
+}
+
 func TestParseConfigExample(t *testing.T) {
 	const example = `
 socket: /run/weir/agent.sock
@@ -49,7 +65,12 @@ func TestParseConfigRejects(t *testing.T) {
 	for _, tc := range []struct{ name, yaml, want string }{
 		{"unknown key", "sockett: /x\n", `unknown field "sockett"`},
 		{"unknown nested key", "capture:\n  namespace: [demo]\n", `unknown field "namespace"`},
-		{"relative socket", "socket: agent.sock\n", "socket:"},
+		{"relative socket", "socket: agent.sock\n", `socket: must be an absolute path, got "agent.sock"`},
+		{"relative stateDir", "stateDir: state\n", `stateDir: must be an absolute path, got "state"`},
+		{"dot stateDir", "stateDir: ./run/weir\n", "stateDir: must be an absolute path"},
+		{"relative netnsDirs", "netnsDirs: [/run/netns, netns]\n", `netnsDirs[1]: must be an absolute path, got "netns"`},
+		{"empty netnsDirs entry", "netnsDirs: [\"\"]\n", `netnsDirs[0]: must be an absolute path, got ""`},
+		{"relative kubeconfig", "kubernetes:\n  kubeconfig: kube.conf\n", `kubernetes.kubeconfig: must be an absolute path, got "kube.conf"`},
 		{"bad admin", "admin: localhost\n", "admin:"},
 		{"bad log level", "logLevel: loud\n", "logLevel:"},
 		{"bad duration", "connectTimeout: soon\n", "connectTimeout"},

@@ -80,7 +80,9 @@ func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
 
 // capture opens the pod's namespace and its listeners and starts serving
 // them. It does not touch rules: the plugin programs them at ADD, the
-// agent itself when it onboards or repairs.
+// agent itself when it onboards or repairs. Every path into capture comes
+// through here, so the namespace guard (netns.go) runs here once more, on
+// the very namespace the listeners would open in. Called with a.mu held.
 func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 	ns, err := netns.Open(p.netnsPath)
 	if err != nil {
@@ -89,6 +91,14 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 	if ns.ID() != p.nsID {
 		ns.Close()
 		return fmt.Errorf("netns %s now is another namespace", p.netnsPath)
+	}
+	if err := a.notNode(p.netnsPath, ns.ID()); err != nil {
+		ns.Close()
+		return err
+	}
+	if err := a.notShared(p.netnsPath, ns.ID(), p.att, p.meta); err != nil {
+		ns.Close()
+		return err
 	}
 	ls, err := openListeners(ns, spec)
 	if err != nil {
@@ -270,26 +280,27 @@ func (a *Agent) discover(ctx context.Context) {
 	if len(want) == 0 {
 		return
 	}
-	found := findNetns(a.cfg.NetnsDirs, want)
+	found := findNetns(a.cfg.NetnsDirs, want, a.nodeNetns)
 	for _, kp := range want {
 		path, ok := found[kp.namespace+"/"+kp.name]
 		if !ok {
 			a.log.Warn("no network namespace found for enabled pod", "pod", kp.namespace+"/"+kp.name, "ips", kp.ips)
 			continue
 		}
-		id, err := netns.IDOf(path)
+		att := api.Attachment{ContainerID: discoveredPrefix + kp.uid, IfName: "eth0"}
+		meta := api.Pod{Namespace: kp.namespace, Name: kp.name, UID: kp.uid}
+		id, err := a.admitNetns(path, att, meta)
 		if err != nil {
+			if !notExist(err) {
+				a.log.Warn("discovery: namespace refused", "pod", kp.namespace+"/"+kp.name, "err", err)
+			}
 			continue
 		}
 		var cidrs []string
 		for _, ip := range kp.ips {
 			cidrs = append(cidrs, netip.PrefixFrom(ip, ip.BitLen()).String())
 		}
-		p := &pod{
-			att:       api.Attachment{ContainerID: "discovered-" + kp.uid, IfName: "eth0"},
-			meta:      api.Pod{Namespace: kp.namespace, Name: kp.name, UID: kp.uid},
-			netnsPath: path, nsID: id, cniIPs: cidrs, ips: kp.ips,
-		}
+		p := &pod{att: att, meta: meta, netnsPath: path, nsID: id, cniIPs: cidrs, ips: kp.ips}
 		a.pods.swap(p)
 		a.log.Info("found netns of a pod added while the agent was away", "pod", kp.namespace+"/"+kp.name, "netns", path)
 	}
@@ -340,8 +351,9 @@ type kubePod struct {
 // agent's own namespace: a pod of this node. Matching the IP alone is not
 // enough: namespaces of other nodes on the same machine (test worlds,
 // nested clusters) may hold the same addresses, and rules must never be
-// programmed into them.
-func findNetns(dirs []string, pods []kubePod) map[string]string {
+// programmed into them. The node's own namespaces (skip) are never
+// candidates, nor is anything that is no network namespace (netns.Open).
+func findNetns(dirs []string, pods []kubePod, skip nodeNamespaces) map[string]string {
 	byIP := map[netip.Addr]string{}
 	for _, p := range pods {
 		for _, ip := range p.ips {
@@ -352,6 +364,10 @@ func findNetns(dirs []string, pods []kubePod) map[string]string {
 	for _, path := range netnsCandidates(dirs) {
 		h, err := netns.Open(path)
 		if err != nil {
+			continue
+		}
+		if _, node := skip[h.ID()]; node {
+			h.Close()
 			continue
 		}
 		addrs, err := localPodAddrs(h)

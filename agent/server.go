@@ -7,7 +7,6 @@ import (
 	"net/http"
 
 	"github.com/weir-mesh/weir/agent/api"
-	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -100,7 +99,9 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if _, _, err := families(r.IPs); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	id, err := netns.IDOf(r.Netns)
+	// The guard first, whatever the policy would say: a node's namespace
+	// is refused even for a pod that would not be captured.
+	id, err := a.vetNetns(r.Netns)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
@@ -113,6 +114,10 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
+		return api.AddResponse{}, badRequest{err}
+	}
+	a.dropStandIns(id, r.Attachment, r.Pod)
 	old := a.pods.get(r.Attachment)
 	if !d.captured {
 		if old != nil {

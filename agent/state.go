@@ -75,7 +75,12 @@ func (a *Agent) restoreState() error {
 		if a.pods.get(sp.Attachment) != nil {
 			continue // known already (a second pass after a takeover)
 		}
-		if id, err := netns.IDOf(sp.Netns); err != nil || id != sp.NetnsID {
+		// The guard (netns.go) too: a state file written before it existed,
+		// or edited by hand, must not bring a node's namespace into capture.
+		if id, err := a.admitNetns(sp.Netns, sp.Attachment, sp.Pod); err != nil || id != sp.NetnsID {
+			if err != nil && !notExist(err) {
+				a.log.Error("restore: namespace refused, pod dropped", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "container", sp.Attachment.ContainerID, "err", err)
+			}
 			dropped++
 			continue
 		}

@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -99,5 +100,44 @@ func TestPluginRejectsBadInput(t *testing.T) {
 	}
 	if err, out, _ := runPlugin(t, node, "DEL", pod.Path, `{`+base+`}`); err != nil {
 		t.Fatalf("DEL: %v: %s", err, out)
+	}
+}
+
+// Issue 15, part 4: a relative path in the conflist is refused (code 7,
+// naming the key) and nothing is created in the runtime's working
+// directory ("logFile": "ebpf" used to leave a file named ebpf there).
+func TestPluginRejectsRelativePaths(t *testing.T) {
+	bin := filepath.Join(testworld.Binaries(t), "weir-cni")
+	base := `"cniVersion":"1.0.0","name":"weir-test","type":"weir-cni"`
+	for _, c := range []struct{ key, conf string }{
+		{"logFile", `"logFile":"ebpf"`},
+		{"logFile", `"logFile":"logs/weir-cni.log","agentSocket":"/run/weir-test-none/agent.sock"`},
+		{"agentSocket", `"agentSocket":"agent.sock","logFile":"-"`},
+		{"enablementFile", `"enablementFile":"enablement.json","logFile":"-"`},
+	} {
+		t.Run(c.conf, func(t *testing.T) {
+			cwd := t.TempDir()
+			for _, command := range []string{"ADD", "DEL", "CHECK"} {
+				cmd := exec.Command(bin)
+				cmd.Dir = cwd
+				cmd.Env = []string{"CNI_COMMAND=" + command, "CNI_CONTAINERID=rel-1", "CNI_NETNS=/run/netns/weir-no-such-netns", "CNI_IFNAME=eth0", "CNI_PATH=" + filepath.Dir(bin)}
+				cmd.Stdin = strings.NewReader(`{` + base + `,` + c.conf + `}`)
+				var out bytes.Buffer
+				cmd.Stdout = &out
+				if err := cmd.Run(); err == nil {
+					t.Fatalf("%s succeeded: %s", command, out.String())
+				}
+				var e cniError
+				if err := json.Unmarshal(out.Bytes(), &e); err != nil {
+					t.Fatalf("%s: stdout is not CNI error JSON: %v: %q", command, err, out.String())
+				}
+				if e.Code != 7 || !strings.Contains(e.Details, c.key+": want an absolute path") {
+					t.Fatalf("%s: %+v, want code 7 naming %s", command, e, c.key)
+				}
+			}
+			if ents, _ := os.ReadDir(cwd); len(ents) != 0 {
+				t.Fatalf("a refused config left %v in the working directory", ents)
+			}
+		})
 	}
 }

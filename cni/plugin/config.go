@@ -33,7 +33,8 @@ type Conf struct {
 	// for a pod (per-pod override); the plugin applies what the agent says.
 	Mode string `json:"mode"`
 	// LogFile receives the plugin's log lines (default /var/log/weir-cni.log);
-	// "" after defaults is impossible, "-" disables logging.
+	// "" after defaults is impossible, "-" disables logging. Like every path
+	// key, it must be absolute.
 	LogFile string `json:"logFile"`
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `json:"logLevel"`
@@ -93,9 +94,20 @@ func parseConfig(stdin []byte) (*Conf, error) {
 		}
 		c.timeout = d
 	}
-	if c.AgentSocket[0] != '/' {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
-			fmt.Sprintf("agentSocket: want an absolute path, got %q", c.AgentSocket))
+	// Every path must be absolute: a relative one would resolve against
+	// the runtime's working directory, wherever that is, and the log file
+	// would be created there. Checked before anything opens a file.
+	for _, p := range []struct {
+		key, value string
+		none       bool // "-" means none
+	}{
+		{"agentSocket", c.AgentSocket, false},
+		{"enablementFile", c.EnablementFile, false},
+		{"logFile", c.LogFile, true},
+	} {
+		if err := checkPath(p.key, p.value, p.none); err != nil {
+			return nil, err
+		}
 	}
 	switch redirect.Mode(c.Mode) {
 	case redirect.ModeRedirect, redirect.ModeTPROXY:
@@ -118,4 +130,18 @@ func parseConfig(stdin []byte) (*Conf, error) {
 		}
 	}
 	return c, nil
+}
+
+// checkPath refuses a path key that is not absolute (code 7, invalid
+// config), naming the key; with none, "-" (no file at all) is allowed too.
+func checkPath(key, value string, none bool) error {
+	if filepath.IsAbs(value) || (none && value == "-") {
+		return nil
+	}
+	want := "an absolute path"
+	if none {
+		want += ` or "-" for none`
+	}
+	return types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+		fmt.Sprintf("%s: want %s, got %q (a relative path would resolve against the container runtime's working directory)", key, want, value))
 }

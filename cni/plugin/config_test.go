@@ -17,6 +17,11 @@ func TestParseConfig(t *testing.T) {
 	if c.AgentSocket != "/run/weir/agent.sock" || c.Mode != "redirect" || c.LogFile != DefaultLogFile || c.timeout != DefaultTimeout || c.PrevResult == nil {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// "-" is a log file of none; absolute paths are taken as they are.
+	c, err = parseConfig([]byte(`{` + base + `,"logFile":"-","agentSocket":"/x/a.sock","enablementFile":"/y/e.json"}`))
+	if err != nil || c.LogFile != "-" || c.AgentSocket != "/x/a.sock" || c.EnablementFile != "/y/e.json" {
+		t.Fatalf("absolute paths and logFile \"-\": %+v %v", c, err)
+	}
 	// Keys a runtime injects are accepted.
 	if _, err := parseConfig([]byte(`{` + base + `,"runtimeConfig":{"portMappings":[]},"args":{"cni":{}},"capabilities":{"portMappings":true}}`)); err != nil {
 		t.Fatalf("runtime-injected keys rejected: %v", err)
@@ -32,6 +37,11 @@ func TestParseConfig(t *testing.T) {
 		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, types.ErrInvalidNetworkConfig, "agentTimeout"},
 		{"log level", `{` + base + `,"logLevel":"chatty"}`, types.ErrInvalidNetworkConfig, "logLevel"},
 		{"socket", `{` + base + `,"agentSocket":"rel"}`, types.ErrInvalidNetworkConfig, "agentSocket"},
+		{"socket dot", `{` + base + `,"agentSocket":"./run/agent.sock"}`, types.ErrInvalidNetworkConfig, "agentSocket"},
+		{"log file", `{` + base + `,"logFile":"ebpf"}`, types.ErrInvalidNetworkConfig, `logFile: want an absolute path or "-" for none, got "ebpf"`},
+		{"log file dir", `{` + base + `,"logFile":"logs/weir-cni.log"}`, types.ErrInvalidNetworkConfig, "logFile"},
+		{"enablement file", `{` + base + `,"enablementFile":"enablement.json"}`, types.ErrInvalidNetworkConfig, `enablementFile: want an absolute path, got "enablement.json"`},
+		{"enablement file none", `{` + base + `,"enablementFile":"-"}`, types.ErrInvalidNetworkConfig, "enablementFile"},
 		{"prevResult", `{` + base + `,"prevResult":{"cniVersion":"1.0.0","ips":"no"}}`, types.ErrDecodingFailure, "prevResult"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

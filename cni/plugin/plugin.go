@@ -242,14 +242,20 @@ func (c *Conf) needsAgent(namespace string) bool {
 	return slices.Contains(e.Namespaces, namespace)
 }
 
-// checkNetns fails clearly when the runtime passed a netns path that is not
-// there, before anything else is touched.
+// checkNetns fails clearly (code 8) when the runtime passed a netns path
+// that is not there or is no namespace file at all, before anything else is
+// touched. Which namespace it is (the node's own, another type, another
+// pod's) is the agent's guard to judge: it refuses those (code 100).
 func checkNetns(path string) error {
 	if path == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
 	}
 	n, err := ns.GetNS(path)
 	if err != nil {
+		var notNS ns.NSPathNotNSErr
+		if errors.As(err, &notNS) {
+			return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" is not a network namespace", err.Error())
+		}
 		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
 	}
 	n.Close()

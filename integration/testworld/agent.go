@@ -29,6 +29,9 @@ type Agent struct {
 	LogPath string
 	done    chan struct{}
 	exitErr error
+	// init, when set, is the network namespace of PID 1 of the agent's
+	// own PID namespace (StartAgentUnderInit).
+	init *Netns
 }
 
 // WriteAgentConfig writes cfg (merged over the node's socket and admin
@@ -75,6 +78,43 @@ func tail(b []byte, lines int) string {
 	return strings.Join(s, "\n")
 }
 
+// StartAgentUnderInit is StartAgent with the agent in a PID namespace of
+// its own, whose PID 1 (a shell that passes SIGTERM on) lives in network
+// namespace initNS. For that agent /proc/1/ns/net, the host's namespace on a
+// real node, is initNS: a throwaway stand-in, so a test can point an ADD at
+// /proc/1/ns/net and, whatever the agent does, never reach the machine's
+// real host namespace.
+func (n *Node) StartAgentUnderInit(t T, cfg map[string]any, initNS *Netns) *Agent {
+	t.Helper()
+	RequireTool(t, "sh", "mount")
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), init: initNS}
+	a.start(t)
+	t.Cleanup(func() {
+		a.Stop(t)
+		if t.Failed() {
+			if b, err := os.ReadFile(a.LogPath); err == nil {
+				t.Logf("agent log:\n%s", tail(b, 60))
+			}
+		}
+	})
+	return a
+}
+
+// initScript is PID 1 of an agent started by StartAgentUnderInit: it mounts
+// the PID namespace's own /proc (in the private mount namespace `ip netns
+// exec` made), starts the agent in the node netns and passes SIGTERM on; it
+// exits with the agent's status. $1 node netns, $2 weir-agent, $3 config.
+const initScript = `mount -t proc proc /proc || exit 1
+ip netns exec "$1" "$2" --config "$3" &
+agent=$!
+trap 'kill -TERM $agent 2>/dev/null' TERM INT
+while :; do
+	wait $agent; rc=$?
+	kill -0 $agent 2>/dev/null || break
+done
+if [ $rc -gt 128 ]; then wait $agent 2>/dev/null; r=$?; [ $r -ne 127 ] && rc=$r; fi
+exit $rc`
+
 var agentSeq atomic.Int64
 
 func (a *Agent) start(t T) {
@@ -86,7 +126,15 @@ func (a *Agent) start(t T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a.cmd = a.node.Command(context.Background(), filepath.Join(a.node.Bin, "weir-agent"), "--config", a.Config)
+	bin := filepath.Join(a.node.Bin, "weir-agent")
+	if a.init != nil {
+		// PID 1 of a new PID namespace only gets the signals it handles:
+		// the script traps SIGTERM, and SIGKILL ends the whole namespace.
+		a.cmd = a.init.Command(context.Background(), "sh", "-c", initScript, "weir-init", a.node.Name, bin, a.Config)
+		a.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	} else {
+		a.cmd = a.node.Command(context.Background(), bin, "--config", a.Config)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
 		t.Fatalf("start weir-agent: %v", err)

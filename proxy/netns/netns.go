@@ -9,7 +9,9 @@
 // reused in the wrong namespace.
 //
 // A namespace is identified by (device, inode), never by its path: paths are
-// reused, bind mounts move, /proc/self/fd/N differs per opener.
+// reused, bind mounts move, /proc/self/fd/N differs per opener. Open refuses
+// anything that is not a network namespace (it needs Linux 4.11 or later for
+// NS_GET_NSTYPE).
 package netns
 
 import (
@@ -57,30 +59,122 @@ func Host() (*Handle, error) {
 }
 
 // Open opens the network namespace at path (a bind mount such as
-// /run/netns/NAME, or /proc/PID/ns/net). It fails if path is not a netns.
+// /run/netns/NAME, or /proc/PID/ns/net). Anything else is refused with a
+// *NotNetnsError before it can be entered: a regular file, a directory, a
+// device (never opened: opening some has side effects), and a namespace of
+// another type (a mount namespace passes the filesystem test and would only
+// fail later, with EINVAL from setns).
 func Open(path string) (*Handle, error) {
-	f, err := os.Open(path)
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return nil, fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	// nsfs inodes look like empty regular files.
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, &NotNetnsError{Path: path, Is: fileKind(st.Mode)}
+	}
+	// O_NONBLOCK: should the path turn into a FIFO after the stat, the open
+	// must not hang the caller.
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open netns %s: %w", path, err)
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+	id, err := inspect(f, path)
+	if err != nil {
 		f.Close()
-		return nil, fmt.Errorf("stat netns %s: %w", path, err)
+		return nil, err
 	}
-	var fs unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("statfs netns %s: %w", path, err)
-	}
-	if fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a network namespace", path)
-	}
-	return &Handle{f: f, id: ID{Dev: uint64(st.Dev), Ino: st.Ino}, path: path}, nil
+	return &Handle{f: f, id: id, path: path}, nil
 }
 
-// IDOf returns the identity of the namespace at path without keeping it open.
+// Inspect returns the identity of the network namespace at path, refusing
+// (with a *NotNetnsError) anything that is not one, without keeping it open.
+// Unlike IDOf it proves the path is a network namespace.
+func Inspect(path string) (ID, error) {
+	h, err := Open(path)
+	if err != nil {
+		return ID{}, err
+	}
+	defer h.Close()
+	return h.ID(), nil
+}
+
+// inspect checks that the open file f is a network namespace and returns
+// its identity: it must live on nsfs (NSFS_MAGIC) and the kernel must call
+// it a network namespace (NS_GET_NSTYPE, Linux 4.11 or later).
+func inspect(f *os.File, path string) (ID, error) {
+	fd := int(f.Fd())
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &fs); err != nil {
+		return ID{}, fmt.Errorf("statfs netns %s: %w", path, err)
+	}
+	if fs.Type != unix.NSFS_MAGIC {
+		return ID{}, &NotNetnsError{Path: path, Is: "a file that is no namespace"}
+	}
+	typ, err := unix.IoctlRetInt(fd, unix.NS_GET_NSTYPE)
+	if err != nil {
+		return ID{}, &NotNetnsError{Path: path, Is: "a namespace of unknown type (NS_GET_NSTYPE: " + err.Error() + ")"}
+	}
+	if typ != unix.CLONE_NEWNET {
+		return ID{}, &NotNetnsError{Path: path, Is: nsKind(typ)}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return ID{}, fmt.Errorf("stat netns %s: %w", path, err)
+	}
+	return ID{Dev: uint64(st.Dev), Ino: st.Ino}, nil
+}
+
+// NotNetnsError says a path given as a network namespace is something else.
+type NotNetnsError struct {
+	Path string
+	// Is says what the path is instead ("a mount namespace", "a directory").
+	Is string
+}
+
+func (e *NotNetnsError) Error() string {
+	return fmt.Sprintf("%s is not a network namespace: it is %s", e.Path, e.Is)
+}
+
+// fileKind names a file type that cannot be a namespace.
+func fileKind(mode uint32) string {
+	switch mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return "a directory"
+	case unix.S_IFCHR, unix.S_IFBLK:
+		return "a device"
+	case unix.S_IFIFO:
+		return "a FIFO"
+	case unix.S_IFSOCK:
+		return "a socket"
+	}
+	return "not a regular file"
+}
+
+// nsKind names a namespace type NS_GET_NSTYPE returned.
+func nsKind(typ int) string {
+	switch typ {
+	case unix.CLONE_NEWNS:
+		return "a mount namespace"
+	case unix.CLONE_NEWUTS:
+		return "a UTS namespace"
+	case unix.CLONE_NEWIPC:
+		return "an IPC namespace"
+	case unix.CLONE_NEWUSER:
+		return "a user namespace"
+	case unix.CLONE_NEWPID:
+		return "a PID namespace"
+	case unix.CLONE_NEWCGROUP:
+		return "a cgroup namespace"
+	case unix.CLONE_NEWTIME:
+		return "a time namespace"
+	}
+	return fmt.Sprintf("a namespace of type %#x", typ)
+}
+
+// IDOf returns the identity of the file at path without opening it: cheap,
+// for telling whether a namespace already vetted by Open or Inspect is still
+// the one at its path. It does not check that path is a network namespace.
 func IDOf(path string) (ID, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {

@@ -2,11 +2,13 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,5 +113,48 @@ func TestDialFailureStaysOnHost(t *testing.T) {
 	}
 	if after := threadNetns(t); after != before {
 		t.Fatalf("calling thread left in netns %v after a failed dial", after)
+	}
+}
+
+// Open and Inspect take network namespaces only; everything else is a
+// *NotNetnsError naming the path and what it is.
+func TestOpenRefusesWhatIsNoNetns(t *testing.T) {
+	id, err := Inspect("/proc/self/ns/net")
+	if err != nil {
+		t.Fatalf("own network namespace: %v", err)
+	}
+	if want, _ := IDOf("/proc/self/ns/net"); id != want {
+		t.Fatalf("Inspect %v, IDOf %v", id, want)
+	}
+	dir := t.TempDir()
+	file := dir + "/plain"
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, is string }{
+		{"/proc/self/ns/mnt", "a mount namespace"},
+		{"/proc/self/ns/uts", "a UTS namespace"},
+		{file, "a file that is no namespace"},
+		{"/proc/self/status", "a file that is no namespace"},
+		{dir, "a directory"},
+		{"/dev/null", "a device"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			h, err := Open(tc.path)
+			if err == nil {
+				h.Close()
+				t.Fatal("opened as a network namespace")
+			}
+			var ne *NotNetnsError
+			if !errors.As(err, &ne) || ne.Is != tc.is || !strings.Contains(err.Error(), tc.path) {
+				t.Fatalf("error %v (%T), want a NotNetnsError naming %s as %q", err, err, tc.path, tc.is)
+			}
+			if _, err := Inspect(tc.path); !errors.As(err, &ne) {
+				t.Fatalf("Inspect: %v, want a NotNetnsError", err)
+			}
+		})
+	}
+	if _, err := Inspect(dir + "/missing"); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing path: %v, want not-exist", err)
 	}
 }

@@ -23,13 +23,16 @@ func run() int {
 	checkOnly := flag.Bool("check-config", false, "validate the configuration and exit")
 	flag.Parse()
 
-	cfg := agent.DefaultConfig()
+	// Without a file, the defaults still go through ParseConfig: it derives
+	// stateDir from the socket (DefaultConfig leaves it empty, which would
+	// put the state file in the working directory).
+	cfg, err := agent.ParseConfig(nil)
 	if *configPath != "" {
-		var err error
-		if cfg, err = agent.LoadConfig(*configPath); err != nil {
-			fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
-			return 2
-		}
+		cfg, err = agent.LoadConfig(*configPath)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
+		return 2
 	}
 	if *checkOnly {
 		fmt.Println("configuration ok")
