@@ -118,7 +118,7 @@ func TestBuildServices(t *testing.T) {
 		{Name: "ns/balanced:80", Addresses: []netip.AddrPort{hp("10.96.0.30:80")},
 			Cluster: cluster.Config{Balancer: cluster.Maglev, ConnectTimeout: cluster.Duration(2e9)}},
 		{Name: "ns/unnamed:5000", Addresses: []netip.AddrPort{hp("10.96.0.20:5000")}, Endpoints: []cluster.Endpoint{{Addr: hp("10.2.0.1:5000")}}},
-		{Name: "ns/web:80", Addresses: []netip.AddrPort{hp("10.96.0.10:80"), hp("[fd00:96::10]:80")}, Endpoints: webHTTP},
+		{Name: "ns/web:80", Addresses: []netip.AddrPort{hp("10.96.0.10:80"), hp("[fd00:96::10]:80")}, Endpoints: webHTTP, Protocol: route.HTTP}, // the port is named "http"
 		{Name: "ns/web:81", Addresses: []netip.AddrPort{hp("10.96.0.10:81"), hp("[fd00:96::10]:81")}},
 		{Name: "ns/web:9000", Addresses: []netip.AddrPort{hp("10.96.0.10:9000"), hp("[fd00:96::10]:9000")}, Endpoints: webAdmin},
 	}
