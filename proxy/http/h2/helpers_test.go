@@ -57,6 +57,13 @@ func mustBuild(t testing.TB, cfg route.Config) *route.Snapshot {
 
 func newTestProxy(t testing.TB, snap *route.Snapshot, opt Options) *testProxy {
 	t.Helper()
+	return newTestProxyDst(t, snap, opt, svcAddr)
+}
+
+// newTestProxyDst is newTestProxy for connections whose original
+// destination is dst (where passthrough goes).
+func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.AddrPort) *testProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +77,7 @@ func newTestProxy(t testing.TB, snap *route.Snapshot, opt Options) *testProxy {
 		draining: make(chan struct{}),
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	rt := snap.Lookup(svcAddr)
+	rt := snap.Lookup(dst)
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -81,7 +88,7 @@ func newTestProxy(t testing.TB, snap *route.Snapshot, opt Options) *testProxy {
 			}
 			p.accepted.Add(1)
 			up := &l7.Upstream{
-				Route: rt, Dst: svcAddr, Dial: tcpDial, Key: 1,
+				Route: rt, Dst: dst, Dial: tcpDial, Key: 1,
 				Draining: p.draining, Metrics: p.metrics,
 				Log: slog.New(slog.DiscardHandler),
 			}
