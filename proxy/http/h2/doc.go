@@ -32,14 +32,19 @@
 // implementation, at net/http's price: every request costs a goroutine
 // on each side, an http.Request and http.Response with their header maps,
 // and one more goroutine while a request body is read (so an abandoned
-// attempt can be interrupted). BenchmarkProxy measures it; a frame-level
+// attempt can be interrupted), and about three writes each way per unary
+// call. BenchmarkGRPCUnary and BenchmarkH2C measure it over loopback: a
+// small unary gRPC call costs about 116 allocations (12 KB) more through
+// the proxy than direct, a small h2c GET about 76 (8 KB), and each goes
+// from about 50µs to 120-250µs on a busy 2-core machine. A frame-level
 // proxy (http2.Framer and hpack, forwarding frames with ids patched) could
 // do the same work for a fraction, behind the same API.
 //
 // Not supported: TLS (h2 over TLS is relayed as L4 TLS or terminated
 // elsewhere), CONNECT and extended CONNECT (answered 501), HTTP/1.1
 // Upgrade: h2c (the sniffer hands over prior knowledge only), server push
-// (disabled, as clients do), request trailers the client did not declare
+// (never forwarded: the upstream connections disable it), request
+// trailers the client did not declare
 // in a Trailer field (x/net's server drops them; gRPC clients send none),
 // 1xx informational answers other than 100-continue, and forwarding an
 // upstream's RST_STREAM code: a broken upstream stream resets the client's

@@ -2,8 +2,10 @@ package h2
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/interop/grpc_testing"
 
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 
@@ -222,5 +225,47 @@ func TestBadClients(t *testing.T) {
 			}
 			call(t)
 		})
+	}
+}
+
+// TestServeContextEnds stops a connection with a stream in flight: Serve
+// returns at once and the upstream stream is cancelled.
+func TestServeContextEnds(t *testing.T) {
+	started, cancelled := make(chan struct{}), make(chan struct{})
+	upAddr := startH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done()
+		close(cancelled)
+	}))
+	snap := mustBuild(t, route.Config{Services: []route.Service{
+		{Name: "svc", Addresses: []netip.AddrPort{svcAddr}, Endpoints: eps(upAddr)},
+	}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pool := NewPool(Options{})
+	defer pool.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		Serve(ctx, c, &l7.Upstream{Route: snap.Lookup(svcAddr), Dst: svcAddr, Dial: tcpDial, Log: slog.New(slog.DiscardHandler)}, pool)
+	}()
+	rc := dialRaw(t, ln.Addr().String())
+	rc.get(t, 1, "/slow")
+	<-started
+	cancel()
+	for name, ch := range map[string]chan struct{}{"Serve to return": done, "the upstream stream to be cancelled": cancelled} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("timed out waiting for %s", name)
+		}
 	}
 }
