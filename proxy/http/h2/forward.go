@@ -267,6 +267,10 @@ func (a *attempt) next(ctx context.Context, p *Pool) (*http2.ClientConn, error) 
 			return cc, nil
 		}
 		if ctx.Err() != nil || errors.Is(err, errPoolClosed) {
+			// Neither is the endpoint's fault (a failed dial was already
+			// recorded on it).
+			l.Done(nil)
+			a.lease = nil
 			return nil, err
 		}
 		dialErr = err

@@ -121,10 +121,10 @@ func grpcClient(t testing.TB, addr string) *grpc.ClientConn {
 // grpcWorld: two test-service endpoints behind the service at svcAddr,
 // whose routes send EmptyCall to a cluster with no endpoint and match no
 // other gRPC service.
-func grpcWorld(t *testing.T) (a, b *grpcServer, p *testProxy) {
+func grpcWorld(t *testing.T) (a, b *grpcServer, p *testProxy, snap *route.Snapshot) {
 	a, aAddr := startGRPC(t, "a")
 	b, bAddr := startGRPC(t, "b")
-	snap := mustBuild(t, route.Config{Services: []route.Service{
+	snap = mustBuild(t, route.Config{Services: []route.Service{
 		{
 			Name: "front", Addresses: []netip.AddrPort{svcAddr}, Protocol: route.GRPC,
 			HTTPRoutes: []route.HTTPRoute{{Rules: []route.HTTPRouteRule{
@@ -141,11 +141,11 @@ func grpcWorld(t *testing.T) (a, b *grpcServer, p *testProxy) {
 		{Name: "grpc", Endpoints: eps(aAddr, bAddr)},
 		{Name: "empty"},
 	}})
-	return a, b, newTestProxy(t, snap, Options{})
+	return a, b, newTestProxy(t, snap, Options{}), snap
 }
 
 func TestGRPC(t *testing.T) {
-	a, b, p := grpcWorld(t)
+	a, b, p, snap := grpcWorld(t)
 	cc := grpcClient(t, p.addr)
 	client := testpb.NewTestServiceClient(cc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -316,4 +316,5 @@ func TestGRPC(t *testing.T) {
 	if got := counterValue(t, p, "weir_http_local_replies_total", "code", "503", "reason", "no_endpoint"); got != 1 {
 		t.Errorf("weir_http_local_replies_total{code=503,reason=no_endpoint} = %v, want 1", got)
 	}
+	leasesReleased(t, snap)
 }

@@ -14,6 +14,9 @@ import (
 	"testing"
 
 	"golang.org/x/net/http2"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 
 	"github.com/weir-mesh/weir/proxy/route"
 )
@@ -101,6 +104,7 @@ func frameServer(t testing.TB, mode string) (netip.AddrPort, *atomic.Int32) {
 }
 
 type h2cWorld struct {
+	snap                 *route.Snapshot
 	p                    *testProxy
 	client               *http.Client
 	dials                *atomic.Int32
@@ -157,7 +161,7 @@ func newH2CWorld(t *testing.T) *h2cWorld {
 	}})
 	p := newTestProxy(t, snap, Options{})
 	client, dials := h2cClient(t, p.addr)
-	return &h2cWorld{p: p, client: client, dials: dials, a: a, b: b, good: good, refused: refused, goneStreams: gone}
+	return &h2cWorld{snap: snap, p: p, client: client, dials: dials, a: a, b: b, good: good, refused: refused, goneStreams: gone}
 }
 
 func (w *h2cWorld) do(t *testing.T, req *http.Request) (*http.Response, seen) {
@@ -348,6 +352,7 @@ func TestH2C(t *testing.T) {
 	if n := w.dials.Load(); n != 1 {
 		t.Errorf("client dialled %d times, want 1", n)
 	}
+	leasesReleased(t, w.snap)
 }
 
 func TestPassthrough(t *testing.T) {
@@ -407,4 +412,44 @@ func TestConnectFailureRetried(t *testing.T) {
 	if body := readAll(t, res); res.StatusCode != 502 || body != "upstream_error\n" {
 		t.Errorf("got %d %q, want 502 upstream_error", res.StatusCode, body)
 	}
+}
+
+// TestUpstreamBreaks: an upstream that resets its stream after the
+// answer began. A plain client's stream is reset too; a gRPC client gets
+// UNAVAILABLE in the trailers. Either way the endpoint is blamed.
+func TestUpstreamBreaks(t *testing.T) {
+	up := startH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			w.Header().Set("Content-Type", "application/grpc")
+			w.Write([]byte{0, 0, 0, 0, 0}) // one empty message
+		} else {
+			io.WriteString(w, "partial")
+		}
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler) // RST_STREAM
+	}))
+	snap := mustBuild(t, route.Config{Services: []route.Service{
+		{Name: "svc", Addresses: []netip.AddrPort{svcAddr}, Endpoints: eps(up)},
+	}})
+	p := newTestProxy(t, snap, Options{})
+
+	client, _ := h2cClient(t, p.addr)
+	res, err := client.Get("http://svc.test/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(res.Body)
+	res.Body.Close()
+	if err == nil {
+		t.Errorf("read %q and a clean end, want a reset stream", body)
+	}
+
+	cc := grpcClient(t, p.addr)
+	err = cc.Invoke(t.Context(), "/grpc.testing.TestService/UnaryCall", &testpb.SimpleRequest{}, &testpb.SimpleResponse{})
+	if st := status.Convert(err); st.Code() != codes.Unavailable || st.Message() != "upstream_error" {
+		t.Errorf("gRPC call: %v, want Unavailable upstream_error", err)
+	}
+	waitFor(t, "both failures blamed on the endpoint", func() bool {
+		return snap.Clusters()[0].Stats().Endpoints[0].Errors == 2
+	})
 }

@@ -200,3 +200,24 @@ func counterValue(t testing.TB, p *testProxy, name string, labels ...string) flo
 	}
 	return sum
 }
+
+// leasesReleased checks that every request gave its lease back, and that
+// none was blamed on its endpoint (no test here breaks an upstream).
+func leasesReleased(t testing.TB, snap *route.Snapshot) {
+	t.Helper()
+	waitFor(t, "every lease released", func() bool {
+		for _, c := range snap.Clusters() {
+			if c.Stats().Active != 0 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, c := range snap.Clusters() {
+		for _, e := range c.Stats().Endpoints {
+			if e.Active != 0 || e.Errors != 0 {
+				t.Errorf("cluster %s endpoint %s: %d active, %d errors", c.Name(), e.Name, e.Active, e.Errors)
+			}
+		}
+	}
+}

@@ -182,7 +182,7 @@ func TestDrainWithoutPingAnswer(t *testing.T) {
 // flood on their own connections, while a gRPC client on another
 // connection keeps working.
 func TestBadClients(t *testing.T) {
-	_, _, p := grpcWorld(t)
+	_, _, p, _ := grpcWorld(t)
 	client := grpc_testing.NewTestServiceClient(grpcClient(t, p.addr))
 	call := func(t *testing.T) {
 		t.Helper()
