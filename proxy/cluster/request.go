@@ -15,13 +15,15 @@ import (
 // prev, when not nil, is the lease of an earlier attempt of the same
 // request: the pick avoids every endpoint prev tried, and the attempt is a
 // retry that must fit the cluster's retry budget (ErrNoEndpoint when it
-// does not, or when no untried endpoint is left). prev is released first.
+// does not, or when no untried endpoint is left). prev is released first
+// if the caller has not ended it: without an outcome, so a failed Dial
+// (already counted) does not also reset the endpoint's error streak.
 func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 	st := c.st
 	l := &Lease{c: c}
 	if prev != nil {
 		l.view = prev.view
-		prev.Done(nil)
+		prev.release()
 		if l.view.n >= maxTried {
 			return nil, c.errNoEndpoint
 		}
@@ -62,4 +64,13 @@ func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 // way: on error, retry with Pick(key, lease) or end it with Done.
 func (l *Lease) Dial(ctx context.Context, dial Dialer) (*net.TCPConn, error) {
 	return l.c.dialEndpoint(ctx, dial, l.ep, l.c.now())
+}
+
+// release ends the lease without recording an outcome.
+func (l *Lease) release() {
+	if l == nil || l.ep == nil || !l.done.CompareAndSwap(false, true) {
+		return
+	}
+	l.ep.st.active.Add(-1)
+	l.c.st.active.Add(-1)
 }
