@@ -180,6 +180,8 @@ func (c *chunkConn) SetDeadline(time.Time) error      { return nil }
 func (c *chunkConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *chunkConn) SetWriteDeadline(time.Time) error { return nil }
 
+var zeroTime time.Time
+
 var errReset = errors.New("connection reset (test)")
 
 // tcpPair returns the two ends of a loopback TCP connection: the accepted
