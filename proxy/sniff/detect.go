@@ -99,7 +99,7 @@ func (conn *Conn) sniff(start time.Time, opts Options) (Result, error) {
 		m, rerr = conn.c.Read(buf[n:])
 		if m > 0 {
 			n += m
-			res.Protocol, decided = decide(buf[:n], &res)
+			res, decided = decide(buf[:n])
 		}
 	}
 	if n > 0 {

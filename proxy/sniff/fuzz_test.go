@@ -29,19 +29,17 @@ func addSamples(f *testing.F, maxLen int, add func(in []byte)) {
 }
 
 // checkMatcher is what every matcher owes Detect, on any input: no panic,
-// no Result written without a Match, and monotony: a verdict other than
-// NeedMore on a prefix is the verdict on the whole input, with the same
+// a zero Result without a match, and monotony: a verdict other than
+// needMore on a prefix is the verdict on the whole input, with the same
 // Result.
-func checkMatcher(t *testing.T, m matcher, b []byte) (Verdict, Result) {
-	var whole Result
-	v := m(b, &whole)
-	if v != Match && !sameResult(whole, Result{}) {
+func checkMatcher(t *testing.T, m matcher, b []byte) (verdict, Result) {
+	v, whole := m(b)
+	if v != match && !sameResult(whole, Result{}) {
 		t.Fatalf("%v, but Result filled: %+v", v, whole)
 	}
 	for _, n := range prefixLens(len(b)) {
-		var r Result
-		pv := m(b[:n], &r)
-		if pv != NeedMore && (pv != v || !sameResult(r, whole)) {
+		pv, r := m(b[:n])
+		if pv != needMore && (pv != v || !sameResult(r, whole)) {
 			t.Fatalf("prefix %d of %d: %v %+v, whole: %v %+v", n, len(b), pv, r, v, whole)
 		}
 	}
@@ -70,7 +68,7 @@ func FuzzTLS(f *testing.F) {
 			return
 		}
 		v, r := checkMatcher(t, matchTLS, b)
-		if v != Match {
+		if v != match {
 			return
 		}
 		if r.SNI != "" && !validHostName([]byte(r.SNI)) {
@@ -84,8 +82,7 @@ func FuzzTLS(f *testing.F) {
 		hs := int(b[6])<<16 | int(b[7])<<8 | int(b[8])
 		if handshakeHeaderLen+hs <= l && recordHeaderLen+l <= len(b) {
 			split := records(uint16(b[1])<<8|uint16(b[2]), b[recordHeaderLen:recordHeaderLen+l], l/3, 1)
-			var r2 Result
-			if v2 := matchTLS(split, &r2); v2 != Match || !sameResult(r, r2) {
+			if v2, r2 := matchTLS(split); v2 != match || !sameResult(r, r2) {
 				t.Fatalf("split: %v %+v, whole: %+v", v2, r2, r)
 			}
 		}
@@ -103,7 +100,7 @@ func FuzzHTTP1(f *testing.F) {
 		}
 		v, r := checkMatcher(t, matchHTTP1, b)
 		m := requestLine.FindSubmatch(b)
-		if (v == Match) != (m != nil) {
+		if (v == match) != (m != nil) {
 			t.Fatalf("matchHTTP1 %v, reference %q", v, m)
 		}
 		if m != nil && r.Method != string(m[1]) {
@@ -119,12 +116,12 @@ func FuzzHTTP2(f *testing.F) {
 			return
 		}
 		v, _ := checkMatcher(t, matchHTTP2, b)
-		var want Verdict
+		var want verdict
 		switch {
 		case bytes.HasPrefix(b, []byte(http2Preface)):
-			want = Match
+			want = match
 		case bytes.HasPrefix([]byte(http2Preface), b):
-			want = NeedMore
+			want = needMore
 		}
 		if v != want {
 			t.Fatalf("%v, want %v", v, want)
@@ -163,7 +160,7 @@ func FuzzDetect(f *testing.F) {
 		}
 		var want Result
 		if len(in) > 0 {
-			want.Protocol, _ = decide(in[:min(len(in), limit)], &want)
+			want, _ = decide(in[:min(len(in), limit)])
 		}
 		if !sameResult(res, want) {
 			t.Fatalf("Detect %+v, decide on everything %+v", res, want)

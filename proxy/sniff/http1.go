@@ -22,7 +22,7 @@ const (
 // exactly one SP between fields, CRLF and never a bare LF, no leading empty
 // lines, no control bytes or whitespace in the target. It decides at the
 // CRLF, before any header arrives.
-func matchHTTP1(b []byte, r *Result) Verdict {
+func matchHTTP1(b []byte) (verdict, Result) {
 	// method = token (RFC 9110 §9.1)
 	i := 0
 	for i < len(b) && i <= maxMethodLen && isTchar[b[i]] {
@@ -30,11 +30,11 @@ func matchHTTP1(b []byte, r *Result) Verdict {
 	}
 	switch {
 	case i > maxMethodLen:
-		return NoMatch
+		return noMatch, Result{}
 	case i == len(b):
-		return NeedMore
+		return needMore, Result{}
 	case i == 0 || b[i] != ' ':
-		return NoMatch
+		return noMatch, Result{}
 	}
 	method := b[:i]
 	i++
@@ -42,7 +42,7 @@ func matchHTTP1(b []byte, r *Result) Verdict {
 	// request-target: origin-form "/…", absolute-form "scheme:…",
 	// authority-form "host:port" or "[v6]:port", or asterisk-form "*".
 	if i == len(b) {
-		return NeedMore
+		return needMore, Result{}
 	}
 	switch c := b[i]; {
 	case c == '*':
@@ -52,13 +52,13 @@ func matchHTTP1(b []byte, r *Result) Verdict {
 			i++
 		}
 	default:
-		return NoMatch
+		return noMatch, Result{}
 	}
 	switch {
 	case i == len(b):
-		return NeedMore
+		return needMore, Result{}
 	case b[i] != ' ':
-		return NoMatch
+		return noMatch, Result{}
 	}
 	i++
 
@@ -68,17 +68,16 @@ func matchHTTP1(b []byte, r *Result) Verdict {
 		c := rest[j]
 		if j == httpMinorAt {
 			if c != '0' && c != '1' {
-				return NoMatch
+				return noMatch, Result{}
 			}
 		} else if c != httpVersion[j] {
-			return NoMatch
+			return noMatch, Result{}
 		}
 	}
 	if len(rest) < len(httpVersion) {
-		return NeedMore
+		return needMore, Result{}
 	}
-	r.Method = methodString(method)
-	return Match
+	return match, Result{Method: methodString(method)}
 }
 
 // isTchar reports the token characters of RFC 9110 §5.6.2.

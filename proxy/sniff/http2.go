@@ -5,13 +5,13 @@ package sniff
 const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 // matchHTTP2 compares every byte of the 24-byte preface as it arrives.
-func matchHTTP2(b []byte, _ *Result) Verdict {
+func matchHTTP2(b []byte) (verdict, Result) {
 	n := min(len(b), len(http2Preface))
-	if string(b[:n]) != http2Preface[:n] {
-		return NoMatch
+	switch {
+	case string(b[:n]) != http2Preface[:n]:
+		return noMatch, Result{}
+	case n < len(http2Preface):
+		return needMore, Result{}
 	}
-	if n < len(http2Preface) {
-		return NeedMore
-	}
-	return Match
+	return match, Result{}
 }

@@ -13,7 +13,7 @@ type sample struct {
 	name string
 	in   []byte
 	// at is the prefix length at which detection decides: every shorter
-	// prefix must leave it undecided (some matcher says NeedMore), every
+	// prefix must leave it undecided (some matcher says needMore), every
 	// longer one must give want.
 	at   int
 	want Result
@@ -105,18 +105,16 @@ func TestSamplesEveryPrefix(t *testing.T) {
 				t.Fatalf("bad sample: at=%d len=%d", s.at, len(s.in))
 			}
 			for n := 1; n <= len(s.in); n++ {
-				var r Result
-				p, ok := decide(s.in[:n], &r)
+				r, ok := decide(s.in[:n])
 				if n < s.at {
 					if ok {
-						t.Fatalf("prefix %d of %d: decided %v, want undecided until %d", n, len(s.in), p, s.at)
+						t.Fatalf("prefix %d of %d: decided %v, want undecided until %d", n, len(s.in), r.Protocol, s.at)
 					}
 					continue
 				}
 				if !ok {
 					t.Fatalf("prefix %d of %d: undecided, want %v", n, len(s.in), s.want.Protocol)
 				}
-				r.Protocol = p
 				if !sameResult(r, s.want) {
 					t.Fatalf("prefix %d of %d: got %+v, want %+v", n, len(s.in), r, s.want)
 				}
@@ -133,37 +131,37 @@ func sameResult(a, b Result) bool {
 func TestMatchersVerdicts(t *testing.T) {
 	h2 := helloH2(t)
 	for _, tc := range []struct {
-		name  string
-		match matcher
-		in    string
-		want  Verdict
+		name string
+		fn   matcher
+		in   string
+		want verdict
 	}{
-		{"tls/first-byte", matchTLS, "G", NoMatch},
-		{"tls/record-header", matchTLS, "\x16\x03\x01", NeedMore},
-		{"tls/record-too-long", matchTLS, "\x16\x03\x01\x41", NoMatch},
-		{"tls/record-empty", matchTLS, "\x16\x03\x01\x00\x00", NoMatch},
-		{"tls/hello-too-short", matchTLS, "\x16\x03\x01\x00\x30\x01\x00\x00\x10", NoMatch},
-		{"tls/client-version", matchTLS, "\x16\x03\x01\x00\x30\x01\x00\x00\x2c\x02", NoMatch},
-		{"tls/partial-hello", matchTLS, string(h2[:200]), NeedMore},
-		{"tls/not-http", matchTLS, string(h2), Match},
-		{"http2/first-byte", matchHTTP2, "G", NoMatch},
-		{"http2/prefix", matchHTTP2, "PRI * HTTP/2.0\r\n", NeedMore},
-		{"http2/tls", matchHTTP2, string(h2), NoMatch},
-		{"http1/tls", matchHTTP1, string(h2), NoMatch},
-		{"http1/method-only", matchHTTP1, "DELETE", NeedMore},
-		{"http1/h2-preface", matchHTTP1, http2Preface, NoMatch},
-		{"http1/no-crlf-yet", matchHTTP1, "GET /very/long HTTP/1.1", NeedMore},
-		{"http1/cr-only", matchHTTP1, "GET / HTTP/1.1\r", NeedMore},
-		{"http1/method-at-limit", matchHTTP1, strings.Repeat("X", maxMethodLen), NeedMore},
-		{"http1/method-over-limit", matchHTTP1, strings.Repeat("X", maxMethodLen+1), NoMatch},
+		{"tls/first-byte", matchTLS, "G", noMatch},
+		{"tls/record-header", matchTLS, "\x16\x03\x01", needMore},
+		{"tls/record-too-long", matchTLS, "\x16\x03\x01\x41", noMatch},
+		{"tls/record-empty", matchTLS, "\x16\x03\x01\x00\x00", noMatch},
+		{"tls/hello-too-short", matchTLS, "\x16\x03\x01\x00\x30\x01\x00\x00\x10", noMatch},
+		{"tls/client-version", matchTLS, "\x16\x03\x01\x00\x30\x01\x00\x00\x2c\x02", noMatch},
+		{"tls/partial-hello", matchTLS, string(h2[:200]), needMore},
+		{"tls/not-http", matchTLS, string(h2), match},
+		{"http2/first-byte", matchHTTP2, "G", noMatch},
+		{"http2/prefix", matchHTTP2, "PRI * HTTP/2.0\r\n", needMore},
+		{"http2/tls", matchHTTP2, string(h2), noMatch},
+		{"http1/tls", matchHTTP1, string(h2), noMatch},
+		{"http1/method-only", matchHTTP1, "DELETE", needMore},
+		{"http1/h2-preface", matchHTTP1, http2Preface, noMatch},
+		{"http1/no-crlf-yet", matchHTTP1, "GET /very/long HTTP/1.1", needMore},
+		{"http1/cr-only", matchHTTP1, "GET / HTTP/1.1\r", needMore},
+		{"http1/method-at-limit", matchHTTP1, strings.Repeat("X", maxMethodLen), needMore},
+		{"http1/method-over-limit", matchHTTP1, strings.Repeat("X", maxMethodLen+1), noMatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var r Result
-			if got := tc.match([]byte(tc.in), &r); got != tc.want {
+			got, r := tc.fn([]byte(tc.in))
+			if got != tc.want {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
-			if tc.want != Match && !sameResult(r, Result{}) {
-				t.Fatalf("matcher filled %+v without a Match", r)
+			if tc.want != match && !sameResult(r, Result{}) {
+				t.Fatalf("matcher returned %+v without a match", r)
 			}
 		})
 	}

@@ -35,9 +35,9 @@ const (
 // Every record header is checked as it arrives, and the hello's fields are
 // checked up to the last byte that has arrived, so garbage after 0x16 fails
 // at the first impossible length. A hello that is complete but malformed is
-// NoMatch: the server will refuse it, and relaying it as opaque bytes keeps
+// noMatch: the server will refuse it, and relaying it as opaque bytes keeps
 // that answer the server's.
-func matchTLS(b []byte, r *Result) Verdict {
+func matchTLS(b []byte) (verdict, Result) {
 	var (
 		first   []byte // the first record's fragment, as far as it arrived
 		hdr     [handshakeHeaderLen]byte
@@ -48,10 +48,10 @@ func matchTLS(b []byte, r *Result) Verdict {
 	)
 	for off := 0; need < 0 || got < need; {
 		v, n := recordHeader(b[off:])
-		if v == NoMatch {
-			return NoMatch
+		if v == noMatch {
+			return noMatch, Result{}
 		}
-		if v == NeedMore {
+		if v == needMore {
 			break
 		}
 		frag := b[off+recordHeaderLen : min(off+recordHeaderLen+n, len(b))]
@@ -68,12 +68,12 @@ func matchTLS(b []byte, r *Result) Verdict {
 		}
 		got += len(frag)
 		if nhdr > 0 && hdr[0] != typeClientHello {
-			return NoMatch
+			return noMatch, Result{}
 		}
 		if need < 0 && nhdr == handshakeHeaderLen {
 			l := int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
 			if l < minHelloLen {
-				return NoMatch
+				return noMatch, Result{}
 			}
 			need = handshakeHeaderLen + l
 		}
@@ -83,43 +83,43 @@ func matchTLS(b []byte, r *Result) Verdict {
 		off += recordHeaderLen + n
 	}
 	if need < 0 {
-		return NeedMore
+		return needMore, Result{}
 	}
 	if got < need {
 		// Check what the first record holds; the rest must wait.
 		if len(first) < handshakeHeaderLen {
-			return NeedMore // the handshake header itself is split
+			return needMore, Result{} // the handshake header itself is split
 		}
-		return parseHello(first[handshakeHeaderLen:], need-handshakeHeaderLen).v
+		return parseHello(first[handshakeHeaderLen:], need-handshakeHeaderLen).v, Result{}
 	}
 	body := first
 	if records > 1 {
 		body = joinFragments(b, need)
 	}
 	h := parseHello(body[handshakeHeaderLen:need], need-handshakeHeaderLen)
-	if h.v == Match {
-		h.fill(r)
+	if h.v != match {
+		return h.v, Result{}
 	}
-	return h.v
+	return match, h.result()
 }
 
 // recordHeader checks the record header at the start of b byte by byte and
 // returns the fragment length once all five bytes are there.
-func recordHeader(b []byte) (Verdict, int) {
+func recordHeader(b []byte) (verdict, int) {
 	switch {
 	case len(b) > 0 && b[0] != recordTypeHandshake,
 		len(b) > 1 && b[1] != 3,
 		len(b) > 2 && b[2] > 4,
 		len(b) > 3 && int(b[3])<<8 > maxRecordLen:
-		return NoMatch, 0
+		return noMatch, 0
 	case len(b) < recordHeaderLen:
-		return NeedMore, 0
+		return needMore, 0
 	}
 	n := int(b[3])<<8 | int(b[4])
 	if n == 0 || n > maxRecordLen {
-		return NoMatch, 0 // empty handshake fragments are forbidden (§5.1)
+		return noMatch, 0 // empty handshake fragments are forbidden (§5.1)
 	}
-	return Match, n
+	return match, n
 }
 
 // joinFragments copies the first need handshake bytes out of the records in
@@ -136,22 +136,23 @@ func joinFragments(b []byte, need int) []byte {
 	return out
 }
 
-// hello is what parseHello found: a verdict and, on Match, views of the
+// hello is what parseHello found: a verdict and, on match, views of the
 // server name and the ALPN list inside the bytes parsed.
 type hello struct {
-	v    Verdict
+	v    verdict
 	sni  []byte // the first host_name, if any
 	alpn []byte // the protocol_name_list contents, validated
 }
 
-// fill sets r's TLS fields. The name is kept only if it looks like a DNS
-// name, so routing, logs and labels never see arbitrary bytes.
-func (h *hello) fill(r *Result) {
+// result copies out the TLS fields. The name is kept only if it looks like
+// a DNS name, so routing, logs and labels never see arbitrary bytes.
+func (h *hello) result() Result {
+	var r Result
 	if validHostName(h.sni) {
 		r.SNI = string(h.sni)
 	}
 	if len(h.alpn) == 0 {
-		return
+		return r
 	}
 	n := 0
 	for p := h.alpn; len(p) > 0; p = p[1+int(p[0]):] {
@@ -161,15 +162,16 @@ func (h *hello) fill(r *Result) {
 	for p := h.alpn; len(p) > 0; p = p[1+int(p[0]):] {
 		r.ALPN = append(r.ALPN, alpnString(p[1:1+int(p[0])]))
 	}
+	return r
 }
 
 // parseHello checks a ClientHello body of declared length n of which b (at
 // most n bytes) has arrived. Fields are read in wire order and the first
 // failure decides: a length that overflows its enclosing field or a value
-// the RFCs forbid is NoMatch; running out of arrived bytes is NeedMore.
-// Match needs the whole body.
+// the RFCs forbid is noMatch; running out of arrived bytes is needMore.
+// match needs the whole body.
 func parseHello(b []byte, n int) hello {
-	c := cursor{b: b, n: n, v: Match}
+	c := cursor{b: b, n: n, v: match}
 	c.check(c.u8() == 3) // client_version: SSL 3.0 to TLS 1.2, frozen since TLS 1.3
 	c.check(c.u8() <= 3)
 	c.skip(32) // random
@@ -251,29 +253,29 @@ func alpnList(d *cursor) []byte {
 
 // cursor reads a TLS structure of declared length n of which only b (at
 // most n bytes) may have arrived. Errors are sticky: after the first, reads
-// return zero values and v keeps the verdict (NoMatch: a length overflows
-// its enclosing structure or a check failed; NeedMore: the bytes have not
-// arrived yet). v is Match while no error happened.
+// return zero values and v keeps the verdict (noMatch: a length overflows
+// its enclosing structure or a check failed; needMore: the bytes have not
+// arrived yet). v is match while no error happened.
 type cursor struct {
 	b   []byte
 	n   int
 	off int // may pass len(b) after a vector that is still arriving
-	v   Verdict
+	v   verdict
 }
 
-func (c *cursor) ok() bool { return c.v == Match }
+func (c *cursor) ok() bool { return c.v == match }
 
-// check records NoMatch if cond is false and no error came first.
+// check records noMatch if cond is false and no error came first.
 func (c *cursor) check(cond bool) {
 	if c.ok() && !cond {
-		c.v = NoMatch
+		c.v = noMatch
 	}
 }
 
-// whole records NeedMore if in's contents have not all arrived.
+// whole records needMore if in's contents have not all arrived.
 func (c *cursor) whole(in *cursor) {
 	if c.ok() && len(in.b) < in.n {
-		c.v = NeedMore
+		c.v = needMore
 	}
 }
 
@@ -289,9 +291,9 @@ func (c *cursor) have(k int) bool {
 	switch {
 	case !c.ok():
 	case k > c.n-c.off:
-		c.v = NoMatch
+		c.v = noMatch
 	case k > len(c.b)-c.off:
-		c.v = NeedMore
+		c.v = needMore
 	default:
 		return true
 	}
@@ -328,12 +330,12 @@ func (c *cursor) vec16() cursor { return c.vec(c.u16()) }
 // may still be arriving, which matters only to whoever reads them.
 func (c *cursor) vec(l int) cursor {
 	if c.ok() && l > c.n-c.off {
-		c.v = NoMatch
+		c.v = noMatch
 	}
 	if !c.ok() {
 		return cursor{v: c.v}
 	}
-	in := cursor{b: c.b[min(c.off, len(c.b)):min(c.off+l, len(c.b))], n: l, v: Match}
+	in := cursor{b: c.b[min(c.off, len(c.b)):min(c.off+l, len(c.b))], n: l, v: match}
 	c.off += l
 	return in
 }

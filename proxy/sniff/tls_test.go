@@ -14,7 +14,7 @@ import (
 
 // TestTLSBuiltHellos runs hand-built hellos, valid and broken one field at
 // a time, through matchTLS; each must get its verdict at full length and
-// NeedMore or the same verdict on every prefix.
+// needMore or the same verdict on every prefix.
 func TestTLSBuiltHellos(t *testing.T) {
 	mod := func(f func(*helloSpec)) []byte {
 		s := defaultSpec()
@@ -26,66 +26,65 @@ func TestTLSBuiltHellos(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		in   []byte
-		want Verdict
+		want verdict
 		sni  string
 		alpn []string
 	}{
-		{"valid", good, Match, "svc.example.test", []string{"h2", "http/1.1"}},
-		{"no-extensions", mod(func(s *helloSpec) { s.noExtsBlock = true }), Match, "", nil},
-		{"empty-extensions", mod(func(s *helloSpec) { s.exts = nil }), Match, "", nil},
-		{"ssl3", mod(func(s *helloSpec) { s.recordVersion, s.clientVersion, s.noExtsBlock = 0x0300, 0x0300, true }), Match, "", nil},
-		{"odd-sni-kept-out", mod(func(s *helloSpec) { s.exts = sniExt("bad name\x00") }), Match, "", nil},
+		{"valid", good, match, "svc.example.test", []string{"h2", "http/1.1"}},
+		{"no-extensions", mod(func(s *helloSpec) { s.noExtsBlock = true }), match, "", nil},
+		{"empty-extensions", mod(func(s *helloSpec) { s.exts = nil }), match, "", nil},
+		{"ssl3", mod(func(s *helloSpec) { s.recordVersion, s.clientVersion, s.noExtsBlock = 0x0300, 0x0300, true }), match, "", nil},
+		{"odd-sni-kept-out", mod(func(s *helloSpec) { s.exts = sniExt("bad name\x00") }), match, "", nil},
 		{"sni-other-type-first", mod(func(s *helloSpec) {
 			entries := cat([]byte{7}, vec16([]byte("x")), []byte{sniHostName}, vec16([]byte("b.example.test")))
 			s.exts = ext(extServerName, vec16(entries))
-		}), Match, "b.example.test", nil},
-		{"alpn-custom", mod(func(s *helloSpec) { s.exts = alpnExt("dubbo", "x") }), Match, "", []string{"dubbo", "x"}},
-		{"many-records", records(0x0301, body, 1, 1, 1, 1, 1, 50), Match, "svc.example.test", []string{"h2", "http/1.1"}},
+		}), match, "b.example.test", nil},
+		{"alpn-custom", mod(func(s *helloSpec) { s.exts = alpnExt("dubbo", "x") }), match, "", []string{"dubbo", "x"}},
+		{"many-records", records(0x0301, body, 1, 1, 1, 1, 1, 50), match, "svc.example.test", []string{"h2", "http/1.1"}},
 
-		{"record-version-3.5", mod(func(s *helloSpec) { s.recordVersion = 0x0305 }), NoMatch, "", nil},
-		{"record-version-2", mod(func(s *helloSpec) { s.recordVersion = 0x0203 }), NoMatch, "", nil},
-		{"client-version-1.3", mod(func(s *helloSpec) { s.clientVersion = 0x0304 }), NoMatch, "", nil},
-		{"client-version-4", mod(func(s *helloSpec) { s.clientVersion = 0x0403 }), NoMatch, "", nil},
-		{"session-id-33", mod(func(s *helloSpec) { s.sessionID = make([]byte, 33) }), NoMatch, "", nil},
-		{"no-suites", mod(func(s *helloSpec) { s.suites = nil }), NoMatch, "", nil},
-		{"odd-suites", mod(func(s *helloSpec) { s.suites = []byte{0x13, 0x01, 0xc0} }), NoMatch, "", nil},
-		{"no-compression", mod(func(s *helloSpec) { s.compression = nil }), NoMatch, "", nil},
-		{"no-null-compression", mod(func(s *helloSpec) { s.compression = []byte{1} }), NoMatch, "", nil},
-		{"dup-sni", mod(func(s *helloSpec) { s.exts = cat(sniExt("a.test"), sniExt("b.test")) }), NoMatch, "", nil},
-		{"dup-alpn", mod(func(s *helloSpec) { s.exts = cat(alpnExt("h2"), alpnExt("h2")) }), NoMatch, "", nil},
-		{"empty-alpn-name", mod(func(s *helloSpec) { s.exts = alpnExt("h2", "") }), NoMatch, "", nil},
-		{"empty-alpn-list", mod(func(s *helloSpec) { s.exts = ext(extALPN, vec16(nil)) }), NoMatch, "", nil},
-		{"alpn-trailing", mod(func(s *helloSpec) { s.exts = ext(extALPN, append(vec16([]byte("\x02h2")), 0)) }), NoMatch, "", nil},
-		{"alpn-name-overflows", mod(func(s *helloSpec) { s.exts = ext(extALPN, vec16([]byte("\x09h2"))) }), NoMatch, "", nil},
-		{"empty-sni-list", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16(nil)) }), NoMatch, "", nil},
-		{"empty-host-name", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16([]byte{0, 0, 0})) }), NoMatch, "", nil},
-		{"sni-overflows", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16([]byte{0, 0, 9, 'a'})) }), NoMatch, "", nil},
-		{"ext-overflows-block", mod(func(s *helloSpec) { s.exts = append(ext(5, []byte{1, 2, 3}), 0, 9, 0, 9) }), NoMatch, "", nil},
-		{"ext-header-cut", mod(func(s *helloSpec) { s.exts = append(ext(5, nil), 0) }), NoMatch, "", nil},
+		{"record-version-3.5", mod(func(s *helloSpec) { s.recordVersion = 0x0305 }), noMatch, "", nil},
+		{"record-version-2", mod(func(s *helloSpec) { s.recordVersion = 0x0203 }), noMatch, "", nil},
+		{"client-version-1.3", mod(func(s *helloSpec) { s.clientVersion = 0x0304 }), noMatch, "", nil},
+		{"client-version-4", mod(func(s *helloSpec) { s.clientVersion = 0x0403 }), noMatch, "", nil},
+		{"session-id-33", mod(func(s *helloSpec) { s.sessionID = make([]byte, 33) }), noMatch, "", nil},
+		{"no-suites", mod(func(s *helloSpec) { s.suites = nil }), noMatch, "", nil},
+		{"odd-suites", mod(func(s *helloSpec) { s.suites = []byte{0x13, 0x01, 0xc0} }), noMatch, "", nil},
+		{"no-compression", mod(func(s *helloSpec) { s.compression = nil }), noMatch, "", nil},
+		{"no-null-compression", mod(func(s *helloSpec) { s.compression = []byte{1} }), noMatch, "", nil},
+		{"dup-sni", mod(func(s *helloSpec) { s.exts = cat(sniExt("a.test"), sniExt("b.test")) }), noMatch, "", nil},
+		{"dup-alpn", mod(func(s *helloSpec) { s.exts = cat(alpnExt("h2"), alpnExt("h2")) }), noMatch, "", nil},
+		{"empty-alpn-name", mod(func(s *helloSpec) { s.exts = alpnExt("h2", "") }), noMatch, "", nil},
+		{"empty-alpn-list", mod(func(s *helloSpec) { s.exts = ext(extALPN, vec16(nil)) }), noMatch, "", nil},
+		{"alpn-trailing", mod(func(s *helloSpec) { s.exts = ext(extALPN, append(vec16([]byte("\x02h2")), 0)) }), noMatch, "", nil},
+		{"alpn-name-overflows", mod(func(s *helloSpec) { s.exts = ext(extALPN, vec16([]byte("\x09h2"))) }), noMatch, "", nil},
+		{"empty-sni-list", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16(nil)) }), noMatch, "", nil},
+		{"empty-host-name", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16([]byte{0, 0, 0})) }), noMatch, "", nil},
+		{"sni-overflows", mod(func(s *helloSpec) { s.exts = ext(extServerName, vec16([]byte{0, 0, 9, 'a'})) }), noMatch, "", nil},
+		{"ext-overflows-block", mod(func(s *helloSpec) { s.exts = append(ext(5, []byte{1, 2, 3}), 0, 9, 0, 9) }), noMatch, "", nil},
+		{"ext-header-cut", mod(func(s *helloSpec) { s.exts = append(ext(5, nil), 0) }), noMatch, "", nil},
 		{"bytes-after-extensions", func() []byte {
 			b := append(defaultSpec().body(), 0)
 			b[3]++ // handshake length covers the extra byte
 			return records(0x0301, b)
-		}(), NoMatch, "", nil},
+		}(), noMatch, "", nil},
 		{"extensions-short-of-hello", func() []byte {
 			s := defaultSpec()
 			s.exts = append(slices.Clip(s.exts), 0, 0, 0, 0)
 			b := s.body()
 			b[len(b)-len(s.exts)-1] -= 4 // the block's length leaves 4 bytes over
 			return records(0x0301, b)
-		}(), NoMatch, "", nil},
-		{"second-record-not-handshake", cat(records(0x0301, body[:60]), []byte{23, 3, 3, 0, 5}), NoMatch, "", nil},
-		{"second-record-empty", cat(records(0x0301, body[:60]), []byte{22, 3, 1, 0, 0}), NoMatch, "", nil},
+		}(), noMatch, "", nil},
+		{"second-record-not-handshake", cat(records(0x0301, body[:60]), []byte{23, 3, 3, 0, 5}), noMatch, "", nil},
+		{"second-record-empty", cat(records(0x0301, body[:60]), []byte{22, 3, 1, 0, 0}), noMatch, "", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for n := 1; n < len(tc.in); n++ {
-				var r Result
-				if v := matchTLS(tc.in[:n], &r); v != NeedMore && v != tc.want {
+				if v, _ := matchTLS(tc.in[:n]); v != needMore && v != tc.want {
 					t.Fatalf("prefix %d of %d: %v, want NeedMore or %v", n, len(tc.in), v, tc.want)
 				}
 			}
-			var r Result
-			if v := matchTLS(tc.in, &r); v != tc.want {
+			v, r := matchTLS(tc.in)
+			if v != tc.want {
 				t.Fatalf("got %v, want %v", v, tc.want)
 			}
 			if r.SNI != tc.sni || !slices.Equal(r.ALPN, tc.alpn) {
@@ -110,8 +109,7 @@ func TestTLSEarlyNoMatch(t *testing.T) {
 		{"suites-overflow", append(slices.Clip(good[:sidAt]), 0, 0xff, 0xff)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var r Result
-			if v := matchTLS(tc.in, &r); v != NoMatch {
+			if v, _ := matchTLS(tc.in); v != noMatch {
 				t.Fatalf("got %v after %d bytes, want NoMatch", v, len(tc.in))
 			}
 		})
@@ -131,8 +129,8 @@ func TestTLSAgreesWithCryptoTLS(t *testing.T) {
 			if chi == nil {
 				t.Fatal("crypto/tls did not parse the hello")
 			}
-			var r Result
-			if v := matchTLS(s.in, &r); v != Match {
+			v, r := matchTLS(s.in)
+			if v != match {
 				t.Fatalf("matchTLS: %v", v)
 			}
 			if r.SNI != chi.ServerName || !slices.Equal(r.ALPN, chi.SupportedProtos) {
