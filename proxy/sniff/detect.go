@@ -23,6 +23,14 @@ const (
 	DefaultMaxBytes = recordHeaderLen + maxRecordLen
 )
 
+// maxScanned bounds the bytes matchers look at in one Detect, about a
+// millisecond of CPU. Matchers rescan from the first byte after every read,
+// so a client dribbling a byte per segment would otherwise cost CPU
+// quadratic in the cap (16 KiB a byte at a time: about 0.2 s). Real first
+// flights stay far below: a ClientHello at the cap arriving in full-sized
+// segments is scanned about 12 times 8 KiB on average.
+const maxScanned = 1 << 20
+
 // Options bound one Detect.
 type Options struct {
 	// Timeout is how long Detect waits for the client to send enough to
@@ -90,15 +98,16 @@ func (conn *Conn) sniff(start time.Time, opts Options) (Result, error) {
 	}
 
 	var (
-		n       int
-		decided bool
-		rerr    error
+		n, scanned int
+		decided    bool
+		rerr       error
 	)
-	for !decided && rerr == nil && n < limit {
+	for !decided && rerr == nil && n < limit && scanned < maxScanned {
 		var m int
 		m, rerr = conn.c.Read(buf[n:])
 		if m > 0 {
 			n += m
+			scanned += n
 			res, decided = decide(buf[:n])
 		}
 	}
@@ -115,7 +124,7 @@ func (conn *Conn) sniff(start time.Time, opts Options) (Result, error) {
 		// If the deciding read also returned an error (a TCPConn never
 		// does both), the next read from c repeats it or EOF.
 	case rerr == nil, rerr == io.EOF:
-		res.Protocol = Unknown // at the cap, or all the client will ever send
+		res.Protocol = Unknown // at a cap, or all the client will ever send
 	case errors.Is(rerr, os.ErrDeadlineExceeded):
 		res.Protocol = Timeout
 	default:

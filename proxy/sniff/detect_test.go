@@ -266,3 +266,28 @@ func TestDetectChunkingDoesNotMatter(t *testing.T) {
 		}
 	}
 }
+
+// TestDetectScanCap: a client dribbling a big first flight a byte per read
+// ends Unknown once the matchers have scanned maxScanned bytes, long before
+// the byte cap, and its bytes still replay.
+func TestDetectScanCap(t *testing.T) {
+	in := append([]byte("GET /"), bytes.Repeat([]byte("a"), 20000)...)
+	c := &chunkConn{data: bytes.Clone(in), chunks: []int{1}, end: io.EOF}
+	res, conn, err := Detect(c, opts)
+	if err != nil || res.Protocol != Unknown || c.reads > 1500 {
+		t.Fatalf("got %v after %d reads, %v", res.Protocol, c.reads, err)
+	}
+	if b, _ := io.ReadAll(conn); !bytes.Equal(b, in) {
+		t.Fatal("replay differs")
+	}
+	// Small first flights decide however they are cut.
+	c = &chunkConn{data: []byte(benchRequest), chunks: []int{1}, end: io.EOF}
+	if res, _, _ := Detect(c, opts); res.Protocol != HTTP1 {
+		t.Fatalf("request a byte at a time: %v", res.Protocol)
+	}
+	h := helloH2(t)
+	c = &chunkConn{data: bytes.Clone(h), chunks: []int{16}, end: io.EOF}
+	if res, _, _ := Detect(c, opts); res.Protocol != TLS {
+		t.Fatalf("hello in 16-byte reads: %v", res.Protocol)
+	}
+}

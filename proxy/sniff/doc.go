@@ -16,17 +16,17 @@
 // Matchers check every magic byte and length as it arrives.
 //
 // The outcomes are a Protocol: TLS, HTTP2 or HTTP1 when one matched;
-// Unknown when bytes arrived and nothing matched (also at the byte cap, or
-// when the client closed its side first); Timeout when the client sent
-// nothing, or not enough to decide, before the deadline; Skipped when the
-// caller set no timeout. Only failing reads are errors.
+// Unknown when bytes arrived and nothing matched (also at a cap, or when
+// the client closed its side first); Timeout when the client sent nothing,
+// or not enough to decide, before the deadline; Skipped when the caller set
+// no timeout. Only failing reads are errors.
 //
 // The trade-off: a client-first protocol is known as soon as the client's
 // first bytes arrive, but a server-first protocol (SMTP, MySQL, FTP, …) has
 // nothing to sniff and costs every connection the whole deadline, ending
-// in Timeout, unless its port is declared and sniffing skipped. Package sniff has no policy: the listener
-// wiring decides what Timeout and Unknown lead to (by default opaque TCP),
-// and whether a port is sniffed at all.
+// in Timeout, unless its port is declared and sniffing skipped. Package
+// sniff has no policy: the listener wiring decides what Timeout and Unknown
+// lead to (by default opaque TCP), and whether a port is sniffed at all.
 //
 // The returned Conn replays the bytes read, then reads the socket. An L4
 // relay writes Conn.Buffered upstream and splices Conn.TCP; an L7 codec
@@ -37,9 +37,9 @@
 // request, about 3 µs and four (plus the SNI string and the ALPN slice) for
 // a 1.5 KB ClientHello; on a loopback socket the two deadline syscalls and
 // the read bring these to about 6 µs and 10 µs. The 16 KiB read buffer is
-// pooled. Matchers rescan from the first byte after every read, so a client
-// that dribbles bytes costs more, but never past the byte cap or the
-// deadline.
+// pooled. Matchers rescan from the first byte after every read; a cap on
+// the bytes scanned (1 MiB) keeps a client that dribbles a big first flight
+// a byte at a time from making that quadratic.
 //
 // Adding a protocol (Dubbo, SOFABolt, RocketMQ and Redis are planned): a
 // Protocol constant and its name in protocol.go, a file holding its matcher,

@@ -10,8 +10,8 @@ type Protocol uint8
 // the rest name one. Values are not persisted anywhere, so a new protocol is
 // appended before numProtocols.
 const (
-	// Unknown: bytes arrived and every matcher said no, the byte cap was
-	// reached first, or the client closed its side before anyone decided.
+	// Unknown: bytes arrived and every matcher said no, a cap was reached
+	// first, or the client closed its side before anyone decided.
 	Unknown Protocol = iota
 	// Timeout: the client sent nothing, or not enough to decide, before the
 	// deadline. Server-first protocols (SMTP, MySQL, …) always end here
