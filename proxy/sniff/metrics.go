@@ -31,7 +31,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"result"})
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "weir_sniff_duration_seconds",
-		Help:    "Time from accept to a detection result, including waiting for the client's first bytes.",
+		Help:    "Time Detect took to reach its result, including waiting for the client's first bytes.",
 		Buckets: durationBuckets,
 	}, []string{"result"})
 	reg.MustRegister(total, duration)

@@ -54,8 +54,9 @@ func (p Protocol) String() string {
 // Result is what Detect found about one connection.
 type Result struct {
 	Protocol Protocol
-	// SNI is the ClientHello's host_name (TLS only; empty if absent or if
-	// it is not a plausible DNS name).
+	// SNI is the ClientHello's host_name as sent, in the client's letter
+	// case (TLS only; empty if absent or if it is not a plausible DNS
+	// name). DNS names are case-insensitive: routing should fold case.
 	SNI string
 	// ALPN lists the protocols the ClientHello offered, in its order (TLS
 	// only; nil if it offered none).

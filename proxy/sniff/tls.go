@@ -191,7 +191,7 @@ func parseHello(b []byte, n int) hello {
 	c.check(c.off == c.n) // the extensions end the hello
 	var (
 		h              hello
-		seenSNI, seenA bool
+		seenSNI, seenALPN bool
 	)
 	for c.ok() && exts.ok() && exts.off < exts.n {
 		typ := exts.u16()
@@ -203,8 +203,8 @@ func parseHello(b []byte, n int) hello {
 			seenSNI = true
 			h.sni = serverName(&data)
 		case typ == extALPN:
-			exts.check(!seenA)
-			seenA = true
+			exts.check(!seenALPN)
+			seenALPN = true
 			h.alpn = alpnList(&data)
 		}
 		exts.adopt(&data)
