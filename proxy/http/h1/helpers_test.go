@@ -16,8 +16,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/cluster"
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 

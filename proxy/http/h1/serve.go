@@ -31,6 +31,12 @@ const bodyGrace = 20 * time.Millisecond
 // l7.ErrorStatus answers 504.
 var errResponseTimeout = fmt.Errorf("http/1.1: no response head within the response header timeout: %w", context.DeadlineExceeded)
 
+// Switching protocols at the wrong time: answered 502.
+var (
+	errUnsolicited101   = &upstreamError{errors.New("101 Switching Protocols to a request that asked for no upgrade")}
+	errSwitchBeforeBody = &upstreamError{errors.New("switched protocols before the request body was sent")}
+)
+
 // errUpstreamClosed is the upstream closing before a complete response.
 var errUpstreamClosed = errors.New("http/1.1: upstream closed the connection before a complete response")
 
@@ -49,14 +55,24 @@ func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 	s := servers.Get().(*server)
 	s.init(ctx, down, up, pool)
 	stop := context.AfterFunc(ctx, s.abortFn)
+	var unwatch func()
 	if up.Draining != nil {
-		unwatch := watchDrain(up.Draining, s)
-		defer unwatch()
+		unwatch = watchDrain(up.Draining, s)
 	}
-	defer s.finish()
-	defer stop()
 	for s.serveOne() {
 	}
+	if s.linger && !s.aborted.Load() {
+		s.lingerClose()
+	}
+	// Nothing may touch s once it is back in the pool: no drain wake-up
+	// (unregistered), no abort (stopped, or waited for).
+	if unwatch != nil {
+		unwatch()
+	}
+	if !stop() {
+		<-s.abortDone
+	}
+	s.finish()
 }
 
 // server is the state of one downstream connection. Its fields belong to
@@ -85,7 +101,11 @@ type server struct {
 	idle    atomic.Bool            // waiting for a request head with nothing buffered
 	drain   atomic.Bool            // the agent drains: close after the next response
 
+	linger   bool // close with lingerClose
+	tunneled bool // the connection became a tunnel (closed by it)
+
 	bodyDst     *upConn
+	abortDone   chan struct{}   // abort ran (buffered)
 	bodyDone    chan bodyResult // the body goroutine's outcome, buffered
 	bodyRunning bool
 	grace       *time.Timer
@@ -99,7 +119,7 @@ type bodyResult struct {
 }
 
 var servers = sync.Pool{New: func() any {
-	s := &server{bodyDone: make(chan bodyResult, 1), wb: make([]byte, 0, 4<<10)}
+	s := &server{bodyDone: make(chan bodyResult, 1), abortDone: make(chan struct{}, 1), wb: make([]byte, 0, 4<<10)}
 	s.abortFn = s.abort
 	s.grace = time.NewTimer(time.Hour)
 	s.grace.Stop()
@@ -113,6 +133,37 @@ func (s *server) init(ctx context.Context, down net.Conn, up *l7.Upstream, pool 
 	s.aborted.Store(false)
 	s.idle.Store(false)
 	s.drain.Store(false)
+	s.linger, s.tunneled = false, false
+}
+
+// Lingering close bounds: how long and how much we read and discard from
+// a client after our last response.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// lingerClose ends a connection we chose to end: it half-closes, then reads
+// and discards what the client still sends (a body we did not read, a
+// pipelined request) until it closes, for a bounded time, and only then
+// closes. Closing with unread bytes would make the kernel answer them with
+// a reset, which can destroy our last response before the client reads it
+// (RFC 9112 §9.6).
+func (s *server) lingerClose() {
+	cw, ok := s.down.(closeWriter)
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	s.down.SetReadDeadline(time.Now().Add(lingerTime))
+	s.dr.hold()
+	buf := *s.dr.bp
+	for n := 0; n < lingerBytes; {
+		m, err := s.down.Read(buf)
+		n += m
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (s *server) finish() {
@@ -135,6 +186,7 @@ func (s *server) abort() {
 	if uc := s.active.Load(); uc != nil {
 		uc.c.SetDeadline(aLongTimeAgo)
 	}
+	s.abortDone <- struct{}{}
 }
 
 func (s *server) draining() bool {
@@ -155,15 +207,22 @@ func (s *server) serveOne() bool {
 	if err := s.readHead(); err != nil {
 		if isParseError(err) {
 			s.refuse(err, time.Now())
+			s.linger = true
 		}
 		return false
 	}
 	start := time.Now()
 	d := s.up.Resolve(&s.req)
+	var keep bool
 	if d.Status != 0 {
-		return s.answerLocally(d, start)
+		keep = s.answerLocally(d, start)
+	} else {
+		keep = s.forward(d, start)
 	}
-	return s.forward(d, start)
+	if !keep && !s.tunneled {
+		s.linger = true
+	}
+	return keep
 }
 
 func isParseError(err error) bool {
@@ -643,9 +702,14 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 			}
 			s.active.Store(nil)
 			uc.close()
-			err := upstreamParseError(errors.New("unsolicited 101 Switching Protocols"))
-			lease.Done(err)
-			return s.fail(err, streamed, start)
+			if !bodyOK {
+				// Switching before the request body was sent: the
+				// body's end could not be told from tunnelled bytes.
+				lease.Done(nil)
+				return s.fail(errSwitchBeforeBody, streamed, start)
+			}
+			lease.Done(errUnsolicited101)
+			return s.fail(errUnsolicited101, streamed, start)
 		}
 		conn := connUpgrade
 		if status != 101 {
@@ -655,6 +719,7 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		_, err := s.down.Write(s.wb)
 		s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
 		if err == nil {
+			s.tunneled = true
 			s.tunnel(uc)
 		}
 		s.active.Store(nil)
@@ -689,8 +754,23 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		return s.fail(err, streamed, start)
 	}
 	rd.r += n
-	if n <= inlineCopy {
+	if rs.framing == bodyNone {
+		done = true
+	}
+	inlined := n <= inlineCopy
+	if inlined {
 		s.wb = append(s.wb, b[:n]...)
+	}
+	released := false
+	if done && inlined && !s.bodyRunning {
+		// The whole response is in hand: the upstream side is finished
+		// before the client sees a byte, so its connection is back in the
+		// pool (and its lease released) for the client's next request,
+		// which may come on another connection at once.
+		s.releaseUp(uc, lease, done && bodyOK, status, nil)
+		released = true
+	}
+	if inlined {
 		_, err = s.down.Write(s.wb)
 	} else {
 		s.iov = [2][]byte{s.wb, b[:n]}
@@ -698,43 +778,49 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		_, err = s.bufs.WriteTo(s.down)
 		s.iov = [2][]byte{}
 	}
-	var upErr error
 	downOK := err == nil
-	if downOK && !done && rs.framing != bodyNone {
-		// The rest streams: no response timeout on the body (a stream may
-		// idle), the client or ctx ends it.
-		uc.c.SetReadDeadline(time.Time{})
-		upErr, downOK = s.pipeResponse(uc)
-		done = upErr == nil && downOK
-	}
-	if rs.framing == bodyNone {
-		done = true
-	}
-	if s.bodyRunning {
-		r := s.stopBody()
-		bodyOK = bodyOK && r.err == nil
-		if r.err != nil && !r.upSide {
-			// The client broke its body and the body goroutine cut the
-			// response short: not the upstream's fault.
+	if !released {
+		var upErr error
+		if downOK && !done {
+			// The rest streams: no response timeout on the body (a stream
+			// may idle), the client or ctx ends it.
+			uc.c.SetReadDeadline(time.Time{})
+			upErr, downOK = s.pipeResponse(uc)
+			done = upErr == nil && downOK
+		}
+		if s.bodyRunning {
+			r := s.stopBody()
+			bodyOK = bodyOK && r.err == nil
+			if r.err != nil && !r.upSide {
+				// The client broke its body and the body goroutine cut
+				// the response short: not the upstream's fault.
+				upErr = nil
+			}
+		}
+		if upErr != nil && s.aborted.Load() {
 			upErr = nil
 		}
+		if upErr != nil {
+			s.up.Log.Debug("http/1.1 upstream broke the response body", "err", upErr)
+		}
+		s.releaseUp(uc, lease, done && bodyOK, status, upErr)
 	}
-	keepUp := done && bodyOK && rs.keepAlive() && rd.r == rd.w && !s.aborted.Load()
+	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	return keepDown && done && downOK
+}
+
+// releaseUp ends the exchange's hold on uc: back to the pool when the
+// exchange was clean (both bodies complete, nothing extra received) and
+// the upstream did not ask to close; closed otherwise. Then the lease
+// ends with the exchange's verdict.
+func (s *server) releaseUp(uc *upConn, lease *cluster.Lease, clean bool, status int, upErr error) {
 	s.active.Store(nil)
-	if keepUp && !s.aborted.Load() {
+	if clean && s.resp.keepAlive() && uc.rd.r == uc.rd.w && !s.aborted.Load() {
 		s.pool.put(uc)
 	} else {
 		uc.close()
 	}
-	if upErr != nil && s.aborted.Load() {
-		upErr = nil
-	}
 	lease.Done(verdict(status, upErr))
-	if upErr != nil {
-		s.up.Log.Debug("http/1.1 upstream broke the response body", "err", upErr)
-	}
-	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
-	return keepDown && done && downOK
 }
 
 // pipeResponse streams the rest of the response body to the client:

@@ -154,7 +154,7 @@ func appendFields(wb, raw []byte, list []fieldLine, mod *route.HeaderModifier, d
 		case fieldContentLength, fieldTransferEncoding:
 			skip = skip || dropFraming
 		}
-		if !skip && mod != nil {
+		if !skip && mod != nil && !protected(fl.kind) {
 			skip = modifies(mod, fl.name.of(raw))
 		}
 		switch {
@@ -171,11 +171,11 @@ func appendFields(wb, raw []byte, list []fieldLine, mod *route.HeaderModifier, d
 	return append(wb, run.of(raw)...)
 }
 
-// modifies reports whether mod sets or removes the field name: the field
-// as received is then not forwarded.
+// modifies reports whether mod sets (with a value it may write) or
+// removes the field name: the field as received is then not forwarded.
 func modifies(mod *route.HeaderModifier, name []byte) bool {
 	for i := range mod.Set {
-		if equalFoldBytes(name, mod.Set[i].Name) {
+		if equalFoldBytes(name, mod.Set[i].Name) && modifiable(mod.Set[i].Name, mod.Set[i].Value) {
 			return true
 		}
 	}
@@ -188,10 +188,8 @@ func modifies(mod *route.HeaderModifier, name []byte) bool {
 }
 
 // appendModified appends mod's Set then Add fields, leaving out names it
-// also removes (removal wins) and fields a modifier must not write: framing
-// and hop-by-hop fields and Host (use a URLRewrite hostname), whose change
-// would let a route desynchronise the next hop's framing, and names or
-// values a field cannot hold (CR or LF would inject lines).
+// also removes (removal wins), protected fields, and names or values a
+// field cannot hold (CR or LF would inject lines).
 func appendModified(wb []byte, mod *route.HeaderModifier) []byte {
 	for _, list := range [2][]route.Header{mod.Set, mod.Add} {
 		for i := range list {
@@ -223,8 +221,7 @@ func modifiable(name, value string) bool {
 			return false
 		}
 	}
-	switch k := kindOf(name); {
-	case k == fieldHost, k == fieldContentLength, k == fieldTransferEncoding, hopByHop(k):
+	if protected(kindOf(name)) {
 		return false
 	}
 	for i := range len(value) {
@@ -233,6 +230,19 @@ func modifiable(name, value string) bool {
 		}
 	}
 	return true
+}
+
+// protected reports whether a route's header modifier must leave fields
+// of this kind alone, neither writing nor dropping them: framing
+// (Content-Length, Transfer-Encoding), Host (a URLRewrite's job) and
+// hop-by-hop fields. Letting a route change them would let it
+// desynchronise how the next hop frames the message.
+func protected(kind uint8) bool {
+	switch kind {
+	case fieldHost, fieldContentLength, fieldTransferEncoding:
+		return true
+	}
+	return hopByHop(kind)
 }
 
 func appendField(wb []byte, name, value string) []byte {
