@@ -1,0 +1,963 @@
+package h1
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+	l7 "github.com/weir-mesh/weir/proxy/http"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// inlineCopy is the largest body sent in the same buffer as its head: a
+// copy this small costs less than a second write or a writev.
+const inlineCopy = 4 << 10
+
+// bodyGrace is how long a final response waits for a request body still
+// being streamed upstream to finish, before the exchange gives up on it
+// and closes both connections.
+const bodyGrace = 20 * time.Millisecond
+
+// errResponseTimeout is the upstream not answering within
+// ResponseHeaderTimeout; it wraps context.DeadlineExceeded so
+// l7.ErrorStatus answers 504.
+var errResponseTimeout = fmt.Errorf("http/1.1: no response head within the response header timeout: %w", context.DeadlineExceeded)
+
+// Switching protocols at the wrong time: answered 502.
+var (
+	errUnsolicited101   = &upstreamError{errors.New("101 Switching Protocols to a request that asked for no upgrade")}
+	errSwitchBeforeBody = &upstreamError{errors.New("switched protocols before the request body was sent")}
+)
+
+// errUpstreamClosed is the upstream closing before a complete response.
+var errUpstreamClosed = errors.New("http/1.1: upstream closed the connection before a complete response")
+
+// Serve proxies HTTP/1.1 requests from one downstream connection until the
+// client closes it, ctx ends, the agent drains, or either side breaks the
+// protocol; it closes down before returning. Each request is routed with
+// up.Resolve, balanced on its own (cluster.Pick) and sent on a connection
+// from pool (nil: a private pool, closed at the end). down may be any
+// net.Conn (a sniffer's replaying connection); if it has CloseWrite, a
+// tunnel half-closes it.
+func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
+	if pool == nil {
+		pool = NewPool(Options{})
+		defer pool.Close()
+	}
+	s := servers.Get().(*server)
+	s.init(ctx, down, up, pool)
+	stop := context.AfterFunc(ctx, s.abortFn)
+	var unwatch func()
+	if up.Draining != nil {
+		unwatch = watchDrain(up.Draining, s)
+	}
+	for s.serveOne() {
+	}
+	if s.linger && !s.aborted.Load() {
+		s.lingerClose()
+	}
+	// Nothing may touch s once it is back in the pool: no drain wake-up
+	// (unregistered), no abort (stopped, or waited for).
+	if unwatch != nil {
+		unwatch()
+	}
+	if !stop() {
+		<-s.abortDone
+	}
+	s.finish()
+}
+
+// server is the state of one downstream connection. Its fields belong to
+// the connection's goroutine, except: the atomics (also read by the abort
+// and drain wake-ups), and dr and reqBody, which belong to the body
+// goroutine while it streams a request body (bodyRunning).
+type server struct {
+	ctx  context.Context
+	down net.Conn
+	up   *l7.Upstream
+	pool *Pool
+	opt  *Options
+	lim  *Limits
+
+	dr       reader
+	wb       []byte // the head being written, either way
+	req      reqHead
+	resp     respHead
+	reqBody  framer
+	respBody framer
+	iov      [2][]byte
+	bufs     net.Buffers
+
+	active  atomic.Pointer[upConn] // the upstream connection in use, for abort
+	aborted atomic.Bool            // ctx ended
+	idle    atomic.Bool            // waiting for a request head with nothing buffered
+	drain   atomic.Bool            // the agent drains: close after the next response
+
+	linger   bool // close with lingerClose
+	tunneled bool // the connection became a tunnel (closed by it)
+
+	bodyDst     *upConn
+	abortDone   chan struct{}   // abort ran (buffered)
+	bodyDone    chan bodyResult // the body goroutine's outcome, buffered
+	bodyRunning bool
+	grace       *time.Timer
+
+	abortFn func()
+}
+
+type bodyResult struct {
+	err    error
+	upSide bool // err is the upstream's (a write failed), not the client's
+}
+
+var servers = sync.Pool{New: func() any {
+	s := &server{bodyDone: make(chan bodyResult, 1), abortDone: make(chan struct{}, 1), wb: make([]byte, 0, 4<<10)}
+	s.abortFn = s.abort
+	s.grace = time.NewTimer(time.Hour)
+	s.grace.Stop()
+	return s
+}}
+
+func (s *server) init(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
+	s.ctx, s.down, s.up, s.pool = ctx, down, up, pool
+	s.opt, s.lim = &pool.opt, &pool.opt.Limits
+	s.dr = reader{c: down, size: smallBuf}
+	s.aborted.Store(false)
+	s.idle.Store(false)
+	s.drain.Store(false)
+	s.linger, s.tunneled = false, false
+}
+
+// Lingering close bounds: how long and how much we read and discard from
+// a client after our last response.
+const (
+	lingerTime  = time.Second
+	lingerBytes = 1 << 20
+)
+
+// lingerClose ends a connection we chose to end: it half-closes, then reads
+// and discards what the client still sends (a body we did not read, a
+// pipelined request) until it closes, for a bounded time, and only then
+// closes. Closing with unread bytes would make the kernel answer them with
+// a reset, which can destroy our last response before the client reads it
+// (RFC 9112 §9.6).
+func (s *server) lingerClose() {
+	cw, ok := s.down.(closeWriter)
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	s.down.SetReadDeadline(time.Now().Add(lingerTime))
+	s.dr.hold()
+	buf := *s.dr.bp
+	for n := 0; n < lingerBytes; {
+		m, err := s.down.Read(buf)
+		n += m
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (s *server) finish() {
+	s.down.Close()
+	s.dr.release()
+	s.req.raw, s.resp.raw = nil, nil
+	s.ctx, s.down, s.up, s.pool, s.bodyDst = nil, nil, nil, nil, nil
+	s.active.Store(nil)
+	if cap(s.wb) > 64<<10 {
+		s.wb = make([]byte, 0, 4<<10)
+	}
+	servers.Put(s)
+}
+
+// abort runs when ctx ends: it wakes every blocked read and write, and the
+// loop ends at its next step.
+func (s *server) abort() {
+	s.aborted.Store(true)
+	s.down.SetDeadline(aLongTimeAgo)
+	if uc := s.active.Load(); uc != nil {
+		uc.c.SetDeadline(aLongTimeAgo)
+	}
+	s.abortDone <- struct{}{}
+}
+
+func (s *server) draining() bool {
+	if s.drain.Load() {
+		return true
+	}
+	select {
+	case <-s.up.Draining:
+		s.drain.Store(true)
+		return true
+	default:
+		return false
+	}
+}
+
+// serveOne serves one request; false ends the connection.
+func (s *server) serveOne() bool {
+	if err := s.readHead(); err != nil {
+		if isParseError(err) {
+			s.refuse(err, time.Now())
+			s.linger = true
+		}
+		return false
+	}
+	start := time.Now()
+	d := s.up.Resolve(&s.req)
+	var keep bool
+	if d.Status != 0 {
+		keep = s.answerLocally(d, start)
+	} else {
+		keep = s.forward(d, start)
+	}
+	if !keep && !s.tunneled {
+		s.linger = true
+	}
+	return keep
+}
+
+func isParseError(err error) bool {
+	_, le := errors.AsType[*LimitError](err)
+	_, pe := errors.AsType[*protoError](err)
+	return le || pe
+}
+
+// errClientGone ends a connection quietly: the client closed, went idle
+// too long, or the agent drains.
+var errClientGone = errors.New("http/1.1: client connection ended")
+
+// readHead reads the next request head into s.req, consuming it from the
+// buffer. Empty lines before a request line are skipped (RFC 9112 §2.2).
+func (s *server) readHead() error {
+	rd := &s.dr
+	rd.shrink()
+	scan, skipped, deadline := 0, 0, false
+	for {
+		if rd.bp != nil {
+			b := rd.buffered()
+			for len(b) >= 2 && b[0] == '\r' && b[1] == '\n' {
+				rd.r += 2
+				b = b[2:]
+				scan = 0
+				if skipped += 2; skipped > s.lim.MaxRequestLine {
+					return errRequestLine
+				}
+			}
+			if len(b) > 0 {
+				end, next, err := scanHead(b, scan, s.lim.MaxRequestLine, s.lim)
+				if err != nil {
+					return err
+				}
+				if end > 0 {
+					if err := s.req.parse(b[:end], s.lim); err != nil {
+						return err
+					}
+					rd.r += end
+					return nil
+				}
+				scan = next
+			}
+		}
+		empty := rd.bp == nil || rd.r == rd.w
+		if empty {
+			s.idle.Store(true)
+			if s.drain.Load() || s.aborted.Load() {
+				s.idle.Store(false)
+				return errClientGone
+			}
+		}
+		if !deadline {
+			s.down.SetReadDeadline(time.Now().Add(s.opt.ClientIdleTimeout))
+			deadline = true
+		}
+		err := rd.fill()
+		if empty {
+			s.idle.Store(false)
+		}
+		if err == errBufferFull {
+			if !rd.grow(s.lim.MaxHeadBytes) {
+				return &LimitError{Limit: LimitHeadBytes, Max: s.lim.MaxHeadBytes}
+			}
+			continue
+		}
+		if err != nil {
+			return errClientGone
+		}
+	}
+}
+
+// scanHead looks for the empty line ending a head in b, from scan on (the
+// caller's previous next): it returns the head's length, or 0 and where
+// to resume. It refuses a first line longer than maxLine (414 for a
+// request) and a head longer than the limit (431) as soon as they are
+// known, so a peer cannot make us buffer more than that.
+func scanHead(b []byte, scan, maxLine int, lim *Limits) (end, next int, err error) {
+	for i := scan; i < len(b); {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			break
+		}
+		k := i + j
+		if k+1 < len(b) && b[k+1] == '\n' {
+			end = k + 2
+			break
+		}
+		if k+2 < len(b) && b[k+1] == '\r' && b[k+2] == '\n' {
+			end = k + 3
+			break
+		}
+		i = k + 1
+	}
+	if end > lim.MaxHeadBytes || (end == 0 && len(b) > lim.MaxHeadBytes) {
+		if firstLineTooLong(b, maxLine) {
+			return 0, 0, &LimitError{Limit: LimitRequestLine, Max: maxLine}
+		}
+		return 0, 0, &LimitError{Limit: LimitHeadBytes, Max: lim.MaxHeadBytes}
+	}
+	if end == 0 && len(b) > maxLine && firstLineTooLong(b, maxLine) {
+		return 0, 0, &LimitError{Limit: LimitRequestLine, Max: maxLine}
+	}
+	return end, max(len(b)-2, 0), nil
+}
+
+func firstLineTooLong(b []byte, maxLine int) bool {
+	// The line is allowed maxLine bytes plus its CRLF.
+	n := min(len(b), maxLine+2)
+	return bytes.IndexByte(b[:n], '\n') < 0 && len(b) > maxLine+1
+}
+
+// refuse answers a request that broke the protocol and ends the
+// connection: nothing of it went upstream.
+func (s *server) refuse(err error, start time.Time) {
+	status := statusOf(err)
+	s.up.Log.Debug("http/1.1 request refused", "status", status, "err", err)
+	s.reply(status, l7.ReasonBadRequest, "", true, start)
+}
+
+// reply writes a local reply and counts it.
+func (s *server) reply(status int, reason, location string, close bool, start time.Time) {
+	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
+	s.down.Write(s.wb)
+	s.up.Metrics.Local(status, reason)
+	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+}
+
+// answerLocally answers a request the route decided to answer itself: 404
+// no rule matched, 500 the rule has no backend, 301/302 redirect.
+func (s *server) answerLocally(d l7.Decision, start time.Time) bool {
+	q := &s.req
+	keep := q.keepAlive() && !s.draining() && s.skipBufferedBody()
+	reason, location := l7.ReasonNoRoute, ""
+	switch d.Status {
+	case 500:
+		reason = l7.ReasonNoBackend
+	case 301, 302:
+		reason = l7.ReasonRedirect
+		location = l7.RedirectLocation(d.Action.Redirect, d.Action.PrefixMatched, "http",
+			string(q.Host()), string(q.Path()), string(q.Query()))
+	}
+	s.reply(d.Status, reason, location, !keep, start)
+	return keep
+}
+
+// skipBufferedBody consumes the request body if it is all buffered; false
+// when it is not (or is malformed): the connection cannot go on.
+func (s *server) skipBufferedBody() bool {
+	q := &s.req
+	if !q.hasBody() {
+		return true
+	}
+	mode := bodyLength
+	if q.chunked {
+		mode = bodyChunked
+	}
+	s.reqBody.reset(mode, q.contentLength)
+	n, done, err := s.reqBody.consume(s.dr.buffered(), s.lim)
+	if err != nil || !done {
+		return false
+	}
+	s.dr.r += n
+	return true
+}
+
+// Outcomes of one attempt to send a request and get its response head.
+const (
+	rtOK        = iota // s.resp holds a final (or 101) response head
+	rtStale            // a reused connection was closed by the server; try a fresh one, same endpoint
+	rtRetry            // the endpoint failed before answering and the request may be sent again elsewhere
+	rtFail             // the exchange failed: answer with the error's status
+	rtClient           // the client failed (body broken or gone): end the connection
+	rtClientBad        // the client sent a malformed body: answer 400 and end
+)
+
+// forward sends the request upstream and relays the response.
+func (s *server) forward(d l7.Decision, start time.Time) bool {
+	q := &s.req
+	rd := &s.dr
+
+	// The body: sent with the head when it is all buffered (validated
+	// first, so a malformed one never leaves), else streamed by the body
+	// goroutine while the response is awaited.
+	var inline []byte
+	streamed := false
+	if q.hasBody() {
+		mode := bodyLength
+		if q.chunked {
+			mode = bodyChunked
+		}
+		s.reqBody.reset(mode, q.contentLength)
+		b := rd.buffered()
+		n, done, err := s.reqBody.consume(b, s.lim)
+		switch {
+		case err != nil:
+			s.refuse(err, start)
+			return false
+		case done:
+			inline = b[:n]
+			rd.r += n
+		default:
+			streamed = true
+			s.reqBody.reset(mode, q.contentLength)
+		}
+	}
+	var action *route.Action = d.Action
+	s.wb = appendRequestHead(s.wb[:0], q, action)
+	if len(inline) <= inlineCopy {
+		s.wb = append(s.wb, inline...)
+		inline = nil
+	}
+
+	var lease *cluster.Lease
+	if d.Cluster != nil {
+		l, err := d.Cluster.Pick(s.up.Key, nil)
+		if err != nil {
+			return s.fail(err, streamed, start)
+		}
+		lease = l
+	}
+	fresh := false
+	var uc *upConn
+	for {
+		addr := s.up.Dst
+		if lease != nil {
+			addr = lease.Endpoint()
+		}
+		uc = nil
+		if !fresh {
+			uc = s.pool.get(addr)
+		}
+		if uc == nil {
+			c, err := s.dial(lease, addr)
+			if err != nil {
+				if lease != nil && s.ctx.Err() == nil {
+					if next, perr := d.Cluster.Pick(s.up.Key, lease); perr == nil {
+						lease, fresh = next, false
+						continue
+					}
+				}
+				lease.Done(nil) // the dial failure is already counted on the endpoint
+				return s.fail(err, streamed, start)
+			}
+			uc = newUpConn(c, addr)
+		}
+		outcome, err := s.roundTrip(uc, inline, streamed)
+		if outcome == rtOK {
+			break
+		}
+		s.active.Store(nil)
+		uc.close()
+		switch outcome {
+		case rtStale:
+			fresh = true
+			continue
+		case rtRetry:
+			lease.Done(err)
+			if lease != nil {
+				if next, perr := d.Cluster.Pick(s.up.Key, lease); perr == nil {
+					lease, fresh = next, false
+					continue
+				}
+			}
+			return s.fail(err, streamed, start)
+		case rtClient:
+			lease.Done(nil)
+			s.up.Metrics.Request(l7.ProtoHTTP1, 0, time.Since(start).Seconds())
+			return false
+		case rtClientBad:
+			lease.Done(nil)
+			s.refuse(err, start)
+			return false
+		}
+		lease.Done(verdict(0, err))
+		return s.fail(err, streamed, start)
+	}
+	return s.respond(uc, lease, d.Action, streamed, start)
+}
+
+// dial connects to addr: through the lease (the cluster's connect timeout,
+// and the outcome recorded on the endpoint) or, for passthrough, with our
+// connect timeout.
+func (s *server) dial(lease *cluster.Lease, addr netip.AddrPort) (*net.TCPConn, error) {
+	if lease != nil {
+		return lease.Dial(s.ctx, s.up.Dial)
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.opt.ConnectTimeout)
+	defer cancel()
+	return s.up.Dial(ctx, addr)
+}
+
+// verdict is what an exchange tells outlier ejection about its endpoint:
+// today only the upstream's own failures (a reset, a broken message, a
+// timeout). status is the seam for ejection on 5xx answers, which comes
+// with the route model's retry policy.
+func verdict(status int, upErr error) error {
+	_ = status
+	return upErr
+}
+
+// fail answers a request that could not be forwarded with err's status
+// (503 no endpoint or circuit open, 504 timeout, 502 otherwise).
+func (s *server) fail(err error, streamed bool, start time.Time) bool {
+	status, reason := l7.ErrorStatus(err)
+	bodyDone := !streamed
+	if s.bodyRunning {
+		r := s.stopBody()
+		bodyDone = r.err == nil
+	}
+	s.up.Log.Debug("http/1.1 upstream failed", "status", status, "err", err)
+	keep := s.req.keepAlive() && bodyDone && !s.draining() && !s.aborted.Load()
+	if streamed && !bodyDone {
+		keep = false
+	}
+	s.reply(status, reason, "", !keep, start)
+	return keep
+}
+
+// roundTrip sends the request on uc and reads the response head into
+// s.resp, relaying interim (1xx) responses to the client.
+func (s *server) roundTrip(uc *upConn, inline []byte, streamed bool) (int, error) {
+	q := &s.req
+	s.active.Store(uc)
+	if s.aborted.Load() {
+		return rtClient, errClientGone
+	}
+	uc.rd.hold()
+	if streamed {
+		// The response timeout starts when the body is sent (sendBody).
+		uc.c.SetReadDeadline(time.Time{})
+	} else {
+		uc.c.SetReadDeadline(time.Now().Add(s.opt.ResponseHeaderTimeout))
+	}
+	var err error
+	if inline != nil {
+		s.iov = [2][]byte{s.wb, inline}
+		s.bufs = s.iov[:]
+		_, err = s.bufs.WriteTo(uc.c)
+		s.iov = [2][]byte{}
+	} else {
+		_, err = uc.c.Write(s.wb)
+	}
+	if err != nil {
+		// Nothing of the body was read from the client yet: any request
+		// may go again. A reused connection was stale; a fresh one failed.
+		if uc.reused {
+			return rtStale, err
+		}
+		return rtRetry, fmt.Errorf("http/1.1: writing the request upstream: %w", err)
+	}
+	if streamed {
+		s.startBody(uc)
+	}
+	replayable := q.idempotent && !streamed
+	got := false
+	for {
+		err := s.readResponseHead(uc, &got)
+		if err != nil {
+			if s.bodyRunning {
+				r := s.stopBody()
+				if r.err != nil && !r.upSide {
+					if isParseError(r.err) {
+						return rtClientBad, r.err
+					}
+					return rtClient, r.err
+				}
+			}
+			switch {
+			case s.aborted.Load():
+				return rtClient, errClientGone
+			case isTimeout(err):
+				return rtFail, errResponseTimeout
+			case got || isParseError(err):
+				return rtFail, err
+			case uc.reused && replayable:
+				return rtStale, err
+			case !uc.reused && replayable:
+				return rtRetry, err
+			}
+			return rtFail, err
+		}
+		st := s.resp.status
+		if st >= 200 || st == 101 {
+			return rtOK, nil
+		}
+		// An interim response: relayed to HTTP/1.1 clients (RFC 9110
+		// §15.2), dropped for HTTP/1.0 ones, which do not expect them.
+		if q.minor == 1 {
+			s.wb = appendResponseHead(s.wb[:0], &s.resp, nil, connNone, false)
+			if _, err := s.down.Write(s.wb); err != nil {
+				if s.bodyRunning {
+					s.stopBody()
+				}
+				return rtClient, err
+			}
+		}
+	}
+}
+
+// readResponseHead reads one response head from uc into s.resp; got
+// becomes true once any byte of a response arrived.
+func (s *server) readResponseHead(uc *upConn, got *bool) error {
+	rd := &uc.rd
+	scan := 0
+	for {
+		b := rd.buffered()
+		if len(b) > 0 {
+			*got = true
+			end, next, err := scanHead(b, scan, s.lim.MaxHeadBytes, s.lim)
+			if err != nil {
+				return upstreamParseError(err)
+			}
+			if end > 0 {
+				if err := s.resp.parse(b[:end], s.req.isHead, s.lim); err != nil {
+					return upstreamParseError(err)
+				}
+				rd.r += end
+				return nil
+			}
+			scan = next
+		}
+		err := rd.fill()
+		if err == errBufferFull {
+			if !rd.grow(s.lim.MaxHeadBytes) {
+				return upstreamParseError(&LimitError{Limit: LimitHeadBytes, Max: s.lim.MaxHeadBytes})
+			}
+			continue
+		}
+		if err != nil {
+			if err == io.EOF {
+				return errUpstreamClosed
+			}
+			return fmt.Errorf("http/1.1: reading the response head: %w", err)
+		}
+	}
+}
+
+// upstreamError is a response that broke the protocol: answered 502.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string { return "http/1.1 upstream: " + e.err.Error() }
+func (e *upstreamError) Unwrap() error { return e.err }
+
+func upstreamParseError(err error) error { return &upstreamError{err} }
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// respond relays the final response: a tunnel after 101 or a 2xx to
+// CONNECT, else the head and the body, then decides whether each side's
+// connection goes on.
+func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action, streamed bool, start time.Time) bool {
+	q, rs := &s.req, &s.resp
+	var mod *route.HeaderModifier
+	if action != nil {
+		mod = action.ResponseHeaders
+	}
+	status := rs.status
+
+	// A request body still streaming: it should be done by now (the
+	// upstream answers after reading it); a short grace covers the body
+	// goroutine's last step. If not, the upstream answered early and the
+	// rest of the body will not be forwarded: both connections end.
+	bodyOK := !streamed
+	if s.bodyRunning {
+		r, ok := s.awaitBody(bodyGrace)
+		bodyOK = ok && r.err == nil
+	}
+
+	if status == 101 || (q.isConnect && status/100 == 2) {
+		if (status == 101 && !q.upgrading) || !bodyOK {
+			if s.bodyRunning {
+				s.stopBody()
+			}
+			s.active.Store(nil)
+			uc.close()
+			if !bodyOK {
+				// Switching before the request body was sent: the
+				// body's end could not be told from tunnelled bytes.
+				lease.Done(nil)
+				return s.fail(errSwitchBeforeBody, streamed, start)
+			}
+			lease.Done(errUnsolicited101)
+			return s.fail(errUnsolicited101, streamed, start)
+		}
+		conn := connUpgrade
+		if status != 101 {
+			conn = connNone
+		}
+		s.wb = appendResponseHead(s.wb[:0], rs, mod, conn, true)
+		_, err := s.down.Write(s.wb)
+		s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+		if err == nil {
+			s.tunneled = true
+			s.tunnel(uc)
+		}
+		s.active.Store(nil)
+		uc.close()
+		lease.Done(nil)
+		return false
+	}
+
+	keepDown := q.keepAlive() && rs.framing != bodyClose && bodyOK && !s.draining()
+	conn := connNone
+	switch {
+	case !keepDown:
+		conn = connClose
+	case q.minor == 0:
+		conn = connKeepAlive
+	}
+	s.wb = appendResponseHead(s.wb[:0], rs, mod, conn, false)
+
+	s.respBody.reset(rs.framing, rs.contentLength)
+	rd := &uc.rd
+	b := rd.buffered()
+	n, done, err := s.respBody.consume(b, s.lim)
+	if err != nil {
+		// Nothing was sent to the client yet: answer 502.
+		if s.bodyRunning {
+			s.stopBody()
+		}
+		s.active.Store(nil)
+		uc.close()
+		err = upstreamParseError(err)
+		lease.Done(err)
+		return s.fail(err, streamed, start)
+	}
+	rd.r += n
+	if rs.framing == bodyNone {
+		done = true
+	}
+	inlined := n <= inlineCopy
+	if inlined {
+		s.wb = append(s.wb, b[:n]...)
+	}
+	released := false
+	if done && inlined && !s.bodyRunning {
+		// The whole response is in hand: the upstream side is finished
+		// before the client sees a byte, so its connection is back in the
+		// pool (and its lease released) for the client's next request,
+		// which may come on another connection at once.
+		s.releaseUp(uc, lease, done && bodyOK, status, nil)
+		released = true
+	}
+	if inlined {
+		_, err = s.down.Write(s.wb)
+	} else {
+		s.iov = [2][]byte{s.wb, b[:n]}
+		s.bufs = s.iov[:]
+		_, err = s.bufs.WriteTo(s.down)
+		s.iov = [2][]byte{}
+	}
+	downOK := err == nil
+	if !released {
+		var upErr error
+		if downOK && !done {
+			// The rest streams: no response timeout on the body (a stream
+			// may idle), the client or ctx ends it.
+			uc.c.SetReadDeadline(time.Time{})
+			upErr, downOK = s.pipeResponse(uc)
+			done = upErr == nil && downOK
+		}
+		if s.bodyRunning {
+			r := s.stopBody()
+			bodyOK = bodyOK && r.err == nil
+			if r.err != nil && !r.upSide {
+				// The client broke its body and the body goroutine cut
+				// the response short: not the upstream's fault.
+				upErr = nil
+			}
+		}
+		if upErr != nil && s.aborted.Load() {
+			upErr = nil
+		}
+		if upErr != nil {
+			s.up.Log.Debug("http/1.1 upstream broke the response body", "err", upErr)
+		}
+		s.releaseUp(uc, lease, done && bodyOK, status, upErr)
+	}
+	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	return keepDown && done && downOK
+}
+
+// releaseUp ends the exchange's hold on uc: back to the pool when the
+// exchange was clean (both bodies complete, nothing extra received) and
+// the upstream did not ask to close; closed otherwise. Then the lease
+// ends with the exchange's verdict.
+func (s *server) releaseUp(uc *upConn, lease *cluster.Lease, clean bool, status int, upErr error) {
+	s.active.Store(nil)
+	if clean && s.resp.keepAlive() && uc.rd.r == uc.rd.w && !s.aborted.Load() {
+		s.pool.put(uc)
+	} else {
+		uc.close()
+	}
+	lease.Done(verdict(status, upErr))
+}
+
+// pipeResponse streams the rest of the response body to the client:
+// bytes are forwarded as they are validated. It returns the upstream's
+// error (a read error, a framing error, EOF before the end) and whether
+// the client took everything.
+func (s *server) pipeResponse(uc *upConn) (error, bool) {
+	rd := &uc.rd
+	f := &s.respBody
+	for {
+		err := rd.fill()
+		if err == errBufferFull {
+			if !rd.grow(s.lim.MaxHeadBytes) {
+				return upstreamParseError(&LimitError{Limit: LimitHeadBytes, Max: s.lim.MaxHeadBytes}), true
+			}
+			continue
+		}
+		if err != nil {
+			if err == io.EOF {
+				if f.mode == bodyClose {
+					return nil, true
+				}
+				return errUpstreamClosed, true
+			}
+			return fmt.Errorf("http/1.1: reading the response body: %w", err), true
+		}
+		b := rd.buffered()
+		n, done, cerr := f.consume(b, s.lim)
+		if n > 0 {
+			if _, err := s.down.Write(b[:n]); err != nil {
+				return nil, false
+			}
+			rd.r += n
+		}
+		if cerr != nil {
+			return upstreamParseError(cerr), true
+		}
+		if done {
+			return nil, true
+		}
+	}
+}
+
+// startBody streams the rest of the request body upstream on its own
+// goroutine, so the response (a 100 Continue, or an early final answer)
+// is read meanwhile. Until stopBody, the goroutine owns s.dr and
+// s.reqBody.
+func (s *server) startBody(uc *upConn) {
+	s.bodyDst = uc
+	s.bodyRunning = true
+	// Body reads have no idle deadline of their own: a stalled upload is
+	// ended by the upstream's timeout or ctx.
+	s.down.SetReadDeadline(time.Time{})
+	go s.sendBody()
+}
+
+// sendBody is the body goroutine.
+func (s *server) sendBody() {
+	uc := s.bodyDst
+	rd := &s.dr
+	f := &s.reqBody
+	var res bodyResult
+	for {
+		b := rd.buffered()
+		n, done, err := f.consume(b, s.lim)
+		if n > 0 {
+			if _, werr := uc.c.Write(b[:n]); werr != nil {
+				res = bodyResult{err: werr, upSide: true}
+				break
+			}
+			rd.r += n
+		}
+		if err != nil {
+			res.err = err
+			break
+		}
+		if done {
+			uc.c.SetReadDeadline(time.Now().Add(s.opt.ResponseHeaderTimeout))
+			break
+		}
+		if err := rd.fill(); err != nil {
+			if err == errBufferFull && rd.grow(s.lim.MaxHeadBytes) {
+				continue
+			}
+			if err == io.EOF {
+				err = errTruncatedBody
+			}
+			res.err = err
+			break
+		}
+	}
+	if res.err != nil && !res.upSide {
+		// The client broke or left: wake the response read, there is no
+		// request to answer.
+		uc.c.SetReadDeadline(aLongTimeAgo)
+	}
+	s.bodyDone <- res
+}
+
+// awaitBody waits up to grace for the body goroutine; ok is false when it
+// is still running.
+func (s *server) awaitBody(grace time.Duration) (bodyResult, bool) {
+	select {
+	case r := <-s.bodyDone:
+		s.bodyRunning = false
+		return r, true
+	default:
+	}
+	s.grace.Reset(grace)
+	select {
+	case r := <-s.bodyDone:
+		s.grace.Stop()
+		s.bodyRunning = false
+		return r, true
+	case <-s.grace.C:
+		return bodyResult{}, false
+	}
+}
+
+// stopBody ends the body goroutine (at once if it is blocked) and returns
+// its outcome; an interrupted body is an error.
+func (s *server) stopBody() bodyResult {
+	if !s.bodyRunning {
+		return bodyResult{}
+	}
+	select {
+	case r := <-s.bodyDone:
+		s.bodyRunning = false
+		return r
+	default:
+	}
+	s.down.SetReadDeadline(aLongTimeAgo)
+	s.bodyDst.c.SetWriteDeadline(aLongTimeAgo)
+	r := <-s.bodyDone
+	s.bodyRunning = false
+	if r.err == nil {
+		r.err = errTruncatedBody
+	}
+	return r
+}
