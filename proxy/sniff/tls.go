@@ -190,7 +190,7 @@ func parseHello(b []byte, n int) hello {
 	exts := c.vec16()
 	c.check(c.off == c.n) // the extensions end the hello
 	var (
-		h              hello
+		h                 hello
 		seenSNI, seenALPN bool
 	)
 	for c.ok() && exts.ok() && exts.off < exts.n {
