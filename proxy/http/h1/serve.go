@@ -345,10 +345,10 @@ func (s *server) refuse(err error, start time.Time) {
 
 // reply writes a local reply and counts it.
 func (s *server) reply(status int, reason, location string, close bool, start time.Time) {
-	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
-	s.down.Write(s.wb)
 	s.up.Metrics.Local(status, reason)
 	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
+	s.down.Write(s.wb)
 }
 
 // answerLocally answers a request the route decided to answer itself: 404
@@ -436,6 +436,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		inline = nil
 	}
 
+	replayable := q.idempotent && !streamed
 	var lease *cluster.Lease
 	if d.Cluster != nil {
 		l, err := d.Cluster.Pick(s.up.Key, nil)
@@ -453,7 +454,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		}
 		uc = nil
 		if !fresh {
-			uc = s.pool.get(addr)
+			uc = s.pool.get(addr, !replayable)
 		}
 		if uc == nil {
 			c, err := s.dial(lease, addr)
