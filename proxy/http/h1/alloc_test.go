@@ -221,6 +221,16 @@ func BenchmarkProxy(b *testing.B) {
 				rc.roundTrip(b)
 			}
 		})
+		b.Run("weir-cluster/"+bc.name, func(b *testing.B) {
+			p := startProxy(b, upstreamFor(b, []netip.AddrPort{up}, nil), Options{})
+			rc := newRawClient(b, p.addr, bc.req)
+			rc.roundTrip(b)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				rc.roundTrip(b)
+			}
+		})
 		b.Run("httputil/"+bc.name, func(b *testing.B) {
 			target, _ := url.Parse("http://" + up.String())
 			tr := &http.Transport{MaxIdleConnsPerHost: 16}

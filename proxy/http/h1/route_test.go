@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 	l7 "github.com/weir-mesh/weir/proxy/http"
@@ -38,15 +37,8 @@ func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[str
 					continue next
 				}
 			}
-			return metricValue(m)
+			return m.GetCounter().GetValue()
 		}
-	}
-	return 0
-}
-
-func metricValue(m *dto.Metric) float64 {
-	if c := m.GetCounter(); c != nil {
-		return c.GetValue()
 	}
 	return 0
 }

@@ -429,8 +429,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			s.reqBody.reset(mode, q.contentLength)
 		}
 	}
-	var action *route.Action = d.Action
-	s.wb = appendRequestHead(s.wb[:0], q, action)
+	s.wb = appendRequestHead(s.wb[:0], q, d.Action)
 	if len(inline) <= inlineCopy {
 		s.wb = append(s.wb, inline...)
 		inline = nil
@@ -535,10 +534,8 @@ func (s *server) fail(err error, streamed bool, start time.Time) bool {
 		bodyDone = r.err == nil
 	}
 	s.up.Log.Debug("http/1.1 upstream failed", "status", status, "err", err)
+	// A body left unread (or half sent) ends the connection.
 	keep := s.req.keepAlive() && bodyDone && !s.draining() && !s.aborted.Load()
-	if streamed && !bodyDone {
-		keep = false
-	}
 	s.reply(status, reason, "", !keep, start)
 	return keep
 }
