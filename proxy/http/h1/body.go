@@ -8,13 +8,12 @@ const maxChunkLine = 4 << 10
 
 // Errors of body framing.
 var (
-	errChunkSize      = &protoError{400, "invalid chunk size"}
-	errChunkExt       = &protoError{400, "invalid chunk extension"}
-	errChunkLine      = &protoError{400, "chunk line too long"}
-	errChunkCRLF      = &protoError{400, "chunk data not followed by CRLF"}
-	errTrailer        = &protoError{400, "invalid trailer field"}
-	errTruncatedBody  = &protoError{400, "body ends before its framing says"}
-	errUnexpectedData = &protoError{502, "data after a response"}
+	errChunkSize     = &protoError{400, "invalid chunk size"}
+	errChunkExt      = &protoError{400, "invalid chunk extension"}
+	errChunkLine     = &protoError{400, "chunk line too long"}
+	errChunkCRLF     = &protoError{400, "chunk data not followed by CRLF"}
+	errTrailer       = &protoError{400, "invalid trailer field"}
+	errTruncatedBody = &protoError{400, "body ends before its framing says"}
 )
 
 // Chunked decoder states.

@@ -15,8 +15,11 @@ import (
 // address. A connection goes back to the pool only after an exchange both
 // sides framed cleanly and neither asked to close; it is taken again for
 // the same address, newest first (the warmest, and the least likely to
-// have been closed by the server), after a non-blocking peek showed the
-// server has not closed it meanwhile. At most MaxIdlePerEndpoint are kept
+// have been closed by the server). A request that could not be sent again
+// (not idempotent, or its body streamed) takes one only after a
+// non-blocking peek showed the server has not closed it meanwhile; the
+// others skip that syscall, and if the connection turns out dead before
+// any response byte, they are sent again on a fresh connection. At most MaxIdlePerEndpoint are kept
 // per address (the oldest is closed first) and none longer than
 // IdleTimeout. A Pool also carries the Options of every connection served
 // with it. It is safe for concurrent use; its zero value is not usable:
@@ -73,9 +76,11 @@ func (p *Pool) Idle(addr netip.AddrPort) int {
 	return len(p.idle[addr])
 }
 
-// get returns an idle connection to addr that the server has not closed,
-// or nil.
-func (p *Pool) get(addr netip.AddrPort) *upConn {
+// get returns an idle connection to addr, or nil. With check, it first
+// peeks to make sure the server has not closed it (one syscall); without,
+// the caller must cope with a stale connection, which it can when the
+// request may be sent again (idempotent, body not streamed).
+func (p *Pool) get(addr netip.AddrPort, check bool) *upConn {
 	for {
 		p.mu.Lock()
 		cs := p.idle[addr]
@@ -87,7 +92,7 @@ func (p *Pool) get(addr netip.AddrPort) *upConn {
 		cs[len(cs)-1] = nil
 		p.idle[addr] = cs[:len(cs)-1]
 		p.mu.Unlock()
-		if uc.alive() && nanotime()-uc.idleSince < int64(p.opt.IdleTimeout) {
+		if nanotime()-uc.idleSince < int64(p.opt.IdleTimeout) && (!check || uc.alive()) {
 			uc.reused = true
 			return uc
 		}

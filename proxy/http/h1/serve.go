@@ -345,10 +345,10 @@ func (s *server) refuse(err error, start time.Time) {
 
 // reply writes a local reply and counts it.
 func (s *server) reply(status int, reason, location string, close bool, start time.Time) {
-	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
-	s.down.Write(s.wb)
 	s.up.Metrics.Local(status, reason)
 	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
+	s.down.Write(s.wb)
 }
 
 // answerLocally answers a request the route decided to answer itself: 404
@@ -429,13 +429,13 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			s.reqBody.reset(mode, q.contentLength)
 		}
 	}
-	var action *route.Action = d.Action
-	s.wb = appendRequestHead(s.wb[:0], q, action)
+	s.wb = appendRequestHead(s.wb[:0], q, d.Action)
 	if len(inline) <= inlineCopy {
 		s.wb = append(s.wb, inline...)
 		inline = nil
 	}
 
+	replayable := q.idempotent && !streamed
 	var lease *cluster.Lease
 	if d.Cluster != nil {
 		l, err := d.Cluster.Pick(s.up.Key, nil)
@@ -453,7 +453,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		}
 		uc = nil
 		if !fresh {
-			uc = s.pool.get(addr)
+			uc = s.pool.get(addr, !replayable)
 		}
 		if uc == nil {
 			c, err := s.dial(lease, addr)
@@ -534,10 +534,8 @@ func (s *server) fail(err error, streamed bool, start time.Time) bool {
 		bodyDone = r.err == nil
 	}
 	s.up.Log.Debug("http/1.1 upstream failed", "status", status, "err", err)
+	// A body left unread (or half sent) ends the connection.
 	keep := s.req.keepAlive() && bodyDone && !s.draining() && !s.aborted.Load()
-	if streamed && !bodyDone {
-		keep = false
-	}
 	s.reply(status, reason, "", !keep, start)
 	return keep
 }
