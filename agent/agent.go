@@ -21,8 +21,10 @@ import (
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/kube"
 	"github.com/weir-mesh/weir/proxy"
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/sniff"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -110,6 +112,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Mark:           uint32(cfg.Capture.Mark),
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
 		Log:            log,
+		Sniffing:       cfg.sniffing(),
+		SniffMetrics:   sniff.NewMetrics(reg),
+		HTTPMetrics:    l7.NewMetrics(reg),
 	}
 	if cfg.Kubernetes.Enabled {
 		if a.kube, err = newKubeSource(cfg, log); err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/podconfig"
+	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/cluster"
 	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/redirect"
@@ -500,4 +501,22 @@ func (c Config) overridesFor(namespace, name string) podconfig.Overrides {
 		return podconfig.Overrides{}
 	}
 	return best.Overrides
+}
+
+// sniffing is the engine's view of the sniffing settings.
+func (c Config) sniffing() proxy.Sniffing {
+	s := proxy.Sniffing{
+		Timeout:      time.Duration(c.Sniffing.Timeout),
+		ServerFirst:  map[uint16]bool{},
+		PortTimeouts: map[uint16]time.Duration{},
+	}
+	for _, p := range c.Sniffing.ServerFirstPorts {
+		s.ServerFirst[p] = true
+	}
+	for k, d := range c.Sniffing.PortTimeouts {
+		if p, err := strconv.ParseUint(k, 10, 16); err == nil {
+			s.PortTimeouts[uint16(p)] = time.Duration(d)
+		}
+	}
+	return s
 }

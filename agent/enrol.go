@@ -110,6 +110,7 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
 	}
 	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: ns, Addrs: p.ips}
+	p.workload = w
 	for _, l := range ls {
 		p.serving.Add(1)
 		go func() {
@@ -128,8 +129,9 @@ func (a *Agent) uncapture(p *pod) {
 	}
 	closeListeners(p.listeners)
 	p.serving.Wait()
+	p.workload.Close()
 	p.ns.Close()
-	p.ns, p.listeners, p.spec = nil, nil, redirect.Spec{}
+	p.ns, p.listeners, p.spec, p.workload = nil, nil, redirect.Spec{}, nil
 }
 
 // onboard captures a running pod: listeners first, then the rules that point

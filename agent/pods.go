@@ -30,6 +30,7 @@ type pod struct {
 	ns        *netns.Handle
 	spec      redirect.Spec
 	listeners []proxy.Listener
+	workload  *proxy.Workload
 	serving   sync.WaitGroup
 }
 

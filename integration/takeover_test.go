@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -82,4 +83,79 @@ func TestTakeoverDropsNothing(t *testing.T) {
 	if err := node.Check(client); err != nil {
 		t.Fatalf("CHECK after the takeover: %v", err)
 	}
+}
+
+// Must show 5 (issue 9): a takeover under HTTP/1.1 keep-alive load (wrk)
+// and HTTP/2 load (h2load) loses no request: the old agent answers its next
+// response with Connection: close or sends GOAWAY and lets requests in
+// flight finish, and the clients continue on new connections through the
+// successor.
+func TestTakeoverUnderL7LoadLosesNoRequest(t *testing.T) {
+	testworld.RequireTool(t, "wrk", "h2load")
+	m := newL7Mesh(t, "redirect")
+	parent := t // successors outlive the subtest that starts them
+	for _, l := range []struct {
+		name string
+		cmd  []string
+		ok   func(out string) error
+	}{
+		{"wrk-http1-keepalive", []string{"wrk", "-t1", "-c8", "-d6s", "http://" + vipWeb + "/"}, wrkClean},
+	} {
+		t.Run(l.name, func(t *testing.T) {
+			done := make(chan struct{})
+			var out string
+			var err error
+			go func() {
+				defer close(done)
+				out, err = m.client.Run(l.cmd[0], l.cmd[1:]...)
+			}()
+			time.Sleep(2 * time.Second)
+			old := m.agent
+			m.agent = m.node.StartAgent(parent, m.cfg)
+			deadline := time.Now().Add(15 * time.Second)
+			for !strings.Contains(m.agent.Log(), `"took over"`) {
+				if time.Now().After(deadline) {
+					t.Fatalf("successor never took over:\n%s", m.agent.Log())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			<-done
+			if err := old.Wait(t, 25*time.Second); err != nil {
+				t.Fatalf("old agent exit: %v, want status 0", err)
+			}
+			if err != nil {
+				t.Fatalf("%s: %v\n%s", l.name, err, out)
+			}
+			if err := l.ok(out); err != nil {
+				t.Fatalf("%s across a takeover: %v\n%s", l.name, err, out)
+			}
+			t.Logf("%s across a takeover:\n%s", l.name, out)
+		})
+	}
+}
+
+// wrkClean checks wrk's summary: requests done, no socket error, no non-2xx.
+func wrkClean(out string) error {
+	if !regexp.MustCompile(`\d+ requests in`).MatchString(out) {
+		return fmt.Errorf("no request count in wrk's output")
+	}
+	if strings.Contains(out, "Socket errors") || strings.Contains(out, "Non-2xx") {
+		return fmt.Errorf("wrk saw errors")
+	}
+	return nil
+}
+
+// h2loadClean checks h2load's summary: every request started succeeded.
+func h2loadClean(out string) error {
+	m := regexp.MustCompile(`requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`).FindStringSubmatch(out)
+	if m == nil {
+		return fmt.Errorf("no request summary in h2load's output")
+	}
+	if m[2] == "0" || m[4] != m[3] || m[5] != "0" || m[6] != "0" || m[7] != "0" {
+		return fmt.Errorf("h2load: %s", m[0])
+	}
+	if !strings.Contains(out, "status codes: ") || regexp.MustCompile(`status codes: \d+ 2xx, 0 3xx, 0 4xx, 0 5xx`).FindString(out) == "" {
+		return fmt.Errorf("h2load saw non-2xx answers")
+	}
+	return nil
 }

@@ -20,10 +20,12 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/origdst"
 	"github.com/weir-mesh/weir/proxy/relay"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
 // Direction says which way a listener captures.
@@ -50,11 +52,20 @@ type Engine struct {
 	ConnectTimeout time.Duration
 	// Log receives one line per notable event; nil means slog.Default().
 	Log *slog.Logger
+	// Sniffing says when outbound connections to services are sniffed for
+	// their protocol (L7) rather than relayed as bytes (L4).
+	Sniffing Sniffing
+	// SniffMetrics and HTTPMetrics count sniff outcomes and L7 requests;
+	// nil counts nothing.
+	SniffMetrics *sniff.Metrics
+	HTTPMetrics  *l7.Metrics
 
-	once   sync.Once
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	once      sync.Once
+	draining  chan struct{} // closed by Shutdown: L7 connections wind down
+	drainOnce sync.Once
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
 }
 
 // Workload is the pod a listener belongs to: its namespace (where upstream
@@ -65,6 +76,8 @@ type Workload struct {
 	// Addrs are the pod's own IPs: a connection to one of them on a capture
 	// port was never captured, and forwarding it would loop.
 	Addrs []netip.Addr
+
+	pools pools // upstream L7 connections from this pod
 }
 
 // Listener is one capture socket inside a pod namespace.
@@ -81,6 +94,7 @@ var seed = maphash.MakeSeed()
 func (e *Engine) init() {
 	e.once.Do(func() {
 		e.ctx, e.cancel = context.WithCancel(context.Background())
+		e.draining = make(chan struct{})
 		if e.ConnectTimeout == 0 {
 			e.ConnectTimeout = 5 * time.Second
 		}
@@ -117,10 +131,13 @@ func (e *Engine) Serve(l Listener, w *Workload) error {
 	}
 }
 
-// Shutdown waits for relayed connections to finish, up to ctx's deadline,
-// then closes the ones that remain. Close listeners first.
+// Shutdown tells L7 connections to wind down (HTTP/1 answers its next
+// response with Connection: close, HTTP/2 sends GOAWAY), waits for every
+// connection to finish, up to ctx's deadline, then closes the ones that
+// remain. Close listeners first.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.init()
+	e.drainOnce.Do(func() { close(e.draining) })
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
 	select {
@@ -155,15 +172,41 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 		return
 	}
 
-	up, lease, err := e.connect(c, l, dst, w)
+	var r route.Route
+	if dir == Outbound {
+		r = e.Routes.Load().Lookup(dst)
+		if r.Refused() {
+			m.refused(dir, "no_route")
+			return
+		}
+		if r.Cluster != nil && e.serveService(c, l, w, dst, r) {
+			return
+		}
+	}
+	e.relayL4(c, nil, l, w, dst, r)
+}
+
+// relayL4 connects upstream as r says (the original destination for
+// passthrough and inbound), sends prefix (bytes a sniff already read from
+// the client), relays both ways and accounts for the connection.
+func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+	m := e.Metrics
+	dir := l.Direction
+	up, lease, err := e.connect(c, l, dst, w, r)
 	if err != nil {
 		m.connectError(dir)
 		e.Log.Debug("upstream connect failed", "pod", w.Name, "direction", dir, "dst", dst, "err", err)
 		return
 	}
 	defer up.Close()
+	if len(prefix) > 0 {
+		if _, err := up.Write(prefix); err != nil {
+			lease.Done(err)
+			return
+		}
+	}
 	res := relay.Relay(e.ctx, c, up)
-	m.bytes(dir, res.Up, res.Down)
+	m.bytes(dir, res.Up+int64(len(prefix)), res.Down)
 	if lease != nil {
 		lease.Done(res.Err())
 	}
@@ -194,11 +237,11 @@ func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error)
 	return origdst.Redirected(c)
 }
 
-// connect opens the upstream side: through a cluster when a route names one,
+// connect opens the upstream side: through r's cluster when it has one,
 // straight to the original destination for passthrough and inbound.
-func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Workload) (*net.TCPConn, *cluster.Lease, error) {
+func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Workload, r route.Route) (*net.TCPConn, *cluster.Lease, error) {
 	dir := l.Direction
-	opts := netns.SocketOptions{Mark: e.Mark}
+	opts := e.upstreamOptions()
 	var src netip.Addr
 	if dir == Inbound && l.Transparent {
 		// TPROXY inbound: connect to the app from the client's own address
@@ -212,23 +255,14 @@ func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Work
 	dial := func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
 		return w.Netns.Dial(ctx, addr, src, opts)
 	}
-	if dir == Outbound {
-		r := e.Routes.Load().Lookup(dst)
-		switch {
-		case r.Cluster != nil:
-			return r.Cluster.Connect(e.ctx, sourceKey(c), dial)
-		case !r.Passthrough:
-			e.Metrics.refused(dir, "no_route")
-			return nil, nil, errNoRoute
-		}
+	if r.Cluster != nil {
+		return r.Cluster.Connect(e.ctx, sourceKey(c), dial)
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.ConnectTimeout)
 	defer cancel()
 	up, err := dial(ctx, dst)
 	return up, nil, err
 }
-
-var errNoRoute = errors.New("no route and unknown destinations are refused")
 
 // sourceKey hashes the client's address for affinity balancers.
 func sourceKey(c *net.TCPConn) uint64 {

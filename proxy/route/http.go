@@ -199,7 +199,17 @@ type RequestView interface {
 
 // HTTPRouter is a service's compiled HTTP routes.
 type HTTPRouter struct {
-	rules []*compiledMatch // every (route, rule, match) in precedence order
+	// Like virtual hosts: the rules of routes naming the request's host
+	// exactly, else of the longest wildcard suffix naming it, else of
+	// routes with no hostnames; each list in precedence order.
+	exact map[string][]*compiledMatch
+	wild  []hostRules // longest suffix first
+	any   []*compiledMatch
+}
+
+type hostRules struct {
+	suffix string // ".example.com"
+	rules  []*compiledMatch
 }
 
 // Action is what a matched rule does with a request. It is shared by every
@@ -248,7 +258,7 @@ func (a *Action) Backend() *cluster.Cluster {
 }
 
 type compiledMatch struct {
-	hosts   []string // exact (lower case) or "*.suffix"
+	hosts   []string // exact (lower case) or "*.suffix"; none: any
 	m       HTTPRouteMatch
 	method  []byte
 	path    []byte
@@ -265,11 +275,14 @@ type compiledKV struct {
 	re    *regexp.Regexp
 }
 
-// Match returns the action of the first rule matching r, in Gateway API
-// precedence: among matches whose hostnames admit the request, an Exact
-// path first, then RegularExpression paths (whose order Gateway API leaves
-// to implementations: before prefixes, so a catch-all "/" does not hide
-// them), then PathPrefix, longer first; at equal paths a match with a
+// Match returns the action of the first rule matching r. Rules are
+// chosen as Gateway API says: first by hostname, the most specific one
+// naming the request's host (an exact hostname, then the longest
+// "*.suffix", then routes with no hostnames; only that group's rules are
+// tried, as with Envoy's virtual hosts); then in precedence order: an
+// Exact path first, then RegularExpression paths (whose order Gateway API
+// leaves to implementations: before prefixes, so a catch-all "/" does not
+// hide them), then PathPrefix, longer first; at equal paths a match with a
 // method, then the one with more header matches, then more query matches;
 // remaining ties go to the earlier route and rule in the config. A match
 // with no path is a PathPrefix "/". nil means no rule matched (404).
@@ -277,19 +290,41 @@ func (h *HTTPRouter) Match(r RequestView) *Action {
 	if h == nil {
 		return nil
 	}
-	host := stripPort(r.Host())
-	for _, m := range h.rules {
-		if m.matches(r, host) {
+	for _, m := range h.group(stripPort(r.Host())) {
+		if m.matches(r) {
 			return m.action
 		}
 	}
 	return nil
 }
 
-func (m *compiledMatch) matches(r RequestView, host []byte) bool {
-	if len(m.hosts) > 0 && !hostMatches(m.hosts, host) {
-		return false
+// group returns the rules of the most specific hostname group for host.
+func (h *HTTPRouter) group(host []byte) []*compiledMatch {
+	if len(h.exact) == 0 && len(h.wild) == 0 {
+		return h.any
 	}
+	var buf [256]byte
+	if len(host) <= len(buf) {
+		n := copy(buf[:], host)
+		lower := buf[:n]
+		for i, c := range lower {
+			if 'A' <= c && c <= 'Z' {
+				lower[i] = c + 'a' - 'A'
+			}
+		}
+		if rules, ok := h.exact[string(lower)]; ok {
+			return rules
+		}
+		for _, w := range h.wild {
+			if len(lower) > len(w.suffix) && string(lower[len(lower)-len(w.suffix):]) == w.suffix {
+				return w.rules
+			}
+		}
+	}
+	return h.any
+}
+
+func (m *compiledMatch) matches(r RequestView) bool {
 	if m.method != nil && !bytes.Equal(r.Method(), m.method) {
 		return false
 	}
@@ -348,39 +383,6 @@ func prefixMatches(p, prefix []byte) bool {
 	return len(p) == len(prefix) || p[len(prefix)] == '/'
 }
 
-func hostMatches(hosts []string, host []byte) bool {
-	for _, h := range hosts {
-		if h[0] == '*' {
-			// "*.example.com" matches "a.example.com" and "a.b.example.com",
-			// not "example.com".
-			if len(host) > len(h)-1 && equalFoldASCII(host[len(host)-(len(h)-1):], h[1:]) {
-				return true
-			}
-			continue
-		}
-		if equalFoldASCII(host, h) {
-			return true
-		}
-	}
-	return false
-}
-
-func equalFoldASCII(b []byte, s string) bool {
-	if len(b) != len(s) {
-		return false
-	}
-	for i := range b {
-		c := b[i]
-		if 'A' <= c && c <= 'Z' {
-			c += 'a' - 'A'
-		}
-		if c != s[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // stripPort removes ":port" from a host, keeping IPv6 brackets' content
 // as it is.
 func stripPort(h []byte) []byte {
@@ -423,6 +425,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(where+format, args...)) }
 	h := &HTTPRouter{}
+	var all []*compiledMatch
 	order := 0
 	for ri, rt := range routes {
 		var hosts []string
@@ -560,11 +563,11 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 					}
 					cm.query = append(cm.query, kv)
 				}
-				h.rules = append(h.rules, cm)
+				all = append(all, cm)
 			}
 		}
 	}
-	slices.SortStableFunc(h.rules, precedence)
+	h.index(all)
 	return h, errors.Join(errs...)
 }
 
@@ -666,4 +669,40 @@ func RewritePath(p *PathModifier, path, prefix string) string {
 		out = "/" + out
 	}
 	return out
+}
+
+// index groups compiled matches by hostname, each group in precedence
+// order.
+func (h *HTTPRouter) index(all []*compiledMatch) {
+	wild := map[string][]*compiledMatch{}
+	for _, m := range all {
+		if len(m.hosts) == 0 {
+			h.any = append(h.any, m)
+		}
+		for _, hn := range m.hosts {
+			if hn[0] == '*' {
+				wild[hn[1:]] = append(wild[hn[1:]], m)
+				continue
+			}
+			if h.exact == nil {
+				h.exact = map[string][]*compiledMatch{}
+			}
+			h.exact[hn] = append(h.exact[hn], m)
+		}
+	}
+	for k, v := range h.exact {
+		slices.SortStableFunc(v, precedence)
+		h.exact[k] = v
+	}
+	for suffix, rules := range wild {
+		slices.SortStableFunc(rules, precedence)
+		h.wild = append(h.wild, hostRules{suffix: suffix, rules: rules})
+	}
+	slices.SortFunc(h.wild, func(a, b hostRules) int {
+		if len(a.suffix) != len(b.suffix) {
+			return len(b.suffix) - len(a.suffix)
+		}
+		return strings.Compare(a.suffix, b.suffix)
+	})
+	slices.SortStableFunc(h.any, precedence)
 }

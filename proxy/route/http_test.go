@@ -151,3 +151,35 @@ func TestTLSRouteBySNI(t *testing.T) {
 		}
 	}
 }
+
+func TestHTTPRouteHostnameFirst(t *testing.T) {
+	snap, err := Build(l7Config([]HTTPRoute{
+		{Name: "any", Rules: []HTTPRouteRule{
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Type: PathExact, Value: "/b/x"}}}, Backends: []BackendRef{{Service: "b"}}},
+			{Backends: []BackendRef{{Service: "c"}}},
+		}},
+		{Name: "wild", Hostnames: []string{"*.test"}, Rules: []HTTPRouteRule{{Backends: []BackendRef{{Service: "c"}}}}},
+		{Name: "host", Hostnames: []string{"a.test"}, Rules: []HTTPRouteRule{
+			{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/only"}}}, Backends: []BackendRef{{Service: "a"}}},
+		}},
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).HTTP
+	for _, tc := range []struct{ host, path, want string }{
+		{"A.TEST", "/only/1", "a"},  // exact hostname beats the more specific path elsewhere
+		{"a.test", "/b/x", ""},      // only the a.test group is tried: 404
+		{"x.test", "/b/x", "c"},     // the wildcard group
+		{"other.io", "/b/x", "b"},   // no hostname route names it: the catch-all group
+		{"other.io:8080", "/", "c"}, // port stripped
+	} {
+		got := ""
+		if a := h.Match(req{method: "GET", host: tc.host, path: tc.path}); a != nil {
+			got = a.Backend().Name()
+		}
+		if got != tc.want {
+			t.Errorf("%s%s went to %q, want %q", tc.host, tc.path, got, tc.want)
+		}
+	}
+}

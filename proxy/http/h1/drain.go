@@ -61,13 +61,19 @@ func (d *drainSet) wait(ch <-chan struct{}) {
 // Read or Write at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// drainIdleGrace is how long a connection idle between requests stays
+// open once the agent drains: a request already on its way is answered
+// (with Connection: close) instead of meeting a closed socket, which a
+// client that does not retry would count as an error.
+const drainIdleGrace = time.Second
+
 // wakeForDrain marks s draining and, if it is idle between requests,
-// wakes its read so it closes now. The flag is stored before idle is
-// loaded, and readHead stores idle before it loads the flag, so one of the
-// two always sees the other.
+// shortens its read to drainIdleGrace, after which it closes. The flag is
+// stored before idle is loaded, and readHead stores idle before it loads
+// the flag, so one of the two always sees the other.
 func (s *server) wakeForDrain() {
 	s.drain.Store(true)
 	if s.idle.Load() {
-		s.down.SetReadDeadline(aLongTimeAgo)
+		s.down.SetReadDeadline(time.Now().Add(drainIdleGrace))
 	}
 }

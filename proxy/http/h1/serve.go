@@ -240,7 +240,7 @@ var errClientGone = errors.New("http/1.1: client connection ended")
 func (s *server) readHead() error {
 	rd := &s.dr
 	rd.shrink()
-	scan, skipped, deadline := 0, 0, false
+	scan, skipped, deadline, drainArmed := 0, 0, false, false
 	for {
 		if rd.bp != nil {
 			b := rd.buffered()
@@ -270,9 +270,16 @@ func (s *server) readHead() error {
 		empty := rd.bp == nil || rd.r == rd.w
 		if empty {
 			s.idle.Store(true)
-			if s.drain.Load() || s.aborted.Load() {
+			if s.aborted.Load() {
 				s.idle.Store(false)
 				return errClientGone
+			}
+			if s.drain.Load() && !drainArmed {
+				// Closing an idle keep-alive connection races with a
+				// request the client is sending right now: give it a
+				// moment, answer it with Connection: close if it comes.
+				s.down.SetReadDeadline(time.Now().Add(drainIdleGrace))
+				drainArmed, deadline = true, true
 			}
 		}
 		if !deadline {

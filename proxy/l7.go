@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	l7 "github.com/weir-mesh/weir/proxy/http"
+	"github.com/weir-mesh/weir/proxy/http/h1"
+	"github.com/weir-mesh/weir/proxy/http/h2"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/sniff"
+)
+
+// Sniffing decides, per outbound connection to a service, whether and how
+// long the engine peeks at the client's first bytes to pick the L4 or the
+// L7 half. The zero value never sniffs: every connection is relayed at L4.
+type Sniffing struct {
+	// Timeout bounds the wait for a silent client on an undeclared port;
+	// 0 never sniffs.
+	Timeout time.Duration
+	// ServerFirst marks destination ports whose server speaks first: they
+	// go to L4 at once.
+	ServerFirst map[uint16]bool
+	// PortTimeouts override Timeout per destination port.
+	PortTimeouts map[uint16]time.Duration
+}
+
+// declaredWait is how long a connection to a service that declared an
+// HTTP or TLS protocol may stay silent before its first bytes: such a
+// client speaks first by definition, so there is no deadline to fall back
+// to L4 in practice, only a bound on idle, never-used connections.
+const declaredWait = time.Hour
+
+// timeoutFor is the sniffing deadline for a destination port with no
+// declared protocol; 0 means relay at L4 without sniffing.
+func (s *Sniffing) timeoutFor(port uint16) time.Duration {
+	if s.ServerFirst[port] {
+		return 0
+	}
+	if d, ok := s.PortTimeouts[port]; ok {
+		return d
+	}
+	return s.Timeout
+}
+
+// pools are one workload's upstream L7 connections, made on first use.
+type pools struct {
+	once sync.Once
+	h1   *h1.Pool
+	h2   *h2.Pool
+}
+
+func (p *pools) get() *pools {
+	p.once.Do(func() {
+		p.h1 = h1.NewPool(h1.Options{})
+		p.h2 = h2.NewPool(h2.Options{})
+	})
+	return p
+}
+
+// Close releases the workload's pooled upstream connections. Call it when
+// the pod is released, after its listeners are closed.
+func (w *Workload) Close() {
+	if w == nil {
+		return
+	}
+	p := &w.pools
+	p.once.Do(func() {}) // nothing made: nothing to close, and no more
+	if p.h1 != nil {
+		p.h1.Close()
+	}
+	if p.h2 != nil {
+		p.h2.Close()
+	}
+}
+
+// serveService handles an outbound connection to a service address: it
+// sniffs (or trusts the declared protocol) and hands the connection to
+// the HTTP/1, HTTP/2 or TLS-by-SNI path, or relays it at L4. It reports
+// false when the caller should relay it at L4 itself with c untouched.
+func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrPort, r route.Route) bool {
+	var wait time.Duration
+	switch r.Protocol {
+	case route.TCP:
+		return false
+	case route.HTTP, route.HTTP2, route.GRPC, route.TLS:
+		wait = declaredWait
+	default:
+		wait = e.Sniffing.timeoutFor(dst.Port())
+		if wait <= 0 {
+			return false
+		}
+	}
+	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics})
+	if err != nil {
+		e.Log.Debug("sniff failed", "pod", w.Name, "dst", dst, "err", err)
+		return true
+	}
+	switch res.Protocol {
+	case sniff.HTTP1, sniff.HTTP2:
+		if r.Protocol == route.TLS {
+			break
+		}
+		up := &l7.Upstream{
+			Route: r, Dst: dst, Key: sourceKey(c), Draining: e.draining,
+			Metrics: e.HTTPMetrics, Log: e.Log,
+			Dial: func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+				return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
+			},
+		}
+		p := w.pools.get()
+		if res.Protocol == sniff.HTTP1 {
+			h1.Serve(e.ctx, sc, up, p.h1)
+		} else {
+			h2.Serve(e.ctx, sc, up, p.h2)
+		}
+		return true
+	case sniff.TLS:
+		if r.TLS != nil {
+			if a := r.TLS.Match(res.SNI); a != nil {
+				r = route.Route{Cluster: a.Backend(), Service: r.Service}
+			} else {
+				// An SNI no route names goes where the client was going.
+				r = route.Route{Passthrough: true, Service: r.Service}
+			}
+		}
+	}
+	e.relayL4(sc.TCP(), sc.Buffered(), l, w, dst, r)
+	return true
+}
+
+// upstreamOptions are the socket options of every outbound upstream socket.
+func (e *Engine) upstreamOptions() netns.SocketOptions {
+	return netns.SocketOptions{Mark: e.Mark}
+}
