@@ -560,10 +560,12 @@ func TestWatchKeepsANewerInstallersEntry(t *testing.T) {
 
 	newer := n.options()
 	newer.Mode = "tproxy"
+	// Count passes before the newer installer writes: on a busy machine the
+	// watcher may react before Run returns.
+	passes := w.count()
 	if err := Run(context.Background(), newer); err != nil {
 		t.Fatal(err)
 	}
-	passes := w.count()
 	w.waitFor(t, "the old watcher's pass", func() bool { return w.count() > passes })
 	if got := pluginsOf(t, n.read(t, "10-bridge.conflist")); !strings.Contains(got[len(got)-1], `"tproxy"`) {
 		t.Errorf("old watcher overwrote the newer entry: %s", got[len(got)-1])
