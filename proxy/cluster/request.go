@@ -23,7 +23,7 @@ func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 	l := &Lease{c: c}
 	if prev != nil {
 		l.view = prev.view
-		prev.release()
+		prev.Release()
 		if l.view.n >= maxTried {
 			return nil, c.errNoEndpoint
 		}
@@ -66,8 +66,11 @@ func (l *Lease) Dial(ctx context.Context, dial Dialer) (*net.TCPConn, error) {
 	return l.c.dialEndpoint(ctx, dial, l.ep, l.c.now())
 }
 
-// release ends the lease without recording an outcome.
-func (l *Lease) release() {
+// Release ends the lease without recording an outcome: for an attempt that
+// ended for a reason that says nothing of the endpoint (the caller's
+// context ended, a retry moved on after a failure Dial already counted).
+// Calls after the first end, and Release on a nil Lease, do nothing.
+func (l *Lease) Release() {
 	if l == nil || l.ep == nil || !l.done.CompareAndSwap(false, true) {
 		return
 	}

@@ -132,7 +132,7 @@ const (
 	ReasonNoEndpoint   = "no_endpoint"      // 503: no endpoint available, or circuit open
 	ReasonTimeout      = "upstream_timeout" // 504
 	ReasonUpstreamFail = "upstream_error"   // 502: connect failed or the upstream broke the protocol
-	ReasonBadRequest   = "bad_request"      // 400, 413, 431: the client broke the protocol
+	ReasonBadRequest   = "bad_request"      // 400, 413, 414, 431, 501, 505: the client broke the protocol or asked for what is not supported
 	ReasonRedirect     = "redirect"         // 301, 302
 )
 

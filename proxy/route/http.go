@@ -451,10 +451,16 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 					if f.RequestHeaderModifier == nil {
 						bad("%s.requestHeaderModifier is missing", fw)
 					}
+					for _, err := range checkHeaderModifier(f.RequestHeaderModifier) {
+						bad("%s.requestHeaderModifier: %v", fw, err)
+					}
 					a.RequestHeaders = f.RequestHeaderModifier
 				case FilterResponseHeaderModifier:
 					if f.ResponseHeaderModifier == nil {
 						bad("%s.responseHeaderModifier is missing", fw)
+					}
+					for _, err := range checkHeaderModifier(f.ResponseHeaderModifier) {
+						bad("%s.responseHeaderModifier: %v", fw, err)
 					}
 					a.ResponseHeaders = f.ResponseHeaderModifier
 				case FilterURLRewrite:
@@ -705,4 +711,55 @@ func (h *HTTPRouter) index(all []*compiledMatch) {
 		return strings.Compare(a.suffix, b.suffix)
 	})
 	slices.SortStableFunc(h.any, precedence)
+}
+
+// protectedHeaders may not be set, added or removed by a filter: they
+// frame the message or belong to one hop (RFC 9110 §7.6.1), and the codecs
+// own them. Host is changed with URLRewrite's hostname instead.
+var protectedHeaders = map[string]bool{
+	"host": true, "content-length": true, "transfer-encoding": true, "connection": true,
+	"keep-alive": true, "proxy-connection": true, "te": true, "trailer": true, "upgrade": true,
+}
+
+// checkHeaderModifier refuses names that are not RFC 9110 tokens or are
+// protected, and values with CR, LF or NUL (header injection).
+func checkHeaderModifier(m *HeaderModifier) []error {
+	if m == nil {
+		return nil
+	}
+	var errs []error
+	name := func(where, n string) {
+		switch {
+		case n == "" || strings.IndexFunc(n, func(r rune) bool { return r > 0x7e || !isTokenChar(byte(r)) }) >= 0:
+			errs = append(errs, fmt.Errorf("%s name %q is not a header name", where, n))
+		case protectedHeaders[strings.ToLower(n)]:
+			errs = append(errs, fmt.Errorf("%s name %q frames the message or belongs to one hop; it cannot be changed", where, n))
+		}
+	}
+	value := func(where, v string) {
+		if strings.ContainsAny(v, "\r\n\x00") {
+			errs = append(errs, fmt.Errorf("%s value holds CR, LF or NUL", where))
+		}
+	}
+	for i, h := range m.Set {
+		name(fmt.Sprintf("set[%d]", i), h.Name)
+		value(fmt.Sprintf("set[%d]", i), h.Value)
+	}
+	for i, h := range m.Add {
+		name(fmt.Sprintf("add[%d]", i), h.Name)
+		value(fmt.Sprintf("add[%d]", i), h.Value)
+	}
+	for i, n := range m.Remove {
+		name(fmt.Sprintf("remove[%d]", i), n)
+	}
+	return errs
+}
+
+// isTokenChar reports whether c may appear in an RFC 9110 token.
+func isTokenChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

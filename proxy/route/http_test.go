@@ -183,3 +183,22 @@ func TestHTTPRouteHostnameFirst(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaderModifierRefusesProtectedAndInjection(t *testing.T) {
+	_, err := Build(l7Config([]HTTPRoute{{Rules: []HTTPRouteRule{{
+		Filters: []HTTPRouteFilter{{Type: FilterRequestHeaderModifier, RequestHeaderModifier: &HeaderModifier{
+			Set:    []Header{{Name: "Content-Length", Value: "1"}, {Name: "x-ok", Value: "a\r\nX-Evil: 1"}},
+			Add:    []Header{{Name: "bad name", Value: "v"}},
+			Remove: []string{"Transfer-Encoding"},
+		}}},
+		Backends: []BackendRef{{Service: "a"}},
+	}}}}), nil)
+	if err == nil {
+		t.Fatal("protected headers and CRLF values accepted")
+	}
+	for _, want := range []string{`set[0] name "Content-Length"`, "set[1] value holds CR, LF or NUL", `add[0] name "bad name"`, `remove[0] name "Transfer-Encoding"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %s: %v", want, err)
+		}
+	}
+}

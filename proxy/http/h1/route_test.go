@@ -220,9 +220,11 @@ func TestFilters(t *testing.T) {
 		Matches: []route.HTTPRouteMatch{{Path: &route.PathMatch{Value: "/api"}}},
 		Filters: []route.HTTPRouteFilter{
 			{Type: route.FilterRequestHeaderModifier, RequestHeaderModifier: &route.HeaderModifier{
-				Set:    []route.Header{{Name: "X-Set", Value: "new"}, {Name: "Content-Length", Value: "999"}, {Name: "X-Evil", Value: "a\r\nInjected: 1"}},
+				// Framing and hop fields and CR/LF values are refused by
+				// route.Build (TestHeaderModifierRefusesProtectedAndInjection).
+				Set:    []route.Header{{Name: "X-Set", Value: "new"}},
 				Add:    []route.Header{{Name: "X-Add", Value: "2"}, {Name: "X-Gone", Value: "no"}},
-				Remove: []string{"x-remove", "X-Gone", "content-length", "host"},
+				Remove: []string{"x-remove", "X-Gone"},
 			}},
 			{Type: route.FilterResponseHeaderModifier, ResponseHeaderModifier: &route.HeaderModifier{
 				Set:    []route.Header{{Name: "X-Resp-Set", Value: "new"}},
