@@ -2,11 +2,14 @@ package integration
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
 )
 
 var v4world = world{"1.0.0", "redirect", "v4"}
@@ -107,8 +110,11 @@ func TestPeakEWMAAvoidsSlowEndpoint(t *testing.T) {
 
 // Must show 4 (issue 4): past maxConnections new connections are refused at
 // once and counted.
+// At L4 the breaker bounds connections (the service is declared tcp, so
+// HTTP is relayed as bytes); at L7 it bounds requests in flight
+// (TestCircuitBreakerL7).
 func TestCircuitBreaker(t *testing.T) {
-	m := newMeshWith(t, v4world, map[string]any{"circuitBreaker": map[string]any{"maxConnections": 2}})
+	m := newMeshProto(t, v4world, map[string]any{"circuitBreaker": map[string]any{"maxConnections": 2}}, "tcp")
 	// Hold two connections open through the agent.
 	var held []net.Conn
 	for i := 0; i < 2; i++ {
@@ -152,4 +158,61 @@ func TestCircuitBreaker(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	wg.Wait()
+}
+
+// At L7 the breaker bounds requests in flight: with two requests waiting
+// on an endpoint that never answers, a third is answered 503 at once, and
+// counted.
+func TestCircuitBreakerL7(t *testing.T) {
+	node := testworld.NewNode(t, v4world.nodeOptions())
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	srv := node.MustAddPod(t, "backend", "server")
+	// An endpoint that reads requests and never answers.
+	ln := srv.Listen(t, "0.0.0.0:9100")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(io.Discard, c) }()
+		}
+	}()
+	agent.Stop(t)
+	agent = node.StartAgent(t, map[string]any{
+		"capture": map[string]any{"namespaces": []string{"demo"}},
+		"services": []any{map[string]any{
+			"name": "slow", "address": "10.96.0.30:80", "protocol": "http",
+			"endpoints": []string{srv.IP4.String() + ":9100"},
+			"cluster":   map[string]any{"circuitBreaker": map[string]any{"maxConnections": 2}},
+		}},
+	})
+	client := node.MustAddPod(t, "demo", "client")
+	for i := 0; i < 2; i++ {
+		c, err := client.Dial("10.96.0.30:80", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+	}
+	before := agent.Metric(t, `weir_cluster_circuit_open_total{cluster="slow"}`)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		start := time.Now()
+		out, err := client.Curl(t, "http://10.96.0.30/", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3")
+		if err == nil && out == "503" {
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("refusal took %v; want it fast", d)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("third request with two in flight and maxConnections 2: %v %q, want 503", err, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := agent.Metric(t, `weir_cluster_circuit_open_total{cluster="slow"}`) - before; got < 1 {
+		t.Fatalf("circuit-open counter rose by %v", got)
+	}
 }

@@ -35,6 +35,13 @@ func newMesh(t *testing.T, w world) *mesh { return newMeshWith(t, w, nil) }
 // newMeshWith is newMesh with cluster settings for the service.
 func newMeshWith(t *testing.T, w world, clusterCfg map[string]any) *mesh {
 	t.Helper()
+	return newMeshProto(t, w, clusterCfg, "")
+}
+
+// newMeshProto is newMeshWith with the service's declared protocol ("" is
+// auto: sniffed, so HTTP goes through the L7 half).
+func newMeshProto(t *testing.T, w world, clusterCfg map[string]any, protocol string) *mesh {
+	t.Helper()
 	m := &mesh{w: w, node: testworld.NewNode(t, w.nodeOptions())}
 	// The agent must answer every ADD, captured or not; start it, add the
 	// servers, then restart it with the service pointing at them.
@@ -50,6 +57,7 @@ func newMeshWith(t *testing.T, w world, clusterCfg map[string]any) *mesh {
 			"name": "web-" + fam, "address": vip(fam).String(),
 			"endpoints": []string{hostPort(addr(m.srvA, fam), 8080), hostPort(addr(m.srvB, fam), 8080)},
 			"cluster":   clusterCfg,
+			"protocol":  protocol,
 		})
 	}
 	m.agent = m.node.StartAgent(t, map[string]any{
