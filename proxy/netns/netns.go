@@ -262,6 +262,9 @@ func (o SocketOptions) apply(fd int, v6 bool) error {
 			return fmt.Errorf("set IP_TRANSPARENT: %w", err)
 		}
 	}
+	if o.BeforeConnect != nil {
+		return o.BeforeConnect(fd)
+	}
 	return nil
 }
 
