@@ -91,6 +91,11 @@ func (a *Agent) loadEBPF() (*capture.Objects, error) {
 	return objs, nil
 }
 
+// UninstallEBPF removes the eBPF capture the config's pin path holds: every
+// cgroup and pod link detaches, the maps go. Run it with no agent running
+// (a running agent keeps its maps open, not its links).
+func UninstallEBPF(cfg Config) error { return capture.Uninstall(cfg.pinPath()) }
+
 // resolveEBPF turns a spec asking for ebpf into what the node can do: ebpf
 // with the pin path, the configured fallback mode, or an error naming what
 // is missing.
