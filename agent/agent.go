@@ -40,6 +40,9 @@ type Agent struct {
 	// backend is the iptables flavour of the node, detected once at start
 	// when the config says auto.
 	backend string
+	// ebpf is the eBPF capture (ebpf.go) and cgroupPath where it attaches.
+	ebpf       ebpf
+	cgroupPath string
 	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
 	kube *kube.Source
 	// nodeNetns are the namespaces the agent never captures (netns.go).
@@ -99,6 +102,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		log.Info("iptables backend detected", "backend", b)
 	} else {
 		a.backend = cfg.Capture.Backend
+	}
+	if cfg.ebpfWanted() {
+		err := a.ebpfReady()
+		if err != nil && redirect.Mode(cfg.Capture.Mode) == redirect.ModeEBPF && (cfg.Capture.EBPFFallback == "" || cfg.Capture.EBPFFallback == "none") {
+			return nil, fmt.Errorf("capture.mode ebpf: %w (set capture.ebpfFallback to redirect or tproxy to capture with iptables instead)", err)
+		}
 	}
 	snap, err := buildRoutes(cfg, nil)
 	if err != nil {
@@ -269,6 +278,11 @@ loop:
 	}
 	a.mu.Unlock()
 	adminSrv.Close()
+	if a.ebpf.objs != nil {
+		// Pins stay: captured pods stay captured (refused until the next
+		// agent listens), as under REDIRECT.
+		a.ebpf.objs.Close()
+	}
 	a.log.Info("agent stopped")
 	return runErr
 }
@@ -337,10 +351,11 @@ func (a *Agent) forget(att api.Attachment, why string, removeRules bool) bool {
 		return false
 	}
 	if removeRules && p.ns != nil {
-		if err := redirect.Remove(p.ns.FdPath()); err != nil {
+		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath())); err != nil {
 			a.log.Warn("remove rules", "container", att.ContainerID, "err", err)
 		}
 	}
+	a.releaseEBPF(p)
 	a.uncapture(p)
 	a.afterChange()
 	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)

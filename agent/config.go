@@ -86,9 +86,16 @@ type Kubernetes struct {
 type Capture struct {
 	// Namespaces whose pods are captured (K8S_POD_NAMESPACE).
 	Namespaces []string `json:"namespaces"`
-	// Mode is redirect or tproxy; empty (default) means the mode in
+	// Mode is redirect, tproxy or ebpf; empty (default) means the mode in
 	// weir-cni's conflist entry, the node's default.
-	Mode         string `json:"mode"`
+	Mode string `json:"mode"`
+	// EBPF says where eBPF capture pins and attaches.
+	EBPF EBPFSettings `json:"ebpf"`
+	// EBPFFallback is the mode a pod gets when it asks for ebpf and the
+	// node lacks what eBPF capture needs: redirect, tproxy, or none
+	// (default: such pods are not captured and ADD fails, naming what is
+	// missing; with capture.mode ebpf the agent does not start).
+	EBPFFallback string `json:"ebpfFallback"`
 	OutboundPort uint16 `json:"outboundPort"`
 	InboundPort  uint16 `json:"inboundPort"`
 	// Mark and Mask: the socket mark on every agent-made socket ("0x5700").
@@ -110,6 +117,18 @@ type Capture struct {
 	// namespace (name empty); the most specific entry wins. Same model and
 	// validation as the weir.dev/* pod annotations.
 	Overrides []PodOverride `json:"overrides"`
+}
+
+// EBPFSettings place eBPF capture on the node.
+type EBPFSettings struct {
+	// PinPath is weir's directory on a bpffs (default /sys/fs/bpf/weir,
+	// mounting a bpffs on /sys/fs/bpf if none is there).
+	PinPath string `json:"pinPath"`
+	// Cgroup is the cgroup v2 directory the socket programs attach to
+	// (default: the root of the node's cgroup v2 hierarchy, mounted at
+	// /run/weir/cgroup2 on a host that has none): every pod process must be
+	// below it.
+	Cgroup string `json:"cgroup"`
 }
 
 // PodOverride is a static per-pod (or per-namespace) capture override.
@@ -364,9 +383,19 @@ func (c Config) Validate() error {
 		}
 	}
 	switch redirect.Mode(c.Capture.Mode) {
-	case "", redirect.ModeRedirect, redirect.ModeTPROXY:
+	case "", redirect.ModeRedirect, redirect.ModeTPROXY, redirect.ModeEBPF:
 	default:
-		return fmt.Errorf("capture.mode: want redirect or tproxy, got %q", c.Capture.Mode)
+		return fmt.Errorf("capture.mode: want redirect, tproxy or ebpf, got %q", c.Capture.Mode)
+	}
+	switch c.Capture.EBPFFallback {
+	case "", "none", string(redirect.ModeRedirect), string(redirect.ModeTPROXY):
+	default:
+		return fmt.Errorf("capture.ebpfFallback: want redirect, tproxy or none, got %q", c.Capture.EBPFFallback)
+	}
+	for key, p := range map[string]string{"capture.ebpf.pinPath": c.Capture.EBPF.PinPath, "capture.ebpf.cgroup": c.Capture.EBPF.Cgroup} {
+		if p != "" && !filepath.IsAbs(p) {
+			return fmt.Errorf("%s: must be an absolute path, got %q", key, p)
+		}
 	}
 	spec := c.redirectSpec(true, true, redirect.ModeRedirect)
 	if err := spec.Validate(); err != nil {

@@ -67,7 +67,10 @@ func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
 	if mode == "" {
 		mode = redirect.ModeRedirect
 	}
-	spec := d.overrides.Apply(a.cfg.redirectSpec(v4, v6, mode))
+	spec, err := a.resolveEBPF(d.overrides.Apply(a.cfg.redirectSpec(v4, v6, mode)))
+	if err != nil {
+		return redirect.Spec{}, fmt.Errorf("capture for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
+	}
 	if spec.Backend == "" {
 		spec.Backend = a.backend
 	}
@@ -100,7 +103,12 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 		ns.Close()
 		return err
 	}
-	ls, err := openListeners(ns, spec)
+	var ls []proxy.Listener
+	if spec.Mode == redirect.ModeEBPF {
+		ls, p.ebpfCookie, err = a.openEBPFListeners(ns, spec, p.ips)
+	} else {
+		ls, err = openListeners(ns, spec)
+	}
 	if err != nil {
 		ns.Close()
 		return fmt.Errorf("open capture listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
@@ -152,7 +160,7 @@ func (a *Agent) offboard(p *pod) error {
 	if p.ns == nil {
 		return nil
 	}
-	if err := redirect.Remove(p.ns.FdPath()); err != nil {
+	if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath())); err != nil {
 		return fmt.Errorf("remove rules: %w", err)
 	}
 	a.uncapture(p)
@@ -174,6 +182,7 @@ func (a *Agent) reconcile(ctx context.Context, why string) {
 	for _, p := range a.pods.list() {
 		name := p.meta.Namespace + "/" + p.meta.Name
 		if id, err := netns.IDOf(p.netnsPath); err != nil || id != p.nsID {
+			a.releaseEBPF(p)
 			a.uncapture(p)
 			a.pods.remove(p.att)
 			changed = true

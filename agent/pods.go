@@ -26,6 +26,9 @@ type pod struct {
 	cniIPs    []string // addresses as the CNI result gave them (CIDR)
 	ips       []netip.Addr
 	nodeMode  redirect.Mode // the conflist's mode, the node default
+	// ebpfCookie is the netns cookie of a pod captured in mode ebpf (its
+	// key in the eBPF maps, usable after the namespace is gone).
+	ebpfCookie uint64
 
 	ns        *netns.Handle
 	spec      redirect.Spec

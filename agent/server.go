@@ -203,5 +203,6 @@ func toWire(s redirect.Spec) *api.Redirect {
 		TPROXYMask:           s.TPROXYMask,
 		RouteTable:           s.RouteTable,
 		RulePriority:         s.RulePriority,
+		PinPath:              s.PinPath,
 	}
 }

@@ -16,6 +16,7 @@ WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
 export WEIR_CNI_PLUGINS_DIR
 WEIR_KUBE_BIN_DIR=${WEIR_KUBE_BIN_DIR:-$(hack/kube-binaries.sh | tail -n1)}
 export WEIR_KUBE_BIN_DIR
+hack/bpf-generate.sh --check
 make build
 go vet ./...
 test -z "$(gofmt -l $(git ls-files '*.go'))" || { echo "weir: gofmt needed:" >&2; gofmt -l $(git ls-files '*.go') >&2; exit 1; }

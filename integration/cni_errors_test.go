@@ -54,7 +54,6 @@ func TestPluginRejectsBadInput(t *testing.T) {
 		{"unknown key", pod.Path, `{` + base + `,"agentSockett":"/x",` + prev + `}`, 6, "agentSockett"},
 		{"missing prevResult", pod.Path, `{` + base + `}`, 7, "chained"},
 		{"unknown mode", pod.Path, `{` + base + `,"mode":"turbo",` + prev + `}`, 7, "turbo"},
-		{"mode not implemented", pod.Path, `{` + base + `,"mode":"ebpf",` + prev + `}`, 7, "not implemented"},
 		{"relative agent socket", pod.Path, `{` + base + `,"agentSocket":"agent.sock",` + prev + `}`, 7, "agentSocket"},
 		{"netns does not exist", "/run/netns/weir-no-such-netns", `{` + base + `,` + prev + `}`, 8, "weir-no-such-netns"},
 	}

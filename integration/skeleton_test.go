@@ -140,7 +140,7 @@ func TestDirectPodIPGoesThroughAgent(t *testing.T) {
 }
 
 // Must show 3: a connection into a captured pod passes the inbound listener;
-// under TPROXY the app sees the real client's IP.
+// under TPROXY and eBPF the app sees the real client's IP.
 func TestInboundThroughAgent(t *testing.T) {
 	forEachWorld(t, func(t *testing.T, w world) {
 		m := newMesh(t, w)
@@ -157,8 +157,8 @@ func TestInboundThroughAgent(t *testing.T) {
 			}
 			clients := ngx.Clients(t)
 			last := clients[len(clients)-1]
-			if w.mode == "tproxy" && last != addr(m.srvA, fam).String() {
-				t.Fatalf("TPROXY %s: app logged client %s, want the real client %s", fam, last, addr(m.srvA, fam))
+			if (w.mode == "tproxy" || w.mode == "ebpf") && last != addr(m.srvA, fam).String() {
+				t.Fatalf("%s %s: app logged client %s, want the real client %s", w.mode, fam, last, addr(m.srvA, fam))
 			}
 		}
 	})

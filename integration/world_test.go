@@ -11,7 +11,7 @@ import (
 // world says which test world a case runs in.
 type world struct {
 	spec   string // CNI spec version
-	mode   string // redirect | tproxy
+	mode   string // redirect | tproxy | ebpf
 	family string // v4 | v6 | dual
 }
 
@@ -29,11 +29,11 @@ func (w world) families() []string {
 }
 
 // matrix is every world the skeleton suite must pass in: both CNI spec
-// versions, both modes, IPv4-only, IPv6-only and dual-stack pods.
+// versions, every mode, IPv4-only, IPv6-only and dual-stack pods.
 func matrix() []world {
 	var out []world
 	for _, spec := range specVersions {
-		for _, mode := range []string{"redirect", "tproxy"} {
+		for _, mode := range []string{"redirect", "tproxy", "ebpf"} {
 			for _, fam := range []string{"v4", "v6", "dual"} {
 				out = append(out, world{spec, mode, fam})
 			}
@@ -54,6 +54,7 @@ func (w world) nodeOptions() testworld.NodeOptions {
 		IPv6:        w.family != "v4",
 		NoIPv4:      w.family == "v6",
 		Weir:        map[string]any{"mode": w.mode},
+		EBPF:        w.mode == "ebpf",
 	}
 }
 

@@ -87,6 +87,11 @@ type Listener struct {
 	// Transparent is true for TPROXY listeners: the original destination is
 	// the accepted socket's local address, not SO_ORIGINAL_DST.
 	Transparent bool
+	// Map is set for eBPF capture listeners: outbound destinations come
+	// from it (origdst.FromMap); inbound ones are the local address, as
+	// under TPROXY, and the connect to the app is tagged with the client
+	// instead of binding the client's address.
+	Map origdst.Map
 }
 
 var seed = maphash.MakeSeed()
@@ -214,7 +219,7 @@ func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload,
 
 // isLoop reports whether dst is the agent's own capture socket.
 func (e *Engine) isLoop(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrPort) bool {
-	if !l.Transparent {
+	if !l.Transparent && l.Map == nil {
 		// Under REDIRECT a connection that was never redirected reports its
 		// own local address as the original destination.
 		local, _ := c.LocalAddr().(*net.TCPAddr)
@@ -231,7 +236,10 @@ func (e *Engine) isLoop(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrP
 }
 
 func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error) {
-	if l.Transparent {
+	if l.Map != nil && l.Direction == Outbound {
+		return origdst.FromMap(c, l.Map)
+	}
+	if l.Transparent || l.Map != nil {
 		return origdst.Local(c)
 	}
 	return origdst.Redirected(c)
@@ -243,7 +251,13 @@ func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Work
 	dir := l.Direction
 	opts := e.upstreamOptions()
 	var src netip.Addr
-	if dir == Inbound && l.Transparent {
+	if dir == Inbound && l.Map != nil {
+		// eBPF inbound: the app's accept reports the client we tag.
+		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			client := netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port())
+			opts.BeforeConnect = func(fd int) error { return l.Map.TagClient(fd, client) }
+		}
+	} else if dir == Inbound && l.Transparent {
 		// TPROXY inbound: connect to the app from the client's own address
 		// (port 0: the client's port would collide with the accepted socket's
 		// 4-tuple), so the app sees who really called.

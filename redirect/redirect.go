@@ -20,7 +20,23 @@ import (
 // the namespace is left as it was. An invalid spec or a path that is not a
 // network namespace changes nothing.
 func Apply(netnsPath string, s Spec) error {
+	if s.Mode == ModeEBPF {
+		s, err := checkSpec("apply", netnsPath, s)
+		if err != nil {
+			return err
+		}
+		return applyEBPF(netnsPath, s)
+	}
 	return inNetnsWithSpec("apply", netnsPath, s, apply)
+}
+
+// checkSpec defaults and validates s; errors name the verb and the path.
+func checkSpec(verb, netnsPath string, s Spec) (Spec, error) {
+	s = s.WithDefaults()
+	if err := s.Validate(); err != nil {
+		return s, fmt.Errorf("%s redirect in %s: invalid spec: %w", verb, netnsPath, err)
+	}
+	return s, nil
 }
 
 // inNetnsWithSpec defaults and validates s, picks its backend, and runs f in
@@ -41,11 +57,14 @@ func inNetnsWithSpec(verb, netnsPath string, s Spec, f func(Spec, string) error)
 }
 
 // Remove takes every weir chain, jump, rule, policy rule and route out of the
-// network namespace at netnsPath, in both families and both backends. It is
-// idempotent, and a path that no longer exists returns nil, so a CNI DEL for
-// a sandbox that is already gone succeeds.
-func Remove(netnsPath string) error {
-	err := inNetns(netnsPath, remove)
+// network namespace at netnsPath, in both families and both backends, and
+// releases it from the eBPF capture pinned at the default path (or the one
+// WithPinPath names) if one is loaded. It is idempotent, and a path that no
+// longer exists returns nil, so a CNI DEL for a sandbox that is already gone
+// succeeds.
+func Remove(netnsPath string, opts ...Option) error {
+	o := optionsOf(opts)
+	err := inNetns(netnsPath, func() error { return errors.Join(remove(), removeEBPF(o.pinPath)) })
 	if errors.Is(err, ErrNetnsNotExist) {
 		return nil
 	}
@@ -61,17 +80,33 @@ func Remove(netnsPath string) error {
 // or route, e.g. `iptables nat/WEIR_OUTPUT: missing rule "-p tcp -j
 // REDIRECT --to-ports 15001"`. It changes nothing.
 func Verify(netnsPath string, s Spec) error {
+	if s.Mode == ModeEBPF {
+		s, err := checkSpec("verify", netnsPath, s)
+		if err != nil {
+			return err
+		}
+		if err := inNetns(netnsPath, func() error { return verifyEBPF(s) }); err != nil {
+			return fmt.Errorf("verify redirect in %s: %w", netnsPath, err)
+		}
+		return nil
+	}
 	return inNetnsWithSpec("verify", netnsPath, s, verify)
 }
 
 // Installed reports whether any weir chain, jump, policy rule or route is in
-// the network namespace at netnsPath, in either family and either backend:
-// true for a captured pod, false for one that never was or was released.
-func Installed(netnsPath string) (bool, error) {
+// the network namespace at netnsPath, in either family and either backend,
+// or the namespace is enrolled in the eBPF capture (default pin path, or
+// WithPinPath's): true for a captured pod, false for one that never was or
+// was released.
+func Installed(netnsPath string, opts ...Option) (bool, error) {
+	o := optionsOf(opts)
 	var found bool
 	err := inNetns(netnsPath, func() error {
 		var err error
-		found, err = installed()
+		if found, err = installed(); err != nil || found {
+			return err
+		}
+		found, err = enrolledEBPF(o.pinPath)
 		return err
 	})
 	if err != nil {

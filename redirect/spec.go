@@ -35,8 +35,8 @@ import (
 // Mode is the interception technique.
 type Mode string
 
-// Modes weir knows. ModeRedirect and ModeTPROXY are implemented; ModeEBPF is
-// rejected by Validate until it exists.
+// Modes weir knows. ModeEBPF programs no rule at all: it enrols the netns in
+// the eBPF capture the agent loaded (ebpf.go).
 const (
 	ModeRedirect Mode = "redirect"
 	ModeTPROXY   Mode = "tproxy"
@@ -100,6 +100,10 @@ type Spec struct {
 	// table's 32766.
 	RouteTable   uint32
 	RulePriority uint32
+
+	// PinPath (ModeEBPF only) is the bpffs directory where the agent pinned
+	// the capture programs and maps; empty means capture.DefaultPinPath.
+	PinPath string
 }
 
 // Backends an iptables rule set can live in.
@@ -152,9 +156,7 @@ func (s Spec) WithDefaults() Spec {
 // selects.
 func (s Spec) Validate() error {
 	switch s.Mode {
-	case ModeRedirect, ModeTPROXY:
-	case ModeEBPF:
-		return fmt.Errorf("mode %q is not implemented yet", s.Mode)
+	case ModeRedirect, ModeTPROXY, ModeEBPF:
 	case "":
 		return errors.New("mode is empty (WithDefaults sets it)")
 	default:

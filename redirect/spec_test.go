@@ -40,6 +40,7 @@ func TestValidate(t *testing.T) {
 		{"unknown mode", func(s *Spec) { s.Mode = "magic" }, `unknown mode "magic"`},
 		{"empty mode", func(s *Spec) { s.Mode = "" }, "mode is empty"},
 		{"tproxy", func(s *Spec) { s.Mode = ModeTPROXY }, ""},
+		{"ebpf", func(s *Spec) { s.Mode = ModeEBPF }, ""},
 		{"tproxy custom", func(s *Spec) {
 			s.Mode = ModeTPROXY
 			s.TPROXYMark, s.TPROXYMask, s.RouteTable, s.RulePriority = 0x10000, 0x10000, 5000, 32765
@@ -54,7 +55,6 @@ func TestValidate(t *testing.T) {
 		{"tproxy priority after main", func(s *Spec) { s.Mode, s.RulePriority = ModeTPROXY, 32766 }, "before the main table"},
 		{"tproxy priority 0", func(s *Spec) { s.Mode, s.RulePriority = ModeTPROXY, 0 }, "before the main table"},
 		{"redirect ignores tproxy fields", func(s *Spec) { s.RouteTable = 254 }, ""},
-		{"ebpf not yet", func(s *Spec) { s.Mode = ModeEBPF }, "not implemented"},
 		{"outbound port 0", func(s *Spec) { s.OutboundPort = 0 }, "outbound port is 0"},
 		{"inbound port 0", func(s *Spec) { s.InboundPort = 0 }, "inbound port is 0"},
 		{"same ports", func(s *Spec) { s.InboundPort = s.OutboundPort }, "both 15001"},

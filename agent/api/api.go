@@ -91,6 +91,8 @@ type Redirect struct {
 	TPROXYMask   uint32 `json:"tproxyMask,omitempty"`
 	RouteTable   uint32 `json:"routeTable,omitempty"`
 	RulePriority uint32 `json:"rulePriority,omitempty"`
+	// PinPath (mode ebpf) is where the agent pinned its eBPF capture.
+	PinPath string `json:"pinPath,omitempty"`
 }
 
 // CheckRequest asks whether the agent still serves an attachment.

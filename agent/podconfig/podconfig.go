@@ -25,7 +25,7 @@ const (
 // Overrides change a pod's capture from the node's defaults. The zero value
 // changes nothing.
 type Overrides struct {
-	// Mode replaces the node's interception mode (redirect, tproxy).
+	// Mode replaces the node's interception mode (redirect, tproxy, ebpf).
 	Mode string `json:"mode,omitempty"`
 	// ExcludeInboundPorts skip the agent for connections to these pod ports.
 	ExcludeInboundPorts []uint16 `json:"excludeInboundPorts,omitempty"`
@@ -103,9 +103,9 @@ func parsePorts(v string) ([]uint16, error) {
 // Validate checks the overrides on their own, naming the field.
 func (o Overrides) Validate() error {
 	switch redirect.Mode(o.Mode) {
-	case "", redirect.ModeRedirect, redirect.ModeTPROXY:
+	case "", redirect.ModeRedirect, redirect.ModeTPROXY, redirect.ModeEBPF:
 	default:
-		return fmt.Errorf("mode: want redirect or tproxy, got %q", o.Mode)
+		return fmt.Errorf("mode: want redirect, tproxy or ebpf, got %q", o.Mode)
 	}
 	if len(o.IncludeInboundPorts) > 0 && len(o.ExcludeInboundPorts) > 0 {
 		return fmt.Errorf("includeInboundPorts and excludeInboundPorts: set one or the other")

@@ -28,9 +28,11 @@ type Conf struct {
 	types.PluginConf
 	// AgentSocket is where the agent listens (default /run/weir/agent.sock).
 	AgentSocket string `json:"agentSocket"`
-	// Mode is the node's interception mode: redirect (default) or tproxy.
-	// ebpf is rejected until it exists. The agent may choose another mode
-	// for a pod (per-pod override); the plugin applies what the agent says.
+	// Mode is the node's interception mode: redirect (default), tproxy or
+	// ebpf (the agent's pinned eBPF capture; no rule in the pod). The agent
+	// may choose another mode for a pod (per-pod override, or its
+	// ebpfFallback when the node lacks eBPF support); the plugin applies
+	// what the agent says.
 	Mode string `json:"mode"`
 	// LogFile receives the plugin's log lines (default /var/log/weir-cni.log);
 	// "" after defaults is impossible, "-" disables logging. Like every path
@@ -110,13 +112,10 @@ func parseConfig(stdin []byte) (*Conf, error) {
 		}
 	}
 	switch redirect.Mode(c.Mode) {
-	case redirect.ModeRedirect, redirect.ModeTPROXY:
-	case redirect.ModeEBPF:
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
-			fmt.Sprintf("mode: %q is not implemented yet; use \"redirect\"", c.Mode))
+	case redirect.ModeRedirect, redirect.ModeTPROXY, redirect.ModeEBPF:
 	default:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
-			fmt.Sprintf("mode: want \"redirect\" or \"tproxy\", got %q", c.Mode))
+			fmt.Sprintf("mode: want \"redirect\", \"tproxy\" or \"ebpf\", got %q", c.Mode))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

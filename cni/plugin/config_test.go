@@ -22,6 +22,12 @@ func TestParseConfig(t *testing.T) {
 	if err != nil || c.LogFile != "-" || c.AgentSocket != "/x/a.sock" || c.EnablementFile != "/y/e.json" {
 		t.Fatalf("absolute paths and logFile \"-\": %+v %v", c, err)
 	}
+	// Every mode weir implements is accepted.
+	for _, m := range []string{"redirect", "tproxy", "ebpf"} {
+		if _, err := parseConfig([]byte(`{` + base + `,"mode":"` + m + `"}`)); err != nil {
+			t.Fatalf("mode %s rejected: %v", m, err)
+		}
+	}
 	// Keys a runtime injects are accepted.
 	if _, err := parseConfig([]byte(`{` + base + `,"runtimeConfig":{"portMappings":[]},"args":{"cni":{}},"capabilities":{"portMappings":true}}`)); err != nil {
 		t.Fatalf("runtime-injected keys rejected: %v", err)
@@ -33,7 +39,6 @@ func TestParseConfig(t *testing.T) {
 	}{
 		{"typo", `{` + base + `,"agentSockt":"/x"}`, types.ErrDecodingFailure, "agentSockt"},
 		{"mode", `{` + base + `,"mode":"fast"}`, types.ErrInvalidNetworkConfig, "fast"},
-		{"ebpf not yet", `{` + base + `,"mode":"ebpf"}`, types.ErrInvalidNetworkConfig, "not implemented"},
 		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, types.ErrInvalidNetworkConfig, "agentTimeout"},
 		{"log level", `{` + base + `,"logLevel":"chatty"}`, types.ErrInvalidNetworkConfig, "logLevel"},
 		{"socket", `{` + base + `,"agentSocket":"rel"}`, types.ErrInvalidNetworkConfig, "agentSocket"},

@@ -298,6 +298,7 @@ func fromWire(r api.Redirect) redirect.Spec {
 		TPROXYMask:           r.TPROXYMask,
 		RouteTable:           r.RouteTable,
 		RulePriority:         r.RulePriority,
+		PinPath:              r.PinPath,
 	}
 }
 

@@ -42,6 +42,19 @@ func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
 	for k, v := range cfg {
 		full[k] = v
 	}
+	if n.Opts.EBPF {
+		// Copy capture rather than change the caller's map.
+		capt := map[string]any{}
+		if c, ok := full["capture"].(map[string]any); ok {
+			for k, v := range c {
+				capt[k] = v
+			}
+		}
+		if _, set := capt["ebpf"]; !set {
+			capt["ebpf"] = n.ebpfSettings()
+		}
+		full["capture"] = capt
+	}
 	b, err := json.MarshalIndent(full, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -132,6 +145,10 @@ func (a *Agent) start(t T) {
 		// the script traps SIGTERM, and SIGKILL ends the whole namespace.
 		a.cmd = a.init.Command(context.Background(), "sh", "-c", initScript, "weir-init", a.node.Name, bin, a.Config)
 		a.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+	} else if a.node.Opts.EBPF {
+		// nsenter execs the agent in the node netns and the host's mount
+		// namespace, where the test's bpffs and cgroup2 mounts are.
+		a.cmd = exec.Command("nsenter", "--net="+a.node.Path, bin, "--config", a.Config)
 	} else {
 		a.cmd = a.node.Command(context.Background(), bin, "--config", a.Config)
 	}

@@ -20,6 +20,9 @@ import (
 type Netns struct {
 	Name string
 	Path string
+	// cgroupFD, when set, is the cgroup v2 directory the namespace's
+	// processes start in (pods of an eBPF node).
+	cgroupFD int
 }
 
 func uniqueName(prefix string) string {
@@ -45,7 +48,12 @@ func NewNetns(t T, prefix string) *Netns {
 
 // Command prepares a command to run inside the namespace.
 func (n *Netns) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	if n.cgroupFD > 0 {
+		// ip netns exec execs the program in its own process: same cgroup.
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: n.cgroupFD}
+	}
+	return cmd
 }
 
 // Run runs a command inside the namespace (bounded to a minute) and returns
@@ -79,7 +87,10 @@ func (n *Netns) Start(t T, name string, args ...string) *exec.Cmd {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group, so Kill reaches the children (nginx workers)
 	// too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s in %s: %v", name, n.Name, err)
 	}

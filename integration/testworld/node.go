@@ -37,6 +37,12 @@ type NodeOptions struct {
 	// kubelet uses that iptables backend: it creates kubelet's canary chain
 	// there, as a real node has.
 	Backend string
+	// EBPF prepares the node for eBPF capture (ebpf.go): a private bpffs
+	// (PinPath), a node cgroup (Cgroup) with one child per pod holding the
+	// pod's processes, the agent's capture.ebpf settings filled in, and the
+	// agent run with nsenter --net (ip netns exec's private sysfs would
+	// hide the bpffs and cgroup mounts from it).
+	EBPF bool
 }
 
 // Node is one isolated node: a netns with the bridge, the CNI chain and an
@@ -49,7 +55,10 @@ type Node struct {
 	PluginDir string
 	Socket    string // the agent's unix socket
 	CNILog    string // weir-cni's log file
-	cni       *libcni.CNIConfig
+	// PinPath and Cgroup are the eBPF capture's pin directory and attach
+	// cgroup (NodeOptions.EBPF only).
+	PinPath, Cgroup string
+	cni             *libcni.CNIConfig
 }
 
 // NewNode builds an isolated node netns and prepares the CNI chain.
@@ -77,6 +86,9 @@ func NewNode(t T, opts NodeOptions) *Node {
 		tool := "iptables-" + opts.Backend
 		RequireTool(t, tool)
 		n.MustRun(t, tool, "-w", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY")
+	}
+	if opts.EBPF {
+		n.ebpfNode(t)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -168,6 +180,9 @@ func (n *Node) NewPodNetns(t T, namespace, name string) *Pod {
 	t.Helper()
 	p := &Pod{Netns: NewNetns(t, "wp-"), Namespace: namespace, Name: name, node: n}
 	p.ContainerID = "c" + p.Netns.Name
+	if n.Opts.EBPF {
+		n.podCgroup(t, p)
+	}
 	return p
 }
 

@@ -233,6 +233,13 @@ type SocketOptions struct {
 	// Transparent sets IP_TRANSPARENT / IPV6_TRANSPARENT (TPROXY listeners,
 	// and upstream sockets bound to a foreign source address).
 	Transparent bool
+	// NoMPTCP makes a listener plain TCP (Go listens with MPTCP by default
+	// where the kernel has it): eBPF capture puts inbound listeners in a
+	// sockhash, which takes no MPTCP socket.
+	NoMPTCP bool
+	// BeforeConnect, when set, runs on a dialled socket after its options
+	// and before connect (eBPF capture tags it with the client's address).
+	BeforeConnect func(fd int) error
 }
 
 func (o SocketOptions) apply(fd int, v6 bool) error {
@@ -255,6 +262,9 @@ func (o SocketOptions) apply(fd int, v6 bool) error {
 			return fmt.Errorf("set IP_TRANSPARENT: %w", err)
 		}
 	}
+	if o.BeforeConnect != nil {
+		return o.BeforeConnect(fd)
+	}
 	return nil
 }
 
@@ -275,6 +285,9 @@ func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListen
 			}
 			return serr
 		},
+	}
+	if opts.NoMPTCP {
+		lc.SetMultipathTCP(false)
 	}
 	var ln net.Listener
 	err := h.Do(func() error {

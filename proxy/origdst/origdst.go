@@ -4,7 +4,9 @@
 // Under iptables REDIRECT the destination was rewritten by conntrack, so it is
 // read back with SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6). Under
 // TPROXY nothing was rewritten: the accepted socket's local address is the
-// original destination.
+// original destination. Under eBPF capture the kernel recorded the
+// destination in a map before the connect was rewritten (FromMap); there is
+// no fake getsockopt.
 package origdst
 
 import (
@@ -59,6 +61,28 @@ func Local(c *net.TCPConn) (netip.AddrPort, error) {
 	}
 	ap := a.AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// Map is the eBPF capture's record, seen from one pod's listeners (the
+// agent implements it over bpf/capture's maps).
+type Map interface {
+	// Lookup returns where the connection from client (the accepted
+	// socket's peer) was going.
+	Lookup(client netip.AddrPort) (netip.AddrPort, error)
+	// TagClient marks the upstream socket fd, before it connects to the
+	// app, with the client the app must see as its peer.
+	TagClient(fd int, client netip.AddrPort) error
+}
+
+// FromMap returns the original destination of a connection accepted from
+// an eBPF connect rewrite: m's record for the accepted socket's peer.
+func FromMap(c *net.TCPConn, m Map) (netip.AddrPort, error) {
+	ra, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok || ra == nil {
+		return netip.AddrPort{}, fmt.Errorf("no peer address")
+	}
+	ap := ra.AddrPort()
+	return m.Lookup(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 }
 
 func getV4(fd int) (netip.AddrPort, error) {

@@ -21,6 +21,7 @@ func main() {
 func run() int {
 	configPath := flag.String("config", "", "path of the YAML configuration file (empty: built-in defaults)")
 	checkOnly := flag.Bool("check-config", false, "validate the configuration and exit")
+	uninstallEBPF := flag.Bool("uninstall-ebpf", false, "remove the eBPF capture pinned under capture.ebpf.pinPath (detaching every program) and exit")
 	flag.Parse()
 
 	// Without a file, the defaults still go through ParseConfig: it derives
@@ -36,6 +37,13 @@ func run() int {
 	}
 	if *checkOnly {
 		fmt.Println("configuration ok")
+		return 0
+	}
+	if *uninstallEBPF {
+		if err := agent.UninstallEBPF(cfg); err != nil {
+			fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
+			return 1
+		}
 		return 0
 	}
 	var level slog.Level

@@ -1,0 +1,597 @@
+//go:build ignore
+
+// weir's eBPF capture (redirect mode "ebpf"). Six programs share the maps
+// below; capture.go explains the design and attaches them.
+//
+//   cgroup/connect4, connect6   an enrolled pod's TCP connect() goes to the
+//                               agent's in-pod listener (127.0.0.1 / ::1);
+//                               the original destination goes into the
+//                               socket's storage
+//   sockops (TCP_CONNECT_CB)    before the SYN leaves, the original
+//                               destination is published under the socket's
+//                               source (netns cookie, address, port): the
+//                               agent's accepted socket sees that as its peer
+//   cgroup/getpeername4, 6      the app sees the address it dialled, and an
+//                               app accepting from the agent sees the real
+//                               client (the agent tags its upstream socket)
+//   sk_lookup                   per pod netns: new inbound connections for
+//                               captured ports go to the agent's inbound
+//                               listener (sockhash keyed by the pod address)
+//
+// Nothing happens for a network namespace that is not enrolled (one hash
+// lookup), nor for sockets of the agent's own cgroups.
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define SOCK_STREAM 1
+#define PROTO_TCP 6
+
+// clang may merge the loads of two ctx fields into one wider load through a
+// modified pointer, which the verifier refuses ("dereference of modified ctx
+// ptr"): a barrier after each ctx read keeps every load on its own.
+#define barrier() asm volatile("" ::: "memory")
+
+// pod_config flags.
+#define POD_IPV4 1
+#define POD_IPV6 2
+
+// in_config flags.
+#define IN_INCLUDE 1 // only listed ports are captured (else: listed are excluded)
+
+// Counters (stats, per CPU).
+enum {
+	STAT_CONNECT_REDIRECTED = 0,
+	STAT_CONNECT_EXCLUDED,
+	STAT_CONNECT_NO_STORAGE,
+	STAT_ORIGDST_PUBLISHED,
+	STAT_PEER_RESTORED,
+	STAT_CLIENT_REPORTED,
+	STAT_INBOUND_STEERED,
+	STAT_INBOUND_NO_LISTENER,
+	STAT_MAX,
+};
+
+// An address: IPv6, or IPv4 mapped into IPv6 (::ffff:a.b.c.d), in network
+// byte order.
+struct addr {
+	__u32 a[4];
+};
+
+// Outbound enrolment of one pod, keyed by its netns cookie.
+struct pod_config {
+	__u16 outbound_port; // host byte order
+	__u16 flags;         // POD_IPV4 | POD_IPV6
+	__u32 pad;
+};
+
+struct port_key {
+	__u64 netns;
+	__u16 port; // host byte order
+	__u16 pad[3];
+};
+
+// LPM trie key: prefixlen counts the 64 netns bits, then address bits (IPv4
+// as mapped: 96 + prefix).
+struct cidr_key {
+	__u32 prefixlen;
+	__u32 netns[2];
+	__u32 addr[4];
+};
+
+// Where a connection was going (or, on an agent upstream socket, who the
+// client really is).
+struct endpoint {
+	__u32 addr[4];
+	__u16 port;   // network byte order
+	__u16 family; // AF_INET or AF_INET6 (of the address, not the socket)
+};
+
+// Source of an app's redirected connection as the agent sees its peer.
+struct tuple_key {
+	__u64 netns;
+	__u32 addr[4];
+	__u16 port; // host byte order
+	__u16 pad[3];
+};
+
+// Inbound enrolment of one pod address.
+struct in_config {
+	__u64 netns; // the pod's netns cookie, so release finds its entries
+	__u16 flags; // IN_INCLUDE
+	__u16 pad[3];
+};
+
+struct in_port_key {
+	__u32 addr[4];
+	__u16 port; // host byte order
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct pod_config);
+} pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct port_key);
+	__type(value, __u8);
+} out_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct cidr_key);
+	__type(value, __u8);
+} out_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u64);
+	__type(value, __u8);
+} agent_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct endpoint);
+} orig_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct tuple_key);
+	__type(value, struct endpoint);
+} orig_tuples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct endpoint);
+} client_of SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct addr);
+	__type(value, struct in_config);
+} in_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct in_port_key);
+	__type(value, __u8);
+} in_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct addr);
+	__type(value, __u64);
+} in_listeners SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 what)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &what);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void map_v4(__u32 out[4], __u32 ip4)
+{
+	out[0] = 0;
+	out[1] = 0;
+	out[2] = bpf_htonl(0x0000ffff);
+	out[3] = ip4;
+}
+
+static __always_inline int is_mapped(const __u32 a[4])
+{
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0x0000ffff);
+}
+
+// never_captured is what the iptables modes leave alone because it stays on
+// the pod's loopback: 127.0.0.0/8, ::1 and the unspecified addresses. The
+// pod's own addresses are in out_cidrs (redirect enrols them).
+static __always_inline int never_captured(const __u32 a[4])
+{
+	if (is_mapped(a)) {
+		__u32 h = bpf_ntohl(a[3]);
+		return (h >> 24) == 127 || h == 0;
+	}
+	if (a[0] == 0 && a[1] == 0 && a[2] == 0)
+		return a[3] == 0 || a[3] == bpf_htonl(1);
+	return 0;
+}
+
+static __always_inline int excluded(__u64 netns, const __u32 a[4], __u16 port)
+{
+	struct port_key pk = {};
+	pk.netns = netns;
+	pk.port = port;
+	if (bpf_map_lookup_elem(&out_ports, &pk))
+		return 1;
+	struct cidr_key ck = {};
+	ck.prefixlen = 64 + 128;
+	__builtin_memcpy(ck.netns, &netns, sizeof(netns));
+	ck.addr[0] = a[0];
+	ck.addr[1] = a[1];
+	ck.addr[2] = a[2];
+	ck.addr[3] = a[3];
+	return bpf_map_lookup_elem(&out_cidrs, &ck) != 0;
+}
+
+// enrolled returns the pod's outbound config when the socket's netns is
+// enrolled and the caller is not the agent.
+static __always_inline struct pod_config *enrolled(void *ctx, __u64 *netns)
+{
+	*netns = bpf_get_netns_cookie(ctx);
+	struct pod_config *pc = bpf_map_lookup_elem(&pods, netns);
+	if (!pc)
+		return 0;
+	__u64 cg = bpf_get_current_cgroup_id();
+	if (bpf_map_lookup_elem(&agent_cgroups, &cg))
+		return 0;
+	return pc;
+}
+
+// redirect records dst in the socket's storage and reports whether the
+// connect may be rewritten. No storage (memory pressure) refuses the
+// connect: a captured pod must never reach a destination around the agent.
+static __always_inline int record(struct bpf_sock_addr *ctx, const struct endpoint *dst)
+{
+	struct bpf_sock *sk = ctx->sk;
+	barrier();
+	if (!sk)
+		return 0;
+	struct endpoint *st = bpf_sk_storage_get(&orig_dst, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		count(STAT_CONNECT_NO_STORAGE);
+		return 0;
+	}
+	*st = *dst;
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int weir_connect4(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type;
+	barrier();
+	__u32 proto = ctx->protocol;
+	barrier();
+	if (type != SOCK_STREAM || proto != PROTO_TCP)
+		return 1;
+	__u64 netns;
+	struct pod_config *pc = enrolled(ctx, &netns);
+	if (!pc || !(pc->flags & POD_IPV4))
+		return 1;
+	struct endpoint dst = {};
+	__u32 ip = ctx->user_ip4;
+	barrier();
+	__u32 port = ctx->user_port;
+	barrier();
+	map_v4(dst.addr, ip);
+	dst.port = (__u16)port;
+	dst.family = AF_INET;
+	if (never_captured(dst.addr) || excluded(netns, dst.addr, bpf_ntohs(dst.port))) {
+		count(STAT_CONNECT_EXCLUDED);
+		return 1;
+	}
+	if (!record(ctx, &dst))
+		return 0;
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	barrier();
+	ctx->user_port = bpf_htons(pc->outbound_port);
+	count(STAT_CONNECT_REDIRECTED);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int weir_connect6(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type;
+	barrier();
+	__u32 proto = ctx->protocol;
+	barrier();
+	if (type != SOCK_STREAM || proto != PROTO_TCP)
+		return 1;
+	__u64 netns;
+	struct pod_config *pc = enrolled(ctx, &netns);
+	if (!pc)
+		return 1;
+	struct endpoint dst = {};
+	dst.addr[0] = ctx->user_ip6[0];
+	barrier();
+	dst.addr[1] = ctx->user_ip6[1];
+	barrier();
+	dst.addr[2] = ctx->user_ip6[2];
+	barrier();
+	dst.addr[3] = ctx->user_ip6[3];
+	barrier();
+	__u32 port = ctx->user_port;
+	barrier();
+	dst.port = (__u16)port;
+	int v4 = is_mapped(dst.addr);
+	dst.family = v4 ? AF_INET : AF_INET6;
+	if (!(pc->flags & (v4 ? POD_IPV4 : POD_IPV6)))
+		return 1;
+	if (never_captured(dst.addr) || excluded(netns, dst.addr, bpf_ntohs(dst.port))) {
+		count(STAT_CONNECT_EXCLUDED);
+		return 1;
+	}
+	if (!record(ctx, &dst))
+		return 0;
+	// A v4-mapped destination on an IPv6 socket goes to the IPv4 listener.
+	ctx->user_ip6[0] = 0;
+	barrier();
+	ctx->user_ip6[1] = 0;
+	barrier();
+	ctx->user_ip6[2] = v4 ? bpf_htonl(0x0000ffff) : 0;
+	barrier();
+	ctx->user_ip6[3] = v4 ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	barrier();
+	ctx->user_port = bpf_htons(pc->outbound_port);
+	count(STAT_CONNECT_REDIRECTED);
+	return 1;
+}
+
+SEC("sockops")
+int weir_sockops(struct bpf_sock_ops *skops)
+{
+	__u32 op = skops->op;
+	barrier();
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB)
+		return 1;
+	struct bpf_sock *sk = skops->sk;
+	barrier();
+	if (!sk)
+		return 1;
+	struct endpoint *dst = bpf_sk_storage_get(&orig_dst, sk, 0, 0);
+	if (!dst)
+		return 1;
+	struct tuple_key k = {};
+	k.netns = bpf_get_netns_cookie(skops);
+	__u32 family = skops->family;
+	barrier();
+	if (family == AF_INET) {
+		__u32 ip = skops->local_ip4;
+		barrier();
+		map_v4(k.addr, ip);
+	} else {
+		k.addr[0] = skops->local_ip6[0];
+		barrier();
+		k.addr[1] = skops->local_ip6[1];
+		barrier();
+		k.addr[2] = skops->local_ip6[2];
+		barrier();
+		k.addr[3] = skops->local_ip6[3];
+		barrier();
+	}
+	k.port = (__u16)skops->local_port;
+	barrier();
+	if (bpf_map_update_elem(&orig_tuples, &k, dst, BPF_ANY) == 0)
+		count(STAT_ORIGDST_PUBLISHED);
+	return 1;
+}
+
+// client_for finds the socket at the other end of an app's accepted socket
+// (an agent upstream socket in the same netns) and returns the client the
+// agent tagged it with, copied into out.
+static __always_inline int client_for(struct bpf_sock_addr *ctx, struct bpf_sock_tuple *t, __u32 tlen, struct endpoint *out)
+{
+	struct bpf_sock *peer = bpf_sk_lookup_tcp(ctx, t, tlen, BPF_F_CURRENT_NETNS, 0);
+	if (!peer)
+		return 0;
+	struct endpoint *cl = bpf_sk_storage_get(&client_of, peer, 0, 0);
+	int found = 0;
+	if (cl) {
+		*out = *cl;
+		found = 1;
+	}
+	bpf_sk_release(peer);
+	return found;
+}
+
+SEC("cgroup/getpeername4")
+int weir_getpeername4(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&pods, &netns))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	barrier();
+	if (!sk)
+		return 1;
+	struct endpoint *dst = bpf_sk_storage_get(&orig_dst, sk, 0, 0);
+	if (dst) {
+		if (dst->family != AF_INET)
+			return 1;
+		ctx->user_ip4 = dst->addr[3];
+		barrier();
+		ctx->user_port = dst->port;
+		count(STAT_PEER_RESTORED);
+		return 1;
+	}
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = sk->src_ip4;
+	barrier();
+	t.ipv4.sport = bpf_htons((__u16)sk->src_port);
+	barrier();
+	t.ipv4.daddr = ctx->user_ip4;
+	barrier();
+	t.ipv4.dport = (__u16)ctx->user_port;
+	barrier();
+	struct endpoint cl = {};
+	if (!client_for(ctx, &t, sizeof(t.ipv4), &cl) || cl.family != AF_INET)
+		return 1;
+	ctx->user_ip4 = cl.addr[3];
+	barrier();
+	ctx->user_port = cl.port;
+	count(STAT_CLIENT_REPORTED);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int weir_getpeername6(struct bpf_sock_addr *ctx)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	if (!bpf_map_lookup_elem(&pods, &netns))
+		return 1;
+	struct bpf_sock *sk = ctx->sk;
+	barrier();
+	if (!sk)
+		return 1;
+	struct endpoint *dst = bpf_sk_storage_get(&orig_dst, sk, 0, 0);
+	struct endpoint out = {};
+	if (dst) {
+		out = *dst;
+		count(STAT_PEER_RESTORED);
+	} else {
+		__u32 peer[4];
+		peer[0] = ctx->user_ip6[0];
+		barrier();
+		peer[1] = ctx->user_ip6[1];
+		barrier();
+		peer[2] = ctx->user_ip6[2];
+		barrier();
+		peer[3] = ctx->user_ip6[3];
+		barrier();
+		__u32 pport = ctx->user_port;
+		barrier();
+		struct bpf_sock_tuple t = {};
+		__u32 tlen;
+		if (is_mapped(peer)) {
+			t.ipv4.saddr = sk->src_ip4;
+			barrier();
+			t.ipv4.sport = bpf_htons((__u16)sk->src_port);
+			barrier();
+			t.ipv4.daddr = peer[3];
+			t.ipv4.dport = (__u16)pport;
+			tlen = sizeof(t.ipv4);
+		} else {
+			t.ipv6.saddr[0] = sk->src_ip6[0];
+			barrier();
+			t.ipv6.saddr[1] = sk->src_ip6[1];
+			barrier();
+			t.ipv6.saddr[2] = sk->src_ip6[2];
+			barrier();
+			t.ipv6.saddr[3] = sk->src_ip6[3];
+			barrier();
+			t.ipv6.sport = bpf_htons((__u16)sk->src_port);
+			barrier();
+			t.ipv6.daddr[0] = peer[0];
+			t.ipv6.daddr[1] = peer[1];
+			t.ipv6.daddr[2] = peer[2];
+			t.ipv6.daddr[3] = peer[3];
+			t.ipv6.dport = (__u16)pport;
+			tlen = sizeof(t.ipv6);
+		}
+		if (!client_for(ctx, &t, tlen, &out))
+			return 1;
+		count(STAT_CLIENT_REPORTED);
+	}
+	if (out.family == AF_INET)
+		map_v4(out.addr, out.addr[3]);
+	ctx->user_ip6[0] = out.addr[0];
+	barrier();
+	ctx->user_ip6[1] = out.addr[1];
+	barrier();
+	ctx->user_ip6[2] = out.addr[2];
+	barrier();
+	ctx->user_ip6[3] = out.addr[3];
+	barrier();
+	ctx->user_port = out.port;
+	return 1;
+}
+
+SEC("sk_lookup")
+int weir_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	__u32 proto = ctx->protocol;
+	barrier();
+	if (proto != PROTO_TCP)
+		return SK_PASS;
+	struct addr local = {}, remote = {};
+	__u32 family = ctx->family;
+	barrier();
+	if (family == AF_INET) {
+		__u32 ip = ctx->local_ip4;
+		barrier();
+		map_v4(local.a, ip);
+		ip = ctx->remote_ip4;
+		barrier();
+		map_v4(remote.a, ip);
+	} else {
+		local.a[0] = ctx->local_ip6[0];
+		barrier();
+		local.a[1] = ctx->local_ip6[1];
+		barrier();
+		local.a[2] = ctx->local_ip6[2];
+		barrier();
+		local.a[3] = ctx->local_ip6[3];
+		barrier();
+		remote.a[0] = ctx->remote_ip6[0];
+		barrier();
+		remote.a[1] = ctx->remote_ip6[1];
+		barrier();
+		remote.a[2] = ctx->remote_ip6[2];
+		barrier();
+		remote.a[3] = ctx->remote_ip6[3];
+		barrier();
+	}
+	struct in_config *ic = bpf_map_lookup_elem(&in_pods, &local);
+	if (!ic)
+		return SK_PASS;
+	// What the pod sends itself (the app to its own address, the agent
+	// to the app) is never captured, as iptables leaves what arrives on
+	// loopback alone. ingress_ifindex cannot tell: locally delivered
+	// packets report the device that holds the address, not lo.
+	if (never_captured(remote.a))
+		return SK_PASS;
+	struct in_config *rc = bpf_map_lookup_elem(&in_pods, &remote);
+	if (rc && rc->netns == ic->netns)
+		return SK_PASS;
+	struct in_port_key pk = {};
+	__builtin_memcpy(pk.addr, local.a, sizeof(pk.addr));
+	pk.port = (__u16)ctx->local_port;
+	barrier();
+	int listed = bpf_map_lookup_elem(&in_ports, &pk) != 0;
+	if ((ic->flags & IN_INCLUDE) ? !listed : listed)
+		return SK_PASS;
+	struct bpf_sock *sk = bpf_map_lookup_elem(&in_listeners, &local);
+	if (!sk) {
+		// Enrolled but the agent holds no listener (it is restarting):
+		// drop the SYN, which the client sends again, rather than let the
+		// connection reach the app around the agent.
+		count(STAT_INBOUND_NO_LISTENER);
+		return SK_DROP;
+	}
+	long err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return SK_DROP;
+	count(STAT_INBOUND_STEERED);
+	return SK_PASS;
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";
