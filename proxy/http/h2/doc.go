@@ -20,8 +20,11 @@
 // before processing it (REFUSED_STREAM, above a GOAWAY's last stream id,
 // a failed connect) is retried on another endpoint, within the cluster's
 // retry budget, if its body so far fits Options.MaxReplayBytes. When the
-// agent drains, the client gets the two-step GOAWAY (highest stream id
-// and a PING, then the last stream id) and streams in flight finish.
+// agent drains, the client gets a barrier PING (the server's frames wait
+// for its answer, so no stream ends just before the GOAWAY, which clients
+// like h2load would pay for with a request), then the two-step GOAWAY
+// (highest stream id and a PING, then the last stream id), and streams in
+// flight finish.
 //
 // Approach: the streams are parsed and written by golang.org/x/net/http2
 // on both sides, its Server over the client's connection and its

@@ -11,21 +11,25 @@ import (
 )
 
 // drainConn is the downstream connection as the HTTP/2 server sees it. It
-// adds the first step of a graceful drain, which the server lacks (it only
-// sends one GOAWAY, naming the last stream it saw, so a stream the client
-// opened meanwhile is lost): a GOAWAY with the highest stream id plus a
-// PING, slipped between two of the server's frames, and it tells when the
-// client answers that PING. To do so it follows the frame boundaries of
-// both directions; it never changes a byte the server reads or writes.
+// adds the first steps of a graceful drain, which the server lacks (it
+// only sends one GOAWAY, naming the last stream it saw, so a stream the
+// client opened meanwhile is lost), by slipping frames of its own between
+// two of the server's and telling when the client answers a PING of its
+// own. To do so it follows the frame boundaries of both directions; it
+// never changes a byte the server reads or writes, though it may hold the
+// server's writes back for a while (see barrier).
 type drainConn struct {
 	net.Conn
 
 	// Guarded by wmu: the server's frame writer goroutine writes, the
-	// drain goroutine injects.
+	// drain goroutine injects; wcond wakes a write held at a barrier.
 	wmu     sync.Mutex
+	wcond   sync.Cond
 	wcur    frameCursor
 	wframes int    // frames the server has written (its SETTINGS comes first)
 	pending []byte // frames to write at the next boundary
+	hold    bool   // once pending is out, the server's frames wait
+	closed  bool
 
 	// Owned by the server's frame reader goroutine (the only reader).
 	preface int // client preface bytes still to pass
@@ -33,67 +37,105 @@ type drainConn struct {
 	ping    [8]byte // payload of the PING ack being read
 	pingN   int
 
-	// Set by startDrain before the PING can be answered.
-	mu       sync.Mutex
-	pingData [8]byte
-	acked    chan struct{} // closed when the client answers our PING
+	mu    sync.Mutex
+	pings map[[8]byte]chan struct{} // our PINGs not yet answered
 }
 
 func newDrainConn(c net.Conn) *drainConn {
-	return &drainConn{Conn: c, preface: len(http2.ClientPreface)}
+	dc := &drainConn{Conn: c, preface: len(http2.ClientPreface), pings: map[[8]byte]chan struct{}{}}
+	dc.wcond.L = &dc.wmu
+	return dc
 }
 
-// startDrain sends (now, or right after the server's frame being written)
-// GOAWAY with the highest stream id and no error, and a PING; the channel
-// closes when the client acknowledges the PING, which proves it has seen
-// the GOAWAY.
-func (c *drainConn) startDrain() <-chan struct{} {
-	c.mu.Lock()
-	if c.acked != nil {
-		c.mu.Unlock()
-		return c.acked
-	}
-	rand.Read(c.pingData[:])
-	c.acked = make(chan struct{})
-	data, acked := c.pingData, c.acked
-	c.mu.Unlock()
+// barrier is the first step of a drain: a PING, after which the server's
+// frames are held until goAway. Its answer proves the client has read
+// every frame written before it and sent what it wrote in reply, so the
+// GOAWAY that follows reaches a client with no request in hand that it
+// meant to send: clients that open a stream when another ends (h2load, or
+// any nghttp2 application submitting from its stream-close callback) only
+// send it after the read that brought the end, and a GOAWAY read in that
+// same read makes nghttp2 drop it as refused, which such a client counts
+// as a failed request instead of sending it again.
+func (c *drainConn) barrier() <-chan struct{} {
+	var b bytes.Buffer
+	acked := c.writePing(http2.NewFramer(&b, nil), &b)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.hold = true
+	c.inject(b.Bytes())
+	return acked
+}
 
+// goAway sends (now, or at the next frame boundary if the barrier PING
+// itself is still waiting for one) a GOAWAY with the highest stream id and
+// no error, and a PING, then lets the server's frames go again; the
+// channel closes when the client answers that PING, which proves it has
+// seen the GOAWAY.
+func (c *drainConn) goAway() <-chan struct{} {
 	var b bytes.Buffer
 	fr := http2.NewFramer(&b, nil)
 	fr.WriteGoAway(math.MaxInt32, http2.ErrCodeNo, nil)
-	fr.WritePing(false, data)
-
+	acked := c.writePing(fr, &b)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.wframes > 0 && c.wcur.between() {
-		c.Conn.Write(b.Bytes()) // an error ends the connection, which the server sees
-	} else {
-		c.pending = b.Bytes()
-	}
+	c.inject(b.Bytes())
+	c.hold = false
+	c.wcond.Broadcast()
 	return acked
+}
+
+// writePing frames a PING with a fresh payload into b and returns the
+// channel its answer closes.
+func (c *drainConn) writePing(fr *http2.Framer, b *bytes.Buffer) <-chan struct{} {
+	var data [8]byte
+	acked := make(chan struct{})
+	c.mu.Lock()
+	for {
+		rand.Read(data[:])
+		if _, dup := c.pings[data]; !dup {
+			break
+		}
+	}
+	c.pings[data] = acked
+	c.mu.Unlock()
+	fr.WritePing(false, data)
+	return acked
+}
+
+// inject writes frames now if the server is between frames, else queues
+// them for the next boundary. wmu is held.
+func (c *drainConn) inject(frames []byte) {
+	if c.pending == nil && c.wframes > 0 && c.wcur.between() {
+		c.Conn.Write(frames) // an error ends the connection, which the server sees
+		return
+	}
+	c.pending = append(c.pending, frames...)
 }
 
 func (c *drainConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.pending == nil {
-		n, err := c.Conn.Write(p)
-		_, f := c.wcur.advance(p[:n], false)
-		c.wframes += f
-		return n, err
-	}
 	total := 0
 	for {
-		if c.pending != nil && c.wframes > 0 && c.wcur.between() {
-			if _, err := c.Conn.Write(c.pending); err != nil {
-				return total, err
+		if c.wframes > 0 && c.wcur.between() {
+			if c.pending != nil {
+				if _, err := c.Conn.Write(c.pending); err != nil {
+					return total, err
+				}
+				c.pending = nil
 			}
-			c.pending = nil
+			for c.hold && !c.closed && len(p) > 0 {
+				c.wcond.Wait()
+			}
+			if c.closed {
+				return total, net.ErrClosed
+			}
 		}
 		if len(p) == 0 {
 			return total, nil
 		}
-		k, f := c.wcur.advance(p, c.pending != nil)
+		// Stop at the next frame end when something waits for it.
+		k, f := c.wcur.advance(p, c.pending != nil || c.hold)
 		n, err := c.Conn.Write(p[:k])
 		total += n
 		c.wframes += f
@@ -104,13 +146,23 @@ func (c *drainConn) Write(p []byte) (int, error) {
 	}
 }
 
+// Close also releases a write held at a barrier.
+func (c *drainConn) Close() error {
+	err := c.Conn.Close()
+	c.wmu.Lock()
+	c.closed = true
+	c.wcond.Broadcast()
+	c.wmu.Unlock()
+	return err
+}
+
 func (c *drainConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.observe(p[:n])
 	return n, err
 }
 
-// observe follows the client's frames to spot the PING ack.
+// observe follows the client's frames to spot PING acks.
 func (c *drainConn) observe(p []byte) {
 	if c.preface > 0 {
 		k := min(c.preface, len(p))
@@ -138,22 +190,19 @@ func (c *drainConn) observe(p []byte) {
 		p = p[k:]
 		if c.rcur.rem == 0 {
 			if c.rcur.isPingAck() && c.pingN == len(c.ping) {
-				c.pingAcked()
+				c.pingAcked(c.ping)
 			}
 			c.rcur.end()
 		}
 	}
 }
 
-func (c *drainConn) pingAcked() {
+func (c *drainConn) pingAcked(data [8]byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.acked != nil && c.ping == c.pingData {
-		select {
-		case <-c.acked:
-		default:
-			close(c.acked)
-		}
+	if acked, ok := c.pings[data]; ok {
+		close(acked)
+		delete(c.pings, data)
 	}
 }
 

@@ -34,6 +34,7 @@ type testProxy struct {
 	reg      *prometheus.Registry
 	draining chan struct{}
 	accepted atomic.Int32
+	served   atomic.Int32 // connections whose Serve returned
 	wg       sync.WaitGroup
 }
 
@@ -96,6 +97,7 @@ func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.
 			go func() {
 				defer p.wg.Done()
 				Serve(ctx, c, up, p.pool)
+				p.served.Add(1)
 			}()
 		}
 	}()

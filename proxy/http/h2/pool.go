@@ -44,9 +44,10 @@ type Options struct {
 	// again elsewhere; a request that sent more is not retried. Default
 	// 64 KiB.
 	MaxReplayBytes int
-	// DrainPingTimeout is how long the first step of a graceful drain
-	// (GOAWAY with the highest stream id and a PING) waits for the client's
-	// PING answer before the final GOAWAY; default 1s.
+	// DrainPingTimeout is how long each PING of a graceful drain (the
+	// barrier PING, then the one after the GOAWAY with the highest stream
+	// id) waits for the client's answer before the drain moves on, the
+	// server's frames held meanwhile for the first; default 1s.
 	DrainPingTimeout time.Duration
 }
 

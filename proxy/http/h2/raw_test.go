@@ -54,13 +54,28 @@ func dialRaw(t *testing.T, addr string) *rawClient {
 
 func (rc *rawClient) get(t *testing.T, id uint32, path string) {
 	t.Helper()
+	if _, err := rc.c.Write(rc.getFrame(id, path)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// getFrame is the HEADERS frame of a GET on stream id, for a caller that
+// writes it with other frames at once.
+func (rc *rawClient) getFrame(id uint32, path string) []byte {
 	rc.hbuf.Reset()
 	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "shop.test"}, {":path", path}} {
 		rc.enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
 	}
-	if err := rc.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: rc.hbuf.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
-		t.Fatal(err)
-	}
+	var b bytes.Buffer
+	http2.NewFramer(&b, nil).WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: rc.hbuf.Bytes(), EndStream: true, EndHeaders: true})
+	return b.Bytes()
+}
+
+// pingAck is the answer to a PING carrying data.
+func pingAck(data [8]byte) []byte {
+	var b bytes.Buffer
+	http2.NewFramer(&b, nil).WritePing(true, data)
+	return b.Bytes()
 }
 
 // until reads frames, answering SETTINGS and recording streams, until one
@@ -73,23 +88,44 @@ func (rc *rawClient) until(t *testing.T, what string, match func(http2.Frame) bo
 		if err != nil {
 			t.Fatalf("waiting for %s: %v", what, err)
 		}
-		switch f := f.(type) {
-		case *http2.SettingsFrame:
-			if !f.IsAck() {
-				rc.fr.WriteSettingsAck()
-			}
-		case *http2.MetaHeadersFrame:
-			if s := f.PseudoValue("status"); s != "" {
-				rc.status[f.StreamID] = s
-			}
-			rc.ended[f.StreamID] = rc.ended[f.StreamID] || f.StreamEnded()
-		case *http2.DataFrame:
-			rc.data[f.StreamID] += string(f.Data())
-			rc.ended[f.StreamID] = rc.ended[f.StreamID] || f.StreamEnded()
-		}
+		rc.record(f)
 		if match(f) {
 			return f
 		}
+	}
+}
+
+// untilEOF reads and records frames until the proxy closes the
+// connection; it fails the test after 5s or on another read error.
+func (rc *rawClient) untilEOF(t *testing.T) {
+	t.Helper()
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		f, err := rc.fr.ReadFrame()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Errorf("connection ended with %v, want EOF", err)
+			}
+			return
+		}
+		rc.record(f)
+	}
+}
+
+func (rc *rawClient) record(f http2.Frame) {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			rc.fr.WriteSettingsAck()
+		}
+	case *http2.MetaHeadersFrame:
+		if s := f.PseudoValue("status"); s != "" {
+			rc.status[f.StreamID] = s
+		}
+		rc.ended[f.StreamID] = rc.ended[f.StreamID] || f.StreamEnded()
+	case *http2.DataFrame:
+		rc.data[f.StreamID] += string(f.Data())
+		rc.ended[f.StreamID] = rc.ended[f.StreamID] || f.StreamEnded()
 	}
 }
 
@@ -97,6 +133,13 @@ func (rc *rawClient) streamDone(id uint32) func(http2.Frame) bool {
 	return func(http2.Frame) bool { return rc.ended[id] }
 }
 
+// TestDrainTwoStepGoAway drives a drain frame by frame, the client acting
+// as h2load does: it opens a stream when another ends, but only sends it
+// after the read that brought the end, together with its answers to the
+// PINGs in that read. A GOAWAY arriving in such a read makes nghttp2 drop
+// the request as refused (it never retries it), so the drain starts with a
+// barrier PING and holds the server's frames until it is answered; the
+// GOAWAY then comes before anything else.
 func TestDrainTwoStepGoAway(t *testing.T) {
 	started, release := make(chan struct{}), make(chan struct{})
 	up := startH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -113,45 +156,67 @@ func TestDrainTwoStepGoAway(t *testing.T) {
 	rc := dialRaw(t, p.addr)
 	rc.get(t, 1, "/slow")
 	<-started
+	rc.get(t, 3, "/fast")
+	rc.until(t, "stream 3's answer", rc.streamDone(3))
 	close(p.draining)
 
-	// Step one: GOAWAY naming the highest stream id, and a PING.
-	f := rc.until(t, "the first GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
+	// The barrier: a PING, then nothing until it is answered, not even
+	// stream 1's answer, ready meanwhile.
+	noGoAway := func(f http2.Frame) {
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			t.Fatal("GOAWAY before the barrier PING was answered")
+		}
+	}
+	f := rc.until(t, "the barrier PING", func(f http2.Frame) bool {
+		noGoAway(f)
+		p, ok := f.(*http2.PingFrame)
+		return ok && !p.IsAck()
+	})
+	barrier := f.(*http2.PingFrame).Data
+	close(release)
+	rc.c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if f, err := rc.fr.ReadFrame(); err == nil {
+		t.Fatalf("%v written before the barrier PING was answered", f.Header())
+	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+		t.Fatal(err)
+	}
+
+	// The answer, with stream 5 that the end of stream 3 prompted.
+	if _, err := rc.c.Write(append(pingAck(barrier), rc.getFrame(5, "/after-barrier")...)); err != nil {
+		t.Fatal(err)
+	}
+
+	// Step one: GOAWAY naming the highest stream id, before any stream's
+	// frame, and a PING.
+	f = rc.until(t, "the first GOAWAY", func(f http2.Frame) bool {
+		if f.Header().StreamID != 0 {
+			t.Fatalf("%v before the first GOAWAY", f.Header())
+		}
+		_, ok := f.(*http2.GoAwayFrame)
+		return ok
+	})
 	if ga := f.(*http2.GoAwayFrame); ga.LastStreamID != math.MaxInt32 || ga.ErrCode != http2.ErrCodeNo {
 		t.Fatalf("first GOAWAY: last stream %d, code %v", ga.LastStreamID, ga.ErrCode)
 	}
 	f = rc.until(t, "the drain PING", func(f http2.Frame) bool { p, ok := f.(*http2.PingFrame); return ok && !p.IsAck() })
 	ping := f.(*http2.PingFrame).Data
 
-	// A stream the client opened before it saw the GOAWAY is served.
-	rc.get(t, 3, "/fast")
-	rc.until(t, "stream 3's answer", rc.streamDone(3))
-	if rc.status[3] != "200" || rc.data[3] != "done /fast" {
-		t.Fatalf("stream 3: %s %q", rc.status[3], rc.data[3])
-	}
-
-	// Step two, once the PING is answered: GOAWAY naming the last stream.
-	if err := rc.fr.WritePing(true, ping); err != nil {
+	// Step two, once the PING is answered: GOAWAY naming the last stream,
+	// counting stream 7, which the client sent before it read the GOAWAY
+	// (right before the answer, in the same write).
+	if _, err := rc.c.Write(append(rc.getFrame(7, "/before-answer"), pingAck(ping)...)); err != nil {
 		t.Fatal(err)
 	}
 	f = rc.until(t, "the final GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
-	if ga := f.(*http2.GoAwayFrame); ga.LastStreamID != 3 || ga.ErrCode != http2.ErrCodeNo {
+	if ga := f.(*http2.GoAwayFrame); ga.LastStreamID != 7 || ga.ErrCode != http2.ErrCodeNo {
 		t.Fatalf("final GOAWAY: last stream %d, code %v", ga.LastStreamID, ga.ErrCode)
 	}
 
-	// The stream in flight finishes, then the connection closes.
-	close(release)
-	rc.until(t, "stream 1's answer", rc.streamDone(1))
-	if rc.status[1] != "200" || rc.data[1] != "done /slow" {
-		t.Fatalf("stream 1: %s %q", rc.status[1], rc.data[1])
-	}
-	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for {
-		if _, err := rc.fr.ReadFrame(); err != nil {
-			if !errors.Is(err, io.EOF) {
-				t.Errorf("connection ended with %v, want EOF", err)
-			}
-			break
+	// Every stream is served, then the connection closes.
+	rc.untilEOF(t)
+	for id, path := range map[uint32]string{1: "/slow", 3: "/fast", 5: "/after-barrier", 7: "/before-answer"} {
+		if !rc.ended[id] || rc.status[id] != "200" || rc.data[id] != "done "+path {
+			t.Errorf("stream %d: ended %v, %s %q", id, rc.ended[id], rc.status[id], rc.data[id])
 		}
 	}
 }

@@ -43,35 +43,48 @@ func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 		down.Close()
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { down.Close() })
+	stop := context.AfterFunc(ctx, func() { dc.Close() })
 	defer stop()
 	served := make(chan struct{})
 	go drain(up.Draining, served, dc, hs, opt.DrainPingTimeout)
 
 	h2s.ServeConn(dc, &http2.ServeConnOpts{Context: ctx, BaseConfig: hs, Handler: h})
+	dc.Close()
 	close(served)
 	h.wait()
 }
 
-// drain runs the two-step GOAWAY of RFC 9113 §6.8 when draining closes:
-// first a GOAWAY with the highest stream id and a PING, so the client
-// stops opening streams while those already on the wire are still served;
-// once the PING is answered (or after timeout), the server's own graceful
-// shutdown sends the final GOAWAY with the last stream it saw, lets the
-// streams in flight finish and closes the connection.
+// drain runs the two-step GOAWAY of RFC 9113 §6.8 when draining closes,
+// behind a barrier: first a PING, holding the server's frames until the
+// client answers (see drainConn.barrier); then a GOAWAY with the highest
+// stream id and a PING, so the client stops opening streams while those
+// already on the wire are still served; once that PING is answered, the
+// server's own graceful shutdown sends the final GOAWAY with the last
+// stream it saw, lets the streams in flight finish and closes the
+// connection. A PING left unanswered for timeout moves to the next step
+// all the same.
 func drain(draining <-chan struct{}, served <-chan struct{}, dc *drainConn, hs *http.Server, timeout time.Duration) {
 	select {
 	case <-draining:
 	case <-served:
 		return
 	}
-	acked := dc.startDrain()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	select {
-	case <-acked:
-	case <-t.C:
-	case <-served:
+	answered := func(acked <-chan struct{}) bool {
+		select {
+		case <-acked:
+		case <-t.C:
+		case <-served:
+			return false
+		}
+		return true
+	}
+	if !answered(dc.barrier()) {
+		return
+	}
+	t.Reset(timeout)
+	if !answered(dc.goAway()) {
 		return
 	}
 	// No listener and no HTTP/1 connection: Shutdown returns at once,
