@@ -184,7 +184,8 @@ func New(opts Options) (*Client, error) {
 		url, label string
 		wildcard   bool
 	}{{ClusterType, "cluster", true}, {EndpointType, "endpoint", false}, {ListenerType, "listener", true}, {RouteType, "route", false}} {
-		ts := &typeState{url: t.url, label: t.label, wildcard: t.wildcard, names: map[string]bool{}, versions: map[string]string{}, absent: map[string]bool{}}
+		ts := &typeState{url: t.url, label: t.label, wildcard: t.wildcard, names: map[string]bool{}, versions: map[string]string{},
+			absent: map[string]bool{}, sent: map[string]bool{}, pending: map[string]time.Time{}}
 		c.types = append(c.types, ts)
 		c.byURL[t.url] = ts
 	}
@@ -490,15 +491,17 @@ func (c *Client) apply(st stream, r response) error {
 		return fmt.Errorf("send %s ack: %w", t.label, err)
 	}
 	// Listeners name route configurations, clusters name endpoints.
-	for _, dep := range []struct {
-		t     *typeState
-		names map[string]bool
-	}{{c.byURL[RouteType], c.store.routeNames()}, {c.byURL[EndpointType], c.store.endpointNames()}} {
-		if maps.Equal(dep.t.names, dep.names) {
-			continue
-		}
-		c.resubscribe(dep.t, dep.names)
-		if err := c.subscribe(st, dep.t); err != nil {
+	var dep *typeState
+	var names map[string]bool
+	switch {
+	case changed && t.url == ListenerType:
+		dep, names = c.byURL[RouteType], c.store.routeNames()
+	case changed && t.url == ClusterType:
+		dep, names = c.byURL[EndpointType], c.store.endpointNames()
+	}
+	if dep != nil && !maps.Equal(dep.names, names) {
+		c.resubscribe(dep, names)
+		if err := c.subscribe(st, dep); err != nil {
 			return err
 		}
 		c.armPending()
@@ -575,6 +578,7 @@ func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
 		e, n = convertListener(m)
 		if n.err() == "" {
 			c.store.listeners[name] = e
+			c.store.dirtyAll = true
 		}
 	case *routev3.RouteConfiguration:
 		if !t.names[name] {
@@ -584,6 +588,7 @@ func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
 		e, n = convertRouteConfig(m)
 		if n.err() == "" {
 			c.store.routes[name] = e
+			c.store.dirtyAll = true
 		}
 	case *clusterv3.Cluster:
 		var e *clusterEntry
@@ -593,6 +598,7 @@ func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
 				c.store.clusterNames = nil
 			}
 			c.store.clusters[name] = e
+			c.store.dirtyAll = true
 		}
 	}
 	c.warn(t, name, n.warnings)
@@ -619,6 +625,7 @@ func (c *Client) storeCLA(cla *endpointv3.ClusterLoadAssignment) error {
 		return errors.New(e)
 	}
 	c.store.endpoints[name] = eps
+	c.store.dirtyEDS[name] = true
 	delete(t.absent, name)
 	return nil
 }
@@ -646,22 +653,26 @@ func (c *Client) remove(t *typeState, name string) bool {
 	case ListenerType:
 		if _, ok := c.store.listeners[name]; ok {
 			delete(c.store.listeners, name)
+			c.store.dirtyAll = true
 			return true
 		}
 	case RouteType:
 		if _, ok := c.store.routes[name]; ok {
 			delete(c.store.routes, name)
+			c.store.dirtyAll = true
 			return true
 		}
 	case ClusterType:
 		if _, ok := c.store.clusters[name]; ok {
 			delete(c.store.clusters, name)
 			c.store.clusterNames = nil
+			c.store.dirtyAll = true
 			return true
 		}
 	case EndpointType:
 		if _, ok := c.store.endpoints[name]; ok {
 			delete(c.store.endpoints, name)
+			c.store.dirtyEDS[name] = true
 			return true
 		}
 	}
@@ -684,6 +695,21 @@ func (c *Client) has(t *typeState, name string) bool {
 		return ok
 	}
 	return false
+}
+
+// count is the number of held resources of a type.
+func (c *Client) count(t *typeState) int {
+	switch t.url {
+	case ListenerType:
+		return len(c.store.listeners)
+	case RouteType:
+		return len(c.store.routes)
+	case ClusterType:
+		return len(c.store.clusters)
+	case EndpointType:
+		return len(c.store.endpoints)
+	}
+	return 0
 }
 
 // names lists the held resources of a type.
@@ -776,16 +802,17 @@ func (c *Client) updateStatus() {
 	synced := true
 	var absent []string
 	for _, t := range c.types {
-		n := len(c.names(t))
+		n := c.count(t)
 		c.status.Resources[t.label] = n
 		c.metrics.resources.WithLabelValues(t.label).Set(float64(n))
 		if t.wildcard && !t.everAnswer {
 			synced = false
 		}
-		for name := range t.names {
-			if !t.absent[name] && !c.has(t, name) {
-				synced = false
-			}
+		// Held resources of a non-wildcard type are subscribed ones, and
+		// absent ones are not held: every name is accounted for when the
+		// two add up.
+		if !t.wildcard && n+len(t.absent) < len(t.names) {
+			synced = false
 		}
 		for name := range t.absent {
 			absent = append(absent, t.label+"/"+name)

@@ -31,6 +31,17 @@ type store struct {
 
 	// clusterNames is the sorted cluster names, nil when the set changed.
 	clusterNames []string
+
+	// What changed since the last compose: dirtyAll for listeners, routes
+	// and clusters (a full compose), dirtyEDS for endpoint sets only (the
+	// last Update with those services' endpoints swapped).
+	dirtyAll bool
+	dirtyEDS map[string]bool
+	// last is the last composed Update and its problems; index maps an EDS
+	// name to the positions of the services it feeds in last.Services.
+	last         *Update
+	lastProblems []string
+	index        map[string][]int
 }
 
 func newStore() *store {
@@ -39,6 +50,7 @@ func newStore() *store {
 		routes:    map[string]*routeEntry{},
 		clusters:  map[string]*clusterEntry{},
 		endpoints: map[string][]cluster.Endpoint{},
+		dirtyEDS:  map[string]bool{},
 	}
 }
 
@@ -96,7 +108,31 @@ func listenerService(listener string, chain, chains int) string {
 // cluster is unknown and HTTP backends naming unknown clusters are left
 // out and reported in problems (the control plane may send them later).
 func (s *store) compose() (Update, []string) {
+	if !s.dirtyAll && s.last != nil {
+		// Only endpoint sets changed (the usual push): copy the services
+		// and swap the endpoints of those fed by a changed set; the layout
+		// stays, so route.Build reuses its indexes and unchanged clusters.
+		services := slices.Clone(s.last.Services)
+		for eds := range s.dirtyEDS {
+			for _, i := range s.index[eds] {
+				services[i].Endpoints = s.endpoints[eds]
+			}
+		}
+		clear(s.dirtyEDS)
+		s.last = &Update{Services: services, CIDRs: s.last.CIDRs}
+		return *s.last, s.lastProblems
+	}
+	u, problems := s.composeAll()
+	s.dirtyAll = false
+	clear(s.dirtyEDS)
+	s.last, s.lastProblems = &u, problems
+	return u, problems
+}
+
+// composeAll builds the Update from scratch.
+func (s *store) composeAll() (Update, []string) {
 	var problems []string
+	s.index = make(map[string][]int, len(s.clusters))
 	if s.clusterNames == nil {
 		s.clusterNames = make([]string, 0, len(s.clusters))
 		for name := range s.clusters {
@@ -201,6 +237,9 @@ func (s *store) compose() (Update, []string) {
 			continue
 		}
 		seen[svc.Name] = cn
+		if ce.eds != "" {
+			s.index[ce.eds] = append(s.index[ce.eds], len(services))
+		}
 		services = append(services, svc)
 	}
 	services = append(services, httpSvcs...)
