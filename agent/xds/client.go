@@ -785,6 +785,9 @@ func (c *Client) expirePending() {
 			}
 			delete(t.pending, name)
 			if name == "" {
+				// Counts as answered (empty) for readiness; a later
+				// response is applied as usual.
+				t.everAnswer = true
 				c.log.Warn("xds: no response for a wildcard type; taking it as empty", "type", t.label)
 				continue
 			}

@@ -9,6 +9,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 func forEachMode(t *testing.T, f func(t *testing.T, delta bool)) {
@@ -262,4 +263,45 @@ func waitStatus(t *testing.T, cl *Client, what string, cond func(Status) bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// gRFC A46: a resource that turns invalid is NACKed and its last good
+// version stays in use; a cluster that goes away takes its endpoint
+// subscription with it.
+func TestInvalidUpdateKeepsLastGoodVersion(t *testing.T) {
+	forEachMode(t, func(t *testing.T, delta bool) {
+		c := newCP(t)
+		w := webWorld(t, []string{"10.0.0.1:8080"}, []string{"10.0.1.1:9090"})
+		c.set("1", w.res())
+		s := newSink(t)
+		cl := startClient(t, c, delta, s, nil)
+		s.wait(5*time.Second, "first sync", func(u Update) bool { return len(endpointsOf(u, "api")) == 1 })
+		waitStatus(t, cl, "synced", func(st Status) bool { return st.Synced })
+
+		bad := edsCluster("web")
+		bad.ConnectTimeout = durationpb.New(-time.Second)
+		w.clusters[0] = bad
+		c.set("2", w.res())
+		waitStatus(t, cl, "NACKed", func(st Status) bool { return st.NACKs > 0 })
+		deadline := time.Now().Add(2 * time.Second)
+		for len(c.nackList()) == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := c.nackList(); len(n) == 0 || !strings.Contains(n[0], "web: connect_timeout") {
+			t.Fatalf("NACK %q does not name web's connect_timeout", n[0])
+		}
+		s.mu.Lock()
+		web := service(*s.last, "web")
+		s.mu.Unlock()
+		if web == nil || web.Cluster.ConnectTimeout.D() != time.Second || len(web.Endpoints) != 1 {
+			t.Fatalf("last good web not kept: %+v", web)
+		}
+
+		// api goes away: its service and endpoint subscription with it.
+		w = webWorld(t, []string{"10.0.0.1:8080"}, nil)
+		w.clusters, w.endpoints = w.clusters[:1], w.endpoints[:1]
+		c.set("3", w.res())
+		s.wait(2*time.Second, "api removed", func(u Update) bool { return service(u, "api") == nil && service(u, "web") != nil })
+		waitStatus(t, cl, "one endpoint set", func(st Status) bool { return st.Resources["endpoint"] == 1 && st.Synced })
+	})
 }
