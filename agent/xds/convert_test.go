@@ -9,10 +9,12 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 	"github.com/weir-mesh/weir/proxy/route"
@@ -251,5 +253,54 @@ func TestServiceName(t *testing.T) {
 		if got := ServiceName(in); got != want {
 			t.Errorf("ServiceName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestConvertListeners(t *testing.T) {
+	// A wildcard address holds every destination on its port.
+	l := tcpListener(t, "any-80", "0.0.0.0:80", "web")
+	e, n := convertListener(l)
+	if n.err() != "" || len(e.chains) != 1 || len(e.chains[0].cidrs) != 1 || e.chains[0].cidrs[0].Prefix.String() != "0.0.0.0/0" || e.chains[0].cidrs[0].Port != 80 {
+		t.Fatalf("0.0.0.0:80: %+v %v", e, n.err())
+	}
+	// Capture listeners are weir's own job.
+	l = tcpListener(t, "virtualOutbound", "0.0.0.0:15001", "PassthroughCluster")
+	l.UseOriginalDst = wrapperspb.Bool(true)
+	if e, n := convertListener(l); !e.skip || n.err() != "" {
+		t.Fatalf("use_original_dst listener not skipped: %+v %v", e, n.err())
+	}
+	// A chain matching server names is not supported: warned, and with no
+	// other chain the listener is unusable.
+	l = tcpListener(t, "sni", "10.96.0.30:443", "web")
+	l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{ServerNames: []string{"a.example"}}
+	if _, n := convertListener(l); !strings.Contains(n.err(), "no filter chain") || !strings.Contains(strings.Join(n.warnings, " "), "server names") {
+		t.Fatalf("SNI chain: err %q warnings %v", n.err(), n.warnings)
+	}
+	// An HTTP listener names its route configuration.
+	e, n = convertListener(httpListener(t, "front", "10.96.0.20:80", "front-routes"))
+	if n.err() != "" || e.chains[0].rds != "front-routes" || e.chains[0].addrs[0].String() != "10.96.0.20:80" {
+		t.Fatalf("HTTP listener: %+v %v", e, n.err())
+	}
+}
+
+func TestComposeNamesConflictsAndMissingClusters(t *testing.T) {
+	s := newStore()
+	web, _ := convertCluster(edsCluster("outbound|80||web.shop.svc.cluster.local"))
+	s.clusters["outbound|80||web.shop.svc.cluster.local"] = web
+	s.endpoints["outbound|80||web.shop.svc.cluster.local"], _ = convertCLA(cla("outbound|80||web.shop.svc.cluster.local", "10.0.0.1:80"))
+	a, _ := convertListener(tcpListener(t, "a", "10.96.0.10:80", "outbound|80||web.shop.svc.cluster.local"))
+	b, _ := convertListener(tcpListener(t, "b", "10.96.0.10:80", "outbound|80||web.shop.svc.cluster.local"))
+	c, _ := convertListener(tcpListener(t, "c", "10.96.0.11:80", "missing"))
+	s.listeners["a"], s.listeners["b"], s.listeners["c"] = a, b, c
+	u, problems := s.compose()
+	if len(u.Services) != 1 || u.Services[0].Name != "shop/web:80" || len(u.Services[0].Addresses) != 1 {
+		t.Fatalf("services: %s", describe(u))
+	}
+	p := strings.Join(problems, "\n")
+	if !strings.Contains(p, "listener b: 10.96.0.10:80 already belongs to listener a") || !strings.Contains(p, `cluster "missing" is not known`) {
+		t.Fatalf("problems:\n%s", p)
+	}
+	if _, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, nil); err != nil {
+		t.Fatal(err)
 	}
 }
