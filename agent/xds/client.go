@@ -409,16 +409,14 @@ func (c *Client) apply(st stream, r response) error {
 				errs = append(errs, fmt.Sprintf("%s: no resource", name))
 				continue
 			}
-			got, err := c.decode(t, res.GetResource())
-			if err == nil && got != name && name != "" {
-				err = fmt.Errorf("resource names itself %q", got)
-			}
-			if err != nil {
+			if _, err := c.decode(t, res.GetResource(), name); err != nil {
 				errs = append(errs, fmt.Sprintf("%s: %v", name, err))
 				continue
 			}
-			t.versions[name] = res.GetVersion()
-			changed = true
+			if c.has(t, name) {
+				t.versions[name] = res.GetVersion()
+				changed = true
+			}
 		}
 		for _, name := range r.removed {
 			if c.remove(t, name) {
@@ -537,12 +535,13 @@ func (c *Client) decodeAny(t *typeState, a *anypb.Any) (string, error) {
 		}
 		a = res.GetResource()
 	}
-	name, err := c.decode(t, a)
-	return name, err
+	return c.decode(t, a, "")
 }
 
-// decode converts one resource of type t and stores it when valid.
-func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
+// decode converts one resource of type t and stores it when valid. want,
+// when set, is the name the resource must carry (delta names resources
+// outside them).
+func (c *Client) decode(t *typeState, a *anypb.Any, want string) (string, error) {
 	if a.GetTypeUrl() != t.url {
 		return "", fmt.Errorf("type %s in a %s response", a.GetTypeUrl(), t.label)
 	}
@@ -562,6 +561,9 @@ func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
 		if err := a.UnmarshalTo(cla); err != nil {
 			return "", fmt.Errorf("decode: %w", err)
 		}
+		if want != "" && cla.GetClusterName() != want {
+			return cla.GetClusterName(), fmt.Errorf("resource names itself %q", cla.GetClusterName())
+		}
 		return cla.GetClusterName(), c.storeCLA(cla)
 	}
 	if err := a.UnmarshalTo(msg); err != nil {
@@ -570,6 +572,9 @@ func (c *Client) decode(t *typeState, a *anypb.Any) (string, error) {
 	name := msg.GetName()
 	if name == "" {
 		return "", errors.New("resource has no name")
+	}
+	if want != "" && name != want {
+		return name, fmt.Errorf("resource names itself %q", name)
 	}
 	var n notes
 	switch m := msg.(type) {
