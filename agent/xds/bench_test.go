@@ -81,3 +81,66 @@ func BenchmarkPushOneEndpoint10kClusters(b *testing.B) {
 		b.Fatalf("NACKs: %s", st.LastError)
 	}
 }
+
+// BenchmarkPushOneEndpoint10kClustersSotW is the same change over state of
+// the world, where the endpoint response carries all 10k sets again.
+func BenchmarkPushOneEndpoint10kClustersSotW(b *testing.B) {
+	const n = 10000
+	var table route.Table
+	cl, err := New(Options{
+		Target: "unused:1", Node: &corev3.Node{Id: "bench"},
+		Publish: func(u Update) error {
+			snap, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, table.Load())
+			if err != nil {
+				return err
+			}
+			table.Store(snap)
+			return nil
+		},
+		Log: testLogger(b),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	anyOf := func(m proto.Message) *anypb.Any {
+		a, err := anypb.New(m)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return a
+	}
+	cds := response{url: ClusterType, nonce: "c1", version: "1"}
+	var eds [2]response
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("svc-%05d", i)
+		cds.resources = append(cds.resources, anyOf(edsCluster(name)))
+		a := anyOf(cla(name, fmt.Sprintf("10.%d.%d.1:8080", i/256, i%256), fmt.Sprintf("10.%d.%d.2:8080", i/256, i%256)))
+		for v := range eds {
+			eds[v].resources = append(eds[v].resources, a)
+		}
+	}
+	for v := range eds {
+		eds[v].url, eds[v].nonce, eds[v].version = EndpointType, fmt.Sprint("e", v), fmt.Sprint(v)
+		eds[v].resources = append([]*anypb.Any(nil), eds[v].resources...)
+		eds[v].resources[4242] = anyOf(cla("svc-04242", fmt.Sprintf("10.99.0.%d:8080", v+1)))
+	}
+	for _, r := range []response{cds, eds[0]} {
+		if err := cl.apply(nullStream{}, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if got := len(table.Load().Clusters()); got != n {
+		b.Fatalf("%d clusters after the initial push, want %d", got, n)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := cl.apply(nullStream{}, eds[(i+1)%2]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if st := cl.Status(); st.NACKs != 0 {
+		b.Fatalf("NACKs: %s", st.LastError)
+	}
+}

@@ -137,6 +137,10 @@ type typeState struct {
 	// versions are the resource versions held (delta); they survive
 	// reconnects and become initial_resource_versions.
 	versions map[string]string
+	// raw maps the encoded bytes of each resource accepted over state of
+	// the world to its name (rawOf is the reverse), so a resource sent
+	// again unchanged is not decoded and converted again.
+	raw, rawOf map[string]string
 
 	// Per stream.
 	nonce      string
@@ -185,7 +189,8 @@ func New(opts Options) (*Client, error) {
 		wildcard   bool
 	}{{ClusterType, "cluster", true}, {EndpointType, "endpoint", false}, {ListenerType, "listener", true}, {RouteType, "route", false}} {
 		ts := &typeState{url: t.url, label: t.label, wildcard: t.wildcard, names: map[string]bool{}, versions: map[string]string{},
-			absent: map[string]bool{}, sent: map[string]bool{}, pending: map[string]time.Time{}}
+			absent: map[string]bool{}, sent: map[string]bool{}, pending: map[string]time.Time{},
+			raw: map[string]string{}, rawOf: map[string]string{}}
 		c.types = append(c.types, ts)
 		c.byURL[t.url] = ts
 	}
@@ -427,9 +432,20 @@ func (c *Client) apply(st stream, r response) error {
 	} else {
 		inResponse := make(map[string]bool, len(r.resources))
 		for _, a := range r.resources {
+			// State of the world sends every resource every time: one
+			// byte for byte as accepted last time is unchanged.
+			if name, ok := t.raw[string(a.GetValue())]; ok && c.has(t, name) {
+				inResponse[name] = true
+				continue
+			}
 			name, err := c.decodeAny(t, a)
 			if name != "" {
 				inResponse[name] = true
+			}
+			if err == nil && name != "" && c.has(t, name) {
+				delete(t.raw, t.rawOf[name])
+				key := string(a.GetValue())
+				t.raw[key], t.rawOf[name] = name, key
 			}
 			if err != nil {
 				if name == "" {
@@ -654,6 +670,10 @@ func (c *Client) warn(t *typeState, name string, warnings []string) {
 // remove forgets a resource; it reports whether one was held.
 func (c *Client) remove(t *typeState, name string) bool {
 	delete(c.warned, t.label+"/"+name)
+	if key, ok := t.rawOf[name]; ok {
+		delete(t.raw, key)
+		delete(t.rawOf, name)
+	}
 	switch t.url {
 	case ListenerType:
 		if _, ok := c.store.listeners[name]; ok {
