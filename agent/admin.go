@@ -20,7 +20,7 @@ func (a *Agent) adminHandler() http.Handler {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ready\n"))
+		w.Write([]byte("ready\n" + a.xdsReadyLine()))
 	})
 	mux.HandleFunc("GET /config_dump", func(w http.ResponseWriter, r *http.Request) {
 		type podView struct {
@@ -51,6 +51,7 @@ func (a *Agent) adminHandler() http.Handler {
 			"config": a.cfg,
 			"routes": a.routes.Load().Dump(),
 			"pods":   pods,
+			"xds":    a.xdsStatus(),
 		})
 	})
 	return mux

@@ -47,6 +47,8 @@ type Agent struct {
 	kube *kube.Source
 	// nodeNetns are the namespaces the agent never captures (netns.go).
 	nodeNetns nodeNamespaces
+	// xds is the xDS source when xds.address is set; nil otherwise.
+	xds *xdsSource
 	// baseCtx lives as long as Run.
 	baseCtx context.Context
 
@@ -130,6 +132,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			return nil, err
 		}
 	}
+	if a.xds, err = newXDSSource(cfg, a, reg, log); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 
@@ -191,6 +196,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		changed = a.kube.Changed()
 		a.syncKube()
 	}
+	a.xds.start(runCtx)
 	if err := a.writeEnablement(); err != nil {
 		a.log.Error("write enablement file", "err", err)
 	}
@@ -311,11 +317,13 @@ func (a *Agent) healthDial(ctx context.Context, addr netip.AddrPort) (*net.TCPCo
 func (a *Agent) Reload(cfg Config) error {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
-	snap, err := buildRoutes(cfg, a.routes.Load())
+	rc, err := staticRoutes(cfg)
 	if err != nil {
 		return err
 	}
-	a.routes.Store(snap)
+	if err := a.publishRoutes(rc); err != nil {
+		return err
+	}
 	a.log.Info("routes reloaded", "services", len(cfg.Services))
 	old, cur := a.cfg, cfg
 	old.Services, cur.Services = nil, nil

@@ -66,6 +66,8 @@ type Config struct {
 	Kubernetes Kubernetes `json:"kubernetes"`
 	// Sniffing configures protocol detection.
 	Sniffing Sniffing `json:"sniffing"`
+	// XDS takes services from an xDS control plane (agent/xds.go).
+	XDS XDS `json:"xds"`
 }
 
 // Kubernetes configures the agent's view of the cluster: enablement from
@@ -366,6 +368,9 @@ func (c Config) Validate() error {
 		if p == 0 {
 			return fmt.Errorf("sniffing.serverFirstPorts: port 0")
 		}
+	}
+	if err := c.XDS.validate(); err != nil {
+		return err
 	}
 	switch c.UnknownDestinations {
 	case "passthrough", "refuse":

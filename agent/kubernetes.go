@@ -40,12 +40,9 @@ func (a *Agent) syncKube() {
 	a.reloadMu.Lock()
 	defer a.reloadMu.Unlock()
 	rc := route.Config{Unknown: a.cfg.UnknownDestinations, LocalZone: a.cfg.Zone, Services: a.kube.Services()}
-	snap, err := route.Build(rc, a.routes.Load())
-	if err != nil {
+	if err := a.publishRoutes(rc); err != nil {
 		// One bad Service must not stop the others: the source already
 		// drops what it cannot express, so this is unexpected.
 		a.log.Error("routes from kubernetes", "err", err)
-		return
 	}
-	a.routes.Store(snap)
 }

@@ -312,12 +312,18 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 		if s.clusters[i] == nil {
 			continue
 		}
-		where := fmt.Sprintf("services[%d] (%s)", i, svc.Name)
 		if _, err := ParseProtocol(string(svc.Protocol)); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", where, err))
+			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
 			continue
 		}
 		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
+		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 {
+			// Most services: no message to prepare for errors that cannot
+			// happen (this runs for every service on every build).
+			s.routes[i] = r
+			continue
+		}
+		where := fmt.Sprintf("services[%d] (%s)", i, svc.Name)
 		if len(svc.HTTPRoutes) > 0 {
 			if svc.Protocol == TCP || svc.Protocol == TLS {
 				errs = append(errs, fmt.Errorf("%s has httpRoutes but protocol %s", where, svc.Protocol))

@@ -1,0 +1,276 @@
+package xds
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// Update is the routing the control plane describes, in weir's model:
+// one service per cluster (named by ServiceName), listener addresses on
+// the services they lead to, and one service per HTTP listener chain
+// holding its routes. Treat it as immutable: unchanged services share
+// their endpoint slices with the previous Update so route.Build reuses
+// their clusters.
+type Update struct {
+	Services []route.Service
+	CIDRs    []route.CIDRRoute
+}
+
+// store holds the accepted resources of every type, converted. Only the
+// client's goroutine touches it.
+type store struct {
+	listeners map[string]*listenerEntry
+	routes    map[string]*routeEntry
+	clusters  map[string]*clusterEntry
+	endpoints map[string][]cluster.Endpoint
+
+	// clusterNames is the sorted cluster names, nil when the set changed.
+	clusterNames []string
+
+	// What changed since the last compose: dirtyAll for listeners, routes
+	// and clusters (a full compose), dirtyEDS for endpoint sets only (the
+	// last Update with those services' endpoints swapped).
+	dirtyAll bool
+	dirtyEDS map[string]bool
+	// last is the last composed Update and its problems; index maps an EDS
+	// name to the positions of the services it feeds in last.Services.
+	last         *Update
+	lastProblems []string
+	index        map[string][]int
+}
+
+func newStore() *store {
+	return &store{
+		listeners: map[string]*listenerEntry{},
+		routes:    map[string]*routeEntry{},
+		clusters:  map[string]*clusterEntry{},
+		endpoints: map[string][]cluster.Endpoint{},
+		dirtyEDS:  map[string]bool{},
+	}
+}
+
+// routeNames is the RDS subscription the listeners imply.
+func (s *store) routeNames() map[string]bool {
+	out := map[string]bool{}
+	for _, l := range s.listeners {
+		for _, c := range l.chains {
+			if c.rds != "" {
+				out[c.rds] = true
+			}
+		}
+	}
+	return out
+}
+
+// endpointNames is the EDS subscription the clusters imply.
+func (s *store) endpointNames() map[string]bool {
+	out := make(map[string]bool, len(s.clusters))
+	for _, c := range s.clusters {
+		if c.eds != "" {
+			out[c.eds] = true
+		}
+	}
+	return out
+}
+
+// ServiceName is the weir service name of an xDS cluster. Istio's
+// outbound cluster names ("outbound|80||web.shop.svc.cluster.local")
+// become the Kubernetes source's names ("shop/web:80"), so with both
+// sources on, xDS replaces the Kubernetes service of the same name; other
+// names are kept as they are.
+func ServiceName(xdsCluster string) string {
+	parts := strings.Split(xdsCluster, "|")
+	if len(parts) != 4 || parts[0] != "outbound" || parts[2] != "" {
+		return xdsCluster
+	}
+	host := strings.SplitN(parts[3], ".", 4)
+	if len(host) < 3 || host[2] != "svc" {
+		return xdsCluster
+	}
+	return host[1] + "/" + host[0] + ":" + parts[1]
+}
+
+// listenerService names the service holding an HTTP chain's routes.
+func listenerService(listener string, chain, chains int) string {
+	if chains > 1 {
+		return fmt.Sprintf("listener:%s#%d", listener, chain)
+	}
+	return "listener:" + listener
+}
+
+// compose builds the Update from every accepted resource. Listeners claim
+// destinations in name order; a destination claimed twice, a chain whose
+// cluster is unknown and HTTP backends naming unknown clusters are left
+// out and reported in problems (the control plane may send them later).
+func (s *store) compose() (Update, []string) {
+	if !s.dirtyAll && s.last != nil {
+		// Only endpoint sets changed (the usual push): copy the services
+		// and swap the endpoints of those fed by a changed set; the layout
+		// stays, so route.Build reuses its indexes and unchanged clusters.
+		services := slices.Clone(s.last.Services)
+		for eds := range s.dirtyEDS {
+			for _, i := range s.index[eds] {
+				services[i].Endpoints = s.endpoints[eds]
+			}
+		}
+		clear(s.dirtyEDS)
+		s.last = &Update{Services: services, CIDRs: s.last.CIDRs}
+		return *s.last, s.lastProblems
+	}
+	u, problems := s.composeAll()
+	s.dirtyAll = false
+	clear(s.dirtyEDS)
+	s.last, s.lastProblems = &u, problems
+	return u, problems
+}
+
+// composeAll builds the Update from scratch.
+func (s *store) composeAll() (Update, []string) {
+	var problems []string
+	s.index = make(map[string][]int, len(s.clusters))
+	if s.clusterNames == nil {
+		s.clusterNames = make([]string, 0, len(s.clusters))
+		for name := range s.clusters {
+			s.clusterNames = append(s.clusterNames, name)
+		}
+		slices.Sort(s.clusterNames)
+	}
+	listenerNames := make([]string, 0, len(s.listeners))
+	for name := range s.listeners {
+		listenerNames = append(listenerNames, name)
+	}
+	slices.Sort(listenerNames)
+
+	type dest struct {
+		addrs []netip.AddrPort
+		proto route.Protocol
+	}
+	byCluster := map[string]*dest{}
+	var httpSvcs []route.Service
+	var cidrs []route.CIDRRoute
+	claimed := map[netip.AddrPort]string{}
+	claimedCIDR := map[string]string{}
+	claim := func(l string, c *chainEntry, svc string, passthrough bool) []netip.AddrPort {
+		var mine []netip.AddrPort
+		for _, a := range c.addrs {
+			if o, dup := claimed[a]; dup {
+				problems = append(problems, fmt.Sprintf("listener %s: %s already belongs to listener %s", l, a, o))
+				continue
+			}
+			claimed[a] = l
+			if passthrough {
+				cidrs = append(cidrs, route.CIDRRoute{Prefix: netip.PrefixFrom(a.Addr(), a.Addr().BitLen()), Port: a.Port(), Action: route.Passthrough})
+				continue
+			}
+			mine = append(mine, a)
+		}
+		for _, r := range c.cidrs {
+			k := fmt.Sprintf("%s:%d", r.Prefix, r.Port)
+			if o, dup := claimedCIDR[k]; dup {
+				problems = append(problems, fmt.Sprintf("listener %s: %s already belongs to listener %s", l, k, o))
+				continue
+			}
+			claimedCIDR[k] = l
+			if passthrough {
+				r.Action = route.Passthrough
+			} else {
+				r.Service = svc
+			}
+			cidrs = append(cidrs, r)
+		}
+		return mine
+	}
+	for _, ln := range listenerNames {
+		le := s.listeners[ln]
+		for ci := range le.chains {
+			c := &le.chains[ci]
+			if c.cluster != "" {
+				ce := s.clusters[c.cluster]
+				if ce == nil {
+					problems = append(problems, fmt.Sprintf("listener %s: cluster %q is not known (yet)", ln, c.cluster))
+					continue
+				}
+				d := byCluster[c.cluster]
+				if d == nil {
+					d = &dest{proto: c.protocol}
+					byCluster[c.cluster] = d
+				}
+				d.addrs = append(d.addrs, claim(ln, c, ServiceName(c.cluster), ce.passthrough)...)
+				continue
+			}
+			re := c.inline
+			if c.rds != "" {
+				if re = s.routes[c.rds]; re == nil {
+					problems = append(problems, fmt.Sprintf("listener %s: route configuration %q is not known (yet)", ln, c.rds))
+					continue
+				}
+			}
+			name := listenerService(ln, ci, len(le.chains))
+			addrs := claim(ln, c, name, false)
+			routes, p := s.resolveBackends(re.routes, name)
+			problems = append(problems, p...)
+			httpSvcs = append(httpSvcs, route.Service{Name: name, Addresses: addrs, Protocol: c.protocol, HTTPRoutes: routes})
+		}
+	}
+
+	services := make([]route.Service, 0, len(s.clusterNames)+len(httpSvcs))
+	seen := make(map[string]string, len(s.clusterNames))
+	for _, cn := range s.clusterNames {
+		ce := s.clusters[cn]
+		if ce.passthrough {
+			continue
+		}
+		svc := route.Service{Name: ServiceName(cn), Cluster: ce.cfg, Endpoints: ce.static}
+		if ce.eds != "" {
+			svc.Endpoints = s.endpoints[ce.eds]
+		}
+		if d := byCluster[cn]; d != nil {
+			svc.Addresses, svc.Protocol = d.addrs, d.proto
+		}
+		if o, dup := seen[svc.Name]; dup {
+			problems = append(problems, fmt.Sprintf("cluster %s: service name %s already taken by cluster %s", cn, svc.Name, o))
+			continue
+		}
+		seen[svc.Name] = cn
+		if ce.eds != "" {
+			s.index[ce.eds] = append(s.index[ce.eds], len(services))
+		}
+		services = append(services, svc)
+	}
+	services = append(services, httpSvcs...)
+	return Update{Services: services, CIDRs: cidrs}, problems
+}
+
+// resolveBackends renames HTTP backends from xDS cluster names to service
+// names and drops those naming no usable cluster.
+func (s *store) resolveBackends(in []route.HTTPRoute, svc string) ([]route.HTTPRoute, []string) {
+	var problems []string
+	out := make([]route.HTTPRoute, len(in))
+	for i, r := range in {
+		r.Rules = slices.Clone(r.Rules)
+		for j := range r.Rules {
+			rule := &r.Rules[j]
+			var keep []route.BackendRef
+			for _, b := range rule.Backends {
+				ce := s.clusters[b.Service]
+				switch {
+				case ce == nil:
+					problems = append(problems, fmt.Sprintf("service %s: route %s: cluster %q is not known (yet); its share answers 500", svc, r.Name, b.Service))
+				case ce.passthrough:
+					problems = append(problems, fmt.Sprintf("service %s: route %s: cluster %q passes connections through, which HTTP routes cannot; its share answers 500", svc, r.Name, b.Service))
+				default:
+					b.Service = ServiceName(b.Service)
+					keep = append(keep, b)
+				}
+			}
+			rule.Backends = keep
+		}
+		out[i] = r
+	}
+	return out, problems
+}

@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/weir-mesh/weir/agent/xds"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+func TestXDSConfigValidation(t *testing.T) {
+	c, err := ParseConfig([]byte("xds:\n  address: istiod.istio-system.svc:15010\n  mode: sotw\n  nodeId: n1\n  precedence: xds\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.XDS.Address != "istiod.istio-system.svc:15010" || c.XDS.Mode != "sotw" || c.XDS.Precedence != "xds" {
+		t.Fatalf("xds keys not read: %+v", c.XDS)
+	}
+	for _, tc := range []struct{ yaml, key string }{
+		{"xds:\n  address: nohost\n", "xds.address"},
+		{"xds:\n  address: cp:0\n", "xds.address"},
+		{"xds:\n  address: cp:15010\n  mode: incremental\n", "xds.mode"},
+		{"xds:\n  address: cp:15010\n  precedence: static\n", "xds.precedence"},
+		{"xds:\n  address: cp:15010\n  tls:\n    certFile: /x\n", "xds.tls.certFile and xds.tls.keyFile"},
+		{"xds:\n  address: cp:15010\n  tls:\n    caFile: /nonexistent/ca.pem\n", "xds.tls.caFile"},
+		{"xds:\n  mode: delta\n", "xds.address"},
+		{"xds:\n  adress: cp:1\n", "adress"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%q: error %v, want one naming %s", tc.yaml, err, tc.key)
+		}
+	}
+}
+
+func TestXDSPrecedence(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	other := route.Config{Unknown: "refuse", Services: []route.Service{
+		{Name: "shop/web:80", Addresses: []netip.AddrPort{ap("10.96.0.10:80")}},
+		{Name: "shop/db:5432", Addresses: []netip.AddrPort{ap("10.96.0.11:5432"), ap("10.96.0.12:80")}},
+		{Name: "shop/cache:6379", Addresses: []netip.AddrPort{ap("10.96.0.13:6379")}},
+	}}
+	fromXDS := xds.Update{Services: []route.Service{
+		{Name: "shop/web:80", Addresses: []netip.AddrPort{ap("10.96.0.20:80")}},
+		{Name: "listener:front", Addresses: []netip.AddrPort{ap("10.96.0.12:80")}},
+	}}
+	names := func(rc route.Config) string {
+		var out []string
+		for _, s := range rc.Services {
+			out = append(out, s.Name+"="+strings.Join(strAddrs(s.Addresses), ","))
+		}
+		return strings.Join(out, " ")
+	}
+	for _, tc := range []struct{ precedence, want string }{
+		{PrecedenceBoth, "shop/web:80=10.96.0.20:80 listener:front=10.96.0.12:80 shop/db:5432=10.96.0.11:5432 shop/cache:6379=10.96.0.13:6379"},
+		{PrecedenceXDS, "shop/web:80=10.96.0.20:80 listener:front=10.96.0.12:80"},
+		{PrecedenceKubernetes, "shop/web:80=10.96.0.10:80 shop/db:5432=10.96.0.11:5432,10.96.0.12:80 shop/cache:6379=10.96.0.13:6379"},
+	} {
+		s := &xdsSource{precedence: tc.precedence, other: other, last: &fromXDS}
+		rc := s.mergeLocked()
+		if got := names(rc); got != tc.want {
+			t.Errorf("%s:\n got %s\nwant %s", tc.precedence, got, tc.want)
+		}
+		if rc.Unknown != "refuse" {
+			t.Errorf("%s: the other source's unknownDestinations was lost", tc.precedence)
+		}
+		if _, err := route.Build(rc, nil); err != nil {
+			t.Errorf("%s: merged routing does not build: %v", tc.precedence, err)
+		}
+	}
+}
+
+func strAddrs(as []netip.AddrPort) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
+}
