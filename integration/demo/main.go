@@ -86,9 +86,13 @@ func run(t *demoT, requests int, spec string) {
 	metrics, _ := agent.Get("/metrics")
 	var lines []string
 	for _, l := range strings.Split(metrics, "\n") {
-		if strings.HasPrefix(l, "weir_connections_total") || strings.HasPrefix(l, "weir_bytes_total") ||
-			strings.HasPrefix(l, "weir_pods_captured") || strings.HasPrefix(l, "weir_upstream_connect_errors_total") ||
-			strings.HasPrefix(l, "weir_endpoint_connections_total") {
+		// Connections the agent accepted, what the sniffer made of them,
+		// and the HTTP requests it balanced one by one (curl's requests
+		// are HTTP/1.1, so they take the L7 half).
+		if strings.HasPrefix(l, "weir_connections_total") || strings.HasPrefix(l, "weir_pods_captured") ||
+			strings.HasPrefix(l, "weir_upstream_connect_errors_total") || strings.HasPrefix(l, "weir_endpoint_connections_total") ||
+			(strings.HasPrefix(l, "weir_sniff_total") && !strings.HasSuffix(l, " 0")) ||
+			(strings.HasPrefix(l, "weir_http_requests_total") && !strings.HasSuffix(l, " 0")) {
 			lines = append(lines, l)
 		}
 	}
