@@ -6,7 +6,7 @@ import "testing"
 // netns that already holds it (the agent's reconcile case: read both
 // families and both backends, nothing to write).
 func BenchmarkApply(b *testing.B) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		b.Run(backend, func(b *testing.B) {
 			requireBackend(b, backend)
 			n := newNS(b)
@@ -26,7 +26,7 @@ func BenchmarkApply(b *testing.B) {
 // BenchmarkApplyRemove measures a pod's life cycle: program a fresh netns
 // and tear it down again.
 func BenchmarkApplyRemove(b *testing.B) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		for _, mode := range []Mode{ModeRedirect, ModeTPROXY} {
 			b.Run(backend+"/"+string(mode), func(b *testing.B) {
 				requireBackend(b, backend)
@@ -48,7 +48,7 @@ func BenchmarkApplyRemove(b *testing.B) {
 
 // BenchmarkVerify measures a CNI CHECK.
 func BenchmarkVerify(b *testing.B) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		b.Run(backend, func(b *testing.B) {
 			requireBackend(b, backend)
 			n := newNS(b)
