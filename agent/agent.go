@@ -35,9 +35,10 @@ type Agent struct {
 	engine *proxy.Engine
 	reg    *prometheus.Registry
 	ready  atomic.Bool
-	// backend is the iptables flavour of the node, detected once at start
-	// when the config says auto.
-	backend string
+	// backend is where pods' rules go (an iptables flavour or nftables),
+	// chosen once at start when the config says auto (autoBackend).
+	backend     string
+	autoBackend bool
 	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
 	kube *kube.Source
 	// baseCtx lives as long as Run.
@@ -84,15 +85,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}, []string{"verb", "result"}),
 	}
 	reg.MustRegister(a.podsCaptured, a.cniRequests)
-	if cfg.Capture.Backend == "auto" {
-		b, err := redirect.DetectBackend()
-		if err != nil {
-			return nil, fmt.Errorf("detect the node's iptables backend (set capture.backend to force one): %w", err)
-		}
-		a.backend = b
-		log.Info("iptables backend detected", "backend", b)
-	} else {
-		a.backend = cfg.Capture.Backend
+	var err error
+	if a.backend, a.autoBackend, err = chooseBackend(cfg.Capture.Backend, log); err != nil {
+		return nil, err
 	}
 	snap, err := buildRoutes(cfg, nil)
 	if err != nil {

@@ -69,7 +69,7 @@ func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
 	}
 	spec := d.overrides.Apply(a.cfg.redirectSpec(v4, v6, mode))
 	if spec.Backend == "" {
-		spec.Backend = a.backend
+		spec.Backend = a.backendFor(p)
 	}
 	spec = spec.WithDefaults()
 	if err := spec.Validate(); err != nil {
@@ -199,6 +199,14 @@ func (a *Agent) reconcile(ctx context.Context, why string) {
 			changed = true
 			a.log.Info("pod onboarded", "pod", name, "mode", spec.Mode, "why", d.reason)
 			a.recordCapture(p, true, d.reason)
+		case !equalSpec(p.spec, spec) && rulesOnlyChange(p.spec, spec):
+			if err := redirect.Apply(p.ns.FdPath(), spec); err != nil {
+				a.log.Error("re-program failed", "pod", name, "err", err)
+				continue
+			}
+			p.spec = spec
+			changed = true
+			a.log.Info("pod re-programmed in place", "pod", name, "backend", spec.Backend)
 		case !equalSpec(p.spec, spec):
 			if err := a.offboard(p); err != nil {
 				a.log.Error("re-program: release failed", "pod", name, "err", err)
