@@ -39,6 +39,15 @@ func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
 	for k, v := range cfg {
 		full[k] = v
 	}
+	if n.Opts.CaptureBackend != "" {
+		capture := map[string]any{"backend": n.Opts.CaptureBackend}
+		if c, ok := full["capture"].(map[string]any); ok {
+			for k, v := range c {
+				capture[k] = v
+			}
+		}
+		full["capture"] = capture
+	}
 	b, err := json.MarshalIndent(full, "", "  ")
 	if err != nil {
 		t.Fatal(err)

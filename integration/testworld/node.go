@@ -37,6 +37,10 @@ type NodeOptions struct {
 	// kubelet uses that iptables backend: it creates kubelet's canary chain
 	// there, as a real node has.
 	Backend string
+	// CaptureBackend, when set, is the agent's capture.backend (auto,
+	// legacy, nft, nftables) in every config WriteAgentConfig writes,
+	// unless the config names one itself.
+	CaptureBackend string
 }
 
 // Node is one isolated node: a netns with the bridge, the CNI chain and an
