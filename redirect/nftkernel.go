@@ -74,8 +74,23 @@ func (n *nftSession) flush(f func(c *nftables.Conn)) error {
 // transaction: packets see the old table or the new one, never a mix, and
 // on error the old one is left as it was.
 func (n *nftSession) replace(chains []nftChain) error {
+	return n.write(chains, resetTable)
+}
+
+// create writes weir's table into a namespace that has none. It deletes
+// nothing, which keeps a pod's first Apply (CNI ADD) fast: a transaction
+// that deletes leaves the kernel work that must wait for an RCU grace
+// period, and closing the netlink socket waits for that work (about 10 ms).
+// If a table appeared meanwhile, the kernel refuses the whole batch.
+func (n *nftSession) create(chains []nftChain) error {
+	return n.write(chains, func(c *nftables.Conn) { c.CreateTable(nftTable) })
+}
+
+// write sends one transaction: start (which makes an empty table), then
+// chains with their rules.
+func (n *nftSession) write(chains []nftChain, start func(c *nftables.Conn)) error {
 	err := n.flush(func(c *nftables.Conn) {
-		resetTable(c)
+		start(c)
 		for _, ch := range chains {
 			hook, prio, policy := ch.hook, ch.prio, nftables.ChainPolicyAccept
 			chain := c.AddChain(&nftables.Chain{Name: ch.name, Table: nftTable, Type: ch.typ, Hooknum: &hook, Priority: &prio, Policy: &policy})
@@ -541,19 +556,16 @@ func (n *nftSession) rules(fam nftables.TableFamily, table string) ([]nftRuleSta
 
 // read returns weir's table, or nil when there is none.
 func (n *nftSession) read() (*nftState, error) {
+	exists, err := n.tableExists()
+	if err != nil || !exists {
+		return nil, err
+	}
 	chains, err := n.chains(nftables.TableFamilyINet, nftTableName)
 	if errors.Is(err, unix.ENOENT) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list chains of table inet %s: %w", nftTableName, err)
-	}
-	exists, err := n.tableExists()
-	if err != nil {
-		return nil, err
-	}
-	if !exists {
-		return nil, nil
 	}
 	rules, err := n.rules(nftables.TableFamilyINet, nftTableName)
 	if err != nil && !errors.Is(err, unix.ENOENT) {

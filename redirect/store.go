@@ -257,10 +257,14 @@ func (st nftStore) program(undo *undoStack, s Spec) error {
 		return err
 	}
 	want := nftChainsFor(s)
-	if cur != nil && len(nftProblems(cur, want)) == 0 {
+	write := sess.replace
+	switch {
+	case cur == nil:
+		write = sess.create
+	case len(nftProblems(cur, want)) == 0:
 		return nil
 	}
-	if err := sess.replace(want); err != nil {
+	if err := write(want); err != nil {
 		return err
 	}
 	undo.push(func() error { return sess.restore(cur) })
