@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 )
@@ -37,6 +38,9 @@ type NodeOptions struct {
 	// kubelet uses that iptables backend: it creates kubelet's canary chain
 	// there, as a real node has.
 	Backend string
+	// Exec, when set, runs the plugins instead of libcni's default (a
+	// benchmark times weir-cni through it).
+	Exec invoke.Exec
 	// CaptureBackend, when set, is the agent's capture.backend (auto,
 	// legacy, nft, nftables) in every config WriteAgentConfig writes,
 	// unless the config names one itself.
@@ -68,7 +72,7 @@ func NewNode(t T, opts NodeOptions) *Node {
 	n.PluginDir = PluginDir(t, opts.SpecVersion)
 	n.Socket = filepath.Join(n.Dir, "agent.sock")
 	n.CNILog = filepath.Join(n.Dir, "weir-cni.log")
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), nil)
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), opts.Exec)
 	// The bridge's IPv6 gateway address would sit "tentative" through
 	// duplicate address detection, and the node could not use it.
 	n.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
