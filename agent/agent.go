@@ -44,8 +44,13 @@ type Agent struct {
 	// baseCtx lives as long as Run.
 	baseCtx context.Context
 
-	// ownsState is true while this agent may write the state file.
+	// ownsState is true while this agent may write the state files.
 	ownsState atomic.Bool
+	// saved marks what each pod's state file was written from, and
+	// legacyState says a single state file of an older agent is still to
+	// be replaced by per-pod files (state.go). Guarded by mu.
+	saved       map[api.Attachment]savedMark
+	legacyState bool
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once

@@ -205,6 +205,7 @@ func (a *Agent) reconcile(ctx context.Context, why string) {
 				continue
 			}
 			p.spec = spec
+			p.touched.Add(1)
 			changed = true
 			a.log.Info("pod re-programmed in place", "pod", name, "backend", spec.Backend)
 		case !equalSpec(p.spec, spec):
