@@ -63,7 +63,13 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	}
 	timer := &addTimer{inner: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}}
 	node := testworld.NewNode(t, testworld.NodeOptions{Exec: timer, CaptureBackend: backend, Weir: map[string]any{"mode": opts.Mode}})
-	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info"})
+	// The state directory on tmpfs, as the README asks of a node.
+	stateDir, err := os.MkdirTemp("/dev/shm", "weir-addbench-")
+	if err != nil {
+		t.Fatalf("state directory on tmpfs: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(stateDir) })
+	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
 	res := ADDResult{Backend: backend, Mode: opts.Mode}
 	for i := 0; i < opts.Pods; i++ {
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
@@ -78,7 +84,6 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	if len(res.Wall) != opts.Pods {
 		t.Fatalf("%s: timed %d weir-cni ADDs, want %d", backend, len(res.Wall), opts.Pods)
 	}
-	var err error
 	if res.Agent, res.Redirect, res.Main, err = addTimesFromLog(node.CNILog); err != nil {
 		t.Fatalf("%s: %v", backend, err)
 	}
