@@ -179,6 +179,7 @@ func (s *nftState) chain(name string) *nftChainState {
 }
 
 type nftChainState struct {
+	family  nftables.TableFamily
 	table   string
 	name    string
 	hasHook bool
@@ -467,7 +468,7 @@ func (n *nftSession) chains(fam nftables.TableFamily, table string) ([]*nftChain
 			return nil, err
 		}
 		ad.ByteOrder = binary.BigEndian
-		c := &nftChainState{}
+		c := &nftChainState{family: nftables.TableFamily(m.Data[0])}
 		for ad.Next() {
 			switch ad.Type() &^ unix.NLA_F_NESTED {
 			case unix.NFTA_CHAIN_TABLE:
@@ -602,22 +603,29 @@ func (n *nftSession) tableExists() (bool, error) {
 	return true, nil
 }
 
-// weirChainsIn reports whether the iptables-nft tables of family f (nat,
-// mangle … in family ip or ip6) hold a WEIR_* chain: iptables-nft keeps its
-// rules in nftables, so this answers without starting iptables-nft-save.
-// No WEIR_* chain means no weir rule either, since every weir rule lives in
-// or jumps to one.
-func (n *nftSession) weirChainsIn(f family) (bool, error) {
-	chains, err := n.chains(iptFamily(f), "")
+// weirChains reports, per family, whether the iptables-nft tables (nat,
+// mangle … in family ip or ip6) hold a WEIR_* chain, from one dump of every
+// chain: iptables-nft keeps its rules in nftables, so this answers without
+// starting iptables-nft-save. No WEIR_* chain means no weir rule either,
+// since every weir rule lives in or jumps to one.
+func (n *nftSession) weirChains() (map[family]bool, error) {
+	chains, err := n.chains(nftables.TableFamilyUnspecified, "")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
+	found := map[family]bool{}
 	for _, c := range chains {
-		if strings.HasPrefix(c.name, chainPrefix) {
-			return true, nil
+		if !strings.HasPrefix(c.name, chainPrefix) {
+			continue
+		}
+		switch c.family {
+		case nftables.TableFamilyIPv4:
+			found[ipv4] = true
+		case nftables.TableFamilyIPv6:
+			found[ipv6] = true
 		}
 	}
-	return false, nil
+	return found, nil
 }
 
 func iptFamily(f family) nftables.TableFamily {

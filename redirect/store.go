@@ -10,6 +10,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // store is one place weir's packet rules can live in a network namespace:
@@ -47,6 +49,8 @@ type nsOp struct {
 	nft    *nftSession
 	nftErr error
 	tried  bool
+	// weirInNFT caches nftSession.weirChains for the operation.
+	weirInNFT map[family]bool
 }
 
 // session is the nftables netlink session, opened on first use.
@@ -105,12 +109,17 @@ func (st iptStore) mayHold(f family) bool {
 		names, err := legacyTables(f)
 		return err != nil || len(names) > 0
 	}
-	sess, err := st.op.session()
-	if err != nil {
-		return true
+	if st.op.weirInNFT == nil {
+		sess, err := st.op.session()
+		if err != nil {
+			return true
+		}
+		if st.op.weirInNFT, err = sess.weirChains(); err != nil {
+			st.op.weirInNFT = nil
+			return true
+		}
 	}
-	found, err := sess.weirChainsIn(f)
-	return err != nil || found
+	return st.op.weirInNFT[f]
 }
 
 // legacyTables lists the x_tables (legacy iptables) tables that exist in
@@ -292,8 +301,17 @@ func (st nftStore) clear(undo *undoStack) error {
 	return nil
 }
 
+// nftUnavailable reports whether err says the kernel has no nftables
+// netlink at all: then no weir table can exist either.
+func nftUnavailable(err error) bool {
+	return errors.Is(err, unix.EPROTONOSUPPORT) || errors.Is(err, unix.EAFNOSUPPORT)
+}
+
 func (st nftStore) remove() error {
 	sess, err := st.op.session()
+	if nftUnavailable(err) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -330,6 +348,9 @@ func (st nftStore) problems(s Spec, inUse bool) ([]string, error) {
 
 func (st nftStore) holds() (bool, error) {
 	sess, err := st.op.session()
+	if nftUnavailable(err) {
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}
