@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/integration/testworld"
+	"github.com/weir-mesh/weir/redirect"
 )
 
 // trafficLoop sends requests on new connections until stopped and counts
@@ -128,6 +129,15 @@ func TestBackendSwitchKeepsTraffic(t *testing.T) {
 			}
 			if outbound(t, agent)-before != 1 || inbound(t, agent)-beforeIn != 1 {
 				t.Fatal("requests after the switches did not go through the last agent")
+			}
+			// DEL takes out whatever backend the pod was programmed in.
+			for _, p := range captured {
+				if err := node.Del(p); err != nil {
+					t.Fatalf("DEL %s: %v", p.Name, err)
+				}
+				if installed, err := redirect.Installed(p.Path); err != nil || installed {
+					t.Fatalf("after DEL of %s: installed=%v err=%v", p.Name, installed, err)
+				}
 			}
 		})
 	}
