@@ -37,9 +37,10 @@ type Agent struct {
 	engine *proxy.Engine
 	reg    *prometheus.Registry
 	ready  atomic.Bool
-	// backend is the iptables flavour of the node, detected once at start
-	// when the config says auto.
-	backend string
+	// backend is where pods' rules go (an iptables flavour or nftables),
+	// chosen once at start when the config says auto (autoBackend).
+	backend     string
+	autoBackend bool
 	// ebpf is the eBPF capture (ebpf.go) and cgroupPath where it attaches.
 	ebpf       ebpf
 	cgroupPath string
@@ -52,8 +53,13 @@ type Agent struct {
 	// baseCtx lives as long as Run.
 	baseCtx context.Context
 
-	// ownsState is true while this agent may write the state file.
+	// ownsState is true while this agent may write the state files.
 	ownsState atomic.Bool
+	// saved marks what each pod's state file was written from, and
+	// legacyState says a single state file of an older agent is still to
+	// be replaced by per-pod files (state.go). Guarded by mu.
+	saved       map[api.Attachment]savedMark
+	legacyState bool
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once
@@ -95,15 +101,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		}, []string{"verb", "result"}),
 	}
 	reg.MustRegister(a.podsCaptured, a.cniRequests)
-	if cfg.Capture.Backend == "auto" {
-		b, err := redirect.DetectBackend()
-		if err != nil {
-			return nil, fmt.Errorf("detect the node's iptables backend (set capture.backend to force one): %w", err)
-		}
-		a.backend = b
-		log.Info("iptables backend detected", "backend", b)
-	} else {
-		a.backend = cfg.Capture.Backend
+	if a.backend, a.autoBackend, err = chooseBackend(cfg.Capture.Backend, log); err != nil {
+		return nil, err
 	}
 	if cfg.ebpfWanted() {
 		err := a.ebpfReady()

@@ -103,7 +103,8 @@ type Capture struct {
 	// Mark and Mask: the socket mark on every agent-made socket ("0x5700").
 	Mark Hex `json:"mark"`
 	Mask Hex `json:"mask"`
-	// Backend is auto (default), legacy or nft: the iptables flavour.
+	// Backend is auto (default), legacy or nft (an iptables flavour), or
+	// nftables (weir's own table over netlink).
 	Backend              string   `json:"backend"`
 	ExcludeInboundPorts  []uint16 `json:"excludeInboundPorts"`
 	IncludeInboundPorts  []uint16 `json:"includeInboundPorts"`
@@ -378,9 +379,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("unknownDestinations: want passthrough or refuse, got %q", c.UnknownDestinations)
 	}
 	switch c.Capture.Backend {
-	case "auto", "legacy", "nft":
+	case "auto", redirect.BackendLegacy, redirect.BackendNFT, redirect.BackendNFTables:
 	default:
-		return fmt.Errorf("capture.backend: want auto, legacy or nft, got %q", c.Capture.Backend)
+		return fmt.Errorf("capture.backend: want auto, legacy, nft or nftables, got %q", c.Capture.Backend)
 	}
 	for _, ns := range c.Capture.Namespaces {
 		if ns == "" {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/weir-mesh/weir/redirect"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -96,6 +98,36 @@ func TestParseConfigRejects(t *testing.T) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseConfigBackends(t *testing.T) {
+	for _, b := range []string{"auto", "legacy", "nft", "nftables"} {
+		c, err := ParseConfig([]byte("capture:\n  backend: " + b + "\n"))
+		if err != nil || c.Capture.Backend != b {
+			t.Errorf("backend %s: %v, %q", b, err, c.Capture.Backend)
+		}
+	}
+}
+
+func TestRulesOnlyChange(t *testing.T) {
+	base := DefaultConfig().redirectSpec(true, true, "redirect")
+	for _, tc := range []struct {
+		name string
+		edit func(s *redirect.Spec)
+		want bool
+	}{
+		{"backend", func(s *redirect.Spec) { s.Backend = redirect.BackendNFTables }, true},
+		{"exclusions", func(s *redirect.Spec) { s.ExcludeOutboundPorts = []uint16{53} }, true},
+		{"mode", func(s *redirect.Spec) { s.Mode = redirect.ModeTPROXY }, false},
+		{"port", func(s *redirect.Spec) { s.OutboundPort = 15101 }, false},
+		{"family", func(s *redirect.Spec) { s.IPv6 = false }, false},
+	} {
+		s := base
+		tc.edit(&s)
+		if got := rulesOnlyChange(base, s); got != tc.want {
+			t.Errorf("%s: rulesOnlyChange = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
 

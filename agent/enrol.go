@@ -72,7 +72,7 @@ func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
 		return redirect.Spec{}, fmt.Errorf("capture for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
 	}
 	if spec.Backend == "" {
-		spec.Backend = a.backend
+		spec.Backend = a.backendFor(p)
 	}
 	spec = spec.WithDefaults()
 	if err := spec.Validate(); err != nil {
@@ -220,6 +220,15 @@ func (a *Agent) reconcile(ctx context.Context, why string) {
 			changed = true
 			a.log.Info("pod onboarded", "pod", name, "mode", spec.Mode, "why", d.reason)
 			a.recordCapture(p, true, d.reason)
+		case !equalSpec(p.spec, spec) && rulesOnlyChange(p.spec, spec):
+			if err := redirect.Apply(p.ns.FdPath(), spec); err != nil {
+				a.log.Error("re-program failed", "pod", name, "err", err)
+				continue
+			}
+			p.spec = spec
+			p.touched.Add(1)
+			changed = true
+			a.log.Info("pod re-programmed in place", "pod", name, "backend", spec.Backend)
 		case !equalSpec(p.spec, spec):
 			if err := a.offboard(p); err != nil {
 				a.log.Error("re-program: release failed", "pod", name, "err", err)

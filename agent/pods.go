@@ -3,11 +3,13 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"reflect"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/proxy"
@@ -35,6 +37,9 @@ type pod struct {
 	listeners []proxy.Listener
 	workload  *proxy.Workload
 	serving   sync.WaitGroup
+	// touched counts in-place changes the state file must record (a spec
+	// re-programmed without new listeners); see savedMark.
+	touched atomic.Uint64
 }
 
 // registry holds known pods by attachment. Its lock guards the map only;
@@ -78,6 +83,13 @@ func (r *registry) list() []*pod {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].att.ContainerID < out[j].att.ContainerID })
 	return out
+}
+
+// snapshot copies the map, for a walk that must not hold the lock.
+func (r *registry) snapshot() map[api.Attachment]*pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.pods)
 }
 
 func (r *registry) len() int {

@@ -1,21 +1,33 @@
 package agent
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/redirect"
 )
 
-// State files in the agent's state directory. Their names and formats are an
-// upgrade contract: a new agent reads what the old one wrote.
+// State in the agent's state directory. Names and formats are an upgrade
+// contract: a new agent reads what the old one wrote.
+//
+// Each attachment the agent knows lives in a file of its own under
+// podsDir, written (through a temporary file and a rename) only when that
+// pod changes, so a CNI ADD costs one small write however many pods the
+// node runs. stateFile is the single file agents before per-pod files
+// rewrote whole at every change; a new agent still reads it, moves its pods
+// to podsDir and deletes it.
 const (
+	podsDir        = "pods"
 	stateFile      = "state.json"
 	EnablementFile = "enablement.json"
 )
@@ -32,23 +44,118 @@ type savedPod struct {
 	Spec *redirect.Spec `json:"spec,omitempty"`
 }
 
+// savedState is the format of stateFile.
 type savedState struct {
 	Version int        `json:"version"`
 	Pods    []savedPod `json:"pods"`
 }
 
-// saveState writes every known attachment, atomically. Called with a.mu held.
+// savedMark is what a pod's file was written from: the pod, its namespace
+// handle (capture and release replace it) and its touch count (a spec
+// changed in place). Comparing marks costs three word compares, so finding
+// the pods to write is cheap at any node size.
+type savedMark struct {
+	p       *pod
+	ns      *netns.Handle
+	touched uint64
+}
+
+// podFile is the file holding one attachment: named by a hash of it, since
+// a container ID is the runtime's string and may hold anything.
+func (a *Agent) podFile(att api.Attachment) string {
+	h := sha256.Sum256([]byte(att.ContainerID + "\x00" + att.IfName))
+	return filepath.Join(a.cfg.StateDir, podsDir, hex.EncodeToString(h[:16])+".json")
+}
+
+// saveState writes the files of the pods that changed since they were last
+// written and deletes those of pods no longer known. Called with a.mu held.
 func (a *Agent) saveState() error {
-	st := savedState{Version: 1}
-	for _, p := range a.pods.list() {
+	if a.saved == nil {
+		a.saved = map[api.Attachment]savedMark{}
+	}
+	var errs []error
+	live := a.pods.snapshot()
+	for att, p := range live {
+		mark := savedMark{p: p, ns: p.ns, touched: p.touched.Load()}
+		if a.saved[att] == mark {
+			continue
+		}
 		sp := savedPod{Attachment: p.att, Pod: p.meta, Netns: p.netnsPath, NetnsID: p.nsID, IPs: p.cniIPs, NodeMode: string(p.nodeMode)}
 		if p.ns != nil {
 			spec := p.spec
 			sp.Spec = &spec
 		}
-		st.Pods = append(st.Pods, sp)
+		if err := writeJSONFile(a.podFile(att), sp); err != nil {
+			errs = append(errs, fmt.Errorf("save pod %s/%s: %w", p.meta.Namespace, p.meta.Name, err))
+			continue
+		}
+		a.saved[att] = mark
 	}
-	return writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), st)
+	for att := range a.saved {
+		if _, ok := live[att]; ok {
+			continue
+		}
+		if err := os.Remove(a.podFile(att)); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, fmt.Errorf("forget pod %s: %w", att.ContainerID, err))
+			continue
+		}
+		delete(a.saved, att)
+	}
+	if len(errs) == 0 && a.legacyState {
+		// Every pod it listed has a file of its own now.
+		if err := os.Remove(filepath.Join(a.cfg.StateDir, stateFile)); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		} else {
+			a.legacyState = false
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// loadState reads every saved attachment: the per-pod files, and those of a
+// state file an older agent left (a per-pod file wins over it).
+func (a *Agent) loadState() ([]savedPod, error) {
+	var out []savedPod
+	seen := map[api.Attachment]bool{}
+	dir := filepath.Join(a.cfg.StateDir, podsDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue // the temporary file of an interrupted write
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("read state: %w", err)
+		}
+		var sp savedPod
+		if err := json.Unmarshal(b, &sp); err != nil {
+			a.log.Error("state: skipping an undecodable pod file", "file", filepath.Join(dir, e.Name()), "err", err)
+			continue
+		}
+		seen[sp.Attachment] = true
+		out = append(out, sp)
+	}
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
+	if os.IsNotExist(err) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("decode state %s: %w", filepath.Join(a.cfg.StateDir, stateFile), err)
+	}
+	a.legacyState = true
+	for _, sp := range st.Pods {
+		if !seen[sp.Attachment] {
+			out = append(out, sp)
+		}
+	}
+	return out, nil
 }
 
 // restoreState reads what a previous agent left and re-captures at once the
@@ -57,21 +164,14 @@ func (a *Agent) saveState() error {
 // takes. Pods whose netns is gone are dropped. The policy is consulted
 // later, by reconcile.
 func (a *Agent) restoreState() error {
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
-	if os.IsNotExist(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("read state: %w", err)
-	}
-	var st savedState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("decode state %s: %w", filepath.Join(a.cfg.StateDir, stateFile), err)
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	saved, err := a.loadState()
+	if err != nil {
+		return err
+	}
 	restored, dropped := 0, 0
-	for _, sp := range st.Pods {
+	for _, sp := range saved {
 		if a.pods.get(sp.Attachment) != nil {
 			continue // known already (a second pass after a takeover)
 		}

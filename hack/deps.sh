@@ -3,7 +3,7 @@
 # root. Safe to run twice: packages already present are not fetched again.
 set -euo pipefail
 
-packages=(iptables iproute2 containernetworking-plugins nginx libnginx-mod-stream curl
+packages=(iptables nftables iproute2 containernetworking-plugins nginx libnginx-mod-stream curl
   iperf3 wrk redis-server redis-tools conntrack haproxy procps ca-certificates git make nghttp2-client linux-perf)
 packages+=(clang llvm libbpf-dev) # eBPF objects: hack/bpf-generate.sh
 

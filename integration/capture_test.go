@@ -13,9 +13,13 @@ import (
 )
 
 // captureWorlds are the worlds the capture knobs are tested in: both modes,
-// dual stack so both families are exercised in each.
+// dual stack so both families are exercised in each, every backend.
 func captureWorlds() []world {
-	return []world{{"1.0.0", "redirect", "dual"}, {"1.0.0", "tproxy", "dual"}}
+	var out []world
+	for _, backend := range []string{nftables, nft, legacy} {
+		out = append(out, world{"1.0.0", "redirect", "dual", backend}, world{"1.0.0", "tproxy", "dual", backend})
+	}
+	return out
 }
 
 // knobWorld is a node with an agent whose static config gives pods of
@@ -173,24 +177,54 @@ func TestTPROXYHasNoDNAT(t *testing.T) {
 	}
 }
 
-// Must show 6 (issue 3): rules land in the backend the node uses, and
-// traffic goes through the agent with either.
-func TestIPTablesBackends(t *testing.T) {
-	for _, backend := range []string{redirect.BackendLegacy, redirect.BackendNFT} {
-		t.Run(backend, func(t *testing.T) {
-			opts := world{"1.0.0", "redirect", "v4"}.nodeOptions()
-			opts.Backend = backend
+// weirBackends lists the backends holding weir rules in p's netns:
+// "legacy" and "nft" when that iptables flavour's save program prints a
+// WEIR_ chain, "nftables" when weir's table exists.
+func weirBackends(t *testing.T, p *testworld.Pod) []string {
+	t.Helper()
+	var out []string
+	for _, b := range []string{legacy, nft} {
+		for _, prog := range []string{"iptables-" + b + "-save", "ip6tables-" + b + "-save"} {
+			if o := p.MustRun(t, prog); strings.Contains(o, "WEIR_") {
+				out = append(out, b)
+				break
+			}
+		}
+	}
+	if _, err := p.Run("nft", "list", "table", "inet", "weir"); err == nil {
+		out = append(out, nftables)
+	}
+	return out
+}
+
+// Must show 6 (issue 3, issue 15): rules land in the backend the agent is
+// set to, or, under auto, native nftables on a node that uses nftables and
+// iptables-legacy on one that uses legacy; the agent says which and why;
+// traffic goes through the agent with each.
+func TestBackends(t *testing.T) {
+	testworld.RequireTool(t, "nft")
+	for _, c := range []struct {
+		name, nodeUses, configured, want string
+	}{
+		{"legacy", "", legacy, legacy},
+		{"nft", "", nft, nft},
+		{"nftables", "", nftables, nftables},
+		{"auto on a legacy node", legacy, "auto", legacy},
+		{"auto on an nft node", nft, "auto", nftables},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			opts := world{"1.0.0", "redirect", "v4", c.configured}.nodeOptions()
+			opts.Backend = c.nodeUses
 			node := testworld.NewNode(t, opts)
 			agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			if !strings.Contains(agent.Log(), `"msg":"capture backend chosen","backend":"`+c.want+`","why":"`) {
+				t.Fatalf("agent did not log its choice of %s:\n%s", c.want, agent.Log())
+			}
 			srv := node.MustAddPod(t, "backend", "server")
 			srv.StartNginx(t, 8080, "server")
 			client := node.MustAddPod(t, "demo", "client")
-			other := map[string]string{"legacy": "nft", "nft": "legacy"}[backend]
-			if out := client.MustRun(t, "iptables-"+backend+"-save", "-t", "nat"); !strings.Contains(out, "WEIR_OUTPUT") {
-				t.Fatalf("no weir rules in the %s backend:\n%s", backend, out)
-			}
-			if out, _ := client.Run("iptables-"+other+"-save", "-t", "nat"); strings.Contains(out, "WEIR_") {
-				t.Fatalf("weir rules in the %s backend too:\n%s", other, out)
+			if got := weirBackends(t, client); len(got) != 1 || got[0] != c.want {
+				t.Fatalf("weir rules are in %v, want only %s", got, c.want)
 			}
 			before := outbound(t, agent)
 			if body, err := client.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
@@ -203,11 +237,55 @@ func TestIPTablesBackends(t *testing.T) {
 	}
 }
 
+// Must show 1 (issue 15): in a pod captured with nftables, iptables-save
+// (both flavours, both families) shows nothing of weir, nft list ruleset
+// shows weir's table with a comment on every rule, and the primary
+// plugin's rules are untouched.
+func TestNFTablesPodListings(t *testing.T) {
+	testworld.RequireTool(t, "nft")
+	for _, mode := range []string{"redirect", "tproxy"} {
+		t.Run(mode, func(t *testing.T) {
+			node := testworld.NewNode(t, world{"1.0.0", mode, "dual", nftables}.nodeOptions())
+			node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			p := node.MustAddPod(t, "demo", "client")
+			for _, prog := range []string{"iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"} {
+				if out := p.MustRun(t, prog); strings.Contains(strings.ToLower(out), "weir") {
+					t.Errorf("%s shows weir:\n%s", prog, out)
+				}
+			}
+			listing := p.MustRun(t, "nft", "list", "ruleset")
+			if !strings.Contains(listing, "table inet weir {") {
+				t.Fatalf("no weir table:\n%s", listing)
+			}
+			rules := 0
+			for _, l := range strings.Split(listing, "\n") {
+				l = strings.TrimSpace(l)
+				if l == "" || l == "}" || strings.HasPrefix(l, "table ") || strings.HasPrefix(l, "chain ") || strings.HasPrefix(l, "type ") {
+					continue
+				}
+				rules++
+				if !strings.Contains(l, `comment "weir: `) {
+					t.Errorf("rule without a weir comment: %s", l)
+				}
+			}
+			if rules < 5 {
+				t.Errorf("only %d rules listed:\n%s", rules, listing)
+			}
+		})
+	}
+}
+
 // Must show 7 (issue 3): 50 concurrent ADDs then 50 concurrent DELs against
-// one agent: every pod correct, nothing left behind.
+// one agent: every pod correct, nothing left behind, in every backend.
 func TestConcurrentAddDel(t *testing.T) {
+	for _, backend := range []string{nftables, nft, legacy} {
+		t.Run(backend, func(t *testing.T) { concurrentAddDel(t, backend) })
+	}
+}
+
+func concurrentAddDel(t *testing.T, backend string) {
 	const n = 50
-	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4"}.nodeOptions())
+	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4", backend}.nodeOptions())
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	pods := make([]*testworld.Pod, n)
 	for i := range pods {

@@ -48,7 +48,7 @@ func assertNoRules(t *testing.T, p *testworld.Pod) {
 func TestEBPFCaptureLifecycle(t *testing.T) {
 	for _, fam := range []string{"v4", "dual"} {
 		t.Run(fam, func(t *testing.T) {
-			w := world{"1.1.0", "ebpf", fam}
+			w := world{"1.1.0", "ebpf", fam, ""}
 			m := newMesh(t, w)
 			assertNoRules(t, m.client)
 			if on, err := redirect.Installed(m.client.Path, redirect.WithPinPath(m.node.PinPath)); err != nil || !on {

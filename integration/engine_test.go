@@ -12,7 +12,7 @@ import (
 	"github.com/weir-mesh/weir/integration/testworld"
 )
 
-var v4world = world{"1.0.0", "redirect", "v4"}
+var v4world = world{"1.0.0", "redirect", "v4", ""}
 
 func (m *mesh) endpointSeries(name, ep string) string {
 	return fmt.Sprintf(`%s{cluster="web-v4",endpoint=%q}`, name, ep)

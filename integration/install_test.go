@@ -14,7 +14,7 @@ import (
 // Must show 6 (issue 5), end to end: the installer chains the real weir-cni
 // into a primary conflist, and the result runs a real chain that captures.
 func TestInstalledConflistRunsRealChain(t *testing.T) {
-	node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions())
+	node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions())
 	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	// The primary: the node's chain without weir.
 	var list map[string]any

@@ -37,7 +37,7 @@ const captureLabel = "weir.dev/capture"
 func newKubeNode(t *testing.T, noAgent bool) *kubeNode {
 	t.Helper()
 	kw := kubeworld.Start(t)
-	k := &kubeNode{Node: testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions()), kw: kw}
+	k := &kubeNode{Node: testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions()), kw: kw}
 	k.nodeName = kw.Node(t, "weir-node").Name
 	// The agent runs in the node netns: give it a kubeconfig pointing at a
 	// relay into the test's namespace.
@@ -353,7 +353,7 @@ func TestKubeDiscoversPodsOfThisNodeOnly(t *testing.T) {
 	k.agent.Stop(t)
 	// Another node on this machine, with a pod holding the same IP the
 	// next pod of this node will get (host-local starts both at .2).
-	other := testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions())
+	other := testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions())
 	other.StartAgent(t, map[string]any{})
 	twin := other.MustAddPod(t, "elsewhere", "twin")
 	away := k.mustPod(t, ns, "away", nil)

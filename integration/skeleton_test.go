@@ -216,52 +216,72 @@ func listeningPorts(t *testing.T, p *testworld.Pod) string {
 }
 
 // Must show 6: DEL removes every rule and listener; repeated and orphan DELs
-// succeed; CHECK fails when a rule was removed by hand.
+// succeed; CHECK fails when a rule was removed by hand (a flushed chain),
+// in every backend.
 func TestDelAndCheck(t *testing.T) {
 	forEachSpec(t, func(t *testing.T, spec string) {
-		node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec})
-		node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
-		p := node.MustAddPod(t, "demo", "victim")
-		if err := node.Check(p); err != nil {
-			t.Fatalf("CHECK of a fresh pod: %v", err)
-		}
-		if ls := listeningPorts(t, p); !strings.Contains(ls, ":15001") || !strings.Contains(ls, ":15006") {
-			t.Fatalf("agent listeners missing in pod netns:\n%s", ls)
-		}
-		// Remove one weir rule by hand: CHECK must fail and say what is missing.
-		p.MustRun(t, "iptables", "-t", "nat", "-F", "WEIR_OUTPUT")
-		err := node.Check(p)
-		if err == nil || !strings.Contains(err.Error(), "WEIR_OUTPUT") {
-			t.Fatalf("CHECK after flushing WEIR_OUTPUT: %v; want an error naming it", err)
-		}
-		for i := 0; i < 2; i++ {
-			if err := node.Del(p); err != nil {
-				t.Fatalf("DEL #%d: %v", i+1, err)
-			}
-		}
-		if installed, err := redirect.Installed(p.Path); err != nil || installed {
-			t.Fatalf("after DEL: installed=%v err=%v", installed, err)
-		}
-		if ls := listeningPorts(t, p); strings.Contains(ls, ":15001") || strings.Contains(ls, ":15006") {
-			t.Fatalf("agent listeners left in pod netns after DEL:\n%s", ls)
-		}
-		// Orphan DEL: a pod never added.
-		never := node.NewPodNetns(t, "demo", "never")
-		if err := node.Del(never); err != nil {
-			t.Fatalf("DEL of a pod never added: %v", err)
-		}
-		// DEL after the netns is gone.
-		gone := node.MustAddPod(t, "demo", "gone")
-		gone.MustRunDelete(t)
-		if err := node.Del(gone); err != nil {
-			t.Fatalf("DEL of a pod whose netns is gone: %v", err)
+		for _, backend := range []string{nftables, nft, legacy} {
+			t.Run(backend, func(t *testing.T) { delAndCheck(t, spec, backend) })
 		}
 	})
 }
 
+// flushOutput empties weir's outbound chain in p the way an operator
+// would, with the backend's own tool, and returns the name CHECK must use.
+func flushOutput(t *testing.T, p *testworld.Pod, backend string) string {
+	t.Helper()
+	if backend == nftables {
+		p.MustRun(t, "nft", "flush", "chain", "inet", "weir", "output")
+		return "weir/output"
+	}
+	p.MustRun(t, "iptables-"+backend, "-w", "-t", "nat", "-F", "WEIR_OUTPUT")
+	return "WEIR_OUTPUT"
+}
+
+func delAndCheck(t *testing.T, spec, backend string) {
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec, CaptureBackend: backend})
+	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	p := node.MustAddPod(t, "demo", "victim")
+	if err := node.Check(p); err != nil {
+		t.Fatalf("CHECK of a fresh pod: %v", err)
+	}
+	if ls := listeningPorts(t, p); !strings.Contains(ls, ":15001") || !strings.Contains(ls, ":15006") {
+		t.Fatalf("agent listeners missing in pod netns:\n%s", ls)
+	}
+	// Flush weir's outbound chain by hand: CHECK must fail and say
+	// what is missing.
+	chain := flushOutput(t, p, backend)
+	err := node.Check(p)
+	if err == nil || !strings.Contains(err.Error(), chain) || !strings.Contains(err.Error(), "missing rule") {
+		t.Fatalf("CHECK after flushing %s: %v; want an error naming it", chain, err)
+	}
+	for i := 0; i < 2; i++ {
+		if err := node.Del(p); err != nil {
+			t.Fatalf("DEL #%d: %v", i+1, err)
+		}
+	}
+	if installed, err := redirect.Installed(p.Path); err != nil || installed {
+		t.Fatalf("after DEL: installed=%v err=%v", installed, err)
+	}
+	if ls := listeningPorts(t, p); strings.Contains(ls, ":15001") || strings.Contains(ls, ":15006") {
+		t.Fatalf("agent listeners left in pod netns after DEL:\n%s", ls)
+	}
+	// Orphan DEL: a pod never added.
+	never := node.NewPodNetns(t, "demo", "never")
+	if err := node.Del(never); err != nil {
+		t.Fatalf("DEL of a pod never added: %v", err)
+	}
+	// DEL after the netns is gone.
+	gone := node.MustAddPod(t, "demo", "gone")
+	gone.MustRunDelete(t)
+	if err := node.Del(gone); err != nil {
+		t.Fatalf("DEL of a pod whose netns is gone: %v", err)
+	}
+}
+
 // Must show 8a: a bulk transfer arrives byte-exact through the agent.
 func TestBulkTransferByteExact(t *testing.T) {
-	m := newMesh(t, world{"1.0.0", "redirect", "v4"})
+	m := newMesh(t, world{"1.0.0", "redirect", "v4", ""})
 	ln := m.srvA.Listen(t, "0.0.0.0:9000")
 	const size = 1 << 30
 	got := make(chan [32]byte, 1)
@@ -307,7 +327,7 @@ func TestBulkTransferByteExact(t *testing.T) {
 // Must show 8b: after the client half-closes, the rest of the response
 // still arrives.
 func TestHalfCloseDeliversResponse(t *testing.T) {
-	m := newMesh(t, world{"1.0.0", "redirect", "v4"})
+	m := newMesh(t, world{"1.0.0", "redirect", "v4", ""})
 	ln := m.srvA.Listen(t, "0.0.0.0:9001")
 	const reply = 3 << 20
 	go func() {

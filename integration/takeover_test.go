@@ -15,7 +15,7 @@ import (
 // does, a connection the old agent relays keeps working through the drain,
 // the old agent exits 0, and traffic then goes through the new one.
 func TestTakeoverDropsNothing(t *testing.T) {
-	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4"}.nodeOptions())
+	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4", ""}.nodeOptions())
 	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": "20s"}
 	old := node.StartAgent(t, cfg)
 	srv := node.MustAddPod(t, "backend", "server")

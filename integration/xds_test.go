@@ -114,7 +114,7 @@ func (cp *controlPlane) push(t *testing.T, version string, vip netip.AddrPort, e
 func TestXDSRoutesFollowControlPlane(t *testing.T) {
 	for _, mode := range []string{"delta", "sotw"} {
 		t.Run(mode, func(t *testing.T) {
-			node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4"}.nodeOptions())
+			node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions())
 			capture := map[string]any{"namespaces": []string{"demo"}}
 			agent := node.StartAgent(t, map[string]any{"capture": capture})
 			srvA := node.MustAddPod(t, "backend", "server-a")

@@ -190,7 +190,7 @@ func hostOf(addr string) string {
 // reach the real destination, inbound TCP lands on 15006 except excluded
 // ports, and loopback is left alone. Both families, both backends.
 func TestRedirectCapturesTraffic(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		t.Run(backend, func(t *testing.T) {
 			requireBackend(t, backend)
 			w := newWorld(t)
@@ -268,7 +268,7 @@ func TestRedirectCapturesTraffic(t *testing.T) {
 //   - all with src_valid_mark=1 and rp_filter=1 in the pod, which break
 //     naive TPROXY set-ups.
 func TestTPROXYCapturesTraffic(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		t.Run(backend, func(t *testing.T) {
 			requireBackend(t, backend)
 			w := newWorld(t)

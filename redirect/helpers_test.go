@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -31,10 +32,18 @@ func requireRoot(t testing.TB) {
 	}
 }
 
-// requireBackend makes sure both families' tools of backend are installed.
+// requireBackend makes sure backend can be used here: both families' tools
+// of an iptables flavour, or a kernel that takes weir's nftables rules.
 func requireBackend(t testing.TB, backend string) {
 	t.Helper()
 	requireRoot(t)
+	if backend == BackendNFTables {
+		nftOnce.Do(func() { nftErr = ProbeNFTables() })
+		if nftErr != nil {
+			missing(t, "the kernel refuses weir's nftables rules (nf_tables with inet, nat, redir, tproxy and ct): %v", nftErr)
+		}
+		return
+	}
 	for _, f := range []family{ipv4, ipv6} {
 		if _, err := lookupTools(backend, f); err != nil {
 			missing(t, "backend %s: %v (Debian: apt-get install iptables)", backend, err)
@@ -42,7 +51,25 @@ func requireBackend(t testing.TB, backend string) {
 	}
 }
 
-var backends = []string{BackendLegacy, BackendNFT}
+// backends are the iptables flavours; allBackends adds native nftables.
+var (
+	backends    = []string{BackendLegacy, BackendNFT}
+	allBackends = []string{BackendLegacy, BackendNFT, BackendNFTables}
+)
+
+var (
+	nftOnce sync.Once
+	nftErr  error
+)
+
+// requireNftTool needs the nft program, to look at rules the way an
+// operator would.
+func requireNftTool(t testing.TB) {
+	t.Helper()
+	if _, err := lookPath("nft"); err != nil {
+		missing(t, "program nft (Debian: apt-get install nftables)")
+	}
+}
 
 // newNS creates a fresh, uniquely named network namespace with lo up and
 // removes it when the test ends.

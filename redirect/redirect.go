@@ -188,9 +188,11 @@ func (u undoStack) run() error {
 
 // apply runs inside the pod netns. Order: address check; policy routes
 // the spec needs (so nothing is marked before its route exists); the
-// selected backend, IPv4 then IPv6; the other backend emptied of weir rules;
-// policy routes the spec no longer needs. Each step records how to go back,
-// and a failure unwinds every step before it.
+// selected backend (an iptables flavour, IPv4 then IPv6, or weir's nftables
+// table in one transaction); every other backend emptied of weir's rules,
+// after the new ones are in place so no connection starts uncaptured in
+// between; policy routes the spec no longer needs. Each step records how to
+// go back, and a failure unwinds every step before it.
 func apply(s Spec, backend string) (err error) {
 	if err := checkFamilies(s); err != nil {
 		return err
@@ -200,6 +202,8 @@ func apply(s Spec, backend string) (err error) {
 		return err
 	}
 	defer nl.close()
+	op := &nsOp{}
+	defer op.close()
 	var undo undoStack
 	defer func() {
 		if err != nil {
@@ -217,18 +221,16 @@ func apply(s Spec, backend string) (err error) {
 			return err
 		}
 	}
-	for _, f := range []family{ipv4, ipv6} {
-		want := ruleSet{}
-		if s.wants(f) {
-			want = rulesFor(s, f)
-		}
-		if err := reconcileStep(&undo, backend, f, want, s.wants(f)); err != nil {
-			return err
-		}
+	primary := op.storeFor(backend)
+	if err := primary.program(&undo, s); err != nil {
+		return err
 	}
-	for _, f := range []family{ipv4, ipv6} {
-		if err := reconcileStep(&undo, otherBackend(backend), f, ruleSet{}, false); err != nil {
-			return err
+	for _, st := range op.stores() {
+		if st == primary {
+			continue
+		}
+		if err := st.clear(&undo); err != nil {
+			return fmt.Errorf("clear %s: %w", st, err)
 		}
 	}
 	for _, f := range []family{ipv4, ipv6} {
@@ -272,25 +274,16 @@ func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, requ
 	return nil
 }
 
-// remove runs inside the pod netns and empties every backend and family,
-// then deletes weir's policy rules and routes, once no rule marks packets
-// for them any more.
+// remove runs inside the pod netns and empties every backend, then deletes
+// weir's policy rules and routes, once no rule marks packets for them any
+// more.
 func remove() error {
 	var errs []error
-	for _, backend := range []string{BackendNFT, BackendLegacy} {
-		for _, f := range []family{ipv4, ipv6} {
-			t, err := lookupTools(backend, f)
-			if err != nil {
-				continue
-			}
-			cur, err := t.read()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("read %s rules: %w", t, err))
-				continue
-			}
-			if err := t.reconcile(cur, ruleSet{}); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s rules: %w", t, err))
-			}
+	op := &nsOp{}
+	defer op.close()
+	for _, st := range op.stores() {
+		if err := st.remove(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", st, err))
 		}
 	}
 	nl, err := openNetlink()
@@ -313,30 +306,15 @@ func remove() error {
 // verify runs inside the pod netns.
 func verify(s Spec, backend string) error {
 	var probs []string
-	for _, b := range []string{backend, otherBackend(backend)} {
-		inUse := b == backend
-		for _, f := range []family{ipv4, ipv6} {
-			required := inUse && s.wants(f)
-			t, err := lookupTools(b, f)
-			if err != nil {
-				if required {
-					return fmt.Errorf("%s: %w", f, err)
-				}
-				continue
-			}
-			have, err := t.read()
-			if err != nil {
-				if required {
-					return fmt.Errorf("read %s rules: %w", t, err)
-				}
-				continue
-			}
-			want := ruleSet{}
-			if required {
-				want = rulesFor(s, f)
-			}
-			probs = append(probs, problems(t.label(inUse)+" ", have, want)...)
+	op := &nsOp{}
+	defer op.close()
+	primary := op.storeFor(backend)
+	for _, st := range op.stores() {
+		p, err := st.problems(s, st == primary)
+		if err != nil {
+			return err
 		}
+		probs = append(probs, p...)
 	}
 	nl, err := openNetlink()
 	if err != nil {
@@ -361,20 +339,16 @@ func verify(s Spec, backend string) error {
 // installed runs inside the pod netns.
 func installed() (bool, error) {
 	var errs []error
-	for _, backend := range []string{BackendNFT, BackendLegacy} {
-		for _, f := range []family{ipv4, ipv6} {
-			t, err := lookupTools(backend, f)
-			if err != nil {
-				continue
-			}
-			have, err := t.read()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("read %s rules: %w", t, err))
-				continue
-			}
-			if !have.empty() {
-				return true, nil
-			}
+	op := &nsOp{}
+	defer op.close()
+	for _, st := range op.stores() {
+		found, err := st.holds()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", st, err))
+			continue
+		}
+		if found {
+			return true, nil
 		}
 	}
 	nl, err := openNetlink()

@@ -372,7 +372,7 @@ func TestDualStackGuard(t *testing.T) {
 // might) on one netns: whatever the interleaving, the end state is one
 // complete rule set with one jump per chain.
 func TestConcurrentApply(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		t.Run(backend, func(t *testing.T) {
 			requireBackend(t, backend)
 			n := newNS(t)

@@ -1,11 +1,17 @@
 // Package redirect programs interception into one pod network namespace:
-// iptables REDIRECT (and, later, TPROXY and eBPF) for IPv4 and IPv6. The
-// plugin calls it at ADD/CHECK/DEL, the agent when it enrols or releases a
-// running pod; both get the same rules from the same Spec.
+// REDIRECT or TPROXY (eBPF later) for IPv4 and IPv6, in one of three
+// backends: iptables (legacy or nft flavour) or native nftables. The plugin
+// calls it at ADD/CHECK/DEL, the agent when it enrols or releases a running
+// pod; both get the same rules from the same Spec.
 //
-// Every rule lives in chains named WEIR_* and carries a comment, so
-// `iptables-save` inside a pod explains itself. Chain names are an upgrade
-// contract: renaming one strands the rules of running pods.
+// In iptables every rule lives in chains named WEIR_* and carries a
+// comment, so `iptables-save` inside a pod explains itself. In nftables
+// every rule lives in `table inet weir` (both families in one table) and
+// carries a comment, so `nft list ruleset` does; the table is written in
+// one netlink transaction and no program is started. Chain and table names
+// are an upgrade contract: renaming one strands the rules of running pods.
+// Apply empties every backend it does not use, and Remove, Verify and
+// Installed look at all three, so a pod moves between backends cleanly.
 //
 // Apply, Remove, Verify and Installed take a path to a network namespace
 // (/var/run/netns/…, /proc/<pid>/ns/net, or /proc/self/fd/N for a netns fd
@@ -14,7 +20,10 @@
 // --noflush per family, so each family changes in one step; IPv4 and IPv6
 // are applied both or neither. Writers of the same namespace (the plugin and
 // the agent) serialise on a per-namespace lock, so a repeated or concurrent
-// Apply never stacks jumps.
+// Apply never stacks jumps. Backends a namespace does not use are checked
+// without starting a program (the kernel lists the legacy tables that
+// exist, and iptables-nft's chains are visible over netlink), so the
+// nftables backend starts none at all.
 //
 // ModeRedirect uses nat REDIRECT (the agent reads SO_ORIGINAL_DST).
 // ModeTPROXY uses mangle TPROXY plus a fwmark policy rule and a local
@@ -85,8 +94,10 @@ type Spec struct {
 	ExcludeOutboundPorts []uint16
 	// ExcludeOutboundCIDRs are destinations (CIDR) that skip the agent.
 	ExcludeOutboundCIDRs []string
-	// Backend is "legacy" or "nft": the iptables flavour the node uses. Empty
-	// means detect it in the caller's network namespace.
+	// Backend is where the rules go: "legacy" or "nft" (an iptables
+	// flavour), or "nftables" (weir's own nftables table, over netlink).
+	// Empty means the iptables flavour the caller's network namespace uses
+	// (DetectBackend); ChooseBackend picks among all three.
 	Backend string
 
 	// TPROXYMark and TPROXYMask (ModeTPROXY only) mark packets the policy
@@ -106,10 +117,12 @@ type Spec struct {
 	PinPath string
 }
 
-// Backends an iptables rule set can live in.
+// Backends weir's rules can live in: the two iptables flavours, each
+// driven through its restore program, and native nftables (nftables.go).
 const (
-	BackendLegacy = "legacy"
-	BackendNFT    = "nft"
+	BackendLegacy   = "legacy"
+	BackendNFT      = "nft"
+	BackendNFTables = "nftables"
 )
 
 // WithDefaults returns a copy of s with every zero port, mark and mask
@@ -203,9 +216,9 @@ func (s Spec) Validate() error {
 		}
 	}
 	switch s.Backend {
-	case "", BackendLegacy, BackendNFT:
+	case "", BackendLegacy, BackendNFT, BackendNFTables:
 	default:
-		return fmt.Errorf("unknown backend %q (want %q, %q or empty to detect)", s.Backend, BackendLegacy, BackendNFT)
+		return fmt.Errorf("unknown backend %q (want %q, %q, %q or empty to detect)", s.Backend, BackendLegacy, BackendNFT, BackendNFTables)
 	}
 	return nil
 }

@@ -114,7 +114,7 @@ func TestTPROXYIdempotentAndVerify(t *testing.T) {
 // TestModeSwitch moves a pod between modes: each Apply leaves exactly its
 // own mode's rules and routes.
 func TestModeSwitch(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range allBackends {
 		t.Run(backend, func(t *testing.T) {
 			requireBackend(t, backend)
 			n := newNS(t)

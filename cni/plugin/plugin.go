@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -32,6 +33,9 @@ const (
 	// ErrCheck: CHECK found the pod's capture incomplete.
 	ErrCheck uint = 102
 )
+
+// processStart is when the plugin process began, as near as Go can tell.
+var processStart = time.Now()
 
 // Funcs are the plugin's verbs for skel.
 func Funcs() skel.CNIFuncs {
@@ -68,9 +72,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 	client := newAgentClient(conf)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var resp api.AddResponse
+	agentStart := time.Now()
 	err = client.call(http.MethodPost, api.PathAdd, api.AddRequest{
 		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
 	}, &resp)
+	agentTook := time.Since(agentStart)
 	if err != nil {
 		var ue *unreachableError
 		if errors.As(err, &ue) && !conf.needsAgent(pod.Namespace) {
@@ -91,6 +97,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
 	}
 	spec := fromWire(*resp.Redirect)
+	applyStart := time.Now()
 	if err := redirect.Apply(args.Netns, spec); err != nil {
 		// Nothing was applied (Apply is all or nothing); let the agent close
 		// the listeners it opened for us.
@@ -100,7 +107,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		log.Error("apply redirect failed", "err", err)
 		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
 	}
-	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
+	// Where an ADD spends its time, for whoever chases its latency.
+	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "backend", spec.Backend, "ipv4", spec.IPv4, "ipv6", spec.IPv6,
+		"agentMicros", agentTook.Microseconds(), "redirectMicros", time.Since(applyStart).Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds())
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }
 

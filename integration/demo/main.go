@@ -68,7 +68,13 @@ func run(t *demoT, requests int, spec string) {
 	step("adding the client pod in captured namespace \"demo\"")
 	client := node.MustAddPod(t, "demo", "client")
 	fmt.Printf("    client %s; weir rules in its netns:\n", client.IP4)
-	fmt.Println(indent(client.MustRun(t, "iptables-save", "-t", "nat")))
+	// The agent logs which backend it chose; nftables unless the node
+	// keeps to iptables.
+	if rules, err := client.Run("nft", "list", "table", "inet", "weir"); err == nil {
+		fmt.Println(indent(rules))
+	} else {
+		fmt.Println(indent(client.MustRun(t, "iptables-save", "-t", "nat")))
+	}
 
 	step("client: curl http://10.96.0.10/ x%d (the address exists only in the agent's config)", requests)
 	count := map[string]int{}

@@ -42,15 +42,19 @@ func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
 	for k, v := range cfg {
 		full[k] = v
 	}
-	if n.Opts.EBPF {
-		// Copy capture rather than change the caller's map.
+	if n.Opts.CaptureBackend != "" || n.Opts.EBPF {
+		// Copy capture rather than change the caller's map; the caller's
+		// keys win.
 		capt := map[string]any{}
+		if n.Opts.CaptureBackend != "" {
+			capt["backend"] = n.Opts.CaptureBackend
+		}
 		if c, ok := full["capture"].(map[string]any); ok {
 			for k, v := range c {
 				capt[k] = v
 			}
 		}
-		if _, set := capt["ebpf"]; !set {
+		if _, set := capt["ebpf"]; !set && n.Opts.EBPF {
 			capt["ebpf"] = n.ebpfSettings()
 		}
 		full["capture"] = capt

@@ -32,6 +32,10 @@ func Binaries(t T) string {
 		for _, pkg := range []string{"./cni/cmd/weir-cni", "./agent/cmd/weir-agent"} {
 			cmd := exec.Command("go", "build", "-o", dir, pkg)
 			cmd.Dir = root
+			if pkg == "./cni/cmd/weir-cni" {
+				// As the Makefile builds it: see there.
+				cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = &buildError{pkg: pkg, out: string(out), err: err}
 				return

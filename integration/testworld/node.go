@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 )
@@ -43,6 +44,13 @@ type NodeOptions struct {
 	// agent run with nsenter --net (ip netns exec's private sysfs would
 	// hide the bpffs and cgroup mounts from it).
 	EBPF bool
+	// Exec, when set, runs the plugins instead of libcni's default (a
+	// benchmark times weir-cni through it).
+	Exec invoke.Exec
+	// CaptureBackend, when set, is the agent's capture.backend (auto,
+	// legacy, nft, nftables) in every config WriteAgentConfig writes,
+	// unless the config names one itself.
+	CaptureBackend string
 }
 
 // Node is one isolated node: a netns with the bridge, the CNI chain and an
@@ -73,7 +81,7 @@ func NewNode(t T, opts NodeOptions) *Node {
 	n.PluginDir = PluginDir(t, opts.SpecVersion)
 	n.Socket = filepath.Join(n.Dir, "agent.sock")
 	n.CNILog = filepath.Join(n.Dir, "weir-cni.log")
-	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), nil)
+	n.cni = libcni.NewCNIConfigWithCacheDir([]string{n.PluginDir, n.Bin}, filepath.Join(n.Dir, "cni-cache"), opts.Exec)
 	// The bridge's IPv6 gateway address would sit "tentative" through
 	// duplicate address detection, and the node could not use it.
 	n.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")

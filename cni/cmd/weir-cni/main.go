@@ -5,6 +5,7 @@ package main
 
 import (
 	"os"
+	"runtime"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
@@ -14,6 +15,15 @@ import (
 )
 
 func main() {
+	// weir-cni does one thing at a time and lives for milliseconds. With a
+	// single P its goroutines (the HTTP client's, netlink's) hand over on
+	// one thread instead of waking and spinning others, which on a busy
+	// node costs scheduling delays: weir-addbench, with ADDs alternating
+	// between GOMAXPROCS=1 and the default on a loaded 2-core machine,
+	// measured medians of 9.2 vs 12.7 ms and 9.7 vs 15.5 ms.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
 	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 && (os.Args[1] == "install" || os.Args[1] == "uninstall") {
 		os.Exit(install.Main(os.Args[1:]))
 	}

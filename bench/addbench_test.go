@@ -1,0 +1,46 @@
+package bench
+
+import (
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+func TestPercentile(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct {
+		p    float64
+		want time.Duration
+	}{{50, 50 * time.Millisecond}, {90, 90 * time.Millisecond}, {99, 99 * time.Millisecond}, {100, 100 * time.Millisecond}, {1, time.Millisecond}} {
+		if got := Percentile(ds, c.p); got != c.want {
+			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+		}
+	}
+	if Percentile(nil, 50) != 0 {
+		t.Error("percentile of nothing is not 0")
+	}
+}
+
+// TestMeasureADDSmoke runs weir-addbench's measurement on a few pods per
+// backend, so a broken timer, log parse or chain fails CI; the figures are
+// for the program itself.
+func TestMeasureADDSmoke(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "nft")
+	for _, backend := range []string{"nftables", "nft", "legacy"} {
+		t.Run(backend, func(t *testing.T) {
+			r := MeasureADD(t, backend, ADDOptions{Pods: 5})
+			s := r.Summarize()
+			if s.Pods != 5 || len(r.Agent) != 5 || len(r.Redirect) != 5 || len(r.Main) != 5 || s.P50 <= 0 || s.Start50 <= 0 {
+				t.Fatalf("summary %+v from %d agent, %d redirect, %d main times", s, len(r.Agent), len(r.Redirect), len(r.Main))
+			}
+			if s.Main50 >= s.P99 {
+				t.Errorf("in-process time %v not below the wall time %v", s.Main50, s.P99)
+			}
+		})
+	}
+}
