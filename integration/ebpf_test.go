@@ -96,8 +96,12 @@ func TestEBPFFallback(t *testing.T) {
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{
 		"namespaces": []string{"demo"}, "ebpf": bad, "ebpfFallback": "redirect"}})
 	p := node.MustAddPod(t, "demo", "fallback")
-	if out := p.MustRun(t, "iptables-save", "-t", "nat"); !strings.Contains(out, "WEIR_OUTPUT") {
-		t.Fatalf("fallback redirect: no WEIR_OUTPUT chain in the pod:\n%s", out)
+	// The fallback programs rules in the node's backend: native nftables
+	// (auto on an nftables node) or an iptables flavour.
+	ipt := p.MustRun(t, "iptables-save", "-t", "nat")
+	nft, _ := p.Run("nft", "list", "table", "inet", "weir")
+	if !strings.Contains(ipt, "WEIR_OUTPUT") && !strings.Contains(nft, "redirect to :15001") {
+		t.Fatalf("fallback redirect: no weir rules in the pod:\n%s\n%s", ipt, nft)
 	}
 	if log := agent.Log(); !strings.Contains(log, "cgroup") || !strings.Contains(log, "eBPF capture unavailable") {
 		t.Fatalf("agent log does not name the missing cgroup v2:\n%s", log)
