@@ -37,7 +37,7 @@ func (l logWriter) Write(b []byte) (int, error) {
 // cell produced figures, not what they are: speed is for the bench itself.
 func TestQuickBench(t *testing.T) {
 	testworld.RequireRoot(t)
-	testworld.RequireTool(t, "ip", "iptables", "sysctl", "nginx", "haproxy", "wrk", "iperf3")
+	testworld.RequireTool(t, "ip", "iptables", "sysctl", "nginx", "haproxy", "wrk", "h2load", "iperf3")
 	rep, err := Run(t, Options{Quick: true, Rounds: 1, Duration: time.Second, Log: logWriter{t}})
 	if err != nil {
 		t.Fatal(err)
@@ -61,10 +61,18 @@ func TestQuickBench(t *testing.T) {
 			if row.Kind != kindDirect && row.RSS <= 0 {
 				t.Errorf("%s over %s: no peak RSS for the proxy", w.Name, row.Path)
 			}
-			if w.Name == "http-keepalive" && row.Kind != kindDirect && row.CPU <= 0 {
+			if (w.Name == "http-keepalive" || w.Name == "h2-keepalive") && row.Kind != kindDirect && row.CPU <= 0 {
 				// Thousands of requests cost a proxy far more than one 10 ms
 				// tick; zero means the wrong processes were accounted.
 				t.Errorf("%s over %s: proxy used no CPU", w.Name, row.Path)
+			}
+			// HTTP over weir-<mode> is proxied by the L7 half, over
+			// weir-<mode>-l4 it is not.
+			if row.Kind == kindWeir && w.RateUnit == "req/s" && len(row.Samples) > 0 {
+				l4 := strings.HasSuffix(row.Path, "-l4")
+				if l4 && row.WeirL7Requests != 0 || !l4 && row.WeirL7Requests < row.Samples[0].Units/2 {
+					t.Errorf("%s over %s: weir's L7 half counted %v requests of %v", w.Name, row.Path, row.WeirL7Requests, row.Samples[0].Units)
+				}
 			}
 		}
 	}
@@ -72,9 +80,14 @@ func TestQuickBench(t *testing.T) {
 		if n := rep.AgentConnections["weir-"+m]; n < 1 {
 			t.Errorf("weir-%s: the agent counted %v connections: the path did not go through weir", m, n)
 		}
+		for _, res := range []string{"http1", "http2"} {
+			if rep.AgentSniff["weir-"+m][res] < 1 {
+				t.Errorf("weir-%s: the sniffer found no %s connection: %v", m, res, rep.AgentSniff["weir-"+m])
+			}
+		}
 	}
 	md := rep.Markdown()
-	for _, want := range []string{"## Results", "### http-keepalive", "| weir-redirect |", "## Targets"} {
+	for _, want := range []string{"## Results", "### http-keepalive", "### h2-keepalive", "| weir-redirect |", "| weir-redirect-l4 |", "## Targets"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}
@@ -112,6 +125,62 @@ Transfer/sec:     20.00MB
 		if _, err := parseWrk([]byte(bad)); err == nil {
 			t.Errorf("parseWrk(%q) accepted", bad)
 		}
+	}
+}
+
+func TestParseH2load(t *testing.T) {
+	out := `starting benchmark...
+Application protocol: h2c
+
+finished in 1.00s, 42321.00 req/s, 3.27MB/s
+requests: 42321 total, 42361 started, 42321 done, 42319 succeeded, 2 failed, 1 errored, 0 timeout
+status codes: 42319 2xx, 0 3xx, 0 4xx, 2 5xx
+traffic: 3.27MB (3428256) total, 2.02MB (2116100) headers (space savings 49.49%), 537.28KB (550173) data
+                     min         max         mean         sd        +/- sd
+time for request:       43us     24.21ms       903us      1.25ms    95.47%
+`
+	var log strings.Builder
+	for i := 1; i <= 100; i++ {
+		fmt.Fprintf(&log, "1795969776808987\t200\t%d\n", i*10)
+	}
+	s, err := parseH2load([]byte(out), []byte(log.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Units != 42321 || s.Rate != 42321 || s.P50us != 500 || s.P99us != 990 || s.Errors != 5 {
+		t.Errorf("got %+v", s)
+	}
+	for _, bad := range [][2]string{
+		{"", ""},
+		{out, ""}, // no latency logged
+		{"finished in 1.00s, 0.00 req/s, 0B/s\nrequests: 0 total, 0 started, 0 done, 0 succeeded, 0 failed, 0 errored, 0 timeout\n", "1\t200\t5\n"},
+		{out, "1\t200\tx\n"},
+	} {
+		if _, err := parseH2load([]byte(bad[0]), []byte(bad[1])); err == nil {
+			t.Errorf("parseH2load(%q, %q) accepted", bad[0], bad[1])
+		}
+	}
+}
+
+func TestMetricsText(t *testing.T) {
+	m := map[string]float64{
+		`weir_sniff_total{result="http1"}`:                        5,
+		`weir_sniff_total{result="http2"}`:                        2,
+		`weir_sniff_total{result="timeout"}`:                      0,
+		`weir_http_requests_total{code="2xx",protocol="http1"}`:   100,
+		`weir_http_requests_total{code="5xx",protocol="http1"}`:   1,
+		`weir_http_requests_total{code="2xx",protocol="http2"}`:   40,
+		`weir_http_requests_total_other{code="2xx",protocol="x"}`: 9,
+		`weir_connections_total{direction="outbound"}`:            3,
+	}
+	if got := sumSeries(m, "weir_http_requests_total"); got != 141 {
+		t.Errorf("sum = %v", got)
+	}
+	if got := labelled(m, "weir_http_requests_total", "protocol"); got["http1"] != 101 || got["http2"] != 40 || len(got) != 2 {
+		t.Errorf("by protocol = %v", got)
+	}
+	if got := labelled(m, "weir_sniff_total", "result"); got["http1"] != 5 || len(got) != 2 {
+		t.Errorf("by result = %v", got)
 	}
 }
 

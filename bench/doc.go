@@ -3,12 +3,15 @@
 // It builds a test world of network namespaces with integration/testworld
 // (a node, a server pod, a captured client pod per weir mode and an
 // uncaptured one, all attached through the real CNI chain) and drives the
-// same loads over every path: direct, weir in each interception mode, and
-// peer proxies placed where weir's listener sits (nginx stream and http,
-// haproxy tcp and http, a plain Go splice relay), reached through the same
-// kind of iptables REDIRECT rule weir-cni installs. Loads are keep-alive
-// HTTP and a connection per request (wrk), single-stream bulk (iperf3) and
-// small-message ping-pong (a Go client and echo server of its own).
+// same loads over every path: direct, weir in each interception mode (its
+// L7 half, on services of protocol auto, and its L4 relay, on the same
+// services declared tcp), and peer proxies placed where weir's listener
+// sits (nginx stream and http, haproxy tcp and http, a plain Go splice
+// relay), reached through the same kind of iptables REDIRECT rule weir-cni
+// installs. Loads are keep-alive HTTP/1.1 and a connection per request
+// (wrk), keep-alive HTTP/2 with prior knowledge (h2load), single-stream
+// bulk (iperf3) and small-message ping-pong (a Go client and echo server
+// of its own).
 //
 // Cells run interleaved over several rounds; the report has medians of the
 // client's rate and latency and of the proxy's own CPU per unit of work

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -25,6 +26,9 @@ type peer struct {
 	tool string
 	// optIn peers are experiments that run only when --paths names them.
 	optIn bool
+	// notes says how the peer carries a backend when its description does
+	// not (see path.notes).
+	notes map[backend]string
 	// start runs the peer listening on 127.0.0.1:listen[b] and forwarding to
 	// upstream[b] for each backend, and returns its processes.
 	start func(w *world, listen map[backend]int, upstream map[backend]string) *proc
@@ -32,9 +36,11 @@ type peer struct {
 
 var peers = []peer{
 	{name: "nginx-stream", desc: "nginx stream proxy_pass (L4), 2 workers", tool: "nginx", start: startNginxStream},
-	{name: "nginx-http", desc: "nginx http proxy_pass, upstream keepalive, 2 workers", l7: true, tool: "nginx", start: startNginxHTTP},
+	{name: "nginx-http", desc: "nginx http proxy_pass, upstream keepalive, 2 workers", l7: true, tool: "nginx", start: startNginxHTTP,
+		notes: map[backend]string{backendH2C: "h2c in front (`listen … http2`), HTTP/1.1 upstream with keepalive to the server's HTTP/1.1 port: nginx's proxy_pass speaks only HTTP/1.x upstream (grpc_pass speaks HTTP/2, for gRPC)"}},
 	{name: "haproxy-tcp", desc: "haproxy mode tcp, nbthread 2", tool: "haproxy", start: startHAProxy(false)},
-	{name: "haproxy-http", desc: "haproxy mode http, nbthread 2", l7: true, tool: "haproxy", start: startHAProxy(true)},
+	{name: "haproxy-http", desc: "haproxy mode http, nbthread 2", l7: true, tool: "haproxy", start: startHAProxy(true),
+		notes: map[backend]string{backendH2C: "h2c both ways: `bind … proto h2`, `server … proto h2` to the server's h2c port"}},
 	{name: "go-relay", desc: "plain Go relay, io.Copy between TCPConns (splice)", start: startGoRelay("splice")},
 	// Experiments for relay.go's copy strategy (run with --paths).
 	{name: "go-relay-buffer", desc: "Go relay copying through a 32 KiB user-space buffer (read/write, no splice)", optIn: true, start: startGoRelay("buffer")},
@@ -62,8 +68,10 @@ func (w *world) startPeer(i int, p peer) *path {
 	listen := map[backend]int{}
 	upstream := map[backend]string{}
 	addr := map[backend]string{}
+	skip := map[backend]string{}
 	for _, b := range backends {
-		if p.l7 && b != backendHTTP {
+		if p.l7 && !slices.Contains(httpBackends, b) {
+			skip[b] = "an HTTP proxy: it carries the HTTP workloads only"
 			continue
 		}
 		listen[b] = peerListenPort(i, b)
@@ -83,7 +91,7 @@ func (w *world) startPeer(i int, p peer) *path {
 	// nginx's workers are children of its master; haproxy and the Go relay
 	// are one process each.
 	procs := procGroup{root: pr.pid(), withWorkers: p.tool == "nginx"}
-	return &path{Name: p.name, Kind: kindPeer, Desc: p.desc, client: w.plain, addr: addr, procs: procs,
+	return &path{Name: p.name, Kind: kindPeer, Desc: p.desc, client: w.plain, addr: addr, skip: skip, notes: p.notes, procs: procs,
 		deps: append([]*proc{pr}, w.first.servers...)}
 }
 
@@ -128,6 +136,9 @@ func startNginxStream(w *world, listen map[backend]int, upstream map[backend]str
 	return startNginx(w, b.String(), dir)
 }
 
+// startNginxHTTP proxies HTTP/1.1 and, on a second listener, h2c
+// (`listen … http2`); both go to the server's HTTP/1.1 port over one
+// keepalive upstream, since proxy_pass cannot speak HTTP/2 upstream.
 func startNginxHTTP(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	dir := w.t.TempDir()
 	conf := nginxMain(dir) + fmt.Sprintf(`
@@ -148,8 +159,16 @@ http {
       proxy_set_header Connection "";
     }
   }
+  server {
+    listen 127.0.0.1:%[4]d backlog=8192 http2;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
 }
-`, dir, upstream[backendHTTP], listen[backendHTTP])
+`, dir, upstream[backendHTTP], listen[backendHTTP], listen[backendH2C])
 	return startNginx(w, conf, dir)
 }
 
@@ -181,7 +200,12 @@ defaults
 			if !ok {
 				continue
 			}
-			fmt.Fprintf(&b, "\nfrontend f_%[1]s\n  bind 127.0.0.1:%[2]d\n  default_backend b_%[1]s\n\nbackend b_%[1]s\n  server s1 %[3]s\n", be, port, upstream[be])
+			// In mode http the h2c backend is HTTP/2 on both sides.
+			proto := ""
+			if http && be == backendH2C {
+				proto = " proto h2"
+			}
+			fmt.Fprintf(&b, "\nfrontend f_%[1]s\n  bind 127.0.0.1:%[2]d%[4]s\n  default_backend b_%[1]s\n\nbackend b_%[1]s\n  server s1 %[3]s%[4]s\n", be, port, upstream[be], proto)
 		}
 		path := filepath.Join(dir, "haproxy.cfg")
 		if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {

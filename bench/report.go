@@ -30,6 +30,12 @@ type Report struct {
 	// AgentConnections is weir_connections_total{direction="outbound"} per
 	// weir path at the end: proof that the weir rows went through weir.
 	AgentConnections map[string]float64 `json:"agentConnections"`
+	// AgentSniff is weir_sniff_total by result and AgentHTTPRequests
+	// weir_http_requests_total by protocol, per agent at the end (keyed by
+	// its first path's name): what the sniffer decided and what the L7
+	// half proxied.
+	AgentSniff        map[string]map[string]float64 `json:"agentSniff"`
+	AgentHTTPRequests map[string]map[string]float64 `json:"agentHttpRequests"`
 	// AgentWarnings are the WARN and ERROR lines weir-agent logged during
 	// the run; a healthy run has none.
 	AgentWarnings []string `json:"agentWarnings,omitempty"`
@@ -68,7 +74,17 @@ type WorkloadResult struct {
 	BestPeerRate string `json:"bestPeerRate,omitempty"`
 	BestPeerCPU  string `json:"bestPeerCpu,omitempty"`
 	Rows         []*Row `json:"rows"`
-	cpuScale     float64
+	// Notes say how a path carries this workload when its description
+	// does not; Skipped names the paths that cannot carry it, and why.
+	Notes    []PathNote `json:"notes,omitempty"`
+	Skipped  []PathNote `json:"skipped,omitempty"`
+	cpuScale float64
+}
+
+// PathNote is a remark about one path under one workload.
+type PathNote struct {
+	Path string `json:"path"`
+	Note string `json:"note"`
 }
 
 // Row is one path under one workload: every round's sample and medians.
@@ -87,6 +103,9 @@ type Row struct {
 	// RSS is the median peak RSS of the proxy processes, bytes.
 	RSS    int64 `json:"rssBytes"`
 	Errors int64 `json:"errors"`
+	// WeirL7Requests is the sum of the samples' WeirL7Requests: non-zero
+	// proves a weir row went through the L7 half, zero that it did not.
+	WeirL7Requests float64 `json:"weirL7Requests,omitempty"`
 	// RateVsBestPeer is Rate over the best peer's; CPUVsBestPeer is CPU
 	// over the lowest peer's. NaN when there is nothing to compare.
 	RateVsBestPeer float64 `json:"rateVsBestPeer"`
@@ -105,7 +124,8 @@ type Target struct {
 
 func newReport(opts Options, started time.Time, paths []*path, wls []workload) *Report {
 	r := &Report{Started: started, Machine: machine(), Rounds: opts.Rounds, Duration: opts.Duration.String(),
-		Quick: opts.Quick, AgentConnections: map[string]float64{}}
+		Quick: opts.Quick, AgentConnections: map[string]float64{},
+		AgentSniff: map[string]map[string]float64{}, AgentHTTPRequests: map[string]map[string]float64{}}
 	for _, p := range paths {
 		r.Paths = append(r.Paths, PathInfo{Name: p.Name, Kind: p.Kind, Desc: p.Desc})
 	}
@@ -114,6 +134,11 @@ func newReport(opts Options, started time.Time, paths []*path, wls []workload) *
 		for _, p := range paths {
 			if _, ok := p.addr[wl.backend]; ok {
 				res.Rows = append(res.Rows, &Row{Path: p.Name, Kind: p.Kind})
+				if n := p.notes[wl.backend]; n != "" {
+					res.Notes = append(res.Notes, PathNote{Path: p.Name, Note: n})
+				}
+			} else if r := p.skip[wl.backend]; r != "" {
+				res.Skipped = append(res.Skipped, PathNote{Path: p.Name, Note: r})
 			}
 		}
 		r.Workloads = append(r.Workloads, res)
@@ -166,6 +191,7 @@ func (r *Report) finish(elapsed time.Duration) {
 					rss = append(rss, float64(s.ProxyRSS))
 				}
 				row.Errors += s.Errors
+				row.WeirL7Requests += s.WeirL7Requests
 			}
 			row.Rate, row.P50us, row.P99us = median(rate), median(p50), median(p99)
 			row.CPU, row.RSS = median(cpu), int64(median(rss))
@@ -191,14 +217,22 @@ func (r *Report) finish(elapsed time.Duration) {
 			}
 		}
 	}
+	cpu := func(a, b *Row) float64 { return a.CPU / b.CPU }
+	atMost1 := func(x float64) bool { return x <= 1 }
 	for _, m := range WeirModes {
 		weir := "weir-" + m
-		r.target("L4 proxy CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", weir, "nginx-stream",
-			func(a, b *Row) float64 { return a.CPU / b.CPU }, "≤ 1.00", func(x float64) bool { return x <= 1 })
-		r.target("L4 proxy CPU per request ≤ nginx stream's (connection per request)", "http-close", weir, "nginx-stream",
-			func(a, b *Row) float64 { return a.CPU / b.CPU }, "≤ 1.00", func(x float64) bool { return x <= 1 })
+		// The L4 goals are weir's L4 relay's: the -l4 path for HTTP (the
+		// plain path proxies HTTP at L7); bulk is sniffed to L4 either way.
+		r.target("L4 proxy CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", weir+"-l4", "nginx-stream", cpu, "≤ 1.00", atMost1)
+		r.target("L4 proxy CPU per request ≤ nginx stream's (connection per request)", "http-close", weir+"-l4", "nginx-stream", cpu, "≤ 1.00", atMost1)
 		r.target("single-stream bulk throughput ≥ 1.5 × nginx stream's", "bulk", weir, "nginx-stream",
 			func(a, b *Row) float64 { return a.Rate / b.Rate }, "≥ 1.50", func(x float64) bool { return x >= 1.5 })
+		// The L7 goals (issue 9): HTTP/1.1 first against haproxy, then
+		// nginx; HTTP/2 against both.
+		r.target("L7 CPU per HTTP/1.1 request ≤ haproxy http's (keep-alive)", "http-keepalive", weir, "haproxy-http", cpu, "≤ 1.00", atMost1)
+		r.target("L7 CPU per HTTP/1.1 request ≤ nginx http's (keep-alive)", "http-keepalive", weir, "nginx-http", cpu, "≤ 1.00", atMost1)
+		r.target("L7 CPU per HTTP/2 request ≤ haproxy http's (h2c, proto h2)", "h2-keepalive", weir, "haproxy-http", cpu, "≤ 1.00", atMost1)
+		r.target("L7 CPU per HTTP/2 request ≤ nginx http's (h2c front)", "h2-keepalive", weir, "nginx-http", cpu, "≤ 1.00", atMost1)
 	}
 }
 
@@ -324,6 +358,15 @@ func (r *Report) WriteTable(out io.Writer) {
 			fmt.Fprintln(tw, strings.Join(w.cells(row), "\t")+"\t")
 		}
 		tw.Flush()
+		for _, n := range w.Notes {
+			fmt.Fprintf(out, "  %s: %s\n", n.Path, n.Note)
+		}
+		for _, n := range w.Skipped {
+			fmt.Fprintf(out, "  not run over %s: %s\n", n.Path, n.Note)
+		}
+		if l7 := w.l7Line(); l7 != "" {
+			fmt.Fprintf(out, "  %s\n", l7)
+		}
 	}
 	fmt.Fprintln(out, "\ntargets:")
 	for _, t := range r.Targets {
@@ -331,6 +374,7 @@ func (r *Report) WriteTable(out io.Writer) {
 	}
 	if len(r.AgentConnections) > 0 {
 		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
+		fmt.Fprintf(out, "sniffer results: %v\nL7 requests by protocol: %v\n", r.AgentSniff, r.AgentHTTPRequests)
 	}
 	if len(r.AgentWarnings) > 0 {
 		fmt.Fprintf(out, "\nweir-agent logged %d warnings or errors during the run:\n", len(r.AgentWarnings))
@@ -353,6 +397,38 @@ func (r *Report) WriteTable(out io.Writer) {
 		}
 		tw.Flush()
 	}
+}
+
+// l7Line says how many requests weir's L7 half counted over each weir
+// row's recorded runs: the proof that a weir-<mode> row was proxied at L7
+// and a -l4 row was not. Empty for a workload without weir rows that
+// carry HTTP.
+func (w *WorkloadResult) l7Line() string {
+	if w.RateUnit != "req/s" {
+		return ""
+	}
+	var parts []string
+	for _, row := range w.Rows {
+		if row.Kind == kindWeir && len(row.Samples) > 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", row.Path, row.WeirL7Requests))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Requests weir's L7 half counted (`weir_http_requests_total`, over the recorded runs): " + strings.Join(parts, ", ") + "."
+}
+
+// fmtCounts renders counters by label as "a 12, b 3" in label order.
+func fmtCounts(m map[string]float64) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%s %.0f", k, m[k]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func targetVerdict(t Target) string {
@@ -382,7 +458,7 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "- ran: %s, took %s\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Elapsed)
 	fmt.Fprintf(&b, "- machine: %d CPUs, %s, kernel %s, %s\n", r.Machine.CPUs, r.Machine.CPUModel, r.Machine.Kernel, r.Machine.Go)
 	var tools []string
-	for _, k := range []string{"nginx", "haproxy", "wrk", "iperf3"} {
+	for _, k := range []string{"nginx", "haproxy", "wrk", "h2load", "iperf3"} {
 		if v, ok := r.Machine.Tools[k]; ok {
 			tools = append(tools, "`"+v+"`")
 		}
@@ -403,17 +479,33 @@ func (r *Report) Markdown() string {
 		for _, row := range w.Rows {
 			b.WriteString("| " + strings.Join(w.cells(row), " | ") + " |\n")
 		}
+		if len(w.Notes)+len(w.Skipped) > 0 {
+			b.WriteString("\n")
+		}
+		for _, n := range w.Notes {
+			fmt.Fprintf(&b, "- %s: %s\n", n.Path, n.Note)
+		}
+		for _, n := range w.Skipped {
+			fmt.Fprintf(&b, "- not run over %s: %s\n", n.Path, n.Note)
+		}
+		if l7 := w.l7Line(); l7 != "" {
+			fmt.Fprintf(&b, "\n%s\n", l7)
+		}
 	}
 	b.WriteString("\n## Targets\n\n| path | goal | ratio | want | verdict |\n|---|---|---|---|---|\n")
 	for _, t := range r.Targets {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", t.Path, t.Goal, fmtRatio(t.Ratio), t.Want, targetVerdict(t))
 	}
 	if len(r.AgentConnections) > 0 {
-		b.WriteString("\nConnections weir-agent counted (`weir_connections_total{direction=\"outbound\"}`), proof the weir rows went through it:")
+		b.WriteString("\nConnections weir-agent counted (`weir_connections_total{direction=\"outbound\"}`), proof the weir rows went through it (one agent per mode, carrying both its L7 and its `-l4` path):")
 		for _, k := range slices.Sorted(maps.Keys(r.AgentConnections)) {
 			fmt.Fprintf(&b, " %s %.0f;", k, r.AgentConnections[k])
 		}
 		b.WriteString("\n")
+		for _, k := range slices.Sorted(maps.Keys(r.AgentSniff)) {
+			fmt.Fprintf(&b, "\nThe %s agent's sniffer (`weir_sniff_total` by result): %s; its L7 requests (`weir_http_requests_total` by protocol): %s.\n",
+				k, fmtCounts(r.AgentSniff[k]), fmtCounts(r.AgentHTTPRequests[k]))
+		}
 	}
 	if len(r.AgentWarnings) > 0 {
 		fmt.Fprintf(&b, "\nweir-agent logged %d warnings or errors during the run:\n\n", len(r.AgentWarnings))
@@ -470,11 +562,16 @@ netns with a bridge, and pods attached through the real CNI chain (bridge + host
 weir-cni). Nothing touches the machine's own network; every load is bounded in time.
 
 - **server pod** (not captured): nginx with one worker answering a 13-byte ` + "`return 200`" + ` (no
-  access log), ` + "`iperf3 -s`" + `, and a Go echo server.
+  access log) over HTTP/1.1 on one port and h2c (` + "`listen … http2`" + `, prior knowledge) on another,
+  ` + "`iperf3 -s`" + `, and a Go echo server.
 - **captured client pod** (namespace ` + "`bench-weir-<mode>`" + `): weir-cni installed the mode's rules;
-  the client connects to a virtual service address (10.96.0.10) that exists only in the
-  agent's config, so every byte goes through weir-agent's listener inside the pod netns and
-  its upstream socket made in the same netns.
+  the client connects to a virtual service address that exists only in the agent's config,
+  so every byte goes through weir-agent's listener inside the pod netns and its upstream
+  socket made in the same netns. ` + "`weir-<mode>`" + ` uses 10.96.0.10, whose services declare no
+  protocol (auto): the agent sniffs each connection, proxies HTTP/1.1 and h2c per request
+  (its L7 half, pooled upstream connections) and relays anything else at L4.
+  ` + "`weir-<mode>-l4`" + ` uses 10.96.0.11, the same services declared ` + "`protocol: tcp`" + `: relayed at
+  L4 with no sniffing. Same agent, same pod; the cells run one at a time.
 - **plain client pod** (not captured): the direct path connects straight to the server pod.
   The peers run inside this pod, listening on 127.0.0.1, and the client reaches each through
   an iptables ` + "`nat OUTPUT REDIRECT`" + ` from a virtual address of its own (10.96.1.N) — the same
@@ -483,9 +580,9 @@ weir-cni). Nothing touches the machine's own network; every load is bounded in t
   Peers get the same two cores weir does (nginx 2 workers, haproxy nbthread 2, Go
   GOMAXPROCS 2).
 
-Figures: **rate** is what the client measured (requests/s from wrk, Gbit/s received from
-iperf3, round trips/s from the ping-pong client); **p50/p99** are the client's latency
-percentiles; **proxy CPU** is the proxy's own user+system time over the run
+Figures: **rate** is what the client measured (requests/s from wrk or h2load, Gbit/s
+received from iperf3, round trips/s from the ping-pong client); **p50/p99** are the client's
+latency percentiles (h2load's from its per-request ` + "`--log-file`" + `); **proxy CPU** is the proxy's own user+system time over the run
 (` + "`/proc/PID/stat`" + ` utime+stime deltas, summed over nginx's master and workers) divided by the
 work done; **peak RSS** is the sum of ` + "`VmHWM`" + ` over the proxy's processes, reset through
 ` + "`/proc/PID/clear_refs`" + ` before each run. Ratios compare each path with the best peer (highest

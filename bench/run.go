@@ -37,8 +37,9 @@ type Options struct {
 	Log io.Writer
 }
 
-// Default and quick sizes. The full run fits well inside 15 minutes on the
-// 2-core reference machine (about 24 cells × 5 rounds × 4 s plus setup).
+// Default and quick sizes. The full run takes about 20 minutes on the
+// 2-core reference machine (42 cells × 5 rounds × 4 s, setup, and with
+// --profile one more run per proxy cell); the quick one about a minute.
 const (
 	DefaultRounds   = 5
 	DefaultDuration = 4 * time.Second
@@ -87,7 +88,7 @@ func (o *Options) fill() error {
 func pathNames() []string {
 	names := []string{"direct"}
 	for _, m := range WeirModes {
-		names = append(names, "weir-"+m)
+		names = append(names, "weir-"+m, "weir-"+m+"-l4")
 	}
 	for _, p := range peers {
 		names = append(names, p.name)
@@ -164,9 +165,17 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 			}
 		}
 	}
+	seen := map[*testworld.Agent]bool{}
 	for _, p := range paths {
-		if p.agent != nil {
+		if p.agent != nil && !seen[p.agent] {
+			// The L7 and L4 paths of a mode share one agent: its counters
+			// and log are reported once, under the first path's name.
+			seen[p.agent] = true
 			rep.AgentConnections[p.Name] = p.agent.Metric(t, `weir_connections_total{direction="outbound"}`)
+			if m, err := agentMetrics(p.agent); err == nil {
+				rep.AgentSniff[p.Name] = labelled(m, "weir_sniff_total", "result")
+				rep.AgentHTTPRequests[p.Name] = labelled(m, "weir_http_requests_total", "protocol")
+			}
 			rep.AgentWarnings = append(rep.AgentWarnings, agentWarnings(p)...)
 		}
 	}
@@ -182,6 +191,16 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	if err := p.check(); err != nil {
 		return Sample{}, err
+	}
+	// The agent's L7 request counter around the run tells whether the
+	// requests went through weir's L7 half (read outside the accounting).
+	var l7Before float64
+	if p.agent != nil {
+		m, err := agentMetrics(p.agent)
+		if err != nil {
+			return Sample{}, err
+		}
+		l7Before = sumSeries(m, "weir_http_requests_total")
 	}
 	u, err := p.procs.begin()
 	if err != nil {
@@ -204,7 +223,66 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 		return Sample{}, err
 	}
 	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
+	if p.agent != nil {
+		m, err := agentMetrics(p.agent)
+		if err != nil {
+			return Sample{}, err
+		}
+		s.WeirL7Requests = sumSeries(m, "weir_http_requests_total") - l7Before
+	}
 	return s, nil
+}
+
+// agentMetrics reads every series of the agent's /metrics: the series
+// with its labels as written (`name{a="b"}`) to its value.
+func agentMetrics(a *testworld.Agent) (map[string]float64, error) {
+	body, err := a.Get("/metrics")
+	if err != nil {
+		return nil, fmt.Errorf("read weir-agent metrics: %w", err)
+	}
+	m := map[string]float64{}
+	for _, line := range strings.Split(body, "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			m[line[:i]] = v
+		}
+	}
+	return m, nil
+}
+
+// sumSeries adds up every series of a metric, whatever its labels.
+func sumSeries(m map[string]float64, name string) float64 {
+	var sum float64
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// labelled sums a metric's series by one label's value, leaving out
+// zeros: labelled(m, "weir_sniff_total", "result")["http1"].
+func labelled(m map[string]float64, name, label string) map[string]float64 {
+	out := map[string]float64{}
+	for k, v := range m {
+		rest, ok := strings.CutPrefix(k, name+"{")
+		if !ok || v == 0 {
+			continue
+		}
+		for _, kv := range strings.Split(strings.TrimSuffix(rest, "}"), ",") {
+			if l, val, ok := strings.Cut(kv, "="); ok && l == label {
+				out[strings.Trim(val, `"`)] += v
+			}
+		}
+	}
+	return out
 }
 
 // agentWarnings are the WARN and ERROR lines of a weir path's agent log:
@@ -408,7 +486,7 @@ func machine() Machine {
 	}
 	m.Tools = map[string]string{}
 	for name, args := range map[string][]string{
-		"nginx": {"-v"}, "haproxy": {"-v"}, "wrk": {"-v"}, "iperf3": {"-v"},
+		"nginx": {"-v"}, "haproxy": {"-v"}, "wrk": {"-v"}, "iperf3": {"-v"}, "h2load": {"--version"},
 	} {
 		out, _ := exec.Command(name, args...).CombinedOutput()
 		if line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n"); line != "" {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -31,6 +33,10 @@ type Sample struct {
 	Errors int64 `json:"errors"`
 	// Note keeps the first error text, if any.
 	Note string `json:"note,omitempty"`
+	// WeirL7Requests is how much weir_http_requests_total rose during the
+	// run, for weir paths: the requests weir's L7 half proxied (0 for a
+	// connection relayed at L4).
+	WeirL7Requests float64 `json:"weirL7Requests,omitempty"`
 }
 
 // workload is one kind of load. run drives it from the path's client pod
@@ -57,6 +63,9 @@ const (
 	wrkThreads         = 2
 	wrkConnections     = 50
 	wrkCloseConns      = 16
+	h2Threads          = 2
+	h2Clients          = 16
+	h2Streams          = 10
 	pingpongConns      = 16
 	pingpongSize       = 128
 	commandGrace       = 30 * time.Second
@@ -95,9 +104,15 @@ var workloads = []workload{
 		rateUnit: "rt/s", cpuUnit: "µs/rt", cpuScale: 1e6,
 		run: runPingpong,
 	},
-	// HTTP/2 hook: once weir has L7, add an "h2" workload here driving
-	// h2load (Debian's nghttp2-client, installed by hack/deps.sh) against an
-	// h2c server backend, e.g. run: runH2load, tool: "h2load".
+	{
+		Name: "h2-keepalive",
+		Desc: fmt.Sprintf("HTTP/2 with prior knowledge (h2c), h2load -t%d -c%d -m%d (%d connections, %d streams in flight each), 13-byte answers",
+			h2Threads, h2Clients, h2Streams, h2Clients, h2Streams),
+		backend:  backendH2C,
+		rateUnit: "req/s", cpuUnit: "µs/req", cpuScale: 1e6,
+		tool: "h2load",
+		run:  runH2load,
+	},
 }
 
 // runCommand runs a client program in the pod, bounded by d plus a grace
@@ -175,6 +190,83 @@ func parseWrk(out []byte) (Sample, error) {
 		s.Errors += n
 		s.Note = strings.TrimSpace(s.Note + "; " + string(nx[0]))
 	}
+	return s, nil
+}
+
+// runH2load drives h2c GETs with h2load for d (timing-based, -D) and takes
+// the latency percentiles from its per-request log.
+func runH2load(w *world, p *path, d time.Duration) (Sample, error) {
+	f, err := os.CreateTemp(w.scratch, "h2load-*.log")
+	if err != nil {
+		return Sample{}, err
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	out, err := runCommand(p.client, d, "h2load", "-t", strconv.Itoa(h2Threads), "-c", strconv.Itoa(h2Clients),
+		"-m", strconv.Itoa(h2Streams), "-D", strconv.Itoa(secondsArg(d)),
+		// A connection silent for 5 s is given up, so a stalled proxy
+		// ends the run with errors rather than at the command's deadline.
+		"-N", "5s", "--log-file", f.Name(), "http://"+p.addr[backendH2C]+"/")
+	if err != nil {
+		return Sample{}, err
+	}
+	log, err := os.ReadFile(f.Name())
+	if err != nil {
+		return Sample{}, err
+	}
+	return parseH2load(out, log)
+}
+
+var (
+	h2Finished = regexp.MustCompile(`(?m)^finished in ([\d.]+)(\w+), ([\d.]+) req/s`)
+	h2Requests = regexp.MustCompile(`(?m)^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout`)
+	h2Status   = regexp.MustCompile(`(?m)^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx`)
+)
+
+// parseH2load reads h2load's summary (rate, requests done, failures and
+// status classes) and its --log-file (tab-separated start time, status and
+// µs until the end of the response, one line per finished request) for
+// the latency percentiles.
+func parseH2load(out, log []byte) (Sample, error) {
+	var s Sample
+	fin, req := h2Finished.FindSubmatch(out), h2Requests.FindSubmatch(out)
+	if fin == nil || req == nil {
+		return s, fmt.Errorf("h2load printed no totals:\n%s", out)
+	}
+	s.Rate, _ = strconv.ParseFloat(string(fin[3]), 64)
+	s.Units, _ = strconv.ParseFloat(string(req[3]), 64)
+	if s.Units == 0 {
+		return s, fmt.Errorf("h2load finished no request:\n%s", out)
+	}
+	n := func(b []byte) int64 { v, _ := strconv.ParseInt(string(b), 10, 64); return v }
+	s.Errors = n(req[5]) + n(req[6]) + n(req[7])
+	if s.Errors > 0 {
+		s.Note = string(req[0])
+	}
+	if st := h2Status.FindSubmatch(out); st != nil {
+		if bad := n(st[2]) + n(st[3]) + n(st[4]); bad > 0 {
+			s.Errors += bad
+			s.Note = strings.TrimPrefix(s.Note+"; "+string(st[0]), "; ")
+		}
+	}
+	var lat []time.Duration
+	for _, line := range bytes.Split(log, []byte("\n")) {
+		f := bytes.Split(line, []byte("\t"))
+		if len(f) < 3 {
+			continue
+		}
+		us, err := strconv.ParseInt(string(bytes.TrimSpace(f[2])), 10, 64)
+		if err != nil || us < 0 {
+			return s, fmt.Errorf("h2load log line %q: bad duration", line)
+		}
+		lat = append(lat, time.Duration(us)*time.Microsecond)
+	}
+	if len(lat) == 0 {
+		return s, fmt.Errorf("h2load logged no request latency:\n%s", out)
+	}
+	slices.Sort(lat)
+	s.P50us = float64(percentile(lat, 0.50)) / float64(time.Microsecond)
+	s.P99us = float64(percentile(lat, 0.99)) / float64(time.Microsecond)
 	return s, nil
 }
 

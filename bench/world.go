@@ -26,6 +26,7 @@ type backend string
 
 const (
 	backendHTTP  backend = "http"  // nginx, 13-byte `return 200`
+	backendH2C   backend = "h2c"   // the same nginx, `listen … http2` (prior knowledge, no TLS)
 	backendIPerf backend = "iperf" // iperf3 -s
 	backendEcho  backend = "echo"  // the echo helper
 )
@@ -33,14 +34,23 @@ const (
 // serverPorts are the server pod's ports, one per backend; the virtual
 // service addresses use the same order.
 var (
-	serverPorts = map[backend]int{backendHTTP: 8080, backendIPerf: 5201, backendEcho: 7000}
-	servicePort = map[backend]int{backendHTTP: 80, backendIPerf: 5201, backendEcho: 7000}
-	backends    = []backend{backendHTTP, backendIPerf, backendEcho}
+	serverPorts = map[backend]int{backendHTTP: 8080, backendH2C: 8081, backendIPerf: 5201, backendEcho: 7000}
+	servicePort = map[backend]int{backendHTTP: 80, backendH2C: 81, backendIPerf: 5201, backendEcho: 7000}
+	backends    = []backend{backendHTTP, backendH2C, backendIPerf, backendEcho}
+	// httpBackends are the ones an HTTP proxy (an L7 peer) carries.
+	httpBackends = []backend{backendHTTP, backendH2C}
 )
 
 // weirVIP is the virtual address of the services weir balances; it exists
-// only in the agent's config.
-const weirVIP = "10.96.0.10"
+// only in the agent's config. Its services declare no protocol (auto):
+// the agent sniffs every connection, proxies HTTP/1.1 and h2c at L7 and
+// relays anything else at L4. weirVIPL4 has the same services declared
+// `protocol: tcp`, which the agent relays at L4 without sniffing: the
+// weir-<mode>-l4 paths, so both halves of weir are measured side by side.
+const (
+	weirVIP   = "10.96.0.10"
+	weirVIPL4 = "10.96.0.11"
+)
 
 // Kinds of path.
 const (
@@ -58,7 +68,13 @@ type path struct {
 	client *testworld.Pod
 	// addr is where the client connects for each backend the path carries
 	// (L7 peers carry HTTP only).
-	addr  map[backend]string
+	addr map[backend]string
+	// skip says, for a backend the path does not carry, why not (shown
+	// under the workload's table).
+	skip map[backend]string
+	// notes says how the path carries a backend when that differs from
+	// its description (shown under the workload's table).
+	notes map[backend]string
 	procs procGroup
 	agent *testworld.Agent
 	// deps are the processes the path needs alive: the servers and its proxy.
@@ -86,6 +102,9 @@ type world struct {
 	procs []*proc
 	// ruleWatches are `nft monitor` logs of the captured pods' rule changes.
 	ruleWatches map[string]string
+	// scratch is a directory for the load tools' own files (h2load's
+	// per-request log).
+	scratch string
 }
 
 // tuneNetns lets a netns take connection churn: reuse of TIME_WAIT ports,
@@ -126,10 +145,16 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 	agent.Stop(t)
 	var services []any
 	for _, b := range backends {
+		ep := []string{fmt.Sprintf("%s:%d", s.server.IP4, serverPorts[b])}
 		services = append(services, map[string]any{
 			"name":      string(b),
 			"address":   fmt.Sprintf("%s:%d", weirVIP, servicePort[b]),
-			"endpoints": []string{fmt.Sprintf("%s:%d", s.server.IP4, serverPorts[b])},
+			"endpoints": ep,
+		}, map[string]any{
+			"name":      string(b) + "-l4",
+			"address":   fmt.Sprintf("%s:%d", weirVIPL4, servicePort[b]),
+			"endpoints": ep,
+			"protocol":  "tcp",
 		})
 	}
 	cfg["services"] = services
@@ -139,7 +164,8 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 
 func captureNamespace(mode string) string { return "bench-weir-" + mode }
 
-// startServers runs the three backends in the server pod.
+// startServers runs the backends in the server pod: one nginx for HTTP/1.1
+// and h2c, iperf3 and the echo helper.
 func (w *world) startServers(p *testworld.Pod) []*proc {
 	t := w.t
 	dir := t.TempDir()
@@ -160,8 +186,9 @@ http {
   scgi_temp_path %[1]s/scgi;
   keepalive_requests 1000000;
   server { listen %[2]d backlog=8192; location / { return 200 "hello, weir!\n"; } }
+  server { listen %[3]d backlog=8192 http2; location / { return 200 "hello, weir!\n"; } }
 }
-`, dir, serverPorts[backendHTTP])
+`, dir, serverPorts[backendHTTP], serverPorts[backendH2C])
 	path := filepath.Join(dir, "nginx.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -185,7 +212,7 @@ http {
 // buildWorld makes every node, pod, server and proxy, and lists the paths.
 func buildWorld(t testworld.T, opts *Options) *world {
 	t.Helper()
-	w := &world{t: t, opts: opts}
+	w := &world{t: t, opts: opts, scratch: t.TempDir()}
 	start := time.Now()
 	for i, mode := range WeirModes {
 		w.logf("building node for weir mode %s", mode)
@@ -203,13 +230,27 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		client := s.node.MustAddPod(t, captureNamespace(mode), "client")
 		tuneNetns(t, client.Netns)
 		w.watchRules(client)
-		addrs := map[backend]string{}
+		addrs, addrsL4 := map[backend]string{}, map[backend]string{}
+		skipL4 := map[backend]string{}
 		for _, b := range backends {
 			addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
+			if slices.Contains(httpBackends, b) {
+				addrsL4[b] = fmt.Sprintf("%s:%d", weirVIPL4, servicePort[b])
+			} else {
+				skipL4[b] = "not HTTP, so weir-" + mode + " already relays it at L4 (the sniffer finds no HTTP); measured there"
+			}
 		}
+		name := "weir-" + mode
 		w.paths = append(w.paths, &path{
-			Name: "weir-" + mode, Kind: kindWeir, Desc: "weir-agent, captured by weir-cni's " + mode + " rules",
+			Name: name, Kind: kindWeir,
+			Desc:   "weir-agent, captured by weir-cni's " + mode + " rules; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7), other bytes relayed at L4",
 			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+			notes: map[backend]string{backendH2C: "h2c both ways: the client's streams go out on weir's own HTTP/2 upstream connections to the server's h2c port"},
+		}, &path{
+			Name: name + "-l4", Kind: kindWeir,
+			Desc:   "the same weir-agent and client pod; service declared protocol: tcp, so relayed at L4 with no sniffing",
+			client: client, addr: addrsL4, skip: skipL4, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+			notes: map[backend]string{backendH2C: "bytes relayed: the client's h2c connection ends at the server"},
 		})
 	}
 	for i, p := range peers {

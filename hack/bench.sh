@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs weir's side-by-side performance suite: builds a test world of network
 # namespaces (node, client and server pods through the real CNI chain) and
-# measures direct, weir and peer proxies (nginx, haproxy, a Go relay) under
-# keep-alive HTTP, a connection per request, bulk and ping-pong. Needs root.
+# measures direct, weir (L7 and L4) and peer proxies (nginx, haproxy, a Go
+# relay) under keep-alive HTTP/1.1, a connection per request, keep-alive
+# HTTP/2 (h2c), bulk and ping-pong. Needs root.
 #
-#   hack/bench.sh            full run (under 15 minutes on 2 cores), rewrites docs/benchmarks.md
-#   hack/bench.sh --quick    smoke run (under 2 minutes), leaves docs/ alone
+#   hack/bench.sh            full run (about 20 minutes on 2 cores), rewrites docs/benchmarks.md
+#   hack/bench.sh --quick    smoke run (about a minute), leaves docs/ alone
 #   hack/bench.sh --profile DIR   also records weir-agent with perf per workload
 #
 # Any other flag goes to weir-bench (see `go run ./bench/cmd/weir-bench -h`).

@@ -1,12 +1,12 @@
 // Command weir-bench measures weir side by side with other proxies inside a
-// test world of network namespaces: direct, weir in each interception mode,
-// nginx (stream and http), haproxy (tcp and http) and a plain Go relay, under
-// keep-alive HTTP, a connection per request, single-stream bulk and
-// small-message ping-pong. It prints a table of medians, writes the full
+// test world of network namespaces: direct, weir in each interception mode
+// (L7 and L4), nginx (stream and http), haproxy (tcp and http) and a plain Go
+// relay, under keep-alive HTTP/1.1, a connection per request, keep-alive
+// HTTP/2 (h2c), single-stream bulk and small-message ping-pong. It prints a table of medians, writes the full
 // results as JSON, and with --doc rewrites docs/benchmarks.md.
 //
-// It needs root and Debian's nginx, libnginx-mod-stream, haproxy, wrk and
-// iperf3 (hack/deps.sh installs them); `make bench` runs it.
+// It needs root and Debian's nginx, libnginx-mod-stream, haproxy, wrk,
+// nghttp2-client (h2load) and iperf3 (hack/deps.sh installs them); `make bench` runs it.
 package main
 
 import (
