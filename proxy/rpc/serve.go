@@ -98,10 +98,11 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	s.fr = frameReader{r: down, p: s.p, side: Client}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
-	done := make(chan struct{})
-	defer close(done)
+	unwatch := func() {}
 	if up.Draining != nil {
+		done, watched := make(chan struct{}), make(chan struct{})
 		go func() {
+			defer close(watched)
 			select {
 			case <-up.Draining:
 				// Wake a reader blocked between requests.
@@ -109,14 +110,22 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 			case <-done:
 			}
 		}()
+		var once sync.Once
+		unwatch = func() { once.Do(func() { close(done); <-watched }) }
+		defer unwatch()
 	}
 	go s.writeLoop()
 	s.readLoop()
 	close(s.order)
 	<-s.wdone
-	if s.pinned != nil && ctx.Err() == nil {
-		s.relayPinned()
+	if s.pinned == nil || ctx.Err() != nil {
+		return
 	}
+	// A pinned connection is bytes now, with no request boundary for a
+	// drain to stop at: it ends when either side closes or ctx ends.
+	unwatch()
+	down.SetReadDeadline(time.Time{})
+	s.relayPinned()
 }
 
 func (s *session) draining() bool {
@@ -132,9 +141,7 @@ func (s *session) draining() bool {
 func (s *session) readLoop() {
 	for {
 		if s.up.Draining != nil && s.draining() && !s.fr.ready() {
-			if ga := s.p.goAwayer; ga != nil {
-				s.local(ga.GoAwayFrame())
-			}
+			s.goAway()
 			return
 		}
 		f, err := s.fr.next()
@@ -142,6 +149,7 @@ func (s *session) readLoop() {
 			if s.up.Draining != nil && s.draining() && isTimeout(err) {
 				// Woken for the drain with at most part of a frame read:
 				// every whole one has been dispatched.
+				s.goAway()
 				return
 			}
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
@@ -168,6 +176,13 @@ func (s *session) readLoop() {
 			return
 		}
 		s.forward(f)
+	}
+}
+
+// goAway queues the protocol's goaway frame, if it has one.
+func (s *session) goAway() {
+	if ga := s.p.goAwayer; ga != nil {
+		s.local(ga.GoAwayFrame())
 	}
 }
 
@@ -307,9 +322,9 @@ func (s *session) relayPinned() {
 	upErr := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(s.down, c)
-		if cw, ok := s.down.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
+		// The server is gone (QUIT, or it closed): nothing more can be
+		// answered, so the client's side ends too.
+		s.down.Close()
 		upErr <- err
 	}()
 	_, derr := io.Copy(c, s.down)
