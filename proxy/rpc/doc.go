@@ -36,7 +36,8 @@
 // request the Pinner names moves the downstream connection to an upstream
 // connection of its own, relayed as bytes from that request on.
 //
-// Not yet: per-request timeouts, retries (a Redis key must not go to
+// Not yet: per-request deadlines (PoolOptions.ResponseTimeout bounds a
+// stalled upstream connection), retries (a Redis key must not go to
 // another shard), answers out of request order for protocols with ids,
 // attribute routes (every request goes to Upstream.Cluster).
 package rpc

@@ -2,11 +2,14 @@ package rpc
 
 import (
 	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 )
@@ -20,7 +23,16 @@ type PoolOptions struct {
 	// MaxInFlight bounds the requests waiting on one upstream connection;
 	// a sender blocks beyond it (default 1024).
 	MaxInFlight int
+	// ResponseTimeout, when not 0, bounds how long an upstream connection
+	// with requests waiting may go without answering one: past it the
+	// connection is closed and every request on it gets an error reply
+	// (one stalled server must not hold other clients' replies forever).
+	ResponseTimeout time.Duration
 }
+
+// ErrResponseTimeout answers the requests of an upstream connection that
+// stopped answering within PoolOptions.ResponseTimeout.
+var ErrResponseTimeout = fmt.Errorf("rpc: no response within the response timeout: %w", context.DeadlineExceeded)
 
 func (o PoolOptions) withDefaults() PoolOptions {
 	if o.ConnsPerEndpoint <= 0 {
@@ -282,8 +294,14 @@ func (uc *upConn) writeLoop() {
 			pd.downID = pd.req.ID()
 			pd.req.SetID(uc.nextID)
 			uc.byID[uc.nextID] = pd
+			if len(uc.byID) == 1 {
+				uc.arm()
+			}
 		} else {
 			uc.fifo = append(uc.fifo, pd)
+			if len(uc.fifo) == 1 {
+				uc.arm()
+			}
 		}
 		uc.mu.Unlock()
 		_, err := bw.Write(pd.req.Bytes())
@@ -313,11 +331,28 @@ func (uc *upConn) drainSend() {
 	}
 }
 
+// arm sets the read deadline while requests wait: ResponseTimeout from
+// now, or none when nothing waits. Called with mu held.
+func (uc *upConn) arm() {
+	d := uc.pool.opt.ResponseTimeout
+	if d <= 0 {
+		return
+	}
+	var t time.Time
+	if len(uc.fifo) > 0 || len(uc.byID) > 0 {
+		t = time.Now().Add(d)
+	}
+	uc.c.SetReadDeadline(t)
+}
+
 func (uc *upConn) readLoop() {
 	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server}
 	for {
 		f, err := fr.next()
 		if err != nil {
+			if isTimeout(err) {
+				err = ErrResponseTimeout
+			}
 			uc.fail(err)
 			return
 		}
@@ -366,6 +401,9 @@ func (uc *upConn) deliver(f Frame) error {
 		pd = uc.fifo[0]
 		uc.fifo[0] = nil
 		uc.fifo = uc.fifo[1:]
+	}
+	if pd != nil {
+		uc.arm() // progress: the clock starts again for the rest
 	}
 	uc.mu.Unlock()
 	if pd == nil {

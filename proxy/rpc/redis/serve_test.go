@@ -64,6 +64,11 @@ func dial(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
 // servers, and returns its address and the drain channel.
 func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
+	return proxyWith(t, rpc.PoolOptions{}, servers...)
+}
+
+func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
 	eps := make([]cluster.Endpoint, len(servers))
 	for i, s := range servers {
 		eps[i] = cluster.Endpoint{Addr: s}
@@ -76,7 +81,7 @@ func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := rpc.NewPool(redis.Protocol, rpc.PoolOptions{})
+	pool := rpc.NewPool(redis.Protocol, opt)
 	drain := make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -336,5 +341,29 @@ func TestProtocolError(t *testing.T) {
 	}
 	if _, err := c.r.ReadByte(); err != io.EOF {
 		t.Fatalf("%v, want EOF", err)
+	}
+}
+
+// TestResponseTimeout: a server that stops answering gets its connection
+// closed after the response timeout; the waiting commands get errors, in
+// step, and the next command goes over a new connection.
+func TestResponseTimeout(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxyWith(t, rpc.PoolOptions{ResponseTimeout: 200 * time.Millisecond}, a)
+	c := connect(t, addr)
+	start := time.Now()
+	c.send(t, []string{"DEBUG", "SLEEP", "1"}, []string{"GET", "x"})
+	for range 2 {
+		if r := c.reply(t); !strings.Contains(r, "-ERR weir: rpc: no response within the response timeout") {
+			t.Fatalf("reply %q", r)
+		}
+	}
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Fatalf("errors after %v", d)
+	}
+	// DEBUG SLEEP stalls the whole (single-threaded) server: wait it out.
+	time.Sleep(time.Until(start.Add(1200 * time.Millisecond)))
+	if r := c.do(t, "SET", "x", "1"); r != "+OK" {
+		t.Fatal(r)
 	}
 }
