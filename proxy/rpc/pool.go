@@ -200,7 +200,11 @@ type pending struct {
 // finish answers the request with resp (a response frame's bytes) or,
 // when err is set, with the protocol's error reply, and ends the lease.
 func (pd *pending) finish(resp []byte, err error) {
-	pd.lease.Done(err)
+	if errors.Is(err, errPoolClosed) {
+		pd.lease.Release() // the agent's doing, not the endpoint's
+	} else {
+		pd.lease.Done(err)
+	}
 	if pd.slot == nil {
 		return // oneway
 	}
