@@ -17,7 +17,6 @@ const (
 // Protocol errors: the bytes are not RESP. Redis answers these with
 // "-ERR Protocol error" and closes the connection; so does weir.
 var (
-	ErrProtocol    = errors.New("Protocol error")
 	errBadLength   = errors.New("Protocol error: invalid length")
 	errNotBulk     = errors.New("Protocol error: expected '$'")
 	errBadType     = errors.New("Protocol error: unknown reply type")
