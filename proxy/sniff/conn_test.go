@@ -72,7 +72,7 @@ func TestConnL4Relay(t *testing.T) {
 func TestConnWriteToNonTCP(t *testing.T) {
 	c := &chunkConn{data: []byte("*1\r\n$4\r\nPING\r\n"), chunks: []int{2}, end: io.EOF}
 	res, conn, err := Detect(c, opts)
-	if err != nil || res.Protocol != Unknown {
+	if err != nil || res.Protocol != Redis {
 		t.Fatal(res.Protocol, err)
 	}
 	var out bytes.Buffer

@@ -6,7 +6,9 @@
 //
 //  1. TLS: a ClientHello, parsed far enough to return SNI and ALPN;
 //  2. HTTP2: the prior-knowledge preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-//  3. HTTP1: a request line "METHOD SP target SP HTTP/1.x CRLF".
+//  3. HTTP1: a request line "METHOD SP target SP HTTP/1.x CRLF";
+//  4. Redis: a RESP command "*<count> CRLF $<digit>" ("*" is a token byte,
+//     so after HTTP1).
 //
 // A matcher is a plain function of the bytes so far with three answers:
 // match, no match, or need more. A matcher is asked only after every one
@@ -15,7 +17,7 @@
 // binary protocol is known after its first read, not at the deadline.
 // Matchers check every magic byte and length as it arrives.
 //
-// The outcomes are a Protocol: TLS, HTTP2 or HTTP1 when one matched;
+// The outcomes are a Protocol: TLS, HTTP2, HTTP1 or Redis when one matched;
 // Unknown when bytes arrived and nothing matched (also at a cap, or when
 // the client closed its side first); Timeout when the client sent nothing,
 // or not enough to decide, before the deadline; Skipped when the caller set
@@ -41,7 +43,7 @@
 // the bytes scanned (1 MiB) keeps a client that dribbles a big first flight
 // a byte at a time from making that quadratic.
 //
-// Adding a protocol (Dubbo, SOFABolt, RocketMQ and Redis are planned): a
+// Adding a protocol (Dubbo, SOFABolt and RocketMQ are planned): a
 // Protocol constant and its name in protocol.go, a file holding its matcher,
 // and one line in the matchers table in matcher.go, placed by the order
 // rule above.

@@ -109,6 +109,30 @@ func FuzzHTTP1(f *testing.F) {
 	})
 }
 
+// respCommand is an independent statement of what matchRedis accepts.
+var respCommand = regexp.MustCompile("^\\*[1-9][0-9]{0,6}\r\n\\$[0-9]")
+
+func FuzzRedis(f *testing.F) {
+	addSamples(f, maxHTTPInput, func(in []byte) { f.Add(in) })
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > maxHTTPInput {
+			return
+		}
+		v, _ := checkMatcher(t, matchRedis, b)
+		if (v == match) != respCommand.Match(b) {
+			t.Fatalf("matchRedis %v, reference %v", v, respCommand.Match(b))
+		}
+		// Never steals what an earlier matcher claims.
+		if v == match {
+			for _, m := range []matcher{matchTLS, matchHTTP2, matchHTTP1} {
+				if mv, _ := m(b); mv == match {
+					t.Fatalf("both Redis and an earlier matcher match %q", b)
+				}
+			}
+		}
+	})
+}
+
 func FuzzHTTP2(f *testing.F) {
 	addSamples(f, maxHTTPInput, func(in []byte) { f.Add(in) })
 	f.Fuzz(func(t *testing.T, b []byte) {

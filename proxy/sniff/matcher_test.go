@@ -67,7 +67,14 @@ func samples(t testing.TB) []sample {
 		http1("http1/pri-1.1", "PRI * HTTP/1.1\r\n", "PRI"),
 		http1("http1/utf8-path", "GET /caf\xc3\xa9 HTTP/1.1\r\n", "GET"),
 
-		unknown("redis/ping", "*1\r\n$4\r\nPING\r\n", 3),
+		{"redis/ping", []byte("*1\r\n$4\r\nPING\r\n"), 6, Result{Protocol: Redis}},
+		{"redis/set", []byte("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"), 6, Result{Protocol: Redis}},
+		{"redis/many-args", []byte("*1234567\r\n$3\r\nDEL\r\n"), 12, Result{Protocol: Redis}},
+		unknown("redis/count-too-long", "*12345678\r\n$3\r\n", 10),
+		unknown("redis/zero-count", "*0\r\n", 3),
+		unknown("redis/not-bulk", "*1\r\n:1\r\n", 5),
+		unknown("redis/bare-lf", "*1\n$4\r\nPING\r\n", 3),
+		http1("redis/star-token-is-http1", "*1 / HTTP/1.1\r\n", "*1"),
 		unknown("redis/inline", "PING\r\n", 5),
 		unknown("binary/dubbo", "\xda\xbb\xc2\x00\x00\x00\x00\x00", 1),
 		unknown("binary/postgres-sslrequest", "\x00\x00\x00\x08\x04\xd2\x16\x2f", 1),
@@ -154,6 +161,14 @@ func TestMatchersVerdicts(t *testing.T) {
 		{"http1/cr-only", matchHTTP1, "GET / HTTP/1.1\r", needMore},
 		{"http1/method-at-limit", matchHTTP1, strings.Repeat("X", maxMethodLen), needMore},
 		{"http1/method-over-limit", matchHTTP1, strings.Repeat("X", maxMethodLen+1), noMatch},
+		{"redis/first-byte", matchRedis, "G", noMatch},
+		{"redis/star", matchRedis, "*", needMore},
+		{"redis/count", matchRedis, "*3\r", needMore},
+		{"redis/dollar", matchRedis, "*3\r\n$", needMore},
+		{"redis/command", matchRedis, "*3\r\n$3", match},
+		{"redis/tls", matchRedis, string(h2), noMatch},
+		{"redis/h2-preface", matchRedis, http2Preface, noMatch},
+		{"redis/http1", matchRedis, "GET / HTTP/1.1\r\n", noMatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, r := tc.fn([]byte(tc.in))
@@ -173,7 +188,7 @@ func TestOrderIsDocumented(t *testing.T) {
 	for _, m := range matchers {
 		got = append(got, m.proto)
 	}
-	if want := []Protocol{TLS, HTTP2, HTTP1}; !slices.Equal(got, want) {
+	if want := []Protocol{TLS, HTTP2, HTTP1, Redis}; !slices.Equal(got, want) {
 		t.Fatalf("matcher order %v, want %v", got, want)
 	}
 }

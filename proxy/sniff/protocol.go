@@ -27,6 +27,9 @@ const (
 	// HTTP1: an HTTP/1.0 or HTTP/1.1 request line (RFC 9112 §3);
 	// Result.Method is its method.
 	HTTP1
+	// Redis: a RESP command, "*<count>\r\n$<length>" (inline commands are
+	// not recognised).
+	Redis
 
 	numProtocols
 )
@@ -40,6 +43,7 @@ var protocolNames = [numProtocols]string{
 	TLS:     "tls",
 	HTTP2:   "http2",
 	HTTP1:   "http1",
+	Redis:   "redis",
 }
 
 // String is the lower-case name used in logs and as the result label of

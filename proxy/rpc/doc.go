@@ -1,0 +1,43 @@
+// Package rpc is weir's framework for request/response protocols other
+// than HTTP (Redis now; Dubbo, SOFABolt and RocketMQ remoting next): a
+// protocol is a Codec, the framework does the proxying.
+//
+// A Codec frames a byte stream into Frames: Decode returns one frame and
+// its length, or ErrNeedMore with a lower bound of the frame's length (the
+// framework reads that much before asking again, so a large frame is not
+// rescanned at every read), or ErrFrameTooLarge as soon as a header
+// declares more than the protocol's maximum, before its body is buffered.
+// A Frame says what it is (Kind), carries its original bytes, gets and
+// sets its request id at the width the codec declares (IDWidth; 0 for
+// protocols without ids, whose responses come in request order), and
+// exposes routing attributes by name, decoded on demand.
+//
+// Optional capabilities are interfaces a codec may implement, resolved
+// once by Register: Heartbeater (heartbeats answered by the agent),
+// Hijacker (the protocol's own error reply, e.g. Redis "-ERR …"), GoAwayer
+// (the frame sent to clients on drain), Keyer (the balancing key of a
+// request, e.g. a Redis key's hash) and Pinner (requests that cannot be
+// balanced on their own).
+//
+// The framework owns the rest. Serve reads one downstream connection's
+// requests and balances each with cluster.Pick; a Pool per workload and
+// protocol keeps ConnsPerEndpoint shared upstream connections per
+// endpoint (dialled with Lease.Dial), each carrying the requests of any
+// number of downstream connections: multiplexed with fresh upstream ids
+// when the protocol has ids (the id is patched back into the response),
+// pipelined and matched first in, first out when it has none. A request
+// goes upstream as its original bytes, only its id patched. Answers go
+// back to each downstream connection in its request order. Errors (no
+// cluster, no endpoint, circuit open, connect failure, an upstream
+// connection lost with requests on it) are answered with the Hijacker's
+// error reply; a protocol without one closes the downstream connection.
+// On drain (Upstream.Draining) Serve sends the GoAwayer's frame if any,
+// stops reading, answers every request already read, then closes. A
+// request the Pinner names moves the downstream connection to an upstream
+// connection of its own, relayed as bytes from that request on.
+//
+// Not yet: per-request deadlines (PoolOptions.ResponseTimeout bounds a
+// stalled upstream connection), retries (a Redis key must not go to
+// another shard), answers out of request order for protocols with ids,
+// attribute routes (every request goes to Upstream.Cluster).
+package rpc

@@ -1,0 +1,450 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+// PoolOptions tune a Pool; zero fields take the defaults.
+type PoolOptions struct {
+	// ConnsPerEndpoint is how many upstream connections one endpoint gets;
+	// requests of every downstream connection share them (default 1: one
+	// pipelined or multiplexed connection per endpoint).
+	ConnsPerEndpoint int
+	// MaxInFlight bounds the requests waiting on one upstream connection;
+	// a sender blocks beyond it (default 1024).
+	MaxInFlight int
+	// ResponseTimeout, when not 0, bounds how long an upstream connection
+	// with requests waiting may go without answering one: past it the
+	// connection is closed and every request on it gets an error reply
+	// (one stalled server must not hold other clients' replies forever).
+	ResponseTimeout time.Duration
+}
+
+// ErrResponseTimeout answers the requests of an upstream connection that
+// stopped answering within PoolOptions.ResponseTimeout.
+var ErrResponseTimeout = fmt.Errorf("rpc: no response within the response timeout: %w", context.DeadlineExceeded)
+
+func (o PoolOptions) withDefaults() PoolOptions {
+	if o.ConnsPerEndpoint <= 0 {
+		o.ConnsPerEndpoint = 1
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 1024
+	}
+	return o
+}
+
+// errPoolClosed fails requests still waiting when the pool closes.
+var errPoolClosed = errors.New("rpc: upstream pool closed")
+
+// Pool holds one workload's shared upstream connections for one protocol,
+// per endpoint address. Each connection carries the requests of any
+// number of downstream connections: with ids, each request gets a fresh
+// upstream id and responses are matched by it; without (IDWidth 0), the
+// connection is pipelined and responses are matched first in, first out.
+// A connection that fails is dropped and its waiting requests get the
+// protocol's error reply. Safe for concurrent use; make it with NewPool.
+type Pool struct {
+	p       *Protocol
+	opt     PoolOptions
+	mu      sync.Mutex
+	conns   map[netip.AddrPort][]*upConn
+	dialing map[netip.AddrPort][]*dialCall
+	shut    bool
+}
+
+// NewPool makes an empty pool for p.
+func NewPool(p *Protocol, opt PoolOptions) *Pool {
+	return &Pool{p: p, opt: opt.withDefaults(), conns: map[netip.AddrPort][]*upConn{}, dialing: map[netip.AddrPort][]*dialCall{}}
+}
+
+// Protocol is the pool's protocol.
+func (p *Pool) Protocol() *Protocol { return p.p }
+
+// Close closes every upstream connection; requests still waiting get an
+// error reply, and so do requests made later.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	p.shut = true
+	all := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, cs := range all {
+		for _, uc := range cs {
+			uc.fail(errPoolClosed)
+		}
+	}
+}
+
+// Conns reports how many upstream connections the pool holds for addr.
+func (p *Pool) Conns(addr netip.AddrPort) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.conns[addr])
+}
+
+// dialCall is a connect in progress, which other requests for the same
+// endpoint wait for rather than dial too.
+type dialCall struct {
+	done chan struct{}
+	uc   *upConn
+	err  error
+}
+
+// get returns a live connection to the lease's endpoint. While the
+// endpoint has fewer than ConnsPerEndpoint connections, made or being
+// made, it dials one (with the lease, so the cluster records the
+// connect); otherwise it takes the least busy, or waits for a connect in
+// progress when there is none yet.
+func (p *Pool) get(l *cluster.Lease, dial func() (*net.TCPConn, error)) (*upConn, error) {
+	addr := l.Endpoint()
+	p.mu.Lock()
+	if p.shut {
+		p.mu.Unlock()
+		return nil, errPoolClosed
+	}
+	cs, ds := p.conns[addr], p.dialing[addr]
+	if len(cs)+len(ds) >= p.opt.ConnsPerEndpoint {
+		if len(cs) == 0 {
+			d := ds[0]
+			p.mu.Unlock()
+			<-d.done
+			return d.uc, d.err
+		}
+		best := cs[0]
+		for _, uc := range cs[1:] {
+			if uc.inflight.Load() < best.inflight.Load() {
+				best = uc
+			}
+		}
+		p.mu.Unlock()
+		return best, nil
+	}
+	d := &dialCall{done: make(chan struct{})}
+	p.dialing[addr] = append(ds, d)
+	p.mu.Unlock()
+
+	c, err := dial()
+	p.mu.Lock()
+	ds = p.dialing[addr]
+	for i, x := range ds {
+		if x == d {
+			ds = append(ds[:i:i], ds[i+1:]...)
+			break
+		}
+	}
+	if len(ds) == 0 {
+		delete(p.dialing, addr)
+	} else {
+		p.dialing[addr] = ds
+	}
+	switch {
+	case err != nil:
+		d.err = err
+	case p.shut:
+		d.err = errPoolClosed
+		c.Close()
+	default:
+		d.uc = newUpConn(p, c, addr)
+		p.conns[addr] = append(p.conns[addr], d.uc)
+	}
+	p.mu.Unlock()
+	close(d.done)
+	if d.uc != nil {
+		go d.uc.writeLoop()
+		go d.uc.readLoop()
+	}
+	return d.uc, d.err
+}
+
+// drop removes uc from the pool.
+func (p *Pool) drop(uc *upConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns == nil {
+		return // closed
+	}
+	cs := p.conns[uc.addr]
+	for i, c := range cs {
+		if c == uc {
+			cs = append(cs[:i:i], cs[i+1:]...)
+			break
+		}
+	}
+	if len(cs) == 0 {
+		delete(p.conns, uc.addr)
+	} else {
+		p.conns[uc.addr] = cs
+	}
+}
+
+// pending is one request on an upstream connection.
+type pending struct {
+	req    Frame
+	downID uint64
+	lease  *cluster.Lease
+	slot   *slot
+	p      *Protocol
+}
+
+// finish answers the request with resp (a response frame's bytes) or,
+// when err is set, with the protocol's error reply, and ends the lease.
+func (pd *pending) finish(resp []byte, err error) {
+	if errors.Is(err, errPoolClosed) {
+		pd.lease.Release() // the agent's doing, not the endpoint's
+	} else {
+		pd.lease.Done(err)
+	}
+	if pd.slot == nil {
+		return // oneway
+	}
+	if err != nil {
+		resp = pd.p.errorReply(pd.req, err)
+	}
+	pd.slot.complete(resp, err)
+}
+
+// upConn is one shared upstream connection: one goroutine writes the
+// requests queued by every downstream connection, batching them into as
+// few writes as the queue allows, another reads responses.
+type upConn struct {
+	pool      *Pool
+	c         *net.TCPConn
+	addr      netip.AddrPort
+	send      chan *pending
+	inflight  atomic.Int64
+	goingAway atomic.Bool
+
+	mu     sync.Mutex
+	fifo   []*pending          // IDWidth 0: sent, awaiting a response, in order
+	byID   map[uint64]*pending // otherwise
+	nextID uint64
+	err    error // set once: the connection is dead
+	stop   chan struct{}
+}
+
+func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
+	uc := &upConn{pool: p, c: c, addr: addr, send: make(chan *pending, p.opt.MaxInFlight), stop: make(chan struct{})}
+	if p.p.IDWidth() > 0 {
+		uc.byID = map[uint64]*pending{}
+	}
+	return uc
+}
+
+// enqueue hands a request to the writer. It fails at once if the
+// connection is already dead.
+func (uc *upConn) enqueue(pd *pending) error {
+	uc.inflight.Add(1)
+	select {
+	case uc.send <- pd:
+		// The writer may have quit between the two cases: then nobody
+		// else takes pd from the queue.
+		select {
+		case <-uc.stop:
+			uc.drainSend()
+		default:
+		}
+		return nil
+	case <-uc.stop:
+		uc.inflight.Add(-1)
+		uc.mu.Lock()
+		err := uc.err
+		uc.mu.Unlock()
+		return err
+	}
+}
+
+func (uc *upConn) writeLoop() {
+	bw := bufio.NewWriterSize(uc.c, 32<<10)
+	p := uc.pool.p
+	mask := p.idMask()
+	for {
+		var pd *pending
+		select {
+		case pd = <-uc.send:
+		case <-uc.stop:
+			uc.drainSend()
+			return
+		}
+		uc.mu.Lock()
+		if uc.err != nil {
+			uc.mu.Unlock()
+			uc.inflight.Add(-1)
+			pd.finish(nil, uc.err)
+			continue
+		}
+		oneway := pd.req.Kind() == Oneway
+		if oneway {
+			// Nothing to match: sent as it is, done once written.
+		} else if uc.byID != nil {
+			// A fresh id not in use: with ids of a byte or two, skip the
+			// ones still awaiting an answer.
+			for {
+				uc.nextID = (uc.nextID + 1) & mask
+				if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
+					break
+				}
+			}
+			pd.downID = pd.req.ID()
+			pd.req.SetID(uc.nextID)
+			uc.byID[uc.nextID] = pd
+			if len(uc.byID) == 1 {
+				uc.arm()
+			}
+		} else {
+			uc.fifo = append(uc.fifo, pd)
+			if len(uc.fifo) == 1 {
+				uc.arm()
+			}
+		}
+		uc.mu.Unlock()
+		_, err := bw.Write(pd.req.Bytes())
+		if err == nil && len(uc.send) == 0 {
+			err = bw.Flush()
+		}
+		if err != nil {
+			uc.fail(err)
+		}
+		if oneway {
+			uc.inflight.Add(-1)
+			pd.finish(nil, err)
+		}
+	}
+}
+
+// drainSend fails the requests still queued after the connection died.
+func (uc *upConn) drainSend() {
+	for {
+		select {
+		case pd := <-uc.send:
+			uc.inflight.Add(-1)
+			pd.finish(nil, uc.err)
+		default:
+			return
+		}
+	}
+}
+
+// arm sets the read deadline while requests wait: ResponseTimeout from
+// now, or none when nothing waits. Called with mu held.
+func (uc *upConn) arm() {
+	d := uc.pool.opt.ResponseTimeout
+	if d <= 0 {
+		return
+	}
+	var t time.Time
+	if len(uc.fifo) > 0 || len(uc.byID) > 0 {
+		t = time.Now().Add(d)
+	}
+	uc.c.SetReadDeadline(t)
+}
+
+func (uc *upConn) readLoop() {
+	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server}
+	for {
+		f, err := fr.next()
+		if err != nil {
+			if isTimeout(err) {
+				err = ErrResponseTimeout
+			}
+			uc.fail(err)
+			return
+		}
+		if err := uc.deliver(f); err != nil {
+			uc.fail(err)
+			return
+		}
+	}
+}
+
+var (
+	errUnsolicited = errors.New("rpc: upstream sent a response nobody asked for")
+	errUpstreamReq = errors.New("rpc: upstream sent a request on a shared connection")
+	errGoneAway    = errors.New("rpc: upstream went away")
+)
+
+// deliver matches a response to its request.
+func (uc *upConn) deliver(f Frame) error {
+	switch f.Kind() {
+	case Response:
+	case Heartbeat:
+		if hb := uc.pool.p.heartbeater; hb != nil {
+			// Written by the reader: rare, and ordering with requests does
+			// not matter for a heartbeat reply.
+			_, err := uc.c.Write(hb.HeartbeatReply(f))
+			return err
+		}
+		return errUpstreamReq
+	case GoAway:
+		// No new requests; the waiting ones finish, then it closes.
+		uc.pool.drop(uc)
+		uc.goingAway.Store(true)
+		if uc.inflight.Load() == 0 {
+			return errGoneAway
+		}
+		return nil
+	default:
+		return errUpstreamReq
+	}
+	uc.mu.Lock()
+	var pd *pending
+	if uc.byID != nil {
+		pd = uc.byID[f.ID()]
+		delete(uc.byID, f.ID())
+	} else if len(uc.fifo) > 0 {
+		pd = uc.fifo[0]
+		uc.fifo[0] = nil
+		uc.fifo = uc.fifo[1:]
+	}
+	if pd != nil {
+		uc.arm() // progress: the clock starts again for the rest
+	}
+	uc.mu.Unlock()
+	if pd == nil {
+		return errUnsolicited
+	}
+	left := uc.inflight.Add(-1)
+	if uc.pool.p.IDWidth() > 0 {
+		f.SetID(pd.downID)
+	}
+	pd.finish(f.Bytes(), nil)
+	if left == 0 && uc.goingAway.Load() {
+		return errGoneAway
+	}
+	return nil
+}
+
+// fail kills the connection once: it leaves the pool, closes, and every
+// request waiting on it gets an error reply.
+func (uc *upConn) fail(err error) {
+	uc.mu.Lock()
+	if uc.err != nil {
+		uc.mu.Unlock()
+		return
+	}
+	uc.err = err
+	waiting := uc.fifo
+	uc.fifo = nil
+	for _, pd := range uc.byID {
+		waiting = append(waiting, pd)
+	}
+	uc.byID = nil
+	close(uc.stop)
+	uc.mu.Unlock()
+	uc.pool.drop(uc)
+	uc.c.Close()
+	for _, pd := range waiting {
+		uc.inflight.Add(-1)
+		pd.finish(nil, err)
+	}
+}

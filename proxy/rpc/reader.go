@@ -1,0 +1,83 @@
+package rpc
+
+import (
+	"errors"
+	"io"
+)
+
+// minRead is the least free space a read is offered.
+const minRead = 16 << 10
+
+// frameReader decodes frames from a stream. Frames alias its buffer; a
+// buffer that lent bytes to a frame is never written again: when it runs
+// out of room the unread tail moves to a new buffer, so a frame stays
+// valid as long as someone holds it, with no copy per frame.
+type frameReader struct {
+	r          io.Reader
+	p          *Protocol
+	side       Side
+	buf        []byte
+	start, end int
+	lent       bool // a frame aliases buf
+}
+
+// next returns the next frame. Errors: the reader's (io.EOF between
+// frames; io.ErrUnexpectedEOF inside one), ErrFrameTooLarge, or the
+// codec's.
+func (fr *frameReader) next() (Frame, error) {
+	need := 1
+	for {
+		if fr.end > fr.start {
+			f, n, err := fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+			switch {
+			case err == nil:
+				if n <= 0 || n > fr.end-fr.start {
+					return nil, errors.New("rpc: codec " + fr.p.Name() + " returned a bad frame length")
+				}
+				fr.start += n
+				fr.lent = true
+				return f, nil
+			case err != ErrNeedMore:
+				return nil, err
+			}
+			need = max(n, fr.end-fr.start+1)
+			if need > fr.p.maxFrame {
+				return nil, ErrFrameTooLarge
+			}
+		}
+		if err := fr.fill(need); err != nil {
+			if err == io.EOF && fr.end > fr.start {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// fill reads once, after making room for need bytes from start.
+func (fr *frameReader) fill(need int) error {
+	if fr.start+need > len(fr.buf) || len(fr.buf)-fr.end < minRead/4 {
+		size := max(need, fr.end-fr.start+minRead)
+		if fr.lent || size > len(fr.buf) {
+			nb := make([]byte, max(size, minRead))
+			fr.end = copy(nb, fr.buf[fr.start:fr.end])
+			fr.buf, fr.start, fr.lent = nb, 0, false
+		} else {
+			fr.end = copy(fr.buf, fr.buf[fr.start:fr.end])
+			fr.start = 0
+		}
+	}
+	n, err := fr.r.Read(fr.buf[fr.end:])
+	fr.end += n
+	if n > 0 {
+		return nil
+	}
+	return err // nil for a read of nothing: the caller tries again
+}
+
+// buffered returns the bytes read and not yet decoded.
+func (fr *frameReader) buffered() []byte { return fr.buf[fr.start:fr.end] }
+
+// ready reports whether undecoded bytes are waiting, so a reader can
+// process a whole batch before flushing.
+func (fr *frameReader) ready() bool { return fr.end > fr.start }

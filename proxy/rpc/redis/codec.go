@@ -1,0 +1,84 @@
+package redis
+
+import (
+	"strings"
+
+	"github.com/weir-mesh/weir/proxy/rpc"
+)
+
+// Codec is the RESP codec. Its zero value is ready.
+type Codec struct{}
+
+// Compile-time checks: the capabilities the framework finds.
+var (
+	_ rpc.Codec    = Codec{}
+	_ rpc.Hijacker = Codec{}
+	_ rpc.Keyer    = Codec{}
+	_ rpc.Pinner   = Codec{}
+	_ rpc.Frame    = (*Frame)(nil)
+)
+
+// Protocol is the registered RESP codec, for rpc.NewPool.
+var Protocol = rpc.Register(Codec{}, 0)
+
+// Name is "redis".
+func (Codec) Name() string { return "redis" }
+
+// IDWidth is 0: replies come in request order.
+func (Codec) IDWidth() int { return 0 }
+
+// Decode frames a command (from the client) or a reply (from a server).
+func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	if len(b) == 0 {
+		return nil, 1, rpc.ErrNeedMore
+	}
+	var (
+		f   *Frame
+		n   int
+		err error
+	)
+	if from == rpc.Client {
+		f, n, err = decodeCommand(b, max)
+	} else {
+		f, n, err = decodeReply(b, max)
+	}
+	if err != nil {
+		return nil, n, err
+	}
+	return f, n, nil
+}
+
+// ErrorReply is the error a client gets for a command weir could not
+// forward: "-ERR weir: <why>", or, for bytes that were not RESP (req nil),
+// "-ERR Protocol error: …" as redis-server sends before closing.
+func (Codec) ErrorReply(req rpc.Frame, err error) []byte {
+	msg := err.Error()
+	if req != nil {
+		msg = "weir: " + msg
+	}
+	msg = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' {
+			return ' '
+		}
+		return r
+	}, msg)
+	return []byte("-ERR " + msg + "\r\n")
+}
+
+// BalanceKey is the hash of the command's first key (its {tag} if it has
+// one), so a ring_hash or maglev cluster sends a key to the same server
+// every time; keyless commands use the client's address.
+func (Codec) BalanceKey(req rpc.Frame) (uint64, bool) {
+	k := req.Attr(AttrKey)
+	if k == nil {
+		return 0, false
+	}
+	return hashKey(k), true
+}
+
+// Pins reports the commands that take the connection out of per-command
+// balancing (see the package documentation).
+func (Codec) Pins(req rpc.Frame) bool {
+	f, ok := req.(*Frame)
+	return ok && pins(f)
+}

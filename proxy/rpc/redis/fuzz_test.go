@@ -1,0 +1,62 @@
+package redis
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+
+	"github.com/weir-mesh/weir/proxy/rpc"
+)
+
+// fuzzMax keeps the fuzzer's frame bound small, so ErrFrameTooLarge is
+// reachable.
+const fuzzMax = 4096
+
+// FuzzDecode checks, for commands and replies: no panic; a decoded frame
+// is a prefix of the input whose arguments can all be read; decoding the
+// frame alone gives the same length; every proper prefix of it needs more
+// with a hint above the prefix and not beyond the frame (the hint is a
+// lower bound), and none of them is too large.
+func FuzzDecode(f *testing.F) {
+	f.Add(false, []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"))
+	f.Add(true, []byte("*2\r\n$1\r\na\r\n%1\r\n+k\r\n:1\r\n"))
+	f.Fuzz(func(t *testing.T, server bool, b []byte) {
+		from := rpc.Client
+		if server {
+			from = rpc.Server
+		}
+		if len(b) == 0 || len(b) > 2*fuzzMax {
+			return
+		}
+		fr, n, err := Codec{}.Decode(b, from, fuzzMax)
+		if err != nil {
+			if errors.Is(err, rpc.ErrNeedMore) && n <= len(b) {
+				t.Fatalf("need more with hint %d for %d bytes", n, len(b))
+			}
+			return
+		}
+		if n <= 0 || n > len(b) || !bytes.Equal(fr.Bytes(), b[:n]) {
+			t.Fatalf("frame of %d bytes from %d", n, len(b))
+		}
+		rf := fr.(*Frame)
+		for i := range rf.Args() {
+			rf.Arg(i)
+		}
+		fr.Attr(AttrCommand)
+		fr.Attr(AttrKey)
+		Codec{}.Pins(fr)
+		Codec{}.BalanceKey(fr)
+		if _, n2, err := (Codec{}).Decode(b[:n], from, fuzzMax); err != nil || n2 != n {
+			t.Fatalf("alone: %d, %v; in context %d", n2, err, n)
+		}
+		for _, k := range []int{n - 1, n / 2, 1} {
+			if k <= 0 || k >= n {
+				continue
+			}
+			_, h, err := Codec{}.Decode(b[:k], from, fuzzMax)
+			if !errors.Is(err, rpc.ErrNeedMore) || h <= k || h > n {
+				t.Fatalf("prefix %d of a %d-byte frame: hint %d, %v", k, n, h, err)
+			}
+		}
+	})
+}

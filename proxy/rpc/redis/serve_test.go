@@ -1,0 +1,369 @@
+package redis_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rpc"
+	"github.com/weir-mesh/weir/proxy/rpc/redis"
+)
+
+// startRedis runs a redis-server on a free loopback port for the test's
+// life and returns its address.
+func startRedis(t *testing.T) netip.AddrPort {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not installed")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	cmd := exec.Command("redis-server", "--port", strconv.Itoa(int(addr.Port())), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", t.TempDir(), "--enable-debug-command", "local")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", addr.String())
+		if err == nil {
+			c.Close()
+			return addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("redis-server on %s did not start: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func dial(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", a.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// proxy serves rpc on a loopback listener with a ring_hash cluster over
+// servers, and returns its address and the drain channel.
+func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
+	return proxyWith(t, rpc.PoolOptions{}, servers...)
+}
+
+func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
+	eps := make([]cluster.Endpoint, len(servers))
+	for i, s := range servers {
+		eps[i] = cluster.Endpoint{Addr: s}
+	}
+	c, err := cluster.New(cluster.Config{Name: "redis", Balancer: cluster.RingHash}, eps, cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := rpc.NewPool(redis.Protocol, opt)
+	drain := make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Key: 1, Draining: drain}, pool)
+		}
+	}()
+	t.Cleanup(func() { l.Close(); <-done; cancel(); pool.Close() })
+	return l.Addr().String(), drain, pool
+}
+
+// client is a raw RESP client that pipelines.
+type client struct {
+	c net.Conn
+	r *bufio.Reader
+}
+
+func connect(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	t.Cleanup(func() { c.Close() })
+	return &client{c, bufio.NewReader(c)}
+}
+
+func command(args ...string) string {
+	s := "*" + strconv.Itoa(len(args)) + "\r\n"
+	for _, a := range args {
+		s += "$" + strconv.Itoa(len(a)) + "\r\n" + a + "\r\n"
+	}
+	return s
+}
+
+// send writes every command in one write (a pipeline).
+func (c *client) send(t *testing.T, cmds ...[]string) {
+	t.Helper()
+	var b strings.Builder
+	for _, a := range cmds {
+		b.WriteString(command(a...))
+	}
+	if _, err := io.WriteString(c.c, b.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// reply reads one reply, flattened to text: "+OK", "$v", "*2[...]".
+func (c *client) reply(t *testing.T) string {
+	t.Helper()
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		t.Fatalf("reading reply: %v", err)
+	}
+	line = strings.TrimSuffix(line, "\r\n")
+	switch line[0] {
+	case '$':
+		n, _ := strconv.Atoi(line[1:])
+		if n < 0 {
+			return "$nil"
+		}
+		b := make([]byte, n+2)
+		if _, err := io.ReadFull(c.r, b); err != nil {
+			t.Fatal(err)
+		}
+		return "$" + string(b[:n])
+	case '*':
+		n, _ := strconv.Atoi(line[1:])
+		var parts []string
+		for range n {
+			parts = append(parts, c.reply(t))
+		}
+		return fmt.Sprintf("*%d%v", n, parts)
+	}
+	return line
+}
+
+func (c *client) do(t *testing.T, args ...string) string {
+	t.Helper()
+	c.send(t, args)
+	return c.reply(t)
+}
+
+// TestPipelineBalancedByKey: twenty SETs pipelined on one connection land
+// on both servers, each key on the server its hash picks, and GETs
+// pipelined on another connection read every value back.
+func TestPipelineBalancedByKey(t *testing.T) {
+	a, b := startRedis(t), startRedis(t)
+	addr, _, pool := proxy(t, a, b)
+	c := connect(t, addr)
+	var sets, gets [][]string
+	for i := 1; i <= 20; i++ {
+		sets = append(sets, []string{"SET", fmt.Sprintf("k%d", i), fmt.Sprintf("v%d", i)})
+		gets = append(gets, []string{"GET", fmt.Sprintf("k%d", i)})
+	}
+	c.send(t, sets...)
+	for i := range sets {
+		if r := c.reply(t); r != "+OK" {
+			t.Fatalf("SET %d: %s", i+1, r)
+		}
+	}
+	da, db := connect(t, a.String()), connect(t, b.String())
+	na, nb := da.do(t, "DBSIZE"), db.do(t, "DBSIZE")
+	if na == ":0" || nb == ":0" || na == ":20" || nb == ":20" {
+		t.Fatalf("keys per server: %s %s: not balanced", na, nb)
+	}
+	if pool.Conns(a) != 1 || pool.Conns(b) != 1 {
+		t.Fatalf("upstream connections: %d %d, want one each", pool.Conns(a), pool.Conns(b))
+	}
+	c2 := connect(t, addr)
+	c2.send(t, gets...)
+	for i := range gets {
+		if r, want := c2.reply(t), fmt.Sprintf("$v%d", i+1); r != want {
+			t.Fatalf("GET k%d: %s, want %s", i+1, r, want)
+		}
+	}
+	// redis-cli, a real client, through the proxy.
+	host, port, _ := net.SplitHostPort(addr)
+	out, err := exec.Command("redis-cli", "-h", host, "-p", port, "GET", "k7").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "v7" {
+		t.Fatalf("redis-cli GET k7: %q %v", out, err)
+	}
+}
+
+// TestManyClientsShareConnections: concurrent pipelining clients get
+// their own replies in order over the shared upstream connections.
+func TestManyClientsShareConnections(t *testing.T) {
+	a, b := startRedis(t), startRedis(t)
+	addr, _, pool := proxy(t, a, b)
+	errs := make(chan error, 8)
+	for w := range 8 {
+		go func() {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(c)
+			for round := range 20 {
+				var b strings.Builder
+				for i := range 10 {
+					b.WriteString(command("INCRBY", fmt.Sprintf("w%d:%d", w, i), strconv.Itoa(round+1)))
+				}
+				io.WriteString(c, b.String())
+				for i := range 10 {
+					line, err := r.ReadString('\n')
+					want := 0
+					for k := 1; k <= round+1; k++ {
+						want += k
+					}
+					if err != nil || line != ":"+strconv.Itoa(want)+"\r\n" {
+						errs <- fmt.Errorf("client %d round %d key %d: %q %v", w, round, i, line, err)
+						return
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if pool.Conns(a) != 1 || pool.Conns(b) != 1 {
+		t.Fatalf("upstream connections: %d %d", pool.Conns(a), pool.Conns(b))
+	}
+}
+
+// TestMultiPinned: after MULTI the connection is relayed to one server
+// connection, so the transaction works; commands before it were answered
+// first.
+func TestMultiPinned(t *testing.T) {
+	a, b := startRedis(t), startRedis(t)
+	addr, _, _ := proxy(t, a, b)
+	c := connect(t, addr)
+	c.send(t, []string{"SET", "before", "1"}, []string{"MULTI"}, []string{"SET", "t1", "x"},
+		[]string{"INCR", "counter"}, []string{"INCR", "counter"}, []string{"EXEC"})
+	for _, want := range []string{"+OK", "+OK", "+QUEUED", "+QUEUED", "+QUEUED", "*3[+OK :1 :2]"} {
+		if r := c.reply(t); r != want {
+			t.Fatalf("got %s, want %s", r, want)
+		}
+	}
+	// Still the same server connection: a WATCH/MULTI/EXEC works too, and
+	// SELECT's state holds.
+	if r := c.do(t, "SELECT", "2"); r != "+OK" {
+		t.Fatal(r)
+	}
+	if r := c.do(t, "CLIENT", "INFO"); !strings.Contains(r, "db=2") {
+		t.Fatalf("CLIENT INFO after SELECT 2: %s", r)
+	}
+}
+
+// TestNoEndpoint: a cluster with nothing to pick answers each command with
+// a Redis error, in step with the pipeline.
+func TestNoEndpoint(t *testing.T) {
+	addr, _, _ := proxy(t)
+	c := connect(t, addr)
+	c.send(t, []string{"GET", "a"}, []string{"PING"})
+	for range 2 {
+		if r := c.reply(t); !strings.HasPrefix(r, "-ERR weir: cluster redis: no endpoint available") {
+			t.Fatalf("reply %q", r)
+		}
+	}
+	if r := c.do(t, "MULTI"); !strings.HasPrefix(r, "-ERR weir:") {
+		t.Fatalf("pinned with no endpoint: %q", r)
+	}
+}
+
+// TestDrainFinishesInFlight: a drain while a slow command is in flight
+// still answers it and the commands pipelined behind it, then closes.
+func TestDrainFinishesInFlight(t *testing.T) {
+	a := startRedis(t)
+	addr, drain, _ := proxy(t, a)
+	c := connect(t, addr)
+	idle := connect(t, addr)
+	if r := idle.do(t, "PING"); r != "+PONG" {
+		t.Fatal(r)
+	}
+	c.send(t, []string{"DEBUG", "SLEEP", "0.3"}, []string{"SET", "after", "1"}, []string{"GET", "after"})
+	time.Sleep(100 * time.Millisecond)
+	close(drain)
+	for _, want := range []string{"+OK", "+OK", "$1"} {
+		if r := c.reply(t); r != want {
+			t.Fatalf("got %s, want %s", r, want)
+		}
+	}
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Fatalf("after the drain: %v, want EOF", err)
+	}
+	if _, err := idle.r.ReadByte(); err != io.EOF {
+		t.Fatalf("idle connection after the drain: %v, want EOF", err)
+	}
+}
+
+// TestProtocolError: bytes that are not RESP get Redis's error, then a
+// close.
+func TestProtocolError(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	c := connect(t, addr)
+	io.WriteString(c.c, command("SET", "x", "1")+"*1\r\n:5\r\n")
+	if r := c.reply(t); r != "+OK" {
+		t.Fatal(r)
+	}
+	if r := c.reply(t); !strings.HasPrefix(r, "-ERR Protocol error") {
+		t.Fatal(r)
+	}
+	if _, err := c.r.ReadByte(); err != io.EOF {
+		t.Fatalf("%v, want EOF", err)
+	}
+}
+
+// TestResponseTimeout: a server that stops answering gets its connection
+// closed after the response timeout; the waiting commands get errors, in
+// step, and the next command goes over a new connection.
+func TestResponseTimeout(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxyWith(t, rpc.PoolOptions{ResponseTimeout: 200 * time.Millisecond}, a)
+	c := connect(t, addr)
+	start := time.Now()
+	c.send(t, []string{"DEBUG", "SLEEP", "1"}, []string{"GET", "x"})
+	for range 2 {
+		if r := c.reply(t); !strings.Contains(r, "-ERR weir: rpc: no response within the response timeout") {
+			t.Fatalf("reply %q", r)
+		}
+	}
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Fatalf("errors after %v", d)
+	}
+	// DEBUG SLEEP stalls the whole (single-threaded) server: wait it out.
+	time.Sleep(time.Until(start.Add(1200 * time.Millisecond)))
+	if r := c.do(t, "SET", "x", "1"); r != "+OK" {
+		t.Fatal(r)
+	}
+}

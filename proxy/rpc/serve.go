@@ -1,0 +1,355 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+)
+
+// Upstream is what the engine knows of one captured connection: where its
+// requests go and how to reach there. The engine fills it once per
+// connection; Serve does not modify it.
+type Upstream struct {
+	// Cluster takes every request; nil answers each with an error reply.
+	Cluster *cluster.Cluster
+	// Dial makes an upstream connection from the pod's network namespace
+	// with the bypass mark.
+	Dial cluster.Dialer
+	// Key is the client's affinity hash, the balancing key of requests the
+	// codec gives none (Keyer).
+	Key uint64
+	// Draining is closed when the agent drains: Serve stops reading, sends
+	// the protocol's goaway if it has one, answers every request it has
+	// read, then closes the connection.
+	Draining <-chan struct{}
+	// Log receives one line per notable event; nil means slog.Default().
+	Log *slog.Logger
+}
+
+// Errors requests are answered with (through the codec's Hijacker).
+var (
+	// ErrNoCluster: the connection's route has no cluster.
+	ErrNoCluster = errors.New("rpc: no cluster for this destination")
+	// ErrDraining: the agent is draining.
+	ErrDraining = errors.New("rpc: proxy is draining")
+)
+
+// slot is one request's place in its downstream connection's answer
+// order: the writer sends answers in request order, which is what
+// protocols without ids need (pipelining) and harmless for the others.
+type slot struct {
+	ch   chan struct{} // capacity 1: complete never blocks
+	resp []byte
+	err  error
+}
+
+var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)} }}
+
+func (s *slot) complete(resp []byte, err error) {
+	s.resp, s.err = resp, err
+	s.ch <- struct{}{}
+}
+
+// maxQueued bounds the requests one downstream connection has in flight;
+// its reader stops reading beyond it.
+const maxQueued = 1024
+
+// session is one downstream connection.
+type session struct {
+	ctx   context.Context
+	down  net.Conn
+	up    *Upstream
+	pool  *Pool
+	p     *Protocol
+	log   *slog.Logger
+	fr    frameReader
+	order chan *slot
+	wdone chan struct{}
+	// set by the reader before it returns
+	pinned Frame
+}
+
+// Serve proxies one downstream connection speaking pool's protocol until
+// the client closes it, ctx ends, the agent drains, or either side breaks
+// the protocol; it closes down before returning. Each request is
+// balanced on its own (cluster.Pick with the codec's key, else up.Key) and
+// sent on pool's shared connection to the picked endpoint; answers go back
+// in request order. Heartbeats are answered locally when the codec is a
+// Heartbeater. A request the codec's Pinner pins ends multiplexing: that
+// request and everything after it are relayed as bytes to an upstream
+// connection of this downstream connection's own. down may be any
+// net.Conn (a sniffer's replaying connection).
+func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
+	defer down.Close()
+	s := &session{
+		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log,
+		order: make(chan *slot, maxQueued), wdone: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.fr = frameReader{r: down, p: s.p, side: Client}
+	stop := context.AfterFunc(ctx, func() { down.Close() })
+	defer stop()
+	unwatch := func() {}
+	if up.Draining != nil {
+		done, watched := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(watched)
+			select {
+			case <-up.Draining:
+				// Wake a reader blocked between requests.
+				down.SetReadDeadline(time.Unix(1, 0))
+			case <-done:
+			}
+		}()
+		var once sync.Once
+		unwatch = func() { once.Do(func() { close(done); <-watched }) }
+		defer unwatch()
+	}
+	go s.writeLoop()
+	s.readLoop()
+	close(s.order)
+	<-s.wdone
+	if s.pinned == nil || ctx.Err() != nil {
+		return
+	}
+	// A pinned connection is bytes now, with no request boundary for a
+	// drain to stop at: it ends when either side closes or ctx ends.
+	unwatch()
+	down.SetReadDeadline(time.Time{})
+	s.relayPinned()
+}
+
+func (s *session) draining() bool {
+	select {
+	case <-s.up.Draining:
+		return true
+	default:
+		return false
+	}
+}
+
+// readLoop reads and dispatches requests until the connection ends.
+func (s *session) readLoop() {
+	for {
+		if s.up.Draining != nil && s.draining() && !s.fr.ready() {
+			s.goAway()
+			return
+		}
+		f, err := s.fr.next()
+		if err != nil {
+			if s.up.Draining != nil && s.draining() && isTimeout(err) {
+				// Woken for the drain with at most part of a frame read:
+				// every whole one has been dispatched.
+				s.goAway()
+				return
+			}
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && s.ctx.Err() == nil {
+				s.log.Debug("rpc: downstream ends", "protocol", s.p.Name(), "err", err)
+				if hj := s.p.hijacker; hj != nil && !isTimeout(err) && !errors.Is(err, io.ErrUnexpectedEOF) {
+					s.local(hj.ErrorReply(nil, err))
+				}
+			}
+			return
+		}
+		switch f.Kind() {
+		case Heartbeat:
+			if hb := s.p.heartbeater; hb != nil {
+				s.local(hb.HeartbeatReply(f))
+				continue
+			}
+		case Request, Oneway:
+		default:
+			s.log.Debug("rpc: client sent a non-request", "protocol", s.p.Name(), "kind", f.Kind())
+			return
+		}
+		if s.p.pinner != nil && s.p.pinner.Pins(f) {
+			s.pinned = f
+			return
+		}
+		s.forward(f)
+	}
+}
+
+// goAway queues the protocol's goaway frame, if it has one.
+func (s *session) goAway() {
+	if ga := s.p.goAwayer; ga != nil {
+		s.local(ga.GoAwayFrame())
+	}
+}
+
+// local queues an answer made by the agent.
+func (s *session) local(b []byte) {
+	sl := slots.Get().(*slot)
+	s.order <- sl
+	sl.complete(b, nil)
+}
+
+// key is a request's balancing key.
+func (s *session) key(f Frame) uint64 {
+	if k := s.p.keyer; k != nil {
+		if key, ok := k.BalanceKey(f); ok {
+			return key
+		}
+	}
+	return s.up.Key
+}
+
+// forward balances one request and queues it on a shared upstream
+// connection. A request that cannot be sent is answered with the
+// protocol's error reply. Nothing is retried on another endpoint: for a
+// key-routed store that would write the key to the wrong shard.
+func (s *session) forward(f Frame) {
+	var sl *slot
+	if f.Kind() != Oneway {
+		sl = slots.Get().(*slot)
+		s.order <- sl
+	}
+	fail := func(err error) {
+		if sl != nil {
+			sl.complete(s.p.errorReply(f, err), err)
+		}
+	}
+	c := s.up.Cluster
+	if c == nil {
+		fail(ErrNoCluster)
+		return
+	}
+	lease, err := c.Pick(s.key(f), nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
+	pd := &pending{req: f, lease: lease, slot: sl, p: s.p}
+	// A connection that died before taking the request never sent it:
+	// try the endpoint once more on a fresh one.
+	for range 2 {
+		uc, err := s.pool.get(lease, dial)
+		if err != nil {
+			lease.Release() // a failed dial is already counted
+			fail(err)
+			return
+		}
+		if err = uc.enqueue(pd); err == nil {
+			return
+		}
+	}
+	lease.Release()
+	fail(errGoneAway)
+}
+
+// writeLoop sends answers in request order, batching those that are ready
+// into one write.
+func (s *session) writeLoop() {
+	defer close(s.wdone)
+	bw := bufio.NewWriterSize(s.down, 32<<10)
+	broken := false
+	for sl := range s.order {
+		select {
+		case <-sl.ch:
+		case <-s.ctx.Done():
+			broken = true
+			continue // the slot may still be completed: not reused
+		}
+		if sl.err != nil && len(sl.resp) == 0 {
+			// No error reply in this protocol: answers would go out of
+			// step, so the connection ends here.
+			broken = true
+			bw.Flush()
+			s.down.Close()
+		}
+		if !broken {
+			_, err := bw.Write(sl.resp)
+			if err == nil && len(s.order) == 0 {
+				err = bw.Flush()
+			}
+			if err != nil {
+				broken = true
+				s.down.Close() // wakes the reader
+			}
+		}
+		sl.resp, sl.err = nil, nil
+		slots.Put(sl)
+	}
+	if !broken {
+		bw.Flush()
+	}
+}
+
+// relayPinned moves the connection to an upstream connection of its own,
+// from the pinned request on, and relays bytes both ways until either side
+// closes. Every earlier request has been answered.
+func (s *session) relayPinned() {
+	f := s.pinned
+	fail := func(err error) {
+		if hj := s.p.hijacker; hj != nil {
+			s.down.Write(hj.ErrorReply(f, err))
+		}
+	}
+	if s.up.Cluster == nil {
+		fail(ErrNoCluster)
+		return
+	}
+	lease, err := s.up.Cluster.Pick(s.key(f), nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	c, err := lease.Dial(s.ctx, s.up.Dial)
+	if err != nil {
+		lease.Release()
+		fail(err)
+		return
+	}
+	stop := context.AfterFunc(s.ctx, func() { c.Close() })
+	defer stop()
+	defer c.Close()
+	first := net.Buffers{f.Bytes(), s.fr.buffered()}
+	if _, err := first.WriteTo(c); err != nil {
+		lease.Done(err)
+		fail(err)
+		return
+	}
+	upErr := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(s.down, c)
+		// The server is gone (QUIT, or it closed): nothing more can be
+		// answered, so the client's side ends too.
+		s.down.Close()
+		upErr <- err
+	}()
+	_, derr := io.Copy(c, s.down)
+	if derr != nil {
+		c.Close() // the client broke: end both halves
+	} else {
+		c.CloseWrite()
+	}
+	err = <-upErr
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	lease.Done(err)
+}
+
+// errorReply is the codec's error answer to req, or nil without a
+// Hijacker (the client then sees the connection close).
+func (p *Protocol) errorReply(req Frame, err error) []byte {
+	if p.hijacker == nil {
+		return nil
+	}
+	return p.hijacker.ErrorReply(req, err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
