@@ -12,6 +12,8 @@ import (
 	"github.com/weir-mesh/weir/proxy/http/h2"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/rpc"
+	"github.com/weir-mesh/weir/proxy/rpc/redis"
 	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
@@ -49,15 +51,19 @@ func (s *Sniffing) timeoutFor(port uint16) time.Duration {
 
 // pools are one workload's upstream L7 connections, made on first use.
 type pools struct {
-	once sync.Once
-	h1   *h1.Pool
-	h2   *h2.Pool
+	once  sync.Once
+	h1    *h1.Pool
+	h2    *h2.Pool
+	redis *rpc.Pool
 }
 
 func (p *pools) get() *pools {
 	p.once.Do(func() {
 		p.h1 = h1.NewPool(h1.Options{})
 		p.h2 = h2.NewPool(h2.Options{})
+		// A stalled server turns into error replies instead of holding
+		// the client's pipeline forever.
+		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second})
 	})
 	return p
 }
@@ -76,6 +82,9 @@ func (w *Workload) Close() {
 	if p.h2 != nil {
 		p.h2.Close()
 	}
+	if p.redis != nil {
+		p.redis.Close()
+	}
 }
 
 // serveService handles an outbound connection to a service address: it
@@ -87,7 +96,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 	switch r.Protocol {
 	case route.TCP:
 		return false
-	case route.HTTP, route.HTTP2, route.GRPC, route.TLS:
+	case route.HTTP, route.HTTP2, route.GRPC, route.TLS, route.Redis:
 		wait = declaredWait
 	default:
 		wait = e.Sniffing.timeoutFor(dst.Port())
@@ -118,6 +127,17 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		} else {
 			h2.Serve(e.ctx, sc, up, p.h2)
 		}
+		return true
+	case sniff.Redis:
+		if r.Protocol != route.Redis {
+			break // sniffed, not declared: L4 (see route.Redis)
+		}
+		rpc.Serve(e.ctx, sc, &rpc.Upstream{
+			Cluster: r.Cluster, Key: sourceKey(c), Draining: e.draining, Log: e.Log,
+			Dial: func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+				return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
+			},
+		}, w.pools.get().redis)
 		return true
 	case sniff.TLS:
 		if r.TLS != nil {

@@ -24,6 +24,11 @@ const (
 	HTTP  Protocol = "http"
 	HTTP2 Protocol = "http2"
 	GRPC  Protocol = "grpc"
+	// Redis is balanced per command by key hash (proxy/rpc/redis). Only
+	// when declared: a sniffed Redis connection stays L4, since spreading
+	// the commands of a client over servers that do not share data is
+	// only right for a service built for it (ring_hash or maglev shards).
+	Redis Protocol = "redis"
 )
 
 // ParseProtocol reads a declared protocol; "auto" and "" are Auto.
@@ -31,10 +36,10 @@ func ParseProtocol(s string) (Protocol, error) {
 	switch p := Protocol(strings.ToLower(s)); p {
 	case "auto", Auto:
 		return Auto, nil
-	case TCP, TLS, HTTP, HTTP2, GRPC:
+	case TCP, TLS, HTTP, HTTP2, GRPC, Redis:
 		return p, nil
 	}
-	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc", s)
+	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis", s)
 }
 
 // IsHTTP reports whether p is one of the HTTP family, so requests are
