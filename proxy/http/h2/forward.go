@@ -65,6 +65,12 @@ func (ex *exchange) forward(d l7.Decision) {
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
+	// expired is the request's deadline gone, or so nearly gone that an
+	// upstream given the rest of it (grpc-timeout) may already have given
+	// up and reset the stream, as grpc-go does.
+	expired := func() bool {
+		return ctx.Err() != nil || (!deadline.IsZero() && time.Until(deadline) < deadlineSlack)
+	}
 	out, body := ex.outbound(ctx, d.Action, a)
 	if body != nil {
 		defer body.finish()
@@ -106,7 +112,7 @@ func (ex *exchange) forward(d l7.Decision) {
 		// request's own deadline passing (route timeout, the client's
 		// grpc-timeout) is not the endpoint's fault.
 		if err != nil {
-			if ctx.Err() != nil {
+			if expired() {
 				err = context.DeadlineExceeded
 				a.lease.Done(nil)
 			} else {
@@ -115,7 +121,7 @@ func (ex *exchange) forward(d l7.Decision) {
 		} else {
 			a.lease.Done(l7.Verdict(res.StatusCode, code, nil))
 		}
-		if retryable && a.c != nil && policy != nil && retries < policy.Attempts && ctx.Err() == nil && safe() {
+		if retryable && a.c != nil && policy != nil && retries < policy.Attempts && !expired() && safe() {
 			if next, perr := a.c.Pick(ex.h.up.Key, a.lease); perr == nil {
 				if res != nil {
 					res.Body.Close()
@@ -197,7 +203,7 @@ func (ex *exchange) forward(d l7.Decision) {
 	case upErr == errClientGone || r.Context().Err() != nil:
 		a.lease.Done(nil)
 		ex.count(0)
-	case ctx.Err() != nil:
+	case expired():
 		// The request's deadline passed mid-answer.
 		a.lease.Done(nil)
 		ex.count(http.StatusGatewayTimeout)
@@ -223,6 +229,10 @@ func (ex *exchange) forward(d l7.Decision) {
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// deadlineSlack is how close to its deadline a request counts as expired:
+// no retry starts, and an upstream's reset is taken for the deadline.
+const deadlineSlack = 10 * time.Millisecond
 
 // errTryTimeout is an attempt that got no response head within the rule's
 // backendRequest timeout.
