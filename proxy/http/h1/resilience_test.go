@@ -134,7 +134,7 @@ func TestRouteTimeout504(t *testing.T) {
 		}
 	}
 	a, b := newBackend(t, slowFn), newBackend(t, slowFn)
-	up, _, _ := resilient(t, []netip.AddrPort{a.addr, b.addr}, cluster.Config{},
+	up, _, c := resilient(t, []netip.AddrPort{a.addr, b.addr}, cluster.Config{},
 		&route.HTTPRouteTimeouts{Request: cluster.Duration(150 * time.Millisecond)},
 		&route.HTTPRouteRetry{Codes: []int{503}, Attempts: new(3)})
 	p := startProxy(t, up, Options{})
@@ -146,6 +146,11 @@ func TestRouteTimeout504(t *testing.T) {
 	}
 	if hits.Load() != 1 {
 		t.Errorf("the endpoints got %d requests: an expired request was retried", hits.Load())
+	}
+	for _, e := range c.Stats().Endpoints {
+		if e.Errors != 0 {
+			t.Errorf("endpoint %s blamed for the request's own deadline", e.Name)
+		}
 	}
 }
 

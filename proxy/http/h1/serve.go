@@ -561,6 +561,11 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			s.refuse(err, start)
 			return false
 		}
+		if err == errResponseTimeout && s.expired() {
+			// The request's own deadline: not the endpoint's fault.
+			lease.Done(nil)
+			return s.fail(err, streamed, start)
+		}
 		lease.Done(l7.Verdict(0, -1, err))
 		if err == errResponseTimeout && replayable && again(true) {
 			// A per-try timeout, with time left for another.
@@ -895,7 +900,8 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 				upErr = nil
 			}
 		}
-		if upErr != nil && s.aborted.Load() {
+		if upErr != nil && (s.aborted.Load() || s.expired()) {
+			// The client left, or the route's timeout cut the body.
 			upErr = nil
 		}
 		if upErr != nil {
