@@ -1,21 +1,68 @@
 package integration
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+
 	"github.com/weir-mesh/weir/integration/testworld"
 )
 
 // Service addresses of the resilience world.
 const (
-	vipRetry = "10.96.1.30:80" // http: retry on 503 (server a answers 503 once)
-	vipEject = "10.96.1.31:80" // http: server a answers 500 always, ejected after 3
+	vipRetry = "10.96.1.30:80"    // http: retry on 503 (server a answers 503 once)
+	vipEject = "10.96.1.31:80"    // http: server a answers 500 always, ejected after 3
+	vipGRes  = "10.96.1.32:50052" // grpc: retry on UNAVAILABLE (server a answers it once)
 )
+
+// resGRPC answers unary calls: UNAVAILABLE to server a's first, and after
+// a 2 s sleep when the request asks for a response size; it records the
+// deadline its last call came with.
+type resGRPC struct {
+	testpb.UnimplementedTestServiceServer
+	failing bool
+	calls   atomic.Int64
+	left    atomic.Int64 // ns to the deadline when the last call came
+}
+
+func (s *resGRPC) UnaryCall(ctx context.Context, in *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	n := s.calls.Add(1)
+	if dl, ok := ctx.Deadline(); ok {
+		s.left.Store(int64(time.Until(dl)))
+	}
+	if s.failing && n == 1 {
+		return nil, status.Error(codes.Unavailable, "warming up")
+	}
+	if in.GetResponseSize() > 0 {
+		select {
+		case <-time.After(2 * time.Second):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return &testpb.SimpleResponse{}, nil
+}
+
+func startResGRPC(t *testing.T, p *testworld.Pod, failing bool) *resGRPC {
+	t.Helper()
+	impl := &resGRPC{failing: failing}
+	s := grpc.NewServer()
+	testpb.RegisterTestServiceServer(s, impl)
+	go s.Serve(p.Listen(t, "0.0.0.0:50052"))
+	t.Cleanup(s.Stop)
+	return impl
+}
 
 // resServer is a pod's Go HTTP server for the resilience tests: on 8080,
 // server a answers its first request 503 and /always503 always 503; on
@@ -90,6 +137,7 @@ func TestL7Resilience(t *testing.T) {
 	podA := node.MustAddPod(t, "backend", "server-a")
 	podB := node.MustAddPod(t, "backend", "server-b")
 	srvA, srvB := startResServer(t, podA, true), startResServer(t, podB, false)
+	gA, gB := startResGRPC(t, podA, true), startResGRPC(t, podB, false)
 	agent.Stop(t)
 	a, b := podA.IP4.String(), podB.IP4.String()
 	const ejection = 3 * time.Second
@@ -104,6 +152,11 @@ func TestL7Resilience(t *testing.T) {
 				}}}}},
 			map[string]any{"name": "eject", "address": vipEject, "protocol": "http", "endpoints": []string{a + ":8081", b + ":8081"},
 				"cluster": map[string]any{"outlier": map[string]any{"consecutiveFailures": 3, "baseEjectionTime": ejection.String(), "maxEjectionPercent": 50}}},
+			map[string]any{"name": "gres", "address": vipGRes, "protocol": "grpc", "endpoints": []string{a + ":50052", b + ":50052"},
+				"httpRoutes": []any{map[string]any{"name": "gres", "rules": []any{map[string]any{
+					"backendRefs": []any{map[string]any{"service": "gres"}},
+					"retry":       map[string]any{"grpcCodes": []string{"UNAVAILABLE", "DEADLINE_EXCEEDED"}, "attempts": 2},
+				}}}}},
 		},
 	})
 	client := node.MustAddPod(t, "demo", "client")
@@ -159,6 +212,44 @@ func TestL7Resilience(t *testing.T) {
 		curlCodes(t, client, "http://"+vipEject+"/", 6)
 		if srvA.hits8081.Load() == 3 {
 			t.Error("server a got no request after its ejection ended")
+		}
+	})
+	t.Run("grpc", func(t *testing.T) {
+		cc, err := grpc.NewClient("passthrough:///"+vipGRes,
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+				return client.Dial(addr, 5*time.Second)
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		tc := testpb.NewTestServiceClient(cc)
+		gRetries := func() float64 { return agent.Metric(t, `weir_http_retries_total{protocol="grpc"}`) }
+		for i := range 4 {
+			if _, err := tc.UnaryCall(t.Context(), &testpb.SimpleRequest{}); err != nil {
+				t.Fatalf("call %d: %v (UNAVAILABLE should have been retried)", i, err)
+			}
+		}
+		if got := gRetries(); got != 1 || gA.calls.Load()+gB.calls.Load() != 5 {
+			t.Errorf("%v retries, calls %d + %d; want 1 retry and 5 calls", got, gA.calls.Load(), gB.calls.Load())
+		}
+		before := gA.calls.Load() + gB.calls.Load()
+		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+		defer cancel()
+		_, err = tc.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 1})
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("slow call: %v, want DEADLINE_EXCEEDED", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if n := gA.calls.Load() + gB.calls.Load() - before; n != 1 {
+			t.Errorf("%d calls upstream for one expired call: it was retried", n)
+		}
+		if got := gRetries(); got != 1 {
+			t.Errorf("weir_http_retries_total{protocol=grpc} = %v after the expired call, want 1", got)
+		}
+		if left := time.Duration(max(gA.left.Load(), gB.left.Load())); left <= 0 || left > 300*time.Millisecond {
+			t.Errorf("the upstream was given %v to answer, want under the client's 300ms", left)
 		}
 	})
 }
