@@ -121,7 +121,8 @@ func (ex *exchange) forward(d l7.Decision) {
 		} else {
 			a.lease.Done(l7.Verdict(res.StatusCode, code, nil))
 		}
-		if retryable && a.c != nil && policy != nil && retries < policy.Attempts && !expired() && safe() {
+		if retryable && a.c != nil && policy != nil && retries < policy.Attempts && !expired() && safe() &&
+			(deadline.IsZero() || time.Until(deadline) > policy.Backoff+deadlineSlack) {
 			if next, perr := a.c.Pick(ex.h.up.Key, a.lease); perr == nil {
 				if res != nil {
 					res.Body.Close()
@@ -140,7 +141,7 @@ func (ex *exchange) forward(d l7.Decision) {
 						continue
 					}
 					next.Release()
-					a.lease = nil
+					a.lease, err = nil, gerr // res is closed: answer locally
 				} else {
 					continue
 				}
