@@ -277,6 +277,9 @@ func (b *retryBudget) deposit(percent, minPerSecond int) {
 	b.add(int64(percent)*10, budgetCap(minPerSecond))
 }
 
+// refund returns a withdrawn retry that was not made.
+func (b *retryBudget) refund(minPerSecond int) { b.add(1000, budgetCap(minPerSecond)) }
+
 func (b *retryBudget) withdraw(now int64, minPerSecond int) bool {
 	limit := budgetCap(minPerSecond)
 	if last := b.last.Load(); now > last && b.last.CompareAndSwap(last, now) {

@@ -33,19 +33,26 @@ func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 		st.circuitOpen.Add(1)
 		return nil, c.errCircuitOpen
 	}
+	// A retry takes its budget before the pick, so a refused one does not
+	// move the balancer on (round robin would otherwise hand the next
+	// request to the endpoint that just failed); the token goes back if no
+	// endpoint is left.
+	if prev != nil && (c.cfg.Retry.Disabled || l.view.n > c.cfg.Retry.MaxRetries ||
+		!st.budget.withdraw(c.now(), c.cfg.Retry.MinRetriesPerSecond)) {
+		st.active.Add(-1)
+		st.retryBudgetExhausted.Add(1)
+		return nil, c.errNoEndpoint
+	}
 	e := c.pick(key, &l.view)
 	if e == nil {
+		if prev != nil {
+			st.budget.refund(c.cfg.Retry.MinRetriesPerSecond)
+		}
 		st.active.Add(-1)
 		st.noEndpoint.Add(1)
 		return nil, c.errNoEndpoint
 	}
 	if prev != nil {
-		if c.cfg.Retry.Disabled || l.view.n > c.cfg.Retry.MaxRetries ||
-			!st.budget.withdraw(l.view.now, c.cfg.Retry.MinRetriesPerSecond) {
-			st.active.Add(-1)
-			st.retryBudgetExhausted.Add(1)
-			return nil, c.errNoEndpoint
-		}
 		st.retries.Add(1)
 	} else {
 		st.budget.deposit(c.cfg.Retry.BudgetPercent, c.cfg.Retry.MinRetriesPerSecond)

@@ -118,3 +118,28 @@ func TestRequestErrorsEject(t *testing.T) {
 		}
 	}
 }
+
+// A retry the budget refuses does not move the balancer on: round robin
+// keeps alternating first picks, so a failing endpoint is not handed every
+// request while the budget is dry.
+func TestRefusedRetryKeepsRoundRobin(t *testing.T) {
+	c := mustNew(t, Config{Name: "l7dry", Retry: RetryConfig{Disabled: true}, Outlier: OutlierConfig{Disabled: true}}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
+	got := map[netip.AddrPort]int{}
+	for range 10 {
+		l, err := c.Pick(0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[l.Endpoint()]++
+		l.Done(errors.New("503"))
+		if _, err := c.Pick(0, l); err == nil {
+			t.Fatal("a retry passed with retries disabled")
+		}
+	}
+	if got[ap("10.0.0.1:80")] != 5 || got[ap("10.0.0.2:80")] != 5 {
+		t.Errorf("first picks went %v, want 5 and 5", got)
+	}
+	if s := c.Stats(); s.RetryBudgetExhausted != 10 || s.Active != 0 {
+		t.Errorf("stats %+v, want 10 refused retries and nothing active", s)
+	}
+}

@@ -142,6 +142,7 @@ type Metrics struct {
 	requests [3][6]prometheus.Counter // protocol × status class (0: no status)
 	local    *prometheus.CounterVec
 	duration [3]prometheus.Observer
+	retries  [3]prometheus.Counter
 }
 
 // Protocols of the request metrics.
@@ -165,13 +166,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{local: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_http_local_replies_total", Help: "HTTP answers the agent made itself instead of an upstream, by status and reason.",
 	}, []string{"code", "reason"})}
-	reg.MustRegister(req, dur, m.local)
+	retries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "weir_http_retries_total", Help: "HTTP and gRPC requests sent again to another endpoint, by protocol (each also counts in weir_cluster_retries_total).",
+	}, []string{"protocol"})
+	reg.MustRegister(req, dur, m.local, retries)
 	classes := [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 	for p := range protoNames {
 		for c := range classes {
 			m.requests[p][c] = req.WithLabelValues(protoNames[p], classes[c])
 		}
 		m.duration[p] = dur.WithLabelValues(protoNames[p])
+		m.retries[p] = retries.WithLabelValues(protoNames[p])
 	}
 	return m
 }
@@ -188,6 +193,14 @@ func (m *Metrics) Request(proto, status int, seconds float64) {
 	}
 	m.requests[proto][c].Inc()
 	m.duration[proto].Observe(seconds)
+}
+
+// Retry counts one request sent again.
+func (m *Metrics) Retry(proto int) {
+	if m == nil {
+		return
+	}
+	m.retries[proto].Inc()
 }
 
 // Local counts one local reply.
@@ -213,3 +226,37 @@ func ErrorStatus(err error) (int, string) {
 }
 
 func isErr(err, target error) bool { return errors.Is(err, target) }
+
+// Answers that count against an endpoint in outlier ejection, though the
+// exchange itself went well: Lease.Done gets them as its error.
+var (
+	ErrStatus5xx       = errors.New("upstream answered 5xx")
+	ErrGRPCUnavailable = errors.New("upstream answered grpc-status UNAVAILABLE")
+)
+
+// Verdict is what an upstream's answer tells outlier ejection about its
+// endpoint: upErr if the exchange broke, else ErrStatus5xx for a 5xx and
+// ErrGRPCUnavailable for gRPC status 14 (grpc < 0: none), else nil. Only
+// answers the upstream sent come here: the agent's own replies (503 no
+// endpoint, 504 timeout) never do.
+func Verdict(status, grpc int, upErr error) error {
+	switch {
+	case upErr != nil:
+		return upErr
+	case status >= 500 && status < 600:
+		return ErrStatus5xx
+	case grpc == 14:
+		return ErrGRPCUnavailable
+	}
+	return nil
+}
+
+// Idempotent reports whether a request with this method may be sent
+// twice (RFC 9110 §9.2.2).
+func Idempotent(method string) bool {
+	switch method {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}

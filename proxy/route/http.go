@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 )
@@ -73,6 +75,44 @@ type HTTPRouteRule struct {
 	// Backends share the rule's requests by weight. None (and no redirect
 	// filter) answers 500, as Gateway API says of a rule with no backends.
 	Backends []BackendRef `json:"backendRefs,omitempty"`
+	// Timeouts bound the rule's requests; nil: none beyond the codecs'
+	// response header timeout.
+	Timeouts *HTTPRouteTimeouts `json:"timeouts,omitempty"`
+	// Retry retries the rule's requests that got a listed answer; nil:
+	// only requests that never reached an upstream are sent again.
+	Retry *HTTPRouteRetry `json:"retry,omitempty"`
+}
+
+// HTTPRouteTimeouts is Gateway API's HTTPRouteRule.timeouts. Zero means
+// no timeout.
+type HTTPRouteTimeouts struct {
+	// Request bounds the whole exchange from the request's arrival: past
+	// it the client gets 504 (gRPC: DEADLINE_EXCEEDED) if no answer
+	// started, and the request is never retried.
+	Request cluster.Duration `json:"request,omitempty"`
+	// BackendRequest bounds each attempt (the per-try timeout), up to the
+	// upstream's response head; at most Request.
+	BackendRequest cluster.Duration `json:"backendRequest,omitempty"`
+}
+
+// HTTPRouteRetry is Gateway API's experimental HTTPRouteRetry, plus the
+// gRPC codes weir also retries on. Only safe requests are retried: an
+// idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body,
+// if any, was small and wholly received, or a gRPC call answered with one
+// of GRPCCodes (trailers-only, so nothing reached the client). Every retry
+// goes to another endpoint and must fit the cluster's retry budget and
+// retry.maxRetries.
+type HTTPRouteRetry struct {
+	// Codes are the upstream HTTP statuses (500-599) to retry on; none:
+	// only failures without an answer (reset, per-try timeout).
+	Codes []int `json:"codes,omitempty"`
+	// GRPCCodes are the gRPC statuses (names such as UNAVAILABLE, or
+	// numbers) to retry gRPC calls on, whatever their method.
+	GRPCCodes []string `json:"grpcCodes,omitempty"`
+	// Attempts is the most retries of one request; nil: 1, 0: none.
+	Attempts *int `json:"attempts,omitempty"`
+	// Backoff is the pause before each retry; default none.
+	Backoff cluster.Duration `json:"backoff,omitempty"`
 }
 
 // Path match types.
@@ -233,9 +273,94 @@ type Action struct {
 	// PrefixMatched is the PathPrefix value the match used, for
 	// ReplacePrefixMatch.
 	PrefixMatched string
+	// Timeout bounds the whole request (504 past it), TryTimeout each
+	// attempt; 0: none.
+	Timeout, TryTimeout time.Duration
+	// Retry is the rule's retry policy; nil: none.
+	Retry *RetryPolicy
 
 	backends []weightedCluster
 	total    uint64
+}
+
+// RetryPolicy is a compiled HTTPRouteRetry.
+type RetryPolicy struct {
+	// Attempts is the most retries of one request.
+	Attempts int
+	// Backoff is the pause before each retry.
+	Backoff time.Duration
+	codes   [100]bool // 500-599
+	grpc    [17]bool  // gRPC status codes 0-16
+}
+
+// RetryStatus reports whether an upstream answer with this HTTP status
+// may be retried; a nil policy retries none.
+func (p *RetryPolicy) RetryStatus(status int) bool {
+	return p != nil && status >= 500 && status < 600 && p.codes[status-500]
+}
+
+// RetryGRPC reports whether a gRPC answer with this status code may be
+// retried; a nil policy retries none.
+func (p *RetryPolicy) RetryGRPC(code int) bool {
+	return p != nil && code >= 0 && code < len(p.grpc) && p.grpc[code]
+}
+
+// grpcCodeNames are the gRPC status codes by name, as in grpc-go's codes
+// package.
+var grpcCodeNames = [17]string{"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+	"NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+	"ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"}
+
+// compileResilience checks a rule's timeouts and retry policy and puts
+// them on a; errors name the field under rw.
+func compileResilience(rule *HTTPRouteRule, a *Action, bad func(string, ...any), rw string) {
+	if t := rule.Timeouts; t != nil {
+		if t.Request < 0 {
+			bad("%s.timeouts.request %s is negative", rw, t.Request)
+		}
+		if t.BackendRequest < 0 {
+			bad("%s.timeouts.backendRequest %s is negative", rw, t.BackendRequest)
+		}
+		if t.Request > 0 && t.BackendRequest > t.Request {
+			bad("%s.timeouts.backendRequest %s is longer than request %s", rw, t.BackendRequest, t.Request)
+		}
+		a.Timeout, a.TryTimeout = max(t.Request.D(), 0), max(t.BackendRequest.D(), 0)
+	}
+	r := rule.Retry
+	if r == nil {
+		return
+	}
+	p := &RetryPolicy{Attempts: 1, Backoff: r.Backoff.D()}
+	if r.Attempts != nil {
+		p.Attempts = *r.Attempts
+		if p.Attempts < 0 || p.Attempts > 10 {
+			bad("%s.retry.attempts %d is not in 0..10", rw, p.Attempts)
+		}
+	}
+	if r.Backoff < 0 {
+		bad("%s.retry.backoff %s is negative", rw, r.Backoff)
+	}
+	for i, c := range r.Codes {
+		if c < 500 || c > 599 {
+			bad("%s.retry.codes[%d] %d is not a 5xx status", rw, i, c)
+			continue
+		}
+		p.codes[c-500] = true
+	}
+	for i, name := range r.GRPCCodes {
+		c := slices.Index(grpcCodeNames[:], strings.ToUpper(name))
+		if c < 0 {
+			if n, err := strconv.Atoi(name); err == nil && n >= 0 && n < len(grpcCodeNames) {
+				c = n
+			}
+		}
+		if c <= 0 {
+			bad("%s.retry.grpcCodes[%d] %q is not a gRPC error code (UNAVAILABLE, 14, ...)", rw, i, name)
+			continue
+		}
+		p.grpc[c] = true
+	}
+	a.Retry = p
 }
 
 type weightedCluster struct {
@@ -449,6 +574,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 		for ji, rule := range rt.Rules {
 			rw := fmt.Sprintf(".routes[%d].rules[%d]", ri, ji)
 			a := &Action{Route: name, Rule: ji}
+			compileResilience(&rule, a, bad, rw)
 			for fi, f := range rule.Filters {
 				fw := fmt.Sprintf("%s.filters[%d]", rw, fi)
 				switch f.Type {

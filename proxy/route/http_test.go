@@ -202,3 +202,43 @@ func TestHeaderModifierRefusesProtectedAndInjection(t *testing.T) {
 		}
 	}
 }
+
+func TestHTTPRouteResilience(t *testing.T) {
+	n := 2
+	snap, err := Build(l7Config([]HTTPRoute{{Rules: []HTTPRouteRule{
+		{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/r"}}}, Backends: []BackendRef{{Service: "a"}},
+			Timeouts: &HTTPRouteTimeouts{Request: cluster.Duration(2e9), BackendRequest: cluster.Duration(5e8)},
+			Retry:    &HTTPRouteRetry{Codes: []int{503}, GRPCCodes: []string{"unavailable", "4"}, Attempts: &n, Backoff: cluster.Duration(1e7)}},
+		{Backends: []BackendRef{{Service: "b"}}},
+	}}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).HTTP
+	a := h.Match(req{method: "GET", path: "/r"})
+	if a.Timeout != 2e9 || a.TryTimeout != 5e8 || a.Retry == nil || a.Retry.Attempts != 2 || a.Retry.Backoff != 1e7 {
+		t.Fatalf("action %+v", a)
+	}
+	if !a.Retry.RetryStatus(503) || a.Retry.RetryStatus(500) || !a.Retry.RetryGRPC(14) || !a.Retry.RetryGRPC(4) || a.Retry.RetryGRPC(13) {
+		t.Fatalf("retry policy %+v", a.Retry)
+	}
+	// The zero value: no timeout, no policy (and the nil policy answers no).
+	d := h.Match(req{method: "GET", path: "/x"})
+	if d.Timeout != 0 || d.TryTimeout != 0 || d.Retry != nil || d.Retry.RetryStatus(503) || d.Retry.RetryGRPC(14) {
+		t.Fatalf("default action %+v", d)
+	}
+
+	neg := -1
+	_, err = Build(l7Config([]HTTPRoute{{Rules: []HTTPRouteRule{{Backends: []BackendRef{{Service: "a"}},
+		Timeouts: &HTTPRouteTimeouts{Request: cluster.Duration(1e9), BackendRequest: cluster.Duration(2e9)},
+		Retry:    &HTTPRouteRetry{Codes: []int{404}, GRPCCodes: []string{"SLOW"}, Attempts: &neg, Backoff: cluster.Duration(-1)}}}}}), nil)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"rules[0].timeouts.backendRequest 2s is longer than request 1s", "rules[0].retry.codes[0] 404",
+		`rules[0].retry.grpcCodes[0] "SLOW"`, "rules[0].retry.attempts -1", "rules[0].retry.backoff -1ns"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+}

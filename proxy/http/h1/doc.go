@@ -68,6 +68,14 @@
 // connection only after a non-blocking peek shows it open, and is never
 // sent twice.
 //
+// The matched rule's policy adds more (route.Action): Timeout bounds the
+// exchange (504, not held against the endpoint), TryTimeout each attempt's
+// response head; an idempotent request with its whole body buffered whose
+// answer has a status the rule lists, or whose attempt ran out of time,
+// goes to another endpoint within the rule's attempts and the cluster's
+// retry budget. An upstream's 5xx answer counts as a failure for outlier
+// ejection (proxy/http's Verdict).
+//
 // # What is refused
 //
 // Anything two parsers could frame differently is answered by the proxy

@@ -104,6 +104,12 @@ type server struct {
 	linger   bool // close with lingerClose
 	tunneled bool // the connection became a tunnel (closed by it)
 
+	// The current request's route timeout (zero: none), per-try timeout
+	// and the start of its current attempt; read by the body goroutine.
+	deadline   time.Time
+	tryTimeout time.Duration
+	tryStart   time.Time
+
 	bodyDst     *upConn
 	abortDone   chan struct{}   // abort ran (buffered)
 	bodyDone    chan bodyResult // the body goroutine's outcome, buffered
@@ -443,6 +449,14 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 	}
 
 	replayable := q.idempotent && !streamed
+	var policy *route.RetryPolicy
+	s.deadline, s.tryTimeout = time.Time{}, 0
+	if a := d.Action; a != nil {
+		policy, s.tryTimeout = a.Retry, a.TryTimeout
+		if a.Timeout > 0 {
+			s.deadline = start.Add(a.Timeout)
+		}
+	}
 	var lease *cluster.Lease
 	if d.Cluster != nil {
 		l, err := d.Cluster.Pick(s.up.Key, nil)
@@ -450,6 +464,34 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			return s.fail(err, streamed, start)
 		}
 		lease = l
+	}
+	// again moves the request to another endpoint after a failed attempt
+	// whose outcome lease already holds: within the rule's attempts (when
+	// counted, for answers and per-try timeouts; requests that never
+	// reached an upstream are not) and the cluster's retry budget, never
+	// past the request's deadline.
+	retries := 0
+	again := func(counted bool) bool {
+		if lease == nil || s.ctx.Err() != nil || s.expired() {
+			return false
+		}
+		if counted && (policy == nil || retries >= policy.Attempts) {
+			return false
+		}
+		next, err := d.Cluster.Pick(s.up.Key, lease)
+		if err != nil {
+			return false
+		}
+		if counted {
+			retries++
+			if !s.backoff(policy.Backoff) {
+				next.Release()
+				return false
+			}
+		}
+		s.up.Metrics.Retry(l7.ProtoHTTP1)
+		lease = next
+		return true
 	}
 	fresh := false
 	var uc *upConn
@@ -463,11 +505,15 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			uc = s.pool.get(addr, !replayable)
 		}
 		if uc == nil {
+			if s.expired() {
+				lease.Release()
+				return s.fail(errResponseTimeout, streamed, start)
+			}
 			c, err := s.dial(lease, addr)
 			if err != nil {
 				if lease != nil && s.ctx.Err() == nil {
-					if next, perr := d.Cluster.Pick(s.up.Key, lease); perr == nil {
-						lease, fresh = next, false
+					if again(false) {
+						fresh = false
 						continue
 					}
 				}
@@ -476,8 +522,21 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			}
 			uc = newUpConn(c, addr)
 		}
+		s.tryStart = time.Now()
 		outcome, err := s.roundTrip(uc, inline, streamed)
 		if outcome == rtOK {
+			st := s.resp.status
+			if replayable && policy.RetryStatus(st) {
+				// Told before the next pick, which must not release the
+				// lease without it.
+				lease.Done(l7.Verdict(st, -1, nil))
+				if again(true) {
+					s.active.Store(nil)
+					uc.close()
+					fresh = false
+					continue
+				}
+			}
 			break
 		}
 		s.active.Store(nil)
@@ -488,11 +547,9 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			continue
 		case rtRetry:
 			lease.Done(err)
-			if lease != nil {
-				if next, perr := d.Cluster.Pick(s.up.Key, lease); perr == nil {
-					lease, fresh = next, false
-					continue
-				}
+			if again(false) {
+				fresh = false
+				continue
 			}
 			return s.fail(err, streamed, start)
 		case rtClient:
@@ -504,7 +561,17 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			s.refuse(err, start)
 			return false
 		}
-		lease.Done(verdict(0, err))
+		if err == errResponseTimeout && s.expired() {
+			// The request's own deadline: not the endpoint's fault.
+			lease.Done(nil)
+			return s.fail(err, streamed, start)
+		}
+		lease.Done(l7.Verdict(0, -1, err))
+		if err == errResponseTimeout && replayable && again(true) {
+			// A per-try timeout, with time left for another.
+			fresh = false
+			continue
+		}
 		return s.fail(err, streamed, start)
 	}
 	return s.respond(uc, lease, d.Action, streamed, start)
@@ -522,13 +589,44 @@ func (s *server) dial(lease *cluster.Lease, addr netip.AddrPort) (*net.TCPConn, 
 	return s.up.Dial(ctx, addr)
 }
 
-// verdict is what an exchange tells outlier ejection about its endpoint:
-// today only the upstream's own failures (a reset, a broken message, a
-// timeout). status is the seam for ejection on 5xx answers, which comes
-// with the route model's retry policy.
-func verdict(status int, upErr error) error {
-	_ = status
-	return upErr
+// expired reports whether the request's route timeout has passed.
+func (s *server) expired() bool {
+	return !s.deadline.IsZero() && !time.Now().Before(s.deadline)
+}
+
+// headDeadline is when the current attempt's response head must have
+// arrived: the response header timeout from now, or sooner the per-try
+// timeout or the request's deadline.
+func (s *server) headDeadline() time.Time {
+	t := time.Now().Add(s.opt.ResponseHeaderTimeout)
+	if s.tryTimeout > 0 {
+		if tt := s.tryStart.Add(s.tryTimeout); tt.Before(t) {
+			t = tt
+		}
+	}
+	if !s.deadline.IsZero() && s.deadline.Before(t) {
+		t = s.deadline
+	}
+	return t
+}
+
+// backoff waits d before a retry; false when the client left or the
+// request's deadline would pass meanwhile.
+func (s *server) backoff(d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	if !s.deadline.IsZero() && time.Now().Add(d).After(s.deadline) {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-s.ctx.Done():
+		return false
+	}
 }
 
 // fail answers a request that could not be forwarded with err's status
@@ -560,7 +658,7 @@ func (s *server) roundTrip(uc *upConn, inline []byte, streamed bool) (int, error
 		// The response timeout starts when the body is sent (sendBody).
 		uc.c.SetReadDeadline(time.Time{})
 	} else {
-		uc.c.SetReadDeadline(time.Now().Add(s.opt.ResponseHeaderTimeout))
+		uc.c.SetReadDeadline(s.headDeadline())
 	}
 	var err error
 	if inline != nil {
@@ -788,8 +886,8 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		var upErr error
 		if downOK && !done {
 			// The rest streams: no response timeout on the body (a stream
-			// may idle), the client or ctx ends it.
-			uc.c.SetReadDeadline(time.Time{})
+			// may idle), the client, ctx or the route's timeout ends it.
+			uc.c.SetReadDeadline(s.deadline)
 			upErr, downOK = s.pipeResponse(uc)
 			done = upErr == nil && downOK
 		}
@@ -802,7 +900,8 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 				upErr = nil
 			}
 		}
-		if upErr != nil && s.aborted.Load() {
+		if upErr != nil && (s.aborted.Load() || s.expired()) {
+			// The client left, or the route's timeout cut the body.
 			upErr = nil
 		}
 		if upErr != nil {
@@ -825,7 +924,7 @@ func (s *server) releaseUp(uc *upConn, lease *cluster.Lease, clean bool, status 
 	} else {
 		uc.close()
 	}
-	lease.Done(verdict(status, upErr))
+	lease.Done(l7.Verdict(status, -1, upErr))
 }
 
 // pipeResponse streams the rest of the response body to the client:
@@ -903,7 +1002,7 @@ func (s *server) sendBody() {
 			break
 		}
 		if done {
-			uc.c.SetReadDeadline(time.Now().Add(s.opt.ResponseHeaderTimeout))
+			uc.c.SetReadDeadline(s.headDeadline())
 			break
 		}
 		if err := rd.fill(); err != nil {

@@ -60,6 +60,14 @@ func (b *replayBody) again() (io.ReadCloser, error) {
 	return b.attempt(), nil
 }
 
+// complete reports whether the whole body was received and is still kept,
+// so a retry can send all of it.
+func (b *replayBody) complete() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.base == 0 && b.err == io.EOF
+}
+
 // finish stops the pump once its read in progress returns (the server
 // ends the client's body when the handler returns).
 func (b *replayBody) finish() {

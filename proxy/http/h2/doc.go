@@ -19,7 +19,15 @@
 // trailers-only answers pass unchanged. A stream the upstream refused
 // before processing it (REFUSED_STREAM, above a GOAWAY's last stream id,
 // a failed connect) is retried on another endpoint, within the cluster's
-// retry budget, if its body so far fits Options.MaxReplayBytes. When the
+// retry budget, if its body so far fits Options.MaxReplayBytes. The
+// matched rule's policy adds more (route.Action): Timeout and a gRPC
+// client's grpc-timeout (the shorter) bound the exchange, the rest sent
+// upstream as grpc-timeout, an expired call answered DEADLINE_EXCEEDED at
+// once and never retried; TryTimeout bounds each attempt's response head;
+// an idempotent request, or a gRPC call answered trailers-only with a code
+// the rule lists, whose body was wholly received and kept, goes again to
+// another endpoint. A 5xx or grpc-status UNAVAILABLE answer counts as a
+// failure for outlier ejection. When the
 // agent drains, the client gets a barrier PING (the server's frames wait
 // for its answer, so no stream ends just before the GOAWAY, which clients
 // like h2load would pay for with a request), then the two-step GOAWAY

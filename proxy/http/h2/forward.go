@@ -32,24 +32,124 @@ type exchange struct {
 
 // forward sends the request to d's cluster (or, with none, to the
 // original destination) and relays the answer: headers, body as it comes,
-// trailers.
+// trailers. The rule's timeouts and the client's grpc-timeout bound it;
+// its retry policy may send it again, to another endpoint, on a listed
+// answer or a per-try timeout.
 func (ex *exchange) forward(d l7.Decision) {
 	r := ex.r
-	a := &attempt{up: ex.h.up, c: d.Cluster, pool: ex.h.pool}
-	out, body := ex.outbound(d.Action, a)
+	a := &attempt{up: ex.h.up, c: d.Cluster, pool: ex.h.pool, proto: ex.proto}
+	var policy *route.RetryPolicy
+	var tryTimeout time.Duration
+	var deadline time.Time
+	if act := d.Action; act != nil {
+		policy, tryTimeout = act.Retry, act.TryTimeout
+		if act.Timeout > 0 {
+			deadline = ex.start.Add(act.Timeout)
+		}
+	}
+	if ex.grpc {
+		if gt, ok := parseGRPCTimeout(r.Header["Grpc-Timeout"]); ok {
+			if dl := ex.start.Add(gt); deadline.IsZero() || dl.Before(deadline) {
+				deadline = dl
+			}
+		}
+	}
+	ctx := r.Context()
+	if !deadline.IsZero() {
+		if !time.Now().Before(deadline) {
+			// Expired on arrival: fail fast, nothing goes upstream.
+			ex.local(http.StatusGatewayTimeout, l7.ReasonTimeout, "")
+			return
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	// expired is the request's deadline gone, or so nearly gone that an
+	// upstream given the rest of it (grpc-timeout) may already have given
+	// up and reset the stream, as grpc-go does.
+	expired := func() bool {
+		return ctx.Err() != nil || (!deadline.IsZero() && time.Until(deadline) < deadlineSlack)
+	}
+	out, body := ex.outbound(ctx, d.Action, a)
 	if body != nil {
 		defer body.finish()
 	}
-	res, err := ex.h.pool.t.RoundTrip(out)
-	if err != nil {
-		if r.Context().Err() != nil {
+	// Status retries resend a request only if it is safe: an idempotent
+	// method or a gRPC call, with a body wholly received and kept.
+	safe := func() bool { return body == nil || body.complete() }
+	idempotent := l7.Idempotent(r.Method)
+	retries := 0
+	var res *http.Response
+	for {
+		if ex.grpc && !deadline.IsZero() {
+			out.Header["Grpc-Timeout"] = []string{formatGRPCTimeout(time.Until(deadline))}
+		}
+		var err error
+		res, err = ex.try(out, tryTimeout)
+		retryable := false
+		code := -1
+		switch {
+		case err != nil:
+			retryable = errors.Is(err, errTryTimeout) && (idempotent || (ex.grpc && policy.RetryGRPC(grpcDeadlineExceeded)))
+		case ex.grpc:
+			code = grpcStatusOf(res.Header)
+			retryable = policy.RetryGRPC(code) || (idempotent && policy.RetryStatus(res.StatusCode))
+		default:
+			retryable = idempotent && policy.RetryStatus(res.StatusCode)
+		}
+		if err == nil && !retryable {
+			break
+		}
+		if err != nil && r.Context().Err() != nil {
 			// The client reset the stream or went away: nobody to answer,
 			// and not the upstream's fault.
 			a.lease.Done(nil)
 			ex.count(0)
 			return
 		}
-		a.lease.Done(err)
+		// The outcome goes on the lease before the next pick. The
+		// request's own deadline passing (route timeout, the client's
+		// grpc-timeout) is not the endpoint's fault.
+		if err != nil {
+			if expired() {
+				err = context.DeadlineExceeded
+				a.lease.Done(nil)
+			} else {
+				a.lease.Done(err)
+			}
+		} else {
+			a.lease.Done(l7.Verdict(res.StatusCode, code, nil))
+		}
+		if retryable && a.c != nil && policy != nil && retries < policy.Attempts && !expired() && safe() &&
+			(deadline.IsZero() || time.Until(deadline) > policy.Backoff+deadlineSlack) {
+			if next, perr := a.c.Pick(ex.h.up.Key, a.lease); perr == nil {
+				if res != nil {
+					res.Body.Close()
+				}
+				retries++
+				ex.h.up.Metrics.Retry(ex.proto)
+				a.lease, a.ready = next, true
+				if !ex.backoff(ctx, policy.Backoff) {
+					next.Release()
+					a.lease = nil
+					err = context.DeadlineExceeded
+				} else if out.GetBody != nil {
+					b, gerr := out.GetBody()
+					if gerr == nil {
+						out.Body = b
+						continue
+					}
+					next.Release()
+					a.lease, err = nil, gerr // res is closed: answer locally
+				} else {
+					continue
+				}
+			}
+		}
+		if err == nil {
+			break // relay the answer after all
+		}
 		ex.h.up.Log.Debug("h2: upstream request failed", "path", ex.path, "err", err)
 		status, reason := l7.ErrorStatus(err)
 		ex.local(status, reason, "")
@@ -92,11 +192,28 @@ func (ex *exchange) forward(d l7.Decision) {
 				hdr[http.TrailerPrefix+k] = vv
 			}
 		}
-		a.lease.Done(nil)
+		code := -1
+		if ex.grpc {
+			code = grpcStatusOf(res.Header)
+			if code < 0 {
+				code = grpcStatusOf(res.Trailer)
+			}
+		}
+		a.lease.Done(l7.Verdict(res.StatusCode, code, nil))
 		ex.count(res.StatusCode)
 	case upErr == errClientGone || r.Context().Err() != nil:
 		a.lease.Done(nil)
 		ex.count(0)
+	case expired():
+		// The request's deadline passed mid-answer.
+		a.lease.Done(nil)
+		ex.count(http.StatusGatewayTimeout)
+		if ex.grpc {
+			hdr[http.TrailerPrefix+"Grpc-Status"] = []string{strconv.Itoa(grpcDeadlineExceeded)}
+			hdr[http.TrailerPrefix+"Grpc-Message"] = []string{l7.ReasonTimeout}
+			return
+		}
+		panic(http.ErrAbortHandler)
 	default:
 		// The upstream broke the stream mid-answer.
 		a.lease.Done(upErr)
@@ -114,12 +231,126 @@ func (ex *exchange) forward(d l7.Decision) {
 	}
 }
 
+// deadlineSlack is how close to its deadline a request counts as expired:
+// no retry starts, and an upstream's reset is taken for the deadline.
+const deadlineSlack = 10 * time.Millisecond
+
+// errTryTimeout is an attempt that got no response head within the rule's
+// backendRequest timeout.
+var errTryTimeout = fmt.Errorf("h2: no response within the per-try timeout: %w", context.DeadlineExceeded)
+
+// try makes one attempt: the round trip up to the response head, within
+// timeout (0: none) but not beyond it, so the body may stream.
+func (ex *exchange) try(out *http.Request, timeout time.Duration) (*http.Response, error) {
+	if timeout <= 0 {
+		return ex.h.pool.t.RoundTrip(out)
+	}
+	ctx, cancel := context.WithCancelCause(out.Context())
+	t := time.AfterFunc(timeout, func() { cancel(errTryTimeout) })
+	res, err := ex.h.pool.t.RoundTrip(out.WithContext(ctx))
+	if !t.Stop() {
+		// Fired: the attempt's context is gone, its body would break.
+		if res != nil {
+			res.Body.Close()
+		}
+		return nil, errTryTimeout
+	}
+	if err != nil {
+		cancel(nil)
+		return nil, err
+	}
+	// The context lives on with the body; the request's own context ends
+	// it at the latest.
+	context.AfterFunc(out.Context(), func() { cancel(nil) })
+	return res, nil
+}
+
+// backoff waits d before a retry; false when ctx ends first.
+func (ex *exchange) backoff(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// grpcStatusOf reads grpc-status from h; -1 when absent or malformed.
+func grpcStatusOf(h http.Header) int {
+	v := h["Grpc-Status"]
+	if len(v) == 0 {
+		return -1
+	}
+	n, err := strconv.Atoi(v[0])
+	if err != nil || n < 0 {
+		return -1
+	}
+	return n
+}
+
+// parseGRPCTimeout reads a grpc-timeout header: at most 8 digits and a
+// unit (H, M, S, m, u, n), as the gRPC over HTTP/2 spec says.
+func parseGRPCTimeout(v []string) (time.Duration, bool) {
+	if len(v) == 0 || len(v[0]) < 2 || len(v[0]) > 9 {
+		return 0, false
+	}
+	s := v[0]
+	n, err := strconv.ParseInt(s[:len(s)-1], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	var unit time.Duration
+	switch s[len(s)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	return time.Duration(n) * unit, true
+}
+
+// formatGRPCTimeout writes d as a grpc-timeout value in the finest unit
+// that fits 8 digits, rounding up so the upstream never gets more time
+// than is left.
+func formatGRPCTimeout(d time.Duration) string {
+	if d <= 0 {
+		return "1n"
+	}
+	for _, u := range []struct {
+		d time.Duration
+		c string
+	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}, {time.Hour, "H"}} {
+		if n := (d + u.d - 1) / u.d; n < 1e8 {
+			return strconv.FormatInt(int64(n), 10) + u.c
+		}
+	}
+	return "99999999H"
+}
+
 // outbound builds the upstream request: end-to-end headers through the
 // rule's RequestHeaders filter, :authority and :path through its rewrite,
 // the body streamed (and kept for a retry while small).
-func (ex *exchange) outbound(act *route.Action, a *attempt) (*http.Request, *replayBody) {
+func (ex *exchange) outbound(ctx context.Context, act *route.Action, a *attempt) (*http.Request, *replayBody) {
 	r := ex.r
-	out := r.WithContext(context.WithValue(r.Context(), attemptKey{}, a))
+	out := r.WithContext(context.WithValue(ctx, attemptKey{}, a))
 	out.RequestURI = ""
 	authority, path := r.Host, ex.path
 	hdr := make(http.Header, len(r.Header)+1)
@@ -223,6 +454,8 @@ type attempt struct {
 	c     *cluster.Cluster // nil: passthrough to up.Dst
 	pool  *Pool
 	lease *cluster.Lease // the current attempt's; nil before the first pick or after a failed one
+	ready bool           // lease is picked for the next attempt (a status retry)
+	proto int            // counts retries
 }
 
 type attemptKey struct{}
@@ -247,15 +480,25 @@ func (a *attempt) next(ctx context.Context, p *Pool) (*http2.ClientConn, error) 
 	}
 	var dialErr error
 	for {
-		l, err := a.c.Pick(a.up.Key, a.lease)
-		if err != nil {
-			a.lease = nil
-			if dialErr != nil {
-				return nil, dialErr
+		l := a.lease
+		if a.ready {
+			a.ready = false
+		} else {
+			retry := a.lease != nil
+			var err error
+			l, err = a.c.Pick(a.up.Key, a.lease)
+			if err != nil {
+				a.lease = nil
+				if dialErr != nil {
+					return nil, dialErr
+				}
+				return nil, err
 			}
-			return nil, err
+			if retry {
+				a.up.Metrics.Retry(a.proto)
+			}
+			a.lease = l
 		}
-		a.lease = l
 		cc, err := p.conn(ctx, l.Endpoint(), func(ctx context.Context) (*net.TCPConn, error) {
 			c, err := l.Dial(ctx, a.up.Dial)
 			if err != nil {

@@ -96,16 +96,24 @@ func (s *grpcServer) StreamingInputCall(stream testpb.TestService_StreamingInput
 
 func startGRPC(t testing.TB, name string) (*grpcServer, netip.AddrPort) {
 	t.Helper()
+	gs := &grpcServer{name: name}
+	_, addr := startGRPCServer(t, func(reg func(testpb.TestServiceServer)) { reg(gs) })
+	return gs, addr
+}
+
+// startGRPCServer serves the test service implementations register hands
+// to reg on a loopback port.
+func startGRPCServer(t testing.TB, register func(reg func(testpb.TestServiceServer))) (*grpc.Server, netip.AddrPort) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := &grpcServer{name: name}
 	s := grpc.NewServer()
-	testpb.RegisterTestServiceServer(s, gs)
+	register(func(impl testpb.TestServiceServer) { testpb.RegisterTestServiceServer(s, impl) })
 	go s.Serve(ln)
 	t.Cleanup(s.Stop)
-	return gs, netip.MustParseAddrPort(ln.Addr().String())
+	return s, netip.MustParseAddrPort(ln.Addr().String())
 }
 
 func grpcClient(t testing.TB, addr string) *grpc.ClientConn {
