@@ -340,3 +340,20 @@ func TestWeirctl(t *testing.T) {
 		}
 	})
 }
+
+// weirctl in a TPROXY node: the mode shows, and the rules include the
+// policy routes, verified.
+func TestWeirctlRulesTPROXY(t *testing.T) {
+	m := newMesh(t, world{"1.0.0", "tproxy", "v4"})
+	weirctl := filepath.Join(testworld.Binaries(t), "weirctl")
+	out := m.node.MustRun(t, weirctl, "pods")
+	if !strings.Contains(out, "tproxy") {
+		t.Fatalf("weirctl pods in a TPROXY node:\n%s", out)
+	}
+	out = m.node.MustRun(t, weirctl, "rules", "demo/client")
+	for _, want := range []string{"MODE       tproxy", "VERIFIED   yes", "iptables mangle/WEIR_PREROUTING", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("weirctl rules lacks %q:\n%s", want, out)
+		}
+	}
+}
