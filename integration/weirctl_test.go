@@ -341,19 +341,33 @@ func TestWeirctl(t *testing.T) {
 	})
 }
 
-// weirctl in a TPROXY node: the mode shows, and the rules include the
-// policy routes, verified.
-func TestWeirctlRulesTPROXY(t *testing.T) {
-	m := newMesh(t, world{"1.0.0", "tproxy", "v4"})
-	weirctl := filepath.Join(testworld.Binaries(t), "weirctl")
-	out := m.node.MustRun(t, weirctl, "pods")
-	if !strings.Contains(out, "tproxy") {
-		t.Fatalf("weirctl pods in a TPROXY node:\n%s", out)
-	}
-	out = m.node.MustRun(t, weirctl, "rules", "demo/client")
-	for _, want := range []string{"MODE       tproxy", "VERIFIED   yes", "iptables mangle/WEIR_PREROUTING", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("weirctl rules lacks %q:\n%s", want, out)
-		}
+// weirctl in TPROXY and eBPF nodes: the mode shows, and the rules hold
+// what the mode installs (policy routes; the eBPF enrolment), verified.
+func TestWeirctlRulesModes(t *testing.T) {
+	for mode, want := range map[string][]string{
+		"tproxy": {"iptables mangle/WEIR_PREROUTING", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"},
+		"ebpf":   {"ebpf: enrolled in the capture pinned at"},
+	} {
+		t.Run(mode, func(t *testing.T) {
+			spec := "1.0.0"
+			if mode == "ebpf" {
+				spec = "1.1.0"
+			}
+			m := newMesh(t, world{spec, mode, "v4"})
+			weirctl := filepath.Join(testworld.Binaries(t), "weirctl")
+			out := m.node.MustRun(t, weirctl, "pods")
+			if !strings.Contains(out, mode) {
+				t.Fatalf("weirctl pods in a %s node:\n%s", mode, out)
+			}
+			out = m.node.MustRun(t, weirctl, "rules", "demo/client")
+			for _, w := range append(want, "MODE       "+mode, "VERIFIED   yes") {
+				if !strings.Contains(out, w) {
+					t.Fatalf("weirctl rules lacks %q:\n%s", w, out)
+				}
+			}
+			if mode == "ebpf" && strings.Contains(out, "WEIR_") {
+				t.Fatalf("an eBPF pod shows iptables rules:\n%s", out)
+			}
+		})
 	}
 }
