@@ -84,6 +84,7 @@ func (a *Agent) serveRules(w http.ResponseWriter, r *http.Request) {
 		Netns     string   `json:"netns"`
 		Captured  bool     `json:"captured"`
 		Mode      string   `json:"mode,omitempty"`
+		Backend   string   `json:"backend,omitempty"`
 		Reason    string   `json:"reason,omitempty"`
 		Rules     []string `json:"rules"`
 		Verified  bool     `json:"verified"`
@@ -102,6 +103,9 @@ func (a *Agent) serveRules(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		v.Captured, v.Mode = true, string(p.spec.Mode)
+		if p.spec.Mode != redirect.ModeEBPF {
+			v.Backend = p.spec.Backend
+		}
 		rules, err := redirect.Rules(p.ns.FdPath(), p.spec)
 		if rules != nil {
 			v.Rules = rules

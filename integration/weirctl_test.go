@@ -16,7 +16,9 @@ import (
 // as it runs inside the agent's hostNetwork pod: every subcommand in both
 // output forms, and what it says when no agent answers.
 func TestWeirctl(t *testing.T) {
-	w := world{"1.0.0", "redirect", "v4"}
+	// iptables-nft: the rules below are named as iptables prints them
+	// (TestWeirctlRulesModes covers native nftables).
+	w := world{"1.0.0", "redirect", "v4", nft}
 	// One connect failure ejects an endpoint for a minute, so the test can
 	// watch ejection through weirctl endpoints.
 	m := newMeshWith(t, w, map[string]any{"outlier": map[string]any{"consecutiveFailures": 1, "baseEjectionTime": "60s"}})
@@ -107,7 +109,7 @@ func TestWeirctl(t *testing.T) {
 
 	t.Run("rules", func(t *testing.T) {
 		out := ok("rules", "demo/client")
-		has(out, "POD", "demo/client", "MODE", "redirect", "VERIFIED", "yes", "WEIR_OUTPUT", "--to-ports 15001")
+		has(out, "POD", "demo/client", "MODE", "redirect", "BACKEND    nft\n", "VERIFIED", "yes", "WEIR_OUTPUT", "--to-ports 15001")
 		// A bare name works when it is unique on the node.
 		has(ok("rules", "client"), "demo/client", "--to-ports 15006")
 		var v struct {
@@ -304,7 +306,7 @@ func TestWeirctl(t *testing.T) {
 		// Damage the client's rules: weirctl says so, naming what is
 		// missing, and exits 1 (the agent repairs them at its next
 		// reconcile, a minute away).
-		m.client.MustRun(t, "iptables", "-t", "nat", "-F", "WEIR_OUTPUT")
+		m.client.MustRun(t, "iptables-nft", "-t", "nat", "-F", "WEIR_OUTPUT")
 		out, code := run("rules", "demo/client")
 		if code != 1 {
 			t.Fatalf("rules after damage: exit %d, want 1\n%s", code, out)
@@ -341,32 +343,47 @@ func TestWeirctl(t *testing.T) {
 	})
 }
 
-// weirctl in TPROXY and eBPF nodes: the mode shows, and the rules hold
-// what the mode installs (policy routes; the eBPF enrolment), verified.
+// weirctl rules in every capture backend and mode: the mode shows, the
+// rules hold what the backend installs (native nftables rules as nft
+// prints them, policy routes, the eBPF enrolment), verified; damaged
+// nftables rules are named.
 func TestWeirctlRulesModes(t *testing.T) {
-	for mode, want := range map[string][]string{
-		"tproxy": {"iptables mangle/WEIR_PREROUTING", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"},
-		"ebpf":   {"ebpf: enrolled in the capture pinned at"},
-	} {
-		t.Run(mode, func(t *testing.T) {
-			spec := "1.0.0"
-			if mode == "ebpf" {
-				spec = "1.1.0"
-			}
-			m := newMesh(t, world{spec, mode, "v4"})
+	cases := []struct {
+		w    world
+		want []string
+	}{
+		{world{"1.0.0", "redirect", "v4", nftables}, []string{"nftables inet weir/output: type nat hook output", `nftables inet weir/output: meta l4proto tcp redirect to :15001 comment "weir: outbound TCP to the agent"`}},
+		{world{"1.0.0", "tproxy", "v4", nftables}, []string{"nftables inet weir/prerouting: type filter hook prerouting", "tproxy ip to 127.0.0.1:15001", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"}},
+		{world{"1.0.0", "tproxy", "v4", nft}, []string{"iptables mangle/WEIR_PREROUTING", "IPv4 routing: ip rule pref 157", "IPv4 routing: ip route"}},
+		{world{"1.1.0", "ebpf", "v4", ""}, []string{"ebpf: enrolled in the capture pinned at"}},
+	}
+	for _, c := range cases {
+		t.Run(c.w.String(), func(t *testing.T) {
+			m := newMesh(t, c.w)
 			weirctl := filepath.Join(testworld.Binaries(t), "weirctl")
 			out := m.node.MustRun(t, weirctl, "pods")
-			if !strings.Contains(out, mode) {
-				t.Fatalf("weirctl pods in a %s node:\n%s", mode, out)
+			if !strings.Contains(out, c.w.mode) {
+				t.Fatalf("weirctl pods in a %s node:\n%s", c.w.mode, out)
 			}
 			out = m.node.MustRun(t, weirctl, "rules", "demo/client")
-			for _, w := range append(want, "MODE       "+mode, "VERIFIED   yes") {
+			want := append(c.want, "MODE       "+c.w.mode, "VERIFIED   yes")
+			if c.w.backend != "" {
+				want = append(want, "BACKEND    "+c.w.backend+"\n")
+			}
+			for _, w := range want {
 				if !strings.Contains(out, w) {
 					t.Fatalf("weirctl rules lacks %q:\n%s", w, out)
 				}
 			}
-			if mode == "ebpf" && strings.Contains(out, "WEIR_") {
-				t.Fatalf("an eBPF pod shows iptables rules:\n%s", out)
+			if c.w.backend != nft && strings.Contains(out, "WEIR_") {
+				t.Fatalf("iptables rules in a %s pod:\n%s", c.w, out)
+			}
+			if c.w.backend == nftables && c.w.mode == "redirect" {
+				m.client.MustRun(t, "nft", "flush", "chain", "inet", "weir", "output")
+				out, err := m.node.Run(weirctl, "rules", "demo/client")
+				if err == nil || !strings.Contains(out, "VERIFIED   no:") || !strings.Contains(out, `nftables inet weir/output: missing rule "meta l4proto tcp redirect to :15001`) {
+					t.Fatalf("weirctl rules after flushing the output chain: %v\n%s", err, out)
+				}
 			}
 		})
 	}

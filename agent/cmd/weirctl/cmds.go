@@ -32,7 +32,8 @@ type podDump struct {
 	Reason      string   `json:"reason,omitempty"`
 	Listeners   []string `json:"listeners"`
 	Redirect    *struct {
-		Mode string `json:"mode"`
+		Mode    string `json:"mode"`
+		Backend string `json:"backend"`
 	} `json:"redirect,omitempty"`
 }
 
@@ -137,6 +138,7 @@ type podView struct {
 	Name        string   `json:"name"`
 	Captured    bool     `json:"captured"`
 	Mode        string   `json:"mode,omitempty"`
+	Backend     string   `json:"backend,omitempty"`
 	Reason      string   `json:"reason,omitempty"`
 	Netns       string   `json:"netns"`
 	ContainerID string   `json:"containerID"`
@@ -154,6 +156,9 @@ func cmdPods(ctx context.Context, c *client, o options, w io.Writer) error {
 			Netns: p.Netns, ContainerID: p.ContainerID, Listeners: p.Listeners}
 		if p.Redirect != nil {
 			v.Mode = p.Redirect.Mode
+			if v.Mode != "ebpf" {
+				v.Backend = p.Redirect.Backend
+			}
 		}
 		views = append(views, v)
 	}
@@ -167,9 +172,9 @@ func cmdPods(ctx context.Context, c *client, o options, w io.Writer) error {
 		return writeJSON(w, views)
 	}
 	tw := newTable(w)
-	fmt.Fprintln(tw, "NAMESPACE\tNAME\tCAPTURED\tMODE\tWHY")
+	fmt.Fprintln(tw, "NAMESPACE\tNAME\tCAPTURED\tMODE\tBACKEND\tWHY")
 	for _, v := range views {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", v.Namespace, v.Name, yesNo(v.Captured), dash(v.Mode), dash(v.Reason))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v.Namespace, v.Name, yesNo(v.Captured), dash(v.Mode), dash(v.Backend), dash(v.Reason))
 	}
 	return tw.Flush()
 }
@@ -181,6 +186,7 @@ type rulesView struct {
 	Netns     string   `json:"netns"`
 	Captured  bool     `json:"captured"`
 	Mode      string   `json:"mode,omitempty"`
+	Backend   string   `json:"backend,omitempty"`
 	Reason    string   `json:"reason,omitempty"`
 	Rules     []string `json:"rules"`
 	Verified  bool     `json:"verified"`
@@ -239,6 +245,7 @@ func cmdRules(ctx context.Context, c *client, o options, pod string, w io.Writer
 		fmt.Fprintf(tw, "NETNS\t%s\n", v.Netns)
 		fmt.Fprintf(tw, "CAPTURED\t%s\n", yesNo(v.Captured))
 		fmt.Fprintf(tw, "MODE\t%s\n", dash(v.Mode))
+		fmt.Fprintf(tw, "BACKEND\t%s\n", dash(v.Backend))
 		fmt.Fprintf(tw, "WHY\t%s\n", dash(v.Reason))
 		switch {
 		case !v.Captured:

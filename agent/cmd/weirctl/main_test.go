@@ -24,7 +24,8 @@ var update = flag.Bool("update", false, "rewrite testdata/golden from the curren
 // web-v4 with server B ejected): /config_dump, /metrics (two scrapes,
 // served in turn, so the third looks like a restarted agent whose counters
 // went back), and the rules of demo/client, backend/server-a and, as
-// demo/damaged, the client after its WEIR_OUTPUT chain was flushed.
+// demo/damaged, the client after the output chain of its nftables table
+// was flushed.
 func fakeAgent(t *testing.T) *httptest.Server {
 	t.Helper()
 	read := func(name string) []byte {
