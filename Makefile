@@ -9,7 +9,7 @@ BIN := bin
 # a 3 ms start here) and runs on any host libc.
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cni/cmd/weir-cni
-	$(GO) build -o $(BIN)/ ./agent/cmd/weir-agent
+	$(GO) build -o $(BIN)/ ./agent/cmd/weir-agent ./agent/cmd/weirctl
 
 vet:
 	$(GO) vet ./...

@@ -14,7 +14,7 @@ var (
 	buildErr  error
 )
 
-// Binaries builds weir-cni and weir-agent once per test binary and returns the
+// Binaries builds weir-cni, weir-agent and weirctl once per test binary and returns the
 // directory holding them.
 func Binaries(t T) string {
 	t.Helper()
@@ -29,7 +29,7 @@ func Binaries(t T) string {
 			buildErr = err
 			return
 		}
-		for _, pkg := range []string{"./cni/cmd/weir-cni", "./agent/cmd/weir-agent"} {
+		for _, pkg := range []string{"./cni/cmd/weir-cni", "./agent/cmd/weir-agent", "./agent/cmd/weirctl"} {
 			cmd := exec.Command("go", "build", "-o", dir, pkg)
 			cmd.Dir = root
 			if pkg == "./cni/cmd/weir-cni" {
