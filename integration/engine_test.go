@@ -87,7 +87,9 @@ func TestRingHashAffinity(t *testing.T) {
 // delay is injected by dropping half the SYNs to server-b (each drop costs a
 // 1s retransmit), since this kernel has no netem.
 func TestPeakEWMAAvoidsSlowEndpoint(t *testing.T) {
-	m := newMeshWith(t, v4world, map[string]any{"balancer": "peak_ewma", "connectTimeout": "3s"})
+	// Dropped SYNs slow connects, the latency an L4 relay sees; the L7
+	// half pools upstream connections, so the service is declared tcp.
+	m := newMeshProto(t, v4world, map[string]any{"balancer": "peak_ewma", "connectTimeout": "3s"}, "tcp")
 	m.srvB.MustRun(t, "iptables", "-w", "-I", "INPUT", "-p", "tcp", "--dport", "8080", "--syn",
 		"-m", "statistic", "--mode", "random", "--probability", "0.5", "-j", "DROP")
 	seen := map[string]int{}

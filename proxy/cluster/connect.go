@@ -225,6 +225,9 @@ type Lease struct {
 	ep   *endpoint
 	done atomic.Bool
 	view pickView
+	// request marks an L7 lease (Pick): its life is one request, whose
+	// latency feeds peak-EWMA, as connect latency does at L4.
+	request bool
 }
 
 // Endpoint is the address the connection went to.
@@ -245,6 +248,10 @@ func (l *Lease) Done(err error) {
 	c.st.active.Add(-1)
 	if err == nil {
 		e.st.errorStreak.Store(0)
+		if l.request && c.cfg.Balancer == PeakEWMA {
+			now := c.now()
+			e.st.rtt.Observe(time.Duration(now-l.view.now), now, c.cfg.PeakEWMA.Decay.D())
+		}
 		return
 	}
 	e.st.errors.Add(1)

@@ -10,7 +10,8 @@ import (
 // balancer's choice before it knows whether it must dial. The lease counts
 // as an active request on the cluster (circuitBreaker.maxConnections bounds
 // requests in flight) and on the endpoint (least_request sees it) until
-// Done, which also feeds outlier ejection with the request's outcome.
+// Done, which also feeds outlier ejection with the request's outcome and,
+// under peak_ewma, the request's latency (from the pick to Done).
 //
 // prev, when not nil, is the lease of an earlier attempt of the same
 // request: the pick avoids every endpoint prev tried, and the attempt is a
@@ -20,7 +21,7 @@ import (
 // (already counted) does not also reset the endpoint's error streak.
 func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 	st := c.st
-	l := &Lease{c: c}
+	l := &Lease{c: c, request: true}
 	if prev != nil {
 		l.view = prev.view
 		prev.Release()

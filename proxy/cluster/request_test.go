@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+	"time"
 )
 
 func TestPickSpreadsRequestsAndCountsActive(t *testing.T) {
@@ -141,5 +142,28 @@ func TestRefusedRetryKeepsRoundRobin(t *testing.T) {
 	}
 	if s := c.Stats(); s.RetryBudgetExhausted != 10 || s.Active != 0 {
 		t.Errorf("stats %+v, want 10 refused retries and nothing active", s)
+	}
+}
+
+func TestPickFeedsRequestLatencyToPeakEWMA(t *testing.T) {
+	clk := newFakeClock()
+	c := mustNew(t, Config{Name: "ewma", Balancer: PeakEWMA}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{Clock: clk.Now})
+	slow := ap("10.0.0.2:80")
+	got := map[netip.AddrPort]int{}
+	for range 200 {
+		l, err := c.Pick(0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Endpoint() == slow {
+			clk.Advance(200 * time.Millisecond)
+		} else {
+			clk.Advance(time.Millisecond)
+		}
+		got[l.Endpoint()]++
+		l.Done(nil)
+	}
+	if got[slow] > 40 {
+		t.Errorf("an endpoint answering 200× slower got %d of 200 requests under peak_ewma: %v", got[slow], got)
 	}
 }
