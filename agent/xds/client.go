@@ -816,7 +816,11 @@ func (c *Client) publish() error {
 	u, problems := c.store.compose()
 	if c.od != nil && c.store.demand != nil {
 		idx := c.store.demand
-		c.od.index.Store(&idx)
+		if c.od.gen != c.store.demandGen {
+			c.od.gen = c.store.demandGen
+			c.od.index.Store(&idx)
+			c.od.pin(c.store.pinned)
+		}
 	}
 	c.warn(&typeState{label: "compose"}, "", problems)
 	if err := c.opts.Publish(u); err != nil {

@@ -40,6 +40,8 @@ type onDemand struct {
 
 	mu      sync.Mutex
 	entries map[string]*demandEntry
+	// gen is the store's index generation last loaded.
+	gen uint64
 	// requested and dropped count names subscribed and unsubscribed.
 	requested, dropped uint64
 }
@@ -47,7 +49,11 @@ type onDemand struct {
 // demandEntry is one wanted cluster.
 type demandEntry struct {
 	used int64 // unix nanoseconds of the last Await that needed it
-	held bool  // the cluster and its endpoints are published
+	// pinned: named by a listener chain on a wildcard address or prefix
+	// (0.0.0.0:80, prefix_ranges), which Await cannot index by address:
+	// subscribed for as long as the listener names it, never idle.
+	pinned bool
+	held   bool // the cluster and its endpoints are published
 	// ready is closed once held; a new one replaces it when the cluster
 	// goes away again.
 	ready chan struct{}
@@ -145,7 +151,7 @@ func (od *onDemand) wanted(now time.Time) map[string]bool {
 	cutoff := now.Add(-od.idle).UnixNano()
 	out := make(map[string]bool, len(od.entries))
 	for n, e := range od.entries {
-		if e.used < cutoff {
+		if e.used < cutoff && !e.pinned {
 			delete(od.entries, n)
 			od.dropped++
 			continue
@@ -222,11 +228,42 @@ func (od *onDemand) counts() (wanted int, requested, dropped uint64) {
 	return len(od.entries), od.requested, od.dropped
 }
 
+// pin makes names the pinned entries, creating the missing ones.
+func (od *onDemand) pin(names map[string]bool) {
+	od.mu.Lock()
+	added := false
+	now := time.Now().UnixNano()
+	for n, e := range od.entries {
+		if e.pinned && !names[n] {
+			e.pinned, e.used = false, now // idle from now on
+		}
+	}
+	for n := range names {
+		e := od.entries[n]
+		if e == nil {
+			e = &demandEntry{ready: make(chan struct{}), used: now}
+			od.entries[n] = e
+			od.requested++
+			added = true
+		}
+		e.pinned = true
+	}
+	od.mu.Unlock()
+	if added {
+		select {
+		case od.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // demandIndex maps every listener address to the clusters a connection to
-// it needs. The first listener by name claiming an address wins, as in
-// compose.
-func (s *store) demandIndex(listenerNames []string) map[netip.AddrPort][]string {
+// it needs (the first listener by name claiming an address wins, as in
+// compose), and lists the clusters of chains on wildcard addresses or
+// prefixes, which are pinned.
+func (s *store) demandIndex(listenerNames []string) (map[netip.AddrPort][]string, map[string]bool) {
 	idx := map[netip.AddrPort][]string{}
+	pinned := map[string]bool{}
 	for _, ln := range listenerNames {
 		for _, c := range s.listeners[ln].chains {
 			var names []string
@@ -256,6 +293,11 @@ func (s *store) demandIndex(listenerNames []string) map[netip.AddrPort][]string 
 			if len(names) == 0 {
 				continue
 			}
+			if len(c.cidrs) > 0 {
+				for _, n := range names {
+					pinned[n] = true
+				}
+			}
 			for _, a := range c.addrs {
 				if _, dup := idx[a]; !dup {
 					idx[a] = names
@@ -263,5 +305,5 @@ func (s *store) demandIndex(listenerNames []string) map[netip.AddrPort][]string 
 			}
 		}
 	}
-	return idx
+	return idx, pinned
 }

@@ -257,3 +257,60 @@ func TestOnDemandNeedsDelta(t *testing.T) {
 		t.Fatal("on demand over state of the world accepted")
 	}
 }
+
+// A listener on a wildcard address (0.0.0.0:9000) cannot be indexed by
+// destination: its cluster is subscribed up front and never goes idle,
+// and is dropped once no listener names it.
+func TestOnDemandWildcardListenerPinsItsCluster(t *testing.T) {
+	c := newCP(t)
+	w := onDemandWorld(t, 5)
+	w.listeners = append(w.listeners, tcpListener(t, "l-any", "0.0.0.0:9000", "svc-00003"))
+	c.set("v1", w.res())
+	s := newSink(t)
+	cl := startClient(t, c, true, s, func(o *Options) {
+		o.OnDemand, o.OnDemandTimeout, o.OnDemandIdle = true, 500*time.Millisecond, 300*time.Millisecond
+	})
+	waitStatusFor(t, cl, 10*time.Second, "pinned cluster held", func(st Status) bool {
+		return st.Synced && st.Resources["listener"] == 6 && st.Resources["cluster"] == 1 && st.Resources["endpoint"] == 1
+	})
+	time.Sleep(time.Second) // over three idle times
+	if st := cl.Status(); st.Resources["cluster"] != 1 {
+		t.Fatalf("pinned cluster went idle: %v", st.Resources)
+	}
+	s.mu.Lock()
+	r := s.snap.Lookup(netip.MustParseAddrPort("192.0.2.9:9000"))
+	s.mu.Unlock()
+	if r.Cluster == nil {
+		t.Fatal("0.0.0.0:9000 not routed to its cluster")
+	}
+	w.listeners = w.listeners[:5]
+	c.set("v2", w.res())
+	waitStatusFor(t, cl, 5*time.Second, "unpinned cluster dropped", func(st Status) bool { return st.Resources["cluster"] == 0 })
+}
+
+// Many connections at once to services not held: one subscription each,
+// every connection gets its cluster.
+func TestOnDemandConcurrentConnections(t *testing.T) {
+	c := newCP(t)
+	c.set("v1", onDemandWorld(t, 100).res())
+	s := newSink(t)
+	cl := startClient(t, c, true, s, func(o *Options) { o.OnDemand = true })
+	waitStatusFor(t, cl, 10*time.Second, "synced", func(st Status) bool { return st.Synced && st.Resources["listener"] == 100 })
+	errs := make(chan error, 50)
+	for g := range 50 {
+		go func() { errs <- cl.Await(context.Background(), vipOf(g%5)) }()
+	}
+	for range 50 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 5 {
+		if sub, _ := c.subCount(resource.ClusterType, fmt.Sprintf("svc-%05d", i)); sub != 1 {
+			t.Errorf("svc-%05d subscribed %d times, want 1", i, sub)
+		}
+	}
+	if st := cl.Status(); st.Resources["cluster"] != 5 {
+		t.Errorf("held %v, want 5 clusters", st.Resources)
+	}
+}

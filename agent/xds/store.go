@@ -36,6 +36,8 @@ type store struct {
 	onDemand   bool
 	dirtyIndex bool
 	demand     map[netip.AddrPort][]string
+	pinned     map[string]bool
+	demandGen  uint64 // counts index rebuilds
 
 	// clusterNames is the sorted cluster names, nil when the set changed.
 	clusterNames []string
@@ -154,7 +156,8 @@ func (s *store) composeAll() (Update, []string) {
 	}
 	slices.Sort(listenerNames)
 	if s.onDemand && (s.dirtyIndex || s.demand == nil) {
-		s.demand = s.demandIndex(listenerNames)
+		s.demand, s.pinned = s.demandIndex(listenerNames)
+		s.demandGen++
 		s.dirtyIndex = false
 	}
 
