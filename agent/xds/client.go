@@ -414,6 +414,7 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 			}
 		case <-timer.C:
 			c.expirePending()
+			c.markReady()
 		case <-wake:
 			if err := c.syncDemand(st); err != nil {
 				return got, err

@@ -54,9 +54,13 @@ type demandEntry struct {
 	// subscribed for as long as the listener names it, never idle.
 	pinned bool
 	held   bool // the cluster and its endpoints are published
-	// ready is closed once held; a new one replaces it when the cluster
-	// goes away again.
-	ready chan struct{}
+	// absent: the control plane did not send the cluster within the
+	// does-not-exist time; connections needing it fail at once.
+	absent bool
+	// ready is closed (and closed set) once held or absent; a new one
+	// replaces it when neither holds any more.
+	closed bool
+	ready  chan struct{}
 }
 
 func newOnDemand(timeout, idle time.Duration) *onDemand {
@@ -99,8 +103,12 @@ func (c *Client) Want(ctx context.Context, names ...string) error {
 		return nil
 	}
 	now := time.Now().UnixNano()
-	var waits []chan struct{}
-	var missing []string
+	type wait struct {
+		name string
+		e    *demandEntry
+		ch   chan struct{}
+	}
+	var waits []wait
 	added := false
 	od.mu.Lock()
 	for _, n := range names {
@@ -112,9 +120,13 @@ func (c *Client) Want(ctx context.Context, names ...string) error {
 			added = true
 		}
 		e.used = now
+		if e.absent && !e.held {
+			od.mu.Unlock()
+			c.metrics.demandTimeouts.Inc()
+			return fmt.Errorf("xds: cluster %s does not exist on the control plane", n)
+		}
 		if !e.held {
-			waits = append(waits, e.ready)
-			missing = append(missing, n)
+			waits = append(waits, wait{n, e, e.ready})
 		}
 	}
 	od.mu.Unlock()
@@ -130,12 +142,19 @@ func (c *Client) Want(ctx context.Context, names ...string) error {
 	c.metrics.demandWaits.Inc()
 	t := time.NewTimer(od.timeout)
 	defer t.Stop()
-	for i, w := range waits {
+	for _, w := range waits {
 		select {
-		case <-w:
+		case <-w.ch:
+			od.mu.Lock()
+			held := w.e.held
+			od.mu.Unlock()
+			if !held {
+				c.metrics.demandTimeouts.Inc()
+				return fmt.Errorf("xds: cluster %s does not exist on the control plane", w.name)
+			}
 		case <-t.C:
 			c.metrics.demandTimeouts.Inc()
-			return fmt.Errorf("xds: cluster %s not received within %v", missing[i], od.timeout)
+			return fmt.Errorf("xds: cluster %s not received within %v", w.name, od.timeout)
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -173,22 +192,31 @@ func (c *Client) syncDemand(st stream) error {
 	}
 	before := len(c.store.clusters)
 	c.resubscribe(t, names)
+	dropped := len(c.store.clusters) != before
+	if dropped {
+		if err := c.publish(); err != nil {
+			c.log.Warn("xds: routing after dropping idle clusters not applied", "err", err)
+		}
+	}
 	if st == nil {
+		// Before a stream's first requests, which carry the subscriptions.
+		if dropped {
+			c.resubscribe(c.byURL[EndpointType], c.store.endpointNames())
+		}
+		c.markReady()
 		return nil
 	}
 	if err := c.subscribe(st, t); err != nil {
 		return err
 	}
-	if len(c.store.clusters) != before {
-		if err := c.publish(); err != nil {
-			c.log.Warn("xds: routing after dropping idle clusters not applied", "err", err)
-		}
+	if dropped {
 		if err := c.follow(st, t); err != nil {
 			return err
 		}
 	}
 	c.armPending()
 	c.markReady()
+	c.updateStatus()
 	return nil
 }
 
@@ -199,22 +227,25 @@ func (c *Client) markReady() {
 	if od == nil {
 		return
 	}
-	eds := c.byURL[EndpointType]
+	eds, cds := c.byURL[EndpointType], c.byURL[ClusterType]
 	od.mu.Lock()
 	defer od.mu.Unlock()
 	for n, e := range od.entries {
+		e.absent = cds.absent[n]
 		ce := c.store.clusters[n]
 		ok := ce != nil
 		if ok && ce.eds != "" {
 			_, has := c.store.endpoints[ce.eds]
 			ok = has || eds.absent[ce.eds]
 		}
+		e.held = ok
+		resolved := ok || e.absent
 		switch {
-		case ok && !e.held:
-			e.held = true
+		case resolved && !e.closed:
+			e.closed = true
 			close(e.ready)
-		case !ok && e.held:
-			e.held = false
+		case !resolved && e.closed:
+			e.closed = false
 			e.ready = make(chan struct{})
 		}
 	}

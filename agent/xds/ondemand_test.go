@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -312,5 +313,34 @@ func TestOnDemandConcurrentConnections(t *testing.T) {
 	}
 	if st := cl.Status(); st.Resources["cluster"] != 5 {
 		t.Errorf("held %v, want 5 clusters", st.Resources)
+	}
+}
+
+// A cluster the control plane never sends fails the waiting connection
+// once it is declared absent (before the on-demand timeout), and later
+// connections at once.
+func TestOnDemandAbsentClusterFailsFast(t *testing.T) {
+	c := newCP(t)
+	w := onDemandWorld(t, 2)
+	w.listeners = append(w.listeners, tcpListener(t, "l-ghost", "10.97.0.2:80", "ghost"))
+	c.set("v1", w.res())
+	cl := startClient(t, c, true, newSink(t), func(o *Options) {
+		o.OnDemand, o.OnDemandTimeout, o.DoesNotExist = true, 3*time.Second, 200*time.Millisecond
+	})
+	waitStatusFor(t, cl, 10*time.Second, "synced", func(st Status) bool { return st.Synced && st.Resources["listener"] == 3 })
+	ghost := netip.MustParseAddrPort("10.97.0.2:80")
+	start := time.Now()
+	if err := cl.Await(context.Background(), ghost); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Fatalf("first connection to a missing cluster: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("failed after %v, want about the 200ms does-not-exist time", d)
+	}
+	start = time.Now()
+	if err := cl.Await(context.Background(), ghost); err == nil || time.Since(start) > 50*time.Millisecond {
+		t.Fatalf("second connection: %v after %v, want an error at once", err, time.Since(start))
+	}
+	if err := cl.Await(context.Background(), vipOf(1)); err != nil {
+		t.Fatal(err)
 	}
 }
