@@ -288,12 +288,12 @@ func onDemandVIP(i int) netip.AddrPort {
 }
 
 // TestXDSOnDemandClusters: with xds.onDemand, the agent holds every
-// listener of 2000 services but no cluster; a pod's first request to a
+// listener of 10k services but no cluster; a pod's first request to a
 // service succeeds (its connection held while the cluster and endpoints
 // are fetched), the agent holds the clusters of the services used only,
 // and drops them after xds.onDemandIdle without traffic.
 func TestXDSOnDemandClusters(t *testing.T) {
-	const n = 2000
+	const n = 10000
 	node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions())
 	capture := map[string]any{"namespaces": []string{"demo"}}
 	agent := node.StartAgent(t, map[string]any{"capture": capture})
@@ -324,7 +324,7 @@ func TestXDSOnDemandClusters(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	waitHeld("listener", n, 10*time.Second)
+	waitHeld("listener", n, 30*time.Second)
 	if got := held("cluster"); got != 0 {
 		t.Fatalf("clusters held before any traffic = %v, want 0", got)
 	}
@@ -342,6 +342,7 @@ func TestXDSOnDemandClusters(t *testing.T) {
 	if got := agent.Metric(t, "weir_xds_ondemand_waits_total"); got != 3 {
 		t.Errorf("weir_xds_ondemand_waits_total = %v, want 3", got)
 	}
+	t.Logf("agent holds %v listeners, %v clusters, %v endpoint sets", held("listener"), held("cluster"), held("endpoint"))
 	// Unused for the idle time: unsubscribed and forgotten.
 	waitHeld("cluster", 0, 6*time.Second)
 	waitHeld("endpoint", 0, time.Second)
