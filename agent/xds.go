@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -115,8 +116,8 @@ func (x XDS) validate() error {
 			return fmt.Errorf("%s: set only with xds.onDemand: true", d.key)
 		}
 	}
-	if x.OnDemand && x.OnDemandIdle != 0 && x.OnDemandTimeout != 0 && x.OnDemandIdle < x.OnDemandTimeout {
-		return fmt.Errorf("xds.onDemandIdle: %s is shorter than xds.onDemandTimeout %s", time.Duration(x.OnDemandIdle), time.Duration(x.OnDemandTimeout))
+	if timeout := cmp.Or(time.Duration(x.OnDemandTimeout), xds.DefaultOnDemandTimeout); x.OnDemandIdle != 0 && time.Duration(x.OnDemandIdle) < timeout {
+		return fmt.Errorf("xds.onDemandIdle: %s is shorter than xds.onDemandTimeout %s", time.Duration(x.OnDemandIdle), timeout)
 	}
 	if _, err := x.TLS.config(); err != nil {
 		return err

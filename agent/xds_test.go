@@ -32,6 +32,7 @@ func TestXDSConfigValidation(t *testing.T) {
 		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: -1s\n", "xds.onDemandIdle"},
 		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandTimeout: 10s\n  onDemandIdle: 1s\n", "xds.onDemandIdle"},
 		{"xds:\n  onDemand: true\n", "xds.address"},
+		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: 2s\n", "xds.onDemandIdle"},
 	} {
 		_, err := ParseConfig([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.key) {

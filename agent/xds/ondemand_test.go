@@ -344,3 +344,38 @@ func TestOnDemandAbsentClusterFailsFast(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkAwait times what the engine pays per outbound connection with
+// on-demand clusters on: a destination not served on demand, and one
+// whose cluster is held.
+func BenchmarkAwait(b *testing.B) {
+	cl, err := New(Options{Target: "x:1", Delta: true, OnDemand: true, Node: nodeOf(), Publish: func(Update) error { return nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	idx := map[netip.AddrPort][]string{}
+	for i := range 10000 {
+		idx[vipOf(i)] = []string{fmt.Sprintf("svc-%05d", i)}
+	}
+	cl.od.index.Store(&idx)
+	cl.od.entries["svc-00007"] = &demandEntry{held: true, closed: true, ready: make(chan struct{})}
+	ctx := context.Background()
+	b.Run("other", func(b *testing.B) {
+		dst := netip.MustParseAddrPort("192.0.2.1:80")
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := cl.Await(ctx, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("held", func(b *testing.B) {
+		dst := vipOf(7)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := cl.Await(ctx, dst); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
