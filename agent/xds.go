@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -42,6 +43,15 @@ type XDS struct {
 	// (the other source only; xDS is fetched and shown in /config_dump
 	// but does not route).
 	Precedence string `json:"precedence"`
+	// OnDemand subscribes an xDS cluster (and its endpoints) only when a
+	// connection to a listener address that needs it arrives, holding the
+	// connection up to OnDemandTimeout (default 5s) for it, and drops it
+	// from the subscription once unused for OnDemandIdle (default 5m).
+	// Listeners and route configurations are still fetched up front: they
+	// say which destinations need which clusters. Delta mode only.
+	OnDemand        bool     `json:"onDemand"`
+	OnDemandTimeout Duration `json:"onDemandTimeout"`
+	OnDemandIdle    Duration `json:"onDemandIdle"`
 }
 
 // XDSTLS holds the files for TLS to the control plane.
@@ -70,7 +80,7 @@ const xdsInitialWait = 5 * time.Second
 // validate checks the xds keys, naming the key at fault.
 func (x XDS) validate() error {
 	if x.Address == "" {
-		if x.Mode != "" || x.NodeID != "" || x.Precedence != "" || x.TLS != (XDSTLS{}) {
+		if x.Mode != "" || x.NodeID != "" || x.Precedence != "" || x.TLS != (XDSTLS{}) || x.OnDemand || x.OnDemandTimeout != 0 || x.OnDemandIdle != 0 {
 			return errors.New("xds.address: required when other xds keys are set")
 		}
 		return nil
@@ -91,6 +101,23 @@ func (x XDS) validate() error {
 	case "", PrecedenceBoth, PrecedenceXDS, PrecedenceKubernetes:
 	default:
 		return fmt.Errorf("xds.precedence: want both, xds or kubernetes, got %q", x.Precedence)
+	}
+	if x.OnDemand && x.Mode == "sotw" {
+		return errors.New("xds.onDemand: needs xds.mode delta (state of the world cannot subscribe clusters one by one)")
+	}
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{{"xds.onDemandTimeout", x.OnDemandTimeout}, {"xds.onDemandIdle", x.OnDemandIdle}} {
+		switch {
+		case d.v < 0:
+			return fmt.Errorf("%s: must not be negative, got %s", d.key, time.Duration(d.v))
+		case d.v != 0 && !x.OnDemand:
+			return fmt.Errorf("%s: set only with xds.onDemand: true", d.key)
+		}
+	}
+	if timeout := cmp.Or(time.Duration(x.OnDemandTimeout), xds.DefaultOnDemandTimeout); x.OnDemandIdle != 0 && time.Duration(x.OnDemandIdle) < timeout {
+		return fmt.Errorf("xds.onDemandIdle: %s is shorter than xds.onDemandTimeout %s", time.Duration(x.OnDemandIdle), timeout)
 	}
 	if _, err := x.TLS.config(); err != nil {
 		return err
@@ -179,9 +206,15 @@ func newXDSSource(cfg Config, a *Agent, reg prometheus.Registerer, log *slog.Log
 	s.client, err = xds.New(xds.Options{
 		Target: x.Address, TLS: tlsCfg, Delta: x.Mode != "sotw", Node: node,
 		Publish: s.publish, Log: log, Registerer: reg,
+		OnDemand: x.OnDemand, OnDemandTimeout: time.Duration(x.OnDemandTimeout), OnDemandIdle: time.Duration(x.OnDemandIdle),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("xds: %w", err)
+	}
+	if x.OnDemand && s.precedence != PrecedenceKubernetes {
+		// Outbound connections ask the client before routing, so a
+		// cluster held only on demand arrives first.
+		a.engine.OnDemand = s.client
 	}
 	return s, nil
 }

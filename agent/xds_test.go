@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/weir-mesh/weir/agent/xds"
 	"github.com/weir-mesh/weir/proxy/route"
@@ -26,11 +27,24 @@ func TestXDSConfigValidation(t *testing.T) {
 		{"xds:\n  address: cp:15010\n  tls:\n    caFile: /nonexistent/ca.pem\n", "xds.tls.caFile"},
 		{"xds:\n  mode: delta\n", "xds.address"},
 		{"xds:\n  adress: cp:1\n", "adress"},
+		{"xds:\n  address: cp:15010\n  mode: sotw\n  onDemand: true\n", "xds.onDemand"},
+		{"xds:\n  address: cp:15010\n  onDemandTimeout: 2s\n", "xds.onDemandTimeout"},
+		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: -1s\n", "xds.onDemandIdle"},
+		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandTimeout: 10s\n  onDemandIdle: 1s\n", "xds.onDemandIdle"},
+		{"xds:\n  onDemand: true\n", "xds.address"},
+		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: 2s\n", "xds.onDemandIdle"},
 	} {
 		_, err := ParseConfig([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.key) {
 			t.Errorf("%q: error %v, want one naming %s", tc.yaml, err, tc.key)
 		}
+	}
+	c, err = ParseConfig([]byte("xds:\n  address: cp:15010\n  onDemand: true\n  onDemandTimeout: 3s\n  onDemandIdle: 90s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.XDS.OnDemand || c.XDS.OnDemandTimeout != Duration(3*time.Second) || c.XDS.OnDemandIdle != Duration(90*time.Second) {
+		t.Fatalf("on-demand keys not read: %+v", c.XDS)
 	}
 }
 

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -233,4 +234,120 @@ func waitMetric(t *testing.T, a *testworld.Agent, series string, want float64, d
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// pushMany publishes n services svc-NNNN, each a listener at onDemandVIP(i)
+// sending TCP to its own cluster, whose one endpoint is eps[i%len(eps)].
+func (cp *controlPlane) pushMany(t *testing.T, version string, n int, eps ...netip.AddrPort) {
+	t.Helper()
+	sock := func(a netip.AddrPort) *corev3.Address {
+		return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+			Address: a.Addr().String(), PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(a.Port())},
+		}}}
+	}
+	res := map[resource.Type][]types.Resource{}
+	for i := range n {
+		name := fmt.Sprintf("svc-%04d", i)
+		tp, err := anypb.New(&tcpv3.TcpProxy{StatPrefix: name, ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: name}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res[resource.ClusterType] = append(res[resource.ClusterType], &clusterv3.Cluster{
+			Name:                 name,
+			ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+			EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			}},
+			ConnectTimeout: durationpb.New(2 * time.Second),
+		})
+		res[resource.EndpointType] = append(res[resource.EndpointType], &endpointv3.ClusterLoadAssignment{
+			ClusterName: name,
+			Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: []*endpointv3.LbEndpoint{{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: sock(eps[i%len(eps)])}},
+			}}}},
+		})
+		res[resource.ListenerType] = append(res[resource.ListenerType], &listenerv3.Listener{
+			Name:    "l-" + name,
+			Address: sock(onDemandVIP(i)),
+			FilterChains: []*listenerv3.FilterChain{{Filters: []*listenerv3.Filter{{
+				Name: "envoy.filters.network.tcp_proxy", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: tp},
+			}}}},
+		})
+	}
+	snap, err := cachev3.NewSnapshot(version, res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cp.cache.SetSnapshot(context.Background(), xdsNode, snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func onDemandVIP(i int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(8 + i>>8), byte(i)}), 80)
+}
+
+// TestXDSOnDemandClusters: with xds.onDemand, the agent holds every
+// listener of 10k services but no cluster; a pod's first request to a
+// service succeeds (its connection held while the cluster and endpoints
+// are fetched), the agent holds the clusters of the services used only,
+// and drops them after xds.onDemandIdle without traffic.
+func TestXDSOnDemandClusters(t *testing.T) {
+	const n = 10000
+	node := testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions())
+	capture := map[string]any{"namespaces": []string{"demo"}}
+	agent := node.StartAgent(t, map[string]any{"capture": capture})
+	srvA := node.MustAddPod(t, "backend", "server-a")
+	srvB := node.MustAddPod(t, "backend", "server-b")
+	srvA.StartNginx(t, 8080, "server-a")
+	srvB.StartNginx(t, 8080, "server-b")
+	agent.Stop(t)
+
+	epA := netip.AddrPortFrom(addr(srvA, "v4"), 8080)
+	epB := netip.AddrPortFrom(addr(srvB, "v4"), 8080)
+	cp := startControlPlane(t, node)
+	cp.pushMany(t, "1", n, epA, epB)
+	agent = node.StartAgent(t, map[string]any{
+		"capture": capture,
+		"xds": map[string]any{"address": cp.addr, "mode": "delta", "nodeId": xdsNode,
+			"onDemand": true, "onDemandTimeout": "2s", "onDemandIdle": "3s"},
+	})
+	client := node.MustAddPod(t, "demo", "client")
+	held := func(typ string) float64 { return agent.Metric(t, `weir_xds_resources{type="`+typ+`"}`) }
+	waitHeld := func(typ string, want float64, d time.Duration) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for held(typ) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s resources held = %v after %v, want %v", typ, held(typ), d, want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	waitHeld("listener", n, 30*time.Second)
+	if got := held("cluster"); got != 0 {
+		t.Fatalf("clusters held before any traffic = %v, want 0", got)
+	}
+	for k, i := range []int{7, 8, 1501} {
+		want := []string{"server-a", "server-b"}[i%2]
+		start := time.Now()
+		body, err := client.Get(url(onDemandVIP(i)))
+		if err != nil || strings.TrimSpace(body) != want {
+			t.Fatalf("first request to svc-%04d: %q, %v", i, body, err)
+		}
+		t.Logf("first request to svc-%04d answered in %v", i, time.Since(start).Round(time.Millisecond))
+		waitHeld("cluster", float64(k+1), time.Second)
+		waitHeld("endpoint", float64(k+1), time.Second)
+	}
+	if got := agent.Metric(t, "weir_xds_ondemand_waits_total"); got != 3 {
+		t.Errorf("weir_xds_ondemand_waits_total = %v, want 3", got)
+	}
+	t.Logf("agent holds %v listeners, %v clusters, %v endpoint sets", held("listener"), held("cluster"), held("endpoint"))
+	// Unused for the idle time: unsubscribed and forgotten.
+	waitHeld("cluster", 0, 6*time.Second)
+	waitHeld("endpoint", 0, time.Second)
+	if body, err := client.Get(url(onDemandVIP(7))); err != nil || strings.TrimSpace(body) != "server-b" {
+		t.Fatalf("request after the cluster went idle: %q, %v", body, err)
+	}
+	waitHeld("cluster", 1, time.Second)
 }

@@ -59,6 +59,9 @@ type Engine struct {
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics
 	HTTPMetrics  *l7.Metrics
+	// OnDemand, when set, is asked before routing an outbound connection,
+	// so routing held only on demand arrives first (ondemand.go).
+	OnDemand OnDemand
 
 	once      sync.Once
 	draining  chan struct{} // closed by Shutdown: L7 connections wind down
@@ -179,7 +182,7 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 
 	var r route.Route
 	if dir == Outbound {
-		r = e.Routes.Load().Lookup(dst)
+		r = e.lookup(dst)
 		if r.Refused() {
 			m.refused(dir, "no_route")
 			return

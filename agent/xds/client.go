@@ -86,6 +86,13 @@ type Options struct {
 	// DoesNotExist is how long a subscribed resource may go unanswered on
 	// a ready stream before it is taken as absent.
 	DoesNotExist time.Duration
+	// OnDemand subscribes clusters only when a connection needs one
+	// (Await) and drops them once unused for OnDemandIdle (ondemand.go);
+	// delta only.
+	OnDemand bool
+	// OnDemandTimeout bounds how long a connection waits for its cluster;
+	// OnDemandIdle is how long a cluster stays subscribed unused.
+	OnDemandTimeout, OnDemandIdle time.Duration
 }
 
 // Status is what the client reports for readiness and the config dump.
@@ -103,10 +110,13 @@ type Status struct {
 	// Resources counts the accepted resources per type.
 	Resources map[string]int `json:"resources"`
 	// Absent lists subscribed resources declared absent.
-	Absent    []string `json:"absent,omitempty"`
-	Updates   uint64   `json:"updates"`
-	NACKs     uint64   `json:"nacks"`
-	Reconnect uint64   `json:"reconnects"`
+	Absent []string `json:"absent,omitempty"`
+	// OnDemand, when on-demand clusters are on: the clusters wanted now,
+	// and how many were requested and dropped as idle so far.
+	OnDemand  *OnDemandStatus `json:"onDemand,omitempty"`
+	Updates   uint64          `json:"updates"`
+	NACKs     uint64          `json:"nacks"`
+	Reconnect uint64          `json:"reconnects"`
 }
 
 // Client holds one ADS stream at a time and the resources it delivered.
@@ -117,6 +127,7 @@ type Client struct {
 	types   []*typeState // in request order: CDS, EDS, LDS, RDS
 	byURL   map[string]*typeState
 	metrics *metrics
+	od      *onDemand // nil unless Options.OnDemand
 
 	mu     sync.Mutex // guards status
 	status Status
@@ -174,6 +185,9 @@ func New(opts Options) (*Client, error) {
 	if opts.BackoffMax < opts.BackoffBase {
 		opts.BackoffMax = max(DefaultBackoffMax, opts.BackoffBase)
 	}
+	if opts.OnDemand && !opts.Delta {
+		return nil, errors.New("xds: on-demand clusters need delta xDS")
+	}
 	if opts.DoesNotExist <= 0 {
 		opts.DoesNotExist = DefaultDoesNotExist
 	}
@@ -187,7 +201,7 @@ func New(opts Options) (*Client, error) {
 	for _, t := range []struct {
 		url, label string
 		wildcard   bool
-	}{{ClusterType, "cluster", true}, {EndpointType, "endpoint", false}, {ListenerType, "listener", true}, {RouteType, "route", false}} {
+	}{{ClusterType, "cluster", !opts.OnDemand}, {EndpointType, "endpoint", false}, {ListenerType, "listener", true}, {RouteType, "route", false}} {
 		ts := &typeState{url: t.url, label: t.label, wildcard: t.wildcard, names: map[string]bool{}, versions: map[string]string{},
 			absent: map[string]bool{}, sent: map[string]bool{}, pending: map[string]time.Time{},
 			raw: map[string]string{}, rawOf: map[string]string{}}
@@ -199,6 +213,10 @@ func New(opts Options) (*Client, error) {
 		c.status.Mode = "delta"
 	}
 	c.metrics = newMetrics(opts.Registerer)
+	if opts.OnDemand {
+		c.od = newOnDemand(opts.OnDemandTimeout, opts.OnDemandIdle)
+		c.store.onDemand = true
+	}
 	return c, nil
 }
 
@@ -210,6 +228,10 @@ func (c *Client) Status() Status {
 	s.Versions = maps.Clone(s.Versions)
 	s.Resources = maps.Clone(s.Resources)
 	s.Absent = slices.Clone(s.Absent)
+	if c.od != nil {
+		w, r, d := c.od.counts()
+		s.OnDemand = &OnDemandStatus{Wanted: w, Requested: r, Dropped: d}
+	}
 	return s
 }
 
@@ -319,6 +341,12 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 		t.nonce, t.sent, t.sentOnce, t.responded = "", map[string]bool{}, false, false
 		t.pending = map[string]time.Time{}
 	}
+	if c.od != nil {
+		// Subscribe what is wanted now with the stream's first request.
+		if err := c.syncDemand(nil); err != nil {
+			return false, err
+		}
+	}
 	for _, t := range c.types {
 		if err := c.subscribe(st, t); err != nil {
 			return false, err
@@ -358,6 +386,14 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 	}()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var wake <-chan struct{}
+	var idle <-chan time.Time
+	if c.od != nil {
+		wake = c.od.wake
+		tk := time.NewTicker(max(c.od.idle/4, 50*time.Millisecond))
+		defer tk.Stop()
+		idle = tk.C
+	}
 	for {
 		c.resetTimer(timer)
 		select {
@@ -378,6 +414,15 @@ func (c *Client) runStream(ctx context.Context, ads discovery.AggregatedDiscover
 			}
 		case <-timer.C:
 			c.expirePending()
+			c.markReady()
+		case <-wake:
+			if err := c.syncDemand(st); err != nil {
+				return got, err
+			}
+		case <-idle:
+			if err := c.syncDemand(st); err != nil {
+				return got, err
+			}
 		}
 	}
 }
@@ -504,13 +549,25 @@ func (c *Client) apply(st stream, r response) error {
 	if err := st.send(t, ack); err != nil {
 		return fmt.Errorf("send %s ack: %w", t.label, err)
 	}
-	// Listeners name route configurations, clusters name endpoints.
+	if changed {
+		if err := c.follow(st, t); err != nil {
+			return err
+		}
+	}
+	c.markReady()
+	c.updateStatus()
+	return nil
+}
+
+// follow updates the subscription that depends on t: listeners name
+// route configurations, clusters name endpoints.
+func (c *Client) follow(st stream, t *typeState) error {
 	var dep *typeState
 	var names map[string]bool
-	switch {
-	case changed && t.url == ListenerType:
+	switch t.url {
+	case ListenerType:
 		dep, names = c.byURL[RouteType], c.store.routeNames()
-	case changed && t.url == ClusterType:
+	case ClusterType:
 		dep, names = c.byURL[EndpointType], c.store.endpointNames()
 	}
 	if dep != nil && !maps.Equal(dep.names, names) {
@@ -520,7 +577,6 @@ func (c *Client) apply(st stream, r response) error {
 		}
 		c.armPending()
 	}
-	c.updateStatus()
 	return nil
 }
 
@@ -599,7 +655,7 @@ func (c *Client) decode(t *typeState, a *anypb.Any, want string) (string, error)
 		e, n = convertListener(m)
 		if n.err() == "" {
 			c.store.listeners[name] = e
-			c.store.dirtyAll = true
+			c.store.dirtyAll, c.store.dirtyIndex = true, true
 		}
 	case *routev3.RouteConfiguration:
 		if !t.names[name] {
@@ -609,9 +665,13 @@ func (c *Client) decode(t *typeState, a *anypb.Any, want string) (string, error)
 		e, n = convertRouteConfig(m)
 		if n.err() == "" {
 			c.store.routes[name] = e
-			c.store.dirtyAll = true
+			c.store.dirtyAll, c.store.dirtyIndex = true, true
 		}
 	case *clusterv3.Cluster:
+		if !t.wildcard && !t.names[name] {
+			// On demand and no longer wanted: a late answer.
+			return name, nil
+		}
 		var e *clusterEntry
 		e, n = convertCluster(m)
 		if n.err() == "" {
@@ -678,13 +738,13 @@ func (c *Client) remove(t *typeState, name string) bool {
 	case ListenerType:
 		if _, ok := c.store.listeners[name]; ok {
 			delete(c.store.listeners, name)
-			c.store.dirtyAll = true
+			c.store.dirtyAll, c.store.dirtyIndex = true, true
 			return true
 		}
 	case RouteType:
 		if _, ok := c.store.routes[name]; ok {
 			delete(c.store.routes, name)
-			c.store.dirtyAll = true
+			c.store.dirtyAll, c.store.dirtyIndex = true, true
 			return true
 		}
 	case ClusterType:
@@ -755,6 +815,14 @@ func (c *Client) names(t *typeState) []string {
 // publish composes the routing and hands it to the agent.
 func (c *Client) publish() error {
 	u, problems := c.store.compose()
+	if c.od != nil && c.store.demand != nil {
+		idx := c.store.demand
+		if c.od.gen != c.store.demandGen {
+			c.od.gen = c.store.demandGen
+			c.od.index.Store(&idx)
+			c.od.pin(c.store.pinned)
+		}
+	}
 	c.warn(&typeState{label: "compose"}, "", problems)
 	if err := c.opts.Publish(u); err != nil {
 		return fmt.Errorf("routing not applied: %w", err)
@@ -868,6 +936,13 @@ func (c *Client) setError(msg string) {
 	c.mu.Lock()
 	c.status.LastError = msg
 	c.mu.Unlock()
+}
+
+// OnDemandStatus counts on-demand clusters.
+type OnDemandStatus struct {
+	Wanted    int    `json:"wanted"`
+	Requested uint64 `json:"requested"`
+	Dropped   uint64 `json:"dropped"`
 }
 
 // sotwStream speaks state-of-the-world ADS.

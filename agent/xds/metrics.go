@@ -10,6 +10,8 @@ type metrics struct {
 	nacks      *prometheus.CounterVec
 	absent     *prometheus.CounterVec
 	resources  *prometheus.GaugeVec
+
+	demandWaits, demandTimeouts prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,9 +34,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		resources: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "weir_xds_resources", Help: "Accepted xDS resources held, by type.",
 		}, []string{"type"}),
+		demandWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_xds_ondemand_waits_total", Help: "Connections held until an on-demand cluster arrived.",
+		}),
+		demandTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "weir_xds_ondemand_timeouts_total", Help: "Connections refused because an on-demand cluster did not arrive in time.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.reconnects, m.updates, m.nacks, m.absent, m.resources)
+		reg.MustRegister(m.connected, m.reconnects, m.updates, m.nacks, m.absent, m.resources, m.demandWaits, m.demandTimeouts)
 	}
 	return m
 }

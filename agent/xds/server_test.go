@@ -52,6 +52,9 @@ type cp struct {
 	nacks []string
 	// deltaInitial holds initial_resource_versions of delta requests.
 	deltaInitial []map[string]string
+	// subs and unsubs count delta resource_names_subscribe and
+	// resource_names_unsubscribe per type URL and name.
+	subs, unsubs map[string]map[string]int
 	streams      atomic.Int64
 }
 
@@ -90,6 +93,24 @@ func (c *cp) callbacks() serverv3.Callbacks {
 			c.mu.Lock()
 			if r.GetErrorDetail() != nil {
 				c.nacks = append(c.nacks, r.GetErrorDetail().GetMessage())
+			}
+			for _, n := range r.GetResourceNamesSubscribe() {
+				if c.subs == nil {
+					c.subs = map[string]map[string]int{}
+				}
+				if c.subs[r.GetTypeUrl()] == nil {
+					c.subs[r.GetTypeUrl()] = map[string]int{}
+				}
+				c.subs[r.GetTypeUrl()][n]++
+			}
+			for _, n := range r.GetResourceNamesUnsubscribe() {
+				if c.unsubs == nil {
+					c.unsubs = map[string]map[string]int{}
+				}
+				if c.unsubs[r.GetTypeUrl()] == nil {
+					c.unsubs[r.GetTypeUrl()] = map[string]int{}
+				}
+				c.unsubs[r.GetTypeUrl()][n]++
 			}
 			if len(r.GetInitialResourceVersions()) > 0 {
 				c.deltaInitial = append(c.deltaInitial, r.GetInitialResourceVersions())

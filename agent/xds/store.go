@@ -29,6 +29,16 @@ type store struct {
 	clusters  map[string]*clusterEntry
 	endpoints map[string][]cluster.Endpoint
 
+	// onDemand: clusters are subscribed on demand, so a listener naming
+	// a cluster not held is expected, not a problem; demand is the
+	// destination index built for Await, rebuilt when dirtyIndex
+	// (listeners or route configurations changed).
+	onDemand   bool
+	dirtyIndex bool
+	demand     map[netip.AddrPort][]string
+	pinned     map[string]bool
+	demandGen  uint64 // counts index rebuilds
+
 	// clusterNames is the sorted cluster names, nil when the set changed.
 	clusterNames []string
 
@@ -145,6 +155,11 @@ func (s *store) composeAll() (Update, []string) {
 		listenerNames = append(listenerNames, name)
 	}
 	slices.Sort(listenerNames)
+	if s.onDemand && (s.dirtyIndex || s.demand == nil) {
+		s.demand, s.pinned = s.demandIndex(listenerNames)
+		s.demandGen++
+		s.dirtyIndex = false
+	}
 
 	type dest struct {
 		addrs []netip.AddrPort
@@ -191,6 +206,9 @@ func (s *store) composeAll() (Update, []string) {
 			c := &le.chains[ci]
 			if c.cluster != "" {
 				ce := s.clusters[c.cluster]
+				if ce == nil && s.onDemand {
+					continue
+				}
 				if ce == nil {
 					problems = append(problems, fmt.Sprintf("listener %s: cluster %q is not known (yet)", ln, c.cluster))
 					continue
@@ -259,6 +277,8 @@ func (s *store) resolveBackends(in []route.HTTPRoute, svc string) ([]route.HTTPR
 			for _, b := range rule.Backends {
 				ce := s.clusters[b.Service]
 				switch {
+				case ce == nil && s.onDemand:
+					// Fetched when a connection to the listener asks.
 				case ce == nil:
 					problems = append(problems, fmt.Sprintf("service %s: route %s: cluster %q is not known (yet); its share answers 500", svc, r.Name, b.Service))
 				case ce.passthrough:
