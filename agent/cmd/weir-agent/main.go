@@ -9,10 +9,19 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"github.com/weir-mesh/weir/agent"
 )
+
+// init keeps the main goroutine on the process's first thread, so no
+// other goroutine ever runs there. The agent moves threads into pod
+// network namespaces (briefly, around socket()); /proc/self/ns/net and
+// /proc/<pid>/ns/net name the first thread's namespace, and must always
+// be the agent's own: the netns guard and anyone inspecting the agent rely
+// on it.
+func init() { runtime.LockOSThread() }
 
 func main() {
 	os.Exit(run())
