@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,12 +49,15 @@ func (r Result) Err() error {
 // protocols still get their answers. When a direction fails, both
 // connections are closed so the other direction ends too. When ctx ends, both
 // are closed. Relay returns after both directions ended; it closes neither
-// connection on a clean finish (the caller does).
+// connection on a clean finish: the caller must close both, and its Close
+// sends the FIN of the direction that ended last (a shutdown right before
+// the close would only cost a system call per connection).
 func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
 	var (
-		res  Result
-		wg   sync.WaitGroup
-		once sync.Once
+		res   Result
+		wg    sync.WaitGroup
+		once  sync.Once
+		ended atomic.Int32
 	)
 	abort := func() {
 		once.Do(func() {
@@ -66,9 +70,9 @@ func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		res.Down, res.DownErr = copyHalf{dst: client, src: upstream}.run(abort)
+		res.Down, res.DownErr = copyHalf{dst: client, src: upstream, ended: &ended}.run(abort)
 	}()
-	res.Up, res.UpErr = copyHalf{dst: upstream, src: client}.run(abort)
+	res.Up, res.UpErr = copyHalf{dst: upstream, src: client, ended: &ended}.run(abort)
 	wg.Wait()
 	return res
 }
@@ -77,6 +81,9 @@ func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
 // what they are doing.
 type copyHalf struct {
 	dst, src *net.TCPConn
+	// ended counts directions that reached EOF: the second one leaves its
+	// FIN to the caller's Close.
+	ended *atomic.Int32
 }
 
 func (c copyHalf) run(abort func()) (int64, error) {
@@ -89,6 +96,11 @@ func (c copyHalf) run(abort func()) (int64, error) {
 	if err != nil {
 		abort()
 		return n, err
+	}
+	if c.ended.Add(1) == 2 {
+		// Both sources sent FIN and were read to the end: the caller's
+		// Close passes this one on (no unread data, so no reset).
+		return n, nil
 	}
 	// The source sent FIN: pass it on, keep reading the other direction.
 	if cerr := c.dst.CloseWrite(); cerr != nil {
