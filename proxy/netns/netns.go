@@ -320,22 +320,10 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	if v6 {
 		network = "tcp6"
 	}
-	returned := false
-	d := net.Dialer{
-		KeepAlive: -1,
-		ControlContext: func(_ context.Context, _, _ string, c syscall.RawConn) error {
-			var serr error
-			if err := c.Control(func(fd uintptr) { serr = opts.apply(int(fd), v6) }); err != nil {
-				serr = err
-			}
-			if err := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); err != nil {
-				return fmt.Errorf("return from netns %s: %w", h.path, err)
-			}
-			returned = true
-			runtime.UnlockOSThread()
-			return serr
-		},
-	}
+	// One allocation carries the hook's state (a closure would move each
+	// variable it writes to the heap on its own).
+	k := &dialHook{h: h, host: host, opts: opts, v6: v6}
+	d := net.Dialer{KeepAlive: -1, ControlContext: k.control}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
@@ -345,7 +333,7 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 		return nil, fmt.Errorf("enter netns %s: %w", h.path, err)
 	}
 	c, err := d.DialContext(ctx, network, addr.String())
-	if !returned {
+	if !k.returned {
 		// socket() failed before the hook ran, or the hook could not switch
 		// back. A thread that cannot leave the pod's namespace stays locked
 		// and dies with this goroutine instead of serving others there.
@@ -362,6 +350,30 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	}
 	return c.(*net.TCPConn), nil
 }
+
+// dialHook is Dial's Control hook: it runs right after socket(), sets the
+// options and switches the calling thread back to the host namespace.
+type dialHook struct {
+	h, host  *Handle
+	opts     SocketOptions
+	v6       bool
+	returned bool // the thread is back in the host namespace and unlocked
+	serr     error
+}
+
+func (k *dialHook) control(_ context.Context, _, _ string, c syscall.RawConn) error {
+	if err := c.Control(k.apply); err != nil {
+		k.serr = err
+	}
+	if err := unix.Setns(int(k.host.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		return fmt.Errorf("return from netns %s: %w", k.h.path, err)
+	}
+	k.returned = true
+	runtime.UnlockOSThread()
+	return k.serr
+}
+
+func (k *dialHook) apply(fd uintptr) { k.serr = k.opts.apply(int(fd), k.v6) }
 
 // Fd is the open namespace's file descriptor, valid until Close.
 func (h *Handle) Fd() int { return int(h.f.Fd()) }

@@ -16,7 +16,7 @@ import (
 )
 
 // newNetns makes a throwaway namespace with lo up (root only).
-func newNetns(t *testing.T) *Handle {
+func newNetns(t testing.TB) *Handle {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {

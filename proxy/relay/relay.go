@@ -17,6 +17,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,38 +49,54 @@ func (r Result) Err() error {
 // protocols still get their answers. When a direction fails, both
 // connections are closed so the other direction ends too. When ctx ends, both
 // are closed. Relay returns after both directions ended; it closes neither
-// connection on a clean finish (the caller does).
+// connection on a clean finish: the caller must close both, and its Close
+// sends the FIN of the direction that ended last (a shutdown right before
+// the close would only cost a system call per connection).
 func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
-	var (
-		res  Result
-		wg   sync.WaitGroup
-		once sync.Once
-	)
-	abort := func() {
-		once.Do(func() {
-			client.Close()
-			upstream.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, abort)
+	// One allocation holds the whole relay's shared state.
+	r := &relayState{client: client, upstream: upstream}
+	stop := context.AfterFunc(ctx, r.abort)
 	defer stop()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		res.Down, res.DownErr = copyHalf{dst: client, src: upstream}.run(abort)
-	}()
-	res.Up, res.UpErr = copyHalf{dst: upstream, src: client}.run(abort)
-	wg.Wait()
-	return res
+	r.wg.Add(1)
+	go r.down()
+	r.res.Up, r.res.UpErr = copyHalf{dst: upstream, src: client, r: r}.run()
+	r.wg.Wait()
+	return r.res
+}
+
+// relayState is what both directions of one relay share.
+type relayState struct {
+	client, upstream *net.TCPConn
+	res              Result
+	wg               sync.WaitGroup
+	aborted          atomic.Bool
+	// ended counts directions that reached EOF: the second one leaves its
+	// FIN to the caller's Close.
+	ended atomic.Int32
+}
+
+// abort closes both connections (once) so both directions end.
+func (r *relayState) abort() {
+	if r.aborted.CompareAndSwap(false, true) {
+		r.client.Close()
+		r.upstream.Close()
+	}
+}
+
+// down runs the upstream→client direction.
+func (r *relayState) down() {
+	defer r.wg.Done()
+	r.res.Down, r.res.DownErr = copyHalf{dst: r.client, src: r.upstream, r: r}.run()
 }
 
 // copyHalf is one direction of a relay, a named type so goroutine stacks say
 // what they are doing.
 type copyHalf struct {
 	dst, src *net.TCPConn
+	r        *relayState
 }
 
-func (c copyHalf) run(abort func()) (int64, error) {
+func (c copyHalf) run() (int64, error) {
 	n, bulk, err := c.copySmall()
 	if err == nil && bulk {
 		var m int64
@@ -87,12 +104,17 @@ func (c copyHalf) run(abort func()) (int64, error) {
 		n += m
 	}
 	if err != nil {
-		abort()
+		c.r.abort()
 		return n, err
+	}
+	if c.r.ended.Add(1) == 2 {
+		// Both sources sent FIN and were read to the end: the caller's
+		// Close passes this one on (no unread data, so no reset).
+		return n, nil
 	}
 	// The source sent FIN: pass it on, keep reading the other direction.
 	if cerr := c.dst.CloseWrite(); cerr != nil {
-		abort()
+		c.r.abort()
 		return n, nil
 	}
 	return n, nil

@@ -72,11 +72,14 @@ func TestRelaySmallThenBulkThenHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	server.CloseWrite()
+	res := <-done
+	// The last FIN is the caller's Close, as the engine closes both sides.
+	relayDown.Close()
+	relayUp.Close()
 	rest, err := io.ReadAll(client)
 	if err != nil || string(rest) != "bye" {
 		t.Fatalf("after half-close: %q %v", rest, err)
 	}
-	res := <-done
 	if res.Err() != nil {
 		t.Fatalf("relay error: %v", res.Err())
 	}
