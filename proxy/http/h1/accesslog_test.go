@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"net"
 	"net/http"
 	"net/netip"
 	"testing"
@@ -104,5 +105,57 @@ func TestAccessLogUnsampledAllocatesNothing(t *testing.T) {
 	}
 	if l := sink.Lines(); len(l) != 0 {
 		t.Errorf("%d lines logged at rate 0 for 200s", len(l))
+	}
+}
+
+// An endpoint that refuses connections: the request goes to the other one
+// and the line counts the retry; with no endpoint at all the line is the
+// local 503.
+func TestAccessLogRetryAndNoEndpoint(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := netip.MustParseAddrPort(ln.Addr().String())
+	ln.Close()
+
+	up := upstreamFor(t, []netip.AddrPort{dead, b.addr}, nil)
+	al, sink := accesslogtest.New(1)
+	up.AccessLog = al
+	c := dialClient(t, startProxy(t, up, Options{}).addr)
+	for range 2 {
+		if res, _ := c.do(get("/x")); res.StatusCode != 200 {
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+	eventually(t, "two lines", func() bool { return len(sink.Lines()) == 2 })
+	retried := 0
+	for _, l := range sink.Lines() {
+		if l["upstream"] != b.addr.String() {
+			t.Errorf("line %v: want upstream %s", l, b.addr)
+		}
+		if l["retries"] == 1.0 {
+			retried++
+		}
+	}
+	if retried != 1 {
+		t.Errorf("lines %v: want one retried request", sink.Lines())
+	}
+
+	none := upstreamFor(t, nil, nil)
+	al, sink = accesslogtest.New(0)
+	none.AccessLog = al
+	c = dialClient(t, startProxy(t, none, Options{}).addr)
+	if res, _ := c.do(get("/x")); res.StatusCode != 503 {
+		t.Fatalf("status %d", res.StatusCode)
+	}
+	eventually(t, "the 503 line", func() bool { return len(sink.Lines()) == 1 })
+	if d := accesslogtest.Check(sink.Lines()[0], map[string]any{
+		"level": "INFO", "msg": "access", "pod": "", "direction": "outbound", "protocol": "http1",
+		"method": "GET", "authority": "svc.test", "path": "/x", "status": 503.0,
+		"upstream": "", "reason": "no_endpoint", "bytes_in": 0.0, "retries": 0.0,
+	}); d != nil {
+		t.Errorf("line %v: %v", sink.Lines()[0], d)
 	}
 }
