@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -125,6 +126,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Sniffing:       cfg.sniffing(),
 		SniffMetrics:   sniff.NewMetrics(reg),
 		HTTPMetrics:    l7.NewMetrics(reg),
+	}
+	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
+		return nil, err
 	}
 	if cfg.Kubernetes.Enabled {
 		if a.kube, err = newKubeSource(cfg, log); err != nil {
@@ -376,4 +380,21 @@ func (a *Agent) captures(p api.Pod) (bool, string) {
 		return true, "namespace " + p.Namespace + " is captured"
 	}
 	return false, "namespace " + p.Namespace + " is not captured"
+}
+
+// openAccessLog builds the L7 access log; nil when disabled. A file is
+// opened to append and stays open for the agent's life.
+func openAccessLog(c AccessLog) (*l7.AccessLog, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	var w io.Writer = os.Stderr
+	if c.Path != "-" {
+		f, err := os.OpenFile(c.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("accessLog.path: %w", err)
+		}
+		w = f
+	}
+	return l7.NewAccessLog(slog.New(slog.NewJSONHandler(w, nil)), c.SampleRate), nil
 }

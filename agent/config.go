@@ -68,6 +68,20 @@ type Config struct {
 	Sniffing Sniffing `json:"sniffing"`
 	// XDS takes services from an xDS control plane (agent/xds.go).
 	XDS XDS `json:"xds"`
+	// AccessLog writes one JSON line per L7 request.
+	AccessLog AccessLog `json:"accessLog"`
+}
+
+// AccessLog configures the L7 access log: one slog JSON line per request
+// that failed (5xx, local reply, upstream failure, gRPC non-OK) and per
+// sampled request of the rest.
+type AccessLog struct {
+	Enabled bool `json:"enabled"`
+	// SampleRate is the share (0..1) of requests that went well logged.
+	SampleRate float64 `json:"sampleRate"`
+	// Path is "-" (the agent's stderr) or an absolute file, opened to
+	// append.
+	Path string `json:"path"`
 }
 
 // Kubernetes configures the agent's view of the cluster: enablement from
@@ -264,6 +278,7 @@ func DefaultConfig() Config {
 		ReconcileInterval:   Duration(60 * time.Second),
 		NetnsDirs:           []string{"/run/netns", "/var/run/netns"},
 		UnknownDestinations: "passthrough",
+		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,
@@ -372,6 +387,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.XDS.validate(); err != nil {
 		return err
+	}
+	if r := c.AccessLog.SampleRate; !(r >= 0 && r <= 1) {
+		return fmt.Errorf("accessLog.sampleRate: want 0 up to 1, got %v", r)
+	}
+	if p := c.AccessLog.Path; p != "-" && !filepath.IsAbs(p) {
+		return fmt.Errorf("accessLog.path: want - (stderr) or an absolute path, got %q", p)
 	}
 	switch c.UnknownDestinations {
 	case "passthrough", "refuse":

@@ -60,6 +60,8 @@ type Engine struct {
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics
 	HTTPMetrics  *l7.Metrics
+	// AccessLog logs L7 requests; nil logs none.
+	AccessLog *l7.AccessLog
 	// OnDemand, when set, is asked before routing an outbound connection,
 	// so routing held only on demand arrives first (ondemand.go).
 	OnDemand OnDemand

@@ -116,7 +116,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		}
 		up := &l7.Upstream{
 			Route: r, Dst: dst, Key: sourceKey(c), Draining: e.draining,
-			Metrics: e.HTTPMetrics, Log: e.Log,
+			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name,
 			Dial: func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
 				return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
 			},

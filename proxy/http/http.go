@@ -42,6 +42,11 @@ type Upstream struct {
 	Metrics *Metrics
 	// Log receives one line per notable event; never nil.
 	Log *slog.Logger
+	// AccessLog receives one line per finished request (errors, and a
+	// sample of the rest); nil logs nothing.
+	AccessLog *AccessLog
+	// Pod names the client workload in access log lines.
+	Pod string
 }
 
 // Decision is where one request goes.

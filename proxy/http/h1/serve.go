@@ -117,6 +117,17 @@ type server struct {
 	grace       *time.Timer
 
 	abortFn func()
+
+	// What the access log needs of the current request.
+	al accessState
+}
+
+// accessState is the current request's access log state.
+type accessState struct {
+	head    bool // s.req holds the request's head
+	action  *route.Action
+	addr    netip.AddrPort // the endpoint of the last attempt
+	retries int
 }
 
 type bodyResult struct {
@@ -210,6 +221,7 @@ func (s *server) draining() bool {
 
 // serveOne serves one request; false ends the connection.
 func (s *server) serveOne() bool {
+	s.al = accessState{}
 	if err := s.readHead(); err != nil {
 		if isParseError(err) {
 			s.refuse(err, time.Now())
@@ -219,6 +231,7 @@ func (s *server) serveOne() bool {
 	}
 	start := time.Now()
 	d := s.up.Resolve(&s.req)
+	s.al.head, s.al.action = true, d.Action
 	var keep bool
 	if d.Status != 0 {
 		keep = s.answerLocally(d, start)
@@ -360,6 +373,9 @@ func (s *server) refuse(err error, start time.Time) {
 func (s *server) reply(status int, reason, location string, close bool, start time.Time) {
 	s.up.Metrics.Local(status, reason)
 	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	if s.up.AccessLog != nil {
+		s.access(status, start, true, reason)
+	}
 	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
 	s.down.Write(s.wb)
 }
@@ -490,6 +506,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			}
 		}
 		s.up.Metrics.Retry(l7.ProtoHTTP1)
+		s.al.retries++
 		lease = next
 		return true
 	}
@@ -500,6 +517,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		if lease != nil {
 			addr = lease.Endpoint()
 		}
+		s.al.addr = addr
 		uc = nil
 		if !fresh {
 			uc = s.pool.get(addr, !replayable)
@@ -555,6 +573,9 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		case rtClient:
 			lease.Done(nil)
 			s.up.Metrics.Request(l7.ProtoHTTP1, 0, time.Since(start).Seconds())
+			if s.up.AccessLog != nil {
+				s.access(0, start, false, "")
+			}
 			return false
 		case rtClientBad:
 			lease.Done(nil)
@@ -821,6 +842,9 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		s.wb = appendResponseHead(s.wb[:0], rs, mod, conn, true)
 		_, err := s.down.Write(s.wb)
 		s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+		if s.up.AccessLog != nil {
+			s.access(status, start, false, "")
+		}
 		if err == nil {
 			s.tunneled = true
 			s.tunnel(uc)
@@ -910,6 +934,12 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		s.releaseUp(uc, lease, done && bodyOK, status, upErr)
 	}
 	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	if s.up.AccessLog != nil {
+		if !downOK || !done {
+			status = 0 // the answer did not reach the client whole
+		}
+		s.access(status, start, false, "")
+	}
 	return keepDown && done && downOK
 }
 
@@ -1064,4 +1094,33 @@ func (s *server) stopBody() bodyResult {
 		r.err = errTruncatedBody
 	}
 	return r
+}
+
+// access logs the current request if the access log wants it. Sampling
+// is decided before anything of the line is gathered.
+func (s *server) access(status int, start time.Time, local bool, reason string) {
+	al := s.up.AccessLog
+	if !al.Want(l7.Failed(status, -1, local)) {
+		return
+	}
+	e := l7.Entry{
+		Time: start, Pod: s.up.Pod, Protocol: l7.ProtoHTTP1, Status: status, GRPC: -1,
+		Upstream: s.al.addr, Local: local, Reason: reason, BytesIn: -1, BytesOut: -1,
+		Duration: time.Since(start), Retries: s.al.retries, Route: l7.RouteName(s.al.action),
+	}
+	if q := &s.req; s.al.head {
+		e.Method, e.Authority, e.Path = string(q.Method()), string(q.Host()), string(q.Path())
+		if q.contentLength >= 0 && !q.chunked {
+			e.BytesIn = q.contentLength
+		} else if !q.chunked {
+			e.BytesIn = 0
+		}
+		if !local && status != 0 && s.resp.contentLength >= 0 {
+			e.BytesOut = s.resp.contentLength
+		}
+		if tp, ok := q.Header("traceparent"); ok {
+			e.TraceID = l7.TraceID(tp)
+		}
+	}
+	al.Write(&e)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -28,6 +29,14 @@ type exchange struct {
 	proto       int  // l7.ProtoHTTP2 or l7.ProtoGRPC
 	grpc        bool // content-type application/grpc*: local errors are gRPC statuses
 	path, query string
+
+	// For the access log.
+	action   *route.Action
+	a        *attempt // nil until forwarded
+	grpcCode int      // -1: none
+	isLocal  bool
+	reason   string // a local reply's
+	resLen   int64  // the response's declared length; -1: unknown
 }
 
 // forward sends the request to d's cluster (or, with none, to the
@@ -38,6 +47,7 @@ type exchange struct {
 func (ex *exchange) forward(d l7.Decision) {
 	r := ex.r
 	a := &attempt{up: ex.h.up, c: d.Cluster, pool: ex.h.pool, proto: ex.proto}
+	ex.a = a
 	var policy *route.RetryPolicy
 	var tryTimeout time.Duration
 	var deadline time.Time
@@ -128,6 +138,7 @@ func (ex *exchange) forward(d l7.Decision) {
 					res.Body.Close()
 				}
 				retries++
+				a.retries++
 				ex.h.up.Metrics.Retry(ex.proto)
 				a.lease, a.ready = next, true
 				if !ex.backoff(ctx, policy.Backoff) {
@@ -200,6 +211,7 @@ func (ex *exchange) forward(d l7.Decision) {
 			}
 		}
 		a.lease.Done(l7.Verdict(res.StatusCode, code, nil))
+		ex.grpcCode, ex.resLen = code, res.ContentLength
 		ex.count(res.StatusCode)
 	case upErr == errClientGone || r.Context().Err() != nil:
 		a.lease.Done(nil)
@@ -207,6 +219,9 @@ func (ex *exchange) forward(d l7.Decision) {
 	case expired():
 		// The request's deadline passed mid-answer.
 		a.lease.Done(nil)
+		if ex.grpc {
+			ex.grpcCode = grpcDeadlineExceeded
+		}
 		ex.count(http.StatusGatewayTimeout)
 		if ex.grpc {
 			hdr[http.TrailerPrefix+"Grpc-Status"] = []string{strconv.Itoa(grpcDeadlineExceeded)}
@@ -218,6 +233,9 @@ func (ex *exchange) forward(d l7.Decision) {
 		// The upstream broke the stream mid-answer.
 		a.lease.Done(upErr)
 		ex.h.up.Log.Debug("h2: upstream answer broke", "path", ex.path, "err", upErr)
+		if ex.grpc {
+			ex.grpcCode = grpcUnavailable
+		}
 		ex.count(http.StatusBadGateway)
 		if ex.grpc {
 			// A gRPC client understands a status in the trailers better
@@ -395,6 +413,35 @@ func (ex *exchange) outbound(ctx context.Context, act *route.Action, a *attempt)
 // count records the request; status 0 means no answer reached the client.
 func (ex *exchange) count(status int) {
 	ex.h.up.Metrics.Request(ex.proto, status, time.Since(ex.start).Seconds())
+	if ex.h.up.AccessLog != nil {
+		ex.access(status)
+	}
+}
+
+// access logs the request if the access log wants it. Sampling is
+// decided before anything of the line is gathered.
+func (ex *exchange) access(status int) {
+	al := ex.h.up.AccessLog
+	if !al.Want(l7.Failed(status, ex.grpcCode, ex.isLocal)) {
+		return
+	}
+	r := ex.r
+	e := l7.Entry{
+		Time: ex.start, Pod: ex.h.up.Pod, Protocol: ex.proto, Method: r.Method,
+		Authority: r.Host, Path: ex.path, Status: status, GRPC: ex.grpcCode,
+		Local: ex.isLocal, Reason: ex.reason, BytesIn: r.ContentLength, BytesOut: -1,
+		Duration: time.Since(ex.start), Route: l7.RouteName(ex.action),
+	}
+	if a := ex.a; a != nil {
+		e.Upstream, e.Retries = a.addr, a.retries
+	}
+	if !ex.isLocal && status != 0 {
+		e.BytesOut = ex.resLen
+	}
+	if tp := r.Header["Traceparent"]; len(tp) > 0 {
+		e.TraceID = l7.TraceID([]byte(tp[0]))
+	}
+	al.Write(&e)
 }
 
 // gRPC status codes of local replies.
@@ -426,6 +473,10 @@ func grpcCode(status int) int {
 // status (for gRPC, the status the gRPC code stands for).
 func (ex *exchange) local(status int, reason, location string) {
 	ex.h.up.Metrics.Local(status, reason)
+	ex.isLocal, ex.reason = true, reason
+	if ex.grpc && location == "" {
+		ex.grpcCode = grpcCode(status)
+	}
 	ex.count(status)
 	hdr := ex.w.Header()
 	if ex.grpc && location == "" {
@@ -456,6 +507,12 @@ type attempt struct {
 	lease *cluster.Lease // the current attempt's; nil before the first pick or after a failed one
 	ready bool           // lease is picked for the next attempt (a status retry)
 	proto int            // counts retries
+
+	// For the access log: the endpoint of the latest attempt and the
+	// requests sent again. Written by the transport's dial, read once the
+	// round trip is over.
+	addr    netip.AddrPort
+	retries int
 }
 
 type attemptKey struct{}
@@ -468,6 +525,7 @@ type attemptKey struct{}
 func (a *attempt) next(ctx context.Context, p *Pool) (*http2.ClientConn, error) {
 	if a.c == nil {
 		dst := a.up.Dst
+		a.addr = dst
 		return p.conn(ctx, dst, func(ctx context.Context) (*net.TCPConn, error) {
 			ctx, cancel := context.WithTimeout(ctx, p.opt.ConnectTimeout)
 			defer cancel()
@@ -496,9 +554,11 @@ func (a *attempt) next(ctx context.Context, p *Pool) (*http2.ClientConn, error) 
 			}
 			if retry {
 				a.up.Metrics.Retry(a.proto)
+				a.retries++
 			}
 			a.lease = l
 		}
+		a.addr = l.Endpoint()
 		cc, err := p.conn(ctx, l.Endpoint(), func(ctx context.Context) (*net.TCPConn, error) {
 			c, err := l.Dial(ctx, a.up.Dial)
 			if err != nil {

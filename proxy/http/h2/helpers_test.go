@@ -35,7 +35,9 @@ type testProxy struct {
 	draining chan struct{}
 	accepted atomic.Int32
 	served   atomic.Int32 // connections whose Serve returned
-	wg       sync.WaitGroup
+	// accessLog, when set, goes to the connections accepted after.
+	accessLog atomic.Pointer[l7.AccessLog]
+	wg        sync.WaitGroup
 }
 
 func tcpDial(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
@@ -91,7 +93,8 @@ func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.
 			up := &l7.Upstream{
 				Route: rt, Dst: dst, Dial: tcpDial, Key: 1,
 				Draining: p.draining, Metrics: p.metrics,
-				Log: slog.New(slog.DiscardHandler),
+				Log:       slog.New(slog.DiscardHandler),
+				AccessLog: p.accessLog.Load(), Pod: "client-1",
 			}
 			p.wg.Add(1)
 			go func() {

@@ -150,7 +150,7 @@ func (h *handler) wait() {
 // serve handles one request: route, answer locally or forward, count.
 func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	ex := exchange{h: h, w: w, r: r, start: start, proto: l7.ProtoHTTP2}
+	ex := exchange{h: h, w: w, r: r, start: start, proto: l7.ProtoHTTP2, grpcCode: -1, resLen: -1}
 	if isGRPC(r.Header["Content-Type"]) {
 		ex.grpc, ex.proto = true, l7.ProtoGRPC
 	}
@@ -162,6 +162,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.path, ex.query = splitPathQuery(r.RequestURI)
 	d := h.up.Resolve(&requestView{r: r, path: ex.path, query: ex.query})
+	ex.action = d.Action
 	switch {
 	case d.Status == http.StatusMovedPermanently || d.Status == http.StatusFound:
 		rd := d.Action.Redirect
