@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weir-mesh/weir/proxy/cluster"
 	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/http/h1"
 	"github.com/weir-mesh/weir/proxy/http/h2"
@@ -117,9 +118,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		up := &l7.Upstream{
 			Route: r, Dst: dst, Key: sourceKey(c), Draining: e.draining,
 			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name,
-			Dial: func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
-				return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
-			},
+			Dial: e.podDialer(w),
 		}
 		p := w.pools.get()
 		if res.Protocol == sniff.HTTP1 {
@@ -134,9 +133,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		}
 		rpc.Serve(e.ctx, sc, &rpc.Upstream{
 			Cluster: r.Cluster, Key: sourceKey(c), Draining: e.draining, Log: e.Log,
-			Dial: func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
-				return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
-			},
+			Dial: e.podDialer(w),
 		}, w.pools.get().redis)
 		return true
 	case sniff.TLS:
@@ -151,6 +148,14 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 	}
 	e.relayL4(sc.TCP(), sc.Buffered(), l, w, dst, r)
 	return true
+}
+
+// podDialer makes L7 upstream connections from w's network namespace with
+// the bypass mark, so servers see the pod's own address.
+func (e *Engine) podDialer(w *Workload) cluster.Dialer {
+	return func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {
+		return w.Netns.Dial(ctx, addr, netip.Addr{}, e.upstreamOptions())
+	}
 }
 
 // upstreamOptions are the socket options of every outbound upstream socket.
