@@ -125,6 +125,9 @@ func newL7Mesh(t *testing.T, mode string) *l7Mesh {
 	m.cfg = map[string]any{
 		"capture":  map[string]any{"namespaces": []string{"demo"}},
 		"services": services,
+		// Every request logged (the unit tests cover sampling): the
+		// access-log subtest looks for one line.
+		"accessLog": map[string]any{"enabled": true, "sampleRate": 1},
 	}
 	m.agent = m.node.StartAgent(t, m.cfg)
 	m.client = m.node.MustAddPod(t, "demo", "client")
@@ -392,6 +395,37 @@ func TestL7(t *testing.T) {
 			}
 			if len(servers) != 2 {
 				t.Fatalf("6 bidi calls on one connection went to %v; want both endpoints", servers)
+			}
+		})
+		t.Run("access-log", func(t *testing.T) {
+			// One request with a trace id and a query that must not be
+			// logged.
+			const trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+			out, err := m.client.Curl(t, "http://"+vipRoutes+"/nowhere?secret=1", "-o", "/dev/null", "-w", "%{http_code}",
+				"-H", "Host: a.test.invalid", "-H", "traceparent: 00-"+trace+"-00f067aa0ba902b7-01")
+			if err != nil || out != "200" {
+				t.Fatalf("curl: %v %q", err, out)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				for _, line := range strings.Split(m.agent.Log(), "\n") {
+					if !strings.Contains(line, `"msg":"access"`) || !strings.Contains(line, trace) {
+						continue
+					}
+					for _, want := range []string{`"pod":"demo/client"`, `"protocol":"http1"`, `"method":"GET"`, `"authority":"a.test.invalid"`, `"path":"/nowhere"`} {
+						if !strings.Contains(line, want) {
+							t.Fatalf("access log line lacks %s: %s", want, line)
+						}
+					}
+					if strings.Contains(line, "secret") {
+						t.Fatalf("access log line holds the query: %s", line)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no access log line with trace id %s in the agent's log", trace)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
 		})
 		t.Run("websocket-echo", func(t *testing.T) {
