@@ -375,8 +375,11 @@ var isToken, isFieldByte, isTargetByte, isHostByte = func() (tok, fld, tgt, hst 
 			tok[c] = true
 		}
 		fld[c] = c == '\t' || (c >= 0x20 && c != 0x7f)
-		// Target: visible ASCII, and obs-text passed through as received.
-		tgt[c] = c > 0x20 && c != 0x7f
+		// Target: visible ASCII, and obs-text passed through as received;
+		// never '#': no request-target form holds a fragment (RFC 9112
+		// §3.2), and one after an absolute form's authority would go
+		// upstream as a target that is no path (found by FuzzRequestHead).
+		tgt[c] = c > 0x20 && c != 0x7f && c != '#'
 		// Host: reg-name, IP-literal and port characters (RFC 3986 §3.2.2).
 		if c < 128 && bytes.IndexByte([]byte("-._~!$&'()*+,;=:[]%"), byte(c)) >= 0 {
 			hst[c] = true

@@ -22,6 +22,8 @@ func TestRefusesAmbiguousRequests(t *testing.T) {
 		status    int
 	}{
 		{"CL and TE", h + "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+		{"fragment in the target", "GET /a#frag HTTP/1.1\r\nHost: svc.test\r\n\r\n", 400},
+		{"fragment after an absolute form's authority", "GET http://svc.test#x HTTP/1.1\r\nHost: svc.test\r\n\r\n", 400},
 		{"TE and CL", h + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400},
 		{"duplicate CL, same value", h + "Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400},
 		{"conflicting CL", h + "Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400},
