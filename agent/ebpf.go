@@ -125,21 +125,7 @@ func (a *Agent) openEBPFListeners(ns *netns.Handle, spec redirect.Spec, ips []ne
 	if objs == nil {
 		return nil, 0, errors.New("eBPF capture is not loaded")
 	}
-	type want struct {
-		addr netip.AddrPort
-		dir  proxy.Direction
-	}
-	var wants []want
-	if spec.IPv4 {
-		wants = append(wants,
-			want{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), spec.OutboundPort), proxy.Outbound},
-			want{netip.AddrPortFrom(netip.IPv4Unspecified(), spec.InboundPort), proxy.Inbound})
-	}
-	if spec.IPv6 {
-		wants = append(wants,
-			want{netip.AddrPortFrom(netip.IPv6Loopback(), spec.OutboundPort), proxy.Outbound},
-			want{netip.AddrPortFrom(netip.IPv6Unspecified(), spec.InboundPort), proxy.Inbound})
-	}
+	wants := captureAddrs(spec)
 	var out []proxy.Listener
 	var cookie uint64
 	m := &podMap{objs: objs}

@@ -160,21 +160,7 @@ func equalSpec(a, b redirect.Spec) bool {
 // IP_TRANSPARENT, without which TPROXY drops the packets. All carry
 // SO_REUSEPORT so a successor agent can join them.
 func openListeners(ns *netns.Handle, spec redirect.Spec) ([]proxy.Listener, error) {
-	type want struct {
-		addr netip.AddrPort
-		dir  proxy.Direction
-	}
-	var wants []want
-	if spec.IPv4 {
-		wants = append(wants,
-			want{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), spec.OutboundPort), proxy.Outbound},
-			want{netip.AddrPortFrom(netip.IPv4Unspecified(), spec.InboundPort), proxy.Inbound})
-	}
-	if spec.IPv6 {
-		wants = append(wants,
-			want{netip.AddrPortFrom(netip.IPv6Loopback(), spec.OutboundPort), proxy.Outbound},
-			want{netip.AddrPortFrom(netip.IPv6Unspecified(), spec.InboundPort), proxy.Inbound})
-	}
+	wants := captureAddrs(spec)
 	transparent := spec.Mode == redirect.ModeTPROXY
 	var out []proxy.Listener
 	for _, w := range wants {
@@ -194,4 +180,28 @@ func closeListeners(ls []proxy.Listener) {
 			_ = err // a listener that cannot close is already gone
 		}
 	}
+}
+
+// listenAddr is one capture listener's address and direction.
+type listenAddr struct {
+	addr netip.AddrPort
+	dir  proxy.Direction
+}
+
+// captureAddrs are the listeners every capture mode opens for spec:
+// outbound on loopback (where REDIRECT, TPROXY and the eBPF connect
+// rewrite deliver), inbound on the wildcard, per family.
+func captureAddrs(spec redirect.Spec) []listenAddr {
+	var out []listenAddr
+	if spec.IPv4 {
+		out = append(out,
+			listenAddr{netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), spec.OutboundPort), proxy.Outbound},
+			listenAddr{netip.AddrPortFrom(netip.IPv4Unspecified(), spec.InboundPort), proxy.Inbound})
+	}
+	if spec.IPv6 {
+		out = append(out,
+			listenAddr{netip.AddrPortFrom(netip.IPv6Loopback(), spec.OutboundPort), proxy.Outbound},
+			listenAddr{netip.AddrPortFrom(netip.IPv6Unspecified(), spec.InboundPort), proxy.Inbound})
+	}
+	return out
 }

@@ -188,7 +188,7 @@ func TestPortProtocol(t *testing.T) {
 		{corev1.ServicePort{Name: "tcp-x", AppProtocol: ap("kubernetes.io/h2c")}, route.HTTP2},
 		{corev1.ServicePort{AppProtocol: ap("GRPC")}, route.GRPC},
 		{corev1.ServicePort{AppProtocol: ap("tls")}, route.TLS},
-		{corev1.ServicePort{Name: "http", AppProtocol: ap("example.com/custom")}, route.Auto},
+		{corev1.ServicePort{Name: "http", AppProtocol: ap("weir.invalid/custom")}, route.Auto},
 		{corev1.ServicePort{Name: "http-api"}, route.HTTP},
 		{corev1.ServicePort{Name: "grpc-backend"}, route.GRPC},
 		{corev1.ServicePort{Name: "tcp-db"}, route.TCP},

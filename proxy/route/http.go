@@ -58,8 +58,8 @@ type HTTPRoute struct {
 	// Name identifies the route in errors and metrics.
 	Name string `json:"name,omitempty"`
 	// Hostnames restrict the route to requests whose host (authority,
-	// without port) is one of these; "*.example.com" matches any single
-	// or multi-label prefix of example.com. Empty matches every host.
+	// without port) is one of these; "*.shop.test" matches any single
+	// or multi-label prefix of shop.test. Empty matches every host.
 	Hostnames []string `json:"hostnames,omitempty"`
 	// Rules are tried in Gateway API precedence order (see Match).
 	Rules []HTTPRouteRule `json:"rules,omitempty"`
