@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -82,9 +83,21 @@ func newNS(t testing.TB) ns.NetNS {
 	}
 	t.Cleanup(func() {
 		n.Close()
-		if err := testutils.UnmountNS(n); err != nil {
-			t.Errorf("unmount netns %s: %v", n.Path(), err)
+		// A mount namespace another test's `ip netns exec` made at that
+		// moment may hold a copy of the bind mount (EBUSY): retry, then
+		// detach lazily; the namespace goes when the last holder does.
+		var err error
+		for range 5 {
+			if err = testutils.UnmountNS(n); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
+		if derr := unix.Unmount(n.Path(), unix.MNT_DETACH); derr != nil {
+			t.Errorf("unmount netns %s: %v; lazily: %v", n.Path(), err, derr)
+			return
+		}
+		os.Remove(n.Path())
 	})
 	h := nsHandle(t, n)
 	lo, err := h.LinkByName("lo")
