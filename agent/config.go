@@ -96,6 +96,11 @@ type Kubernetes struct {
 	// Namespace is the agent's own namespace, never captured; empty means
 	// the POD_NAMESPACE environment variable, else weir-system.
 	Namespace string `json:"namespace"`
+	// GatewayAPI routes HTTP and gRPC by the Gateway API HTTPRoutes and
+	// GRPCRoutes whose parentRef is a Service (GAMMA), once their CRDs
+	// are installed, and writes their status (one agent at a time, by
+	// lease). Default true; false ignores those objects.
+	GatewayAPI bool `json:"gatewayAPI"`
 }
 
 // Capture is the static enrolment policy and the interception settings.
@@ -279,6 +284,7 @@ func DefaultConfig() Config {
 		NetnsDirs:           []string{"/run/netns", "/var/run/netns"},
 		UnknownDestinations: "passthrough",
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
+		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,

@@ -7,6 +7,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/weir-mesh/weir/agent/kube"
 	"github.com/weir-mesh/weir/proxy/route"
@@ -31,7 +32,13 @@ func newKubeSource(cfg Config, log *slog.Logger) (*kube.Source, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return kube.New(kube.Options{Client: client, NodeName: cfg.Kubernetes.NodeName, AgentNamespace: cfg.Kubernetes.Namespace, Log: log})
+	o := kube.Options{Client: client, NodeName: cfg.Kubernetes.NodeName, AgentNamespace: cfg.Kubernetes.Namespace, Log: log}
+	if cfg.Kubernetes.GatewayAPI {
+		if o.Gateway, err = gwclient.NewForConfig(rc); err != nil {
+			return nil, fmt.Errorf("gateway API client: %w", err)
+		}
+	}
+	return kube.New(o)
 }
 
 // syncKube swaps in routes derived from the cluster's Services and

@@ -372,12 +372,16 @@ func checkContract(t *testing.T, objs []object) {
 		}
 	}
 	want := map[string][]string{
-		"/namespaces":                     {"get", "list", "watch"},
-		"/pods":                           {"get", "list", "watch", "patch"},
-		"/services":                       {"list", "watch"},
-		"discovery.k8s.io/endpointslices": {"list", "watch"},
-		"/events":                         {"create", "patch"},
-		"/nodes":                          {"get", "patch"},
+		"/namespaces":                          {"get", "list", "watch"},
+		"/pods":                                {"get", "list", "watch", "patch"},
+		"/services":                            {"list", "watch"},
+		"discovery.k8s.io/endpointslices":      {"list", "watch"},
+		"/events":                              {"create", "patch"},
+		"/nodes":                               {"get", "patch"},
+		"gateway.networking.k8s.io/httproutes": {"list", "watch"},
+		"gateway.networking.k8s.io/grpcroutes": {"list", "watch"},
+		"gateway.networking.k8s.io/httproutes/status": {"update"},
+		"gateway.networking.k8s.io/grpcroutes/status": {"update"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("ClusterRole grants %v, want exactly %v", got, want)
@@ -386,6 +390,21 @@ func checkContract(t *testing.T, objs []object) {
 	if binding.RoleRef.Name != role.Name || len(binding.Subjects) != 1 || binding.Subjects[0].Name != pod.ServiceAccountName ||
 		binding.Subjects[0].Namespace != ds.Namespace {
 		t.Errorf("binding %+v does not bind the role to the DaemonSet's ServiceAccount %s/%s", binding, ds.Namespace, pod.ServiceAccountName)
+	}
+
+	// The route status lease: a Role in the agent's namespace, nothing more.
+	lease := find[*rbacv1.Role](t, objs, "Role", "weir-agent")
+	wantLease := []rbacv1.PolicyRule{
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"create"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, ResourceNames: []string{"weir-route-status"}, Verbs: []string{"get", "update"}},
+	}
+	if lease.Namespace != ds.Namespace || !reflect.DeepEqual(lease.Rules, wantLease) {
+		t.Errorf("Role %s/%s grants %+v, want exactly %+v in %s", lease.Namespace, lease.Name, lease.Rules, wantLease, ds.Namespace)
+	}
+	rb := find[*rbacv1.RoleBinding](t, objs, "RoleBinding", "weir-agent")
+	if rb.Namespace != ds.Namespace || rb.RoleRef.Kind != "Role" || rb.RoleRef.Name != lease.Name || len(rb.Subjects) != 1 ||
+		rb.Subjects[0].Name != pod.ServiceAccountName || rb.Subjects[0].Namespace != ds.Namespace {
+		t.Errorf("role binding %+v does not bind the lease Role to the DaemonSet's ServiceAccount", rb)
 	}
 }
 
@@ -414,7 +433,8 @@ func TestPlainManifests(t *testing.T) {
 		keys = append(keys, o.key)
 	}
 	want := "Namespace//weir-system ServiceAccount/weir-system/weir-agent ClusterRole//weir-agent " +
-		"ClusterRoleBinding//weir-agent ConfigMap/weir-system/weir-agent-config DaemonSet/weir-system/weir-agent"
+		"ClusterRoleBinding//weir-agent Role/weir-system/weir-agent RoleBinding/weir-system/weir-agent " +
+		"ConfigMap/weir-system/weir-agent-config DaemonSet/weir-system/weir-agent"
 	if got := strings.Join(keys, " "); got != want {
 		t.Errorf("objects\n%s\nwant\n%s", got, want)
 	}

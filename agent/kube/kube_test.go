@@ -80,6 +80,20 @@ func agentClient(t *testing.T, w *kubeworld.World, namespace string) kubernetes.
 		_ = w.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
 		_ = w.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
 	})
+	// The route status lease: a Role in the agent's namespace, as in
+	// manifests/weir.yaml.
+	lease := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "weir-agent", Namespace: namespace}, Rules: LeaseRules()}
+	if _, err := w.Client.RbacV1().Roles(namespace).Create(ctx, lease, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create role %s/weir-agent: %v", namespace, err)
+	}
+	leaseBinding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "weir-agent", Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "weir-agent"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: "weir-agent"}},
+	}
+	if _, err := w.Client.RbacV1().RoleBindings(namespace).Create(ctx, leaseBinding, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create role binding %s/weir-agent: %v", namespace, err)
+	}
 	client, _ := w.ServiceAccountClient(t, namespace, "weir-agent")
 	eventually(t, "RBAC to admit the agent's service account", func() error {
 		_, err := client.CoreV1().Nodes().Get(ctx, "does-not-exist", metav1.GetOptions{})

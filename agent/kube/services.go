@@ -39,7 +39,10 @@ const LabelZone = "zone"
 //     endpoints, so its addresses are refused rather than passed through;
 //   - the cluster config is the default unless the Service carries
 //     weir.dev/cluster (a JSON cluster.Config) or weir.dev/balancer; invalid
-//     ones leave the default and record a Warning Event on the Service.
+//     ones leave the default and record a Warning Event on the Service;
+//   - with Options.Gateway, each port carries the HTTPRoutes and GRPCRoutes
+//     attached to it (gateway.go), already checked: a route the engine
+//     would refuse is refused alone, in its status, never in route.Build.
 //
 // The result is cached between changes and shared: do not modify it.
 func (s *Source) Services() []route.Service {
@@ -77,6 +80,7 @@ func (s *Source) Services() []route.Service {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	s.svcMemo = memo
+	out = s.withRoutes(out)
 	s.svcCache = out
 	return out
 }

@@ -1,7 +1,8 @@
 // Package kube is the agent's view of Kubernetes: which pods on its node are
 // captured (namespace label, pod opt-out label, weir.dev/* annotations), the
-// Services and EndpointSlices it balances, and the two things it writes back
-// (enrolment annotations on pods, the not-ready taint on its node).
+// Services and EndpointSlices it balances, the Gateway API routes attached
+// to those Services (gateway.go), and what it writes back (enrolment
+// annotations on pods, the not-ready taint on its node, route status).
 //
 // A Source watches the API through client-go informers: namespaces, the
 // pods bound to its own node (a field selector, so a node's agent never
@@ -52,6 +53,7 @@ import (
 	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/weir-mesh/weir/proxy/route"
 )
@@ -117,6 +119,13 @@ type Options struct {
 	// and Changed fire after each replay, so the caller reconciles
 	// periodically; 0 means never (the watches are enough).
 	ResyncPeriod time.Duration
+	// Gateway reaches the Gateway API (gateway.networking.k8s.io); nil
+	// turns routes from HTTPRoute and GRPCRoute off. When set,
+	// AgentNamespace is required: it holds the status lease.
+	Gateway gwclient.Interface
+	// GatewayRecheck is how often discovery is asked again for Gateway
+	// API CRDs that were not installed; 0 means DefaultGatewayRecheck.
+	GatewayRecheck time.Duration
 }
 
 // Source is the agent's Kubernetes view. Create it with New, start it with
@@ -148,8 +157,11 @@ type Source struct {
 	repMu    sync.Mutex
 	reported map[types.UID]string
 
-	// Services() result, rebuilt only after a Service or EndpointSlice
-	// changed.
+	// gw is the Gateway API half; nil when Options.Gateway is nil.
+	gw *gateway
+
+	// Services() result, rebuilt only after a Service, EndpointSlice or
+	// Gateway API route changed.
 	svcDirty atomic.Bool
 	svcMu    sync.Mutex
 	svcCache []route.Service
@@ -174,6 +186,15 @@ func New(o Options) (*Source, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+	if o.GatewayRecheck < 0 {
+		return nil, fmt.Errorf("kube source: GatewayRecheck must not be negative, got %v", o.GatewayRecheck)
+	}
+	if o.GatewayRecheck == 0 {
+		o.GatewayRecheck = DefaultGatewayRecheck
+	}
+	if o.Gateway != nil && o.AgentNamespace == "" {
+		return nil, errors.New("kube source: AgentNamespace is required with Gateway (it holds the route status lease)")
+	}
 	s := &Source{
 		client:   o.Client,
 		node:     o.NodeName,
@@ -184,6 +205,9 @@ func New(o Options) (*Source, error) {
 		reported: map[types.UID]string{},
 	}
 	s.svcDirty.Store(true)
+	if o.Gateway != nil {
+		s.gw = newGateway(o.Gateway, o.GatewayRecheck, o.Log)
+	}
 
 	s.podFactory = informers.NewSharedInformerFactoryWithOptions(o.Client, o.ResyncPeriod,
 		informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
@@ -273,6 +297,10 @@ func (s *Source) Run(ctx context.Context) error {
 			}
 		}
 	}
+	if s.gw != nil {
+		s.startGateway(ctx)
+		go s.runStatusWriter(ctx)
+	}
 	s.log.Info("kubernetes caches synced", "node", s.node, "took", time.Since(began).Round(time.Millisecond))
 	go func() {
 		<-ctx.Done()
@@ -290,6 +318,9 @@ func (s *Source) Changed() <-chan struct{} { return s.changed }
 func (s *Source) notify(services bool) {
 	if services {
 		s.svcDirty.Store(true)
+		if s.gw != nil {
+			s.gw.wake() // a Service change can change a route's status
+		}
 	}
 	select {
 	case s.changed <- struct{}{}:

@@ -225,6 +225,13 @@ type BackendRef struct {
 	// Weight is the share relative to the rule's other backends; nil
 	// means 1, 0 means none.
 	Weight *uint32 `json:"weight,omitempty"`
+	// Unresolved, when set, says why a source could not resolve this
+	// backend (a Service that does not exist, a reference it may not
+	// follow). Service is then not looked up, and the backend's share of
+	// the rule's requests is answered 500, as Gateway API requires of an
+	// invalid backendRef: one bad reference must not fail the snapshot
+	// nor silently move its traffic to the other backends.
+	Unresolved string `json:"unresolved,omitempty"`
 }
 
 // RequestView is what matching reads of a request. Implementations read
@@ -369,7 +376,8 @@ type weightedCluster struct {
 }
 
 // Backend picks the cluster for one request by weight; nil when the rule
-// has no backend with weight (answer 500), or when it redirects.
+// has no backend with weight or the pick fell on an unresolved backend
+// (answer 500), or when it redirects.
 func (a *Action) Backend() *cluster.Cluster {
 	switch {
 	case a.total == 0:
@@ -627,10 +635,12 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 				bad("%s has both a requestRedirect filter and backendRefs", rw)
 			}
 			for bi, b := range rule.Backends {
-				c := clusterOf(b.Service)
-				if c == nil {
-					bad("%s.backendRefs[%d].service %q is not a service", rw, bi, b.Service)
-					continue
+				var c *cluster.Cluster
+				if b.Unresolved == "" {
+					if c = clusterOf(b.Service); c == nil {
+						bad("%s.backendRefs[%d].service %q is not a service", rw, bi, b.Service)
+						continue
+					}
 				}
 				w := uint64(1)
 				if b.Weight != nil {
@@ -706,6 +716,16 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 	}
 	h.index(all)
 	return h, errors.Join(errs...)
+}
+
+// CheckHTTPRoutes reports every problem Build would find in routes,
+// each naming its field, without resolving backends: a source of routes
+// written by users (Gateway API objects) checks each one alone and
+// refuses the bad one, so it never fails the whole snapshot.
+func CheckHTTPRoutes(routes []HTTPRoute) error {
+	stub := &cluster.Cluster{}
+	_, err := compileHTTP(routes, func(string) *cluster.Cluster { return stub }, "")
+	return err
 }
 
 func compileKV(typ, name, value string) (compiledKV, error) {

@@ -97,6 +97,49 @@ func TestHTTPRouteWeights(t *testing.T) {
 	}
 }
 
+// An unresolved backend keeps its share, answered 500 (Backend nil); the
+// rest still reach their cluster; a rule of only unresolved backends
+// answers 500 every time.
+func TestHTTPRouteUnresolvedBackendShare(t *testing.T) {
+	snap, err := Build(l7Config([]HTTPRoute{{Rules: []HTTPRouteRule{
+		{Matches: []HTTPRouteMatch{{Path: &PathMatch{Value: "/half"}}}, Backends: []BackendRef{{Service: "a", Weight: w(50)}, {Service: "gone", Weight: w(50), Unresolved: "BackendNotFound"}}},
+		{Backends: []BackendRef{{Service: "gone", Unresolved: "BackendNotFound"}}},
+	}}}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := snap.Lookup(netip.MustParseAddrPort("10.96.0.1:80")).HTTP
+	half := h.Match(req{method: "GET", path: "/half"})
+	nils := 0
+	for range 10000 {
+		switch c := half.Backend(); {
+		case c == nil:
+			nils++
+		case c.Name() != "a":
+			t.Fatalf("went to %s", c.Name())
+		}
+	}
+	if nils < 4700 || nils > 5300 {
+		t.Errorf("50/50 with one unresolved backend: %d of 10000 got no backend (500), want about half", nils)
+	}
+	if c := h.Match(req{method: "GET", path: "/x"}).Backend(); c != nil {
+		t.Errorf("a rule of only unresolved backends picked %s", c.Name())
+	}
+}
+
+// CheckHTTPRoutes finds what Build would refuse, without services.
+func TestCheckHTTPRoutes(t *testing.T) {
+	ok := []HTTPRoute{{Rules: []HTTPRouteRule{{Backends: []BackendRef{{Service: "not-looked-up"}}}}}}
+	if err := CheckHTTPRoutes(ok); err != nil {
+		t.Errorf("a valid route refused: %v", err)
+	}
+	bad := []HTTPRoute{{Rules: []HTTPRouteRule{{Filters: []HTTPRouteFilter{{Type: FilterRequestHeaderModifier,
+		RequestHeaderModifier: &HeaderModifier{Set: []Header{{Name: "Host", Value: "x"}}}}}}}}}
+	if err := CheckHTTPRoutes(bad); err == nil || !strings.Contains(err.Error(), "rules[0].filters[0].requestHeaderModifier") {
+		t.Errorf("a Host header modifier: %v", err)
+	}
+}
+
 func TestHTTPRouteErrorsNameFields(t *testing.T) {
 	_, err := Build(l7Config([]HTTPRoute{{Hostnames: []string{"a*.b"}, Rules: []HTTPRouteRule{
 		{Matches: []HTTPRouteMatch{{Path: &PathMatch{Type: PathRegex, Value: "("}}}, Backends: []BackendRef{{Service: "nope"}}},
