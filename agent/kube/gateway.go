@@ -2,8 +2,8 @@ package kube
 
 // Gateway API routes from the cluster (the GAMMA pattern): HTTPRoutes and
 // GRPCRoutes whose parentRefs name a Service (group "", kind Service) feed
-// the HTTP routes of that Service's ports. See gatewaytranslate.go for the
-// translation and gatewaystatus.go for the status writer.
+// the HTTP routes of that Service's ports. Package gwroute translates;
+// gatewaystatus.go writes the status.
 //
 // The CRDs are optional. Without them the feature is off, said once in
 // the log; discovery is asked again every GatewayRecheck, so CRDs
@@ -14,6 +14,7 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -22,6 +23,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/tools/cache"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -29,6 +31,7 @@ import (
 	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
+	"github.com/weir-mesh/weir/agent/kube/gwroute"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 
@@ -50,7 +53,7 @@ type gateway struct {
 	http gwlisters.HTTPRouteLister
 	grpc gwlisters.GRPCRouteLister
 	// last is the newest translation, for the status writer.
-	last gwTranslation
+	last gwroute.Translation
 
 	// kick wakes the status writer (coalesced).
 	kick chan struct{}
@@ -95,6 +98,22 @@ func (g *gateway) kinds() (http, grpc bool, err error) {
 	return http, grpc, nil
 }
 
+// mayList lists one object of resource ("httproutes" or "grpcroutes") in
+// every namespace, to learn whether RBAC lets the agent watch it.
+func (g *gateway) mayList(ctx context.Context, resource string) error {
+	opts := metav1.ListOptions{Limit: 1}
+	var err error
+	if resource == "httproutes" {
+		_, err = g.client.GatewayV1().HTTPRoutes("").List(ctx, opts)
+	} else {
+		_, err = g.client.GatewayV1().GRPCRoutes("").List(ctx, opts)
+	}
+	if err != nil {
+		return fmt.Errorf("list %s.%s: %w", resource, gwv1.GroupName, err)
+	}
+	return nil
+}
+
 // startGateway watches the route kinds whose CRDs exist now and returns
 // once their caches synced (or ctx ended), then keeps looking for the
 // missing ones in the background.
@@ -111,23 +130,41 @@ func (s *Source) startGateway(ctx context.Context) {
 			}
 			return false
 		}
-		lastErr = ""
 		g.mu.Lock()
 		needHTTP, needGRPC := http && g.http == nil, grpc && g.grpc == nil
 		g.mu.Unlock()
+		// A kind the agent may not list would leave its informer logging
+		// "forbidden" forever: probe first, say once what to grant.
+		var denied []error
+		if needHTTP {
+			if err := g.mayList(ctx, "httproutes"); err != nil {
+				needHTTP, denied = false, append(denied, err)
+			}
+		}
+		if needGRPC {
+			if err := g.mayList(ctx, "grpcroutes"); err != nil {
+				needGRPC, denied = false, append(denied, err)
+			}
+		}
+		if err := errors.Join(denied...); err != nil && err.Error() != lastErr {
+			g.log.Warn("cannot watch Gateway API routes; grant the agent the rules of manifests/weir.yaml", "err", err, "recheck", g.recheck)
+			lastErr = err.Error()
+		} else if err == nil {
+			lastErr = ""
+		}
 		if needHTTP || needGRPC {
 			s.watchRoutes(ctx, needHTTP, needGRPC)
 		}
 		g.mu.Lock()
 		haveHTTP, haveGRPC := g.http != nil, g.grpc != nil
 		g.mu.Unlock()
-		if !announced && (!haveHTTP || !haveGRPC) {
+		if !announced && (!http || !grpc) {
 			announced = true
 			var missing []string
-			if !haveHTTP {
+			if !http {
 				missing = append(missing, "httproutes")
 			}
-			if !haveGRPC {
+			if !grpc {
 				missing = append(missing, "grpcroutes")
 			}
 			g.log.Info("Gateway API CRDs not installed: routes from them are off until they are",
@@ -206,18 +243,18 @@ func (s *Source) watchRoutes(ctx context.Context, http, grpc bool) {
 // routes translates every watched route from the caches, afresh: the
 // result is handed to route.Build, which keeps it, so nothing is shared
 // with an earlier translation.
-func (g *gateway) routes() []*gwRoute {
+func (g *gateway) routes() []*gwroute.Route {
 	g.mu.Lock()
 	hl, gl := g.http, g.grpc
 	g.mu.Unlock()
-	var out []*gwRoute
+	var out []*gwroute.Route
 	if hl != nil {
 		list, err := hl.List(everything)
 		if err != nil {
 			g.log.Error("list HTTPRoutes from cache", "err", err)
 		}
 		for _, r := range list {
-			out = append(out, fromHTTPRoute(r))
+			out = append(out, gwroute.FromHTTPRoute(r))
 		}
 	}
 	if gl != nil {
@@ -226,7 +263,7 @@ func (g *gateway) routes() []*gwRoute {
 			g.log.Error("list GRPCRoutes from cache", "err", err)
 		}
 		for _, r := range list {
-			out = append(out, fromGRPCRoute(r))
+			out = append(out, gwroute.FromGRPCRoute(r))
 		}
 	}
 	return out
@@ -244,17 +281,17 @@ func (s *Source) withRoutes(base []route.Service) []route.Service {
 	for _, svc := range base {
 		known[svc.Name] = svc.Protocol
 	}
-	tr := translateRoutes(routes, s.serviceOf, known)
+	tr := gwroute.Translate(routes, s.serviceOf, known)
 	g.mu.Lock()
 	g.last = tr
 	g.mu.Unlock()
 	g.wake()
-	if len(tr.attach) == 0 {
+	if len(tr.Attach) == 0 {
 		return base
 	}
 	out := slices.Clone(base)
 	for i := range out {
-		if rs, ok := tr.attach[out[i].Name]; ok {
+		if rs, ok := tr.Attach[out[i].Name]; ok {
 			out[i].HTTPRoutes = rs
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
+	"github.com/weir-mesh/weir/agent/kube/gwroute"
 	"github.com/weir-mesh/weir/integration/kubeworld"
 	"github.com/weir-mesh/weir/proxy/route"
 )
@@ -25,133 +26,6 @@ func ptr[T any](v T) *T { return &v }
 
 func backend(name string, port, weight int32) gwv1.HTTPBackendRef {
 	return gwv1.HTTPBackendRef{BackendRef: kubeworld.ServiceBackend(name, port, weight)}
-}
-
-func testService(ns, name string, ports ...corev1.ServicePort) *corev1.Service {
-	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: corev1.ServiceSpec{Ports: ports}}
-}
-
-func condition(ps parentStatus, typ gwv1.RouteConditionType) metav1.Condition {
-	for _, c := range ps.conditions {
-		if c.Type == string(typ) {
-			return c
-		}
-	}
-	return metav1.Condition{}
-}
-
-// Translation alone: matches, filters, weights and timeouts land in the
-// model; a missing backend keeps its share as Unresolved with
-// ResolvedRefs=False; refusals name what to change.
-func TestTranslateHTTPRoute(t *testing.T) {
-	svcs := map[string]*corev1.Service{
-		"ns/front": testService("ns", "front", corev1.ServicePort{Name: "http", Port: 80}, corev1.ServicePort{Name: "db", Port: 5432}),
-		"ns/v1":    testService("ns", "v1", corev1.ServicePort{Port: 8080}),
-		"ns/v2":    testService("ns", "v2", corev1.ServicePort{Port: 8080}),
-	}
-	svcOf := func(ns, name string) *corev1.Service { return svcs[ns+"/"+name] }
-	known := map[string]route.Protocol{"ns/front:80": route.HTTP, "ns/front:5432": route.TCP, "ns/v1:8080": route.Auto, "ns/v2:8080": route.Auto}
-
-	hr := &gwv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "split", Generation: 3}}
-	hr.Spec.ParentRefs = []gwv1.ParentReference{kubeworld.ServiceParent("front", 0), {Name: "some-gateway"}}
-	hr.Spec.Rules = []gwv1.HTTPRouteRule{
-		{
-			Matches: []gwv1.HTTPRouteMatch{{Headers: []gwv1.HTTPHeaderMatch{{Name: "x-user", Value: "canary"}}}},
-			Filters: []gwv1.HTTPRouteFilter{{Type: gwv1.HTTPRouteFilterRequestHeaderModifier,
-				RequestHeaderModifier: &gwv1.HTTPHeaderFilter{Set: []gwv1.HTTPHeader{{Name: "x-via", Value: "weir"}}}}},
-			BackendRefs: []gwv1.HTTPBackendRef{backend("v2", 8080, 1)},
-			Timeouts:    &gwv1.HTTPRouteTimeouts{Request: ptr(gwv1.Duration("2s"))},
-		},
-		{BackendRefs: []gwv1.HTTPBackendRef{backend("v1", 8080, 80), backend("v2", 8080, 20), backend("gone", 8080, 5)}},
-	}
-	tr := translateRoutes([]*gwRoute{fromHTTPRoute(hr)}, svcOf, known)
-
-	got := tr.attach["ns/front:80"]
-	if len(got) != 1 || len(tr.attach) != 1 {
-		t.Fatalf("attached %v, want one route on ns/front:80 only (5432 declares tcp)", tr.attach)
-	}
-	rules := got[0].Rules
-	if h := rules[0].Matches[0].Headers[0]; h.Name != "x-user" || h.Value != "canary" {
-		t.Errorf("header match %+v", h)
-	}
-	if f := rules[0].Filters[0]; f.RequestHeaderModifier == nil || f.RequestHeaderModifier.Set[0].Name != "x-via" {
-		t.Errorf("filter %+v", f)
-	}
-	if rules[0].Timeouts.Request.D() != 2*time.Second {
-		t.Errorf("timeout %v", rules[0].Timeouts.Request)
-	}
-	b := rules[1].Backends
-	if b[0].Service != "ns/v1:8080" || *b[0].Weight != 80 || b[1].Service != "ns/v2:8080" || b[2].Unresolved != string(gwv1.RouteReasonBackendNotFound) {
-		t.Errorf("backends %+v", b)
-	}
-	st := tr.status["HTTPRoute/ns/split"]
-	if len(st) != 1 {
-		t.Fatalf("status entries %+v, want one (the Gateway parent is not ours)", st)
-	}
-	if c := condition(st[0], gwv1.RouteConditionAccepted); c.Status != metav1.ConditionTrue || c.ObservedGeneration != 3 {
-		t.Errorf("Accepted %+v", c)
-	}
-	if c := condition(st[0], gwv1.RouteConditionResolvedRefs); c.Status != metav1.ConditionFalse || c.Reason != "BackendNotFound" || !strings.Contains(c.Message, "ns/gone does not exist") {
-		t.Errorf("ResolvedRefs %+v", c)
-	}
-
-	// Refusals: a mirror, a cross-namespace backend, a missing parent.
-	mirror := hr.DeepCopy()
-	mirror.Name = "mirror"
-	mirror.Spec.Rules[1].Filters = []gwv1.HTTPRouteFilter{{Type: gwv1.HTTPRouteFilterRequestMirror,
-		RequestMirror: &gwv1.HTTPRequestMirrorFilter{BackendRef: gwv1.BackendObjectReference{Name: "v2"}}}}
-	other := hr.DeepCopy()
-	other.Name = "other"
-	other.Spec.Rules[1].BackendRefs[0].Namespace = ptr(gwv1.Namespace("elsewhere"))
-	other.Spec.ParentRefs = append(other.Spec.ParentRefs, kubeworld.ServiceParent("nope", 0))
-	tr = translateRoutes([]*gwRoute{fromHTTPRoute(mirror), fromHTTPRoute(other)}, svcOf, known)
-	if c := condition(tr.status["HTTPRoute/ns/mirror"][0], gwv1.RouteConditionAccepted); c.Status != metav1.ConditionFalse || c.Reason != "UnsupportedValue" || !strings.Contains(c.Message, "RequestMirror") {
-		t.Errorf("mirror: Accepted %+v", c)
-	}
-	o := tr.status["HTTPRoute/ns/other"]
-	if c := condition(o[0], gwv1.RouteConditionResolvedRefs); c.Reason != "RefNotPermitted" {
-		t.Errorf("cross-namespace backend: ResolvedRefs %+v", c)
-	}
-	if c := condition(o[1], gwv1.RouteConditionAccepted); c.Reason != "NoMatchingParent" || !strings.Contains(c.Message, "ns/nope does not exist") {
-		t.Errorf("missing parent: Accepted %+v", c)
-	}
-	if len(tr.attach["ns/front:80"]) != 1 {
-		t.Errorf("front:80 got %d routes, want only the accepted one", len(tr.attach["ns/front:80"]))
-	}
-	// The header modifier the engine refuses is refused here, not in Build.
-	bad := hr.DeepCopy()
-	bad.Spec.Rules[0].Filters[0].RequestHeaderModifier.Set[0].Name = "Host"
-	tr = translateRoutes([]*gwRoute{fromHTTPRoute(bad)}, svcOf, known)
-	if c := condition(tr.status["HTTPRoute/ns/split"][0], gwv1.RouteConditionAccepted); c.Reason != "UnsupportedValue" || !strings.Contains(c.Message, "spec.rules[0].filters[0]") {
-		t.Errorf("Host modifier: Accepted %+v", c)
-	}
-}
-
-// A GRPCRoute's method matches become paths /service/method.
-func TestTranslateGRPCMethodMatch(t *testing.T) {
-	for _, tc := range []struct {
-		typ                gwv1.GRPCMethodMatchType
-		svc, method        string
-		wantType, wantPath string
-	}{
-		{gwv1.GRPCMethodMatchExact, "pkg.Echo", "Say", route.PathExact, "/pkg.Echo/Say"},
-		{gwv1.GRPCMethodMatchExact, "pkg.Echo", "", route.PathPrefix, "/pkg.Echo"},
-		{gwv1.GRPCMethodMatchExact, "", "Say", route.PathRegex, `/(?:[^/]+)/(?:Say)`},
-		{gwv1.GRPCMethodMatchExact, "a.B", "", route.PathPrefix, "/a.B"},
-		{gwv1.GRPCMethodMatchRegularExpression, `pkg\..*`, "S.*", route.PathRegex, `/(?:pkg\..*)/(?:S.*)`},
-	} {
-		m := gwv1.GRPCRouteMatch{Method: &gwv1.GRPCMethodMatch{Type: ptr(tc.typ)}}
-		if tc.svc != "" {
-			m.Method.Service = ptr(tc.svc)
-		}
-		if tc.method != "" {
-			m.Method.Method = ptr(tc.method)
-		}
-		got := grpcMatch(m)
-		if got.Path == nil || got.Path.Type != tc.wantType || got.Path.Value != tc.wantPath {
-			t.Errorf("%+v: path %+v, want %s %s", tc, got.Path, tc.wantType, tc.wantPath)
-		}
-	}
 }
 
 // syncBuffer is a log sink the source writes from its goroutines.
@@ -217,6 +91,31 @@ func TestGatewayRoutesAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 
+	// An agent whose RBAC lacks the Gateway API rules still starts, says
+	// once what to grant, and starts no informer that would retry
+	// "forbidden" forever.
+	rules := PolicyRules()
+	noGW, noGWCfg := agentClientWith(t, w.World, w.agentNS, "weir-agent-no-gw", rules[:len(rules)-2])
+	gwDenied, err := gwclient.NewForConfig(noGWCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var denied syncBuffer
+	s2, err := New(Options{Client: noGW, NodeName: w.node.Name, AgentNamespace: w.agentNS,
+		Log: slog.New(slog.NewTextHandler(&denied, nil)), Gateway: gwDenied, GatewayRecheck: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx2, cancel2 := context.WithTimeout(context.Background(), waitTimeout)
+	if err := s2.Run(ctx2); err != nil {
+		t.Fatalf("run a source without Gateway API RBAC: %v", err)
+	}
+	time.Sleep(2 * time.Second) // ten rechecks
+	cancel2()
+	if n := strings.Count(denied.String(), "cannot watch Gateway API routes"); n != 1 || strings.Contains(denied.String(), "watching Gateway API routes") {
+		t.Fatalf("without RBAC: %d warnings (want 1), log:\n%s", n, denied.String())
+	}
+
 	ns := w.Namespace(t, "gw", nil).Name
 	for _, name := range []string{"front", "v1", "v2"} {
 		w.Service(t, ns, name, nil, corev1.ServicePort{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP})
@@ -278,7 +177,7 @@ func TestGatewayRoutesAgainstAPIServer(t *testing.T) {
 
 	cond := func(parents []gwv1.RouteParentStatus, typ string) *metav1.Condition {
 		for _, p := range parents {
-			if p.ControllerName == ControllerName {
+			if p.ControllerName == gwroute.ControllerName {
 				return meta.FindStatusCondition(p.Conditions, typ)
 			}
 		}
@@ -312,7 +211,7 @@ func TestGatewayRoutesAgainstAPIServer(t *testing.T) {
 		return nil
 	})
 	lease, err := w.Client.CoordinationV1().Leases(w.agentNS).Get(kubeworld.Context(t), StatusLeaseName, metav1.GetOptions{})
-	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != w.node.Name {
+	if err != nil || lease.Spec.HolderIdentity == nil || !strings.HasPrefix(*lease.Spec.HolderIdentity, w.node.Name+"/") {
 		t.Fatalf("status lease %v: %+v", err, lease)
 	}
 

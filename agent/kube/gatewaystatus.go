@@ -19,17 +19,18 @@ package kube
 import (
 	"context"
 	"fmt"
-	"slices"
+	"os"
+	"strconv"
 	"time"
 
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/weir-mesh/weir/agent/kube/gwroute"
 )
 
 // StatusLeaseName is the Lease (in the agent's namespace) whose holder
@@ -50,9 +51,11 @@ var everything = labels.Everything()
 // it holds it, writes route status after every change.
 func (s *Source) runStatusWriter(ctx context.Context) {
 	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: s.agentN, Name: StatusLeaseName},
-		Client:     s.client.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: s.node},
+		LeaseMeta: metav1.ObjectMeta{Namespace: s.agentN, Name: StatusLeaseName},
+		Client:    s.client.CoordinationV1(),
+		// node/pid: during a takeover two agents of one node run side by
+		// side, and each must see the other as another holder.
+		LockConfig: resourcelock.ResourceLockConfig{Identity: s.node + "/" + strconv.Itoa(os.Getpid())},
 	}
 	for ctx.Err() == nil {
 		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
@@ -140,7 +143,7 @@ func (s *Source) writeStatus(ctx context.Context) error {
 	}
 	var errs []error
 	for _, tg := range targets {
-		parents, changed := mergeParents(tg.parents, tr.status[tg.kind+"/"+tg.namespace+"/"+tg.name])
+		parents, changed := gwroute.MergeParents(tg.parents, tr.Status[gwroute.Key(tg.kind, tg.namespace, tg.name)])
 		if !changed {
 			continue
 		}
@@ -161,56 +164,4 @@ type statusTarget struct {
 	kind, namespace, name string
 	parents               []gwv1.RouteParentStatus
 	update                func(parents []gwv1.RouteParentStatus) error
-}
-
-// mergeParents returns have with weir's entries replaced by want, and
-// whether that differs from have. A condition keeps its
-// lastTransitionTime while its status stays the same.
-func mergeParents(have []gwv1.RouteParentStatus, want []parentStatus) ([]gwv1.RouteParentStatus, bool) {
-	var out []gwv1.RouteParentStatus
-	var ours []gwv1.RouteParentStatus
-	for _, p := range have {
-		if p.ControllerName == ControllerName {
-			ours = append(ours, p)
-		} else {
-			out = append(out, p)
-		}
-	}
-	now := metav1.Now()
-	var next []gwv1.RouteParentStatus
-	for _, w := range want {
-		entry := gwv1.RouteParentStatus{ParentRef: w.ref, ControllerName: ControllerName}
-		if i := slices.IndexFunc(ours, func(p gwv1.RouteParentStatus) bool { return equality.Semantic.DeepEqual(p.ParentRef, w.ref) }); i >= 0 {
-			entry.Conditions = slices.Clone(ours[i].Conditions)
-		}
-		for _, c := range w.conditions {
-			c.LastTransitionTime = now
-			meta.SetStatusCondition(&entry.Conditions, c)
-		}
-		next = append(next, entry)
-	}
-	changed := len(next) != len(ours)
-	for i := 0; !changed && i < len(next); i++ {
-		changed = !sameParentStatus(next[i], ours[i])
-	}
-	if !changed {
-		return have, false
-	}
-	return append(out, next...), true
-}
-
-// sameParentStatus compares two entries, ignoring condition times (a
-// condition whose status is unchanged keeps its time anyway).
-func sameParentStatus(a, b gwv1.RouteParentStatus) bool {
-	if !equality.Semantic.DeepEqual(a.ParentRef, b.ParentRef) || len(a.Conditions) != len(b.Conditions) {
-		return false
-	}
-	for i := range a.Conditions {
-		ca, cb := a.Conditions[i], b.Conditions[i]
-		ca.LastTransitionTime, cb.LastTransitionTime = metav1.Time{}, metav1.Time{}
-		if ca != cb {
-			return false
-		}
-	}
-	return true
 }

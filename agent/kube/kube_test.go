@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 
 	"github.com/weir-mesh/weir/agent/podconfig"
 	"github.com/weir-mesh/weir/integration/kubeworld"
@@ -59,17 +60,25 @@ func eventually(t *testing.T, what string, check func() error) {
 // ClusterRole, to PolicyRules and nothing else, once RBAC admits it.
 func agentClient(t *testing.T, w *kubeworld.World, namespace string) kubernetes.Interface {
 	t.Helper()
+	client, _ := agentClientWith(t, w, namespace, "weir-agent", PolicyRules())
+	return client
+}
+
+// agentClientWith is agentClient for the ServiceAccount sa bound to rules
+// (and LeaseRules); it also returns the client's rest config.
+func agentClientWith(t *testing.T, w *kubeworld.World, namespace, sa string, rules []rbacv1.PolicyRule) (kubernetes.Interface, *rest.Config) {
+	t.Helper()
 	ctx := kubeworld.Context(t)
-	w.ServiceAccount(t, namespace, "weir-agent")
-	name := "weir-agent-test-" + namespace
-	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: PolicyRules()}
+	w.ServiceAccount(t, namespace, sa)
+	name := sa + "-test-" + namespace
+	role := &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}
 	if _, err := w.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create cluster role %s: %v", name, err)
 	}
 	binding := &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: "weir-agent"}},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: sa}},
 	}
 	if _, err := w.Client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create cluster role binding %s: %v", name, err)
@@ -82,19 +91,19 @@ func agentClient(t *testing.T, w *kubeworld.World, namespace string) kubernetes.
 	})
 	// The route status lease: a Role in the agent's namespace, as in
 	// manifests/weir.yaml.
-	lease := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "weir-agent", Namespace: namespace}, Rules: LeaseRules()}
+	lease := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: namespace}, Rules: LeaseRules()}
 	if _, err := w.Client.RbacV1().Roles(namespace).Create(ctx, lease, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create role %s/weir-agent: %v", namespace, err)
+		t.Fatalf("create role %s/%s: %v", namespace, sa, err)
 	}
 	leaseBinding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "weir-agent", Namespace: namespace},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "weir-agent"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: "weir-agent"}},
+		ObjectMeta: metav1.ObjectMeta{Name: sa, Namespace: namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: sa},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: namespace, Name: sa}},
 	}
 	if _, err := w.Client.RbacV1().RoleBindings(namespace).Create(ctx, leaseBinding, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create role binding %s/weir-agent: %v", namespace, err)
+		t.Fatalf("create role binding %s/%s: %v", namespace, sa, err)
 	}
-	client, _ := w.ServiceAccountClient(t, namespace, "weir-agent")
+	client, cfg := w.ServiceAccountClient(t, namespace, sa)
 	eventually(t, "RBAC to admit the agent's service account", func() error {
 		_, err := client.CoreV1().Nodes().Get(ctx, "does-not-exist", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
@@ -102,7 +111,7 @@ func agentClient(t *testing.T, w *kubeworld.World, namespace string) kubernetes.
 		}
 		return fmt.Errorf("get node as the agent: %v", err)
 	})
-	return client
+	return client, cfg
 }
 
 // testLog writes the source's logs to the test log.

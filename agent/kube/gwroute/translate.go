@@ -1,4 +1,9 @@
-package kube
+// Package gwroute translates Gateway API HTTPRoutes and GRPCRoutes whose
+// parentRefs name a Service (the GAMMA pattern) into weir's L7 route model,
+// and says what their status.parents entries must be. It is pure: the
+// caller (agent/kube) reads the objects from its caches, attaches the
+// result to its route.Services and writes the status.
+package gwroute
 
 import (
 	"fmt"
@@ -20,8 +25,11 @@ import (
 // writes; entries of other controllers are left as they are.
 const ControllerName gwv1.GatewayController = "weir.dev/mesh"
 
-// gwRoute is one HTTPRoute or GRPCRoute, reduced to what translation reads.
-type gwRoute struct {
+// Route is one HTTPRoute or GRPCRoute, translated (FromHTTPRoute,
+// FromGRPCRoute) and waiting to be resolved against the cluster's Services
+// (Translate). Build one afresh for each Translate: it is modified, and
+// its rules end up in a route.Config, which must stay immutable.
+type Route struct {
 	kind       string // "HTTPRoute" or "GRPCRoute"
 	namespace  string
 	name       string
@@ -38,34 +46,41 @@ type gwRoute struct {
 	refs     []gwv1.BackendObjectReference
 }
 
-func (r *gwRoute) key() string { return r.kind + "/" + r.namespace + "/" + r.name }
+// Key names a route in Translation.Status: "HTTPRoute/namespace/name".
+func (r *Route) Key() string { return Key(r.kind, r.namespace, r.name) }
 
-// parentStatus is weir's entry for one parentRef of one route.
-type parentStatus struct {
-	ref        gwv1.ParentReference
-	conditions []metav1.Condition
+// Key names the route of kind ("HTTPRoute" or "GRPCRoute") in
+// Translation.Status.
+func Key(kind, namespace, name string) string { return kind + "/" + namespace + "/" + name }
+
+// ParentStatus is weir's entry for one parentRef of one route: the
+// conditions Accepted and ResolvedRefs.
+type ParentStatus struct {
+	Ref        gwv1.ParentReference
+	Conditions []metav1.Condition
 }
 
-// gwTranslation is the result of translating every route: the HTTP routes
+// Translation is the result of translating every route: the HTTP routes
 // to attach to each route.Service (by its name), and the status entries
-// of each route (by gwRoute.key).
-type gwTranslation struct {
-	attach map[string][]route.HTTPRoute
-	status map[string][]parentStatus
-	gens   map[string]int64
+// of each route (by Route.key).
+type Translation struct {
+	// Attach holds the routes of each route.Service, by its name.
+	Attach map[string][]route.HTTPRoute
+	// Status holds weir's entries for each route, by Key.
+	Status map[string][]ParentStatus
 }
 
-// serviceLookup finds a Service in the cache.
-type serviceLookup func(namespace, name string) *corev1.Service
+// ServiceLookup finds a Service in the cache.
+type ServiceLookup func(namespace, name string) *corev1.Service
 
-// translateRoutes resolves and attaches routes (sorted by creation time,
+// Translate resolves and attaches routes (sorted by creation time,
 // then namespace/name, the order Gateway API breaks ties in) to the
 // route.Services named in known. A route is attached only to Service
 // parents in its own namespace ("producer" routes); refused routes and
 // parents get their reason in the status and change no traffic.
-func translateRoutes(routes []*gwRoute, svcOf serviceLookup, known map[string]route.Protocol) gwTranslation {
-	out := gwTranslation{attach: map[string][]route.HTTPRoute{}, status: map[string][]parentStatus{}, gens: map[string]int64{}}
-	slices.SortFunc(routes, func(a, b *gwRoute) int {
+func Translate(routes []*Route, svcOf ServiceLookup, known map[string]route.Protocol) Translation {
+	out := Translation{Attach: map[string][]route.HTTPRoute{}, Status: map[string][]ParentStatus{}}
+	slices.SortFunc(routes, func(a, b *Route) int {
 		if !a.created.Equal(&b.created) {
 			if a.created.Before(&b.created) {
 				return -1
@@ -76,24 +91,23 @@ func translateRoutes(routes []*gwRoute, svcOf serviceLookup, known map[string]ro
 	})
 	for _, r := range routes {
 		resolved := resolveBackends(r, svcOf, known)
-		var entries []parentStatus
+		var entries []ParentStatus
 		for _, p := range r.parents {
 			if !isServiceParent(p) {
 				continue // a Gateway's, or another mesh's: not ours to answer
 			}
 			accepted := acceptParent(r, p, svcOf, known)
-			entries = append(entries, parentStatus{ref: p, conditions: []metav1.Condition{accepted.condition(r.generation), resolved.condition(r.generation)}})
+			entries = append(entries, ParentStatus{Ref: p, Conditions: []metav1.Condition{accepted.condition(r.generation), resolved.condition(r.generation)}})
 			if !accepted.ok {
 				continue
 			}
 			rt := route.HTTPRoute{Name: strings.ToLower(r.kind) + "/" + r.namespace + "/" + r.name, Rules: r.rules}
 			for _, svc := range accepted.services {
-				out.attach[svc] = append(out.attach[svc], rt)
+				out.Attach[svc] = append(out.Attach[svc], rt)
 			}
 		}
 		if entries != nil {
-			out.status[r.key()] = entries
-			out.gens[r.key()] = r.generation
+			out.Status[r.Key()] = entries
 		}
 	}
 	return out
@@ -122,7 +136,7 @@ func isServiceParent(p gwv1.ParentReference) bool {
 
 // acceptParent decides the Accepted condition of one Service parent and
 // the service ports the route attaches to.
-func acceptParent(r *gwRoute, p gwv1.ParentReference, svcOf serviceLookup, known map[string]route.Protocol) verdict {
+func acceptParent(r *Route, p gwv1.ParentReference, svcOf ServiceLookup, known map[string]route.Protocol) verdict {
 	no := func(reason gwv1.RouteConditionReason, format string, args ...any) verdict {
 		return verdict{typ: gwv1.RouteConditionAccepted, reason: reason, message: fmt.Sprintf(format, args...)}
 	}
@@ -180,7 +194,7 @@ func acceptParent(r *gwRoute, p gwv1.ParentReference, svcOf serviceLookup, known
 // resolveBackends resolves every backendRef of r in place (setting
 // route.BackendRef.Service or Unresolved) and returns the ResolvedRefs
 // condition, naming each backend that did not resolve.
-func resolveBackends(r *gwRoute, svcOf serviceLookup, known map[string]route.Protocol) verdict {
+func resolveBackends(r *Route, svcOf ServiceLookup, known map[string]route.Protocol) verdict {
 	var reason gwv1.RouteConditionReason
 	var problems []string
 	for i, ref := range r.refs {
@@ -204,7 +218,7 @@ func resolveBackends(r *gwRoute, svcOf serviceLookup, known map[string]route.Pro
 }
 
 // resolveBackend returns ("", service name) or (reason, message).
-func resolveBackend(ns string, ref gwv1.BackendObjectReference, svcOf serviceLookup, known map[string]route.Protocol) (gwv1.RouteConditionReason, string) {
+func resolveBackend(ns string, ref gwv1.BackendObjectReference, svcOf ServiceLookup, known map[string]route.Protocol) (gwv1.RouteConditionReason, string) {
 	group, kind := "", "Service"
 	if ref.Group != nil {
 		group = string(*ref.Group)
@@ -235,9 +249,9 @@ func resolveBackend(ns string, ref gwv1.BackendObjectReference, svcOf serviceLoo
 	return "", name
 }
 
-// fromHTTPRoute translates an HTTPRoute's rules into the route model.
-func fromHTTPRoute(hr *gwv1.HTTPRoute) *gwRoute {
-	r := newGWRoute("HTTPRoute", hr.ObjectMeta, hr.Spec.ParentRefs)
+// FromHTTPRoute translates an HTTPRoute's rules into the route model.
+func FromHTTPRoute(hr *gwv1.HTTPRoute) *Route {
+	r := newRoute("HTTPRoute", hr.ObjectMeta, hr.Spec.ParentRefs)
 	refuse := r.refuse
 	for ri, rule := range hr.Spec.Rules {
 		where := fmt.Sprintf("spec.rules[%d]", ri)
@@ -285,10 +299,10 @@ func fromHTTPRoute(hr *gwv1.HTTPRoute) *gwRoute {
 	return r
 }
 
-// fromGRPCRoute translates a GRPCRoute: a method match is a path match on
+// FromGRPCRoute translates a GRPCRoute: a method match is a path match on
 // /service/method, as gRPC maps calls to HTTP/2 requests.
-func fromGRPCRoute(gr *gwv1.GRPCRoute) *gwRoute {
-	r := newGWRoute("GRPCRoute", gr.ObjectMeta, gr.Spec.ParentRefs)
+func FromGRPCRoute(gr *gwv1.GRPCRoute) *Route {
+	r := newRoute("GRPCRoute", gr.ObjectMeta, gr.Spec.ParentRefs)
 	refuse := r.refuse
 	for ri, rule := range gr.Spec.Rules {
 		where := fmt.Sprintf("spec.rules[%d]", ri)
@@ -323,13 +337,13 @@ func fromGRPCRoute(gr *gwv1.GRPCRoute) *gwRoute {
 	return r
 }
 
-func newGWRoute(kind string, om metav1.ObjectMeta, parents []gwv1.ParentReference) *gwRoute {
-	return &gwRoute{kind: kind, namespace: om.Namespace, name: om.Name, generation: om.Generation,
+func newRoute(kind string, om metav1.ObjectMeta, parents []gwv1.ParentReference) *Route {
+	return &Route{kind: kind, namespace: om.Namespace, name: om.Name, generation: om.Generation,
 		created: om.CreationTimestamp, parents: parents}
 }
 
 // refuse records the first thing weir cannot do with the route.
-func (r *gwRoute) refuse(format string, args ...any) {
+func (r *Route) refuse(format string, args ...any) {
 	if r.unsupported == "" {
 		r.unsupported = fmt.Sprintf(format, args...)
 	}
@@ -344,7 +358,7 @@ type backendRef struct {
 
 // addRule appends a translated rule with its backends (weights set,
 // references kept for resolution), refusing what weir cannot do.
-func (r *gwRoute) addRule(out route.HTTPRouteRule, where string, sessionPersistence bool, refs []backendRef, refuse func(string, ...any)) {
+func (r *Route) addRule(out route.HTTPRouteRule, where string, sessionPersistence bool, refs []backendRef, refuse func(string, ...any)) {
 	if sessionPersistence {
 		refuse("%s.sessionPersistence is not supported by weir; remove it", where)
 	}
@@ -361,7 +375,7 @@ func (r *gwRoute) addRule(out route.HTTPRouteRule, where string, sessionPersiste
 
 // finish points backends at the rules' BackendRef entries (in the order
 // refs were collected) and checks the result.
-func (r *gwRoute) finish() {
+func (r *Route) finish() {
 	for ri := range r.rules {
 		for bi := range r.rules[ri].Backends {
 			r.backends = append(r.backends, &r.rules[ri].Backends[bi])
@@ -374,7 +388,7 @@ func (r *gwRoute) finish() {
 // touch, regular expressions RE2 cannot compile, redirect codes…) on the
 // translated rules, so a route the engine would refuse is refused here,
 // alone, with the engine's words.
-func (r *gwRoute) check() {
+func (r *Route) check() {
 	if r.unsupported != "" {
 		return
 	}
