@@ -211,8 +211,15 @@ func (s *Source) watchRoutes(ctx context.Context, http, grpc bool) {
 		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(any) { s.notify(true) },
 			UpdateFunc: func(old, cur any) {
-				if resourceVersionChanged(old, cur) {
+				switch {
+				case !resourceVersionChanged(old, cur):
+				case specChanged(old, cur):
 					s.notify(true)
+				default:
+					// Status only (mostly the status writer's own
+					// writes): no route changed, so no node rebuilds
+					// its snapshot; the writer checks for drift.
+					g.wake()
 				}
 			},
 			DeleteFunc: func(any) { s.notify(true) },
@@ -296,6 +303,14 @@ func (s *Source) withRoutes(base []route.Service) []route.Service {
 		}
 	}
 	return out
+}
+
+// specChanged reports whether a route's spec changed: its generation moves
+// with the spec only (status is a subresource).
+func specChanged(old, cur any) bool {
+	o, ok1 := old.(metav1.Object)
+	c, ok2 := cur.(metav1.Object)
+	return !ok1 || !ok2 || o.GetGeneration() != c.GetGeneration()
 }
 
 func (s *Source) serviceOf(namespace, name string) *corev1.Service {
