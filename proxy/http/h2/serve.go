@@ -25,6 +25,10 @@ import (
 // every stream's handler has.
 func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 	opt := &pool.opt
+	if opt.Engine == EngineFrames {
+		serveFrames(ctx, down, up, pool)
+		return
+	}
 	dc := newDrainConn(down)
 	h := &handler{up: up, pool: pool}
 	hs := &http.Server{
