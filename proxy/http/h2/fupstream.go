@@ -66,16 +66,27 @@ func (p *framePool) conn(ctx context.Context, addr netip.AddrPort, dial func(con
 			e = &fendpoint{}
 			p.eps[addr] = e
 		}
+		var settling <-chan struct{}
 		for _, u := range e.conns {
-			if u.hasRoom() {
+			room, settled := u.hasRoom()
+			if room {
 				p.mu.Unlock()
 				return u, nil
 			}
+			if settled != nil {
+				settling = settled
+			}
 		}
-		if ch := e.dialing; ch != nil {
+		var wait <-chan struct{} = e.dialing
+		if wait == nil {
+			wait = settling
+		}
+		if wait != nil {
+			// A connection still dialling, or waiting for its server's
+			// SETTINGS (its stream limit): see what it has room for first.
 			p.mu.Unlock()
 			select {
-			case <-ch:
+			case <-wait:
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
@@ -148,28 +159,30 @@ type uconn struct {
 	b    batch
 	done chan struct{} // closed when the reader has ended every stream
 
-	mu          sync.Mutex
-	streams     map[uint32]*fstream
-	nextID      uint32
-	active      int
-	maxStreams  uint32 // the server's SETTINGS_MAX_CONCURRENT_STREAMS
-	sendWin     int64
-	initWin     int32
-	maxFrame    uint32
-	blocked     []*fstream
-	recvWin     int64
-	recvUnacked int64
-	goaway      bool // no new stream (GOAWAY received, or ids ran out)
-	dead        bool
-	idle        *time.Timer
-	lastRead    time.Time
-	pingSent    bool
+	mu           sync.Mutex
+	streams      map[uint32]*fstream
+	nextID       uint32
+	active       int
+	maxStreams   uint32 // the server's SETTINGS_MAX_CONCURRENT_STREAMS
+	sendWin      int64
+	initWin      int32
+	maxFrame     uint32
+	blocked      []*fstream
+	recvWin      int64
+	recvUnacked  int64
+	goaway       bool // no new stream (GOAWAY received, or ids ran out)
+	settingsSeen bool
+	settled      chan struct{} // closed with settingsSeen, or when u dies
+	dead         bool
+	idle         *time.Timer
+	lastRead     time.Time
+	pingSent     bool
 }
 
 func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
 	u := &uconn{
 		p: p, addr: addr, c: c, done: make(chan struct{}),
-		streams: map[uint32]*fstream{}, nextID: 1, maxStreams: 100,
+		streams: map[uint32]*fstream{}, nextID: 1, maxStreams: math.MaxUint32, settled: make(chan struct{}),
 		sendWin: defaultWindow, initWin: defaultWindow, maxFrame: 16384, recvWin: frameConnWindow,
 	}
 	u.w = newWconn(c)
@@ -193,17 +206,39 @@ func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
 	return u
 }
 
-func (u *uconn) hasRoom() bool {
+// hasRoom reports whether u takes another stream; settled is not nil
+// (and closes when the server's SETTINGS come) when u cannot tell yet.
+func (u *uconn) hasRoom() (room bool, settled <-chan struct{}) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return !u.dead && !u.goaway && uint32(u.active) < u.maxStreams
+	if u.dead || u.goaway {
+		return false, nil
+	}
+	if uint32(u.active) < u.limitLocked() {
+		return true, nil
+	}
+	if !u.settingsSeen {
+		return false, u.settled
+	}
+	return false, nil
+}
+
+// limitLocked is how many streams u takes: the server's
+// SETTINGS_MAX_CONCURRENT_STREAMS, and one until its SETTINGS come (a
+// burst of requests on a new connection must not exceed a limit not yet
+// known: the server would refuse them all).
+func (u *uconn) limitLocked() uint32 {
+	if !u.settingsSeen {
+		return 1
+	}
+	return u.maxStreams
 }
 
 // open gives s a stream on u and queues its head; false when u has no
 // room. s.mu is held.
 func (u *uconn) open(s *fstream, b *batch) bool {
 	u.mu.Lock()
-	if u.dead || u.goaway || uint32(u.active) >= u.maxStreams {
+	if u.dead || u.goaway || uint32(u.active) >= u.limitLocked() {
 		u.mu.Unlock()
 		return false
 	}
@@ -358,6 +393,10 @@ func (u *uconn) read() {
 	err := u.loop()
 	u.mu.Lock()
 	u.dead = true
+	if !u.settingsSeen {
+		u.settingsSeen = true
+		close(u.settled)
+	}
 	all := make([]*fstream, 0, len(u.streams))
 	for _, s := range u.streams {
 		all = append(all, s)
@@ -511,8 +550,10 @@ func (u *uconn) settings(b *batch, f *http2.SettingsFrame) error {
 	}
 	if v, ok := f.Value(http2.SettingMaxConcurrentStreams); ok {
 		u.maxStreams = v
-	} else if u.maxStreams == 100 {
-		u.maxStreams = 1000
+	}
+	if !u.settingsSeen {
+		u.settingsSeen = true
+		close(u.settled)
 	}
 	if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
 		delta = int64(v) - int64(u.initWin)
