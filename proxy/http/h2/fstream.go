@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,6 +99,9 @@ func newFstream(d *dconn, id uint32) *fstream {
 // request takes the request head and routes it.
 func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 	var scheme string
+	// The frame's own slice when no field is left out (host is).
+	s.fields = f.RegularFields()
+	own := false
 	for _, hf := range f.Fields {
 		if hf.IsPseudo() {
 			switch hf.Name {
@@ -122,13 +126,15 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 			if s.authority == "" {
 				s.authority = hf.Value
 			}
-			continue
+			if !own {
+				s.fields = slices.DeleteFunc(slices.Clone(s.fields), func(f hpack.HeaderField) bool { return f.Name == "host" })
+				own = true
+			}
 		case hf.Name == "content-type" && isGRPCType(hf.Value):
 			s.grpc, s.proto = true, l7.ProtoGRPC
 		case hf.Name == "content-length":
 			s.bytesIn = parseContentLength(hf.Value)
 		}
-		s.fields = append(s.fields, hf)
 	}
 	if f.StreamEnded() {
 		s.reqEnded, s.bytesIn = true, 0
@@ -227,17 +233,17 @@ func (s *fstream) forward(b *batch, d l7.Decision) {
 // its rewrite; nothing added.
 func (s *fstream) outbound(act *route.Action) []hpack.HeaderField {
 	authority, path := s.authority, s.path
+	// One slice: the pseudo-fields first, filled in below, then the rest
+	// (grpc-timeout is sent anew per attempt), room left for that.
 	out := make([]hpack.HeaderField, 4, 4+len(s.fields)+1)
-	regular := make([]hpack.HeaderField, 0, len(s.fields))
 	for _, f := range s.fields {
-		if f.Name == "grpc-timeout" {
-			continue // sent anew per attempt
+		if f.Name != "grpc-timeout" {
+			out = append(out, f)
 		}
-		regular = append(regular, hpack.HeaderField{Name: f.Name, Value: f.Value, Sensitive: f.Sensitive})
 	}
 	if act != nil {
 		if m := act.RequestHeaders; m != nil {
-			regular = modifyFields(regular, m, &authority)
+			out = append(out[:4], modifyFields(out[4:], m, &authority)...)
 		}
 		if rw := act.Rewrite; rw != nil {
 			if rw.Hostname != "" {
@@ -253,7 +259,7 @@ func (s *fstream) outbound(act *route.Action) []hpack.HeaderField {
 	out[1] = hpack.HeaderField{Name: ":scheme", Value: "http"}
 	out[2] = hpack.HeaderField{Name: ":authority", Value: authority}
 	out[3] = hpack.HeaderField{Name: ":path", Value: path}
-	return append(out, regular...)
+	return out
 }
 
 // modifyFields applies a Gateway API header modifier to lower-case

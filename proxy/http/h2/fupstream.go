@@ -190,6 +190,11 @@ func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
 	u.w.buf = append(u.w.buf, http2.ClientPreface...)
 	u.w.mu.Unlock()
 	u.w.writeSettings(nil, false,
+		// Stated though it is the default: servers that add every answer's
+		// fields to the table without ever referring to them (nginx) stop
+		// using the table when a client sets it, which spares our decoder
+		// an eviction (a copy of the whole table) per field.
+		http2.Setting{ID: http2.SettingHeaderTableSize, Val: 4096},
 		http2.Setting{ID: http2.SettingEnablePush, Val: 0},
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: frameStreamWindow},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: p.opt.MaxHeaderListSize})
@@ -837,14 +842,17 @@ func (s *fstream) flushDown(b *batch) {
 }
 
 // responseFields copies an answer's fields for the client: connection-
-// specific ones dropped, the rule's response modifier applied.
+// specific ones dropped, the rule's response modifier applied. With
+// nothing to change it returns in itself.
 func responseFields(in []hpack.HeaderField, mod *route.HeaderModifier, _ *string) []hpack.HeaderField {
+	if mod == nil && !slices.ContainsFunc(in, dropFromAnswer) {
+		return in
+	}
 	out := make([]hpack.HeaderField, 0, len(in)+2)
 	for _, f := range in {
-		if connectionSpecificField(f.Name) || f.Name == "trailer" || f.Name == "host" {
-			continue
+		if !dropFromAnswer(f) {
+			out = append(out, f)
 		}
-		out = append(out, f)
 	}
 	if mod != nil {
 		// Pseudo-fields stay first.
@@ -856,6 +864,10 @@ func responseFields(in []hpack.HeaderField, mod *route.HeaderModifier, _ *string
 		out = append(out[:i], reg...)
 	}
 	return out
+}
+
+func dropFromAnswer(f hpack.HeaderField) bool {
+	return connectionSpecificField(f.Name) || f.Name == "trailer" || f.Name == "host"
 }
 
 func fieldValue(fs []hpack.HeaderField, name string) string {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"sync"
+	"syscall"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -12,16 +13,22 @@ import (
 
 // wconn is the writing half of one HTTP/2 connection of the frame engine
 // (either side). Frames are encoded into a queue under mu, in the order
-// they must reach the wire (HPACK's dynamic table depends on it), and one
-// writer goroutine sends the whole queue with a single write whenever it
-// is woken: the frames a reader produced for one read of its peer's
-// bytes (answers, forwarded DATA, WINDOW_UPDATEs) leave together. The
-// writer sleeps while the queue is empty; wake is the only way in.
+// they must reach the wire (HPACK's dynamic table depends on it), and the
+// whole queue leaves in one write when the goroutine that queued them
+// flushes: the frames a reader produced for one read of its peer's bytes
+// (answers, forwarded DATA, WINDOW_UPDATEs) go together. The flushing
+// goroutine writes itself without blocking (flush) when it can; what the
+// socket does not take at once goes to the connection's writer
+// goroutine, which blocks for it, so a peer that stops reading never
+// stalls the goroutine that serves someone else.
 type wconn struct {
-	c net.Conn
+	c   net.Conn
+	raw syscall.RawConn // for writes that must not block; nil: the writer only
 
 	mu       sync.Mutex
 	buf      []byte // frames to write
+	spare    []byte
+	writing  bool   // someone (flush or the writer) is writing: only it may
 	held     []byte // frames queued while hold is set (a drain's barrier)
 	hold     bool
 	closed   bool // no more writes: the connection failed or is closing
@@ -37,40 +44,138 @@ type wconn struct {
 func newWconn(c net.Conn) *wconn {
 	w := &wconn{c: c, maxFrame: 16384, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	w.enc = hpack.NewEncoder(&w.hbuf)
+	tcp, _ := c.(*net.TCPConn)
+	if t, ok := c.(interface{ TCP() *net.TCPConn }); ok {
+		tcp = t.TCP() // the sniffer's replaying conn writes straight through
+	}
+	if tcp != nil {
+		w.raw, _ = tcp.SyscallConn()
+	}
 	go w.loop()
 	return w
 }
 
+// take hands the queue to the caller, who becomes the one writing; nil
+// when it is empty or someone else writes. mu is held.
+func (w *wconn) take() []byte {
+	if w.writing || len(w.buf) == 0 {
+		return nil
+	}
+	b := w.buf
+	w.buf, w.spare = w.spare[:0], nil
+	w.writing = true
+	return b
+}
+
+// wrote ends a write of b: its buffer is kept for reuse unless a burst
+// made it large. mu is held.
+func (w *wconn) wrote(b []byte) {
+	w.writing = false
+	if cap(b) <= 256<<10 {
+		w.spare = b[:0]
+	}
+	if w.closed {
+		w.wake() // the writer may be waiting to end
+	}
+}
+
+// failed ends the connection after a write error. mu is held.
+func (w *wconn) failed(err error) {
+	w.writing = false
+	w.err, w.closed, w.buf, w.held = err, true, nil, nil
+	w.c.Close()
+	w.wake()
+}
+
+// loop is the writer goroutine: it writes, blocking, whatever a flush
+// could not, and everything queued by goroutines that only wake it.
 func (w *wconn) loop() {
 	defer close(w.done)
-	var spare []byte
 	for range w.kick {
 		for {
 			w.mu.Lock()
-			b := w.buf
-			closed := w.closed
-			w.buf = spare[:0]
-			w.mu.Unlock()
-			if len(b) == 0 {
-				spare = b
-				if closed {
+			b := w.take()
+			if b == nil {
+				done := w.closed && !w.writing
+				w.mu.Unlock()
+				if done {
 					return
 				}
 				break
 			}
-			if _, err := w.c.Write(b); err != nil {
-				w.mu.Lock()
-				w.err, w.closed, w.buf, w.held = err, true, nil, nil
+			w.mu.Unlock()
+			_, err := w.c.Write(b)
+			w.mu.Lock()
+			if err != nil {
+				w.failed(err)
 				w.mu.Unlock()
-				w.c.Close()
 				return
 			}
-			if cap(b) > 256<<10 {
-				b = nil // a burst: do not keep its buffer
-			}
-			spare = b[:0]
+			w.wrote(b)
+			w.mu.Unlock()
 		}
 	}
+}
+
+// flush writes the queue from the calling goroutine as far as the socket
+// takes it without blocking, and leaves the rest to the writer.
+func (w *wconn) flush() {
+	if w.raw == nil {
+		w.wake()
+		return
+	}
+	for {
+		w.mu.Lock()
+		b := w.take()
+		w.mu.Unlock()
+		if b == nil {
+			return // empty, or the one writing picks the rest up
+		}
+		n, err := writeNow(w.raw, b)
+		w.mu.Lock()
+		switch {
+		case err != nil:
+			w.failed(err)
+			w.mu.Unlock()
+			return
+		case n < len(b):
+			// The socket is full: the rest goes first, by the writer.
+			rest := append(make([]byte, 0, len(b)-n+len(w.buf)), b[n:]...)
+			w.buf = append(rest, w.buf...)
+			w.writing = false
+			w.mu.Unlock()
+			w.wake()
+			return
+		}
+		w.wrote(b)
+		w.mu.Unlock()
+	}
+}
+
+// writeNow writes what the socket takes without waiting.
+func writeNow(raw syscall.RawConn, b []byte) (int, error) {
+	var n int
+	var werr error
+	err := raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			k, e := syscall.Write(int(fd), b[n:])
+			if e == syscall.EINTR {
+				continue
+			}
+			if e != nil {
+				if e != syscall.EAGAIN {
+					werr = e
+				}
+				return true
+			}
+			n += k
+		}
+		return true
+	})
+	if werr == nil {
+		werr = err
+	}
+	return n, werr
 }
 
 // wake asks the writer to send what is queued.
@@ -149,7 +254,7 @@ type batch struct {
 
 func (b *batch) mark(w *wconn) {
 	if b == nil {
-		w.wake()
+		w.flush()
 		return
 	}
 	for _, x := range b.ws {
@@ -162,7 +267,7 @@ func (b *batch) mark(w *wconn) {
 
 func (b *batch) flush() {
 	for i, w := range b.ws {
-		w.wake()
+		w.flush()
 		b.ws[i] = nil
 	}
 	b.ws = b.ws[:0]

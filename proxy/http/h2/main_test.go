@@ -14,7 +14,7 @@ var testEngine = EngineFrames
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if code != 0 || testing.Short() || fuzzing() {
+	if code != 0 || testing.Short() || fuzzing() || flagSet("test.bench") || flagSet("test.cpuprofile") {
 		os.Exit(code)
 	}
 	testEngine = EngineXNet
@@ -31,12 +31,11 @@ func withEngine(opt Options) Options {
 }
 
 // fuzzing: the binary runs a fuzz target (as the coordinator or a
-// worker), which fuzzes the default engine only.
-func fuzzing() bool {
-	for _, name := range []string{"test.fuzz", "test.fuzzworker"} {
-		if f := flag.Lookup(name); f != nil && f.Value.String() != "" && f.Value.String() != "false" {
-			return true
-		}
-	}
-	return false
+// worker), which fuzzes the default engine only. Benchmarks name their
+// engines themselves, and a profile would be overwritten by a second run.
+func fuzzing() bool { return flagSet("test.fuzz") || flagSet("test.fuzzworker") }
+
+func flagSet(name string) bool {
+	f := flag.Lookup(name)
+	return f != nil && f.Value.String() != "" && f.Value.String() != "false"
 }
