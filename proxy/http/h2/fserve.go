@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 
 	l7 "github.com/weir-mesh/weir/proxy/http"
 )
@@ -42,6 +41,7 @@ type dconn struct {
 	c      net.Conn
 	w      *wconn
 	fr     *http2.Framer
+	hb     *headerBlock
 	b      batch // the reader's
 
 	mu          sync.Mutex
@@ -85,9 +85,8 @@ func serveFrames(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool
 	br := bufio.NewReaderSize(&batchReader{c: down, b: &d.b}, 32<<10)
 	d.fr = http2.NewFramer(nil, br)
 	d.fr.SetMaxReadFrameSize(16384)
-	d.fr.MaxHeaderListSize = opt.MaxHeaderListSize
-	d.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	d.fr.SetReuseFrames()
+	d.hb = newHeaderBlock(opt.MaxHeaderListSize, false)
 
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	served := make(chan struct{})
@@ -183,10 +182,42 @@ func (d *dconn) run(br *bufio.Reader) error {
 			}
 			first = false
 		}
+		f, err = readHeaders(d.hb, f)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				d.streamError(se)
+				continue
+			}
+			return connError{code: http2.ErrCode(err.(http2.ConnectionError)), why: "bad header block"}
+		}
+		if f == nil {
+			continue
+		}
 		if err := d.handle(f); err != nil {
 			return err
 		}
 	}
+}
+
+// readHeaders passes header block frames to hb: a complete block comes
+// back as a MetaHeadersFrame, a part of one as nil; other frames as they
+// are. Errors are StreamError or ConnectionError.
+func readHeaders(hb *headerBlock, f http2.Frame) (http2.Frame, error) {
+	var mh *http2.MetaHeadersFrame
+	var err error
+	switch f := f.(type) {
+	case *http2.HeadersFrame:
+		mh, err = hb.start(f)
+	case *http2.ContinuationFrame:
+		mh, err = hb.cont(f)
+	default:
+		return f, nil
+	}
+	if mh == nil || err != nil {
+		return nil, err
+	}
+	return mh, nil
 }
 
 // streamError resets one stream the client broke; its neighbours go on.

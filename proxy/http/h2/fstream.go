@@ -115,6 +115,9 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 				scheme = hf.Value
 			case ":protocol":
 				s.method = "CONNECT" // extended CONNECT: not routed
+			case ":status":
+				s.reset(b, http2.ErrCodeProtocol)
+				return
 			}
 			continue
 		}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -156,6 +157,7 @@ type uconn struct {
 	c    net.Conn
 	w    *wconn
 	fr   *http2.Framer
+	hb   *headerBlock
 	b    batch
 	done chan struct{} // closed when the reader has ended every stream
 
@@ -175,8 +177,7 @@ type uconn struct {
 	settled      chan struct{} // closed with settingsSeen, or when u dies
 	dead         bool
 	idle         *time.Timer
-	lastRead     time.Time
-	pingSent     bool
+	frames       atomic.Uint64 // frames read: keepalive sees whether any came
 }
 
 func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
@@ -201,10 +202,8 @@ func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
 	u.w.writeWindowUpdate(nil, 0, frameConnWindow-defaultWindow)
 	br := bufio.NewReaderSize(&batchReader{c: c, b: &u.b}, 32<<10)
 	u.fr = http2.NewFramer(nil, br)
-	u.fr.MaxHeaderListSize = p.opt.MaxHeaderListSize
-	u.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	u.fr.SetReuseFrames()
-	u.lastRead = time.Now()
+	u.hb = newHeaderBlock(p.opt.MaxHeaderListSize, true)
 	u.armIdleLocked()
 	go u.read()
 	go u.keepalive()
@@ -341,28 +340,31 @@ func (u *uconn) armIdleLocked() {
 // with a PING, and closes it when PingTimeout passes without any frame.
 func (u *uconn) keepalive() {
 	opt := u.p.opt
-	t := time.NewTicker(min(opt.PingInterval, opt.PingTimeout) / 2)
+	tick := min(opt.PingInterval, opt.PingTimeout) / 2
+	t := time.NewTicker(tick)
 	defer t.Stop()
+	var seen uint64
+	var silent time.Duration // since a frame last came
+	pingSent := false
 	for {
 		select {
 		case <-u.done:
 			return
 		case <-t.C:
 		}
-		u.mu.Lock()
-		silent := time.Since(u.lastRead)
-		switch {
-		case u.pingSent && silent > opt.PingInterval+opt.PingTimeout:
-			u.mu.Unlock()
-			u.c.Close()
-			return
-		case !u.pingSent && silent > opt.PingInterval:
-			u.pingSent = true
-			u.mu.Unlock()
-			u.w.writePing(nil, false, [8]byte{'w', 'e', 'i', 'r'})
+		if n := u.frames.Load(); n != seen {
+			seen, silent, pingSent = n, 0, false
 			continue
 		}
-		u.mu.Unlock()
+		silent += tick
+		switch {
+		case pingSent && silent > opt.PingInterval+opt.PingTimeout:
+			u.c.Close()
+			return
+		case !pingSent && silent > opt.PingInterval:
+			pingSent = true
+			u.w.writePing(nil, false, [8]byte{'w', 'e', 'i', 'r'})
+		}
 	}
 }
 
@@ -446,14 +448,32 @@ func (u *uconn) loop() error {
 			}
 			return err
 		}
-		u.mu.Lock()
-		u.lastRead, u.pingSent = time.Now(), false
-		u.mu.Unlock()
+		u.frames.Add(1)
 		if first {
 			if sf, ok := f.(*http2.SettingsFrame); !ok || sf.IsAck() {
 				return errUpstreamProtocol
 			}
 			first = false
+		}
+		f, err = readHeaders(u.hb, f)
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				if s := u.stream(se.StreamID); s != nil {
+					s.mu.Lock()
+					if s.u == u && s.uid == se.StreamID {
+						s.upBroken(b, errUpstreamProtocol)
+					}
+					s.mu.Unlock()
+				}
+				u.w.writeRST(b, se.StreamID, se.Code)
+				continue
+			}
+			u.w.writeGoAway(b, 0, http2.ErrCode(err.(http2.ConnectionError)))
+			return errUpstreamProtocol
+		}
+		if f == nil {
+			continue
 		}
 		if err := u.handle(b, f); err != nil {
 			u.w.writeGoAway(b, 0, http2.ErrCodeProtocol)
@@ -699,7 +719,8 @@ func (s *fstream) upHeaders(b *batch, f *http2.MetaHeadersFrame) {
 			return
 		}
 		s.upRecvEnd = true
-		s.resTrailers = responseFields(f.RegularFields(), nil, nil)
+		// A copy: the upstream's field list is reused by its next block.
+		s.resTrailers = slices.Clone(responseFields(f.RegularFields(), nil, nil))
 		s.hasTrailers, s.downEnd = true, true
 		if s.grpc && s.grpcCode < 0 {
 			s.grpcCode = grpcStatusField(f.RegularFields())
