@@ -3,7 +3,6 @@ package h2
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"errors"
 	"io"
 	"math"
@@ -44,20 +43,19 @@ type dconn struct {
 	hb     *headerBlock
 	b      batch // the reader's
 
-	mu          sync.Mutex
-	streams     map[uint32]*fstream
-	maxID       uint32 // the highest stream id the client opened
-	sendWin     int64  // connection window for DATA to the client
-	initWin     int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
-	maxFrame    uint32 // the client's SETTINGS_MAX_FRAME_SIZE
-	blocked     []*fstream
-	recvWin     int64 // what the client may still send
-	recvUnacked int64 // consumed, not yet given back
-	goneAway    bool  // the final GOAWAY is out: no stream above lastID
-	lastID      uint32
-	ended       bool // the read loop is over
-	pings       map[[8]byte]chan struct{}
-	idleTimer   *time.Timer
+	mu        sync.Mutex
+	streams   map[uint32]*fstream
+	maxID     uint32 // the highest stream id the client opened
+	sendWin   int64  // connection window for DATA to the client
+	initWin   int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
+	maxFrame  uint32 // the client's SETTINGS_MAX_FRAME_SIZE
+	blocked   []*fstream
+	recv      recvWindow // the connection window offered to the client
+	goneAway  bool       // the final GOAWAY is out: no stream above lastID
+	lastID    uint32
+	ended     bool // the read loop is over
+	pings     pingSet
+	idleTimer *time.Timer
 
 	wg sync.WaitGroup // the connection's goroutines besides the reader
 }
@@ -79,7 +77,7 @@ func serveFrames(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool
 	d := &dconn{
 		ctx: ctx, cancel: cancel, up: up, pool: pool, opt: opt, c: down,
 		streams: map[uint32]*fstream{}, sendWin: defaultWindow, initWin: defaultWindow, maxFrame: 16384,
-		recvWin: frameConnWindow, pings: map[[8]byte]chan struct{}{},
+		recv: newRecvWindow(frameConnWindow),
 	}
 	d.w = newWconn(down)
 	br := bufio.NewReaderSize(&batchReader{c: down, b: &d.b}, 32<<10)
@@ -253,7 +251,7 @@ func (d *dconn) handle(f http2.Frame) error {
 		return d.settings(f)
 	case *http2.PingFrame:
 		if f.IsAck() {
-			d.pingAcked(f.Data)
+			d.pings.acked(f.Data)
 			return nil
 		}
 		d.w.writePing(b, true, f.Data)
@@ -301,11 +299,10 @@ func (d *dconn) handle(f http2.Frame) error {
 	case *http2.DataFrame:
 		n := int64(f.Header().Length)
 		d.mu.Lock()
-		if n > d.recvWin {
+		if !d.recv.take(n) {
 			d.mu.Unlock()
 			return connError{code: http2.ErrCodeFlowControl, why: "connection window exceeded"}
 		}
-		d.recvWin -= n
 		s := d.streams[f.StreamID]
 		idle := f.StreamID > d.maxID
 		d.mu.Unlock()
@@ -428,12 +425,7 @@ func (d *dconn) consumed(b *batch, n int64) {
 		return
 	}
 	d.mu.Lock()
-	d.recvUnacked += n
-	inc := int64(0)
-	if d.recvUnacked >= frameConnWindow/4 {
-		inc, d.recvUnacked = d.recvUnacked, 0
-		d.recvWin += inc
-	}
+	inc := d.recv.consumed(n)
 	d.mu.Unlock()
 	if inc > 0 {
 		d.w.writeWindowUpdate(b, 0, uint32(inc))
@@ -542,29 +534,18 @@ func (d *dconn) drain(draining <-chan struct{}, served <-chan struct{}, timeout 
 	case <-served:
 		return
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	answered := func(acked <-chan struct{}) bool {
-		select {
-		case <-acked:
-		case <-t.C:
-		case <-served:
-			return false
-		}
-		return true
-	}
 	// The barrier.
-	data, acked := d.newPing()
+	data, acked := d.pings.add()
 	d.w.mu.Lock()
 	d.w.frame(http2.FramePing, 0, 0, data[:])
 	d.w.hold = true
 	d.w.mu.Unlock()
 	d.w.wake()
-	if !answered(acked) {
+	if !waitAnswer(acked, served, timeout) {
 		return
 	}
 	// Step one: GOAWAY(2^31-1) and a PING ahead of everything held.
-	data, acked = d.newPing()
+	data, acked = d.pings.add()
 	d.w.mu.Lock()
 	held := d.w.held
 	d.w.held, d.w.hold = nil, false
@@ -575,8 +556,7 @@ func (d *dconn) drain(draining <-chan struct{}, served <-chan struct{}, timeout 
 	}
 	d.w.mu.Unlock()
 	d.w.wake()
-	t.Reset(timeout)
-	if !answered(acked) {
+	if !waitAnswer(acked, served, timeout) {
 		return
 	}
 	// Step two: the final GOAWAY.
@@ -589,30 +569,6 @@ func (d *dconn) drain(draining <-chan struct{}, served <-chan struct{}, timeout 
 	d.w.writeGoAway(nil, d.maxID, http2.ErrCodeNo)
 	if len(d.streams) == 0 {
 		d.shutdownLocked()
-	}
-}
-
-func (d *dconn) newPing() ([8]byte, <-chan struct{}) {
-	var data [8]byte
-	acked := make(chan struct{})
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for {
-		rand.Read(data[:])
-		if _, dup := d.pings[data]; !dup {
-			break
-		}
-	}
-	d.pings[data] = acked
-	return data, acked
-}
-
-func (d *dconn) pingAcked(data [8]byte) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if acked, ok := d.pings[data]; ok {
-		close(acked)
-		delete(d.pings, data)
 	}
 }
 

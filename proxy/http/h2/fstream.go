@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -29,23 +30,24 @@ type fstream struct {
 	mu sync.Mutex
 
 	// The request.
-	start                time.Time
-	method, authority    string
-	path, query          string
-	fields               []hpack.HeaderField // regular fields as received (minus host)
-	grpc                 bool
-	proto                int
-	bytesIn              int64 // declared length; -1 unknown
-	reqEnded             bool  // the client's side is closed
-	reqTrailers          []hpack.HeaderField
-	hasReqTrailers       bool
-	body                 []byte // request body held: body[upOff:] not sent on the current attempt
-	upOff                int
-	bodyBase             int64 // stream offset of body[0]
-	bodyTotal            int64
-	replayable           bool  // body holds everything from the start
-	credited             int64 // body bytes whose window went back to the client
-	recvWin, recvUnacked int64
+	start             time.Time
+	method, authority string
+	path, query       string
+	fields            []hpack.HeaderField // regular fields as received (minus host)
+	grpc              bool
+	proto             int
+	bytesIn           int64 // declared length for the access log; -1 unknown
+	declared          int64 // content-length; -1 none
+	reqEnded          bool  // the client's side is closed
+	reqTrailers       []hpack.HeaderField
+	hasReqTrailers    bool
+	body              []byte // request body held: body[upOff:] not sent on the current attempt
+	upOff             int
+	bodyBase          int64 // stream offset of body[0]
+	bodyTotal         int64
+	replayable        bool       // body holds everything from the start
+	credited          int64      // body bytes whose window went back to the client
+	recv              recvWindow // the stream window offered to the client
 
 	// Routing and balancing.
 	action     *route.Action
@@ -66,33 +68,33 @@ type fstream struct {
 	waitTimer  *time.Timer
 
 	// The current attempt's upstream stream.
-	u                        *uconn
-	uid                      uint32
-	upSendWin                int64
-	upSentEnd, upRecvEnd     bool
-	upRecvWin, upRecvUnacked int64
-	upBlocked                bool
-	gotFinal                 bool // the upstream's final response head arrived
-	toDown                   []byte
-	downOff                  int
-	downEnd                  bool // the response ends after toDown (and trailers)
-	resTrailers              []hpack.HeaderField
-	hasTrailers              bool
-	downSendWin              int64
-	downBlocked              bool
-	resStarted, downSentEnd  bool
-	status, grpcCode         int
-	resLen                   int64
-	counted, done, isLocal   bool
-	reason                   string
+	u                       *uconn
+	uid                     uint32
+	upSendWin               int64
+	upSentEnd, upRecvEnd    bool
+	upRecv                  recvWindow // the stream window offered to the upstream
+	upBlocked               bool
+	gotFinal                bool // the upstream's final response head arrived
+	toDown                  []byte
+	downOff                 int
+	downEnd                 bool // the response ends after toDown (and trailers)
+	resTrailers             []hpack.HeaderField
+	hasTrailers             bool
+	downSendWin             int64
+	downBlocked             bool
+	resStarted, downSentEnd bool
+	status, grpcCode        int
+	resLen                  int64
+	counted, done, isLocal  bool
+	reason                  string
 }
 
 // newFstream makes stream id with the client's initial window (d.mu is
 // held).
 func newFstream(d *dconn, id uint32) *fstream {
 	return &fstream{
-		d: d, id: id, start: time.Now(), proto: l7.ProtoHTTP2, bytesIn: -1, replayable: true,
-		recvWin: frameStreamWindow, downSendWin: int64(d.initWin), grpcCode: -1, resLen: -1,
+		d: d, id: id, start: time.Now(), proto: l7.ProtoHTTP2, bytesIn: -1, declared: -1, replayable: true,
+		recv: newRecvWindow(frameStreamWindow), downSendWin: int64(d.initWin), grpcCode: -1, resLen: -1,
 	}
 }
 
@@ -136,7 +138,12 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 		case hf.Name == "content-type" && isGRPCType(hf.Value):
 			s.grpc, s.proto = true, l7.ProtoGRPC
 		case hf.Name == "content-length":
-			s.bytesIn = parseContentLength(hf.Value)
+			n := parseContentLength(hf.Value)
+			if n < 0 || (s.declared >= 0 && n != s.declared) {
+				s.reset(b, http2.ErrCodeProtocol)
+				return
+			}
+			s.declared, s.bytesIn = n, n
 		}
 	}
 	if f.StreamEnded() {
@@ -150,7 +157,10 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 		s.local(b, 501, l7.ReasonBadRequest, "")
 		return
 	}
-	if s.method == "" || s.path == "" || scheme == "" {
+	// A request the upstream would refuse as malformed is refused here:
+	// its reset would otherwise count against the endpoint.
+	if scheme == "" || !httpguts.ValidHeaderFieldName(s.method) || !validPath(s.method, s.path) ||
+		!httpguts.ValidHostHeader(s.authority) || (s.reqEnded && s.declared > 0) {
 		s.reset(b, http2.ErrCodeProtocol)
 		return
 	}
@@ -173,6 +183,34 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 	}
 	s.forward(b, d)
 }
+
+// validPath: an origin-form path (no fragment, no control or space
+// byte, percent signs escaping two hex digits before the query), or "*"
+// for OPTIONS.
+func validPath(method, p string) bool {
+	if p == "*" {
+		return method == "OPTIONS"
+	}
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	query := false
+	for i := 0; i < len(p); i++ {
+		switch c := p[i]; {
+		case c <= ' ' || c == 0x7f || c == '#':
+			return false
+		case c == '?':
+			query = true
+		case c == '%' && !query:
+			if i+2 >= len(p) || !isHex(p[i+1]) || !isHex(p[i+2]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool { return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' }
 
 // frameView shows route matching the request's head.
 type frameView struct{ s *fstream }
@@ -415,7 +453,7 @@ func (e *connectError) Unwrap() error { return e.err }
 func (s *fstream) openedLocked(u *uconn, id uint32) {
 	s.u, s.uid = u, id
 	s.upSendWin = int64(u.initWin)
-	s.upRecvWin, s.upRecvUnacked = frameStreamWindow, 0
+	s.upRecv = newRecvWindow(frameStreamWindow)
 	s.upSentEnd, s.upRecvEnd, s.gotFinal = false, false, false
 	s.upOff = 0
 	fields := s.outFields
@@ -480,11 +518,8 @@ func (s *fstream) sendUp(b *batch) {
 // client, each in batches of a quarter window.
 func (s *fstream) creditClient(b *batch, n int64) {
 	if !s.reqEnded {
-		s.recvUnacked += n
-		if s.recvUnacked >= frameStreamWindow/4 {
-			s.d.w.writeWindowUpdate(b, s.id, uint32(s.recvUnacked))
-			s.recvWin += s.recvUnacked
-			s.recvUnacked = 0
+		if inc := s.recv.consumed(n); inc > 0 {
+			s.d.w.writeWindowUpdate(b, s.id, uint32(inc))
 		}
 	}
 	s.d.consumed(b, n)
@@ -498,12 +533,11 @@ func (s *fstream) requestData(b *batch, f *http2.DataFrame, n int64) {
 		s.reset(b, http2.ErrCodeStreamClosed)
 		return
 	}
-	if n > s.recvWin {
+	if !s.recv.take(n) {
 		s.d.consumed(b, n)
 		s.reset(b, http2.ErrCodeFlowControl)
 		return
 	}
-	s.recvWin -= n
 	data := f.Data()
 	if pad := n - int64(len(data)); pad > 0 {
 		s.creditClient(b, pad)
@@ -517,6 +551,10 @@ func (s *fstream) requestData(b *batch, f *http2.DataFrame, n int64) {
 	}
 	s.body = append(s.body, data...)
 	s.bodyTotal += int64(len(data))
+	if s.declared >= 0 && (s.bodyTotal > s.declared || s.reqEnded && s.bodyTotal != s.declared) {
+		s.reset(b, http2.ErrCodeProtocol) // the body does not match its content-length
+		return
+	}
 	if s.replayable && s.bodyTotal > int64(s.d.opt.MaxReplayBytes) {
 		s.replayable = false
 	}
@@ -526,6 +564,10 @@ func (s *fstream) requestData(b *batch, f *http2.DataFrame, n int64) {
 // requestTrailers takes the request's trailers (the block ends it).
 func (s *fstream) requestTrailers(b *batch, f *http2.MetaHeadersFrame) {
 	s.reqEnded = true
+	if s.declared >= 0 && s.bodyTotal != s.declared {
+		s.reset(b, http2.ErrCodeProtocol)
+		return
+	}
 	if f.Truncated {
 		s.reset(b, http2.ErrCodeProtocol)
 		return

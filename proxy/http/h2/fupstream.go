@@ -170,9 +170,8 @@ type uconn struct {
 	initWin      int32
 	maxFrame     uint32
 	blocked      []*fstream
-	recvWin      int64
-	recvUnacked  int64
-	goaway       bool // no new stream (GOAWAY received, or ids ran out)
+	recv         recvWindow // the connection window offered to the server
+	goaway       bool       // no new stream (GOAWAY received, or ids ran out)
 	settingsSeen bool
 	settled      chan struct{} // closed with settingsSeen, or when u dies
 	dead         bool
@@ -184,7 +183,7 @@ func newUconn(p *framePool, addr netip.AddrPort, c net.Conn) *uconn {
 	u := &uconn{
 		p: p, addr: addr, c: c, done: make(chan struct{}),
 		streams: map[uint32]*fstream{}, nextID: 1, maxStreams: math.MaxUint32, settled: make(chan struct{}),
-		sendWin: defaultWindow, initWin: defaultWindow, maxFrame: 16384, recvWin: frameConnWindow,
+		sendWin: defaultWindow, initWin: defaultWindow, maxFrame: 16384, recv: newRecvWindow(frameConnWindow),
 	}
 	u.w = newWconn(c)
 	u.w.mu.Lock()
@@ -373,12 +372,7 @@ func (u *uconn) consumed(b *batch, n int64) {
 		return
 	}
 	u.mu.Lock()
-	u.recvUnacked += n
-	inc := int64(0)
-	if u.recvUnacked >= frameConnWindow/4 {
-		inc, u.recvUnacked = u.recvUnacked, 0
-		u.recvWin += inc
-	}
+	inc := u.recv.consumed(n)
 	u.mu.Unlock()
 	if inc > 0 {
 		u.w.writeWindowUpdate(b, 0, uint32(inc))
@@ -539,11 +533,10 @@ func (u *uconn) handle(b *batch, f http2.Frame) error {
 	case *http2.DataFrame:
 		n := int64(f.Header().Length)
 		u.mu.Lock()
-		if n > u.recvWin {
+		if !u.recv.take(n) {
 			u.mu.Unlock()
 			return errUpstreamProtocol
 		}
-		u.recvWin -= n
 		s := u.streams[f.StreamID]
 		u.mu.Unlock()
 		if s != nil {
@@ -788,14 +781,13 @@ func (s *fstream) answered(b *batch) {
 
 // upData takes DATA of the answer (n bytes of window, padding included).
 func (s *fstream) upData(b *batch, f *http2.DataFrame, n int64) {
-	if s.done || !s.gotFinal || s.upRecvEnd || n > s.upRecvWin {
+	if s.done || !s.gotFinal || s.upRecvEnd || !s.upRecv.take(n) {
 		s.u.consumed(b, n)
 		if !s.done && !s.upRecvEnd {
 			s.upBroken(b, errUpstreamProtocol)
 		}
 		return
 	}
-	s.upRecvWin -= n
 	data := f.Data()
 	if pad := n - int64(len(data)); pad > 0 {
 		s.upConsumed(b, pad)
@@ -814,11 +806,8 @@ func (s *fstream) upConsumed(b *batch, n int64) {
 		return
 	}
 	if !s.upRecvEnd {
-		s.upRecvUnacked += n
-		if s.upRecvUnacked >= frameStreamWindow/4 {
-			u.w.writeWindowUpdate(b, s.uid, uint32(s.upRecvUnacked))
-			s.upRecvWin += s.upRecvUnacked
-			s.upRecvUnacked = 0
+		if inc := s.upRecv.consumed(n); inc > 0 {
+			u.w.writeWindowUpdate(b, s.uid, uint32(inc))
 		}
 	}
 	u.consumed(b, n)

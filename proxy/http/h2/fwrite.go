@@ -403,3 +403,36 @@ func (w *wconn) applySettings(f *http2.SettingsFrame) {
 		w.enc.SetMaxDynamicTableSizeLimit(min(v, 4096))
 	}
 }
+
+// recvWindow is one flow control window the proxy offers its peer (a
+// connection's or a stream's): what the peer may still send, and what
+// the proxy passed on but has not given back yet. Window goes back a
+// quarter of size at a time, so small frames do not each cost a
+// WINDOW_UPDATE. The owner's lock guards it.
+type recvWindow struct {
+	avail, unacked, size int64
+}
+
+func newRecvWindow(size int64) recvWindow { return recvWindow{avail: size, size: size} }
+
+// take accounts n bytes received; false when they exceed the window (a
+// flow control error).
+func (w *recvWindow) take(n int64) bool {
+	if n > w.avail {
+		return false
+	}
+	w.avail -= n
+	return true
+}
+
+// consumed records n bytes passed on and returns the increment to send
+// now (0: none yet).
+func (w *recvWindow) consumed(n int64) int64 {
+	w.unacked += n
+	if w.unacked < w.size/4 {
+		return 0
+	}
+	inc := w.unacked
+	w.avail, w.unacked = w.avail+inc, 0
+	return inc
+}
