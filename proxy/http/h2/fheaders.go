@@ -23,6 +23,7 @@ type headerBlock struct {
 	reuse   bool // fields may be overwritten by the next block
 
 	mh         http2.MetaHeadersFrame
+	active     bool // a block is being read
 	fields     []hpack.HeaderField
 	scratch    []hpack.HeaderField
 	remain     uint32
@@ -91,6 +92,7 @@ func validFieldName(name string) bool {
 // while CONTINUATION frames are due).
 func (b *headerBlock) start(f *http2.HeadersFrame) (*http2.MetaHeadersFrame, error) {
 	b.mh = http2.MetaHeadersFrame{HeadersFrame: f}
+	b.active = true
 	if b.reuse {
 		b.fields = b.scratch[:0]
 	} else {
@@ -103,10 +105,16 @@ func (b *headerBlock) start(f *http2.HeadersFrame) (*http2.MetaHeadersFrame, err
 // cont takes a CONTINUATION frame (the Framer checks it follows the
 // HEADERS of the same stream).
 func (b *headerBlock) cont(f *http2.ContinuationFrame) (*http2.MetaHeadersFrame, error) {
+	if !b.active {
+		// The HEADERS it continues was refused by the Framer (a stream
+		// error): the block cannot be decoded, nor the ones after it.
+		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
+	}
 	return b.fragment(f.HeaderBlockFragment(), f.HeadersEnded())
 }
 
 func (b *headerBlock) fragment(p []byte, end bool) (*http2.MetaHeadersFrame, error) {
+	b.active = !end
 	if uint64(len(p)) > 2*uint64(b.remain) {
 		// Far past the limit: not worth decoding, and a flood.
 		return nil, http2.ConnectionError(http2.ErrCodeProtocol)
