@@ -40,8 +40,24 @@ func newHeaderBlock(maxSize uint32, reuse bool) *headerBlock {
 	return b
 }
 
-// Pseudo-fields, by bit.
-var pseudoBits = map[string]uint8{":method": 1, ":scheme": 2, ":authority": 4, ":path": 8, ":protocol": 16, ":status": 32}
+// pseudoBit numbers the pseudo-fields; 0 for an unknown one.
+func pseudoBit(name string) uint8 {
+	switch name {
+	case ":method":
+		return 1
+	case ":scheme":
+		return 2
+	case ":authority":
+		return 4
+	case ":path":
+		return 8
+	case ":protocol":
+		return 16
+	case ":status":
+		return 32
+	}
+	return 0
+}
 
 func (b *headerBlock) emit(hf hpack.HeaderField) {
 	if b.invalid || b.truncated {
@@ -52,7 +68,7 @@ func (b *headerBlock) emit(hf hpack.HeaderField) {
 		return
 	}
 	if strings.HasPrefix(hf.Name, ":") {
-		bit := pseudoBits[hf.Name]
+		bit := pseudoBit(hf.Name)
 		if b.sawRegular || bit == 0 || b.pseudos&bit != 0 {
 			b.invalid = true
 			return
