@@ -437,15 +437,22 @@ func (d *dconn) consumed(b *batch, n int64) {
 func (d *dconn) takeSendWindow(s *fstream, n int64) int64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	n = min(n, d.sendWin, int64(d.maxFrame))
+	return takeWindow(&d.sendWin, &d.blocked, s, &s.downBlocked, min(n, int64(d.maxFrame)))
+}
+
+// takeWindow takes up to n bytes of a connection's send window win; with
+// none left, s joins the connection's blocked list (once: isBlocked) and
+// gets 0. The connection's lock is held.
+func takeWindow(win *int64, blocked *[]*fstream, s *fstream, isBlocked *bool, n int64) int64 {
+	n = min(n, *win)
 	if n <= 0 {
-		if !s.downBlocked {
-			s.downBlocked = true
-			d.blocked = append(d.blocked, s)
+		if !*isBlocked {
+			*isBlocked = true
+			*blocked = append(*blocked, s)
 		}
 		return 0
 	}
-	d.sendWin -= n
+	*win -= n
 	return n
 }
 

@@ -708,13 +708,20 @@ func (s *fstream) deadlinePassed() {
 		return
 	}
 	s.detachUp(nil, true)
+	s.endExpired(nil)
+}
+
+// endExpired ends an answer under way whose deadline passed, counted as
+// 504: a gRPC client gets DEADLINE_EXCEEDED in the trailers, any other a
+// reset.
+func (s *fstream) endExpired(b *batch) {
 	s.countOnce(504)
 	if s.grpc {
 		s.grpcCode = grpcDeadlineExceeded
-		s.endWithStatus(nil, grpcDeadlineExceeded, l7.ReasonTimeout)
+		s.endWithStatus(b, grpcDeadlineExceeded, l7.ReasonTimeout)
 		return
 	}
-	s.reset(nil, http2.ErrCodeInternal)
+	s.reset(b, http2.ErrCodeInternal)
 }
 
 // endWithStatus ends a gRPC answer with trailers carrying code, after the

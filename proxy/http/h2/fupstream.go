@@ -267,16 +267,7 @@ func (u *uconn) open(s *fstream, b *batch) bool {
 func (u *uconn) takeSendWindow(s *fstream, n int64) int64 {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	n = min(n, u.sendWin, int64(u.maxFrame))
-	if n <= 0 {
-		if !s.upBlocked {
-			s.upBlocked = true
-			u.blocked = append(u.blocked, s)
-		}
-		return 0
-	}
-	u.sendWin -= n
-	return n
+	return takeWindow(&u.sendWin, &u.blocked, s, &s.upBlocked, min(n, int64(u.maxFrame)))
 }
 
 // release forgets s's stream; unread bytes of its answer give their
@@ -430,14 +421,7 @@ func (u *uconn) loop() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) && !first {
-				if s := u.stream(se.StreamID); s != nil {
-					s.mu.Lock()
-					if s.u == u && s.uid == se.StreamID {
-						s.upBroken(b, errUpstreamProtocol)
-					}
-					s.mu.Unlock()
-				}
-				u.w.writeRST(b, se.StreamID, se.Code)
+				u.streamError(b, se)
 				continue
 			}
 			return err
@@ -453,14 +437,7 @@ func (u *uconn) loop() error {
 		if err != nil {
 			var se http2.StreamError
 			if errors.As(err, &se) {
-				if s := u.stream(se.StreamID); s != nil {
-					s.mu.Lock()
-					if s.u == u && s.uid == se.StreamID {
-						s.upBroken(b, errUpstreamProtocol)
-					}
-					s.mu.Unlock()
-				}
-				u.w.writeRST(b, se.StreamID, se.Code)
+				u.streamError(b, se)
 				continue
 			}
 			u.w.writeGoAway(b, 0, http2.ErrCode(err.(http2.ConnectionError)))
@@ -474,6 +451,18 @@ func (u *uconn) loop() error {
 			return err
 		}
 	}
+}
+
+// streamError resets a stream the server broke; the attempt on it fails.
+func (u *uconn) streamError(b *batch, se http2.StreamError) {
+	if s := u.stream(se.StreamID); s != nil {
+		s.mu.Lock()
+		if s.u == u && s.uid == se.StreamID {
+			s.upBroken(b, errUpstreamProtocol)
+		}
+		s.mu.Unlock()
+	}
+	u.w.writeRST(b, se.StreamID, se.Code)
 }
 
 func (u *uconn) handle(b *batch, f http2.Frame) error {
@@ -675,13 +664,7 @@ func (s *fstream) upBroken(b *batch, err error) {
 	s.d.up.Log.Debug("h2: upstream answer broke", "path", s.path, "err", err)
 	if s.expired() {
 		s.leaseDone(nil)
-		s.countOnce(504)
-		if s.grpc {
-			s.grpcCode = grpcDeadlineExceeded
-			s.endWithStatus(b, grpcDeadlineExceeded, l7.ReasonTimeout)
-			return
-		}
-		s.reset(b, http2.ErrCodeInternal)
+		s.endExpired(b)
 		return
 	}
 	s.leaseDone(err)
