@@ -269,3 +269,59 @@ func TestLargeHeaderBlocks(t *testing.T) {
 		t.Errorf("a header block above the limit: %s %q, want 431", rc.status[1], rc.data[1])
 	}
 }
+
+// TestRapidResetEndsConnection: a client that opens streams and resets
+// them before their answer, over and over (CVE-2023-44487), is cut off
+// with GOAWAY(ENHANCE_YOUR_CALM) once it has reset maxResets more than
+// it let finish; the upstream saw no more than that many requests.
+// EngineFrames only (the x/net engine has its own limit).
+func TestRapidResetEndsConnection(t *testing.T) {
+	var seen atomic.Int32
+	up := startH2C(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Add(1)
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-r.Context().Done():
+		}
+	}))
+	snap := mustBuild(t, route.Config{Services: []route.Service{
+		{Name: "svc", Addresses: []netip.AddrPort{svcAddr}, Endpoints: eps(up)},
+	}})
+	p := newTestProxy(t, snap, Options{Engine: EngineFrames})
+	rc := dialRaw(t, p.addr)
+	var rst [4]byte
+	rst[3] = byte(http2.ErrCodeCancel)
+	go func() {
+		id := uint32(1)
+		for range 30 { // 1,500 streams, 50 per write
+			var batch []byte
+			for range 50 {
+				batch = append(batch, rc.getFrame(id, "/x")...)
+				var b bytes.Buffer
+				http2.NewFramer(&b, nil).WriteRSTStream(id, http2.ErrCodeCancel)
+				batch = append(batch, b.Bytes()...)
+				id += 2
+			}
+			if _, err := rc.c.Write(batch); err != nil {
+				return // cut off
+			}
+		}
+	}()
+	f := rc.until(t, "GOAWAY", func(f http2.Frame) bool { _, ok := f.(*http2.GoAwayFrame); return ok })
+	if ga := f.(*http2.GoAwayFrame); ga.ErrCode != http2.ErrCodeEnhanceYourCalm {
+		t.Fatalf("GOAWAY %v, want ENHANCE_YOUR_CALM", ga.ErrCode)
+	}
+	// Then the connection ends (reset, as the client keeps writing).
+	rc.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for {
+		if _, err := rc.fr.ReadFrame(); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the connection stayed open after the GOAWAY")
+			}
+			break
+		}
+	}
+	if n := seen.Load(); n > maxResets+50 {
+		t.Errorf("the upstream saw %d requests from a client that reset them all", n)
+	}
+}

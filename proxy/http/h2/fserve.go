@@ -54,6 +54,7 @@ type dconn struct {
 	goneAway  bool       // the final GOAWAY is out: no stream above lastID
 	lastID    uint32
 	ended     bool // the read loop is over
+	resets    int  // streams the client reset before their answer, less those answered since (see maxResets)
 	pings     pingSet
 	idleTimer *time.Timer
 
@@ -288,6 +289,9 @@ func (d *dconn) handle(f http2.Frame) error {
 		}
 	case *http2.RSTStreamFrame:
 		if s := d.stream(f.StreamID); s != nil {
+			if !d.spendReset() {
+				return connError{code: http2.ErrCodeEnhanceYourCalm, why: "too many streams reset before their answer"}
+			}
 			s.mu.Lock()
 			s.clientGone(b)
 			s.mu.Unlock()
@@ -322,6 +326,33 @@ func (d *dconn) handle(f http2.Frame) error {
 		// Nothing to do: a client's GOAWAY opens no stream we wait for.
 	}
 	return nil
+}
+
+// maxResets is how many more streams a client may reset before their
+// answer than it lets finish. Each such stream cost an upstream request
+// for nothing: a client that opens and resets streams in a loop (the
+// "rapid reset" attack, CVE-2023-44487) would keep the upstreams busy
+// without ever being bound by MaxConcurrentStreams. Past the budget the
+// connection ends with GOAWAY(ENHANCE_YOUR_CALM); clients that cancel
+// now and then never come near it.
+const maxResets = 1000
+
+// spendReset takes one reset from the client's budget; false when none
+// is left.
+func (d *dconn) spendReset() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.resets++
+	return d.resets <= maxResets
+}
+
+// answeredOne gives a reset back to the budget: a stream was answered.
+func (d *dconn) answeredOne() {
+	d.mu.Lock()
+	if d.resets > 0 {
+		d.resets--
+	}
+	d.mu.Unlock()
 }
 
 // idle reports whether id names a stream the client has not opened yet.

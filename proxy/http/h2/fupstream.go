@@ -757,6 +757,7 @@ func (s *fstream) upHeaders(b *batch, f *http2.MetaHeadersFrame) {
 
 // answered: the whole answer reached the client.
 func (s *fstream) answered(b *batch) {
+	s.d.answeredOne()
 	s.leaseDone(l7.Verdict(s.status, s.grpcCode, nil))
 	s.countOnce(s.status)
 	s.close(b, http2.ErrCodeNo)
