@@ -23,6 +23,7 @@ import (
 	"github.com/weir-mesh/weir/agent/kube"
 	"github.com/weir-mesh/weir/proxy"
 	l7 "github.com/weir-mesh/weir/proxy/http"
+	"github.com/weir-mesh/weir/proxy/http/h2"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/proxy/sniff"
@@ -124,6 +125,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		ConnectTimeout: time.Duration(cfg.ConnectTimeout),
 		Log:            log,
 		Sniffing:       cfg.sniffing(),
+		HTTP2:          h2.Options{Engine: cfg.HTTP2.Engine},
 		SniffMetrics:   sniff.NewMetrics(reg),
 		HTTPMetrics:    l7.NewMetrics(reg),
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/weir-mesh/weir/agent/podconfig"
 	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/http/h2"
 	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/redirect"
 )
@@ -70,6 +71,17 @@ type Config struct {
 	XDS XDS `json:"xds"`
 	// AccessLog writes one JSON line per L7 request.
 	AccessLog AccessLog `json:"accessLog"`
+	// HTTP2 tunes the HTTP/2 and gRPC half of the L7 proxy.
+	HTTP2 HTTP2 `json:"http2"`
+}
+
+// HTTP2 tunes the HTTP/2 (h2c) and gRPC proxy.
+type HTTP2 struct {
+	// Engine is "frames" (default): weir's frame-level proxy, or "xnet":
+	// x/net/http2's server and transport, the first implementation, kept
+	// as a fallback while the frame engine is new (it costs several times
+	// the CPU per request).
+	Engine string `json:"engine"`
 }
 
 // AccessLog configures the L7 access log: one slog JSON line per request
@@ -374,6 +386,9 @@ func (c Config) Validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s: must be positive", key)
 		}
+	}
+	if err := (h2.Options{Engine: c.HTTP2.Engine}).Validate(); err != nil {
+		return fmt.Errorf("http2.engine: %w", err)
 	}
 	if c.Sniffing.Timeout < 0 || c.Sniffing.Timeout > Duration(10*time.Second) {
 		return fmt.Errorf("sniffing.timeout: want 0 (never sniff) up to 10s, got %s", time.Duration(c.Sniffing.Timeout))

@@ -17,6 +17,12 @@ func TestParseConfigDefaults(t *testing.T) {
 		c.Capture.InboundPort != 15006 || time.Duration(c.ConnectTimeout) != 5*time.Second || c.Capture.Mode != "" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+	for _, engine := range []string{"frames", "xnet"} {
+		c, err := ParseConfig([]byte("http2:\n  engine: " + engine + "\n"))
+		if err != nil || c.HTTP2.Engine != engine {
+			t.Errorf("http2.engine %s: %v, %q", engine, err, c.HTTP2.Engine)
+		}
+	}
 }
 
 // With no file at all the state directory is still the socket's, never
@@ -88,6 +94,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"unknown route key", "services:\n  - name: a\n    address: 10.0.0.1:80\n    httpRoutes:\n      - rulez: []\n", "rulez"},
 		{"negative sniffing timeout", "sniffing:\n  timeout: -1s\n", "sniffing.timeout"},
 		{"bad sniffing port", "sniffing:\n  portTimeouts: {http: 1s}\n", "sniffing.portTimeouts"},
+		{"unknown http2 engine", "http2:\n  engine: nghttp2\n", "http2.engine"},
 		{"bad service address", "services:\n  - name: a\n    address: 10.0.0.1\n", "services[0] (a).address"},
 		{"bad endpoint", "services:\n  - name: a\n    address: 10.0.0.1:80\n    endpoints: [x]\n", "services[0] (a).endpoints"},
 		{"duplicate address", "services:\n  - name: a\n    address: 10.0.0.1:80\n  - name: b\n    address: 10.0.0.1:80\n", "already belongs to service a"},

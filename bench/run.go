@@ -33,6 +33,9 @@ type Options struct {
 	// ProfileDir, when set, gets a perf profile of weir-agent per workload,
 	// recorded in an extra unrecorded pass after the rounds.
 	ProfileDir string
+	// HTTP2Engine, when set, is the agent's http2.engine (frames or xnet),
+	// to compare the HTTP/2 engines against the same peers.
+	HTTP2Engine string
 	// Log receives progress lines; nil for none.
 	Log io.Writer
 }
@@ -65,6 +68,11 @@ func (o *Options) fill() error {
 	}
 	if o.Warmup == 0 && !o.Quick {
 		o.Warmup = DefaultWarmup
+	}
+	switch o.HTTP2Engine {
+	case "", "frames", "xnet":
+	default:
+		return fmt.Errorf("http2-engine: want frames or xnet, got %q", o.HTTP2Engine)
 	}
 	if o.Rounds < 1 || o.Rounds > maxRounds {
 		return fmt.Errorf("rounds: want 1..%d, got %d", maxRounds, o.Rounds)

@@ -158,6 +158,9 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 		})
 	}
 	cfg["services"] = services
+	if w.opts.HTTP2Engine != "" {
+		cfg["http2"] = map[string]any{"engine": w.opts.HTTP2Engine}
+	}
 	agent = node.StartAgent(t, cfg)
 	return s, agent
 }
@@ -241,9 +244,13 @@ func buildWorld(t testworld.T, opts *Options) *world {
 			}
 		}
 		name := "weir-" + mode
+		engine := opts.HTTP2Engine
+		if engine == "" {
+			engine = "frames"
+		}
 		w.paths = append(w.paths, &path{
 			Name: name, Kind: kindWeir,
-			Desc:   "weir-agent, captured by weir-cni's " + mode + " rules; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7), other bytes relayed at L4",
+			Desc:   "weir-agent, captured by weir-cni's " + mode + " rules; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
 			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
 			notes: map[backend]string{backendH2C: "h2c both ways: the client's streams go out on weir's own HTTP/2 upstream connections to the server's h2c port"},
 		}, &path{

@@ -22,6 +22,7 @@ import (
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 	l7 "github.com/weir-mesh/weir/proxy/http"
+	"github.com/weir-mesh/weir/proxy/http/h2"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/origdst"
 	"github.com/weir-mesh/weir/proxy/relay"
@@ -56,6 +57,9 @@ type Engine struct {
 	// Sniffing says when outbound connections to services are sniffed for
 	// their protocol (L7) rather than relayed as bytes (L4).
 	Sniffing Sniffing
+	// HTTP2 tunes the HTTP/2 and gRPC proxy (its engine); the zero value
+	// takes the defaults.
+	HTTP2 h2.Options
 	// SniffMetrics and HTTPMetrics count sniff outcomes and L7 requests;
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics

@@ -58,10 +58,10 @@ type pools struct {
 	redis *rpc.Pool
 }
 
-func (p *pools) get() *pools {
+func (p *pools) get(h2opt h2.Options) *pools {
 	p.once.Do(func() {
 		p.h1 = h1.NewPool(h1.Options{})
-		p.h2 = h2.NewPool(h2.Options{})
+		p.h2 = h2.NewPool(h2opt)
 		// A stalled server turns into error replies instead of holding
 		// the client's pipeline forever.
 		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second})
@@ -120,7 +120,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name,
 			Dial: e.podDialer(w),
 		}
-		p := w.pools.get()
+		p := w.pools.get(e.HTTP2)
 		if res.Protocol == sniff.HTTP1 {
 			h1.Serve(e.ctx, sc, up, p.h1)
 		} else {
@@ -134,7 +134,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		rpc.Serve(e.ctx, sc, &rpc.Upstream{
 			Cluster: r.Cluster, Key: sourceKey(c), Draining: e.draining, Log: e.Log,
 			Dial: e.podDialer(w),
-		}, w.pools.get().redis)
+		}, w.pools.get(e.HTTP2).redis)
 		return true
 	case sniff.TLS:
 		if r.TLS != nil {

@@ -14,7 +14,7 @@ import (
 
 // The benchmarks run client, proxy and server in this process over
 // loopback, so ns/op and allocs/op count all three: the proxy's cost is
-// the difference between /proxy and /direct. "seq" measures one request
+// the difference between /proxy-<engine> and /direct. "seq" measures one request
 // at a time (latency), "par" keeps GOMAXPROCS×4 in flight on the one
 // client connection (throughput).
 
@@ -23,9 +23,10 @@ func BenchmarkGRPCUnary(b *testing.B) {
 	snap := mustBuild(b, route.Config{Services: []route.Service{
 		{Name: "svc", Addresses: []netip.AddrPort{svcAddr}, Endpoints: eps(addr)},
 	}})
-	p := newTestProxy(b, snap, Options{})
+	pf := newTestProxy(b, snap, Options{Engine: EngineFrames})
+	px := newTestProxy(b, snap, Options{Engine: EngineXNet})
 	req := &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}}
-	for _, target := range []struct{ name, addr string }{{"direct", addr.String()}, {"proxy", p.addr}} {
+	for _, target := range []struct{ name, addr string }{{"direct", addr.String()}, {"proxy-frames", pf.addr}, {"proxy-xnet", px.addr}} {
 		client := testpb.NewTestServiceClient(grpcClient(b, target.addr))
 		ctx := context.Background()
 		if _, err := client.UnaryCall(ctx, req); err != nil {
@@ -61,8 +62,9 @@ func BenchmarkH2C(b *testing.B) {
 	snap := mustBuild(b, route.Config{Services: []route.Service{
 		{Name: "svc", Addresses: []netip.AddrPort{svcAddr}, Endpoints: eps(addr)},
 	}})
-	p := newTestProxy(b, snap, Options{})
-	for _, target := range []struct{ name, addr string }{{"direct", addr.String()}, {"proxy", p.addr}} {
+	pf := newTestProxy(b, snap, Options{Engine: EngineFrames})
+	px := newTestProxy(b, snap, Options{Engine: EngineXNet})
+	for _, target := range []struct{ name, addr string }{{"direct", addr.String()}, {"proxy-frames", pf.addr}, {"proxy-xnet", px.addr}} {
 		client, _ := h2cClient(b, target.addr)
 		get := func() error {
 			res, err := client.Get("http://svc.test/x")

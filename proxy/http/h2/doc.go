@@ -34,30 +34,53 @@
 // (highest stream id and a PING, then the last stream id), and streams in
 // flight finish.
 //
-// Approach: the streams are parsed and written by golang.org/x/net/http2
-// on both sides, its Server over the client's connection and its
-// Transport over connections this package dials itself (Transport.ConnPool
-// is the Pool, so the transport's own retry of refused streams comes back
-// to the balancer). That buys correct flow control, stream states,
-// SETTINGS, CONTINUATION, header limits and trailers from a well-kept
-// implementation, at net/http's price: every request costs a goroutine
-// on each side, an http.Request and http.Response with their header maps,
-// and one more goroutine while a request body is read (so an abandoned
-// attempt can be interrupted), and about three writes each way per unary
-// call. BenchmarkGRPCUnary and BenchmarkH2C measure it over loopback: a
-// small unary gRPC call costs about 116 allocations (12 KB) more through
-// the proxy than direct, a small h2c GET about 76 (8 KB), and each goes
-// from about 50µs to 120-250µs on a busy 2-core machine. A frame-level
-// proxy (http2.Framer and hpack, forwarding frames with ids patched) could
-// do the same work for a fraction, behind the same API.
+// Approach: two engines behind Serve, chosen by Options.Engine.
+//
+// EngineFrames (the default) is a frame-level proxy built on
+// golang.org/x/net/http2's Framer (frame parsing and validation,
+// CONTINUATION, header list limits) and hpack, with its own connection
+// state machines (fserve.go for the client side, fupstream.go for the
+// upstream side, fstream.go for one request, fwrite.go for writing). Each
+// connection, client or upstream, has one goroutine that reads and
+// dispatches its frames; what it produces for one read of the socket
+// (forwarded HEADERS and DATA, WINDOW_UPDATEs, SETTINGS and PING answers)
+// is queued per connection and leaves in one write, made without
+// blocking by the reader itself when it next waits for input, the rest
+// by the connection's writer goroutine, so a peer that stops reading
+// stalls nobody else. A client stream maps to a stream on a multiplexed
+// upstream connection per endpoint (Pool, dialled from the pod's network
+// namespace through Upstream.Dial), opened only under the server's
+// SETTINGS_MAX_CONCURRENT_STREAMS (one stream until its SETTINGS arrive);
+// the client's own streams are bounded by MaxConcurrentStreams
+// (REFUSED_STREAM beyond). Header blocks are decoded and encoded again on
+// each hop, so the proxy can filter fields, rewrite and apply routes.
+// Flow control is end to end but decoupled: each side is offered fixed
+// windows (256 KiB per stream, 1 MiB per connection), and window goes
+// back to one side only as the other side's windows let the bytes out, so
+// the proxy holds at most those windows per stream and connection however
+// slow either peer reads. No goroutine per request: timers exist only for
+// the rule's timeouts, and a goroutine only while a new upstream
+// connection is dialled. In the project's bench (docs/benchmarks.md) it
+// costs about a seventh of the x/net engine's CPU per h2c request, with
+// about one syscall per request.
+//
+// EngineXNet, the first implementation, parses and writes the streams with
+// x/net/http2 on both sides, its Server over the client's connection and
+// its Transport over connections this package dials itself
+// (Transport.ConnPool is the Pool, so the transport's own retry of
+// refused streams comes back to the balancer). Every request costs a
+// goroutine on each side, an http.Request and http.Response with their
+// header maps, and about three writes each way per unary call. It stays
+// as a fallback while the frame engine is new.
 //
 // Not supported: TLS (h2 over TLS is relayed as L4 TLS or terminated
 // elsewhere), CONNECT and extended CONNECT (answered 501), HTTP/1.1
 // Upgrade: h2c (the sniffer hands over prior knowledge only), server push
-// (never forwarded: the upstream connections disable it), request
-// trailers the client did not declare
-// in a Trailer field (x/net's server drops them; gRPC clients send none),
-// 1xx informational answers other than 100-continue, and forwarding an
-// upstream's RST_STREAM code: a broken upstream stream resets the client's
-// with INTERNAL_ERROR, or, for gRPC, ends it with grpc-status UNAVAILABLE.
+// (never forwarded: the upstream connections disable it), PRIORITY
+// (ignored), and forwarding an upstream's RST_STREAM code: a broken
+// upstream stream resets the client's with INTERNAL_ERROR, or, for gRPC,
+// ends it with grpc-status UNAVAILABLE. The x/net engine also drops
+// request trailers the client did not declare in a Trailer field (gRPC
+// clients send none) and 1xx answers other than 100-continue, which the
+// frame engine forwards.
 package h2

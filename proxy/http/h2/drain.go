@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2"
 )
@@ -37,12 +38,11 @@ type drainConn struct {
 	ping    [8]byte // payload of the PING ack being read
 	pingN   int
 
-	mu    sync.Mutex
-	pings map[[8]byte]chan struct{} // our PINGs not yet answered
+	pings pingSet
 }
 
 func newDrainConn(c net.Conn) *drainConn {
-	dc := &drainConn{Conn: c, preface: len(http2.ClientPreface), pings: map[[8]byte]chan struct{}{}}
+	dc := &drainConn{Conn: c, preface: len(http2.ClientPreface)}
 	dc.wcond.L = &dc.wmu
 	return dc
 }
@@ -87,19 +87,58 @@ func (c *drainConn) goAway() <-chan struct{} {
 // writePing frames a PING with a fresh payload into b and returns the
 // channel its answer closes.
 func (c *drainConn) writePing(fr *http2.Framer, b *bytes.Buffer) <-chan struct{} {
+	data, acked := c.pings.add()
+	fr.WritePing(false, data)
+	return acked
+}
+
+// pingSet is the PINGs a drain sent and waits to see answered.
+type pingSet struct {
+	mu sync.Mutex
+	m  map[[8]byte]chan struct{}
+}
+
+// add makes a PING payload not in use and the channel its answer closes.
+func (p *pingSet) add() ([8]byte, <-chan struct{}) {
 	var data [8]byte
 	acked := make(chan struct{})
-	c.mu.Lock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[[8]byte]chan struct{}{}
+	}
 	for {
 		rand.Read(data[:])
-		if _, dup := c.pings[data]; !dup {
+		if _, dup := p.m[data]; !dup {
 			break
 		}
 	}
-	c.pings[data] = acked
-	c.mu.Unlock()
-	fr.WritePing(false, data)
-	return acked
+	p.m[data] = acked
+	return data, acked
+}
+
+// acked takes a PING answer: the channel of ours it answers closes.
+func (p *pingSet) acked(data [8]byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if acked, ok := p.m[data]; ok {
+		close(acked)
+		delete(p.m, data)
+	}
+}
+
+// waitAnswer waits for a drain step's PING answer (acked), at most
+// timeout; false when the connection ended first (served).
+func waitAnswer(acked, served <-chan struct{}, timeout time.Duration) bool {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-acked:
+	case <-t.C:
+	case <-served:
+		return false
+	}
+	return true
 }
 
 // inject writes frames now if the server is between frames, else queues
@@ -190,19 +229,10 @@ func (c *drainConn) observe(p []byte) {
 		p = p[k:]
 		if c.rcur.rem == 0 {
 			if c.rcur.isPingAck() && c.pingN == len(c.ping) {
-				c.pingAcked(c.ping)
+				c.pings.acked(c.ping)
 			}
 			c.rcur.end()
 		}
-	}
-}
-
-func (c *drainConn) pingAcked(data [8]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if acked, ok := c.pings[data]; ok {
-		close(acked)
-		delete(c.pings, data)
 	}
 }
 

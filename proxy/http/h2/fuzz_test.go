@@ -93,7 +93,7 @@ func FuzzServe(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		check(t, false)
-		r := running{done: make(chan struct{}), pool: NewPool(Options{}), start: time.Now()}
+		r := running{done: make(chan struct{}), pool: NewPool(withEngine(Options{})), start: time.Now()}
 		client, server := net.Pipe()
 		go func() {
 			defer close(r.done)

@@ -74,7 +74,7 @@ func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.
 	reg := prometheus.NewRegistry()
 	p := &testProxy{
 		addr:     ln.Addr().String(),
-		pool:     NewPool(opt),
+		pool:     NewPool(withEngine(opt)),
 		metrics:  l7.NewMetrics(reg),
 		reg:      reg,
 		draining: make(chan struct{}),

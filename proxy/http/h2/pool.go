@@ -49,6 +49,33 @@ type Options struct {
 	// id) waits for the client's answer before the drain moves on, the
 	// server's frames held meanwhile for the first; default 1s.
 	DrainPingTimeout time.Duration
+	// Engine chooses the implementation: EngineFrames (the default),
+	// weir's frame-level proxy, or EngineXNet, x/net/http2's server and
+	// transport (the first implementation, kept as a fallback).
+	Engine string
+}
+
+// HTTP/2 engines (Options.Engine).
+const (
+	// EngineFrames relays frames: one reader goroutine per connection on
+	// each side, a write loop that sends everything queued in one write,
+	// streams mapped between a client connection and multiplexed upstream
+	// connections, flow control window by window.
+	EngineFrames = "frames"
+	// EngineXNet serves clients with x/net/http2's Server and forwards
+	// with its Transport: a goroutine per stream on each side, a write
+	// and a flush per frame; several times the CPU per request.
+	EngineXNet = "xnet"
+)
+
+// Validate reports a setting that cannot work.
+func (o Options) Validate() error {
+	switch o.Engine {
+	case "", EngineFrames, EngineXNet:
+	default:
+		return fmt.Errorf("h2: engine %q: want %q or %q", o.Engine, EngineFrames, EngineXNet)
+	}
+	return nil
 }
 
 func (o Options) withDefaults() Options {
@@ -71,6 +98,9 @@ func (o Options) withDefaults() Options {
 	set(&o.PingTimeout, 15*time.Second)
 	set(&o.ConnectTimeout, 5*time.Second)
 	set(&o.DrainPingTimeout, time.Second)
+	if o.Engine == "" {
+		o.Engine = EngineFrames
+	}
 	return o
 }
 
@@ -85,6 +115,7 @@ func (o Options) withDefaults() Options {
 type Pool struct {
 	opt Options
 	t   *http2.Transport
+	fp  framePool
 
 	mu     sync.Mutex
 	eps    map[netip.AddrPort]*endpointConns
@@ -106,6 +137,7 @@ var errPoolClosed = errors.New("h2: upstream pool closed")
 func NewPool(opt Options) *Pool {
 	opt = opt.withDefaults()
 	p := &Pool{opt: opt, eps: map[netip.AddrPort]*endpointConns{}}
+	p.fp = framePool{opt: &p.opt, eps: map[netip.AddrPort]*fendpoint{}}
 	p.t = &http2.Transport{
 		ConnPool:           (*connPool)(p),
 		AllowHTTP:          true,
@@ -136,6 +168,7 @@ func (p *Pool) Close() {
 	for _, cc := range all {
 		cc.Close()
 	}
+	p.fp.close()
 }
 
 // conn returns a connection to addr with a stream reserved for one

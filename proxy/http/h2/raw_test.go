@@ -310,7 +310,7 @@ func TestServeContextEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	pool := NewPool(Options{})
+	pool := NewPool(withEngine(Options{}))
 	defer pool.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -25,6 +25,10 @@ import (
 // every stream's handler has.
 func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 	opt := &pool.opt
+	if opt.Engine == EngineFrames {
+		serveFrames(ctx, down, up, pool)
+		return
+	}
 	dc := newDrainConn(down)
 	h := &handler{up: up, pool: pool}
 	hs := &http.Server{
@@ -69,22 +73,7 @@ func drain(draining <-chan struct{}, served <-chan struct{}, dc *drainConn, hs *
 	case <-served:
 		return
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	answered := func(acked <-chan struct{}) bool {
-		select {
-		case <-acked:
-		case <-t.C:
-		case <-served:
-			return false
-		}
-		return true
-	}
-	if !answered(dc.barrier()) {
-		return
-	}
-	t.Reset(timeout)
-	if !answered(dc.goAway()) {
+	if !waitAnswer(dc.barrier(), served, timeout) || !waitAnswer(dc.goAway(), served, timeout) {
 		return
 	}
 	// No listener and no HTTP/1 connection: Shutdown returns at once,
