@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -70,6 +71,22 @@ type Config struct {
 	XDS XDS `json:"xds"`
 	// AccessLog writes one JSON line per L7 request.
 	AccessLog AccessLog `json:"accessLog"`
+	// Tracing propagates W3C trace context with a span per L7 request and
+	// exports sampled spans over OTLP/gRPC.
+	Tracing Tracing `json:"tracing"`
+}
+
+// Tracing configures the agent's spans. Off by default: then traceparent
+// goes upstream exactly as the client sent it.
+type Tracing struct {
+	Enabled bool `json:"enabled"`
+	// Endpoint is the OTLP/gRPC collector, host:port (plaintext).
+	Endpoint string `json:"endpoint"`
+	// SampleRatio is the share (0..1) of new traces sampled; a request
+	// carrying a traceparent follows its sampled flag.
+	SampleRatio float64 `json:"sampleRatio"`
+	// BatchTimeout is the longest a finished span waits to be exported.
+	BatchTimeout Duration `json:"batchTimeout"`
 }
 
 // AccessLog configures the L7 access log: one slog JSON line per request
@@ -279,6 +296,7 @@ func DefaultConfig() Config {
 		NetnsDirs:           []string{"/run/netns", "/var/run/netns"},
 		UnknownDestinations: "passthrough",
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
+		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,
@@ -393,6 +411,9 @@ func (c Config) Validate() error {
 	}
 	if p := c.AccessLog.Path; p != "-" && !filepath.IsAbs(p) {
 		return fmt.Errorf("accessLog.path: want - (stderr) or an absolute path, got %q", p)
+	}
+	if err := c.Tracing.validate(); err != nil {
+		return err
 	}
 	switch c.UnknownDestinations {
 	case "passthrough", "refuse":
@@ -575,4 +596,24 @@ func (c Config) sniffing() proxy.Sniffing {
 		}
 	}
 	return s
+}
+
+func (t Tracing) validate() error {
+	if r := t.SampleRatio; !(r >= 0 && r <= 1) {
+		return fmt.Errorf("tracing.sampleRatio: want 0 up to 1, got %v", r)
+	}
+	if t.BatchTimeout <= 0 || time.Duration(t.BatchTimeout) > time.Minute {
+		return fmt.Errorf("tracing.batchTimeout: want more than 0 up to 1m, got %s", time.Duration(t.BatchTimeout))
+	}
+	if !t.Enabled {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(t.Endpoint)
+	if err != nil || host == "" || port == "" {
+		return fmt.Errorf("tracing.endpoint: want host:port of an OTLP/gRPC collector, got %q", t.Endpoint)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("tracing.endpoint: port %q is not 1-65535", port)
+	}
+	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -81,6 +80,11 @@ type HTTPRouteRule struct {
 	// Retry retries the rule's requests that got a listed answer; nil:
 	// only requests that never reached an upstream are sent again.
 	Retry *HTTPRouteRetry `json:"retry,omitempty"`
+	// RateLimit caps the rule's requests per second on this node; nil:
+	// none.
+	RateLimit *LocalRateLimit `json:"rateLimit,omitempty"`
+	// Fault delays or aborts a share of the rule's requests; nil: none.
+	Fault *HTTPFault `json:"fault,omitempty"`
 }
 
 // HTTPRouteTimeouts is Gateway API's HTTPRouteRule.timeouts. Zero means
@@ -278,6 +282,11 @@ type Action struct {
 	Timeout, TryTimeout time.Duration
 	// Retry is the rule's retry policy; nil: none.
 	Retry *RetryPolicy
+	// RateLimit is the rule's token bucket; nil: no limit. It lives as
+	// long as the snapshot: a rebuild starts it full again.
+	RateLimit *TokenBucket
+	// Fault is the rule's fault injection; nil: none.
+	Fault *FaultPolicy
 
 	backends []weightedCluster
 	total    uint64
@@ -348,13 +357,8 @@ func compileResilience(rule *HTTPRouteRule, a *Action, bad func(string, ...any),
 		p.codes[c-500] = true
 	}
 	for i, name := range r.GRPCCodes {
-		c := slices.Index(grpcCodeNames[:], strings.ToUpper(name))
-		if c < 0 {
-			if n, err := strconv.Atoi(name); err == nil && n >= 0 && n < len(grpcCodeNames) {
-				c = n
-			}
-		}
-		if c <= 0 {
+		c, ok := ParseGRPCCode(name)
+		if !ok || c == 0 {
 			bad("%s.retry.grpcCodes[%d] %q is not a gRPC error code (UNAVAILABLE, 14, ...)", rw, i, name)
 			continue
 		}
@@ -575,6 +579,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 			rw := fmt.Sprintf(".routes[%d].rules[%d]", ri, ji)
 			a := &Action{Route: name, Rule: ji}
 			compileResilience(&rule, a, bad, rw)
+			compilePolicy(&rule, a, bad, rw)
 			for fi, f := range rule.Filters {
 				fw := fmt.Sprintf("%s.filters[%d]", rw, fi)
 				switch f.Type {
