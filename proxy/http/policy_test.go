@@ -2,7 +2,6 @@ package http_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
@@ -203,13 +202,8 @@ func series(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 // is the child of the client's traceparent, and the traceparent sent
 // upstream carries the client's trace id with the agent's span id.
 func TestTracerOTLP(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcv := otlptest.Serve(ln)
-	defer rcv.Stop()
-	tr, err := l7.NewTracer(context.Background(), l7.TracerConfig{Endpoint: ln.Addr().String(), SampleRatio: 0, BatchTimeout: 50 * time.Millisecond})
+	rcv, endpoint := otlptest.Listen(t)
+	tr, err := l7.NewTracer(context.Background(), l7.TracerConfig{Endpoint: endpoint, SampleRatio: 0, BatchTimeout: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

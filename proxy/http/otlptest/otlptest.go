@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"testing"
 	"time"
 
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -41,6 +42,29 @@ func Serve(ln net.Listener) *Receiver {
 	coltracepb.RegisterTraceServiceServer(r.srv, r)
 	go r.srv.Serve(ln)
 	return r
+}
+
+// Listen serves a receiver on a loopback port for the test, stopped at
+// cleanup, and returns it with its endpoint (host:port).
+func Listen(t testing.TB) (*Receiver, string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Serve(ln)
+	t.Cleanup(r.Stop)
+	return r, ln.Addr().String()
+}
+
+// Trace returns the first span received of the trace; false if none.
+func (r *Receiver) Trace(traceID string) (Span, bool) {
+	for _, s := range r.Spans() {
+		if s.TraceID == traceID {
+			return s, true
+		}
+	}
+	return Span{}, false
 }
 
 // Stop closes the server.
