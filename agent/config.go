@@ -194,6 +194,9 @@ type Service struct {
 	// TLSRoutes route TLS connections by SNI to other services; none
 	// sends them to this service's endpoints.
 	TLSRoutes []route.TLSRoute `json:"tlsRoutes"`
+	// RateLimit caps the service's L7 requests on this node (token
+	// bucket); none by default.
+	RateLimit *route.LocalRateLimit `json:"rateLimit"`
 }
 
 // Sniffing configures protocol detection on connections to services whose

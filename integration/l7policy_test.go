@@ -28,6 +28,7 @@ import (
 const (
 	vipPolicy  = "10.96.1.40:80"    // http: rate limits and faults per path
 	vipGPolicy = "10.96.1.41:50052" // grpc: UnaryCall rate limited, EmptyCall aborted
+	vipSLimit  = "10.96.1.42:80"    // http, no routes: a service-wide rate limit
 )
 
 // traceSeen records the traceparent each request reached a backend with,
@@ -161,6 +162,8 @@ func TestL7Policy(t *testing.T) {
 						"fault": map[string]any{"abort": map[string]any{"httpStatus": 418, "percentage": 50}}},
 					map[string]any{"backendRefs": to("policy")},
 				}}}},
+			map[string]any{"name": "slimit", "address": vipSLimit, "protocol": "http", "endpoints": []string{ip + ":8080"},
+				"rateLimit": map[string]any{"requestsPerSecond": slow, "burst": 2}},
 			map[string]any{"name": "gpolicy", "address": vipGPolicy, "protocol": "grpc", "endpoints": []string{ip + ":50052"},
 				"httpRoutes": []any{map[string]any{"name": "gpolicy", "rules": []any{
 					map[string]any{"matches": prefix("/grpc.testing.TestService/UnaryCall"), "backendRefs": to("gpolicy"),
@@ -219,6 +222,19 @@ func TestL7Policy(t *testing.T) {
 			hist("policy/0", "policy"): 5, hist("policy/0", ""): 3,
 			policy("policy/0", "rate_limited"): 3,
 			series("weir_http_local_replies_total", map[string]string{"code": "429", "reason": "rate_limited"}): 3,
+		})
+	})
+
+	t.Run("service-rate-limit", func(t *testing.T) {
+		codes := curlCodes(t, client, "http://"+vipSLimit+"/any", 4)
+		if strings.Join(codes, " ") != "200 200 429 429" {
+			t.Fatalf("4 requests against a service burst of 2 answered %v", codes)
+		}
+		// A service without routes counts under route "".
+		expect(t, map[string]float64{
+			series("weir_route_requests_total", map[string]string{"service": "slimit", "route": "", "cluster": "slimit", "code": "200", "grpc_status": ""}): 2,
+			series("weir_route_requests_total", map[string]string{"service": "slimit", "route": "", "cluster": "", "code": "429", "grpc_status": ""}):       2,
+			series("weir_route_policy_total", map[string]string{"service": "slimit", "route": "", "policy": "rate_limited"}):                                2,
 		})
 	})
 

@@ -82,6 +82,11 @@ type Decision struct {
 // and fault injection, in that order: a request the limit refuses is
 // neither delayed nor aborted. It allocates nothing.
 func (u *Upstream) Resolve(r route.RequestView) Decision {
+	if b := u.Route.RateLimit; b != nil {
+		if d, ok := u.limit(b, nil); !ok {
+			return d
+		}
+	}
 	if u.Route.HTTP == nil {
 		return Decision{Cluster: u.Route.Cluster}
 	}
@@ -90,10 +95,8 @@ func (u *Upstream) Resolve(r route.RequestView) Decision {
 		return Decision{Status: 404, Reason: ReasonNoRoute}
 	}
 	if a.RateLimit != nil {
-		if ok, wait := a.RateLimit.Allow(); !ok {
-			u.Metrics.policy(u.Route.Service, a, policyRateLimited)
-			return Decision{Action: a, Status: 429, Reason: ReasonRateLimited, GRPC: grpcResourceExhausted,
-				RetryAfter: int(max((wait+time.Second-1)/time.Second, 1))}
+		if d, ok := u.limit(a.RateLimit, a); !ok {
+			return d
 		}
 	}
 	var d Decision
@@ -121,6 +124,18 @@ func (u *Upstream) Resolve(r route.RequestView) Decision {
 		}
 	}
 	return d
+}
+
+// limit takes a token from b (the service's, a nil, or rule a's); when
+// there is none, the decision is 429 and ok is false.
+func (u *Upstream) limit(b *route.TokenBucket, a *route.Action) (d Decision, ok bool) {
+	ok, wait := b.Allow()
+	if ok {
+		return d, true
+	}
+	u.Metrics.policy(u.Route.Service, a, policyRateLimited)
+	return Decision{Action: a, Status: 429, Reason: ReasonRateLimited, GRPC: grpcResourceExhausted,
+		RetryAfter: int(max((wait+time.Second-1)/time.Second, 1))}, false
 }
 
 // grpcResourceExhausted is the gRPC code of a rate-limited call.

@@ -2,6 +2,7 @@ package http_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -244,5 +245,36 @@ func TestTracerOTLP(t *testing.T) {
 	}
 	if s.Attrs["http.response.status_code"] != "200" || s.Attrs["weir.route"] != "r/3" || s.Attrs["url.path"] != "/x" || s.Resource["service.name"] != "weir-agent" {
 		t.Fatalf("span attributes %v resource %v", s.Attrs, s.Resource)
+	}
+}
+
+// TestServiceRateLimit: a service's own limit holds for every L7 request
+// to it, with or without routes, before any rule's.
+func TestServiceRateLimit(t *testing.T) {
+	ep := []cluster.Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.1:80")}}
+	for _, routes := range [][]route.HTTPRoute{nil, {{Name: "r", Rules: []route.HTTPRouteRule{{Backends: []route.BackendRef{{Service: "s"}}}}}}} {
+		snap, err := route.Build(route.Config{Services: []route.Service{{
+			Name: "s", Addresses: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.2:80")}, Endpoints: ep,
+			HTTPRoutes: routes, RateLimit: &route.LocalRateLimit{RequestsPerSecond: 0.01, Burst: 3},
+		}}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		up := &l7.Upstream{Route: snap.Lookup(netip.MustParseAddrPort("10.96.0.2:80")), Metrics: l7.NewMetrics(reg)}
+		var got []int
+		for range 5 {
+			got = append(got, up.Resolve(view{method: "GET", host: "s", path: "/"}).Status)
+		}
+		if fmt.Sprint(got) != "[0 0 0 429 429]" {
+			t.Fatalf("routes %v: statuses %v, want 3 forwarded then 2 refused", routes != nil, got)
+		}
+		if n, _ := series(t, reg, "weir_route_policy_total", map[string]string{"service": "s", "route": "", "policy": "rate_limited"}); n != 2 {
+			t.Errorf("service-level refusals counted %v, want 2", n)
+		}
+	}
+	_, err := route.Build(route.Config{Services: []route.Service{{Name: "s", Endpoints: ep, RateLimit: &route.LocalRateLimit{}}}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "services[0] (s).rateLimit.requestsPerSecond 0 is not in") {
+		t.Fatalf("a zero service rate: %v", err)
 	}
 }

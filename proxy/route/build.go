@@ -59,6 +59,10 @@ type Service struct {
 	// TLSRoutes route TLS connections by SNI; none sends them to the
 	// service's own cluster.
 	TLSRoutes []TLSRoute `json:"tlsRoutes,omitempty"`
+	// RateLimit caps the L7 requests (HTTP/1.1, HTTP/2, gRPC) to this
+	// service's addresses on this node, before any route rule's limit;
+	// nil: none.
+	RateLimit *LocalRateLimit `json:"rateLimit,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -317,6 +321,10 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 			continue
 		}
 		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
+		if svc.RateLimit != nil {
+			bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+			r.RateLimit = compileRateLimit(svc.RateLimit, bad, fmt.Sprintf("services[%d] (%s).rateLimit", i, svc.Name))
+		}
 		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).

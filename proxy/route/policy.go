@@ -131,23 +131,8 @@ func (b *TokenBucket) Allow() (bool, time.Duration) {
 // compilePolicy checks a rule's rate limit and fault and puts them on a;
 // errors name the field under rw.
 func compilePolicy(rule *HTTPRouteRule, a *Action, bad func(string, ...any), rw string) {
-	if rl := rule.RateLimit; rl != nil {
-		ok := true
-		if !(rl.RequestsPerSecond > 0 && rl.RequestsPerSecond <= 1e9) {
-			bad("%s.rateLimit.requestsPerSecond %v is not in (0, 1e9]", rw, rl.RequestsPerSecond)
-			ok = false
-		}
-		if rl.Burst < 0 || rl.Burst > 1e9 {
-			bad("%s.rateLimit.burst %d is not in 0..1e9", rw, rl.Burst)
-			ok = false
-		}
-		if ok {
-			burst := rl.Burst
-			if burst == 0 {
-				burst = max(1, int(math.Ceil(rl.RequestsPerSecond)))
-			}
-			a.RateLimit = NewTokenBucket(rl.RequestsPerSecond, burst)
-		}
+	if rule.RateLimit != nil {
+		a.RateLimit = compileRateLimit(rule.RateLimit, bad, rw+".rateLimit")
 	}
 	f := rule.Fault
 	if f == nil {
@@ -194,6 +179,28 @@ func compilePolicy(rule *HTTPRouteRule, a *Action, bad func(string, ...any), rw 
 		p.abortAt = newThreshold(pct("abort", ab.Percentage))
 	}
 	a.Fault = p
+}
+
+// compileRateLimit checks rl and makes its bucket; nil after an error
+// (named under where).
+func compileRateLimit(rl *LocalRateLimit, bad func(string, ...any), where string) *TokenBucket {
+	ok := true
+	if !(rl.RequestsPerSecond > 0 && rl.RequestsPerSecond <= 1e9) {
+		bad("%s.requestsPerSecond %v is not in (0, 1e9]", where, rl.RequestsPerSecond)
+		ok = false
+	}
+	if rl.Burst < 0 || rl.Burst > 1e9 {
+		bad("%s.burst %d is not in 0..1e9", where, rl.Burst)
+		ok = false
+	}
+	if !ok {
+		return nil
+	}
+	burst := rl.Burst
+	if burst == 0 {
+		burst = max(1, int(math.Ceil(rl.RequestsPerSecond)))
+	}
+	return NewTokenBucket(rl.RequestsPerSecond, burst)
 }
 
 // ParseGRPCCode reads a gRPC status code by name (UNAVAILABLE, any case)

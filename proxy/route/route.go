@@ -39,6 +39,8 @@ type Route struct {
 	HTTP *HTTPRouter
 	// TLS routes a TLS connection by SNI; nil sends it to Cluster.
 	TLS *TLSRouter
+	// RateLimit is the service's token bucket for L7 requests; nil: none.
+	RateLimit *TokenBucket
 }
 
 // Refused reports whether the route says to refuse the connection.
