@@ -162,6 +162,9 @@ func TestRouteMetricsExact(t *testing.T) {
 			if got := m.GetHistogram().GetSampleCount(); got != hist[k] || l["service"] != "front" {
 				t.Errorf("histogram %v count %d, want %d", l, got, hist[k])
 			}
+			if h := m.GetHistogram(); len(h.GetPositiveSpan()) == 0 && h.GetZeroCount() == 0 {
+				t.Errorf("histogram %v has no native buckets", l)
+			}
 			seen++
 		}
 	}

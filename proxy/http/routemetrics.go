@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -62,8 +63,13 @@ func (m *routeMetrics) register(reg prometheus.Registerer) {
 	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "weir_route_request_duration_seconds",
 		Help: "Time from a request's head to the end of its response, by service, route rule and cluster.",
-		// The same buckets as weir_http_request_duration_seconds.
-		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		// The same classic buckets as weir_http_request_duration_seconds,
+		// and a native histogram (10 % wide buckets, at most 100) for a
+		// Prometheus that scrapes the protobuf format.
+		Buckets:                         []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		NativeHistogramBucketFactor:     1.1,
+		NativeHistogramMaxBucketNumber:  100,
+		NativeHistogramMinResetDuration: time.Hour,
 	}, labels)
 	m.policies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_route_policy_total",
