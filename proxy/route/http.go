@@ -282,8 +282,8 @@ type Action struct {
 	Timeout, TryTimeout time.Duration
 	// Retry is the rule's retry policy; nil: none.
 	Retry *RetryPolicy
-	// RateLimit is the rule's token bucket; nil: no limit. It lives as
-	// long as the snapshot: a rebuild starts it full again.
+	// RateLimit is the rule's token bucket; nil: no limit. A rebuild
+	// keeps it while the rule's name, index and limit stay the same.
 	RateLimit *TokenBucket
 	// Fault is the rule's fault injection; nil: none.
 	Fault *FaultPolicy
@@ -555,7 +555,7 @@ func queryValue(q []byte, name string) ([]byte, bool) {
 
 // compileHTTP builds a service's router. clusterOf resolves a backend
 // service name. where prefixes errors.
-func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, where string) (*HTTPRouter, error) {
+func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, lim *limits, where string) (*HTTPRouter, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(where+format, args...)) }
 	h := &HTTPRouter{}
@@ -579,7 +579,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 			rw := fmt.Sprintf(".routes[%d].rules[%d]", ri, ji)
 			a := &Action{Route: name, Rule: ji}
 			compileResilience(&rule, a, bad, rw)
-			compilePolicy(&rule, a, bad, rw)
+			compilePolicy(&rule, a, lim, bad, rw)
 			for fi, f := range rule.Filters {
 				fw := fmt.Sprintf("%s.filters[%d]", rw, fi)
 				switch f.Type {

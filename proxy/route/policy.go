@@ -130,9 +130,9 @@ func (b *TokenBucket) Allow() (bool, time.Duration) {
 
 // compilePolicy checks a rule's rate limit and fault and puts them on a;
 // errors name the field under rw.
-func compilePolicy(rule *HTTPRouteRule, a *Action, bad func(string, ...any), rw string) {
+func compilePolicy(rule *HTTPRouteRule, a *Action, lim *limits, bad func(string, ...any), rw string) {
 	if rule.RateLimit != nil {
-		a.RateLimit = compileRateLimit(rule.RateLimit, bad, rw+".rateLimit")
+		a.RateLimit = lim.bucket(bucketKey{route: a.Route, rule: a.Rule, rl: *rule.RateLimit}, bad, rw+".rateLimit")
 	}
 	f := rule.Fault
 	if f == nil {
@@ -179,6 +179,36 @@ func compilePolicy(rule *HTTPRouteRule, a *Action, bad func(string, ...any), rw 
 		p.abortAt = newThreshold(pct("abort", ab.Percentage))
 	}
 	a.Fault = p
+}
+
+// bucketKey names a token bucket across builds: the same limit on the
+// same rule of the same service.
+type bucketKey struct {
+	service, route string
+	rule           int // -1: the service's own limit
+	rl             LocalRateLimit
+}
+
+// limits hands out the token buckets of one build, carrying over the
+// previous snapshot's: a rebuild (an endpoint change, a reload) keeps the
+// tokens of every limit it did not change, so churn cannot reset a limit.
+type limits struct {
+	service    string
+	prev, next map[bucketKey]*TokenBucket
+}
+
+// bucket returns k's bucket: the previous build's, else a new one (nil
+// when k's limit is invalid, with the error named under where).
+func (l *limits) bucket(k bucketKey, bad func(string, ...any), where string) *TokenBucket {
+	k.service = l.service
+	b, ok := l.prev[k]
+	if !ok {
+		if b = compileRateLimit(&k.rl, bad, where); b == nil {
+			return nil
+		}
+	}
+	l.next[k] = b
+	return b
 }
 
 // compileRateLimit checks rl and makes its bucket; nil after an error

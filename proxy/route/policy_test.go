@@ -135,3 +135,48 @@ func TestHTTPStatusOfGRPC(t *testing.T) {
 		t.Fatal("RESOURCE_EXHAUSTED must map to 429 and UNAVAILABLE to 503")
 	}
 }
+
+// TestBucketsSurviveRebuilds: an endpoint change or a reload rebuilds
+// the routes; an unchanged limit keeps its bucket (and its spent tokens),
+// a changed one starts afresh.
+func TestBucketsSurviveRebuilds(t *testing.T) {
+	rl := &LocalRateLimit{RequestsPerSecond: 0.001, Burst: 2}
+	cfg := l7Config([]HTTPRoute{{Name: "r", Rules: []HTTPRouteRule{{RateLimit: rl, Backends: []BackendRef{{Service: "a"}}}}}})
+	cfg.Services[0].RateLimit = &LocalRateLimit{RequestsPerSecond: 0.001, Burst: 1}
+	vip := netip.MustParseAddrPort("10.96.0.1:80")
+	buckets := func(s *Snapshot) (*TokenBucket, *TokenBucket) {
+		r := s.Lookup(vip)
+		return r.RateLimit, r.HTTP.Match(req{method: "GET", path: "/"}).RateLimit
+	}
+	s1, err := Build(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc1, rule1 := buckets(s1)
+	svc1.Allow()
+	rule1.Allow()
+	rule1.Allow()
+
+	cfg.Services[0].Endpoints = append(cfg.Services[0].Endpoints, cluster.Endpoint{Addr: netip.MustParseAddrPort("10.0.0.9:80")})
+	s2, err := Build(cfg, s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc2, rule2 := buckets(s2)
+	if svc2 != svc1 || rule2 != rule1 {
+		t.Fatal("an endpoint change gave the limits new buckets: churn would reset them")
+	}
+	if ok, _ := rule2.Allow(); ok {
+		t.Fatal("the spent burst came back after a rebuild")
+	}
+
+	cfg.Services[0].HTTPRoutes[0].Rules[0].RateLimit = &LocalRateLimit{RequestsPerSecond: 0.001, Burst: 3}
+	s3, err := Build(cfg, s2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc3, rule3 := buckets(s3)
+	if svc3 != svc1 || rule3 == rule1 {
+		t.Fatal("want the unchanged service limit kept and the changed rule limit new")
+	}
+}

@@ -57,6 +57,9 @@ type Snapshot struct {
 	cidr6    cidrIndex
 	unknown  Route
 	clusters []*cluster.Cluster // one per service
+	// buckets are the rate limits' token buckets, for the next build to
+	// carry over.
+	buckets map[bucketKey]*TokenBucket
 }
 
 // cidrIndex finds the longest matching prefix with one map probe per
