@@ -132,6 +132,14 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
 	}
+	if t := cfg.Tracing; t.Enabled {
+		a.engine.Tracer, err = l7.NewTracer(context.Background(), l7.TracerConfig{
+			Endpoint: t.Endpoint, SampleRatio: t.SampleRatio, BatchTimeout: time.Duration(t.BatchTimeout),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("tracing: %w", err)
+		}
+	}
 	if cfg.Kubernetes.Enabled {
 		if a.kube, err = newKubeSource(cfg, log); err != nil {
 			return nil, err
@@ -289,6 +297,11 @@ loop:
 	}
 	a.mu.Unlock()
 	adminSrv.Close()
+	flushCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if err := a.engine.Tracer.Shutdown(flushCtx); err != nil {
+		a.log.Warn("tracing: spans not all exported at stop", "err", err)
+	}
+	cancel()
 	if a.ebpf.objs != nil {
 		// Pins stay: captured pods stay captured (refused until the next
 		// agent listens), as under REDIRECT.

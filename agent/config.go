@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -73,6 +74,9 @@ type Config struct {
 	AccessLog AccessLog `json:"accessLog"`
 	// HTTP2 tunes the HTTP/2 and gRPC half of the L7 proxy.
 	HTTP2 HTTP2 `json:"http2"`
+	// Tracing propagates W3C trace context with a span per L7 request and
+	// exports sampled spans over OTLP/gRPC.
+	Tracing Tracing `json:"tracing"`
 }
 
 // HTTP2 tunes the HTTP/2 (h2c) and gRPC proxy.
@@ -82,6 +86,19 @@ type HTTP2 struct {
 	// as a fallback while the frame engine is new (it costs several times
 	// the CPU per request).
 	Engine string `json:"engine"`
+}
+
+// Tracing configures the agent's spans. Off by default: then traceparent
+// goes upstream exactly as the client sent it.
+type Tracing struct {
+	Enabled bool `json:"enabled"`
+	// Endpoint is the OTLP/gRPC collector, host:port (plaintext).
+	Endpoint string `json:"endpoint"`
+	// SampleRatio is the share (0..1) of new traces sampled; a request
+	// carrying a traceparent follows its sampled flag.
+	SampleRatio float64 `json:"sampleRatio"`
+	// BatchTimeout is the longest a finished span waits to be exported.
+	BatchTimeout Duration `json:"batchTimeout"`
 }
 
 // AccessLog configures the L7 access log: one slog JSON line per request
@@ -194,6 +211,9 @@ type Service struct {
 	// TLSRoutes route TLS connections by SNI to other services; none
 	// sends them to this service's endpoints.
 	TLSRoutes []route.TLSRoute `json:"tlsRoutes"`
+	// RateLimit caps the service's L7 requests on this node (token
+	// bucket); none by default.
+	RateLimit *route.LocalRateLimit `json:"rateLimit"`
 }
 
 // Sniffing configures protocol detection on connections to services whose
@@ -297,6 +317,7 @@ func DefaultConfig() Config {
 		UnknownDestinations: "passthrough",
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
+		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,
@@ -414,6 +435,9 @@ func (c Config) Validate() error {
 	}
 	if p := c.AccessLog.Path; p != "-" && !filepath.IsAbs(p) {
 		return fmt.Errorf("accessLog.path: want - (stderr) or an absolute path, got %q", p)
+	}
+	if err := c.Tracing.validate(); err != nil {
+		return err
 	}
 	switch c.UnknownDestinations {
 	case "passthrough", "refuse":
@@ -596,4 +620,24 @@ func (c Config) sniffing() proxy.Sniffing {
 		}
 	}
 	return s
+}
+
+func (t Tracing) validate() error {
+	if r := t.SampleRatio; !(r >= 0 && r <= 1) {
+		return fmt.Errorf("tracing.sampleRatio: want 0 up to 1, got %v", r)
+	}
+	if t.BatchTimeout <= 0 || time.Duration(t.BatchTimeout) > time.Minute {
+		return fmt.Errorf("tracing.batchTimeout: want more than 0 up to 1m, got %s", time.Duration(t.BatchTimeout))
+	}
+	if !t.Enabled {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(t.Endpoint)
+	if err != nil || host == "" || port == "" {
+		return fmt.Errorf("tracing.endpoint: want host:port of an OTLP/gRPC collector, got %q", t.Endpoint)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("tracing.endpoint: port %q is not 1-65535", port)
+	}
+	return nil
 }

@@ -87,7 +87,7 @@ func TestQuickBench(t *testing.T) {
 		}
 	}
 	md := rep.Markdown()
-	for _, want := range []string{"## Results", "### http-keepalive", "### h2-keepalive", "| weir-redirect |", "| weir-redirect-l4 |", "## Targets"} {
+	for _, want := range []string{"## Results", "### http-keepalive", "### h2-keepalive", "| weir-redirect |", "| weir-redirect-l4 |", "| " + PolicyPath + " |", "## Targets"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q", want)
 		}

@@ -234,6 +234,10 @@ func (r *Report) finish(elapsed time.Duration) {
 		r.target("L7 CPU per HTTP/2 request ≤ haproxy http's (h2c, proto h2)", "h2-keepalive", weir, "haproxy-http", cpu, "≤ 1.00", atMost1)
 		r.target("L7 CPU per HTTP/2 request ≤ nginx http's (h2c front)", "h2-keepalive", weir, "nginx-http", cpu, "≤ 1.00", atMost1)
 	}
+	// Issue 10: the cost of policy and telemetry on the L7 path.
+	atMost115 := func(x float64) bool { return x <= 1.15 }
+	r.target("L7 policy and telemetry cost: CPU per HTTP/1.1 request ≤ 1.15 × plain L7 (keep-alive)", "http-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
+	r.target("L7 policy and telemetry cost: CPU per HTTP/2 request ≤ 1.15 × plain L7 (h2c)", "h2-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
 }
 
 func (r *Report) target(goal, workload, path, peer string, ratio func(a, b *Row) float64, want string, ok func(float64) bool) {

@@ -98,6 +98,7 @@ func pathNames() []string {
 	for _, m := range WeirModes {
 		names = append(names, "weir-"+m, "weir-"+m+"-l4")
 	}
+	names = append(names, PolicyPath)
 	for _, p := range peers {
 		names = append(names, p.name)
 	}

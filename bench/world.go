@@ -52,6 +52,14 @@ const (
 	weirVIPL4 = "10.96.0.11"
 )
 
+// PolicyPath is weir's L7 path with issue 10's policy and telemetry
+// configured, measured against the plain weir-<first mode> path: one
+// route with one rule per HTTP service (retry on 503, a request timeout,
+// a rate limit far above the load), per-route metrics, the access log
+// sampled at 1 % (to a file), tracing off. It has a node and agent of its
+// own, since the access log is an agent-wide setting.
+const PolicyPath = "weir-redirect-policy"
+
 // Kinds of path.
 const (
 	kindDirect = "direct" // no proxy at all
@@ -128,8 +136,10 @@ func (w *world) logf(format string, args ...any) {
 	}
 }
 
-// newSite builds a node for a weir mode, starts its agent and its server pod.
-func (w *world) newSite(mode string) (*site, *testworld.Agent) {
+// newSite builds a node for a weir mode, starts its agent and its server
+// pod; with policy, the agent and its HTTP services are configured as
+// PolicyPath says.
+func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
 	t := w.t
 	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}})
 	tuneNetns(t, node.Netns)
@@ -146,11 +156,20 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 	var services []any
 	for _, b := range backends {
 		ep := []string{fmt.Sprintf("%s:%d", s.server.IP4, serverPorts[b])}
-		services = append(services, map[string]any{
+		svc := map[string]any{
 			"name":      string(b),
 			"address":   fmt.Sprintf("%s:%d", weirVIP, servicePort[b]),
 			"endpoints": ep,
-		}, map[string]any{
+		}
+		if policy && slices.Contains(httpBackends, b) {
+			svc["httpRoutes"] = []any{map[string]any{"name": string(b), "rules": []any{map[string]any{
+				"backendRefs": []any{map[string]any{"service": string(b)}},
+				"retry":       map[string]any{"codes": []int{503}, "attempts": 1},
+				"timeouts":    map[string]any{"request": "10s"},
+				"rateLimit":   map[string]any{"requestsPerSecond": 1e8, "burst": 100000},
+			}}}}
+		}
+		services = append(services, svc, map[string]any{
 			"name":      string(b) + "-l4",
 			"address":   fmt.Sprintf("%s:%d", weirVIPL4, servicePort[b]),
 			"endpoints": ep,
@@ -160,6 +179,9 @@ func (w *world) newSite(mode string) (*site, *testworld.Agent) {
 	cfg["services"] = services
 	if w.opts.HTTP2Engine != "" {
 		cfg["http2"] = map[string]any{"engine": w.opts.HTTP2Engine}
+	}
+	if policy {
+		cfg["accessLog"] = map[string]any{"enabled": true, "sampleRate": 0.01, "path": filepath.Join(w.scratch, "access-"+node.Name+".log")}
 	}
 	agent = node.StartAgent(t, cfg)
 	return s, agent
@@ -219,7 +241,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	start := time.Now()
 	for i, mode := range WeirModes {
 		w.logf("building node for weir mode %s", mode)
-		s, agent := w.newSite(mode)
+		s, agent := w.newSite(mode, false)
 		if i == 0 {
 			w.first = s
 			plain := s.node.MustAddPod(t, "bench-plain", "client-plain")
@@ -260,6 +282,10 @@ func buildWorld(t testworld.T, opts *Options) *world {
 			notes: map[backend]string{backendH2C: "bytes relayed: the client's h2c connection ends at the server"},
 		})
 	}
+	if keep(opts.Paths, PolicyPath) {
+		w.logf("building node for %s", PolicyPath)
+		w.paths = append(w.paths, w.policyPath())
+	}
 	for i, p := range peers {
 		if !keep(opts.Paths, p.name) || (p.optIn && !slices.Contains(opts.Paths, p.name)) {
 			continue
@@ -277,4 +303,27 @@ func serverAddrs(p *testworld.Pod) map[backend]string {
 		m[b] = fmt.Sprintf("%s:%d", p.IP4, serverPorts[b])
 	}
 	return m
+}
+
+// policyPath builds PolicyPath's node (redirect mode, as the first weir
+// path) and client: HTTP/1.1 and h2c only.
+func (w *world) policyPath() *path {
+	t := w.t
+	const mode = "redirect"
+	s, agent := w.newSite(mode, true)
+	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
+	tuneNetns(t, client.Netns)
+	addrs, skip := map[backend]string{}, map[backend]string{}
+	for _, b := range backends {
+		if slices.Contains(httpBackends, b) {
+			addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
+		} else {
+			skip[b] = "not HTTP: no L7 policy applies"
+		}
+	}
+	return &path{
+		Name: PolicyPath, Kind: kindWeir,
+		Desc:   "weir-redirect's L7 path with policy and telemetry on: one route rule per service with retries, a request timeout and a rate limit, per-route metrics, access log sampled at 1 %, tracing off (a node and agent of its own)",
+		client: client, addr: addrs, skip: skip, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+	}
 }

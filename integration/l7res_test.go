@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -12,7 +11,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 
@@ -215,16 +213,7 @@ func TestL7Resilience(t *testing.T) {
 		}
 	})
 	t.Run("grpc", func(t *testing.T) {
-		cc, err := grpc.NewClient("passthrough:///"+vipGRes,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				return client.Dial(addr, 5*time.Second)
-			}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cc.Close()
-		tc := testpb.NewTestServiceClient(cc)
+		tc := testpb.NewTestServiceClient(podGRPCClient(t, client, vipGRes))
 		gRetries := func() float64 { return agent.Metric(t, `weir_http_retries_total{protocol="grpc"}`) }
 		for i := range 4 {
 			if _, err := tc.UnaryCall(t.Context(), &testpb.SimpleRequest{}); err != nil {
@@ -237,7 +226,7 @@ func TestL7Resilience(t *testing.T) {
 		before := gA.calls.Load() + gB.calls.Load()
 		ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
 		defer cancel()
-		_, err = tc.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 1})
+		_, err := tc.UnaryCall(ctx, &testpb.SimpleRequest{ResponseSize: 1})
 		if status.Code(err) != codes.DeadlineExceeded {
 			t.Fatalf("slow call: %v, want DEADLINE_EXCEEDED", err)
 		}

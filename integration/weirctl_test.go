@@ -243,7 +243,7 @@ func TestWeirctl(t *testing.T) {
 		}()
 		defer func() { close(stop); wg.Wait() }()
 		out := ok("top", "--interval", "1s")
-		has(out, "rates over", "connections: ", "CLUSTER", "CONN/S", svc, "PROTOCOL", "REQ/S", "P99", "http1")
+		has(out, "rates over", "connections: ", "CLUSTER", "CONN/S", svc, "PROTOCOL", "REQ/S", "P99", "http1", "SERVICE", "ROUTE")
 		if n := strings.Count(out, "CLUSTER"); n != 1 {
 			t.Fatalf("top printed %d screens by default, want 1:\n%s", n, out)
 		}
@@ -258,6 +258,10 @@ func TestWeirctl(t *testing.T) {
 				}
 				HTTP []struct {
 					Protocol          string
+					RequestsPerSecond float64
+				}
+				Routes []struct {
+					Service           string
 					RequestsPerSecond float64
 				}
 			}
@@ -279,6 +283,15 @@ func TestWeirctl(t *testing.T) {
 			}
 			if rate <= 0 || reqs <= 0 {
 				t.Fatalf("top screen %d: %s at %v conn/s, http1 at %v req/s, want both > 0 under traffic\n%s", screens, svc, rate, reqs, out)
+			}
+			var routeReqs float64
+			for _, r := range v.Routes {
+				if r.Service == svc {
+					routeReqs += r.RequestsPerSecond
+				}
+			}
+			if routeReqs <= 0 {
+				t.Fatalf("top screen %d: no per-route requests for %s under traffic\n%s", screens, svc, out)
 			}
 		}
 		if screens != 2 {

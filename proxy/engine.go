@@ -66,6 +66,8 @@ type Engine struct {
 	HTTPMetrics  *l7.Metrics
 	// AccessLog logs L7 requests; nil logs none.
 	AccessLog *l7.AccessLog
+	// Tracer gives L7 requests spans; nil: tracing off.
+	Tracer *l7.Tracer
 	// OnDemand, when set, is asked before routing an outbound connection,
 	// so routing held only on demand arrives first (ondemand.go).
 	OnDemand OnDemand

@@ -117,7 +117,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		}
 		up := &l7.Upstream{
 			Route: r, Dst: dst, Key: sourceKey(c), Draining: e.draining,
-			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name,
+			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name, Tracer: e.Tracer,
 			Dial: e.podDialer(w),
 		}
 		p := w.pools.get(e.HTTP2)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -47,6 +48,10 @@ type Upstream struct {
 	AccessLog *AccessLog
 	// Pod names the client workload in access log lines.
 	Pod string
+	// Tracer, when set, propagates W3C trace context with a span of its
+	// own per request and exports the sampled spans; nil: tracing is off
+	// and traceparent goes upstream as the client sent it.
+	Tracer *Tracer
 }
 
 // Decision is where one request goes.
@@ -58,31 +63,98 @@ type Decision struct {
 	// the original destination.
 	Cluster *cluster.Cluster
 	// Status, when not 0, means answer locally: 404 no rule matched, 500
-	// the rule has no backend, 301/302 redirect (see Action.Redirect).
+	// the rule has no backend, 301/302 redirect (see Action.Redirect),
+	// 429 the rule's rate limit, or the status of an injected abort.
 	Status int
+	// Reason is a local reply's reason (ReasonNoRoute, ...).
+	Reason string
+	// GRPC is the gRPC code a gRPC client gets for the local reply; 0:
+	// the one Status maps to.
+	GRPC int
+	// RetryAfter is the retry-after of a 429, in whole seconds (>= 1).
+	RetryAfter int
+	// Delay is an injected fault delay: the codec waits this long before
+	// it answers or forwards (Pause).
+	Delay time.Duration
 }
 
-// Resolve routes one request. It allocates nothing.
+// Resolve routes one request and applies the matched rule's rate limit
+// and fault injection, in that order: a request the limit refuses is
+// neither delayed nor aborted. It allocates nothing.
 func (u *Upstream) Resolve(r route.RequestView) Decision {
+	if b := u.Route.RateLimit; b != nil {
+		if d, ok := u.limit(b, nil); !ok {
+			return d
+		}
+	}
 	if u.Route.HTTP == nil {
 		return Decision{Cluster: u.Route.Cluster}
 	}
 	a := u.Route.HTTP.Match(r)
-	switch {
-	case a == nil:
-		return Decision{Status: 404}
-	case a.Redirect != nil:
-		code := a.Redirect.StatusCode
-		if code == 0 {
-			code = 302
+	if a == nil {
+		return Decision{Status: 404, Reason: ReasonNoRoute}
+	}
+	if a.RateLimit != nil {
+		if d, ok := u.limit(a.RateLimit, a); !ok {
+			return d
 		}
-		return Decision{Action: a, Status: code}
 	}
-	c := a.Backend()
-	if c == nil {
-		return Decision{Action: a, Status: 500}
+	var d Decision
+	if f := a.Fault; f != nil {
+		if f.Delayed() {
+			d.Delay = f.Delay
+			u.Metrics.policy(u.Route.Service, a, policyDelay)
+		}
+		if f.Aborted() {
+			u.Metrics.policy(u.Route.Service, a, policyAbort)
+			d.Action, d.Status, d.GRPC, d.Reason = a, f.AbortStatus, f.AbortGRPC, ReasonFaultAbort
+			return d
+		}
 	}
-	return Decision{Action: a, Cluster: c}
+	d.Action = a
+	switch {
+	case a.Redirect != nil:
+		d.Status, d.Reason = a.Redirect.StatusCode, ReasonRedirect
+		if d.Status == 0 {
+			d.Status = 302
+		}
+	default:
+		if d.Cluster = a.Backend(); d.Cluster == nil {
+			d.Status, d.Reason = 500, ReasonNoBackend
+		}
+	}
+	return d
+}
+
+// limit takes a token from b (the service's, a nil, or rule a's); when
+// there is none, the decision is 429 and ok is false.
+func (u *Upstream) limit(b *route.TokenBucket, a *route.Action) (d Decision, ok bool) {
+	ok, wait := b.Allow()
+	if ok {
+		return d, true
+	}
+	u.Metrics.policy(u.Route.Service, a, policyRateLimited)
+	return Decision{Action: a, Status: 429, Reason: ReasonRateLimited, GRPC: grpcResourceExhausted,
+		RetryAfter: int(max((wait+time.Second-1)/time.Second, 1))}, false
+}
+
+// grpcResourceExhausted is the gRPC code of a rate-limited call.
+const grpcResourceExhausted = 8
+
+// Pause waits out a fault delay; false when ctx ended first (the client
+// went away or the agent stops).
+func Pause(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // RedirectLocation builds the Location of a redirect answer from the
@@ -139,6 +211,8 @@ const (
 	ReasonUpstreamFail = "upstream_error"   // 502: connect failed or the upstream broke the protocol
 	ReasonBadRequest   = "bad_request"      // 400, 413, 414, 431, 501, 505: the client broke the protocol or asked for what is not supported
 	ReasonRedirect     = "redirect"         // 301, 302
+	ReasonRateLimited  = "rate_limited"     // 429: the rule's rate limit
+	ReasonFaultAbort   = "fault_abort"      // the rule's fault injection aborted the request
 )
 
 // Metrics counts requests by protocol and status class, and local replies
@@ -148,6 +222,7 @@ type Metrics struct {
 	local    *prometheus.CounterVec
 	duration [3]prometheus.Observer
 	retries  [3]prometheus.Counter
+	routes   routeMetrics
 }
 
 // Protocols of the request metrics.
@@ -175,6 +250,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "weir_http_retries_total", Help: "HTTP and gRPC requests sent again to another endpoint, by protocol (each also counts in weir_cluster_retries_total).",
 	}, []string{"protocol"})
 	reg.MustRegister(req, dur, m.local, retries)
+	m.routes.register(reg)
 	classes := [6]string{"none", "1xx", "2xx", "3xx", "4xx", "5xx"}
 	for p := range protoNames {
 		for c := range classes {

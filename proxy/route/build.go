@@ -59,6 +59,10 @@ type Service struct {
 	// TLSRoutes route TLS connections by SNI; none sends them to the
 	// service's own cluster.
 	TLSRoutes []TLSRoute `json:"tlsRoutes,omitempty"`
+	// RateLimit caps the L7 requests (HTTP/1.1, HTTP/2, gRPC) to this
+	// service's addresses on this node, before any route rule's limit;
+	// nil: none.
+	RateLimit *LocalRateLimit `json:"rateLimit,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -95,6 +99,7 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 	}
 
 	s := &Snapshot{
+		buckets:  map[bucketKey]*TokenBucket{},
 		cfg:      cfg,
 		routes:   make([]Route, len(cfg.Services)),
 		clusters: make([]*cluster.Cluster, len(cfg.Services)),
@@ -163,7 +168,7 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 	if !same {
 		errs = append(errs, s.index(cfg)...)
 	}
-	errs = append(errs, s.compileL7(cfg)...)
+	errs = append(errs, s.compileL7(cfg, prev)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -299,7 +304,7 @@ func seedFor(seed uint64, name string) uint64 {
 // compileL7 sets each service route's protocol and compiles its HTTP and
 // TLS routes, whose backends may name any service of the snapshot. Routes
 // are few next to services, so they are compiled on every build.
-func (s *Snapshot) compileL7(cfg Config) []error {
+func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 	var errs []error
 	clusterOf := func(name string) *cluster.Cluster {
 		if i, ok := s.byName[name]; ok {
@@ -317,6 +322,17 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 			continue
 		}
 		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
+		var lim *limits // made only for services with limits or routes
+		if svc.RateLimit != nil || len(svc.HTTPRoutes) > 0 {
+			lim = &limits{service: svc.Name, next: s.buckets}
+			if prev != nil {
+				lim.prev = prev.buckets
+			}
+		}
+		if svc.RateLimit != nil {
+			bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+			r.RateLimit = lim.bucket(bucketKey{rule: -1, rl: *svc.RateLimit}, bad, fmt.Sprintf("services[%d] (%s).rateLimit", i, svc.Name))
+		}
 		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
@@ -328,7 +344,7 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 			if svc.Protocol == TCP || svc.Protocol == TLS {
 				errs = append(errs, fmt.Errorf("%s has httpRoutes but protocol %s", where, svc.Protocol))
 			}
-			h, err := compileHTTP(svc.HTTPRoutes, clusterOf, where)
+			h, err := compileHTTP(svc.HTTPRoutes, clusterOf, lim, where)
 			if err != nil {
 				errs = append(errs, err)
 			}

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -81,6 +80,11 @@ type HTTPRouteRule struct {
 	// Retry retries the rule's requests that got a listed answer; nil:
 	// only requests that never reached an upstream are sent again.
 	Retry *HTTPRouteRetry `json:"retry,omitempty"`
+	// RateLimit caps the rule's requests per second on this node; nil:
+	// none.
+	RateLimit *LocalRateLimit `json:"rateLimit,omitempty"`
+	// Fault delays or aborts a share of the rule's requests; nil: none.
+	Fault *HTTPFault `json:"fault,omitempty"`
 }
 
 // HTTPRouteTimeouts is Gateway API's HTTPRouteRule.timeouts. Zero means
@@ -285,6 +289,11 @@ type Action struct {
 	Timeout, TryTimeout time.Duration
 	// Retry is the rule's retry policy; nil: none.
 	Retry *RetryPolicy
+	// RateLimit is the rule's token bucket; nil: no limit. A rebuild
+	// keeps it while the rule's name, index and limit stay the same.
+	RateLimit *TokenBucket
+	// Fault is the rule's fault injection; nil: none.
+	Fault *FaultPolicy
 
 	backends []weightedCluster
 	total    uint64
@@ -355,13 +364,8 @@ func compileResilience(rule *HTTPRouteRule, a *Action, bad func(string, ...any),
 		p.codes[c-500] = true
 	}
 	for i, name := range r.GRPCCodes {
-		c := slices.Index(grpcCodeNames[:], strings.ToUpper(name))
-		if c < 0 {
-			if n, err := strconv.Atoi(name); err == nil && n >= 0 && n < len(grpcCodeNames) {
-				c = n
-			}
-		}
-		if c <= 0 {
+		c, ok := ParseGRPCCode(name)
+		if !ok || c == 0 {
 			bad("%s.retry.grpcCodes[%d] %q is not a gRPC error code (UNAVAILABLE, 14, ...)", rw, i, name)
 			continue
 		}
@@ -559,7 +563,7 @@ func queryValue(q []byte, name string) ([]byte, bool) {
 
 // compileHTTP builds a service's router. clusterOf resolves a backend
 // service name. where prefixes errors.
-func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, where string) (*HTTPRouter, error) {
+func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, lim *limits, where string) (*HTTPRouter, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(where+format, args...)) }
 	h := &HTTPRouter{}
@@ -583,6 +587,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 			rw := fmt.Sprintf(".routes[%d].rules[%d]", ri, ji)
 			a := &Action{Route: name, Rule: ji}
 			compileResilience(&rule, a, bad, rw)
+			compilePolicy(&rule, a, lim, bad, rw)
 			for fi, f := range rule.Filters {
 				fw := fmt.Sprintf("%s.filters[%d]", rw, fi)
 				switch f.Type {
@@ -724,7 +729,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, wh
 // refuses the bad one, so it never fails the whole snapshot.
 func CheckHTTPRoutes(routes []HTTPRoute) error {
 	stub := &cluster.Cluster{}
-	_, err := compileHTTP(routes, func(string) *cluster.Cluster { return stub }, "")
+	_, err := compileHTTP(routes, func(string) *cluster.Cluster { return stub }, &limits{next: map[bucketKey]*TokenBucket{}}, "")
 	return err
 }
 

@@ -39,6 +39,8 @@ type Route struct {
 	HTTP *HTTPRouter
 	// TLS routes a TLS connection by SNI; nil sends it to Cluster.
 	TLS *TLSRouter
+	// RateLimit is the service's token bucket for L7 requests; nil: none.
+	RateLimit *TokenBucket
 }
 
 // Refused reports whether the route says to refuse the connection.
@@ -55,6 +57,9 @@ type Snapshot struct {
 	cidr6    cidrIndex
 	unknown  Route
 	clusters []*cluster.Cluster // one per service
+	// buckets are the rate limits' token buckets, for the next build to
+	// carry over.
+	buckets map[bucketKey]*TokenBucket
 }
 
 // cidrIndex finds the longest matching prefix with one map probe per

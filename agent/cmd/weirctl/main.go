@@ -30,7 +30,7 @@ Commands:
   rules POD          weir's rules in a pod's netns (namespace/name), verified against its capture
   routes [SERVICE]   services: addresses, balancer, endpoints healthy/total, connections
   endpoints SERVICE  a service's endpoints: health, ejection, active connections
-  top                live per-cluster and per-protocol rates from /metrics
+  top                live per-cluster, per-protocol and per-route rates from /metrics
   config             the agent's configuration
   help               this text
 

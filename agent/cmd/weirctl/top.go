@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -162,6 +163,38 @@ type topView struct {
 	Conns    []directionTop `json:"connections"`
 	Clusters []clusterTop   `json:"clusters"`
 	HTTP     []httpTop      `json:"http"`
+	Routes   []routeTop     `json:"routes"`
+}
+
+// routeTop is one route rule of one service (route "" is the service's
+// requests when it has no HTTP routes), over every cluster it sent to.
+type routeTop struct {
+	Service string `json:"service"`
+	Route   string `json:"route"`
+	requestTop
+}
+
+// requestTop is the request rates and latency of a protocol or a route.
+type requestTop struct {
+	PerSecond float64            `json:"requestsPerSecond"`
+	ByClass   map[string]float64 `json:"perSecondByClass"`
+	Mean      *float64           `json:"meanSeconds,omitempty"`
+	P50       *float64           `json:"p50Seconds,omitempty"`
+	P99       *float64           `json:"p99Seconds,omitempty"`
+	Total     float64            `json:"requestsTotal"`
+}
+
+// latency fills r's mean, p50 and p99 from the histogram name (without
+// its suffixes) over the series matching m.
+func (r *requestTop) latency(a, b scrape, name string, m map[string]string) {
+	n := delta(a.sum(name+"_count", m), b.sum(name+"_count", m))
+	if n <= 0 {
+		return
+	}
+	mean := delta(a.sum(name+"_sum", m), b.sum(name+"_sum", m)) / n
+	r.Mean = &mean
+	buckets := bucketDeltas(a, b, name+"_bucket", m)
+	r.P50, r.P99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
 }
 
 type directionTop struct {
@@ -180,13 +213,8 @@ type clusterTop struct {
 }
 
 type httpTop struct {
-	Protocol  string             `json:"protocol"`
-	PerSecond float64            `json:"requestsPerSecond"`
-	ByClass   map[string]float64 `json:"perSecondByClass"`
-	Mean      *float64           `json:"meanSeconds,omitempty"`
-	P50       *float64           `json:"p50Seconds,omitempty"`
-	P99       *float64           `json:"p99Seconds,omitempty"`
-	Total     float64            `json:"requestsTotal"`
+	Protocol string `json:"protocol"`
+	requestTop
 }
 
 // rates computes one screen from two scrapes.
@@ -196,7 +224,7 @@ func rates(a, b scrape) topView {
 		secs = math.SmallestNonzeroFloat64
 	}
 	v := topView{Time: b.at.UTC(), Interval: math.Round(secs*1000) / 1000,
-		Conns: []directionTop{}, Clusters: []clusterTop{}, HTTP: []httpTop{}}
+		Conns: []directionTop{}, Clusters: []clusterTop{}, HTTP: []httpTop{}, Routes: routeRates(a, b, secs)}
 	for _, dir := range b.values("weir_connections_total", "direction") {
 		m := map[string]string{"direction": dir}
 		v.Conns = append(v.Conns, directionTop{Direction: dir,
@@ -225,24 +253,66 @@ func rates(a, b scrape) topView {
 		if total == 0 {
 			continue
 		}
-		h := httpTop{Protocol: proto, Total: total, ByClass: map[string]float64{},
-			PerSecond: delta(a.sum("weir_http_requests_total", m), total) / secs}
+		h := httpTop{Protocol: proto, requestTop: requestTop{Total: total, ByClass: map[string]float64{},
+			PerSecond: delta(a.sum("weir_http_requests_total", m), total) / secs}}
 		for _, class := range b.values("weir_http_requests_total", "code") {
 			mc := map[string]string{"protocol": proto, "code": class}
 			if d := delta(a.sum("weir_http_requests_total", mc), b.sum("weir_http_requests_total", mc)); d > 0 {
 				h.ByClass[class] = d / secs
 			}
 		}
-		n := delta(a.sum("weir_http_request_duration_seconds_count", m), b.sum("weir_http_request_duration_seconds_count", m))
-		if n > 0 {
-			mean := delta(a.sum("weir_http_request_duration_seconds_sum", m), b.sum("weir_http_request_duration_seconds_sum", m)) / n
-			h.Mean = &mean
-			buckets := bucketDeltas(a, b, "weir_http_request_duration_seconds_bucket", m)
-			h.P50, h.P99 = quantile(buckets, 0.5), quantile(buckets, 0.99)
-		}
+		h.latency(a, b, "weir_http_request_duration_seconds", m)
 		v.HTTP = append(v.HTTP, h)
 	}
 	return v
+}
+
+// routeRates is the per-route part of a screen, from weir_route_*: the
+// busiest first.
+func routeRates(a, b scrape, secs float64) []routeTop {
+	out := []routeTop{}
+	seen := map[[2]string]bool{}
+	for _, smp := range b.series["weir_route_requests_total"] {
+		k := [2]string{smp.labels["service"], smp.labels["route"]}
+		if seen[k] {
+			continue
+		}
+		seen[k] = true
+		m := map[string]string{"service": k[0], "route": k[1]}
+		total := b.sum("weir_route_requests_total", m)
+		r := routeTop{Service: k[0], Route: k[1], requestTop: requestTop{Total: total, ByClass: map[string]float64{},
+			PerSecond: delta(a.sum("weir_route_requests_total", m), total) / secs}}
+		for _, s := range b.series["weir_route_requests_total"] {
+			if s.labels["service"] != k[0] || s.labels["route"] != k[1] {
+				continue
+			}
+			mc := map[string]string{"service": k[0], "route": k[1], "cluster": s.labels["cluster"], "code": s.labels["code"], "grpc_status": s.labels["grpc_status"]}
+			if d := delta(a.sum("weir_route_requests_total", mc), s.value); d > 0 {
+				r.ByClass[statusClass(s.labels["code"])] += d / secs
+			}
+		}
+		r.latency(a, b, "weir_route_request_duration_seconds", m)
+		out = append(out, r)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].PerSecond != out[j].PerSecond {
+			return out[i].PerSecond > out[j].PerSecond
+		}
+		if out[i].Service != out[j].Service {
+			return out[i].Service < out[j].Service
+		}
+		return out[i].Route < out[j].Route
+	})
+	return out
+}
+
+// statusClass names an HTTP status's class as weir_http_requests_total
+// does ("2xx"; "none" for 0).
+func statusClass(code string) string {
+	if len(code) != 3 || code[0] < '1' || code[0] > '5' {
+		return "none"
+	}
+	return code[:1] + "xx"
 }
 
 type bucket struct{ le, count float64 }
@@ -268,7 +338,12 @@ func bucketDeltas(a, b scrape, name string, match map[string]string) []bucket {
 		for k, v := range match {
 			m[k] = v
 		}
-		out = append(out, bucket{le: le, count: delta(a.sum(name, m), smp.value)})
+		if i := slices.IndexFunc(out, func(bk bucket) bool { return bk.le == le }); i >= 0 {
+			// Another series of the match (a route's other cluster):
+			// its sum already counts this bucket.
+			continue
+		}
+		out = append(out, bucket{le: le, count: delta(a.sum(name, m), b.sum(name, m))})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].le < out[j].le })
 	return out
@@ -365,6 +440,20 @@ func printTop(w io.Writer, v topView) error {
 	for _, h := range v.HTTP {
 		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%.0f\n", h.Protocol, h.PerSecond,
 			h.ByClass["2xx"], h.ByClass["4xx"], h.ByClass["5xx"], seconds(h.Mean), seconds(h.P50), seconds(h.P99), h.Total)
+	}
+	if err := tw.Flush(); err != nil || len(v.Routes) == 0 {
+		return err
+	}
+	fmt.Fprintln(w)
+	tw = newTable(w)
+	fmt.Fprintln(tw, "SERVICE\tROUTE\tREQ/S\t2XX/S\t4XX/S\t5XX/S\tMEAN\tP50\tP99\tTOTAL")
+	for _, r := range v.Routes {
+		rt := r.Route
+		if rt == "" {
+			rt = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t%s\t%.0f\n", r.Service, rt, r.PerSecond,
+			r.ByClass["2xx"], r.ByClass["4xx"], r.ByClass["5xx"], seconds(r.Mean), seconds(r.P50), seconds(r.P99), r.Total)
 	}
 	return tw.Flush()
 }

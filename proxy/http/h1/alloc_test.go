@@ -2,6 +2,8 @@ package h1
 
 import (
 	"bytes"
+	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -9,7 +11,10 @@ import (
 	"net/url"
 	"strconv"
 	"testing"
+	"time"
 
+	"github.com/weir-mesh/weir/proxy/cluster"
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 
@@ -213,23 +218,27 @@ func BenchmarkProxy(b *testing.B) {
 	} {
 		b.Run("weir/"+bc.name, func(b *testing.B) {
 			p := startProxy(b, passthrough(up), Options{})
-			rc := newRawClient(b, p.addr, bc.req)
-			rc.roundTrip(b)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				rc.roundTrip(b)
-			}
+			benchRoundTrips(b, p.addr, bc.req)
 		})
 		b.Run("weir-cluster/"+bc.name, func(b *testing.B) {
 			p := startProxy(b, upstreamFor(b, []netip.AddrPort{up}, nil), Options{})
-			rc := newRawClient(b, p.addr, bc.req)
-			rc.roundTrip(b)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				rc.roundTrip(b)
-			}
+			benchRoundTrips(b, p.addr, bc.req)
+		})
+		// Issue 10's policy and telemetry on the same path: one route
+		// rule with a retry policy, a request timeout and a rate limit
+		// far above the load, per-route metrics, the access log sampled
+		// at 1 %, tracing off.
+		b.Run("weir-policy/"+bc.name, func(b *testing.B) {
+			attempts := 1
+			up := upstreamFor(b, []netip.AddrPort{up}, []route.HTTPRoute{{Name: "r", Rules: []route.HTTPRouteRule{{
+				Backends:  []route.BackendRef{{Service: "svc"}},
+				Retry:     &route.HTTPRouteRetry{Codes: []int{503}, Attempts: &attempts},
+				Timeouts:  &route.HTTPRouteTimeouts{Request: cluster.Duration(10 * time.Second)},
+				RateLimit: &route.LocalRateLimit{RequestsPerSecond: 1e9, Burst: 1e6},
+			}}}})
+			up.AccessLog = l7.NewAccessLog(slog.New(slog.NewJSONHandler(io.Discard, nil)), 0.01)
+			p := startProxy(b, up, Options{})
+			benchRoundTrips(b, p.addr, bc.req)
 		})
 		b.Run("httputil/"+bc.name, func(b *testing.B) {
 			target, _ := url.Parse("http://" + up.String())
@@ -246,13 +255,19 @@ func BenchmarkProxy(b *testing.B) {
 			srv := &http.Server{Handler: rp}
 			go srv.Serve(ln)
 			b.Cleanup(func() { srv.Close() })
-			rc := newRawClient(b, ln.Addr().String(), bc.req)
-			rc.roundTrip(b)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				rc.roundTrip(b)
-			}
+			benchRoundTrips(b, ln.Addr().String(), bc.req)
 		})
+	}
+}
+
+// benchRoundTrips times req's round trips on one keep-alive connection to
+// addr, after one unrecorded.
+func benchRoundTrips(b *testing.B, addr, req string) {
+	rc := newRawClient(b, addr, req)
+	rc.roundTrip(b)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		rc.roundTrip(b)
 	}
 }

@@ -120,6 +120,8 @@ type server struct {
 
 	// What the access log needs of the current request.
 	al accessState
+	// The current request's record for metrics and tracing.
+	x l7.Exchange
 }
 
 // accessState is the current request's access log state.
@@ -222,6 +224,7 @@ func (s *server) draining() bool {
 // serveOne serves one request; false ends the connection.
 func (s *server) serveOne() bool {
 	s.al = accessState{}
+	s.x = l7.Exchange{Proto: l7.ProtoHTTP1}
 	if err := s.readHead(); err != nil {
 		if isParseError(err) {
 			s.refuse(err, time.Now())
@@ -232,6 +235,11 @@ func (s *server) serveOne() bool {
 	start := time.Now()
 	d := s.up.Resolve(&s.req)
 	s.al.head, s.al.action = true, d.Action
+	s.up.Begin(&s.x, l7.ProtoHTTP1, start, &d, &s.req)
+	if d.Delay > 0 && !l7.Pause(s.ctx, d.Delay) {
+		s.up.End(&s.x, 0, -1)
+		return false
+	}
 	var keep bool
 	if d.Status != 0 {
 		keep = s.answerLocally(d, start)
@@ -366,35 +374,35 @@ func firstLineTooLong(b []byte, maxLine int) bool {
 func (s *server) refuse(err error, start time.Time) {
 	status := statusOf(err)
 	s.up.Log.Debug("http/1.1 request refused", "status", status, "err", err)
-	s.reply(status, l7.ReasonBadRequest, "", true, start)
+	s.reply(status, l7.ReasonBadRequest, "", 0, true, start)
 }
 
 // reply writes a local reply and counts it.
-func (s *server) reply(status int, reason, location string, close bool, start time.Time) {
+func (s *server) reply(status int, reason, location string, retryAfter int, close bool, start time.Time) {
 	s.up.Metrics.Local(status, reason)
-	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	if s.x.Start.IsZero() {
+		s.x.Start = start
+	}
+	s.up.End(&s.x, status, -1)
 	if s.up.AccessLog != nil {
 		s.access(status, start, true, reason)
 	}
-	s.wb = appendLocalReply(s.wb[:0], status, reason, location, close)
+	s.wb = appendLocalReply(s.wb[:0], status, reason, location, retryAfter, close)
 	s.down.Write(s.wb)
 }
 
 // answerLocally answers a request the route decided to answer itself: 404
-// no rule matched, 500 the rule has no backend, 301/302 redirect.
+// no rule matched, 500 the rule has no backend, 301/302 redirect, 429 rate
+// limited, or an injected abort.
 func (s *server) answerLocally(d l7.Decision, start time.Time) bool {
 	q := &s.req
 	keep := q.keepAlive() && !s.draining() && s.skipBufferedBody()
-	reason, location := l7.ReasonNoRoute, ""
-	switch d.Status {
-	case 500:
-		reason = l7.ReasonNoBackend
-	case 301, 302:
-		reason = l7.ReasonRedirect
+	location := ""
+	if d.Reason == l7.ReasonRedirect {
 		location = l7.RedirectLocation(d.Action.Redirect, d.Action.PrefixMatched, "http",
 			string(q.Host()), string(q.Path()), string(q.Query()))
 	}
-	s.reply(d.Status, reason, location, !keep, start)
+	s.reply(d.Status, d.Reason, location, d.RetryAfter, !keep, start)
 	return keep
 }
 
@@ -458,7 +466,11 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			s.reqBody.reset(mode, q.contentLength)
 		}
 	}
-	s.wb = appendRequestHead(s.wb[:0], q, d.Action)
+	act := d.Action
+	if s.x.Traceparent != "" {
+		act = l7.WithTraceparent(act, s.x.Traceparent)
+	}
+	s.wb = appendRequestHead(s.wb[:0], q, act)
 	if len(inline) <= inlineCopy {
 		s.wb = append(s.wb, inline...)
 		inline = nil
@@ -572,7 +584,7 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 			return s.fail(err, streamed, start)
 		case rtClient:
 			lease.Done(nil)
-			s.up.Metrics.Request(l7.ProtoHTTP1, 0, time.Since(start).Seconds())
+			s.up.End(&s.x, 0, -1)
 			if s.up.AccessLog != nil {
 				s.access(0, start, false, "")
 			}
@@ -640,14 +652,7 @@ func (s *server) backoff(d time.Duration) bool {
 	if !s.deadline.IsZero() && time.Now().Add(d).After(s.deadline) {
 		return false
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-s.ctx.Done():
-		return false
-	}
+	return l7.Pause(s.ctx, d)
 }
 
 // fail answers a request that could not be forwarded with err's status
@@ -662,7 +667,7 @@ func (s *server) fail(err error, streamed bool, start time.Time) bool {
 	s.up.Log.Debug("http/1.1 upstream failed", "status", status, "err", err)
 	// A body left unread (or half sent) ends the connection.
 	keep := s.req.keepAlive() && bodyDone && !s.draining() && !s.aborted.Load()
-	s.reply(status, reason, "", !keep, start)
+	s.reply(status, reason, "", 0, !keep, start)
 	return keep
 }
 
@@ -841,7 +846,7 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		}
 		s.wb = appendResponseHead(s.wb[:0], rs, mod, conn, true)
 		_, err := s.down.Write(s.wb)
-		s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+		s.up.End(&s.x, status, -1)
 		if s.up.AccessLog != nil {
 			s.access(status, start, false, "")
 		}
@@ -933,7 +938,7 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		}
 		s.releaseUp(uc, lease, done && bodyOK, status, upErr)
 	}
-	s.up.Metrics.Request(l7.ProtoHTTP1, status, time.Since(start).Seconds())
+	s.up.End(&s.x, status, -1)
 	if s.up.AccessLog != nil {
 		if !downOK || !done {
 			status = 0 // the answer did not reach the client whole
@@ -1118,7 +1123,9 @@ func (s *server) access(status int, start time.Time, local bool, reason string) 
 		if !local && status != 0 && s.resp.contentLength >= 0 {
 			e.BytesOut = s.resp.contentLength
 		}
-		if tp, ok := q.Header("traceparent"); ok {
+		if s.x.Traceparent != "" {
+			e.TraceID = l7.TraceID([]byte(s.x.Traceparent))
+		} else if tp, ok := q.Header("traceparent"); ok {
 			e.TraceID = l7.TraceID(tp)
 		}
 	}

@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"net/http"
 	"strconv"
 
 	"github.com/weir-mesh/weir/proxy/route"
@@ -254,7 +255,7 @@ func appendField(wb []byte, name, value string) []byte {
 
 // appendLocalReply builds a reply the agent makes itself: a short text body
 // (the reason), or a redirect's Location and no body.
-func appendLocalReply(wb []byte, status int, reason, location string, close bool) []byte {
+func appendLocalReply(wb []byte, status int, reason, location string, retryAfter int, close bool) []byte {
 	wb = append(wb, "HTTP/1.1 "...)
 	wb = strconv.AppendInt(wb, int64(status), 10)
 	wb = append(wb, ' ')
@@ -270,6 +271,11 @@ func appendLocalReply(wb []byte, status int, reason, location string, close bool
 	wb = append(wb, "Content-Length: "...)
 	wb = strconv.AppendInt(wb, int64(body), 10)
 	wb = append(wb, "\r\n"...)
+	if retryAfter > 0 {
+		wb = append(wb, "Retry-After: "...)
+		wb = strconv.AppendInt(wb, int64(retryAfter), 10)
+		wb = append(wb, "\r\n"...)
+	}
 	if close {
 		wb = append(wb, "Connection: close\r\n"...)
 	}
@@ -297,6 +303,8 @@ func statusText(code int) string {
 		return "Content Too Large"
 	case 414:
 		return "URI Too Long"
+	case 429:
+		return "Too Many Requests"
 	case 431:
 		return "Request Header Fields Too Large"
 	case 500:
@@ -311,6 +319,9 @@ func statusText(code int) string {
 		return "Gateway Timeout"
 	case 505:
 		return "HTTP Version Not Supported"
+	}
+	if t := http.StatusText(code); t != "" {
+		return t
 	}
 	return "Unknown"
 }

@@ -37,6 +37,12 @@ type exchange struct {
 	isLocal  bool
 	reason   string // a local reply's
 	resLen   int64  // the response's declared length; -1: unknown
+
+	// Set by the routing decision for its local reply: the gRPC code
+	// (0: the one the status maps to) and retry-after seconds (0: none).
+	localGRPC, retryAfter int
+	// x is the request's record for metrics and tracing (l7.Upstream.End).
+	x l7.Exchange
 }
 
 // forward sends the request to d's cluster (or, with none, to the
@@ -384,6 +390,9 @@ func (ex *exchange) outbound(ctx context.Context, act *route.Action, a *attempt)
 			path = route.RewritePath(rw.Path, path, act.PrefixMatched)
 		}
 	}
+	if ex.x.Traceparent != "" {
+		hdr["Traceparent"] = []string{ex.x.Traceparent}
+	}
 	if _, ok := hdr["User-Agent"]; !ok {
 		// Present but empty: the transport adds its own User-Agent only
 		// when the field is missing.
@@ -412,7 +421,7 @@ func (ex *exchange) outbound(ctx context.Context, act *route.Action, a *attempt)
 
 // count records the request; status 0 means no answer reached the client.
 func (ex *exchange) count(status int) {
-	ex.h.up.Metrics.Request(ex.proto, status, time.Since(ex.start).Seconds())
+	ex.h.up.End(&ex.x, status, ex.grpcCode)
 	if ex.h.up.AccessLog != nil {
 		ex.access(status)
 	}
@@ -438,7 +447,9 @@ func (ex *exchange) access(status int) {
 	if !ex.isLocal && status != 0 {
 		e.BytesOut = ex.resLen
 	}
-	if tp := r.Header["Traceparent"]; len(tp) > 0 {
+	if ex.x.Traceparent != "" {
+		e.TraceID = l7.TraceID([]byte(ex.x.Traceparent))
+	} else if tp := r.Header["Traceparent"]; len(tp) > 0 {
 		e.TraceID = l7.TraceID([]byte(tp[0]))
 	}
 	al.Write(&e)
@@ -474,14 +485,21 @@ func grpcCode(status int) int {
 func (ex *exchange) local(status int, reason, location string) {
 	ex.h.up.Metrics.Local(status, reason)
 	ex.isLocal, ex.reason = true, reason
+	code := grpcCode(status)
+	if ex.localGRPC != 0 {
+		code = ex.localGRPC
+	}
 	if ex.grpc && location == "" {
-		ex.grpcCode = grpcCode(status)
+		ex.grpcCode = code
 	}
 	ex.count(status)
 	hdr := ex.w.Header()
+	if ex.retryAfter > 0 {
+		hdr["Retry-After"] = []string{strconv.Itoa(ex.retryAfter)}
+	}
 	if ex.grpc && location == "" {
 		hdr["Content-Type"] = []string{"application/grpc"}
-		hdr["Grpc-Status"] = []string{strconv.Itoa(grpcCode(status))}
+		hdr["Grpc-Status"] = []string{strconv.Itoa(code)}
 		// Reasons are plain ASCII words: no percent-encoding needed.
 		hdr["Grpc-Message"] = []string{reason}
 		hdr["Content-Length"] = nil

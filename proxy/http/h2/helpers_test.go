@@ -35,8 +35,10 @@ type testProxy struct {
 	draining chan struct{}
 	accepted atomic.Int32
 	served   atomic.Int32 // connections whose Serve returned
-	// accessLog, when set, goes to the connections accepted after.
+	// accessLog and tracer, when set, go to the connections accepted
+	// after.
 	accessLog atomic.Pointer[l7.AccessLog]
+	tracer    atomic.Pointer[l7.Tracer]
 	wg        sync.WaitGroup
 }
 
@@ -94,7 +96,7 @@ func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.
 				Route: rt, Dst: dst, Dial: tcpDial, Key: 1,
 				Draining: p.draining, Metrics: p.metrics,
 				Log:       slog.New(slog.DiscardHandler),
-				AccessLog: p.accessLog.Load(), Pod: "client-1",
+				AccessLog: p.accessLog.Load(), Pod: "client-1", Tracer: p.tracer.Load(),
 			}
 			p.wg.Add(1)
 			go func() {

@@ -143,6 +143,7 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 	if isGRPC(r.Header["Content-Type"]) {
 		ex.grpc, ex.proto = true, l7.ProtoGRPC
 	}
+	ex.x.Proto, ex.x.Start = ex.proto, start
 	if r.Method == http.MethodConnect {
 		// CONNECT and extended CONNECT (RFC 8441) tunnel bytes, not
 		// requests; the mesh does not route them.
@@ -150,19 +151,23 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ex.path, ex.query = splitPathQuery(r.RequestURI)
-	d := h.up.Resolve(&requestView{r: r, path: ex.path, query: ex.query})
+	view := &requestView{r: r, path: ex.path, query: ex.query}
+	d := h.up.Resolve(view)
 	ex.action = d.Action
+	h.up.Begin(&ex.x, ex.proto, start, &d, view)
+	if d.Delay > 0 && !l7.Pause(r.Context(), d.Delay) {
+		ex.count(0)
+		return
+	}
 	switch {
-	case d.Status == http.StatusMovedPermanently || d.Status == http.StatusFound:
+	case d.Reason == l7.ReasonRedirect:
 		rd := d.Action.Redirect
 		loc := l7.RedirectLocation(rd, d.Action.PrefixMatched, "http", r.Host, ex.path, ex.query)
 		ex.local(d.Status, l7.ReasonRedirect, loc)
 		return
-	case d.Status == http.StatusNotFound:
-		ex.local(d.Status, l7.ReasonNoRoute, "")
-		return
 	case d.Status != 0:
-		ex.local(d.Status, l7.ReasonNoBackend, "")
+		ex.localGRPC, ex.retryAfter = d.GRPC, d.RetryAfter
+		ex.local(d.Status, d.Reason, "")
 		return
 	}
 	ex.forward(d)
