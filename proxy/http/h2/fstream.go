@@ -87,6 +87,13 @@ type fstream struct {
 	resLen                  int64
 	counted, done, isLocal  bool
 	reason                  string
+
+	// Set by the routing decision for its local reply: the gRPC code (0:
+	// the one the status maps to) and retry-after seconds (0: none).
+	localGRPC, retryAfter int
+	// x is the request's record for per-route metrics and tracing
+	// (l7.Upstream.Begin/End).
+	x l7.Exchange
 }
 
 // newFstream makes stream id with the client's initial window (d.mu is
@@ -167,18 +174,40 @@ func (s *fstream) request(b *batch, f *http2.MetaHeadersFrame) {
 	if i := strings.IndexByte(s.path, '?'); i >= 0 {
 		s.path, s.query = s.path[:i], s.path[i+1:]
 	}
-	d := s.d.up.Resolve(frameView{s})
+	view := frameView{s}
+	d := s.d.up.Resolve(view)
 	s.action = d.Action
+	s.d.up.Begin(&s.x, s.proto, s.start, &d, view)
+	if d.Delay > 0 {
+		// An injected fault delay waits on a timer: the connection's
+		// reader goes on with the other streams meanwhile. A client that
+		// resets the stream stops the timer (close).
+		s.gen++
+		gen := s.gen
+		s.waitTimer = time.AfterFunc(d.Delay, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.done || s.gen != gen {
+				return
+			}
+			s.decided(nil, d)
+		})
+		return
+	}
+	s.decided(b, d)
+}
+
+// decided carries out the routing decision d: a local reply (redirect,
+// no route, no backend, rate limited, fault abort) or the forward.
+func (s *fstream) decided(b *batch, d l7.Decision) {
 	switch {
-	case d.Status == 301 || d.Status == 302:
+	case d.Reason == l7.ReasonRedirect:
 		loc := l7.RedirectLocation(d.Action.Redirect, d.Action.PrefixMatched, "http", s.authority, s.path, s.query)
 		s.local(b, d.Status, l7.ReasonRedirect, loc)
 		return
-	case d.Status == 404:
-		s.local(b, d.Status, l7.ReasonNoRoute, "")
-		return
 	case d.Status != 0:
-		s.local(b, d.Status, l7.ReasonNoBackend, "")
+		s.localGRPC, s.retryAfter = d.GRPC, d.RetryAfter
+		s.local(b, d.Status, d.Reason, "")
 		return
 	}
 	s.forward(b, d)
@@ -277,10 +306,14 @@ func (s *fstream) outbound(act *route.Action) []hpack.HeaderField {
 	// One slice: the pseudo-fields first, filled in below, then the rest
 	// (grpc-timeout is sent anew per attempt), room left for that.
 	out := make([]hpack.HeaderField, 4, 4+len(s.fields)+1)
+	tp := s.x.Traceparent // the agent's span replaces the client's
 	for _, f := range s.fields {
-		if f.Name != "grpc-timeout" {
+		if f.Name != "grpc-timeout" && (tp == "" || f.Name != "traceparent") {
 			out = append(out, f)
 		}
+	}
+	if tp != "" {
+		out = append(out, hpack.HeaderField{Name: "traceparent", Value: tp})
 	}
 	if act != nil {
 		if m := act.RequestHeaders; m != nil {
@@ -745,8 +778,12 @@ func (s *fstream) leaseDone(err error) {
 func (s *fstream) local(b *batch, status int, reason, location string) {
 	s.d.up.Metrics.Local(status, reason)
 	s.isLocal, s.reason = true, reason
+	code := grpcCode(status)
+	if s.localGRPC != 0 {
+		code = s.localGRPC
+	}
 	if s.grpc && location == "" {
-		s.grpcCode = grpcCode(status)
+		s.grpcCode = code
 	}
 	s.countOnce(status)
 	s.resStarted = true
@@ -756,7 +793,7 @@ func (s *fstream) local(b *batch, status int, reason, location string) {
 		w.writeHeaders(b, s.id, true, []hpack.HeaderField{
 			{Name: ":status", Value: "200"},
 			{Name: "content-type", Value: "application/grpc"},
-			{Name: "grpc-status", Value: strconv.Itoa(grpcCode(status))},
+			{Name: "grpc-status", Value: strconv.Itoa(code)},
 			{Name: "grpc-message", Value: reason},
 		})
 	case location != "":
@@ -766,11 +803,15 @@ func (s *fstream) local(b *batch, status int, reason, location string) {
 		})
 	default:
 		body := reason + "\n"
-		w.writeHeaders(b, s.id, false, []hpack.HeaderField{
+		head := []hpack.HeaderField{
 			{Name: ":status", Value: strconv.Itoa(status)},
 			{Name: "content-type", Value: "text/plain; charset=utf-8"},
 			{Name: "content-length", Value: strconv.Itoa(len(body))},
-		})
+		}
+		if s.retryAfter > 0 {
+			head = append(head, hpack.HeaderField{Name: "retry-after", Value: strconv.Itoa(s.retryAfter)})
+		}
+		w.writeHeaders(b, s.id, false, head)
 		w.writeData(b, s.id, true, []byte(body))
 	}
 	s.downSentEnd = true
@@ -846,7 +887,10 @@ func (s *fstream) countOnce(status int) {
 	}
 	s.counted = true
 	up := s.d.up
-	up.Metrics.Request(s.proto, status, time.Since(s.start).Seconds())
+	if s.x.Start.IsZero() { // refused before routing
+		s.x.Proto, s.x.Start = s.proto, s.start
+	}
+	up.End(&s.x, status, s.grpcCode)
 	al := up.AccessLog
 	if al == nil || !al.Want(l7.Failed(status, s.grpcCode, s.isLocal)) {
 		return
@@ -864,7 +908,9 @@ func (s *fstream) countOnce(status int) {
 	if !s.isLocal && status != 0 {
 		e.BytesOut = s.resLen
 	}
-	if tp, ok := s.header("traceparent"); ok {
+	if s.x.Traceparent != "" {
+		e.TraceID = l7.TraceID([]byte(s.x.Traceparent))
+	} else if tp, ok := s.header("traceparent"); ok {
 		e.TraceID = l7.TraceID([]byte(tp))
 	}
 	al.Write(&e)
