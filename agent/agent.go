@@ -71,6 +71,7 @@ type Agent struct {
 	reloadMu     sync.Mutex
 	podsCaptured prometheus.Gauge
 	cniRequests  *prometheus.CounterVec
+	addPhases    *prometheus.HistogramVec
 }
 
 // New builds an agent from a validated config. It checks what the agent
@@ -101,7 +102,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			Name: "weir_cni_requests_total", Help: "Requests from weir-cni by verb and result.",
 		}, []string{"verb", "result"}),
 	}
-	reg.MustRegister(a.podsCaptured, a.cniRequests)
+	a.addPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "weir_cni_add_phase_seconds",
+		Help:    "Time a CNI ADD spends in each phase inside the agent (vet, decide, lock, shared, listen, migrate, serve, state; total; cpu is the agent's CPU time meanwhile).",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+	}, []string{"phase"})
+	reg.MustRegister(a.podsCaptured, a.cniRequests, a.addPhases)
 	if a.backend, a.autoBackend, err = chooseBackend(cfg.Capture.Backend, log); err != nil {
 		return nil, err
 	}

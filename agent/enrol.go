@@ -86,7 +86,7 @@ func (a *Agent) specFor(p *pod, d decision) (redirect.Spec, error) {
 // agent itself when it onboards or repairs. Every path into capture comes
 // through here, so the namespace guard (netns.go) runs here once more, on
 // the very namespace the listeners would open in. Called with a.mu held.
-func (a *Agent) capture(p *pod, spec redirect.Spec) error {
+func (a *Agent) capture(p *pod, spec redirect.Spec, tm *phaseTimer) error {
 	ns, err := netns.Open(p.netnsPath)
 	if err != nil {
 		return err
@@ -114,9 +114,11 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 		return fmt.Errorf("open capture listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
 	}
 	p.ns, p.spec, p.listeners = ns, spec, ls
+	tm.mark(phaseListen)
 	if err := enableMigration(ns); err != nil {
 		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
 	}
+	tm.mark(phaseMigrate)
 	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: ns, Addrs: p.ips}
 	p.workload = w
 	for _, l := range ls {
@@ -126,6 +128,7 @@ func (a *Agent) capture(p *pod, spec redirect.Spec) error {
 			a.engine.Serve(l, w)
 		}()
 	}
+	tm.mark(phaseServe)
 	return nil
 }
 
@@ -145,7 +148,7 @@ func (a *Agent) uncapture(p *pod) {
 // onboard captures a running pod: listeners first, then the rules that point
 // at them, all or nothing.
 func (a *Agent) onboard(p *pod, spec redirect.Spec) error {
-	if err := a.capture(p, spec); err != nil {
+	if err := a.capture(p, spec, nil); err != nil {
 		return err
 	}
 	if err := redirect.Apply(p.ns.FdPath(), spec); err != nil {

@@ -99,25 +99,30 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if _, _, err := families(r.IPs); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
+	tm := newPhaseTimer(a.addPhases)
 	// The guard first, whatever the policy would say: a node's namespace
 	// is refused even for a pod that would not be captured.
 	id, err := a.vetNetns(r.Netns)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
+	tm.mark(phaseVet)
 	name := r.Pod.Namespace + "/" + r.Pod.Name
 	d := a.decide(a.baseCtx, r.Pod)
 	if d.err != nil {
 		return api.AddResponse{}, fmt.Errorf("cannot decide capture for %s: %w", name, d.err)
 	}
 	next := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, nsID: id, cniIPs: r.IPs, ips: podAddrs(r.IPs), nodeMode: redirect.Mode(r.Mode)}
+	tm.mark(phaseDecide)
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	tm.mark(phaseLock)
 	if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
 	a.dropStandIns(id, r.Attachment, r.Pod)
+	tm.mark(phaseShared)
 	old := a.pods.get(r.Attachment)
 	if !d.captured {
 		if old != nil {
@@ -139,19 +144,26 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if old != nil {
 		a.uncapture(old)
 	}
-	if err := a.capture(next, spec); err != nil {
+	if err := a.capture(next, spec, tm); err != nil {
 		a.pods.remove(r.Attachment)
 		a.afterChange()
 		return api.AddResponse{}, err
 	}
 	a.pods.swap(next)
 	a.afterChange()
+	tm.mark(phaseState)
 	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
 	a.recordCapture(next, true, d.reason)
-	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec)}, nil
+	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Timings: tm.done()}, nil
 }
 
+// check answers what the plugin must verify. The namespace guard runs first,
+// as for ADD: the plugin looks into the namespace after this answer, and a
+// node's namespace must not be looked into.
 func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
+	if _, err := a.vetNetns(r.Netns); err != nil {
+		return api.CheckResponse{}, badRequest{err}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p := a.pods.get(r.Attachment)
@@ -162,8 +174,22 @@ func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
 	return api.CheckResponse{Captured: true, Listening: len(p.listeners) > 0, Redirect: toWire(p.spec)}, nil
 }
 
+// del forgets an attachment. weir-cni took its rules out of the namespace
+// the DEL names before calling, unless that namespace is gone, refused (the
+// node's, or no network namespace: the plugin does not enter those) or
+// another one than the agent holds for the attachment; then the agent takes
+// them out of the namespace it holds, so a DEL leaves nothing behind, and
+// never looks into the one the DEL names.
 func (a *Agent) del(r delReq) (api.DelResponse, error) {
-	return api.DelResponse{Known: a.forget(r.Attachment, "cni del", false)}, nil
+	removeRules := false
+	if p := a.pods.get(r.Attachment); p != nil && p.ns != nil {
+		id, err := a.vetNetns(r.Netns)
+		if err != nil && r.Netns != "" && !notExist(err) {
+			a.log.Warn("DEL names a namespace weir never captures; releasing the pod from the namespace it was added in", "container", r.Attachment.ContainerID, "err", err)
+		}
+		removeRules = err != nil || id != p.nsID
+	}
+	return api.DelResponse{Known: a.forget(r.Attachment, "cni del", removeRules)}, nil
 }
 
 func (a *Agent) gc(r gcReq) (api.GCResponse, error) {

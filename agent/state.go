@@ -186,7 +186,7 @@ func (a *Agent) restoreState() error {
 		}
 		p := &pod{att: sp.Attachment, meta: sp.Pod, netnsPath: sp.Netns, nsID: sp.NetnsID, cniIPs: sp.IPs, ips: podAddrs(sp.IPs), nodeMode: redirect.Mode(sp.NodeMode)}
 		if sp.Spec != nil {
-			if err := a.capture(p, *sp.Spec); err != nil {
+			if err := a.capture(p, *sp.Spec, nil); err != nil {
 				a.log.Error("restore: cannot re-open listeners", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "err", err)
 			} else if err := redirect.Verify(p.ns.FdPath(), p.spec); err != nil {
 				if err := redirect.Apply(p.ns.FdPath(), p.spec); err != nil {

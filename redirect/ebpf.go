@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,14 +21,24 @@ import (
 // Spec fields as the iptables modes. Applying it also takes out whatever
 // rules and routes another mode left in the namespace.
 
-// Option adjusts Remove and Installed.
+// Option adjusts Apply, Remove and Installed.
 type Option func(*options)
 
-type options struct{ pinPath string }
+type options struct {
+	pinPath string
+	trace   func(phase string, took time.Duration)
+}
 
 // WithPinPath names the bpffs directory of the agent's eBPF capture, for a
 // node whose agent pins somewhere other than capture.DefaultPinPath.
 func WithPinPath(path string) Option { return func(o *options) { o.pinPath = path } }
+
+// WithTrace has Apply report how long each of its phases took, in order
+// (see Phases), for whoever chases the latency of a pod's ADD: weir-cni logs
+// them and weir-addbench reports their distribution.
+func WithTrace(fn func(phase string, took time.Duration)) Option {
+	return func(o *options) { o.trace = fn }
+}
 
 func optionsOf(opts []Option) options {
 	var o options

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
@@ -19,7 +20,7 @@ import (
 // family, mode or backend s no longer uses. It is all or nothing: on error
 // the namespace is left as it was. An invalid spec or a path that is not a
 // network namespace changes nothing.
-func Apply(netnsPath string, s Spec) error {
+func Apply(netnsPath string, s Spec, opts ...Option) error {
 	if s.Mode == ModeEBPF {
 		s, err := checkSpec("apply", netnsPath, s)
 		if err != nil {
@@ -27,7 +28,53 @@ func Apply(netnsPath string, s Spec) error {
 		}
 		return applyEBPF(netnsPath, s)
 	}
-	return inNetnsWithSpec("apply", netnsPath, s, apply)
+	clk := newPhaseClock(optionsOf(opts).trace)
+	err := inNetnsWithSpec("apply", netnsPath, s, func(s Spec, backend string) error { return apply(s, backend, clk) })
+	clk.mark(PhaseLeave)
+	return err
+}
+
+// The phases of Apply that WithTrace reports, in order. Phases that do not
+// run (an error, nothing to prune) are not reported.
+const (
+	// PhaseEnter: open the namespace, switch a thread into it, take the lock.
+	PhaseEnter = "enter"
+	// PhaseFamilies: check that the spec covers every address family the
+	// namespace has (a link and address dump).
+	PhaseFamilies = "families"
+	// PhaseRoutes: read weir's policy rules and routes, add those the spec
+	// needs (TPROXY).
+	PhaseRoutes = "routes"
+	// PhaseProgram: read and write the backend the spec names.
+	PhaseProgram = "program"
+	// PhaseClear: take weir's rules out of every other backend.
+	PhaseClear = "clear"
+	// PhasePrune: delete policy rules and routes the spec no longer needs.
+	PhasePrune = "prune"
+	// PhaseLeave: close what the operation opened, switch back, unlock.
+	PhaseLeave = "leave"
+)
+
+// phaseClock reports the time since its previous mark; nil reports nothing.
+type phaseClock struct {
+	fn   func(string, time.Duration)
+	last time.Time
+}
+
+func newPhaseClock(fn func(string, time.Duration)) *phaseClock {
+	if fn == nil {
+		return nil
+	}
+	return &phaseClock{fn: fn, last: time.Now()}
+}
+
+func (c *phaseClock) mark(phase string) {
+	if c == nil {
+		return
+	}
+	now := time.Now()
+	c.fn(phase, now.Sub(c.last))
+	c.last = now
 }
 
 // checkSpec defaults and validates s; errors name the verb and the path.
@@ -193,10 +240,12 @@ func (u undoStack) run() error {
 // after the new ones are in place so no connection starts uncaptured in
 // between; policy routes the spec no longer needs. Each step records how to
 // go back, and a failure unwinds every step before it.
-func apply(s Spec, backend string) (err error) {
+func apply(s Spec, backend string, clk *phaseClock) (err error) {
+	clk.mark(PhaseEnter)
 	if err := checkFamilies(s); err != nil {
 		return err
 	}
+	clk.mark(PhaseFamilies)
 	nl, err := openNetlink()
 	if err != nil {
 		return err
@@ -221,10 +270,12 @@ func apply(s Spec, backend string) (err error) {
 			return err
 		}
 	}
+	clk.mark(PhaseRoutes)
 	primary := op.storeFor(backend)
 	if err := primary.program(&undo, s); err != nil {
 		return err
 	}
+	clk.mark(PhaseProgram)
 	for _, st := range op.stores() {
 		if st == primary {
 			continue
@@ -233,11 +284,13 @@ func apply(s Spec, backend string) (err error) {
 			return fmt.Errorf("clear %s: %w", st, err)
 		}
 	}
+	clk.mark(PhaseClear)
 	for _, f := range []family{ipv4, ipv6} {
 		if err := nl.prune(&undo, havePolicy[f], policyFor(s, f, nl.lo)); err != nil {
 			return err
 		}
 	}
+	clk.mark(PhasePrune)
 	return nil
 }
 

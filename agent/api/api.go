@@ -68,6 +68,11 @@ type AddResponse struct {
 	Captured bool      `json:"captured"`
 	Reason   string    `json:"reason,omitempty"`
 	Redirect *Redirect `json:"redirect,omitempty"`
+	// Timings says where the agent spent this ADD: microseconds per phase
+	// (the agent's docs name them), its total, and the CPU time the agent
+	// used meanwhile ("cpu"). For diagnosis only; weir-cni logs it. An
+	// older plugin ignores it.
+	Timings map[string]int64 `json:"timings,omitempty"`
 }
 
 // Redirect is the interception the plugin must program inside the pod netns.

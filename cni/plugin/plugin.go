@@ -16,6 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/redirect"
@@ -37,6 +38,15 @@ const (
 // processStart is when the plugin process began, as near as Go can tell.
 var processStart = time.Now()
 
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // Funcs are the plugin's verbs for skel.
 func Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
@@ -45,6 +55,7 @@ func Funcs() skel.CNIFuncs {
 // cmdAdd: parse, require prevResult, ask the agent, program the redirect,
 // print prevResult unchanged.
 func cmdAdd(args *skel.CmdArgs) error {
+	mainStart := time.Now()
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -58,9 +69,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
 	}
+	parseTook := time.Since(mainStart)
+	netnsStart := time.Now()
 	if err := checkNetns(args.Netns); err != nil {
 		return err
 	}
+	netnsTook := time.Since(netnsStart)
 	pod, err := podFromArgs(args.Args)
 	if err != nil {
 		return err
@@ -97,8 +111,10 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
 	}
 	spec := fromWire(*resp.Redirect)
+	rulePhases := map[string]int64{}
 	applyStart := time.Now()
-	if err := redirect.Apply(args.Netns, spec); err != nil {
+	trace := redirect.WithTrace(func(phase string, took time.Duration) { rulePhases[phase] += took.Microseconds() })
+	if err := redirect.Apply(args.Netns, spec, trace); err != nil {
 		// Nothing was applied (Apply is all or nothing); let the agent close
 		// the listeners it opened for us.
 		if derr := client.call(http.MethodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
@@ -107,14 +123,22 @@ func cmdAdd(args *skel.CmdArgs) error {
 		log.Error("apply redirect failed", "err", err)
 		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
 	}
-	// Where an ADD spends its time, for whoever chases its latency.
+	// Where an ADD spends its time, for whoever chases its latency
+	// (weir-addbench reads these): the plugin's own steps, the agent's
+	// phases as it reports them, the redirect's phases, and the CPU time
+	// this process used so far (the rest of its wall time it waited).
+	redirectTook := time.Since(applyStart)
 	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "backend", spec.Backend, "ipv4", spec.IPv4, "ipv6", spec.IPv6,
-		"agentMicros", agentTook.Microseconds(), "redirectMicros", time.Since(applyStart).Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds())
+		"agentMicros", agentTook.Microseconds(), "redirectMicros", redirectTook.Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds(),
+		"mainMicros", time.Since(mainStart).Microseconds(), "parseMicros", parseTook.Microseconds(), "netnsMicros", netnsTook.Microseconds(),
+		"cpuMicros", processCPU().Microseconds(), "agentPhases", resp.Timings, "rulePhases", rulePhases)
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }
 
 // cmdDel removes the rules, then tells the agent. It needs no prevResult and
-// succeeds for a netns that is gone, a pod never added, and a second DEL.
+// succeeds for a netns that is gone, a pod never added, and a second DEL. A
+// netns that is the node's, or no network namespace, is left untouched
+// (netns.go).
 // An unreachable agent does not fail DEL: the agent's sweep and GC release
 // what it held.
 func cmdDel(args *skel.CmdArgs) error {
@@ -123,7 +147,13 @@ func cmdDel(args *skel.CmdArgs) error {
 		return err
 	}
 	log := conf.logger().With("verb", "DEL", "container", args.ContainerID, "netns", args.Netns)
+	why := ""
 	if args.Netns != "" {
+		why = netnsRefusal(args.Netns)
+	}
+	if why != "" {
+		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
+	} else if args.Netns != "" {
 		if err := redirect.Remove(args.Netns); err != nil {
 			log.Error("remove redirect failed", "err", err)
 			return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
