@@ -363,20 +363,26 @@ func (a *Agent) sweep() {
 func (a *Agent) forget(att api.Attachment, why string, removeRules bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	p := a.pods.remove(att)
+	p := a.pods.get(att)
 	if p == nil {
 		return false
 	}
 	if removeRules && p.ns != nil {
-		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath())); err != nil {
+		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath()), redirect.WithBackgroundRelease()); err != nil {
 			a.log.Warn("remove rules", "container", att.ContainerID, "err", err)
 		}
 	}
+	a.release(p, why)
+	return true
+}
+
+// release forgets p, closing what it held. Called with a.mu held.
+func (a *Agent) release(p *pod, why string) {
+	a.pods.remove(p.att)
 	a.releaseEBPF(p)
 	a.uncapture(p)
-	a.afterChange()
-	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)
-	return true
+	a.afterChange(p.att)
+	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", p.att.ContainerID, "why", why)
 }
 
 // captures is the static enrolment policy: a pod is captured when its

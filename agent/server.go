@@ -129,7 +129,7 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 			a.uncapture(old)
 		}
 		a.pods.swap(next)
-		a.afterChange()
+		a.afterChange(r.Attachment)
 		a.log.Info("pod not captured", "pod", name, "why", d.reason)
 		a.recordCapture(next, false, d.reason)
 		return api.AddResponse{Captured: false, Reason: d.reason}, nil
@@ -146,11 +146,11 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	}
 	if err := a.capture(next, spec, tm); err != nil {
 		a.pods.remove(r.Attachment)
-		a.afterChange()
+		a.afterChange(r.Attachment)
 		return api.AddResponse{}, err
 	}
 	a.pods.swap(next)
-	a.afterChange()
+	a.afterChange(r.Attachment)
 	tm.mark(phaseState)
 	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
 	a.recordCapture(next, true, d.reason)
@@ -174,22 +174,43 @@ func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
 	return api.CheckResponse{Captured: true, Listening: len(p.listeners) > 0, Redirect: toWire(p.spec)}, nil
 }
 
-// del forgets an attachment. weir-cni took its rules out of the namespace
-// the DEL names before calling, unless that namespace is gone, refused (the
-// node's, or no network namespace: the plugin does not enter those) or
-// another one than the agent holds for the attachment; then the agent takes
-// them out of the namespace it holds, so a DEL leaves nothing behind, and
-// never looks into the one the DEL names.
+// del forgets an attachment and takes its rules out of the namespace the
+// agent holds for it, before closing its listeners, so the plugin need not
+// enter the namespace (RulesRemoved). The agent does it because it lives
+// on: deleting a pod's nftables table leaves the kernel work that any
+// process releasing an nftables socket waits for (about 10 ms), and the
+// agent releases its sockets in the background where a plugin's exit would
+// wait (redirect.WithBackgroundRelease). When the DEL names a namespace
+// that is not the one the agent holds (refused: the node's or no network
+// namespace; or another one), the agent still releases the pod from its
+// own and never looks into the named one; RulesRemoved is then false
+// unless the named one is gone, and the plugin judges it (cni/plugin's
+// netns.go).
 func (a *Agent) del(r delReq) (api.DelResponse, error) {
-	removeRules := false
-	if p := a.pods.get(r.Attachment); p != nil && p.ns != nil {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pods.get(r.Attachment)
+	if p == nil {
+		return api.DelResponse{}, nil
+	}
+	sameNetns, held := false, p.ns != nil
+	if held {
 		id, err := a.vetNetns(r.Netns)
-		if err != nil && r.Netns != "" && !notExist(err) {
+		switch {
+		case err == nil:
+			sameNetns = id == p.nsID
+		case r.Netns == "" || notExist(err):
+			sameNetns = true // nothing left to look into but ours
+		default:
 			a.log.Warn("DEL names a namespace weir never captures; releasing the pod from the namespace it was added in", "container", r.Attachment.ContainerID, "err", err)
 		}
-		removeRules = err != nil || id != p.nsID
+		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath()), redirect.WithBackgroundRelease()); err != nil {
+			a.log.Warn("remove rules", "container", r.Attachment.ContainerID, "err", err)
+			sameNetns = false // let the plugin try
+		}
 	}
-	return api.DelResponse{Known: a.forget(r.Attachment, "cni del", removeRules)}, nil
+	a.release(p, "cni del")
+	return api.DelResponse{Known: true, RulesRemoved: held && sameNetns}, nil
 }
 
 func (a *Agent) gc(r gcReq) (api.GCResponse, error) {

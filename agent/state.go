@@ -68,13 +68,27 @@ func (a *Agent) podFile(att api.Attachment) string {
 }
 
 // saveState writes the files of the pods that changed since they were last
-// written and deletes those of pods no longer known. Called with a.mu held.
-func (a *Agent) saveState() error {
+// written and deletes those of pods no longer known: of the attachments in
+// only, or of every one when only is empty. Called with a.mu held.
+func (a *Agent) saveState(only []api.Attachment) error {
 	if a.saved == nil {
 		a.saved = map[api.Attachment]savedMark{}
 	}
 	var errs []error
-	live := a.pods.snapshot()
+	var live map[api.Attachment]*pod
+	gone := a.saved
+	if len(only) == 0 {
+		live = a.pods.snapshot()
+	} else {
+		live, gone = map[api.Attachment]*pod{}, map[api.Attachment]savedMark{}
+		for _, att := range only {
+			if p := a.pods.get(att); p != nil {
+				live[att] = p
+			} else if m, ok := a.saved[att]; ok {
+				gone[att] = m
+			}
+		}
+	}
 	for att, p := range live {
 		mark := savedMark{p: p, ns: p.ns, touched: p.touched.Load()}
 		if a.saved[att] == mark {
@@ -91,7 +105,7 @@ func (a *Agent) saveState() error {
 		}
 		a.saved[att] = mark
 	}
-	for att := range a.saved {
+	for att := range gone {
 		if _, ok := live[att]; ok {
 			continue
 		}
@@ -101,7 +115,7 @@ func (a *Agent) saveState() error {
 		}
 		delete(a.saved, att)
 	}
-	if len(errs) == 0 && a.legacyState {
+	if len(errs) == 0 && len(only) == 0 && a.legacyState {
 		// Every pod it listed has a file of its own now.
 		if err := os.Remove(filepath.Join(a.cfg.StateDir, stateFile)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, err)

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/proxy/netns"
 )
 
 func stateAgent(t testing.TB) *Agent {
@@ -34,7 +35,7 @@ func TestSaveStateWritesOnlyChanges(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		a.pods.swap(testPod(i))
 	}
-	if err := a.saveState(); err != nil {
+	if err := a.saveState(nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := podFiles(t, a); n != 20 {
@@ -52,7 +53,7 @@ func TestSaveStateWritesOnlyChanges(t *testing.T) {
 	touched := a.pods.get(testPod(11).att)
 	touched.touched.Add(1)
 	os.Remove(a.podFile(touched.att))
-	if err := a.saveState(); err != nil {
+	if err := a.saveState(nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(a.podFile(testPod(3).att)); !os.IsNotExist(err) {
@@ -78,6 +79,70 @@ func TestSaveStateWritesOnlyChanges(t *testing.T) {
 	}
 }
 
+// TestSaveStateNamed: a save naming attachments (what a CNI call does)
+// writes or deletes those only, and leaves every other change to a later
+// full save.
+func TestSaveStateNamed(t *testing.T) {
+	a := stateAgent(t)
+	for i := 0; i < 10; i++ {
+		a.pods.swap(testPod(i))
+	}
+	if err := a.saveState(nil); err != nil {
+		t.Fatal(err)
+	}
+	added, other := testPod(10), testPod(11)
+	a.pods.swap(added)
+	a.pods.swap(other)
+	a.pods.remove(testPod(2).att)
+	a.pods.remove(testPod(3).att)
+	if err := a.saveState([]api.Attachment{added.att, testPod(2).att}); err != nil {
+		t.Fatal(err)
+	}
+	exists := func(att api.Attachment) bool {
+		_, err := os.Stat(a.podFile(att))
+		return err == nil
+	}
+	if !exists(added.att) || exists(testPod(2).att) {
+		t.Errorf("named attachments: added written %v, removed deleted %v", exists(added.att), !exists(testPod(2).att))
+	}
+	if exists(other.att) || !exists(testPod(3).att) {
+		t.Errorf("unnamed attachments touched: other written %v, removed deleted %v", exists(other.att), !exists(testPod(3).att))
+	}
+	if err := a.saveState(nil); err != nil {
+		t.Fatal(err)
+	}
+	if !exists(other.att) || exists(testPod(3).att) {
+		t.Errorf("full save after a named one: other written %v, removed deleted %v", exists(other.att), !exists(testPod(3).att))
+	}
+}
+
+// TestRegistryNetnsIndex: pods are found by namespace, and a swap or a
+// removal keeps the index in step.
+func TestRegistryNetnsIndex(t *testing.T) {
+	r := newRegistry()
+	a, b := testPod(1), testPod(2)
+	a.nsID, b.nsID = netns.ID{Dev: 4, Ino: 100}, netns.ID{Dev: 4, Ino: 100}
+	r.swap(a)
+	r.swap(b)
+	if got := r.inNetns(a.nsID); len(got) != 2 || got[0] != a || got[1] != b {
+		t.Fatalf("inNetns = %v, want both pods", got)
+	}
+	moved := testPod(1)
+	moved.nsID = netns.ID{Dev: 4, Ino: 200}
+	r.swap(moved)
+	if got := r.inNetns(a.nsID); len(got) != 1 || got[0] != b {
+		t.Fatalf("after the swap the old namespace holds %v, want pod 2 only", got)
+	}
+	if got := r.inNetns(moved.nsID); len(got) != 1 || got[0] != moved {
+		t.Fatalf("after the swap the new namespace holds %v", got)
+	}
+	r.remove(b.att)
+	r.remove(moved.att)
+	if len(r.byNS) != 0 {
+		t.Fatalf("index not empty after every pod went: %v", r.byNS)
+	}
+}
+
 // TestLegacyStateFileMigrates: a state.json of an older agent is read, its
 // pods move to per-pod files, and it is deleted.
 func TestLegacyStateFileMigrates(t *testing.T) {
@@ -97,7 +162,7 @@ func TestLegacyStateFileMigrates(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		a.pods.swap(testPod(i))
 	}
-	if err := a.saveState(); err != nil {
+	if err := a.saveState(nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, stateFile)); !os.IsNotExist(err) {
@@ -117,14 +182,15 @@ func BenchmarkSaveStateOneChange(b *testing.B) {
 			for i := 0; i < n; i++ {
 				a.pods.swap(testPod(i))
 			}
-			if err := a.saveState(); err != nil {
+			if err := a.saveState(nil); err != nil {
 				b.Fatal(err)
 			}
 			i := 0
 			for b.Loop() {
-				a.pods.swap(testPod(i % n))
+				p := testPod(i % n)
+				a.pods.swap(p)
 				i++
-				if err := a.saveState(); err != nil {
+				if err := a.saveState([]api.Attachment{p.att}); err != nil {
 					b.Fatal(err)
 				}
 			}

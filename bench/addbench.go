@@ -60,6 +60,8 @@ type ADDResult struct {
 	Start, StartCPU []time.Duration
 	// Traced counts the ADDs run under strace, left out of the figures.
 	Traced int
+	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
+	Del []time.Duration
 }
 
 // PhaseDocs says what each phase weir-addbench reports measures. Phases
@@ -108,11 +110,13 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
 	}
+	var pods []*testworld.Pod
 	for i := 0; i < opts.Pods; i++ {
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
 		if err := node.Add(t, p); err != nil {
 			t.Fatalf("%s: ADD of pod %d: %v", backend, i, err)
 		}
+		pods = append(pods, p)
 		if opts.Progress != nil {
 			opts.Progress(i + 1)
 		}
@@ -122,6 +126,14 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		t.Fatalf("%s: %v", backend, err)
 	}
 	res.AgentCPU = cpu1 - cpu0
+	// Then every pod's DEL, in the same order, while its netns still
+	// exists (as a runtime deletes a sandbox): what a DEL costs.
+	for i, p := range pods {
+		if err := node.Del(p); err != nil {
+			t.Fatalf("%s: DEL of pod %d: %v", backend, i, err)
+		}
+	}
+	res.Del = timer.dels()
 	runs := timer.adds()
 	if len(runs) != opts.Pods {
 		t.Fatalf("%s: timed %d weir-cni ADDs, want %d", backend, len(runs), opts.Pods)
@@ -180,9 +192,25 @@ type addTimer struct {
 	straceEvery int
 	mu          sync.Mutex
 	runs        []addRun
+	del         []time.Duration
+}
+
+func (a *addTimer) dels() []time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.del)
 }
 
 func (a *addTimer) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
+	if filepath.Base(pluginPath) == "weir-cni" && slices.Contains(environ, "CNI_COMMAND=DEL") {
+		start := time.Now()
+		out, err := a.inner.ExecPlugin(ctx, pluginPath, stdin, environ)
+		d := time.Since(start)
+		a.mu.Lock()
+		a.del = append(a.del, d)
+		a.mu.Unlock()
+		return out, err
+	}
 	if filepath.Base(pluginPath) != "weir-cni" || !slices.Contains(environ, "CNI_COMMAND=ADD") {
 		return a.inner.ExecPlugin(ctx, pluginPath, stdin, environ)
 	}
@@ -323,6 +351,8 @@ type Summary struct {
 	// AgentCPUPerADD is the agent's CPU time over the run from /proc,
 	// divided by the number of ADDs (a check on the per-ADD figure).
 	AgentCPUPerADD time.Duration
+	// Del is weir-cni DEL's wall time.
+	Del Dist
 	// Start and StartCPU are weir-cni VERSION's medians.
 	Start, StartCPU time.Duration
 	// Phases by name, sorted.
@@ -338,7 +368,7 @@ type PhaseDist struct {
 // Summarize computes the report of r.
 func (r ADDResult) Summarize() Summary {
 	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced,
-		Wall: DistOf(r.Wall), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
+		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
 	if n := len(r.Wall) + r.Traced; n > 0 {
 		s.AgentCPUPerADD = r.AgentCPU / time.Duration(n)
 	}

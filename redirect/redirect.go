@@ -9,7 +9,6 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Apply programs s into the network namespace at netnsPath: after it returns
@@ -111,7 +110,7 @@ func inNetnsWithSpec(verb, netnsPath string, s Spec, f func(Spec, string) error)
 // succeeds.
 func Remove(netnsPath string, opts ...Option) error {
 	o := optionsOf(opts)
-	err := inNetns(netnsPath, func() error { return errors.Join(remove(), removeEBPF(o.pinPath)) })
+	err := inNetns(netnsPath, func() error { return errors.Join(remove(o.bgRelease), removeEBPF(o.pinPath)) })
 	if errors.Is(err, ErrNetnsNotExist) {
 		return nil
 	}
@@ -242,15 +241,15 @@ func (u undoStack) run() error {
 // go back, and a failure unwinds every step before it.
 func apply(s Spec, backend string, clk *phaseClock) (err error) {
 	clk.mark(PhaseEnter)
-	if err := checkFamilies(s); err != nil {
-		return err
-	}
-	clk.mark(PhaseFamilies)
 	nl, err := openNetlink()
 	if err != nil {
 		return err
 	}
 	defer nl.close()
+	if err := checkFamilies(nl, s); err != nil {
+		return err
+	}
+	clk.mark(PhaseFamilies)
 	op := &nsOp{}
 	defer op.close()
 	var undo undoStack
@@ -330,9 +329,9 @@ func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, requ
 // remove runs inside the pod netns and empties every backend, then deletes
 // weir's policy rules and routes, once no rule marks packets for them any
 // more.
-func remove() error {
+func remove(bgRelease bool) error {
 	var errs []error
-	op := &nsOp{}
+	op := &nsOp{bgRelease: bgRelease}
 	defer op.close()
 	for _, st := range op.stores() {
 		if err := st.remove(); err != nil {
@@ -425,36 +424,33 @@ func installed() (bool, error) {
 // checkFamilies refuses a spec that leaves one of the namespace's address
 // families uncaptured: a dual-stack pod captured over IPv4 only would reach
 // every IPv6 destination around the agent. Loopback and link-local
-// addresses do not count.
-func checkFamilies(s Spec) error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+// addresses do not count. One dump of every address, against the links nl
+// read.
+func checkFamilies(nl *netlinkState, s Spec) error {
+	addrs, err := nl.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
+		return fmt.Errorf("list addresses: %w", err)
 	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		if l.Attrs().Flags&net.FlagLoopback != 0 {
+	for _, a := range addrs {
+		var link netlink.Link
+		for _, l := range nl.links {
+			if l.Attrs().Index == a.LinkIndex {
+				link = l
+				break
+			}
+		}
+		if link == nil || link.Attrs().Flags&net.FlagLoopback != 0 {
 			continue
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		ip := a.IP
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+			continue
 		}
-		for _, a := range addrs {
-			ip := a.IP
-			if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
-				continue
-			}
-			if ip.To4() != nil && !s.IPv4 {
-				return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", l.Attrs().Name, ip)
-			}
-			if ip.To4() == nil && !s.IPv6 {
-				return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", l.Attrs().Name, ip)
-			}
+		if ip.To4() != nil && !s.IPv4 {
+			return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", link.Attrs().Name, ip)
+		}
+		if ip.To4() == nil && !s.IPv6 {
+			return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", link.Attrs().Name, ip)
 		}
 	}
 	return nil

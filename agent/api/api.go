@@ -9,7 +9,8 @@
 //
 //	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect
 //	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
-//	del    (runtime DEL)     -> DelResponse; sent after the plugin removed its rules
+//	del    (runtime DEL)     -> DelResponse; the agent removes the rules of an attachment it holds
+//	                            (RulesRemoved), else the plugin does after it
 //	gc     (runtime GC)      -> GCResponse; drops attachments the runtime no longer knows
 //	status (runtime STATUS)  -> StatusResponse
 //
@@ -125,9 +126,13 @@ type DelRequest struct {
 	Pod        Pod        `json:"pod"`
 }
 
-// DelResponse reports whether the agent knew the attachment (for logs only).
+// DelResponse reports whether the agent knew the attachment (for logs), and
+// whether it took the attachment's rules out of the namespace the DEL names
+// itself (RulesRemoved): then the plugin need not enter it. An agent that
+// does not say so (an older one) leaves that to the plugin.
 type DelResponse struct {
-	Known bool `json:"known"`
+	Known        bool `json:"known"`
+	RulesRemoved bool `json:"rulesRemoved,omitempty"`
 }
 
 // GCRequest lists every attachment the runtime still knows; the agent releases

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -87,7 +86,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var resp api.AddResponse
 	agentStart := time.Now()
-	err = client.call(http.MethodPost, api.PathAdd, api.AddRequest{
+	err = client.call(methodPost, api.PathAdd, api.AddRequest{
 		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
 	}, &resp)
 	agentTook := time.Since(agentStart)
@@ -117,7 +116,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err := redirect.Apply(args.Netns, spec, trace); err != nil {
 		// Nothing was applied (Apply is all or nothing); let the agent close
 		// the listeners it opened for us.
-		if derr := client.call(http.MethodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
+		if derr := client.call(methodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
 			log.Warn("rollback: agent del failed", "err", derr)
 		}
 		log.Error("apply redirect failed", "err", err)
@@ -135,40 +134,40 @@ func cmdAdd(args *skel.CmdArgs) error {
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }
 
-// cmdDel removes the rules, then tells the agent. It needs no prevResult and
-// succeeds for a netns that is gone, a pod never added, and a second DEL. A
-// netns that is the node's, or no network namespace, is left untouched
-// (netns.go).
-// An unreachable agent does not fail DEL: the agent's sweep and GC release
-// what it held.
+// cmdDel tells the agent, which takes the rules of a pod it holds out of
+// its namespace (and releases the kernel's sockets in the background: see
+// agent's del), then removes whatever the agent did not say it removed. It
+// needs no prevResult and succeeds for a netns that is gone, a pod never
+// added, a second DEL, and an agent that cannot be reached (its sweep and
+// GC release what it held). A netns that is the node's, or no network
+// namespace, is never entered (netns.go).
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
 	log := conf.logger().With("verb", "DEL", "container", args.ContainerID, "netns", args.Netns)
-	why := ""
-	if args.Netns != "" {
-		why = netnsRefusal(args.Netns)
-	}
-	if why != "" {
-		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
-	} else if args.Netns != "" {
-		if err := redirect.Remove(args.Netns); err != nil {
-			log.Error("remove redirect failed", "err", err)
-			return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
-		}
-	}
 	pod, _ := podFromArgs(args.Args)
 	var resp api.DelResponse
-	err = newAgentClient(conf).call(http.MethodPost, api.PathDel, api.DelRequest{
+	err = newAgentClient(conf).call(methodPost, api.PathDel, api.DelRequest{
 		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
 	}, &resp)
 	if err != nil {
 		log.Warn("agent del failed; it will release the pod on its own", "err", err)
+	}
+	if args.Netns == "" || resp.RulesRemoved {
+		log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", resp.RulesRemoved)
 		return nil
 	}
-	log.Info("pod deleted", "known", resp.Known)
+	if why := netnsRefusal(args.Netns); why != "" {
+		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
+		return nil
+	}
+	if err := redirect.Remove(args.Netns); err != nil {
+		log.Error("remove redirect failed", "err", err)
+		return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
+	}
+	log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", false)
 	return nil
 }
 
@@ -190,7 +189,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	var resp api.CheckResponse
-	err = newAgentClient(conf).call(http.MethodPost, api.PathCheck, api.CheckRequest{
+	err = newAgentClient(conf).call(methodPost, api.PathCheck, api.CheckRequest{
 		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
 	}, &resp)
 	if err != nil {
@@ -222,7 +221,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return err
 	}
 	var resp api.StatusResponse
-	if err := newAgentClient(conf).call(http.MethodGet, api.PathStatus, nil, &resp); err != nil {
+	if err := newAgentClient(conf).call(methodGet, api.PathStatus, nil, &resp); err != nil {
 		return types.NewError(ErrPluginNotAvailable, "weir-agent not available", err.Error())
 	}
 	if !resp.Ready {
@@ -243,7 +242,7 @@ func cmdGC(args *skel.CmdArgs) error {
 		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	var resp api.GCResponse
-	if err := newAgentClient(conf).call(http.MethodPost, api.PathGC, api.GCRequest{Version: api.Version, Valid: valid}, &resp); err != nil {
+	if err := newAgentClient(conf).call(methodPost, api.PathGC, api.GCRequest{Version: api.Version, Valid: valid}, &resp); err != nil {
 		return agentCallError("GC", conf, err)
 	}
 	conf.logger().Info("gc", "valid", len(valid), "released", resp.Released)

@@ -96,6 +96,12 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 	for _, s := range sums {
 		fmt.Printf("%s: agent CPU over the run from /proc: %s ms per ADD; %d ADDs under strace left out\n", s.Backend, ms(s.AgentCPUPerADD), s.Traced)
 	}
+	fmt.Printf("\nweir-cni DEL wall time, every pod deleted in sequence after the ADDs, ms\n")
+	fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max")
+	for _, s := range sums {
+		d := s.Del
+		fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", s.Backend, ms(d.Min), ms(d.P10), ms(d.P50), ms(d.P90), ms(d.P99), ms(d.Max))
+	}
 	for _, s := range sums {
 		if s.Backend != "nftables" {
 			continue
