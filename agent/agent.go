@@ -61,6 +61,10 @@ type Agent struct {
 	// be replaced by per-pod files (state.go). Guarded by mu.
 	saved       map[api.Attachment]savedMark
 	legacyState bool
+	// mirrorDirty says the stateFile mirror is behind the per-pod files
+	// (guarded by mu); mirrorMu serialises its writers (state.go).
+	mirrorDirty bool
+	mirrorMu    sync.Mutex
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once
@@ -237,6 +241,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer sweep.Stop()
 	resync := time.NewTicker(time.Duration(a.cfg.ReconcileInterval))
 	defer resync.Stop()
+	mirror := time.NewTicker(mirrorInterval)
+	defer mirror.Stop()
 	var runErr error
 loop:
 	for {
@@ -251,6 +257,10 @@ loop:
 			break loop
 		case <-sweep.C:
 			a.sweep()
+		case <-mirror.C:
+			if err := a.writeMirror(false); err != nil {
+				a.log.Error("write state mirror for older agents", "err", err)
+			}
 		case <-resync.C:
 			a.reconcile(runCtx, "periodic")
 		case <-changed:
@@ -286,7 +296,11 @@ loop:
 	}
 	// Rules stay in the pods and the state file stays on disk: a pod of an
 	// enabled namespace must not silently leave the mesh because the agent
-	// stopped; the next agent picks them up from the state file.
+	// stopped; the next agent picks them up from the state file (an older
+	// one from the mirror, brought up to date here).
+	if err := a.writeMirror(false); err != nil {
+		a.log.Error("write state mirror for older agents", "err", err)
+	}
 	a.mu.Lock()
 	for _, p := range a.pods.list() {
 		a.uncapture(p)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -12,7 +13,9 @@ import (
 )
 
 func stateAgent(t testing.TB) *Agent {
-	return &Agent{cfg: Config{StateDir: t.TempDir()}, log: slog.Default(), pods: newRegistry()}
+	a := &Agent{cfg: Config{StateDir: t.TempDir()}, log: slog.Default(), pods: newRegistry()}
+	a.ownsState.Store(true)
+	return a
 }
 
 func testPod(i int) *pod {
@@ -165,11 +168,89 @@ func TestLegacyStateFileMigrates(t *testing.T) {
 	if err := a.saveState(nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, stateFile)); !os.IsNotExist(err) {
-		t.Error("state.json still there after its pods moved")
-	}
 	if n := podFiles(t, a); n != 3 {
 		t.Errorf("%d pod files, want 3", n)
+	}
+	// state.json stays, as the mirror older agents read, marked as such.
+	var mirror savedState
+	if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile)); err != nil || json.Unmarshal(b, &mirror) != nil || !mirror.Mirror || len(mirror.Pods) != 3 {
+		t.Errorf("state.json after the move: %+v, %v; want a mirror of 3 pods", mirror, err)
+	}
+}
+
+// TestStateMirrorForOlderAgents: the mirror follows the per-pod files (off
+// the CNI path), an older agent can read it, this agent ignores it while
+// its per-pod files are the truth, and a state.json an older agent wrote
+// afterwards wins over them.
+func TestStateMirrorForOlderAgents(t *testing.T) {
+	a := stateAgent(t)
+	for i := 0; i < 3; i++ {
+		a.pods.swap(testPod(i))
+	}
+	if err := a.saveState(nil); err != nil {
+		t.Fatal(err)
+	}
+	readMirror := func() savedState {
+		t.Helper()
+		var st savedState
+		b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
+		if err != nil {
+			t.Fatalf("no state.json: %v", err)
+		}
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, stateFile)); !os.IsNotExist(err) {
+		t.Fatal("the CNI path wrote the mirror")
+	}
+	if err := a.writeMirror(false); err != nil {
+		t.Fatal(err)
+	}
+	if st := readMirror(); !st.Mirror || len(st.Pods) != 3 {
+		t.Fatalf("mirror %+v, want 3 pods", st)
+	}
+	// What an agent before per-pod files decodes: version and pods.
+	var old struct {
+		Version int `json:"version"`
+		Pods    []struct {
+			Attachment api.Attachment `json:"attachment"`
+			Netns      string         `json:"netns"`
+		} `json:"pods"`
+	}
+	b, _ := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
+	if err := json.Unmarshal(b, &old); err != nil || old.Version != 1 || len(old.Pods) != 3 || old.Pods[0].Netns != "/run/netns/x" {
+		t.Fatalf("an older agent reads %+v, %v", old, err)
+	}
+	// Per-pod files are the truth while the mirror is marked.
+	a.pods.remove(testPod(0).att)
+	if err := a.saveState([]api.Attachment{testPod(0).att}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := a.loadState(); err != nil || len(got) != 2 {
+		t.Fatalf("loadState with a stale mirror = %d pods, %v; want the 2 per-pod files", len(got), err)
+	}
+	if err := a.writeMirror(false); err != nil {
+		t.Fatal(err)
+	}
+	if st := readMirror(); len(st.Pods) != 2 {
+		t.Fatalf("mirror after a change: %d pods, want 2", len(st.Pods))
+	}
+	// An older agent ran after this one and wrote its own state.json.
+	p := testPod(7)
+	legacy := savedState{Version: 1, Pods: []savedPod{{Attachment: p.att, Pod: p.meta, Netns: p.netnsPath, IPs: p.cniIPs}}}
+	if err := writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), legacy); err != nil {
+		t.Fatal(err)
+	}
+	b2 := stateAgent(t)
+	b2.cfg.StateDir = a.cfg.StateDir
+	got, err := b2.loadState()
+	if err != nil || len(got) != 1 || got[0].Attachment != p.att {
+		t.Fatalf("loadState after an older agent = %+v, %v; want its one pod", got, err)
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.StateDir, podsDir)); !os.IsNotExist(err) {
+		t.Fatal("per-pod files older than the older agent's state.json are still there")
 	}
 }
 
