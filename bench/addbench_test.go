@@ -35,7 +35,7 @@ func TestMeasureADDSmoke(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			r := MeasureADD(t, backend, ADDOptions{Pods: 5})
 			s := r.Summarize()
-			if s.Pods != 5 || s.Wall.P50 <= 0 || s.Start <= 0 || s.CPU.P50 <= 0 {
+			if s.Pods != 5 || s.Wall.P50 <= 0 || s.Start <= 0 || s.CPU.P50 <= 0 || len(r.Del) != 5 || s.Del.P50 <= 0 {
 				t.Fatalf("summary %+v", s)
 			}
 			// Every phase the plugin and the agent report is there, once per ADD.
