@@ -191,6 +191,15 @@ func (a *Agent) del(r delReq) (api.DelResponse, error) {
 	defer a.mu.Unlock()
 	p := a.pods.get(r.Attachment)
 	if p == nil {
+		// Unknown here: the plugin removes what it finds, unless the
+		// namespace is another attachment's (the guard's "reused under
+		// another container id", which ADD refuses too).
+		if id, err := a.vetNetns(r.Netns); err == nil {
+			if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
+				a.log.Warn("DEL for an unknown container names another pod's namespace; leaving it alone", "container", r.Attachment.ContainerID, "err", err)
+				return api.DelResponse{Refused: err.Error()}, nil
+			}
+		}
 		return api.DelResponse{}, nil
 	}
 	sameNetns, held := false, p.ns != nil

@@ -352,6 +352,18 @@ func TestNetnsGuard(t *testing.T) {
 				t.Fatalf("the agent keeps the intruding attachment")
 			}
 		}
+		// A DEL for the intruder (the runtime cleaning up the ADD it saw
+		// fail) must not strip the victim's rules either.
+		del := pluginCmd(node, "DEL", "intruder", "intruder", victim.Path, "")
+		if e := runWeirCNI(t, del, func() error { return node.Do(del.Run) }); e.Code != 0 {
+			t.Fatalf("DEL of the intruder: %+v", e)
+		}
+		unchanged(t, before)
+		// (netState lists the iptables flavours; the victim's rules may be
+		// in nftables: CHECK looks at whichever backend holds them.)
+		if err := node.Check(victim); err != nil {
+			t.Fatalf("CHECK of the victim after the intruder's DEL: %v", err)
+		}
 		// The same attachment added again is no reuse: the ADD is
 		// idempotent, and changes nothing either.
 		prev, err := json.Marshal(victim.Result)

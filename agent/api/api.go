@@ -130,9 +130,14 @@ type DelRequest struct {
 // whether it took the attachment's rules out of the namespace the DEL names
 // itself (RulesRemoved): then the plugin need not enter it. An agent that
 // does not say so (an older one) leaves that to the plugin.
+//
+// Refused, when set, says why the namespace the DEL names must not be
+// entered: it is the capture of another attachment (a DEL for an unknown
+// container naming a live pod's namespace would strip that pod's rules).
 type DelResponse struct {
-	Known        bool `json:"known"`
-	RulesRemoved bool `json:"rulesRemoved,omitempty"`
+	Known        bool   `json:"known"`
+	RulesRemoved bool   `json:"rulesRemoved,omitempty"`
+	Refused      string `json:"refused,omitempty"`
 }
 
 // GCRequest lists every attachment the runtime still knows; the agent releases

@@ -159,6 +159,10 @@ func cmdDel(args *skel.CmdArgs) error {
 		log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", resp.RulesRemoved)
 		return nil
 	}
+	if resp.Refused != "" {
+		log.Warn("DEL names another pod's namespace; leaving it untouched", "why", resp.Refused)
+		return nil
+	}
 	if why := netnsRefusal(args.Netns); why != "" {
 		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
 		return nil
