@@ -98,7 +98,7 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // netState is what weir could change in a namespace: the rules of every
 // iptables flavour in both families (counters and comments stripped), the
-// policy routing rules, and the TCP listeners. ns nil is the test's own
+// nftables ruleset, the policy routing rules, and the TCP listeners. ns nil is the test's own
 // namespace; there only weir's traces count (other programs may change it).
 func netState(t *testing.T, ns *testworld.Netns) string {
 	t.Helper()
@@ -124,6 +124,21 @@ func netState(t *testing.T, ns *testworld.Netns) string {
 				continue
 			}
 			b.WriteString(counters.ReplaceAllString(l, "") + "\n")
+		}
+	}
+	// weir's native nftables table (the backend auto picks on an
+	// nftables node): iptables-save does not show it.
+	if _, err := exec.LookPath("nft"); err == nil {
+		out, err := run("nft", "list", "ruleset")
+		if err != nil {
+			t.Fatalf("nft list ruleset: %v\n%s", err, out)
+		}
+		b.WriteString("== nft list ruleset\n")
+		for _, l := range strings.Split(out, "\n") {
+			if ns == nil && !strings.Contains(l, "weir") {
+				continue
+			}
+			b.WriteString(l + "\n")
 		}
 	}
 	for _, fam := range []string{"-4", "-6"} {
