@@ -62,6 +62,10 @@ type Agent struct {
 	// be replaced by per-pod files (state.go). Guarded by mu.
 	saved       map[api.Attachment]savedMark
 	legacyState bool
+	// mirrorDirty says the stateFile mirror is behind the per-pod files
+	// (guarded by mu); mirrorMu serialises its writers (state.go).
+	mirrorDirty bool
+	mirrorMu    sync.Mutex
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once
@@ -72,6 +76,7 @@ type Agent struct {
 	reloadMu     sync.Mutex
 	podsCaptured prometheus.Gauge
 	cniRequests  *prometheus.CounterVec
+	addPhases    *prometheus.HistogramVec
 }
 
 // New builds an agent from a validated config. It checks what the agent
@@ -102,7 +107,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 			Name: "weir_cni_requests_total", Help: "Requests from weir-cni by verb and result.",
 		}, []string{"verb", "result"}),
 	}
-	reg.MustRegister(a.podsCaptured, a.cniRequests)
+	a.addPhases = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "weir_cni_add_phase_seconds",
+		Help:    "Time a CNI ADD spends in each phase inside the agent (vet, decide, lock, shared, listen, migrate, serve, state; total; cpu is the agent's CPU time meanwhile).",
+		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+	}, []string{"phase"})
+	reg.MustRegister(a.podsCaptured, a.cniRequests, a.addPhases)
 	if a.backend, a.autoBackend, err = chooseBackend(cfg.Capture.Backend, log); err != nil {
 		return nil, err
 	}
@@ -241,6 +251,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer sweep.Stop()
 	resync := time.NewTicker(time.Duration(a.cfg.ReconcileInterval))
 	defer resync.Stop()
+	mirror := time.NewTicker(mirrorInterval)
+	defer mirror.Stop()
 	var runErr error
 loop:
 	for {
@@ -255,6 +267,10 @@ loop:
 			break loop
 		case <-sweep.C:
 			a.sweep()
+		case <-mirror.C:
+			if err := a.writeMirror(false); err != nil {
+				a.log.Error("write state mirror for older agents", "err", err)
+			}
 		case <-resync.C:
 			a.reconcile(runCtx, "periodic")
 		case <-changed:
@@ -290,7 +306,11 @@ loop:
 	}
 	// Rules stay in the pods and the state file stays on disk: a pod of an
 	// enabled namespace must not silently leave the mesh because the agent
-	// stopped; the next agent picks them up from the state file.
+	// stopped; the next agent picks them up from the state file (an older
+	// one from the mirror, brought up to date here).
+	if err := a.writeMirror(false); err != nil {
+		a.log.Error("write state mirror for older agents", "err", err)
+	}
 	a.mu.Lock()
 	for _, p := range a.pods.list() {
 		a.uncapture(p)
@@ -372,20 +392,26 @@ func (a *Agent) sweep() {
 func (a *Agent) forget(att api.Attachment, why string, removeRules bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	p := a.pods.remove(att)
+	p := a.pods.get(att)
 	if p == nil {
 		return false
 	}
 	if removeRules && p.ns != nil {
-		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath())); err != nil {
+		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath()), redirect.WithBackgroundRelease()); err != nil {
 			a.log.Warn("remove rules", "container", att.ContainerID, "err", err)
 		}
 	}
+	a.release(p, why)
+	return true
+}
+
+// release forgets p, closing what it held. Called with a.mu held.
+func (a *Agent) release(p *pod, why string) {
+	a.pods.remove(p.att)
 	a.releaseEBPF(p)
 	a.uncapture(p)
-	a.afterChange()
-	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", att.ContainerID, "why", why)
-	return true
+	a.afterChange(p.att)
+	a.log.Info("pod forgotten", "pod", p.meta.Namespace+"/"+p.meta.Name, "container", p.att.ContainerID, "why", why)
 }
 
 // captures is the static enrolment policy: a pod is captured when its

@@ -109,8 +109,8 @@ func (a *Agent) notNode(path string, id netns.ID) error {
 // pod. An entry whose namespace is gone (its number may then be reused) is
 // no owner either: the sweep forgets it. Called with a.mu held.
 func (a *Agent) notShared(path string, id netns.ID, att api.Attachment, meta api.Pod) error {
-	for _, p := range a.pods.list() {
-		if p.nsID != id || p.att.ContainerID == att.ContainerID || supersedes(att, meta, p) {
+	for _, p := range a.pods.inNetns(id) {
+		if p.att.ContainerID == att.ContainerID || supersedes(att, meta, p) {
 			continue
 		}
 		if p.ns == nil {
@@ -152,8 +152,8 @@ func (a *Agent) admitNetns(path string, att api.Attachment, meta api.Pod) (netns
 // namespace id, taking its rules out: the ADD decides afresh and the plugin
 // programs what it answers. Called with a.mu held.
 func (a *Agent) dropStandIns(id netns.ID, att api.Attachment, meta api.Pod) {
-	for _, p := range a.pods.list() {
-		if p.nsID != id || !supersedes(att, meta, p) {
+	for _, p := range a.pods.inNetns(id) {
+		if !supersedes(att, meta, p) {
 			continue
 		}
 		if err := a.offboard(p); err != nil {

@@ -42,14 +42,51 @@ type pod struct {
 	touched atomic.Uint64
 }
 
-// registry holds known pods by attachment. Its lock guards the map only;
-// nothing on the connection path takes it.
+// registry holds known pods by attachment, and indexes them by network
+// namespace so the guard's "is this namespace another pod's" costs the same
+// at 5 pods as at 500. Its lock guards the maps only; nothing on the
+// connection path takes it.
 type registry struct {
 	mu   sync.Mutex
 	pods map[api.Attachment]*pod
+	byNS map[netns.ID]map[api.Attachment]*pod
 }
 
-func newRegistry() *registry { return &registry{pods: map[api.Attachment]*pod{}} }
+func newRegistry() *registry {
+	return &registry{pods: map[api.Attachment]*pod{}, byNS: map[netns.ID]map[api.Attachment]*pod{}}
+}
+
+// index adds p to byNS, unindex takes it out. Called with r.mu held.
+func (r *registry) index(p *pod) {
+	m := r.byNS[p.nsID]
+	if m == nil {
+		m = map[api.Attachment]*pod{}
+		r.byNS[p.nsID] = m
+	}
+	m[p.att] = p
+}
+
+func (r *registry) unindex(p *pod) {
+	if m := r.byNS[p.nsID]; m != nil && m[p.att] == p {
+		delete(m, p.att)
+		if len(m) == 0 {
+			delete(r.byNS, p.nsID)
+		}
+	}
+}
+
+// inNetns lists the pods known in namespace id, by container id.
+func (r *registry) inNetns(id netns.ID) []*pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.byNS[id]
+	out := make([]*pod, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].att.ContainerID < out[j].att.ContainerID })
+	return out
+}
 
 func (r *registry) get(a api.Attachment) *pod {
 	r.mu.Lock()
@@ -62,7 +99,11 @@ func (r *registry) swap(p *pod) *pod {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.pods[p.att]
+	if old != nil {
+		r.unindex(old)
+	}
 	r.pods[p.att] = p
+	r.index(p)
 	return old
 }
 
@@ -70,6 +111,9 @@ func (r *registry) remove(a api.Attachment) *pod {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	p := r.pods[a]
+	if p != nil {
+		r.unindex(p)
+	}
 	delete(r.pods, a)
 	return p
 }

@@ -99,32 +99,37 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if _, _, err := families(r.IPs); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
+	tm := newPhaseTimer(a.addPhases)
 	// The guard first, whatever the policy would say: a node's namespace
 	// is refused even for a pod that would not be captured.
 	id, err := a.vetNetns(r.Netns)
 	if err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
+	tm.mark(phaseVet)
 	name := r.Pod.Namespace + "/" + r.Pod.Name
 	d := a.decide(a.baseCtx, r.Pod)
 	if d.err != nil {
 		return api.AddResponse{}, fmt.Errorf("cannot decide capture for %s: %w", name, d.err)
 	}
 	next := &pod{att: r.Attachment, meta: r.Pod, netnsPath: r.Netns, nsID: id, cniIPs: r.IPs, ips: podAddrs(r.IPs), nodeMode: redirect.Mode(r.Mode)}
+	tm.mark(phaseDecide)
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	tm.mark(phaseLock)
 	if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
 	a.dropStandIns(id, r.Attachment, r.Pod)
+	tm.mark(phaseShared)
 	old := a.pods.get(r.Attachment)
 	if !d.captured {
 		if old != nil {
 			a.uncapture(old)
 		}
 		a.pods.swap(next)
-		a.afterChange()
+		a.afterChange(r.Attachment)
 		a.log.Info("pod not captured", "pod", name, "why", d.reason)
 		a.recordCapture(next, false, d.reason)
 		return api.AddResponse{Captured: false, Reason: d.reason}, nil
@@ -139,19 +144,26 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if old != nil {
 		a.uncapture(old)
 	}
-	if err := a.capture(next, spec); err != nil {
+	if err := a.capture(next, spec, tm); err != nil {
 		a.pods.remove(r.Attachment)
-		a.afterChange()
+		a.afterChange(r.Attachment)
 		return api.AddResponse{}, err
 	}
 	a.pods.swap(next)
-	a.afterChange()
+	a.afterChange(r.Attachment)
+	tm.mark(phaseState)
 	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
 	a.recordCapture(next, true, d.reason)
-	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec)}, nil
+	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Timings: tm.done()}, nil
 }
 
+// check answers what the plugin must verify. The namespace guard runs first,
+// as for ADD: the plugin looks into the namespace after this answer, and a
+// node's namespace must not be looked into.
 func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
+	if _, err := a.vetNetns(r.Netns); err != nil {
+		return api.CheckResponse{}, badRequest{err}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p := a.pods.get(r.Attachment)
@@ -162,8 +174,52 @@ func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
 	return api.CheckResponse{Captured: true, Listening: len(p.listeners) > 0, Redirect: toWire(p.spec)}, nil
 }
 
+// del forgets an attachment and takes its rules out of the namespace the
+// agent holds for it, before closing its listeners, so the plugin need not
+// enter the namespace (RulesRemoved). The agent does it because it lives
+// on: deleting a pod's nftables table leaves the kernel work that any
+// process releasing an nftables socket waits for (about 10 ms), and the
+// agent releases its sockets in the background where a plugin's exit would
+// wait (redirect.WithBackgroundRelease). When the DEL names a namespace
+// that is not the one the agent holds (refused: the node's or no network
+// namespace; or another one), the agent still releases the pod from its
+// own and never looks into the named one; RulesRemoved is then false
+// unless the named one is gone, and the plugin judges it (cni/plugin's
+// netns.go).
 func (a *Agent) del(r delReq) (api.DelResponse, error) {
-	return api.DelResponse{Known: a.forget(r.Attachment, "cni del", false)}, nil
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	p := a.pods.get(r.Attachment)
+	if p == nil {
+		// Unknown here: the plugin removes what it finds, unless the
+		// namespace is another attachment's (the guard's "reused under
+		// another container id", which ADD refuses too).
+		if id, err := a.vetNetns(r.Netns); err == nil {
+			if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
+				a.log.Warn("DEL for an unknown container names another pod's namespace; leaving it alone", "container", r.Attachment.ContainerID, "err", err)
+				return api.DelResponse{Refused: err.Error()}, nil
+			}
+		}
+		return api.DelResponse{}, nil
+	}
+	sameNetns, held := false, p.ns != nil
+	if held {
+		id, err := a.vetNetns(r.Netns)
+		switch {
+		case err == nil:
+			sameNetns = id == p.nsID
+		case r.Netns == "" || notExist(err):
+			sameNetns = true // nothing left to look into but ours
+		default:
+			a.log.Warn("DEL names a namespace weir never captures; releasing the pod from the namespace it was added in", "container", r.Attachment.ContainerID, "err", err)
+		}
+		if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath()), redirect.WithBackgroundRelease()); err != nil {
+			a.log.Warn("remove rules", "container", r.Attachment.ContainerID, "err", err)
+			sameNetns = false // let the plugin try
+		}
+	}
+	a.release(p, "cni del")
+	return api.DelResponse{Known: true, RulesRemoved: held && sameNetns}, nil
 }
 
 func (a *Agent) gc(r gcReq) (api.GCResponse, error) {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/proxy/netns"
@@ -24,8 +25,12 @@ import (
 // podsDir, written (through a temporary file and a rename) only when that
 // pod changes, so a CNI ADD costs one small write however many pods the
 // node runs. stateFile is the single file agents before per-pod files
-// rewrote whole at every change; a new agent still reads it, moves its pods
-// to podsDir and deletes it.
+// rewrote whole at every change. This agent keeps it too, as a mirror an
+// older agent can read (a downgrade, or an older agent taking over): off
+// the CNI path, at most every mirrorInterval, at handover and at stop,
+// marked "mirror" so this agent knows podsDir is the truth. A stateFile
+// without the mark was written by an older agent after this one ran: it
+// is the newer truth, and podsDir, older, is dropped.
 const (
 	podsDir        = "pods"
 	stateFile      = "state.json"
@@ -48,6 +53,52 @@ type savedPod struct {
 type savedState struct {
 	Version int        `json:"version"`
 	Pods    []savedPod `json:"pods"`
+	// Mirror marks a stateFile written by an agent that keeps podsDir
+	// (older agents ignore the field).
+	Mirror bool `json:"mirror,omitempty"`
+}
+
+// mirrorInterval bounds how often the stateFile mirror is rewritten while
+// pods change: its cost grows with the node, so it stays off the CNI path.
+const mirrorInterval = 2 * time.Second
+
+// savedPodOf is p as persisted.
+func savedPodOf(p *pod) savedPod {
+	sp := savedPod{Attachment: p.att, Pod: p.meta, Netns: p.netnsPath, NetnsID: p.nsID, IPs: p.cniIPs, NodeMode: string(p.nodeMode)}
+	if p.ns != nil {
+		spec := p.spec
+		sp.Spec = &spec
+	}
+	return sp
+}
+
+// writeMirror rewrites the stateFile mirror if a pod changed since the
+// last one (or always, with force). Called without a.mu: it takes it only
+// to copy the pods. mirrorMu keeps two writers from leaving the older copy.
+func (a *Agent) writeMirror(force bool) error {
+	a.mirrorMu.Lock()
+	defer a.mirrorMu.Unlock()
+	a.mu.Lock()
+	st, ok := a.mirrorLocked(force)
+	a.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), st)
+}
+
+// mirrorLocked copies the pods for the mirror; ok is false when there is
+// nothing to write. Called with a.mu held.
+func (a *Agent) mirrorLocked(force bool) (savedState, bool) {
+	if !a.ownsState.Load() || (!a.mirrorDirty && !force) {
+		return savedState{}, false
+	}
+	st := savedState{Version: 1, Mirror: true, Pods: []savedPod{}}
+	for _, p := range a.pods.list() {
+		st.Pods = append(st.Pods, savedPodOf(p))
+	}
+	a.mirrorDirty = false
+	return st, true
 }
 
 // savedMark is what a pod's file was written from: the pod, its namespace
@@ -68,56 +119,86 @@ func (a *Agent) podFile(att api.Attachment) string {
 }
 
 // saveState writes the files of the pods that changed since they were last
-// written and deletes those of pods no longer known. Called with a.mu held.
-func (a *Agent) saveState() error {
+// written and deletes those of pods no longer known: of the attachments in
+// only, or of every one when only is empty. Called with a.mu held.
+func (a *Agent) saveState(only []api.Attachment) error {
 	if a.saved == nil {
 		a.saved = map[api.Attachment]savedMark{}
 	}
 	var errs []error
-	live := a.pods.snapshot()
+	var live map[api.Attachment]*pod
+	gone := a.saved
+	if len(only) == 0 {
+		live = a.pods.snapshot()
+	} else {
+		live, gone = map[api.Attachment]*pod{}, map[api.Attachment]savedMark{}
+		for _, att := range only {
+			if p := a.pods.get(att); p != nil {
+				live[att] = p
+			} else if m, ok := a.saved[att]; ok {
+				gone[att] = m
+			}
+		}
+	}
 	for att, p := range live {
 		mark := savedMark{p: p, ns: p.ns, touched: p.touched.Load()}
 		if a.saved[att] == mark {
 			continue
 		}
-		sp := savedPod{Attachment: p.att, Pod: p.meta, Netns: p.netnsPath, NetnsID: p.nsID, IPs: p.cniIPs, NodeMode: string(p.nodeMode)}
-		if p.ns != nil {
-			spec := p.spec
-			sp.Spec = &spec
-		}
-		if err := writeJSONFile(a.podFile(att), sp); err != nil {
+		a.mirrorDirty = true
+		if err := writeJSONFile(a.podFile(att), savedPodOf(p)); err != nil {
 			errs = append(errs, fmt.Errorf("save pod %s/%s: %w", p.meta.Namespace, p.meta.Name, err))
 			continue
 		}
 		a.saved[att] = mark
 	}
-	for att := range a.saved {
+	for att := range gone {
 		if _, ok := live[att]; ok {
 			continue
 		}
+		a.mirrorDirty = true
 		if err := os.Remove(a.podFile(att)); err != nil && !os.IsNotExist(err) {
 			errs = append(errs, fmt.Errorf("forget pod %s: %w", att.ContainerID, err))
 			continue
 		}
 		delete(a.saved, att)
 	}
-	if len(errs) == 0 && a.legacyState {
-		// Every pod it listed has a file of its own now.
-		if err := os.Remove(filepath.Join(a.cfg.StateDir, stateFile)); err != nil && !os.IsNotExist(err) {
-			errs = append(errs, err)
-		} else {
-			a.legacyState = false
+	if len(errs) == 0 && len(only) == 0 && a.legacyState {
+		// Every pod an older agent's stateFile listed has a file of its
+		// own now; the stateFile becomes this agent's mirror.
+		a.legacyState = false
+		if st, ok := a.mirrorLocked(true); ok {
+			if err := writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), st); err != nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// loadState reads every saved attachment: the per-pod files, and those of a
-// state file an older agent left (a per-pod file wins over it).
+// loadState reads every saved attachment: the per-pod files or, when an
+// older agent wrote the stateFile after them (no mirror mark), that file,
+// and then the per-pod files, older, are dropped.
 func (a *Agent) loadState() ([]savedPod, error) {
-	var out []savedPod
-	seen := map[api.Attachment]bool{}
 	dir := filepath.Join(a.cfg.StateDir, podsDir)
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
+	if err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("read state: %w", err)
+	}
+	if err == nil {
+		var st savedState
+		if err := json.Unmarshal(b, &st); err != nil {
+			return nil, fmt.Errorf("decode state %s: %w", filepath.Join(a.cfg.StateDir, stateFile), err)
+		}
+		if !st.Mirror {
+			if err := os.RemoveAll(dir); err != nil {
+				return nil, fmt.Errorf("drop per-pod state older than %s: %w", stateFile, err)
+			}
+			a.legacyState = true
+			return st.Pods, nil
+		}
+	}
+	var out []savedPod
 	ents, err := os.ReadDir(dir)
 	if err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("read state: %w", err)
@@ -135,25 +216,7 @@ func (a *Agent) loadState() ([]savedPod, error) {
 			a.log.Error("state: skipping an undecodable pod file", "file", filepath.Join(dir, e.Name()), "err", err)
 			continue
 		}
-		seen[sp.Attachment] = true
 		out = append(out, sp)
-	}
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, stateFile))
-	if os.IsNotExist(err) {
-		return out, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read state: %w", err)
-	}
-	var st savedState
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("decode state %s: %w", filepath.Join(a.cfg.StateDir, stateFile), err)
-	}
-	a.legacyState = true
-	for _, sp := range st.Pods {
-		if !seen[sp.Attachment] {
-			out = append(out, sp)
-		}
 	}
 	return out, nil
 }
@@ -186,7 +249,7 @@ func (a *Agent) restoreState() error {
 		}
 		p := &pod{att: sp.Attachment, meta: sp.Pod, netnsPath: sp.Netns, nsID: sp.NetnsID, cniIPs: sp.IPs, ips: podAddrs(sp.IPs), nodeMode: redirect.Mode(sp.NodeMode)}
 		if sp.Spec != nil {
-			if err := a.capture(p, *sp.Spec); err != nil {
+			if err := a.capture(p, *sp.Spec, nil); err != nil {
 				a.log.Error("restore: cannot re-open listeners", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "err", err)
 			} else if err := redirect.Verify(p.ns.FdPath(), p.spec); err != nil {
 				if err := redirect.Apply(p.ns.FdPath(), p.spec); err != nil {

@@ -88,6 +88,14 @@ func (p *predecessor) handOver() error {
 // and leaves; in-flight CNI calls finish first (they hold a.mu).
 func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
+	// The successor reads the state once more after this answer; an older
+	// successor reads the stateFile only, so bring the mirror up to date
+	// first.
+	if st, ok := a.mirrorLocked(false); ok {
+		if err := writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), st); err != nil {
+			a.log.Error("write state mirror for the successor", "err", err)
+		}
+	}
 	a.ownsState.Store(false)
 	a.ready.Store(false)
 	a.mu.Unlock()

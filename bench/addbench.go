@@ -10,8 +10,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/invoke"
@@ -28,24 +30,53 @@ type ADDOptions struct {
 	Mode string
 	// Progress, when set, is called after each ADD.
 	Progress func(done int)
+	// StraceDir, when set, runs every StraceEvery-th weir-cni ADD (the
+	// first included; default every 100th) under `strace -f -tt -T`, one
+	// file per traced ADD in that directory. Traced ADDs are slower and are
+	// left out of the figures.
+	StraceDir   string
+	StraceEvery int
 }
 
 // ADDResult is one backend's run: per ADD, in order, weir-cni's wall time
-// as the runtime sees it (fork to exit) and, from the plugin's own log, the
-// time it spent waiting for the agent and programming the redirect.
+// as the runtime sees it (fork to exit), its CPU time, and where the time
+// went, phase by phase, from the plugin's log (which carries the agent's
+// own phases too).
 type ADDResult struct {
-	Backend  string
-	Mode     string
-	Wall     []time.Duration
-	Agent    []time.Duration
-	Redirect []time.Duration
-	// Main is the time from the plugin's first Go statement to its log
-	// line (parsing, the agent, the redirect, everything but the process
-	// start and exit).
-	Main []time.Duration
+	Backend string
+	Mode    string
+	Wall    []time.Duration
+	// PluginCPU is weir-cni's user+system CPU time per ADD (its rusage at
+	// exit, process start and exit included).
+	PluginCPU []time.Duration
+	// Phases maps a phase name (see PhaseDocs) to its time per ADD, in
+	// ADD order.
+	Phases map[string][]time.Duration
+	// AgentCPU is the CPU time the agent process used over the whole run,
+	// from /proc (10 ms ticks; divide by the number of ADDs).
+	AgentCPU time.Duration
 	// Start is weir-cni VERSION's wall time, repeated: what starting the
-	// plugin process costs before it does anything.
-	Start []time.Duration
+	// plugin process costs before it does anything; StartCPU its CPU time.
+	Start, StartCPU []time.Duration
+	// Traced counts the ADDs run under strace, left out of the figures.
+	Traced int
+	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
+	Del []time.Duration
+}
+
+// PhaseDocs says what each phase weir-addbench reports measures. Phases
+// starting "agent." are timed inside the agent, "rules." inside
+// redirect.Apply in the plugin.
+var PhaseDocs = map[string]string{
+	"plugin.exec":     "wall minus main: fork, exec, Go runtime and package init, result printing, exit",
+	"plugin.parse":    "config decode and validation, log file open",
+	"plugin.netns":    "the pod netns check (open, statfs)",
+	"plugin.agent":    "the agent call as weir-cni sees it",
+	"plugin.rules":    "redirect.Apply in the pod netns",
+	"plugin.main":     "cmdAdd from its first statement to its log line",
+	"agent.transport": "plugin.agent minus agent.total: dial, HTTP, JSON both ways",
+	"cpu.plugin":      "weir-cni's CPU time (rusage at exit)",
+	"cpu.agent":       "the agent's CPU time during its handling of the ADD (rusage)",
 }
 
 // MeasureADD builds a node whose agent captures namespace demo with
@@ -61,7 +92,11 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	if opts.Mode == "" {
 		opts.Mode = "redirect"
 	}
-	timer := &addTimer{inner: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}}
+	if opts.StraceEvery == 0 {
+		opts.StraceEvery = 100
+	}
+	timer := &addTimer{inner: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
+		straceDir: opts.StraceDir, straceEvery: opts.StraceEvery}
 	node := testworld.NewNode(t, testworld.NodeOptions{Exec: timer, CaptureBackend: backend, Weir: map[string]any{"mode": opts.Mode}})
 	// The state directory on tmpfs, as the README asks of a node.
 	stateDir, err := os.MkdirTemp("/dev/shm", "weir-addbench-")
@@ -69,46 +104,142 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		t.Fatalf("state directory on tmpfs: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(stateDir) })
-	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
 	res := ADDResult{Backend: backend, Mode: opts.Mode}
+	cpu0, err := procCPU(agent.Pid())
+	if err != nil {
+		t.Fatalf("%s: %v", backend, err)
+	}
+	var pods []*testworld.Pod
 	for i := 0; i < opts.Pods; i++ {
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
 		if err := node.Add(t, p); err != nil {
 			t.Fatalf("%s: ADD of pod %d: %v", backend, i, err)
 		}
+		pods = append(pods, p)
 		if opts.Progress != nil {
 			opts.Progress(i + 1)
 		}
 	}
-	res.Wall = timer.adds()
-	if len(res.Wall) != opts.Pods {
-		t.Fatalf("%s: timed %d weir-cni ADDs, want %d", backend, len(res.Wall), opts.Pods)
-	}
-	if res.Agent, res.Redirect, res.Main, err = addTimesFromLog(node.CNILog); err != nil {
+	cpu1, err := procCPU(agent.Pid())
+	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
 	}
-	res.Start = pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 50)
+	res.AgentCPU = cpu1 - cpu0
+	// Then every pod's DEL, in the same order, while its netns still
+	// exists (as a runtime deletes a sandbox): what a DEL costs.
+	for i, p := range pods {
+		if err := node.Del(p); err != nil {
+			t.Fatalf("%s: DEL of pod %d: %v", backend, i, err)
+		}
+	}
+	res.Del = timer.dels()
+	runs := timer.adds()
+	if len(runs) != opts.Pods {
+		t.Fatalf("%s: timed %d weir-cni ADDs, want %d", backend, len(runs), opts.Pods)
+	}
+	lines, err := addLinesFromLog(node.CNILog)
+	if err != nil {
+		t.Fatalf("%s: %v", backend, err)
+	}
+	if len(lines) != len(runs) {
+		t.Fatalf("%s: %d 'pod captured' lines in the weir-cni log for %d ADDs", backend, len(lines), len(runs))
+	}
+	res.Phases = map[string][]time.Duration{}
+	for i, r := range runs {
+		if r.traced {
+			res.Traced++
+			continue
+		}
+		res.Wall = append(res.Wall, r.wall)
+		res.PluginCPU = append(res.PluginCPU, r.cpu)
+		l := lines[i]
+		us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+		add := func(phase string, d time.Duration) { res.Phases[phase] = append(res.Phases[phase], d) }
+		add("plugin.exec", r.wall-us(l.Main))
+		add("plugin.parse", us(l.Parse))
+		add("plugin.netns", us(l.Netns))
+		add("plugin.agent", us(l.Agent))
+		add("plugin.rules", us(l.Redirect))
+		add("plugin.main", us(l.Main))
+		add("agent.transport", us(l.Agent-l.AgentPhases["total"]))
+		add("cpu.plugin", r.cpu)
+		add("cpu.agent", us(l.AgentPhases["cpu"]))
+		for k, v := range l.AgentPhases {
+			if k != "cpu" {
+				add("agent."+k, us(v))
+			}
+		}
+		for k, v := range l.RulePhases {
+			add("rules."+k, us(v))
+		}
+	}
+	res.Start, res.StartCPU = pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 50)
 	return res
 }
 
-// addTimer is a libcni Exec that times every weir-cni ADD.
+// addRun is one timed weir-cni ADD.
+type addRun struct {
+	wall, cpu time.Duration
+	traced    bool
+}
+
+// addTimer is a libcni Exec that runs every weir-cni ADD itself, to time
+// it and read its rusage; other plugins and verbs go through libcni's own.
 type addTimer struct {
-	inner invoke.Exec
-	mu    sync.Mutex
-	wall  []time.Duration
+	inner       invoke.Exec
+	straceDir   string
+	straceEvery int
+	mu          sync.Mutex
+	runs        []addRun
+	del         []time.Duration
+}
+
+func (a *addTimer) dels() []time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.del)
 }
 
 func (a *addTimer) ExecPlugin(ctx context.Context, pluginPath string, stdin []byte, environ []string) ([]byte, error) {
+	if filepath.Base(pluginPath) == "weir-cni" && slices.Contains(environ, "CNI_COMMAND=DEL") {
+		start := time.Now()
+		out, err := a.inner.ExecPlugin(ctx, pluginPath, stdin, environ)
+		d := time.Since(start)
+		a.mu.Lock()
+		a.del = append(a.del, d)
+		a.mu.Unlock()
+		return out, err
+	}
 	if filepath.Base(pluginPath) != "weir-cni" || !slices.Contains(environ, "CNI_COMMAND=ADD") {
 		return a.inner.ExecPlugin(ctx, pluginPath, stdin, environ)
 	}
-	start := time.Now()
-	out, err := a.inner.ExecPlugin(ctx, pluginPath, stdin, environ)
-	d := time.Since(start)
 	a.mu.Lock()
-	a.wall = append(a.wall, d)
+	n := len(a.runs)
 	a.mu.Unlock()
-	return out, err
+	argv := []string{pluginPath}
+	traced := a.straceDir != "" && n%a.straceEvery == 0
+	if traced {
+		argv = []string{"strace", "-f", "-tt", "-T", "-o", filepath.Join(a.straceDir, fmt.Sprintf("add-%04d.strace", n)), pluginPath}
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Env = environ
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
+	start := time.Now()
+	err := cmd.Run()
+	run := addRun{wall: time.Since(start), traced: traced}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru != nil {
+		run.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	a.mu.Lock()
+	a.runs = append(a.runs, run)
+	a.mu.Unlock()
+	if err != nil {
+		return nil, fmt.Errorf("weir-cni ADD: %w: %s", err, bytes.TrimSpace(stdout.Bytes()))
+	}
+	return stdout.Bytes(), nil
 }
 
 func (a *addTimer) FindInPath(plugin string, paths []string) (string, error) {
@@ -117,43 +248,49 @@ func (a *addTimer) FindInPath(plugin string, paths []string) (string, error) {
 
 func (a *addTimer) Decode(b []byte) (version.PluginInfo, error) { return a.inner.Decode(b) }
 
-func (a *addTimer) adds() []time.Duration {
+func (a *addTimer) adds() []addRun {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return slices.Clone(a.wall)
+	return slices.Clone(a.runs)
 }
 
-// addTimesFromLog reads the agent and redirect times weir-cni logs with
-// every captured pod, in order.
-func addTimesFromLog(path string) (agent, redirect, main []time.Duration, err error) {
+// addLine is weir-cni's "pod captured" log line: its timings in
+// microseconds.
+type addLine struct {
+	Msg         string           `json:"msg"`
+	Verb        string           `json:"verb"`
+	Agent       int64            `json:"agentMicros"`
+	Redirect    int64            `json:"redirectMicros"`
+	Main        int64            `json:"mainMicros"`
+	Parse       int64            `json:"parseMicros"`
+	Netns       int64            `json:"netnsMicros"`
+	AgentPhases map[string]int64 `json:"agentPhases"`
+	RulePhases  map[string]int64 `json:"rulePhases"`
+}
+
+// addLinesFromLog reads the "pod captured" lines weir-cni logs for every
+// captured pod, in order.
+func addLinesFromLog(path string) ([]addLine, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
+	var out []addLine
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
-		var l struct {
-			Msg      string `json:"msg"`
-			Verb     string `json:"verb"`
-			Agent    int64  `json:"agentMicros"`
-			Redirect int64  `json:"redirectMicros"`
-			Main     int64  `json:"sinceStartMicros"`
-		}
+		var l addLine
 		if json.Unmarshal(sc.Bytes(), &l) != nil || l.Verb != "ADD" || l.Msg != "pod captured" {
 			continue
 		}
-		agent = append(agent, time.Duration(l.Agent)*time.Microsecond)
-		redirect = append(redirect, time.Duration(l.Redirect)*time.Microsecond)
-		main = append(main, time.Duration(l.Main)*time.Microsecond)
+		out = append(out, l)
 	}
-	return agent, redirect, main, sc.Err()
+	return out, sc.Err()
 }
 
-// pluginStart times n runs of `weir-cni` answering VERSION.
-func pluginStart(t testworld.T, bin string, n int) []time.Duration {
+// pluginStart times n runs of `weir-cni` answering VERSION: wall and CPU.
+func pluginStart(t testworld.T, bin string, n int) (wall, cpu []time.Duration) {
 	t.Helper()
-	var out []time.Duration
 	for i := 0; i < n; i++ {
 		cmd := exec.Command(bin)
 		cmd.Env = []string{"CNI_COMMAND=VERSION"}
@@ -162,9 +299,12 @@ func pluginStart(t testworld.T, bin string, n int) []time.Duration {
 		if b, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("weir-cni VERSION: %v: %s", err, b)
 		}
-		out = append(out, time.Since(start))
+		wall = append(wall, time.Since(start))
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru != nil {
+			cpu = append(cpu, time.Duration(ru.Utime.Nano()+ru.Stime.Nano()))
+		}
 	}
-	return out
+	return wall, cpu
 }
 
 // Percentile is the nearest-rank p-th percentile (0 < p <= 100) of ds.
@@ -178,35 +318,84 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return s[max(0, min(i, len(s)-1))]
 }
 
-// Summary is the report line of one backend.
-type Summary struct {
-	Backend, Mode            string
-	Pods                     int
-	P50, P90, P99, Max       time.Duration
-	First50, Last50          time.Duration // medians
-	Drift                    float64       // Last50/First50 - 1
-	Agent50, Redirect50      time.Duration
-	Start50, Main50          time.Duration
-	AgentLast, AgentFirst    time.Duration
-	RedirectP99, AgentP99    time.Duration
-	RedirectFirst, RedirLast time.Duration
+// Dist is one series' distribution: percentiles over every ADD, and the
+// medians of the first and the last 50 (growth with the number of pods
+// shows as Last50 above First50).
+type Dist struct {
+	Min, P10, P50, P90, P99, Max time.Duration
+	First50, Last50              time.Duration
 }
 
-// Summarize computes the report line of r.
+// DistOf summarises ds, in ADD order.
+func DistOf(ds []time.Duration) Dist {
+	n := min(50, len(ds))
+	return Dist{Min: Percentile(ds, 0), P10: Percentile(ds, 10), P50: Percentile(ds, 50), P90: Percentile(ds, 90), P99: Percentile(ds, 99), Max: Percentile(ds, 100),
+		First50: Percentile(ds[:n], 50), Last50: Percentile(ds[len(ds)-n:], 50)}
+}
+
+// Drift is Last50/First50 - 1.
+func (d Dist) Drift() float64 {
+	if d.First50 <= 0 {
+		return 0
+	}
+	return float64(d.Last50)/float64(d.First50) - 1
+}
+
+// Summary is the report of one backend.
+type Summary struct {
+	Backend, Mode string
+	Pods, Traced  int
+	Wall          Dist
+	// CPU is weir-cni's CPU time plus the agent's during the ADD, per ADD.
+	CPU Dist
+	// AgentCPUPerADD is the agent's CPU time over the run from /proc,
+	// divided by the number of ADDs (a check on the per-ADD figure).
+	AgentCPUPerADD time.Duration
+	// Del is weir-cni DEL's wall time.
+	Del Dist
+	// Start and StartCPU are weir-cni VERSION's medians.
+	Start, StartCPU time.Duration
+	// Phases by name, sorted.
+	Phases []PhaseDist
+}
+
+// PhaseDist is one phase's distribution.
+type PhaseDist struct {
+	Name string
+	Dist
+}
+
+// Summarize computes the report of r.
 func (r ADDResult) Summarize() Summary {
-	n := min(50, len(r.Wall))
-	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall),
-		P50: Percentile(r.Wall, 50), P90: Percentile(r.Wall, 90), P99: Percentile(r.Wall, 99), Max: Percentile(r.Wall, 100),
-		First50: Percentile(r.Wall[:n], 50), Last50: Percentile(r.Wall[len(r.Wall)-n:], 50),
-		Agent50: Percentile(r.Agent, 50), Redirect50: Percentile(r.Redirect, 50), Start50: Percentile(r.Start, 50), Main50: Percentile(r.Main, 50),
-		AgentP99: Percentile(r.Agent, 99), RedirectP99: Percentile(r.Redirect, 99),
+	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced,
+		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
+	if n := len(r.Wall) + r.Traced; n > 0 {
+		s.AgentCPUPerADD = r.AgentCPU / time.Duration(n)
 	}
-	if m := min(50, len(r.Agent)); m > 0 {
-		s.AgentFirst, s.AgentLast = Percentile(r.Agent[:m], 50), Percentile(r.Agent[len(r.Agent)-m:], 50)
-		s.RedirectFirst, s.RedirLast = Percentile(r.Redirect[:m], 50), Percentile(r.Redirect[len(r.Redirect)-m:], 50)
+	if pc, ac := r.PluginCPU, r.Phases["cpu.agent"]; len(pc) == len(ac) {
+		sum := make([]time.Duration, len(pc))
+		for i := range pc {
+			sum[i] = pc[i] + ac[i]
+		}
+		s.CPU = DistOf(sum)
 	}
-	if s.First50 > 0 {
-		s.Drift = float64(s.Last50)/float64(s.First50) - 1
+	names := make([]string, 0, len(r.Phases))
+	for k := range r.Phases {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		s.Phases = append(s.Phases, PhaseDist{Name: k, Dist: DistOf(r.Phases[k])})
 	}
 	return s
+}
+
+// Phase returns the named phase's distribution (zero if absent).
+func (s Summary) Phase(name string) Dist {
+	for _, p := range s.Phases {
+		if p.Name == name {
+			return p.Dist
+		}
+	}
+	return Dist{}
 }

@@ -35,11 +35,17 @@ func TestMeasureADDSmoke(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			r := MeasureADD(t, backend, ADDOptions{Pods: 5})
 			s := r.Summarize()
-			if s.Pods != 5 || len(r.Agent) != 5 || len(r.Redirect) != 5 || len(r.Main) != 5 || s.P50 <= 0 || s.Start50 <= 0 {
-				t.Fatalf("summary %+v from %d agent, %d redirect, %d main times", s, len(r.Agent), len(r.Redirect), len(r.Main))
+			if s.Pods != 5 || s.Wall.P50 <= 0 || s.Start <= 0 || s.CPU.P50 <= 0 || len(r.Del) != 5 || s.Del.P50 <= 0 {
+				t.Fatalf("summary %+v", s)
 			}
-			if s.Main50 >= s.P99 {
-				t.Errorf("in-process time %v not below the wall time %v", s.Main50, s.P99)
+			// Every phase the plugin and the agent report is there, once per ADD.
+			for _, ph := range []string{"plugin.exec", "plugin.agent", "plugin.rules", "agent.listen", "agent.state", "agent.total", "cpu.agent", "rules.enter", "rules.program", "rules.leave"} {
+				if n := len(r.Phases[ph]); n != 5 {
+					t.Errorf("phase %s timed %d times, want 5", ph, n)
+				}
+			}
+			if main := s.Phase("plugin.main"); main.P50 >= s.Wall.P99 {
+				t.Errorf("in-process time %v not below the wall time %v", main.P50, s.Wall.P99)
 			}
 		})
 	}

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,7 +98,7 @@ var counters = regexp.MustCompile(`\[\d+:\d+\]`)
 
 // netState is what weir could change in a namespace: the rules of every
 // iptables flavour in both families (counters and comments stripped), the
-// policy routing rules, and the TCP listeners. ns nil is the test's own
+// nftables ruleset, the policy routing rules, and the TCP listeners. ns nil is the test's own
 // namespace; there only weir's traces count (other programs may change it).
 func netState(t *testing.T, ns *testworld.Netns) string {
 	t.Helper()
@@ -123,6 +124,21 @@ func netState(t *testing.T, ns *testworld.Netns) string {
 				continue
 			}
 			b.WriteString(counters.ReplaceAllString(l, "") + "\n")
+		}
+	}
+	// weir's native nftables table (the backend auto picks on an
+	// nftables node): iptables-save does not show it.
+	if _, err := exec.LookPath("nft"); err == nil {
+		out, err := run("nft", "list", "ruleset")
+		if err != nil {
+			t.Fatalf("nft list ruleset: %v\n%s", err, out)
+		}
+		b.WriteString("== nft list ruleset\n")
+		for _, l := range strings.Split(out, "\n") {
+			if ns == nil && !strings.Contains(l, "weir") {
+				continue
+			}
+			b.WriteString(l + "\n")
 		}
 	}
 	for _, fam := range []string{"-4", "-6"} {
@@ -351,6 +367,18 @@ func TestNetnsGuard(t *testing.T) {
 				t.Fatalf("the agent keeps the intruding attachment")
 			}
 		}
+		// A DEL for the intruder (the runtime cleaning up the ADD it saw
+		// fail) must not strip the victim's rules either.
+		del := pluginCmd(node, "DEL", "intruder", "intruder", victim.Path, "")
+		if e := runWeirCNI(t, del, func() error { return node.Do(del.Run) }); e.Code != 0 {
+			t.Fatalf("DEL of the intruder: %+v", e)
+		}
+		unchanged(t, before)
+		// (netState lists the iptables flavours; the victim's rules may be
+		// in nftables: CHECK looks at whichever backend holds them.)
+		if err := node.Check(victim); err != nil {
+			t.Fatalf("CHECK of the victim after the intruder's DEL: %v", err)
+		}
 		// The same attachment added again is no reuse: the ADD is
 		// idempotent, and changes nothing either.
 		prev, err := json.Marshal(victim.Result)
@@ -389,4 +417,138 @@ func TestNetnsGuardPID1(t *testing.T) {
 	}
 	g.wantNotKnown(t, "/proc/1/ns/net")
 	g.stillWorks(t)
+}
+
+// pluginCmd builds a weir-cni command for verb as a runtime would run it,
+// for container cid of pod demo/name in netns, with prevResult prev ("" for
+// none), run by argv (the plugin's path is appended).
+func pluginCmd(node *testworld.Node, verb, cid, name, netns, prev string, argv ...string) *exec.Cmd {
+	conf := `{"cniVersion":"1.0.0","name":"weir-test","type":"weir-cni","agentSocket":"` + node.Socket + `","logFile":"` + node.CNILog + `"`
+	if prev != "" {
+		conf += `,"prevResult":` + prev
+	}
+	conf += `}`
+	argv = append(argv, filepath.Join(node.Bin, "weir-cni"))
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = []string{
+		"CNI_COMMAND=" + verb, "CNI_CONTAINERID=" + cid, "CNI_NETNS=" + netns, "CNI_IFNAME=eth0", "CNI_PATH=" + node.Bin,
+		"CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=" + name + ";K8S_POD_UID=uid-" + cid,
+		"PATH=" + os.Getenv("PATH"),
+	}
+	cmd.Stdin = strings.NewReader(conf)
+	return cmd
+}
+
+// runPlugin runs cmd and returns its CNI error (zero when it succeeded).
+func runWeirCNI(t *testing.T, cmd *exec.Cmd, run func() error) cniError {
+	t.Helper()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := run()
+	if err == nil {
+		return cniError{}
+	}
+	var e cniError
+	if jerr := json.Unmarshal(out.Bytes(), &e); jerr != nil {
+		t.Fatalf("weir-cni failed without CNI error JSON: %v: %q (stderr %q)", err, out.String(), errb.String())
+	}
+	return e
+}
+
+// baitNFT puts a `table inet weir` with a chain into ns, where weir never
+// programs anything: a DEL that looked inside would delete it, since DEL
+// removes weir's table wherever it finds it.
+func baitNFT(t *testing.T, ns *testworld.Netns) {
+	t.Helper()
+	ns.MustRun(t, "nft", "add table inet weir")
+	ns.MustRun(t, "nft", "add chain inet weir bait")
+}
+
+func wantBait(t *testing.T, ns *testworld.Netns) {
+	t.Helper()
+	if out, err := ns.Run("nft", "list", "table", "inet", "weir"); err != nil || !strings.Contains(out, "chain bait") {
+		t.Fatalf("the bait table in %s was touched: %v\n%s", ns.Name, err, out)
+	}
+}
+
+// A DEL and a CHECK naming a namespace weir never captures do not look
+// inside it: a DEL succeeds (a failure would stop the runtime's DEL chain
+// before the primary plugin frees the pod's address) and touches nothing; a
+// CHECK fails with the agent's refusal, code 100, naming the namespace.
+func TestNetnsGuardDelCheck(t *testing.T) {
+	testworld.RequireTool(t, "nft", "sh", "mount")
+	g := newGuardWorld(t, nil)
+	node := g.node
+
+	t.Run("node netns (the agent's own)", func(t *testing.T) {
+		baitNFT(t, node.Netns)
+		before := snapshot(t, node.Netns, g.server.Netns)
+		n := g.agent.Metric(t, "weir_pods_captured")
+		// libcni's skel, after cmdDel returns, fails a DEL naming the
+		// plugin's own netns (code 8); what counts is that cmdDel never
+		// entered it (the bait stays, the log says why).
+		del := pluginCmd(node, "DEL", "node-ns", "node", node.Path, "")
+		if e := runWeirCNI(t, del, func() error { return node.Do(del.Run) }); e.Code != 8 || !strings.Contains(e.Msg, "plugin's netns and netns from CNI_NETNS should not be the same") {
+			t.Fatalf("DEL naming the node netns: %+v; want skel's code 8", e)
+		}
+		check := pluginCmd(node, "CHECK", "node-ns", "node", node.Path, guardPrev)
+		e := runWeirCNI(t, check, func() error { return node.Do(check.Run) })
+		wantCNIError(t, e, 100, node.Path, "the agent's own network namespace (the node's)")
+		wantBait(t, node.Netns)
+		unchanged(t, before)
+		if got := g.agent.Metric(t, "weir_pods_captured"); got != n {
+			t.Fatalf("captured pods %v → %v", n, got)
+		}
+		if b, _ := os.ReadFile(node.CNILog); !strings.Contains(string(b), "DEL names a namespace weir never captures") {
+			t.Fatalf("weir-cni did not log why it left the node netns alone:\n%s", b)
+		}
+		g.stillWorks(t)
+	})
+
+	t.Run("mount namespace", func(t *testing.T) {
+		before := snapshot(t, node.Netns, g.server.Netns)
+		del := pluginCmd(node, "DEL", "mnt-ns", "mnt", "/proc/self/ns/mnt", "")
+		if e := runWeirCNI(t, del, func() error { return node.Do(del.Run) }); e.Code != 0 {
+			t.Fatalf("DEL naming a mount namespace failed: %+v", e)
+		}
+		check := pluginCmd(node, "CHECK", "mnt-ns", "mnt", "/proc/self/ns/mnt", guardPrev)
+		e := runWeirCNI(t, check, func() error { return node.Do(check.Run) })
+		wantCNIError(t, e, 100, "/proc/self/ns/mnt", "not a network namespace: it is a mount namespace")
+		unchanged(t, before)
+		g.stillWorks(t)
+	})
+
+	t.Run("host netns (PID 1's)", func(t *testing.T) {
+		// weir-cni runs in the node netns under a stand-in PID 1 that lives
+		// in a throwaway namespace holding the bait: for this plugin
+		// /proc/1/ns/net is the stand-in, never the machine's real one,
+		// whatever the guard does.
+		initNS := testworld.NewNetns(t, "wi-")
+		baitNFT(t, initNS)
+		before := snapshot(t, initNS, node.Netns)
+		del := pluginCmd(node, "DEL", "pid1", "pid1", "/proc/1/ns/net", "", "sh", "-c", `mount -t proc proc /proc || exit 1; ip netns exec "$0" "$@"`, node.Name)
+		wrapped := initNS.Command(context.Background(), del.Args[0], del.Args[1:]...)
+		wrapped.Env, wrapped.Stdin = del.Env, del.Stdin
+		wrapped.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}
+		if e := runWeirCNI(t, wrapped, wrapped.Run); e.Code != 0 {
+			t.Fatalf("DEL naming PID 1's netns failed: %+v", e)
+		}
+		wantBait(t, initNS)
+		unchanged(t, before)
+		if b, _ := os.ReadFile(node.CNILog); !strings.Contains(string(b), "the same as /proc/1/ns/net") {
+			t.Fatalf("weir-cni did not say it refused PID 1's netns:\n%s", b)
+		}
+		// CHECK is judged by the agent (whose PID 1 is the machine's: it
+		// only compares identities) before weir-cni looks anywhere.
+		check := pluginCmd(node, "CHECK", "pid1", "pid1", "/proc/1/ns/net", guardPrev)
+		e := runWeirCNI(t, check, func() error { return node.Do(check.Run) })
+		if _, err := os.Stat("/proc/1/ns/net"); err != nil {
+			// A sandbox that hides PID 1's namespaces from this test hides
+			// them from weir-cni too, whose own check refuses first.
+			wantCNIError(t, e, 8, "/proc/1/ns/net", "cannot be opened")
+		} else {
+			wantCNIError(t, e, 100, "/proc/1/ns/net", "the host's network namespace (PID 1's")
+		}
+		g.stillWorks(t)
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -265,6 +266,26 @@ func delAndCheck(t *testing.T, spec, backend string) {
 	}
 	if ls := listeningPorts(t, p); strings.Contains(ls, ":15001") || strings.Contains(ls, ":15006") {
 		t.Fatalf("agent listeners left in pod netns after DEL:\n%s", ls)
+	}
+	// The agent, which held the pod, took its rules out (weir-cni did not
+	// have to enter the namespace and wait on the kernel's release).
+	if b, _ := os.ReadFile(node.CNILog); !strings.Contains(string(b), `"rulesRemovedByAgent":true`) {
+		t.Fatalf("no DEL whose rules the agent removed in the weir-cni log:\n%s", b)
+	}
+	// A later ADD into the same netns under a new container id (a runtime
+	// reusing a sandbox's namespace) programs it afresh and passes CHECK.
+	again := &testworld.Pod{Netns: p.Netns, Namespace: "demo", Name: "victim", ContainerID: p.ContainerID + "-again"}
+	if err := node.Add(t, again); err != nil {
+		t.Fatalf("ADD into the netns of a deleted pod: %v", err)
+	}
+	if err := node.Check(again); err != nil {
+		t.Fatalf("CHECK after ADD into the netns of a deleted pod: %v", err)
+	}
+	if err := node.Del(again); err != nil {
+		t.Fatalf("DEL of the re-added pod: %v", err)
+	}
+	if installed, err := redirect.Installed(p.Path); err != nil || installed {
+		t.Fatalf("after the second pod's DEL: installed=%v err=%v", installed, err)
 	}
 	// Orphan DEL: a pod never added.
 	never := node.NewPodNetns(t, "demo", "never")

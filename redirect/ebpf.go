@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,14 +21,34 @@ import (
 // Spec fields as the iptables modes. Applying it also takes out whatever
 // rules and routes another mode left in the namespace.
 
-// Option adjusts Remove and Installed.
+// Option adjusts Apply, Remove and Installed (each says which it heeds).
 type Option func(*options)
 
-type options struct{ pinPath string }
+type options struct {
+	pinPath   string
+	trace     func(phase string, took time.Duration)
+	bgRelease bool
+}
+
+// WithBackgroundRelease has Remove close its nftables netlink sockets in
+// the background, for a long-lived caller (the agent) that must not wait.
+// Deleting weir's table is committed before Remove returns; it is the
+// socket's release that waits: the kernel frees what a deleting
+// transaction removed only after an RCU grace period, and releasing any
+// nftables netlink socket while such work is pending waits for it (about
+// 10 ms). A short-lived caller gains nothing: its exit would wait instead.
+func WithBackgroundRelease() Option { return func(o *options) { o.bgRelease = true } }
 
 // WithPinPath names the bpffs directory of the agent's eBPF capture, for a
 // node whose agent pins somewhere other than capture.DefaultPinPath.
 func WithPinPath(path string) Option { return func(o *options) { o.pinPath = path } }
+
+// WithTrace has Apply report how long each of its phases took, in order
+// (see Phases), for whoever chases the latency of a pod's ADD: weir-cni logs
+// them and weir-addbench reports their distribution.
+func WithTrace(fn func(phase string, took time.Duration)) Option {
+	return func(o *options) { o.trace = fn }
+}
 
 func optionsOf(opts []Option) options {
 	var o options
@@ -42,7 +63,13 @@ func optionsOf(opts []Option) options {
 // fails, an enrolment this call made is taken back.
 func applyEBPF(netnsPath string, s Spec) error {
 	err := inNetns(netnsPath, func() error {
-		if err := checkFamilies(s); err != nil {
+		nl, err := openNetlink()
+		if err != nil {
+			return err
+		}
+		err = checkFamilies(nl, s)
+		nl.close()
+		if err != nil {
 			return err
 		}
 		pod, err := ebpfPod(s)
@@ -57,7 +84,7 @@ func applyEBPF(netnsPath string, s Spec) error {
 			if err := p.Enrol(nsFd, cookie, pod); err != nil {
 				return err
 			}
-			if err := remove(); err != nil {
+			if err := remove(false); err != nil {
 				err = fmt.Errorf("remove rules of another mode: %w", err)
 				if !was {
 					if rerr := p.Release(cookie); rerr != nil {

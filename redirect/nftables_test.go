@@ -5,8 +5,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
@@ -377,6 +379,52 @@ func TestNFTablesRemoveLeavesOthers(t *testing.T) {
 	}
 	if ok, err := Installed(n.Path()); err != nil || ok {
 		t.Errorf("Installed after Remove = %v, %v", ok, err)
+	}
+}
+
+// TestNFTablesRemoveInBackground: with WithBackgroundRelease the table is
+// gone when Remove returns (only the sockets' release is left to run), and
+// a later Apply in the same namespace programs it afresh.
+func TestNFTablesRemoveInBackground(t *testing.T) {
+	requireBackend(t, BackendNFTables)
+	requireNftTool(t)
+	n := newNS(t)
+	for i := 0; i < 3; i++ {
+		if err := Apply(n.Path(), nftSpec(ModeRedirect)); err != nil {
+			t.Fatalf("Apply #%d: %v", i+1, err)
+		}
+		if err := Remove(n.Path(), WithBackgroundRelease()); err != nil {
+			t.Fatalf("Remove #%d: %v", i+1, err)
+		}
+		if listing := nftList(t, n); strings.Contains(listing, "weir") {
+			t.Fatalf("weir's table still listed right after Remove #%d:\n%s", i+1, listing)
+		}
+	}
+	if err := Apply(n.Path(), nftSpec(ModeRedirect)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Verify(n.Path(), nftSpec(ModeRedirect)); err != nil {
+		t.Fatalf("Verify after Apply into a namespace Removed in the background: %v", err)
+	}
+}
+
+// TestApplyTrace: WithTrace reports Apply's phases in order, each once.
+func TestApplyTrace(t *testing.T) {
+	requireBackend(t, BackendNFTables)
+	n := newNS(t)
+	var got []string
+	trace := WithTrace(func(phase string, took time.Duration) {
+		if took < 0 {
+			t.Errorf("phase %s took %v", phase, took)
+		}
+		got = append(got, phase)
+	})
+	if err := Apply(n.Path(), nftSpec(ModeRedirect), trace); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{PhaseEnter, PhaseFamilies, PhaseRoutes, PhaseProgram, PhaseClear, PhasePrune, PhaseLeave}
+	if !slices.Equal(got, want) {
+		t.Fatalf("phases %v, want %v", got, want)
 	}
 }
 

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // Apply programs s into the network namespace at netnsPath: after it returns
@@ -19,7 +19,7 @@ import (
 // family, mode or backend s no longer uses. It is all or nothing: on error
 // the namespace is left as it was. An invalid spec or a path that is not a
 // network namespace changes nothing.
-func Apply(netnsPath string, s Spec) error {
+func Apply(netnsPath string, s Spec, opts ...Option) error {
 	if s.Mode == ModeEBPF {
 		s, err := checkSpec("apply", netnsPath, s)
 		if err != nil {
@@ -27,7 +27,53 @@ func Apply(netnsPath string, s Spec) error {
 		}
 		return applyEBPF(netnsPath, s)
 	}
-	return inNetnsWithSpec("apply", netnsPath, s, apply)
+	clk := newPhaseClock(optionsOf(opts).trace)
+	err := inNetnsWithSpec("apply", netnsPath, s, func(s Spec, backend string) error { return apply(s, backend, clk) })
+	clk.mark(PhaseLeave)
+	return err
+}
+
+// The phases of Apply that WithTrace reports, in order. Phases that do not
+// run (an error, nothing to prune) are not reported.
+const (
+	// PhaseEnter: open the namespace, switch a thread into it, take the lock.
+	PhaseEnter = "enter"
+	// PhaseFamilies: check that the spec covers every address family the
+	// namespace has (a link and address dump).
+	PhaseFamilies = "families"
+	// PhaseRoutes: read weir's policy rules and routes, add those the spec
+	// needs (TPROXY).
+	PhaseRoutes = "routes"
+	// PhaseProgram: read and write the backend the spec names.
+	PhaseProgram = "program"
+	// PhaseClear: take weir's rules out of every other backend.
+	PhaseClear = "clear"
+	// PhasePrune: delete policy rules and routes the spec no longer needs.
+	PhasePrune = "prune"
+	// PhaseLeave: close what the operation opened, switch back, unlock.
+	PhaseLeave = "leave"
+)
+
+// phaseClock reports the time since its previous mark; nil reports nothing.
+type phaseClock struct {
+	fn   func(string, time.Duration)
+	last time.Time
+}
+
+func newPhaseClock(fn func(string, time.Duration)) *phaseClock {
+	if fn == nil {
+		return nil
+	}
+	return &phaseClock{fn: fn, last: time.Now()}
+}
+
+func (c *phaseClock) mark(phase string) {
+	if c == nil {
+		return
+	}
+	now := time.Now()
+	c.fn(phase, now.Sub(c.last))
+	c.last = now
 }
 
 // checkSpec defaults and validates s; errors name the verb and the path.
@@ -64,7 +110,7 @@ func inNetnsWithSpec(verb, netnsPath string, s Spec, f func(Spec, string) error)
 // succeeds.
 func Remove(netnsPath string, opts ...Option) error {
 	o := optionsOf(opts)
-	err := inNetns(netnsPath, func() error { return errors.Join(remove(), removeEBPF(o.pinPath)) })
+	err := inNetns(netnsPath, func() error { return errors.Join(remove(o.bgRelease), removeEBPF(o.pinPath)) })
 	if errors.Is(err, ErrNetnsNotExist) {
 		return nil
 	}
@@ -193,15 +239,17 @@ func (u undoStack) run() error {
 // after the new ones are in place so no connection starts uncaptured in
 // between; policy routes the spec no longer needs. Each step records how to
 // go back, and a failure unwinds every step before it.
-func apply(s Spec, backend string) (err error) {
-	if err := checkFamilies(s); err != nil {
-		return err
-	}
+func apply(s Spec, backend string, clk *phaseClock) (err error) {
+	clk.mark(PhaseEnter)
 	nl, err := openNetlink()
 	if err != nil {
 		return err
 	}
 	defer nl.close()
+	if err := checkFamilies(nl, s); err != nil {
+		return err
+	}
+	clk.mark(PhaseFamilies)
 	op := &nsOp{}
 	defer op.close()
 	var undo undoStack
@@ -221,10 +269,12 @@ func apply(s Spec, backend string) (err error) {
 			return err
 		}
 	}
+	clk.mark(PhaseRoutes)
 	primary := op.storeFor(backend)
 	if err := primary.program(&undo, s); err != nil {
 		return err
 	}
+	clk.mark(PhaseProgram)
 	for _, st := range op.stores() {
 		if st == primary {
 			continue
@@ -233,11 +283,13 @@ func apply(s Spec, backend string) (err error) {
 			return fmt.Errorf("clear %s: %w", st, err)
 		}
 	}
+	clk.mark(PhaseClear)
 	for _, f := range []family{ipv4, ipv6} {
 		if err := nl.prune(&undo, havePolicy[f], policyFor(s, f, nl.lo)); err != nil {
 			return err
 		}
 	}
+	clk.mark(PhasePrune)
 	return nil
 }
 
@@ -277,9 +329,9 @@ func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, requ
 // remove runs inside the pod netns and empties every backend, then deletes
 // weir's policy rules and routes, once no rule marks packets for them any
 // more.
-func remove() error {
+func remove(bgRelease bool) error {
 	var errs []error
-	op := &nsOp{}
+	op := &nsOp{bgRelease: bgRelease}
 	defer op.close()
 	for _, st := range op.stores() {
 		if err := st.remove(); err != nil {
@@ -372,36 +424,33 @@ func installed() (bool, error) {
 // checkFamilies refuses a spec that leaves one of the namespace's address
 // families uncaptured: a dual-stack pod captured over IPv4 only would reach
 // every IPv6 destination around the agent. Loopback and link-local
-// addresses do not count.
-func checkFamilies(s Spec) error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+// addresses do not count. One dump of every address, against the links nl
+// read.
+func checkFamilies(nl *netlinkState, s Spec) error {
+	addrs, err := nl.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
+		return fmt.Errorf("list addresses: %w", err)
 	}
-	defer h.Close()
-	links, err := h.LinkList()
-	if err != nil {
-		return fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		if l.Attrs().Flags&net.FlagLoopback != 0 {
+	for _, a := range addrs {
+		var link netlink.Link
+		for _, l := range nl.links {
+			if l.Attrs().Index == a.LinkIndex {
+				link = l
+				break
+			}
+		}
+		if link == nil || link.Attrs().Flags&net.FlagLoopback != 0 {
 			continue
 		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return fmt.Errorf("list addresses of %s: %w", l.Attrs().Name, err)
+		ip := a.IP
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+			continue
 		}
-		for _, a := range addrs {
-			ip := a.IP
-			if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
-				continue
-			}
-			if ip.To4() != nil && !s.IPv4 {
-				return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", l.Attrs().Name, ip)
-			}
-			if ip.To4() == nil && !s.IPv6 {
-				return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", l.Attrs().Name, ip)
-			}
+		if ip.To4() != nil && !s.IPv4 {
+			return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", link.Attrs().Name, ip)
+		}
+		if ip.To4() == nil && !s.IPv6 {
+			return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", link.Attrs().Name, ip)
 		}
 	}
 	return nil

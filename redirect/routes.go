@@ -87,10 +87,14 @@ func sameRoute(a, b netlink.Route) bool {
 	return routeString(a) == routeString(b) && a.Type == b.Type
 }
 
-// netlinkState is a netlink handle in the pod netns plus the index of its lo.
+// netlinkState is a netlink handle in the pod netns, its links (read once,
+// with lo's index) and, once asked for, weir's policy rules and routes as
+// they were then.
 type netlinkState struct {
-	h  *netlink.Handle
-	lo int
+	h        *netlink.Handle
+	lo       int
+	links    []netlink.Link
+	policies map[family]policy
 }
 
 // openNetlink opens a handle whose sockets live in the calling thread's
@@ -100,37 +104,70 @@ func openNetlink() (*netlinkState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	lo, err := h.LinkByName("lo")
+	links, err := h.LinkList()
 	if err != nil {
 		h.Close()
-		return nil, fmt.Errorf("find lo: %w", err)
+		return nil, fmt.Errorf("list links: %w", err)
 	}
-	return &netlinkState{h: h, lo: lo.Attrs().Index}, nil
+	for _, l := range links {
+		if l.Attrs().Name == "lo" {
+			return &netlinkState{h: h, lo: l.Attrs().Index, links: links}, nil
+		}
+	}
+	h.Close()
+	return nil, errors.New("find lo: no link named lo")
 }
 
 func (n *netlinkState) close() { n.h.Close() }
 
 // current lists weir's rules and routes of family f (those tagged with
-// routeProtocol), in any table.
+// routeProtocol), in any table, as they were at the first call: both
+// families come from one dump of rules and one of routes, and an operation
+// reads them before it changes anything.
 func (n *netlinkState) current(f family) (policy, error) {
-	var p policy
-	rules, err := n.h.RuleList(netlinkFamily(f))
+	if n.policies != nil {
+		return n.policies[f], nil
+	}
+	all := map[family]policy{}
+	rules, err := n.h.RuleList(netlink.FAMILY_ALL)
 	if err != nil {
-		return p, fmt.Errorf("list %s policy rules: %w", f, err)
+		return policy{}, fmt.Errorf("list policy rules: %w", err)
 	}
 	for _, r := range rules {
-		if r.Protocol == routeProtocol {
+		if r.Protocol != routeProtocol {
+			continue
+		}
+		if fam, ok := familyOfNetlink(r.Family); ok {
+			p := all[fam]
 			p.rules = append(p.rules, r)
+			all[fam] = p
 		}
 	}
-	routes, err := n.h.RouteListFiltered(netlinkFamily(f),
+	routes, err := n.h.RouteListFiltered(netlink.FAMILY_ALL,
 		&netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: routeProtocol},
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
-		return p, fmt.Errorf("list %s routes: %w", f, err)
+		return policy{}, fmt.Errorf("list routes: %w", err)
 	}
-	p.routes = routes
-	return p, nil
+	for _, r := range routes {
+		if fam, ok := familyOfNetlink(r.Family); ok {
+			p := all[fam]
+			p.routes = append(p.routes, r)
+			all[fam] = p
+		}
+	}
+	n.policies = all
+	return all[f], nil
+}
+
+func familyOfNetlink(f int) (family, bool) {
+	switch f {
+	case netlink.FAMILY_V4:
+		return ipv4, true
+	case netlink.FAMILY_V6:
+		return ipv6, true
+	}
+	return 0, false
 }
 
 // add installs what want has and have lacks: routes first, then the rule

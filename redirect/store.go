@@ -51,6 +51,9 @@ type nsOp struct {
 	tried  bool
 	// weirInNFT caches nftSession.weirChains for the operation.
 	weirInNFT map[family]bool
+	// bgRelease closes the nftables sockets in the background
+	// (WithBackgroundRelease).
+	bgRelease bool
 }
 
 // session is the nftables netlink session, opened on first use.
@@ -63,9 +66,14 @@ func (o *nsOp) session() (*nftSession, error) {
 }
 
 func (o *nsOp) close() {
-	if o.nft != nil {
-		o.nft.close()
+	if o.nft == nil {
+		return
 	}
+	if o.bgRelease {
+		go o.nft.close()
+		return
+	}
+	o.nft.close()
 }
 
 // stores lists every store, the iptables flavours first.

@@ -9,7 +9,8 @@
 //
 //	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect
 //	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
-//	del    (runtime DEL)     -> DelResponse; sent after the plugin removed its rules
+//	del    (runtime DEL)     -> DelResponse; the agent removes the rules of an attachment it holds
+//	                            (RulesRemoved), else the plugin does after it
 //	gc     (runtime GC)      -> GCResponse; drops attachments the runtime no longer knows
 //	status (runtime STATUS)  -> StatusResponse
 //
@@ -68,6 +69,11 @@ type AddResponse struct {
 	Captured bool      `json:"captured"`
 	Reason   string    `json:"reason,omitempty"`
 	Redirect *Redirect `json:"redirect,omitempty"`
+	// Timings says where the agent spent this ADD: microseconds per phase
+	// (the agent's docs name them), its total, and the CPU time the agent
+	// used meanwhile ("cpu"). For diagnosis only; weir-cni logs it. An
+	// older plugin ignores it.
+	Timings map[string]int64 `json:"timings,omitempty"`
 }
 
 // Redirect is the interception the plugin must program inside the pod netns.
@@ -120,9 +126,18 @@ type DelRequest struct {
 	Pod        Pod        `json:"pod"`
 }
 
-// DelResponse reports whether the agent knew the attachment (for logs only).
+// DelResponse reports whether the agent knew the attachment (for logs), and
+// whether it took the attachment's rules out of the namespace the DEL names
+// itself (RulesRemoved): then the plugin need not enter it. An agent that
+// does not say so (an older one) leaves that to the plugin.
+//
+// Refused, when set, says why the namespace the DEL names must not be
+// entered: it is the capture of another attachment (a DEL for an unknown
+// container naming a live pod's namespace would strip that pod's rules).
 type DelResponse struct {
-	Known bool `json:"known"`
+	Known        bool   `json:"known"`
+	RulesRemoved bool   `json:"rulesRemoved,omitempty"`
+	Refused      string `json:"refused,omitempty"`
 }
 
 // GCRequest lists every attachment the runtime still knows; the agent releases

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/redirect"
@@ -37,6 +37,15 @@ const (
 // processStart is when the plugin process began, as near as Go can tell.
 var processStart = time.Now()
 
+// processCPU is the CPU time (user and system) this process has used.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // Funcs are the plugin's verbs for skel.
 func Funcs() skel.CNIFuncs {
 	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
@@ -45,6 +54,7 @@ func Funcs() skel.CNIFuncs {
 // cmdAdd: parse, require prevResult, ask the agent, program the redirect,
 // print prevResult unchanged.
 func cmdAdd(args *skel.CmdArgs) error {
+	mainStart := time.Now()
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -58,9 +68,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
 	}
+	parseTook := time.Since(mainStart)
+	netnsStart := time.Now()
 	if err := checkNetns(args.Netns); err != nil {
 		return err
 	}
+	netnsTook := time.Since(netnsStart)
 	pod, err := podFromArgs(args.Args)
 	if err != nil {
 		return err
@@ -73,7 +86,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var resp api.AddResponse
 	agentStart := time.Now()
-	err = client.call(http.MethodPost, api.PathAdd, api.AddRequest{
+	err = client.call(methodPost, api.PathAdd, api.AddRequest{
 		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
 	}, &resp)
 	agentTook := time.Since(agentStart)
@@ -97,48 +110,68 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
 	}
 	spec := fromWire(*resp.Redirect)
+	rulePhases := map[string]int64{}
 	applyStart := time.Now()
-	if err := redirect.Apply(args.Netns, spec); err != nil {
+	trace := redirect.WithTrace(func(phase string, took time.Duration) { rulePhases[phase] += took.Microseconds() })
+	if err := redirect.Apply(args.Netns, spec, trace); err != nil {
 		// Nothing was applied (Apply is all or nothing); let the agent close
 		// the listeners it opened for us.
-		if derr := client.call(http.MethodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
+		if derr := client.call(methodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
 			log.Warn("rollback: agent del failed", "err", derr)
 		}
 		log.Error("apply redirect failed", "err", err)
 		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
 	}
-	// Where an ADD spends its time, for whoever chases its latency.
+	// Where an ADD spends its time, for whoever chases its latency
+	// (weir-addbench reads these): the plugin's own steps, the agent's
+	// phases as it reports them, the redirect's phases, and the CPU time
+	// this process used so far (the rest of its wall time it waited).
+	redirectTook := time.Since(applyStart)
 	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "backend", spec.Backend, "ipv4", spec.IPv4, "ipv6", spec.IPv6,
-		"agentMicros", agentTook.Microseconds(), "redirectMicros", time.Since(applyStart).Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds())
+		"agentMicros", agentTook.Microseconds(), "redirectMicros", redirectTook.Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds(),
+		"mainMicros", time.Since(mainStart).Microseconds(), "parseMicros", parseTook.Microseconds(), "netnsMicros", netnsTook.Microseconds(),
+		"cpuMicros", processCPU().Microseconds(), "agentPhases", resp.Timings, "rulePhases", rulePhases)
 	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
 }
 
-// cmdDel removes the rules, then tells the agent. It needs no prevResult and
-// succeeds for a netns that is gone, a pod never added, and a second DEL.
-// An unreachable agent does not fail DEL: the agent's sweep and GC release
-// what it held.
+// cmdDel tells the agent, which takes the rules of a pod it holds out of
+// its namespace (and releases the kernel's sockets in the background: see
+// agent's del), then removes whatever the agent did not say it removed. It
+// needs no prevResult and succeeds for a netns that is gone, a pod never
+// added, a second DEL, and an agent that cannot be reached (its sweep and
+// GC release what it held). A netns that is the node's, or no network
+// namespace, is never entered (netns.go).
 func cmdDel(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
 	log := conf.logger().With("verb", "DEL", "container", args.ContainerID, "netns", args.Netns)
-	if args.Netns != "" {
-		if err := redirect.Remove(args.Netns); err != nil {
-			log.Error("remove redirect failed", "err", err)
-			return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
-		}
-	}
 	pod, _ := podFromArgs(args.Args)
 	var resp api.DelResponse
-	err = newAgentClient(conf).call(http.MethodPost, api.PathDel, api.DelRequest{
+	err = newAgentClient(conf).call(methodPost, api.PathDel, api.DelRequest{
 		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
 	}, &resp)
 	if err != nil {
 		log.Warn("agent del failed; it will release the pod on its own", "err", err)
+	}
+	if args.Netns == "" || resp.RulesRemoved {
+		log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", resp.RulesRemoved)
 		return nil
 	}
-	log.Info("pod deleted", "known", resp.Known)
+	if resp.Refused != "" {
+		log.Warn("DEL names another pod's namespace; leaving it untouched", "why", resp.Refused)
+		return nil
+	}
+	if why := netnsRefusal(args.Netns); why != "" {
+		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
+		return nil
+	}
+	if err := redirect.Remove(args.Netns); err != nil {
+		log.Error("remove redirect failed", "err", err)
+		return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
+	}
+	log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", false)
 	return nil
 }
 
@@ -160,7 +193,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return err
 	}
 	var resp api.CheckResponse
-	err = newAgentClient(conf).call(http.MethodPost, api.PathCheck, api.CheckRequest{
+	err = newAgentClient(conf).call(methodPost, api.PathCheck, api.CheckRequest{
 		Version: api.Version, Attachment: api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}, Netns: args.Netns, Pod: pod,
 	}, &resp)
 	if err != nil {
@@ -192,7 +225,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return err
 	}
 	var resp api.StatusResponse
-	if err := newAgentClient(conf).call(http.MethodGet, api.PathStatus, nil, &resp); err != nil {
+	if err := newAgentClient(conf).call(methodGet, api.PathStatus, nil, &resp); err != nil {
 		return types.NewError(ErrPluginNotAvailable, "weir-agent not available", err.Error())
 	}
 	if !resp.Ready {
@@ -213,7 +246,7 @@ func cmdGC(args *skel.CmdArgs) error {
 		valid = append(valid, api.Attachment{ContainerID: a.ContainerID, IfName: a.IfName})
 	}
 	var resp api.GCResponse
-	if err := newAgentClient(conf).call(http.MethodPost, api.PathGC, api.GCRequest{Version: api.Version, Valid: valid}, &resp); err != nil {
+	if err := newAgentClient(conf).call(methodPost, api.PathGC, api.GCRequest{Version: api.Version, Valid: valid}, &resp); err != nil {
 		return agentCallError("GC", conf, err)
 	}
 	conf.logger().Info("gc", "valid", len(valid), "released", resp.Released)

@@ -6,6 +6,7 @@ package main
 import (
 	"os"
 	"runtime"
+	"runtime/debug"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
@@ -23,6 +24,14 @@ func main() {
 	// measured medians of 9.2 vs 12.7 ms and 9.7 vs 15.5 ms.
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
+	}
+	if os.Getenv("CNI_COMMAND") != "" && os.Getenv("GOGC") == "" {
+		// A CNI verb allocates a few MB and exits: a garbage collection
+		// in it is pure cost (mark workers started and woken while the
+		// runtime waits). The memory limit still collects should a verb
+		// ever grow past it. `install` runs long and keeps the default.
+		debug.SetGCPercent(-1)
+		debug.SetMemoryLimit(256 << 20)
 	}
 	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 && (os.Args[1] == "install" || os.Args[1] == "uninstall") {
 		os.Exit(install.Main(os.Args[1:]))
