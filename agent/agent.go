@@ -64,6 +64,16 @@ type Agent struct {
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once
+	// standbyRole is true while this process is a hot standby, not yet
+	// promoted; watch tells standbys watching this agent about pod changes;
+	// promotedAt is when a standby found its primary gone; child is the
+	// standby a promoted one started (standby.go).
+	standbyRole    atomic.Bool
+	watch          watchers
+	promotedAt     time.Time
+	child          *childStandby
+	standbyAdmin   *http.Server
+	sourcesStarted bool
 
 	// mu serialises changes to the set of captured pods (CNI calls,
 	// reconcile, restore); the connection path never takes it.
@@ -152,7 +162,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	a.baseCtx = runCtx
-	if a.kube != nil {
+	if a.cfg.Standby.Enabled {
+		if err := a.standBy(ctx); err != nil {
+			a.stopStandby()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		// Promoted: from here on this is the primary, started like one that
+		// found no predecessor, with every mirrored listener already open.
+		a.standbyRole.Store(false)
+		a.ready.Store(false)
+	}
+	if a.kube != nil && a.promotedAt.IsZero() {
+		// (A promoted standby serves every pod already: no taint.)
 		if err := a.kube.SetNodeReady(ctx, false); err != nil {
 			a.log.Warn("cannot taint node not-ready", "err", err)
 		}
@@ -190,16 +214,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- serveHTTP(adminSrv, adminLn) }()
 
 	var changed <-chan struct{}
-	if a.kube != nil {
-		if err := a.kube.Run(runCtx); err != nil {
-			cniSrv.Close()
-			adminSrv.Close()
-			return fmt.Errorf("kubernetes: %w", err)
-		}
-		changed = a.kube.Changed()
-		a.syncKube()
+	if err := a.startSources(runCtx); err != nil {
+		cniSrv.Close()
+		adminSrv.Close()
+		return err
 	}
-	a.xds.start(runCtx)
+	if a.kube != nil {
+		changed = a.kube.Changed()
+	}
 	if err := a.writeEnablement(); err != nil {
 		a.log.Error("write enablement file", "err", err)
 	}
@@ -224,6 +246,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+	if !a.promotedAt.IsZero() {
+		a.log.Info("standby promoted", "since_primary_lost", time.Since(a.promotedAt).String(), "pods", a.pods.capturedCount())
+		if a.cfg.Standby.Respawn {
+			a.standbyAdmin.Close()
+			a.respawnStandby()
+		}
+	}
 
 	go route.RunHealthChecks(runCtx, a.routes, a.healthDial, time.Second, 64)
 
@@ -257,6 +286,9 @@ loop:
 	}
 	a.ready.Store(false)
 	a.log.Info("agent stopping", "pods", a.pods.capturedCount())
+	// A standby this agent started goes first: it must not see this agent
+	// leave and promote itself.
+	a.child.stop(10 * time.Second)
 	handedOver := false
 	select {
 	case <-a.handover:
@@ -287,6 +319,9 @@ loop:
 	}
 	a.mu.Unlock()
 	adminSrv.Close()
+	if a.standbyAdmin != nil {
+		a.standbyAdmin.Close()
+	}
 	if a.ebpf.objs != nil {
 		// Pins stay: captured pods stay captured (refused until the next
 		// agent listens), as under REDIRECT.
