@@ -68,11 +68,14 @@ type Agent struct {
 	// promoted; watch tells standbys watching this agent about pod changes;
 	// promotedAt is when a standby found its primary gone; child is the
 	// standby a promoted one started (standby.go).
-	standbyRole    atomic.Bool
-	watch          watchers
-	promotedAt     time.Time
-	child          *childStandby
-	standbyAdmin   *http.Server
+	standbyRole  atomic.Bool
+	watch        watchers
+	promotedAt   time.Time
+	child        *childStandby
+	standbyAdmin *http.Server
+	// handoverStream is the successor's connection hand-over stream, set
+	// when it asked for one (handover.go).
+	handoverStream *net.UnixConn
 	sourcesStarted bool
 
 	// mu serialises changes to the set of captured pods (CNI calls,
@@ -136,6 +139,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Sniffing:       cfg.sniffing(),
 		SniffMetrics:   sniff.NewMetrics(reg),
 		HTTPMetrics:    l7.NewMetrics(reg),
+
+		HandoverMetrics: proxy.NewHandoverMetrics(reg),
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
@@ -229,8 +234,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Ready: the predecessor stops accepting (its queued connections
 		// migrate to these listeners) and drains; then take the state it
 		// left, which includes any pod it added meanwhile.
-		if err := pred.handOver(); err != nil {
+		stream, err := pred.handOver()
+		if err != nil {
 			a.log.Warn("predecessor did not confirm the handover", "err", err)
+		}
+		if stream != nil {
+			go a.receiveConnections(stream)
 		}
 		a.ownsState.Store(true)
 		if err := a.restoreState(); err != nil {
@@ -245,7 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("cannot lift node not-ready taint", "err", err)
 		}
 	}
-	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+	a.log.Info("agent ready", "release", Release, "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
 	if !a.promotedAt.IsZero() {
 		a.log.Info("standby promoted", "since_primary_lost", time.Since(a.promotedAt).String(), "pods", a.pods.capturedCount())
 		if a.cfg.Standby.Respawn {
@@ -307,8 +316,20 @@ loop:
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(a.cfg.DrainTimeout))
 	defer cancel()
+	sent := make(chan struct{})
+	if handedOver && a.handoverStream != nil {
+		// Idle L4 connections go to the successor; the rest drain.
+		go func() { defer close(sent); a.sendConnections(drainCtx, a.handoverStream) }()
+	} else {
+		close(sent)
+	}
 	if err := a.engine.Shutdown(drainCtx); err != nil {
 		a.log.Warn("drain deadline passed, closed remaining connections", "timeout", time.Duration(a.cfg.DrainTimeout).String())
+	}
+	<-sent
+	if handedOver {
+		c := a.engine.HandoverMetrics.Counts()
+		a.log.Info("L4 connections at the takeover", "handedOver", c["handed_over"], "drained", c["drained"], "cut", c["cut"])
 	}
 	// Rules stay in the pods and the state file stays on disk: a pod of an
 	// enabled namespace must not silently leave the mesh because the agent

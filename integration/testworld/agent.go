@@ -38,6 +38,18 @@ type Agent struct {
 	Admin string
 	// args are added to the agent's command line (--standby).
 	args []string
+	// bin is the weir-agent binary; empty means the node's.
+	bin string
+}
+
+// StartAgentBinary is StartAgent with another build of weir-agent
+// (AgentBuild), for tests across releases.
+func (n *Node) StartAgentBinary(t T, cfg map[string]any, bin string) *Agent {
+	t.Helper()
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), bin: bin}
+	a.start(t)
+	a.stopAtCleanup(t)
+	return a
 }
 
 // StandbyAdminAddr is where a standby started by StartStandby serves its
@@ -164,7 +176,10 @@ func (a *Agent) start(t T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(a.node.Bin, "weir-agent")
+	bin := a.bin
+	if bin == "" {
+		bin = filepath.Join(a.node.Bin, "weir-agent")
+	}
 	if a.Admin == "" {
 		a.Admin = AdminAddr
 	}

@@ -81,6 +81,15 @@ func (h *Handle) Pause(wait time.Duration) bool {
 	return true
 }
 
+// Counts are the bytes the relay moved each way up to its pause; valid
+// between a Pause that returned true and Release or Resume.
+func (h *Handle) Counts() (up, down int64) {
+	if r := h.r.Load(); r != nil && h.paused != nil {
+		return r.parkedUp, r.parkedDown
+	}
+	return 0, 0
+}
+
 // Release ends a paused relay without closing its sockets: RelayWith
 // returns a Result with HandedOver set. The caller may close its own file
 // descriptors once the other process holds the sockets.
@@ -113,10 +122,15 @@ func (h *Handle) decide(r *relayState, ps *pauseState, resume bool) {
 // park is called by a direction whose read hit a deadline. paused is false
 // when no pause set that deadline (a real timeout); else it waits for the
 // decision and reports it.
-func (r *relayState) park() (resume, paused bool) {
+func (r *relayState) park(n int64, up bool) (resume, paused bool) {
 	ps := r.pause.Load()
 	if ps == nil {
 		return false, false
+	}
+	if up {
+		r.parkedUp = n
+	} else {
+		r.parkedDown = n
 	}
 	select {
 	case ps.events <- struct{}{}:

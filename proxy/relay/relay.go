@@ -97,6 +97,9 @@ type relayState struct {
 	// pause is the current or last pause (handover.go).
 	running atomic.Int32
 	pause   atomic.Pointer[pauseState]
+	// parkedUp and parkedDown are each direction's count when it parked,
+	// written before it reports on the pause's events.
+	parkedUp, parkedDown int64
 }
 
 // abort closes both connections (once) so both directions end.
@@ -137,7 +140,7 @@ func (c copyHalf) run() (n int64, err error) {
 			continue // on to splice
 		}
 		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-			if resume, paused := c.r.park(); paused {
+			if resume, paused := c.r.park(n, c.src == c.r.client); paused {
 				if resume {
 					continue
 				}
