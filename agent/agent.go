@@ -168,7 +168,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer cancelRun()
 	a.baseCtx = runCtx
 	if a.cfg.Standby.Enabled {
-		if err := a.standBy(ctx); err != nil {
+		if err := a.standBy(ctx, runCtx); err != nil {
 			a.stopStandby()
 			if ctx.Err() != nil {
 				return nil

@@ -116,9 +116,10 @@ func (a *Agent) handleStandbyWatch(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) isStandby() bool { return a.standbyRole.Load() }
 
 // standBy is the standby's life until it is promoted (nil) or ctx ends
-// (ctx.Err()). What it opened for the standby role only (its socket and
-// admin address) is closed before it returns; pod listeners stay.
-func (a *Agent) standBy(ctx context.Context) error {
+// (ctx.Err()). What it opened for the standby role only (its socket) is
+// closed before it returns; pod listeners stay. The route sources run on
+// runCtx, which outlives a promotion.
+func (a *Agent) standBy(ctx, runCtx context.Context) error {
 	a.standbyRole.Store(true)
 	if other, _ := findPredecessor(a.cfg.Standby.Socket); other != nil {
 		other.close()
@@ -155,7 +156,7 @@ func (a *Agent) standBy(ctx context.Context) error {
 	// is to be started here (it needs the address): a supervisor probing
 	// the standby's container must not find a promoted one dead.
 	a.standbyAdmin = adminSrv
-	if err := a.startSources(ctx); err != nil {
+	if err := a.startSources(runCtx); err != nil {
 		return err
 	}
 	a.log.Info("standby started", "primary", a.cfg.Socket, "socket", a.cfg.Standby.Socket, "admin", a.cfg.Standby.Admin)
