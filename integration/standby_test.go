@@ -40,6 +40,13 @@ func TestStandbyTakesOverOnKill(t *testing.T) {
 	srv.StartNginx(t, 8080, "server")
 	client := node.MustAddPod(t, "demo", "client")
 	standby := node.StartStandby(t, cfg)
+	// A standby the promoted one started and the test did not get to stop
+	// (it failed first) must not outlive the test.
+	t.Cleanup(func() {
+		if st, err := standbyStatus(node); err == nil && st.Pid != standby.Pid() {
+			stopPid(t, st.Pid)
+		}
+	})
 	waitMetric(t, standby, "weir_pods_captured", 1, 15*time.Second)
 	target := fmt.Sprintf("%s:8080", srv.IP4)
 
@@ -72,6 +79,7 @@ func TestStandbyTakesOverOnKill(t *testing.T) {
 		t.Fatalf("CNI CHECK through the promoted standby: %v", err)
 	}
 	respawned := waitNewStandby(t, node, standby, st.killedPid)
+	t.Cleanup(func() { stopPid(t, respawned.Pid) })
 	t.Logf("a new standby (pid %d) mirrors the pods", respawned.Pid)
 
 	// Second kill: the promoted standby, under a shorter load; the
@@ -82,12 +90,10 @@ func TestStandbyTakesOverOnKill(t *testing.T) {
 	if body, err := client.Get("http://" + target + "/"); err != nil || strings.TrimSpace(body) != "server" {
 		t.Fatalf("request after the second promotion: %v %q", err, body)
 	}
-	// The second promoted standby started a third; stop both by pid (the
-	// test started neither).
+	// The second promoted standby started a third; the cleanups stop both
+	// by pid (the test started neither), the third first.
 	third := waitNewStandby(t, node, standby, respawned.Pid)
-	for _, pid := range []int{third.Pid, respawned.Pid} {
-		stopPid(t, pid)
-	}
+	t.Cleanup(func() { stopPid(t, third.Pid) })
 }
 
 // standbyStatus asks the standby socket beside the node's agent socket.
