@@ -69,6 +69,19 @@ type Agent struct {
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once
+	// standbyRole is true while this process is a hot standby, not yet
+	// promoted; watch tells standbys watching this agent about pod changes;
+	// promotedAt is when a standby found its primary gone; child is the
+	// standby a promoted one started (standby.go).
+	standbyRole  atomic.Bool
+	watch        watchers
+	promotedAt   time.Time
+	child        *childStandby
+	standbyAdmin *http.Server
+	// handoverStream is the successor's connection hand-over stream, set
+	// when it asked for one (handover.go).
+	handoverStream *net.UnixConn
+	sourcesStarted bool
 
 	// mu serialises changes to the set of captured pods (CNI calls,
 	// reconcile, restore); the connection path never takes it.
@@ -138,6 +151,8 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		HTTP2:          h2.Options{Engine: cfg.HTTP2.Engine},
 		SniffMetrics:   sniff.NewMetrics(reg),
 		HTTPMetrics:    l7.NewMetrics(reg),
+
+		HandoverMetrics: proxy.NewHandoverMetrics(reg),
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
@@ -172,7 +187,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	a.baseCtx = runCtx
-	if a.kube != nil {
+	if a.cfg.Standby.Enabled {
+		if err := a.standBy(ctx, runCtx); err != nil {
+			a.stopStandby()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		// Promoted: from here on this is the primary, started like one that
+		// found no predecessor, with every mirrored listener already open.
+		a.standbyRole.Store(false)
+		a.ready.Store(false)
+	}
+	if a.kube != nil && a.promotedAt.IsZero() {
+		// (A promoted standby serves every pod already: no taint.)
 		if err := a.kube.SetNodeReady(ctx, false); err != nil {
 			a.log.Warn("cannot taint node not-ready", "err", err)
 		}
@@ -210,16 +239,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- serveHTTP(adminSrv, adminLn) }()
 
 	var changed <-chan struct{}
-	if a.kube != nil {
-		if err := a.kube.Run(runCtx); err != nil {
-			cniSrv.Close()
-			adminSrv.Close()
-			return fmt.Errorf("kubernetes: %w", err)
-		}
-		changed = a.kube.Changed()
-		a.syncKube()
+	if err := a.startSources(runCtx); err != nil {
+		cniSrv.Close()
+		adminSrv.Close()
+		return err
 	}
-	a.xds.start(runCtx)
+	if a.kube != nil {
+		changed = a.kube.Changed()
+	}
 	if err := a.writeEnablement(); err != nil {
 		a.log.Error("write enablement file", "err", err)
 	}
@@ -227,8 +254,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		// Ready: the predecessor stops accepting (its queued connections
 		// migrate to these listeners) and drains; then take the state it
 		// left, which includes any pod it added meanwhile.
-		if err := pred.handOver(); err != nil {
+		stream, err := pred.handOver()
+		if err != nil {
 			a.log.Warn("predecessor did not confirm the handover", "err", err)
+		}
+		if stream != nil {
+			go a.receiveConnections(stream)
 		}
 		a.ownsState.Store(true)
 		if err := a.restoreState(); err != nil {
@@ -243,7 +274,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.log.Warn("cannot lift node not-ready taint", "err", err)
 		}
 	}
-	a.log.Info("agent ready", "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+	a.log.Info("agent ready", "release", Release, "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+	if !a.promotedAt.IsZero() {
+		a.log.Info("standby promoted", "since_primary_lost", time.Since(a.promotedAt).String(), "pods", a.pods.capturedCount())
+		if a.cfg.Standby.Respawn {
+			a.standbyAdmin.Close()
+			a.respawnStandby()
+		}
+	}
 
 	go route.RunHealthChecks(runCtx, a.routes, a.healthDial, time.Second, 64)
 
@@ -283,6 +321,9 @@ loop:
 	}
 	a.ready.Store(false)
 	a.log.Info("agent stopping", "pods", a.pods.capturedCount())
+	// A standby this agent started goes first: it must not see this agent
+	// leave and promote itself.
+	a.child.stop(10 * time.Second)
 	handedOver := false
 	select {
 	case <-a.handover:
@@ -301,8 +342,20 @@ loop:
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(a.cfg.DrainTimeout))
 	defer cancel()
+	sent := make(chan struct{})
+	if handedOver && a.handoverStream != nil {
+		// Idle L4 connections go to the successor; the rest drain.
+		go func() { defer close(sent); a.sendConnections(drainCtx, a.handoverStream) }()
+	} else {
+		close(sent)
+	}
 	if err := a.engine.Shutdown(drainCtx); err != nil {
 		a.log.Warn("drain deadline passed, closed remaining connections", "timeout", time.Duration(a.cfg.DrainTimeout).String())
+	}
+	<-sent
+	if handedOver {
+		c := a.engine.HandoverMetrics.Counts()
+		a.log.Info("L4 connections at the takeover", "handedOver", c["handed_over"], "drained", c["drained"], "cut", c["cut"])
 	}
 	// Rules stay in the pods and the state file stays on disk: a pod of an
 	// enabled namespace must not silently leave the mesh because the agent
@@ -322,6 +375,9 @@ loop:
 		a.log.Warn("tracing: spans not all exported at stop", "err", err)
 	}
 	cancel()
+	if a.standbyAdmin != nil {
+		a.standbyAdmin.Close()
+	}
 	if a.ebpf.objs != nil {
 		// Pins stay: captured pods stay captured (refused until the next
 		// agent listens), as under REDIRECT.

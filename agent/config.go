@@ -77,6 +77,9 @@ type Config struct {
 	// Tracing propagates W3C trace context with a span per L7 request and
 	// exports sampled spans over OTLP/gRPC.
 	Tracing Tracing `json:"tracing"`
+	// Standby runs this process as the hot standby of the agent on Socket
+	// (agent/standby.go); `standby: true` is short for enabled.
+	Standby Standby `json:"standby"`
 }
 
 // HTTP2 tunes the HTTP/2 (h2c) and gRPC proxy.
@@ -99,6 +102,75 @@ type Tracing struct {
 	SampleRatio float64 `json:"sampleRatio"`
 	// BatchTimeout is the longest a finished span waits to be exported.
 	BatchTimeout Duration `json:"batchTimeout"`
+}
+
+// Standby configures the hot standby: a second agent process that holds
+// listeners in every captured pod behind the primary's, so the kernel hands
+// it new connections the moment the primary dies, and that then takes the
+// primary's place. The primary and its standby may share one config file:
+// the standby is started with --standby.
+type Standby struct {
+	// Enabled makes this process the standby of the agent on socket.
+	Enabled bool `json:"enabled"`
+	// Respawn, once this standby has been promoted, starts a new standby
+	// (this binary with the same arguments), so a second crash is covered
+	// too. Leave it off where a supervisor restarts the standby (the
+	// DaemonSet's second container).
+	Respawn bool `json:"respawn"`
+	// Socket is the standby's own unix socket (status; it also keeps two
+	// standbys of one agent from running); default: agent-standby.sock
+	// beside socket.
+	Socket string `json:"socket"`
+	// Admin is the standby's admin address until it is promoted (then it
+	// serves on admin); default: admin's port + 1.
+	Admin string `json:"admin"`
+}
+
+// UnmarshalJSON takes `standby: true|false` as well as the object.
+func (s *Standby) UnmarshalJSON(b []byte) error {
+	if t := bytes.TrimSpace(b); bytes.Equal(t, []byte("true")) || bytes.Equal(t, []byte("false")) {
+		*s = Standby{Enabled: t[0] == 't'}
+		return nil
+	}
+	type plain Standby
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var p plain
+	if err := dec.Decode(&p); err != nil {
+		return fmt.Errorf("standby: want true, false or {enabled, respawn, socket, admin}: %w", err)
+	}
+	*s = Standby(p)
+	return nil
+}
+
+func (s Standby) validate(c Config) error {
+	if !filepath.IsAbs(s.Socket) {
+		return fmt.Errorf("standby.socket: must be an absolute path, got %q", s.Socket)
+	}
+	if s.Socket == c.Socket {
+		return fmt.Errorf("standby.socket: must differ from socket (%s): the standby takes that path only when promoted", c.Socket)
+	}
+	ap, err := netip.ParseAddrPort(s.Admin)
+	if err != nil {
+		return fmt.Errorf("standby.admin: want ip:port, got %q: %w", s.Admin, err)
+	}
+	if admin, _ := netip.ParseAddrPort(c.Admin); ap == admin {
+		return fmt.Errorf("standby.admin: must differ from admin (%s), or health probes could reach either process", c.Admin)
+	}
+	return nil
+}
+
+// withStandbyDefaults derives the standby's socket and admin address from
+// the primary's, so both run side by side with one config file.
+func (c *Config) withStandbyDefaults() {
+	if c.Standby.Socket == "" {
+		c.Standby.Socket = filepath.Join(filepath.Dir(c.Socket), "agent-standby.sock")
+	}
+	if c.Standby.Admin == "" {
+		if ap, err := netip.ParseAddrPort(c.Admin); err == nil && ap.Port() < 65535 {
+			c.Standby.Admin = netip.AddrPortFrom(ap.Addr(), ap.Port()+1).String()
+		}
+	}
 }
 
 // AccessLog configures the L7 access log: one slog JSON line per request
@@ -358,6 +430,7 @@ func ParseConfig(b []byte) (Config, error) {
 	if c.StateDir == "" {
 		c.StateDir = filepath.Dir(c.Socket)
 	}
+	c.withStandbyDefaults()
 	if c.Kubernetes.NodeName == "" {
 		c.Kubernetes.NodeName = os.Getenv("NODE_NAME")
 	}
@@ -391,6 +464,9 @@ func (c Config) Validate() error {
 	}
 	if _, err := netip.ParseAddrPort(c.Admin); err != nil {
 		return fmt.Errorf("admin: want ip:port, got %q: %w", c.Admin, err)
+	}
+	if err := c.Standby.validate(c); err != nil {
+		return err
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

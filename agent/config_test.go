@@ -157,3 +157,35 @@ func TestFamilies(t *testing.T) {
 		t.Error("families accepted nonsense")
 	}
 }
+
+// standby takes a bool or an object; its socket and admin address default
+// to ones beside the primary's; bad values name the key.
+func TestParseConfigStandby(t *testing.T) {
+	c, err := ParseConfig([]byte("socket: /run/w/agent.sock\nadmin: 127.0.0.1:9000\nstandby: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Standby.Enabled || c.Standby.Respawn || c.Standby.Socket != "/run/w/agent-standby.sock" || c.Standby.Admin != "127.0.0.1:9001" {
+		t.Fatalf("standby: true gave %+v", c.Standby)
+	}
+	c, err = ParseConfig([]byte("standby:\n  respawn: true\n  admin: 127.0.0.1:15030\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Standby.Enabled || !c.Standby.Respawn || c.Standby.Admin != "127.0.0.1:15030" || c.Standby.Socket != "/run/weir/agent-standby.sock" {
+		t.Fatalf("standby object gave %+v", c.Standby)
+	}
+	for in, want := range map[string]string{
+		"standby: yes please\n":                      "standby",
+		"standby:\n  respawns: true\n":               "respawns",
+		"standby:\n  socket: rel.sock\n":             "standby.socket: must be an absolute path",
+		"standby:\n  socket: /run/weir/agent.sock\n": "standby.socket: must differ from socket",
+		"standby:\n  admin: 127.0.0.1:15020\n":       "standby.admin: must differ from admin",
+		"standby:\n  admin: localhost\n":             "standby.admin: want ip:port",
+		"admin: 127.0.0.1:65535\nstandby: true\n":    "standby.admin: want ip:port",
+	} {
+		if _, err := ParseConfig([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: err %v, want it to mention %q", in, err, want)
+		}
+	}
+}

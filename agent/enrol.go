@@ -107,13 +107,21 @@ func (a *Agent) capture(p *pod, spec redirect.Spec, tm *phaseTimer) error {
 	if spec.Mode == redirect.ModeEBPF {
 		ls, p.ebpfCookie, err = a.openEBPFListeners(ns, spec, p.ips)
 	} else {
-		ls, err = openListeners(ns, spec)
+		ls, err = openListeners(ns, spec, a.isStandby())
 	}
 	if err != nil {
 		ns.Close()
 		return fmt.Errorf("open capture listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
 	}
 	p.ns, p.spec, p.listeners = ns, spec, ls
+	if a.isStandby() {
+		if err := a.steerListeners(p); err != nil {
+			closeListeners(ls)
+			ns.Close()
+			p.ns, p.spec, p.listeners = nil, redirect.Spec{}, nil
+			return fmt.Errorf("standby listeners for %s/%s: %w", p.meta.Namespace, p.meta.Name, err)
+		}
+	}
 	tm.mark(phaseListen)
 	if err := enableMigration(ns); err != nil {
 		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
@@ -286,6 +294,7 @@ func (a *Agent) afterChange(changed ...api.Attachment) {
 	if err := a.saveState(changed); err != nil {
 		a.log.Error("persist state", "err", err)
 	}
+	a.watch.changed()
 }
 
 // recordCapture writes the enrolment onto the pod object, in the

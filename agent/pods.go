@@ -202,13 +202,16 @@ func equalSpec(a, b redirect.Spec) bool {
 // TPROXY's outbound rule delivers there), and a wildcard bind would let peers
 // reach the outbound port directly. In TPROXY mode every listener is
 // IP_TRANSPARENT, without which TPROXY drops the packets. All carry
-// SO_REUSEPORT so a successor agent can join them.
-func openListeners(ns *netns.Handle, spec redirect.Spec) ([]proxy.Listener, error) {
+// SO_REUSEPORT so a successor agent or a standby can join them. A standby's
+// are plain TCP (no MPTCP): the reuseport steering program is attached
+// through them, and the program's test covers a plain TCP socket steering a
+// group whose first member (the primary's) is MPTCP.
+func openListeners(ns *netns.Handle, spec redirect.Spec, standby bool) ([]proxy.Listener, error) {
 	wants := captureAddrs(spec)
 	transparent := spec.Mode == redirect.ModeTPROXY
 	var out []proxy.Listener
 	for _, w := range wants {
-		ln, err := ns.Listen(w.addr, netns.SocketOptions{ReusePort: true, Transparent: transparent})
+		ln, err := ns.Listen(w.addr, netns.SocketOptions{ReusePort: true, Transparent: transparent, NoMPTCP: standby})
 		if err != nil {
 			closeListeners(out)
 			return nil, err

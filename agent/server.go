@@ -18,6 +18,7 @@ func (a *Agent) cniHandler() http.Handler {
 	mux.HandleFunc("POST "+api.PathDel, handle(a, "del", a.del))
 	mux.HandleFunc("POST "+api.PathGC, handle(a, "gc", a.gc))
 	mux.HandleFunc("POST "+api.PathHandover, a.handleHandover)
+	mux.HandleFunc("GET "+api.PathStandbyWatch, a.handleStandbyWatch)
 	mux.HandleFunc("GET "+api.PathStatus, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, api.StatusResponse{Ready: a.ready.Load(), Pods: a.pods.len()})
 	})

@@ -238,16 +238,11 @@ func (a *Agent) restoreState() error {
 		if a.pods.get(sp.Attachment) != nil {
 			continue // known already (a second pass after a takeover)
 		}
-		// The guard (netns.go) too: a state file written before it existed,
-		// or edited by hand, must not bring a node's namespace into capture.
-		if id, err := a.admitNetns(sp.Netns, sp.Attachment, sp.Pod); err != nil || id != sp.NetnsID {
-			if err != nil && !notExist(err) {
-				a.log.Error("restore: namespace refused, pod dropped", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "container", sp.Attachment.ContainerID, "err", err)
-			}
+		p, ok := a.admitSaved(sp)
+		if !ok {
 			dropped++
 			continue
 		}
-		p := &pod{att: sp.Attachment, meta: sp.Pod, netnsPath: sp.Netns, nsID: sp.NetnsID, cniIPs: sp.IPs, ips: podAddrs(sp.IPs), nodeMode: redirect.Mode(sp.NodeMode)}
 		if sp.Spec != nil {
 			if err := a.capture(p, *sp.Spec, nil); err != nil {
 				a.log.Error("restore: cannot re-open listeners", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "err", err)
@@ -263,6 +258,20 @@ func (a *Agent) restoreState() error {
 	a.afterChange()
 	a.log.Info("state restored", "captured", restored, "known", a.pods.len(), "dropped", dropped)
 	return nil
+}
+
+// admitSaved turns a saved attachment back into a pod, through the guard
+// (netns.go) too: a state file written before it existed, or edited by
+// hand, must not bring a node's namespace into capture. False when its
+// namespace is gone, changed or refused. Called with a.mu held.
+func (a *Agent) admitSaved(sp savedPod) (*pod, bool) {
+	if id, err := a.admitNetns(sp.Netns, sp.Attachment, sp.Pod); err != nil || id != sp.NetnsID {
+		if err != nil && !notExist(err) {
+			a.log.Error("state: namespace refused, pod dropped", "pod", sp.Pod.Namespace+"/"+sp.Pod.Name, "container", sp.Attachment.ContainerID, "err", err)
+		}
+		return nil, false
+	}
+	return &pod{att: sp.Attachment, meta: sp.Pod, netnsPath: sp.Netns, nsID: sp.NetnsID, cniIPs: sp.IPs, ips: podAddrs(sp.IPs), nodeMode: redirect.Mode(sp.NodeMode)}, true
 }
 
 // enablement is what weir-cni reads when the agent cannot be reached: pods

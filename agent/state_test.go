@@ -278,3 +278,24 @@ func BenchmarkSaveStateOneChange(b *testing.B) {
 		})
 	}
 }
+
+// A standby watching the agent learns of every change: the channel it
+// waits on closes, and the next one carries a higher generation.
+func TestWatchersWake(t *testing.T) {
+	var w watchers
+	gen, ch := w.current()
+	select {
+	case <-ch:
+		t.Fatal("woken before any change")
+	default:
+	}
+	w.changed()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not woken by a change")
+	}
+	if g, _ := w.current(); g != gen+1 {
+		t.Fatalf("generation %d after one change, want %d", g, gen+1)
+	}
+}

@@ -65,27 +65,42 @@ func (p *predecessor) close() {
 	}
 }
 
-// handOver asks the predecessor to stop and waits for its answer.
-func (p *predecessor) handOver() error {
-	defer p.conn.Close()
+// handOver asks the predecessor to stop and waits for its answer. When the
+// predecessor can hand its connections over (handover.go), the connection
+// is returned as the hand-over stream; otherwise it is closed and nil.
+func (p *predecessor) handOver() (*net.UnixConn, error) {
 	p.conn.SetDeadline(time.Now().Add(10 * time.Second))
 	req, _ := http.NewRequest(http.MethodPost, "http://weir-agent"+api.PathHandover, nil)
+	req.Header.Set(HandoverHeader, handoverVersion)
 	if err := req.Write(p.conn); err != nil {
-		return fmt.Errorf("send handover: %w", err)
+		p.conn.Close()
+		return nil, fmt.Errorf("send handover: %w", err)
 	}
+	// The predecessor writes nothing after its answer before this side
+	// speaks, so the reader buffers nothing of the stream.
 	resp, err := http.ReadResponse(bufio.NewReader(p.conn), req)
 	if err != nil {
-		return fmt.Errorf("read handover answer: %w", err)
+		p.conn.Close()
+		return nil, fmt.Errorf("read handover answer: %w", err)
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("handover refused: %s", resp.Status)
+		p.conn.Close()
+		return nil, fmt.Errorf("handover refused: %s", resp.Status)
 	}
-	return nil
+	uc, ok := p.conn.(*net.UnixConn)
+	if resp.Header.Get(HandoverHeader) == "" || !ok {
+		p.conn.Close()
+		return nil, nil
+	}
+	p.conn.SetDeadline(time.Time{})
+	return uc, nil
 }
 
 // handleHandover is the predecessor's side: from now on it writes nothing
-// and leaves; in-flight CNI calls finish first (they hold a.mu).
+// and leaves; in-flight CNI calls finish first (they hold a.mu). A
+// successor that asks for the connection hand-over gets this connection as
+// its stream (sendConnections runs it during the drain).
 func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	// The successor reads the state once more after this answer; an older
@@ -99,8 +114,36 @@ func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 	a.ownsState.Store(false)
 	a.ready.Store(false)
 	a.mu.Unlock()
+	if r.Header.Get(HandoverHeader) != "" {
+		if stream := hijackStream(w); stream != nil {
+			a.handoverStream = stream
+			a.handoverOnce.Do(func() { close(a.handover) })
+			return
+		}
+	}
 	a.handoverOnce.Do(func() { close(a.handover) })
 	writeJSON(w, http.StatusOK, map[string]bool{"handedOver": true})
+}
+
+// hijackStream answers the handover with the hand-over header and takes the
+// connection from the HTTP server; nil if it cannot.
+func hijackStream(w http.ResponseWriter) *net.UnixConn {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		return nil
+	}
+	c, _, err := hj.Hijack()
+	if err != nil {
+		return nil
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil
+	}
+	body := `{"handedOver":true}` + "\n"
+	fmt.Fprintf(uc, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\n\r\n%s", HandoverHeader, handoverVersion, len(body), body)
+	return uc
 }
 
 // listenUnix binds the CNI socket, root-only. A socket file left by a dead

@@ -622,6 +622,43 @@ func TestHelmChart(t *testing.T) {
 		}
 	})
 
+	t.Run("standby container", func(t *testing.T) {
+		out, err := helm(t, bin, "template", "weir", "helm/weir",
+			"--set", "agent.standby.enabled=true", "--set", "agent.standby.admin=127.0.0.1:16021")
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, err := parseStream(out)
+		if err != nil {
+			t.Fatalf("rendered chart: %v", err)
+		}
+		checkContract(t, objs)
+		pod := find[*appsv1.DaemonSet](t, objs, "DaemonSet", "weir-agent").Spec.Template.Spec
+		agentC, standbyC := container(t, pod.Containers, "agent"), container(t, pod.Containers, "agent-standby")
+		// Same binary, same config file, same rights and mounts: only the
+		// flag, the probes' port and the resources differ.
+		if want := append(slices.Clone(agentC.Command), "--standby"); !reflect.DeepEqual(standbyC.Command, want) {
+			t.Errorf("standby command %v, want %v", standbyC.Command, want)
+		}
+		if !reflect.DeepEqual(standbyC.SecurityContext, agentC.SecurityContext) || !reflect.DeepEqual(standbyC.VolumeMounts, agentC.VolumeMounts) {
+			t.Error("the standby container's security context or mounts differ from the agent's")
+		}
+		for _, p := range []*corev1.Probe{standbyC.ReadinessProbe, standbyC.LivenessProbe} {
+			if p == nil || p.HTTPGet == nil || p.HTTPGet.Host != "127.0.0.1" || p.HTTPGet.Port.IntValue() != 16021 {
+				t.Errorf("standby probe %+v, want 127.0.0.1:16021", p)
+			}
+		}
+		var cfg struct {
+			Standby struct {
+				Admin string `json:"admin"`
+			} `json:"standby"`
+		}
+		cm := find[*corev1.ConfigMap](t, objs, "ConfigMap", "weir-agent-config")
+		if err := yaml.Unmarshal([]byte(cm.Data["config.yaml"]), &cfg); err != nil || cfg.Standby.Admin != "127.0.0.1:16021" {
+			t.Errorf("config standby.admin %q (%v), want the probes' address", cfg.Standby.Admin, err)
+		}
+	})
+
 	t.Run("bad values fail the render", func(t *testing.T) {
 		for _, set := range []string{"capture.mode=ebpf", "agent.admin=localhost"} {
 			if _, err := helm(t, bin, "template", "weir", "helm/weir", "--set", set); err == nil {

@@ -71,6 +71,9 @@ type Engine struct {
 	// OnDemand, when set, is asked before routing an outbound connection,
 	// so routing held only on demand arrives first (ondemand.go).
 	OnDemand OnDemand
+	// HandoverMetrics counts L4 connections by what became of them at a
+	// takeover (handover.go); nil counts nothing.
+	HandoverMetrics *HandoverMetrics
 
 	once      sync.Once
 	draining  chan struct{} // closed by Shutdown: L7 connections wind down
@@ -78,6 +81,7 @@ type Engine struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
+	l4        l4Set // relayed L4 connections, for a hand-over
 }
 
 // Workload is the pod a listener belongs to: its namespace (where upstream
@@ -263,11 +267,40 @@ func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload,
 			return
 		}
 	}
-	res := relay.Relay(e.ctx, c, up)
-	m.bytes(dir, res.Up+int64(len(prefix)), res.Down)
+	t := &tracked{client: c, upstream: up, w: w, dir: dir, dst: dst, started: time.Now()}
+	if r.Cluster != nil {
+		t.cluster = r.Cluster.Name()
+	}
 	if lease != nil {
+		t.endpoint = lease.Endpoint()
+	}
+	res := e.relayTracked(t, prefix)
+	if lease != nil {
+		// A handed-over connection leaves this agent's endpoint counts.
 		lease.Done(res.Err())
 	}
+}
+
+// relayTracked relays t, a member of the hand-over set meanwhile, and
+// accounts for it: bytes, and during a drain, the path it took.
+func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
+	e.l4.add(t)
+	res := relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
+	e.l4.remove(t)
+	e.Metrics.bytes(t.dir, res.Up+int64(len(prefix)), res.Down)
+	select {
+	case <-e.draining:
+		switch {
+		case res.HandedOver:
+			e.HandoverMetrics.inc("handed_over")
+		case e.ctx.Err() != nil:
+			e.HandoverMetrics.inc("cut")
+		default:
+			e.HandoverMetrics.inc("drained")
+		}
+	default:
+	}
+	return res
 }
 
 // isLoop reports whether dst is the agent's own capture socket.

@@ -34,7 +34,40 @@ const (
 	// PathHandover is agent to agent: a successor that is ready asks the
 	// running agent to stop accepting, drain and exit (takeover).
 	PathHandover = "/v1/handover"
+	// PathStandbyWatch is agent to agent: a hot standby holds a GET open on
+	// the primary's socket and reads StandbyEvent lines from it; the stream
+	// ending without a handover event tells it the primary is gone.
+	PathStandbyWatch = "/v1/standby/watch"
+	// PathStandbyStatus is served on the standby's own socket.
+	PathStandbyStatus = "/v1/standby/status"
 )
+
+// StandbyEvent is one JSON line of the watch stream. Event is
+//   - "hello" first, with the primary's Pid;
+//   - "pods" after every change of the primary's pod set, once the state
+//     files are written (the standby then re-reads them);
+//   - "handover" when the primary hands over to a successor (an upgrade):
+//     the standby then watches whoever answers on the socket, it does not
+//     promote itself.
+//
+// A standby ignores events it does not know, so a primary may add some.
+type StandbyEvent struct {
+	Event      string `json:"event"`
+	Pid        int    `json:"pid,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+}
+
+// StandbyStatus is what a standby reports about itself.
+type StandbyStatus struct {
+	Pid int `json:"pid"`
+	// Ready: it mirrors the primary's pods (or, once promoted, it is the
+	// primary and this socket is going away).
+	Ready bool `json:"ready"`
+	// Pods is how many captured pods it holds listeners in.
+	Pods int `json:"pods"`
+	// PrimaryPid is the primary it watches; 0 while it has none.
+	PrimaryPid int `json:"primaryPid"`
+}
 
 // Pod names the Kubernetes pod an attachment belongs to, as the runtime passed
 // it in CNI_ARGS. Outside Kubernetes the fields may be empty.

@@ -32,7 +32,29 @@ type Agent struct {
 	// init, when set, is the network namespace of PID 1 of the agent's
 	// own PID namespace (StartAgentUnderInit).
 	init *Netns
+	// Admin is where this agent serves /metrics and /readyz: AdminAddr, or
+	// StandbyAdminAddr for a standby (until it is promoted; then
+	// AdminAddr, and a standby it respawned serves on StandbyAdminAddr).
+	Admin string
+	// args are added to the agent's command line (--standby).
+	args []string
+	// bin is the weir-agent binary; empty means the node's.
+	bin string
 }
+
+// StartAgentBinary is StartAgent with another build of weir-agent
+// (AgentBuild), for tests across releases.
+func (n *Node) StartAgentBinary(t T, cfg map[string]any, bin string) *Agent {
+	t.Helper()
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), bin: bin}
+	a.start(t)
+	a.stopAtCleanup(t)
+	return a
+}
+
+// StandbyAdminAddr is where a standby started by StartStandby serves its
+// admin endpoints: the agent's default for standby.admin (admin port + 1).
+const StandbyAdminAddr = "127.0.0.1:15021"
 
 // WriteAgentConfig writes cfg (merged over the node's socket and admin
 // address) as the agent's config file and returns its path. JSON is YAML.
@@ -76,6 +98,25 @@ func (n *Node) StartAgent(t T, cfg map[string]any) *Agent {
 	t.Helper()
 	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg)}
 	a.start(t)
+	a.stopAtCleanup(t)
+	return a
+}
+
+// StartStandby starts a hot standby of the node's agent: weir-agent
+// --standby with cfg written as the config file (the primary's, when the
+// test passes the same cfg), waiting for its /readyz on StandbyAdminAddr,
+// which it reports once it mirrors the primary's pods. Stopped at cleanup,
+// before any agent started earlier (cleanups run last-in first-out), so it
+// does not promote itself when the test ends.
+func (n *Node) StartStandby(t T, cfg map[string]any) *Agent {
+	t.Helper()
+	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), Admin: StandbyAdminAddr, args: []string{"--standby"}}
+	a.start(t)
+	a.stopAtCleanup(t)
+	return a
+}
+
+func (a *Agent) stopAtCleanup(t T) {
 	t.Cleanup(func() {
 		a.Stop(t)
 		if t.Failed() {
@@ -84,7 +125,6 @@ func (n *Node) StartAgent(t T, cfg map[string]any) *Agent {
 			}
 		}
 	})
-	return a
 }
 
 func tail(b []byte, lines int) string {
@@ -106,14 +146,7 @@ func (n *Node) StartAgentUnderInit(t T, cfg map[string]any, initNS *Netns) *Agen
 	RequireTool(t, "sh", "mount")
 	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), init: initNS}
 	a.start(t)
-	t.Cleanup(func() {
-		a.Stop(t)
-		if t.Failed() {
-			if b, err := os.ReadFile(a.LogPath); err == nil {
-				t.Logf("agent log:\n%s", tail(b, 60))
-			}
-		}
-	})
+	a.stopAtCleanup(t)
 	return a
 }
 
@@ -143,7 +176,14 @@ func (a *Agent) start(t T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(a.node.Bin, "weir-agent")
+	bin := a.bin
+	if bin == "" {
+		bin = filepath.Join(a.node.Bin, "weir-agent")
+	}
+	if a.Admin == "" {
+		a.Admin = AdminAddr
+	}
+	args := append([]string{"--config", a.Config}, a.args...)
 	if a.init != nil {
 		// PID 1 of a new PID namespace only gets the signals it handles:
 		// the script traps SIGTERM, and SIGKILL ends the whole namespace.
@@ -152,9 +192,9 @@ func (a *Agent) start(t T) {
 	} else if a.node.Opts.EBPF {
 		// nsenter execs the agent in the node netns and the host's mount
 		// namespace, where the test's bpffs and cgroup2 mounts are.
-		a.cmd = exec.Command("nsenter", "--net="+a.node.Path, bin, "--config", a.Config)
+		a.cmd = exec.Command("nsenter", append([]string{"--net=" + a.node.Path, bin}, args...)...)
 	} else {
-		a.cmd = a.node.Command(context.Background(), bin, "--config", a.Config)
+		a.cmd = a.node.Command(context.Background(), bin, args...)
 	}
 	a.cmd.Stdout, a.cmd.Stderr = logf, logf
 	if err := a.cmd.Start(); err != nil {
@@ -226,7 +266,7 @@ func (a *Agent) Get(path string) (string, error) {
 			DisableKeepAlives: true,
 		},
 	}
-	resp, err := c.Get("http://" + AdminAddr + path)
+	resp, err := c.Get("http://" + a.Admin + path)
 	if err != nil {
 		return "", err
 	}

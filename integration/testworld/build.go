@@ -107,3 +107,25 @@ func PluginDir(t T, specVersion string) string {
 	Require(t, err == nil, "upstream CNI plugins in "+upstreamDir)
 	return upstreamDir
 }
+
+// AgentBuild builds weir-agent once more with extra linker flags (a test
+// that needs two releases of the agent: -X ...agent.Release=N+1) into a
+// directory of the test's, and returns the binary's path.
+func AgentBuild(t T, ldflags string) string {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatalf("build weir-agent: %v", err)
+	}
+	dir, err := os.MkdirTemp("", "weir-agent-build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", dir, "./agent/cmd/weir-agent")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build weir-agent -ldflags %q: %v\n%s", ldflags, err, out)
+	}
+	return filepath.Join(dir, "weir-agent")
+}

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -34,6 +35,9 @@ type Result struct {
 	Up, Down int64
 	// UpErr and DownErr are the copy errors of each direction (nil at clean EOF).
 	UpErr, DownErr error
+	// HandedOver: the relay was paused and released (Handle), its sockets
+	// now relayed by another process; it moved no byte after the pause.
+	HandedOver bool
 }
 
 // Err is the first error of either direction.
@@ -44,6 +48,9 @@ func (r Result) Err() error {
 	return r.DownErr
 }
 
+// ErrHandedOver ends a direction whose relay was released (Handle.Release).
+var ErrHandedOver = errors.New("relay handed over")
+
 // Relay copies client→upstream and upstream→client. When one side finishes
 // sending (EOF), the other side's write half is closed so half-closed
 // protocols still get their answers. When a direction fails, both
@@ -53,14 +60,27 @@ func (r Result) Err() error {
 // sends the FIN of the direction that ended last (a shutdown right before
 // the close would only cost a system call per connection).
 func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
+	return RelayWith(ctx, client, upstream, nil)
+}
+
+// RelayWith is Relay with a Handle (nil for none) through which another
+// goroutine may pause the relay and take its sockets (Handle.Pause).
+func RelayWith(ctx context.Context, client, upstream *net.TCPConn, h *Handle) Result {
 	// One allocation holds the whole relay's shared state.
 	r := &relayState{client: client, upstream: upstream}
+	r.running.Store(2)
+	if h != nil {
+		h.r.Store(r)
+	}
 	stop := context.AfterFunc(ctx, r.abort)
 	defer stop()
 	r.wg.Add(1)
 	go r.down()
 	r.res.Up, r.res.UpErr = copyHalf{dst: upstream, src: client, r: r}.run()
 	r.wg.Wait()
+	if errors.Is(r.res.UpErr, ErrHandedOver) && errors.Is(r.res.DownErr, ErrHandedOver) {
+		r.res.UpErr, r.res.DownErr, r.res.HandedOver = nil, nil, true
+	}
 	return r.res
 }
 
@@ -73,6 +93,13 @@ type relayState struct {
 	// ended counts directions that reached EOF: the second one leaves its
 	// FIN to the caller's Close.
 	ended atomic.Int32
+	// running counts directions still copying (parked ones included);
+	// pause is the current or last pause (handover.go).
+	running atomic.Int32
+	pause   atomic.Pointer[pauseState]
+	// parkedUp and parkedDown are each direction's count when it parked,
+	// written before it reports on the pause's events.
+	parkedUp, parkedDown int64
 }
 
 // abort closes both connections (once) so both directions end.
@@ -96,12 +123,31 @@ type copyHalf struct {
 	r        *relayState
 }
 
-func (c copyHalf) run() (int64, error) {
-	n, bulk, err := c.copySmall()
-	if err == nil && bulk {
+func (c copyHalf) run() (n int64, err error) {
+	defer c.r.exited()
+	bulk := false
+	for {
 		var m int64
-		m, err = io.Copy(c.dst, c.src)
+		switched := false
+		if bulk {
+			m, err = io.Copy(c.dst, c.src)
+		} else {
+			m, bulk, err = c.copySmall()
+			switched = bulk
+		}
 		n += m
+		if err == nil && switched {
+			continue // on to splice
+		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			if resume, paused := c.r.park(n, c.src == c.r.client); paused {
+				if resume {
+					continue
+				}
+				return n, ErrHandedOver
+			}
+		}
+		break
 	}
 	if err != nil {
 		c.r.abort()

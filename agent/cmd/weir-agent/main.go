@@ -30,6 +30,7 @@ func main() {
 func run() int {
 	configPath := flag.String("config", "", "path of the YAML configuration file (empty: built-in defaults)")
 	checkOnly := flag.Bool("check-config", false, "validate the configuration and exit")
+	standby := flag.Bool("standby", false, "run as the hot standby of the agent on the config's socket (same as standby.enabled: true), so one config file serves both")
 	uninstallEBPF := flag.Bool("uninstall-ebpf", false, "remove the eBPF capture pinned under capture.ebpf.pinPath (detaching every program) and exit")
 	flag.Parse()
 
@@ -43,6 +44,9 @@ func run() int {
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
 		return 2
+	}
+	if *standby {
+		cfg.Standby.Enabled = true
 	}
 	if *checkOnly {
 		fmt.Println("configuration ok")
@@ -77,6 +81,9 @@ func run() int {
 				continue
 			}
 			next, err := agent.LoadConfig(*configPath)
+			if *standby {
+				next.Standby.Enabled = true
+			}
 			if err == nil {
 				err = a.Reload(next)
 			}

@@ -21,6 +21,12 @@ app.kubernetes.io/component: agent
 {{- define "weir.adminPort" -}}
 {{ regexFind "[0-9]+$" .Values.agent.admin }}
 {{- end -}}
+{{- define "weir.standbyAdminHost" -}}
+{{ regexReplaceAll ":[0-9]+$" .Values.agent.standby.admin "" | trimPrefix "[" | trimSuffix "]" }}
+{{- end -}}
+{{- define "weir.standbyAdminPort" -}}
+{{ regexFind "[0-9]+$" .Values.agent.standby.admin }}
+{{- end -}}
 
 {{/* weir-cni install flags, the same for the init and the watch container. */}}
 {{- define "weir.installArgs" -}}

@@ -1,0 +1,214 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/proxy/relay"
+)
+
+// Connection hand-over at upgrade. An agent handing over to its successor
+// offers every L4 connection it relays: one that is idle at that instant
+// (nothing in either socket's receive or send queue, both sides) is paused
+// with no byte in the relay's hands (relay.Handle) and its two sockets are
+// given to the successor, which relays them on (Adopt); the rest drain as
+// before and are offered again while the drain lasts, so a connection busy
+// at the first look moves at its next pause. L7 connections are not moved:
+// they drain at a request boundary (Connection: close, GOAWAY).
+
+// HandOff is one paused L4 connection as the successor needs it.
+type HandOff struct {
+	Client, Upstream *net.TCPConn
+	// Workload names the pod (Workload.Name) the connection belongs to.
+	Workload  string
+	Direction Direction
+	// Dst is the original destination; Cluster and Endpoint where it went
+	// (empty for passthrough and inbound).
+	Dst      netip.AddrPort
+	Cluster  string
+	Endpoint netip.AddrPort
+	// Up and Down are the bytes relayed so far each way; Started is when
+	// the connection was accepted (by the first agent that relayed it).
+	Up, Down int64
+	Started  time.Time
+}
+
+// tracked is an L4 connection the engine relays.
+type tracked struct {
+	client, upstream *net.TCPConn
+	w                *Workload
+	dir              Direction
+	dst              netip.AddrPort
+	cluster          string
+	endpoint         netip.AddrPort
+	started          time.Time
+	prior            [2]int64 // bytes relayed by earlier agents (adopted)
+	h                relay.Handle
+}
+
+// l4Set is the engine's set of relayed L4 connections.
+type l4Set struct {
+	mu sync.Mutex
+	m  map[*tracked]struct{}
+}
+
+func (s *l4Set) add(t *tracked) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[*tracked]struct{}{}
+	}
+	s.m[t] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *l4Set) remove(t *tracked) {
+	s.mu.Lock()
+	delete(s.m, t)
+	s.mu.Unlock()
+}
+
+func (s *l4Set) list() []*tracked {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*tracked, 0, len(s.m))
+	for t := range s.m {
+		out = append(out, t)
+	}
+	return out
+}
+
+// HandoverMetrics count what became of L4 connections at a takeover, by
+// path: handed_over (moved to the successor), drained (ended during the
+// drain), cut (closed at the drain deadline), adopted (received from a
+// predecessor).
+type HandoverMetrics struct {
+	total *prometheus.CounterVec
+	// counts mirror the series for the agent's exit log (its metrics
+	// endpoint is gone by then).
+	mu     sync.Mutex
+	counts map[string]int64
+}
+
+// NewHandoverMetrics registers weir_handover_connections_total on reg.
+func NewHandoverMetrics(reg prometheus.Registerer) *HandoverMetrics {
+	m := &HandoverMetrics{total: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "weir_handover_connections_total",
+		Help: "L4 connections at an agent takeover by path: handed_over, drained, cut (sender) and adopted (receiver).",
+	}, []string{"path"})}
+	reg.MustRegister(m.total)
+	return m
+}
+
+func (m *HandoverMetrics) inc(path string) {
+	if m == nil {
+		return
+	}
+	m.total.WithLabelValues(path).Inc()
+	m.mu.Lock()
+	if m.counts == nil {
+		m.counts = map[string]int64{}
+	}
+	m.counts[path]++
+	m.mu.Unlock()
+}
+
+// Counts returns how many connections took each path so far.
+func (m *HandoverMetrics) Counts() map[string]int64 {
+	out := map[string]int64{}
+	if m == nil {
+		return out
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, v := range m.counts {
+		out[k] = v
+	}
+	return out
+}
+
+// HandOver offers the engine's L4 connections to send until none is left
+// or ctx ends, every interval: each idle one is paused and passed to send,
+// then released on success or resumed on error. A send error stops the
+// hand-over (the successor is gone or refused): the rest drain. It returns
+// how many connections were handed over.
+func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func(HandOff) error) (int, error) {
+	e.init()
+	handed := 0
+	for {
+		left := e.l4.list()
+		if len(left) == 0 {
+			return handed, nil
+		}
+		for _, t := range left {
+			if !idle(t.client) || !idle(t.upstream) || !t.h.Pause(100*time.Millisecond) {
+				continue
+			}
+			up, down := t.h.Counts()
+			err := send(HandOff{
+				Client: t.client, Upstream: t.upstream, Workload: t.w.Name, Direction: t.dir,
+				Dst: t.dst, Cluster: t.cluster, Endpoint: t.endpoint,
+				Up: t.prior[0] + up, Down: t.prior[1] + down, Started: t.started,
+			})
+			if err != nil {
+				t.h.Resume()
+				return handed, err
+			}
+			t.h.Release()
+			handed++
+		}
+		select {
+		case <-ctx.Done():
+			return handed, ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+}
+
+// idle reports whether c's socket holds no byte, received or unsent
+// (SIOCINQ and SIOCOUTQ both 0).
+func idle(c *net.TCPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	in, out := -1, -1
+	rc.Control(func(fd uintptr) {
+		in, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		out, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
+	})
+	return in == 0 && out == 0
+}
+
+// Adopt relays a connection a predecessor handed over, as if this engine
+// had accepted it: w is this agent's workload of the same pod.
+func (e *Engine) Adopt(h HandOff, w *Workload) error {
+	e.init()
+	if h.Client == nil || h.Upstream == nil || w == nil {
+		return fmt.Errorf("adopt: incomplete hand-off")
+	}
+	select {
+	case <-e.draining:
+		return fmt.Errorf("adopt: engine is shutting down")
+	default:
+	}
+	t := &tracked{client: h.Client, upstream: h.Upstream, w: w, dir: h.Direction, dst: h.Dst,
+		cluster: h.Cluster, endpoint: h.Endpoint, started: h.Started, prior: [2]int64{h.Up, h.Down}}
+	e.HandoverMetrics.inc("adopted")
+	e.Metrics.accepted(h.Direction)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer e.Metrics.closed(h.Direction)
+		defer h.Client.Close()
+		defer h.Upstream.Close()
+		e.relayTracked(t, nil)
+	}()
+	return nil
+}
