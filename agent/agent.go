@@ -25,6 +25,7 @@ import (
 	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/rpc"
 	"github.com/weir-mesh/weir/proxy/sniff"
 	"github.com/weir-mesh/weir/redirect"
 )
@@ -126,6 +127,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Sniffing:       cfg.sniffing(),
 		SniffMetrics:   sniff.NewMetrics(reg),
 		HTTPMetrics:    l7.NewMetrics(reg),
+		RPCMetrics:     rpc.NewMetrics(reg),
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err

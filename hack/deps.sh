@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(iptables nftables iproute2 containernetworking-plugins nginx libnginx-mod-stream curl
   iperf3 wrk redis-server redis-tools conntrack haproxy procps ca-certificates git make nghttp2-client linux-perf)
 packages+=(clang llvm libbpf-dev) # eBPF objects: hack/bpf-generate.sh
+packages+=(nodejs) # SOFABolt peers (sofa-bolt-node, npm comes with nodejs here): hack/rpc-peers.sh
 
 missing=()
 for p in "${packages[@]}"; do

@@ -26,6 +26,7 @@ import (
 	"github.com/weir-mesh/weir/proxy/origdst"
 	"github.com/weir-mesh/weir/proxy/relay"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/rpc"
 	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
@@ -60,6 +61,9 @@ type Engine struct {
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics
 	HTTPMetrics  *l7.Metrics
+	// RPCMetrics counts Dubbo, SOFABolt and Redis requests and the
+	// heartbeats the agent answers; nil counts nothing.
+	RPCMetrics *rpc.Metrics
 	// AccessLog logs L7 requests; nil logs none.
 	AccessLog *l7.AccessLog
 	// OnDemand, when set, is asked before routing an outbound connection,

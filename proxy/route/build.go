@@ -59,6 +59,9 @@ type Service struct {
 	// TLSRoutes route TLS connections by SNI; none sends them to the
 	// service's own cluster.
 	TLSRoutes []TLSRoute `json:"tlsRoutes,omitempty"`
+	// RPCRoutes route the requests of a dubbo or bolt service by their
+	// attributes; none sends every request to the service's own cluster.
+	RPCRoutes []RPCRoute `json:"rpcRoutes,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -317,7 +320,7 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 			continue
 		}
 		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
-		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 {
+		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
 			s.routes[i] = r
@@ -343,6 +346,16 @@ func (s *Snapshot) compileL7(cfg Config) []error {
 				errs = append(errs, err)
 			}
 			r.TLS = t
+		}
+		if len(svc.RPCRoutes) > 0 {
+			if !svc.Protocol.RPC() {
+				errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo or bolt)", where, svc.Protocol))
+			}
+			t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.RPC = t
 		}
 		s.routes[i] = r
 	}

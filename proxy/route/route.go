@@ -39,6 +39,9 @@ type Route struct {
 	HTTP *HTTPRouter
 	// TLS routes a TLS connection by SNI; nil sends it to Cluster.
 	TLS *TLSRouter
+	// RPC routes each request of a Dubbo or SOFABolt connection by its
+	// attributes; nil sends every request to Cluster.
+	RPC *RPCRouter
 }
 
 // Refused reports whether the route says to refuse the connection.

@@ -28,6 +28,9 @@ type PoolOptions struct {
 	// connection is closed and every request on it gets an error reply
 	// (one stalled server must not hold other clients' replies forever).
 	ResponseTimeout time.Duration
+	// Metrics counts the heartbeats endpoints send on pooled connections;
+	// nil counts nothing.
+	Metrics *Metrics
 }
 
 // ErrResponseTimeout answers the requests of an upstream connection that
@@ -195,23 +198,37 @@ type pending struct {
 	lease  *cluster.Lease
 	slot   *slot
 	p      *Protocol
+	// for metrics
+	start  time.Time
+	method []byte
+	up     *Upstream
 }
 
-// finish answers the request with resp (a response frame's bytes) or,
-// when err is set, with the protocol's error reply, and ends the lease.
-func (pd *pending) finish(resp []byte, err error) {
+// finish answers the request with resp (a response frame) or, when err
+// is set, with the protocol's error reply, and ends the lease.
+func (pd *pending) finish(resp Frame, err error) {
 	if errors.Is(err, errPoolClosed) {
 		pd.lease.Release() // the agent's doing, not the endpoint's
 	} else {
 		pd.lease.Done(err)
 	}
+	status := "error"
+	if err == nil && resp != nil {
+		status = pd.p.status(resp)
+	} else if err == nil {
+		status = "sent" // oneway
+	}
+	pd.up.Metrics.request(pd.p.Name(), pd.up.Service, pd.method, status, pd.start)
 	if pd.slot == nil {
 		return // oneway
 	}
+	var b []byte
 	if err != nil {
-		resp = pd.p.errorReply(pd.req, err)
+		b = pd.p.errorReply(pd.req, err)
+	} else {
+		b = resp.Bytes()
 	}
-	pd.slot.complete(resp, err)
+	pd.slot.complete(b, err)
 }
 
 // upConn is one shared upstream connection: one goroutine writes the
@@ -379,6 +396,7 @@ func (uc *upConn) deliver(f Frame) error {
 	case Response:
 	case Heartbeat:
 		if hb := uc.pool.p.heartbeater; hb != nil {
+			uc.pool.opt.Metrics.heartbeat(uc.pool.p.Name(), Server)
 			// Written by the reader: rare, and ordering with requests does
 			// not matter for a heartbeat reply.
 			_, err := uc.c.Write(hb.HeartbeatReply(f))
@@ -417,7 +435,7 @@ func (uc *upConn) deliver(f Frame) error {
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
-	pd.finish(f.Bytes(), nil)
+	pd.finish(f, nil)
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}

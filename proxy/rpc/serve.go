@@ -17,8 +17,16 @@ import (
 // requests go and how to reach there. The engine fills it once per
 // connection; Serve does not modify it.
 type Upstream struct {
-	// Cluster takes every request; nil answers each with an error reply.
+	// Cluster takes every request Route does not send elsewhere; nil
+	// answers each with an error reply.
 	Cluster *cluster.Cluster
+	// Route, when set, picks the cluster of each request (attribute
+	// routes); nil from it answers the request with ErrNoCluster.
+	Route func(req Frame) *cluster.Cluster
+	// Service names the destination service in metrics.
+	Service string
+	// Metrics counts requests and heartbeats; nil counts nothing.
+	Metrics *Metrics
 	// Dial makes an upstream connection from the pod's network namespace
 	// with the bypass mark.
 	Dial cluster.Dialer
@@ -163,6 +171,7 @@ func (s *session) readLoop() {
 		switch f.Kind() {
 		case Heartbeat:
 			if hb := s.p.heartbeater; hb != nil {
+				s.up.Metrics.heartbeat(s.p.Name(), Client)
 				s.local(hb.HeartbeatReply(f))
 				continue
 			}
@@ -213,12 +222,21 @@ func (s *session) forward(f Frame) {
 		sl = slots.Get().(*slot)
 		s.order <- sl
 	}
+	start := time.Now()
+	var method []byte
+	if s.up.Metrics != nil {
+		method = f.Attr("method")
+	}
 	fail := func(err error) {
+		s.up.Metrics.request(s.p.Name(), s.up.Service, method, "error", start)
 		if sl != nil {
 			sl.complete(s.p.errorReply(f, err), err)
 		}
 	}
 	c := s.up.Cluster
+	if s.up.Route != nil {
+		c = s.up.Route(f)
+	}
 	if c == nil {
 		fail(ErrNoCluster)
 		return
@@ -229,7 +247,7 @@ func (s *session) forward(f Frame) {
 		return
 	}
 	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
-	pd := &pending{req: f, lease: lease, slot: sl, p: s.p}
+	pd := &pending{req: f, lease: lease, slot: sl, p: s.p, start: start, method: method, up: s.up}
 	// A connection that died before taking the request never sent it:
 	// try the endpoint once more on a fresh one.
 	for range 2 {
