@@ -80,26 +80,17 @@ func testDubbo(t *testing.T, mode string) {
 		}
 		return answers
 	}
-	count := func(answers []string, prefix string) int {
-		n := 0
-		for _, a := range answers {
-			if strings.HasPrefix(a, prefix) {
-				n++
-			}
-		}
-		return n
-	}
 
 	// Default group and version: both providers, per request.
 	plain := consume(20)
-	if n1, n2 := count(plain, "p1 /"), count(plain, "p2 /"); n1 == 0 || n2 == 0 || n1+n2 != 20 {
+	if n1, n2 := countPrefix(plain, "p1 /"), countPrefix(plain, "p2 /"); n1 == 0 || n2 == 0 || n1+n2 != 20 {
 		t.Fatalf("20 calls over one connection: p1 %d, p2 %d: %q", n1, n2, plain)
 	}
 	// Group and version routes: every call to the one provider exporting it.
-	if got := consume(10, "-group", "gold", "-version", "1.0"); count(got, "p1 gold/1.0 ") != 10 {
+	if got := consume(10, "-group", "gold", "-version", "1.0"); countPrefix(got, "p1 gold/1.0 ") != 10 {
 		t.Fatalf("gold/1.0 calls: %q", got)
 	}
-	if got := consume(10, "-group", "canary", "-version", "2.0"); count(got, "p2 canary/2.0 ") != 10 {
+	if got := consume(10, "-group", "canary", "-version", "2.0"); countPrefix(got, "p2 canary/2.0 ") != 10 {
 		t.Fatalf("canary/2.0 calls: %q", got)
 	}
 
@@ -136,4 +127,15 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// countPrefix counts the answers that start with prefix.
+func countPrefix(answers []string, prefix string) int {
+	n := 0
+	for _, a := range answers {
+		if strings.HasPrefix(a, prefix) {
+			n++
+		}
+	}
+	return n
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/proxy/rpc"
+	"github.com/weir-mesh/weir/proxy/rpc/bolt"
 	"github.com/weir-mesh/weir/proxy/rpc/dubbo"
 	"github.com/weir-mesh/weir/proxy/rpc/redis"
 	"github.com/weir-mesh/weir/proxy/sniff"
@@ -58,6 +59,7 @@ type pools struct {
 	h2    *h2.Pool
 	redis *rpc.Pool
 	dubbo *rpc.Pool
+	bolt  *rpc.Pool
 }
 
 func (p *pools) get(m *rpc.Metrics) *pools {
@@ -68,6 +70,7 @@ func (p *pools) get(m *rpc.Metrics) *pools {
 		// the client's pipeline forever.
 		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second, Metrics: m})
 		p.dubbo = rpc.NewPool(dubbo.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
+		p.bolt = rpc.NewPool(bolt.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
 	})
 	return p
 }
@@ -86,7 +89,7 @@ func (w *Workload) Close() {
 	if p.h2 != nil {
 		p.h2.Close()
 	}
-	for _, rp := range []*rpc.Pool{p.redis, p.dubbo} {
+	for _, rp := range []*rpc.Pool{p.redis, p.dubbo, p.bolt} {
 		if rp != nil {
 			rp.Close()
 		}
@@ -102,10 +105,15 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 	switch r.Protocol {
 	case route.TCP:
 		return false
-	case route.Dubbo:
+	case route.Dubbo, route.Bolt:
 		// Framed by its own codec from the first byte: bytes that are not
-		// Dubbo close the connection there.
-		e.serveRPC(c, c, w, r, w.pools.get(e.RPCMetrics).dubbo)
+		// the protocol close the connection there.
+		p := w.pools.get(e.RPCMetrics)
+		pool := p.dubbo
+		if r.Protocol == route.Bolt {
+			pool = p.bolt
+		}
+		e.serveRPC(c, c, w, r, pool)
 		return true
 	case route.HTTP, route.HTTP2, route.GRPC, route.TLS, route.Redis:
 		wait = declaredWait

@@ -1,5 +1,5 @@
 // Package rpc is weir's framework for request/response protocols other
-// than HTTP (Redis, Dubbo; SOFABolt and RocketMQ remoting next): a
+// than HTTP (Redis, Dubbo, SOFABolt; RocketMQ remoting next): a
 // protocol is a Codec, the framework does the proxying.
 //
 // A Codec frames a byte stream into Frames: Decode returns one frame and

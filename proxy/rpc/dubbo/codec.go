@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/weir-mesh/weir/proxy/rpc"
 )
@@ -40,6 +41,7 @@ var (
 	_ rpc.Heartbeater = Codec{}
 	_ rpc.Hijacker    = Codec{}
 	_ rpc.GoAwayer    = Codec{}
+	_ rpc.Statuser    = Codec{}
 	_ rpc.Frame       = (*Frame)(nil)
 )
 
@@ -137,4 +139,14 @@ func message(flags, status byte, id uint64, body []byte) []byte {
 	binary.BigEndian.PutUint64(b[4:12], id)
 	binary.BigEndian.PutUint32(b[12:16], uint32(len(body)))
 	return append(b, body...)
+}
+
+// Status is a response's status for metrics: "ok" for 20, else the
+// number.
+func (Codec) Status(resp rpc.Frame) string {
+	f, ok := resp.(*Frame)
+	if !ok || f.Status() == StatusOK {
+		return "ok"
+	}
+	return strconv.Itoa(int(f.Status()))
 }
