@@ -12,8 +12,8 @@
 // provider and which export served each call. The consumer makes -calls
 // calls over one reference and -conns connections (1 by default; dubbo-go's
 // own default is 16) and prints each answer on a line, or with -parallel
-// above 1 (a load generator) only the count and elapsed time; any failed
-// call exits 1.
+// above 1 (a load generator) one line: the calls answered, the elapsed
+// seconds and the p50 and p99 call latency in µs; any failed call exits 1.
 package main
 
 import (
@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -145,6 +146,7 @@ func consume(args []string) error {
 		next int
 		ferr error
 		wg   sync.WaitGroup
+		lat  = make([]time.Duration, 0, *calls)
 	)
 	start := time.Now()
 	for range max(*parallel, 1) {
@@ -160,8 +162,11 @@ func consume(args []string) error {
 				if stop {
 					return
 				}
+				t0 := time.Now()
 				s, err := c.Hello(context.Background(), fmt.Sprintf("call%d", i))
+				took := time.Since(t0)
 				mu.Lock()
+				lat = append(lat, took)
 				if err != nil && ferr == nil {
 					ferr = fmt.Errorf("call %d: %w", i, err)
 				} else if err == nil && *parallel <= 1 {
@@ -173,7 +178,15 @@ func consume(args []string) error {
 	}
 	wg.Wait()
 	if *parallel > 1 {
-		fmt.Printf("calls %d elapsed %s\n", *calls, time.Since(start))
+		elapsed := time.Since(start)
+		slices.Sort(lat)
+		pct := func(q float64) float64 {
+			if len(lat) == 0 {
+				return 0
+			}
+			return float64(lat[min(len(lat)-1, int(q*float64(len(lat))))].Microseconds())
+		}
+		fmt.Printf("calls %d elapsed_s %.3f p50_us %.0f p99_us %.0f\n", len(lat), elapsed.Seconds(), pct(0.5), pct(0.99))
 	}
 	return ferr
 }
