@@ -16,9 +16,18 @@ type Metrics struct {
 
 	mu      sync.Mutex
 	methods map[methodKey]bool // label sets in use, bounded by maxMethods
+	// counters and durations cache the series already made, so a request
+	// costs a map probe, not a label hash.
+	counters  sync.Map // counterKey -> prometheus.Counter
+	durations sync.Map // protocol -> prometheus.Observer
 }
 
 type methodKey struct{ protocol, service, method string }
+
+type counterKey struct {
+	methodKey
+	status string
+}
 
 // maxMethods bounds the distinct (protocol, service, method) label sets:
 // a method name comes from the client, so past the bound new ones count
@@ -52,21 +61,29 @@ func (m *Metrics) request(protocol, service string, method []byte, status string
 	if m == nil {
 		return
 	}
-	k := methodKey{protocol, service, string(method)}
+	k := counterKey{methodKey{protocol, service, string(method)}, status}
 	if k.method == "" {
 		k.method = "none"
 	}
-	m.mu.Lock()
-	if !m.methods[k] {
-		if len(m.methods) < maxMethods {
-			m.methods[k] = true
-		} else {
-			k.method = "other"
+	c, ok := m.counters.Load(k)
+	if !ok {
+		m.mu.Lock()
+		if !m.methods[k.methodKey] {
+			if len(m.methods) < maxMethods {
+				m.methods[k.methodKey] = true
+			} else {
+				k.method = "other"
+			}
 		}
+		m.mu.Unlock()
+		c, _ = m.counters.LoadOrStore(k, m.requests.WithLabelValues(protocol, service, k.method, status))
 	}
-	m.mu.Unlock()
-	m.requests.WithLabelValues(protocol, service, k.method, status).Inc()
-	m.duration.WithLabelValues(protocol).Observe(time.Since(start).Seconds())
+	c.(prometheus.Counter).Inc()
+	d, ok := m.durations.Load(protocol)
+	if !ok {
+		d, _ = m.durations.LoadOrStore(protocol, m.duration.WithLabelValues(protocol))
+	}
+	d.(prometheus.Observer).Observe(time.Since(start).Seconds())
 }
 
 // heartbeat counts one heartbeat answered locally.
