@@ -27,7 +27,9 @@
 // when the protocol has ids (the id is patched back into the response),
 // pipelined and matched first in, first out when it has none. A request
 // goes upstream as its original bytes, only its id patched. Answers go
-// back to each downstream connection in its request order. Errors (no
+// back to each downstream connection as they complete when the protocol
+// has ids (the client matches them; a slow call holds no other), in its
+// request order when it has none. Errors (no
 // cluster, no endpoint, circuit open, connect failure, an upstream
 // connection lost with requests on it) are answered with the Hijacker's
 // error reply; a protocol without one closes the downstream connection.
@@ -44,5 +46,5 @@
 //
 // Not yet: per-request deadlines (PoolOptions.ResponseTimeout bounds a
 // stalled upstream connection), retries (a Redis key must not go to
-// another shard), answers out of request order for protocols with ids.
+// another shard).
 package rpc

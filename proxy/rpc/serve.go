@@ -49,20 +49,40 @@ var (
 	ErrDraining = errors.New("rpc: proxy is draining")
 )
 
-// slot is one request's place in its downstream connection's answer
-// order: the writer sends answers in request order, which is what
-// protocols without ids need (pipelining) and harmless for the others.
+// slot is one request's place in its downstream connection's answers:
+// for protocols without ids the writer sends them in request order, which
+// pipelining needs; for protocols with ids, as they complete.
 type slot struct {
 	ch   chan struct{} // capacity 1: complete never blocks
 	resp []byte
 	err  error
+	// ready, when set, takes the completed slot instead of ch: the
+	// session answers in completion order (protocols with ids).
+	ready chan<- *slot
 }
 
 var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)} }}
 
 func (s *slot) complete(resp []byte, err error) {
 	s.resp, s.err = resp, err
+	if s.ready != nil {
+		s.ready <- s // capacity for every slot a session can have: never blocks
+		return
+	}
 	s.ch <- struct{}{}
+}
+
+// newSlot takes a slot for one of s's requests.
+func (s *session) newSlot() *slot {
+	sl := slots.Get().(*slot)
+	sl.ready = s.ready
+	return sl
+}
+
+// putSlot returns a slot to the pool once its answer is written.
+func putSlot(sl *slot) {
+	sl.resp, sl.err, sl.ready = nil, nil, nil
+	slots.Put(sl)
 }
 
 // maxQueued bounds the requests one downstream connection has in flight;
@@ -79,6 +99,9 @@ type session struct {
 	log   *slog.Logger
 	fr    frameReader
 	order chan *slot
+	// ready receives completed slots when answers go out in completion
+	// order (protocols with ids); nil: in request order.
+	ready chan *slot
 	wdone chan struct{}
 	// set by the reader before it returns
 	pinned Frame
@@ -89,7 +112,8 @@ type session struct {
 // the protocol; it closes down before returning. Each request is
 // balanced on its own (cluster.Pick with the codec's key, else up.Key) and
 // sent on pool's shared connection to the picked endpoint; answers go back
-// in request order. Heartbeats are answered locally when the codec is a
+// as they complete (protocols with ids) or in request order (without).
+// Heartbeats are answered locally when the codec is a
 // Heartbeater. A request the codec's Pinner pins ends multiplexing: that
 // request and everything after it are relayed as bytes to an upstream
 // connection of this downstream connection's own. down may be any
@@ -102,6 +126,12 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.p.IDWidth() > 0 {
+		// A client of a protocol with ids matches answers by id: a slow
+		// call must not hold the answers of the calls after it. Room for
+		// every slot the session can hold (queued plus being waited for).
+		s.ready = make(chan *slot, 2*maxQueued)
 	}
 	s.fr = frameReader{r: down, p: s.p, side: Client}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
@@ -197,7 +227,7 @@ func (s *session) goAway() {
 
 // local queues an answer made by the agent.
 func (s *session) local(b []byte) {
-	sl := slots.Get().(*slot)
+	sl := s.newSlot()
 	s.order <- sl
 	sl.complete(b, nil)
 }
@@ -219,7 +249,7 @@ func (s *session) key(f Frame) uint64 {
 func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
-		sl = slots.Get().(*slot)
+		sl = s.newSlot()
 		s.order <- sl
 	}
 	start := time.Now()
@@ -265,42 +295,94 @@ func (s *session) forward(f Frame) {
 	fail(errGoneAway)
 }
 
-// writeLoop sends answers in request order, batching those that are ready
-// into one write.
+// writeLoop sends answers in request order (or, with ready, in the order
+// they complete), batching those that are ready into one write.
 func (s *session) writeLoop() {
 	defer close(s.wdone)
 	bw := bufio.NewWriterSize(s.down, 32<<10)
-	broken := false
-	for sl := range s.order {
-		select {
-		case <-sl.ch:
-		case <-s.ctx.Done():
-			broken = true
-			continue // the slot may still be completed: not reused
-		}
-		if sl.err != nil && len(sl.resp) == 0 {
-			// No error reply in this protocol: answers would go out of
-			// step, so the connection ends here.
-			broken = true
-			bw.Flush()
-			s.down.Close()
-		}
-		if !broken {
-			_, err := bw.Write(sl.resp)
-			if err == nil && len(s.order) == 0 {
-				err = bw.Flush()
+	w := answerWriter{s: s, bw: bw}
+	if s.ready != nil {
+		w.unordered()
+	} else {
+		for sl := range s.order {
+			select {
+			case <-sl.ch:
+			case <-s.ctx.Done():
+				w.broken = true
+				continue // the slot may still be completed: not reused
 			}
-			if err != nil {
-				broken = true
-				s.down.Close() // wakes the reader
-			}
+			w.write(sl, len(s.order) == 0)
 		}
-		sl.resp, sl.err = nil, nil
-		slots.Put(sl)
 	}
-	if !broken {
+	if !w.broken {
 		bw.Flush()
 	}
+}
+
+// unordered writes answers as they complete. It takes the slots the
+// reader registers from order (at most maxQueued waiting at once, so the
+// reader stays bounded) and returns once order is closed and every slot
+// taken has been answered.
+func (w *answerWriter) unordered() {
+	s := w.s
+	waiting := 0
+	order := s.order
+	for order != nil || waiting > 0 {
+		in := order
+		if waiting >= maxQueued {
+			in = nil // the reader waits on a full order channel
+		}
+		select {
+		case _, ok := <-in:
+			if !ok {
+				order = nil
+				continue
+			}
+			waiting++
+		case sl := <-s.ready:
+			waiting--
+			w.write(sl, len(s.ready) == 0)
+		case <-s.ctx.Done():
+			// Slots may still complete into ready (it has room): not
+			// reused. Drain order so the reader never blocks on it.
+			w.broken = true
+			if order != nil {
+				for range order {
+				}
+			}
+			return
+		}
+	}
+}
+
+// answerWriter writes a session's answers.
+type answerWriter struct {
+	s      *session
+	bw     *bufio.Writer
+	broken bool
+}
+
+// write sends one answer, flushing when flush is set, and recycles its
+// slot. An error with no reply (a protocol without one) ends the
+// connection: later answers would be out of step.
+func (w *answerWriter) write(sl *slot, flush bool) {
+	s := w.s
+	if sl.err != nil && len(sl.resp) == 0 {
+		w.broken = true
+		w.bw.Flush()
+		s.down.Close()
+	}
+	if !w.broken {
+		_, err := w.bw.Write(sl.resp)
+		if err == nil && flush {
+			err = w.bw.Flush()
+		}
+		if err != nil {
+			w.broken = true
+			s.down.Close() // wakes the reader
+		}
+	}
+	putSlot(sl)
 }
 
 // relayPinned moves the connection to an upstream connection of its own,

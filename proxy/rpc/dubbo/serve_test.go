@@ -150,3 +150,40 @@ func TestDrainAnswersInFlight(t *testing.T) {
 		t.Fatalf("%v, want EOF after the drain", err)
 	}
 }
+
+// TestSlowCallDoesNotHoldOthers: answers go back as they complete, so a
+// fast call sent after a slow one on the same client connection is
+// answered first (no head-of-line blocking the protocol does not have).
+func TestSlowCallDoesNotHoldOthers(t *testing.T) {
+	addr, _ := provider(t)
+	c, err := cluster.New(cluster.Config{Name: "p"}, []cluster.Endpoint{{Addr: addr}}, cluster.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := rpc.NewPool(Protocol, rpc.PoolOptions{})
+	defer pool.Close()
+	dial := func(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", a.String())
+		if err != nil {
+			return nil, err
+		}
+		return c.(*net.TCPConn), nil
+	}
+	down, up := net.Pipe()
+	defer down.Close()
+	go rpc.Serve(t.Context(), up, &rpc.Upstream{Cluster: c, Dial: dial}, pool)
+	down.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(down)
+	for _, req := range [][]byte{request(1, reqFlags, "s", "", "slow", "", nil), request(2, reqFlags, "s", "", "fast", "", nil)} {
+		if _, err := down.Write(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"fast", "slow"} {
+		m, err := readMessage(r)
+		if err != nil || string(m[headerLen+1:]) != want {
+			t.Fatalf("want %s's answer, got % x, %v", want, m, err)
+		}
+	}
+}
