@@ -79,6 +79,16 @@ func (s *session) newSlot() *slot {
 	return sl
 }
 
+// register gives a new slot its place among the answers to come: in
+// order, or one of the tokens of answers outstanding.
+func (s *session) register(sl *slot) {
+	if s.tokens != nil {
+		s.tokens <- struct{}{}
+		return
+	}
+	s.order <- sl
+}
+
 // putSlot returns a slot to the pool once its answer is written.
 func putSlot(sl *slot) {
 	sl.resp, sl.err, sl.ready = nil, nil, nil
@@ -100,9 +110,13 @@ type session struct {
 	fr    frameReader
 	order chan *slot
 	// ready receives completed slots when answers go out in completion
-	// order (protocols with ids); nil: in request order.
+	// order (protocols with ids); nil: in request order, through order.
 	ready chan *slot
-	wdone chan struct{}
+	// tokens, with ready, counts the slots not yet answered (at most
+	// maxQueued: the reader waits for room); order then only says, by
+	// closing, that the reader is done.
+	tokens chan struct{}
+	wdone  chan struct{}
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -131,7 +145,8 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 		// A client of a protocol with ids matches answers by id: a slow
 		// call must not hold the answers of the calls after it. Room for
 		// every slot the session can hold (queued plus being waited for).
-		s.ready = make(chan *slot, 2*maxQueued)
+		s.ready = make(chan *slot, maxQueued)
+		s.tokens = make(chan struct{}, maxQueued)
 	}
 	s.fr = frameReader{r: down, p: s.p, side: Client}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
@@ -228,7 +243,7 @@ func (s *session) goAway() {
 // local queues an answer made by the agent.
 func (s *session) local(b []byte) {
 	sl := s.newSlot()
-	s.order <- sl
+	s.register(sl)
 	sl.complete(b, nil)
 }
 
@@ -250,7 +265,7 @@ func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
 		sl = s.newSlot()
-		s.order <- sl
+		s.register(sl)
 	}
 	start := time.Now()
 	var method []byte
@@ -319,35 +334,28 @@ func (s *session) writeLoop() {
 	}
 }
 
-// unordered writes answers as they complete. It takes the slots the
-// reader registers from order (at most maxQueued waiting at once, so the
-// reader stays bounded) and returns once order is closed and every slot
-// taken has been answered.
+// unordered writes answers as they complete, and returns once the
+// reader is done (order closed) and every answer it registered is
+// written. Registering takes no wake-up of the writer: only answers do.
 func (w *answerWriter) unordered() {
 	s := w.s
-	waiting := 0
-	order := s.order
-	for order != nil || waiting > 0 {
-		in := order
-		if waiting >= maxQueued {
-			in = nil // the reader waits on a full order channel
-		}
+	done := s.order
+	for done != nil || len(s.tokens) > 0 {
 		select {
-		case _, ok := <-in:
-			if !ok {
-				order = nil
-				continue
-			}
-			waiting++
 		case sl := <-s.ready:
-			waiting--
 			w.write(sl, len(s.ready) == 0)
+			<-s.tokens
+		case <-done:
+			done = nil
 		case <-s.ctx.Done():
-			// Slots may still complete into ready (it has room): not
-			// reused. Drain order so the reader never blocks on it.
+			// Slots may still complete into ready (it has room for all):
+			// not reused. Free the reader if it waits for a token.
 			w.broken = true
-			if order != nil {
-				for range order {
+			for done != nil {
+				select {
+				case <-s.tokens:
+				case <-done:
+					done = nil
 				}
 			}
 			return
