@@ -26,6 +26,7 @@ import (
 	"github.com/weir-mesh/weir/proxy/http/h2"
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/rpc"
 	"github.com/weir-mesh/weir/proxy/sniff"
 	"github.com/weir-mesh/weir/redirect"
 )
@@ -153,6 +154,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		HTTPMetrics:    l7.NewMetrics(reg),
 
 		HandoverMetrics: proxy.NewHandoverMetrics(reg),
+		RPCMetrics:      rpc.NewMetrics(reg),
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err

@@ -273,8 +273,8 @@ type Service struct {
 	// outlier, circuitBreaker, …); every field has a default.
 	Cluster cluster.Config `json:"cluster"`
 	// Protocol is what the service speaks: auto (default: sniff each
-	// connection), tcp, tls, http, http2 or grpc. A declared protocol
-	// skips the sniffing deadline.
+	// connection), tcp, tls, http, http2, grpc, redis, dubbo or bolt. A
+	// declared protocol skips the sniffing deadline.
 	Protocol string `json:"protocol"`
 	// HTTPRoutes route requests by host, path, method, headers and query
 	// (Gateway API HTTPRoute shape); none sends every request to this
@@ -286,6 +286,10 @@ type Service struct {
 	// RateLimit caps the service's L7 requests on this node (token
 	// bucket); none by default.
 	RateLimit *route.LocalRateLimit `json:"rateLimit"`
+	// RPCRoutes route the requests of a dubbo or bolt service by service,
+	// group, version, method and attachments/headers to other services;
+	// none balances every request over this service's endpoints.
+	RPCRoutes []route.RPCRoute `json:"rpcRoutes"`
 }
 
 // Sniffing configures protocol detection on connections to services whose

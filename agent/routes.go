@@ -41,6 +41,7 @@ func staticRoutes(cfg Config) (route.Config, error) {
 		rc.Services = append(rc.Services, route.Service{
 			Name: s.Name, Addresses: addrs, Cluster: cc, Endpoints: eps,
 			Protocol: proto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RateLimit: s.RateLimit,
+			RPCRoutes: s.RPCRoutes,
 		})
 	}
 	return rc, nil

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(iptables nftables iproute2 containernetworking-plugins nginx libnginx-mod-stream curl
   iperf3 wrk redis-server redis-tools conntrack haproxy procps ca-certificates git make nghttp2-client linux-perf)
 packages+=(clang llvm libbpf-dev) # eBPF objects: hack/bpf-generate.sh
+packages+=(nodejs) # SOFABolt peers (sofa-bolt-node): hack/rpc-peers.sh
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,6 +19,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   # Debian starts these services on install; the tests run their own copies.
   systemctl disable --now nginx redis-server haproxy >/dev/null 2>&1 || true
+fi
+# npm installs sofa-bolt-node; some nodejs builds ship it, Debian's does not.
+if ! command -v npm >/dev/null; then
+  echo "weir: installing npm" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >&2
 fi
 
 # Go: the module wants go1.26. An older go (>= 1.21) fetches the toolchain

@@ -16,6 +16,10 @@ WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
 export WEIR_CNI_PLUGINS_DIR
 WEIR_KUBE_BIN_DIR=${WEIR_KUBE_BIN_DIR:-$(hack/kube-binaries.sh | tail -n1)}
 export WEIR_KUBE_BIN_DIR
+# Real RPC peers: a dubbo-go provider/consumer (tools/dubbo) and
+# sofa-bolt-node from npm.
+WEIR_RPC_PEERS_DIR=${WEIR_RPC_PEERS_DIR:-$(hack/rpc-peers.sh | tail -n1)}
+export WEIR_RPC_PEERS_DIR
 hack/bpf-generate.sh --check
 make build
 go vet ./...

@@ -27,6 +27,7 @@ import (
 	"github.com/weir-mesh/weir/proxy/origdst"
 	"github.com/weir-mesh/weir/proxy/relay"
 	"github.com/weir-mesh/weir/proxy/route"
+	"github.com/weir-mesh/weir/proxy/rpc"
 	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
@@ -64,6 +65,9 @@ type Engine struct {
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics
 	HTTPMetrics  *l7.Metrics
+	// RPCMetrics counts Dubbo, SOFABolt and Redis requests and the
+	// heartbeats the agent answers; nil counts nothing.
+	RPCMetrics *rpc.Metrics
 	// AccessLog logs L7 requests; nil logs none.
 	AccessLog *l7.AccessLog
 	// Tracer gives L7 requests spans; nil: tracing off.

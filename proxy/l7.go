@@ -14,6 +14,8 @@ import (
 	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/proxy/route"
 	"github.com/weir-mesh/weir/proxy/rpc"
+	"github.com/weir-mesh/weir/proxy/rpc/bolt"
+	"github.com/weir-mesh/weir/proxy/rpc/dubbo"
 	"github.com/weir-mesh/weir/proxy/rpc/redis"
 	"github.com/weir-mesh/weir/proxy/sniff"
 )
@@ -56,15 +58,19 @@ type pools struct {
 	h1    *h1.Pool
 	h2    *h2.Pool
 	redis *rpc.Pool
+	dubbo *rpc.Pool
+	bolt  *rpc.Pool
 }
 
-func (p *pools) get(h2opt h2.Options) *pools {
+func (p *pools) get(h2opt h2.Options, m *rpc.Metrics) *pools {
 	p.once.Do(func() {
 		p.h1 = h1.NewPool(h1.Options{})
 		p.h2 = h2.NewPool(h2opt)
 		// A stalled server turns into error replies instead of holding
 		// the client's pipeline forever.
-		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second})
+		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second, Metrics: m})
+		p.dubbo = rpc.NewPool(dubbo.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
+		p.bolt = rpc.NewPool(bolt.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
 	})
 	return p
 }
@@ -83,8 +89,10 @@ func (w *Workload) Close() {
 	if p.h2 != nil {
 		p.h2.Close()
 	}
-	if p.redis != nil {
-		p.redis.Close()
+	for _, rp := range []*rpc.Pool{p.redis, p.dubbo, p.bolt} {
+		if rp != nil {
+			rp.Close()
+		}
 	}
 }
 
@@ -97,6 +105,16 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 	switch r.Protocol {
 	case route.TCP:
 		return false
+	case route.Dubbo, route.Bolt:
+		// Framed by its own codec from the first byte: bytes that are not
+		// the protocol close the connection there.
+		p := w.pools.get(e.HTTP2, e.RPCMetrics)
+		pool := p.dubbo
+		if r.Protocol == route.Bolt {
+			pool = p.bolt
+		}
+		e.serveRPC(c, c, w, r, pool)
+		return true
 	case route.HTTP, route.HTTP2, route.GRPC, route.TLS, route.Redis:
 		wait = declaredWait
 	default:
@@ -120,7 +138,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name, Tracer: e.Tracer,
 			Dial: e.podDialer(w),
 		}
-		p := w.pools.get(e.HTTP2)
+		p := w.pools.get(e.HTTP2, e.RPCMetrics)
 		if res.Protocol == sniff.HTTP1 {
 			h1.Serve(e.ctx, sc, up, p.h1)
 		} else {
@@ -131,10 +149,12 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		if r.Protocol != route.Redis {
 			break // sniffed, not declared: L4 (see route.Redis)
 		}
-		rpc.Serve(e.ctx, sc, &rpc.Upstream{
-			Cluster: r.Cluster, Key: sourceKey(c), Draining: e.draining, Log: e.Log,
-			Dial: e.podDialer(w),
-		}, w.pools.get(e.HTTP2).redis)
+		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).redis)
+		return true
+	case sniff.Dubbo:
+		// Undeclared Dubbo is balanced per request too: its calls carry
+		// no connection state.
+		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).dubbo)
 		return true
 	case sniff.TLS:
 		if r.TLS != nil {
@@ -148,6 +168,27 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 	}
 	e.relayL4(sc.TCP(), sc.Buffered(), l, w, dst, r)
 	return true
+}
+
+// serveRPC hands a connection to the RPC framework: every request is
+// balanced on its own over pool's shared upstream connections, and routed
+// by the service's rpcRoutes when it has some.
+// c is what to serve (a sniffer's replaying connection, or the accepted
+// one, which gives the client's address).
+func (e *Engine) serveRPC(c net.Conn, accepted *net.TCPConn, w *Workload, r route.Route, pool *rpc.Pool) {
+	up := &rpc.Upstream{
+		Cluster: r.Cluster, Key: sourceKey(accepted), Draining: e.draining, Log: e.Log,
+		Dial: e.podDialer(w), Service: r.Service, Metrics: e.RPCMetrics,
+	}
+	if rt := r.RPC; rt != nil {
+		up.Route = func(f rpc.Frame) *cluster.Cluster {
+			if a := rt.Match(f); a != nil {
+				return a.Backend()
+			}
+			return r.Cluster
+		}
+	}
+	rpc.Serve(e.ctx, c, up, pool)
 }
 
 // podDialer makes L7 upstream connections from w's network namespace with

@@ -309,9 +309,10 @@ func clusterConfig(a map[string]string) (cluster.Config, error) {
 
 // PortProtocol is what a Service port declares it speaks: its appProtocol
 // (the standard field: "http", "kubernetes.io/h2c", "grpc", "tls", "tcp",
-// and the "kubernetes.io/ws" family as http), else the name prefix other
-// meshes use ("http-", "http2-", "grpc-", "tls-", "tcp-", or the bare
-// name), else Auto: the agent sniffs.
+// and the "kubernetes.io/ws" family as http; "dubbo", and "bolt" or
+// "sofarpc" for SOFABolt), else the name prefix other meshes use ("http-",
+// "http2-", "grpc-", "tls-", "tcp-", "dubbo-", "bolt-", or the bare name),
+// else Auto: the agent sniffs.
 func PortProtocol(sp corev1.ServicePort) route.Protocol {
 	if sp.AppProtocol != nil {
 		switch strings.ToLower(*sp.AppProtocol) {
@@ -325,6 +326,10 @@ func PortProtocol(sp corev1.ServicePort) route.Protocol {
 			return route.TLS
 		case "tcp":
 			return route.TCP
+		case "dubbo":
+			return route.Dubbo
+		case "bolt", "sofarpc":
+			return route.Bolt
 		}
 		return route.Auto
 	}
@@ -343,6 +348,10 @@ func PortProtocol(sp corev1.ServicePort) route.Protocol {
 		return route.TLS
 	case "tcp", "mysql", "mongo", "redis":
 		return route.TCP
+	case "dubbo":
+		return route.Dubbo
+	case "bolt", "sofarpc":
+		return route.Bolt
 	}
 	return route.Auto
 }

@@ -195,6 +195,10 @@ func TestPortProtocol(t *testing.T) {
 		{corev1.ServicePort{Name: "https"}, route.TLS},
 		{corev1.ServicePort{Name: "httpx"}, route.Auto},
 		{corev1.ServicePort{Name: "web"}, route.Auto},
+		{corev1.ServicePort{Name: "rpc", AppProtocol: ap("dubbo")}, route.Dubbo},
+		{corev1.ServicePort{Name: "dubbo-users"}, route.Dubbo},
+		{corev1.ServicePort{AppProtocol: ap("sofarpc")}, route.Bolt},
+		{corev1.ServicePort{Name: "bolt"}, route.Bolt},
 	} {
 		if got := PortProtocol(tc.sp); got != tc.want {
 			t.Errorf("PortProtocol(%s, %v) = %q, want %q", tc.sp.Name, tc.sp.AppProtocol, got, tc.want)

@@ -1,6 +1,7 @@
 package testworld
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -87,18 +88,7 @@ func PluginDir(t T, specVersion string) string {
 			upstreamDir = d
 			return
 		}
-		root, err := moduleRoot()
-		if err != nil {
-			upstreamErr = err
-			return
-		}
-		out, err := exec.Command(filepath.Join(root, "hack", "cni-plugins.sh")).Output()
-		if err != nil {
-			upstreamErr = err
-			return
-		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		upstreamDir = lines[len(lines)-1]
+		upstreamDir, upstreamErr = runHackDir("cni-plugins.sh")
 	})
 	if upstreamErr != nil {
 		Require(t, false, "upstream CNI plugins v1.7.1 (hack/cni-plugins.sh failed: "+upstreamErr.Error()+")")
@@ -128,4 +118,22 @@ func AgentBuild(t T, ldflags string) string {
 		t.Fatalf("build weir-agent -ldflags %q: %v\n%s", ldflags, err, out)
 	}
 	return filepath.Join(dir, "weir-agent")
+}
+
+// runHackDir runs a cached-build script of hack/ and returns the directory
+// it prints as its last line.
+func runHackDir(script string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.Command(filepath.Join(root, "hack", script))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/%s: %w: %s", script, err, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return lines[len(lines)-1], nil
 }

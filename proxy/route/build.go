@@ -63,6 +63,9 @@ type Service struct {
 	// service's addresses on this node, before any route rule's limit;
 	// nil: none.
 	RateLimit *LocalRateLimit `json:"rateLimit,omitempty"`
+	// RPCRoutes route the requests of a dubbo or bolt service by their
+	// attributes; none sends every request to the service's own cluster.
+	RPCRoutes []RPCRoute `json:"rpcRoutes,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -333,7 +336,7 @@ func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 			bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 			r.RateLimit = lim.bucket(bucketKey{rule: -1, rl: *svc.RateLimit}, bad, fmt.Sprintf("services[%d] (%s).rateLimit", i, svc.Name))
 		}
-		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 {
+		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
 			s.routes[i] = r
@@ -359,6 +362,16 @@ func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 				errs = append(errs, err)
 			}
 			r.TLS = t
+		}
+		if len(svc.RPCRoutes) > 0 {
+			if !svc.Protocol.RPC() {
+				errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo or bolt)", where, svc.Protocol))
+			}
+			t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			r.RPC = t
 		}
 		s.routes[i] = r
 	}

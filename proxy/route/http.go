@@ -30,17 +30,26 @@ const (
 	// the commands of a client over servers that do not share data is
 	// only right for a service built for it (ring_hash or maglev shards).
 	Redis Protocol = "redis"
+	// Dubbo is the Dubbo 2 protocol (proxy/rpc/dubbo), balanced and routed
+	// per request (rpcRoutes).
+	Dubbo Protocol = "dubbo"
+	// Bolt is SOFABolt (proxy/rpc/bolt), balanced and routed per request
+	// (rpcRoutes).
+	Bolt Protocol = "bolt"
 )
+
+// RPC reports the protocols whose requests rpcRoutes route.
+func (p Protocol) RPC() bool { return p == Dubbo || p == Bolt }
 
 // ParseProtocol reads a declared protocol; "auto" and "" are Auto.
 func ParseProtocol(s string) (Protocol, error) {
 	switch p := Protocol(strings.ToLower(s)); p {
 	case "auto", Auto:
 		return Auto, nil
-	case TCP, TLS, HTTP, HTTP2, GRPC, Redis:
+	case TCP, TLS, HTTP, HTTP2, GRPC, Redis, Dubbo, Bolt:
 		return p, nil
 	}
-	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis", s)
+	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis, dubbo, bolt", s)
 }
 
 // IsHTTP reports whether p is one of the HTTP family, so requests are
@@ -379,6 +388,33 @@ type weightedCluster struct {
 	weight uint64
 }
 
+// addBackends resolves refs to clusters and adds them to a's weighted
+// choice, reporting each bad one through bad with where (the rule's path
+// in the config) as its first argument.
+func (a *Action) addBackends(refs []BackendRef, clusterOf func(string) *cluster.Cluster, where string, bad func(string, ...any)) {
+	for bi, b := range refs {
+		var c *cluster.Cluster // nil for an unresolved backend: its share is answered 500
+		if b.Unresolved == "" {
+			if c = clusterOf(b.Service); c == nil {
+				bad("%s.backendRefs[%d].service %q is not a service", where, bi, b.Service)
+				continue
+			}
+		}
+		w := uint64(1)
+		if b.Weight != nil {
+			w = uint64(*b.Weight)
+		}
+		if w > 1_000_000 {
+			bad("%s.backendRefs[%d].weight %d is over 1000000", where, bi, w)
+			continue
+		}
+		if w > 0 {
+			a.backends = append(a.backends, weightedCluster{c: c, weight: w})
+			a.total += w
+		}
+	}
+}
+
 // Backend picks the cluster for one request by weight; nil when the rule
 // has no backend with weight or the pick fell on an unresolved backend
 // (answer 500), or when it redirects.
@@ -639,27 +675,7 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, li
 			if a.Redirect != nil && len(rule.Backends) > 0 {
 				bad("%s has both a requestRedirect filter and backendRefs", rw)
 			}
-			for bi, b := range rule.Backends {
-				var c *cluster.Cluster
-				if b.Unresolved == "" {
-					if c = clusterOf(b.Service); c == nil {
-						bad("%s.backendRefs[%d].service %q is not a service", rw, bi, b.Service)
-						continue
-					}
-				}
-				w := uint64(1)
-				if b.Weight != nil {
-					w = uint64(*b.Weight)
-				}
-				if w > 1_000_000 {
-					bad("%s.backendRefs[%d].weight %d is over 1000000", rw, bi, w)
-					continue
-				}
-				if w > 0 {
-					a.backends = append(a.backends, weightedCluster{c: c, weight: w})
-					a.total += w
-				}
-			}
+			a.addBackends(rule.Backends, clusterOf, rw, bad)
 			matches := rule.Matches
 			if len(matches) == 0 {
 				matches = []HTTPRouteMatch{{}}

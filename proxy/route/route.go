@@ -41,6 +41,9 @@ type Route struct {
 	TLS *TLSRouter
 	// RateLimit is the service's token bucket for L7 requests; nil: none.
 	RateLimit *TokenBucket
+	// RPC routes each request of a Dubbo or SOFABolt connection by its
+	// attributes; nil sends every request to Cluster.
+	RPC *RPCRouter
 }
 
 // Refused reports whether the route says to refuse the connection.

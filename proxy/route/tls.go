@@ -64,21 +64,9 @@ func compileTLS(routes []TLSRoute, clusterOf func(string) *cluster.Cluster, wher
 			name = fmt.Sprintf("tlsRoute%d", ri)
 		}
 		a := &Action{Route: name}
-		for bi, b := range rt.Backends {
-			c := clusterOf(b.Service)
-			if c == nil {
-				bad(".tlsRoutes[%d].backendRefs[%d].service %q is not a service", ri, bi, b.Service)
-				continue
-			}
-			w := uint64(1)
-			if b.Weight != nil {
-				w = uint64(*b.Weight)
-			}
-			if w > 0 {
-				a.backends = append(a.backends, weightedCluster{c: c, weight: w})
-				a.total += w
-			}
-		}
+		a.addBackends(rt.Backends, clusterOf, fmt.Sprintf("%s.tlsRoutes[%d]", where, ri), func(format string, args ...any) {
+			errs = append(errs, fmt.Errorf(format, args...))
+		})
 		if len(rt.Hostnames) == 0 {
 			t.entries = append(t.entries, tlsEntry{action: a, order: len(t.entries)})
 		}

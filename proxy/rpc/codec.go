@@ -111,6 +111,11 @@ type (
 	Pinner interface {
 		Pins(req Frame) bool
 	}
+	// Statuser names a response's status for metrics ("ok", or the
+	// protocol's code); without it every response counts as "ok".
+	Statuser interface {
+		Status(resp Frame) string
+	}
 )
 
 // Protocol is a registered codec with its optional capabilities resolved.
@@ -121,6 +126,7 @@ type Protocol struct {
 	goAwayer    GoAwayer
 	keyer       Keyer
 	pinner      Pinner
+	statuser    Statuser
 	maxFrame    int
 }
 
@@ -145,6 +151,7 @@ func Register(c Codec, maxFrame int) *Protocol {
 	p.goAwayer, _ = c.(GoAwayer)
 	p.keyer, _ = c.(Keyer)
 	p.pinner, _ = c.(Pinner)
+	p.statuser, _ = c.(Statuser)
 	if _, dup := registry.LoadOrStore(c.Name(), p); dup {
 		panic("rpc: protocol " + c.Name() + " registered twice")
 	}
@@ -157,6 +164,14 @@ func Lookup(name string) *Protocol {
 		return v.(*Protocol)
 	}
 	return nil
+}
+
+// status names resp's status for metrics.
+func (p *Protocol) status(resp Frame) string {
+	if p.statuser == nil {
+		return "ok"
+	}
+	return p.statuser.Status(resp)
 }
 
 // MaxFrame is the protocol's frame bound.

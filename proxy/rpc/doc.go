@@ -1,5 +1,5 @@
 // Package rpc is weir's framework for request/response protocols other
-// than HTTP (Redis now; Dubbo, SOFABolt and RocketMQ remoting next): a
+// than HTTP (Redis, Dubbo, SOFABolt; RocketMQ remoting next): a
 // protocol is a Codec, the framework does the proxying.
 //
 // A Codec frames a byte stream into Frames: Decode returns one frame and
@@ -27,7 +27,9 @@
 // when the protocol has ids (the id is patched back into the response),
 // pipelined and matched first in, first out when it has none. A request
 // goes upstream as its original bytes, only its id patched. Answers go
-// back to each downstream connection in its request order. Errors (no
+// back to each downstream connection as they complete when the protocol
+// has ids (the client matches them; a slow call holds no other), in its
+// request order when it has none. Errors (no
 // cluster, no endpoint, circuit open, connect failure, an upstream
 // connection lost with requests on it) are answered with the Hijacker's
 // error reply; a protocol without one closes the downstream connection.
@@ -36,8 +38,13 @@
 // request the Pinner names moves the downstream connection to an upstream
 // connection of its own, relayed as bytes from that request on.
 //
+// Attribute routes: Upstream.Route, when set, picks each request's
+// cluster from its attributes (proxy/route's RPCRouter); otherwise every
+// request goes to Upstream.Cluster. Metrics (weir_rpc_requests_total by
+// protocol, service, method and status; a latency histogram; heartbeats
+// answered) are counted when Upstream.Metrics is set.
+//
 // Not yet: per-request deadlines (PoolOptions.ResponseTimeout bounds a
 // stalled upstream connection), retries (a Redis key must not go to
-// another shard), answers out of request order for protocols with ids,
-// attribute routes (every request goes to Upstream.Cluster).
+// another shard).
 package rpc

@@ -28,6 +28,9 @@ type PoolOptions struct {
 	// connection is closed and every request on it gets an error reply
 	// (one stalled server must not hold other clients' replies forever).
 	ResponseTimeout time.Duration
+	// Metrics counts the heartbeats endpoints send on pooled connections;
+	// nil counts nothing.
+	Metrics *Metrics
 }
 
 // ErrResponseTimeout answers the requests of an upstream connection that
@@ -195,34 +198,52 @@ type pending struct {
 	lease  *cluster.Lease
 	slot   *slot
 	p      *Protocol
+	// for metrics
+	start  time.Time
+	method []byte
+	up     *Upstream
 }
 
-// finish answers the request with resp (a response frame's bytes) or,
-// when err is set, with the protocol's error reply, and ends the lease.
-func (pd *pending) finish(resp []byte, err error) {
+// finish answers the request with resp (a response frame) or, when err
+// is set, with the protocol's error reply, and ends the lease.
+func (pd *pending) finish(resp Frame, err error) {
 	if errors.Is(err, errPoolClosed) {
 		pd.lease.Release() // the agent's doing, not the endpoint's
 	} else {
 		pd.lease.Done(err)
 	}
+	status := "error"
+	if err == nil && resp != nil {
+		status = pd.p.status(resp)
+	} else if err == nil {
+		status = "sent" // oneway
+	}
+	pd.up.Metrics.request(pd.p.Name(), pd.up.Service, pd.method, status, pd.start)
 	if pd.slot == nil {
 		return // oneway
 	}
+	var b []byte
 	if err != nil {
-		resp = pd.p.errorReply(pd.req, err)
+		b = pd.p.errorReply(pd.req, err)
+	} else {
+		b = resp.Bytes()
 	}
-	pd.slot.complete(resp, err)
+	pd.slot.complete(b, err)
 }
 
 // upConn is one shared upstream connection: one goroutine writes the
 // requests queued by every downstream connection, batching them into as
 // few writes as the queue allows, another reads responses.
 type upConn struct {
-	pool      *Pool
-	c         *net.TCPConn
-	addr      netip.AddrPort
-	send      chan *pending
-	inflight  atomic.Int64
+	pool     *Pool
+	c        *net.TCPConn
+	addr     netip.AddrPort
+	send     chan *pending
+	inflight atomic.Int64
+	// wmu is held while a request is registered and written to bw: by the
+	// writer goroutine, or by a sender writing inline.
+	wmu       sync.Mutex
+	bw        *bufio.Writer
 	goingAway atomic.Bool
 
 	mu     sync.Mutex
@@ -235,6 +256,7 @@ type upConn struct {
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 	uc := &upConn{pool: p, c: c, addr: addr, send: make(chan *pending, p.opt.MaxInFlight), stop: make(chan struct{})}
+	uc.bw = bufio.NewWriterSize(c, 32<<10)
 	if p.p.IDWidth() > 0 {
 		uc.byID = map[uint64]*pending{}
 	}
@@ -245,6 +267,12 @@ func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 // connection is already dead.
 func (uc *upConn) enqueue(pd *pending) error {
 	uc.inflight.Add(1)
+	if ok, err := uc.writeInline(pd); ok {
+		if err != nil {
+			uc.inflight.Add(-1) // never sent: the caller may try elsewhere
+		}
+		return err
+	}
 	select {
 	case uc.send <- pd:
 		// The writer may have quit between the two cases: then nobody
@@ -265,9 +293,6 @@ func (uc *upConn) enqueue(pd *pending) error {
 }
 
 func (uc *upConn) writeLoop() {
-	bw := bufio.NewWriterSize(uc.c, 32<<10)
-	p := uc.pool.p
-	mask := p.idMask()
 	for {
 		var pd *pending
 		select {
@@ -276,50 +301,81 @@ func (uc *upConn) writeLoop() {
 			uc.drainSend()
 			return
 		}
-		uc.mu.Lock()
-		if uc.err != nil {
-			uc.mu.Unlock()
-			uc.inflight.Add(-1)
-			pd.finish(nil, uc.err)
-			continue
-		}
-		oneway := pd.req.Kind() == Oneway
-		if oneway {
-			// Nothing to match: sent as it is, done once written.
-		} else if uc.byID != nil {
-			// A fresh id not in use: with ids of a byte or two, skip the
-			// ones still awaiting an answer.
-			for {
-				uc.nextID = (uc.nextID + 1) & mask
-				if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
-					break
-				}
-			}
-			pd.downID = pd.req.ID()
-			pd.req.SetID(uc.nextID)
-			uc.byID[uc.nextID] = pd
-			if len(uc.byID) == 1 {
-				uc.arm()
-			}
-		} else {
-			uc.fifo = append(uc.fifo, pd)
-			if len(uc.fifo) == 1 {
-				uc.arm()
-			}
-		}
-		uc.mu.Unlock()
-		_, err := bw.Write(pd.req.Bytes())
-		if err == nil && len(uc.send) == 0 {
-			err = bw.Flush()
-		}
+		uc.wmu.Lock()
+		err := uc.write(pd, len(uc.send) == 0)
+		uc.wmu.Unlock()
 		if err != nil {
-			uc.fail(err)
-		}
-		if oneway {
 			uc.inflight.Add(-1)
 			pd.finish(nil, err)
 		}
 	}
+}
+
+// writeInline sends pd from the caller's goroutine when nothing is queued
+// and no one is writing, which saves the writer goroutine a wake-up per
+// request. Only for protocols with ids: their requests may reach the
+// server in any order, while a pipelined protocol's must keep the order
+// they were queued in. ok false: the caller queues pd instead.
+func (uc *upConn) writeInline(pd *pending) (ok bool, err error) {
+	if uc.pool.p.IDWidth() == 0 || len(uc.send) > 0 || !uc.wmu.TryLock() {
+		return false, nil
+	}
+	defer uc.wmu.Unlock()
+	if len(uc.send) > 0 {
+		return false, nil // queued meanwhile: keep them in order
+	}
+	return true, uc.write(pd, true)
+}
+
+// write registers pd for its answer and writes it, flushing when flush is
+// set; called with wmu held. It returns the connection's error, without
+// sending, when the connection is already dead; a failed write kills the
+// connection, and pd is answered with the others.
+func (uc *upConn) write(pd *pending, flush bool) error {
+	uc.mu.Lock()
+	if uc.err != nil {
+		err := uc.err
+		uc.mu.Unlock()
+		return err
+	}
+	oneway := pd.req.Kind() == Oneway
+	if oneway {
+		// Nothing to match: sent as it is, done once written.
+	} else if uc.byID != nil {
+		// A fresh id not in use: with ids of a byte or two, skip the
+		// ones still awaiting an answer.
+		mask := uc.pool.p.idMask()
+		for {
+			uc.nextID = (uc.nextID + 1) & mask
+			if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
+				break
+			}
+		}
+		pd.downID = pd.req.ID()
+		pd.req.SetID(uc.nextID)
+		uc.byID[uc.nextID] = pd
+		if len(uc.byID) == 1 {
+			uc.arm()
+		}
+	} else {
+		uc.fifo = append(uc.fifo, pd)
+		if len(uc.fifo) == 1 {
+			uc.arm()
+		}
+	}
+	uc.mu.Unlock()
+	_, err := uc.bw.Write(pd.req.Bytes())
+	if err == nil && flush {
+		err = uc.bw.Flush()
+	}
+	if err != nil {
+		uc.fail(err)
+	}
+	if oneway {
+		uc.inflight.Add(-1)
+		pd.finish(nil, err)
+	}
+	return nil
 }
 
 // drainSend fails the requests still queued after the connection died.
@@ -379,6 +435,7 @@ func (uc *upConn) deliver(f Frame) error {
 	case Response:
 	case Heartbeat:
 		if hb := uc.pool.p.heartbeater; hb != nil {
+			uc.pool.opt.Metrics.heartbeat(uc.pool.p.Name(), Server)
 			// Written by the reader: rare, and ordering with requests does
 			// not matter for a heartbeat reply.
 			_, err := uc.c.Write(hb.HeartbeatReply(f))
@@ -417,7 +474,7 @@ func (uc *upConn) deliver(f Frame) error {
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
-	pd.finish(f.Bytes(), nil)
+	pd.finish(f, nil)
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}

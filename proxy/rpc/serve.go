@@ -17,8 +17,16 @@ import (
 // requests go and how to reach there. The engine fills it once per
 // connection; Serve does not modify it.
 type Upstream struct {
-	// Cluster takes every request; nil answers each with an error reply.
+	// Cluster takes every request Route does not send elsewhere; nil
+	// answers each with an error reply.
 	Cluster *cluster.Cluster
+	// Route, when set, picks the cluster of each request (attribute
+	// routes); nil from it answers the request with ErrNoCluster.
+	Route func(req Frame) *cluster.Cluster
+	// Service names the destination service in metrics.
+	Service string
+	// Metrics counts requests and heartbeats; nil counts nothing.
+	Metrics *Metrics
 	// Dial makes an upstream connection from the pod's network namespace
 	// with the bypass mark.
 	Dial cluster.Dialer
@@ -41,20 +49,50 @@ var (
 	ErrDraining = errors.New("rpc: proxy is draining")
 )
 
-// slot is one request's place in its downstream connection's answer
-// order: the writer sends answers in request order, which is what
-// protocols without ids need (pipelining) and harmless for the others.
+// slot is one request's place in its downstream connection's answers:
+// for protocols without ids the writer sends them in request order, which
+// pipelining needs; for protocols with ids, as they complete.
 type slot struct {
 	ch   chan struct{} // capacity 1: complete never blocks
 	resp []byte
 	err  error
+	// ready, when set, takes the completed slot instead of ch: the
+	// session answers in completion order (protocols with ids).
+	ready chan<- *slot
 }
 
 var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)} }}
 
 func (s *slot) complete(resp []byte, err error) {
 	s.resp, s.err = resp, err
+	if s.ready != nil {
+		s.ready <- s // capacity for every slot a session can have: never blocks
+		return
+	}
 	s.ch <- struct{}{}
+}
+
+// newSlot takes a slot for one of s's requests.
+func (s *session) newSlot() *slot {
+	sl := slots.Get().(*slot)
+	sl.ready = s.ready
+	return sl
+}
+
+// register gives a new slot its place among the answers to come: in
+// order, or one of the tokens of answers outstanding.
+func (s *session) register(sl *slot) {
+	if s.tokens != nil {
+		s.tokens <- struct{}{}
+		return
+	}
+	s.order <- sl
+}
+
+// putSlot returns a slot to the pool once its answer is written.
+func putSlot(sl *slot) {
+	sl.resp, sl.err, sl.ready = nil, nil, nil
+	slots.Put(sl)
 }
 
 // maxQueued bounds the requests one downstream connection has in flight;
@@ -71,7 +109,14 @@ type session struct {
 	log   *slog.Logger
 	fr    frameReader
 	order chan *slot
-	wdone chan struct{}
+	// ready receives completed slots when answers go out in completion
+	// order (protocols with ids); nil: in request order, through order.
+	ready chan *slot
+	// tokens, with ready, counts the slots not yet answered (at most
+	// maxQueued: the reader waits for room); order then only says, by
+	// closing, that the reader is done.
+	tokens chan struct{}
+	wdone  chan struct{}
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -81,7 +126,8 @@ type session struct {
 // the protocol; it closes down before returning. Each request is
 // balanced on its own (cluster.Pick with the codec's key, else up.Key) and
 // sent on pool's shared connection to the picked endpoint; answers go back
-// in request order. Heartbeats are answered locally when the codec is a
+// as they complete (protocols with ids) or in request order (without).
+// Heartbeats are answered locally when the codec is a
 // Heartbeater. A request the codec's Pinner pins ends multiplexing: that
 // request and everything after it are relayed as bytes to an upstream
 // connection of this downstream connection's own. down may be any
@@ -94,6 +140,13 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	if s.p.IDWidth() > 0 {
+		// A client of a protocol with ids matches answers by id: a slow
+		// call must not hold the answers of the calls after it. Room for
+		// every slot the session can hold (queued plus being waited for).
+		s.ready = make(chan *slot, maxQueued)
+		s.tokens = make(chan struct{}, maxQueued)
 	}
 	s.fr = frameReader{r: down, p: s.p, side: Client}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
@@ -163,6 +216,7 @@ func (s *session) readLoop() {
 		switch f.Kind() {
 		case Heartbeat:
 			if hb := s.p.heartbeater; hb != nil {
+				s.up.Metrics.heartbeat(s.p.Name(), Client)
 				s.local(hb.HeartbeatReply(f))
 				continue
 			}
@@ -188,8 +242,8 @@ func (s *session) goAway() {
 
 // local queues an answer made by the agent.
 func (s *session) local(b []byte) {
-	sl := slots.Get().(*slot)
-	s.order <- sl
+	sl := s.newSlot()
+	s.register(sl)
 	sl.complete(b, nil)
 }
 
@@ -210,15 +264,24 @@ func (s *session) key(f Frame) uint64 {
 func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
-		sl = slots.Get().(*slot)
-		s.order <- sl
+		sl = s.newSlot()
+		s.register(sl)
+	}
+	start := time.Now()
+	var method []byte
+	if s.up.Metrics != nil {
+		method = f.Attr("method")
 	}
 	fail := func(err error) {
+		s.up.Metrics.request(s.p.Name(), s.up.Service, method, "error", start)
 		if sl != nil {
 			sl.complete(s.p.errorReply(f, err), err)
 		}
 	}
 	c := s.up.Cluster
+	if s.up.Route != nil {
+		c = s.up.Route(f)
+	}
 	if c == nil {
 		fail(ErrNoCluster)
 		return
@@ -229,7 +292,7 @@ func (s *session) forward(f Frame) {
 		return
 	}
 	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
-	pd := &pending{req: f, lease: lease, slot: sl, p: s.p}
+	pd := &pending{req: f, lease: lease, slot: sl, p: s.p, start: start, method: method, up: s.up}
 	// A connection that died before taking the request never sent it:
 	// try the endpoint once more on a fresh one.
 	for range 2 {
@@ -247,42 +310,87 @@ func (s *session) forward(f Frame) {
 	fail(errGoneAway)
 }
 
-// writeLoop sends answers in request order, batching those that are ready
-// into one write.
+// writeLoop sends answers in request order (or, with ready, in the order
+// they complete), batching those that are ready into one write.
 func (s *session) writeLoop() {
 	defer close(s.wdone)
 	bw := bufio.NewWriterSize(s.down, 32<<10)
-	broken := false
-	for sl := range s.order {
-		select {
-		case <-sl.ch:
-		case <-s.ctx.Done():
-			broken = true
-			continue // the slot may still be completed: not reused
-		}
-		if sl.err != nil && len(sl.resp) == 0 {
-			// No error reply in this protocol: answers would go out of
-			// step, so the connection ends here.
-			broken = true
-			bw.Flush()
-			s.down.Close()
-		}
-		if !broken {
-			_, err := bw.Write(sl.resp)
-			if err == nil && len(s.order) == 0 {
-				err = bw.Flush()
+	w := answerWriter{s: s, bw: bw}
+	if s.ready != nil {
+		w.unordered()
+	} else {
+		for sl := range s.order {
+			select {
+			case <-sl.ch:
+			case <-s.ctx.Done():
+				w.broken = true
+				continue // the slot may still be completed: not reused
 			}
-			if err != nil {
-				broken = true
-				s.down.Close() // wakes the reader
-			}
+			w.write(sl, len(s.order) == 0)
 		}
-		sl.resp, sl.err = nil, nil
-		slots.Put(sl)
 	}
-	if !broken {
+	if !w.broken {
 		bw.Flush()
 	}
+}
+
+// unordered writes answers as they complete, and returns once the
+// reader is done (order closed) and every answer it registered is
+// written. Registering takes no wake-up of the writer: only answers do.
+func (w *answerWriter) unordered() {
+	s := w.s
+	done := s.order
+	for done != nil || len(s.tokens) > 0 {
+		select {
+		case sl := <-s.ready:
+			w.write(sl, len(s.ready) == 0)
+			<-s.tokens
+		case <-done:
+			done = nil
+		case <-s.ctx.Done():
+			// Slots may still complete into ready (it has room for all):
+			// not reused. Free the reader if it waits for a token.
+			w.broken = true
+			for done != nil {
+				select {
+				case <-s.tokens:
+				case <-done:
+					done = nil
+				}
+			}
+			return
+		}
+	}
+}
+
+// answerWriter writes a session's answers.
+type answerWriter struct {
+	s      *session
+	bw     *bufio.Writer
+	broken bool
+}
+
+// write sends one answer, flushing when flush is set, and recycles its
+// slot. An error with no reply (a protocol without one) ends the
+// connection: later answers would be out of step.
+func (w *answerWriter) write(sl *slot, flush bool) {
+	s := w.s
+	if sl.err != nil && len(sl.resp) == 0 {
+		w.broken = true
+		w.bw.Flush()
+		s.down.Close()
+	}
+	if !w.broken {
+		_, err := w.bw.Write(sl.resp)
+		if err == nil && flush {
+			err = w.bw.Flush()
+		}
+		if err != nil {
+			w.broken = true
+			s.down.Close() // wakes the reader
+		}
+	}
+	putSlot(sl)
 }
 
 // relayPinned moves the connection to an upstream connection of its own,

@@ -8,7 +8,8 @@
 //  2. HTTP2: the prior-knowledge preface "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 //  3. HTTP1: a request line "METHOD SP target SP HTTP/1.x CRLF";
 //  4. Redis: a RESP command "*<count> CRLF $<digit>" ("*" is a token byte,
-//     so after HTTP1).
+//     so after HTTP1);
+//  5. Dubbo: a Dubbo 2 request header, magic 0xda 0xbb and a request flag.
 //
 // A matcher is a plain function of the bytes so far with three answers:
 // match, no match, or need more. A matcher is asked only after every one
@@ -17,7 +18,7 @@
 // binary protocol is known after its first read, not at the deadline.
 // Matchers check every magic byte and length as it arrives.
 //
-// The outcomes are a Protocol: TLS, HTTP2, HTTP1 or Redis when one matched;
+// The outcomes are a Protocol: TLS, HTTP2, HTTP1, Redis or Dubbo when one matched;
 // Unknown when bytes arrived and nothing matched (also at a cap, or when
 // the client closed its side first); Timeout when the client sent nothing,
 // or not enough to decide, before the deadline; Skipped when the caller set

@@ -51,6 +51,7 @@ var matchers = [...]struct {
 	{HTTP2, matchHTTP2}, // "PRI * HTTP/2.0…": shaped like a request line, so before HTTP1
 	{HTTP1, matchHTTP1}, // token SP target SP "HTTP/1.x" CRLF
 	{Redis, matchRedis}, // "*" count CRLF "$" digit: "*" is a token byte, so after HTTP1
+	{Dubbo, matchDubbo}, // 0xda 0xbb, a request flag byte
 }
 
 // decide runs the matchers in order over b. It returns the result and

@@ -76,7 +76,10 @@ func samples(t testing.TB) []sample {
 		unknown("redis/bare-lf", "*1\n$4\r\nPING\r\n", 3),
 		http1("redis/star-token-is-http1", "*1 / HTTP/1.1\r\n", "*1"),
 		unknown("redis/inline", "PING\r\n", 5),
-		unknown("binary/dubbo", "\xda\xbb\xc2\x00\x00\x00\x00\x00", 1),
+		{"dubbo/request", []byte("\xda\xbb\xc2\x00\x00\x00\x00\x00"), 3, Result{Protocol: Dubbo}},
+		unknown("dubbo/response", "\xda\xbb\x02\x14", 3),
+		unknown("dubbo/no-serialization", "\xda\xbb\xc0", 3),
+		unknown("binary/da-not-bb", "\xda\x00\xc2", 2),
 		unknown("binary/postgres-sslrequest", "\x00\x00\x00\x08\x04\xd2\x16\x2f", 1),
 		unknown("binary/tls-alert", "\x15\x03\x03\x00\x02\x02\x28", 1),
 		unknown("binary/sslv2-hello", "\x80\x2e\x01\x00\x02\x00\x15", 1),
@@ -188,7 +191,7 @@ func TestOrderIsDocumented(t *testing.T) {
 	for _, m := range matchers {
 		got = append(got, m.proto)
 	}
-	if want := []Protocol{TLS, HTTP2, HTTP1, Redis}; !slices.Equal(got, want) {
+	if want := []Protocol{TLS, HTTP2, HTTP1, Redis, Dubbo}; !slices.Equal(got, want) {
 		t.Fatalf("matcher order %v, want %v", got, want)
 	}
 }

@@ -30,6 +30,8 @@ const (
 	// Redis: a RESP command, "*<count>\r\n$<length>" (inline commands are
 	// not recognised).
 	Redis
+	// Dubbo: a Dubbo 2 request header (magic 0xda 0xbb, request flag).
+	Dubbo
 
 	numProtocols
 )
@@ -44,6 +46,7 @@ var protocolNames = [numProtocols]string{
 	HTTP2:   "http2",
 	HTTP1:   "http1",
 	Redis:   "redis",
+	Dubbo:   "dubbo",
 }
 
 // String is the lower-case name used in logs and as the result label of
