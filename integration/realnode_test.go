@@ -306,10 +306,11 @@ func (r *realNode) rollingUpdate(t *testing.T) {
 	}
 	time.Sleep(3 * time.Second)
 	began := time.Now()
+	t.Logf("rollout starts at %s", began.UTC().Format("15:04:05.000"))
 	r.Kubectl(t, "-n", "weir-system", "set", "image", "daemonset/weir-agent",
 		"install-cni="+nodeworld.WeirImageNext, "agent="+nodeworld.WeirImageNext, "cni-watch="+nodeworld.WeirImageNext)
 	r.Kubectl(t, "-n", "weir-system", "rollout", "status", "daemonset/weir-agent", "--timeout=50s")
-	t.Logf("rollout finished in %v", time.Since(began).Round(time.Millisecond))
+	t.Logf("rollout finished in %v, at %s", time.Since(began).Round(time.Millisecond), time.Now().UTC().Format("15:04:05.000"))
 	var res result
 	waitUntil(t, 90*time.Second, "the load's result", func() error {
 		code, body, err := r.Get(base+"/result", 5*time.Second)

@@ -590,6 +590,16 @@ func (n *Node) dumpLogs(t *testing.T) {
 		}
 		t.Logf("---- %s log (end) ----\n%s", name, b)
 	}
+	// The weir pods' own logs, as kubelet wrote them.
+	logs, _ := filepath.Glob(filepath.Join(n.Dir, "var-log", "pods", "weir-system_*", "*", "*.log"))
+	for _, l := range logs {
+		if b, err := os.ReadFile(l); err == nil {
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			t.Logf("---- %s (end) ----\n%s", strings.TrimPrefix(l, n.Dir), b)
+		}
+	}
 	if b, err := os.ReadFile(filepath.Join(n.Dir, "var-log", "weir-cni.log")); err == nil {
 		if len(b) > 4000 {
 			b = b[len(b)-4000:]
