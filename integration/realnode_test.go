@@ -301,7 +301,7 @@ func (r *realNode) rollingUpdate(t *testing.T) {
 		Errors []string `json:"errors"`
 	}
 	base := "http://" + r.client.Status.PodIP + ":8080/load"
-	if code, body, err := r.Get(base+"?conns=4&for=60s&url=http://"+r.clusterIP+"/", 10*time.Second); err != nil || code != 202 {
+	if code, body, err := r.Get(base+"?conns=4&for=100s&url=http://"+r.clusterIP+"/", 10*time.Second); err != nil || code != 202 {
 		t.Fatalf("start load: HTTP %d %v %s", code, err, body)
 	}
 	time.Sleep(3 * time.Second)
@@ -309,10 +309,14 @@ func (r *realNode) rollingUpdate(t *testing.T) {
 	t.Logf("rollout starts at %s", began.UTC().Format("15:04:05.000"))
 	r.Kubectl(t, "-n", "weir-system", "set", "image", "daemonset/weir-agent",
 		"install-cni="+nodeworld.WeirImageNext, "agent="+nodeworld.WeirImageNext, "cni-watch="+nodeworld.WeirImageNext)
-	r.Kubectl(t, "-n", "weir-system", "rollout", "status", "daemonset/weir-agent", "--timeout=50s")
+	r.Kubectl(t, "-n", "weir-system", "rollout", "status", "daemonset/weir-agent", "--timeout=90s")
 	t.Logf("rollout finished in %v, at %s", time.Since(began).Round(time.Millisecond), time.Now().UTC().Format("15:04:05.000"))
+	// The load must have covered the whole rollout, old pod's exit included.
+	if code, _, err := r.Get(base+"/result", 5*time.Second); err != nil || code != 202 {
+		t.Fatalf("the load ended before the rollout did (result: HTTP %d %v): nothing was measured across it", code, err)
+	}
 	var res result
-	waitUntil(t, 90*time.Second, "the load's result", func() error {
+	waitUntil(t, 2*time.Minute, "the load's result", func() error {
 		code, body, err := r.Get(base+"/result", 5*time.Second)
 		if err != nil || code != 200 {
 			return fmt.Errorf("HTTP %d %v", code, err)

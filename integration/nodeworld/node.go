@@ -188,6 +188,9 @@ func (n *Node) Kubectl(t testing.TB, args ...string) string {
 	return n.Kube.Kubectl(t, args...)
 }
 
+// nodesLock is held shared by every running node of this machine.
+const nodesLock = "/tmp/weir-nodeworld.lock"
+
 // mountBinds are the host paths the node sees as directories of its own
 // (relative to Dir). Every component and the shipped manifest's hostPaths
 // use these paths; on the host they stay untouched.
@@ -224,7 +227,24 @@ func (n *Node) startMountNamespace(t *testing.T) string {
 		created = append(created, made...)
 		fmt.Fprintf(&script, "mount --bind %s %s\n", local, b.host)
 	}
+	// Removing a directory that is a mount point in another mount namespace
+	// detaches that mount there (Linux ≥ 3.18): with two nodes on one
+	// machine (two test binaries), the first to finish would pull the
+	// second's /run/weir from under it. Every node holds a shared lock; only
+	// one that finds itself alone removes the mount points it created.
+	lock, err := os.OpenFile(nodesLock, os.O_CREATE|os.O_RDONLY, 0o644)
+	if err != nil {
+		t.Fatalf("nodeworld lock: %v", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH); err != nil {
+		t.Fatalf("nodeworld lock %s: %v", nodesLock, err)
+	}
 	t.Cleanup(func() {
+		defer lock.Close()
+		if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			t.Logf("another node runs on this machine: leaving the mount points %v to it", created)
+			return
+		}
 		for i := len(created) - 1; i >= 0; i-- {
 			if err := os.Remove(created[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("remove mount point %s the node created: %v", created[i], err)

@@ -8,7 +8,7 @@
 //	                             answer, or 502 with the error
 //	    GET /load?url=U&for=D&conns=C
 //	                             starts GETting U over C connections for D
-//	                             (at most 60 s and 200,000 requests) and
+//	                             (at most 120 s and 1,000,000 requests) and
 //	                             answers 202 at once
 //	    GET /load/result         202 while the load runs, then JSON
 //	                             {"ok":N,"failed":M,"errors":[…]}
@@ -80,8 +80,8 @@ func pause() {
 }
 
 const (
-	maxLoadFor      = 60 * time.Second
-	maxLoadRequests = 200_000
+	maxLoadFor      = 120 * time.Second
+	maxLoadRequests = 1_000_000
 	requestTimeout  = 3 * time.Second
 )
 
@@ -106,7 +106,7 @@ func serve(addr string) error {
 		q := r.URL.Query()
 		d, err := time.ParseDuration(q.Get("for"))
 		if err != nil || d <= 0 || d > maxLoadFor {
-			http.Error(w, "for: a duration in (0, 60s]", http.StatusBadRequest)
+			http.Error(w, "for: a duration in (0, 120s]", http.StatusBadRequest)
 			return
 		}
 		conns, err := strconv.Atoi(q.Get("conns"))
