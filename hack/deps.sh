@@ -7,6 +7,7 @@ packages=(iptables nftables iproute2 containernetworking-plugins nginx libnginx-
   iperf3 wrk redis-server redis-tools conntrack haproxy procps ca-certificates git make nghttp2-client linux-perf)
 packages+=(clang llvm libbpf-dev) # eBPF objects: hack/bpf-generate.sh
 packages+=(nodejs) # SOFABolt peers (sofa-bolt-node): hack/rpc-peers.sh
+packages+=(containerd runc)          # the real node of integration/nodeworld
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,7 +19,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
   # Debian starts these services on install; the tests run their own copies.
-  systemctl disable --now nginx redis-server haproxy >/dev/null 2>&1 || true
+  # containerd too: nodeworld runs its own, with its own socket and dirs.
+  systemctl disable --now nginx redis-server haproxy containerd >/dev/null 2>&1 || true
 fi
 # npm installs sofa-bolt-node; some nodejs builds ship it, Debian's does not.
 if ! command -v npm >/dev/null; then

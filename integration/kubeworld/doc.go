@@ -24,6 +24,11 @@
 // Without [Main], [Start] gives each test a private world (several seconds
 // each, and about 300 MB of memory while it runs).
 //
+// [StartWith] places a private world elsewhere ([Options]: a command
+// wrapper such as nsenter, an address, a dialer, the authorization mode):
+// integration/nodeworld runs it inside a real node's netns, beside a kubelet
+// that authenticates with a certificate from [World.WriteKubeconfig].
+//
 // The binaries are found through WEIR_KUBE_BIN_DIR or, when that is unset, by
 // running hack/kube-binaries.sh (a cold build takes minutes; later runs reuse
 // its cache). When they cannot be had the test is skipped, or fails when

@@ -353,7 +353,8 @@ func (w *World) ServiceAccountClient(t testing.TB, ns, name string) (kubernetes.
 // exit fails the test with that output.
 func (w *World) Kubectl(t testing.TB, args ...string) string {
 	t.Helper()
-	cmd := exec.CommandContext(Context(t), w.BinDir+"/kubectl", append([]string{"--kubeconfig=" + w.Kubeconfig}, args...)...)
+	argv := append(append([]string(nil), w.opts.Wrap...), w.BinDir+"/kubectl", "--kubeconfig="+w.Kubeconfig)
+	cmd := exec.CommandContext(Context(t), argv[0], append(argv[1:], args...)...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("kubectl %v: %v\n%s", args, err, out)

@@ -27,6 +27,8 @@ const (
 // every start so nothing secret is ever committed or shared between runs.
 type pki struct {
 	caCert, caKey           []byte // PEM: the CA that signs serving and client certs
+	ca                      *x509.Certificate
+	caSigner                *ecdsa.PrivateKey
 	servingCert, servingKey []byte // PEM: kube-apiserver's TLS identity
 	adminCert, adminKey     []byte // PEM: the harness's client certificate
 	saKey, saPub            []byte // PEM: the ServiceAccount token signing pair
@@ -36,7 +38,7 @@ type pki struct {
 // in-cluster names of the apiserver, an admin client certificate and a
 // ServiceAccount signing key. All keys are ECDSA P-256: fast to generate and
 // accepted by every consumer (TLS, client-go, the token signer).
-func newPKI() (*pki, error) {
+func newPKI(servingIPs []net.IP) (*pki, error) {
 	now := time.Now()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -60,7 +62,7 @@ func newPKI() (*pki, error) {
 		return nil, fmt.Errorf("parse CA: %w", err)
 	}
 
-	p := &pki{caCert: pemBlock("CERTIFICATE", caDER)}
+	p := &pki{caCert: pemBlock("CERTIFICATE", caDER), ca: ca, caSigner: caKey}
 	if p.caKey, err = ecKeyPEM(caKey); err != nil {
 		return nil, err
 	}
@@ -72,7 +74,7 @@ func newPKI() (*pki, error) {
 		NotAfter:     now.Add(7 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, servingIPs...),
 		DNSNames: []string{"localhost", "kubernetes", "kubernetes.default",
 			"kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
 	}
@@ -107,6 +109,26 @@ func newPKI() (*pki, error) {
 	return p, nil
 }
 
+// clientCert issues a client certificate for user in groups, signed by the
+// world's CA, for a component (kubelet, a controller) that authenticates the
+// way a real cluster's would.
+func (p *pki) clientCert(user string, groups []string) (certPEM, keyPEM []byte, err error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, nil, fmt.Errorf("serial for %s: %w", user, err)
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: user, Organization: groups},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(7 * 24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	return issue(tmpl, p.ca, p.caSigner)
+}
+
 // issue creates a fresh key and a certificate for it signed by the CA.
 func issue(tmpl, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -138,7 +160,7 @@ func pemBlock(typ string, der []byte) []byte {
 
 // pkiFiles are the paths kube-apiserver reads its key material from.
 type pkiFiles struct {
-	caCert, servingCert, servingKey, saKey, saPub string
+	caCert, servingCert, servingKey, saKey, saPub, adminCert, adminKey string
 }
 
 // write stores the material the apiserver needs under dir, private keys
@@ -150,6 +172,8 @@ func (p *pki) write(dir string) (pkiFiles, error) {
 		servingKey:  filepath.Join(dir, "apiserver.key"),
 		saKey:       filepath.Join(dir, "sa.key"),
 		saPub:       filepath.Join(dir, "sa.pub"),
+		adminCert:   filepath.Join(dir, "admin.crt"),
+		adminKey:    filepath.Join(dir, "admin.key"),
 	}
 	for _, w := range []struct {
 		path string
@@ -160,6 +184,8 @@ func (p *pki) write(dir string) (pkiFiles, error) {
 		{f.servingKey, p.servingKey},
 		{f.saKey, p.saKey},
 		{f.saPub, p.saPub},
+		{f.adminCert, p.adminCert},
+		{f.adminKey, p.adminKey},
 	} {
 		if err := os.WriteFile(w.path, w.data, 0o600); err != nil {
 			return pkiFiles{}, fmt.Errorf("write %s: %w", w.path, err)

@@ -56,6 +56,9 @@ type World struct {
 	Host string
 
 	dir       string
+	opts      Options
+	creds     *pki
+	files     pkiFiles
 	etcd      *process
 	apiserver *process
 	stopOnce  sync.Once
@@ -122,10 +125,49 @@ func failStart(t testing.TB, err error) {
 	t.Fatalf("start Kubernetes world: %v", err)
 }
 
+// Options place a world somewhere other than the test process's loopback:
+// nodeworld runs the control plane inside a node's network namespace, where
+// a kubelet on the same node reaches it. The zero value is the default
+// world on 127.0.0.1.
+type Options struct {
+	// Wrap is put before every command the world starts (for example
+	// nsenter into a node's namespaces); nsenter execs the program, so the
+	// process the world tracks and kills is the program itself.
+	Wrap []string
+	// Address is the IPv4 address etcd and kube-apiserver bind and the
+	// apiserver advertises; empty means 127.0.0.1. Any other address also
+	// gets the endpoint reconciler back, so the "kubernetes" Service has a
+	// real endpoint.
+	Address string
+	// Dial reaches Address from the test process; nil dials directly.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// AuthorizationMode replaces "RBAC" (e.g. "Node,RBAC" once kubelets
+	// authenticate as nodes).
+	AuthorizationMode string
+	// APIServerArgs are appended to kube-apiserver's flags.
+	APIServerArgs []string
+}
+
+// StartWith starts a private world placed by opts, stopped when t ends. It
+// skips the test (fails it under CI=true) when the binaries cannot be had.
+func StartWith(t testing.TB, opts Options) *World {
+	t.Helper()
+	w, err := startWorld(t.Logf, opts)
+	if err != nil {
+		failStart(t, err)
+	}
+	t.Cleanup(w.Stop)
+	return w
+}
+
 // startWorld finds the binaries and starts etcd then kube-apiserver,
 // retrying with new ports when a process dies at start (most likely a port
 // taken between choosing and binding it).
-func startWorld(logf func(string, ...any)) (*World, error) {
+func startWorld(logf func(string, ...any), opts ...Options) (*World, error) {
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	dir, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -133,7 +175,7 @@ func startWorld(logf func(string, ...any)) (*World, error) {
 	var lastErr error
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		began := time.Now()
-		w, err := startOnce(dir)
+		w, err := startOnce(dir, o)
 		if err == nil {
 			logf("kubeworld: apiserver %s ready in %v (binaries %s)", w.Host, time.Since(began).Round(time.Millisecond), dir)
 			return w, nil
@@ -150,19 +192,35 @@ func startWorld(logf func(string, ...any)) (*World, error) {
 // errExitedEarly marks a process that died before it was ready.
 var errExitedEarly = errors.New("exited before ready")
 
-func startOnce(binDir string) (w *World, err error) {
+func startOnce(binDir string, opts Options) (w *World, err error) {
 	root, err := os.MkdirTemp("", "kubeworld-")
 	if err != nil {
 		return nil, fmt.Errorf("create world directory: %w", err)
 	}
-	w = &World{BinDir: binDir, dir: root}
+	w = &World{BinDir: binDir, dir: root, opts: opts}
+	addr := "127.0.0.1"
+	var servingIPs []net.IP
+	if opts.Address != "" {
+		addr = opts.Address
+		ip := net.ParseIP(addr).To4()
+		if ip == nil {
+			return nil, fmt.Errorf("kubeworld address %q: not an IPv4 address", addr)
+		}
+		// The first address of ServiceCIDR is the "kubernetes" Service that
+		// in-cluster clients dial.
+		servingIPs = []net.IP{ip, net.IPv4(10, 96, 0, 1)}
+	}
+	authz := "RBAC"
+	if opts.AuthorizationMode != "" {
+		authz = opts.AuthorizationMode
+	}
 	defer func() {
 		if err != nil {
 			w.Stop()
 		}
 	}()
 
-	creds, err := newPKI()
+	creds, err := newPKI(servingIPs)
 	if err != nil {
 		return nil, err
 	}
@@ -174,6 +232,7 @@ func startOnce(binDir string) (w *World, err error) {
 	if err != nil {
 		return nil, err
 	}
+	w.creds, w.files = creds, files
 
 	ports, err := freePorts(3)
 	if err != nil {
@@ -181,9 +240,9 @@ func startOnce(binDir string) (w *World, err error) {
 	}
 	etcdClient, etcdPeer, securePort := ports[0], ports[1], ports[2]
 
-	etcdURL := "http://127.0.0.1:" + strconv.Itoa(etcdClient)
-	peerURL := "http://127.0.0.1:" + strconv.Itoa(etcdPeer)
-	w.etcd, err = startProcess(root, filepath.Join(binDir, "etcd"),
+	etcdURL := "http://" + addr + ":" + strconv.Itoa(etcdClient)
+	peerURL := "http://" + addr + ":" + strconv.Itoa(etcdPeer)
+	w.etcd, err = w.startProcess(root, filepath.Join(binDir, "etcd"),
 		"--name=kubeworld",
 		"--data-dir="+filepath.Join(root, "etcd"),
 		"--listen-client-urls="+etcdURL,
@@ -199,33 +258,43 @@ func startOnce(binDir string) (w *World, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := waitReady(w.etcd, http.DefaultClient, etcdURL+"/health", `"health":"true"`, etcdReadyTimeout); err != nil {
+	etcdReady := &http.Client{Transport: &http.Transport{DialContext: opts.Dial}, Timeout: 5 * time.Second}
+	if err := waitReady(w.etcd, etcdReady, etcdURL+"/health", `"health":"true"`, etcdReadyTimeout); err != nil {
 		return nil, err
 	}
 
-	w.Host = "https://127.0.0.1:" + strconv.Itoa(securePort)
-	w.apiserver, err = startProcess(root, filepath.Join(binDir, "kube-apiserver"),
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(securePort),
-		"--tls-cert-file="+files.servingCert,
-		"--tls-private-key-file="+files.servingKey,
-		"--client-ca-file="+files.caCert,
+	// 127.0.0.1 is no valid endpoint address, so the reconciler for the
+	// "kubernetes" Service's endpoints would only log errors there.
+	reconciler := "none"
+	if addr != "127.0.0.1" {
+		reconciler = "lease"
+	}
+	w.Host = "https://" + addr + ":" + strconv.Itoa(securePort)
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + addr,
+		"--advertise-address=" + addr,
+		"--secure-port=" + strconv.Itoa(securePort),
+		"--tls-cert-file=" + files.servingCert,
+		"--tls-private-key-file=" + files.servingKey,
+		"--client-ca-file=" + files.caCert,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-account-key-file="+files.saPub,
-		"--service-account-signing-key-file="+files.saKey,
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-account-key-file=" + files.saPub,
+		"--service-account-signing-key-file=" + files.saKey,
+		"--service-cluster-ip-range=" + ServiceCIDR,
 		// RBAC, so ServiceAccount clients are held to their roles; the
 		// admin certificate is in system:masters and passes regardless.
-		"--authorization-mode=RBAC",
+		"--authorization-mode=" + authz,
 		"--allow-privileged=true",
-		// 127.0.0.1 is no valid endpoint address, so the reconciler for the
-		// "kubernetes" Service's endpoints would only log errors.
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
+		// The apiserver's identity towards kubelets (logs, exec), where a
+		// world has any.
+		"--kubelet-client-certificate=" + files.adminCert,
+		"--kubelet-client-key=" + files.adminKey,
 		"--profiling=false",
 		"--v=0",
-	)
+	}
+	w.apiserver, err = w.startProcess(root, filepath.Join(binDir, "kube-apiserver"), append(args, opts.APIServerArgs...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -234,7 +303,7 @@ func startOnce(binDir string) (w *World, err error) {
 	if err != nil {
 		return nil, err
 	}
-	readyClient := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig}, Timeout: 5 * time.Second}
+	readyClient := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig, DialContext: opts.Dial}, Timeout: 5 * time.Second}
 	if err := waitReady(w.apiserver, readyClient, w.Host+"/readyz", "ok", apiserverReadyTimeout); err != nil {
 		return nil, err
 	}
@@ -250,6 +319,7 @@ func startOnce(binDir string) (w *World, err error) {
 		// add latency that belongs to no component under test.
 		QPS:   500,
 		Burst: 1000,
+		Dial:  opts.Dial,
 	}
 	w.Client, err = kubernetes.NewForConfig(w.Config)
 	if err != nil {
@@ -279,6 +349,25 @@ func (w *World) Stop() {
 	})
 }
 
+// PKIFile returns the path of the world's key material by name: "ca.crt",
+// "sa.key" (the ServiceAccount token signer, for a controller-manager),
+// "admin.crt" and "admin.key" (a system:masters client certificate, e.g.
+// for the apiserver's own calls to kubelets). Removed by Stop.
+func (w *World) PKIFile(name string) string {
+	return filepath.Join(w.dir, "pki", name)
+}
+
+// WriteKubeconfig writes a kubeconfig at path for user in groups, with a
+// fresh client certificate from the world's CA: a kubelet is
+// system:node:NAME in system:nodes, held to the Node authorizer.
+func (w *World) WriteKubeconfig(path, user string, groups []string) error {
+	cert, key, err := w.creds.clientCert(user, groups)
+	if err != nil {
+		return err
+	}
+	return writeKubeconfigFor(path, w.Host, w.creds.caCert, user, cert, key)
+}
+
 // LogPath returns where a component's output goes ("etcd" or
 // "kube-apiserver"), for a test that wants to quote it on failure. The file
 // is removed by Stop.
@@ -295,14 +384,15 @@ type process struct {
 	err  error         // its exit status, valid after done
 }
 
-func startProcess(dir, bin string, args ...string) (*process, error) {
+func (w *World) startProcess(dir, bin string, args ...string) (*process, error) {
 	name := filepath.Base(bin)
 	logPath := filepath.Join(dir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", logPath, err)
 	}
-	cmd := exec.Command(bin, args...)
+	argv := append(append(append([]string(nil), w.opts.Wrap...), bin), args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Dir = dir
@@ -385,10 +475,14 @@ func adminTLS(creds *pki) (*tls.Config, error) {
 // writeKubeconfig writes a self-contained kubeconfig (certificates inline)
 // so a program under test needs nothing but the one file.
 func writeKubeconfig(path, host string, creds *pki) error {
+	return writeKubeconfigFor(path, host, creds.caCert, adminUser, creds.adminCert, creds.adminKey)
+}
+
+func writeKubeconfigFor(path, host string, ca []byte, user string, cert, key []byte) error {
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["kubeworld"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: creds.caCert}
-	cfg.AuthInfos[adminUser] = &clientcmdapi.AuthInfo{ClientCertificateData: creds.adminCert, ClientKeyData: creds.adminKey}
-	cfg.Contexts["kubeworld"] = &clientcmdapi.Context{Cluster: "kubeworld", AuthInfo: adminUser}
+	cfg.Clusters["kubeworld"] = &clientcmdapi.Cluster{Server: host, CertificateAuthorityData: ca}
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
+	cfg.Contexts["kubeworld"] = &clientcmdapi.Context{Cluster: "kubeworld", AuthInfo: user}
 	cfg.CurrentContext = "kubeworld"
 	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
 		return fmt.Errorf("write kubeconfig %s: %w", path, err)
