@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weir-mesh/weir/bpf/capture"
 	"github.com/weir-mesh/weir/integration/testworld"
 	"github.com/weir-mesh/weir/redirect"
 )
@@ -243,19 +242,9 @@ func flushOutput(t *testing.T, node *testworld.Node, p *testworld.Pod, w world) 
 	t.Helper()
 	backend := w.backend
 	if w.mode == "ebpf" {
-		err := p.Do(func() error {
-			pinned, err := capture.Open(node.PinPath)
-			if err != nil {
-				return err
-			}
-			defer pinned.Close()
-			cookie, err := capture.CurrentNetnsCookie()
-			if err != nil {
-				return err
-			}
-			return pinned.Release(cookie)
-		})
-		if err != nil {
+		// What an operator deleting the pod's map entries with bpftool
+		// would leave, without weir-cni's DEL.
+		if err := redirect.Remove(p.Path, redirect.WithPinPath(node.PinPath)); err != nil {
 			t.Fatalf("release pod %s from the pinned maps by hand: %v", p.Name, err)
 		}
 		return "not enrolled"
