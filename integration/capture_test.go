@@ -12,14 +12,38 @@ import (
 	"github.com/weir-mesh/weir/redirect"
 )
 
-// captureWorlds are the worlds the capture knobs are tested in: both modes,
-// dual stack so both families are exercised in each, every backend.
+// captureWorlds are the worlds the capture knobs are tested in: every mode,
+// dual stack so both families are exercised in each, every backend of the
+// rule-programming modes (eBPF mode programs no rules, so it has no
+// backend axis).
 func captureWorlds() []world {
 	var out []world
 	for _, backend := range []string{nftables, nft, legacy} {
 		out = append(out, world{"1.0.0", "redirect", "dual", backend}, world{"1.0.0", "tproxy", "dual", backend})
 	}
-	return out
+	return append(out, world{"1.0.0", "ebpf", "dual", ""})
+}
+
+// assertNoRulesIn runs assertNoRules on each pod when w is in eBPF mode.
+func (w world) assertNoRulesIn(t *testing.T, pods ...*testworld.Pod) {
+	t.Helper()
+	if w.mode != "ebpf" {
+		return
+	}
+	for _, p := range pods {
+		assertNoRules(t, p)
+	}
+}
+
+// installed reports whether p's netns holds weir's capture: rules, or an
+// enrolment in the node's pinned eBPF capture.
+func installed(t *testing.T, node *testworld.Node, p *testworld.Pod) bool {
+	t.Helper()
+	on, err := redirect.Installed(p.Path, redirect.WithPinPath(node.PinPath))
+	if err != nil {
+		t.Fatalf("inspect capture of pod %s: %v", p.Name, err)
+	}
+	return on
 }
 
 // knobWorld is a node with an agent whose static config gives pods of
@@ -49,6 +73,7 @@ func newKnobWorld(t *testing.T, w world, override map[string]any) *knobWorld {
 		p.StartNginx(t, 8080, p.Name+"-8080")
 		p.StartNginx(t, 8081, p.Name+"-8081")
 	}
+	w.assertNoRulesIn(t, k.client, k.app)
 	return k
 }
 
@@ -96,6 +121,7 @@ func TestExclusions(t *testing.T) {
 					map[string]any{"namespace": "demo", "excludeOutboundCIDRs": []string{k.srvB.IP4.String() + "/32", k.srvB.IP6.String() + "/128"}},
 				}}})
 				k.client = k.node.MustAddPod(t, "demo", "client2")
+				w.assertNoRulesIn(t, k.client)
 				k.expect(t, k.client, k.srvA, 8080, "outbound", true, "server-a bypassed the agent")
 				k.expect(t, k.client, k.srvB, 8080, "outbound", false, "excluded server-b went through the agent")
 			})
@@ -114,18 +140,25 @@ func TestExclusions(t *testing.T) {
 }
 
 // Must show 5 (issue 3): a kubelet-style probe from the node to a captured
-// pod's port works in every mode and family.
+// pod's port works in every mode and family. In eBPF mode the probe goes
+// through sk_lookup to the agent's inbound listener like any inbound
+// connection, so the agent counts it.
 func TestHealthProbeFromNode(t *testing.T) {
 	for _, w := range captureWorlds() {
 		t.Run(w.String(), func(t *testing.T) {
 			node := testworld.NewNode(t, w.nodeOptions())
-			node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+			agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 			app := node.MustAddPod(t, "demo", "app")
 			app.StartNginx(t, 8080, "healthy")
+			w.assertNoRulesIn(t, app)
 			for _, fam := range w.families() {
+				before := inbound(t, agent)
 				body, err := node.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
 				if err != nil || strings.TrimSpace(body) != "healthy" {
 					t.Fatalf("%s probe from the node: %v: %q", fam, err, body)
+				}
+				if w.mode == "ebpf" && inbound(t, agent)-before != 1 {
+					t.Fatalf("%s probe from the node did not go through the agent's inbound listener", fam)
 				}
 			}
 		})
@@ -134,7 +167,8 @@ func TestHealthProbeFromNode(t *testing.T) {
 
 // Must show 3 (issue 3): under TPROXY the captured connection's destination
 // is never rewritten (no DNAT entry in the pod's conntrack table); under
-// REDIRECT there is one, which shows the check can fail.
+// REDIRECT there is one, which shows the check can fail. eBPF mode rewrites
+// the connect before any packet exists, so conntrack has no DNAT either.
 func TestTPROXYHasNoDNAT(t *testing.T) {
 	testworld.RequireTool(t, "conntrack")
 	for _, w := range captureWorlds() {
@@ -164,9 +198,9 @@ func TestTPROXYHasNoDNAT(t *testing.T) {
 			out := client.MustRun(t, "conntrack", "-L", "--dst-nat", "-p", "tcp")
 			dnat := strings.Count(out, "dport=9000")
 			switch w.mode {
-			case "tproxy":
+			case "tproxy", "ebpf":
 				if dnat != 0 {
-					t.Fatalf("TPROXY: conntrack shows rewritten destinations:\n%s", out)
+					t.Fatalf("%s: conntrack shows rewritten destinations:\n%s", w.mode, out)
 				}
 			case "redirect":
 				if dnat == 0 {
@@ -276,16 +310,20 @@ func TestNFTablesPodListings(t *testing.T) {
 }
 
 // Must show 7 (issue 3): 50 concurrent ADDs then 50 concurrent DELs against
-// one agent: every pod correct, nothing left behind, in every backend.
+// one agent: every pod correct, nothing left behind, in every backend and
+// in eBPF mode (50 concurrent enrolments in the pinned maps, no rule).
 func TestConcurrentAddDel(t *testing.T) {
-	for _, backend := range []string{nftables, nft, legacy} {
-		t.Run(backend, func(t *testing.T) { concurrentAddDel(t, backend) })
+	for _, w := range []world{
+		{"1.0.0", "redirect", "v4", nftables}, {"1.0.0", "redirect", "v4", nft}, {"1.0.0", "redirect", "v4", legacy},
+		{"1.0.0", "ebpf", "dual", ""},
+	} {
+		t.Run(w.String(), func(t *testing.T) { concurrentAddDel(t, w) })
 	}
 }
 
-func concurrentAddDel(t *testing.T, backend string) {
+func concurrentAddDel(t *testing.T, w world) {
 	const n = 50
-	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4", backend}.nodeOptions())
+	node := testworld.NewNode(t, w.nodeOptions())
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	pods := make([]*testworld.Pod, n)
 	for i := range pods {
@@ -315,9 +353,14 @@ func concurrentAddDel(t *testing.T, backend string) {
 		}
 	}
 	for _, p := range pods {
-		if ls := p.MustRun(t, "ss", "-Hltn"); strings.Count(ls, ":15001") != 1 || strings.Count(ls, ":15006") != 1 {
+		// One listener of each kind per family.
+		if ls, want := p.MustRun(t, "ss", "-Hltn"), len(w.families()); strings.Count(ls, ":15001") != want || strings.Count(ls, ":15006") != want {
 			t.Fatalf("pod %s listeners:\n%s", p.Name, ls)
 		}
+	}
+	// Every tenth pod: the rule listings cost eight programs per pod.
+	for i := 0; i < n; i += 10 {
+		w.assertNoRulesIn(t, pods[i])
 	}
 	for i, err := range parallel(func(p *testworld.Pod) error { return node.Del(p) }) {
 		if err != nil {
@@ -328,8 +371,8 @@ func concurrentAddDel(t *testing.T, backend string) {
 		t.Fatalf("agent still captures %v pods after DELs", got)
 	}
 	for _, p := range pods {
-		if installed, err := redirect.Installed(p.Path); err != nil || installed {
-			t.Fatalf("pod %s after DEL: installed=%v err=%v", p.Name, installed, err)
+		if installed(t, node, p) {
+			t.Fatalf("pod %s still captured after DEL", p.Name)
 		}
 		if ls := p.MustRun(t, "ss", "-Hltn"); ls != "" {
 			t.Fatalf("pod %s keeps listeners after DEL:\n%s", p.Name, ls)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/weir-mesh/weir/bpf/capture"
 	"github.com/weir-mesh/weir/integration/kubeworld"
 	"github.com/weir-mesh/weir/integration/testworld"
 	"github.com/weir-mesh/weir/redirect"
@@ -24,6 +26,7 @@ import (
 // kubeNode is a test-world node whose agent watches a real API server.
 type kubeNode struct {
 	*testworld.Node
+	w        world
 	kw       *kubeworld.World
 	nodeName string
 	agentCfg map[string]any
@@ -36,8 +39,15 @@ const captureLabel = "weir.dev/capture"
 // relay, a Node object, and (unless noAgent) the agent in Kubernetes mode.
 func newKubeNode(t *testing.T, noAgent bool) *kubeNode {
 	t.Helper()
+	return newKubeNodeMode(t, noAgent, "redirect")
+}
+
+// newKubeNodeMode is newKubeNode with the CNI plugin's capture mode.
+func newKubeNodeMode(t *testing.T, noAgent bool, mode string) *kubeNode {
+	t.Helper()
 	kw := kubeworld.Start(t)
-	k := &kubeNode{Node: testworld.NewNode(t, world{"1.1.0", "redirect", "v4", ""}.nodeOptions()), kw: kw}
+	w := world{"1.1.0", mode, "v4", ""}
+	k := &kubeNode{Node: testworld.NewNode(t, w.nodeOptions()), w: w, kw: kw}
 	k.nodeName = kw.Node(t, "weir-node").Name
 	// The agent runs in the node netns: give it a kubeconfig pointing at a
 	// relay into the test's namespace.
@@ -95,13 +105,11 @@ func (k *kubeNode) mustPod(t *testing.T, ns, name string, labels map[string]stri
 	return p
 }
 
-func captured(t *testing.T, p *testworld.Pod) bool {
+// captured reports whether p holds weir's capture (rules, or an enrolment
+// in the node's pinned eBPF capture) and the agent's outbound listener.
+func (k *kubeNode) captured(t *testing.T, p *testworld.Pod) bool {
 	t.Helper()
-	installed, err := redirect.Installed(p.Path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return installed && strings.Contains(p.MustRun(t, "ss", "-Hltn"), ":15001")
+	return installed(t, k.Node, p) && strings.Contains(p.MustRun(t, "ss", "-Hltn"), ":15001")
 }
 
 func eventually(t *testing.T, within time.Duration, what string, cond func() bool) time.Duration {
@@ -125,11 +133,11 @@ func TestKubeEnablement(t *testing.T) {
 	in := k.mustPod(t, on, "in", nil)
 	out := k.mustPod(t, off, "out", nil)
 	optOut := k.mustPod(t, on, "opt-out", map[string]string{captureLabel: "disabled"})
-	if !captured(t, in) {
+	if !k.captured(t, in) {
 		t.Fatal("pod of a labelled namespace not captured")
 	}
-	if captured(t, out) || captured(t, optOut) {
-		t.Fatalf("captured: unlabelled namespace %v, opted-out pod %v", captured(t, out), captured(t, optOut))
+	if k.captured(t, out) || k.captured(t, optOut) {
+		t.Fatalf("captured: unlabelled namespace %v, opted-out pod %v", k.captured(t, out), k.captured(t, optOut))
 	}
 	eventually(t, 10*time.Second, "weir.dev/captured=true on the pod", func() bool {
 		p, err := k.kw.Client.CoreV1().Pods(on).Get(kubeworld.Context(t), "in", metav1.GetOptions{})
@@ -138,17 +146,59 @@ func TestKubeEnablement(t *testing.T) {
 }
 
 // Must show 2 (issue 5): labelling the namespace of a running pod captures
-// it, same netns, no restart; unlabelling releases it.
+// it, same netns, no restart; unlabelling releases it: its requests go
+// through the agent, then around it.
+//
+// Must show 3 (issue 12): in ebpf mode the same happens by map update alone:
+// the pod gets no rule and no policy route, and the node cgroup keeps the
+// same number of BPF links (nothing is attached per pod).
 func TestKubeOnboardRunningPod(t *testing.T) {
-	k := newKubeNode(t, false)
+	for _, mode := range []string{"redirect", "ebpf"} {
+		t.Run(mode, func(t *testing.T) { kubeOnboardRunningPod(t, mode) })
+	}
+}
+
+func kubeOnboardRunningPod(t *testing.T, mode string) {
+	k := newKubeNodeMode(t, false, mode)
 	ns := k.namespace(t, false)
 	srvNS := k.namespace(t, false)
 	app := k.mustPod(t, ns, "app", nil)
 	srv := k.mustPod(t, srvNS, "server", nil)
 	srv.StartNginx(t, 8080, "server")
-	if captured(t, app) {
+	if k.captured(t, app) {
 		t.Fatal("pod captured before its namespace was labelled")
 	}
+	// The pod's own process: it must outlive onboarding and release.
+	resident := app.Start(t, "sleep", "600")
+	// Another pod already captured, so the node's eBPF capture is loaded
+	// and attached before the app is onboarded (the agent loads it at the
+	// first pod that asks for it).
+	k.mustPod(t, k.namespace(t, true), "other", nil)
+	links := func() int {
+		if mode != "ebpf" {
+			return 0
+		}
+		n, err := capture.CgroupLinks(k.Cgroup)
+		if err != nil {
+			t.Fatalf("count cgroup links: %v", err)
+		}
+		return n
+	}
+	linksBefore := links()
+	if mode == "ebpf" && linksBefore != 5 {
+		t.Fatalf("node cgroup holds %d BPF links with one pod captured, want 5", linksBefore)
+	}
+	request := func(what string, wantAgent bool) {
+		t.Helper()
+		before := outbound(t, k.agent)
+		if body, err := app.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
+			t.Fatalf("request from the %s pod: %v: %q", what, err, body)
+		}
+		if got := outbound(t, k.agent) - before; (got == 1) != wantAgent || got > 1 {
+			t.Fatalf("request from the %s pod: agent counted %v outbound connections, want through the agent: %v", what, got, wantAgent)
+		}
+	}
+	request("not yet onboarded", false)
 	label := func(v string) {
 		n, err := k.kw.Client.CoreV1().Namespaces().Get(kubeworld.Context(t), ns, metav1.GetOptions{})
 		if err != nil {
@@ -164,27 +214,38 @@ func TestKubeOnboardRunningPod(t *testing.T) {
 		}
 	}
 	label("enabled")
-	d := eventually(t, 10*time.Second, "running pod captured after the label", func() bool { return captured(t, app) })
+	d := eventually(t, 10*time.Second, "running pod captured after the label", func() bool { return k.captured(t, app) })
 	t.Logf("onboarded %v after the label", d)
-	before := outbound(t, k.agent)
-	if body, err := app.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
-		t.Fatalf("request from the onboarded pod: %v: %q", err, body)
-	}
-	if outbound(t, k.agent)-before != 1 {
-		t.Fatal("the onboarded pod's request did not go through the agent")
+	k.w.assertNoRulesIn(t, app)
+	request("onboarded", true)
+	if n := links(); n != linksBefore {
+		t.Fatalf("onboarding changed the node cgroup's BPF links from %d to %d; enrolment must be a map update", linksBefore, n)
 	}
 	label("")
-	eventually(t, 10*time.Second, "pod released after the label is removed", func() bool { return !captured(t, app) })
-	if body, err := app.Curl(t, url(netip.AddrPortFrom(srv.IP4, 8080))); err != nil || strings.TrimSpace(body) != "server" {
-		t.Fatalf("request from the released pod: %v: %q", err, body)
+	eventually(t, 10*time.Second, "pod released after the label is removed", func() bool { return !k.captured(t, app) })
+	request("released", false)
+	k.w.assertNoRulesIn(t, app)
+	if n := links(); n != linksBefore {
+		t.Fatalf("release changed the node cgroup's BPF links from %d to %d", linksBefore, n)
+	}
+	if err := resident.Process.Signal(syscall.Signal(0)); err != nil || resident.ProcessState != nil {
+		t.Fatalf("the pod's process did not survive onboarding and release: %v", err)
 	}
 }
 
 // Must show 3 (issue 5): the agent killed and restarted with captured pods
 // running: within 2 s all are captured again, a pod whose netns vanished
-// meanwhile is dropped, and no rule is duplicated.
+// meanwhile is dropped, and no rule is duplicated. In ebpf mode the pinned
+// programs are re-used (the node cgroup keeps its links) and the pods hold
+// no rule.
 func TestKubeRestartReconciles(t *testing.T) {
-	k := newKubeNode(t, false)
+	for _, mode := range []string{"redirect", "ebpf"} {
+		t.Run(mode, func(t *testing.T) { kubeRestartReconciles(t, mode) })
+	}
+}
+
+func kubeRestartReconciles(t *testing.T, mode string) {
+	k := newKubeNodeMode(t, false, mode)
 	ns := k.namespace(t, true)
 	srvNS := k.namespace(t, false)
 	srv := k.mustPod(t, srvNS, "server", nil)
@@ -199,7 +260,7 @@ func TestKubeRestartReconciles(t *testing.T) {
 	start := time.Now()
 	k.agent.Restart(t)
 	for _, p := range pods {
-		eventually(t, 2*time.Second-time.Since(start), "pod "+p.Name+" captured again after restart", func() bool { return captured(t, p) })
+		eventually(t, 2*time.Second-time.Since(start), "pod "+p.Name+" captured again after restart", func() bool { return k.captured(t, p) })
 	}
 	t.Logf("all pods captured again %v after the restart began", time.Since(start))
 	for _, p := range pods {
@@ -216,6 +277,12 @@ func TestKubeRestartReconciles(t *testing.T) {
 	}
 	if n := k.agent.Metric(t, "weir_pods_captured"); n != float64(len(pods)) {
 		t.Fatalf("agent captures %v pods, want %d (the stale one dropped)", n, len(pods))
+	}
+	k.w.assertNoRulesIn(t, pods...)
+	if mode == "ebpf" {
+		if n, err := capture.CgroupLinks(k.Cgroup); err != nil || n != 5 {
+			t.Fatalf("node cgroup links after the restart: %d (err %v), want 5: attached twice", n, err)
+		}
 	}
 }
 
@@ -362,7 +429,7 @@ func TestKubeDiscoversPodsOfThisNodeOnly(t *testing.T) {
 	}
 	k.agent.Restart(t)
 	k.labelNamespace(t, ns, "enabled")
-	eventually(t, 10*time.Second, "pod added while the agent was away captured", func() bool { return captured(t, away) })
+	eventually(t, 10*time.Second, "pod added while the agent was away captured", func() bool { return k.captured(t, away) })
 	time.Sleep(2 * time.Second) // several reconciles
 	if installed, err := redirect.Installed(twin.Path); err != nil || installed {
 		t.Fatalf("the other node's pod with the same IP got weir rules (installed=%v err=%v)", installed, err)

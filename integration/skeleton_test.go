@@ -66,6 +66,7 @@ func newMeshProto(t *testing.T, w world, clusterCfg map[string]any, protocol str
 		"services": services,
 	})
 	m.client = m.node.MustAddPod(t, "demo", "client")
+	w.assertNoRulesIn(t, m.client)
 	return m
 }
 
@@ -170,10 +171,10 @@ func TestUncapturedPodUntouched(t *testing.T) {
 	forEachWorld(t, func(t *testing.T, w world) {
 		m := newMesh(t, w)
 		other := m.node.MustAddPod(t, "other", "plain")
-		installed, err := redirect.Installed(other.Path)
-		if err != nil || installed {
-			t.Fatalf("uncaptured pod: weir rules installed=%v err=%v", installed, err)
+		if installed(t, m.node, other) {
+			t.Fatal("uncaptured pod holds weir's capture")
 		}
+		w.assertNoRulesIn(t, other)
 		before := outbound(t, m.agent)
 		body, err := other.Curl(t, url(netip.AddrPortFrom(addr(m.srvB, w.families()[0]), 8080)))
 		if err != nil || strings.TrimSpace(body) != "server-b" {
@@ -218,19 +219,37 @@ func listeningPorts(t *testing.T, p *testworld.Pod) string {
 
 // Must show 6: DEL removes every rule and listener; repeated and orphan DELs
 // succeed; CHECK fails when a rule was removed by hand (a flushed chain),
-// in every backend.
+// in every backend, and in eBPF mode when the pod's enrolment was taken
+// out of the pinned maps by hand.
 func TestDelAndCheck(t *testing.T) {
 	forEachSpec(t, func(t *testing.T, spec string) {
-		for _, backend := range []string{nftables, nft, legacy} {
-			t.Run(backend, func(t *testing.T) { delAndCheck(t, spec, backend) })
+		for _, w := range []world{
+			{spec, "redirect", "v4", nftables}, {spec, "redirect", "v4", nft}, {spec, "redirect", "v4", legacy},
+			{spec, "ebpf", "dual", ""},
+		} {
+			name := w.backend
+			if w.mode == "ebpf" {
+				name = w.mode
+			}
+			t.Run(name, func(t *testing.T) { delAndCheck(t, w) })
 		}
 	})
 }
 
 // flushOutput empties weir's outbound chain in p the way an operator
-// would, with the backend's own tool, and returns the name CHECK must use.
-func flushOutput(t *testing.T, p *testworld.Pod, backend string) string {
+// would, with the backend's own tool, and returns the text CHECK's error
+// must hold. In eBPF mode it takes the pod's netns out of the pinned maps.
+func flushOutput(t *testing.T, node *testworld.Node, p *testworld.Pod, w world) string {
 	t.Helper()
+	backend := w.backend
+	if w.mode == "ebpf" {
+		// What an operator deleting the pod's map entries with bpftool
+		// would leave, without weir-cni's DEL.
+		if err := redirect.Remove(p.Path, redirect.WithPinPath(node.PinPath)); err != nil {
+			t.Fatalf("release pod %s from the pinned maps by hand: %v", p.Name, err)
+		}
+		return "not enrolled"
+	}
 	if backend == nftables {
 		p.MustRun(t, "nft", "flush", "chain", "inet", "weir", "output")
 		return "weir/output"
@@ -239,10 +258,11 @@ func flushOutput(t *testing.T, p *testworld.Pod, backend string) string {
 	return "WEIR_OUTPUT"
 }
 
-func delAndCheck(t *testing.T, spec, backend string) {
-	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: spec, CaptureBackend: backend})
+func delAndCheck(t *testing.T, w world) {
+	node := testworld.NewNode(t, w.nodeOptions())
 	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	p := node.MustAddPod(t, "demo", "victim")
+	w.assertNoRulesIn(t, p)
 	if err := node.Check(p); err != nil {
 		t.Fatalf("CHECK of a fresh pod: %v", err)
 	}
@@ -251,18 +271,22 @@ func delAndCheck(t *testing.T, spec, backend string) {
 	}
 	// Flush weir's outbound chain by hand: CHECK must fail and say
 	// what is missing.
-	chain := flushOutput(t, p, backend)
+	chain := flushOutput(t, node, p, w)
 	err := node.Check(p)
-	if err == nil || !strings.Contains(err.Error(), chain) || !strings.Contains(err.Error(), "missing rule") {
-		t.Fatalf("CHECK after flushing %s: %v; want an error naming it", chain, err)
+	want := "missing rule"
+	if w.mode == "ebpf" {
+		want = "ebpf"
+	}
+	if err == nil || !strings.Contains(err.Error(), chain) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("CHECK after removing %s by hand: %v; want an error naming it", chain, err)
 	}
 	for i := 0; i < 2; i++ {
 		if err := node.Del(p); err != nil {
 			t.Fatalf("DEL #%d: %v", i+1, err)
 		}
 	}
-	if installed, err := redirect.Installed(p.Path); err != nil || installed {
-		t.Fatalf("after DEL: installed=%v err=%v", installed, err)
+	if installed(t, node, p) {
+		t.Fatal("capture left after DEL")
 	}
 	if ls := listeningPorts(t, p); strings.Contains(ls, ":15001") || strings.Contains(ls, ":15006") {
 		t.Fatalf("agent listeners left in pod netns after DEL:\n%s", ls)

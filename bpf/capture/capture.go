@@ -197,24 +197,44 @@ func (o *Objects) pinSkLookup() error {
 }
 
 // updateNetnsLinks moves every enrolled pod's sk_lookup link to the new
-// program.
+// program. A link whose netns is gone (the kernel severed it: the pod went
+// while no agent ran) cannot move; its netns is released instead (link
+// unpinned, map entries removed), so one vanished pod does not make the
+// whole capture unusable after a restart.
 func (o *Objects) updateNetnsLinks() error {
-	ents, err := os.ReadDir(filepath.Join(o.pin, netnsDir))
+	dir := filepath.Join(o.pin, netnsDir)
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("list pod sk_lookup links: %w", err)
 	}
 	var errs []error
+	var severed []uint64
 	for _, e := range ents {
-		path := filepath.Join(o.pin, netnsDir, e.Name())
+		path := filepath.Join(dir, e.Name())
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("open %s: %w", path, err))
 			continue
 		}
-		if err := l.Update(o.objs.WeirSkLookup); err != nil {
+		err = l.Update(o.objs.WeirSkLookup)
+		l.Close()
+		switch cookie, perr := strconv.ParseUint(e.Name(), 10, 64); {
+		case err == nil:
+		case errors.Is(err, unix.ENOLINK) && perr == nil:
+			severed = append(severed, cookie)
+		default:
 			errs = append(errs, fmt.Errorf("update %s: %w", path, err))
 		}
-		l.Close()
+	}
+	if len(severed) > 0 {
+		p, err := Open(o.pin)
+		if err != nil {
+			return errors.Join(append(errs, fmt.Errorf("release netns of severed sk_lookup links: %w", err))...)
+		}
+		defer p.Close()
+		for _, c := range severed {
+			errs = append(errs, p.Release(c))
+		}
 	}
 	return errors.Join(errs...)
 }

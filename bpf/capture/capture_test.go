@@ -431,3 +431,71 @@ func TestLoadTwiceAttachesOnce(t *testing.T) {
 		t.Fatalf("%d links on the cgroup after a second load, want 5 (connect4/6, getpeername4/6, sockops)", n)
 	}
 }
+
+// TestLoadReleasesVanishedNetns: a pod netns enrolled, then deleted while
+// no agent ran, leaves a severed sk_lookup link; the next Load releases
+// that netns (link and entries) and succeeds.
+func TestLoadReleasesVanishedNetns(t *testing.T) {
+	b := newTestBed(t)
+	pod := newNetns(t)
+	pod.run(t, "ip", "addr", "add", "10.9.1.2/32", "dev", "lo")
+	var cookie uint64
+	err := pod.do(func() error {
+		pinned, err := Open(b.pin)
+		if err != nil {
+			return err
+		}
+		defer pinned.Close()
+		if cookie, err = CurrentNetnsCookie(); err != nil {
+			return err
+		}
+		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		return pinned.Enrol(fd, cookie, Pod{OutboundPort: 15001, IPv4: true, Addrs: []netip.Addr{netip.MustParseAddr("10.9.1.2")}})
+	})
+	if err != nil {
+		t.Fatalf("enrol: %v", err)
+	}
+	b.objs.Close()
+	run(t, "ip", "netns", "delete", pod.name)
+	// The kernel severs the link once the namespace is really freed.
+	var again *Objects
+	for i := 0; ; i++ {
+		again, err = Load(Options{PinPath: b.pin, Cgroup: b.cgroup})
+		if err == nil {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("load over a vanished pod netns: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	defer again.Close()
+	pinned, err := Open(b.pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	for i := 0; ; i++ {
+		on, err := pinned.Enrolled(cookie)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !on {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("netns cookie %d still enrolled after a load found its link severed", cookie)
+		}
+		// Not yet severed at the last load: load again, as a restart would.
+		time.Sleep(100 * time.Millisecond)
+		l, err := Load(Options{PinPath: b.pin, Cgroup: b.cgroup})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+	}
+}
