@@ -33,7 +33,8 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 	for vi, vh := range rc.GetVirtualHosts() {
 		vp := fmt.Sprintf("virtual_hosts[%d].", vi)
 		n.ignored(vh, vp, "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-			"response_headers_to_add", "response_headers_to_remove")
+			"response_headers_to_add", "response_headers_to_remove", "retry_policy")
+		vhr := vhRetry{policy: vh.GetRetryPolicy(), path: vp + "retry_policy."}
 		hr := route.HTTPRoute{Name: vh.GetName()}
 		catchAll := false
 		for di, d := range vh.GetDomains() {
@@ -57,7 +58,7 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 		var prevKey *precedenceKey
 		reordered := false
 		for ri, r := range vh.GetRoutes() {
-			rule, key, ok := convertRoute(&n, fmt.Sprintf("%sroutes[%d].", vp, ri), r, vhMods, top)
+			rule, key, ok := convertRoute(&n, fmt.Sprintf("%sroutes[%d].", vp, ri), r, vhr, vhMods, top)
 			if !ok {
 				continue
 			}
@@ -125,7 +126,7 @@ func (a precedenceKey) before(b precedenceKey) bool {
 	return false
 }
 
-func convertRoute(n *notes, p string, r *routev3.Route, mods ...[]route.HTTPRouteFilter) (route.HTTPRouteRule, precedenceKey, bool) {
+func convertRoute(n *notes, p string, r *routev3.Route, vhr vhRetry, mods ...[]route.HTTPRouteFilter) (route.HTTPRouteRule, precedenceKey, bool) {
 	var rn notes
 	n.ignored(r, p, "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
 		"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove", "metadata", "decorator")
@@ -135,6 +136,7 @@ func convertRoute(n *notes, p string, r *routev3.Route, mods ...[]route.HTTPRout
 	switch a := r.GetAction().(type) {
 	case *routev3.Route_Route:
 		convertRouteAction(&rn, p+"route.", a.Route, &rule)
+		convertResilience(&rn, p+"route.", a.Route, vhr, &rule)
 	case *routev3.Route_Redirect:
 		convertRedirect(&rn, p+"redirect.", a.Redirect, &rule)
 	case *routev3.Route_DirectResponse:
@@ -295,7 +297,9 @@ func stringMatch(s *matcherv3.StringMatcher) (typ, value string, ok bool) {
 
 func convertRouteAction(n *notes, p string, a *routev3.RouteAction, rule *route.HTTPRouteRule) {
 	n.ignored(a, p, "cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-		"cluster_header", "cluster_specifier_plugin", "inline_cluster_specifier_plugin")
+		"cluster_header", "cluster_specifier_plugin", "inline_cluster_specifier_plugin",
+		// convertResilience:
+		"timeout", "idle_timeout", "max_stream_duration", "retry_policy")
 	switch cs := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:
 		rule.Backends = []route.BackendRef{{Service: cs.Cluster}}
