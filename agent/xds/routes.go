@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 
@@ -82,7 +83,36 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 	}
 	// Catch-all virtual hosts last, so ties go to the named hosts.
 	e.routes = append(e.routes, catchAlls...)
+	if len(n.errs) == 0 {
+		if err := compiles(e.routes); err != nil {
+			n.fail("%v", err)
+		}
+	}
 	return e, n
+}
+
+// compiles checks that routes build in weir's router, so a configuration
+// that is ACKed never fails the snapshot of the whole response later (an
+// exact path without a leading slash, a header value with a line break);
+// such a configuration is NACKed naming the route instead.
+func compiles(routes []route.HTTPRoute) error {
+	const front = "\x00front"
+	svcs := []route.Service{{Name: front, Addresses: []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 1)}, HTTPRoutes: routes}}
+	seen := map[string]bool{front: true}
+	for _, r := range routes {
+		for _, rule := range r.Rules {
+			for _, b := range rule.Backends {
+				if !seen[b.Service] {
+					seen[b.Service] = true
+					svcs = append(svcs, route.Service{Name: b.Service})
+				}
+			}
+		}
+	}
+	if _, err := route.Build(route.Config{Services: svcs}, nil); err != nil {
+		return fmt.Errorf("does not compile in weir's router: %s", strings.ReplaceAll(err.Error(), "services[0] ("+front+").", ""))
+	}
+	return nil
 }
 
 // hostnameOf turns an Envoy domain into a weir hostname: a port is
