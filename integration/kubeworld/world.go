@@ -296,13 +296,23 @@ type process struct {
 }
 
 func startProcess(dir, bin string, args ...string) (*process, error) {
+	return startProcessEnv(dir, bin, nil, args...)
+}
+
+// startProcessEnv starts bin in dir with env added to the test's
+// environment, its output appended to dir/<name>.log (a restarted process
+// keeps its earlier log).
+func startProcessEnv(dir, bin string, env []string, args ...string) (*process, error) {
 	name := filepath.Base(bin)
 	logPath := filepath.Join(dir, name+".log")
-	logFile, err := os.Create(logPath)
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", logPath, err)
 	}
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Dir = dir
