@@ -288,7 +288,7 @@ func TestConvertListeners(t *testing.T) {
 	l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "raw_buffer", ApplicationProtocols: []string{"http/1.1", "h2c"}}
 	l.DefaultFilterChain = tcpListener(t, "x", "0.0.0.0:80", "PassthroughCluster").FilterChains[0]
 	e, n = convertListener(l)
-	if n.err() != "" || len(e.chains) != 1 || e.chains[0].rds != "80" || e.chains[0].cidrs[0].Prefix.String() != "0.0.0.0/0" || e.chains[0].cidrs[0].Port != 80 {
+	if n.err() != "" || len(e.chains) != 1 || e.chains[0].rds != "80" || e.chains[0].protocol != route.HTTP || e.chains[0].cidrs[0].Prefix.String() != "0.0.0.0/0" || e.chains[0].cidrs[0].Port != 80 {
 		t.Fatalf("Istio HTTP listener: %+v %v", e, n.err())
 	}
 	if w := strings.Join(n.warnings, " "); !strings.Contains(w, "plaintext HTTP takes every connection") {

@@ -252,7 +252,12 @@ func convertChain(n *notes, p string, fc *listenerv3.FilterChain, base []netip.A
 		case hcmv3.HttpConnectionManager_HTTP2:
 			c.protocol = route.HTTP2
 		case hcmv3.HttpConnectionManager_AUTO:
-			// weir's sniffing tells HTTP/1 from HTTP/2.
+			// Declared HTTP: the connection waits for the client's
+			// first bytes with no sniffing deadline (a loaded node must
+			// not turn a slow request into an L4 relay to a service
+			// that only holds routes), and the bytes still tell HTTP/1
+			// from HTTP/2.
+			c.protocol = route.HTTP
 		default:
 			n.fail("%scodec_type %s is not supported", hp, h.GetCodecType())
 			return c, false
