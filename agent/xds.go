@@ -17,6 +17,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/weir-mesh/weir/agent/xds"
 	"github.com/weir-mesh/weir/proxy/route"
@@ -36,6 +37,10 @@ type XDS struct {
 	Cluster string `json:"cluster"`
 	// Locality is the node's zone sent to the control plane; default: zone.
 	Locality string `json:"locality"`
+	// Metadata is the node metadata sent to the control plane, as a JSON
+	// object: what a control plane needs to place the node (istiod reads
+	// ISTIO_VERSION, CLUSTER_ID, NAMESPACE, INSTANCE_IPS, LABELS).
+	Metadata map[string]any `json:"metadata"`
 	// TLS secures the connection; no files means plaintext.
 	TLS XDSTLS `json:"tls"`
 	// Precedence is both (default: xDS and the other source, xDS winning
@@ -80,7 +85,7 @@ const xdsInitialWait = 5 * time.Second
 // validate checks the xds keys, naming the key at fault.
 func (x XDS) validate() error {
 	if x.Address == "" {
-		if x.Mode != "" || x.NodeID != "" || x.Precedence != "" || x.TLS != (XDSTLS{}) || x.OnDemand || x.OnDemandTimeout != 0 || x.OnDemandIdle != 0 {
+		if x.Mode != "" || x.NodeID != "" || x.Precedence != "" || x.TLS != (XDSTLS{}) || x.Cluster != "" || x.Locality != "" || x.Metadata != nil || x.OnDemand || x.OnDemandTimeout != 0 || x.OnDemandIdle != 0 {
 			return errors.New("xds.address: required when other xds keys are set")
 		}
 		return nil
@@ -101,6 +106,9 @@ func (x XDS) validate() error {
 	case "", PrecedenceBoth, PrecedenceXDS, PrecedenceKubernetes:
 	default:
 		return fmt.Errorf("xds.precedence: want both, xds or kubernetes, got %q", x.Precedence)
+	}
+	if _, err := x.metadata(); err != nil {
+		return err
 	}
 	if x.OnDemand && x.Mode == "sotw" {
 		return errors.New("xds.onDemand: needs xds.mode delta (state of the world cannot subscribe clusters one by one)")
@@ -123,6 +131,18 @@ func (x XDS) validate() error {
 		return err
 	}
 	return nil
+}
+
+// metadata converts xds.metadata into the node's metadata; nil when unset.
+func (x XDS) metadata() (*structpb.Struct, error) {
+	if x.Metadata == nil {
+		return nil, nil
+	}
+	m, err := structpb.NewStruct(x.Metadata)
+	if err != nil {
+		return nil, fmt.Errorf("xds.metadata: %w", err)
+	}
+	return m, nil
 }
 
 // config loads the TLS files; nil means plaintext.
@@ -179,7 +199,11 @@ func newXDSSource(cfg Config, a *Agent, reg prometheus.Registerer, log *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	node := &corev3.Node{Id: x.NodeID, Cluster: x.Cluster, UserAgentName: "weir-agent"}
+	meta, err := x.metadata()
+	if err != nil {
+		return nil, err
+	}
+	node := &corev3.Node{Id: x.NodeID, Cluster: x.Cluster, UserAgentName: "weir-agent", Metadata: meta}
 	if node.Id == "" {
 		node.Id = cfg.Kubernetes.NodeName
 	}

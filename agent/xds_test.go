@@ -32,6 +32,7 @@ func TestXDSConfigValidation(t *testing.T) {
 		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: -1s\n", "xds.onDemandIdle"},
 		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandTimeout: 10s\n  onDemandIdle: 1s\n", "xds.onDemandIdle"},
 		{"xds:\n  onDemand: true\n", "xds.address"},
+		{"xds:\n  metadata:\n    CLUSTER_ID: Kubernetes\n", "xds.address"},
 		{"xds:\n  address: cp:15010\n  onDemand: true\n  onDemandIdle: 2s\n", "xds.onDemandIdle"},
 	} {
 		_, err := ParseConfig([]byte(tc.yaml))
@@ -45,6 +46,21 @@ func TestXDSConfigValidation(t *testing.T) {
 	}
 	if !c.XDS.OnDemand || c.XDS.OnDemandTimeout != Duration(3*time.Second) || c.XDS.OnDemandIdle != Duration(90*time.Second) {
 		t.Fatalf("on-demand keys not read: %+v", c.XDS)
+	}
+	// Metadata is any JSON object; it reaches the node as a Struct.
+	c, err = ParseConfig([]byte("xds:\n  address: cp:15010\n  metadata:\n    ISTIO_VERSION: 1.28.0\n    LABELS:\n      app: weir\n    INSTANCE_IPS: 10.0.0.5\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.XDS.metadata()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Fields["ISTIO_VERSION"].GetStringValue() != "1.28.0" || m.Fields["LABELS"].GetStructValue().Fields["app"].GetStringValue() != "weir" {
+		t.Fatalf("metadata %v", m)
+	}
+	if _, err := (XDS{Address: "cp:1", Metadata: map[string]any{"bad": make(chan int)}}).metadata(); err == nil || !strings.Contains(err.Error(), "xds.metadata") {
+		t.Errorf("metadata that is no JSON value: %v", err)
 	}
 }
 

@@ -10,7 +10,8 @@ export PATH=$PATH:/usr/local/go/bin
 # An older Go fetches the toolchain go.mod names through the module proxy.
 export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 # Cached builds (first run: minutes): upstream CNI plugins for spec 1.1.0,
-# and a real kube-apiserver, etcd and kubectl for the Kubernetes tests.
+# a real kube-apiserver, etcd and kubectl for the Kubernetes tests, and a
+# real istiod (pilot-discovery) for the xDS test against it.
 # Assign, then export, so a failed build stops the run.
 WEIR_CNI_PLUGINS_DIR=${WEIR_CNI_PLUGINS_DIR:-$(hack/cni-plugins.sh | tail -n1)}
 export WEIR_CNI_PLUGINS_DIR
@@ -20,6 +21,8 @@ export WEIR_KUBE_BIN_DIR
 # sofa-bolt-node from npm.
 WEIR_RPC_PEERS_DIR=${WEIR_RPC_PEERS_DIR:-$(hack/rpc-peers.sh | tail -n1)}
 export WEIR_RPC_PEERS_DIR
+WEIR_ISTIOD_BIN_DIR=${WEIR_ISTIOD_BIN_DIR:-$(hack/istiod-binary.sh | tail -n1)}
+export WEIR_ISTIOD_BIN_DIR
 hack/bpf-generate.sh --check
 make build
 go vet ./...

@@ -164,28 +164,7 @@ func TestXDSRoutesFollowControlPlane(t *testing.T) {
 
 			// The control plane goes away and comes back while a client
 			// keeps sending requests: none fails.
-			var ok, failed atomic.Int64
-			var firstErr sync.Once
-			stopLoad := make(chan struct{})
-			var wg sync.WaitGroup
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stopLoad:
-						return
-					default:
-					}
-					if body, err := get(); err != nil || body != "server-b" {
-						failed.Add(1)
-						firstErr.Do(func() { t.Logf("failed request: %q %v", body, err) })
-					} else {
-						ok.Add(1)
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
-			}()
+			stopLoad := steadyLoad(t, get, "server-b")
 			time.Sleep(300 * time.Millisecond)
 			cp.stop()
 			waitMetric(t, agent, "weir_xds_connected", 0, 5*time.Second)
@@ -197,12 +176,11 @@ func TestXDSRoutesFollowControlPlane(t *testing.T) {
 			cp.start(t, cp.addr)
 			waitMetric(t, agent, "weir_xds_connected", 1, 10*time.Second)
 			time.Sleep(300 * time.Millisecond)
-			close(stopLoad)
-			wg.Wait()
-			if failed.Load() != 0 || ok.Load() < 20 {
-				t.Fatalf("across the control plane restart: %d requests failed, %d succeeded", failed.Load(), ok.Load())
+			ok, failed := stopLoad()
+			if failed != 0 || ok < 20 {
+				t.Fatalf("across the control plane restart: %d requests failed, %d succeeded", failed, ok)
 			}
-			t.Logf("%s: %d requests across the control plane restart, 0 failed", mode, ok.Load())
+			t.Logf("%s: %d requests across the control plane restart, 0 failed", mode, ok)
 
 			// And it follows pushes again.
 			cp.push(t, "3", vip, epA)
@@ -218,6 +196,40 @@ func TestXDSRoutesFollowControlPlane(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// steadyLoad sends requests with get one after another (every 10 ms, for
+// at most 3 minutes) until the returned stop is called, which reports how
+// many answered want and how many did not; the first failure is logged.
+func steadyLoad(t *testing.T, get func() (string, error), want string) (stop func() (ok, failed int64)) {
+	t.Helper()
+	var okN, failedN atomic.Int64
+	var firstErr sync.Once
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if body, err := get(); err != nil || body != want {
+				failedN.Add(1)
+				firstErr.Do(func() { t.Logf("failed request: %q %v", body, err) })
+			} else {
+				okN.Add(1)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	return func() (int64, int64) {
+		close(done)
+		wg.Wait()
+		return okN.Load(), failedN.Load()
 	}
 }
 

@@ -281,6 +281,25 @@ func TestConvertListeners(t *testing.T) {
 	if n.err() != "" || e.chains[0].rds != "front-routes" || e.chains[0].addrs[0].String() != "10.96.0.20:80" {
 		t.Fatalf("HTTP listener: %+v %v", e, n.err())
 	}
+	// Istio's outbound HTTP listener: the HTTP chain selected by
+	// application protocol, a passthrough default chain for the rest. The
+	// HTTP chain takes the port; the default chain's overlap is dropped.
+	l = httpListener(t, "0.0.0.0_80", "0.0.0.0:80", "80")
+	l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{TransportProtocol: "raw_buffer", ApplicationProtocols: []string{"http/1.1", "h2c"}}
+	l.DefaultFilterChain = tcpListener(t, "x", "0.0.0.0:80", "PassthroughCluster").FilterChains[0]
+	e, n = convertListener(l)
+	if n.err() != "" || len(e.chains) != 1 || e.chains[0].rds != "80" || e.chains[0].protocol != route.HTTP || e.chains[0].cidrs[0].Prefix.String() != "0.0.0.0/0" || e.chains[0].cidrs[0].Port != 80 {
+		t.Fatalf("Istio HTTP listener: %+v %v", e, n.err())
+	}
+	if w := strings.Join(n.warnings, " "); !strings.Contains(w, "plaintext HTTP takes every connection") {
+		t.Errorf("warnings do not say the default chain is not used: %s", w)
+	}
+	// Other application protocols (TLS ALPNs) are still not supported.
+	l.FilterChains[0].FilterChainMatch = &listenerv3.FilterChainMatch{ApplicationProtocols: []string{"istio-http/1.1"}}
+	l.DefaultFilterChain = nil
+	if _, n := convertListener(l); !strings.Contains(n.err(), "no filter chain") {
+		t.Fatalf("istio-http/1.1 chain: err %q", n.err())
+	}
 }
 
 func TestComposeNamesConflictsAndMissingClusters(t *testing.T) {

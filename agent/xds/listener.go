@@ -134,13 +134,14 @@ func convertChain(n *notes, p string, fc *listenerv3.FilterChain, base []netip.A
 	var c chainEntry
 	n.ignored(fc, p, "filter_chain_match", "filters", "name", "metadata")
 	m := fc.GetFilterChainMatch()
-	if len(m.GetServerNames()) > 0 || m.GetTransportProtocol() == "tls" || len(m.GetApplicationProtocols()) > 0 ||
+	httpALPN := plaintextHTTP(m)
+	if len(m.GetServerNames()) > 0 || m.GetTransportProtocol() == "tls" || (len(m.GetApplicationProtocols()) > 0 && !httpALPN) ||
 		len(m.GetSourcePrefixRanges()) > 0 || len(m.GetDirectSourcePrefixRanges()) > 0 || len(m.GetSourcePorts()) > 0 ||
 		m.GetSourceType() != listenerv3.FilterChainMatch_ANY {
-		n.warn("%s ignored: filter_chain_match on server names, transport or application protocols or sources is not supported", strings.TrimSuffix(p, "."))
+		n.warn("%s ignored: filter_chain_match on server names, TLS, application protocols other than plaintext HTTP, or sources is not supported", strings.TrimSuffix(p, "."))
 		return c, false
 	}
-	n.ignored(m, p+"filter_chain_match.", "destination_port", "prefix_ranges", "transport_protocol")
+	n.ignored(m, p+"filter_chain_match.", "destination_port", "prefix_ranges", "transport_protocol", "application_protocols")
 	port := uint16(0)
 	if dp := m.GetDestinationPort(); dp != nil {
 		if dp.GetValue() == 0 || dp.GetValue() > 65535 {
@@ -227,6 +228,12 @@ func convertChain(n *notes, p string, fc *listenerv3.FilterChain, base []netip.A
 			return c, false
 		}
 	case hcmType:
+		if httpALPN {
+			// Envoy's http_inspector picks this chain for plaintext HTTP
+			// (Istio's outbound HTTP and protocol-sniffing listeners);
+			// weir sniffs on its own and routes a destination one way.
+			n.warn("%s: the chain for plaintext HTTP takes every connection to its destinations (weir sniffs HTTP itself; chains after it for other protocols on the same destinations are not used)", strings.TrimSuffix(p, "."))
+		}
 		var h hcmv3.HttpConnectionManager
 		if err := last.GetTypedConfig().UnmarshalTo(&h); err != nil {
 			n.fail("%styped_config: %v", fp, err)
@@ -245,7 +252,12 @@ func convertChain(n *notes, p string, fc *listenerv3.FilterChain, base []netip.A
 		case hcmv3.HttpConnectionManager_HTTP2:
 			c.protocol = route.HTTP2
 		case hcmv3.HttpConnectionManager_AUTO:
-			// weir's sniffing tells HTTP/1 from HTTP/2.
+			// Declared HTTP: the connection waits for the client's
+			// first bytes with no sniffing deadline (a loaded node must
+			// not turn a slow request into an L4 relay to a service
+			// that only holds routes), and the bytes still tell HTTP/1
+			// from HTTP/2.
+			c.protocol = route.HTTP
 		default:
 			n.fail("%scodec_type %s is not supported", hp, h.GetCodecType())
 			return c, false
@@ -277,5 +289,27 @@ func convertChain(n *notes, p string, fc *listenerv3.FilterChain, base []netip.A
 		n.warn("%s ignored: terminal filter %s (%s) is not supported", strings.TrimSuffix(p, "."), last.GetName(), t)
 		return c, false
 	}
+	if httpALPN && c.protocol == route.TCP {
+		n.warn("%s ignored: a tcp_proxy chain for plaintext HTTP application protocols is not supported", strings.TrimSuffix(p, "."))
+		return c, false
+	}
 	return c, true
+}
+
+// plaintextHTTP reports whether a filter chain match selects plaintext
+// HTTP by application protocol (what Envoy's http_inspector detects):
+// application protocols among http/1.0, http/1.1 and h2c, over raw_buffer
+// or any transport.
+func plaintextHTTP(m *listenerv3.FilterChainMatch) bool {
+	if len(m.GetApplicationProtocols()) == 0 || (m.GetTransportProtocol() != "" && m.GetTransportProtocol() != "raw_buffer") {
+		return false
+	}
+	for _, p := range m.GetApplicationProtocols() {
+		switch p {
+		case "http/1.0", "http/1.1", "h2c":
+		default:
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"net/netip"
 	"regexp"
 	"strings"
 
@@ -33,7 +34,8 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 	for vi, vh := range rc.GetVirtualHosts() {
 		vp := fmt.Sprintf("virtual_hosts[%d].", vi)
 		n.ignored(vh, vp, "name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-			"response_headers_to_add", "response_headers_to_remove")
+			"response_headers_to_add", "response_headers_to_remove", "retry_policy")
+		vhr := vhRetry{policy: vh.GetRetryPolicy(), path: vp + "retry_policy."}
 		hr := route.HTTPRoute{Name: vh.GetName()}
 		catchAll := false
 		for di, d := range vh.GetDomains() {
@@ -57,7 +59,7 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 		var prevKey *precedenceKey
 		reordered := false
 		for ri, r := range vh.GetRoutes() {
-			rule, key, ok := convertRoute(&n, fmt.Sprintf("%sroutes[%d].", vp, ri), r, vhMods, top)
+			rule, key, ok := convertRoute(&n, fmt.Sprintf("%sroutes[%d].", vp, ri), r, vhr, vhMods, top)
 			if !ok {
 				continue
 			}
@@ -81,7 +83,36 @@ func convertRouteConfig(rc *routev3.RouteConfiguration) (*routeEntry, notes) {
 	}
 	// Catch-all virtual hosts last, so ties go to the named hosts.
 	e.routes = append(e.routes, catchAlls...)
+	if len(n.errs) == 0 {
+		if err := compiles(e.routes); err != nil {
+			n.fail("%v", err)
+		}
+	}
 	return e, n
+}
+
+// compiles checks that routes build in weir's router, so a configuration
+// that is ACKed never fails the snapshot of the whole response later (an
+// exact path without a leading slash, a header value with a line break);
+// such a configuration is NACKed naming the route instead.
+func compiles(routes []route.HTTPRoute) error {
+	const front = "\x00front"
+	svcs := []route.Service{{Name: front, Addresses: []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 1)}, HTTPRoutes: routes}}
+	seen := map[string]bool{front: true}
+	for _, r := range routes {
+		for _, rule := range r.Rules {
+			for _, b := range rule.Backends {
+				if !seen[b.Service] {
+					seen[b.Service] = true
+					svcs = append(svcs, route.Service{Name: b.Service})
+				}
+			}
+		}
+	}
+	if _, err := route.Build(route.Config{Services: svcs}, nil); err != nil {
+		return fmt.Errorf("does not compile in weir's router: %s", strings.ReplaceAll(err.Error(), "services[0] ("+front+").", ""))
+	}
+	return nil
 }
 
 // hostnameOf turns an Envoy domain into a weir hostname: a port is
@@ -125,7 +156,7 @@ func (a precedenceKey) before(b precedenceKey) bool {
 	return false
 }
 
-func convertRoute(n *notes, p string, r *routev3.Route, mods ...[]route.HTTPRouteFilter) (route.HTTPRouteRule, precedenceKey, bool) {
+func convertRoute(n *notes, p string, r *routev3.Route, vhr vhRetry, mods ...[]route.HTTPRouteFilter) (route.HTTPRouteRule, precedenceKey, bool) {
 	var rn notes
 	n.ignored(r, p, "name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
 		"request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove", "metadata", "decorator")
@@ -135,6 +166,7 @@ func convertRoute(n *notes, p string, r *routev3.Route, mods ...[]route.HTTPRout
 	switch a := r.GetAction().(type) {
 	case *routev3.Route_Route:
 		convertRouteAction(&rn, p+"route.", a.Route, &rule)
+		convertResilience(&rn, p+"route.", a.Route, vhr, &rule)
 	case *routev3.Route_Redirect:
 		convertRedirect(&rn, p+"redirect.", a.Redirect, &rule)
 	case *routev3.Route_DirectResponse:
@@ -295,7 +327,9 @@ func stringMatch(s *matcherv3.StringMatcher) (typ, value string, ok bool) {
 
 func convertRouteAction(n *notes, p string, a *routev3.RouteAction, rule *route.HTTPRouteRule) {
 	n.ignored(a, p, "cluster", "weighted_clusters", "prefix_rewrite", "regex_rewrite", "host_rewrite_literal",
-		"cluster_header", "cluster_specifier_plugin", "inline_cluster_specifier_plugin")
+		"cluster_header", "cluster_specifier_plugin", "inline_cluster_specifier_plugin",
+		// convertResilience:
+		"timeout", "idle_timeout", "max_stream_duration", "retry_policy")
 	switch cs := a.GetClusterSpecifier().(type) {
 	case *routev3.RouteAction_Cluster:
 		rule.Backends = []route.BackendRef{{Service: cs.Cluster}}

@@ -39,34 +39,41 @@ func findBinDir() (string, error) {
 }
 
 func locateBinDir() (string, error) {
-	if dir := os.Getenv(BinDirEnv); dir != "" {
-		if err := checkBinDir(dir); err != nil {
-			return "", fmt.Errorf("%w: %s=%s: %w (run hack/kube-binaries.sh)", errMissing, BinDirEnv, dir, err)
+	return locateTool(BinDirEnv, "kube-binaries.sh", binaries)
+}
+
+// locateTool returns the directory holding names: the one env points at,
+// else the one the cached build script hack/<script> prints (building
+// them first if its cache is cold).
+func locateTool(env, script string, names []string) (string, error) {
+	if dir := os.Getenv(env); dir != "" {
+		if err := checkBinDir(dir, names); err != nil {
+			return "", fmt.Errorf("%w: %s=%s: %w (run hack/%s)", errMissing, env, dir, err, script)
 		}
 		return dir, nil
 	}
-	script, err := findScript()
+	path, err := findScript(script)
 	if err != nil {
-		return "", fmt.Errorf("%w: %s is unset and %w", errMissing, BinDirEnv, err)
+		return "", fmt.Errorf("%w: %s is unset and %w", errMissing, env, err)
 	}
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command("bash", script)
+	cmd := exec.Command("bash", path)
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("%w: %s failed: %w\n%s", errMissing, script, err, tail(stderr.Bytes(), 4096))
+		return "", fmt.Errorf("%w: %s failed: %w\n%s", errMissing, path, err, tail(stderr.Bytes(), 4096))
 	}
 	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
 	dir := strings.TrimSpace(lines[len(lines)-1])
-	if err := checkBinDir(dir); err != nil {
-		return "", fmt.Errorf("%w: %s printed %q: %w", errMissing, script, dir, err)
+	if err := checkBinDir(dir, names); err != nil {
+		return "", fmt.Errorf("%w: %s printed %q: %w", errMissing, path, dir, err)
 	}
 	return dir, nil
 }
 
-// checkBinDir reports the first binary that dir lacks or cannot execute.
-func checkBinDir(dir string) error {
-	for _, name := range binaries {
+// checkBinDir reports the first of names that dir lacks or cannot execute.
+func checkBinDir(dir string, names []string) error {
+	for _, name := range names {
 		p := filepath.Join(dir, name)
 		fi, err := os.Stat(p)
 		if err != nil {
@@ -80,20 +87,20 @@ func checkBinDir(dir string) error {
 }
 
 // findScript walks up from the working directory (a test's package
-// directory) to the repository root holding hack/kube-binaries.sh.
-func findScript() (string, error) {
+// directory) to the repository root holding hack/<name>.
+func findScript(name string) (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("get working directory: %w", err)
 	}
 	for {
-		p := filepath.Join(dir, "hack", "kube-binaries.sh")
+		p := filepath.Join(dir, "hack", name)
 		if _, err := os.Stat(p); err == nil {
 			return p, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("no hack/kube-binaries.sh above the working directory")
+			return "", fmt.Errorf("no hack/%s above the working directory", name)
 		}
 		dir = parent
 	}

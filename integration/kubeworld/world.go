@@ -385,14 +385,24 @@ type process struct {
 }
 
 func (w *World) startProcess(dir, bin string, args ...string) (*process, error) {
+	return w.startProcessEnv(dir, bin, nil, args...)
+}
+
+// startProcessEnv starts bin in dir (under the world's Wrap, if any) with
+// env added to the test's environment, its output appended to
+// dir/<name>.log (a restarted process keeps its earlier log).
+func (w *World) startProcessEnv(dir, bin string, env []string, args ...string) (*process, error) {
 	name := filepath.Base(bin)
 	logPath := filepath.Join(dir, name+".log")
-	logFile, err := os.Create(logPath)
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", logPath, err)
 	}
 	argv := append(append(append([]string(nil), w.opts.Wrap...), bin), args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Dir = dir
