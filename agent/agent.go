@@ -386,6 +386,15 @@ loop:
 		a.ebpf.objs.Close()
 	}
 	a.log.Info("agent stopped")
+	if handedOver && a.kube != nil {
+		// In a pod, an agent that exits after a takeover is restarted by
+		// kubelet (the old DaemonSet pod is not deleted until the new one
+		// is ready), and the restarted container would take over from its
+		// own successor, which then exits in turn: a window with no agent
+		// at all. So it stays, holding nothing, until the pod is deleted.
+		a.log.Info("handed over; idle until this pod is deleted")
+		<-ctx.Done()
+	}
 	return runErr
 }
 
