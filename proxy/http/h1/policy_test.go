@@ -77,6 +77,17 @@ func TestPolicy(t *testing.T) {
 	if len(upTP) != 4 || upTP[1] != tid || upTP[2] == sid || strings.Contains(last, ",") {
 		t.Fatalf("upstream traceparent %q: want one, trace %s with the agent's span id", last, tid)
 	}
+	// The proxy ends the request's span (End) just after the answer is
+	// written: wait for the batch exporter (50 ms) to send it, or it may
+	// end after Shutdown and never be sent.
+	rcv.WaitFor(5*time.Second, func(spans []otlptest.Span) bool {
+		for _, s := range spans {
+			if s.TraceID == tid {
+				return true
+			}
+		}
+		return false
+	})
 	if err := up.Tracer.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}

@@ -95,6 +95,16 @@ func TestPolicyH2C(t *testing.T) {
 	if len(up) != 4 || up[1] != tid || up[2] == sid {
 		t.Fatalf("upstream traceparent %q: want trace %s with the agent's span id", got[len(got)-1], tid)
 	}
+	// The span ends just after the answer is written: wait for the batch
+	// exporter to send it, or it may end after Shutdown and never be sent.
+	rcv.WaitFor(5*time.Second, func(spans []otlptest.Span) bool {
+		for _, s := range spans {
+			if s.TraceID == tid {
+				return true
+			}
+		}
+		return false
+	})
 	if err := tr.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
