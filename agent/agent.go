@@ -79,6 +79,10 @@ type Agent struct {
 	promotedAt   time.Time
 	child        *childStandby
 	standbyAdmin *http.Server
+	// adminLn is the admin listener once bound; a predecessor closes it
+	// the moment it hands over, so the node's HTTP probes reach only its
+	// successor from then on (see admitProbes).
+	adminLn atomic.Pointer[net.Listener]
 	// handoverStream is the successor's connection hand-over stream, set
 	// when it asked for one (handover.go).
 	handoverStream *net.UnixConn
@@ -189,6 +193,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	a.baseCtx = runCtx
+	if a.cfg.ProbeSocket != "" {
+		stop, err := a.serveProbeSocket()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if a.cfg.Standby.Enabled {
 		if err := a.standBy(ctx, runCtx); err != nil {
 			a.stopStandby()
@@ -228,17 +239,38 @@ func (a *Agent) Run(ctx context.Context) error {
 		pred.close()
 		return err
 	}
-	adminLn, err := listenAdmin(a.cfg.Admin)
-	if err != nil {
-		pred.close()
-		cniLn.Close()
-		return fmt.Errorf("admin listen on %s: %w", a.cfg.Admin, err)
-	}
 	cniSrv := &http.Server{Handler: a.cniHandler(), ReadHeaderTimeout: 5 * time.Second}
 	adminSrv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 2)
+	serveAdmin := func() error {
+		adminLn, err := listenAdmin(a.cfg.Admin)
+		if err != nil {
+			return fmt.Errorf("admin listen on %s: %w", a.cfg.Admin, err)
+		}
+		a.adminLn.Store(&adminLn)
+		go func() {
+			// A handover closes the listener (takeover.go): not a failure.
+			if err := serveHTTP(adminSrv, adminLn); err != nil && !errors.Is(err, net.ErrClosed) {
+				errc <- err
+			}
+		}()
+		a.log.Info("admin listening", "admin", adminLn.Addr().String())
+		return nil
+	}
+	// With a predecessor running, the admin address is joined only once
+	// this agent is ready: until then kubelet's HTTP probes (readiness of
+	// either agent's pod) reach the predecessor alone, which answers ready,
+	// and never a not-yet-ready successor: no pod's readiness flaps during
+	// a takeover (a flap can leave a DaemonSet rollout waiting for a
+	// re-sync that never comes). The successor's own pod is held unready by
+	// its exec startup probe on ProbeSocket, which only it answers.
+	if pred == nil {
+		if err := serveAdmin(); err != nil {
+			cniLn.Close()
+			return err
+		}
+	}
 	go func() { errc <- serveHTTP(cniSrv, cniLn) }()
-	go func() { errc <- serveHTTP(adminSrv, adminLn) }()
 
 	var changed <-chan struct{}
 	if err := a.startSources(runCtx); err != nil {
@@ -270,13 +302,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("took over", "pods", a.pods.capturedCount())
 	}
 	a.reconcile(runCtx, "start")
+	if pred != nil {
+		if err := serveAdmin(); err != nil {
+			// The node is served (this agent took over); without the admin
+			// address its pod never turns ready, so the rollout stops here
+			// instead of removing the pod that still could serve.
+			a.log.Error("cannot serve the admin address after the takeover; the pod stays unready", "err", err)
+		}
+	}
 	a.ready.Store(true)
 	if a.kube != nil {
 		if err := a.kube.SetNodeReady(ctx, true); err != nil {
 			a.log.Warn("cannot lift node not-ready taint", "err", err)
 		}
 	}
-	a.log.Info("agent ready", "release", Release, "socket", a.cfg.Socket, "admin", adminLn.Addr().String(), "kubernetes", a.kube != nil)
+	a.log.Info("agent ready", "release", Release, "socket", a.cfg.Socket, "admin", a.cfg.Admin, "kubernetes", a.kube != nil)
 	if !a.promotedAt.IsZero() {
 		a.log.Info("standby promoted", "since_primary_lost", time.Since(a.promotedAt).String(), "pods", a.pods.capturedCount())
 		if a.cfg.Standby.Respawn {
@@ -322,6 +362,13 @@ loop:
 		}
 	}
 	a.ready.Store(false)
+	// Leave the admin address now, not after the drain: a stopping agent is
+	// not ready, and another agent on this node (a successor, or the new pod
+	// of a deleted one) shares the address, so a "not ready" from here would
+	// count against that agent's pod in kubelet's HTTP probes.
+	if ln := a.adminLn.Load(); ln != nil {
+		(*ln).Close()
+	}
 	a.log.Info("agent stopping", "pods", a.pods.capturedCount())
 	// A standby this agent started goes first: it must not see this agent
 	// leave and promote itself.

@@ -35,6 +35,13 @@ type Config struct {
 	Socket string `json:"socket"`
 	// Admin is the address of /metrics, /healthz, /readyz and /config_dump.
 	Admin string `json:"admin"`
+	// ProbeSocket, when set, is a unix socket serving /healthz and /readyz
+	// for this process alone, for `weir-agent --probe` as an exec probe.
+	// During a takeover two agents share the admin address (SO_REUSEPORT),
+	// so an HTTP probe there reaches either one: a new agent's pod could be
+	// declared ready by its predecessor's answer. The DaemonSet points it
+	// into a per-pod emptyDir. Empty (the default): no probe socket.
+	ProbeSocket string `json:"probeSocket,omitempty"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"logLevel"`
 	// ConnectTimeout bounds upstream connects that go through no cluster.
@@ -465,6 +472,12 @@ func (c Config) Validate() error {
 		if !filepath.IsAbs(p[1]) {
 			return fmt.Errorf("%s: must be an absolute path, got %q", p[0], p[1])
 		}
+	}
+	if c.ProbeSocket != "" && !filepath.IsAbs(c.ProbeSocket) {
+		return fmt.Errorf("probeSocket: want an absolute path, got %q", c.ProbeSocket)
+	}
+	if c.ProbeSocket != "" && c.ProbeSocket == c.Socket {
+		return fmt.Errorf("probeSocket: must differ from socket (%s)", c.Socket)
 	}
 	if _, err := netip.ParseAddrPort(c.Admin); err != nil {
 		return fmt.Errorf("admin: want ip:port, got %q: %w", c.Admin, err)

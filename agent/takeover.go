@@ -112,6 +112,12 @@ func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	a.ownsState.Store(false)
+	// The successor joins the admin address once it is ready; from then
+	// on only it answers the node's HTTP probes (this agent's drain must
+	// not answer them "not ready", nor its idle wait at all).
+	if ln := a.adminLn.Load(); ln != nil {
+		(*ln).Close()
+	}
 	a.ready.Store(false)
 	a.mu.Unlock()
 	if r.Header.Get(HandoverHeader) != "" {

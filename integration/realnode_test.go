@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -305,6 +306,12 @@ func (r *realNode) rollingUpdate(t *testing.T) {
 		t.Fatalf("start load: HTTP %d %v %s", code, err, body)
 	}
 	time.Sleep(3 * time.Second)
+	// Every agent pod's readiness is watched through the rollout: none may
+	// turn unready while it is not being deleted. A flap (an HTTP probe of
+	// one pod answered by the other pod's agent on the shared admin
+	// address) can leave the DaemonSet controller waiting for a re-sync
+	// that never comes: the rollout then stalls with the old pod kept.
+	flaps := r.watchAgentReadiness(t, ctx)
 	began := time.Now()
 	t.Logf("rollout starts at %s", began.UTC().Format("15:04:05.000"))
 	r.Kubectl(t, "-n", "weir-system", "set", "image", "daemonset/weir-agent",
@@ -326,6 +333,9 @@ func (r *realNode) rollingUpdate(t *testing.T) {
 	t.Logf("load through the rollout: %d ok, %d failed", res.OK, res.Failed)
 	if res.Failed != 0 || res.OK == 0 {
 		t.Errorf("rolling update under load: %d ok, %d failed: %v", res.OK, res.Failed, res.Errors)
+	}
+	if f := flaps(); len(f) > 0 {
+		t.Errorf("agent pods turned unready during the rollout while not being deleted: %v", f)
 	}
 	now := r.waitAgentReady(t, nodeworld.WeirImageNext, time.Minute)
 	if now.UID == old.UID {
@@ -429,6 +439,41 @@ func (r *realNode) waitAgentReady(t *testing.T, image string, timeout time.Durat
 		return nil
 	})
 	return pod
+}
+
+// watchAgentReadiness watches weir-system's agent pods until the test
+// ends; the returned func lists the Ready→unready transitions seen so far
+// of pods that were not being deleted.
+func (r *realNode) watchAgentReadiness(t *testing.T, ctx context.Context) func() []string {
+	t.Helper()
+	w, err := r.Kube.Client.CoreV1().Pods("weir-system").Watch(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=agent"})
+	if err != nil {
+		t.Fatalf("watch agent pods: %v", err)
+	}
+	t.Cleanup(w.Stop)
+	var mu sync.Mutex
+	var flaps []string
+	ready := map[string]bool{}
+	go func() {
+		for ev := range w.ResultChan() {
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok || p.DeletionTimestamp != nil {
+				continue
+			}
+			now := podReady(p)
+			mu.Lock()
+			if was, seen := ready[p.Name]; seen && was && !now {
+				flaps = append(flaps, fmt.Sprintf("%s at %s", p.Name, time.Now().UTC().Format("15:04:05.000")))
+			}
+			ready[p.Name] = now
+			mu.Unlock()
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]string(nil), flaps...)
+	}
 }
 
 func podReady(p *corev1.Pod) bool {

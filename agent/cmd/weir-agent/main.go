@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/weir-mesh/weir/agent"
 )
@@ -31,6 +32,7 @@ func run() int {
 	configPath := flag.String("config", "", "path of the YAML configuration file (empty: built-in defaults)")
 	checkOnly := flag.Bool("check-config", false, "validate the configuration and exit")
 	standby := flag.Bool("standby", false, "run as the hot standby of the agent on the config's socket (same as standby.enabled: true), so one config file serves both")
+	probe := flag.String("probe", "", "ask this container's agent for /readyz or /healthz over the config's probeSocket and exit 0 if it answers 200 (an exec probe: the admin address may be shared with another agent during a takeover)")
 	uninstallEBPF := flag.Bool("uninstall-ebpf", false, "remove the eBPF capture pinned under capture.ebpf.pinPath (detaching every program) and exit")
 	flag.Parse()
 
@@ -50,6 +52,17 @@ func run() int {
 	}
 	if *checkOnly {
 		fmt.Println("configuration ok")
+		return 0
+	}
+	if *probe != "" {
+		if cfg.ProbeSocket == "" {
+			fmt.Fprintln(os.Stderr, "weir-agent: --probe needs probeSocket in the configuration")
+			return 2
+		}
+		if err := agent.Probe(agent.ProbeSocketPath(cfg), *probe, 4*time.Second); err != nil {
+			fmt.Fprintf(os.Stderr, "weir-agent: %v\n", err)
+			return 1
+		}
 		return 0
 	}
 	if *uninstallEBPF {
