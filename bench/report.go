@@ -100,6 +100,9 @@ type Row struct {
 	// CPU is the median proxy CPU per unit, in the workload's CPU unit
 	// (0 for the direct path).
 	CPU float64 `json:"cpu"`
+	// MachineCPU is the median whole-machine CPU per unit (Sample.
+	// MachineCPU), in the workload's CPU unit, for every path.
+	MachineCPU float64 `json:"machineCpu"`
 	// RSS is the median peak RSS of the proxy processes, bytes.
 	RSS    int64 `json:"rssBytes"`
 	Errors int64 `json:"errors"`
@@ -181,11 +184,14 @@ func (r *Report) finish(elapsed time.Duration) {
 	for _, w := range r.Workloads {
 		bestRate, bestCPU := 0.0, math.Inf(1)
 		for _, row := range w.Rows {
-			var rate, p50, p99, cpu, rss []float64
+			var rate, p50, p99, cpu, rss, mcpu []float64
 			for _, s := range row.Samples {
 				rate = append(rate, s.Rate)
 				p50 = append(p50, s.P50us)
 				p99 = append(p99, s.P99us)
+				if s.Units > 0 {
+					mcpu = append(mcpu, s.MachineCPU/s.Units*w.cpuScale)
+				}
 				if row.Kind != kindDirect && s.Units > 0 {
 					cpu = append(cpu, s.ProxyCPU/s.Units*w.cpuScale)
 					rss = append(rss, float64(s.ProxyRSS))
@@ -194,7 +200,7 @@ func (r *Report) finish(elapsed time.Duration) {
 				row.WeirL7Requests += s.WeirL7Requests
 			}
 			row.Rate, row.P50us, row.P99us = median(rate), median(p50), median(p99)
-			row.CPU, row.RSS = median(cpu), int64(median(rss))
+			row.CPU, row.RSS, row.MachineCPU = median(cpu), int64(median(rss)), median(mcpu)
 			if row.Kind == kindPeer && len(row.Samples) > 0 {
 				if row.Rate > bestRate {
 					bestRate, w.BestPeerRate = row.Rate, row.Path
@@ -234,10 +240,35 @@ func (r *Report) finish(elapsed time.Duration) {
 		r.target("L7 CPU per HTTP/2 request ≤ haproxy http's (h2c, proto h2)", "h2-keepalive", weir, "haproxy-http", cpu, "≤ 1.00", atMost1)
 		r.target("L7 CPU per HTTP/2 request ≤ nginx http's (h2c front)", "h2-keepalive", weir, "nginx-http", cpu, "≤ 1.00", atMost1)
 	}
+	// Issue 12: what eBPF capture adds over the direct path, against what
+	// REDIRECT adds; its L4 CPU counted for the whole machine (the kernel
+	// does the work user space no longer does).
+	r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's (ping-pong, L4)", "pingpong", "weir-ebpf", "weir-redirect",
+		r.added("pingpong", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+	r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's (connection per request, L4)", "http-close", "weir-ebpf-l4", "weir-redirect-l4",
+		r.added("http-close", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+	r.target("eBPF L4 machine CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", "weir-ebpf-l4", "nginx-stream",
+		func(a, b *Row) float64 { return a.MachineCPU / b.MachineCPU }, "≤ 1.00", atMost1)
 	// Issue 10: the cost of policy and telemetry on the L7 path.
 	atMost115 := func(x float64) bool { return x <= 1.15 }
 	r.target("L7 policy and telemetry cost: CPU per HTTP/1.1 request ≤ 1.15 × plain L7 (keep-alive)", "http-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
 	r.target("L7 policy and telemetry cost: CPU per HTTP/2 request ≤ 1.15 × plain L7 (h2c)", "h2-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
+}
+
+// added returns a ratio of what two paths add over the direct path of a
+// workload, by the figure f (a latency).
+func (r *Report) added(workload string, f func(*Row) float64) func(a, b *Row) float64 {
+	return func(a, b *Row) float64 {
+		w := r.Workload(workload)
+		if w == nil {
+			return math.NaN()
+		}
+		d := w.Row("direct")
+		if d == nil || len(d.Samples) == 0 {
+			return math.NaN()
+		}
+		return (f(a) - f(d)) / (f(b) - f(d))
+	}
 }
 
 func (r *Report) target(goal, workload, path, peer string, ratio func(a, b *Row) float64, want string, ok func(float64) bool) {
@@ -335,19 +366,31 @@ func fmtCPU(row *Row) string {
 // cells is a row as table cells: path, rate, p50, p99, CPU, RSS, ratios, errors.
 func (w *WorkloadResult) cells(row *Row) []string {
 	if len(row.Samples) == 0 {
-		return []string{row.Path, "FAILED", "", "", "", "", "", "", fmt.Sprint(len(row.Failures))}
+		return []string{row.Path, "FAILED", "", "", "", "", "", "", "", fmt.Sprint(len(row.Failures))}
 	}
 	errs := fmt.Sprint(row.Errors)
 	if len(row.Failures) > 0 {
 		errs += fmt.Sprintf(" (+%d failed runs)", len(row.Failures))
 	}
-	return []string{row.Path, fmtRate(row.Rate), fmtUs(row.P50us), fmtUs(row.P99us), fmtCPU(row), fmtMiB(row.RSS),
+	return []string{row.Path, fmtRate(row.Rate), fmtUs(row.P50us), fmtUs(row.P99us), fmtCPU(row), fmtNum(row.MachineCPU), fmtMiB(row.RSS),
 		fmtRatio(row.RateVsBestPeer), fmtRatio(row.CPUVsBestPeer), errs}
 }
 
 func (w *WorkloadResult) header() []string {
-	return []string{"path", w.RateUnit, "p50", "p99", "proxy CPU " + w.CPUUnit, "peak RSS MiB",
+	return []string{"path", w.RateUnit, "p50", "p99", "proxy CPU " + w.CPUUnit, "machine CPU " + w.CPUUnit, "peak RSS MiB",
 		"rate/best peer", "CPU/best peer", "errors"}
+}
+
+// fmtNum formats a CPU figure like fmtCPU, for any path.
+func fmtNum(v float64) string {
+	switch {
+	case v == 0 || math.IsNaN(v):
+		return "-"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
 }
 
 // WriteTable prints the human table.

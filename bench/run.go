@@ -215,6 +215,10 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
+	busy0, err := machineBusy()
+	if err != nil {
+		return Sample{}, err
+	}
 	s, err := wl.run(w, p, d)
 	if err != nil {
 		if cerr := p.check(); cerr != nil {
@@ -231,7 +235,11 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
-	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
+	busy1, err := machineBusy()
+	if err != nil {
+		return Sample{}, err
+	}
+	s.ProxyCPU, s.ProxyRSS, s.MachineCPU = cpu.Seconds(), rss, (busy1 - busy0).Seconds()
 	if p.agent != nil {
 		m, err := agentMetrics(p.agent)
 		if err != nil {
