@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,5 +170,96 @@ func TestEBPFAcceleration(t *testing.T) {
 			t.Fatalf("connections still open in the agent 30 s after every client ended")
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestTakeoverEBPF: in ebpf mode (acceleration on) a new agent takes over
+// from a running one: curl requests from a captured pod all succeed while it
+// does, a 512 MiB transfer each way relayed by the old agent through an
+// accelerated pair completes byte-exact, the old agent exits 0, and then
+// new connections go through the successor, accelerated, byte-exact.
+func TestTakeoverEBPF(t *testing.T) {
+	w := world{"1.0.0", "ebpf", "v4", ""}
+	node := testworld.NewNode(t, w.nodeOptions())
+	pump := testworld.Pump(t)
+	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": "90s"}
+	old := node.StartAgent(t, cfg)
+	srv := node.MustAddPod(t, "backend", "server")
+	srv.StartNginx(t, 8080, "server")
+	startPumpServer(t, srv, pump)
+	client := node.MustAddPod(t, "demo", "client")
+	target := fmt.Sprintf("http://%s:8080/", srv.IP4)
+	if body, err := client.Curl(t, target); err != nil || strings.TrimSpace(body) != "server" {
+		t.Fatalf("request before the takeover: %v %q", err, body)
+	}
+	if outbound(t, old) == 0 {
+		t.Fatal("the request before the takeover did not go through the agent")
+	}
+
+	bulk := make(chan string, 1)
+	go func() {
+		out, _, err := runPump(t, client, pump, "bulk", hostPort(srv.IP4, 9000), fmt.Sprint(512<<20), fmt.Sprint(512<<20))
+		if err != nil {
+			out = err.Error() + ": " + out
+		}
+		bulk <- out
+	}()
+	var sent, failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for i := 0; i < 2000; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if body, err := client.Curl(t, target, "--max-time", "5"); err != nil || strings.TrimSpace(body) != "server" {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("%v %q", err, body))
+			}
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	successor := node.StartAgent(t, cfg)
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(successor.Log(), `"took over"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("successor never took over:\n%s", successor.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	select {
+	case out := <-bulk:
+		if !strings.HasPrefix(out, "ok ") {
+			t.Fatalf("512 MiB each way across the takeover: %s", out)
+		}
+		t.Logf("across the takeover: %s", out)
+	case <-time.After(4 * time.Minute):
+		t.Fatal("bulk transfer across the takeover did not end in 4 minutes")
+	}
+	if err := old.Wait(t, 95*time.Second); err != nil {
+		t.Fatalf("old agent exit: %v, want status 0", err)
+	}
+	close(stop)
+	<-loopDone
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed during the takeover; first: %v", failed.Load(), sent.Load(), firstErr.Load())
+	}
+	t.Logf("%d curl requests, none failed, across the takeover", sent.Load())
+
+	before, sockets := outbound(t, successor), successor.Metric(t, `weir_ebpf_accel_total{event="sockets"}`)
+	out, _, err := runPump(t, client, pump, "msgs", hostPort(srv.IP4, 9000), "10000", "64")
+	if err != nil || !strings.HasPrefix(out, "ok ") {
+		t.Fatalf("10,000 messages after the takeover: %v: %s", err, out)
+	}
+	if outbound(t, successor)-before != 1 {
+		t.Fatal("the connection after the takeover did not go through the new agent")
+	}
+	if d := successor.Metric(t, `weir_ebpf_accel_total{event="sockets"}`) - sockets; d < 2 {
+		t.Fatalf("the pair after the takeover put %v sockets in the sockhash, want 2", d)
 	}
 }
