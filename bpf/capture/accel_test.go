@@ -254,3 +254,20 @@ func TestAccelLocalPair(t *testing.T) {
 		t.Fatal("the agent's writes hung after the app exited")
 	}
 }
+
+func TestBelow(t *testing.T) {
+	top := t.TempDir()
+	deep := filepath.Join(top, "a", "b")
+	if err := os.MkdirAll(deep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	for _, c := range []struct {
+		dir, top string
+		want     bool
+	}{{deep, top, true}, {top, top, true}, {top, deep, false}, {other, top, false}, {filepath.Join(top, "missing"), top, true}} {
+		if got := below(c.dir, c.top); got != c.want {
+			t.Errorf("below(%s, %s) = %v, want %v", c.dir, c.top, got, c.want)
+		}
+	}
+}

@@ -33,7 +33,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -216,9 +215,7 @@ const agentSockopsPin = "link_sockops_agent"
 // stale link from an earlier start is removed, so the program never runs
 // twice for one socket.
 func (o *Objects) attachAgentSockops(cgroup, agentCgroup string) error {
-	rel, err := filepath.Rel(cgroup, agentCgroup)
-	inside := err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
-	if agentCgroup == "" || inside {
+	if agentCgroup == "" || below(agentCgroup, cgroup) {
 		l, err := link.LoadPinnedLink(filepath.Join(o.pin, agentSockopsPin), nil)
 		if err == nil {
 			l.Unpin()
@@ -491,6 +488,25 @@ func wordsCookie(w [2]uint32) uint64 {
 	binary.NativeEndian.PutUint32(b[:4], w[0])
 	binary.NativeEndian.PutUint32(b[4:], w[1])
 	return binary.NativeEndian.Uint64(b[:])
+}
+
+// below reports whether directory dir is top or lies below it, comparing
+// (device, inode) up dir's path, so two mounts of one cgroup hierarchy
+// compare right.
+func below(dir, top string) bool {
+	var want unix.Stat_t
+	if err := unix.Stat(top, &want); err != nil {
+		return false
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			return true
+		}
+		if d == "/" || d == "." {
+			return false
+		}
+	}
 }
 
 // checkFS fails unless path is on a filesystem with the given magic.
