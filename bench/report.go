@@ -632,7 +632,10 @@ received from iperf3, round trips/s from the ping-pong client); **p50/p99** are 
 latency percentiles (h2load's from its per-request ` + "`--log-file`" + `); **proxy CPU** is the proxy's own user+system time over the run
 (` + "`/proc/PID/stat`" + ` utime+stime deltas, summed over nginx's master and workers) divided by the
 work done; **peak RSS** is the sum of ` + "`VmHWM`" + ` over the proxy's processes, reset through
-` + "`/proc/PID/clear_refs`" + ` before each run. Ratios compare each path with the best peer (highest
+` + "`/proc/PID/clear_refs`" + ` before each run; **machine CPU** is the whole machine's busy time
+(` + "`/proc/stat`" + `: user, nice, system, irq, softirq, steal, every CPU) divided by the same work,
+for every path: it counts the kernel's share (what eBPF capture moves out of user space) and
+the client and server, and on a shared machine whatever else ran meanwhile. Ratios compare each path with the best peer (highest
 rate; lowest CPU). Client, proxy and server share the machine's cores, so rates are noisy:
 CPU per unit and the interleaved ratios are the steadier figures.
 `
