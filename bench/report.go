@@ -34,7 +34,10 @@ type Report struct {
 	// weir_http_requests_total by protocol, per agent at the end (keyed by
 	// its first path's name): what the sniffer decided and what the L7
 	// half proxied.
-	AgentSniff        map[string]map[string]float64 `json:"agentSniff"`
+	AgentSniff map[string]map[string]float64 `json:"agentSniff"`
+	// AgentAccel is weir_ebpf_accel_total by event, for agents in eBPF
+	// mode: how much of the path the kernel's sockmap redirect carried.
+	AgentAccel        map[string]map[string]float64 `json:"agentAccel,omitempty"`
 	AgentHTTPRequests map[string]map[string]float64 `json:"agentHttpRequests"`
 	// AgentWarnings are the WARN and ERROR lines weir-agent logged during
 	// the run; a healthy run has none.
@@ -128,7 +131,8 @@ type Target struct {
 func newReport(opts Options, started time.Time, paths []*path, wls []workload) *Report {
 	r := &Report{Started: started, Machine: machine(), Rounds: opts.Rounds, Duration: opts.Duration.String(),
 		Quick: opts.Quick, AgentConnections: map[string]float64{},
-		AgentSniff: map[string]map[string]float64{}, AgentHTTPRequests: map[string]map[string]float64{}}
+		AgentSniff: map[string]map[string]float64{}, AgentHTTPRequests: map[string]map[string]float64{},
+		AgentAccel: map[string]map[string]float64{}}
 	for _, p := range paths {
 		r.Paths = append(r.Paths, PathInfo{Name: p.Name, Kind: p.Kind, Desc: p.Desc})
 	}
@@ -422,6 +426,9 @@ func (r *Report) WriteTable(out io.Writer) {
 	if len(r.AgentConnections) > 0 {
 		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
 		fmt.Fprintf(out, "sniffer results: %v\nL7 requests by protocol: %v\n", r.AgentSniff, r.AgentHTTPRequests)
+		if len(r.AgentAccel) > 0 {
+			fmt.Fprintf(out, "eBPF acceleration (weir_ebpf_accel_total): %v\n", r.AgentAccel)
+		}
 	}
 	if len(r.AgentWarnings) > 0 {
 		fmt.Fprintf(out, "\nweir-agent logged %d warnings or errors during the run:\n", len(r.AgentWarnings))

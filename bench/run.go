@@ -184,6 +184,9 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 			if m, err := agentMetrics(p.agent); err == nil {
 				rep.AgentSniff[p.Name] = labelled(m, "weir_sniff_total", "result")
 				rep.AgentHTTPRequests[p.Name] = labelled(m, "weir_http_requests_total", "protocol")
+				if a := labelled(m, "weir_ebpf_accel_total", "event"); len(a) > 0 {
+					rep.AgentAccel[p.Name] = a
+				}
 			}
 			rep.AgentWarnings = append(rep.AgentWarnings, agentWarnings(p)...)
 		}
