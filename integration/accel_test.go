@@ -70,7 +70,8 @@ func runPump(t *testing.T, p *testworld.Pod, pump string, args ...string) (strin
 // the kernel, and through every accelerated path (outbound: app → agent;
 // inbound: agent → app; captured pod to captured pod: both) a 1 GiB stream
 // each way is byte-exact by sha256, 10,000 small messages echo exactly, and
-// the agent's acceleration counters show the redirected bytes. The relay
+// the agent's acceleration counters show the redirected bytes; 4,000
+// short connections are each exact and each an accelerated pair. The relay
 // between an accelerated socket and the upstream must not splice (it would
 // wait forever for bytes the sockmap queue holds). A client that exits
 // mid-stream ends the server's send with an error, and a server that exits
@@ -139,6 +140,31 @@ func TestEBPFAcceleration(t *testing.T) {
 	}
 	t.Logf("acceleration counters: sockets %v, msgs %v, bytes %v, no_peer %v, peer_gone %v",
 		accel("sockets"), accel("msgs"), accel("bytes"), accel("no_peer"), accel("peer_gone"))
+
+	// Connection churn: 8 clients × 500 connections of one small exchange
+	// each (the client half-closes, the server answers and closes); every
+	// one exact, every pair in the sockhash.
+	socketsBefore := accel("sockets")
+	var churn sync.WaitGroup
+	churnErrs := make(chan string, 8)
+	for range 8 {
+		churn.Add(1)
+		go func() {
+			defer churn.Done()
+			out, _, err := runPump(t, client, pump, "conns", hostPort(vip("v4").Addr(), 9000), "500")
+			if err != nil || !strings.HasPrefix(out, "ok ") {
+				churnErrs <- fmt.Sprintf("%v: %s", err, out)
+			}
+		}()
+	}
+	churn.Wait()
+	close(churnErrs)
+	for e := range churnErrs {
+		t.Fatalf("connection churn: %s", e)
+	}
+	if d := accel("sockets") - socketsBefore; d < 2*8*500 {
+		t.Fatalf("connection churn: %v sockets put in the sockhash, want %d (both ends of every connection)", d, 2*8*500)
+	}
 
 	// The client goes away after 1 MiB of a 1 GiB download: the server's
 	// send through the agent fails instead of waiting.

@@ -10,6 +10,9 @@
 //	                                mid-stream)
 //	pump msgs ADDR N SIZE           N messages of SIZE bytes, each echoed back
 //	                                and compared
+//	pump conns ADDR N               N connections one after the other, each
+//	                                one small exchange (the server closes
+//	                                first); prints the slowest
 //
 // A connection starts with a 16-byte header: the bytes the server must send
 // (big-endian uint64) and flags (echo: copy everything back; quit: close
@@ -51,6 +54,8 @@ func main() {
 		err = bulk(os.Args[2], num(3), num(4), num(5))
 	case "msgs":
 		err = msgs(os.Args[2], int(num(3)), int(num(4)))
+	case "conns":
+		err = conns(os.Args[2], int(num(3)))
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -243,5 +248,46 @@ func msgs(addr string, n, size int) error {
 		}
 	}
 	fmt.Printf("ok %d messages of %d bytes\n", n, size)
+	return nil
+}
+
+func conns(addr string, n int) error {
+	var slowest time.Duration
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := exchange(addr); err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	fmt.Printf("ok %d connections, slowest %s\n", n, slowest)
+	return nil
+}
+
+// exchange is one connection: 64 bytes up, 64 down and the server's
+// sha256 of what it got, the server closing first.
+func exchange(addr string) error {
+	c, err := dial(addr, 64, 0)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h := sha256.New()
+	up := make([]byte, 64)
+	(&pattern{}).Read(up)
+	h.Write(up)
+	if _, err := c.Write(up); err != nil {
+		return err
+	}
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	back := make([]byte, 64+sha256.Size)
+	if _, err := io.ReadFull(c, back); err != nil {
+		return err
+	}
+	if !bytes.Equal(back[:64], up) || !bytes.Equal(back[64:], h.Sum(nil)) {
+		return errors.New("exchange differs")
+	}
 	return nil
 }
