@@ -21,6 +21,7 @@ import (
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/kube"
+	"github.com/weir-mesh/weir/bpf/capture"
 	"github.com/weir-mesh/weir/proxy"
 	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/http/h2"
@@ -47,6 +48,9 @@ type Agent struct {
 	// ebpf is the eBPF capture (ebpf.go) and cgroupPath where it attaches.
 	ebpf       ebpf
 	cgroupPath string
+	// accel is the loaded capture once it accelerates local pairs; the
+	// engine asks it which sockets not to splice (Engine.Accelerated).
+	accel atomic.Pointer[capture.Objects]
 	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
 	kube *kube.Source
 	// nodeNetns are the namespaces the agent never captures (netns.go).
@@ -160,6 +164,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		HandoverMetrics: proxy.NewHandoverMetrics(reg),
 		RPCMetrics:      rpc.NewMetrics(reg),
 	}
+	a.engine.Accelerated = a.accelerated
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
 	}

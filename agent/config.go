@@ -259,7 +259,16 @@ type EBPFSettings struct {
 	// /run/weir/cgroup2 on a host that has none): every pod process must be
 	// below it.
 	Cgroup string `json:"cgroup"`
+	// Accelerate (default true) puts the local pairs the agent takes part
+	// in (a captured app and the agent's outbound listener; the agent's
+	// inbound upstream connection and the app) in a sockmap whose sk_msg
+	// program hands the bytes straight to the peer socket, skipping TCP/IP
+	// on the pod's loopback. false: every byte takes the TCP stack.
+	Accelerate *bool `json:"accelerate"`
 }
+
+// accelerate is Accelerate with its default.
+func (e EBPFSettings) accelerate() bool { return e.Accelerate == nil || *e.Accelerate }
 
 // PodOverride is a static per-pod (or per-namespace) capture override.
 type PodOverride struct {

@@ -54,7 +54,10 @@ func (a *Agent) ebpfReady() error {
 		return a.ebpf.err
 	}
 	a.reg.MustRegister(&ebpfCollector{objs: a.ebpf.objs})
-	a.log.Info("eBPF capture loaded", "pinPath", a.ebpf.objs.PinPath(), "cgroup", a.cgroupPath)
+	if a.ebpf.objs.Accelerating() {
+		a.accel.Store(a.ebpf.objs)
+	}
+	a.log.Info("eBPF capture loaded", "pinPath", a.ebpf.objs.PinPath(), "cgroup", a.cgroupPath, "accelerate", a.ebpf.objs.Accelerating())
 	return nil
 }
 
@@ -76,13 +79,20 @@ func (a *Agent) loadEBPF() (*capture.Objects, error) {
 	if err := capture.Probe(pin, a.cgroupPath); err != nil {
 		return nil, err
 	}
-	objs, err := capture.Load(capture.Options{PinPath: pin, Cgroup: a.cgroupPath})
+	self, err := capture.SelfCgroup(mount)
+	if err != nil {
+		return nil, fmt.Errorf("find the agent's own cgroup: %w", err)
+	}
+	objs, err := capture.Load(capture.Options{
+		PinPath: pin, Cgroup: a.cgroupPath,
+		Accelerate: a.cfg.Capture.EBPF.accelerate(), AgentCgroup: self,
+	})
 	if err != nil {
 		return nil, err
 	}
-	self, err := capture.SelfCgroupID(mount)
+	id, err := capture.SelfCgroupID(mount)
 	if err == nil {
-		err = objs.AllowCgroup(self)
+		err = objs.AllowCgroup(id)
 	}
 	if err != nil {
 		objs.Close()
@@ -201,21 +211,50 @@ func (m *podMap) TagClient(fd int, client netip.AddrPort) error {
 	return m.objs.TagClient(fd, client)
 }
 
+// accelerated is the engine's Engine.Accelerated: whether c is in the
+// acceleration's sockhash (one lookup, only once eBPF acceleration is on).
+func (a *Agent) accelerated(c *net.TCPConn) bool {
+	objs := a.accel.Load()
+	if objs == nil {
+		return false
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return true // closed: not splicing it costs nothing
+	}
+	in := true
+	rc.Control(func(fd uintptr) { in = objs.Accelerated(int(fd)) })
+	return in
+}
+
 // ebpfCollector exports the programs' per-CPU counters.
 type ebpfCollector struct{ objs *capture.Objects }
 
-var ebpfEventsDesc = prometheus.NewDesc("weir_ebpf_events_total",
-	"eBPF capture events counted in the kernel: connects redirected or excluded, original destinations published, peers restored, inbound connections steered or dropped for want of a listener.",
-	[]string{"event"}, nil)
+var (
+	ebpfEventsDesc = prometheus.NewDesc("weir_ebpf_events_total",
+		"eBPF capture events counted in the kernel: connects redirected or excluded, original destinations published, peers restored, inbound connections steered or dropped for want of a listener.",
+		[]string{"event"}, nil)
+	ebpfAccelDesc = prometheus.NewDesc("weir_ebpf_accel_total",
+		"eBPF acceleration of local pairs, counted in the kernel: sockets put in the sockhash, sendmsg calls redirected to the peer socket (msgs) and their bytes, first sends that found no peer (never redirected), sends whose peer had closed, decisions lost for want of socket storage, inserts the full sockhash refused.",
+		[]string{"event"}, nil)
+)
 
-func (c *ebpfCollector) Describe(ch chan<- *prometheus.Desc) { ch <- ebpfEventsDesc }
+func (c *ebpfCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ebpfEventsDesc
+	ch <- ebpfAccelDesc
+}
 
 func (c *ebpfCollector) Collect(ch chan<- prometheus.Metric) {
-	st, err := c.objs.Stats()
-	if err != nil {
-		return
-	}
-	for k, v := range st {
-		ch <- prometheus.MustNewConstMetric(ebpfEventsDesc, prometheus.CounterValue, float64(v), k)
+	for _, s := range []struct {
+		desc *prometheus.Desc
+		read func() (map[string]uint64, error)
+	}{{ebpfEventsDesc, c.objs.Stats}, {ebpfAccelDesc, c.objs.AccelStats}} {
+		st, err := s.read()
+		if err != nil {
+			continue
+		}
+		for k, v := range st {
+			ch <- prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, float64(v), k)
+		}
 	}
 }

@@ -174,3 +174,33 @@ func (u *usage) end() (time.Duration, int64, error) {
 	}
 	return cpu, rss, nil
 }
+
+// machineBusy returns the CPU time the whole machine has spent busy so far
+// (every CPU), from /proc/stat.
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read machine cpu: %w", err)
+	}
+	return parseMachineBusy(b)
+}
+
+// parseMachineBusy sums user, nice, system, irq, softirq and steal of the
+// aggregate "cpu" line of /proc/stat (idle and iowait are not busy; guest
+// time is already counted in user).
+func parseMachineBusy(b []byte) (time.Duration, error) {
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("parse /proc/stat: first line %q is not the aggregate cpu line", line)
+	}
+	var sum uint64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system irq softirq steal
+		v, err := strconv.ParseUint(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("parse /proc/stat field %d: %w", i, err)
+		}
+		sum += v
+	}
+	return time.Duration(sum) * clockTick, nil
+}

@@ -34,7 +34,10 @@ type Report struct {
 	// weir_http_requests_total by protocol, per agent at the end (keyed by
 	// its first path's name): what the sniffer decided and what the L7
 	// half proxied.
-	AgentSniff        map[string]map[string]float64 `json:"agentSniff"`
+	AgentSniff map[string]map[string]float64 `json:"agentSniff"`
+	// AgentAccel is weir_ebpf_accel_total by event, for agents in eBPF
+	// mode: how much of the path the kernel's sockmap redirect carried.
+	AgentAccel        map[string]map[string]float64 `json:"agentAccel,omitempty"`
 	AgentHTTPRequests map[string]map[string]float64 `json:"agentHttpRequests"`
 	// AgentWarnings are the WARN and ERROR lines weir-agent logged during
 	// the run; a healthy run has none.
@@ -100,6 +103,9 @@ type Row struct {
 	// CPU is the median proxy CPU per unit, in the workload's CPU unit
 	// (0 for the direct path).
 	CPU float64 `json:"cpu"`
+	// MachineCPU is the median whole-machine CPU per unit (Sample.
+	// MachineCPU), in the workload's CPU unit, for every path.
+	MachineCPU float64 `json:"machineCpu"`
 	// RSS is the median peak RSS of the proxy processes, bytes.
 	RSS    int64 `json:"rssBytes"`
 	Errors int64 `json:"errors"`
@@ -125,7 +131,8 @@ type Target struct {
 func newReport(opts Options, started time.Time, paths []*path, wls []workload) *Report {
 	r := &Report{Started: started, Machine: machine(), Rounds: opts.Rounds, Duration: opts.Duration.String(),
 		Quick: opts.Quick, AgentConnections: map[string]float64{},
-		AgentSniff: map[string]map[string]float64{}, AgentHTTPRequests: map[string]map[string]float64{}}
+		AgentSniff: map[string]map[string]float64{}, AgentHTTPRequests: map[string]map[string]float64{},
+		AgentAccel: map[string]map[string]float64{}}
 	for _, p := range paths {
 		r.Paths = append(r.Paths, PathInfo{Name: p.Name, Kind: p.Kind, Desc: p.Desc})
 	}
@@ -181,11 +188,14 @@ func (r *Report) finish(elapsed time.Duration) {
 	for _, w := range r.Workloads {
 		bestRate, bestCPU := 0.0, math.Inf(1)
 		for _, row := range w.Rows {
-			var rate, p50, p99, cpu, rss []float64
+			var rate, p50, p99, cpu, rss, mcpu []float64
 			for _, s := range row.Samples {
 				rate = append(rate, s.Rate)
 				p50 = append(p50, s.P50us)
 				p99 = append(p99, s.P99us)
+				if s.Units > 0 {
+					mcpu = append(mcpu, s.MachineCPU/s.Units*w.cpuScale)
+				}
 				if row.Kind != kindDirect && s.Units > 0 {
 					cpu = append(cpu, s.ProxyCPU/s.Units*w.cpuScale)
 					rss = append(rss, float64(s.ProxyRSS))
@@ -194,7 +204,7 @@ func (r *Report) finish(elapsed time.Duration) {
 				row.WeirL7Requests += s.WeirL7Requests
 			}
 			row.Rate, row.P50us, row.P99us = median(rate), median(p50), median(p99)
-			row.CPU, row.RSS = median(cpu), int64(median(rss))
+			row.CPU, row.RSS, row.MachineCPU = median(cpu), int64(median(rss)), median(mcpu)
 			if row.Kind == kindPeer && len(row.Samples) > 0 {
 				if row.Rate > bestRate {
 					bestRate, w.BestPeerRate = row.Rate, row.Path
@@ -234,10 +244,35 @@ func (r *Report) finish(elapsed time.Duration) {
 		r.target("L7 CPU per HTTP/2 request ≤ haproxy http's (h2c, proto h2)", "h2-keepalive", weir, "haproxy-http", cpu, "≤ 1.00", atMost1)
 		r.target("L7 CPU per HTTP/2 request ≤ nginx http's (h2c front)", "h2-keepalive", weir, "nginx-http", cpu, "≤ 1.00", atMost1)
 	}
+	// Issue 12: what eBPF capture adds over the direct path, against what
+	// REDIRECT adds; its L4 CPU counted for the whole machine (the kernel
+	// does the work user space no longer does).
+	r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's (ping-pong, L4)", "pingpong", "weir-ebpf", "weir-redirect",
+		r.added("pingpong", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+	r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's (connection per request, L4)", "http-close", "weir-ebpf-l4", "weir-redirect-l4",
+		r.added("http-close", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+	r.target("eBPF L4 machine CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", "weir-ebpf-l4", "nginx-stream",
+		func(a, b *Row) float64 { return a.MachineCPU / b.MachineCPU }, "≤ 1.00", atMost1)
 	// Issue 10: the cost of policy and telemetry on the L7 path.
 	atMost115 := func(x float64) bool { return x <= 1.15 }
 	r.target("L7 policy and telemetry cost: CPU per HTTP/1.1 request ≤ 1.15 × plain L7 (keep-alive)", "http-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
 	r.target("L7 policy and telemetry cost: CPU per HTTP/2 request ≤ 1.15 × plain L7 (h2c)", "h2-keepalive", PolicyPath, "weir-redirect", cpu, "≤ 1.15", atMost115)
+}
+
+// added returns a ratio of what two paths add over the direct path of a
+// workload, by the figure f (a latency).
+func (r *Report) added(workload string, f func(*Row) float64) func(a, b *Row) float64 {
+	return func(a, b *Row) float64 {
+		w := r.Workload(workload)
+		if w == nil {
+			return math.NaN()
+		}
+		d := w.Row("direct")
+		if d == nil || len(d.Samples) == 0 {
+			return math.NaN()
+		}
+		return (f(a) - f(d)) / (f(b) - f(d))
+	}
 }
 
 func (r *Report) target(goal, workload, path, peer string, ratio func(a, b *Row) float64, want string, ok func(float64) bool) {
@@ -335,19 +370,31 @@ func fmtCPU(row *Row) string {
 // cells is a row as table cells: path, rate, p50, p99, CPU, RSS, ratios, errors.
 func (w *WorkloadResult) cells(row *Row) []string {
 	if len(row.Samples) == 0 {
-		return []string{row.Path, "FAILED", "", "", "", "", "", "", fmt.Sprint(len(row.Failures))}
+		return []string{row.Path, "FAILED", "", "", "", "", "", "", "", fmt.Sprint(len(row.Failures))}
 	}
 	errs := fmt.Sprint(row.Errors)
 	if len(row.Failures) > 0 {
 		errs += fmt.Sprintf(" (+%d failed runs)", len(row.Failures))
 	}
-	return []string{row.Path, fmtRate(row.Rate), fmtUs(row.P50us), fmtUs(row.P99us), fmtCPU(row), fmtMiB(row.RSS),
+	return []string{row.Path, fmtRate(row.Rate), fmtUs(row.P50us), fmtUs(row.P99us), fmtCPU(row), fmtNum(row.MachineCPU), fmtMiB(row.RSS),
 		fmtRatio(row.RateVsBestPeer), fmtRatio(row.CPUVsBestPeer), errs}
 }
 
 func (w *WorkloadResult) header() []string {
-	return []string{"path", w.RateUnit, "p50", "p99", "proxy CPU " + w.CPUUnit, "peak RSS MiB",
+	return []string{"path", w.RateUnit, "p50", "p99", "proxy CPU " + w.CPUUnit, "machine CPU " + w.CPUUnit, "peak RSS MiB",
 		"rate/best peer", "CPU/best peer", "errors"}
+}
+
+// fmtNum formats a CPU figure like fmtCPU, for any path.
+func fmtNum(v float64) string {
+	switch {
+	case v == 0 || math.IsNaN(v):
+		return "-"
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
 }
 
 // WriteTable prints the human table.
@@ -379,6 +426,9 @@ func (r *Report) WriteTable(out io.Writer) {
 	if len(r.AgentConnections) > 0 {
 		fmt.Fprintf(out, "\nconnections the agent relayed: %v\n", r.AgentConnections)
 		fmt.Fprintf(out, "sniffer results: %v\nL7 requests by protocol: %v\n", r.AgentSniff, r.AgentHTTPRequests)
+		if len(r.AgentAccel) > 0 {
+			fmt.Fprintf(out, "eBPF acceleration (weir_ebpf_accel_total): %v\n", r.AgentAccel)
+		}
 	}
 	if len(r.AgentWarnings) > 0 {
 		fmt.Fprintf(out, "\nweir-agent logged %d warnings or errors during the run:\n", len(r.AgentWarnings))
@@ -589,7 +639,10 @@ received from iperf3, round trips/s from the ping-pong client); **p50/p99** are 
 latency percentiles (h2load's from its per-request ` + "`--log-file`" + `); **proxy CPU** is the proxy's own user+system time over the run
 (` + "`/proc/PID/stat`" + ` utime+stime deltas, summed over nginx's master and workers) divided by the
 work done; **peak RSS** is the sum of ` + "`VmHWM`" + ` over the proxy's processes, reset through
-` + "`/proc/PID/clear_refs`" + ` before each run. Ratios compare each path with the best peer (highest
+` + "`/proc/PID/clear_refs`" + ` before each run; **machine CPU** is the whole machine's busy time
+(` + "`/proc/stat`" + `: user, nice, system, irq, softirq, steal, every CPU) divided by the same work,
+for every path: it counts the kernel's share (what eBPF capture moves out of user space) and
+the client and server, and on a shared machine whatever else ran meanwhile. Ratios compare each path with the best peer (highest
 rate; lowest CPU). Client, proxy and server share the machine's cores, so rates are noisy:
 CPU per unit and the interleaved ratios are the steadier figures.
 `

@@ -184,6 +184,9 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 			if m, err := agentMetrics(p.agent); err == nil {
 				rep.AgentSniff[p.Name] = labelled(m, "weir_sniff_total", "result")
 				rep.AgentHTTPRequests[p.Name] = labelled(m, "weir_http_requests_total", "protocol")
+				if a := labelled(m, "weir_ebpf_accel_total", "event"); len(a) > 0 {
+					rep.AgentAccel[p.Name] = a
+				}
 			}
 			rep.AgentWarnings = append(rep.AgentWarnings, agentWarnings(p)...)
 		}
@@ -215,6 +218,10 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
+	busy0, err := machineBusy()
+	if err != nil {
+		return Sample{}, err
+	}
 	s, err := wl.run(w, p, d)
 	if err != nil {
 		if cerr := p.check(); cerr != nil {
@@ -231,7 +238,11 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	if err != nil {
 		return Sample{}, err
 	}
-	s.ProxyCPU, s.ProxyRSS = cpu.Seconds(), rss
+	busy1, err := machineBusy()
+	if err != nil {
+		return Sample{}, err
+	}
+	s.ProxyCPU, s.ProxyRSS, s.MachineCPU = cpu.Seconds(), rss, (busy1 - busy0).Seconds()
 	if p.agent != nil {
 		m, err := agentMetrics(p.agent)
 		if err != nil {

@@ -27,6 +27,12 @@ type Sample struct {
 	// ProxyCPU is the proxy processes' user+system CPU during the run, in
 	// seconds (utime+stime deltas of /proc/PID/stat).
 	ProxyCPU float64 `json:"proxyCpuSeconds"`
+	// MachineCPU is the whole machine's busy CPU during the run, in seconds
+	// (user, nice, system, irq, softirq and steal of /proc/stat's cpu line,
+	// every CPU): it includes the kernel's work for the path, which
+	// per-process CPU misses when a redirect moves it into other contexts,
+	// and also whatever else the machine ran meanwhile.
+	MachineCPU float64 `json:"machineCpuSeconds"`
 	// ProxyRSS is the sum of the proxy processes' peak RSS during the run.
 	ProxyRSS int64 `json:"proxyPeakRssBytes"`
 	// Errors are failed requests, socket errors and non-2xx answers.

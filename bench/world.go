@@ -18,7 +18,7 @@ import (
 var WeirModes = []string{
 	"redirect",
 	"tproxy",
-	// "ebpf",
+	"ebpf",
 }
 
 // backend is one server program in the server pod, reached by the workloads.
@@ -141,7 +141,7 @@ func (w *world) logf(format string, args ...any) {
 // PolicyPath says.
 func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
 	t := w.t
-	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}})
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf"})
 	tuneNetns(t, node.Netns)
 	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
 	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}
@@ -185,6 +185,14 @@ func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
 	}
 	agent = node.StartAgent(t, cfg)
 	return s, agent
+}
+
+// captureHow says in a few words how a weir mode captures.
+func captureHow(mode string) string {
+	if mode == "ebpf" {
+		return "eBPF (cgroup connect rewrite, sk_lookup; local pairs accelerated by sockmap)"
+	}
+	return "weir-cni's " + mode + " rules"
 }
 
 func captureNamespace(mode string) string { return "bench-weir-" + mode }
@@ -272,7 +280,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		}
 		w.paths = append(w.paths, &path{
 			Name: name, Kind: kindWeir,
-			Desc:   "weir-agent, captured by weir-cni's " + mode + " rules; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
+			Desc:   "weir-agent, captured by " + captureHow(mode) + "; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
 			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
 			notes: map[backend]string{backendH2C: "h2c both ways: the client's streams go out on weir's own HTTP/2 upstream connections to the server's h2c port"},
 		}, &path{

@@ -53,6 +53,11 @@ type Engine struct {
 	// ConnectTimeout bounds connects that do not go through a cluster
 	// (passthrough and inbound); zero means 5s.
 	ConnectTimeout time.Duration
+	// Accelerated, if set, reports whether a socket is in eBPF mode's
+	// sockmap acceleration: its peer's bytes arrive in a queue splice does
+	// not see, so the relay and the sniffer's replaying conn read and
+	// write it instead of splicing. Nil: nothing is accelerated.
+	Accelerated func(*net.TCPConn) bool
 	// Log receives one line per notable event; nil means slog.Default().
 	Log *slog.Logger
 	// Sniffing says when outbound connections to services are sniffed for
@@ -289,6 +294,9 @@ func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload,
 // accounts for it: bytes, and during a drain, the path it took.
 func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
 	e.l4.add(t)
+	if e.accelerated(t.client) || e.accelerated(t.upstream) {
+		t.h.NoSplice()
+	}
 	res := relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
 	e.l4.remove(t)
 	e.Metrics.bytes(t.dir, res.Up+int64(len(prefix)), res.Down)
@@ -305,6 +313,11 @@ func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
 	default:
 	}
 	return res
+}
+
+// accelerated reports whether c must never be spliced from (Accelerated).
+func (e *Engine) accelerated(c *net.TCPConn) bool {
+	return e.Accelerated != nil && e.Accelerated(c)
 }
 
 // isLoop reports whether dst is the agent's own capture socket.

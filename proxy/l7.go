@@ -123,7 +123,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			return false
 		}
 	}
-	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics})
+	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics, NoSplice: e.accelerated(c)})
 	if err != nil {
 		e.Log.Debug("sniff failed", "pod", w.Name, "dst", dst, "err", err)
 		return true

@@ -17,6 +17,13 @@
 //   sk_lookup                   per pod netns: new inbound connections for
 //                               captured ports go to the agent's inbound
 //                               listener (sockhash keyed by the pod address)
+//   sockops (ESTABLISHED_CB)    acceleration: both sockets of a local pair
+//                               the agent takes part in (app -> outbound
+//                               listener, agent upstream -> app) go into
+//                               the accel sockhash, keyed by their tuple
+//   sk_msg                      on the accel sockhash: what one socket of a
+//                               pair sends goes straight into its peer's
+//                               receive queue, skipping TCP/IP
 //
 // Nothing happens for a network namespace that is not enrolled (one hash
 // lookup), nor for sockets of the agent's own cgroups.
@@ -196,6 +203,97 @@ static __always_inline void count(__u32 what)
 		*v += 1;
 }
 
+// Acceleration of local pairs (sockops + sk_msg), after Cilium's and
+// Merbridge's sockmap redirection. Its maps are new names rather than new
+// entries of the maps above: a pinned map of an older agent is re-used only
+// when its shape is unchanged.
+
+// Acceleration counters (accel_stats, per CPU).
+enum {
+	ACCEL_SOCKETS = 0, // sockets put in the accel sockhash
+	ACCEL_MSGS,        // sendmsg calls redirected to the peer
+	ACCEL_BYTES,       // bytes of those calls
+	ACCEL_NO_PEER,     // a socket's first send found no peer: never redirected
+	ACCEL_PEER_GONE,   // an accelerated socket's peer had closed: normal path
+	ACCEL_NO_STORAGE,  // no socket storage for the decision: normal path
+	ACCEL_INSERT_FAILED, // the sockhash refused a socket (full)
+	ACCEL_MAX,
+};
+
+// accel_state values: a socket's first send decides for its whole life,
+// because bytes a peer got through TCP and bytes redirected to it sit in
+// two queues, and the peer's reader drains the redirected one first.
+#define ACCEL_UNDECIDED 0
+#define ACCEL_ON 1
+#define ACCEL_OFF 2
+
+// One end of a local pair: its netns, own and peer address (v4 mapped) and
+// ports (host byte order).
+struct sock_key {
+	__u64 netns;
+	__u32 local[4];
+	__u32 remote[4];
+	__u16 lport;
+	__u16 rport;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 131072);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} accel SEC(".maps");
+
+// Keys of passive sockets to accelerate once they are established: the
+// active end of a pair (the only one that can tell it belongs to the agent
+// or a captured app) announces its peer here.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, __u8);
+} accel_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} accel_state SEC(".maps");
+
+// accel_conf[0] is 1 when the agent turned acceleration on.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} accel_conf SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ACCEL_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} accel_stats SEC(".maps");
+
+static __always_inline void accel_count(__u32 what, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&accel_stats, &what);
+	if (v)
+		*v += n;
+}
+
+// port_of turns a context's remote_port (network byte order, which some
+// context types also shift into the upper half) into host byte order.
+static __always_inline __u16 port_of(__u32 raw)
+{
+	__u32 p = bpf_ntohl(raw);
+	if (p > 0xffff)
+		p >>= 16;
+	return (__u16)p;
+}
+
 static __always_inline void map_v4(__u32 out[4], __u32 ip4)
 {
 	out[0] = 0;
@@ -355,11 +453,108 @@ int weir_connect6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+// accel_key fills k with the socket's own key.
+static __always_inline void accel_key(struct bpf_sock_ops *skops, struct sock_key *k)
+{
+	k->netns = bpf_get_netns_cookie(skops);
+	__u32 family = skops->family;
+	barrier();
+	if (family == AF_INET) {
+		__u32 ip = skops->local_ip4;
+		barrier();
+		map_v4(k->local, ip);
+		ip = skops->remote_ip4;
+		barrier();
+		map_v4(k->remote, ip);
+	} else {
+		k->local[0] = skops->local_ip6[0];
+		barrier();
+		k->local[1] = skops->local_ip6[1];
+		barrier();
+		k->local[2] = skops->local_ip6[2];
+		barrier();
+		k->local[3] = skops->local_ip6[3];
+		barrier();
+		k->remote[0] = skops->remote_ip6[0];
+		barrier();
+		k->remote[1] = skops->remote_ip6[1];
+		barrier();
+		k->remote[2] = skops->remote_ip6[2];
+		barrier();
+		k->remote[3] = skops->remote_ip6[3];
+		barrier();
+	}
+	k->lport = (__u16)skops->local_port;
+	barrier();
+	__u32 rp = skops->remote_port;
+	barrier();
+	k->rport = port_of(rp);
+}
+
+static __always_inline int accel_on(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&accel_conf, &zero);
+	return on && *on;
+}
+
+static __always_inline void accel_insert(struct bpf_sock_ops *skops, struct sock_key *k)
+{
+	if (bpf_sock_hash_update(skops, &accel, k, BPF_NOEXIST) == 0)
+		accel_count(ACCEL_SOCKETS, 1);
+	else
+		accel_count(ACCEL_INSERT_FAILED, 1);
+}
+
+// accel_active: a captured app's socket to the agent's outbound listener
+// (it carries orig_dst) or the agent's upstream socket to an app (it
+// carries client_of) joins the sockhash and announces its peer. Both ends
+// are in one netns: the pair never leaves the pod.
+static __always_inline void accel_active(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+	barrier();
+	if (!sk || !accel_on())
+		return;
+	if (!bpf_sk_storage_get(&orig_dst, sk, 0, 0) && !bpf_sk_storage_get(&client_of, sk, 0, 0))
+		return;
+	struct sock_key k = {};
+	accel_key(skops, &k);
+	struct sock_key peer = {};
+	peer.netns = k.netns;
+	__builtin_memcpy(peer.local, k.remote, sizeof(peer.local));
+	__builtin_memcpy(peer.remote, k.local, sizeof(peer.remote));
+	peer.lport = k.rport;
+	peer.rport = k.lport;
+	__u8 one = 1;
+	bpf_map_update_elem(&accel_pending, &peer, &one, BPF_ANY);
+	accel_insert(skops, &k);
+}
+
+// accel_passive: an accepted socket whose active end announced it joins.
+static __always_inline void accel_passive(struct bpf_sock_ops *skops)
+{
+	struct sock_key k = {};
+	accel_key(skops, &k);
+	if (!bpf_map_lookup_elem(&accel_pending, &k))
+		return;
+	bpf_map_delete_elem(&accel_pending, &k);
+	accel_insert(skops, &k);
+}
+
 SEC("sockops")
 int weir_sockops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
 	barrier();
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) {
+		accel_active(skops);
+		return 1;
+	}
+	if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		accel_passive(skops);
+		return 1;
+	}
 	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB)
 		return 1;
 	struct bpf_sock *sk = skops->sk;
@@ -591,6 +786,79 @@ int weir_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (err)
 		return SK_DROP;
 	count(STAT_INBOUND_STEERED);
+	return SK_PASS;
+}
+
+// weir_sk_msg runs on every sendmsg of a socket in the accel sockhash: the
+// data goes straight into the peer socket's receive queue (BPF_F_INGRESS)
+// when the peer is there. A socket whose first send finds no peer (it sent
+// before its peer was established and in the map) never redirects, so its
+// peer reads every byte from one queue, in order. A missing peer must not
+// be redirected to: msg_redirect_hash would drop the data, so the program
+// always returns SK_PASS and a failed redirect leaves the data on the
+// normal path.
+SEC("sk_msg")
+int weir_sk_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	barrier();
+	if (!sk)
+		return SK_PASS;
+	__u8 *st = bpf_sk_storage_get(&accel_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		accel_count(ACCEL_NO_STORAGE, 1);
+		return SK_PASS;
+	}
+	if (*st == ACCEL_OFF)
+		return SK_PASS;
+	struct sock_key peer = {};
+	peer.netns = bpf_get_netns_cookie(msg);
+	__u32 family = msg->family;
+	barrier();
+	if (family == AF_INET) {
+		__u32 ip = msg->remote_ip4;
+		barrier();
+		map_v4(peer.local, ip);
+		ip = msg->local_ip4;
+		barrier();
+		map_v4(peer.remote, ip);
+	} else {
+		peer.local[0] = msg->remote_ip6[0];
+		barrier();
+		peer.local[1] = msg->remote_ip6[1];
+		barrier();
+		peer.local[2] = msg->remote_ip6[2];
+		barrier();
+		peer.local[3] = msg->remote_ip6[3];
+		barrier();
+		peer.remote[0] = msg->local_ip6[0];
+		barrier();
+		peer.remote[1] = msg->local_ip6[1];
+		barrier();
+		peer.remote[2] = msg->local_ip6[2];
+		barrier();
+		peer.remote[3] = msg->local_ip6[3];
+		barrier();
+	}
+	__u32 rp = msg->remote_port;
+	barrier();
+	peer.lport = port_of(rp);
+	peer.rport = (__u16)msg->local_port;
+	barrier();
+	__u32 size = msg->size;
+	barrier();
+	if (bpf_msg_redirect_hash(msg, &accel, &peer, BPF_F_INGRESS) == SK_PASS) {
+		*st = ACCEL_ON;
+		accel_count(ACCEL_MSGS, 1);
+		accel_count(ACCEL_BYTES, size);
+		return SK_PASS;
+	}
+	if (*st == ACCEL_UNDECIDED) {
+		*st = ACCEL_OFF;
+		accel_count(ACCEL_NO_PEER, 1);
+	} else {
+		accel_count(ACCEL_PEER_GONE, 1);
+	}
 	return SK_PASS;
 }
 

@@ -58,12 +58,21 @@ type Options struct {
 	// layout; a parent of the pods' cgroups narrows it. Programs do nothing
 	// for sockets of namespaces that are not enrolled.
 	Cgroup string
+	// Accelerate turns on sockmap acceleration of local pairs (accel.go)
+	// for connections made from now on.
+	Accelerate bool
+	// AgentCgroup is the agent's own cgroup v2 directory (SelfCgroup):
+	// when it is outside Cgroup, the sockops program is attached there too
+	// (pinned as link_sockops_agent), so the acceleration sees the agent's
+	// sockets. Empty: not needed.
+	AgentCgroup string
 }
 
 // Objects are the loaded programs and maps, held by the agent.
 type Objects struct {
-	objs captureObjects
-	pin  string
+	objs  captureObjects
+	pin   string
+	accel bool
 }
 
 // cgroupProgs are the programs attached to the cgroup, by pin name.
@@ -129,6 +138,12 @@ func Load(opts Options) (_ *Objects, err error) {
 	if err := o.attachCgroup(opts.Cgroup); err != nil {
 		return nil, err
 	}
+	if err := o.setAccel(opts.Accelerate); err != nil {
+		return nil, err
+	}
+	if err := o.attachAgentSockops(opts.Cgroup, opts.AgentCgroup); err != nil {
+		return nil, err
+	}
 	if err := o.pinSkLookup(); err != nil {
 		return nil, err
 	}
@@ -147,37 +162,72 @@ func (o *Objects) attachCgroup(cgroup string) error {
 		return fmt.Errorf("attach eBPF capture: %w", err)
 	}
 	for _, p := range o.cgroupProgs() {
-		path := filepath.Join(o.pin, "link_"+p.name)
-		l, err := link.LoadPinnedLink(path, nil)
-		switch {
-		case err == nil:
-			info, ierr := l.Info()
-			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == want {
-				uerr := l.Update(p.prog)
-				l.Close()
-				if uerr != nil {
-					return fmt.Errorf("update pinned %s link to the new program: %w", p.name, uerr)
-				}
-				continue
-			}
-			// Attached elsewhere (the configured cgroup changed) or
-			// defunct (its cgroup was removed): replace it.
-			l.Unpin()
-			l.Close()
-		case !errors.Is(err, os.ErrNotExist):
-			return fmt.Errorf("open pinned %s link %s: %w", p.name, path, err)
-		}
-		l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: p.attach, Program: p.prog})
-		if err != nil {
-			return fmt.Errorf("attach %s to cgroup %s: %w", p.name, cgroup, err)
-		}
-		perr := l.Pin(path)
-		l.Close()
-		if perr != nil {
-			return fmt.Errorf("pin %s link at %s (an unpinned link would detach when the agent exits): %w", p.name, path, perr)
+		if err := o.attachPinned("link_"+p.name, cgroup, want, p.prog, p.attach); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// attachPinned makes sure prog is attached to cgroup (whose id is want)
+// through the link pinned at name: a pinned link on that cgroup is updated
+// to prog, one on another cgroup (the configured cgroup changed) or a
+// defunct one (its cgroup was removed) is replaced.
+func (o *Objects) attachPinned(name, cgroup string, want uint64, prog *ebpf.Program, attach ebpf.AttachType) error {
+	path := filepath.Join(o.pin, name)
+	l, err := link.LoadPinnedLink(path, nil)
+	switch {
+	case err == nil:
+		info, ierr := l.Info()
+		if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId == want {
+			uerr := l.Update(prog)
+			l.Close()
+			if uerr != nil {
+				return fmt.Errorf("update pinned link %s to the new program: %w", name, uerr)
+			}
+			return nil
+		}
+		l.Unpin()
+		l.Close()
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("open pinned link %s: %w", path, err)
+	}
+	l, err = link.AttachCgroup(link.CgroupOptions{Path: cgroup, Attach: attach, Program: prog})
+	if err != nil {
+		return fmt.Errorf("attach %s to cgroup %s: %w", name, cgroup, err)
+	}
+	perr := l.Pin(path)
+	l.Close()
+	if perr != nil {
+		return fmt.Errorf("pin link at %s (an unpinned link would detach when the agent exits): %w", path, perr)
+	}
+	return nil
+}
+
+// agentSockopsPin is the sockops link on the agent's own cgroup.
+const agentSockopsPin = "link_sockops_agent"
+
+// attachAgentSockops runs the sockops program for the agent's own sockets
+// too when the agent's cgroup lies outside the capture cgroup: the
+// acceleration needs it to see the agent's accepted and upstream sockets
+// established (an accepted socket belongs to its listener's cgroup). When
+// the agent is inside (the usual case: capture on the cgroup v2 root) a
+// stale link from an earlier start is removed, so the program never runs
+// twice for one socket.
+func (o *Objects) attachAgentSockops(cgroup, agentCgroup string) error {
+	if agentCgroup == "" || below(agentCgroup, cgroup) {
+		l, err := link.LoadPinnedLink(filepath.Join(o.pin, agentSockopsPin), nil)
+		if err == nil {
+			l.Unpin()
+			l.Close()
+		}
+		return nil
+	}
+	id, err := inode(agentCgroup)
+	if err != nil {
+		return fmt.Errorf("attach sockops to the agent's cgroup: %w", err)
+	}
+	return o.attachPinned(agentSockopsPin, agentCgroup, id, o.objs.WeirSockops, ebpf.AttachCGroupSockOps)
 }
 
 // pinSkLookup pins the sk_lookup program beside a name and renames it over
@@ -346,10 +396,15 @@ var statNames = []string{
 
 // Stats sums the programs' per-CPU counters by name.
 func (o *Objects) Stats() (map[string]uint64, error) {
-	out := make(map[string]uint64, len(statNames))
-	for i, name := range statNames {
+	return sumPerCPU(o.objs.Stats, statNames)
+}
+
+// sumPerCPU reads a per-CPU array of counters, one name per index.
+func sumPerCPU(m *ebpf.Map, names []string) (map[string]uint64, error) {
+	out := make(map[string]uint64, len(names))
+	for i, name := range names {
 		var per []uint64
-		if err := o.objs.Stats.Lookup(uint32(i), &per); err != nil {
+		if err := m.Lookup(uint32(i), &per); err != nil {
 			return nil, fmt.Errorf("read counter %s: %w", name, err)
 		}
 		var sum uint64
@@ -433,6 +488,25 @@ func wordsCookie(w [2]uint32) uint64 {
 	binary.NativeEndian.PutUint32(b[:4], w[0])
 	binary.NativeEndian.PutUint32(b[4:], w[1])
 	return binary.NativeEndian.Uint64(b[:])
+}
+
+// below reports whether directory dir is top or lies below it, comparing
+// (device, inode) up dir's path, so two mounts of one cgroup hierarchy
+// compare right.
+func below(dir, top string) bool {
+	var want unix.Stat_t
+	if err := unix.Stat(top, &want); err != nil {
+		return false
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err == nil && st.Dev == want.Dev && st.Ino == want.Ino {
+			return true
+		}
+		if d == "/" || d == "." {
+			return false
+		}
+	}
 }
 
 // checkFS fails unless path is on a filesystem with the given magic.

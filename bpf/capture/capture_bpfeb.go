@@ -60,6 +60,16 @@ type capturePortKey struct {
 	Pad   [3]uint16
 }
 
+type captureSockKey struct {
+	_      structs.HostLayout
+	Netns  uint64
+	Local  [4]uint32
+	Remote [4]uint32
+	Lport  uint16
+	Rport  uint16
+	Pad    uint32
+}
+
 type captureTupleKey struct {
 	_     structs.HostLayout
 	Netns uint64
@@ -72,6 +82,11 @@ type captureTupleKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	captureMapAccel             = "accel"
+	captureMapAccelConf         = "accel_conf"
+	captureMapAccelPending      = "accel_pending"
+	captureMapAccelState        = "accel_state"
+	captureMapAccelStats        = "accel_stats"
 	captureMapAgentCgroups      = "agent_cgroups"
 	captureMapClientOf          = "client_of"
 	captureMapInListeners       = "in_listeners"
@@ -88,6 +103,7 @@ const (
 	captureProgWeirGetpeername4 = "weir_getpeername4"
 	captureProgWeirGetpeername6 = "weir_getpeername6"
 	captureProgWeirSkLookup     = "weir_sk_lookup"
+	captureProgWeirSkMsg        = "weir_sk_msg"
 	captureProgWeirSockops      = "weir_sockops"
 )
 
@@ -138,6 +154,7 @@ type captureProgramSpecs struct {
 	WeirGetpeername4 *ebpf.ProgramSpec `ebpf:"weir_getpeername4"`
 	WeirGetpeername6 *ebpf.ProgramSpec `ebpf:"weir_getpeername6"`
 	WeirSkLookup     *ebpf.ProgramSpec `ebpf:"weir_sk_lookup"`
+	WeirSkMsg        *ebpf.ProgramSpec `ebpf:"weir_sk_msg"`
 	WeirSockops      *ebpf.ProgramSpec `ebpf:"weir_sockops"`
 }
 
@@ -145,6 +162,11 @@ type captureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureMapSpecs struct {
+	Accel        *ebpf.MapSpec `ebpf:"accel"`
+	AccelConf    *ebpf.MapSpec `ebpf:"accel_conf"`
+	AccelPending *ebpf.MapSpec `ebpf:"accel_pending"`
+	AccelState   *ebpf.MapSpec `ebpf:"accel_state"`
+	AccelStats   *ebpf.MapSpec `ebpf:"accel_stats"`
 	AgentCgroups *ebpf.MapSpec `ebpf:"agent_cgroups"`
 	ClientOf     *ebpf.MapSpec `ebpf:"client_of"`
 	InListeners  *ebpf.MapSpec `ebpf:"in_listeners"`
@@ -184,6 +206,11 @@ func (o *captureObjects) Close() error {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureMaps struct {
+	Accel        *ebpf.Map `ebpf:"accel"`
+	AccelConf    *ebpf.Map `ebpf:"accel_conf"`
+	AccelPending *ebpf.Map `ebpf:"accel_pending"`
+	AccelState   *ebpf.Map `ebpf:"accel_state"`
+	AccelStats   *ebpf.Map `ebpf:"accel_stats"`
 	AgentCgroups *ebpf.Map `ebpf:"agent_cgroups"`
 	ClientOf     *ebpf.Map `ebpf:"client_of"`
 	InListeners  *ebpf.Map `ebpf:"in_listeners"`
@@ -199,6 +226,11 @@ type captureMaps struct {
 
 func (m *captureMaps) Close() error {
 	return _CaptureClose(
+		m.Accel,
+		m.AccelConf,
+		m.AccelPending,
+		m.AccelState,
+		m.AccelStats,
 		m.AgentCgroups,
 		m.ClientOf,
 		m.InListeners,
@@ -228,6 +260,7 @@ type capturePrograms struct {
 	WeirGetpeername4 *ebpf.Program `ebpf:"weir_getpeername4"`
 	WeirGetpeername6 *ebpf.Program `ebpf:"weir_getpeername6"`
 	WeirSkLookup     *ebpf.Program `ebpf:"weir_sk_lookup"`
+	WeirSkMsg        *ebpf.Program `ebpf:"weir_sk_msg"`
 	WeirSockops      *ebpf.Program `ebpf:"weir_sockops"`
 }
 
@@ -238,6 +271,7 @@ func (p *capturePrograms) Close() error {
 		p.WeirGetpeername4,
 		p.WeirGetpeername6,
 		p.WeirSkLookup,
+		p.WeirSkMsg,
 		p.WeirSockops,
 	)
 }

@@ -43,6 +43,19 @@ func helper(args []string) int {
 		b, _ := io.ReadAll(c)
 		fmt.Printf("got=%s\n", strings.TrimSpace(string(b)))
 		return 0
+	case "pump": // pump ADDR N SIZE BULK: N echoed messages of SIZE bytes, then BULK bytes echoed
+		return pump(args[1:])
+	case "quit": // quit ADDR: send a little, then exit while the agent still sends
+		c, err := net.DialTimeout("tcp", args[1], 3*time.Second)
+		if err != nil {
+			fmt.Printf("error=%v\n", err)
+			return 1
+		}
+		c.Write(make([]byte, 4096))
+		b := make([]byte, 1024)
+		io.ReadFull(c, b)
+		fmt.Println("quitting")
+		return 0
 	case "serve": // serve ADDR: answer every connection with the peer accept reported
 		ln, err := net.Listen("tcp", args[1])
 		if err != nil {

@@ -30,7 +30,7 @@ func Probe(pinPath, cgroup string) error {
 	fail := func(what string, err error) error {
 		return fmt.Errorf("%w: %s: %v", ErrUnsupported, what, err)
 	}
-	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.SkLookup} {
+	for _, pt := range []ebpf.ProgramType{ebpf.CGroupSockAddr, ebpf.SockOps, ebpf.SkLookup, ebpf.SkMsg} {
 		if err := features.HaveProgramType(pt); err != nil {
 			return fail("program type "+pt.String(), err)
 		}
@@ -51,6 +51,10 @@ func Probe(pinPath, cgroup string) error {
 		{ebpf.SockOps, asm.FnGetNetnsCookie},
 		{ebpf.SockOps, asm.FnSkStorageGet},
 		{ebpf.SkLookup, asm.FnSkAssign},
+		{ebpf.SockOps, asm.FnSockHashUpdate},
+		{ebpf.SkMsg, asm.FnMsgRedirectHash},
+		{ebpf.SkMsg, asm.FnSkStorageGet},
+		{ebpf.SkMsg, asm.FnGetNetnsCookie},
 	} {
 		if err := features.HaveProgramHelper(h.pt, h.fn); err != nil {
 			return fail(fmt.Sprintf("helper %s in %s programs", h.fn, h.pt), err)
@@ -151,14 +155,23 @@ func EnsureBPFFS(dir string) error {
 // SelfCgroupID returns the cgroup v2 id of the calling process (the agent):
 // the inode of its directory under the cgroup v2 mount.
 func SelfCgroupID(mount string) (uint64, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
+	dir, err := SelfCgroup(mount)
 	if err != nil {
 		return 0, err
 	}
+	return inode(dir)
+}
+
+// SelfCgroup is the calling process's cgroup v2 directory under mount.
+func SelfCgroup(mount string) (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return inode(filepath.Join(mount, rest))
+			return filepath.Join(mount, rest), nil
 		}
 	}
-	return 0, errors.New("no cgroup v2 entry in /proc/self/cgroup")
+	return "", errors.New("no cgroup v2 entry in /proc/self/cgroup")
 }

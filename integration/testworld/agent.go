@@ -193,6 +193,7 @@ func (a *Agent) start(t T) {
 		// nsenter execs the agent in the node netns and the host's mount
 		// namespace, where the test's bpffs and cgroup2 mounts are.
 		a.cmd = exec.Command("nsenter", append([]string{"--net=" + a.node.Path, bin}, args...)...)
+		a.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: a.node.agentCgroupFD}
 	} else {
 		a.cmd = a.node.Command(context.Background(), bin, args...)
 	}

@@ -137,3 +137,40 @@ func runHackDir(script string) (string, error) {
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	return lines[len(lines)-1], nil
 }
+
+var (
+	pumpOnce sync.Once
+	pumpBin  string
+	pumpErr  error
+)
+
+// Pump builds the pump test program (integration/testworld/pump: bulk
+// streams and small messages checked byte for byte) once per test binary
+// and returns its path. Run it in a pod with Netns.Command or Start, so it
+// lives in the pod's cgroup as an app does.
+func Pump(t T) string {
+	t.Helper()
+	pumpOnce.Do(func() {
+		root, err := moduleRoot()
+		if err != nil {
+			pumpErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "weir-pump-")
+		if err != nil {
+			pumpErr = err
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", dir, "./integration/testworld/pump")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			pumpErr = &buildError{pkg: "pump", out: string(out), err: err}
+			return
+		}
+		pumpBin = filepath.Join(dir, "pump")
+	})
+	if pumpErr != nil {
+		t.Fatalf("build the pump test program: %v", pumpErr)
+	}
+	return pumpBin
+}

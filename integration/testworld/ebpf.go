@@ -38,6 +38,23 @@ func (n *Node) ebpfNode(t T) {
 	if err := capture.Probe(n.PinPath, n.Cgroup); err != nil {
 		Require(t, false, err.Error())
 	}
+	// The agent runs in a cgroup of its own below the node's, as an agent
+	// pod sits below the cgroup capture attaches to: the programs see its
+	// sockets (the acceleration needs its accepted and upstream sockets),
+	// and it exempts its cgroup from capture.
+	agentCg := filepath.Join(cg, "weir-agent")
+	if err := os.Mkdir(agentCg, 0o755); err != nil {
+		t.Fatalf("create agent cgroup: %v", err)
+	}
+	f, err := os.Open(agentCg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.agentCgroupFD = int(f.Fd())
+	t.Cleanup(func() {
+		f.Close()
+		removeCgroup(agentCg)
+	})
 }
 
 // podCgroup puts the pod's future processes in a cgroup of their own below

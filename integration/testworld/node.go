@@ -66,7 +66,9 @@ type Node struct {
 	// PinPath and Cgroup are the eBPF capture's pin directory and attach
 	// cgroup (NodeOptions.EBPF only).
 	PinPath, Cgroup string
-	cni             *libcni.CNIConfig
+	// agentCgroupFD is the agent's cgroup below Cgroup (NodeOptions.EBPF only).
+	agentCgroupFD int
+	cni           *libcni.CNIConfig
 }
 
 // NewNode builds an isolated node netns and prepares the CNI chain.

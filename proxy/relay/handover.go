@@ -18,8 +18,9 @@ import (
 // finishes that write first, and parks at its next read. Bytes that arrive
 // meanwhile stay in the kernel's socket queues, which go with the sockets.
 type Handle struct {
-	r      atomic.Pointer[relayState]
-	paused *pauseState
+	r        atomic.Pointer[relayState]
+	paused   *pauseState
+	noSplice bool // nosplice.go
 }
 
 // pauseState is one pause: each direction reports on events when it parks

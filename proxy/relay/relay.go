@@ -71,6 +71,7 @@ func RelayWith(ctx context.Context, client, upstream *net.TCPConn, h *Handle) Re
 	r.running.Store(2)
 	if h != nil {
 		h.r.Store(r)
+		r.noSplice = h.noSplice
 	}
 	stop := context.AfterFunc(ctx, r.abort)
 	defer stop()
@@ -97,6 +98,8 @@ type relayState struct {
 	// pause is the current or last pause (handover.go).
 	running atomic.Int32
 	pause   atomic.Pointer[pauseState]
+	// noSplice keeps both directions in small-message mode (nosplice.go).
+	noSplice bool
 	// parkedUp and parkedDown are each direction's count when it parked,
 	// written before it reports on the pause's events.
 	parkedUp, parkedDown int64
@@ -209,7 +212,7 @@ func (c copyHalf) copySmall() (total int64, bulk bool, err error) {
 		if werr != nil {
 			return total, false, werr
 		}
-		if n == smallBufSize {
+		if n == smallBufSize && !c.r.noSplice {
 			return total, true, nil
 		}
 	}

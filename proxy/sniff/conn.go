@@ -20,6 +20,8 @@ type Conn struct {
 	c   net.Conn
 	tcp *net.TCPConn // c, if it is one
 	buf []byte       // sniffed bytes not read yet; nil once drained
+	// noSplice: WriteTo never splices (Options.NoSplice).
+	noSplice bool
 }
 
 func newConn(c net.Conn) *Conn {
@@ -57,7 +59,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // WriteTo writes the buffered bytes to w and then copies the rest of the
 // connection. For a TCP connection the rest goes through
-// (*net.TCPConn).WriteTo, so io.Copy to another TCP connection splices.
+// (*net.TCPConn).WriteTo, so io.Copy to another TCP connection splices
+// (unless Options.NoSplice said not to: then read and write).
 func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	if len(c.buf) > 0 {
@@ -73,7 +76,7 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 		n   int64
 		err error
 	)
-	if c.tcp != nil {
+	if c.tcp != nil && !c.noSplice {
 		n, err = c.tcp.WriteTo(w)
 	} else {
 		n, err = io.Copy(w, onlyReader{c.c})

@@ -44,6 +44,10 @@ type Options struct {
 	MaxBytes int
 	// Metrics, if not nil, counts outcomes and times detection.
 	Metrics *Metrics
+	// NoSplice makes the returned Conn's WriteTo copy with read and write,
+	// never splice: for a socket in an eBPF sockmap, whose peer's bytes
+	// arrive in a queue splice does not see.
+	NoSplice bool
 }
 
 // bufs holds DefaultMaxBytes-sized sniff buffers. A buffer is used only
@@ -63,6 +67,7 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, DefaultMaxBytes); retur
 func Detect(c net.Conn, opts Options) (Result, *Conn, error) {
 	start := time.Now()
 	conn := newConn(c)
+	conn.noSplice = opts.NoSplice
 	if opts.Timeout <= 0 {
 		res := Result{Protocol: Skipped}
 		opts.Metrics.observe(Skipped, 0)

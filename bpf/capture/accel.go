@@ -1,0 +1,114 @@
+package capture
+
+// Acceleration of local pairs: the sockops program puts both sockets of a
+// pair the agent takes part in inside one pod netns (a captured app's
+// socket and the agent's outbound listener's accepted socket; the agent's
+// inbound upstream socket and the app's accepted socket) into the accel
+// sockhash, and the sk_msg program attached to that sockhash hands what
+// one of them sends straight to the other's receive queue. The bytes skip
+// TCP/IP, netfilter and the loopback device.
+//
+// What a reader must know: bytes redirected into a socket sit in its
+// sockmap queue, which recvmsg reads and splice does not. An accelerated
+// socket must therefore be read with read/recvmsg, never spliced from
+// (Accelerated tells the relay which ones). A socket's first send decides
+// for its life whether it redirects (its peer may not be in the map yet);
+// see capture.c.
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// setAccel turns the acceleration on or off for new connections and
+// attaches the sk_msg program to the accel sockhash (the attachment
+// belongs to the pinned map, so it outlives the agent; attaching again
+// replaces the older agent's program). Pairs accelerated already stay so
+// until they close.
+func (o *Objects) setAccel(on bool) error {
+	v := uint32(0)
+	if on {
+		v = 1
+	}
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target: o.objs.Accel.FD(), Program: o.objs.WeirSkMsg, Attach: ebpf.AttachSkMsgVerdict,
+	}); err != nil {
+		return fmt.Errorf("attach sk_msg program to the accel sockhash: %w", err)
+	}
+	if err := o.objs.AccelConf.Put(uint32(0), v); err != nil {
+		return fmt.Errorf("switch acceleration to %v: %w", on, err)
+	}
+	o.accel = on
+	return nil
+}
+
+// Accelerating reports whether Load turned the acceleration on.
+func (o *Objects) Accelerating() bool { return o.accel }
+
+// Accelerated reports whether the TCP socket fd is in the accel sockhash:
+// its peer may hand it bytes through the sockmap queue, so it must not be
+// spliced from. An error (the socket is closed, the lookup failed) reports
+// true: not splicing costs a copy, splicing an accelerated socket hangs.
+func (o *Objects) Accelerated(fd int) bool {
+	if !o.accel {
+		return false
+	}
+	k, err := sockKeyOf(fd)
+	if err != nil {
+		return true
+	}
+	var cookie uint64
+	err = o.objs.Accel.Lookup(&k, &cookie)
+	return !errors.Is(err, ebpf.ErrKeyNotExist)
+}
+
+// sockKeyOf is the accel key of a connected socket, as the programs build it.
+func sockKeyOf(fd int) (captureSockKey, error) {
+	cookie, err := NetnsCookieOf(fd)
+	if err != nil {
+		return captureSockKey{}, err
+	}
+	local, err := sockAddr(unix.Getsockname(fd))
+	if err != nil {
+		return captureSockKey{}, fmt.Errorf("getsockname: %w", err)
+	}
+	remote, err := sockAddr(unix.Getpeername(fd))
+	if err != nil {
+		return captureSockKey{}, fmt.Errorf("getpeername: %w", err)
+	}
+	return captureSockKey{
+		Netns: cookie, Local: addrKey(local.Addr()), Remote: addrKey(remote.Addr()),
+		Lport: local.Port(), Rport: remote.Port(),
+	}, nil
+}
+
+func sockAddr(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("not an IP socket address: %T", sa)
+}
+
+// accelNames name the acceleration counters, in capture.c's order.
+var accelNames = []string{
+	"sockets", "msgs", "bytes", "no_peer", "peer_gone", "no_storage", "insert_failed",
+}
+
+// AccelStats sums the acceleration's per-CPU counters by name: sockets put
+// in the sockhash, sendmsg calls redirected and their bytes, first sends
+// that found no peer, sends whose peer had closed, decisions lost for want
+// of socket storage, inserts the full sockhash refused.
+func (o *Objects) AccelStats() (map[string]uint64, error) {
+	return sumPerCPU(o.objs.AccelStats, accelNames)
+}

@@ -1,0 +1,293 @@
+// Command pump is a test program the integration tests run inside pods (in
+// the pod's netns and cgroup, so eBPF capture sees it as the pod's app): a
+// server and a client that move bulk streams and small messages and check
+// every byte.
+//
+//	pump serve ADDR                 serve every connection (below)
+//	pump bulk ADDR UP DOWN [QUIT]   send UP bytes, receive DOWN bytes, check
+//	                                both by sha256; with QUIT > 0, exit after
+//	                                QUIT bytes received (a peer that goes away
+//	                                mid-stream)
+//	pump msgs ADDR N SIZE           N messages of SIZE bytes, each echoed back
+//	                                and compared
+//	pump conns ADDR N               N connections one after the other, each
+//	                                one small exchange (the server closes
+//	                                first); prints the slowest
+//
+// A connection starts with a 16-byte header: the bytes the server must send
+// (big-endian uint64) and flags (echo: copy everything back; quit: close
+// abruptly after 1 MiB). Without echo the server hashes what it receives
+// until EOF and sends the sha256 after the requested bytes. Each run prints
+// one line: "ok ..." or "error ...", and exits non-zero on error.
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+)
+
+const (
+	flagEcho = 1
+	flagQuit = 2
+	// deadline bounds every connection.
+	deadline = 3 * time.Minute
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: pump serve|bulk|msgs ADDR ...")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2])
+	case "bulk":
+		err = bulk(os.Args[2], num(3), num(4), num(5))
+	case "msgs":
+		err = msgs(os.Args[2], int(num(3)), int(num(4)))
+	case "conns":
+		err = conns(os.Args[2], int(num(3)))
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Printf("error %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func num(i int) int64 {
+	if i >= len(os.Args) {
+		return 0
+	}
+	n, err := strconv.ParseInt(os.Args[i], 10, 64)
+	if err != nil {
+		fmt.Printf("error argument %d: %v\n", i, err)
+		os.Exit(2)
+	}
+	return n
+}
+
+// pattern is a byte stream that shifts with the offset (its period is a
+// prime, so no read or write size lines up with it): a lost, duplicated or
+// reordered chunk changes the hash.
+type pattern struct{ off int }
+
+var period = func() []byte {
+	b := make([]byte, 65521)
+	for i := range b {
+		b[i] = byte(i*7 + i>>8)
+	}
+	return b
+}()
+
+func (p *pattern) Read(b []byte) (int, error) {
+	n := copy(b, period[p.off:])
+	p.off = (p.off + n) % len(period)
+	return n, nil
+}
+
+// onlyWriter and onlyReader hide ReadFrom/WriteTo: the program reads and
+// writes like an ordinary app, never splices.
+type onlyWriter struct{ io.Writer }
+type onlyReader struct{ io.Reader }
+
+func serve(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			if err := serveConn(c.(*net.TCPConn)); err != nil {
+				fmt.Printf("conn %s: %v\n", c.RemoteAddr(), err)
+			} else {
+				fmt.Printf("conn %s: done\n", c.RemoteAddr())
+			}
+		}()
+	}
+}
+
+func serveConn(c *net.TCPConn) error {
+	c.SetDeadline(time.Now().Add(deadline))
+	var hdr [16]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return fmt.Errorf("header: %w", err)
+	}
+	down, flags := binary.BigEndian.Uint64(hdr[:8]), binary.BigEndian.Uint64(hdr[8:])
+	if flags&flagEcho != 0 {
+		_, err := io.Copy(onlyWriter{c}, onlyReader{c})
+		return err
+	}
+	sum := make(chan []byte, 1)
+	go func() {
+		h := sha256.New()
+		io.Copy(h, onlyReader{c})
+		sum <- h.Sum(nil)
+	}()
+	n := int64(down)
+	if flags&flagQuit != 0 {
+		n = min(n, 1<<20)
+	}
+	if _, err := io.Copy(onlyWriter{c}, io.LimitReader(&pattern{}, n)); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if flags&flagQuit != 0 {
+		c.SetLinger(0)
+		return errors.New("quit mid-stream as asked")
+	}
+	_, err := c.Write(<-sum)
+	return err
+}
+
+func dial(addr string, down, flags uint64) (*net.TCPConn, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(deadline))
+	var hdr [16]byte
+	binary.BigEndian.PutUint64(hdr[:8], down)
+	binary.BigEndian.PutUint64(hdr[8:], flags)
+	if _, err := c.Write(hdr[:]); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+func bulk(addr string, up, down, quit int64) error {
+	flags := uint64(0)
+	if quit < 0 {
+		flags = flagQuit // the server quits
+	}
+	c, err := dial(addr, uint64(down), flags)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	type result struct {
+		n        int64
+		sum, ack []byte
+		err      error
+	}
+	got := make(chan result, 1)
+	go func() {
+		h := sha256.New()
+		var r result
+		if quit > 0 {
+			r.n, r.err = io.Copy(h, io.LimitReader(onlyReader{c}, quit))
+			fmt.Printf("ok quitting after %d bytes\n", r.n)
+			os.Exit(0)
+		}
+		r.n, r.err = io.Copy(h, io.LimitReader(onlyReader{c}, down))
+		r.sum = h.Sum(nil)
+		if r.err == nil && r.n == down {
+			r.ack = make([]byte, sha256.Size)
+			_, r.err = io.ReadFull(c, r.ack)
+		}
+		got <- r
+	}()
+	h := sha256.New()
+	src := io.TeeReader(io.LimitReader(&pattern{}, up), h)
+	if _, err := io.Copy(onlyWriter{c}, src); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	r := <-got
+	if r.err != nil || r.n != down {
+		return fmt.Errorf("received %d of %d bytes: %v", r.n, down, r.err)
+	}
+	want := sha256.New()
+	io.Copy(want, io.LimitReader(&pattern{}, down))
+	if !bytes.Equal(r.sum, want.Sum(nil)) {
+		return fmt.Errorf("received stream differs: sha256 %x, want %x", r.sum, want.Sum(nil))
+	}
+	if !bytes.Equal(r.ack, h.Sum(nil)) {
+		return fmt.Errorf("server received a different stream: sha256 %x, sent %x", r.ack, h.Sum(nil))
+	}
+	fmt.Printf("ok up=%d down=%d sha256 up %x down %x\n", up, down, r.ack[:8], r.sum[:8])
+	return nil
+}
+
+func msgs(addr string, n, size int) error {
+	c, err := dial(addr, 0, flagEcho)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	msg, back := make([]byte, size), make([]byte, size)
+	p := &pattern{}
+	for i := 0; i < n; i++ {
+		p.Read(msg)
+		if _, err := c.Write(msg); err != nil {
+			return fmt.Errorf("message %d: %w", i, err)
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			return fmt.Errorf("echo of message %d: %w", i, err)
+		}
+		if !bytes.Equal(msg, back) {
+			return fmt.Errorf("echo of message %d differs", i)
+		}
+	}
+	fmt.Printf("ok %d messages of %d bytes\n", n, size)
+	return nil
+}
+
+func conns(addr string, n int) error {
+	var slowest time.Duration
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		if err := exchange(addr); err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	fmt.Printf("ok %d connections, slowest %s\n", n, slowest)
+	return nil
+}
+
+// exchange is one connection: 64 bytes up, 64 down and the server's
+// sha256 of what it got, the server closing first.
+func exchange(addr string) error {
+	c, err := dial(addr, 64, 0)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	h := sha256.New()
+	up := make([]byte, 64)
+	(&pattern{}).Read(up)
+	h.Write(up)
+	if _, err := c.Write(up); err != nil {
+		return err
+	}
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	back := make([]byte, 64+sha256.Size)
+	if _, err := io.ReadFull(c, back); err != nil {
+		return err
+	}
+	if !bytes.Equal(back[:64], up) || !bytes.Equal(back[64:], h.Sum(nil)) {
+		return errors.New("exchange differs")
+	}
+	return nil
+}
