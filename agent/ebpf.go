@@ -131,6 +131,13 @@ func (a *Agent) resolveEBPF(spec redirect.Spec) (redirect.Spec, error) {
 // plain TCP, and each pod address's entry in the sockhash that sk_lookup
 // steers by. It returns the netns cookie too.
 func (a *Agent) openEBPFListeners(ns *netns.Handle, spec redirect.Spec, ips []netip.Addr) ([]proxy.Listener, uint64, error) {
+	// A successor restoring an eBPF pod from the state file gets here
+	// before any ADD loaded the programs (they load at the first eBPF pod):
+	// load them now, or the pod is served by nobody from the handover until
+	// the reconcile re-captures it (refused connections).
+	if err := a.ebpfReady(); err != nil {
+		return nil, 0, fmt.Errorf("eBPF capture is not loaded: %w", err)
+	}
 	objs := a.ebpf.objs
 	if objs == nil {
 		return nil, 0, errors.New("eBPF capture is not loaded")

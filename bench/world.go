@@ -141,7 +141,7 @@ func (w *world) logf(format string, args ...any) {
 // PolicyPath says.
 func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
 	t := w.t
-	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf"})
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf", EBPFAccelerate: mode == "ebpf"})
 	tuneNetns(t, node.Netns)
 	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
 	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}

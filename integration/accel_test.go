@@ -78,7 +78,9 @@ func runPump(t *testing.T, p *testworld.Pod, pump string, args ...string) (strin
 // mid-stream ends the client's read: nothing hangs.
 func TestEBPFAcceleration(t *testing.T) {
 	w := world{"1.1.0", "ebpf", "dual", ""}
-	node := testworld.NewNode(t, w.nodeOptions())
+	opts := w.nodeOptions()
+	opts.EBPFAccelerate = true
+	node := testworld.NewNode(t, opts)
 	pump := testworld.Pump(t)
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	srv := node.MustAddPod(t, "backend", "srv")
@@ -206,7 +208,9 @@ func TestEBPFAcceleration(t *testing.T) {
 // new connections go through the successor, accelerated, byte-exact.
 func TestTakeoverEBPF(t *testing.T) {
 	w := world{"1.0.0", "ebpf", "v4", ""}
-	node := testworld.NewNode(t, w.nodeOptions())
+	opts := w.nodeOptions()
+	opts.EBPFAccelerate = true
+	node := testworld.NewNode(t, opts)
 	pump := testworld.Pump(t)
 	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": "90s"}
 	old := node.StartAgent(t, cfg)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -40,6 +41,12 @@ type Agent struct {
 	args []string
 	// bin is the weir-agent binary; empty means the node's.
 	bin string
+	// probe is the probeSocket of this agent's config (the node's build
+	// only; an older build would refuse the key): start waits for this
+	// agent's own readiness there. During a takeover the admin address
+	// answers for the predecessor until the successor is ready, so it
+	// cannot tell when the successor is.
+	probe string
 }
 
 // StartAgentBinary is StartAgent with another build of weir-agent
@@ -59,6 +66,11 @@ const StandbyAdminAddr = "127.0.0.1:15021"
 // WriteAgentConfig writes cfg (merged over the node's socket and admin
 // address) as the agent's config file and returns its path. JSON is YAML.
 func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
+	t.Helper()
+	return n.writeAgentConfig(t, cfg, "agent.yaml")
+}
+
+func (n *Node) writeAgentConfig(t T, cfg map[string]any, name string) string {
 	t.Helper()
 	full := map[string]any{"socket": n.Socket, "admin": AdminAddr, "logLevel": "debug", "sweepInterval": "2s"}
 	for k, v := range cfg {
@@ -85,7 +97,7 @@ func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(n.Dir, "agent.yaml")
+	path := filepath.Join(n.Dir, name)
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -96,9 +108,27 @@ func (n *Node) WriteAgentConfig(t T, cfg map[string]any) string {
 // /readyz. It is stopped (SIGTERM) at cleanup.
 func (n *Node) StartAgent(t T, cfg map[string]any) *Agent {
 	t.Helper()
-	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg)}
+	a := n.newAgent(t, cfg)
 	a.start(t)
 	a.stopAtCleanup(t)
+	return a
+}
+
+// newAgent writes an agent's config, with a probe socket of its own, to a
+// file of its own (a restart reads it again; a later agent's config must
+// not replace it).
+func (n *Node) newAgent(t T, cfg map[string]any, args ...string) *Agent {
+	t.Helper()
+	seq := agentSeq.Add(1)
+	probe := filepath.Join(n.Dir, fmt.Sprintf("p%d.sock", seq))
+	full := map[string]any{"probeSocket": probe}
+	for k, v := range cfg {
+		full[k] = v
+	}
+	a := &Agent{node: n, Config: n.writeAgentConfig(t, full, fmt.Sprintf("agent-%d.yaml", seq)), args: args, probe: probe}
+	if slices.Contains(args, "--standby") {
+		a.probe += ".standby" // agent.ProbeSocketPath
+	}
 	return a
 }
 
@@ -110,7 +140,8 @@ func (n *Node) StartAgent(t T, cfg map[string]any) *Agent {
 // does not promote itself when the test ends.
 func (n *Node) StartStandby(t T, cfg map[string]any) *Agent {
 	t.Helper()
-	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), Admin: StandbyAdminAddr, args: []string{"--standby"}}
+	a := n.newAgent(t, cfg, "--standby")
+	a.Admin = StandbyAdminAddr
 	a.start(t)
 	a.stopAtCleanup(t)
 	return a
@@ -144,7 +175,8 @@ func tail(b []byte, lines int) string {
 func (n *Node) StartAgentUnderInit(t T, cfg map[string]any, initNS *Netns) *Agent {
 	t.Helper()
 	RequireTool(t, "sh", "mount")
-	a := &Agent{node: n, Config: n.WriteAgentConfig(t, cfg), init: initNS}
+	a := n.newAgent(t, cfg)
+	a.init = initNS
 	a.start(t)
 	a.stopAtCleanup(t)
 	return a
@@ -209,7 +241,11 @@ func (a *Agent) start(t T) {
 	}()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		if body, err := a.Get("/readyz"); err == nil && strings.HasPrefix(body, "ready") {
+		if a.probe != "" {
+			if a.probeReady() {
+				return
+			}
+		} else if body, err := a.Get("/readyz"); err == nil && strings.HasPrefix(body, "ready") {
 			return
 		}
 		select {
@@ -224,6 +260,24 @@ func (a *Agent) start(t T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// probeReady asks this agent, and only it, over its probe socket whether
+// it is ready.
+func (a *Agent) probeReady() bool {
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", a.probe)
+		},
+		DisableKeepAlives: true,
+	}}
+	resp, err := c.Get("http://weir-agent/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // Restart starts the agent again after Stop, with the same config.

@@ -88,5 +88,9 @@ func removeCgroup(dir string) {
 
 // ebpfSettings is the agent's capture.ebpf for this node.
 func (n *Node) ebpfSettings() map[string]any {
-	return map[string]any{"pinPath": n.PinPath, "cgroup": n.Cgroup}
+	m := map[string]any{"pinPath": n.PinPath, "cgroup": n.Cgroup}
+	if n.Opts.EBPFAccelerate {
+		m["accelerate"] = true
+	}
+	return m
 }

@@ -44,6 +44,9 @@ type NodeOptions struct {
 	// agent run with nsenter --net (ip netns exec's private sysfs would
 	// hide the bpffs and cgroup mounts from it).
 	EBPF bool
+	// EBPFAccelerate turns on capture.ebpf.accelerate (off by default) in
+	// the agent's settings of an EBPF node.
+	EBPFAccelerate bool
 	// Exec, when set, runs the plugins instead of libcni's default (a
 	// benchmark times weir-cni through it).
 	Exec invoke.Exec
