@@ -63,6 +63,14 @@ type Snapshot struct {
 	// buckets are the rate limits' token buckets, for the next build to
 	// carry over.
 	buckets map[bucketKey]*TokenBucket
+	// eps holds the endpoints WithEndpoints gave services, overriding
+	// cfg.Services[i].Endpoints (so a push does not copy every service);
+	// nil when none.
+	eps map[int32][]cluster.Endpoint
+	// l7 lists the services whose routes were compiled (rate limit, HTTP,
+	// TLS or RPC routes): their routers hold backend clusters, so
+	// WithEndpoints compiles them again.
+	l7 []int32
 }
 
 // cidrIndex finds the longest matching prefix with one map probe per
