@@ -31,40 +31,49 @@ func (s *Snapshot) WithEndpoints(eps map[string][]cluster.Endpoint) (*Snapshot, 
 		if !ok {
 			return nil, fmt.Errorf("service %q is not in the snapshot", name)
 		}
-		if s.clusters[i] == nil || !cluster.EndpointsEqual(e, s.endpointsOf(i)) {
+		if !cluster.EndpointsEqual(e, s.endpointsOf(i)) {
 			changes = append(changes, change{i, e})
 		}
 	}
 	if len(changes) == 0 {
 		return s, nil
 	}
-	n := *s
-	n.routes = slices.Clone(s.routes)
-	n.clusters = slices.Clone(s.clusters)
-	n.buckets = map[bucketKey]*TokenBucket{}
-	n.eps = maps.Clone(s.eps)
+	n := &Snapshot{
+		cfg: s.cfg, routes: slices.Clone(s.routes), byName: s.byName,
+		exact: s.exact, cidr4: s.cidr4, cidr6: s.cidr6, unknown: s.unknown,
+		buckets: map[bucketKey]*TokenBucket{}, eps: maps.Clone(s.eps), l7: s.l7,
+	}
 	if n.eps == nil {
 		n.eps = make(map[int32][]cluster.Endpoint, len(changes))
+	}
+	// Copy a chunk of routes the first time one of its routes changes.
+	copied := map[int32]bool{}
+	set := func(i int32) *Route {
+		if c := i >> routeShift; !copied[c] {
+			n.routes[c] = slices.Clone(n.routes[c])
+			copied[c] = true
+		}
+		return n.route(i)
 	}
 	var errs []error
 	for _, ch := range changes {
 		svc := &s.cfg.Services[ch.i]
 		ccfg := svc.Cluster
 		ccfg.Name = svc.Name
-		pc := s.clusters[ch.i]
 		c, err := cluster.New(ccfg, ch.eps, cluster.Options{
-			Prev: pc, LocalZone: s.cfg.LocalZone, Clock: s.cfg.Clock, Seed: seedFor(s.cfg.Seed, svc.Name),
+			Prev: s.route(ch.i).Cluster, LocalZone: s.cfg.LocalZone, Clock: s.cfg.Clock, Seed: seedFor(s.cfg.Seed, svc.Name),
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("services[%d] (%s).endpoints: %w", ch.i, svc.Name, err))
 			continue
 		}
-		n.clusters[ch.i] = c
-		n.routes[ch.i].Cluster = c
+		set(ch.i).Cluster = c
 		n.eps[ch.i] = ch.eps
 	}
 	for _, i := range s.l7 {
-		errs = append(errs, n.compileRoute(i, &s.cfg.Services[i], s)...)
+		r, e := n.compileRoute(i, &s.cfg.Services[i], s)
+		*set(i) = r
+		errs = append(errs, e...)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -78,7 +87,7 @@ func (s *Snapshot) WithEndpoints(eps map[string][]cluster.Endpoint) (*Snapshot, 
 		}
 		n.eps = nil
 	}
-	return &n, nil
+	return n, nil
 }
 
 // endpointsOf is service i's endpoints as last given.
