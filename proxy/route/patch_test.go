@@ -2,6 +2,8 @@ package route
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -104,4 +106,86 @@ func TestWithEndpointsFolds(t *testing.T) {
 			t.Fatalf("%s: %s", c.Name(), got)
 		}
 	}
+}
+
+// FuzzWithEndpointsMatchesBuild: any sequence of endpoint changes applied
+// with WithEndpoints, interleaved with full Builds, routes exactly as the
+// whole changed config built afresh, and a refused change (an invalid
+// endpoint) leaves the snapshot as it was. Each input byte pair is one
+// change: the service (of 600, so changes cross route chunks and
+// overrides fold) and an endpoint set (one of 16; set 15 holds an invalid
+// endpoint); a pair whose first byte is 0xff is a full Build instead.
+func FuzzWithEndpointsMatchesBuild(f *testing.F) {
+	f.Add([]byte{1, 2, 3, 4})
+	f.Add([]byte{0, 1, 0xff, 0, 0, 2, 200, 3, 7, 15})
+	f.Add([]byte{5, 1, 5, 2, 0xff, 0, 5, 1})
+	many := make([]byte, 0, 240)
+	for i := range 120 {
+		many = append(many, byte(i), byte(i%15))
+	}
+	f.Add(many) // enough services changed to fold the overrides
+	const n = 600
+	sets := make([][]cluster.Endpoint, 16)
+	for i := range sets {
+		for j := range i%3 + 1 {
+			sets[i] = append(sets[i], cluster.Endpoint{Addr: ap(fmt.Sprintf("10.1.%d.%d:80", i, j+1))})
+		}
+	}
+	sets[15] = []cluster.Endpoint{{}}
+	base := Config{Seed: 3}
+	for i := range n {
+		s := svc(fmt.Sprintf("s%03d", i), []string{fmt.Sprintf("10.96.%d.%d:80", i/250, i%250+1)}, "10.0.0.1:80")
+		if i%100 == 0 {
+			// A service whose HTTP route leads to the next one.
+			s.Protocol = HTTP
+			s.HTTPRoutes = []HTTPRoute{{Name: "r", Rules: []HTTPRouteRule{{Backends: []BackendRef{{Service: fmt.Sprintf("s%03d", i+1)}}}}}}
+		}
+		base.Services = append(base.Services, s)
+	}
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		if len(ops) > 240 {
+			ops = ops[:240]
+		}
+		cfg := base
+		cfg.Services = slices.Clone(base.Services)
+		snap := mustBuild(t, cfg, nil)
+		for k := 0; k+1 < len(ops); k += 2 {
+			if ops[k] == 0xff {
+				cfg.Services = slices.Clone(cfg.Services)
+				snap = mustBuild(t, cfg, snap)
+				continue
+			}
+			i := (int(ops[k])*7 + int(ops[k+1])) % n
+			set := sets[ops[k+1]%16]
+			next, err := snap.WithEndpoints(map[string][]cluster.Endpoint{cfg.Services[i].Name: set})
+			if ops[k+1]%16 == 15 {
+				if err == nil {
+					t.Fatalf("invalid endpoint for %s accepted", cfg.Services[i].Name)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.Services = slices.Clone(cfg.Services)
+			cfg.Services[i].Endpoints = set
+			snap = next
+		}
+		got, _ := json.Marshal(snap.Dump())
+		want, _ := json.Marshal(mustBuild(t, cfg, nil).Dump())
+		if string(got) != string(want) {
+			t.Fatalf("after %x: snapshot differs from a fresh build", ops)
+		}
+		for _, i := range []int{0, 100, 599} {
+			a := snap.Lookup(cfg.Services[i].Addresses[0])
+			if a.Cluster != snap.Cluster(cfg.Services[i].Name) {
+				t.Fatalf("lookup of %s: cluster %p, want %p", cfg.Services[i].Name, a.Cluster, snap.Cluster(cfg.Services[i].Name))
+			}
+			if a.HTTP != nil {
+				if be := a.HTTP.Match(req{method: "GET", host: "x", path: "/"}).Backend(); be != snap.Cluster(cfg.Services[i+1].Name) {
+					t.Fatalf("HTTP route of %s leads to a stale cluster", cfg.Services[i].Name)
+				}
+			}
+		}
+	})
 }
