@@ -187,6 +187,13 @@ type xdsSource struct {
 	other  route.Config // the other source's latest routing
 	synced chan struct{}
 	once   sync.Once
+
+	// built is the last snapshot this source stored and builtFrom the
+	// update it merged (nil: none); both change under the agent's
+	// reloadMu. While built is the agent's snapshot, an endpoint push
+	// on builtFrom's services changes only the clusters it names.
+	built     *route.Snapshot
+	builtFrom *xds.Update
 }
 
 // newXDSSource builds the source when xds.address is set; nil otherwise.
@@ -278,17 +285,31 @@ func (s *xdsSource) start(ctx context.Context) {
 func (s *xdsSource) publish(u xds.Update) error {
 	s.a.reloadMu.Lock()
 	defer s.a.reloadMu.Unlock()
+	start := time.Now()
+	prev := s.a.routes.Load()
 	s.mu.Lock()
 	s.last = &u
-	rc := s.mergeLocked()
-	s.mu.Unlock()
-	start := time.Now()
-	snap, err := route.Build(rc, s.a.routes.Load())
-	if err != nil {
-		return fmt.Errorf("build routes: %w", err)
+	var snap *route.Snapshot
+	if s.precedence != PrecedenceKubernetes && prev != nil && prev == s.built && u.EndpointsOnly(s.builtFrom) {
+		// xDS services win over the other source's of the same name, so
+		// the merged routing changes exactly as the xDS one does.
+		snap, _ = prev.WithEndpoints(u.Endpoints) // on error, a full build names the problem
+	}
+	how := "endpoints"
+	if snap == nil {
+		how = "full"
+		rc := s.mergeLocked()
+		s.mu.Unlock()
+		var err error
+		if snap, err = route.Build(rc, prev); err != nil {
+			return fmt.Errorf("build routes: %w", err)
+		}
+	} else {
+		s.mu.Unlock()
 	}
 	s.a.routes.Store(snap)
-	s.log.Debug("routes from xds", "services", len(u.Services), "build", time.Since(start).String())
+	s.built, s.builtFrom = snap, &u
+	s.log.Debug("routes from xds", "services", len(u.Services), "changed", how, "build", time.Since(start).String())
 	return nil
 }
 
@@ -299,20 +320,21 @@ func (s *xdsSource) mergeLocked() route.Config {
 		return rc
 	}
 	u := s.last
+	xdsServices := u.AllServices()
 	if s.precedence == PrecedenceXDS || (len(rc.Services) == 0 && len(rc.CIDRs) == 0) {
-		rc.Services, rc.CIDRs = u.Services, u.CIDRs
+		rc.Services, rc.CIDRs = xdsServices, u.CIDRs
 		return rc
 	}
-	names := make(map[string]bool, len(u.Services))
+	names := make(map[string]bool, len(xdsServices))
 	addrs := map[netip.AddrPort]bool{}
-	for _, svc := range u.Services {
+	for _, svc := range xdsServices {
 		names[svc.Name] = true
 		for _, a := range svc.Addresses {
 			addrs[a] = true
 		}
 	}
-	services := make([]route.Service, 0, len(u.Services)+len(rc.Services))
-	services = append(services, u.Services...)
+	services := make([]route.Service, 0, len(xdsServices)+len(rc.Services))
+	services = append(services, xdsServices...)
 	for _, svc := range rc.Services {
 		if names[svc.Name] {
 			continue
@@ -349,10 +371,12 @@ func (s *xdsSource) mergeLocked() route.Config {
 // publishRoutes swaps in routing from the other source (static services
 // or Kubernetes), merged with xDS when it is on. Callers hold reloadMu.
 func (a *Agent) publishRoutes(rc route.Config) error {
+	var from *xds.Update
 	if a.xds != nil {
 		a.xds.mu.Lock()
 		a.xds.other = rc
 		rc = a.xds.mergeLocked()
+		from = a.xds.last
 		a.xds.mu.Unlock()
 	}
 	snap, err := route.Build(rc, a.routes.Load())
@@ -360,6 +384,9 @@ func (a *Agent) publishRoutes(rc route.Config) error {
 		return fmt.Errorf("build routes: %w", err)
 	}
 	a.routes.Store(snap)
+	if a.xds != nil {
+		a.xds.built, a.xds.builtFrom = snap, from
+	}
 	return nil
 }
 

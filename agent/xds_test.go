@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"encoding/json"
+	"log/slog"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/weir-mesh/weir/agent/xds"
+	"github.com/weir-mesh/weir/proxy/cluster"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 
@@ -107,4 +110,88 @@ func strAddrs(as []netip.AddrPort) []string {
 		out = append(out, a.String())
 	}
 	return out
+}
+
+// An endpoint push changes the agent's routing in place of a full merge
+// (route.Snapshot.WithEndpoints) and gives the same routing as merging
+// and building everything, with each precedence, also after the other
+// source changed in between.
+func TestXDSEndpointPushMerged(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	eps := func(addrs ...string) []cluster.Endpoint {
+		var out []cluster.Endpoint
+		for _, a := range addrs {
+			out = append(out, cluster.Endpoint{Addr: ap(a)})
+		}
+		return out
+	}
+	other := route.Config{Services: []route.Service{
+		{Name: "shop/web:80", Addresses: []netip.AddrPort{ap("10.96.0.10:80")}, Endpoints: eps("10.1.0.1:80")},
+		{Name: "shop/db:5432", Addresses: []netip.AddrPort{ap("10.96.0.11:5432")}, Endpoints: eps("10.1.0.2:5432")},
+	}}
+	base := xds.Update{Services: []route.Service{
+		{Name: "shop/web:80", Addresses: []netip.AddrPort{ap("10.96.0.20:80")}, Endpoints: eps("10.2.0.1:80")},
+		{Name: "shop/api:80", Addresses: []netip.AddrPort{ap("10.96.0.21:80")}, Endpoints: eps("10.2.0.2:80")},
+	}}
+	push := func(web ...string) xds.Update {
+		u := base
+		u.Endpoints = map[string][]cluster.Endpoint{"shop/web:80": eps(web...), "shop/api:80": base.Services[1].Endpoints}
+		return u
+	}
+	dump := func(s *route.Snapshot) string {
+		b, err := json.Marshal(s.Dump())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	for _, precedence := range []string{PrecedenceBoth, PrecedenceXDS, PrecedenceKubernetes} {
+		a := &Agent{routes: &route.Table{}}
+		var logged strings.Builder
+		s := &xdsSource{a: a, precedence: precedence, log: slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelDebug})), other: other}
+		a.xds = s
+		check := func(step string, u xds.Update) {
+			t.Helper()
+			// What a full merge and build of the same routing gives.
+			want := &xdsSource{precedence: precedence, other: s.other, last: &xds.Update{Services: u.AllServices(), CIDRs: u.CIDRs}}
+			full, err := route.Build(want.mergeLocked(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := dump(a.routes.Load()), dump(full); got != want {
+				t.Errorf("%s, %s:\n got %s\nwant %s", precedence, step, got, want)
+			}
+		}
+		steps := []struct {
+			name  string
+			u     xds.Update
+			other bool // the other source publishes (keeping s.last) instead
+		}{
+			{name: "first update", u: base},
+			{name: "endpoint push", u: push("10.2.0.9:80", "10.2.0.1:80")},
+			{name: "other source changed", other: true},
+			{name: "push after it", u: push("10.2.0.7:80")},
+			{name: "push back", u: push("10.2.0.1:80")},
+		}
+		for _, st := range steps {
+			if st.other {
+				other.Services = append(other.Services[:2:2], route.Service{Name: "shop/new:80", Addresses: []netip.AddrPort{ap("10.96.0.30:80")}})
+				if err := a.publishRoutes(other); err != nil {
+					t.Fatal(err)
+				}
+				check(st.name, *s.last)
+				continue
+			}
+			logged.Reset()
+			if err := s.publish(st.u); err != nil {
+				t.Fatalf("%s, %s: %v", precedence, st.name, err)
+			}
+			check(st.name, st.u)
+			incremental := strings.Contains(logged.String(), "changed=endpoints")
+			if want := precedence != PrecedenceKubernetes && st.u.Endpoints != nil; incremental != want {
+				t.Errorf("%s, %s: endpoints applied alone %v, want %v (%s)", precedence, st.name, incremental, want, logged.String())
+			}
+		}
+		other.Services = other.Services[:2]
+	}
 }

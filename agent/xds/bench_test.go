@@ -20,7 +20,7 @@ type nullStream struct{}
 func (nullStream) send(*typeState, *ackInfo) error { return nil }
 func (nullStream) recv() (response, error)         { select {} }
 
-func deltaResource(b *testing.B, name string, m proto.Message) *discovery.Resource {
+func deltaResource(b testing.TB, name string, m proto.Message) *discovery.Resource {
 	a, err := anypb.New(m)
 	if err != nil {
 		b.Fatal(err)
@@ -35,14 +35,16 @@ func deltaResource(b *testing.B, name string, m proto.Message) *discovery.Resour
 func BenchmarkPushOneEndpoint10kClusters(b *testing.B) {
 	const n = 10000
 	var table route.Table
+	var from *Update
 	cl, err := New(Options{
 		Target: "unused:1", Delta: true, Node: &corev3.Node{Id: "bench"},
 		Publish: func(u Update) error {
-			snap, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, table.Load())
+			snap, err := u.Snapshot(table.Load(), from)
 			if err != nil {
 				return err
 			}
 			table.Store(snap)
+			from = &u
 			return nil
 		},
 		Log: testLogger(b),
@@ -91,14 +93,16 @@ func BenchmarkPushOneEndpoint10kClusters(b *testing.B) {
 func BenchmarkPushOneEndpoint10kClustersSotW(b *testing.B) {
 	const n = 10000
 	var table route.Table
+	var from *Update
 	cl, err := New(Options{
 		Target: "unused:1", Node: &corev3.Node{Id: "bench"},
 		Publish: func(u Update) error {
-			snap, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, table.Load())
+			snap, err := u.Snapshot(table.Load(), from)
 			if err != nil {
 				return err
 			}
 			table.Store(snap)
+			from = &u
 			return nil
 		},
 		Log: testLogger(b),

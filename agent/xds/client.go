@@ -150,7 +150,9 @@ type typeState struct {
 	versions map[string]string
 	// raw maps the encoded bytes of each resource accepted over state of
 	// the world to its name (rawOf is the reverse), so a resource sent
-	// again unchanged is not decoded and converted again.
+	// again unchanged is not decoded and converted again. An entry is
+	// added only for a resource held and removed with it (remove), so
+	// a name found here is held.
 	raw, rawOf map[string]string
 
 	// Per stream.
@@ -475,16 +477,22 @@ func (c *Client) apply(st stream, r response) error {
 			delete(t.versions, name)
 		}
 	} else {
-		inResponse := make(map[string]bool, len(r.resources))
+		// Only a wildcard type's response says what is gone.
+		var inResponse map[string]bool
+		if t.wildcard {
+			inResponse = make(map[string]bool, len(r.resources))
+		}
 		for _, a := range r.resources {
 			// State of the world sends every resource every time: one
 			// byte for byte as accepted last time is unchanged.
-			if name, ok := t.raw[string(a.GetValue())]; ok && c.has(t, name) {
-				inResponse[name] = true
+			if name, ok := t.raw[string(a.GetValue())]; ok {
+				if inResponse != nil {
+					inResponse[name] = true
+				}
 				continue
 			}
 			name, err := c.decodeAny(t, a)
-			if name != "" {
+			if name != "" && inResponse != nil {
 				inResponse[name] = true
 			}
 			if err == nil && name != "" && c.has(t, name) {

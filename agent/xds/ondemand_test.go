@@ -171,7 +171,9 @@ func TestOnDemandIdleAndTimeout(t *testing.T) {
 	c.set("v1", w.res())
 	s := newSink(t)
 	cl := startClient(t, c, true, s, func(o *Options) {
-		o.OnDemand, o.OnDemandTimeout, o.OnDemandIdle = true, 700*time.Millisecond, time.Second
+		// Idle after 2 s: the loop below keeps svc-00002 busy every 100 ms,
+		// which on a loaded machine can stretch past a second.
+		o.OnDemand, o.OnDemandTimeout, o.OnDemandIdle = true, 700*time.Millisecond, 2*time.Second
 	})
 	waitStatusFor(t, cl, 10*time.Second, "synced", func(st Status) bool { return st.Synced && st.Resources["listener"] == 52 })
 	ctx := context.Background()
@@ -194,7 +196,7 @@ func TestOnDemandIdleAndTimeout(t *testing.T) {
 	}
 
 	// Keep svc-00002 busy; svc-00001, the HTTP backends and ghost go idle.
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(8 * time.Second)
 	for time.Now().Before(deadline) {
 		if err := cl.Await(ctx, vipOf(2)); err != nil {
 			t.Fatal(err)
@@ -208,12 +210,22 @@ func TestOnDemandIdleAndTimeout(t *testing.T) {
 	if st.Resources["cluster"] != 1 || st.Resources["endpoint"] != 1 {
 		t.Fatalf("after idle: held %v, want only svc-00002", st.Resources)
 	}
+	// The unsubscriptions reach the control plane after the client
+	// dropped the resources: wait (bounded) for them to be counted there.
+	unsubscribed := func(typ, name string) int {
+		_, un := c.subCount(typ, name)
+		for end := time.Now().Add(5 * time.Second); un == 0 && time.Now().Before(end); {
+			time.Sleep(20 * time.Millisecond)
+			_, un = c.subCount(typ, name)
+		}
+		return un
+	}
 	for _, name := range []string{"svc-00001", "svc-00040", "svc-00041", "ghost"} {
-		if _, un := c.subCount(resource.ClusterType, name); un != 1 {
+		if un := unsubscribed(resource.ClusterType, name); un != 1 {
 			t.Errorf("cluster %s unsubscribed %d times on the control plane, want 1", name, un)
 		}
 	}
-	if _, un := c.subCount(resource.EndpointType, "svc-00001"); un != 1 {
+	if un := unsubscribed(resource.EndpointType, "svc-00001"); un != 1 {
 		t.Errorf("endpoints of svc-00001 unsubscribed %d times, want 1", un)
 	}
 	if _, un := c.subCount(resource.ClusterType, "svc-00002"); un != 0 {

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -279,7 +280,8 @@ func prefixRoute(prefix, clusterName string) *routev3.Route {
 type sink struct {
 	t    testing.TB
 	mu   sync.Mutex
-	last *Update
+	last *Update // as published, with AllServices in Services
+	from *Update // as published
 	snap *route.Snapshot
 	n    int
 	ch   chan struct{}
@@ -290,18 +292,39 @@ func newSink(t testing.TB) *sink { return &sink{t: t, ch: make(chan struct{}, 1)
 func (s *sink) publish(u Update) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	snap, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, s.snap)
+	snap, err := u.Snapshot(s.snap, s.from)
 	if err != nil {
 		s.t.Errorf("published routing does not build: %v", err)
 		return err
 	}
-	s.last, s.snap = &u, snap
+	all := Update{Services: u.AllServices(), CIDRs: u.CIDRs}
+	if len(all.Services) <= 100 {
+		// An endpoint push applied to the last snapshot routes exactly as
+		// the whole routing built afresh.
+		full, err := route.Build(route.Config{Services: all.Services, CIDRs: all.CIDRs}, nil)
+		if err != nil {
+			s.t.Errorf("published routing does not build from scratch: %v", err)
+			return err
+		}
+		if a, b := dumpJSON(snap), dumpJSON(full); a != b {
+			s.t.Errorf("snapshot from the push:\n%s\nbuilt afresh:\n%s", a, b)
+		}
+	}
+	s.last, s.from, s.snap = &all, &u, snap
 	s.n++
 	select {
 	case s.ch <- struct{}{}:
 	default:
 	}
 	return nil
+}
+
+func dumpJSON(s *route.Snapshot) string {
+	b, err := json.Marshal(s.Dump())
+	if err != nil {
+		return err.Error()
+	}
+	return string(b)
 }
 
 // wait waits until cond holds for the last published update.

@@ -17,8 +17,46 @@ import (
 // their endpoint slices with the previous Update so route.Build reuses
 // their clusters.
 type Update struct {
+	// Services are the services, except that Endpoints overrides the
+	// endpoints of those it names: use AllServices for the full list.
 	Services []route.Service
 	CIDRs    []route.CIDRRoute
+	// Endpoints replaces the endpoints of the services it names. An
+	// endpoint push (the most frequent change) delivers the previous
+	// Update's Services and CIDRs slices unchanged with every endpoint set
+	// changed since those were composed here, so a consumer that built a
+	// snapshot from an earlier Update on the same Services applies it with
+	// route.Snapshot.WithEndpoints, without copying or visiting every
+	// service (see EndpointsOnly). Nil after any other change; it is
+	// folded into new Services once it names many services.
+	Endpoints map[string][]cluster.Endpoint
+}
+
+// AllServices returns Services with Endpoints applied: Services itself
+// when Endpoints is empty, else a copy.
+func (u Update) AllServices() []route.Service {
+	if len(u.Endpoints) == 0 {
+		return u.Services
+	}
+	out := slices.Clone(u.Services)
+	for i := range out {
+		if e, ok := u.Endpoints[out[i].Name]; ok {
+			out[i].Endpoints = e
+		}
+	}
+	return out
+}
+
+// EndpointsOnly reports whether u differs from prev at most in endpoints
+// (both hold the same Services and CIDRs): a snapshot built from prev
+// then routes as u once given u.Endpoints (route.Snapshot.WithEndpoints).
+func (u Update) EndpointsOnly(prev *Update) bool {
+	return prev != nil && sameSlice(u.Services, prev.Services) && sameSlice(u.CIDRs, prev.CIDRs)
+}
+
+// sameSlice reports whether a and b are the same slice (not merely equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
 // store holds the accepted resources of every type, converted. Only the
@@ -44,14 +82,17 @@ type store struct {
 
 	// What changed since the last compose: dirtyAll for listeners, routes
 	// and clusters (a full compose), dirtyEDS for endpoint sets only (the
-	// last Update with those services' endpoints swapped).
+	// last Update's services with those endpoints in Update.Endpoints).
 	dirtyAll bool
 	dirtyEDS map[string]bool
-	// last is the last composed Update and its problems; index maps an EDS
-	// name to the positions of the services it feeds in last.Services.
+	// last is the last fully composed Update (its Services the base of
+	// later endpoint pushes) and its problems; index maps an EDS name to
+	// the positions of the services it feeds in last.Services; sinceLast
+	// names the endpoint sets changed since last was composed.
 	last         *Update
 	lastProblems []string
 	index        map[string][]int
+	sinceLast    map[string]bool
 }
 
 func newStore() *store {
@@ -61,6 +102,7 @@ func newStore() *store {
 		clusters:  map[string]*clusterEntry{},
 		endpoints: map[string][]cluster.Endpoint{},
 		dirtyEDS:  map[string]bool{},
+		sinceLast: map[string]bool{},
 	}
 }
 
@@ -119,25 +161,47 @@ func listenerService(listener string, chain, chains int) string {
 // out and reported in problems (the control plane may send them later).
 func (s *store) compose() (Update, []string) {
 	if !s.dirtyAll && s.last != nil {
-		// Only endpoint sets changed (the usual push): copy the services
-		// and swap the endpoints of those fed by a changed set; the layout
-		// stays, so route.Build reuses its indexes and unchanged clusters.
-		services := slices.Clone(s.last.Services)
+		// Only endpoint sets changed (the usual push): the last services
+		// stay as they are, and Update.Endpoints carries every set changed
+		// since they were composed, so a push costs what it changes.
 		for eds := range s.dirtyEDS {
+			s.sinceLast[eds] = true
+		}
+		clear(s.dirtyEDS)
+		eps := make(map[string][]cluster.Endpoint, len(s.sinceLast))
+		for eds := range s.sinceLast {
+			for _, i := range s.index[eds] {
+				eps[s.last.Services[i].Name] = s.endpoints[eds]
+			}
+		}
+		if len(eps) <= foldEndpoints(len(s.last.Services)) {
+			return Update{Services: s.last.Services, CIDRs: s.last.CIDRs, Endpoints: eps}, s.lastProblems
+		}
+		// Many sets changed: fold them into new services, so the next
+		// push does not carry a large map.
+		services := slices.Clone(s.last.Services)
+		for eds := range s.sinceLast {
 			for _, i := range s.index[eds] {
 				services[i].Endpoints = s.endpoints[eds]
 			}
 		}
-		clear(s.dirtyEDS)
+		clear(s.sinceLast)
 		s.last = &Update{Services: services, CIDRs: s.last.CIDRs}
 		return *s.last, s.lastProblems
 	}
 	u, problems := s.composeAll()
 	s.dirtyAll = false
 	clear(s.dirtyEDS)
+	clear(s.sinceLast)
 	s.last, s.lastProblems = &u, problems
 	return u, problems
 }
+
+// foldEndpoints is how many services Update.Endpoints may name before an
+// endpoint push composes new services instead: an eighth of them, at least
+// 64 (a copy of every service then costs less than the map it replaces,
+// spread over the pushes that grew it).
+func foldEndpoints(services int) int { return max(64, services/8) }
 
 // composeAll builds the Update from scratch.
 func (s *store) composeAll() (Update, []string) {
@@ -293,4 +357,20 @@ func (s *store) resolveBackends(in []route.HTTPRoute, svc string) ([]route.HTTPR
 		out[i] = r
 	}
 	return out, problems
+}
+
+// Snapshot builds the routing of u for a consumer that routes by xDS
+// alone. prev is the consumer's current snapshot and from the Update it
+// was built from (nil: none): when u changes only endpoints since from,
+// only the clusters whose endpoints changed are rebuilt
+// (route.Snapshot.WithEndpoints); otherwise route.Build composes the
+// whole routing, reusing what prev holds unchanged.
+func (u Update) Snapshot(prev *route.Snapshot, from *Update) (*route.Snapshot, error) {
+	if prev != nil && u.EndpointsOnly(from) {
+		if s, err := prev.WithEndpoints(u.Endpoints); err == nil {
+			return s, nil
+		}
+		// The full build below names the problem.
+	}
+	return route.Build(route.Config{Services: u.AllServices(), CIDRs: u.CIDRs}, prev)
 }

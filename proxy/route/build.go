@@ -102,15 +102,14 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 	}
 
 	s := &Snapshot{
-		buckets:  map[bucketKey]*TokenBucket{},
-		cfg:      cfg,
-		routes:   make([]Route, len(cfg.Services)),
-		clusters: make([]*cluster.Cluster, len(cfg.Services)),
-		unknown:  unknown,
+		buckets: map[bucketKey]*TokenBucket{},
+		cfg:     cfg,
+		routes:  makeRoutes(len(cfg.Services)),
+		unknown: unknown,
 	}
 	// Same services in the same order with the same addresses and CIDR
 	// routes (the usual case: endpoints changed): the indexes of prev serve
-	// as they are, and prev's cluster for service i is prev.clusters[i].
+	// as they are, and prev's cluster for service i is prev.route(i)'s.
 	same := prev != nil && sameLayout(cfg, prev.cfg)
 	if same {
 		s.byName, s.exact, s.cidr4, s.cidr6 = prev.byName, prev.exact, prev.cidr4, prev.cidr6
@@ -135,9 +134,8 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 			// Compare with the previous config side by side: two
 			// contiguous arrays, no visit to the cluster objects.
 			ps := &prev.cfg.Services[i]
-			if cfg.LocalZone == prev.cfg.LocalZone && svc.Cluster.Equal(&ps.Cluster) && cluster.EndpointsEqual(svc.Endpoints, ps.Endpoints) {
-				s.clusters[i] = prev.clusters[i]
-				s.routes[i] = prev.routes[i]
+			if cfg.LocalZone == prev.cfg.LocalZone && svc.Cluster.Equal(&ps.Cluster) && cluster.EndpointsEqual(svc.Endpoints, prev.endpointsOf(int32(i))) {
+				s.route(int32(i)).Cluster = prev.route(int32(i)).Cluster
 				continue
 			}
 		}
@@ -150,7 +148,7 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 		var pc *cluster.Cluster
 		switch {
 		case same:
-			pc = prev.clusters[i]
+			pc = prev.route(int32(i)).Cluster
 		case prev != nil:
 			pc = prev.Cluster(svc.Name)
 		}
@@ -165,8 +163,7 @@ func Build(cfg Config, prev *Snapshot) (*Snapshot, error) {
 				continue
 			}
 		}
-		s.clusters[i] = c
-		s.routes[i] = Route{Cluster: c}
+		s.route(int32(i)).Cluster = c
 	}
 	if !same {
 		errs = append(errs, s.index(cfg)...)
@@ -309,71 +306,80 @@ func seedFor(seed uint64, name string) uint64 {
 // are few next to services, so they are compiled on every build.
 func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 	var errs []error
-	clusterOf := func(name string) *cluster.Cluster {
-		if i, ok := s.byName[name]; ok {
-			return s.clusters[i]
-		}
-		return nil
-	}
 	for i := range cfg.Services {
 		svc := &cfg.Services[i]
-		if s.clusters[i] == nil {
+		r := s.route(int32(i))
+		if r.Cluster == nil {
 			continue
 		}
 		if _, err := ParseProtocol(string(svc.Protocol)); err != nil {
 			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
 			continue
 		}
-		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
-		var lim *limits // made only for services with limits or routes
-		if svc.RateLimit != nil || len(svc.HTTPRoutes) > 0 {
-			lim = &limits{service: svc.Name, next: s.buckets}
-			if prev != nil {
-				lim.prev = prev.buckets
-			}
-		}
-		if svc.RateLimit != nil {
-			bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-			r.RateLimit = lim.bucket(bucketKey{rule: -1, rl: *svc.RateLimit}, bad, fmt.Sprintf("services[%d] (%s).rateLimit", i, svc.Name))
-		}
-		if len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
+		if svc.RateLimit == nil && len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
-			s.routes[i] = r
+			*r = Route{Cluster: r.Cluster, Protocol: svc.Protocol, Service: svc.Name}
 			continue
 		}
-		where := fmt.Sprintf("services[%d] (%s)", i, svc.Name)
-		if len(svc.HTTPRoutes) > 0 {
-			if svc.Protocol == TCP || svc.Protocol == TLS {
-				errs = append(errs, fmt.Errorf("%s has httpRoutes but protocol %s", where, svc.Protocol))
-			}
-			h, err := compileHTTP(svc.HTTPRoutes, clusterOf, lim, where)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			r.HTTP = h
-		}
-		if len(svc.TLSRoutes) > 0 {
-			if svc.Protocol != Auto && svc.Protocol != TLS {
-				errs = append(errs, fmt.Errorf("%s has tlsRoutes but protocol %s", where, svc.Protocol))
-			}
-			t, err := compileTLS(svc.TLSRoutes, clusterOf, where)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			r.TLS = t
-		}
-		if len(svc.RPCRoutes) > 0 {
-			if !svc.Protocol.RPC() {
-				errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo or bolt)", where, svc.Protocol))
-			}
-			t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
-			if err != nil {
-				errs = append(errs, err)
-			}
-			r.RPC = t
-		}
-		s.routes[i] = r
+		s.l7 = append(s.l7, int32(i))
+		var e []error
+		*r, e = s.compileRoute(int32(i), svc, prev)
+		errs = append(errs, e...)
 	}
 	return errs
+}
+
+// compileRoute compiles service i's route with its rate limit and its
+// HTTP, TLS and RPC routes, whose backends may name any service of s
+// (every route's cluster must be set).
+func (s *Snapshot) compileRoute(i int32, svc *Service, prev *Snapshot) (Route, []error) {
+	var errs []error
+	clusterOf := func(name string) *cluster.Cluster {
+		if j, ok := s.byName[name]; ok {
+			return s.route(j).Cluster
+		}
+		return nil
+	}
+	r := Route{Cluster: s.route(i).Cluster, Protocol: svc.Protocol, Service: svc.Name}
+	lim := &limits{service: svc.Name, next: s.buckets}
+	if prev != nil {
+		lim.prev = prev.buckets
+	}
+	if svc.RateLimit != nil {
+		bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+		r.RateLimit = lim.bucket(bucketKey{rule: -1, rl: *svc.RateLimit}, bad, fmt.Sprintf("services[%d] (%s).rateLimit", i, svc.Name))
+	}
+	where := fmt.Sprintf("services[%d] (%s)", i, svc.Name)
+	if len(svc.HTTPRoutes) > 0 {
+		if svc.Protocol == TCP || svc.Protocol == TLS {
+			errs = append(errs, fmt.Errorf("%s has httpRoutes but protocol %s", where, svc.Protocol))
+		}
+		h, err := compileHTTP(svc.HTTPRoutes, clusterOf, lim, where)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.HTTP = h
+	}
+	if len(svc.TLSRoutes) > 0 {
+		if svc.Protocol != Auto && svc.Protocol != TLS {
+			errs = append(errs, fmt.Errorf("%s has tlsRoutes but protocol %s", where, svc.Protocol))
+		}
+		t, err := compileTLS(svc.TLSRoutes, clusterOf, where)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.TLS = t
+	}
+	if len(svc.RPCRoutes) > 0 {
+		if !svc.Protocol.RPC() {
+			errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo or bolt)", where, svc.Protocol))
+		}
+		t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		r.RPC = t
+	}
+	return r, errs
 }

@@ -36,7 +36,7 @@ func (s *Snapshot) Dump() any {
 	d.CIDRs = s.cfg.CIDRs
 	d.Services = make([]ServiceDump, len(s.cfg.Services))
 	for i, svc := range s.cfg.Services {
-		d.Services[i] = ServiceDump{Name: svc.Name, Addresses: svc.Addresses, Cluster: s.clusters[i].Dump()}
+		d.Services[i] = ServiceDump{Name: svc.Name, Addresses: svc.Addresses, Cluster: s.route(int32(i)).Cluster.Dump()}
 	}
 	return d
 }

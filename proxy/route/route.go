@@ -52,18 +52,51 @@ func (r Route) Refused() bool { return r.Cluster == nil && !r.Passthrough }
 // Snapshot is an immutable routing table. A nil *Snapshot routes every
 // destination to passthrough, like an empty Config.
 type Snapshot struct {
-	cfg      Config           // as built, for Dump and the next Build
-	routes   []Route          // one per service, in cfg.Services order
-	byName   map[string]int32 // service name -> index
-	exact    map[addrKey]int32
-	cidr4    cidrIndex
-	cidr6    cidrIndex
-	unknown  Route
-	clusters []*cluster.Cluster // one per service
+	cfg Config // as built, for Dump and the next Build
+	// routes holds one route per service, in cfg.Services order, in
+	// chunks of routeChunk (one allocation when built), so WithEndpoints
+	// copies only the chunks it changes; route(i) is service i's.
+	routes  [][]Route
+	byName  map[string]int32 // service name -> index
+	exact   map[addrKey]int32
+	cidr4   cidrIndex
+	cidr6   cidrIndex
+	unknown Route
+	// clusters is every route's cluster in order, made on first use.
+	clusters atomic.Pointer[[]*cluster.Cluster]
 	// buckets are the rate limits' token buckets, for the next build to
 	// carry over.
 	buckets map[bucketKey]*TokenBucket
+	// eps holds the endpoints WithEndpoints gave services, overriding
+	// cfg.Services[i].Endpoints (so a push does not copy every service);
+	// nil when none.
+	eps map[int32][]cluster.Endpoint
+	// l7 lists the services whose routes were compiled (rate limit, HTTP,
+	// TLS or RPC routes): their routers hold backend clusters, so
+	// WithEndpoints compiles them again.
+	l7 []int32
 }
+
+// routeChunk is the length of a chunk of Snapshot.routes (a power of two).
+const (
+	routeShift = 8
+	routeChunk = 1 << routeShift
+)
+
+// makeRoutes returns n zero routes in chunks backed by one array.
+func makeRoutes(n int) [][]Route {
+	all := make([]Route, n)
+	chunks := make([][]Route, 0, (n+routeChunk-1)/routeChunk)
+	for len(all) > 0 {
+		k := min(routeChunk, len(all))
+		chunks = append(chunks, all[:k:k])
+		all = all[k:]
+	}
+	return chunks
+}
+
+// route is service i's route.
+func (s *Snapshot) route(i int32) *Route { return &s.routes[i>>routeShift][i&(routeChunk-1)] }
 
 // cidrIndex finds the longest matching prefix with one map probe per
 // distinct prefix length in use (at most 33 for IPv4, 129 for IPv6).
@@ -127,7 +160,7 @@ func (s *Snapshot) Lookup(dst netip.AddrPort) Route {
 	port := dst.Port()
 	k := keyOf(a, port)
 	if i, ok := s.exact[k]; ok {
-		return s.routes[i]
+		return *s.route(i)
 	}
 	idx := &s.cidr6
 	if a.Is4() || a.Is4In6() {
@@ -154,7 +187,7 @@ func (s *Snapshot) target(t int32) Route {
 	case toRefuse:
 		return Route{}
 	}
-	return s.routes[t]
+	return *s.route(t)
 }
 
 // Cluster returns the cluster of the named service, or nil.
@@ -163,7 +196,7 @@ func (s *Snapshot) Cluster(service string) *cluster.Cluster {
 		return nil
 	}
 	if i, ok := s.byName[service]; ok {
-		return s.clusters[i]
+		return s.route(i).Cluster
 	}
 	return nil
 }
@@ -173,7 +206,17 @@ func (s *Snapshot) Clusters() []*cluster.Cluster {
 	if s == nil {
 		return nil
 	}
-	return s.clusters
+	if p := s.clusters.Load(); p != nil {
+		return *p
+	}
+	out := make([]*cluster.Cluster, 0, len(s.cfg.Services))
+	for _, chunk := range s.routes {
+		for i := range chunk {
+			out = append(out, chunk[i].Cluster)
+		}
+	}
+	s.clusters.Store(&out)
+	return out
 }
 
 // Table holds the current snapshot. The zero value holds none (Load

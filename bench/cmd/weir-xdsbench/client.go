@@ -28,6 +28,7 @@ func runClient(addr, mode string, n int) error {
 	var (
 		mu       sync.Mutex
 		table    route.Table
+		from     *xds.Update // the update table's snapshot was built from
 		counting bool
 		updates  int
 		applyDur time.Duration
@@ -42,11 +43,12 @@ func runClient(addr, mode string, n int) error {
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Publish: func(u xds.Update) error {
 			start := time.Now()
-			snap, err := route.Build(route.Config{Services: u.Services, CIDRs: u.CIDRs}, table.Load())
+			snap, err := u.Snapshot(table.Load(), from)
 			if err != nil {
 				return err
 			}
 			table.Store(snap)
+			from = &u
 			mu.Lock()
 			defer mu.Unlock()
 			if counting {

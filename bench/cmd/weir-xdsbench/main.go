@@ -123,7 +123,7 @@ type result struct {
 	PeakRSSMiB    float64 `json:"peakRssMiB"`
 	Updates       int     `json:"updates"`
 	PushCPUMs     float64 `json:"pushCpuMs"`   // per applied update
-	PushBuildMs   float64 `json:"pushBuildMs"` // route.Build wall time per update
+	PushBuildMs   float64 `json:"pushBuildMs"` // snapshot build wall time per update (Update.Snapshot)
 	ServerSent    int     `json:"serverSentResources"`
 	ServerPushes  int     `json:"serverPushes"`
 	SentPerUpdate float64 `json:"sentPerUpdate"`
@@ -152,7 +152,7 @@ func runParent(modes []string, clusters, pushes int, interval time.Duration) err
 			results[0].Mode, results[1].Mode, results[0].SyncCPUMs/results[1].SyncCPUMs, results[0].HeapMiB/results[1].HeapMiB,
 			results[0].PushCPUMs/results[1].PushCPUMs, results[0].SentPerUpdate/max(results[1].SentPerUpdate, 1))
 	}
-	fmt.Println("\nCPU: the client process's user+system time (getrusage); heap: Go heap in use after a GC; build/upd: route.Build wall time per update; updates: routing published after a push.")
+	fmt.Println("\nCPU: the client process's user+system time (getrusage); heap: Go heap in use after a GC; build/upd: wall time per update of the route snapshot build (an endpoint push: route.Snapshot.WithEndpoints); updates: routing published after a push.")
 	return nil
 }
 
