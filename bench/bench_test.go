@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -232,9 +233,17 @@ func TestParseProc(t *testing.T) {
 }
 
 func TestOptions(t *testing.T) {
+	notExec := filepath.Join(t.TempDir(), "weir-agent")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, bad := range []Options{
 		{Rounds: -1}, {Rounds: 1000}, {Duration: time.Millisecond}, {Duration: time.Hour},
 		{Paths: []string{"envoy"}}, {Workloads: []string{"grpc"}}, {Warmup: -time.Second},
+		// A baseline path needs the baseline binary; the binary must exist
+		// and be executable.
+		{Paths: []string{"weir-redirect-base-l4"}}, {BaselineAgent: "/nonexistent/weir-agent"},
+		{BaselineAgent: notExec}, {BaselineAgent: t.TempDir()},
 	} {
 		if err := bad.fill(); err == nil {
 			t.Errorf("%+v accepted", bad)
@@ -243,6 +252,14 @@ func TestOptions(t *testing.T) {
 	o := Options{Quick: true}
 	if err := o.fill(); err != nil || o.Rounds != QuickRounds || o.Duration != QuickDuration || o.Warmup != 0 {
 		t.Errorf("quick defaults: %+v %v", o, err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o = Options{BaselineAgent: self, Paths: []string{"weir-tproxy-base", "weir-tproxy-base-l4"}}
+	if err := o.fill(); err != nil {
+		t.Errorf("baseline paths with a baseline binary: %v", err)
 	}
 	o = Options{}
 	if err := o.fill(); err != nil || o.Rounds != DefaultRounds || o.Duration != DefaultDuration || o.Warmup != DefaultWarmup {

@@ -36,6 +36,11 @@ type Options struct {
 	// HTTP2Engine, when set, is the agent's http2.engine (frames or xnet),
 	// to compare the HTTP/2 engines against the same peers.
 	HTTP2Engine string
+	// BaselineAgent, when set, is another weir-agent binary (an older
+	// build) run beside the current one: each mode gets a second node with
+	// paths "weir-<mode>-base" and "weir-<mode>-base-l4", so a change is
+	// measured before and after in the same run, interleaved.
+	BaselineAgent string
 	// Log receives progress lines; nil for none.
 	Log io.Writer
 }
@@ -83,6 +88,20 @@ func (o *Options) fill() error {
 	if o.Warmup < 0 || o.Warmup > maxDuration {
 		return fmt.Errorf("warmup: want 0..%s, got %s", maxDuration, o.Warmup)
 	}
+	if o.BaselineAgent != "" {
+		st, err := os.Stat(o.BaselineAgent)
+		if err != nil {
+			return fmt.Errorf("baseline-agent: %w", err)
+		}
+		if !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			return fmt.Errorf("baseline-agent: %s is not an executable file", o.BaselineAgent)
+		}
+	}
+	for _, p := range o.Paths {
+		if strings.Contains(p, baseSuffix) && o.BaselineAgent == "" {
+			return fmt.Errorf("path %s: needs --baseline-agent", p)
+		}
+	}
 	if err := knownNames("path", o.Paths, pathNames()); err != nil {
 		return err
 	}
@@ -96,7 +115,7 @@ func (o *Options) fill() error {
 func pathNames() []string {
 	names := []string{"direct"}
 	for _, m := range WeirModes {
-		names = append(names, "weir-"+m, "weir-"+m+"-l4")
+		names = append(names, "weir-"+m, "weir-"+m+"-l4", "weir-"+m+baseSuffix, "weir-"+m+baseSuffix+"-l4")
 	}
 	names = append(names, PolicyPath)
 	for _, p := range peers {

@@ -139,13 +139,21 @@ func (w *world) logf(format string, args ...any) {
 // newSite builds a node for a weir mode, starts its agent and its server
 // pod; with policy, the agent and its HTTP services are configured as
 // PolicyPath says.
-func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
+//
+// bin, when set, is the weir-agent binary to run instead of the node's.
+func (w *world) newSite(mode string, policy bool, bin string) (*site, *testworld.Agent) {
 	t := w.t
 	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf", EBPFAccelerate: mode == "ebpf"})
 	tuneNetns(t, node.Netns)
 	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
 	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}
-	agent := node.StartAgent(t, cfg)
+	start := func() *testworld.Agent {
+		if bin != "" {
+			return node.StartAgentBinary(t, cfg, bin)
+		}
+		return node.StartAgent(t, cfg)
+	}
+	agent := start()
 	s := &site{node: node, server: node.MustAddPod(t, "bench-server", "server")}
 	tuneNetns(t, s.server.Netns)
 	s.servers = w.startServers(s.server)
@@ -183,7 +191,7 @@ func (w *world) newSite(mode string, policy bool) (*site, *testworld.Agent) {
 	if policy {
 		cfg["accessLog"] = map[string]any{"enabled": true, "sampleRate": 0.01, "path": filepath.Join(w.scratch, "access-"+node.Name+".log")}
 	}
-	agent = node.StartAgent(t, cfg)
+	agent = start()
 	return s, agent
 }
 
@@ -249,7 +257,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	start := time.Now()
 	for i, mode := range WeirModes {
 		w.logf("building node for weir mode %s", mode)
-		s, agent := w.newSite(mode, false)
+		s, agent := w.newSite(mode, false, "")
 		if i == 0 {
 			w.first = s
 			plain := s.node.MustAddPod(t, "bench-plain", "client-plain")
@@ -260,35 +268,12 @@ func buildWorld(t testworld.T, opts *Options) *world {
 			})
 			w.plain = plain
 		}
-		client := s.node.MustAddPod(t, captureNamespace(mode), "client")
-		tuneNetns(t, client.Netns)
-		w.watchRules(client)
-		addrs, addrsL4 := map[backend]string{}, map[backend]string{}
-		skipL4 := map[backend]string{}
-		for _, b := range backends {
-			addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
-			if slices.Contains(httpBackends, b) {
-				addrsL4[b] = fmt.Sprintf("%s:%d", weirVIPL4, servicePort[b])
-			} else {
-				skipL4[b] = "not HTTP, so weir-" + mode + " already relays it at L4 (the sniffer finds no HTTP); measured there"
-			}
+		w.paths = append(w.paths, w.weirPaths(s, agent, mode, "")...)
+		if opts.BaselineAgent != "" && (keep(opts.Paths, "weir-"+mode+baseSuffix) || keep(opts.Paths, "weir-"+mode+baseSuffix+"-l4")) {
+			w.logf("building node for weir mode %s with the baseline agent %s", mode, opts.BaselineAgent)
+			bs, bagent := w.newSite(mode, false, opts.BaselineAgent)
+			w.paths = append(w.paths, w.weirPaths(bs, bagent, mode, baseSuffix)...)
 		}
-		name := "weir-" + mode
-		engine := opts.HTTP2Engine
-		if engine == "" {
-			engine = "frames"
-		}
-		w.paths = append(w.paths, &path{
-			Name: name, Kind: kindWeir,
-			Desc:   "weir-agent, captured by " + captureHow(mode) + "; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
-			client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
-			notes: map[backend]string{backendH2C: "h2c both ways: the client's streams go out on weir's own HTTP/2 upstream connections to the server's h2c port"},
-		}, &path{
-			Name: name + "-l4", Kind: kindWeir,
-			Desc:   "the same weir-agent and client pod; service declared protocol: tcp, so relayed at L4 with no sniffing",
-			client: client, addr: addrsL4, skip: skipL4, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
-			notes: map[backend]string{backendH2C: "bytes relayed: the client's h2c connection ends at the server"},
-		})
 	}
 	if keep(opts.Paths, PolicyPath) {
 		w.logf("building node for %s", PolicyPath)
@@ -305,6 +290,48 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	return w
 }
 
+// baseSuffix marks the paths of the baseline agent (Options.BaselineAgent).
+const baseSuffix = "-base"
+
+// weirPaths adds site s's captured client pod and returns its two paths,
+// "weir-<mode><suffix>" (sniffed) and the same with "-l4" (protocol: tcp).
+func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) []*path {
+	t, opts := w.t, w.opts
+	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
+	tuneNetns(t, client.Netns)
+	w.watchRules(client)
+	addrs, addrsL4 := map[backend]string{}, map[backend]string{}
+	skipL4 := map[backend]string{}
+	for _, b := range backends {
+		addrs[b] = fmt.Sprintf("%s:%d", weirVIP, servicePort[b])
+		if slices.Contains(httpBackends, b) {
+			addrsL4[b] = fmt.Sprintf("%s:%d", weirVIPL4, servicePort[b])
+		} else {
+			skipL4[b] = "not HTTP, so weir-" + mode + " already relays it at L4 (the sniffer finds no HTTP); measured there"
+		}
+	}
+	name := "weir-" + mode + suffix
+	engine := opts.HTTP2Engine
+	if engine == "" {
+		engine = "frames"
+	}
+	desc := "weir-agent"
+	if suffix != "" {
+		desc = "the baseline weir-agent (" + filepath.Base(opts.BaselineAgent) + ") on a node of its own"
+	}
+	return []*path{{
+		Name: name, Kind: kindWeir,
+		Desc:   desc + ", captured by " + captureHow(mode) + "; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
+		client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+		notes: map[backend]string{backendH2C: "h2c both ways: the client's streams go out on weir's own HTTP/2 upstream connections to the server's h2c port"},
+	}, {
+		Name: name + "-l4", Kind: kindWeir,
+		Desc:   "the same weir-agent and client pod; service declared protocol: tcp, so relayed at L4 with no sniffing",
+		client: client, addr: addrsL4, skip: skipL4, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+		notes: map[backend]string{backendH2C: "bytes relayed: the client's h2c connection ends at the server"},
+	}}
+}
+
 func serverAddrs(p *testworld.Pod) map[backend]string {
 	m := map[backend]string{}
 	for _, b := range backends {
@@ -318,7 +345,7 @@ func serverAddrs(p *testworld.Pod) map[backend]string {
 func (w *world) policyPath() *path {
 	t := w.t
 	const mode = "redirect"
-	s, agent := w.newSite(mode, true)
+	s, agent := w.newSite(mode, true, "")
 	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
 	tuneNetns(t, client.Netns)
 	addrs, skip := map[backend]string{}, map[backend]string{}

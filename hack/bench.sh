@@ -8,6 +8,8 @@
 #   hack/bench.sh            full run (about 20 minutes on 2 cores), rewrites docs/benchmarks.md
 #   hack/bench.sh --quick    smoke run (about a minute), leaves docs/ alone
 #   hack/bench.sh --profile DIR   also records weir-agent with perf per workload
+#   hack/bench.sh --baseline-agent BIN   also runs BIN (an older weir-agent build) on
+#                            nodes of its own: paths weir-<mode>-base[-l4], before/after in one run
 #
 # Any other flag goes to weir-bench (see `go run ./bench/cmd/weir-bench -h`).
 set -euo pipefail

@@ -306,7 +306,9 @@ func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListen
 // calling goroutine's thread enters the namespace for socket() only: the
 // dialer's Control hook, which runs right after socket() and before bind and
 // connect, sets the socket options and switches the thread back, so the
-// connect waits on Go's poller like any other and holds no thread. src, when
+// connect waits on Go's poller like any other and holds no thread (the hook
+// also starts the connect, connect.go, so it usually has finished by the
+// time Go's own connect call looks). src, when
 // valid, is bound first (with port 0): transparent connects on behalf of a
 // foreign client. TCP keep-alive is left off: the endpoints' own settings
 // apply, and it saves a handful of syscalls per connection.
@@ -322,7 +324,7 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	}
 	// One allocation carries the hook's state (a closure would move each
 	// variable it writes to the heap on its own).
-	k := &dialHook{h: h, host: host, opts: opts, v6: v6}
+	k := &dialHook{h: h, host: host, opts: opts, v6: v6, addr: addr, connect: !src.IsValid()}
 	d := net.Dialer{KeepAlive: -1, ControlContext: k.control}
 	if src.IsValid() {
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
@@ -354,9 +356,13 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 // dialHook is Dial's Control hook: it runs right after socket(), sets the
 // options and switches the calling thread back to the host namespace.
 type dialHook struct {
-	h, host  *Handle
-	opts     SocketOptions
-	v6       bool
+	h, host *Handle
+	opts    SocketOptions
+	v6      bool
+	addr    netip.AddrPort
+	// connect: the hook starts the connect itself (connect.go); false
+	// when a source address must be bound first (Go binds after the hook).
+	connect  bool
 	returned bool // the thread is back in the host namespace and unlocked
 	serr     error
 }
@@ -373,7 +379,12 @@ func (k *dialHook) control(_ context.Context, _, _ string, c syscall.RawConn) er
 	return k.serr
 }
 
-func (k *dialHook) apply(fd uintptr) { k.serr = k.opts.apply(int(fd), k.v6) }
+func (k *dialHook) apply(fd uintptr) {
+	k.serr = k.opts.apply(int(fd), k.v6)
+	if k.serr == nil && k.connect {
+		k.serr = startConnect(int(fd), k.addr, k.v6)
+	}
+}
 
 // Fd is the open namespace's file descriptor, valid until Close.
 func (h *Handle) Fd() int { return int(h.f.Fd()) }

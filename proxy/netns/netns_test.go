@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -157,4 +158,68 @@ func TestOpenRefusesWhatIsNoNetns(t *testing.T) {
 	if _, err := Inspect(dir + "/missing"); err == nil || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing path: %v, want not-exist", err)
 	}
+}
+
+// The Control hook starts the connect (connect.go): a dial reports the
+// right addresses for both families, with and without a bound source, and
+// the kernel's errors come back as Go's own connect would return them.
+func TestDialConnectsFromHook(t *testing.T) {
+	h := newNetns(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name   string
+		listen string
+		src    netip.Addr // set: Go binds it, and the hook leaves the connect to Go
+	}{
+		{"v4", "127.0.0.1:0", netip.Addr{}},
+		{"v6", "[::1]:0", netip.Addr{}},
+		{"v4 bound source", "127.0.0.1:0", netip.MustParseAddr("127.0.0.1")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := h.Listen(netip.MustParseAddrPort(tc.listen), SocketOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			addr := ln.Addr().(*net.TCPAddr).AddrPort()
+			c, err := h.Dial(ctx, addr, tc.src, SocketOptions{Mark: 0x5700})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := ln.AcceptTCP()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if got := c.RemoteAddr().(*net.TCPAddr).AddrPort(); got != addr {
+				t.Fatalf("remote address %v, want %v", got, addr)
+			}
+			if got, want := c.LocalAddr().(*net.TCPAddr).AddrPort(), s.RemoteAddr().(*net.TCPAddr).AddrPort(); got != want {
+				t.Fatalf("local address %v, the server saw %v", got, want)
+			}
+			if _, err := c.Write([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := s.Read(b); err != nil || b[0] != 'x' {
+				t.Fatalf("server read %q %v", b, err)
+			}
+		})
+	}
+	t.Run("refused", func(t *testing.T) {
+		_, err := h.Dial(ctx, netip.MustParseAddrPort("127.0.0.1:1"), netip.Addr{}, SocketOptions{})
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("dial to a closed port: %v, want ECONNREFUSED", err)
+		}
+	})
+	t.Run("unreachable", func(t *testing.T) {
+		// The namespace has only lo: no route, reported by the hook's connect.
+		_, err := h.Dial(ctx, netip.MustParseAddrPort("192.0.2.1:80"), netip.Addr{}, SocketOptions{})
+		if !errors.Is(err, syscall.ENETUNREACH) {
+			t.Fatalf("dial without a route: %v, want ENETUNREACH", err)
+		}
+	})
 }

@@ -19,8 +19,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
+	"syscall"
 )
 
 // smallBufSize is the small-message buffer; a read that fills it means bulk.
@@ -162,58 +161,136 @@ func (c copyHalf) run() (n int64, err error) {
 		return n, nil
 	}
 	// The source sent FIN: pass it on, keep reading the other direction.
-	if cerr := c.dst.CloseWrite(); cerr != nil {
+	if cerr := closeWrite(c.dst); cerr != nil {
 		c.r.abort()
 		return n, nil
 	}
 	return n, nil
 }
 
+// closeWrite sends c's FIN (shutdown SHUT_WR) as a raw system call (raw.go).
+func closeWrite(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = rawShutdownWrite(int(fd)) }); err != nil {
+		return err
+	}
+	if serr != nil {
+		return os.NewSyscallError("shutdown", serr)
+	}
+	return nil
+}
+
 // copySmall relays messages until EOF (bulk false), an error, or a read that
 // fills the buffer (bulk true: the caller switches to splice). The buffer is
 // taken from the pool only once data is ready and returned after the write.
+//
+// Reads and writes go through the sockets' RawConns (Go's poller still parks
+// the goroutine on EAGAIN) as raw system calls (raw.go): on a veth path a
+// write runs the receiver's whole TCP stack in its softirq and can take tens
+// of µs, long enough for the runtime's sysmon to take the P away and wake
+// another thread, a context switch and a wake-up per message.
 func (c copyHalf) copySmall() (total int64, bulk bool, err error) {
 	rc, err := c.src.SyscallConn()
 	if err != nil {
 		return 0, false, err
 	}
+	wc, err := c.dst.SyscallConn()
+	if err != nil {
+		return 0, false, err
+	}
+	// One allocation per direction: the callbacks and their state.
+	s := &smallState{}
+	read, write := s.read, s.write
 	for {
-		var (
-			bp   *[]byte
-			n    int
-			rerr error
-		)
-		err := rc.Read(func(fd uintptr) bool {
-			bp = smallBufs.Get().(*[]byte)
-			n, rerr = unix.Read(int(fd), *bp)
-			if errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.EINTR) {
-				smallBufs.Put(bp)
-				bp = nil
-				return false // wait for readability, holding no buffer
-			}
-			return true
-		})
+		err := rc.Read(read)
 		if err == nil {
-			err = rerr
+			err = s.rerr
 		}
 		if err != nil {
-			if bp != nil {
-				smallBufs.Put(bp)
-			}
+			s.put()
 			return total, false, err
 		}
+		n := s.n
 		if n <= 0 {
-			smallBufs.Put(bp)
+			s.put()
 			return total, false, nil // EOF
 		}
-		w, werr := c.dst.Write((*bp)[:n])
-		smallBufs.Put(bp)
+		s.out, s.werr = (*s.bp)[:n], nil
+		err = wc.Write(write)
+		if err == nil {
+			err = s.werr
+		}
+		w := n - len(s.out)
+		s.out = nil
+		s.put()
 		total += int64(w)
-		if werr != nil {
-			return total, false, werr
+		if err != nil {
+			return total, false, err
 		}
 		if n == smallBufSize && !c.r.noSplice {
 			return total, true, nil
 		}
+	}
+}
+
+// smallState is one direction's small-message state, shared with the
+// RawConn callbacks (bound once, so a message allocates nothing).
+type smallState struct {
+	bp   *[]byte
+	n    int
+	rerr error
+	out  []byte // what is left to write
+	werr error
+}
+
+// read reads what the socket holds into a pooled buffer; on EAGAIN it
+// holds no buffer and asks the poller to wait.
+func (s *smallState) read(fd uintptr) bool {
+	s.bp = smallBufs.Get().(*[]byte)
+	for {
+		n, err := rawRead(int(fd), *s.bp)
+		switch err {
+		case nil:
+			s.n, s.rerr = n, nil
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			s.put()
+			return false // wait for readability, holding no buffer
+		}
+		s.n, s.rerr = 0, os.NewSyscallError("read", err)
+		return true
+	}
+}
+
+// write writes s.out until it is all written (EAGAIN: wait for room).
+func (s *smallState) write(fd uintptr) bool {
+	for len(s.out) > 0 {
+		n, err := rawWrite(int(fd), s.out)
+		switch err {
+		case nil:
+			s.out = s.out[n:]
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		s.werr = os.NewSyscallError("write", err)
+		return true
+	}
+	return true
+}
+
+// put returns the buffer, if one is held.
+func (s *smallState) put() {
+	if s.bp != nil {
+		smallBufs.Put(s.bp)
+		s.bp = nil
 	}
 }

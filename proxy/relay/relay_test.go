@@ -102,3 +102,42 @@ func TestRelayCancel(t *testing.T) {
 		t.Fatal("relay did not end after cancel")
 	}
 }
+
+// Small messages into a receiver that does not read: the relay's writes
+// fill the upstream socket and must wait (EAGAIN, partial writes) without
+// losing or reordering a byte.
+func TestRelaySmallMessagesWaitForRoom(t *testing.T) {
+	client, relayDown := loopPair(t)
+	relayUp, server := loopPair(t)
+	relayUp.SetWriteBuffer(4096)
+	server.SetReadBuffer(16 << 10)
+	done := make(chan Result, 1)
+	go func() { done <- Relay(context.Background(), relayDown, relayUp) }()
+	deadline := time.Now().Add(30 * time.Second)
+	client.SetDeadline(deadline)
+	server.SetDeadline(deadline)
+
+	var want bytes.Buffer
+	msg := make([]byte, 3000)
+	go func() {
+		for i := range 100 {
+			rand.Read(msg)
+			msg[0] = byte(i)
+			want.Write(msg)
+			if _, err := client.Write(msg); err != nil {
+				return
+			}
+		}
+		client.CloseWrite()
+	}()
+	time.Sleep(100 * time.Millisecond) // let the relay's writes block
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, want.Bytes()) {
+		t.Fatalf("got %d bytes (equal %v), want %d: %v", len(got), bytes.Equal(got, want.Bytes()), want.Len(), err)
+	}
+	server.CloseWrite()
+	res := <-done
+	if res.Err() != nil || res.Up != int64(want.Len()) {
+		t.Fatalf("relay: up %d err %v, want %d bytes", res.Up, res.Err(), want.Len())
+	}
+}
