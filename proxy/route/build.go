@@ -52,6 +52,13 @@ type Service struct {
 	// Protocol is what the service speaks; Auto (the zero value) sniffs
 	// each connection.
 	Protocol Protocol `json:"protocol,omitempty"`
+	// UpstreamProtocol is what the service's endpoints (and the clusters
+	// its httpRoutes send to) speak to the agent when it is not what the
+	// client speaks: Auto (the zero value) forwards each request in the
+	// client's protocol; HTTP2 sends HTTP/1.1 clients' requests over
+	// HTTP/2 with prior knowledge (h2c), for endpoints that serve only
+	// HTTP/2. Allowed with protocol auto, http, http2 and grpc.
+	UpstreamProtocol Protocol `json:"upstreamProtocol,omitempty"`
 	// HTTPRoutes route HTTP requests to this service's addresses by host,
 	// path, method, headers and query; none sends every request to the
 	// service's own cluster, balanced per request.
@@ -324,7 +331,11 @@ func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
 			continue
 		}
-		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, Service: svc.Name}
+		if err := checkUpstreamProtocol(svc.Protocol, svc.UpstreamProtocol); err != nil {
+			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
+			continue
+		}
+		r := Route{Cluster: s.clusters[i], Protocol: svc.Protocol, UpstreamProtocol: svc.UpstreamProtocol, Service: svc.Name}
 		var lim *limits // made only for services with limits or routes
 		if svc.RateLimit != nil || len(svc.HTTPRoutes) > 0 {
 			lim = &limits{service: svc.Name, next: s.buckets}
