@@ -697,7 +697,9 @@ func (s *server) headReadDeadline(uc *upConn) {
 		uc.setReadDeadline(s.headDeadline())
 		return
 	}
-	dl, ok := coarseDeadline(uc.coarseDL, time.Now(), s.opt.ResponseHeaderTimeout)
+	// The attempt started just now (forward set tryStart before the
+	// write): one clock read less per request.
+	dl, ok := coarseDeadline(uc.coarseDL, s.tryStart, s.opt.ResponseHeaderTimeout)
 	if !ok {
 		uc.c.SetReadDeadline(dl)
 		uc.coarseDL = dl
