@@ -13,8 +13,9 @@ import (
 )
 
 // http1IdleTimeout closes an HTTP/1.1 client connection served by
-// ServeHTTP1 that sends no next request this long after the previous
-// answer: the HTTP/1.1 codec's default client idle timeout.
+// ServeHTTP1 that sends no next request (or not its whole head) this long
+// after the previous answer, unless Options.ClientIdleTimeout is set: the
+// HTTP/1.1 codec's default client idle timeout.
 const http1IdleTimeout = 60 * time.Second
 
 // ServeHTTP1 proxies one downstream HTTP/1.1 connection to HTTP/2
@@ -50,6 +51,9 @@ func ServeHTTP1(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool)
 	if pool.opt.ClientIdleTimeout > 0 {
 		hs.IdleTimeout = pool.opt.ClientIdleTimeout
 	}
+	// A head that trickles in is bounded like an idle connection, as the
+	// HTTP/1.1 codec bounds it.
+	hs.ReadHeaderTimeout = hs.IdleTimeout
 	stop := context.AfterFunc(ctx, func() { hs.Close() })
 	defer stop()
 	served := make(chan struct{})
