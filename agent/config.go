@@ -294,6 +294,11 @@ type Service struct {
 	// connection), tcp, tls, http, http2, grpc, redis, dubbo or bolt. A
 	// declared protocol skips the sniffing deadline.
 	Protocol string `json:"protocol"`
+	// UpstreamProtocol is what the endpoints speak when it differs from
+	// the client: auto (default: the client's protocol) or http2 (HTTP/1.1
+	// clients' requests go upstream over h2c, for endpoints that serve
+	// only HTTP/2).
+	UpstreamProtocol string `json:"upstreamProtocol"`
 	// HTTPRoutes route requests by host, path, method, headers and query
 	// (Gateway API HTTPRoute shape); none sends every request to this
 	// service's endpoints, balanced per request.
@@ -620,6 +625,9 @@ func (c Config) Validate() error {
 		}
 		if _, err := route.ParseProtocol(s.Protocol); err != nil {
 			return fmt.Errorf("%s.protocol: %w", where, err)
+		}
+		if _, err := route.ParseUpstreamProtocol(s.UpstreamProtocol); err != nil {
+			return fmt.Errorf("%s.upstreamProtocol: %w", where, err)
 		}
 	}
 	if len(c.Services) > 0 {

@@ -90,6 +90,8 @@ func TestParseConfigRejects(t *testing.T) {
 		{"service without name", "services:\n  - address: 10.0.0.1:80\n", "services[0].name"},
 		{"service without address or endpoints", "services:\n  - name: a\n", "services[0] (a): needs an address or endpoints"},
 		{"bad protocol", "services:\n  - name: a\n    address: 10.0.0.1:80\n    protocol: quic\n", "services[0] (a).protocol"},
+		{"bad upstream protocol", "services:\n  - name: a\n    address: 10.0.0.1:80\n    upstreamProtocol: h3\n", "services[0] (a).upstreamProtocol"},
+		{"upstream protocol for tcp", "services:\n  - name: a\n    address: 10.0.0.1:80\n    protocol: tcp\n    upstreamProtocol: http2\n", "upstreamProtocol http2 needs protocol"},
 		{"route to unknown service", "services:\n  - name: a\n    address: 10.0.0.1:80\n    httpRoutes:\n      - rules:\n          - backendRefs: [{service: nope}]\n", `"nope" is not a service`},
 		{"unknown route key", "services:\n  - name: a\n    address: 10.0.0.1:80\n    httpRoutes:\n      - rulez: []\n", "rulez"},
 		{"negative sniffing timeout", "sniffing:\n  timeout: -1s\n", "sniffing.timeout"},

@@ -38,9 +38,13 @@ func staticRoutes(cfg Config) (route.Config, error) {
 		if err != nil {
 			return route.Config{}, fmt.Errorf("service %s: %w", s.Name, err)
 		}
+		upProto, err := route.ParseUpstreamProtocol(s.UpstreamProtocol)
+		if err != nil {
+			return route.Config{}, fmt.Errorf("service %s: %w", s.Name, err)
+		}
 		rc.Services = append(rc.Services, route.Service{
 			Name: s.Name, Addresses: addrs, Cluster: cc, Endpoints: eps,
-			Protocol: proto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RateLimit: s.RateLimit,
+			Protocol: proto, UpstreamProtocol: upProto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RateLimit: s.RateLimit,
 			RPCRoutes: s.RPCRoutes,
 		})
 	}

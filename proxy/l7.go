@@ -139,9 +139,13 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			Dial: e.podDialer(w),
 		}
 		p := w.pools.get(e.HTTP2, e.RPCMetrics)
-		if res.Protocol == sniff.HTTP1 {
+		switch {
+		case res.Protocol == sniff.HTTP1 && r.UpstreamProtocol == route.HTTP2:
+			// The service's endpoints serve only HTTP/2.
+			h2.ServeHTTP1(e.ctx, sc, up, p.h2)
+		case res.Protocol == sniff.HTTP1:
 			h1.Serve(e.ctx, sc, up, p.h1)
-		} else {
+		default:
 			h2.Serve(e.ctx, sc, up, p.h2)
 		}
 		return true

@@ -52,6 +52,13 @@ type Service struct {
 	// Protocol is what the service speaks; Auto (the zero value) sniffs
 	// each connection.
 	Protocol Protocol `json:"protocol,omitempty"`
+	// UpstreamProtocol is what the service's endpoints (and the clusters
+	// its httpRoutes send to) speak to the agent when it is not what the
+	// client speaks: Auto (the zero value) forwards each request in the
+	// client's protocol; HTTP2 sends HTTP/1.1 clients' requests over
+	// HTTP/2 with prior knowledge (h2c), for endpoints that serve only
+	// HTTP/2. Allowed with protocol auto, http, http2 and grpc.
+	UpstreamProtocol Protocol `json:"upstreamProtocol,omitempty"`
 	// HTTPRoutes route HTTP requests to this service's addresses by host,
 	// path, method, headers and query; none sends every request to the
 	// service's own cluster, balanced per request.
@@ -316,10 +323,14 @@ func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
 			continue
 		}
+		if err := checkUpstreamProtocol(svc.Protocol, svc.UpstreamProtocol); err != nil {
+			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
+			continue
+		}
 		if svc.RateLimit == nil && len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
-			*r = Route{Cluster: r.Cluster, Protocol: svc.Protocol, Service: svc.Name}
+			*r = Route{Cluster: r.Cluster, Protocol: svc.Protocol, UpstreamProtocol: svc.UpstreamProtocol, Service: svc.Name}
 			continue
 		}
 		s.l7 = append(s.l7, int32(i))
@@ -341,7 +352,7 @@ func (s *Snapshot) compileRoute(i int32, svc *Service, prev *Snapshot) (Route, [
 		}
 		return nil
 	}
-	r := Route{Cluster: s.route(i).Cluster, Protocol: svc.Protocol, Service: svc.Name}
+	r := Route{Cluster: s.route(i).Cluster, Protocol: svc.Protocol, UpstreamProtocol: svc.UpstreamProtocol, Service: svc.Name}
 	lim := &limits{service: svc.Name, next: s.buckets}
 	if prev != nil {
 		lim.prev = prev.buckets

@@ -52,6 +52,35 @@ func ParseProtocol(s string) (Protocol, error) {
 	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis, dubbo, bolt", s)
 }
 
+// checkUpstreamProtocol validates a service's upstreamProtocol against its
+// protocol: only HTTP/2 can be asked for, and only of a service whose
+// clients may speak HTTP.
+func checkUpstreamProtocol(p, up Protocol) error {
+	switch up {
+	case Auto:
+		return nil
+	case HTTP2:
+	default:
+		return fmt.Errorf("upstreamProtocol %q is not one of auto, http2", string(up))
+	}
+	if p != Auto && !p.IsHTTP() {
+		return fmt.Errorf("upstreamProtocol %s needs protocol auto, http, http2 or grpc, not %s", up, p)
+	}
+	return nil
+}
+
+// ParseUpstreamProtocol reads a service's upstreamProtocol; "auto" and ""
+// are Auto.
+func ParseUpstreamProtocol(s string) (Protocol, error) {
+	switch p := Protocol(strings.ToLower(s)); p {
+	case "auto", Auto:
+		return Auto, nil
+	case HTTP2:
+		return p, nil
+	}
+	return Auto, fmt.Errorf("upstreamProtocol %q is not one of auto, http2", s)
+}
+
 // IsHTTP reports whether p is one of the HTTP family, so requests are
 // routed and balanced one by one.
 func (p Protocol) IsHTTP() bool { return p == HTTP || p == HTTP2 || p == GRPC }

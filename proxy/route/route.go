@@ -34,6 +34,10 @@ type Route struct {
 	Service string
 	// Protocol is what the service declared; Auto means sniff.
 	Protocol Protocol
+	// UpstreamProtocol is the service's upstreamProtocol: HTTP2 sends
+	// HTTP/1.1 clients' requests upstream over h2c; Auto forwards in the
+	// client's protocol.
+	UpstreamProtocol Protocol
 	// HTTP routes each request of an HTTP connection; nil sends every
 	// request to Cluster.
 	HTTP *HTTPRouter

@@ -43,6 +43,15 @@
 // buffer (grown to the head limit only for a head that needs it); an
 // upstream exchange borrows a 16 KiB one.
 //
+// Per request it makes one read and one write on each side when the bytes
+// are there: the head and a small body go upstream in one write, the
+// answer's head and a small body back in one. A read that would find
+// nothing yields to the other goroutines first (yieldBeforeRead), which
+// saves the EAGAIN read and park most of the time under load. The client's
+// idle timeout and the response header timeout are coarse (refreshed once
+// per eighth of their length, see deadlineSlack): no timer update per
+// request. A route's timeouts are exact.
+//
 // # Connection management
 //
 // Keep-alive follows RFC 9112 §9.3 on each side independently: HTTP/1.1

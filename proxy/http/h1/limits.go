@@ -106,12 +106,13 @@ type Options struct {
 	// connections, so the pool usually closes first).
 	IdleTimeout time.Duration
 	// ClientIdleTimeout closes a downstream connection whose next request
-	// head has not arrived this long after the previous response; default
-	// 60s.
+	// head has not arrived this long after the previous response (up to
+	// an eighth longer: the deadline is coarse); default 60s.
 	ClientIdleTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for a response head after the
-	// request (with its body) was sent; the request is then answered 504.
-	// Default 15s. A per-route timeout will come with the route model.
+	// request (with its body) was sent; the request is then answered 504
+	// (up to an eighth later: the deadline is coarse, unlike a route's
+	// timeouts). Default 15s. A per-route timeout will come with the route model.
 	ResponseHeaderTimeout time.Duration
 	// ConnectTimeout bounds connects to a passthrough destination (cluster
 	// endpoints use their cluster's connect timeout); default 5s.

@@ -174,8 +174,11 @@ type upConn struct {
 	rd        reader
 	idleSince int64 // nanotime when pooled
 	reused    bool  // taken from the pool (else freshly dialled)
-	peekOK    bool
-	peekFn    func(fd uintptr) // made once: Control's argument, so a peek allocates nothing
+	// coarseDL is the coarse response header deadline set on c
+	// (headReadDeadline); zero when another one was set since.
+	coarseDL time.Time
+	peekOK   bool
+	peekFn   func(fd uintptr) // made once: Control's argument, so a peek allocates nothing
 }
 
 func newUpConn(c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -202,6 +205,13 @@ func (uc *upConn) alive() bool {
 		return false
 	}
 	return uc.peekOK
+}
+
+// setReadDeadline sets an exact read deadline; the next coarse one is set
+// again.
+func (uc *upConn) setReadDeadline(t time.Time) {
+	uc.c.SetReadDeadline(t)
+	uc.coarseDL = time.Time{}
 }
 
 func (uc *upConn) close() {

@@ -186,6 +186,10 @@ func (ex *exchange) forward(d l7.Decision) {
 	if d.Action != nil && d.Action.ResponseHeaders != nil {
 		modify(hdr, d.Action.ResponseHeaders, nil)
 	}
+	if ex.h.http1 && len(res.Trailer) > 0 {
+		// An HTTP/1.1 answer carries trailers only chunked.
+		delete(hdr, "Content-Length")
+	}
 
 	var upErr error
 	if res.ContentLength == 0 {

@@ -69,6 +69,14 @@ func newTestProxy(t testing.TB, snap *route.Snapshot, opt Options) *testProxy {
 // destination is dst (where passthrough goes).
 func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.AddrPort) *testProxy {
 	t.Helper()
+	return newTestProxyServe(t, snap, opt, dst, Serve)
+}
+
+// newTestProxyServe is newTestProxyDst serving each connection with serve
+// (Serve or ServeHTTP1).
+func newTestProxyServe(t testing.TB, snap *route.Snapshot, opt Options, dst netip.AddrPort,
+	serve func(context.Context, net.Conn, *l7.Upstream, *Pool)) *testProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +109,7 @@ func newTestProxyDst(t testing.TB, snap *route.Snapshot, opt Options, dst netip.
 			p.wg.Add(1)
 			go func() {
 				defer p.wg.Done()
-				Serve(ctx, c, up, p.pool)
+				serve(ctx, c, up, p.pool)
 				p.served.Add(1)
 			}()
 		}

@@ -87,6 +87,9 @@ func drain(draining <-chan struct{}, served <-chan struct{}, dc *drainConn, hs *
 type handler struct {
 	up   *l7.Upstream
 	pool *Pool
+	// http1: the client speaks HTTP/1.1 (ServeHTTP1); its requests are
+	// counted and logged as such.
+	http1 bool
 
 	mu     sync.Mutex
 	active int
@@ -142,6 +145,8 @@ func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 	ex := exchange{h: h, w: w, r: r, start: start, proto: l7.ProtoHTTP2, grpcCode: -1, resLen: -1}
 	if isGRPC(r.Header["Content-Type"]) {
 		ex.grpc, ex.proto = true, l7.ProtoGRPC
+	} else if h.http1 {
+		ex.proto = l7.ProtoHTTP1
 	}
 	ex.x.Proto, ex.x.Start = ex.proto, start
 	if r.Method == http.MethodConnect {
