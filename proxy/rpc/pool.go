@@ -223,9 +223,12 @@ func (pd *pending) finish(resp Frame, err error) {
 		return // oneway
 	}
 	var b []byte
-	if err != nil {
+	switch {
+	case err != nil:
 		b = pd.p.errorReply(pd.req, err)
-	} else {
+	case pd.up.Answer != nil:
+		b = pd.up.Answer(pd.req, resp)
+	default:
 		b = resp.Bytes()
 	}
 	pd.slot.complete(b, err)
