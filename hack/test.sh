@@ -21,6 +21,9 @@ export WEIR_KUBE_BIN_DIR
 # sofa-bolt-node from npm.
 WEIR_RPC_PEERS_DIR=${WEIR_RPC_PEERS_DIR:-$(hack/rpc-peers.sh | tail -n1)}
 export WEIR_RPC_PEERS_DIR
+# Apache's RocketMQ Go client (tools/rocketmq).
+WEIR_ROCKETMQ_DIR=${WEIR_ROCKETMQ_DIR:-$(hack/rocketmq-client.sh | tail -n1)}
+export WEIR_ROCKETMQ_DIR
 WEIR_ISTIOD_BIN_DIR=${WEIR_ISTIOD_BIN_DIR:-$(hack/istiod-binary.sh | tail -n1)}
 export WEIR_ISTIOD_BIN_DIR
 hack/bpf-generate.sh --check

@@ -1,0 +1,241 @@
+package integration
+
+import (
+	"bufio"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weir-mesh/weir/integration/testworld"
+)
+
+// vipRocketMQ is the service address TestRocketMQ's clients are given as
+// their name server.
+const vipRocketMQ = "10.96.0.60:9876"
+
+// Issue 11, RocketMQ: Apache's Go client (rocketmq-client-go, producer and
+// push consumer) and a pop/ack client speaking the real frames reach a name
+// server and three test brokers (broker-a and broker-b writable, broker-c
+// read only; see rmqbroker_test.go for what they are) only through the
+// service address, in both capture modes. The agent rewrites the name
+// server's route reply so every broker address is the service address;
+// it balances sends over the writable brokers (rpcRoute "send"), and
+// routes every request that names a broker (bname, an ACK's extraInfo) to
+// that broker. Shown: sends on both writable brokers and none on the
+// read-only one; every pull, offset query and update reaching the broker
+// that owns the queue, and the committed offsets at each queue's end;
+// every message consumed exactly once; pops balanced over the readable
+// brokers and ACKs per broker equal to pops per broker, none refused.
+func TestRocketMQ(t *testing.T) {
+	for _, mode := range []string{"redirect", "tproxy"} {
+		t.Run(mode, func(t *testing.T) { testRocketMQ(t, mode) })
+	}
+}
+
+func testRocketMQ(t *testing.T, mode string) {
+	client := testworld.RocketMQClient(t)
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.1.0", Weir: map[string]any{"mode": mode}})
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+
+	const port = 10911
+	shared := &rmqConsumers{byGroup: map[string]map[string]bool{}}
+	var brokers []*testBroker
+	for _, name := range []string{"broker-a", "broker-b", "broker-c"} {
+		p := node.MustAddPod(t, "backend", name)
+		b := newTestBroker(name, netip.AddrPortFrom(p.IP4, port), name == "broker-c", shared)
+		b.serve(p.Listen(t, fmt.Sprintf(":%d", port)))
+		brokers = append(brokers, b)
+	}
+	nsPod := node.MustAddPod(t, "backend", "namesrv")
+	testNameServer(t, nsPod.Listen(t, ":9876"), brokers)
+	ep := func(b *testBroker) string { return b.addr.String() }
+	agent.Stop(t)
+	services := []any{
+		map[string]any{
+			"name": "mq", "address": vipRocketMQ, "protocol": "rocketmq",
+			// Requests that name no broker (heartbeats, consumer lists,
+			// pops): any readable broker.
+			"endpoints": []string{ep(brokers[0]), ep(brokers[1]), ep(brokers[2])},
+			"rpcRoutes": []any{
+				map[string]any{"name": "namesrv", "matches": []any{map[string]any{"method": "GET_ROUTEINFO_BY_TOPIC"}},
+					"backendRefs": []any{map[string]any{"service": "mq-namesrv"}}},
+				map[string]any{"name": "send", "matches": []any{
+					map[string]any{"method": "SEND_MESSAGE"}, map[string]any{"method": "SEND_MESSAGE_V2"}, map[string]any{"method": "SEND_BATCH_MESSAGE"}},
+					"backendRefs": []any{map[string]any{"service": "mq-writable"}}},
+			},
+		},
+		map[string]any{"name": "mq-namesrv", "endpoints": []string{nsPod.IP4.String() + ":9876"}},
+		map[string]any{"name": "mq-writable", "endpoints": []string{ep(brokers[0]), ep(brokers[1])}},
+	}
+	for _, b := range brokers {
+		svc := "mq-" + b.name
+		services = append(services, map[string]any{"name": svc, "endpoints": []string{ep(b)}})
+		rt := services[0].(map[string]any)
+		rt["rpcRoutes"] = append(rt["rpcRoutes"].([]any), map[string]any{
+			"name": b.name, "matches": []any{map[string]any{"attributes": map[string]any{"brokerName": b.name}}},
+			"backendRefs": []any{map[string]any{"service": svc}}})
+	}
+	agent = node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "services": services})
+	pod := node.MustAddPod(t, "demo", "app")
+
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := pod.Run(client, args...)
+		if err != nil {
+			t.Fatalf("rmq-client %v: %v\n%s\nagent log:\n%s", args, err, lastLines(out, 30), lastLines(agent.Log(), 30))
+		}
+		return out
+	}
+	report := func() string {
+		var s strings.Builder
+		for _, b := range brokers {
+			b.mu.Lock()
+			fmt.Fprintf(&s, "%s: %v unknown codes %v\n", b.name, b.counts, b.unknown)
+			b.mu.Unlock()
+		}
+		return s.String()
+	}
+
+	// Sends: balanced over the writable brokers only.
+	const n = 40
+	sent := run("produce", "-ns", vipRocketMQ, "-topic", "orders", "-n", strconv.Itoa(n))
+	if got := strings.Count(sent, "sent msg-"); got != n {
+		t.Fatalf("%d of %d sends reported:\n%s", got, n, lastLines(sent, 10))
+	}
+	a, b, c := brokers[0].stored("orders"), brokers[1].stored("orders"), brokers[2].stored("orders")
+	if a == 0 || b == 0 || a+b != n || brokers[2].count("send") != 0 || c != 0 {
+		t.Fatalf("sends: broker-a %d, broker-b %d, broker-c (read only) %d, want both writable brokers and %d in all\n%s", a, b, c, n, report())
+	}
+	t.Logf("sends: broker-a %d, broker-b %d, broker-c 0", a, b)
+
+	// Push consumption: every message exactly once; pulls and offsets at
+	// the broker owning the queue.
+	got := run("consume", "-ns", vipRocketMQ, "-topic", "orders", "-group", "cg", "-want", strconv.Itoa(n))
+	seen := map[string]int{}
+	for _, l := range strings.Split(got, "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "got" {
+			seen[f[1]]++
+		}
+	}
+	for i := range n {
+		if k := seen[fmt.Sprintf("msg-%d", i)]; k != 1 {
+			t.Errorf("msg-%d consumed %d times", i, k)
+		}
+	}
+	if len(seen) != n {
+		t.Errorf("%d distinct messages consumed, want %d", len(seen), n)
+	}
+	// The consumer persisted its offsets on shutdown (one-way): give them
+	// a moment to arrive.
+	deadline := time.Now().Add(15 * time.Second)
+	for !brokers[0].committed("cg", "orders") || !brokers[1].committed("cg", "orders") {
+		if time.Now().After(deadline) {
+			t.Fatalf("committed offsets not at the queues' ends after the consumer's shutdown:\n%s", report())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, br := range brokers {
+		for _, what := range []string{"pull", "offset-query", "offset-update"} {
+			if br.count(what) == 0 {
+				t.Errorf("%s got no %s (each broker owns 4 of the consumer's queues)\n%s", br.name, what, report())
+			}
+		}
+		for _, what := range []string{"pull", "pull-commit", "offset-query", "offset-update", "ack"} {
+			if k := br.count("foreign " + what); k != 0 {
+				t.Errorf("%s got %d %s requests for another broker's queue\n%s", br.name, k, what, report())
+			}
+		}
+	}
+
+	// Pop and ACK over one connection: pops balanced by the agent, every
+	// ACK back at the broker that served its pop.
+	const popN = 30
+	run("produce", "-ns", vipRocketMQ, "-topic", "pops", "-n", strconv.Itoa(popN))
+	popped, acked := popAndAck(t, pod, "pops", popN)
+	if popped != popN || acked != popN {
+		t.Fatalf("pop client: %d popped, %d acked, want %d\n%s", popped, acked, popN, report())
+	}
+	for _, br := range brokers {
+		if p, k := br.count("pop"), br.count("ack"); p != k {
+			t.Errorf("%s: %d messages popped, %d acked\n%s", br.name, p, k, report())
+		}
+		if br.count("pop requests") == 0 {
+			t.Errorf("%s got no pop request: pops not balanced\n%s", br.name, report())
+		}
+	}
+	t.Logf("brokers:\n%s", report())
+	if v := agent.Metric(t, `weir_rpc_requests_total{method="ACK_MESSAGE",protocol="rocketmq",service="mq",status="ok"}`); v != popN {
+		t.Errorf("weir_rpc_requests_total for ACK_MESSAGE = %v, want %d", v, popN)
+	}
+}
+
+// popAndAck pops topic's messages over one captured connection to the
+// service address, 4 at a time, until want were popped or 20 empty pops
+// in a row, and ACKs each with the extraInfo (POP_CK) its pop returned,
+// as RocketMQ 5's clients do. It returns the messages popped and acked.
+func popAndAck(t *testing.T, pod *testworld.Pod, topic string, want int) (popped, acked int) {
+	t.Helper()
+	c, err := pod.Dial(vipRocketMQ, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	br := bufio.NewReader(c)
+	opaque := int32(100)
+	call := func(code int32, ext map[string]string) *rmqCmd {
+		t.Helper()
+		opaque++
+		req := &rmqCmd{Code: code, Language: "JAVA", Version: 317, Opaque: opaque, ExtFields: ext}
+		if _, err := c.Write(req.encode()); err != nil {
+			t.Fatalf("pop client write: %v", err)
+		}
+		resp, err := readRMQ(br)
+		if err != nil {
+			t.Fatalf("pop client read: %v", err)
+		}
+		if resp.Opaque != opaque || resp.Flag&1 == 0 {
+			t.Fatalf("pop client: answer opaque %d flag %d to request %d", resp.Opaque, resp.Flag, opaque)
+		}
+		return resp
+	}
+	var acks []string
+	for empty := 0; popped < want && empty < 20; {
+		resp := call(200050, map[string]string{
+			"consumerGroup": "popg", "topic": topic, "queueId": "-1", "maxMsgNums": "4",
+			"invisibleTime": "60000", "pollTime": "0", "bornTime": strconv.FormatInt(time.Now().UnixMilli(), 10), "initMode": "0",
+		})
+		if resp.Code == rmqPullNotFound {
+			empty++
+			continue
+		}
+		if resp.Code != rmqSuccess {
+			t.Fatalf("pop answered %d %q", resp.Code, resp.Remark)
+		}
+		msgs, err := decodeMsgProps(resp.body)
+		if err != nil {
+			t.Fatalf("pop body: %v", err)
+		}
+		for _, m := range msgs {
+			acks = append(acks, m["POP_CK"])
+		}
+		popped += len(msgs)
+		empty = 0
+	}
+	for _, ck := range acks {
+		f := strings.Fields(ck)
+		if len(f) < 8 {
+			t.Fatalf("POP_CK %q", ck)
+		}
+		resp := call(200051, map[string]string{"consumerGroup": "popg", "topic": topic, "queueId": f[6], "extraInfo": ck, "offset": f[7]})
+		if resp.Code != rmqSuccess {
+			t.Errorf("ACK of %q answered %d %q", ck, resp.Code, resp.Remark)
+			continue
+		}
+		acked++
+	}
+	return popped, acked
+}
