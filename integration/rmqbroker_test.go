@@ -87,7 +87,9 @@ const (
 
 // rmqServe accepts on ln and answers each request with handle, each in its
 // own goroutine (long polls hold no other request), until ln closes.
-func rmqServe(ln net.Listener, handle func(*rmqCmd) *rmqCmd) {
+// handle may send requests of its own to the client with send; answers to
+// them go to answered.
+func rmqServe(ln net.Listener, handle func(req *rmqCmd, send func(*rmqCmd)) *rmqCmd, answered func(*rmqCmd)) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -96,20 +98,27 @@ func rmqServe(ln net.Listener, handle func(*rmqCmd) *rmqCmd) {
 		go func() {
 			defer c.Close()
 			var wmu sync.Mutex
+			send := func(cmd *rmqCmd) {
+				wmu.Lock()
+				c.Write(cmd.encode())
+				wmu.Unlock()
+			}
 			br := bufio.NewReader(c)
 			for {
 				req, err := readRMQ(br)
 				if err != nil {
 					return
 				}
+				if req.Flag&1 != 0 {
+					answered(req)
+					continue
+				}
 				go func() {
-					resp := handle(req)
+					resp := handle(req, send)
 					if resp == nil || req.Flag&2 != 0 {
 						return // one-way
 					}
-					wmu.Lock()
-					c.Write(resp.encode())
-					wmu.Unlock()
+					send(resp)
 				}()
 			}
 		}()
@@ -148,12 +157,12 @@ func testNameServer(t *testing.T, ln net.Listener, brokers []*testBroker) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go rmqServe(ln, func(req *rmqCmd) *rmqCmd {
+	go rmqServe(ln, func(req *rmqCmd, _ func(*rmqCmd)) *rmqCmd {
 		if req.Code != 105 {
 			return req.reply(3, nil, nil) // REQUEST_CODE_NOT_SUPPORTED
 		}
 		return req.reply(rmqSuccess, nil, body)
-	})
+	}, func(*rmqCmd) {})
 }
 
 // rmqQueues is every test broker's queue count.
@@ -252,9 +261,15 @@ func rmqInt(s string) int64 {
 	return v
 }
 
-func (b *testBroker) serve(ln net.Listener) { go rmqServe(ln, b.handle) }
+func (b *testBroker) serve(ln net.Listener) {
+	go rmqServe(ln, b.handle, func(resp *rmqCmd) {
+		b.mu.Lock()
+		b.counts[fmt.Sprintf("answer %d to a broker request", resp.Code)]++
+		b.mu.Unlock()
+	})
+}
 
-func (b *testBroker) handle(req *rmqCmd) *rmqCmd {
+func (b *testBroker) handle(req *rmqCmd, send func(*rmqCmd)) *rmqCmd {
 	x := req.ExtFields
 	switch req.Code {
 	case 10, 310, 320: // SEND_MESSAGE, _V2, SEND_BATCH_MESSAGE
@@ -312,6 +327,11 @@ func (b *testBroker) handle(req *rmqCmd) *rmqCmd {
 		b.mu.Lock()
 		b.counts["heartbeat"]++
 		b.mu.Unlock()
+		// As a broker does when a group changes, and as a console asks
+		// for a consumer's state: a one-way NOTIFY_CONSUMER_IDS_CHANGED and
+		// a GET_CONSUMER_RUNNING_INFO request on the client's connection.
+		send(&rmqCmd{Code: 40, Language: "JAVA", Version: 317, Opaque: 1 << 30, Flag: 2, ExtFields: map[string]string{"consumerGroup": "cg"}})
+		send(&rmqCmd{Code: 307, Language: "JAVA", Version: 317, Opaque: 1<<30 + 1, ExtFields: map[string]string{"consumerGroup": "cg", "clientId": hb.ClientID}})
 		return req.reply(rmqSuccess, nil, nil)
 	case 38: // GET_CONSUMER_LIST_BY_GROUP
 		b.shared.mu.Lock()

@@ -128,12 +128,13 @@ func testRocketMQ(t *testing.T, mode string) {
 	if len(seen) != n {
 		t.Errorf("%d distinct messages consumed, want %d", len(seen), n)
 	}
-	// The consumer persisted its offsets on shutdown (one-way): give them
-	// a moment to arrive.
-	deadline := time.Now().Add(15 * time.Second)
-	for !brokers[0].committed("cg", "orders") || !brokers[1].committed("cg", "orders") {
+	// The consumer persisted its offsets on shutdown (one-way, every
+	// queue it held, to its broker): give them a moment to arrive.
+	deadline := time.Now().Add(20 * time.Second)
+	for !brokers[0].committed("cg", "orders") || !brokers[1].committed("cg", "orders") ||
+		brokers[0].count("offset-update") == 0 || brokers[1].count("offset-update") == 0 || brokers[2].count("offset-update") == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("committed offsets not at the queues' ends after the consumer's shutdown:\n%s", report())
+			t.Fatalf("committed offsets not at the queues' ends, or no UPDATE_CONSUMER_OFFSET at a broker, after the consumer's shutdown:\n%s", report())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -166,9 +167,61 @@ func testRocketMQ(t *testing.T, mode string) {
 			t.Errorf("%s got no pop request: pops not balanced\n%s", br.name, report())
 		}
 	}
+	// Each heartbeat made its broker send a one-way notification and a
+	// request on the shared connection: the agent answered every request
+	// (REQUEST_CODE_NOT_SUPPORTED) and kept the connection, which the
+	// rest of the test used.
+	deadline = time.Now().Add(10 * time.Second)
+	for _, br := range brokers {
+		for br.count("heartbeat") != br.count("answer 3 to a broker request") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: broker requests not answered by the agent\n%s", br.name, report())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
 	t.Logf("brokers:\n%s", report())
 	if v := agent.Metric(t, `weir_rpc_requests_total{method="ACK_MESSAGE",protocol="rocketmq",service="mq",status="ok"}`); v != popN {
 		t.Errorf("weir_rpc_requests_total for ACK_MESSAGE = %v, want %d", v, popN)
+	}
+
+	// Drain: a pull the broker is holding (long poll) when the agent is
+	// told to stop is answered by the broker, not by the agent, and the
+	// connection closes after it.
+	conn, err := pod.Dial(vipRocketMQ, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	pulls := brokers[0].count("pull")
+	pull := &rmqCmd{Code: 11, Language: "GO", Version: 317, Opaque: 7, ExtFields: map[string]string{
+		"consumerGroup": "cg", "topic": "empty", "queueId": "0", "queueOffset": "0", "maxMsgNums": "1",
+		"sysFlag": "0", "commitOffset": "0", "suspendTimeoutMillis": "1000", "bname": "broker-a"}}
+	if _, err := conn.Write(pull.encode()); err != nil {
+		t.Fatal(err)
+	}
+	for brokers[0].count("pull") == pulls {
+		if time.Now().After(deadline.Add(20 * time.Second)) {
+			t.Fatalf("the pull never reached broker-a\n%s", report())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- agent.Stop(t) }()
+	br := bufio.NewReader(conn)
+	resp, err := readRMQ(br)
+	if err != nil {
+		t.Fatalf("in-flight pull during drain: %v", err)
+	}
+	if resp.Opaque != 7 || resp.Code != rmqPullNotFound {
+		t.Fatalf("in-flight pull during drain answered code %d opaque %d %q, want the broker's %d", resp.Code, resp.Opaque, resp.Remark, rmqPullNotFound)
+	}
+	if _, err := readRMQ(br); err == nil {
+		t.Fatal("the connection stayed open after the drain")
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("agent exit: %v", err)
 	}
 }
 
@@ -178,19 +231,19 @@ func testRocketMQ(t *testing.T, mode string) {
 // as RocketMQ 5's clients do. It returns the messages popped and acked.
 func popAndAck(t *testing.T, pod *testworld.Pod, topic string, want int) (popped, acked int) {
 	t.Helper()
-	c, err := pod.Dial(vipRocketMQ, 10*time.Second)
+	conn, err := pod.Dial(vipRocketMQ, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(60 * time.Second))
-	br := bufio.NewReader(c)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	br := bufio.NewReader(conn)
 	opaque := int32(100)
 	call := func(code int32, ext map[string]string) *rmqCmd {
 		t.Helper()
 		opaque++
 		req := &rmqCmd{Code: code, Language: "JAVA", Version: 317, Opaque: opaque, ExtFields: ext}
-		if _, err := c.Write(req.encode()); err != nil {
+		if _, err := conn.Write(req.encode()); err != nil {
 			t.Fatalf("pop client write: %v", err)
 		}
 		resp, err := readRMQ(br)

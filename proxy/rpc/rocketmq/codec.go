@@ -74,7 +74,9 @@ var (
 	_ rpc.Codec    = Codec{}
 	_ rpc.Hijacker = Codec{}
 	_ rpc.Statuser = Codec{}
-	_ rpc.Frame    = (*Frame)(nil)
+
+	_ rpc.ServerRequester = Codec{}
+	_ rpc.Frame           = (*Frame)(nil)
 )
 
 // Protocol is the registered RocketMQ codec, for rpc.NewPool.
@@ -234,6 +236,23 @@ func (Codec) ErrorReply(req rpc.Frame, err error) []byte {
 		return nil
 	}
 	return Response(req.(*Frame).opaque, CodeSystemError, "weir: "+err.Error(), nil, nil)
+}
+
+// CodeNotSupported is REQUEST_CODE_NOT_SUPPORTED, the agent's answer to a
+// broker's request on a shared connection.
+const CodeNotSupported = 3
+
+// ServerRequestReply answers a request a broker sends on a shared upstream
+// connection (GET_CONSUMER_RUNNING_INFO, CONSUME_MESSAGE_DIRECTLY, …): it
+// has no single client to go to, so it gets REQUEST_CODE_NOT_SUPPORTED;
+// a one-way notification (NOTIFY_CONSUMER_IDS_CHANGED,
+// CHECK_TRANSACTION_STATE) is dropped: clients rebalance on their own
+// timer, and a broker checks a transaction again later.
+func (Codec) ServerRequestReply(req rpc.Frame) []byte {
+	if req.Kind() != rpc.Request {
+		return nil
+	}
+	return Response(req.(*Frame).opaque, CodeNotSupported, "weir: a broker's request on a connection the agent shares among clients", nil, nil)
 }
 
 // Status is a response's code for metrics: "ok" for success, else its

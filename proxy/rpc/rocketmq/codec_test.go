@@ -208,3 +208,22 @@ func ExampleRouteRewriter() {
 	fmt.Println(string(out.(*Frame).Body()))
 	// Output: {"brokerDatas":[{"brokerAddrs":{0:"10.96.0.9:9876"},"brokerName":"a"}]}
 }
+
+func TestServerRequestReply(t *testing.T) {
+	notify := decode(t, jsonCmd(40, 9, flagOneway, map[string]string{"consumerGroup": "g"}, nil))
+	if b := (Codec{}).ServerRequestReply(notify); b != nil {
+		t.Fatalf("one-way notification answered: %q", b)
+	}
+	info := decode(t, jsonCmd(307, 10, 0, nil, nil))
+	f := decode(t, Codec{}.ServerRequestReply(info))
+	if f.Kind() != rpc.Response || f.ID() != 10 || f.Code() != CodeNotSupported {
+		t.Fatalf("answer to a broker's request: kind %v id %d code %d", f.Kind(), f.ID(), f.Code())
+	}
+}
+
+func TestChangeInvisibleBroker(t *testing.T) {
+	f := decode(t, jsonCmd(CodeChangeInvisibleTime, 1, 0, map[string]string{"extraInfo": "0 1 2 3 4 broker-c 2 17", "topic": "t"}, nil))
+	if got := string(f.Attr(AttrBrokerName)); got != "broker-c" || string(f.Attr(AttrMethod)) != "CHANGE_MESSAGE_INVISIBLETIME" {
+		t.Fatalf("broker %q method %q", got, f.Attr(AttrMethod))
+	}
+}
