@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -28,7 +29,11 @@ const vipRocketMQ = "10.96.0.60:9876"
 // read-only one; every pull, offset query and update reaching the broker
 // that owns the queue, and the committed offsets at each queue's end;
 // every message consumed exactly once; pops balanced over the readable
-// brokers and ACKs per broker equal to pops per broker, none refused.
+// brokers and ACKs per broker equal to pops per broker, none refused, also
+// for messages popped before an agent takeover and ACKed after it; every
+// request a broker sends on the shared connection answered by the agent
+// with the connection kept; and a pull in flight when the agent drains
+// answered by its broker before the connection closes.
 func TestRocketMQ(t *testing.T) {
 	for _, mode := range []string{"redirect", "tproxy"} {
 		t.Run(mode, func(t *testing.T) { testRocketMQ(t, mode) })
@@ -78,7 +83,8 @@ func testRocketMQ(t *testing.T, mode string) {
 			"name": b.name, "matches": []any{map[string]any{"attributes": map[string]any{"brokerName": b.name}}},
 			"backendRefs": []any{map[string]any{"service": svc}}})
 	}
-	agent = node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "services": services})
+	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "services": services}
+	agent = node.StartAgent(t, cfg)
 	pod := node.MustAddPod(t, "demo", "app")
 
 	run := func(args ...string) string {
@@ -155,7 +161,9 @@ func testRocketMQ(t *testing.T, mode string) {
 	// ACK back at the broker that served its pop.
 	const popN = 30
 	run("produce", "-ns", vipRocketMQ, "-topic", "pops", "-n", strconv.Itoa(popN))
-	popped, acked := popAndAck(t, pod, "pops", popN)
+	pc := dialRMQ(t, pod)
+	cks := pc.pop("pops", popN)
+	popped, acked := len(cks), pc.ack("pops", cks)
 	if popped != popN || acked != popN {
 		t.Fatalf("pop client: %d popped, %d acked, want %d\n%s", popped, acked, popN, report())
 	}
@@ -183,6 +191,40 @@ func testRocketMQ(t *testing.T, mode string) {
 	t.Logf("brokers:\n%s", report())
 	if v := agent.Metric(t, `weir_rpc_requests_total{method="ACK_MESSAGE",protocol="rocketmq",service="mq",status="ok"}`); v != popN {
 		t.Errorf("weir_rpc_requests_total for ACK_MESSAGE = %v, want %d", v, popN)
+	}
+
+	// Takeover: messages popped through this agent are ACKed through its
+	// successor, each at the broker that served its pop (the ACK names
+	// it: the agent keeps no pop state to lose), and none is refused.
+	run("produce", "-ns", vipRocketMQ, "-topic", "handover", "-n", strconv.Itoa(popN))
+	var before [2][]int
+	for _, br := range brokers {
+		before[0] = append(before[0], br.count("pop"))
+		before[1] = append(before[1], br.count("ack"))
+	}
+	cks = dialRMQ(t, pod).pop("handover", popN)
+	if len(cks) != popN {
+		t.Fatalf("popped %d of %d before the takeover\n%s", len(cks), popN, report())
+	}
+	successor := node.StartAgent(t, cfg)
+	deadline = time.Now().Add(30 * time.Second)
+	for !strings.Contains(successor.Log(), `"took over"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("successor never took over:\n%s", lastLines(successor.Log(), 30))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	agent = successor
+	if got := dialRMQ(t, pod).ack("handover", cks); got != popN {
+		t.Fatalf("%d of %d ACKs accepted after the takeover\n%s", got, popN, report())
+	}
+	for i, br := range brokers {
+		if p, k := br.count("pop")-before[0][i], br.count("ack")-before[1][i]; p != k {
+			t.Errorf("%s across the takeover: %d messages popped, %d acked\n%s", br.name, p, k, report())
+		}
+	}
+	if v := agent.Metric(t, `weir_rpc_requests_total{method="ACK_MESSAGE",protocol="rocketmq",service="mq",status="ok"}`); v != popN {
+		t.Errorf("successor's weir_rpc_requests_total for ACK_MESSAGE = %v, want %d", v, popN)
 	}
 
 	// Drain: a pull the broker is holding (long poll) when the agent is
@@ -225,39 +267,49 @@ func testRocketMQ(t *testing.T, mode string) {
 	}
 }
 
-// popAndAck pops topic's messages over one captured connection to the
-// service address, 4 at a time, until want were popped or 20 empty pops
-// in a row, and ACKs each with the extraInfo (POP_CK) its pop returned,
-// as RocketMQ 5's clients do. It returns the messages popped and acked.
-func popAndAck(t *testing.T, pod *testworld.Pod, topic string, want int) (popped, acked int) {
+// rmqConn is the test's pop/ack client: one captured connection to the
+// service address, speaking RocketMQ 5's pop and ack frames.
+type rmqConn struct {
+	t      *testing.T
+	conn   net.Conn
+	br     *bufio.Reader
+	opaque int32
+}
+
+func dialRMQ(t *testing.T, pod *testworld.Pod) *rmqConn {
 	t.Helper()
-	conn, err := pod.Dial(vipRocketMQ, 10*time.Second)
+	c, err := pod.Dial(vipRocketMQ, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
-	br := bufio.NewReader(conn)
-	opaque := int32(100)
-	call := func(code int32, ext map[string]string) *rmqCmd {
-		t.Helper()
-		opaque++
-		req := &rmqCmd{Code: code, Language: "JAVA", Version: 317, Opaque: opaque, ExtFields: ext}
-		if _, err := conn.Write(req.encode()); err != nil {
-			t.Fatalf("pop client write: %v", err)
-		}
-		resp, err := readRMQ(br)
-		if err != nil {
-			t.Fatalf("pop client read: %v", err)
-		}
-		if resp.Opaque != opaque || resp.Flag&1 == 0 {
-			t.Fatalf("pop client: answer opaque %d flag %d to request %d", resp.Opaque, resp.Flag, opaque)
-		}
-		return resp
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(90 * time.Second))
+	return &rmqConn{t: t, conn: c, br: bufio.NewReader(c), opaque: 100}
+}
+
+func (r *rmqConn) call(code int32, ext map[string]string) *rmqCmd {
+	r.t.Helper()
+	r.opaque++
+	req := &rmqCmd{Code: code, Language: "JAVA", Version: 317, Opaque: r.opaque, ExtFields: ext}
+	if _, err := r.conn.Write(req.encode()); err != nil {
+		r.t.Fatalf("pop client write: %v", err)
 	}
-	var acks []string
-	for empty := 0; popped < want && empty < 20; {
-		resp := call(200050, map[string]string{
+	resp, err := readRMQ(r.br)
+	if err != nil {
+		r.t.Fatalf("pop client read: %v", err)
+	}
+	if resp.Opaque != r.opaque || resp.Flag&1 == 0 {
+		r.t.Fatalf("pop client: answer opaque %d flag %d to request %d", resp.Opaque, resp.Flag, r.opaque)
+	}
+	return resp
+}
+
+// pop pops topic's messages, 4 at a time, until want were popped or 20
+// empty pops in a row, and returns each one's extraInfo (POP_CK).
+func (r *rmqConn) pop(topic string, want int) (cks []string) {
+	r.t.Helper()
+	for empty := 0; len(cks) < want && empty < 20; {
+		resp := r.call(200050, map[string]string{
 			"consumerGroup": "popg", "topic": topic, "queueId": "-1", "maxMsgNums": "4",
 			"invisibleTime": "60000", "pollTime": "0", "bornTime": strconv.FormatInt(time.Now().UnixMilli(), 10), "initMode": "0",
 		})
@@ -266,29 +318,35 @@ func popAndAck(t *testing.T, pod *testworld.Pod, topic string, want int) (popped
 			continue
 		}
 		if resp.Code != rmqSuccess {
-			t.Fatalf("pop answered %d %q", resp.Code, resp.Remark)
+			r.t.Fatalf("pop answered %d %q", resp.Code, resp.Remark)
 		}
 		msgs, err := decodeMsgProps(resp.body)
 		if err != nil {
-			t.Fatalf("pop body: %v", err)
+			r.t.Fatalf("pop body: %v", err)
 		}
 		for _, m := range msgs {
-			acks = append(acks, m["POP_CK"])
+			cks = append(cks, m["POP_CK"])
 		}
-		popped += len(msgs)
 		empty = 0
 	}
-	for _, ck := range acks {
+	return cks
+}
+
+// ack ACKs each popped message with its extraInfo, as RocketMQ 5's
+// clients do, and returns how many the brokers accepted.
+func (r *rmqConn) ack(topic string, cks []string) (acked int) {
+	r.t.Helper()
+	for _, ck := range cks {
 		f := strings.Fields(ck)
 		if len(f) < 8 {
-			t.Fatalf("POP_CK %q", ck)
+			r.t.Fatalf("POP_CK %q", ck)
 		}
-		resp := call(200051, map[string]string{"consumerGroup": "popg", "topic": topic, "queueId": f[6], "extraInfo": ck, "offset": f[7]})
+		resp := r.call(200051, map[string]string{"consumerGroup": "popg", "topic": topic, "queueId": f[6], "extraInfo": ck, "offset": f[7]})
 		if resp.Code != rmqSuccess {
-			t.Errorf("ACK of %q answered %d %q", ck, resp.Code, resp.Remark)
+			r.t.Errorf("ACK of %q answered %d %q", ck, resp.Code, resp.Remark)
 			continue
 		}
 		acked++
 	}
-	return popped, acked
+	return acked
 }
