@@ -63,6 +63,16 @@ var codeNames = map[int32]string{
 	CodeBatchAckMessage:      "BATCH_ACK_MESSAGE",
 }
 
+// methodNames are codeNames as attribute values, made once: the method
+// attribute is read for every request's metrics.
+var methodNames = func() map[int32][]byte {
+	m := make(map[int32][]byte, len(codeNames))
+	for c, n := range codeNames {
+		m[c] = []byte(n)
+	}
+	return m
+}()
+
 // ErrNotRocketMQ is returned for bytes that are not a remoting command.
 var ErrNotRocketMQ = errors.New("rocketmq: not a remoting command")
 
@@ -174,7 +184,7 @@ func (f *Frame) parseJSON(h []byte) error {
 			}
 			switch string(k) {
 			case `"code"`, `"flag"`, `"opaque"`:
-				v, start, end, ok := s.integer()
+				v, start, _, ok := s.integer()
 				if !ok || v < -1<<31 || v > 1<<31-1 {
 					return bad(string(k) + " is not a 32-bit integer")
 				}
@@ -186,7 +196,6 @@ func (f *Frame) parseJSON(h []byte) error {
 				default:
 					s.ws() // room for a longer id, see SetID
 					f.opaque, f.opaqueAt, f.opaqueN, seen = int32(v), 8+start, s.i-start, seen|2
-					_ = end
 				}
 			case `"remark"`:
 				s.ws()

@@ -8,6 +8,7 @@ package rocketmq
 //	length = 4 + headerLen + len(body); type 0 JSON, 1 ROCKETMQ binary
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"strconv"
@@ -146,8 +147,8 @@ func (f *Frame) Attr(name string) []byte {
 	v2 := f.code == CodeSendMessageV2 || f.code == CodeSendBatchMessage
 	switch name {
 	case AttrMethod:
-		if n := codeNames[f.code]; n != "" {
-			return []byte(n)
+		if n := methodNames[f.code]; n != nil {
+			return n
 		}
 		return strconv.AppendInt(nil, int64(f.code), 10)
 	case AttrCode:
@@ -188,28 +189,19 @@ func (f *Frame) Attr(name string) []byte {
 // brokerName queueId queueOffset", space separated), or nil.
 func extraInfoBroker(s []byte) []byte {
 	for i := 0; i < 5; i++ {
-		j := indexByte(s, ' ')
+		j := bytes.IndexByte(s, ' ')
 		if j < 0 {
 			return nil
 		}
 		s = s[j+1:]
 	}
-	if j := indexByte(s, ' '); j >= 0 {
+	if j := bytes.IndexByte(s, ' '); j >= 0 {
 		s = s[:j]
 	}
 	if len(s) == 0 {
 		return nil
 	}
 	return s
-}
-
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
 }
 
 // field returns an extFields value by key, decoding extFields once.
@@ -297,7 +289,7 @@ func decodeJSONFields(b []byte) []kv {
 // unquote turns a JSON string token (quotes included) into its value.
 func unquote(tok []byte) []byte {
 	inner := tok[1 : len(tok)-1]
-	if indexByte(inner, '\\') < 0 {
+	if bytes.IndexByte(inner, '\\') < 0 {
 		return inner
 	}
 	var s string
