@@ -227,3 +227,16 @@ func TestChangeInvisibleBroker(t *testing.T) {
 		t.Fatalf("broker %q method %q", got, f.Attr(AttrMethod))
 	}
 }
+
+func TestBodyBrokerName(t *testing.T) {
+	lock := decode(t, jsonCmd(CodeLockBatchMQ, 1, 0, nil, []byte(`{"consumerGroup":"g","clientId":"c","mqSet":[{"topic":"t","brokerName": "broker-b","queueId":1}]}`)))
+	batch := decode(t, jsonCmd(CodeBatchAckMessage, 2, 0, nil, []byte(`{"brokerName":"broker-a","acks":[]}`)))
+	named := decode(t, jsonCmd(CodeUnlockBatchMQ, 3, 0, map[string]string{"bname": "broker-c"}, []byte(`{"mqSet":[{"brokerName":"broker-b"}]}`)))
+	none := decode(t, jsonCmd(CodeLockBatchMQ, 4, 0, nil, []byte(`{"mqSet":[]}`)))
+	pull := decode(t, jsonCmd(CodePullMessage, 5, 0, nil, []byte(`{"brokerName":"broker-a"}`)))
+	for f, want := range map[*Frame]string{lock: "broker-b", batch: "broker-a", named: "broker-c", none: "", pull: ""} {
+		if got := string(f.Attr(AttrBrokerName)); got != want {
+			t.Errorf("code %d: broker %q, want %q", f.Code(), got, want)
+		}
+	}
+}

@@ -21,8 +21,9 @@
 // "brokerName" (the broker a request names: the "bname" field RocketMQ 5
 // headers carry, else "brokerName", else "n" of a V2 send, else the
 // broker field of an ACK or CHANGE_MESSAGE_INVISIBLETIME's extraInfo, which
-// the broker that served the pop wrote), and any other header field by
-// name.
+// the broker that served the pop wrote, else the first "brokerName" in the
+// JSON body of LOCK_BATCH_MQ, UNLOCK_BATCH_MQ and BATCH_ACK_MESSAGE), and
+// any other header field by name.
 //
 // The framework rewrites opaque per upstream connection. A JSON header's
 // opaque is decimal text: a shorter id is padded with spaces (JSON

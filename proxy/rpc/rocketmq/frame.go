@@ -176,12 +176,37 @@ func (f *Frame) Attr(name string) []byte {
 		if v2 {
 			return f.field("n")
 		}
-		if f.code == CodeAckMessage || f.code == CodeChangeInvisibleTime {
+		switch f.code {
+		case CodeAckMessage, CodeChangeInvisibleTime:
 			return extraInfoBroker(f.field("extraInfo"))
+		case CodeLockBatchMQ, CodeUnlockBatchMQ, CodeBatchAckMessage:
+			// Their broker is in the JSON body: a lock's mqSet (one
+			// broker's queues) or a batch ACK's brokerName.
+			return bodyBrokerName(f.Body())
 		}
 		return nil
 	}
 	return f.field(name)
+}
+
+var brokerNameKey = []byte(`"brokerName"`)
+
+// bodyBrokerName is the first "brokerName" string value in a JSON body,
+// or nil. Read only when a route asks for a lock's or batch ACK's broker.
+func bodyBrokerName(body []byte) []byte {
+	i := bytes.Index(body, brokerNameKey)
+	if i < 0 {
+		return nil
+	}
+	s := scanner{b: body, i: i + len(brokerNameKey)}
+	if !s.consume(':') {
+		return nil
+	}
+	tok, ok := s.str()
+	if !ok || len(tok) <= 2 {
+		return nil
+	}
+	return unquote(tok)
 }
 
 // extraInfoBroker is the broker name in a pop's extraInfo (RocketMQ's
