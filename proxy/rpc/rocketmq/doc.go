@@ -13,7 +13,7 @@
 // (messages, route data) is passed through as bytes, except route replies
 // (RewriteRoute).
 //
-// Attributes (Frame.Attr), decoded from the header on first use:
+// Attributes (Frame.Attr), read from the header when asked (no copy):
 // "service" and "topic" (the topic field; "b" in SEND_MESSAGE_V2 and
 // batch headers), "group" (consumerGroup, producerGroup, or "a"), "method"
 // (the request code's name: SEND_MESSAGE, PULL_MESSAGE, POP_MESSAGE,

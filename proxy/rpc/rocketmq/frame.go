@@ -43,7 +43,7 @@ const (
 )
 
 // Frame is one remoting command holding the bytes it was read from. Its
-// extFields are decoded on the first Attr call, once.
+// extFields are read only by Attr.
 type Frame struct {
 	raw  []byte
 	kind rpc.Kind
@@ -57,12 +57,8 @@ type Frame struct {
 	remarkAt, remarkN int // JSON: the string token with quotes; binary: the bytes
 	remarkNull        bool
 	extAt, extN       int // the extFields object (JSON) or block (binary)
-	decoded           bool
-	fields            []kv
 	bodyAt            int
 }
-
-type kv struct{ k, v []byte }
 
 // Kind is Request, Oneway or Response.
 func (f *Frame) Kind() rpc.Kind { return f.kind }
@@ -135,7 +131,6 @@ func (f *Frame) SetID(id uint64) {
 	shift(&f.extAt)
 	shift(&f.bodyAt)
 	f.raw, f.opaqueN = nb, width
-	f.decoded, f.fields = false, nil // they aliased the old bytes
 }
 
 // Attr returns a request's routing attribute (see the Attr constants; any
@@ -229,84 +224,73 @@ func extraInfoBroker(s []byte) []byte {
 	return s
 }
 
-// field returns an extFields value by key, decoding extFields once.
+// field returns an extFields value by key (the first, if repeated), or
+// nil. It scans the header's fields each time and keeps nothing: a route
+// and the metrics ask for two or three names, cheaper to find than to
+// index, and with no allocation.
 func (f *Frame) field(name string) []byte {
-	if !f.decoded {
-		f.decoded = true
-		ext := f.raw[f.extAt : f.extAt+f.extN]
-		if f.ser == RocketMQ {
-			f.fields = decodeBinaryFields(ext)
-		} else {
-			f.fields = decodeJSONFields(ext)
-		}
+	ext := f.raw[f.extAt : f.extAt+f.extN]
+	if f.ser == RocketMQ {
+		return binaryField(ext, name)
 	}
-	for _, e := range f.fields {
-		if string(e.k) == name {
-			return e.v
-		}
-	}
-	return nil
+	return jsonField(ext, name)
 }
 
-// decodeBinaryFields reads ROCKETMQ extFields: keyLen(2) key valueLen(4)
-// value, repeated. A malformed block gives the entries before the fault.
-func decodeBinaryFields(b []byte) []kv {
-	var out []kv
+// binaryField finds a ROCKETMQ extFields entry: keyLen(2) key
+// valueLen(4) value, repeated. A malformed block ends the search.
+func binaryField(b []byte, name string) []byte {
 	for len(b) >= 2 {
 		kn := int(binary.BigEndian.Uint16(b))
 		b = b[2:]
 		if kn > len(b) {
-			return out
+			return nil
 		}
-		k := b[:kn:kn]
+		k := b[:kn]
 		b = b[kn:]
 		if len(b) < 4 {
-			return out
+			return nil
 		}
 		vn := int64(int32(binary.BigEndian.Uint32(b)))
 		b = b[4:]
 		if vn < 0 || vn > int64(len(b)) {
-			return out
+			return nil
 		}
-		out = append(out, kv{k, b[:vn:vn]})
+		if string(k) == name {
+			return b[:vn:vn]
+		}
 		b = b[vn:]
 	}
-	return out
+	return nil
 }
 
-// decodeJSONFields reads a JSON object of strings (extFields). Values
-// without escapes alias b; escaped ones are unescaped into new bytes. A
-// malformed object gives the entries before the fault; a value that is
-// not a string is skipped.
-func decodeJSONFields(b []byte) []kv {
-	var out []kv
+// jsonField finds a string value in a JSON object (extFields). A value
+// without escapes aliases b; an escaped one is unescaped into new bytes. A
+// malformed object ends the search; a value that is not a string is
+// skipped.
+func jsonField(b []byte, name string) []byte {
 	s := scanner{b: b}
-	if !s.consume('{') {
-		return nil
-	}
-	if s.consume('}') {
+	if !s.consume('{') || s.consume('}') {
 		return nil
 	}
 	for {
 		k, ok := s.str()
 		if !ok || !s.consume(':') {
-			return out
+			return nil
 		}
 		s.ws()
 		if s.i < len(s.b) && s.b[s.i] == '"' {
 			v, ok := s.str()
 			if !ok {
-				return out
+				return nil
 			}
-			out = append(out, kv{unquote(k), unquote(v)})
+			if string(unquote(k)) == name {
+				return unquote(v)
+			}
 		} else if !s.skip(0) {
-			return out
-		}
-		if s.consume('}') {
-			return out
+			return nil
 		}
 		if !s.consume(',') {
-			return out
+			return nil
 		}
 	}
 }
