@@ -291,7 +291,8 @@ type Service struct {
 	// outlier, circuitBreaker, …); every field has a default.
 	Cluster cluster.Config `json:"cluster"`
 	// Protocol is what the service speaks: auto (default: sniff each
-	// connection), tcp, tls, http, http2, grpc, redis, dubbo or bolt. A
+	// connection), tcp, tls, http, http2, grpc, redis, dubbo, bolt or
+	// rocketmq. A
 	// declared protocol skips the sniffing deadline.
 	Protocol string `json:"protocol"`
 	// UpstreamProtocol is what the endpoints speak when it differs from
@@ -309,8 +310,9 @@ type Service struct {
 	// RateLimit caps the service's L7 requests on this node (token
 	// bucket); none by default.
 	RateLimit *route.LocalRateLimit `json:"rateLimit"`
-	// RPCRoutes route the requests of a dubbo or bolt service by service,
-	// group, version, method and attachments/headers to other services;
+	// RPCRoutes route the requests of a dubbo, bolt or rocketmq service by
+	// service, group, version, method and attachments/headers (RocketMQ:
+	// topic, group, request code, brokerName) to other services;
 	// none balances every request over this service's endpoints.
 	RPCRoutes []route.RPCRoute `json:"rpcRoutes"`
 }

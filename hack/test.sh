@@ -13,7 +13,8 @@ export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 # hash of their inputs): upstream CNI plugins for spec 1.1.0; a real
 # kube-apiserver, etcd, kubectl, kubelet, controller-manager and scheduler
 # for the Kubernetes and node tests; real RPC peers (a dubbo-go
-# provider/consumer from tools/dubbo, sofa-bolt-node from npm); a real
+# provider/consumer from tools/dubbo, sofa-bolt-node from npm; Apache's
+# RocketMQ Go client from tools/rocketmq); a real
 # istiod (pilot-discovery) for the xDS test against it; helm for the chart
 # tests. On a cold machine they are built at the same time: most of each
 # build waits on downloads, so side by side they finish in about the time of
@@ -34,11 +35,12 @@ cached() { # cached VAR script...: runs script in the background unless VAR is s
 cached WEIR_CNI_PLUGINS_DIR hack/cni-plugins.sh
 cached WEIR_KUBE_BIN_DIR hack/kube-binaries.sh
 cached WEIR_RPC_PEERS_DIR hack/rpc-peers.sh
+cached WEIR_ROCKETMQ_DIR hack/rocketmq-client.sh
 cached WEIR_ISTIOD_BIN_DIR hack/istiod-binary.sh
 cached WEIR_HELM bash tools/helm/build.sh
 started=$SECONDS
 wait
-for var in WEIR_CNI_PLUGINS_DIR WEIR_KUBE_BIN_DIR WEIR_RPC_PEERS_DIR WEIR_ISTIOD_BIN_DIR WEIR_HELM; do
+for var in WEIR_CNI_PLUGINS_DIR WEIR_KUBE_BIN_DIR WEIR_RPC_PEERS_DIR WEIR_ROCKETMQ_DIR WEIR_ISTIOD_BIN_DIR WEIR_HELM; do
 	[ -e "$builds/$var.started" ] || continue
 	cat "$builds/$var.err" >&2
 	if [ "$(cat "$builds/$var.rc" 2>/dev/null)" != 0 ]; then

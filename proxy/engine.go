@@ -70,7 +70,7 @@ type Engine struct {
 	// nil counts nothing.
 	SniffMetrics *sniff.Metrics
 	HTTPMetrics  *l7.Metrics
-	// RPCMetrics counts Dubbo, SOFABolt and Redis requests and the
+	// RPCMetrics counts Dubbo, SOFABolt, RocketMQ and Redis requests and the
 	// heartbeats the agent answers; nil counts nothing.
 	RPCMetrics *rpc.Metrics
 	// AccessLog logs L7 requests; nil logs none.

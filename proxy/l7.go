@@ -17,6 +17,7 @@ import (
 	"github.com/weir-mesh/weir/proxy/rpc/bolt"
 	"github.com/weir-mesh/weir/proxy/rpc/dubbo"
 	"github.com/weir-mesh/weir/proxy/rpc/redis"
+	"github.com/weir-mesh/weir/proxy/rpc/rocketmq"
 	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
@@ -60,6 +61,7 @@ type pools struct {
 	redis *rpc.Pool
 	dubbo *rpc.Pool
 	bolt  *rpc.Pool
+	rmq   *rpc.Pool
 }
 
 func (p *pools) get(h2opt h2.Options, m *rpc.Metrics) *pools {
@@ -71,6 +73,9 @@ func (p *pools) get(h2opt h2.Options, m *rpc.Metrics) *pools {
 		p.redis = rpc.NewPool(redis.Protocol, rpc.PoolOptions{ResponseTimeout: 30 * time.Second, Metrics: m})
 		p.dubbo = rpc.NewPool(dubbo.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
 		p.bolt = rpc.NewPool(bolt.Protocol, rpc.PoolOptions{ResponseTimeout: 60 * time.Second, Metrics: m})
+		// Long-polling pulls and pops wait at the broker (30 s by default
+		// in RocketMQ's clients): the bound stays above them.
+		p.rmq = rpc.NewPool(rocketmq.Protocol, rpc.PoolOptions{ResponseTimeout: 90 * time.Second, Metrics: m})
 	})
 	return p
 }
@@ -89,7 +94,7 @@ func (w *Workload) Close() {
 	if p.h2 != nil {
 		p.h2.Close()
 	}
-	for _, rp := range []*rpc.Pool{p.redis, p.dubbo, p.bolt} {
+	for _, rp := range []*rpc.Pool{p.redis, p.dubbo, p.bolt, p.rmq} {
 		if rp != nil {
 			rp.Close()
 		}
@@ -113,7 +118,12 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		if r.Protocol == route.Bolt {
 			pool = p.bolt
 		}
-		e.serveRPC(c, c, w, r, pool)
+		e.serveRPC(c, c, w, r, pool, nil)
+		return true
+	case route.RocketMQ:
+		// Declared only: its framing has no magic to sniff. Route replies
+		// name the address the client dialled in place of the brokers'.
+		e.serveRPC(c, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).rmq, rocketmq.RouteRewriter(dst.String()))
 		return true
 	case route.HTTP, route.HTTP2, route.GRPC, route.TLS, route.Redis:
 		wait = declaredWait
@@ -153,12 +163,12 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 		if r.Protocol != route.Redis {
 			break // sniffed, not declared: L4 (see route.Redis)
 		}
-		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).redis)
+		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).redis, nil)
 		return true
 	case sniff.Dubbo:
 		// Undeclared Dubbo is balanced per request too: its calls carry
 		// no connection state.
-		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).dubbo)
+		e.serveRPC(sc, c, w, r, w.pools.get(e.HTTP2, e.RPCMetrics).dubbo, nil)
 		return true
 	case sniff.TLS:
 		if r.TLS != nil {
@@ -178,11 +188,12 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 // balanced on its own over pool's shared upstream connections, and routed
 // by the service's rpcRoutes when it has some.
 // c is what to serve (a sniffer's replaying connection, or the accepted
-// one, which gives the client's address).
-func (e *Engine) serveRPC(c net.Conn, accepted *net.TCPConn, w *Workload, r route.Route, pool *rpc.Pool) {
+// one, which gives the client's address); answer, when set, rewrites
+// responses (rpc.Upstream.Answer).
+func (e *Engine) serveRPC(c net.Conn, accepted *net.TCPConn, w *Workload, r route.Route, pool *rpc.Pool, answer func(req, resp rpc.Frame) []byte) {
 	up := &rpc.Upstream{
 		Cluster: r.Cluster, Key: sourceKey(accepted), Draining: e.draining, Log: e.Log,
-		Dial: e.podDialer(w), Service: r.Service, Metrics: e.RPCMetrics,
+		Dial: e.podDialer(w), Service: r.Service, Metrics: e.RPCMetrics, Answer: answer,
 	}
 	if rt := r.RPC; rt != nil {
 		up.Route = func(f rpc.Frame) *cluster.Cluster {

@@ -310,8 +310,9 @@ func clusterConfig(a map[string]string) (cluster.Config, error) {
 // PortProtocol is what a Service port declares it speaks: its appProtocol
 // (the standard field: "http", "kubernetes.io/h2c", "grpc", "tls", "tcp",
 // and the "kubernetes.io/ws" family as http; "dubbo", and "bolt" or
-// "sofarpc" for SOFABolt), else the name prefix other meshes use ("http-",
-// "http2-", "grpc-", "tls-", "tcp-", "dubbo-", "bolt-", or the bare name),
+// "sofarpc" for SOFABolt, "rocketmq"), else the name prefix other meshes
+// use ("http-", "http2-", "grpc-", "tls-", "tcp-", "dubbo-", "bolt-",
+// "rocketmq-", or the bare name),
 // else Auto: the agent sniffs.
 func PortProtocol(sp corev1.ServicePort) route.Protocol {
 	if sp.AppProtocol != nil {
@@ -330,6 +331,8 @@ func PortProtocol(sp corev1.ServicePort) route.Protocol {
 			return route.Dubbo
 		case "bolt", "sofarpc":
 			return route.Bolt
+		case "rocketmq":
+			return route.RocketMQ
 		}
 		return route.Auto
 	}
@@ -352,6 +355,8 @@ func PortProtocol(sp corev1.ServicePort) route.Protocol {
 		return route.Dubbo
 	case "bolt", "sofarpc":
 		return route.Bolt
+	case "rocketmq":
+		return route.RocketMQ
 	}
 	return route.Auto
 }

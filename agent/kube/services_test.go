@@ -199,6 +199,8 @@ func TestPortProtocol(t *testing.T) {
 		{corev1.ServicePort{Name: "dubbo-users"}, route.Dubbo},
 		{corev1.ServicePort{AppProtocol: ap("sofarpc")}, route.Bolt},
 		{corev1.ServicePort{Name: "bolt"}, route.Bolt},
+		{corev1.ServicePort{AppProtocol: ap("rocketmq")}, route.RocketMQ},
+		{corev1.ServicePort{Name: "rocketmq-broker"}, route.RocketMQ},
 	} {
 		if got := PortProtocol(tc.sp); got != tc.want {
 			t.Errorf("PortProtocol(%s, %v) = %q, want %q", tc.sp.Name, tc.sp.AppProtocol, got, tc.want)

@@ -384,7 +384,7 @@ func (s *Snapshot) compileRoute(i int32, svc *Service, prev *Snapshot) (Route, [
 	}
 	if len(svc.RPCRoutes) > 0 {
 		if !svc.Protocol.RPC() {
-			errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo or bolt)", where, svc.Protocol))
+			errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo, bolt or rocketmq)", where, svc.Protocol))
 		}
 		t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
 		if err != nil {

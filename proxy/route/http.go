@@ -36,20 +36,25 @@ const (
 	// Bolt is SOFABolt (proxy/rpc/bolt), balanced and routed per request
 	// (rpcRoutes).
 	Bolt Protocol = "bolt"
+	// RocketMQ is RocketMQ remoting (proxy/rpc/rocketmq), routed per
+	// request by topic, group, request code and the broker a request
+	// names (rpcRoutes); route replies are rewritten to the service
+	// address.
+	RocketMQ Protocol = "rocketmq"
 )
 
 // RPC reports the protocols whose requests rpcRoutes route.
-func (p Protocol) RPC() bool { return p == Dubbo || p == Bolt }
+func (p Protocol) RPC() bool { return p == Dubbo || p == Bolt || p == RocketMQ }
 
 // ParseProtocol reads a declared protocol; "auto" and "" are Auto.
 func ParseProtocol(s string) (Protocol, error) {
 	switch p := Protocol(strings.ToLower(s)); p {
 	case "auto", Auto:
 		return Auto, nil
-	case TCP, TLS, HTTP, HTTP2, GRPC, Redis, Dubbo, Bolt:
+	case TCP, TLS, HTTP, HTTP2, GRPC, Redis, Dubbo, Bolt, RocketMQ:
 		return p, nil
 	}
-	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis, dubbo, bolt", s)
+	return Auto, fmt.Errorf("protocol %q is not one of auto, tcp, tls, http, http2, grpc, redis, dubbo, bolt, rocketmq", s)
 }
 
 // checkUpstreamProtocol validates a service's upstreamProtocol against its

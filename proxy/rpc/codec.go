@@ -116,6 +116,15 @@ type (
 	Statuser interface {
 		Status(resp Frame) string
 	}
+	// ServerRequester is for protocols whose servers send requests to
+	// clients on the clients' connections (RocketMQ brokers notify
+	// consumers). On a shared upstream connection such a request has no
+	// one client to go to: the agent answers it with ServerRequestReply
+	// (nil: nothing, for one-way requests) and the connection lives on.
+	// Without it, a server's request ends the shared connection.
+	ServerRequester interface {
+		ServerRequestReply(req Frame) []byte
+	}
 )
 
 // Protocol is a registered codec with its optional capabilities resolved.
@@ -127,6 +136,7 @@ type Protocol struct {
 	keyer       Keyer
 	pinner      Pinner
 	statuser    Statuser
+	serverReqs  ServerRequester
 	maxFrame    int
 }
 
@@ -152,6 +162,7 @@ func Register(c Codec, maxFrame int) *Protocol {
 	p.keyer, _ = c.(Keyer)
 	p.pinner, _ = c.(Pinner)
 	p.statuser, _ = c.(Statuser)
+	p.serverReqs, _ = c.(ServerRequester)
 	if _, dup := registry.LoadOrStore(c.Name(), p); dup {
 		panic("rpc: protocol " + c.Name() + " registered twice")
 	}

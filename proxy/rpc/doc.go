@@ -1,5 +1,5 @@
 // Package rpc is weir's framework for request/response protocols other
-// than HTTP (Redis, Dubbo, SOFABolt; RocketMQ remoting next): a
+// than HTTP (Redis, Dubbo, SOFABolt, RocketMQ remoting): a
 // protocol is a Codec, the framework does the proxying.
 //
 // A Codec frames a byte stream into Frames: Decode returns one frame and
@@ -16,8 +16,10 @@
 // once by Register: Heartbeater (heartbeats answered by the agent),
 // Hijacker (the protocol's own error reply, e.g. Redis "-ERR …"), GoAwayer
 // (the frame sent to clients on drain), Keyer (the balancing key of a
-// request, e.g. a Redis key's hash) and Pinner (requests that cannot be
-// balanced on their own).
+// request, e.g. a Redis key's hash), Pinner (requests that cannot be
+// balanced on their own) and ServerRequester (the agent's answer to a
+// request a server sends on a shared connection, e.g. a RocketMQ broker's
+// notification).
 //
 // The framework owns the rest. Serve reads one downstream connection's
 // requests and balances each with cluster.Pick; a Pool per workload and

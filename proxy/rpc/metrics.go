@@ -39,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_rpc_requests_total",
-			Help: "RPC requests (Dubbo, SOFABolt, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status, or \"error\" for an answer the agent made).",
+			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status, or \"error\" for an answer the agent made).",
 		}, []string{"protocol", "service", "method", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "weir_rpc_request_duration_seconds",

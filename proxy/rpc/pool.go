@@ -223,9 +223,12 @@ func (pd *pending) finish(resp Frame, err error) {
 		return // oneway
 	}
 	var b []byte
-	if err != nil {
+	switch {
+	case err != nil:
 		b = pd.p.errorReply(pd.req, err)
-	} else {
+	case pd.up.Answer != nil:
+		b = pd.up.Answer(pd.req, resp)
+	default:
 		b = resp.Bytes()
 	}
 	pd.slot.complete(b, err)
@@ -442,6 +445,22 @@ func (uc *upConn) deliver(f Frame) error {
 			return err
 		}
 		return errUpstreamReq
+	case Request, Oneway:
+		sr := uc.pool.p.serverReqs
+		if sr == nil {
+			return errUpstreamReq
+		}
+		if b := sr.ServerRequestReply(f); len(b) > 0 {
+			// Written by the reader, as heartbeat replies are.
+			uc.wmu.Lock()
+			_, err := uc.bw.Write(b)
+			if err == nil {
+				err = uc.bw.Flush()
+			}
+			uc.wmu.Unlock()
+			return err
+		}
+		return nil
 	case GoAway:
 		// No new requests; the waiting ones finish, then it closes.
 		uc.pool.drop(uc)

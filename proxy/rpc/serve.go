@@ -23,6 +23,10 @@ type Upstream struct {
 	// Route, when set, picks the cluster of each request (attribute
 	// routes); nil from it answers the request with ErrNoCluster.
 	Route func(req Frame) *cluster.Cluster
+	// Answer, when set, makes the bytes sent back for a response to req
+	// (RocketMQ's route replies are rewritten to the service address);
+	// nil sends the response as read.
+	Answer func(req, resp Frame) []byte
 	// Service names the destination service in metrics.
 	Service string
 	// Metrics counts requests and heartbeats; nil counts nothing.

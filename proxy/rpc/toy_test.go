@@ -78,6 +78,15 @@ func (toyCodec) ErrorReply(req rpc.Frame, err error) []byte {
 
 func (toyCodec) GoAwayFrame() []byte { return toyBytes(kGoAway, 0, "") }
 
+// ServerRequestReply declines a server's request; a one-way one gets
+// nothing.
+func (toyCodec) ServerRequestReply(req rpc.Frame) []byte {
+	if req.Kind() == rpc.Oneway {
+		return nil
+	}
+	return toyBytes(kResp, uint32(req.ID()), "declined")
+}
+
 func toyBytes(kind byte, id uint32, payload string) []byte {
 	b := make([]byte, 9+len(payload))
 	binary.BigEndian.PutUint32(b, uint32(5+len(payload)))
@@ -102,11 +111,14 @@ func readToy(t *testing.T, r *bufio.Reader) (kind byte, id uint32, payload strin
 
 // toyServer answers each request after a random short delay, so answers
 // on a connection come out of order; a request "goaway" is answered, then
-// followed by a GoAway.
+// followed by a GoAway; before answering a request "ask", it sends the
+// client a one-way request and a request of its own, and counts the
+// answers to it that say "declined".
 type toyServer struct {
 	name                            string
 	addr                            netip.AddrPort
 	conns, reqs, heartbeats, oneway atomic.Int64
+	declined                        atomic.Int64
 }
 
 func startToy(t *testing.T, name string) *toyServer {
@@ -151,6 +163,11 @@ func (s *toyServer) serve(c net.Conn) {
 		case kOneway:
 			s.oneway.Add(1)
 			continue
+		case kResp:
+			if string(p) == "declined" {
+				s.declined.Add(1)
+			}
+			continue
 		}
 		s.reqs.Add(1)
 		n++
@@ -159,6 +176,9 @@ func (s *toyServer) serve(c net.Conn) {
 			time.Sleep(delay)
 			mu.Lock()
 			defer mu.Unlock()
+			if string(p) == "ask" {
+				c.Write(append(toyBytes(kOneway, 1<<30, "notify"), toyBytes(kReq, 1<<30+1, "question")...))
+			}
 			c.Write(toyBytes(kResp, id, s.name+":"+string(p)))
 			if string(p) == "goaway" {
 				c.Write(toyBytes(kGoAway, 0, ""))
@@ -315,5 +335,29 @@ func TestTooLargeAndDrain(t *testing.T) {
 	}
 	if _, err := r2.ReadByte(); err != io.EOF {
 		t.Fatalf("%v, want EOF", err)
+	}
+}
+
+// TestServerRequests: a server's one-way request on a shared connection is
+// dropped and its request answered by the codec's ServerRequestReply; the
+// connection stays in the pool and carries the next request.
+func TestServerRequests(t *testing.T) {
+	a := startToy(t, "a")
+	addr, _, pool := toyProxy(t, a)
+	c, r := toyClient(t, addr)
+	for i, p := range []string{"ask", "after"} {
+		c.Write(toyBytes(kReq, uint32(i+1), p))
+		if kind, id, got := readToy(t, r); kind != kResp || id != uint32(i+1) || got != "a:"+p {
+			t.Fatalf("answer %d: %d %d %q", i, kind, id, got)
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); a.declined.Load() != 1; {
+		if time.Now().After(deadline) {
+			t.Fatalf("server's request answered %d times", a.declined.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if a.conns.Load() != 1 || pool.Conns(a.addr) != 1 {
+		t.Fatalf("upstream connections: %d made, %d pooled", a.conns.Load(), pool.Conns(a.addr))
 	}
 }
