@@ -26,6 +26,7 @@ const (
 	vipGRes  = "10.96.1.32:50052" // grpc: retry on UNAVAILABLE (server a answers it once)
 	vipBudH1 = "10.96.1.33:80"    // http: retry on 503 within a 20 % budget (HTTP/1.1 clients)
 	vipBudH2 = "10.96.1.34:80"    // the same for h2c clients, its own cluster and budget
+	vipSR    = "10.96.1.35:80"    // http: server a:8083 fails every other request, b:8083-8085 never
 )
 
 // resGRPC answers unary calls: UNAVAILABLE to server a's first, and after
@@ -68,11 +69,12 @@ func startResGRPC(t *testing.T, p *testworld.Pod, failing bool) *resGRPC {
 
 // resServer is a pod's Go HTTP server for the resilience tests: on 8080,
 // server a answers its first request 503 and /always503 always 503; on
-// 8081 server a answers 500 always. Everything else answers the pod's
-// name.
+// 8081 server a answers 500 always; on 8083 server a answers every other
+// request 500 (server b listens on 8083-8085). Everything else answers
+// the pod's name.
 type resServer struct {
-	name           string
-	hits, hits8081 atomic.Int64
+	name                     string
+	hits, hits8081, hits8083 atomic.Int64
 }
 
 func startResServer(t *testing.T, p *testworld.Pod, failing bool) *resServer {
@@ -104,6 +106,18 @@ func startResServer(t *testing.T, p *testworld.Pod, failing bool) *resServer {
 		}
 		fmt.Fprintln(w, s.name)
 	})
+	serve("0.0.0.0:8083", func(w http.ResponseWriter, r *http.Request) {
+		if s.hits8083.Add(1)%2 == 0 && failing {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, s.name)
+	})
+	if !failing {
+		for _, port := range []string{"8084", "8085"} {
+			serve("0.0.0.0:"+port, func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, s.name) })
+		}
+	}
 	return s
 }
 
@@ -164,6 +178,14 @@ func TestL7Resilience(t *testing.T) {
 					"retry":       map[string]any{"grpcCodes": []string{"UNAVAILABLE", "DEADLINE_EXCEEDED"}, "attempts": 2},
 				}}}}},
 			budgetService("budh1", vipBudH1, a, b), budgetService("budh2", vipBudH2, a, b),
+			// Success-rate ejection alone: four endpoints, a failure in
+			// a row never reaches consecutiveFailures.
+			map[string]any{"name": "sr", "address": vipSR, "protocol": "http",
+				"endpoints": []string{a + ":8083", b + ":8083", b + ":8084", b + ":8085"},
+				"cluster": map[string]any{"outlier": map[string]any{
+					"consecutiveFailures": 50, "baseEjectionTime": "30s", "maxEjectionPercent": 25,
+					"successRate": map[string]any{"enabled": true, "interval": "2s", "minimumHosts": 4, "requestVolume": 10, "stdevFactor": 1.0},
+				}}},
 		},
 	})
 	client := node.MustAddPod(t, "demo", "client")
@@ -216,6 +238,39 @@ func TestL7Resilience(t *testing.T) {
 				return int64(atoi(m[1])), int64(atoi(m[2]))
 			})
 		})
+	})
+	t.Run("success-rate-ejection", func(t *testing.T) {
+		// Server a fails every other request: 50 % against 100 % for
+		// the other three. Batches of requests go on until an interval
+		// ends and a is ejected; then a gets no request.
+		ejected := func() float64 {
+			return agent.Metric(t, `weir_endpoint_ejected{cluster="sr",endpoint="`+a+`:8083"}`)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		codes := map[string]int{}
+		for ejected() != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("server a (%d requests, every other one 500) not ejected in 30 s; answers %v", srvA.hits8083.Load(), codes)
+			}
+			for _, c := range curlCodes(t, client, "http://"+vipSR+"/", 8) {
+				codes[c]++
+			}
+		}
+		t.Logf("server a ejected after %d requests to it; answers so far %v", srvA.hits8083.Load(), codes)
+		before := srvA.hits8083.Load()
+		for i, c := range curlCodes(t, client, "http://"+vipSR+"/", 40) {
+			if c != "200" {
+				t.Fatalf("request %d answered %s with server a ejected", i, c)
+			}
+		}
+		if n := srvA.hits8083.Load() - before; n != 0 {
+			t.Errorf("ejected server a got %d of 40 requests", n)
+		}
+		for _, port := range []string{"8083", "8084", "8085"} {
+			if got := agent.Metric(t, `weir_endpoint_ejections_total{cluster="sr",endpoint="`+b+`:`+port+`"}`); got != 0 {
+				t.Errorf("healthy endpoint %s:%s was ejected %v times", b, port, got)
+			}
+		}
 	})
 	t.Run("ejection-on-500", func(t *testing.T) {
 		for i := 0; srvA.hits8081.Load() < 3; i++ {
