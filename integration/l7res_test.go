@@ -184,7 +184,7 @@ func TestL7Resilience(t *testing.T) {
 				"endpoints": []string{a + ":8083", b + ":8083", b + ":8084", b + ":8085"},
 				"cluster": map[string]any{"outlier": map[string]any{
 					"consecutiveFailures": 50, "baseEjectionTime": "30s", "maxEjectionPercent": 25,
-					"successRate": map[string]any{"enabled": true, "interval": "2s", "minimumHosts": 4, "requestVolume": 10, "stdevFactor": 1.0},
+					"successRate": map[string]any{"enabled": true, "interval": "3s", "minimumHosts": 4, "requestVolume": 10, "stdevFactor": 1.0},
 				}}},
 		},
 	})
@@ -246,11 +246,11 @@ func TestL7Resilience(t *testing.T) {
 		ejected := func() float64 {
 			return agent.Metric(t, `weir_endpoint_ejected{cluster="sr",endpoint="`+a+`:8083"}`)
 		}
-		deadline := time.Now().Add(30 * time.Second)
+		deadline := time.Now().Add(45 * time.Second)
 		codes := map[string]int{}
 		for ejected() != 1 {
 			if time.Now().After(deadline) {
-				t.Fatalf("server a (%d requests, every other one 500) not ejected in 30 s; answers %v", srvA.hits8083.Load(), codes)
+				t.Fatalf("server a (%d requests, every other one 500) not ejected in 45 s; answers %v", srvA.hits8083.Load(), codes)
 			}
 			for _, c := range curlCodes(t, client, "http://"+vipSR+"/", 8) {
 				codes[c]++
