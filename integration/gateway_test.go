@@ -64,6 +64,8 @@ func TestKubeGatewayRoutes(t *testing.T) {
 		startL7Nginx(t, p)
 		startGRPC(t, p)
 	}
+	shadowPod, shadowObj, _ := k.pod(t, ns, "shadow", nil)
+	shadow := startRecorder(t, shadowPod) // on 8080, as nginx
 	epA, epB := kubeworld.PodEndpoint(aObj), kubeworld.PodEndpoint(bObj)
 	httpPort := corev1.ServicePort{Name: "http", Port: 80, TargetPort: intstr.FromInt(8080), Protocol: corev1.ProtocolTCP}
 	grpcPort := corev1.ServicePort{Name: "grpc", Port: 50051, TargetPort: intstr.FromInt(50051), Protocol: corev1.ProtocolTCP}
@@ -79,6 +81,8 @@ func TestKubeGatewayRoutes(t *testing.T) {
 	service("web-canary", httpPort, epB)
 	broken := service("broken", httpPort, epA)
 	grpcVIP := service("grpc", grpcPort, epA)
+	mirroredVIP := service("mirrored", httpPort, epA)
+	service("shadow", httpPort, kubeworld.PodEndpoint(shadowObj))
 	service("grpc-a", grpcPort, epA)
 	service("grpc-b", grpcPort, epB)
 
@@ -108,7 +112,14 @@ func TestKubeGatewayRoutes(t *testing.T) {
 		},
 		{BackendRefs: []gwv1.GRPCBackendRef{{BackendRef: kubeworld.ServiceBackend("grpc-b", 50051, 1)}}},
 	}
-	for _, r := range []*gwv1.HTTPRoute{split, missing} {
+	mirror := &gwv1.HTTPRoute{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "mirrored"}}
+	mirror.Spec.ParentRefs = []gwv1.ParentReference{kubeworld.ServiceParent("mirrored", 80)}
+	mirror.Spec.Rules = []gwv1.HTTPRouteRule{{
+		Filters: []gwv1.HTTPRouteFilter{{Type: gwv1.HTTPRouteFilterRequestMirror, RequestMirror: &gwv1.HTTPRequestMirrorFilter{
+			BackendRef: kubeworld.ServiceBackend("shadow", 80, 1).BackendObjectReference}}},
+		BackendRefs: []gwv1.HTTPBackendRef{{BackendRef: kubeworld.ServiceBackend("web-canary", 80, 1)}},
+	}}
+	for _, r := range []*gwv1.HTTPRoute{split, missing, mirror} {
 		if _, err := gw.GatewayV1().HTTPRoutes(ns).Create(ctx, r, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("create HTTPRoute %s: %v", r.Name, err)
 		}
@@ -201,6 +212,37 @@ func TestKubeGatewayRoutes(t *testing.T) {
 			return err == nil && countLines(out)["500"] == 20
 		})
 		t.Logf("20 requests to the route with a missing backend: %v", countLines(out))
+	})
+
+	t.Run("request-mirror", func(t *testing.T) {
+		eventually(t, 20*time.Second, "Accepted=True and ResolvedRefs=True on the mirroring route", func() bool {
+			got, err := gw.GatewayV1().HTTPRoutes(ns).Get(ctx, "mirrored", metav1.GetOptions{})
+			if err != nil {
+				return false
+			}
+			acc, res := weirCondition(got.Status.Parents, "Accepted"), weirCondition(got.Status.Parents, "ResolvedRefs")
+			return acc != nil && acc.Status == metav1.ConditionTrue && res != nil && res.Status == metav1.ConditionTrue
+		})
+		eventually(t, 20*time.Second, "the route steers the mirrored Service to the canary", func() bool {
+			body, err := client.Curl(t, url(mirroredVIP)+"probe")
+			return err == nil && strings.TrimSpace(body) == "b"
+		})
+		var args []string
+		for range 9 {
+			args = append(args, url(mirroredVIP)+"copied")
+		}
+		out, err := client.Curl(t, url(mirroredVIP)+"copied", args...)
+		if err != nil || countLines(out)["b"] != 10 {
+			t.Fatalf("10 requests to the mirroring route: %v: %v, want all 10 answered by b", err, countLines(out))
+		}
+		copied := func(c copySeen) bool { return c.path == "/copied" && c.method == "GET" }
+		deadline := time.Now().Add(10 * time.Second)
+		for shadow.count(copied) != 10 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := shadow.count(copied); n != 10 {
+			t.Fatalf("the shadow Service got %d copies of 10 requests", n)
+		}
 	})
 
 	t.Run("grpc-route-by-method", func(t *testing.T) {

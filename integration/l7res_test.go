@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -22,6 +24,9 @@ const (
 	vipRetry = "10.96.1.30:80"    // http: retry on 503 (server a answers 503 once)
 	vipEject = "10.96.1.31:80"    // http: server a answers 500 always, ejected after 3
 	vipGRes  = "10.96.1.32:50052" // grpc: retry on UNAVAILABLE (server a answers it once)
+	vipBudH1 = "10.96.1.33:80"    // http: retry on 503 within a 20 % budget (HTTP/1.1 clients)
+	vipBudH2 = "10.96.1.34:80"    // the same for h2c clients, its own cluster and budget
+	vipSR    = "10.96.1.35:80"    // http: server a:8083 fails every other request, b:8083-8085 never
 )
 
 // resGRPC answers unary calls: UNAVAILABLE to server a's first, and after
@@ -64,11 +69,12 @@ func startResGRPC(t *testing.T, p *testworld.Pod, failing bool) *resGRPC {
 
 // resServer is a pod's Go HTTP server for the resilience tests: on 8080,
 // server a answers its first request 503 and /always503 always 503; on
-// 8081 server a answers 500 always. Everything else answers the pod's
-// name.
+// 8081 server a answers 500 always; on 8083 server a answers every other
+// request 500 (server b listens on 8083-8085). Everything else answers
+// the pod's name.
 type resServer struct {
-	name           string
-	hits, hits8081 atomic.Int64
+	name                     string
+	hits, hits8081, hits8083 atomic.Int64
 }
 
 func startResServer(t *testing.T, p *testworld.Pod, failing bool) *resServer {
@@ -76,7 +82,11 @@ func startResServer(t *testing.T, p *testworld.Pod, failing bool) *resServer {
 	s := &resServer{name: p.Name}
 	serve := func(addr string, h http.HandlerFunc) {
 		ln := p.Listen(t, addr)
-		srv := &http.Server{Handler: h}
+		// h2c too, so the budget test's HTTP/2 clients reach an HTTP/2 upstream.
+		var protos http.Protocols
+		protos.SetHTTP1(true)
+		protos.SetUnencryptedHTTP2(true)
+		srv := &http.Server{Handler: h, Protocols: &protos}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}
@@ -96,6 +106,18 @@ func startResServer(t *testing.T, p *testworld.Pod, failing bool) *resServer {
 		}
 		fmt.Fprintln(w, s.name)
 	})
+	serve("0.0.0.0:8083", func(w http.ResponseWriter, r *http.Request) {
+		if s.hits8083.Add(1)%2 == 0 && failing {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, s.name)
+	})
+	if !failing {
+		for _, port := range []string{"8084", "8085"} {
+			serve("0.0.0.0:"+port, func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, s.name) })
+		}
+	}
 	return s
 }
 
@@ -129,7 +151,7 @@ func curlCodes(t *testing.T, c *testworld.Pod, url string, n int, extra ...strin
 // is counted), a POST is not retried, and an endpoint answering 500 is
 // ejected for its ejection time, then gets traffic again.
 func TestL7Resilience(t *testing.T) {
-	testworld.RequireTool(t, "curl")
+	testworld.RequireTool(t, "curl", "h2load")
 	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.1.0", Weir: map[string]any{"mode": "redirect"}})
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	podA := node.MustAddPod(t, "backend", "server-a")
@@ -155,6 +177,15 @@ func TestL7Resilience(t *testing.T) {
 					"backendRefs": []any{map[string]any{"service": "gres"}},
 					"retry":       map[string]any{"grpcCodes": []string{"UNAVAILABLE", "DEADLINE_EXCEEDED"}, "attempts": 2},
 				}}}}},
+			budgetService("budh1", vipBudH1, a, b), budgetService("budh2", vipBudH2, a, b),
+			// Success-rate ejection alone: four endpoints, a failure in
+			// a row never reaches consecutiveFailures.
+			map[string]any{"name": "sr", "address": vipSR, "protocol": "http",
+				"endpoints": []string{a + ":8083", b + ":8083", b + ":8084", b + ":8085"},
+				"cluster": map[string]any{"outlier": map[string]any{
+					"consecutiveFailures": 50, "baseEjectionTime": "30s", "maxEjectionPercent": 25,
+					"successRate": map[string]any{"enabled": true, "interval": "3s", "minimumHosts": 4, "requestVolume": 10, "stdevFactor": 1.0},
+				}}},
 		},
 	})
 	client := node.MustAddPod(t, "demo", "client")
@@ -183,6 +214,62 @@ func TestL7Resilience(t *testing.T) {
 		}
 		if got := retries(); got != before {
 			t.Errorf("a POST was retried: weir_http_retries_total %v -> %v", before, got)
+		}
+	})
+	t.Run("retry-budget", func(t *testing.T) {
+		t.Run("http1", func(t *testing.T) {
+			checkRetryBudget(t, agent, srvA, srvB, "budh1", func(n int) (int64, int64) {
+				all := strings.Join(curlCodes(t, client, "http://"+vipBudH1+"/always503", n), " ")
+				return int64(strings.Count(all, "200")), int64(strings.Count(all, "503"))
+			})
+		})
+		// h2load, not curl: curl 7.88 breaks its prior-knowledge
+		// connection after the first answer from Go's h2c server, weir or no.
+		t.Run("h2c", func(t *testing.T) {
+			checkRetryBudget(t, agent, srvA, srvB, "budh2", func(n int) (int64, int64) {
+				out, err := client.Run("h2load", "-n", strconv.Itoa(n), "-c", "1", "-m", "1", "http://"+vipBudH2+"/always503")
+				if err != nil {
+					t.Fatalf("h2load: %v: %s", err, out)
+				}
+				m := regexp.MustCompile(`status codes: (\d+) 2xx, 0 3xx, 0 4xx, (\d+) 5xx`).FindStringSubmatch(out)
+				if m == nil {
+					t.Fatalf("h2load: no status line with only 2xx and 5xx:\n%s", out)
+				}
+				return int64(atoi(m[1])), int64(atoi(m[2]))
+			})
+		})
+	})
+	t.Run("success-rate-ejection", func(t *testing.T) {
+		// Server a fails every other request: 50 % against 100 % for
+		// the other three. Batches of requests go on until an interval
+		// ends and a is ejected; then a gets no request.
+		ejected := func() float64 {
+			return agent.Metric(t, `weir_endpoint_ejected{cluster="sr",endpoint="`+a+`:8083"}`)
+		}
+		deadline := time.Now().Add(45 * time.Second)
+		codes := map[string]int{}
+		for ejected() != 1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("server a (%d requests, every other one 500) not ejected in 45 s; answers %v", srvA.hits8083.Load(), codes)
+			}
+			for _, c := range curlCodes(t, client, "http://"+vipSR+"/", 8) {
+				codes[c]++
+			}
+		}
+		t.Logf("server a ejected after %d requests to it; answers so far %v", srvA.hits8083.Load(), codes)
+		before := srvA.hits8083.Load()
+		for i, c := range curlCodes(t, client, "http://"+vipSR+"/", 40) {
+			if c != "200" {
+				t.Fatalf("request %d answered %s with server a ejected", i, c)
+			}
+		}
+		if n := srvA.hits8083.Load() - before; n != 0 {
+			t.Errorf("ejected server a got %d of 40 requests", n)
+		}
+		for _, port := range []string{"8083", "8084", "8085"} {
+			if got := agent.Metric(t, `weir_endpoint_ejections_total{cluster="sr",endpoint="`+b+`:`+port+`"}`); got != 0 {
+				t.Errorf("healthy endpoint %s:%s was ejected %v times", b, port, got)
+			}
 		}
 	})
 	t.Run("ejection-on-500", func(t *testing.T) {
@@ -241,4 +328,62 @@ func TestL7Resilience(t *testing.T) {
 			t.Errorf("the upstream was given %v to answer, want under the client's 300ms", left)
 		}
 	})
+}
+
+// budgetPercent and minRetriesPerSecond of the retry-budget services: the
+// floor rate is kept at one a second so the 20 % ratio dominates.
+const (
+	budgetPercent = 20
+	budgetFloor   = 1
+)
+
+// budgetService is a service over server a (which answers /always503 with
+// 503, always) and server b, whose route retries 503 once; outlier
+// ejection is off so server a keeps failing first attempts.
+func budgetService(name, vip, a, b string) map[string]any {
+	return map[string]any{"name": name, "address": vip, "protocol": "http", "endpoints": []string{a + ":8080", b + ":8080"},
+		"cluster": map[string]any{
+			"retry":   map[string]any{"budgetPercent": budgetPercent, "minRetriesPerSecond": budgetFloor},
+			"outlier": map[string]any{"disabled": true},
+		},
+		"httpRoutes": []any{map[string]any{"name": name, "rules": []any{map[string]any{
+			"backendRefs": []any{map[string]any{"service": name}},
+			"retry":       map[string]any{"codes": []int{503}, "attempts": 1},
+		}}}}}
+}
+
+// checkRetryBudget sends n GETs to a failing path through a budgeted
+// service and checks the ledger: retries made stay within 20 % of the
+// requests (plus the floor rate over the run's length), the budget was
+// actually spent (so the bound was reached, not just respected), and every
+// request is accounted for: a failed first attempt was either retried onto
+// server b (the client sees 200) or refused by the budget (the client sees
+// server a's 503).
+func checkRetryBudget(t *testing.T, agent *testworld.Agent, srvA, srvB *resServer, cluster string, send func(n int) (n200, n503 int64)) {
+	const n = 200
+	metric := func(name string) float64 { return agent.Metric(t, name+`{cluster="`+cluster+`"}`) }
+	beforeA, beforeB := srvA.hits.Load(), srvB.hits.Load()
+	start := time.Now()
+	n200, n503 := send(n)
+	elapsed := time.Since(start)
+	retries, refused := metric("weir_cluster_retries_total"), metric("weir_cluster_retry_budget_exhausted_total")
+	hitsA, hitsB := srvA.hits.Load()-beforeA, srvB.hits.Load()-beforeB
+	t.Logf("%d requests in %v: %v retries, %v refused by the budget; server a %d, server b %d; client saw %d×200, %d×503",
+		n, elapsed.Round(time.Millisecond), retries, refused, hitsA, hitsB, n200, n503)
+	// The floor adds budgetFloor a second, and one second's worth on the
+	// budget's first use.
+	limit := float64(n*budgetPercent)/100 + budgetFloor*(elapsed.Seconds()+1)
+	if retries > limit {
+		t.Errorf("%v retries for %d requests: over the %d %% budget (limit %.1f with the floor rate)", retries, n, budgetPercent, limit)
+	}
+	if retries < float64(n*budgetPercent)/100-3 {
+		t.Errorf("%v retries for %d requests with %d failing first attempts: the budget was not spent", retries, n, hitsA)
+	}
+	if refused == 0 {
+		t.Error("no retry was refused by the budget, yet more first attempts failed than it allows")
+	}
+	if n200+n503 != n || int64(retries)+n503 != hitsA || hitsA+hitsB != n+int64(retries) {
+		t.Errorf("ledger does not balance: %d×200 + %d×503 of %d; %v retries; server a %d, server b %d",
+			n200, n503, n, retries, hitsA, hitsB)
+	}
 }

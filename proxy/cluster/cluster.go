@@ -65,6 +65,7 @@ type Cluster struct {
 
 	errNoEndpoint  *Error
 	errCircuitOpen *Error
+	srOn           bool // success-rate outlier detection runs
 }
 
 // tier is one group of endpoints a pick tries in order: the local zone of
@@ -93,6 +94,7 @@ type clusterState struct {
 
 	ejectMu     sync.Mutex
 	ejectedTill atomic.Int64 // the latest ejectedUntil of any endpoint
+	srNext      atomic.Int64 // clock of the next success-rate evaluation; 0: not started
 }
 
 // New validates cfg and eps and builds a cluster. Errors name the field
@@ -114,6 +116,7 @@ func New(cfg Config, eps []Endpoint, opt Options) (*Cluster, error) {
 	if c.clock == nil {
 		c.clock = time.Now
 	}
+	c.srOn = c.cfg.Outlier.SuccessRate.Enabled && !c.cfg.Outlier.Disabled
 	prev := opt.Prev
 	if prev != nil && prev.cfg.Name == cfg.Name {
 		c.st = prev.st

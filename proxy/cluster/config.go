@@ -49,6 +49,10 @@ const (
 	DefaultHealthCheckTimeout    = 2 * time.Second
 	DefaultHealthyThreshold      = 1
 	DefaultUnhealthyThreshold    = 3
+	DefaultSuccessRateInterval   = 10 * time.Second
+	DefaultSuccessRateMinHosts   = 5
+	DefaultSuccessRateVolume     = 100
+	DefaultSuccessRateStdev      = 1.9
 )
 
 // Config is one cluster's balancing and resilience settings. The zero value
@@ -152,6 +156,36 @@ type OutlierConfig struct {
 	// rounded down but never below one endpoint (so a two-endpoint cluster
 	// can eject one); default 10.
 	MaxEjectionPercent int `json:"maxEjectionPercent,omitempty"`
+	// SuccessRate ejects endpoints whose share of successful requests
+	// and connections is an outlier among the cluster's; off by default.
+	SuccessRate SuccessRateConfig `json:"successRate,omitzero"`
+}
+
+// SuccessRateConfig is success-rate outlier detection in Envoy's shape:
+// every Interval, each endpoint that saw at least RequestVolume outcomes
+// (L7 requests, L4 connections, failed connects) gets its success rate;
+// if at least MinimumHosts endpoints qualify, those below mean −
+// StdevFactor × standard deviation are ejected (for the same ejection
+// times, within the same maxEjectionPercent, as consecutive failures).
+// It catches an endpoint that fails often but never several times in a
+// row. A failure is what counts toward consecutive failures: a connect
+// failure, an upstream error, a 5xx or gRPC UNAVAILABLE answer.
+type SuccessRateConfig struct {
+	// Enabled turns success-rate detection on.
+	Enabled bool `json:"enabled,omitempty"`
+	// Interval between two evaluations; default 10s. An evaluation runs
+	// on the first outcome after the interval ends, so an idle cluster
+	// costs nothing.
+	Interval Duration `json:"interval,omitempty"`
+	// MinimumHosts is how many endpoints must have RequestVolume
+	// outcomes in the interval for any ejection; default 5.
+	MinimumHosts int `json:"minimumHosts,omitempty"`
+	// RequestVolume is the outcomes an endpoint needs in the interval to
+	// be judged; default 100.
+	RequestVolume int `json:"requestVolume,omitempty"`
+	// StdevFactor sets the ejection threshold below the mean in standard
+	// deviations; default 1.9 (Envoy's 1900 thousandths).
+	StdevFactor float64 `json:"stdevFactor,omitempty"`
 }
 
 // CircuitBreakerConfig refuses new connections fast when a cluster is
@@ -203,6 +237,12 @@ func (c Config) WithDefaults() Config {
 	def(&c.Outlier.BaseEjectionTime, DefaultBaseEjectionTime)
 	def(&c.Outlier.MaxEjectionTime, max(DefaultMaxEjectionTime, c.Outlier.BaseEjectionTime.D()))
 	defInt(&c.Outlier.MaxEjectionPercent, DefaultMaxEjectionPercent)
+	def(&c.Outlier.SuccessRate.Interval, DefaultSuccessRateInterval)
+	defInt(&c.Outlier.SuccessRate.MinimumHosts, DefaultSuccessRateMinHosts)
+	defInt(&c.Outlier.SuccessRate.RequestVolume, DefaultSuccessRateVolume)
+	if c.Outlier.SuccessRate.StdevFactor == 0 {
+		c.Outlier.SuccessRate.StdevFactor = DefaultSuccessRateStdev
+	}
 	defInt(&c.CircuitBreaker.MaxConnections, DefaultMaxConnections)
 	defInt(&c.CircuitBreaker.MaxPendingConnects, DefaultMaxPendingConnects)
 	def(&c.HealthCheck.Interval, DefaultHealthCheckInterval)
@@ -288,6 +328,12 @@ func (c Config) Validate() error {
 		bad("outlier.maxEjectionTime (%s) must be >= outlier.baseEjectionTime (%s)", c.Outlier.MaxEjectionTime, c.Outlier.BaseEjectionTime)
 	}
 	percent("outlier.maxEjectionPercent", c.Outlier.MaxEjectionPercent)
+	positive("outlier.successRate.interval", c.Outlier.SuccessRate.Interval)
+	positiveInt("outlier.successRate.minimumHosts", c.Outlier.SuccessRate.MinimumHosts)
+	positiveInt("outlier.successRate.requestVolume", c.Outlier.SuccessRate.RequestVolume)
+	if f := c.Outlier.SuccessRate.StdevFactor; !(f >= 0 && f <= 100) {
+		bad("outlier.successRate.stdevFactor must be between 0 and 100, got %v", f)
+	}
 	positiveInt("circuitBreaker.maxConnections", c.CircuitBreaker.MaxConnections)
 	positiveInt("circuitBreaker.maxPendingConnects", c.CircuitBreaker.MaxPendingConnects)
 	positive("healthCheck.interval", c.HealthCheck.Interval)

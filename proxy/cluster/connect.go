@@ -167,6 +167,7 @@ func (c *Cluster) dialEndpoint(ctx context.Context, dial Dialer, e *endpoint, st
 	// A failed connect costs the whole timeout in the latency estimate, so
 	// an endpoint that refuses fast does not look attractive.
 	e.st.rtt.Observe(c.cfg.ConnectTimeout.D(), now, c.cfg.PeakEWMA.Decay.D())
+	c.outcome(e, false, now)
 	c.failed(e, &e.st.connectStreak, now)
 	return nil, err
 }
@@ -246,6 +247,9 @@ func (l *Lease) Done(err error) {
 	e, c := l.ep, l.c
 	e.st.active.Add(-1)
 	c.st.active.Add(-1)
+	if c.srOn {
+		c.outcome(e, err == nil, c.now())
+	}
 	if err == nil {
 		e.st.errorStreak.Store(0)
 		if l.request && c.cfg.Balancer == PeakEWMA {

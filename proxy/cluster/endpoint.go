@@ -130,6 +130,9 @@ type endpointState struct {
 	errorStreak   atomic.Int32 // connections in a row ending in error
 	ejectedUntil  atomic.Int64 // clock; ejected while now < ejectedUntil
 	ejectStep     atomic.Int32 // ejections in a row (the multiplier)
+	// Outcomes in the current success-rate interval (only counted when
+	// outlier.successRate is enabled).
+	srTotal, srFailed atomic.Uint64
 
 	checkDown   atomic.Bool  // failed active health checks
 	checkStreak atomic.Int32 // checks in a row agreeing with the opposite of checkDown

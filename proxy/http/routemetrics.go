@@ -42,7 +42,7 @@ type routeSeries struct {
 	durOnce  sync.Once // made on the first request, not by a policy count
 	duration prometheus.Observer
 	codes    cowMap[int32, prometheus.Counter] // by status<<8 | grpc+1
-	policy   [3]atomic.Value                   // prometheus.Counter: rate limited, fault delay, fault abort; empty until first
+	policy   [len(policyNames)]atomic.Value    // prometheus.Counter per policy outcome; empty until first
 }
 
 // Policy outcomes counted in weir_route_policy_total.
@@ -50,9 +50,12 @@ const (
 	policyRateLimited = iota
 	policyDelay
 	policyAbort
+	policyMirror
+	policyMirrorSkipped
+	policyMirrorFailed
 )
 
-var policyNames = [3]string{"rate_limited", "fault_delay", "fault_abort"}
+var policyNames = [...]string{"rate_limited", "fault_delay", "fault_abort", "mirror", "mirror_skipped", "mirror_failed"}
 
 func (m *routeMetrics) register(reg prometheus.Registerer) {
 	labels := []string{"service", "route", "cluster"}
@@ -73,7 +76,7 @@ func (m *routeMetrics) register(reg prometheus.Registerer) {
 	}, labels)
 	m.policies = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_route_policy_total",
-		Help: "Requests a route rule's policy acted on: rate_limited (answered 429), fault_delay, fault_abort.",
+		Help: "Requests a route rule's policy acted on: rate_limited (answered 429), fault_delay, fault_abort, mirror (a copy sent), mirror_skipped (a copy not sent: body not wholly buffered, or too many copies under way), mirror_failed (a copy got no answer or a 5xx).",
 	}, []string{"service", "route", "policy"})
 	reg.MustRegister(m.requests, m.duration, m.policies)
 }

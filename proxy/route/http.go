@@ -210,6 +210,7 @@ const (
 	FilterResponseHeaderModifier = "ResponseHeaderModifier"
 	FilterURLRewrite             = "URLRewrite"
 	FilterRequestRedirect        = "RequestRedirect"
+	FilterRequestMirror          = "RequestMirror"
 )
 
 // HTTPRouteFilter is one filter; Type says which of the others is set.
@@ -219,6 +220,29 @@ type HTTPRouteFilter struct {
 	ResponseHeaderModifier *HeaderModifier `json:"responseHeaderModifier,omitempty"`
 	URLRewrite             *URLRewrite     `json:"urlRewrite,omitempty"`
 	RequestRedirect        *Redirect       `json:"requestRedirect,omitempty"`
+	RequestMirror          *RequestMirror  `json:"requestMirror,omitempty"`
+}
+
+// RequestMirror is Gateway API's HTTPRequestMirrorFilter: a copy of each
+// request (or of a share of them) goes to another service, fire and
+// forget. The copy's answer is read and dropped; it never delays, changes
+// or fails the request itself. A rule may have several.
+type RequestMirror struct {
+	// BackendRef is the service the copies go to; its Weight is ignored.
+	// An Unresolved one mirrors nothing.
+	BackendRef BackendRef `json:"backendRef"`
+	// Percent (0-100) of the rule's requests are copied; nil, with
+	// Fraction nil too: all of them.
+	Percent *int32 `json:"percent,omitempty"`
+	// Fraction is the share as numerator/denominator (denominator
+	// default 100); at most one of Percent and Fraction.
+	Fraction *Fraction `json:"fraction,omitempty"`
+}
+
+// Fraction is a share: Numerator of every Denominator.
+type Fraction struct {
+	Numerator   int32  `json:"numerator"`
+	Denominator *int32 `json:"denominator,omitempty"`
 }
 
 // Header is one name and value.
@@ -337,6 +361,8 @@ type Action struct {
 	RateLimit *TokenBucket
 	// Fault is the rule's fault injection; nil: none.
 	Fault *FaultPolicy
+	// Mirrors copy the rule's requests to other services; none: no copy.
+	Mirrors []*Mirror
 
 	backends []weightedCluster
 	total    uint64
@@ -702,8 +728,12 @@ func compileHTTP(routes []HTTPRoute, clusterOf func(string) *cluster.Cluster, li
 						bad("%s.requestRedirect.path: %v", fw, err)
 					}
 					a.Redirect = rd
+				case FilterRequestMirror:
+					if m := compileMirror(f.RequestMirror, clusterOf, fw, bad); m != nil {
+						a.Mirrors = append(a.Mirrors, m)
+					}
 				default:
-					bad("%s.type %q is not one of RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect", fw, f.Type)
+					bad("%s.type %q is not one of RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror", fw, f.Type)
 				}
 			}
 			if a.Redirect != nil && len(rule.Backends) > 0 {

@@ -23,6 +23,8 @@ func FuzzTranslateKeepsBuildWorking(f *testing.F) {
 	f.Add([]byte(`{"rules":[{"filters":[{"type":"RequestRedirect","requestRedirect":{"statusCode":307}}],"backendRefs":[{"name":"v1","port":80,"weight":2000000}]}]}`), false)
 	f.Add([]byte(`{"rules":[{"matches":[{"method":{"type":"RegularExpression","service":"a(","method":"B"}}],"backendRefs":[{"name":"v1","port":80}]}]}`), true)
 	f.Add([]byte(`{"rules":[{"timeouts":{"request":"1s","backendRequest":"2s"},"retry":{"codes":[404],"attempts":20}}]}`), false)
+	f.Add([]byte(`{"rules":[{"filters":[{"type":"RequestMirror","requestMirror":{"backendRef":{"name":"v2","port":80},"fraction":{"numerator":1,"denominator":3}}},{"type":"RequestMirror","requestMirror":{"backendRef":{"name":"gone","port":80},"percent":120}}],"backendRefs":[{"name":"v1","port":80}]}]}`), false)
+	f.Add([]byte(`{"rules":[{"filters":[{"type":"RequestMirror","requestMirror":{"backendRef":{"name":"v2","port":80}}},{"type":"RequestMirror"}],"backendRefs":[{"name":"v1","port":80}]}]}`), true)
 	svcs := map[string]*corev1.Service{
 		"ns/front": {Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}}},
 		"ns/v1":    {Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 80}}}},

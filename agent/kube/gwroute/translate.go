@@ -44,6 +44,9 @@ type Route struct {
 	// route.BackendRef entries of rules, for resolution.
 	backends []*route.BackendRef
 	refs     []gwv1.BackendObjectReference
+	// mirrorRefs are each rule's RequestMirror backendRefs, in filter
+	// order; finish merges them into backends and refs.
+	mirrorRefs [][]gwv1.BackendObjectReference
 }
 
 // Key names a route in Translation.Status: "HTTPRoute/namespace/name".
@@ -259,14 +262,19 @@ func FromHTTPRoute(hr *gwv1.HTTPRoute) *Route {
 		for _, m := range rule.Matches {
 			out.Matches = append(out.Matches, httpMatch(m))
 		}
+		var mirrors []gwv1.BackendObjectReference
 		for fi, f := range rule.Filters {
 			mf, err := httpFilter(f)
 			if err != "" {
 				refuse("%s.filters[%d]: %s", where, fi, err)
 				continue
 			}
+			if mf.RequestMirror != nil {
+				mirrors = append(mirrors, f.RequestMirror.BackendRef)
+			}
 			out.Filters = append(out.Filters, mf)
 		}
+		r.mirrorRefs = append(r.mirrorRefs, mirrors)
 		if t := rule.Timeouts; t != nil {
 			out.Timeouts = &route.HTTPRouteTimeouts{}
 			var err error
@@ -310,10 +318,16 @@ func FromGRPCRoute(gr *gwv1.GRPCRoute) *Route {
 		for _, m := range rule.Matches {
 			out.Matches = append(out.Matches, grpcMatch(m))
 		}
+		var mirrors []gwv1.BackendObjectReference
 		for fi, f := range rule.Filters {
 			var mf route.HTTPRouteFilter
 			var err string
 			switch f.Type {
+			case gwv1.GRPCRouteFilterRequestMirror:
+				mf, err = httpFilter(gwv1.HTTPRouteFilter{Type: gwv1.HTTPRouteFilterRequestMirror, RequestMirror: f.RequestMirror})
+				if err == "" {
+					mirrors = append(mirrors, f.RequestMirror.BackendRef)
+				}
 			case gwv1.GRPCRouteFilterRequestHeaderModifier:
 				mf, err = httpFilter(gwv1.HTTPRouteFilter{Type: gwv1.HTTPRouteFilterRequestHeaderModifier, RequestHeaderModifier: f.RequestHeaderModifier})
 			case gwv1.GRPCRouteFilterResponseHeaderModifier:
@@ -327,6 +341,7 @@ func FromGRPCRoute(gr *gwv1.GRPCRoute) *Route {
 			}
 			out.Filters = append(out.Filters, mf)
 		}
+		r.mirrorRefs = append(r.mirrorRefs, mirrors)
 		refs := make([]backendRef, len(rule.BackendRefs))
 		for bi, b := range rule.BackendRefs {
 			refs[bi] = backendRef{b.BackendRef, len(b.Filters) > 0}
@@ -373,14 +388,29 @@ func (r *Route) addRule(out route.HTTPRouteRule, where string, sessionPersistenc
 	r.rules = append(r.rules, out)
 }
 
-// finish points backends at the rules' BackendRef entries (in the order
-// refs were collected) and checks the result.
+// finish points backends at the rules' BackendRef entries, each rule's
+// backendRefs then its mirrors' (refs reordered to match), and checks
+// the result.
 func (r *Route) finish() {
+	refs := make([]gwv1.BackendObjectReference, 0, len(r.refs))
+	next := 0
 	for ri := range r.rules {
-		for bi := range r.rules[ri].Backends {
-			r.backends = append(r.backends, &r.rules[ri].Backends[bi])
+		rule := &r.rules[ri]
+		for bi := range rule.Backends {
+			r.backends = append(r.backends, &rule.Backends[bi])
+			refs = append(refs, r.refs[next])
+			next++
+		}
+		mi := 0
+		for fi := range rule.Filters {
+			if m := rule.Filters[fi].RequestMirror; m != nil {
+				r.backends = append(r.backends, &m.BackendRef)
+				refs = append(refs, r.mirrorRefs[ri][mi])
+				mi++
+			}
 		}
 	}
+	r.refs = refs
 	r.check()
 }
 
@@ -510,6 +540,15 @@ func httpFilter(f gwv1.HTTPRouteFilter) (route.HTTPRouteFilter, string) {
 			rw.Hostname = string(*f.URLRewrite.Hostname)
 		}
 		out.URLRewrite = rw
+	case gwv1.HTTPRouteFilterRequestMirror:
+		m := f.RequestMirror
+		if m == nil {
+			return out, "requestMirror is missing"
+		}
+		out.RequestMirror = &route.RequestMirror{Percent: m.Percent}
+		if fr := m.Fraction; fr != nil {
+			out.RequestMirror.Fraction = &route.Fraction{Numerator: fr.Numerator, Denominator: fr.Denominator}
+		}
 	case gwv1.HTTPRouteFilterRequestRedirect:
 		rd := f.RequestRedirect
 		if rd == nil {
@@ -536,10 +575,7 @@ func httpFilter(f gwv1.HTTPRouteFilter) (route.HTTPRouteFilter, string) {
 }
 
 func unsupportedFilter(typ string) string {
-	if typ == string(gwv1.HTTPRouteFilterRequestMirror) {
-		return "filter RequestMirror is not supported by weir (its engine cannot copy requests yet); remove the filter to have the route accepted"
-	}
-	return fmt.Sprintf("filter %s is not supported by weir (supported: RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect)", typ)
+	return fmt.Sprintf("filter %s is not supported by weir (supported: RequestHeaderModifier, ResponseHeaderModifier, URLRewrite, RequestRedirect, RequestMirror)", typ)
 }
 
 func headerModifier(h *gwv1.HTTPHeaderFilter) *route.HeaderModifier {

@@ -98,18 +98,48 @@ func TestTranslateHTTPRoute(t *testing.T) {
 		t.Errorf("ResolvedRefs %+v", c)
 	}
 
-	// Refusals: a mirror, a cross-namespace backend, a missing parent.
+	// Mirrors are accepted, their backends resolved like backendRefs (a
+	// missing one is unresolved and named in ResolvedRefs); refusals: a
+	// cross-namespace backend, a missing parent.
 	mirror := hr.DeepCopy()
 	mirror.Name = "mirror"
 	mirror.Spec.Rules[1].Filters = []gwv1.HTTPRouteFilter{{Type: gwv1.HTTPRouteFilterRequestMirror,
-		RequestMirror: &gwv1.HTTPRequestMirrorFilter{BackendRef: gwv1.BackendObjectReference{Name: "v2"}}}}
+		RequestMirror: &gwv1.HTTPRequestMirrorFilter{BackendRef: backend("v2", 8080, 1).BackendObjectReference,
+			Fraction: &gwv1.Fraction{Numerator: 1, Denominator: ptr(int32(4))}}}}
+	mirror.Spec.Rules[0].Filters = append(mirror.Spec.Rules[0].Filters, gwv1.HTTPRouteFilter{Type: gwv1.HTTPRouteFilterRequestMirror,
+		RequestMirror: &gwv1.HTTPRequestMirrorFilter{BackendRef: backend("ghost", 8080, 1).BackendObjectReference, Percent: ptr(int32(50))}})
+	mirror.Spec.Rules[1].BackendRefs = mirror.Spec.Rules[1].BackendRefs[:2]
 	other := hr.DeepCopy()
 	other.Name = "other"
 	other.Spec.Rules[1].BackendRefs[0].Namespace = ptr(gwv1.Namespace("elsewhere"))
 	other.Spec.ParentRefs = append(other.Spec.ParentRefs, serviceParentRef("nope", 0))
 	tr = Translate([]*Route{FromHTTPRoute(mirror), FromHTTPRoute(other)}, svcOf, known)
-	if c := condition(tr.Status["HTTPRoute/ns/mirror"][0], gwv1.RouteConditionAccepted); c.Status != metav1.ConditionFalse || c.Reason != "UnsupportedValue" || !strings.Contains(c.Message, "RequestMirror") {
+	ms := tr.Status["HTTPRoute/ns/mirror"][0]
+	if c := condition(ms, gwv1.RouteConditionAccepted); c.Status != metav1.ConditionTrue {
 		t.Errorf("mirror: Accepted %+v", c)
+	}
+	if c := condition(ms, gwv1.RouteConditionResolvedRefs); c.Status != metav1.ConditionFalse || c.Reason != "BackendNotFound" || !strings.Contains(c.Message, "ns/ghost does not exist") {
+		t.Errorf("mirror: ResolvedRefs %+v, want the missing mirror backend named", c)
+	}
+	found := false
+	for _, rt := range tr.Attach["ns/front:80"] {
+		if rt.Name != "httproute/ns/mirror" {
+			continue
+		}
+		found = true
+		m0, m1 := rt.Rules[0].Filters[1].RequestMirror, rt.Rules[1].Filters[0].RequestMirror
+		if m0 == nil || m0.BackendRef.Unresolved != "BackendNotFound" || *m0.Percent != 50 {
+			t.Errorf("mirror to ghost: %+v, want unresolved, 50 %%", m0)
+		}
+		if m1 == nil || m1.BackendRef.Service != "ns/v2:8080" || m1.Fraction.Numerator != 1 || *m1.Fraction.Denominator != 4 {
+			t.Errorf("mirror to v2: %+v, want ns/v2:8080 at 1/4", m1)
+		}
+		if b := rt.Rules[1].Backends; len(b) != 2 || b[0].Service != "ns/v1:8080" || b[1].Service != "ns/v2:8080" {
+			t.Errorf("mirror route backends %+v: resolution mixed mirrors and backendRefs up", b)
+		}
+	}
+	if !found {
+		t.Error("the mirror route is not attached to ns/front:80")
 	}
 	o := tr.Status["HTTPRoute/ns/other"]
 	if c := condition(o[0], gwv1.RouteConditionResolvedRefs); c.Reason != "RefNotPermitted" {
@@ -118,8 +148,8 @@ func TestTranslateHTTPRoute(t *testing.T) {
 	if c := condition(o[1], gwv1.RouteConditionAccepted); c.Reason != "NoMatchingParent" || !strings.Contains(c.Message, "ns/nope does not exist") {
 		t.Errorf("missing parent: Accepted %+v", c)
 	}
-	if len(tr.Attach["ns/front:80"]) != 1 {
-		t.Errorf("front:80 got %d routes, want only the accepted one", len(tr.Attach["ns/front:80"]))
+	if len(tr.Attach["ns/front:80"]) != 2 {
+		t.Errorf("front:80 got %d routes, want the two accepted ones", len(tr.Attach["ns/front:80"]))
 	}
 	// The header modifier the engine refuses is refused here, not in Build.
 	bad := hr.DeepCopy()

@@ -521,6 +521,9 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		s.wb = append(s.wb, inline...)
 		inline = nil
 	}
+	if d.Action != nil && d.Action.Mirrors != nil {
+		s.mirror(d.Action, inline, streamed)
+	}
 
 	replayable := q.idempotent && !streamed
 	var policy *route.RetryPolicy

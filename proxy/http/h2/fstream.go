@@ -62,10 +62,12 @@ type fstream struct {
 	idempotent bool
 	outFields  []hpack.HeaderField // the upstream request head, without grpc-timeout
 	lastErr    error               // the latest connect failure
-	gen        int                 // attempt generation: goroutines and timers of older ones see it moved on
-	dlTimer    *time.Timer
-	tryTimer   *time.Timer
-	waitTimer  *time.Timer
+	// mirrorPending: the rule mirrors and the copy waits for the body's end.
+	mirrorPending bool
+	gen           int // attempt generation: goroutines and timers of older ones see it moved on
+	dlTimer       *time.Timer
+	tryTimer      *time.Timer
+	waitTimer     *time.Timer
 
 	// The current attempt's upstream stream.
 	u                       *uconn
@@ -295,6 +297,9 @@ func (s *fstream) forward(b *batch, d l7.Decision) {
 		s.dlTimer = time.AfterFunc(left, s.deadlinePassed)
 	}
 	s.outFields = s.outbound(d.Action)
+	if d.Action != nil && d.Action.Mirrors != nil {
+		s.mirrorWhenWhole()
+	}
 	s.attempt(b, false)
 }
 
@@ -591,6 +596,9 @@ func (s *fstream) requestData(b *batch, f *http2.DataFrame, n int64) {
 	if s.replayable && s.bodyTotal > int64(s.d.opt.MaxReplayBytes) {
 		s.replayable = false
 	}
+	if s.mirrorPending && s.reqEnded {
+		s.mirrorWhenWhole()
+	}
 	s.sendUp(b)
 }
 
@@ -617,6 +625,9 @@ func (s *fstream) requestTrailers(b *batch, f *http2.MetaHeadersFrame) {
 	s.hasReqTrailers = true
 	if s.done {
 		return
+	}
+	if s.mirrorPending {
+		s.mirrorWhenWhole()
 	}
 	s.sendUp(b)
 }
