@@ -70,6 +70,12 @@ func TestXDSIstiod(t *testing.T) {
 			vip := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80)
 			get := func() (string, error) {
 				body, err := client.Get(url(vip))
+				if err != nil && strings.Contains(err.Error(), "unreachable") {
+					// A connect that left the pod uncaptured: say whether a
+					// stale conntrack entry was why (conntrack_test.go).
+					stale, lerr := unansweredTo(client.Path, vip)
+					err = fmt.Errorf("%w (unanswered conntrack entries to %s in the client pod: %v %v)", err, vip, stale, lerr)
+				}
 				return strings.TrimSpace(body), err
 			}
 			// dump is what the agent holds from xDS, for failure messages.

@@ -40,6 +40,8 @@ type Handle struct {
 	f    *os.File
 	id   ID
 	path string
+
+	unanswered unanswered // conntrack.go
 }
 
 var (
@@ -348,6 +350,9 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 		runtime.UnlockOSThread()
 	}
 	if err != nil {
+		if !answeredOrRefused(err) {
+			h.forgetUnanswered(addr)
+		}
 		return nil, fmt.Errorf("connect %s in netns %s: %w", addr, h.path, err)
 	}
 	return c.(*net.TCPConn), nil
