@@ -34,13 +34,16 @@ import (
 
 // Agent is one node's daemon. Create it with New, run it with Run.
 type Agent struct {
-	cfg    Config
-	log    *slog.Logger
-	pods   *registry
-	routes *route.Table
-	engine *proxy.Engine
-	reg    *prometheus.Registry
-	ready  atomic.Bool
+	cfg  Config
+	log  *slog.Logger
+	pods *registry
+	// deleted remembers the namespaces of recent CNI DELs, which discovery
+	// must not take for pods added while the agent was away (deleted.go).
+	deleted deletedPods
+	routes  *route.Table
+	engine  *proxy.Engine
+	reg     *prometheus.Registry
+	ready   atomic.Bool
 	// backend is where pods' rules go (an iptables flavour or nftables),
 	// chosen once at start when the config says auto (autoBackend).
 	backend     string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -343,6 +344,11 @@ func (a *Agent) discover(ctx context.Context) {
 			if !notExist(err) {
 				a.log.Warn("discovery: namespace refused", "pod", kp.namespace+"/"+kp.name, "err", err)
 			}
+			continue
+		}
+		if a.deleted.has(id, kp.uid, time.Now()) {
+			// Its CNI DEL came a moment ago: the rest of the chain is
+			// tearing the namespace down, not a pod added while we were away.
 			continue
 		}
 		var cidrs []string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/redirect"
@@ -220,6 +221,7 @@ func (a *Agent) del(r delReq) (api.DelResponse, error) {
 		}
 	}
 	a.release(p, "cni del")
+	a.deleted.add(p.nsID, p.meta.UID, time.Now())
 	return api.DelResponse{Known: true, RulesRemoved: held && sameNetns}, nil
 }
 

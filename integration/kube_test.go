@@ -286,6 +286,29 @@ func kubeRestartReconciles(t *testing.T, mode string) {
 	}
 }
 
+// weir-cni's DEL comes first in the chain's DEL, while the pod's namespace
+// still holds its address and the pod object is still enabled: reconciles
+// in that window must not take the namespace for a pod added while the
+// agent was away and capture it again.
+func TestKubeDelNotRediscovered(t *testing.T) {
+	k := newKubeNode(t, false)
+	ns := k.namespace(t, true)
+	p := k.mustPod(t, ns, "leaving", nil)
+	eventually(t, 5*time.Second, "pod captured", func() bool { return k.captured(t, p) })
+	if err := k.DelWeirOnly(p); err != nil {
+		t.Fatalf("weir-cni DEL: %v", err)
+	}
+	// reconcileInterval is 1s: several reconciles, each with the pod
+	// object enabled and its address in a namespace on this node.
+	time.Sleep(3500 * time.Millisecond)
+	if n := k.agent.Metric(t, "weir_pods_captured"); n != 0 {
+		t.Fatalf("after weir-cni's DEL the agent captures %v pods, want 0: the leaving pod was rediscovered", n)
+	}
+	if installed, err := redirect.Installed(p.Path); err != nil || installed {
+		t.Fatalf("the leaving pod's namespace holds weir rules again (installed=%v err=%v)", installed, err)
+	}
+}
+
 // Must show 4 (issue 5): with the agent down, a pod of an unlabelled
 // namespace still starts; one of a labelled namespace does not.
 func TestKubeAgentDownOnlyBlocksEnabled(t *testing.T) {

@@ -271,6 +271,30 @@ func (n *Node) Del(p *Pod) error {
 	return n.Do(func() error { return n.cni.DelNetworkList(ctx, list, p.Runtime()) })
 }
 
+// DelWeirOnly runs DEL through libcni for weir-cni alone, as the first
+// step of the chain's DEL (chained DELs run in reverse order): the main
+// plugin's DEL, which removes the interface and its address, has not run
+// yet.
+func (n *Node) DelWeirOnly(p *Pod) error {
+	var full map[string]any
+	if err := json.Unmarshal(n.Conflist(), &full); err != nil {
+		return err
+	}
+	plugins := full["plugins"].([]any)
+	full["plugins"] = plugins[len(plugins)-1:]
+	b, err := json.Marshal(full)
+	if err != nil {
+		return err
+	}
+	list, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Do(func() error { return n.cni.DelNetworkList(ctx, list, p.Runtime()) })
+}
+
 // Check runs CHECK for the pod through libcni.
 func (n *Node) Check(p *Pod) error {
 	list, err := n.netList()
