@@ -13,6 +13,7 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	heartbeats *prometheus.CounterVec
+	retries    *prometheus.CounterVec
 
 	mu      sync.Mutex
 	methods map[methodKey]bool // label sets in use, bounded by maxMethods
@@ -39,7 +40,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_rpc_requests_total",
-			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status, or \"error\" for an answer the agent made).",
+			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status; \"timeout\" for a request past its route's timeout, \"error\" for another answer the agent made, \"sent\" for a one-way request).",
 		}, []string{"protocol", "service", "method", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "weir_rpc_request_duration_seconds",
@@ -50,9 +51,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "weir_rpc_heartbeats_total",
 			Help: "Heartbeats the agent answered itself, by protocol and side (client: a downstream application's; server: an upstream endpoint's).",
 		}, []string{"protocol", "side"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_rpc_retries_total",
+			Help: "RPC requests sent again to another endpoint, by protocol, weir service and reason (connect-failure, reset, busy).",
+		}, []string{"protocol", "service", "reason"}),
 		methods: map[methodKey]bool{},
 	}
-	reg.MustRegister(m.requests, m.duration, m.heartbeats)
+	reg.MustRegister(m.requests, m.duration, m.heartbeats, m.retries)
 	return m
 }
 
@@ -96,4 +101,12 @@ func (m *Metrics) heartbeat(protocol string, from Side) {
 		side = "server"
 	}
 	m.heartbeats.WithLabelValues(protocol, side).Inc()
+}
+
+// retry counts one request sent again.
+func (m *Metrics) retry(protocol, service, reason string) {
+	if m == nil {
+		return
+	}
+	m.retries.WithLabelValues(protocol, service, reason).Inc()
 }

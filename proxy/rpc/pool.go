@@ -37,6 +37,11 @@ type PoolOptions struct {
 // stopped answering within PoolOptions.ResponseTimeout.
 var ErrResponseTimeout = fmt.Errorf("rpc: no response within the response timeout: %w", context.DeadlineExceeded)
 
+// ErrRequestTimeout answers a request that had no answer within its
+// route's timeout (Policy.Timeout). It wraps ErrResponseTimeout, so codecs
+// answer both with their protocol's timeout status.
+var ErrRequestTimeout = fmt.Errorf("rpc: no answer within the route's timeout: %w", ErrResponseTimeout)
+
 func (o PoolOptions) withDefaults() PoolOptions {
 	if o.ConnsPerEndpoint <= 0 {
 		o.ConnsPerEndpoint = 1
@@ -191,10 +196,11 @@ func (p *Pool) drop(uc *upConn) {
 	}
 }
 
-// pending is one request on an upstream connection.
+// pending is one request on its way: balanced, sent, awaiting its
+// answer, or being retried.
 type pending struct {
 	req    Frame
-	downID uint64
+	downID uint64 // the client's id, put back in the response
 	lease  *cluster.Lease
 	slot   *slot
 	p      *Protocol
@@ -202,21 +208,95 @@ type pending struct {
 	start  time.Time
 	method []byte
 	up     *Upstream
+	// for retries
+	s         *session
+	c         *cluster.Cluster
+	key       uint64
+	pol       *Policy
+	retryable bool
+	retries   int // counted retries made (reset, busy)
+	// deadline is when the request times out (zero: never); hidx its
+	// place in its connection's deadline heap (-1: not in it); expired,
+	// once it was answered with the timeout error: its late answer is
+	// dropped. Under the connection's mu.
+	deadline time.Time
+	hidx     int
+	expired  bool
+}
+
+// errBusy is the outcome recorded on an endpoint that said it was busy.
+var errBusy = errors.New("rpc: upstream busy")
+
+// again moves pd to another endpoint after a failure of kind on, which
+// its lease already recorded (or which needs no record: a failed dial):
+// when the policy retries it, within the route's attempts (counted), the
+// request's deadline and the cluster's retry budget. It reports whether
+// pd now holds a new lease.
+func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
+	if !pd.retryable || pd.pol.On&on == 0 || pd.s.ctx.Err() != nil {
+		return false
+	}
+	if counted && pd.retries >= pd.pol.Attempts {
+		return false
+	}
+	if !pd.deadline.IsZero() && !time.Now().Before(pd.deadline) {
+		return false
+	}
+	next, err := pd.c.Pick(pd.key, pd.lease)
+	if err != nil {
+		return false
+	}
+	if counted {
+		pd.retries++
+	}
+	reason := reasonConnect
+	switch on {
+	case RetryReset:
+		reason = reasonReset
+	case RetryBusy:
+		reason = reasonBusy
+	}
+	pd.s.log.Debug("rpc: retrying a request on another endpoint", "protocol", pd.p.Name(), "reason", reason, "from", pd.lease.Endpoint(), "to", next.Endpoint(), "err", cause)
+	pd.up.Metrics.retry(pd.p.Name(), pd.up.Service, reason)
+	pd.lease = next
+	pd.hidx, pd.expired = -1, false
+	return true
 }
 
 // finish answers the request with resp (a response frame) or, when err
-// is set, with the protocol's error reply, and ends the lease.
+// is set, with the protocol's error reply, and ends the lease. A request
+// whose connection broke, or whose server was busy, goes to another
+// endpoint instead when its policy allows.
 func (pd *pending) finish(resp Frame, err error) {
+	if pd.slot != nil && pd.lease != nil {
+		switch {
+		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
+			pd.lease.Done(err)
+			if pd.again(RetryReset, true, err) {
+				go pd.s.dispatch(pd)
+				return
+			}
+		case err == nil && pd.pol.On&RetryBusy != 0 && pd.p.busy(resp):
+			pd.lease.Done(errBusy)
+			if pd.again(RetryBusy, true, errBusy) {
+				go pd.s.dispatch(pd)
+				return
+			}
+		}
+	}
 	if errors.Is(err, errPoolClosed) {
 		pd.lease.Release() // the agent's doing, not the endpoint's
 	} else {
 		pd.lease.Done(err)
 	}
 	status := "error"
-	if err == nil && resp != nil {
+	switch {
+	case err == nil && resp != nil:
 		status = pd.p.status(resp)
-	} else if err == nil {
+	case err == nil:
 		status = "sent" // oneway
+	case errors.Is(err, ErrRequestTimeout):
+		status = "timeout"
 	}
 	pd.up.Metrics.request(pd.p.Name(), pd.up.Service, pd.method, status, pd.start)
 	if pd.slot == nil {
@@ -232,6 +312,22 @@ func (pd *pending) finish(resp Frame, err error) {
 		b = resp.Bytes()
 	}
 	pd.slot.complete(b, err)
+}
+
+// unsent answers a request its connection died before sending, or sends
+// it to another endpoint when its policy allows.
+func (pd *pending) unsent(err error) {
+	if !errors.Is(err, errPoolClosed) && pd.again(RetryConnect, false, err) {
+		go pd.s.dispatch(pd)
+		return
+	}
+	pd.finish(nil, err)
+}
+
+// broke reports whether err is a connection's end that says nothing of
+// whether the request ran (not the agent's pool closing, not a timeout).
+func broke(err error) bool {
+	return !errors.Is(err, errPoolClosed) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // upConn is one shared upstream connection: one goroutine writes the
@@ -255,6 +351,11 @@ type upConn struct {
 	nextID uint64
 	err    error // set once: the connection is dead
 	stop   chan struct{}
+	// requests with a deadline, and the timer that expires them, set to
+	// fire at timerAt (zero: not set)
+	dl      deadlines
+	timer   *time.Timer
+	timerAt time.Time
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -309,7 +410,7 @@ func (uc *upConn) writeLoop() {
 		uc.wmu.Unlock()
 		if err != nil {
 			uc.inflight.Add(-1)
-			pd.finish(nil, err)
+			pd.unsent(err)
 		}
 	}
 }
@@ -354,7 +455,6 @@ func (uc *upConn) write(pd *pending, flush bool) error {
 				break
 			}
 		}
-		pd.downID = pd.req.ID()
 		pd.req.SetID(uc.nextID)
 		uc.byID[uc.nextID] = pd
 		if len(uc.byID) == 1 {
@@ -365,6 +465,9 @@ func (uc *upConn) write(pd *pending, flush bool) error {
 		if len(uc.fifo) == 1 {
 			uc.arm()
 		}
+	}
+	if !oneway && !pd.deadline.IsZero() {
+		uc.schedule(pd)
 	}
 	uc.mu.Unlock()
 	_, err := uc.bw.Write(pd.req.Bytes())
@@ -387,7 +490,7 @@ func (uc *upConn) drainSend() {
 		select {
 		case pd := <-uc.send:
 			uc.inflight.Add(-1)
-			pd.finish(nil, uc.err)
+			pd.unsent(uc.err)
 		default:
 			return
 		}
@@ -484,12 +587,22 @@ func (uc *upConn) deliver(f Frame) error {
 	}
 	if pd != nil {
 		uc.arm() // progress: the clock starts again for the rest
+		if pd.hidx >= 0 {
+			uc.dl.remove(pd)
+		}
 	}
 	uc.mu.Unlock()
 	if pd == nil {
 		return errUnsolicited
 	}
 	left := uc.inflight.Add(-1)
+	if pd.expired {
+		// Answered with the timeout already: the late answer is dropped.
+		if left == 0 && uc.goingAway.Load() {
+			return errGoneAway
+		}
+		return nil
+	}
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
@@ -515,12 +628,150 @@ func (uc *upConn) fail(err error) {
 		waiting = append(waiting, pd)
 	}
 	uc.byID = nil
+	uc.dl = nil
+	if uc.timer != nil {
+		uc.timer.Stop()
+	}
 	close(uc.stop)
 	uc.mu.Unlock()
 	uc.pool.drop(uc)
 	uc.c.Close()
 	for _, pd := range waiting {
 		uc.inflight.Add(-1)
-		pd.finish(nil, err)
+		if !pd.expired { // else already answered
+			pd.finish(nil, err)
+		}
 	}
+}
+
+// schedule puts pd in the deadline heap and makes sure the timer fires
+// by its deadline. The timer may fire early (a request answered in time
+// leaves it set): expire then only sets it again. Called with mu held.
+func (uc *upConn) schedule(pd *pending) {
+	uc.dl.push(pd)
+	if !uc.timerAt.IsZero() && !pd.deadline.Before(uc.timerAt) {
+		return
+	}
+	uc.timerAt = pd.deadline
+	d := time.Until(pd.deadline)
+	if uc.timer == nil {
+		uc.timer = time.AfterFunc(d, uc.expire)
+	} else {
+		uc.timer.Reset(d)
+	}
+}
+
+// expire answers the requests past their deadline with ErrRequestTimeout,
+// leaving the connection and every other request on it alone. With ids,
+// an expired request keeps its id (the late answer is recognised and
+// dropped) until the pool's ResponseTimeout later; without, it keeps its
+// place in the response order until its answer comes.
+func (uc *upConn) expire() {
+	uc.mu.Lock()
+	uc.timerAt = time.Time{}
+	if uc.err != nil {
+		uc.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	grace := uc.pool.opt.ResponseTimeout
+	if grace <= 0 {
+		grace = time.Minute
+	}
+	var due []*pending
+	forgot := 0
+	for len(uc.dl) > 0 && !uc.dl[0].deadline.After(now) {
+		pd := uc.dl.pop()
+		if pd.expired {
+			// Its answer never came: the id may be used again.
+			delete(uc.byID, pd.req.ID())
+			forgot++
+			continue
+		}
+		pd.expired = true
+		due = append(due, pd)
+		if uc.byID != nil {
+			pd.deadline = now.Add(grace)
+			uc.dl.push(pd)
+		}
+	}
+	if forgot > 0 {
+		uc.arm()
+	}
+	if len(uc.dl) > 0 {
+		uc.timerAt = uc.dl[0].deadline
+		uc.timer.Reset(time.Until(uc.timerAt))
+	}
+	uc.mu.Unlock()
+	left := uc.inflight.Add(int64(-forgot))
+	for _, pd := range due {
+		pd.finish(nil, ErrRequestTimeout)
+	}
+	if forgot > 0 && left == 0 && uc.goingAway.Load() {
+		uc.fail(errGoneAway)
+	}
+}
+
+// deadlines is a min-heap of requests by deadline; each knows its index.
+type deadlines []*pending
+
+func (h *deadlines) push(pd *pending) {
+	pd.hidx = len(*h)
+	*h = append(*h, pd)
+	h.up(pd.hidx)
+}
+
+func (h *deadlines) pop() *pending {
+	pd := (*h)[0]
+	h.remove(pd)
+	return pd
+}
+
+func (h *deadlines) remove(pd *pending) {
+	q := *h
+	i, last := pd.hidx, len(q)-1
+	if i != last {
+		q[i] = q[last]
+		q[i].hidx = i
+	}
+	q[last] = nil
+	*h = q[:last]
+	pd.hidx = -1
+	if i != last {
+		h.down(i)
+		h.up(i)
+	}
+}
+
+func (h deadlines) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].deadline.Before(h[p].deadline) {
+			return
+		}
+		h.swap(i, p)
+		i = p
+	}
+}
+
+func (h deadlines) down(i int) {
+	for {
+		l, m := 2*i+1, i
+		if l < len(h) && h[l].deadline.Before(h[m].deadline) {
+			m = l
+		}
+		if r := l + 1; r < len(h) && h[r].deadline.Before(h[m].deadline) {
+			m = r
+		}
+		if m == i {
+			return
+		}
+		h.swap(i, m)
+		i = m
+	}
+}
+
+func (h deadlines) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].hidx, h[j].hidx = i, j
 }

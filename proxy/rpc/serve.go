@@ -21,8 +21,12 @@ type Upstream struct {
 	// answers each with an error reply.
 	Cluster *cluster.Cluster
 	// Route, when set, picks the cluster of each request (attribute
-	// routes); nil from it answers the request with ErrNoCluster.
-	Route func(req Frame) *cluster.Cluster
+	// routes) and its policy (nil: Policy); a nil cluster answers the
+	// request with ErrNoCluster.
+	Route func(req Frame) (*cluster.Cluster, *Policy)
+	// Policy is the timeout and retries of requests Route gives none;
+	// nil: DefaultPolicy.
+	Policy *Policy
 	// Answer, when set, makes the bytes sent back for a response to req
 	// (RocketMQ's route replies are rewritten to the service address);
 	// nil sends the response as read.
@@ -263,55 +267,87 @@ func (s *session) key(f Frame) uint64 {
 
 // forward balances one request and queues it on a shared upstream
 // connection. A request that cannot be sent is answered with the
-// protocol's error reply. Nothing is retried on another endpoint: for a
-// key-routed store that would write the key to the wrong shard.
+// protocol's error reply; one never sent moves to another endpoint when
+// its policy allows (never a keyed or one-way request: see
+// Protocol.retryable).
 func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
 		sl = s.newSlot()
 		s.register(sl)
 	}
-	start := time.Now()
-	var method []byte
+	pd := &pending{req: f, slot: sl, p: s.p, start: time.Now(), up: s.up, s: s, pol: s.up.Policy, hidx: -1}
 	if s.up.Metrics != nil {
-		method = f.Attr("method")
-	}
-	fail := func(err error) {
-		s.up.Metrics.request(s.p.Name(), s.up.Service, method, "error", start)
-		if sl != nil {
-			sl.complete(s.p.errorReply(f, err), err)
-		}
+		pd.method = f.Attr("method")
 	}
 	c := s.up.Cluster
 	if s.up.Route != nil {
-		c = s.up.Route(f)
+		var pol *Policy
+		if c, pol = s.up.Route(f); pol != nil {
+			pd.pol = pol
+		}
+	}
+	if pd.pol == nil {
+		pd.pol = DefaultPolicy
 	}
 	if c == nil {
-		fail(ErrNoCluster)
+		pd.finish(nil, ErrNoCluster)
 		return
 	}
-	lease, err := c.Pick(s.key(f), nil)
+	if s.p.IDWidth() > 0 {
+		pd.downID = f.ID()
+	}
+	if pd.pol.Timeout > 0 {
+		pd.deadline = pd.start.Add(pd.pol.Timeout)
+	}
+	pd.c, pd.key = c, s.key(f)
+	pd.retryable = pd.pol.On != 0 && s.p.retryable(f)
+	lease, err := c.Pick(pd.key, nil)
 	if err != nil {
-		fail(err)
+		pd.finish(nil, err)
 		return
 	}
-	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
-	pd := &pending{req: f, lease: lease, slot: sl, p: s.p, start: start, method: method, up: s.up}
-	// A connection that died before taking the request never sent it:
-	// try the endpoint once more on a fresh one.
-	for range 2 {
-		uc, err := s.pool.get(lease, dial)
-		if err != nil {
-			lease.Release() // a failed dial is already counted
-			fail(err)
+	pd.lease = lease
+	s.dispatch(pd)
+}
+
+// dispatch sends pd on a shared connection to its lease's endpoint. A
+// request never sent (the connect failed, or the connection died before
+// taking it) goes to another endpoint when its policy allows, else it is
+// answered with the error.
+func (s *session) dispatch(pd *pending) {
+	for {
+		err := s.send(pd)
+		if err == nil {
 			return
+		}
+		if !errors.Is(err, errPoolClosed) && pd.again(RetryConnect, false, err) {
+			continue
+		}
+		// A failed dial is already counted on the endpoint: no outcome.
+		pd.lease.Release()
+		pd.finish(nil, err)
+		return
+	}
+}
+
+// send queues pd on a connection to its lease's endpoint. A connection
+// that died before taking the request never sent it: the endpoint is
+// tried once more on a fresh one.
+func (s *session) send(pd *pending) error {
+	lease := pd.lease
+	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
+	var err error
+	for range 2 {
+		var uc *upConn
+		if uc, err = s.pool.get(lease, dial); err != nil {
+			return err
 		}
 		if err = uc.enqueue(pd); err == nil {
-			return
+			return nil
 		}
 	}
-	lease.Release()
-	fail(errGoneAway)
+	return err
 }
 
 // writeLoop sends answers in request order (or, with ready, in the order
