@@ -222,6 +222,20 @@ func (p *Protocol) busy(resp Frame) bool {
 	return p.busier != nil && p.busier.Busy(resp)
 }
 
+// withID returns reply (a frame the codec made) with its id set to id;
+// reply as it is if it does not decode.
+func (p *Protocol) withID(reply []byte, id uint64) []byte {
+	if len(reply) == 0 {
+		return reply
+	}
+	f, n, err := p.Decode(reply, Server, p.maxFrame)
+	if err != nil || n != len(reply) {
+		return reply
+	}
+	f.SetID(id)
+	return f.Bytes()
+}
+
 // MaxFrame is the protocol's frame bound.
 func (p *Protocol) MaxFrame() int { return p.maxFrame }
 

@@ -58,8 +58,10 @@ func TestRequestTimeout(t *testing.T) {
 	m, reg := newMetrics()
 	addr, _, pool := toyProxyWith(t, &rpc.Policy{Timeout: 150 * time.Millisecond}, m, a)
 	c, r := toyClient(t, addr)
-	batch := toyBytes(kReq, 1, "slow")
-	for i := uint32(2); i <= 6; i++ {
+	// Client ids unlike the upstream ones (1, 2, …): the timeout reply
+	// must carry the client's.
+	batch := toyBytes(kReq, 1001, "slow")
+	for i := uint32(1002); i <= 1006; i++ {
 		batch = append(batch, toyBytes(kReq, i, "fast")...)
 	}
 	c.Write(batch)
@@ -70,9 +72,9 @@ func TestRequestTimeout(t *testing.T) {
 		switch {
 		case kind != kResp:
 			t.Fatalf("answer %d: kind %d", i, kind)
-		case i < 5 && (id == 1 || p != "a:fast"):
+		case i < 5 && (id == 1001 || id < 1002 || id > 1006 || p != "a:fast"):
 			t.Fatalf("answer %d: id %d %q, want a fast call's", i, id, p)
-		case i == 5 && (id != 1 || !strings.Contains(p, "route's timeout")):
+		case i == 5 && (id != 1001 || !strings.Contains(p, "route's timeout")):
 			t.Fatalf("answer %d: id %d %q, want the slow call's timeout", i, id, p)
 		}
 	}

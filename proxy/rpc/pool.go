@@ -111,10 +111,10 @@ type dialCall struct {
 
 // get returns a live connection to the lease's endpoint. While the
 // endpoint has fewer than ConnsPerEndpoint connections, made or being
-// made, it dials one (with the lease, so the cluster records the
+// made, it dials one (l.Dial with dial, so the cluster records the
 // connect); otherwise it takes the least busy, or waits for a connect in
 // progress when there is none yet.
-func (p *Pool) get(l *cluster.Lease, dial func() (*net.TCPConn, error)) (*upConn, error) {
+func (p *Pool) get(ctx context.Context, l *cluster.Lease, dial cluster.Dialer) (*upConn, error) {
 	addr := l.Endpoint()
 	p.mu.Lock()
 	if p.shut {
@@ -142,7 +142,7 @@ func (p *Pool) get(l *cluster.Lease, dial func() (*net.TCPConn, error)) (*upConn
 	p.dialing[addr] = append(ds, d)
 	p.mu.Unlock()
 
-	c, err := dial()
+	c, err := l.Dial(ctx, dial)
 	p.mu.Lock()
 	ds = p.dialing[addr]
 	for i, x := range ds {
@@ -298,7 +298,7 @@ func (pd *pending) finish(resp Frame, err error) {
 	case errors.Is(err, ErrRequestTimeout):
 		status = "timeout"
 	}
-	pd.up.Metrics.request(pd.p.Name(), pd.up.Service, pd.method, status, pd.start)
+	pd.s.mt.request(pd.method, status, pd.start)
 	if pd.slot == nil {
 		return // oneway
 	}
@@ -306,6 +306,10 @@ func (pd *pending) finish(resp Frame, err error) {
 	switch {
 	case err != nil:
 		b = pd.p.errorReply(pd.req, err)
+		if pd.p.IDWidth() > 0 && pd.req.ID() != pd.downID {
+			// Sent with the upstream id: the reply takes the client's.
+			b = pd.p.withID(b, pd.downID)
+		}
 	case pd.up.Answer != nil:
 		b = pd.up.Answer(pd.req, resp)
 	default:
@@ -339,6 +343,9 @@ type upConn struct {
 	addr     netip.AddrPort
 	send     chan *pending
 	inflight atomic.Int64
+	// queued counts the requests handed to the writer goroutine and not
+	// yet written: while any are, senders queue too (order).
+	queued atomic.Int64
 	// wmu is held while a request is registered and written to bw: by the
 	// writer goroutine, or by a sender writing inline.
 	wmu       sync.Mutex
@@ -367,16 +374,20 @@ func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 	return uc
 }
 
-// enqueue hands a request to the writer. It fails at once if the
-// connection is already dead.
-func (uc *upConn) enqueue(pd *pending) error {
+// enqueue hands a request to the writer, or writes it from the caller's
+// goroutine when it can (writeInline); flush false leaves a request
+// written inline in the buffer (more are coming: the caller flushes
+// later), and buffered reports that. It fails at once if the connection
+// is already dead.
+func (uc *upConn) enqueue(pd *pending, flush bool) (buffered bool, err error) {
 	uc.inflight.Add(1)
-	if ok, err := uc.writeInline(pd); ok {
+	if ok, err := uc.writeInline(pd, flush); ok {
 		if err != nil {
 			uc.inflight.Add(-1) // never sent: the caller may try elsewhere
 		}
-		return err
+		return !flush && err == nil, err
 	}
+	uc.queued.Add(1)
 	select {
 	case uc.send <- pd:
 		// The writer may have quit between the two cases: then nobody
@@ -386,13 +397,14 @@ func (uc *upConn) enqueue(pd *pending) error {
 			uc.drainSend()
 		default:
 		}
-		return nil
+		return false, nil
 	case <-uc.stop:
+		uc.queued.Add(-1)
 		uc.inflight.Add(-1)
 		uc.mu.Lock()
 		err := uc.err
 		uc.mu.Unlock()
-		return err
+		return false, err
 	}
 }
 
@@ -407,6 +419,7 @@ func (uc *upConn) writeLoop() {
 		}
 		uc.wmu.Lock()
 		err := uc.write(pd, len(uc.send) == 0)
+		uc.queued.Add(-1)
 		uc.wmu.Unlock()
 		if err != nil {
 			uc.inflight.Add(-1)
@@ -417,18 +430,31 @@ func (uc *upConn) writeLoop() {
 
 // writeInline sends pd from the caller's goroutine when nothing is queued
 // and no one is writing, which saves the writer goroutine a wake-up per
-// request. Only for protocols with ids: their requests may reach the
-// server in any order, while a pipelined protocol's must keep the order
-// they were queued in. ok false: the caller queues pd instead.
-func (uc *upConn) writeInline(pd *pending) (ok bool, err error) {
-	if uc.pool.p.IDWidth() == 0 || len(uc.send) > 0 || !uc.wmu.TryLock() {
+// request. Requests are registered for their answers in the order they
+// are written (both under wmu), so a pipelined protocol's answers still
+// match; and since a request is written inline only when none is queued
+// (queued counts those taken by the writer until written), requests never
+// overtake one queued before them: a client's SET then GET reach the
+// server in that order. ok false: the caller queues pd instead.
+func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
+	if uc.queued.Load() > 0 || !uc.wmu.TryLock() {
 		return false, nil
 	}
 	defer uc.wmu.Unlock()
-	if len(uc.send) > 0 {
+	if uc.queued.Load() > 0 {
 		return false, nil // queued meanwhile: keep them in order
 	}
-	return true, uc.write(pd, true)
+	return true, uc.write(pd, flush)
+}
+
+// flush sends what inline writes left in the buffer.
+func (uc *upConn) flush() {
+	uc.wmu.Lock()
+	err := uc.bw.Flush()
+	uc.wmu.Unlock()
+	if err != nil {
+		uc.fail(err)
+	}
 }
 
 // write registers pd for its answer and writes it, flushing when flush is
@@ -489,6 +515,7 @@ func (uc *upConn) drainSend() {
 	for {
 		select {
 		case pd := <-uc.send:
+			uc.queued.Add(-1)
 			uc.inflight.Add(-1)
 			pd.unsent(uc.err)
 		default:

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -116,6 +117,7 @@ type session struct {
 	p     *Protocol
 	log   *slog.Logger
 	fr    frameReader
+	mt    *serviceTable // this protocol's and service's series; nil: no metrics
 	order chan *slot
 	// ready receives completed slots when answers go out in completion
 	// order (protocols with ids); nil: in request order, through order.
@@ -125,6 +127,9 @@ type session struct {
 	// closing, that the reader is done.
 	tokens chan struct{}
 	wdone  chan struct{}
+	// unflushed: upstream connections holding requests written inline
+	// and not flushed yet (reader only)
+	unflushed []*upConn
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -143,7 +148,7 @@ type session struct {
 func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	defer down.Close()
 	s := &session{
-		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log,
+		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log, mt: up.Metrics.table(pool.p.Name(), up.Service),
 		order: make(chan *slot, maxQueued), wdone: make(chan struct{}),
 	}
 	if s.log == nil {
@@ -156,7 +161,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 		s.ready = make(chan *slot, maxQueued)
 		s.tokens = make(chan struct{}, maxQueued)
 	}
-	s.fr = frameReader{r: down, p: s.p, side: Client}
+	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
@@ -177,6 +182,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	go s.writeLoop()
 	s.readLoop()
+	s.flushUp()
 	close(s.order)
 	<-s.wdone
 	if s.pinned == nil || ctx.Err() != nil {
@@ -308,7 +314,7 @@ func (s *session) forward(f Frame) {
 		return
 	}
 	pd.lease = lease
-	s.dispatch(pd)
+	s.dispatchFlush(pd, !s.fr.ready())
 }
 
 // dispatch sends pd on a shared connection to its lease's endpoint. A
@@ -316,8 +322,16 @@ func (s *session) forward(f Frame) {
 // taking it) goes to another endpoint when its policy allows, else it is
 // answered with the error.
 func (s *session) dispatch(pd *pending) {
+	s.dispatchFlush(pd, true)
+}
+
+// dispatchFlush is dispatch with a flush hint: false when the client has
+// more requests buffered, so a request written inline may wait in the
+// upstream connection's buffer for the next ones (recorded in
+// s.unflushed, flushed before the reader blocks). Only from the reader.
+func (s *session) dispatchFlush(pd *pending, flush bool) {
 	for {
-		err := s.send(pd)
+		err := s.send(pd, flush)
 		if err == nil {
 			return
 		}
@@ -334,20 +348,32 @@ func (s *session) dispatch(pd *pending) {
 // send queues pd on a connection to its lease's endpoint. A connection
 // that died before taking the request never sent it: the endpoint is
 // tried once more on a fresh one.
-func (s *session) send(pd *pending) error {
-	lease := pd.lease
-	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
+func (s *session) send(pd *pending, flush bool) error {
 	var err error
 	for range 2 {
 		var uc *upConn
-		if uc, err = s.pool.get(lease, dial); err != nil {
+		if uc, err = s.pool.get(s.ctx, pd.lease, s.up.Dial); err != nil {
 			return err
 		}
-		if err = uc.enqueue(pd); err == nil {
+		var buffered bool
+		if buffered, err = uc.enqueue(pd, flush); err == nil {
+			if buffered && !slices.Contains(s.unflushed, uc) {
+				s.unflushed = append(s.unflushed, uc)
+			}
 			return nil
 		}
 	}
 	return err
+}
+
+// flushUp flushes the upstream connections requests were left buffered
+// on; the reader calls it before it blocks.
+func (s *session) flushUp() {
+	for i, uc := range s.unflushed {
+		uc.flush()
+		s.unflushed[i] = nil
+	}
+	s.unflushed = s.unflushed[:0]
 }
 
 // writeLoop sends answers in request order (or, with ready, in the order

@@ -207,7 +207,7 @@ func toyProxy(t *testing.T, servers ...*toyServer) (string, chan struct{}, *rpc.
 }
 
 // toyProxyWith is toyProxy with a request policy and metrics.
-func toyProxyWith(t *testing.T, pol *rpc.Policy, m *rpc.Metrics, servers ...*toyServer) (string, chan struct{}, *rpc.Pool) {
+func toyProxyWith(t testing.TB, pol *rpc.Policy, m *rpc.Metrics, servers ...*toyServer) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	var eps []cluster.Endpoint
 	for _, s := range servers {

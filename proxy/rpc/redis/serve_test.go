@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -426,5 +427,46 @@ func TestRequestTimeoutPipelined(t *testing.T) {
 	}
 	if pool.Conns(a) != 1 {
 		t.Fatalf("pooled connections: %d, a timeout must not close one", pool.Conns(a))
+	}
+}
+
+// TestPipelineOrderKept: commands pipelined by several clients over the
+// shared connection reach the server in each client's order (requests
+// written inline by one client never overtake those queued before them):
+// each client's INCRs of its own key answer 1, 2, 3, … and its GET the
+// count.
+func TestPipelineOrderKept(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for cl := range 4 {
+		wg.Go(func() {
+			c := connect(t, addr)
+			key := fmt.Sprintf("{order}%d", cl)
+			for round := range 5 {
+				var cmds [][]string
+				for range 50 {
+					cmds = append(cmds, []string{"INCR", key})
+				}
+				cmds = append(cmds, []string{"GET", key})
+				c.send(t, cmds...)
+				for i := range 50 {
+					if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
+						errs <- fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
+						return
+					}
+				}
+				if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
+					errs <- fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }
