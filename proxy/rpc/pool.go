@@ -267,7 +267,13 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 // is set, with the protocol's error reply, and ends the lease. A request
 // whose connection broke, or whose server was busy, goes to another
 // endpoint instead when its policy allows.
-func (pd *pending) finish(resp Frame, err error) {
+func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil) }
+
+// finishTo is finish that, with batch set, fills the answer's slot and
+// appends it to batch instead of waking its writer: the connection's
+// reader wakes them all once its read is used up (signalBatch), so a
+// client's writer wakes once per batch of answers, not once per answer.
+func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	if pd.slot != nil && pd.lease != nil {
 		switch {
 		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
@@ -314,6 +320,11 @@ func (pd *pending) finish(resp Frame, err error) {
 		b = pd.up.Answer(pd.req, resp)
 	default:
 		b = resp.Bytes()
+	}
+	if batch != nil {
+		pd.slot.resp, pd.slot.err = b, err
+		*batch = append(*batch, pd.slot)
+		return
 	}
 	pd.slot.complete(b, err)
 }
@@ -363,6 +374,9 @@ type upConn struct {
 	dl      deadlines
 	timer   *time.Timer
 	timerAt time.Time
+	// batch holds the answers the reader completed and has not signalled
+	// yet (reader only)
+	batch []*slot
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -539,21 +553,33 @@ func (uc *upConn) arm() {
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server}
+	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch}
 	for {
 		f, err := fr.next()
 		if err != nil {
 			if isTimeout(err) {
 				err = ErrResponseTimeout
 			}
+			uc.signalBatch()
 			uc.fail(err)
 			return
 		}
 		if err := uc.deliver(f); err != nil {
+			uc.signalBatch()
 			uc.fail(err)
 			return
 		}
 	}
+}
+
+// signalBatch wakes the writers of the answers the reader has completed
+// since it last read; called by the reader before it reads again.
+func (uc *upConn) signalBatch() {
+	for i, sl := range uc.batch {
+		sl.signal()
+		uc.batch[i] = nil
+	}
+	uc.batch = uc.batch[:0]
 }
 
 var (
@@ -633,7 +659,7 @@ func (uc *upConn) deliver(f Frame) error {
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
-	pd.finish(f, nil)
+	pd.finishTo(f, nil, &uc.batch)
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}

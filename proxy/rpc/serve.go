@@ -74,6 +74,11 @@ var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)}
 
 func (s *slot) complete(resp []byte, err error) {
 	s.resp, s.err = resp, err
+	s.signal()
+}
+
+// signal hands a filled slot to its session's writer.
+func (s *slot) signal() {
 	if s.ready != nil {
 		s.ready <- s // capacity for every slot a session can have: never blocks
 		return

@@ -121,7 +121,7 @@ type toyServer struct {
 	declined                        atomic.Int64
 	// mode "reset" closes the connection at a request, unanswered; "busy"
 	// answers every request BUSY. Otherwise a request "slow" is answered
-	// after a second.
+	// after 3 seconds.
 	mode string
 }
 
@@ -184,7 +184,7 @@ func (s *toyServer) serve(c net.Conn) {
 		case s.mode == "busy":
 			p = []byte("BUSY")
 		case string(p) == "slow":
-			delay = time.Second
+			delay = 3 * time.Second
 		}
 		go func() {
 			time.Sleep(delay)

@@ -416,12 +416,12 @@ func TestKeyedNotRetried(t *testing.T) {
 // next command gets its own reply, on the same connection.
 func TestRequestTimeoutPipelined(t *testing.T) {
 	a := startRedis(t)
-	addr, _, pool := proxyPolicy(t, rpc.PoolOptions{}, &rpc.Policy{Timeout: 200 * time.Millisecond}, a)
+	addr, _, pool := proxyPolicy(t, rpc.PoolOptions{}, &rpc.Policy{Timeout: time.Second}, a)
 	c := connect(t, addr)
-	if r := c.do(t, "DEBUG", "SLEEP", "0.6"); !strings.HasPrefix(r, "-ERR weir:") || !strings.Contains(r, "timeout") {
+	if r := c.do(t, "DEBUG", "SLEEP", "2.5"); !strings.HasPrefix(r, "-ERR weir:") || !strings.Contains(r, "timeout") {
 		t.Fatalf("DEBUG SLEEP past the timeout: %q", r)
 	}
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(2 * time.Second)
 	if r := c.do(t, "ECHO", "after"); r != "$after" {
 		t.Fatalf("after the timeout: %q (the late +OK must be dropped)", r)
 	}
