@@ -209,12 +209,11 @@ type pending struct {
 	method []byte
 	up     *Upstream
 	// for retries
-	s         *session
-	c         *cluster.Cluster
-	key       uint64
-	pol       *Policy
-	retryable bool
-	retries   int // counted retries made (reset, busy)
+	s       *session
+	c       *cluster.Cluster
+	key     uint64
+	pol     *Policy
+	retries int // counted retries made (reset, busy)
 	// deadline is when the request times out (zero: never); hidx its
 	// place in its connection's deadline heap (-1: not in it); expired,
 	// once it was answered with the timeout error: its late answer is
@@ -233,7 +232,9 @@ var errBusy = errors.New("rpc: upstream busy")
 // request's deadline and the cluster's retry budget. It reports whether
 // pd now holds a new lease.
 func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
-	if !pd.retryable || pd.pol.On&on == 0 || pd.s.ctx.Err() != nil {
+	// Whether the request may move at all is asked only now: failures
+	// are rare, and a Redis key's hash is not computed twice per command.
+	if pd.pol.On&on == 0 || pd.s.ctx.Err() != nil || !pd.p.retryable(pd.req) {
 		return false
 	}
 	if counted && pd.retries >= pd.pol.Attempts {

@@ -312,7 +312,6 @@ func (s *session) forward(f Frame) {
 		pd.deadline = pd.start.Add(pd.pol.Timeout)
 	}
 	pd.c, pd.key = c, s.key(f)
-	pd.retryable = pd.pol.On != 0 && s.p.retryable(f)
 	lease, err := c.Pick(pd.key, nil)
 	if err != nil {
 		pd.finish(nil, err)
