@@ -315,6 +315,10 @@ type Service struct {
 	// topic, group, request code, brokerName) to other services;
 	// none balances every request over this service's endpoints.
 	RPCRoutes []route.RPCRoute `json:"rpcRoutes"`
+	// RPC is the per-request timeout and retries of the service's RPC
+	// requests ({timeout, retry: {attempts, on}}) that no rpcRoute gives
+	// its own; none: no timeout, only connect failures retried.
+	RPC *route.RPCPolicy `json:"rpc"`
 }
 
 // Sniffing configures protocol detection on connections to services whose

@@ -46,6 +46,7 @@ func staticRoutes(cfg Config) (route.Config, error) {
 			Name: s.Name, Addresses: addrs, Cluster: cc, Endpoints: eps,
 			Protocol: proto, UpstreamProtocol: upProto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RateLimit: s.RateLimit,
 			RPCRoutes: s.RPCRoutes,
+			RPC:       s.RPC,
 		})
 	}
 	return rc, nil

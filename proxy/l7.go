@@ -194,13 +194,14 @@ func (e *Engine) serveRPC(c net.Conn, accepted *net.TCPConn, w *Workload, r rout
 	up := &rpc.Upstream{
 		Cluster: r.Cluster, Key: sourceKey(accepted), Draining: e.draining, Log: e.Log,
 		Dial: e.podDialer(w), Service: r.Service, Metrics: e.RPCMetrics, Answer: answer,
+		Policy: r.RPCPolicy,
 	}
 	if rt := r.RPC; rt != nil {
-		up.Route = func(f rpc.Frame) *cluster.Cluster {
+		up.Route = func(f rpc.Frame) (*cluster.Cluster, *rpc.Policy) {
 			if a := rt.Match(f); a != nil {
-				return a.Backend()
+				return a.Backend(), a.RPC
 			}
-			return r.Cluster
+			return r.Cluster, r.RPCPolicy
 		}
 	}
 	rpc.Serve(e.ctx, c, up, pool)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rpc"
 )
 
 // What to do with destinations no route matches (Config.Unknown) and with
@@ -73,6 +74,12 @@ type Service struct {
 	// RPCRoutes route the requests of a dubbo or bolt service by their
 	// attributes; none sends every request to the service's own cluster.
 	RPCRoutes []RPCRoute `json:"rpcRoutes,omitempty"`
+	// RPC is the per-request timeout and retries of the requests of an
+	// RPC service (protocol dubbo, bolt, rocketmq, redis, or a sniffed
+	// Dubbo connection) that no rpcRoute gives its own; nil: no timeout
+	// beyond the agent's stalled-connection bound, and only requests
+	// never sent are retried.
+	RPC *RPCPolicy `json:"rpc,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or
@@ -327,7 +334,7 @@ func (s *Snapshot) compileL7(cfg Config, prev *Snapshot) []error {
 			errs = append(errs, fmt.Errorf("services[%d] (%s): %w", i, svc.Name, err))
 			continue
 		}
-		if svc.RateLimit == nil && len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 {
+		if svc.RateLimit == nil && len(svc.HTTPRoutes) == 0 && len(svc.TLSRoutes) == 0 && len(svc.RPCRoutes) == 0 && svc.RPC == nil {
 			// Most services: no message to prepare for errors that cannot
 			// happen (this runs for every service on every build).
 			*r = Route{Cluster: r.Cluster, Protocol: svc.Protocol, UpstreamProtocol: svc.UpstreamProtocol, Service: svc.Name}
@@ -382,11 +389,18 @@ func (s *Snapshot) compileRoute(i int32, svc *Service, prev *Snapshot) (Route, [
 		}
 		r.TLS = t
 	}
+	if svc.RPC != nil {
+		if !svc.Protocol.RPC() && svc.Protocol != Redis && svc.Protocol != Auto {
+			errs = append(errs, fmt.Errorf("%s has rpc but protocol %q (rpc needs dubbo, bolt, rocketmq, redis or auto)", where, svc.Protocol))
+		}
+		bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+		r.RPCPolicy = compileRPCPolicy(svc.RPC, rpc.DefaultPolicy, bad, where+".rpc")
+	}
 	if len(svc.RPCRoutes) > 0 {
 		if !svc.Protocol.RPC() {
 			errs = append(errs, fmt.Errorf("%s has rpcRoutes but protocol %q (rpcRoutes need dubbo, bolt or rocketmq)", where, svc.Protocol))
 		}
-		t, err := compileRPC(svc.RPCRoutes, clusterOf, where)
+		t, err := compileRPC(svc.RPCRoutes, r.RPCPolicy, clusterOf, where)
 		if err != nil {
 			errs = append(errs, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/weir-mesh/weir/proxy/rpc"
 	"math/rand/v2"
 	"regexp"
 	"slices"
@@ -363,6 +364,9 @@ type Action struct {
 	Fault *FaultPolicy
 	// Mirrors copy the rule's requests to other services; none: no copy.
 	Mirrors []*Mirror
+	// RPC is an rpcRoute's per-request timeout and retries (with the
+	// service's defaults); nil: rpc.DefaultPolicy.
+	RPC *rpc.Policy
 
 	backends []weightedCluster
 	total    uint64

@@ -19,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rpc"
 )
 
 // Route is what Lookup decides for one destination.
@@ -48,6 +49,10 @@ type Route struct {
 	// RPC routes each request of a Dubbo or SOFABolt connection by its
 	// attributes; nil sends every request to Cluster.
 	RPC *RPCRouter
+	// RPCPolicy is the service's per-request timeout and retries for RPC
+	// requests no route gives its own (services[].rpc); nil:
+	// rpc.DefaultPolicy.
+	RPCPolicy *rpc.Policy
 }
 
 // Refused reports whether the route says to refuse the connection.

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rpc"
 )
 
 // RPCRoute sends the requests of an RPC service (protocol dubbo or bolt)
@@ -19,6 +20,74 @@ type RPCRoute struct {
 	// matches every request.
 	Matches  []RPCMatch   `json:"matches,omitempty"`
 	Backends []BackendRef `json:"backendRefs,omitempty"`
+	// RPCPolicy (timeout, retry) bounds and retries the route's
+	// requests; a field left out takes the service's (services[].rpc).
+	RPCPolicy
+}
+
+// RPCPolicy is the per-request timeout and retry policy of RPC requests,
+// on a service (services[].rpc) or an rpcRoute.
+type RPCPolicy struct {
+	// Timeout bounds each request from its arrival to its answer: past it
+	// the client gets the protocol's timeout error, the late answer is
+	// dropped, and the upstream connection and its other requests go on.
+	// 0: none (the agent still closes an upstream connection that
+	// answers nothing for a minute or more).
+	Timeout cluster.Duration `json:"timeout,omitempty"`
+	// Retry says which failed requests go to another endpoint; nil: only
+	// requests never sent (connect failures).
+	Retry *RPCRetry `json:"retry,omitempty"`
+}
+
+// RPCRetry retries failed RPC requests on another endpoint (cluster.Pick,
+// within the cluster's retry.maxRetries and retry budget). One-way
+// requests, Redis commands with a key and RocketMQ requests naming their
+// broker are never retried.
+type RPCRetry struct {
+	// Attempts is the most retries of one request after it was sent
+	// (reset, busy); nil: 1, 0: none. Connect failures are bounded by the
+	// cluster's retry.maxRetries only.
+	Attempts *int `json:"attempts,omitempty"`
+	// On lists the failures retried: connect-failure (never sent),
+	// reset (the connection broke before an answer: the call may have
+	// run, so only for idempotent services), busy (the server refused
+	// the call as too busy); none: connect-failure and busy.
+	On []string `json:"on,omitempty"`
+}
+
+// compileRPCPolicy checks p and returns it over def (a field p leaves
+// out takes def's); errors name fields under where.
+func compileRPCPolicy(p *RPCPolicy, def *rpc.Policy, bad func(string, ...any), where string) *rpc.Policy {
+	if def == nil {
+		def = rpc.DefaultPolicy
+	}
+	out := *def
+	if p.Timeout < 0 {
+		bad("%s.timeout %s is negative", where, p.Timeout)
+	} else if p.Timeout > 0 {
+		out.Timeout = p.Timeout.D()
+	}
+	if r := p.Retry; r != nil {
+		out.Attempts = 1
+		if r.Attempts != nil {
+			out.Attempts = *r.Attempts
+			if out.Attempts < 0 || out.Attempts > 10 {
+				bad("%s.retry.attempts %d is not in 0..10", where, out.Attempts)
+			}
+		}
+		out.On = rpc.RetryConnect | rpc.RetryBusy
+		if len(r.On) > 0 {
+			out.On = 0
+			for i, name := range r.On {
+				on, err := rpc.ParseRetryOn(name)
+				if err != nil {
+					bad("%s.retry.on[%d]: %v", where, i, err)
+				}
+				out.On |= on
+			}
+		}
+	}
+	return &out
 }
 
 // RPCMatch matches a request's attributes exactly; an empty field
@@ -151,7 +220,7 @@ func (l *rpcLevel) sortLeaves() {
 	}
 }
 
-func compileRPC(routes []RPCRoute, clusterOf func(string) *cluster.Cluster, where string) (*RPCRouter, error) {
+func compileRPC(routes []RPCRoute, def *rpc.Policy, clusterOf func(string) *cluster.Cluster, where string) (*RPCRouter, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	t := &RPCRouter{}
@@ -162,7 +231,10 @@ func compileRPC(routes []RPCRoute, clusterOf func(string) *cluster.Cluster, wher
 		if name == "" {
 			name = fmt.Sprintf("rpcRoute%d", ri)
 		}
-		a := &Action{Route: name}
+		a := &Action{Route: name, RPC: def}
+		if rt.Timeout != 0 || rt.Retry != nil {
+			a.RPC = compileRPCPolicy(&rt.RPCPolicy, def, bad, rw)
+		}
 		if len(rt.Backends) == 0 {
 			bad("%s has no backendRefs", rw)
 		}

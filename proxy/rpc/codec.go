@@ -125,6 +125,19 @@ type (
 	ServerRequester interface {
 		ServerRequestReply(req Frame) []byte
 	}
+	// Busier recognises a response saying the server was too busy to run
+	// the call (it did not run it), which a route may retry elsewhere
+	// (RetryBusy).
+	Busier interface {
+		Busy(resp Frame) bool
+	}
+	// Retrier vetoes retries of requests that must reach one endpoint
+	// and no other (a RocketMQ request naming its broker). Requests the
+	// Keyer gives a key are never retried either: another endpoint would
+	// be another shard.
+	Retrier interface {
+		Retryable(req Frame) bool
+	}
 )
 
 // Protocol is a registered codec with its optional capabilities resolved.
@@ -137,6 +150,8 @@ type Protocol struct {
 	pinner      Pinner
 	statuser    Statuser
 	serverReqs  ServerRequester
+	busier      Busier
+	retrier     Retrier
 	maxFrame    int
 }
 
@@ -163,6 +178,8 @@ func Register(c Codec, maxFrame int) *Protocol {
 	p.pinner, _ = c.(Pinner)
 	p.statuser, _ = c.(Statuser)
 	p.serverReqs, _ = c.(ServerRequester)
+	p.busier, _ = c.(Busier)
+	p.retrier, _ = c.(Retrier)
 	if _, dup := registry.LoadOrStore(c.Name(), p); dup {
 		panic("rpc: protocol " + c.Name() + " registered twice")
 	}
@@ -183,6 +200,40 @@ func (p *Protocol) status(resp Frame) string {
 		return "ok"
 	}
 	return p.statuser.Status(resp)
+}
+
+// retryable reports whether req may go to another endpoint than the one
+// first picked: not one-way, not keyed to one shard, not pinned to one
+// endpoint by the codec.
+func (p *Protocol) retryable(req Frame) bool {
+	if req.Kind() == Oneway {
+		return false
+	}
+	if p.keyer != nil {
+		if _, keyed := p.keyer.BalanceKey(req); keyed {
+			return false
+		}
+	}
+	return p.retrier == nil || p.retrier.Retryable(req)
+}
+
+// busy reports whether resp says the server was too busy to run the call.
+func (p *Protocol) busy(resp Frame) bool {
+	return p.busier != nil && p.busier.Busy(resp)
+}
+
+// withID returns reply (a frame the codec made) with its id set to id;
+// reply as it is if it does not decode.
+func (p *Protocol) withID(reply []byte, id uint64) []byte {
+	if len(reply) == 0 {
+		return reply
+	}
+	f, n, err := p.Decode(reply, Server, p.maxFrame)
+	if err != nil || n != len(reply) {
+		return reply
+	}
+	f.SetID(id)
+	return f.Bytes()
 }
 
 // MaxFrame is the protocol's frame bound.

@@ -46,7 +46,20 @@
 // protocol, service, method and status; a latency histogram; heartbeats
 // answered) are counted when Upstream.Metrics is set.
 //
-// Not yet: per-request deadlines (PoolOptions.ResponseTimeout bounds a
-// stalled upstream connection), retries (a Redis key must not go to
-// another shard).
+// Timeouts and retries (Policy, per route or per service, from
+// Upstream.Route or Upstream.Policy): a request past its Timeout is
+// answered with the Hijacker's timeout error (ErrRequestTimeout) by a
+// timer per upstream connection over a heap of deadlines; the connection
+// and its other requests go on, and the late answer is recognised (by id,
+// or by its place in the order) and dropped. PoolOptions.ResponseTimeout
+// still closes a connection that answers nothing at all. A failed request
+// goes to another endpoint through cluster.Pick with the failed attempt's
+// lease (so the outlier, breaker and retry budget state is HTTP's) when
+// the policy lists the failure: RetryConnect (never sent; on by default),
+// RetryReset (the connection broke before an answer), RetryBusy (the
+// Busier's "server busy" answer), within Policy.Attempts and the deadline.
+// One-way requests, requests the Keyer keys (a Redis key lives on one
+// shard) and those the Retrier vetoes (a RocketMQ request naming its
+// broker) are never retried. Retries are counted in
+// weir_rpc_retries_total{reason}, timeouts as status "timeout".
 package rpc

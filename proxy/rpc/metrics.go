@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"strings"
 	"sync"
 	"time"
 
@@ -13,20 +14,34 @@ type Metrics struct {
 	requests   *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	heartbeats *prometheus.CounterVec
+	retries    *prometheus.CounterVec
 
 	mu      sync.Mutex
-	methods map[methodKey]bool // label sets in use, bounded by maxMethods
-	// counters and durations cache the series already made, so a request
-	// costs a map probe, not a label hash.
-	counters  sync.Map // counterKey -> prometheus.Counter
-	durations sync.Map // protocol -> prometheus.Observer
+	methods int // label sets in use, bounded by maxMethods
+	tables  map[tableKey]*serviceTable
 }
 
-type methodKey struct{ protocol, service, method string }
+type tableKey struct{ protocol, service string }
 
-type counterKey struct {
-	methodKey
-	status string
+// serviceTable holds the series of one protocol and service, so that a
+// session finds them once and a request costs one map probe by its
+// method's bytes (no allocation), not a label hash.
+type serviceTable struct {
+	m                 *Metrics
+	protocol, service string
+	duration          prometheus.Observer
+	mu                sync.RWMutex
+	methods           map[string]*methodCounters // by the method's bytes
+	other             *methodCounters            // past maxMethods
+}
+
+// methodCounters are one method's request counters: "ok" apart, as it is
+// nearly every request.
+type methodCounters struct {
+	ok       prometheus.Counter
+	method   string
+	mu       sync.Mutex
+	statuses map[string]prometheus.Counter
 }
 
 // maxMethods bounds the distinct (protocol, service, method) label sets:
@@ -39,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_rpc_requests_total",
-			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status, or \"error\" for an answer the agent made).",
+			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status; \"timeout\" for a request past its route's timeout, \"error\" for another answer the agent made, \"sent\" for a one-way request).",
 		}, []string{"protocol", "service", "method", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "weir_rpc_request_duration_seconds",
@@ -50,40 +65,97 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "weir_rpc_heartbeats_total",
 			Help: "Heartbeats the agent answered itself, by protocol and side (client: a downstream application's; server: an upstream endpoint's).",
 		}, []string{"protocol", "side"}),
-		methods: map[methodKey]bool{},
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "weir_rpc_retries_total",
+			Help: "RPC requests sent again to another endpoint, by protocol, weir service and reason (connect-failure, reset, busy).",
+		}, []string{"protocol", "service", "reason"}),
+		tables: map[tableKey]*serviceTable{},
 	}
-	reg.MustRegister(m.requests, m.duration, m.heartbeats)
+	reg.MustRegister(m.requests, m.duration, m.heartbeats, m.retries)
 	return m
 }
 
-// request counts one answered request.
-func (m *Metrics) request(protocol, service string, method []byte, status string, start time.Time) {
+// table returns the series of one protocol and service; nil from a nil
+// *Metrics.
+func (m *Metrics) table(protocol, service string) *serviceTable {
 	if m == nil {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := tableKey{protocol, service}
+	t := m.tables[k]
+	if t == nil {
+		t = &serviceTable{m: m, protocol: protocol, service: service,
+			duration: m.duration.WithLabelValues(protocol), methods: map[string]*methodCounters{}}
+		m.tables[k] = t
+	}
+	return t
+}
+
+// request counts one answered request.
+func (t *serviceTable) request(method []byte, status string, start time.Time) {
+	if t == nil {
 		return
 	}
-	k := counterKey{methodKey{protocol, service, string(method)}, status}
-	if k.method == "" {
-		k.method = "none"
+	t.mu.RLock()
+	mc := t.methods[string(method)]
+	t.mu.RUnlock()
+	if mc == nil {
+		mc = t.newMethod(method)
 	}
-	c, ok := m.counters.Load(k)
-	if !ok {
-		m.mu.Lock()
-		if !m.methods[k.methodKey] {
-			if len(m.methods) < maxMethods {
-				m.methods[k.methodKey] = true
-			} else {
-				k.method = "other"
-			}
+	if status == "ok" {
+		mc.ok.Inc()
+	} else {
+		mc.status(t, status).Inc()
+	}
+	t.duration.Observe(time.Since(start).Seconds())
+}
+
+// newMethod makes the counters of a method not seen yet, or returns
+// the shared "other" ones past maxMethods.
+func (t *serviceTable) newMethod(method []byte) *methodCounters {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if mc := t.methods[string(method)]; mc != nil {
+		return mc
+	}
+	t.m.mu.Lock()
+	full := t.m.methods >= maxMethods
+	if !full {
+		t.m.methods++
+	}
+	t.m.mu.Unlock()
+	if full {
+		if t.other == nil {
+			t.other = &methodCounters{ok: t.m.requests.WithLabelValues(t.protocol, t.service, "other", "ok"), method: "other"}
 		}
-		m.mu.Unlock()
-		c, _ = m.counters.LoadOrStore(k, m.requests.WithLabelValues(protocol, service, k.method, status))
+		return t.other
 	}
-	c.(prometheus.Counter).Inc()
-	d, ok := m.durations.Load(protocol)
-	if !ok {
-		d, _ = m.durations.LoadOrStore(protocol, m.duration.WithLabelValues(protocol))
+	// A method name is the client's bytes: Prometheus panics on a label
+	// that is not UTF-8.
+	label := strings.ToValidUTF8(string(method), "\uFFFD")
+	if label == "" {
+		label = "none"
 	}
-	d.(prometheus.Observer).Observe(time.Since(start).Seconds())
+	mc := &methodCounters{ok: t.m.requests.WithLabelValues(t.protocol, t.service, label, "ok"), method: label}
+	t.methods[string(method)] = mc
+	return mc
+}
+
+// status returns the counter of a status other than "ok".
+func (mc *methodCounters) status(t *serviceTable, status string) prometheus.Counter {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	c := mc.statuses[status]
+	if c == nil {
+		if mc.statuses == nil {
+			mc.statuses = map[string]prometheus.Counter{}
+		}
+		c = t.m.requests.WithLabelValues(t.protocol, t.service, mc.method, status)
+		mc.statuses[status] = c
+	}
+	return c
 }
 
 // heartbeat counts one heartbeat answered locally.
@@ -96,4 +168,12 @@ func (m *Metrics) heartbeat(protocol string, from Side) {
 		side = "server"
 	}
 	m.heartbeats.WithLabelValues(protocol, side).Inc()
+}
+
+// retry counts one request sent again.
+func (m *Metrics) retry(protocol, service, reason string) {
+	if m == nil {
+		return
+	}
+	m.retries.WithLabelValues(protocol, service, reason).Inc()
 }

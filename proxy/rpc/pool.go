@@ -37,6 +37,11 @@ type PoolOptions struct {
 // stopped answering within PoolOptions.ResponseTimeout.
 var ErrResponseTimeout = fmt.Errorf("rpc: no response within the response timeout: %w", context.DeadlineExceeded)
 
+// ErrRequestTimeout answers a request that had no answer within its
+// route's timeout (Policy.Timeout). It wraps ErrResponseTimeout, so codecs
+// answer both with their protocol's timeout status.
+var ErrRequestTimeout = fmt.Errorf("rpc: no answer within the route's timeout: %w", ErrResponseTimeout)
+
 func (o PoolOptions) withDefaults() PoolOptions {
 	if o.ConnsPerEndpoint <= 0 {
 		o.ConnsPerEndpoint = 1
@@ -106,10 +111,10 @@ type dialCall struct {
 
 // get returns a live connection to the lease's endpoint. While the
 // endpoint has fewer than ConnsPerEndpoint connections, made or being
-// made, it dials one (with the lease, so the cluster records the
+// made, it dials one (l.Dial with dial, so the cluster records the
 // connect); otherwise it takes the least busy, or waits for a connect in
 // progress when there is none yet.
-func (p *Pool) get(l *cluster.Lease, dial func() (*net.TCPConn, error)) (*upConn, error) {
+func (p *Pool) get(ctx context.Context, l *cluster.Lease, dial cluster.Dialer) (*upConn, error) {
 	addr := l.Endpoint()
 	p.mu.Lock()
 	if p.shut {
@@ -137,7 +142,7 @@ func (p *Pool) get(l *cluster.Lease, dial func() (*net.TCPConn, error)) (*upConn
 	p.dialing[addr] = append(ds, d)
 	p.mu.Unlock()
 
-	c, err := dial()
+	c, err := l.Dial(ctx, dial)
 	p.mu.Lock()
 	ds = p.dialing[addr]
 	for i, x := range ds {
@@ -191,10 +196,11 @@ func (p *Pool) drop(uc *upConn) {
 	}
 }
 
-// pending is one request on an upstream connection.
+// pending is one request on its way: balanced, sent, awaiting its
+// answer, or being retried.
 type pending struct {
 	req    Frame
-	downID uint64
+	downID uint64 // the client's id, put back in the response
 	lease  *cluster.Lease
 	slot   *slot
 	p      *Protocol
@@ -202,23 +208,104 @@ type pending struct {
 	start  time.Time
 	method []byte
 	up     *Upstream
+	// for retries
+	s       *session
+	c       *cluster.Cluster
+	key     uint64
+	pol     *Policy
+	retries int // counted retries made (reset, busy)
+	// deadline is when the request times out (zero: never); hidx its
+	// place in its connection's deadline heap (-1: not in it); expired,
+	// once it was answered with the timeout error: its late answer is
+	// dropped. Under the connection's mu.
+	deadline time.Time
+	hidx     int
+	expired  bool
+}
+
+// errBusy is the outcome recorded on an endpoint that said it was busy.
+var errBusy = errors.New("rpc: upstream busy")
+
+// again moves pd to another endpoint after a failure of kind on, which
+// its lease already recorded (or which needs no record: a failed dial):
+// when the policy retries it, within the route's attempts (counted), the
+// request's deadline and the cluster's retry budget. It reports whether
+// pd now holds a new lease.
+func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
+	// Whether the request may move at all is asked only now: failures
+	// are rare, and a Redis key's hash is not computed twice per command.
+	if pd.pol.On&on == 0 || pd.s.ctx.Err() != nil || !pd.p.retryable(pd.req) {
+		return false
+	}
+	if counted && pd.retries >= pd.pol.Attempts {
+		return false
+	}
+	if !pd.deadline.IsZero() && !time.Now().Before(pd.deadline) {
+		return false
+	}
+	next, err := pd.c.Pick(pd.key, pd.lease)
+	if err != nil {
+		return false
+	}
+	if counted {
+		pd.retries++
+	}
+	reason := reasonConnect
+	switch on {
+	case RetryReset:
+		reason = reasonReset
+	case RetryBusy:
+		reason = reasonBusy
+	}
+	pd.s.log.Debug("rpc: retrying a request on another endpoint", "protocol", pd.p.Name(), "reason", reason, "from", pd.lease.Endpoint(), "to", next.Endpoint(), "err", cause)
+	pd.up.Metrics.retry(pd.p.Name(), pd.up.Service, reason)
+	pd.lease = next
+	pd.hidx, pd.expired = -1, false
+	return true
 }
 
 // finish answers the request with resp (a response frame) or, when err
-// is set, with the protocol's error reply, and ends the lease.
-func (pd *pending) finish(resp Frame, err error) {
+// is set, with the protocol's error reply, and ends the lease. A request
+// whose connection broke, or whose server was busy, goes to another
+// endpoint instead when its policy allows.
+func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil) }
+
+// finishTo is finish that, with batch set, fills the answer's slot and
+// appends it to batch instead of waking its writer: the connection's
+// reader wakes them all once its read is used up (signalBatch), so a
+// client's writer wakes once per batch of answers, not once per answer.
+func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
+	if pd.slot != nil && pd.lease != nil {
+		switch {
+		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
+			pd.lease.Done(err)
+			if pd.again(RetryReset, true, err) {
+				go pd.s.dispatch(pd)
+				return
+			}
+		case err == nil && pd.pol.On&RetryBusy != 0 && pd.p.busy(resp):
+			pd.lease.Done(errBusy)
+			if pd.again(RetryBusy, true, errBusy) {
+				go pd.s.dispatch(pd)
+				return
+			}
+		}
+	}
 	if errors.Is(err, errPoolClosed) {
 		pd.lease.Release() // the agent's doing, not the endpoint's
 	} else {
 		pd.lease.Done(err)
 	}
 	status := "error"
-	if err == nil && resp != nil {
+	switch {
+	case err == nil && resp != nil:
 		status = pd.p.status(resp)
-	} else if err == nil {
+	case err == nil:
 		status = "sent" // oneway
+	case errors.Is(err, ErrRequestTimeout):
+		status = "timeout"
 	}
-	pd.up.Metrics.request(pd.p.Name(), pd.up.Service, pd.method, status, pd.start)
+	pd.s.mt.request(pd.method, status, pd.start)
 	if pd.slot == nil {
 		return // oneway
 	}
@@ -226,12 +313,37 @@ func (pd *pending) finish(resp Frame, err error) {
 	switch {
 	case err != nil:
 		b = pd.p.errorReply(pd.req, err)
+		if pd.p.IDWidth() > 0 && pd.req.ID() != pd.downID {
+			// Sent with the upstream id: the reply takes the client's.
+			b = pd.p.withID(b, pd.downID)
+		}
 	case pd.up.Answer != nil:
 		b = pd.up.Answer(pd.req, resp)
 	default:
 		b = resp.Bytes()
 	}
+	if batch != nil {
+		pd.slot.resp, pd.slot.err = b, err
+		*batch = append(*batch, pd.slot)
+		return
+	}
 	pd.slot.complete(b, err)
+}
+
+// unsent answers a request its connection died before sending, or sends
+// it to another endpoint when its policy allows.
+func (pd *pending) unsent(err error) {
+	if !errors.Is(err, errPoolClosed) && pd.again(RetryConnect, false, err) {
+		go pd.s.dispatch(pd)
+		return
+	}
+	pd.finish(nil, err)
+}
+
+// broke reports whether err is a connection's end that says nothing of
+// whether the request ran (not the agent's pool closing, not a timeout).
+func broke(err error) bool {
+	return !errors.Is(err, errPoolClosed) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // upConn is one shared upstream connection: one goroutine writes the
@@ -243,6 +355,9 @@ type upConn struct {
 	addr     netip.AddrPort
 	send     chan *pending
 	inflight atomic.Int64
+	// queued counts the requests handed to the writer goroutine and not
+	// yet written: while any are, senders queue too (order).
+	queued atomic.Int64
 	// wmu is held while a request is registered and written to bw: by the
 	// writer goroutine, or by a sender writing inline.
 	wmu       sync.Mutex
@@ -255,6 +370,14 @@ type upConn struct {
 	nextID uint64
 	err    error // set once: the connection is dead
 	stop   chan struct{}
+	// requests with a deadline, and the timer that expires them, set to
+	// fire at timerAt (zero: not set)
+	dl      deadlines
+	timer   *time.Timer
+	timerAt time.Time
+	// batch holds the answers the reader completed and has not signalled
+	// yet (reader only)
+	batch []*slot
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -266,16 +389,20 @@ func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 	return uc
 }
 
-// enqueue hands a request to the writer. It fails at once if the
-// connection is already dead.
-func (uc *upConn) enqueue(pd *pending) error {
+// enqueue hands a request to the writer, or writes it from the caller's
+// goroutine when it can (writeInline); flush false leaves a request
+// written inline in the buffer (more are coming: the caller flushes
+// later), and buffered reports that. It fails at once if the connection
+// is already dead.
+func (uc *upConn) enqueue(pd *pending, flush bool) (buffered bool, err error) {
 	uc.inflight.Add(1)
-	if ok, err := uc.writeInline(pd); ok {
+	if ok, err := uc.writeInline(pd, flush); ok {
 		if err != nil {
 			uc.inflight.Add(-1) // never sent: the caller may try elsewhere
 		}
-		return err
+		return !flush && err == nil, err
 	}
+	uc.queued.Add(1)
 	select {
 	case uc.send <- pd:
 		// The writer may have quit between the two cases: then nobody
@@ -285,13 +412,14 @@ func (uc *upConn) enqueue(pd *pending) error {
 			uc.drainSend()
 		default:
 		}
-		return nil
+		return false, nil
 	case <-uc.stop:
+		uc.queued.Add(-1)
 		uc.inflight.Add(-1)
 		uc.mu.Lock()
 		err := uc.err
 		uc.mu.Unlock()
-		return err
+		return false, err
 	}
 }
 
@@ -306,28 +434,42 @@ func (uc *upConn) writeLoop() {
 		}
 		uc.wmu.Lock()
 		err := uc.write(pd, len(uc.send) == 0)
+		uc.queued.Add(-1)
 		uc.wmu.Unlock()
 		if err != nil {
 			uc.inflight.Add(-1)
-			pd.finish(nil, err)
+			pd.unsent(err)
 		}
 	}
 }
 
 // writeInline sends pd from the caller's goroutine when nothing is queued
 // and no one is writing, which saves the writer goroutine a wake-up per
-// request. Only for protocols with ids: their requests may reach the
-// server in any order, while a pipelined protocol's must keep the order
-// they were queued in. ok false: the caller queues pd instead.
-func (uc *upConn) writeInline(pd *pending) (ok bool, err error) {
-	if uc.pool.p.IDWidth() == 0 || len(uc.send) > 0 || !uc.wmu.TryLock() {
+// request. Requests are registered for their answers in the order they
+// are written (both under wmu), so a pipelined protocol's answers still
+// match; and since a request is written inline only when none is queued
+// (queued counts those taken by the writer until written), requests never
+// overtake one queued before them: a client's SET then GET reach the
+// server in that order. ok false: the caller queues pd instead.
+func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
+	if uc.queued.Load() > 0 || !uc.wmu.TryLock() {
 		return false, nil
 	}
 	defer uc.wmu.Unlock()
-	if len(uc.send) > 0 {
+	if uc.queued.Load() > 0 {
 		return false, nil // queued meanwhile: keep them in order
 	}
-	return true, uc.write(pd, true)
+	return true, uc.write(pd, flush)
+}
+
+// flush sends what inline writes left in the buffer.
+func (uc *upConn) flush() {
+	uc.wmu.Lock()
+	err := uc.bw.Flush()
+	uc.wmu.Unlock()
+	if err != nil {
+		uc.fail(err)
+	}
 }
 
 // write registers pd for its answer and writes it, flushing when flush is
@@ -354,7 +496,6 @@ func (uc *upConn) write(pd *pending, flush bool) error {
 				break
 			}
 		}
-		pd.downID = pd.req.ID()
 		pd.req.SetID(uc.nextID)
 		uc.byID[uc.nextID] = pd
 		if len(uc.byID) == 1 {
@@ -365,6 +506,9 @@ func (uc *upConn) write(pd *pending, flush bool) error {
 		if len(uc.fifo) == 1 {
 			uc.arm()
 		}
+	}
+	if !oneway && !pd.deadline.IsZero() {
+		uc.schedule(pd)
 	}
 	uc.mu.Unlock()
 	_, err := uc.bw.Write(pd.req.Bytes())
@@ -386,8 +530,9 @@ func (uc *upConn) drainSend() {
 	for {
 		select {
 		case pd := <-uc.send:
+			uc.queued.Add(-1)
 			uc.inflight.Add(-1)
-			pd.finish(nil, uc.err)
+			pd.unsent(uc.err)
 		default:
 			return
 		}
@@ -409,21 +554,33 @@ func (uc *upConn) arm() {
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server}
+	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch}
 	for {
 		f, err := fr.next()
 		if err != nil {
 			if isTimeout(err) {
 				err = ErrResponseTimeout
 			}
+			uc.signalBatch()
 			uc.fail(err)
 			return
 		}
 		if err := uc.deliver(f); err != nil {
+			uc.signalBatch()
 			uc.fail(err)
 			return
 		}
 	}
+}
+
+// signalBatch wakes the writers of the answers the reader has completed
+// since it last read; called by the reader before it reads again.
+func (uc *upConn) signalBatch() {
+	for i, sl := range uc.batch {
+		sl.signal()
+		uc.batch[i] = nil
+	}
+	uc.batch = uc.batch[:0]
 }
 
 var (
@@ -484,16 +641,26 @@ func (uc *upConn) deliver(f Frame) error {
 	}
 	if pd != nil {
 		uc.arm() // progress: the clock starts again for the rest
+		if pd.hidx >= 0 {
+			uc.dl.remove(pd)
+		}
 	}
 	uc.mu.Unlock()
 	if pd == nil {
 		return errUnsolicited
 	}
 	left := uc.inflight.Add(-1)
+	if pd.expired {
+		// Answered with the timeout already: the late answer is dropped.
+		if left == 0 && uc.goingAway.Load() {
+			return errGoneAway
+		}
+		return nil
+	}
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
-	pd.finish(f, nil)
+	pd.finishTo(f, nil, &uc.batch)
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}
@@ -515,12 +682,150 @@ func (uc *upConn) fail(err error) {
 		waiting = append(waiting, pd)
 	}
 	uc.byID = nil
+	uc.dl = nil
+	if uc.timer != nil {
+		uc.timer.Stop()
+	}
 	close(uc.stop)
 	uc.mu.Unlock()
 	uc.pool.drop(uc)
 	uc.c.Close()
 	for _, pd := range waiting {
 		uc.inflight.Add(-1)
-		pd.finish(nil, err)
+		if !pd.expired { // else already answered
+			pd.finish(nil, err)
+		}
 	}
+}
+
+// schedule puts pd in the deadline heap and makes sure the timer fires
+// by its deadline. The timer may fire early (a request answered in time
+// leaves it set): expire then only sets it again. Called with mu held.
+func (uc *upConn) schedule(pd *pending) {
+	uc.dl.push(pd)
+	if !uc.timerAt.IsZero() && !pd.deadline.Before(uc.timerAt) {
+		return
+	}
+	uc.timerAt = pd.deadline
+	d := time.Until(pd.deadline)
+	if uc.timer == nil {
+		uc.timer = time.AfterFunc(d, uc.expire)
+	} else {
+		uc.timer.Reset(d)
+	}
+}
+
+// expire answers the requests past their deadline with ErrRequestTimeout,
+// leaving the connection and every other request on it alone. With ids,
+// an expired request keeps its id (the late answer is recognised and
+// dropped) until the pool's ResponseTimeout later; without, it keeps its
+// place in the response order until its answer comes.
+func (uc *upConn) expire() {
+	uc.mu.Lock()
+	uc.timerAt = time.Time{}
+	if uc.err != nil {
+		uc.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	grace := uc.pool.opt.ResponseTimeout
+	if grace <= 0 {
+		grace = time.Minute
+	}
+	var due []*pending
+	forgot := 0
+	for len(uc.dl) > 0 && !uc.dl[0].deadline.After(now) {
+		pd := uc.dl.pop()
+		if pd.expired {
+			// Its answer never came: the id may be used again.
+			delete(uc.byID, pd.req.ID())
+			forgot++
+			continue
+		}
+		pd.expired = true
+		due = append(due, pd)
+		if uc.byID != nil {
+			pd.deadline = now.Add(grace)
+			uc.dl.push(pd)
+		}
+	}
+	if forgot > 0 {
+		uc.arm()
+	}
+	if len(uc.dl) > 0 {
+		uc.timerAt = uc.dl[0].deadline
+		uc.timer.Reset(time.Until(uc.timerAt))
+	}
+	uc.mu.Unlock()
+	left := uc.inflight.Add(int64(-forgot))
+	for _, pd := range due {
+		pd.finish(nil, ErrRequestTimeout)
+	}
+	if forgot > 0 && left == 0 && uc.goingAway.Load() {
+		uc.fail(errGoneAway)
+	}
+}
+
+// deadlines is a min-heap of requests by deadline; each knows its index.
+type deadlines []*pending
+
+func (h *deadlines) push(pd *pending) {
+	pd.hidx = len(*h)
+	*h = append(*h, pd)
+	h.up(pd.hidx)
+}
+
+func (h *deadlines) pop() *pending {
+	pd := (*h)[0]
+	h.remove(pd)
+	return pd
+}
+
+func (h *deadlines) remove(pd *pending) {
+	q := *h
+	i, last := pd.hidx, len(q)-1
+	if i != last {
+		q[i] = q[last]
+		q[i].hidx = i
+	}
+	q[last] = nil
+	*h = q[:last]
+	pd.hidx = -1
+	if i != last {
+		h.down(i)
+		h.up(i)
+	}
+}
+
+func (h deadlines) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[i].deadline.Before(h[p].deadline) {
+			return
+		}
+		h.swap(i, p)
+		i = p
+	}
+}
+
+func (h deadlines) down(i int) {
+	for {
+		l, m := 2*i+1, i
+		if l < len(h) && h[l].deadline.Before(h[m].deadline) {
+			m = l
+		}
+		if r := l + 1; r < len(h) && h[r].deadline.Before(h[m].deadline) {
+			m = r
+		}
+		if m == i {
+			return
+		}
+		h.swap(i, m)
+		i = m
+	}
+}
+
+func (h deadlines) swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].hidx, h[j].hidx = i, j
 }

@@ -19,6 +19,9 @@ type frameReader struct {
 	buf        []byte
 	start, end int
 	lent       bool // a frame aliases buf
+	// idle, when set, is called before a read that may block (every
+	// buffered whole frame has been returned).
+	idle func()
 }
 
 // next returns the next frame. Errors: the reader's (io.EOF between
@@ -44,6 +47,9 @@ func (fr *frameReader) next() (Frame, error) {
 			if need > fr.p.maxFrame {
 				return nil, ErrFrameTooLarge
 			}
+		}
+		if fr.idle != nil {
+			fr.idle()
 		}
 		if err := fr.fill(need); err != nil {
 			if err == io.EOF && fr.end > fr.start {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,8 +22,12 @@ type Upstream struct {
 	// answers each with an error reply.
 	Cluster *cluster.Cluster
 	// Route, when set, picks the cluster of each request (attribute
-	// routes); nil from it answers the request with ErrNoCluster.
-	Route func(req Frame) *cluster.Cluster
+	// routes) and its policy (nil: Policy); a nil cluster answers the
+	// request with ErrNoCluster.
+	Route func(req Frame) (*cluster.Cluster, *Policy)
+	// Policy is the timeout and retries of requests Route gives none;
+	// nil: DefaultPolicy.
+	Policy *Policy
 	// Answer, when set, makes the bytes sent back for a response to req
 	// (RocketMQ's route replies are rewritten to the service address);
 	// nil sends the response as read.
@@ -69,6 +74,11 @@ var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)}
 
 func (s *slot) complete(resp []byte, err error) {
 	s.resp, s.err = resp, err
+	s.signal()
+}
+
+// signal hands a filled slot to its session's writer.
+func (s *slot) signal() {
 	if s.ready != nil {
 		s.ready <- s // capacity for every slot a session can have: never blocks
 		return
@@ -112,6 +122,7 @@ type session struct {
 	p     *Protocol
 	log   *slog.Logger
 	fr    frameReader
+	mt    *serviceTable // this protocol's and service's series; nil: no metrics
 	order chan *slot
 	// ready receives completed slots when answers go out in completion
 	// order (protocols with ids); nil: in request order, through order.
@@ -121,6 +132,9 @@ type session struct {
 	// closing, that the reader is done.
 	tokens chan struct{}
 	wdone  chan struct{}
+	// unflushed: upstream connections holding requests written inline
+	// and not flushed yet (reader only)
+	unflushed []*upConn
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -139,7 +153,7 @@ type session struct {
 func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	defer down.Close()
 	s := &session{
-		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log,
+		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log, mt: up.Metrics.table(pool.p.Name(), up.Service),
 		order: make(chan *slot, maxQueued), wdone: make(chan struct{}),
 	}
 	if s.log == nil {
@@ -152,7 +166,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 		s.ready = make(chan *slot, maxQueued)
 		s.tokens = make(chan struct{}, maxQueued)
 	}
-	s.fr = frameReader{r: down, p: s.p, side: Client}
+	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
@@ -173,6 +187,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	go s.writeLoop()
 	s.readLoop()
+	s.flushUp()
 	close(s.order)
 	<-s.wdone
 	if s.pinned == nil || ctx.Err() != nil {
@@ -263,55 +278,106 @@ func (s *session) key(f Frame) uint64 {
 
 // forward balances one request and queues it on a shared upstream
 // connection. A request that cannot be sent is answered with the
-// protocol's error reply. Nothing is retried on another endpoint: for a
-// key-routed store that would write the key to the wrong shard.
+// protocol's error reply; one never sent moves to another endpoint when
+// its policy allows (never a keyed or one-way request: see
+// Protocol.retryable).
 func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
 		sl = s.newSlot()
 		s.register(sl)
 	}
-	start := time.Now()
-	var method []byte
+	pd := &pending{req: f, slot: sl, p: s.p, start: time.Now(), up: s.up, s: s, pol: s.up.Policy, hidx: -1}
 	if s.up.Metrics != nil {
-		method = f.Attr("method")
-	}
-	fail := func(err error) {
-		s.up.Metrics.request(s.p.Name(), s.up.Service, method, "error", start)
-		if sl != nil {
-			sl.complete(s.p.errorReply(f, err), err)
-		}
+		pd.method = f.Attr("method")
 	}
 	c := s.up.Cluster
 	if s.up.Route != nil {
-		c = s.up.Route(f)
+		var pol *Policy
+		if c, pol = s.up.Route(f); pol != nil {
+			pd.pol = pol
+		}
+	}
+	if pd.pol == nil {
+		pd.pol = DefaultPolicy
 	}
 	if c == nil {
-		fail(ErrNoCluster)
+		pd.finish(nil, ErrNoCluster)
 		return
 	}
-	lease, err := c.Pick(s.key(f), nil)
+	if s.p.IDWidth() > 0 {
+		pd.downID = f.ID()
+	}
+	if pd.pol.Timeout > 0 {
+		pd.deadline = pd.start.Add(pd.pol.Timeout)
+	}
+	pd.c, pd.key = c, s.key(f)
+	lease, err := c.Pick(pd.key, nil)
 	if err != nil {
-		fail(err)
+		pd.finish(nil, err)
 		return
 	}
-	dial := func() (*net.TCPConn, error) { return lease.Dial(s.ctx, s.up.Dial) }
-	pd := &pending{req: f, lease: lease, slot: sl, p: s.p, start: start, method: method, up: s.up}
-	// A connection that died before taking the request never sent it:
-	// try the endpoint once more on a fresh one.
-	for range 2 {
-		uc, err := s.pool.get(lease, dial)
-		if err != nil {
-			lease.Release() // a failed dial is already counted
-			fail(err)
+	pd.lease = lease
+	s.dispatchFlush(pd, !s.fr.ready())
+}
+
+// dispatch sends pd on a shared connection to its lease's endpoint. A
+// request never sent (the connect failed, or the connection died before
+// taking it) goes to another endpoint when its policy allows, else it is
+// answered with the error.
+func (s *session) dispatch(pd *pending) {
+	s.dispatchFlush(pd, true)
+}
+
+// dispatchFlush is dispatch with a flush hint: false when the client has
+// more requests buffered, so a request written inline may wait in the
+// upstream connection's buffer for the next ones (recorded in
+// s.unflushed, flushed before the reader blocks). Only from the reader.
+func (s *session) dispatchFlush(pd *pending, flush bool) {
+	for {
+		err := s.send(pd, flush)
+		if err == nil {
 			return
 		}
-		if err = uc.enqueue(pd); err == nil {
-			return
+		if !errors.Is(err, errPoolClosed) && pd.again(RetryConnect, false, err) {
+			continue
+		}
+		// A failed dial is already counted on the endpoint: no outcome.
+		pd.lease.Release()
+		pd.finish(nil, err)
+		return
+	}
+}
+
+// send queues pd on a connection to its lease's endpoint. A connection
+// that died before taking the request never sent it: the endpoint is
+// tried once more on a fresh one.
+func (s *session) send(pd *pending, flush bool) error {
+	var err error
+	for range 2 {
+		var uc *upConn
+		if uc, err = s.pool.get(s.ctx, pd.lease, s.up.Dial); err != nil {
+			return err
+		}
+		var buffered bool
+		if buffered, err = uc.enqueue(pd, flush); err == nil {
+			if buffered && !slices.Contains(s.unflushed, uc) {
+				s.unflushed = append(s.unflushed, uc)
+			}
+			return nil
 		}
 	}
-	lease.Release()
-	fail(errGoneAway)
+	return err
+}
+
+// flushUp flushes the upstream connections requests were left buffered
+// on; the reader calls it before it blocks.
+func (s *session) flushUp() {
+	for i, uc := range s.unflushed {
+		uc.flush()
+		s.unflushed[i] = nil
+	}
+	s.unflushed = s.unflushed[:0]
 }
 
 // writeLoop sends answers in request order (or, with ready, in the order

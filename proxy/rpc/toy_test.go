@@ -119,14 +119,20 @@ type toyServer struct {
 	addr                            netip.AddrPort
 	conns, reqs, heartbeats, oneway atomic.Int64
 	declined                        atomic.Int64
+	// mode "reset" closes the connection at a request, unanswered; "busy"
+	// answers every request BUSY. Otherwise a request "slow" is answered
+	// after 3 seconds.
+	mode string
 }
 
-func startToy(t *testing.T, name string) *toyServer {
+func startToy(t *testing.T, name string) *toyServer { return startToyMode(t, name, "") }
+
+func startToyMode(t *testing.T, name, mode string) *toyServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &toyServer{name: name, addr: l.Addr().(*net.TCPAddr).AddrPort()}
+	s := &toyServer{name: name, addr: l.Addr().(*net.TCPAddr).AddrPort(), mode: mode}
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -172,6 +178,14 @@ func (s *toyServer) serve(c net.Conn) {
 		s.reqs.Add(1)
 		n++
 		delay := time.Duration(n*7919%5) * time.Millisecond
+		switch {
+		case s.mode == "reset":
+			return // closes with the request unanswered
+		case s.mode == "busy":
+			p = []byte("BUSY")
+		case string(p) == "slow":
+			delay = 3 * time.Second
+		}
 		go func() {
 			time.Sleep(delay)
 			mu.Lock()
@@ -188,6 +202,12 @@ func (s *toyServer) serve(c net.Conn) {
 }
 
 func toyProxy(t *testing.T, servers ...*toyServer) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
+	return toyProxyWith(t, nil, nil, servers...)
+}
+
+// toyProxyWith is toyProxy with a request policy and metrics.
+func toyProxyWith(t testing.TB, pol *rpc.Policy, m *rpc.Metrics, servers ...*toyServer) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	var eps []cluster.Endpoint
 	for _, s := range servers {
@@ -222,7 +242,7 @@ func toyProxy(t *testing.T, servers ...*toyServer) (string, chan struct{}, *rpc.
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Draining: drain}, pool)
+				rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Draining: drain, Policy: pol, Metrics: m, Service: "toy"}, pool)
 			}()
 		}
 	}()

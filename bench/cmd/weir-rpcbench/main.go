@@ -1,54 +1,98 @@
-// Command weir-rpcbench measures Dubbo through weir: a real dubbo-go
-// consumer (one connection, -parallel calls in flight) against a real
-// dubbo-go provider, directly, through weir at L4 (the service declared
-// tcp) and through weir at L7 (declared dubbo: every call framed, its id
-// rewritten and balanced on its own). It prints calls/s, the consumer's
-// p50 and p99 call latency, the agent's CPU per call, and the ratios of L7
-// to L4 and to direct, all from the same run. It needs root and the peers
-// of hack/rpc-peers.sh.
+// Command weir-rpcbench measures RPC protocols through weir, each path in
+// turn in the same run, and prints the ratios.
+//
+// Dubbo: a real dubbo-go consumer (one connection, -parallel calls in
+// flight) against a real dubbo-go provider, directly, through weir at L4
+// (the service declared tcp) and through weir at L7 (declared dubbo: every
+// call framed, its id rewritten and balanced on its own). It prints
+// calls/s, the consumer's p50 and p99 call latency, the agent's CPU per
+// call, and the ratios of L7 to L4 and to direct. It needs the peers of
+// hack/rpc-peers.sh.
+//
+// Redis: redis-benchmark (SET and GET, -redis-clients connections, each
+// with -pipeline commands in flight) against a real redis-server over the
+// same three paths (declared redis at L7); it prints commands/s, p99 and
+// the agent's CPU per command, and L7's throughput over direct's.
+//
+// It needs root.
 //
 //	go run ./bench/cmd/weir-rpcbench
-//	go run ./bench/cmd/weir-rpcbench -calls 50000 -parallel 16 -rounds 3 -mode tproxy
+//	go run ./bench/cmd/weir-rpcbench -protocols dubbo -calls 50000 -parallel 16 -rounds 3 -mode tproxy
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 
 	"github.com/weir-mesh/weir/bench"
 )
 
 func main() {
 	var o bench.RPCOptions
+	var ro bench.RedisOptions
+	protocols := flag.String("protocols", "dubbo,redis", "what to measure: dubbo, redis or both (comma-separated)")
 	flag.StringVar(&o.Mode, "mode", "redirect", "interception mode: redirect or tproxy")
-	flag.IntVar(&o.Calls, "calls", 20000, "calls per run")
-	flag.IntVar(&o.Parallel, "parallel", 8, "calls in flight (goroutines of one consumer, one connection)")
+	flag.IntVar(&o.Calls, "calls", 20000, "Dubbo calls per run")
+	flag.IntVar(&o.Parallel, "parallel", 8, "Dubbo calls in flight (goroutines of one consumer, one connection)")
 	flag.IntVar(&o.Rounds, "rounds", 2, "runs per path, the paths taking turns")
+	flag.IntVar(&ro.Requests, "redis-requests", 100000, "redis-benchmark requests per test (SET, GET) and run")
+	flag.IntVar(&ro.Clients, "redis-clients", 10, "redis-benchmark connections")
+	flag.IntVar(&ro.Pipeline, "pipeline", 16, "redis-benchmark commands in flight per connection (-P)")
 	flag.Parse()
+	ro.Mode, ro.Rounds = o.Mode, o.Rounds
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weir-rpcbench: needs root (network namespaces)")
 		os.Exit(2)
 	}
-	if o.Calls <= 0 || o.Parallel <= 0 || o.Rounds <= 0 {
-		fmt.Fprintln(os.Stderr, "weir-rpcbench: -calls, -parallel and -rounds must be positive")
+	want := strings.Split(*protocols, ",")
+	for _, p := range want {
+		if p != "dubbo" && p != "redis" {
+			fmt.Fprintf(os.Stderr, "weir-rpcbench: -protocols: %q is not dubbo or redis\n", p)
+			os.Exit(2)
+		}
+	}
+	if o.Calls <= 0 || o.Parallel <= 0 || o.Rounds <= 0 || ro.Requests <= 0 || ro.Clients <= 0 || ro.Pipeline <= 0 {
+		fmt.Fprintln(os.Stderr, "weir-rpcbench: -calls, -parallel, -rounds, -redis-requests, -redis-clients and -pipeline must be positive")
 		os.Exit(2)
 	}
-	s := bench.NewSession(os.Stderr)
-	var rs []bench.RPCResult
-	ok := s.Guard(func() { rs = bench.MeasureDubbo(s, o) })
-	s.Close()
-	if !ok {
-		os.Exit(1)
+	if slices.Contains(want, "dubbo") {
+		s := bench.NewSession(os.Stderr)
+		var rs []bench.RPCResult
+		ok := s.Guard(func() { rs = bench.MeasureDubbo(s, o) })
+		s.Close()
+		if !ok {
+			os.Exit(1)
+		}
+		fmt.Printf("Dubbo (dubbo-go v3.3.0 consumer and provider, hessian2), %d calls × %d rounds per path, %d in flight on one connection, mode %s\n\n",
+			o.Calls, o.Rounds, o.Parallel, o.Mode)
+		fmt.Printf("%-20s %10s %9s %9s %16s\n", "path", "calls/s", "p50 µs", "p99 µs", "agent CPU µs/call")
+		for _, r := range rs {
+			fmt.Printf("%-20s %10.0f %9.0f %9.0f %16.2f\n", r.Path, r.CallsPerSecond(), r.P50, r.P99, r.CPUPerCall())
+		}
+		direct, l4, l7 := rs[0], rs[1], rs[2]
+		fmt.Printf("\nL7/L4 agent CPU per call: %.2f× (goal ≤ 1.3×)\n", l7.CPUPerCall()/l4.CPUPerCall())
+		fmt.Printf("throughput: L7 %.2f× direct, L4 %.2f× direct; p99: L7 %.2f× direct, L4 %.2f× direct\n\n",
+			l7.CallsPerSecond()/direct.CallsPerSecond(), l4.CallsPerSecond()/direct.CallsPerSecond(), l7.P99/direct.P99, l4.P99/direct.P99)
 	}
-	fmt.Printf("Dubbo (dubbo-go v3.3.0 consumer and provider, hessian2), %d calls × %d rounds per path, %d in flight on one connection, mode %s\n\n",
-		o.Calls, o.Rounds, o.Parallel, o.Mode)
-	fmt.Printf("%-20s %10s %9s %9s %16s\n", "path", "calls/s", "p50 µs", "p99 µs", "agent CPU µs/call")
-	for _, r := range rs {
-		fmt.Printf("%-20s %10.0f %9.0f %9.0f %16.2f\n", r.Path, r.CallsPerSecond(), r.P50, r.P99, r.CPUPerCall())
+	if slices.Contains(want, "redis") {
+		s := bench.NewSession(os.Stderr)
+		var rs []bench.RedisResult
+		ok := s.Guard(func() { rs = bench.MeasureRedis(s, ro) })
+		s.Close()
+		if !ok {
+			os.Exit(1)
+		}
+		fmt.Printf("Redis (redis-benchmark -t set,get -P %d -c %d), %d requests per test × %d rounds per path, mode %s\n\n",
+			ro.Pipeline, ro.Clients, ro.Requests, ro.Rounds, ro.Mode)
+		fmt.Printf("%-20s %12s %9s %16s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd")
+		for _, r := range rs {
+			fmt.Printf("%-20s %12.0f %9.3f %16.2f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest())
+		}
+		direct, l4, l7 := rs[0], rs[1], rs[2]
+		fmt.Printf("\npipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f×\n",
+			l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest())
 	}
-	direct, l4, l7 := rs[0], rs[1], rs[2]
-	fmt.Printf("\nL7/L4 agent CPU per call: %.2f× (goal ≤ 1.3×)\n", l7.CPUPerCall()/l4.CPUPerCall())
-	fmt.Printf("throughput: L7 %.2f× direct, L4 %.2f× direct; p99: L7 %.2f× direct, L4 %.2f× direct\n",
-		l7.CallsPerSecond()/direct.CallsPerSecond(), l4.CallsPerSecond()/direct.CallsPerSecond(), l7.P99/direct.P99, l4.P99/direct.P99)
 }

@@ -23,7 +23,10 @@ const (
 	// StatusSuccess and the statuses the agent answers with.
 	StatusSuccess         = 0
 	StatusServerException = 2
-	StatusTimeout         = 7
+	// StatusThreadPoolBusy is SERVER_THREADPOOL_BUSY: the server refused
+	// the call without running it (Busy).
+	StatusThreadPoolBusy = 4
+	StatusTimeout        = 7
 )
 
 // layout is where the fields of one header shape are.
@@ -155,6 +158,13 @@ func (Codec) ErrorReply(req rpc.Frame, err error) []byte {
 		status = StatusTimeout
 	}
 	return response(req.(*Frame), cmdResponse, status)
+}
+
+// Busy reports a server's SERVER_THREADPOOL_BUSY: the call did not run,
+// so a route may retry it on another server.
+func (Codec) Busy(resp rpc.Frame) bool {
+	f, ok := resp.(*Frame)
+	return ok && f.l.status >= 0 && binary.BigEndian.Uint16(f.raw[f.l.status:]) == StatusThreadPoolBusy
 }
 
 // Status is a response's status for metrics: "ok" for success, else its

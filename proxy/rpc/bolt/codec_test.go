@@ -139,3 +139,18 @@ func TestFraming(t *testing.T) {
 		t.Fatalf("large: %v", err)
 	}
 }
+
+// TestBusy: SERVER_THREADPOOL_BUSY is the retryable "busy"; the agent's
+// timeout reply (status 7 for a route's timeout too) is not.
+func TestBusy(t *testing.T) {
+	for _, version := range []byte{1, 2} {
+		req := decode(t, command(version, typeRequest, cmdRequest, 8, nil, []byte{1}, false))
+		if !(Codec{}).Busy(decode(t, response(req, cmdResponse, StatusThreadPoolBusy))) {
+			t.Fatalf("v%d: status 4 is not busy", version)
+		}
+		e := decode(t, Codec{}.ErrorReply(req, rpc.ErrRequestTimeout))
+		if (Codec{}).Busy(e) || (Codec{}).Status(e) != "7" {
+			t.Fatalf("v%d: route timeout reply: busy %v, status %s", version, (Codec{}).Busy(e), (Codec{}).Status(e))
+		}
+	}
+}

@@ -27,6 +27,9 @@ const (
 	StatusOK            = 20
 	StatusServerTimeout = 31
 	StatusServerError   = 80
+	// StatusThreadPoolExhausted is SERVER_THREADPOOL_EXHAUSTED_ERROR: the
+	// provider refused the call without running it (Busy).
+	StatusThreadPoolExhausted = 100
 )
 
 // ErrNotDubbo is returned for bytes that do not start with Dubbo's magic.
@@ -139,6 +142,13 @@ func message(flags, status byte, id uint64, body []byte) []byte {
 	binary.BigEndian.PutUint64(b[4:12], id)
 	binary.BigEndian.PutUint32(b[12:16], uint32(len(body)))
 	return append(b, body...)
+}
+
+// Busy reports a provider's SERVER_THREADPOOL_EXHAUSTED_ERROR: the call
+// did not run, so a route may retry it on another provider.
+func (Codec) Busy(resp rpc.Frame) bool {
+	f, ok := resp.(*Frame)
+	return ok && f.Status() == StatusThreadPoolExhausted
 }
 
 // Status is a response's status for metrics: "ok" for 20, else the

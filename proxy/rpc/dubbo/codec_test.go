@@ -163,3 +163,21 @@ func TestLongStrings(t *testing.T) {
 		}
 	}
 }
+
+// TestBusy: SERVER_THREADPOOL_EXHAUSTED_ERROR is the retryable "busy";
+// other errors, and the agent's own timeout, are not.
+func TestBusy(t *testing.T) {
+	busy := decode(t, message(Hessian2, StatusThreadPoolExhausted, 3, appendString(nil, "pool full")), rpc.Server)
+	if !(Codec{}).Busy(busy) {
+		t.Fatal("status 100 is not busy")
+	}
+	req := decode(t, request(5, reqFlags, "s", "", "m", "", nil), rpc.Client)
+	for _, err := range []error{errors.New("x"), rpc.ErrRequestTimeout} {
+		if (Codec{}).Busy(decode(t, Codec{}.ErrorReply(req, err), rpc.Server)) {
+			t.Fatalf("the error reply for %v is busy", err)
+		}
+	}
+	if e := decode(t, Codec{}.ErrorReply(req, rpc.ErrRequestTimeout), rpc.Server); e.Status() != StatusServerTimeout {
+		t.Fatalf("route timeout status %d", e.Status())
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -73,6 +74,12 @@ func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc
 
 func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
+	return proxyPolicy(t, opt, nil, servers...)
+}
+
+// proxyPolicy is proxyWith with a request policy.
+func proxyPolicy(t *testing.T, opt rpc.PoolOptions, pol *rpc.Policy, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
 	eps := make([]cluster.Endpoint, len(servers))
 	for i, s := range servers {
 		eps[i] = cluster.Endpoint{Addr: s}
@@ -96,7 +103,7 @@ func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (st
 			if err != nil {
 				return
 			}
-			go rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Key: 1, Draining: drain}, pool)
+			go rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Key: 1, Draining: drain, Policy: pol}, pool)
 		}
 	}()
 	t.Cleanup(func() { l.Close(); <-done; cancel(); pool.Close() })
@@ -369,5 +376,97 @@ func TestResponseTimeout(t *testing.T) {
 	time.Sleep(time.Until(start.Add(1200 * time.Millisecond)))
 	if r := c.do(t, "SET", "x", "1"); r != "+OK" {
 		t.Fatal(r)
+	}
+}
+
+// TestKeyedNotRetried: a command with a key hashed to an endpoint that
+// refuses connections gets an error, never another shard; a keyless one
+// is retried on the live server.
+func TestKeyedNotRetried(t *testing.T) {
+	live := startRedis(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().(*net.TCPAddr).AddrPort()
+	l.Close()
+	addr, _, _ := proxyPolicy(t, rpc.PoolOptions{}, &rpc.Policy{Attempts: 2, On: rpc.RetryConnect | rpc.RetryReset | rpc.RetryBusy}, dead, live)
+	c := connect(t, addr)
+	failed := 0
+	for i := range 40 {
+		switch r := c.do(t, "SET", fmt.Sprintf("k%d", i), "v"); {
+		case r == "+OK":
+		case strings.HasPrefix(r, "-ERR weir:"):
+			failed++
+		default:
+			t.Fatalf("SET k%d: %q", i, r)
+		}
+	}
+	if failed == 0 || failed == 40 {
+		t.Fatalf("%d of 40 keyed commands failed: want the dead shard's share, not retried elsewhere", failed)
+	}
+	direct := connect(t, live.String())
+	if n := direct.do(t, "DBSIZE"); n != fmt.Sprintf(":%d", 40-failed) {
+		t.Fatalf("live shard holds %s keys, want %d: a keyed command went to another shard", n, 40-failed)
+	}
+}
+
+// TestRequestTimeoutPipelined: a command past its timeout gets -ERR while
+// the server is still busy with it; its late reply is dropped and the
+// next command gets its own reply, on the same connection.
+func TestRequestTimeoutPipelined(t *testing.T) {
+	a := startRedis(t)
+	addr, _, pool := proxyPolicy(t, rpc.PoolOptions{}, &rpc.Policy{Timeout: time.Second}, a)
+	c := connect(t, addr)
+	if r := c.do(t, "DEBUG", "SLEEP", "2.5"); !strings.HasPrefix(r, "-ERR weir:") || !strings.Contains(r, "timeout") {
+		t.Fatalf("DEBUG SLEEP past the timeout: %q", r)
+	}
+	time.Sleep(2 * time.Second)
+	if r := c.do(t, "ECHO", "after"); r != "$after" {
+		t.Fatalf("after the timeout: %q (the late +OK must be dropped)", r)
+	}
+	if pool.Conns(a) != 1 {
+		t.Fatalf("pooled connections: %d, a timeout must not close one", pool.Conns(a))
+	}
+}
+
+// TestPipelineOrderKept: commands pipelined by several clients over the
+// shared connection reach the server in each client's order (requests
+// written inline by one client never overtake those queued before them):
+// each client's INCRs of its own key answer 1, 2, 3, … and its GET the
+// count.
+func TestPipelineOrderKept(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for cl := range 4 {
+		wg.Go(func() {
+			c := connect(t, addr)
+			key := fmt.Sprintf("{order}%d", cl)
+			for round := range 5 {
+				var cmds [][]string
+				for range 50 {
+					cmds = append(cmds, []string{"INCR", key})
+				}
+				cmds = append(cmds, []string{"GET", key})
+				c.send(t, cmds...)
+				for i := range 50 {
+					if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
+						errs <- fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
+						return
+					}
+				}
+				if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
+					errs <- fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 }

@@ -29,9 +29,12 @@ const (
 	CodeChangeInvisibleTime  = 200053
 	CodeBatchAckMessage      = 200151
 
-	// CodeSuccess and CodeSystemError are response codes.
+	// CodeSuccess, CodeSystemError and CodeSystemBusy are response codes.
 	CodeSuccess     = 0
 	CodeSystemError = 1
+	// CodeSystemBusy is SYSTEM_BUSY: the broker refused the request
+	// without running it (Busy).
+	CodeSystemBusy = 2
 )
 
 var codeNames = map[int32]string{
@@ -262,6 +265,30 @@ func (Codec) ServerRequestReply(req rpc.Frame) []byte {
 		return nil
 	}
 	return Response(req.(*Frame).opaque, CodeNotSupported, "weir: a broker's request on a connection the agent shares among clients", nil, nil)
+}
+
+// Busy reports a broker's SYSTEM_BUSY: the request did not run, so a
+// route may retry it on another broker.
+func (Codec) Busy(resp rpc.Frame) bool {
+	f, ok := resp.(*Frame)
+	return ok && f.code == CodeSystemBusy
+}
+
+// Retryable says which requests may go to another broker than the one
+// first picked: those naming no broker, and sends, which the agent
+// balances over the writable brokers itself. A pull, offset, lock or ACK
+// names the broker that holds its queue or its message, and must reach
+// that broker or none.
+func (Codec) Retryable(req rpc.Frame) bool {
+	f, ok := req.(*Frame)
+	if !ok {
+		return false
+	}
+	switch f.code {
+	case CodeSendMessage, CodeSendMessageV2, CodeSendBatchMessage:
+		return true
+	}
+	return f.Attr(AttrBrokerName) == nil
 }
 
 // Status is a response's code for metrics: "ok" for success, else its

@@ -240,3 +240,31 @@ func TestBodyBrokerName(t *testing.T) {
 		}
 	}
 }
+
+// TestBusyAndRetryable: SYSTEM_BUSY is the retryable "busy"; a request
+// naming its broker may not move to another, a send or a request naming
+// none may.
+func TestBusyAndRetryable(t *testing.T) {
+	if !(Codec{}).Busy(decode(t, Response(3, CodeSystemBusy, "busy", nil, nil))) {
+		t.Fatal("SYSTEM_BUSY is not busy")
+	}
+	if (Codec{}).Busy(decode(t, Response(3, CodeSystemError, "x", nil, nil))) {
+		t.Fatal("SYSTEM_ERROR is busy")
+	}
+	for _, tc := range []struct {
+		code int32
+		ext  map[string]string
+		want bool
+	}{
+		{CodePullMessage, map[string]string{"topic": "t", "bname": "broker-a"}, false},
+		{CodeAckMessage, map[string]string{"topic": "t", "extraInfo": "0 1 2 3 4 broker-b 5 6"}, false},
+		{CodeSendMessageV2, map[string]string{"b": "t", "n": "broker-a"}, true},
+		{CodeGetRouteInfoByTopic, map[string]string{"topic": "t"}, true},
+		{CodeHeartbeat, nil, true},
+	} {
+		f := decode(t, jsonCmd(tc.code, 1, 0, tc.ext, nil))
+		if got := (Codec{}).Retryable(f); got != tc.want {
+			t.Errorf("code %d %v: retryable %v, want %v (brokerName %q)", tc.code, tc.ext, got, tc.want, f.Attr(AttrBrokerName))
+		}
+	}
+}

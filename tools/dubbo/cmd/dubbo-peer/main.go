@@ -14,6 +14,12 @@
 // own default is 16) and prints each answer on a line, or with -parallel
 // above 1 (a load generator) one line: the calls answered, the elapsed
 // seconds and the p50 and p99 call latency in µs; any failed call exits 1.
+//
+// For timeout tests, a provider started with -stall D sleeps D before
+// answering a call whose argument starts with "stall", and a consumer
+// with -stall N names every Nth call "stall<i>" (the others "call<i>");
+// with -report it prints one line per call, "ok <i> <ms> <answer>" or
+// "err <i> <ms> <error>", and goes on past failed calls (exit 0).
 package main
 
 import (
@@ -37,12 +43,16 @@ const iface = "org.weir.Greeter"
 // Greeter is one export (dubbo-go serves exported types only); dubbo-go keys providers by Reference().
 type Greeter struct {
 	ref, name, group, version string
+	stall                     time.Duration
 }
 
 func (g *Greeter) Reference() string { return g.ref }
 
 // Hello is the method consumers call.
 func (g *Greeter) Hello(ctx context.Context, who string) (string, error) {
+	if g.stall > 0 && strings.HasPrefix(who, "stall") {
+		time.Sleep(g.stall)
+	}
 	return fmt.Sprintf("%s %s/%s %s", g.name, g.group, g.version, who), nil
 }
 
@@ -82,6 +92,7 @@ func provide(args []string) error {
 	fs := flag.NewFlagSet("provide", flag.ExitOnError)
 	name := fs.String("name", "provider", "name in every answer")
 	port := fs.String("port", "20880", "dubbo port")
+	stall := fs.Duration("stall", 0, "sleep this long before answering a call whose argument starts with \"stall\"")
 	var exports list
 	fs.Var(&exports, "export", "group:version to export (repeatable; ':' is the default)")
 	fs.Parse(args)
@@ -94,7 +105,7 @@ func provide(args []string) error {
 		if !ok {
 			return fmt.Errorf("-export %q is not group:version", e)
 		}
-		g := &Greeter{ref: fmt.Sprintf("Greeter%d", i), name: *name, group: group, version: version}
+		g := &Greeter{ref: fmt.Sprintf("Greeter%d", i), name: *name, group: group, version: version, stall: *stall}
 		config.SetProviderService(g)
 		pb.AddService(g.ref, config.NewServiceConfigBuilder().
 			SetInterface(iface).SetProtocolIDs("dubbo").SetSerialization("hessian2").
@@ -122,6 +133,8 @@ func consume(args []string) error {
 	version := fs.String("version", "", "version of the reference")
 	conns := fs.Int("conns", 1, "connections to the address (dubbo-go's getty pool; its default is 16)")
 	parallel := fs.Int("parallel", 1, "goroutines making the calls")
+	stallEvery := fs.Int("stall", 0, "name every Nth call stall<i> (0: none)")
+	report := fs.Bool("report", false, "print ok|err, call number, milliseconds and answer per call; go on past failures")
 	fs.Parse(args)
 	if *url == "" {
 		return fmt.Errorf("-url is required")
@@ -162,12 +175,22 @@ func consume(args []string) error {
 				if stop {
 					return
 				}
+				arg := fmt.Sprintf("call%d", i)
+				if *stallEvery > 0 && i%*stallEvery == 0 {
+					arg = fmt.Sprintf("stall%d", i)
+				}
 				t0 := time.Now()
-				s, err := c.Hello(context.Background(), fmt.Sprintf("call%d", i))
+				s, err := c.Hello(context.Background(), arg)
 				took := time.Since(t0)
 				mu.Lock()
 				lat = append(lat, took)
-				if err != nil && ferr == nil {
+				if *report {
+					if err != nil {
+						fmt.Printf("err %d %d %s\n", i, took.Milliseconds(), strings.ReplaceAll(err.Error(), "\n", " "))
+					} else {
+						fmt.Printf("ok %d %d %s\n", i, took.Milliseconds(), s)
+					}
+				} else if err != nil && ferr == nil {
 					ferr = fmt.Errorf("call %d: %w", i, err)
 				} else if err == nil && *parallel <= 1 {
 					fmt.Println(s)
