@@ -80,8 +80,50 @@ func (h *handler) serveHTTP1(w http.ResponseWriter, r *http.Request) {
 		// The absolute form: its authority is already r.Host.
 		r.RequestURI = r.URL.RequestURI()
 	}
-	h.ServeHTTP(w, r)
+	h.ServeHTTP(&drainWriter{ResponseWriter: w, draining: h.up.Draining}, r)
 }
+
+// drainWriter adds Connection: close to an answer whose head is written
+// after a drain began. ServeHTTP1's Shutdown does that too, but from
+// another goroutine: an answer written before Shutdown got going would go
+// out keep-alive, and the client could send its next request into the
+// close.
+type drainWriter struct {
+	http.ResponseWriter
+	draining <-chan struct{}
+	final    bool // the final (non-1xx) head was written
+}
+
+func (d *drainWriter) head(code int) {
+	if d.final || code < 200 {
+		return
+	}
+	d.final = true
+	select {
+	case <-d.draining:
+		d.Header().Set("Connection", "close")
+	default:
+	}
+}
+
+func (d *drainWriter) WriteHeader(code int) {
+	d.head(code)
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *drainWriter) Write(b []byte) (int, error) {
+	d.head(http.StatusOK)
+	return d.ResponseWriter.Write(b)
+}
+
+// FlushError keeps serve's flushes working through the wrapper.
+func (d *drainWriter) FlushError() error {
+	d.head(http.StatusOK)
+	return http.NewResponseController(d.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (d *drainWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // oneConnListener hands out one connection, then blocks until closed, so
 // an http.Server serves exactly that connection.
