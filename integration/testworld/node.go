@@ -47,6 +47,8 @@ type NodeOptions struct {
 	// EBPFAccelerate turns on capture.ebpf.accelerate (off by default) in
 	// the agent's settings of an EBPF node.
 	EBPFAccelerate bool
+	// EBPFNoAccelerate turns capture.ebpf.accelerate off explicitly.
+	EBPFNoAccelerate bool
 	// Exec, when set, runs the plugins instead of libcni's default (a
 	// benchmark times weir-cni through it).
 	Exec invoke.Exec
