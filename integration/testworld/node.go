@@ -44,8 +44,8 @@ type NodeOptions struct {
 	// agent run with nsenter --net (ip netns exec's private sysfs would
 	// hide the bpffs and cgroup mounts from it).
 	EBPF bool
-	// EBPFAccelerate turns on capture.ebpf.accelerate (off by default) in
-	// the agent's settings of an EBPF node.
+	// EBPFAccelerate sets capture.ebpf.accelerate (on by default) to true
+	// explicitly in the agent's settings of an EBPF node.
 	EBPFAccelerate bool
 	// EBPFNoAccelerate turns capture.ebpf.accelerate off explicitly.
 	EBPFNoAccelerate bool
