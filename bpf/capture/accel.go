@@ -11,9 +11,11 @@ package capture
 // What a reader must know: bytes redirected into a socket sit in its
 // sockmap queue, which recvmsg reads and splice does not. An accelerated
 // socket must therefore be read with read/recvmsg, never spliced from
-// (Accelerated tells the relay which ones). A socket's first send decides
-// for its life whether it redirects (its peer may not be in the map yet);
-// see capture.c.
+// (Accelerated tells the relay which ones). A send is redirected only while
+// the peer has read everything that went through TCP (order) and its
+// sockmap queue holds less than its receive buffer (flow control: the
+// kernel itself bounds that queue only by the machine's TCP memory);
+// otherwise it takes the normal path. See peer_ready in capture.c.
 
 import (
 	"errors"

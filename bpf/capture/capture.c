@@ -23,7 +23,8 @@
 //                               the accel sockhash, keyed by their tuple
 //   sk_msg                      on the accel sockhash: what one socket of a
 //                               pair sends goes straight into its peer's
-//                               receive queue, skipping TCP/IP
+//                               receive queue, skipping TCP/IP, while the
+//                               peer keeps up (peer_ready)
 //
 // Nothing happens for a network namespace that is not enrolled (one hash
 // lookup), nor for sockets of the agent's own cgroups.
