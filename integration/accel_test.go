@@ -145,6 +145,11 @@ func TestEBPFAcceleration(t *testing.T) {
 	}
 	t.Logf("acceleration counters: sockets %v, msgs %v, bytes %v, no_peer %v, peer_full %v, unread %v",
 		accel("sockets"), accel("msgs"), accel("bytes"), accel("no_peer"), accel("peer_full"), accel("unread"))
+	// The bulk streams outran their readers: the flow control sent part of
+	// them through TCP instead of growing the peers' sockmap queues.
+	if accel("peer_full") == 0 || accel("unread") == 0 {
+		t.Fatalf("4 GiB of bulk streams never found a peer's queue full or TCP bytes unread: the flow control did not engage")
+	}
 
 	// Connection churn: 8 clients × 500 connections of one small exchange
 	// each (the client half-closes, the server answers and closes); every
