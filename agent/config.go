@@ -259,18 +259,21 @@ type EBPFSettings struct {
 	// /run/weir/cgroup2 on a host that has none): every pod process must be
 	// below it.
 	Cgroup string `json:"cgroup"`
-	// Accelerate (default false) puts the local pairs the agent takes part
+	// Accelerate (default true) puts the local pairs the agent takes part
 	// in (a captured app and the agent's outbound listener; the agent's
 	// inbound upstream connection and the app) in a sockmap whose sk_msg
 	// program hands the bytes straight to the peer socket, skipping TCP/IP
-	// on the pod's loopback. Off by default until the unexplained request
-	// timeouts seen in a connection-per-request benchmark with it on are
-	// understood (docs/design.md, "Acceleration of local pairs").
+	// on the pod's loopback, while the peer keeps up (docs/design.md,
+	// "Acceleration of local pairs"). It saves CPU on keep-alive and
+	// request/response traffic and costs some on bulk transfers and
+	// connection-per-request (the relay cannot splice an accelerated
+	// pair): false turns it off. A kernel without what it needs
+	// (capture.AccelSupport) runs without it, with a warning.
 	Accelerate *bool `json:"accelerate"`
 }
 
 // accelerate is Accelerate with its default.
-func (e EBPFSettings) accelerate() bool { return e.Accelerate != nil && *e.Accelerate }
+func (e EBPFSettings) accelerate() bool { return e.Accelerate == nil || *e.Accelerate }
 
 // PodOverride is a static per-pod (or per-namespace) capture override.
 type PodOverride struct {

@@ -57,6 +57,9 @@ func (a *Agent) ebpfReady() error {
 	if a.ebpf.objs.Accelerating() {
 		a.accel.Store(a.ebpf.objs)
 	}
+	if err := a.ebpf.objs.AccelError(); err != nil {
+		a.log.Warn("eBPF acceleration left off: the kernel lacks what it needs", "err", err)
+	}
 	a.log.Info("eBPF capture loaded", "pinPath", a.ebpf.objs.PinPath(), "cgroup", a.cgroupPath, "accelerate", a.ebpf.objs.Accelerating())
 	return nil
 }

@@ -304,6 +304,21 @@ func TestRatios(t *testing.T) {
 	}
 }
 
+// countingListener counts the connections it accepts (one goroutine
+// accepts, so no lock).
+type countingListener struct {
+	net.Listener
+	n *int
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		*l.n++
+	}
+	return c, err
+}
+
 func TestPingpongHelper(t *testing.T) {
 	// The helper against an in-process echo server: loopback only, bounded.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -322,6 +337,30 @@ func TestPingpongHelper(t *testing.T) {
 	}
 	if r.RoundTrips == 0 || r.Errors != 0 || r.P50us <= 0 || r.P99us < r.P50us {
 		t.Errorf("against echo: %+v", r)
+	}
+	// A new connection per round trip: one connection accepted per round
+	// trip counted.
+	ln2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	accepted := 0
+	counting := &countingListener{Listener: ln2, n: &accepted}
+	done := make(chan struct{})
+	go func() { serveEcho(counting); close(done) }()
+	b.Reset()
+	if err := pingpongMain([]string{"-addr", ln2.Addr().String(), "-conns", "1", "-size", "64", "-duration", "200ms", "-new"}, &b); err != nil {
+		t.Fatal(err)
+	}
+	r = pingpongResult{}
+	if err := json.Unmarshal([]byte(b.String()), &r); err != nil {
+		t.Fatal(err)
+	}
+	ln2.Close()
+	<-done
+	if r.RoundTrips == 0 || r.Errors != 0 || int64(accepted) != r.RoundTrips {
+		t.Errorf("new connection per round trip: %+v, %d connections accepted", r, accepted)
 	}
 	ln.Close()
 	b.Reset()

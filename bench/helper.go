@@ -115,17 +115,39 @@ func pingpongMain(args []string, out io.Writer) error {
 	conns := fs.Int("conns", 16, "connections, each with one message in flight")
 	size := fs.Int("size", 128, "message size in bytes")
 	duration := fs.Duration("duration", 5*time.Second, "how long to run")
+	newConn := fs.Bool("new", false, "a new connection for every round trip (dial, one message each way, close), timed from the dial")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *addr == "" || *conns < 1 || *size < 1 || *duration <= 0 || *duration > 10*time.Minute {
 		return errors.New("need -addr, -conns ≥ 1, -size ≥ 1 and 0 < -duration ≤ 10m")
 	}
-	res := pingpong(*addr, *conns, *size, *duration)
+	res := pingpong(*addr, *conns, *size, *duration, *newConn)
 	return json.NewEncoder(out).Encode(res)
 }
 
-func pingpong(addr string, conns, size int, duration time.Duration) pingpongResult {
+// roundTrip writes msg on c and reads len(back) bytes back, bounded by a
+// deadline.
+func roundTrip(c net.Conn, msg, back []byte) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, back)
+	return err
+}
+
+// connectRoundTrip dials addr, makes one round trip and closes.
+func connectRoundTrip(addr string, msg, back []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return roundTrip(c, msg, back)
+}
+
+func pingpong(addr string, conns, size int, duration time.Duration, newConn bool) pingpongResult {
 	var (
 		mu       sync.Mutex
 		all      []time.Duration
@@ -146,27 +168,34 @@ func pingpong(addr string, conns, size int, duration time.Duration) pingpongResu
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c, err := net.DialTimeout("tcp", addr, 3*time.Second)
-			if err != nil {
-				fail(err)
-				return
-			}
-			defer c.Close()
 			msg := make([]byte, size)
 			back := make([]byte, size)
 			lat := make([]time.Duration, 0, 1<<16)
-			for time.Now().Before(deadline) {
-				c.SetDeadline(time.Now().Add(3 * time.Second))
-				t0 := time.Now()
-				if _, err := c.Write(msg); err != nil {
-					fail(err)
-					break
+			if newConn {
+				for time.Now().Before(deadline) {
+					t0 := time.Now()
+					if err := connectRoundTrip(addr, msg, back); err != nil {
+						fail(err)
+						time.Sleep(10 * time.Millisecond) // a refusing path is not a busy loop
+						continue
+					}
+					lat = append(lat, time.Since(t0))
 				}
-				if _, err := io.ReadFull(c, back); err != nil {
+			} else {
+				c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+				if err != nil {
 					fail(err)
-					break
+					return
 				}
-				lat = append(lat, time.Since(t0))
+				defer c.Close()
+				for time.Now().Before(deadline) {
+					t0 := time.Now()
+					if err := roundTrip(c, msg, back); err != nil {
+						fail(err)
+						break
+					}
+					lat = append(lat, time.Since(t0))
+				}
 			}
 			mu.Lock()
 			all = append(all, lat...)

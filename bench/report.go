@@ -251,6 +251,15 @@ func (r *Report) finish(elapsed time.Duration) {
 		r.added("pingpong", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
 	r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's (connection per request, L4)", "http-close", "weir-ebpf-l4", "weir-redirect-l4",
 		r.added("http-close", func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+	// The same pinned to one CPU (client, agent or proxy, server): the
+	// path's own work, without cross-CPU wake-ups. No goal for p99 but
+	// that eBPF adds no more tail than REDIRECT.
+	for _, wl := range []string{"pingpong-pinned", "connect-rt"} {
+		r.target("eBPF added p50 latency ≤ 0.5 × REDIRECT's ("+wl+")", wl, "weir-ebpf", "weir-redirect",
+			r.added(wl, func(row *Row) float64 { return row.P50us }), "≤ 0.50", func(x float64) bool { return x <= 0.5 })
+		r.target("eBPF added p99 latency ≤ REDIRECT's ("+wl+")", wl, "weir-ebpf", "weir-redirect",
+			r.added(wl, func(row *Row) float64 { return row.P99us }), "≤ 1.00", atMost1)
+	}
 	r.target("eBPF L4 machine CPU per request ≤ nginx stream's (keep-alive HTTP)", "http-keepalive", "weir-ebpf-l4", "nginx-stream",
 		func(a, b *Row) float64 { return a.MachineCPU / b.MachineCPU }, "≤ 1.00", atMost1)
 	// Issue 10: the cost of policy and telemetry on the L7 path.

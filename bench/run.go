@@ -117,7 +117,7 @@ func pathNames() []string {
 	for _, m := range WeirModes {
 		names = append(names, "weir-"+m, "weir-"+m+"-l4", "weir-"+m+baseSuffix, "weir-"+m+baseSuffix+"-l4")
 	}
-	names = append(names, PolicyPath)
+	names = append(names, "weir-ebpf"+noAccelSuffix, "weir-ebpf"+noAccelSuffix+"-l4", PolicyPath)
 	for _, p := range peers {
 		names = append(names, p.name)
 	}
@@ -232,6 +232,13 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 			return Sample{}, err
 		}
 		l7Before = sumSeries(m, "weir_http_requests_total")
+	}
+	if wl.pinned {
+		restore, err := pinPath(p)
+		if err != nil {
+			return Sample{}, err
+		}
+		defer restore()
 	}
 	u, err := p.procs.begin()
 	if err != nil {

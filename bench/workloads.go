@@ -59,7 +59,11 @@ type workload struct {
 	cpuScale          float64
 	// tool is a program the workload needs on PATH.
 	tool string
-	run  func(w *world, p *path, d time.Duration) (Sample, error)
+	// pinned runs the client, the path's proxy processes and the servers
+	// on one CPU (pin.go), so latency measures the path's work, not
+	// wake-ups across CPUs or the scheduler's placement.
+	pinned bool
+	run    func(w *world, p *path, d time.Duration) (Sample, error)
 }
 
 // wrkConnections is wrk's connection count for keep-alive HTTP; the
@@ -74,6 +78,7 @@ const (
 	h2Streams          = 10
 	pingpongConns      = 16
 	pingpongSize       = 128
+	pinnedSize         = 64
 	commandGrace       = 30 * time.Second
 	maxWorkloadRuntime = 2 * time.Minute
 )
@@ -109,6 +114,22 @@ var workloads = []workload{
 		backend:  backendEcho,
 		rateUnit: "rt/s", cpuUnit: "µs/rt", cpuScale: 1e6,
 		run: runPingpong,
+	},
+	{
+		Name:     "pingpong-pinned",
+		Desc:     fmt.Sprintf("%d-byte ping-pong on one connection, one message in flight; client, proxy and server pinned to one CPU", pinnedSize),
+		backend:  backendEcho,
+		rateUnit: "rt/s", cpuUnit: "µs/rt", cpuScale: 1e6,
+		pinned: true,
+		run:    runPinned(false),
+	},
+	{
+		Name:     "connect-rt",
+		Desc:     fmt.Sprintf("a new connection, one %d-byte round trip and close, one at a time, timed from the dial; client, proxy and server pinned to one CPU", pinnedSize),
+		backend:  backendEcho,
+		rateUnit: "conn/s", cpuUnit: "µs/conn", cpuScale: 1e6,
+		pinned: true,
+		run:    runPinned(true),
 	},
 	{
 		Name: "h2-keepalive",
@@ -310,12 +331,34 @@ func parseIPerf(out []byte) (Sample, error) {
 }
 
 func runPingpong(w *world, p *path, d time.Duration) (Sample, error) {
-	exe, args, err := helperCommand("pingpong", "-addr", p.addr[backendEcho],
-		"-conns", strconv.Itoa(pingpongConns), "-size", strconv.Itoa(pingpongSize), "-duration", d.String())
+	return pingpongClient(p, d, nil, "-conns", strconv.Itoa(pingpongConns), "-size", strconv.Itoa(pingpongSize))
+}
+
+// runPinned is the pinned ping-pong (newConn false) or connect and round
+// trip workload: one connection at a time, the client pinned by taskset
+// to the CPU runCell pinned the path to.
+func runPinned(newConn bool) func(w *world, p *path, d time.Duration) (Sample, error) {
+	return func(w *world, p *path, d time.Duration) (Sample, error) {
+		args := []string{"-conns", "1", "-size", strconv.Itoa(pinnedSize)}
+		if newConn {
+			args = append(args, "-new")
+		}
+		return pingpongClient(p, d, []string{"taskset", "-c", strconv.Itoa(pinCPU())}, args...)
+	}
+}
+
+// pingpongClient runs the ping-pong helper from the path's client pod,
+// prefixed by wrap (a command that runs the rest), and reads its result.
+func pingpongClient(p *path, d time.Duration, wrap []string, args ...string) (Sample, error) {
+	exe, hargs, err := helperCommand("pingpong", append([]string{"-addr", p.addr[backendEcho], "-duration", d.String()}, args...)...)
 	if err != nil {
 		return Sample{}, err
 	}
-	out, err := runCommand(p.client, d, exe, args...)
+	if len(wrap) > 0 {
+		hargs = append(append(wrap[1:], exe), hargs...)
+		exe = wrap[0]
+	}
+	out, err := runCommand(p.client, d, exe, hargs...)
 	if err != nil {
 		return Sample{}, err
 	}

@@ -141,9 +141,12 @@ func (w *world) logf(format string, args ...any) {
 // PolicyPath says.
 //
 // bin, when set, is the weir-agent binary to run instead of the node's.
-func (w *world) newSite(mode string, policy bool, bin string) (*site, *testworld.Agent) {
+//
+// In ebpf mode the acceleration is on unless noAccel.
+func (w *world) newSite(mode string, policy bool, bin string, noAccel bool) (*site, *testworld.Agent) {
 	t := w.t
-	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf", EBPFAccelerate: mode == "ebpf"})
+	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf",
+		EBPFAccelerate: mode == "ebpf" && !noAccel, EBPFNoAccelerate: mode == "ebpf" && noAccel})
 	tuneNetns(t, node.Netns)
 	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
 	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}
@@ -257,7 +260,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	start := time.Now()
 	for i, mode := range WeirModes {
 		w.logf("building node for weir mode %s", mode)
-		s, agent := w.newSite(mode, false, "")
+		s, agent := w.newSite(mode, false, "", false)
 		if i == 0 {
 			w.first = s
 			plain := s.node.MustAddPod(t, "bench-plain", "client-plain")
@@ -271,8 +274,13 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		w.paths = append(w.paths, w.weirPaths(s, agent, mode, "")...)
 		if opts.BaselineAgent != "" && (keep(opts.Paths, "weir-"+mode+baseSuffix) || keep(opts.Paths, "weir-"+mode+baseSuffix+"-l4")) {
 			w.logf("building node for weir mode %s with the baseline agent %s", mode, opts.BaselineAgent)
-			bs, bagent := w.newSite(mode, false, opts.BaselineAgent)
+			bs, bagent := w.newSite(mode, false, opts.BaselineAgent, false)
 			w.paths = append(w.paths, w.weirPaths(bs, bagent, mode, baseSuffix)...)
+		}
+		if mode == "ebpf" && (slices.Contains(opts.Paths, "weir-ebpf"+noAccelSuffix) || slices.Contains(opts.Paths, "weir-ebpf"+noAccelSuffix+"-l4")) {
+			w.logf("building node for weir mode ebpf without acceleration")
+			ns, nagent := w.newSite(mode, false, "", true)
+			w.paths = append(w.paths, w.weirPaths(ns, nagent, mode, noAccelSuffix)...)
 		}
 	}
 	if keep(opts.Paths, PolicyPath) {
@@ -292,6 +300,12 @@ func buildWorld(t testworld.T, opts *Options) *world {
 
 // baseSuffix marks the paths of the baseline agent (Options.BaselineAgent).
 const baseSuffix = "-base"
+
+// noAccelSuffix marks the opt-in paths weir-ebpf-noaccel[-l4]: eBPF capture
+// with capture.ebpf.accelerate off, on a node of its own, so acceleration
+// on and off are measured side by side. They run only when --paths names
+// them.
+const noAccelSuffix = "-noaccel"
 
 // weirPaths adds site s's captured client pod and returns its two paths,
 // "weir-<mode><suffix>" (sniffed) and the same with "-l4" (protocol: tcp).
@@ -316,8 +330,11 @@ func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) 
 		engine = "frames"
 	}
 	desc := "weir-agent"
-	if suffix != "" {
+	switch suffix {
+	case baseSuffix:
 		desc = "the baseline weir-agent (" + filepath.Base(opts.BaselineAgent) + ") on a node of its own"
+	case noAccelSuffix:
+		desc = "weir-agent with capture.ebpf.accelerate off, on a node of its own"
 	}
 	return []*path{{
 		Name: name, Kind: kindWeir,
@@ -345,7 +362,7 @@ func serverAddrs(p *testworld.Pod) map[backend]string {
 func (w *world) policyPath() *path {
 	t := w.t
 	const mode = "redirect"
-	s, agent := w.newSite(mode, true, "")
+	s, agent := w.newSite(mode, true, "", false)
 	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
 	tuneNetns(t, client.Netns)
 	addrs, skip := map[backend]string{}, map[backend]string{}

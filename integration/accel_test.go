@@ -130,18 +130,26 @@ func TestEBPFAcceleration(t *testing.T) {
 			t.Fatalf("%s: 10,000 messages: %v: %s", p.name, err, out)
 		}
 		t.Logf("%s: 10,000 echoed messages in %s", p.name, took.Round(time.Millisecond))
-		// Each pair carries both streams and both directions of each
-		// message through its sk_msg redirect.
+		// Each pair carries both directions of each message through its
+		// sk_msg redirect; the bulk streams partly (the redirect gives way
+		// to TCP whenever the reader lags a receive buffer behind), so
+		// they prove the ordering rule by their hashes, not by counters.
 		b, m := accel("bytes")-bytesBefore, accel("msgs")-msgsBefore
-		if want := float64(p.pairs) * 2 * (gib + 10000*64); b < want {
+		if want := float64(p.pairs) * 2 * 10000 * 64; b < want {
 			t.Fatalf("%s: %v bytes redirected by the kernel, want at least %v", p.name, b, want)
 		}
 		if want := float64(p.pairs) * 2 * 10000; m < want {
 			t.Fatalf("%s: %v sendmsg calls redirected, want at least %v", p.name, m, want)
 		}
+		t.Logf("%s: %v bytes in %v sends redirected", p.name, b, m)
 	}
-	t.Logf("acceleration counters: sockets %v, msgs %v, bytes %v, no_peer %v, peer_gone %v",
-		accel("sockets"), accel("msgs"), accel("bytes"), accel("no_peer"), accel("peer_gone"))
+	t.Logf("acceleration counters: sockets %v, msgs %v, bytes %v, no_peer %v, peer_full %v, unread %v",
+		accel("sockets"), accel("msgs"), accel("bytes"), accel("no_peer"), accel("peer_full"), accel("unread"))
+	// The bulk streams outran their readers: the flow control sent part of
+	// them through TCP instead of growing the peers' sockmap queues.
+	if accel("peer_full") == 0 || accel("unread") == 0 {
+		t.Fatalf("4 GiB of bulk streams never found a peer's queue full or TCP bytes unread: the flow control did not engage")
+	}
 
 	// Connection churn: 8 clients × 500 connections of one small exchange
 	// each (the client half-closes, the server answers and closes); every

@@ -11,9 +11,11 @@ package capture
 // What a reader must know: bytes redirected into a socket sit in its
 // sockmap queue, which recvmsg reads and splice does not. An accelerated
 // socket must therefore be read with read/recvmsg, never spliced from
-// (Accelerated tells the relay which ones). A socket's first send decides
-// for its life whether it redirects (its peer may not be in the map yet);
-// see capture.c.
+// (Accelerated tells the relay which ones). A send is redirected only while
+// the peer has read everything that went through TCP (order) and its
+// sockmap queue holds less than its receive buffer (flow control: the
+// kernel itself bounds that queue only by the machine's TCP memory);
+// otherwise it takes the normal path. See peer_ready in capture.c.
 
 import (
 	"errors"
@@ -21,6 +23,7 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +34,12 @@ import (
 // replaces the older agent's program). Pairs accelerated already stay so
 // until they close.
 func (o *Objects) setAccel(on bool) error {
+	if on {
+		if err := AccelSupport(); err != nil {
+			// The capture itself does not need it: run without.
+			o.accelErr, on = err, false
+		}
+	}
 	v := uint32(0)
 	if on {
 		v = 1
@@ -49,6 +58,71 @@ func (o *Objects) setAccel(on bool) error {
 
 // Accelerating reports whether Load turned the acceleration on.
 func (o *Objects) Accelerating() bool { return o.accel }
+
+// AccelError says why Load left the acceleration off although asked to
+// turn it on (the kernel lacks what AccelSupport checks), or nil.
+func (o *Objects) AccelError() error { return o.accelErr }
+
+// AccelSupport reports what the running kernel lacks for the acceleration,
+// naming it, or nil. The sk_msg program reads, through bpf_rdonly_cast
+// (Linux 6.2) and CO-RE, the peer's sockmap queue length (sk_psock's
+// msg_tot_len) and receive buffer and both ends' TCP sequence numbers: its
+// flow control and ordering rule (capture.c, peer_ready) need them, and
+// without them it never redirects.
+func AccelSupport() error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("%w: acceleration: kernel BTF: %v", ErrUnsupported, err)
+	}
+	var fn *btf.Func
+	if err := spec.TypeByName("bpf_rdonly_cast", &fn); err != nil {
+		return fmt.Errorf("%w: acceleration: kfunc bpf_rdonly_cast (Linux 6.2): %v", ErrUnsupported, err)
+	}
+	for _, want := range []struct {
+		typ     string
+		members []string
+	}{
+		{"sk_psock", []string{"msg_tot_len"}},
+		{"sk_msg", []string{"sk", "sk_redir"}},
+		{"tcp_sock", []string{"copied_seq", "write_seq"}},
+		{"sock", []string{"sk_rcvbuf", "sk_user_data"}},
+	} {
+		var st *btf.Struct
+		if err := spec.TypeByName(want.typ, &st); err != nil {
+			return fmt.Errorf("%w: acceleration: kernel struct %s: %v", ErrUnsupported, want.typ, err)
+		}
+		for _, m := range want.members {
+			if !hasMember(st.Members, m) {
+				return fmt.Errorf("%w: acceleration: kernel struct %s has no field %s", ErrUnsupported, want.typ, m)
+			}
+		}
+	}
+	return nil
+}
+
+// hasMember reports whether members hold a field named name, looking into
+// anonymous structs and unions as CO-RE does.
+func hasMember(members []btf.Member, name string) bool {
+	for _, m := range members {
+		if m.Name == name {
+			return true
+		}
+		if m.Name != "" {
+			continue
+		}
+		switch c := btf.UnderlyingType(m.Type).(type) {
+		case *btf.Struct:
+			if hasMember(c.Members, name) {
+				return true
+			}
+		case *btf.Union:
+			if hasMember(c.Members, name) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // Accelerated reports whether the TCP socket fd is in the accel sockhash:
 // its peer may hand it bytes through the sockmap queue, so it must not be
@@ -102,7 +176,7 @@ func sockAddr(sa unix.Sockaddr, err error) (netip.AddrPort, error) {
 
 // accelNames name the acceleration counters, in capture.c's order.
 var accelNames = []string{
-	"sockets", "msgs", "bytes", "no_peer", "peer_gone", "no_storage", "insert_failed",
+	"sockets", "msgs", "bytes", "no_peer", "peer_full", "unread", "insert_failed",
 }
 
 // AccelStats sums the acceleration's per-CPU counters by name: sockets put

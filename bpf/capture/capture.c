@@ -23,7 +23,8 @@
 //                               the accel sockhash, keyed by their tuple
 //   sk_msg                      on the accel sockhash: what one socket of a
 //                               pair sends goes straight into its peer's
-//                               receive queue, skipping TCP/IP
+//                               receive queue, skipping TCP/IP, while the
+//                               peer keeps up (peer_ready)
 //
 // Nothing happens for a network namespace that is not enrolled (one hash
 // lookup), nor for sockets of the agent's own cgroups.
@@ -31,6 +32,12 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+// bpf_ksym_exists came with libbpf 1.2; Debian 12 has 1.1.
+#ifndef bpf_ksym_exists
+#define bpf_ksym_exists(sym) (!!(sym))
+#endif
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -208,24 +215,18 @@ static __always_inline void count(__u32 what)
 // entries of the maps above: a pinned map of an older agent is re-used only
 // when its shape is unchanged.
 
-// Acceleration counters (accel_stats, per CPU).
+// Acceleration counters (accel_stats, per CPU). The slots keep their
+// indexes across versions (the pinned map's shape is an upgrade contract).
 enum {
-	ACCEL_SOCKETS = 0, // sockets put in the accel sockhash
-	ACCEL_MSGS,        // sendmsg calls redirected to the peer
-	ACCEL_BYTES,       // bytes of those calls
-	ACCEL_NO_PEER,     // a socket's first send found no peer: never redirected
-	ACCEL_PEER_GONE,   // an accelerated socket's peer had closed: normal path
-	ACCEL_NO_STORAGE,  // no socket storage for the decision: normal path
+	ACCEL_SOCKETS = 0,   // sockets put in the accel sockhash
+	ACCEL_MSGS,          // sendmsg chunks redirected to the peer
+	ACCEL_BYTES,         // bytes of those chunks
+	ACCEL_NO_PEER,       // a send found no peer in the sockhash: normal path
+	ACCEL_PEER_FULL,     // the peer's sockmap queue held a receive buffer's worth: normal path
+	ACCEL_UNREAD,        // the peer had not read all that went through TCP: normal path
 	ACCEL_INSERT_FAILED, // the sockhash refused a socket (full)
 	ACCEL_MAX,
 };
-
-// accel_state values: a socket's first send decides for its whole life,
-// because bytes a peer got through TCP and bytes redirected to it sit in
-// two queues, and the peer's reader drains the redirected one first.
-#define ACCEL_UNDECIDED 0
-#define ACCEL_ON 1
-#define ACCEL_OFF 2
 
 // One end of a local pair: its netns, own and peer address (v4 mapped) and
 // ports (host byte order).
@@ -254,13 +255,6 @@ struct {
 	__type(key, struct sock_key);
 	__type(value, __u8);
 } accel_pending SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u8);
-} accel_state SEC(".maps");
 
 // accel_conf[0] is 1 when the agent turned acceleration on.
 struct {
@@ -491,6 +485,16 @@ static __always_inline void accel_key(struct bpf_sock_ops *skops, struct sock_ke
 	k->rport = port_of(rp);
 }
 
+// reverse_key fills out with the key of k's peer.
+static __always_inline void reverse_key(const struct sock_key *k, struct sock_key *out)
+{
+	out->netns = k->netns;
+	__builtin_memcpy(out->local, k->remote, sizeof(out->local));
+	__builtin_memcpy(out->remote, k->local, sizeof(out->remote));
+	out->lport = k->rport;
+	out->rport = k->lport;
+}
+
 static __always_inline int accel_on(void)
 {
 	__u32 zero = 0;
@@ -521,11 +525,7 @@ static __always_inline void accel_active(struct bpf_sock_ops *skops)
 	struct sock_key k = {};
 	accel_key(skops, &k);
 	struct sock_key peer = {};
-	peer.netns = k.netns;
-	__builtin_memcpy(peer.local, k.remote, sizeof(peer.local));
-	__builtin_memcpy(peer.remote, k.local, sizeof(peer.remote));
-	peer.lport = k.rport;
-	peer.rport = k.lport;
+	reverse_key(&k, &peer);
 	__u8 one = 1;
 	bpf_map_update_elem(&accel_pending, &peer, &one, BPF_ANY);
 	accel_insert(skops, &k);
@@ -789,28 +789,87 @@ int weir_sk_lookup(struct bpf_sk_lookup *ctx)
 	return SK_PASS;
 }
 
-// weir_sk_msg runs on every sendmsg of a socket in the accel sockhash: the
-// data goes straight into the peer socket's receive queue (BPF_F_INGRESS)
-// when the peer is there. A socket whose first send finds no peer (it sent
-// before its peer was established and in the map) never redirects, so its
-// peer reads every byte from one queue, in order. A missing peer must not
-// be redirected to: msg_redirect_hash would drop the data, so the program
-// always returns SK_PASS and a failed redirect leaves the data on the
-// normal path.
+// What weir_sk_msg reads of the kernel's own structures, relocated by CO-RE
+// against the running kernel's BTF (only the fields named here must
+// exist, wherever they sit). The ___weir suffix keeps these local.
+struct sock___weir {
+	int sk_rcvbuf;
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___weir {
+	__u32 copied_seq; // the next byte the reader will consume
+	__u32 write_seq;  // the next byte the writer will queue
+} __attribute__((preserve_access_index));
+
+struct sk_psock___weir {
+	__u32 msg_tot_len; // bytes in the sockmap queue
+} __attribute__((preserve_access_index));
+
+struct sk_msg___weir {
+	struct sock___weir *sk;
+	struct sock___weir *sk_redir;
+} __attribute__((preserve_access_index));
+
+// bpf_rdonly_cast (Linux 6.2) turns a kernel pointer into a read-only typed
+// one. Weak: on a kernel without it the program still loads, and
+// weir_sk_msg never redirects (the agent refuses the setting first: see
+// AccelSupport).
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+// sk_user_data holds the psock with flag bits in its low three bits
+// (SK_USER_DATA_NOCOPY, _BPF, _PSOCK).
+#define SK_USER_DATA_PTRMASK (~7UL)
+
+// peer_ready says whether the peer a redirect has just picked (msg's
+// sk_redir) may take size more bytes from this socket through its sockmap
+// queue:
+//   - order: everything this socket sent through TCP has been read by the
+//     peer (its copied_seq is this socket's write_seq). Redirected bytes
+//     take no sequence numbers, and the peer's recvmsg drains the sockmap
+//     queue before its TCP queue, so redirecting while TCP bytes are unread
+//     would hand the peer's reader newer bytes first;
+//   - flow control: the sockmap queue holds less than the peer's receive
+//     buffer. The kernel charges that queue to the peer without any limit
+//     but the machine's TCP memory, so without this a fast sender and a
+//     slow reader fill the node's TCP memory, and every TCP socket on it
+//     starts losing packets (the cause of the connection-per-request
+//     timeouts seen when a bulk transfer had just run). Beyond that, the
+//     normal path's window holds the sender back.
+// It returns 0 when ready, else the counter that says why not.
+static __always_inline __u32 peer_ready(struct sk_msg_md *msg, __u32 size)
+{
+	if (!bpf_ksym_exists(bpf_rdonly_cast) || !bpf_core_field_exists(struct sk_psock___weir, msg_tot_len))
+		return ACCEL_NO_PEER;
+	struct sk_msg___weir *m = bpf_rdonly_cast(msg, bpf_core_type_id_kernel(struct sk_msg___weir));
+	struct sock___weir *peer = m->sk_redir;
+	struct tcp_sock___weir *self = bpf_rdonly_cast(m->sk, bpf_core_type_id_kernel(struct tcp_sock___weir));
+	struct tcp_sock___weir *ptp = bpf_rdonly_cast(peer, bpf_core_type_id_kernel(struct tcp_sock___weir));
+	if (!peer || !self || ptp->copied_seq != self->write_seq)
+		return ACCEL_UNREAD;
+	unsigned long ud = (unsigned long)peer->sk_user_data & SK_USER_DATA_PTRMASK;
+	struct sk_psock___weir *ps = bpf_rdonly_cast((void *)ud, bpf_core_type_id_kernel(struct sk_psock___weir));
+	if (!ps)
+		return ACCEL_NO_PEER;
+	__u32 queued = ps->msg_tot_len;
+	int rcvbuf = peer->sk_rcvbuf;
+	if (queued > 0 && (__s64)queued + size > (__s64)rcvbuf)
+		return ACCEL_PEER_FULL;
+	return 0;
+}
+
+// weir_sk_msg runs on every sendmsg chunk of a socket in the accel
+// sockhash: the data goes straight into the peer socket's receive queue
+// (BPF_F_INGRESS) when the peer is there and ready for it (peer_ready),
+// and through the socket's own TCP path otherwise. The peer is only known
+// once bpf_msg_redirect_hash has picked it; taking the normal path after
+// that is a second redirect, to this socket's own egress, which is what
+// SK_PASS does. msg_redirect_hash alone drops the data when the peer is
+// missing, so a failed lookup always ends in SK_PASS, and nothing here
+// ever drops data.
 SEC("sk_msg")
 int weir_sk_msg(struct sk_msg_md *msg)
 {
-	struct bpf_sock *sk = msg->sk;
-	barrier();
-	if (!sk)
-		return SK_PASS;
-	__u8 *st = bpf_sk_storage_get(&accel_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!st) {
-		accel_count(ACCEL_NO_STORAGE, 1);
-		return SK_PASS;
-	}
-	if (*st == ACCEL_OFF)
-		return SK_PASS;
 	struct sock_key peer = {};
 	peer.netns = bpf_get_netns_cookie(msg);
 	__u32 family = msg->family;
@@ -847,18 +906,27 @@ int weir_sk_msg(struct sk_msg_md *msg)
 	barrier();
 	__u32 size = msg->size;
 	barrier();
-	if (bpf_msg_redirect_hash(msg, &accel, &peer, BPF_F_INGRESS) == SK_PASS) {
-		*st = ACCEL_ON;
+	if (bpf_msg_redirect_hash(msg, &accel, &peer, BPF_F_INGRESS) != SK_PASS) {
+		accel_count(ACCEL_NO_PEER, 1);
+		return SK_PASS;
+	}
+	__u32 why = peer_ready(msg, size);
+	if (!why) {
 		accel_count(ACCEL_MSGS, 1);
 		accel_count(ACCEL_BYTES, size);
 		return SK_PASS;
 	}
-	if (*st == ACCEL_UNDECIDED) {
-		*st = ACCEL_OFF;
-		accel_count(ACCEL_NO_PEER, 1);
-	} else {
-		accel_count(ACCEL_PEER_GONE, 1);
+	struct sock_key self = {};
+	reverse_key(&peer, &self);
+	if (bpf_msg_redirect_hash(msg, &accel, &self, 0) != SK_PASS) {
+		// Cannot happen: a socket sends with its lock held, and only its
+		// close takes it out of the sockhash. Dropping (the sender sees
+		// an error) is still better than handing the peer bytes out of
+		// order or past its buffer.
+		accel_count(ACCEL_INSERT_FAILED, 1);
+		return SK_DROP;
 	}
+	accel_count(why, 1);
 	return SK_PASS;
 }
 

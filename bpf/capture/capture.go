@@ -73,6 +73,8 @@ type Objects struct {
 	objs  captureObjects
 	pin   string
 	accel bool
+	// accelErr is why the acceleration stayed off though asked for.
+	accelErr error
 }
 
 // cgroupProgs are the programs attached to the cgroup, by pin name.

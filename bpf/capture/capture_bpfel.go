@@ -85,7 +85,6 @@ const (
 	captureMapAccel             = "accel"
 	captureMapAccelConf         = "accel_conf"
 	captureMapAccelPending      = "accel_pending"
-	captureMapAccelState        = "accel_state"
 	captureMapAccelStats        = "accel_stats"
 	captureMapAgentCgroups      = "agent_cgroups"
 	captureMapClientOf          = "client_of"
@@ -165,7 +164,6 @@ type captureMapSpecs struct {
 	Accel        *ebpf.MapSpec `ebpf:"accel"`
 	AccelConf    *ebpf.MapSpec `ebpf:"accel_conf"`
 	AccelPending *ebpf.MapSpec `ebpf:"accel_pending"`
-	AccelState   *ebpf.MapSpec `ebpf:"accel_state"`
 	AccelStats   *ebpf.MapSpec `ebpf:"accel_stats"`
 	AgentCgroups *ebpf.MapSpec `ebpf:"agent_cgroups"`
 	ClientOf     *ebpf.MapSpec `ebpf:"client_of"`
@@ -209,7 +207,6 @@ type captureMaps struct {
 	Accel        *ebpf.Map `ebpf:"accel"`
 	AccelConf    *ebpf.Map `ebpf:"accel_conf"`
 	AccelPending *ebpf.Map `ebpf:"accel_pending"`
-	AccelState   *ebpf.Map `ebpf:"accel_state"`
 	AccelStats   *ebpf.Map `ebpf:"accel_stats"`
 	AgentCgroups *ebpf.Map `ebpf:"agent_cgroups"`
 	ClientOf     *ebpf.Map `ebpf:"client_of"`
@@ -229,7 +226,6 @@ func (m *captureMaps) Close() error {
 		m.Accel,
 		m.AccelConf,
 		m.AccelPending,
-		m.AccelState,
 		m.AccelStats,
 		m.AgentCgroups,
 		m.ClientOf,

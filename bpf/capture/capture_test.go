@@ -56,6 +56,10 @@ func helper(args []string) int {
 		io.ReadFull(c, b)
 		fmt.Println("quitting")
 		return 0
+	case "flood": // flood ADDR: write for 2 s to an agent that does not read, print wrote=N sha=HASH
+		return flood(args[1])
+	case "sleepread": // sleepread ADDR: read nothing for 3 s, then all until EOF, print got=N sha=HASH
+		return sleepRead(args[1])
 	case "serve": // serve ADDR: answer every connection with the peer accept reported
 		ln, err := net.Listen("tcp", args[1])
 		if err != nil {

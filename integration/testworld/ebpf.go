@@ -92,5 +92,8 @@ func (n *Node) ebpfSettings() map[string]any {
 	if n.Opts.EBPFAccelerate {
 		m["accelerate"] = true
 	}
+	if n.Opts.EBPFNoAccelerate {
+		m["accelerate"] = false
+	}
 	return m
 }

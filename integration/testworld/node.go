@@ -44,9 +44,11 @@ type NodeOptions struct {
 	// agent run with nsenter --net (ip netns exec's private sysfs would
 	// hide the bpffs and cgroup mounts from it).
 	EBPF bool
-	// EBPFAccelerate turns on capture.ebpf.accelerate (off by default) in
-	// the agent's settings of an EBPF node.
+	// EBPFAccelerate sets capture.ebpf.accelerate (on by default) to true
+	// explicitly in the agent's settings of an EBPF node.
 	EBPFAccelerate bool
+	// EBPFNoAccelerate turns capture.ebpf.accelerate off explicitly.
+	EBPFNoAccelerate bool
 	// Exec, when set, runs the plugins instead of libcni's default (a
 	// benchmark times weir-cni through it).
 	Exec invoke.Exec

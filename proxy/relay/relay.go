@@ -131,7 +131,9 @@ func (c copyHalf) run() (n int64, err error) {
 	for {
 		var m int64
 		switched := false
-		if bulk {
+		if bulk && c.r.noSplice {
+			m, err = copyNoSplice(c.dst, c.src)
+		} else if bulk {
 			m, err = io.Copy(c.dst, c.src)
 		} else {
 			m, bulk, err = c.copySmall()
@@ -185,7 +187,8 @@ func closeWrite(c *net.TCPConn) error {
 }
 
 // copySmall relays messages until EOF (bulk false), an error, or a read that
-// fills the buffer (bulk true: the caller switches to splice). The buffer is
+// fills the buffer (bulk true: the caller switches to splice, or under
+// NoSplice to copyNoSplice's larger buffer). The buffer is
 // taken from the pool only once data is ready and returned after the write.
 //
 // Reads and writes go through the sockets' RawConns (Go's poller still parks
@@ -231,7 +234,7 @@ func (c copyHalf) copySmall() (total int64, bulk bool, err error) {
 		if err != nil {
 			return total, false, err
 		}
-		if n == smallBufSize && !c.r.noSplice {
+		if n == smallBufSize {
 			return total, true, nil
 		}
 	}

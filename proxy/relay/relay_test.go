@@ -30,13 +30,20 @@ func loopPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 }
 
 // A conversation of small messages, then a bulk upload (which switches that
-// direction to splice), then a half-close: every byte arrives, in order, and
-// the counts match.
+// direction to splice, or under NoSplice to the bulk buffer), then a
+// half-close: every byte arrives, in order, and the counts match.
 func TestRelaySmallThenBulkThenHalfClose(t *testing.T) {
+	t.Run("splice", func(t *testing.T) { testSmallThenBulk(t, nil) })
+	h := &Handle{}
+	h.NoSplice()
+	t.Run("nosplice", func(t *testing.T) { testSmallThenBulk(t, h) })
+}
+
+func testSmallThenBulk(t *testing.T, h *Handle) {
 	client, relayDown := loopPair(t)
 	relayUp, server := loopPair(t)
 	done := make(chan Result, 1)
-	go func() { done <- Relay(context.Background(), relayDown, relayUp) }()
+	go func() { done <- RelayWith(context.Background(), relayDown, relayUp, h) }()
 
 	deadline := time.Now().Add(30 * time.Second)
 	client.SetDeadline(deadline)
