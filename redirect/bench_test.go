@@ -108,9 +108,9 @@ func forBackendsAndModes(b *testing.B, f func(b *testing.B, s Spec)) {
 //	go test -run - -bench ApplyNewPods -benchtime 500x ./redirect/
 //
 // Besides ns/op it reports the medians of the first and the last 50
-// Applies, in wall time and in the CPU time of this process (user and
-// system, kernel work included; steadier than wall time on a busy
-// machine). Creating the namespaces is not timed.
+// Applies, in wall time and in CPU time (this process's and the iptables
+// programs it ran, user and system, kernel work included; steadier than
+// wall time on a busy machine). Creating the namespaces is not timed.
 func BenchmarkApplyNewPods(b *testing.B) {
 	for _, backend := range allBackends {
 		b.Run(backend, func(b *testing.B) {
@@ -143,13 +143,17 @@ func BenchmarkApplyNewPods(b *testing.B) {
 	}
 }
 
-// processCPU is this process's CPU time so far, every thread's.
+// processCPU is the CPU time so far of this process, every thread, and of
+// the programs it ran (iptables-restore and -save).
 func processCPU() time.Duration {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return 0
+	var total time.Duration
+	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
+		var ru unix.Rusage
+		if unix.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return total
 }
 
 func medianOf(ds []time.Duration) time.Duration {
