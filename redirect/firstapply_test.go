@@ -37,28 +37,23 @@ func TestFirstApplyReadsNothing(t *testing.T) {
 				return c
 			}
 
-			if err := Apply(n.Path(), s); err != nil {
-				t.Fatalf("first Apply: %v", err)
+			apply := func(which string, wantSaves, wantRestores int) {
+				t.Helper()
+				mu.Lock()
+				ran = nil
+				mu.Unlock()
+				if err := Apply(n.Path(), s); err != nil {
+					t.Fatalf("%s Apply: %v", which, err)
+				}
+				if saves, restores := count("-save"), count("-restore"); saves != wantSaves || restores != wantRestores {
+					t.Fatalf("%s Apply ran %d save and %d restore programs, want %d and %d: %q", which, saves, restores, wantSaves, wantRestores, ran)
+				}
+				if err := Verify(n.Path(), s); err != nil {
+					t.Fatalf("rules after the %s Apply: %v", which, err)
+				}
 			}
-			if saves, restores := count("-save"), count("-restore"); saves != 0 || restores != 2 {
-				t.Fatalf("first Apply ran %d save and %d restore programs, want 0 and 2 (one per family): %q", saves, restores, ran)
-			}
-			if err := Verify(n.Path(), s); err != nil {
-				t.Fatalf("rules after the first Apply: %v", err)
-			}
-
-			mu.Lock()
-			ran = nil
-			mu.Unlock()
-			if err := Apply(n.Path(), s); err != nil {
-				t.Fatalf("second Apply: %v", err)
-			}
-			if saves, restores := count("-save"), count("-restore"); saves != 2 || restores != 0 {
-				t.Fatalf("second Apply ran %d save and %d restore programs, want 2 and 0 (read both families, nothing to change): %q", saves, restores, ran)
-			}
-			if err := Verify(n.Path(), s); err != nil {
-				t.Fatalf("rules after the second Apply: %v", err)
-			}
+			apply("first", 0, 2)  // a restore per family, nothing read
+			apply("second", 2, 0) // both families read, nothing to change
 		})
 	}
 }
