@@ -1,6 +1,12 @@
 package redirect
 
-import "testing"
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // The benchmarks time each verb per backend on a real netns:
 //
@@ -92,4 +98,66 @@ func forBackendsAndModes(b *testing.B, f func(b *testing.B, s Spec)) {
 			})
 		}
 	}
+}
+
+// BenchmarkApplyNewPods measures Apply into one new network namespace
+// after another, keeping every one (a node gaining pods, as weir-addbench
+// does through the real plugin), to tell whether a pod's ADD costs more
+// the more namespaces the node has:
+//
+//	go test -run - -bench ApplyNewPods -benchtime 500x ./redirect/
+//
+// Besides ns/op it reports the medians of the first and the last 50
+// Applies, in wall time and in CPU time (this process's and the iptables
+// programs it ran, user and system, kernel work included; steadier than
+// wall time on a busy machine). Creating the namespaces is not timed.
+func BenchmarkApplyNewPods(b *testing.B) {
+	for _, backend := range allBackends {
+		b.Run(backend, func(b *testing.B) {
+			requireBackend(b, backend)
+			s := fullSpec(backend)
+			var wall, cpu []time.Duration
+			for b.Loop() {
+				b.StopTimer()
+				n := newNS(b)
+				b.StartTimer()
+				start, cpu0 := time.Now(), processCPU()
+				if err := Apply(n.Path(), s); err != nil {
+					b.Fatal(err)
+				}
+				wall = append(wall, time.Since(start))
+				cpu = append(cpu, processCPU()-cpu0)
+			}
+			if len(wall) < 100 {
+				return // too few to compare ends: use -benchtime 500x
+			}
+			for _, m := range []struct {
+				name string
+				ds   []time.Duration
+			}{{"wall", wall}, {"cpu", cpu}} {
+				first, last := medianOf(m.ds[:50]), medianOf(m.ds[len(m.ds)-50:])
+				b.ReportMetric(float64(first.Microseconds()), m.name+"-first50-µs")
+				b.ReportMetric(float64(last.Microseconds()), m.name+"-last50-µs")
+			}
+		})
+	}
+}
+
+// processCPU is the CPU time so far of this process, every thread, and of
+// the programs it ran (iptables-restore and -save).
+func processCPU() time.Duration {
+	var total time.Duration
+	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
+		var ru unix.Rusage
+		if unix.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
+	}
+	return total
+}
+
+func medianOf(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }

@@ -18,12 +18,18 @@ const lockWaitSeconds = "30"
 // get an answer. It is longer than the lock wait.
 const runTimeout = 60 * time.Second
 
+// runHook, when set (tests only), sees every program run starts.
+var runHook func(argv []string)
+
 // run executes one iptables tool with stdin and returns its stdout. Every
 // iptables program weir starts goes through here, so every failure comes
 // back as an *Error with the command line, exit status and stderr. It runs
 // in the network namespace of the calling OS thread: callers inside
 // ns.NetNS.Do get the pod's.
 func run(argv []string, stdin []byte) ([]byte, error) {
+	if runHook != nil {
+		runHook(argv)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), runTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // label names a backend and family in messages the way an operator would
@@ -77,7 +78,11 @@ func (t tools) reconcile(cur, want ruleSet) error {
 	}
 }
 
-var errorLine = regexp.MustCompile(`[Ee]rror occurred at line: (\d+)`)
+// errorLine finds the line iptables-restore names in its error. It is
+// compiled at the first failure, not at package init: every weir-cni
+// process (each pod's ADD and DEL) would pay for it, and only a failing
+// restore reads it.
+var errorLine = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`[Ee]rror occurred at line: (\d+)`) })
 
 // restoreText feeds payload to iptables-restore --noflush, waiting for the
 // xtables lock. When the tool names the failing line, the error quotes it.
@@ -88,7 +93,7 @@ func (t tools) restoreText(payload string) error {
 	}
 	var e *Error
 	if errors.As(err, &e) {
-		if m := errorLine.FindStringSubmatch(e.Stderr); m != nil {
+		if m := errorLine().FindStringSubmatch(e.Stderr); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			lines := strings.Split(payload, "\n")
 			if n >= 1 && n <= len(lines) {

@@ -297,7 +297,9 @@ func apply(s Spec, backend string, clk *phaseClock) (err error) {
 // go back. When required is false (a family or backend not in use), tools
 // that are missing or cannot read the namespace are logged and skipped:
 // there can be no weir rules for us to clean up where nothing can be read.
-func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, required bool) error {
+// With none, the caller knows the backend holds nothing of weir's in this
+// family (iptStore.mayHold), and the rules are not read.
+func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, required, none bool) error {
 	t, err := lookupTools(backend, f)
 	if err != nil {
 		if required {
@@ -305,7 +307,10 @@ func reconcileStep(undo *undoStack, backend string, f family, want ruleSet, requ
 		}
 		return nil
 	}
-	cur, err := t.read()
+	cur := ruleSet{}
+	if !none {
+		cur, err = t.read()
+	}
 	if err != nil {
 		if required {
 			return fmt.Errorf("read %s rules: %w", t, err)

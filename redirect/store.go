@@ -157,14 +157,19 @@ func legacyTables(f family) ([]string, error) {
 
 func (st iptStore) program(undo *undoStack, s Spec) error {
 	for _, f := range []family{ipv4, ipv6} {
-		if !s.wants(f) && !st.mayHold(f) {
+		may := st.mayHold(f)
+		if !s.wants(f) && !may {
 			continue
 		}
 		want := ruleSet{}
 		if s.wants(f) {
 			want = rulesFor(s, f)
 		}
-		if err := reconcileStep(undo, st.backend, f, want, s.wants(f)); err != nil {
+		// A pod's first ADD finds nothing of weir's: then the save
+		// program's answer is known without starting it (no weir chain
+		// means no jump to one either), which spares every such ADD one
+		// process of the two.
+		if err := reconcileStep(undo, st.backend, f, want, s.wants(f), !may); err != nil {
 			return err
 		}
 	}
@@ -176,7 +181,7 @@ func (st iptStore) clear(undo *undoStack) error {
 		if !st.mayHold(f) {
 			continue
 		}
-		if err := reconcileStep(undo, st.backend, f, ruleSet{}, false); err != nil {
+		if err := reconcileStep(undo, st.backend, f, ruleSet{}, false, false); err != nil {
 			return err
 		}
 	}

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/redirect"
@@ -48,12 +47,19 @@ type Conf struct {
 	// agentSocket. A missing file means every pod needs the agent.
 	EnablementFile string `json:"enablementFile"`
 
+	// PrevResultJSON is the primary plugin's result as the runtime passed
+	// it. It hides types.PluginConf's generic decoding of the same key:
+	// weir-cni reads only the pod's addresses and prints the rest back
+	// unchanged (prevresult.go).
+	PrevResultJSON json.RawMessage `json:"prevResult,omitempty"`
+
 	// Keys a runtime injects; accepted so strict decoding does not reject them.
 	RuntimeConfig    json.RawMessage `json:"runtimeConfig,omitempty"`
 	Args             json.RawMessage `json:"args,omitempty"`
 	LegacyValidAttch json.RawMessage `json:"cni.dev/attachments,omitempty"`
 
 	timeout time.Duration
+	prev    *prevResult // nil without prevResult
 }
 
 // Defaults of the conflist keys.
@@ -123,10 +129,12 @@ func parseConfig(stdin []byte) (*Conf, error) {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
 			fmt.Sprintf("logLevel: want debug, info, warn or error, got %q", c.LogLevel))
 	}
-	if c.RawPrevResult != nil {
-		if err := version.ParsePrevResult(&c.PluginConf); err != nil {
+	if len(c.PrevResultJSON) > 0 && string(bytes.TrimSpace(c.PrevResultJSON)) != "null" {
+		p, err := parsePrevResult(c.CNIVersion, c.PrevResultJSON)
+		if err != nil {
 			return nil, types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
 		}
+		c.prev = p
 	}
 	return c, nil
 }

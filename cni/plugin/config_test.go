@@ -14,7 +14,7 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.AgentSocket != "/run/weir/agent.sock" || c.Mode != "redirect" || c.LogFile != DefaultLogFile || c.timeout != DefaultTimeout || c.PrevResult == nil {
+	if c.AgentSocket != "/run/weir/agent.sock" || c.Mode != "redirect" || c.LogFile != DefaultLogFile || c.timeout != DefaultTimeout || c.prev == nil || len(c.prev.ips) != 1 || c.prev.ips[0] != "10.22.0.9/16" {
 		t.Fatalf("defaults: %+v", c)
 	}
 	// "-" is a log file of none; absolute paths are taken as they are.

@@ -13,7 +13,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
@@ -60,13 +59,9 @@ func cmdAdd(args *skel.CmdArgs) error {
 		return err
 	}
 	log := conf.logger().With("verb", "ADD", "container", args.ContainerID, "netns", args.Netns)
-	if conf.PrevResult == nil {
+	if conf.prev == nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin",
 			"no prevResult in the config: list weir-cni after the plugin that creates the interface")
-	}
-	prev, err := current.NewResultFromResult(conf.PrevResult)
-	if err != nil {
-		return types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
 	}
 	parseTook := time.Since(mainStart)
 	netnsStart := time.Now()
@@ -78,10 +73,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	ips := make([]string, 0, len(prev.IPs))
-	for _, ip := range prev.IPs {
-		ips = append(ips, ip.Address.String())
-	}
+	ips := conf.prev.ips
 	client := newAgentClient(conf)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var resp api.AddResponse
@@ -97,14 +89,14 @@ func cmdAdd(args *skel.CmdArgs) error {
 			// namespace is not enabled, so the pod starts as it would
 			// without weir (the agent onboards it if that changes).
 			log.Warn("agent unreachable; namespace not enabled, pod starts uncaptured", "pod", pod.Namespace+"/"+pod.Name, "err", err)
-			return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+			return conf.prev.print(conf.CNIVersion)
 		}
 		log.Error("agent add failed", "pod", pod.Namespace+"/"+pod.Name, "err", err)
 		return agentCallError("ADD", conf, err)
 	}
 	if !resp.Captured {
 		log.Info("pod not captured", "pod", pod.Namespace+"/"+pod.Name, "reason", resp.Reason)
-		return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+		return conf.prev.print(conf.CNIVersion)
 	}
 	if resp.Redirect == nil {
 		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
@@ -131,7 +123,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 		"agentMicros", agentTook.Microseconds(), "redirectMicros", redirectTook.Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds(),
 		"mainMicros", time.Since(mainStart).Microseconds(), "parseMicros", parseTook.Microseconds(), "netnsMicros", netnsTook.Microseconds(),
 		"cpuMicros", processCPU().Microseconds(), "agentPhases", resp.Timings, "rulePhases", rulePhases)
-	return types.PrintResult(conf.PrevResult, conf.CNIVersion)
+	return conf.prev.print(conf.CNIVersion)
 }
 
 // cmdDel tells the agent, which takes the rules of a pod it holds out of
@@ -182,7 +174,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if conf.PrevResult == nil {
+	if conf.prev == nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin", "no prevResult in the config")
 	}
 	if err := checkNetns(args.Netns); err != nil {
