@@ -233,7 +233,16 @@ func (a *Agent) accelerated(c *net.TCPConn) bool {
 		return true // closed: not splicing it costs nothing
 	}
 	in := true
-	rc.Control(func(fd uintptr) { in = objs.Accelerated(int(fd)) })
+	la, lok := c.LocalAddr().(*net.TCPAddr)
+	ra, rok := c.RemoteAddr().(*net.TCPAddr)
+	if !lok || !rok {
+		rc.Control(func(fd uintptr) { in = objs.Accelerated(int(fd)) })
+		return in
+	}
+	// The addresses Go recorded at accept or connect save a getsockname
+	// and a getpeername per check.
+	local, remote := la.AddrPort(), ra.AddrPort()
+	rc.Control(func(fd uintptr) { in = objs.AcceleratedConn(int(fd), local, remote) })
 	return in
 }
 

@@ -277,6 +277,15 @@ func TestAccelLocalPair(t *testing.T) {
 			accepted <- fmt.Errorf("the agent's accepted socket (key %+v %v) is not in the accel sockhash (counters %v, pending %v)", k, kerr, st, keys)
 			return
 		}
+		// The cheaper check, with the addresses Go holds, agrees.
+		if !b.objs.AcceleratedConn(fdOf(t, c), c.LocalAddr().(*net.TCPAddr).AddrPort(), c.RemoteAddr().(*net.TCPAddr).AddrPort()) {
+			accepted <- fmt.Errorf("AcceleratedConn says no where Accelerated says yes (%v -> %v)", c.RemoteAddr(), c.LocalAddr())
+			return
+		}
+		if b.objs.AcceleratedConn(fdOf(t, c), c.LocalAddr().(*net.TCPAddr).AddrPort(), netip.AddrPortFrom(netip.MustParseAddr("10.9.9.9"), 1)) {
+			accepted <- fmt.Errorf("AcceleratedConn says yes for a socket key that is not in the sockhash")
+			return
+		}
 		c.SetDeadline(time.Now().Add(2 * time.Minute))
 		accepted <- handle(c)
 	}
