@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"bufio"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -642,7 +643,7 @@ func (uc *upConn) deliver(f Frame) error {
 	if pd != nil {
 		uc.arm() // progress: the clock starts again for the rest
 		if pd.hidx >= 0 {
-			uc.dl.remove(pd)
+			heap.Remove(&uc.dl, pd.hidx)
 		}
 	}
 	uc.mu.Unlock()
@@ -702,7 +703,7 @@ func (uc *upConn) fail(err error) {
 // by its deadline. The timer may fire early (a request answered in time
 // leaves it set): expire then only sets it again. Called with mu held.
 func (uc *upConn) schedule(pd *pending) {
-	uc.dl.push(pd)
+	heap.Push(&uc.dl, pd)
 	if !uc.timerAt.IsZero() && !pd.deadline.Before(uc.timerAt) {
 		return
 	}
@@ -735,7 +736,7 @@ func (uc *upConn) expire() {
 	var due []*pending
 	forgot := 0
 	for len(uc.dl) > 0 && !uc.dl[0].deadline.After(now) {
-		pd := uc.dl.pop()
+		pd := heap.Pop(&uc.dl).(*pending)
 		if pd.expired {
 			// Its answer never came: the id may be used again.
 			delete(uc.byID, pd.req.ID())
@@ -746,7 +747,7 @@ func (uc *upConn) expire() {
 		due = append(due, pd)
 		if uc.byID != nil {
 			pd.deadline = now.Add(grace)
-			uc.dl.push(pd)
+			heap.Push(&uc.dl, pd)
 		}
 	}
 	if forgot > 0 {
@@ -766,66 +767,29 @@ func (uc *upConn) expire() {
 	}
 }
 
-// deadlines is a min-heap of requests by deadline; each knows its index.
+// deadlines is a min-heap (container/heap) of requests by deadline; each
+// knows its index, so an answered request leaves it in O(log n).
 type deadlines []*pending
 
-func (h *deadlines) push(pd *pending) {
-	pd.hidx = len(*h)
-	*h = append(*h, pd)
-	h.up(pd.hidx)
-}
+func (h deadlines) Len() int           { return len(h) }
+func (h deadlines) Less(i, j int) bool { return h[i].deadline.Before(h[j].deadline) }
 
-func (h *deadlines) pop() *pending {
-	pd := (*h)[0]
-	h.remove(pd)
-	return pd
-}
-
-func (h *deadlines) remove(pd *pending) {
-	q := *h
-	i, last := pd.hidx, len(q)-1
-	if i != last {
-		q[i] = q[last]
-		q[i].hidx = i
-	}
-	q[last] = nil
-	*h = q[:last]
-	pd.hidx = -1
-	if i != last {
-		h.down(i)
-		h.up(i)
-	}
-}
-
-func (h deadlines) up(i int) {
-	for i > 0 {
-		p := (i - 1) / 2
-		if !h[i].deadline.Before(h[p].deadline) {
-			return
-		}
-		h.swap(i, p)
-		i = p
-	}
-}
-
-func (h deadlines) down(i int) {
-	for {
-		l, m := 2*i+1, i
-		if l < len(h) && h[l].deadline.Before(h[m].deadline) {
-			m = l
-		}
-		if r := l + 1; r < len(h) && h[r].deadline.Before(h[m].deadline) {
-			m = r
-		}
-		if m == i {
-			return
-		}
-		h.swap(i, m)
-		i = m
-	}
-}
-
-func (h deadlines) swap(i, j int) {
+func (h deadlines) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
 	h[i].hidx, h[j].hidx = i, j
+}
+
+func (h *deadlines) Push(x any) {
+	pd := x.(*pending)
+	pd.hidx = len(*h)
+	*h = append(*h, pd)
+}
+
+func (h *deadlines) Pop() any {
+	q := *h
+	pd := q[len(q)-1]
+	q[len(q)-1] = nil
+	*h = q[:len(q)-1]
+	pd.hidx = -1
+	return pd
 }
