@@ -54,7 +54,8 @@ func (h *Handle) forgetUnanswered(dst netip.AddrPort) {
 	if u.pending == nil {
 		u.pending = map[netip.AddrPort]struct{}{}
 	}
-	u.pending[dst] = struct{}{}
+	// Keys are unmapped, as conntrack reports IPv4 addresses.
+	u.pending[netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())] = struct{}{}
 	if u.running {
 		u.mu.Unlock()
 		return
@@ -83,7 +84,7 @@ func (h *Handle) deleteUnanswered(dsts map[netip.AddrPort]struct{}) (uint, error
 	defer nh.Close()
 	var v4, v6 bool
 	for d := range dsts {
-		if d.Addr().Unmap().Is4() {
+		if d.Addr().Is4() {
 			v4 = true
 		} else {
 			v6 = true
@@ -124,11 +125,8 @@ func (f unansweredFilter) MatchConntrackFlow(flow *netlink.ConntrackFlow) bool {
 	if !ok {
 		return false
 	}
-	d := netip.AddrPortFrom(dst.Unmap(), flow.Forward.DstPort)
-	if _, ok := f[d]; !ok {
-		if _, ok := f[netip.AddrPortFrom(dst, flow.Forward.DstPort)]; !ok {
-			return false
-		}
+	if _, ok := f[netip.AddrPortFrom(dst.Unmap(), flow.Forward.DstPort)]; !ok {
+		return false
 	}
 	// Not NATed: the reply comes from where the SYN was sent.
 	return flow.Reverse.SrcIP.Equal(flow.Forward.DstIP) && flow.Reverse.SrcPort == flow.Forward.DstPort
