@@ -17,7 +17,7 @@ const (
 	phaseLock    = "lock"    // waiting for the agent's lock (other CNI calls, reconcile)
 	phaseShared  = "shared"  // the guard's "another pod's namespace" half, superseded stand-ins
 	phaseListen  = "listen"  // opening the namespace and the capture listeners in it
-	phaseMigrate = "migrate" // net.ipv4.tcp_migrate_req=1 in the pod's namespace
+	phaseMigrate = "migrate" // the pod sysctls capture sets (tunePod)
 	phaseServe   = "serve"   // handing the listeners to the engine
 	phaseState   = "state"   // persisting the pod's state file
 	// phaseTotal is the whole ADD inside the agent, phaseCPU the CPU time

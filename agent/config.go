@@ -247,6 +247,18 @@ type Capture struct {
 	// namespace (name empty); the most specific entry wins. Same model and
 	// validation as the weir.dev/* pod annotations.
 	Overrides []PodOverride `json:"overrides"`
+	// TCPTimestamps is what REDIRECT capture does with a pod's
+	// net.ipv4.tcp_timestamps. REDIRECT gives every outbound connection
+	// the same local address in the pod (the agent's listener), while the
+	// app's TCP stamps each destination address with its own random clock
+	// offset; when the agent's side of an earlier connection is in
+	// TIME_WAIT, a new SYN from the same source port to another destination
+	// carries an "older" timestamp, is dropped by PAWS, and connects a
+	// second or more later. "monotonic" (default) sets the sysctl from 1 to
+	// 2 (timestamps without random offsets) while the pod is captured in
+	// REDIRECT mode and back to 1 when the agent releases it; "keep" leaves
+	// it alone. docs/design.md, "REDIRECT and TIME_WAIT".
+	TCPTimestamps string `json:"tcpTimestamps"`
 }
 
 // EBPFSettings place eBPF capture on the node.
@@ -576,6 +588,11 @@ func (c Config) Validate() error {
 	case "", redirect.ModeRedirect, redirect.ModeTPROXY, redirect.ModeEBPF:
 	default:
 		return fmt.Errorf("capture.mode: want redirect, tproxy or ebpf, got %q", c.Capture.Mode)
+	}
+	switch c.Capture.TCPTimestamps {
+	case "", timestampsMonotonic, timestampsKeep:
+	default:
+		return fmt.Errorf("capture.tcpTimestamps: want monotonic or keep, got %q", c.Capture.TCPTimestamps)
 	}
 	switch c.Capture.EBPFFallback {
 	case "", "none", string(redirect.ModeRedirect), string(redirect.ModeTPROXY):

@@ -87,6 +87,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"bad backend", "capture:\n  backend: iptables\n", "capture.backend"},
 		{"bad mode", "capture:\n  mode: magic\n", "capture"},
 		{"bad mark", "capture:\n  mark: lots\n", "mark"},
+		{"bad tcpTimestamps", "capture:\n  tcpTimestamps: random\n", `capture.tcpTimestamps: want monotonic or keep, got "random"`},
 		{"service without name", "services:\n  - address: 10.0.0.1:80\n", "services[0].name"},
 		{"service without address or endpoints", "services:\n  - name: a\n", "services[0] (a): needs an address or endpoints"},
 		{"bad protocol", "services:\n  - name: a\n    address: 10.0.0.1:80\n    protocol: quic\n", "services[0] (a).protocol"},

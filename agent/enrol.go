@@ -124,8 +124,12 @@ func (a *Agent) capture(p *pod, spec redirect.Spec, tm *phaseTimer) error {
 		}
 	}
 	tm.mark(phaseListen)
-	if err := enableMigration(ns); err != nil {
-		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
+	migrate, stamps := tunePod(ns, a.monotonicTimestamps(spec))
+	if migrate != nil {
+		a.log.Warn("cannot set net.ipv4.tcp_migrate_req in pod netns; a takeover may reset connections queued on the old agent", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", migrate)
+	}
+	if stamps != nil {
+		a.log.Warn("cannot set net.ipv4.tcp_timestamps=2 in pod netns; the pod's connects may stall on the agent's TIME_WAIT sockets", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", stamps)
 	}
 	tm.mark(phaseMigrate)
 	w := &proxy.Workload{Name: p.meta.Namespace + "/" + p.meta.Name, Netns: ns, Addrs: p.ips}
@@ -175,8 +179,20 @@ func (a *Agent) offboard(p *pod) error {
 	if err := redirect.Remove(p.ns.FdPath(), redirect.WithPinPath(a.cfg.pinPath())); err != nil {
 		return fmt.Errorf("remove rules: %w", err)
 	}
+	if a.monotonicTimestamps(p.spec) {
+		if err := restoreTimestamps(p.ns); err != nil {
+			a.log.Warn("cannot set net.ipv4.tcp_timestamps back to 1 in released pod", "pod", p.meta.Namespace+"/"+p.meta.Name, "err", err)
+		}
+	}
 	a.uncapture(p)
 	return nil
+}
+
+// monotonicTimestamps says whether a pod captured with spec runs with
+// net.ipv4.tcp_timestamps=2 (capture.tcpTimestamps): REDIRECT only, the one
+// mode that gives all the pod's outbound connections one local address.
+func (a *Agent) monotonicTimestamps(spec redirect.Spec) bool {
+	return spec.Mode == redirect.ModeRedirect && a.cfg.Capture.TCPTimestamps != timestampsKeep
 }
 
 // reconcile brings every known pod in line with the policy: pods whose

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/agent/api"
-	"github.com/weir-mesh/weir/proxy/netns"
 )
 
 // Takeover, so an upgrade drops no connection:
@@ -184,28 +183,6 @@ func listenUnix(path string, replace bool) (net.Listener, error) {
 		return nil, fmt.Errorf("install socket %s: %w", path, err)
 	}
 	return ln, nil
-}
-
-// migrateReqPaths are where the per-netns sysctl can be written: /proc/sys
-// is read-only in most containers, so the DaemonSet also mounts it under
-// /host (a sysctl file serves the netns of the thread that opens it).
-var migrateReqPaths = []string{"/proc/sys/net/ipv4/tcp_migrate_req", "/host/proc/sys/net/ipv4/tcp_migrate_req"}
-
-// enableMigration sets net.ipv4.tcp_migrate_req=1 in the pod netns, so
-// connections queued on a closing listener move to another SO_REUSEPORT
-// listener of the same port (the successor's) instead of being reset.
-func enableMigration(ns *netns.Handle) error {
-	return ns.Do(func() error {
-		var last error
-		for _, p := range migrateReqPaths {
-			if err := os.WriteFile(p, []byte("1"), 0); err == nil {
-				return nil
-			} else {
-				last = err
-			}
-		}
-		return last
-	})
 }
 
 // listenAdmin binds the admin address with SO_REUSEPORT so a successor can

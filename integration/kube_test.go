@@ -218,6 +218,16 @@ func kubeOnboardRunningPod(t *testing.T, mode string) {
 	t.Logf("onboarded %v after the label", d)
 	k.w.assertNoRulesIn(t, app)
 	request("onboarded", true)
+	// REDIRECT pods run without random timestamp offsets while captured
+	// (capture.tcpTimestamps, TestRedirectTimeWaitNoStall); other modes
+	// keep the kernel's default.
+	wantStamps := map[string]string{"redirect": "2"}[mode]
+	if wantStamps == "" {
+		wantStamps = "1"
+	}
+	if got := timestampsIn(t, app); got != wantStamps {
+		t.Fatalf("net.ipv4.tcp_timestamps in the onboarded %s pod is %s, want %s", mode, got, wantStamps)
+	}
 	if n := links(); n != linksBefore {
 		t.Fatalf("onboarding changed the node cgroup's BPF links from %d to %d; enrolment must be a map update", linksBefore, n)
 	}
@@ -225,6 +235,9 @@ func kubeOnboardRunningPod(t *testing.T, mode string) {
 	eventually(t, 10*time.Second, "pod released after the label is removed", func() bool { return !k.captured(t, app) })
 	request("released", false)
 	k.w.assertNoRulesIn(t, app)
+	if got := timestampsIn(t, app); got != "1" {
+		t.Fatalf("net.ipv4.tcp_timestamps in the released pod is %s, want the kernel default 1 back", got)
+	}
 	if n := links(); n != linksBefore {
 		t.Fatalf("release changed the node cgroup's BPF links from %d to %d", linksBefore, n)
 	}
