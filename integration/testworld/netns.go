@@ -41,9 +41,28 @@ func NewNetns(t T, prefix string) *Netns {
 	if out, err := exec.Command("ip", "netns", "add", n.Name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", n.Name, err, out)
 	}
-	t.Cleanup(func() { exec.Command("ip", "netns", "delete", n.Name).Run() })
+	t.Cleanup(func() { n.delete(t) })
 	n.MustRun(t, "ip", "link", "set", "lo", "up")
 	return n
+}
+
+// delete removes the namespace's name. A process still starting or ending
+// inside it (an `ip netns exec` child keeps the bind mount busy in its own
+// mount namespace for a moment) can make the first try fail; a namespace
+// left behind is said in the test log, never silently kept.
+func (n *Netns) delete(t T) {
+	var out []byte
+	var err error
+	for try := 0; try < 10; try++ {
+		if out, err = exec.Command("ip", "netns", "delete", n.Name).CombinedOutput(); err == nil {
+			return
+		}
+		if _, serr := os.Stat(n.Path); os.IsNotExist(serr) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("netns %s left behind: ip netns delete: %v: %s", n.Name, err, out)
 }
 
 // Command prepares a command to run inside the namespace.
