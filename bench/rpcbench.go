@@ -83,7 +83,7 @@ func MeasureDubbo(t testworld.T, opts RPCOptions) []RPCResult {
 		for i, p := range paths {
 			r := &results[i]
 			r.Path = p.name
-			m := startMeter(t, p.agent, opts.Perf)
+			m := startMeter(t, p.pid, opts.Perf)
 			out, err := p.client.Run(peer, "consume", "-url", "dubbo://"+p.addr, "-calls", strconv.Itoa(opts.Calls),
 				"-parallel", strconv.Itoa(opts.Parallel), "-conns", "1")
 			if err != nil {
@@ -187,7 +187,7 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 			r := &results[i]
 			r.Path = p.name
 			host, port, _ := strings.Cut(p.addr, ":")
-			m := startMeter(t, p.agent, opts.Perf)
+			m := startMeter(t, p.pid, opts.Perf)
 			out, err := p.client.Run("redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(opts.Clients),
 				"-n", strconv.Itoa(opts.Requests), "-P", strconv.Itoa(opts.Pipeline), "-t", "set,get", "--csv")
 			if err != nil {
@@ -230,7 +230,9 @@ type rpcPath struct {
 	name   string
 	client *testworld.Pod
 	addr   string
-	agent  *testworld.Agent // the agent on the path; nil: direct
+	// pid is the proxy's process on the path (its CPU is measured); nil:
+	// direct
+	pid func() int
 }
 
 // rpcWorld makes a node with one server pod (start starts it on port)
@@ -238,21 +240,36 @@ type rpcPath struct {
 // and two client pods, one captured and one not. It returns the three
 // paths: direct, weir at L4, weir at L7; with baseline (another
 // weir-agent binary), a second node like it adds weir at L4 and L7
-// through that agent.
+// through that agent; then, when haproxy is installed, haproxy-tcp: an
+// haproxy in the plain client pod relaying at L4 (2 threads), the
+// ceiling of any proxy on the path.
 func rpcWorld(t testworld.T, mode, baseline, protocol, vipL7, vipL4 string, port int, start func(*testworld.Pod)) []rpcPath {
 	agent, captured, plain, ep := rpcNode(t, mode, "", protocol, vipL7, vipL4, port, start)
 	paths := []rpcPath{
 		{"direct", plain, ep, nil},
-		{"weir-" + mode + "-l4", captured, vipL4, agent},
-		{"weir-" + mode + "-l7", captured, vipL7, agent},
+		{"weir-" + mode + "-l4", captured, vipL4, agent.Pid},
+		{"weir-" + mode + "-l7", captured, vipL7, agent.Pid},
 	}
 	if baseline != "" {
 		agent, captured, _, _ := rpcNode(t, mode, baseline, protocol, vipL7, vipL4, port, start)
 		paths = append(paths,
-			rpcPath{"weir-" + mode + "-base-l4", captured, vipL4, agent},
-			rpcPath{"weir-" + mode + "-base-l7", captured, vipL7, agent})
+			rpcPath{"weir-" + mode + "-base-l4", captured, vipL4, agent.Pid},
+			rpcPath{"weir-" + mode + "-base-l7", captured, vipL7, agent.Pid})
 	}
-	return paths
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Logf("haproxy is not installed: no haproxy-tcp path")
+		return paths
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", 10000+port%10000)
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	conf := fmt.Sprintf("global\n  nbthread 2\n  maxconn 4000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n"+
+		"frontend f\n  bind %s\n  default_backend b\n\nbackend b\n  server s1 %s\n", listen, ep)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hap := plain.Start(t, "haproxy", "-db", "-f", cfg)
+	plain.WaitPort(t, listen)
+	return append(paths, rpcPath{"haproxy-tcp", plain, listen, func() int { return hap.Process.Pid }})
 }
 
 // rpcNode builds one node of rpcWorld, its agent the node's build or,
@@ -294,30 +311,31 @@ const (
 	perfSwitches = "context-switches"
 )
 
-// meter measures an agent over one run: its CPU, and with perf its
-// system calls and context switches.
+// meter measures a path's proxy over one run: its CPU, and with perf
+// its system calls and context switches.
 type meter struct {
-	agent *testworld.Agent
-	cpu0  time.Duration
-	perf  *exec.Cmd
-	out   string
+	pid  int // 0: a direct path, nothing to measure
+	cpu0 time.Duration
+	perf *exec.Cmd
+	out  string
 }
 
-// startMeter starts measuring agent (nil: a direct path, nothing to
-// measure).
-func startMeter(t testworld.T, agent *testworld.Agent, perf bool) *meter {
+// startMeter starts measuring the process pid gives (nil: a direct path,
+// nothing to measure).
+func startMeter(t testworld.T, pid func() int, perf bool) *meter {
 	t.Helper()
-	m := &meter{agent: agent}
-	if agent == nil {
+	m := &meter{}
+	if pid == nil {
 		return m
 	}
+	m.pid = pid()
 	var err error
-	if m.cpu0, err = procCPU(agent.Pid()); err != nil {
-		t.Fatalf("agent cpu: %v", err)
+	if m.cpu0, err = procCPU(m.pid); err != nil {
+		t.Fatalf("proxy cpu: %v", err)
 	}
 	if perf {
 		m.out = filepath.Join(t.TempDir(), "perf.stat")
-		m.perf = exec.Command("perf", "stat", "-x,", "-o", m.out, "-e", perfSyscalls+","+perfSwitches, "-p", strconv.Itoa(agent.Pid()))
+		m.perf = exec.Command("perf", "stat", "-x,", "-o", m.out, "-e", perfSyscalls+","+perfSwitches, "-p", strconv.Itoa(m.pid))
 		if err := m.perf.Start(); err != nil {
 			t.Fatalf("perf stat: %v (Debian package linux-perf)", err)
 		}
@@ -329,12 +347,12 @@ func startMeter(t testworld.T, agent *testworld.Agent, perf bool) *meter {
 // stop ends the measurement: the agent's CPU and perf's counts.
 func (m *meter) stop(t testworld.T) (time.Duration, map[string]float64) {
 	t.Helper()
-	if m.agent == nil {
+	if m.pid == 0 {
 		return 0, nil
 	}
-	cpu1, err := procCPU(m.agent.Pid())
+	cpu1, err := procCPU(m.pid)
 	if err != nil {
-		t.Fatalf("agent cpu: %v", err)
+		t.Fatalf("proxy cpu: %v", err)
 	}
 	if m.perf == nil {
 		return cpu1 - m.cpu0, nil

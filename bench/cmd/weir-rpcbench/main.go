@@ -23,6 +23,9 @@
 // that agent and its L4 and L7 paths take turns with this build's, for an
 // interleaved A/B; -perf adds the agent's system calls and context
 // switches per call (perf stat attached to the agent during each run).
+// When haproxy is installed, an haproxy-tcp path (haproxy in mode tcp, 2
+// threads, in the uncaptured client pod) runs too: the ceiling of an L4
+// proxy on the same machine.
 //
 //	go run ./bench/cmd/weir-rpcbench -baseline-agent /tmp/weir-agent-main -perf
 package main
@@ -88,11 +91,15 @@ func main() {
 			fmt.Printf("%-24s %10.0f %9.0f %9.0f %17.2f %13.2f %13.2f\n", r.Path, r.CallsPerSecond(), r.P50, r.P99, r.CPUPerCall(), r.SyscallsPerCall(), r.SwitchesPerCall())
 		}
 		direct := rs[0]
-		for i := 1; i+1 < len(rs); i += 2 {
+		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
 			l4, l7 := rs[i], rs[i+1]
 			fmt.Printf("\n%s/%s agent CPU per call: %.2f× (goal ≤ 1.3×)\n", l7.Path, l4.Path, l7.CPUPerCall()/l4.CPUPerCall())
 			fmt.Printf("throughput: L7 %.2f× direct, L4 %.2f× direct; p99: L7 %.2f× direct, L4 %.2f× direct\n",
 				l7.CallsPerSecond()/direct.CallsPerSecond(), l4.CallsPerSecond()/direct.CallsPerSecond(), l7.P99/direct.P99, l4.P99/direct.P99)
+		}
+		if last := rs[len(rs)-1]; last.Path == "haproxy-tcp" {
+			fmt.Printf("\nhaproxy-tcp (L4 ceiling): throughput %.2f× direct, CPU %.2f µs/call (weir L4 %.2f×, L7 %.2f× its CPU)\n",
+				last.CallsPerSecond()/direct.CallsPerSecond(), last.CPUPerCall(), rs[1].CPUPerCall()/last.CPUPerCall(), rs[2].CPUPerCall()/last.CPUPerCall())
 		}
 		fmt.Println()
 	}
@@ -111,10 +118,14 @@ func main() {
 			fmt.Printf("%-24s %12.0f %9.3f %16.2f %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
 		}
 		direct := rs[0]
-		for i := 1; i+1 < len(rs); i += 2 {
+		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
 			l4, l7 := rs[i], rs[i+1]
 			fmt.Printf("\n%s: pipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f×\n",
 				l7.Path, l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest())
+		}
+		if last := rs[len(rs)-1]; last.Path == "haproxy-tcp" {
+			fmt.Printf("\nhaproxy-tcp (L4 ceiling): pipelined throughput %.2f× direct, CPU %.2f µs/cmd (weir L4 %.2f×, L7 %.2f× its CPU)\n",
+				last.RequestsPerSecond()/direct.RequestsPerSecond(), last.CPUPerRequest(), rs[1].CPUPerRequest()/last.CPUPerRequest(), rs[2].CPUPerRequest()/last.CPUPerRequest())
 		}
 	}
 }
