@@ -56,7 +56,8 @@ type answers struct {
 	// yet taken.
 	queue []*slot
 	qh    int
-	// outstanding counts registered slots not yet taken.
+	// outstanding counts registered slots not yet taken: at most
+	// maxQueued, so a client that does not read stops being read.
 	outstanding int
 	// writing: a goroutine owns the socket and out.
 	writing bool
@@ -64,9 +65,10 @@ type answers struct {
 	// closed once it is and every answer is written.
 	readerDone, idleClosed bool
 	idle                   chan struct{}
-	// tokens bounds the registered slots not yet taken (maxQueued): the
-	// reader waits for room before reading on. Not under amu.
-	tokens chan struct{}
+	// roomWait: the reader waits on room for outstanding to fall below
+	// maxQueued (room itself is not under amu; capacity 1).
+	roomWait bool
+	room     chan struct{}
 	// kick hands the owner's unwritten bytes to the writer goroutine;
 	// quit ends it. Not under amu.
 	kick, quit chan struct{}
@@ -98,15 +100,21 @@ func rawConn(down net.Conn) syscall.RawConn {
 	return rc
 }
 
-// register gives a new slot its place among the answers to come; false
-// when the session ends while the reader waits for room.
+// register gives a new slot its place among the answers to come, once
+// fewer than maxQueued are outstanding; false when the session ends while
+// the reader waits for room.
 func (s *session) register(sl *slot) bool {
-	select {
-	case s.tokens <- struct{}{}:
-	case <-s.ctx.Done():
-		return false
-	}
 	s.amu.Lock()
+	for s.outstanding >= maxQueued {
+		s.roomWait = true
+		s.amu.Unlock()
+		select {
+		case <-s.room:
+		case <-s.ctx.Done():
+			return false
+		}
+		s.amu.Lock()
+	}
 	s.outstanding++
 	if s.ordered {
 		s.queue = append(s.queue, sl)
@@ -221,8 +229,12 @@ func (s *session) take() {
 		s.queue = s.queue[:k]
 	}
 	s.outstanding -= n
-	for range n {
-		<-s.tokens
+	if n > 0 && s.roomWait {
+		s.roomWait = false
+		select {
+		case s.room <- struct{}{}:
+		default: // a wake-up is pending already
+		}
 	}
 }
 

@@ -102,7 +102,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 		ordered: pool.p.IDWidth() == 0,
 	}
 	s.answers = answers{
-		idle: make(chan struct{}), tokens: make(chan struct{}, maxQueued),
+		idle: make(chan struct{}), room: make(chan struct{}, 1),
 		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: rawConn(down),
 	}
 	if s.log == nil {

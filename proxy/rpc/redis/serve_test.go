@@ -537,3 +537,28 @@ func TestSlowClientDoesNotHoldOthers(t *testing.T) {
 		}
 	}
 }
+
+// TestPipelineBeyondMaxQueued: a client pipelines three times more
+// commands than a session keeps outstanding (1024) behind a slow first
+// one, so its reader must stop and wait for room until the answers flow;
+// then every answer comes, in order.
+func TestPipelineBeyondMaxQueued(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	c := connect(t, addr)
+	c.c.SetDeadline(time.Now().Add(30 * time.Second))
+	const n = 3000
+	cmds := [][]string{{"DEBUG", "SLEEP", "0.3"}}
+	for range n {
+		cmds = append(cmds, []string{"INCR", "queued"})
+	}
+	c.send(t, cmds...)
+	if r := c.reply(t); r != "+OK" {
+		t.Fatalf("DEBUG SLEEP: %q", r)
+	}
+	for i := range n {
+		if r, want := c.reply(t), fmt.Sprintf(":%d", i+1); r != want {
+			t.Fatalf("INCR %d: %q, want %q", i, r, want)
+		}
+	}
+}
