@@ -76,7 +76,7 @@ type answers struct {
 	out     []byte // answers taken, from off on not written yet
 	off     int
 	endSoon bool // close the connection once out is written
-	broken  bool // the connection is closed: answers are dropped
+	broken  bool // the client's side is gone: answers are dropped
 	// raw writes without blocking; nil: every write goes to the writer
 	// goroutine (a connection with no file descriptor).
 	raw syscall.RawConn
@@ -287,9 +287,14 @@ func (s *session) writeOut(block bool) {
 			s.kick <- struct{}{} // capacity 1, and only the owner sends
 			return
 		case err != nil:
+			// The client is gone (reset, or closed while answers were on
+			// their way): answers are dropped from here on. The socket is
+			// left to the reader, which still forwards what the client
+			// sent before it went (a one-way commit, say) and then ends
+			// on the connection's error; closing it here would drop those
+			// requests unread.
 			s.broken = true
 			s.off = len(s.out)
-			s.down.Close() // wakes the reader
 		}
 	}
 }

@@ -562,3 +562,45 @@ func TestPipelineBeyondMaxQueued(t *testing.T) {
 		}
 	}
 }
+
+// TestRequestsBeforeResetStillSent: a client pipelines commands and
+// resets its connection at once. Answering it then fails, but every
+// command it sent before the reset still reaches the server: the
+// session's reader, held back here by its limit of outstanding answers
+// behind a slow first command, reads them on (commands a client sent
+// before going away, like RocketMQ's one-way offset commits, are not
+// dropped because an answer could not be written).
+func TestRequestsBeforeResetStillSent(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1500 // more than a session keeps outstanding (1024)
+	cmds := []string{command("DEBUG", "SLEEP", "0.5")}
+	for range n {
+		cmds = append(cmds, command("INCR", "sent"))
+	}
+	cmds = append(cmds, command("SET", "last", "1"))
+	if _, err := io.WriteString(c, strings.Join(cmds, "")); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).SetLinger(0) // close with a reset
+	c.Close()
+
+	direct := connect(t, a.String())
+	direct.c.SetDeadline(time.Now().Add(30 * time.Second))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		direct.send(t, []string{"GET", "last"}, []string{"GET", "sent"})
+		last, sent := direct.reply(t), direct.reply(t)
+		if last == "$1" && sent == fmt.Sprintf("$%d", n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the client's reset: last %s, sent %s, want $1 and $%d (every command it sent)", last, sent, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
