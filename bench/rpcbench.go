@@ -2,6 +2,8 @@ package bench
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +22,13 @@ type RPCOptions struct {
 	// Rounds repeats the three paths in turn, so load on the machine is
 	// spread over them alike.
 	Rounds int
+	// BaselineAgent, when set, is another weir-agent binary (a build of
+	// main) measured in the same rounds on a node of its own: paths
+	// weir-<mode>-base-l4 and -base-l7, for an interleaved A/B.
+	BaselineAgent string
+	// Perf counts the agent's system calls and context switches per call
+	// with `perf stat` attached during each run.
+	Perf bool
 }
 
 // RPCResult is one path's measurement, summed over the rounds.
@@ -27,12 +36,21 @@ type RPCResult struct {
 	Path string
 	// Calls answered and the seconds they took; the consumer's p50 and p99
 	// call latency (µs), the medians over the rounds.
-	Calls      int
-	Seconds    float64
-	P50, P99   float64
-	AgentCPU   time.Duration // the agent's user+system CPU during the runs
-	p50s, p99s []float64
+	Calls    int
+	Seconds  float64
+	P50, P99 float64
+	AgentCPU time.Duration // the agent's user+system CPU during the runs
+	// Syscalls and Switches are the agent's system calls and context
+	// switches during the runs (with RPCOptions.Perf).
+	Syscalls, Switches float64
+	p50s, p99s         []float64
 }
+
+// SyscallsPerCall and SwitchesPerCall are the perf counts per call.
+func (r RPCResult) SyscallsPerCall() float64 { return r.Syscalls / float64(r.Calls) }
+
+// SwitchesPerCall is the agent's context switches per call.
+func (r RPCResult) SwitchesPerCall() float64 { return r.Switches / float64(r.Calls) }
 
 // CallsPerSecond is the throughput.
 func (r RPCResult) CallsPerSecond() float64 { return float64(r.Calls) / r.Seconds }
@@ -57,7 +75,7 @@ const (
 // peers of hack/rpc-peers.sh (WEIR_RPC_PEERS_DIR or the script).
 func MeasureDubbo(t testworld.T, opts RPCOptions) []RPCResult {
 	peer := filepath.Join(testworld.RPCPeers(t), "dubbo-peer")
-	agent, paths := rpcWorld(t, opts.Mode, "dubbo", rpcVIPL7, rpcVIPL4, 20880, func(p *testworld.Pod) {
+	paths := rpcWorld(t, opts.Mode, opts.BaselineAgent, "dubbo", rpcVIPL7, rpcVIPL4, 20880, func(p *testworld.Pod) {
 		p.Start(t, peer, "provide", "-name", "p", "-port", "20880")
 	})
 	results := make([]RPCResult, len(paths))
@@ -65,19 +83,13 @@ func MeasureDubbo(t testworld.T, opts RPCOptions) []RPCResult {
 		for i, p := range paths {
 			r := &results[i]
 			r.Path = p.name
-			cpu0, err := procCPU(agent.Pid())
-			if err != nil {
-				t.Fatalf("agent cpu: %v", err)
-			}
+			m := startMeter(t, p.pid, opts.Perf)
 			out, err := p.client.Run(peer, "consume", "-url", "dubbo://"+p.addr, "-calls", strconv.Itoa(opts.Calls),
 				"-parallel", strconv.Itoa(opts.Parallel), "-conns", "1")
 			if err != nil {
 				t.Fatalf("round %d, %s: consumer: %v\n%s", round, p.name, err, tail(out, 20))
 			}
-			cpu1, err := procCPU(agent.Pid())
-			if err != nil {
-				t.Fatalf("agent cpu: %v", err)
-			}
+			cpu, counts := m.stop(t)
 			var calls int
 			var secs, p50, p99 float64
 			found := false
@@ -93,10 +105,12 @@ func MeasureDubbo(t testworld.T, opts RPCOptions) []RPCResult {
 			}
 			r.Calls += calls
 			r.Seconds += secs
-			r.AgentCPU += cpu1 - cpu0
+			r.AgentCPU += cpu
+			r.Syscalls += counts[perfSyscalls]
+			r.Switches += counts[perfSwitches]
 			r.p50s = append(r.p50s, p50)
 			r.p99s = append(r.p99s, p99)
-			t.Logf("round %d %s: %d calls in %.2f s, p50 %.0f µs, p99 %.0f µs, agent CPU %s", round, p.name, calls, secs, p50, p99, cpu1-cpu0)
+			t.Logf("round %d %s: %d calls in %.2f s, p50 %.0f µs, p99 %.0f µs, agent CPU %s", round, p.name, calls, secs, p50, p99, cpu)
 		}
 	}
 	for i := range results {
@@ -122,6 +136,9 @@ type RedisOptions struct {
 	Requests, Clients, Pipeline int
 	// Rounds repeats the three paths in turn.
 	Rounds int
+	// BaselineAgent and Perf are as in RPCOptions.
+	BaselineAgent string
+	Perf          bool
 }
 
 // RedisResult is one path's measurement, summed over the rounds: the
@@ -134,8 +151,16 @@ type RedisResult struct {
 	Seconds  float64
 	P99      float64
 	AgentCPU time.Duration
-	p99s     []float64
+	// Syscalls and Switches are as in RPCResult.
+	Syscalls, Switches float64
+	p99s               []float64
 }
+
+// SyscallsPerRequest is the agent's system calls per command.
+func (r RedisResult) SyscallsPerRequest() float64 { return r.Syscalls / float64(r.Requests) }
+
+// SwitchesPerRequest is the agent's context switches per command.
+func (r RedisResult) SwitchesPerRequest() float64 { return r.Switches / float64(r.Requests) }
 
 // RequestsPerSecond is the throughput.
 func (r RedisResult) RequestsPerSecond() float64 { return float64(r.Requests) / r.Seconds }
@@ -153,7 +178,7 @@ func (r RedisResult) CPUPerRequest() float64 {
 // redis-server and redis-benchmark.
 func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 	testworld.RequireTool(t, "redis-server", "redis-benchmark")
-	agent, paths := rpcWorld(t, opts.Mode, "redis", redisVIPL7, redisVIPL4, 6379, func(p *testworld.Pod) {
+	paths := rpcWorld(t, opts.Mode, opts.BaselineAgent, "redis", redisVIPL7, redisVIPL4, 6379, func(p *testworld.Pod) {
 		p.Start(t, "redis-server", "--port", "6379", "--save", "", "--appendonly", "no", "--protected-mode", "no")
 	})
 	results := make([]RedisResult, len(paths))
@@ -162,19 +187,13 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 			r := &results[i]
 			r.Path = p.name
 			host, port, _ := strings.Cut(p.addr, ":")
-			cpu0, err := procCPU(agent.Pid())
-			if err != nil {
-				t.Fatalf("agent cpu: %v", err)
-			}
+			m := startMeter(t, p.pid, opts.Perf)
 			out, err := p.client.Run("redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(opts.Clients),
 				"-n", strconv.Itoa(opts.Requests), "-P", strconv.Itoa(opts.Pipeline), "-t", "set,get", "--csv")
 			if err != nil {
 				t.Fatalf("round %d, %s: redis-benchmark: %v\n%s", round, p.name, err, tail(out, 20))
 			}
-			cpu1, err := procCPU(agent.Pid())
-			if err != nil {
-				t.Fatalf("agent cpu: %v", err)
-			}
+			cpu, counts := m.stop(t)
 			tests := 0
 			for _, l := range strings.Split(out, "\n") {
 				f := strings.Split(strings.ReplaceAll(strings.TrimSpace(l), `"`, ""), ",")
@@ -194,8 +213,10 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 			if tests != 2 {
 				t.Fatalf("round %d, %s: %d of 2 results (SET, GET) in:\n%s", round, p.name, tests, tail(out, 20))
 			}
-			r.AgentCPU += cpu1 - cpu0
-			t.Logf("round %d %s: agent CPU %s\n%s", round, p.name, cpu1-cpu0, strings.TrimSpace(out))
+			r.AgentCPU += cpu
+			r.Syscalls += counts[perfSyscalls]
+			r.Switches += counts[perfSwitches]
+			t.Logf("round %d %s: agent CPU %s\n%s", round, p.name, cpu, strings.TrimSpace(out))
 		}
 	}
 	for i := range results {
@@ -209,22 +230,67 @@ type rpcPath struct {
 	name   string
 	client *testworld.Pod
 	addr   string
+	// pid is the proxy's process on the path (its CPU is measured); nil:
+	// direct
+	pid func() int
 }
 
 // rpcWorld makes a node with one server pod (start starts it on port)
 // behind two services, vipL7 declared protocol and vipL4 declared tcp,
-// and two client pods, one captured and one not. It returns the agent and
-// the three paths: direct, weir at L4, weir at L7.
-func rpcWorld(t testworld.T, mode, protocol, vipL7, vipL4 string, port int, start func(*testworld.Pod)) (*testworld.Agent, []rpcPath) {
+// and two client pods, one captured and one not. It returns the three
+// paths: direct, weir at L4, weir at L7; with baseline (another
+// weir-agent binary), a second node like it adds weir at L4 and L7
+// through that agent; then, when haproxy is installed, haproxy-tcp: an
+// haproxy in the plain client pod relaying at L4 (2 threads), the
+// ceiling of any proxy on the path.
+func rpcWorld(t testworld.T, mode, baseline, protocol, vipL7, vipL4 string, port int, start func(*testworld.Pod)) []rpcPath {
+	agent, captured, plain, ep := rpcNode(t, mode, "", protocol, vipL7, vipL4, port, start)
+	paths := []rpcPath{
+		{"direct", plain, ep, nil},
+		{"weir-" + mode + "-l4", captured, vipL4, agent.Pid},
+		{"weir-" + mode + "-l7", captured, vipL7, agent.Pid},
+	}
+	if baseline != "" {
+		agent, captured, _, _ := rpcNode(t, mode, baseline, protocol, vipL7, vipL4, port, start)
+		paths = append(paths,
+			rpcPath{"weir-" + mode + "-base-l4", captured, vipL4, agent.Pid},
+			rpcPath{"weir-" + mode + "-base-l7", captured, vipL7, agent.Pid})
+	}
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Logf("haproxy is not installed: no haproxy-tcp path")
+		return paths
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", 10000+port%10000)
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	conf := fmt.Sprintf("global\n  nbthread 2\n  maxconn 4000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\n"+
+		"frontend f\n  bind %s\n  default_backend b\n\nbackend b\n  server s1 %s\n", listen, ep)
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hap := plain.Start(t, "haproxy", "-db", "-f", cfg)
+	plain.WaitPort(t, listen)
+	return append(paths, rpcPath{"haproxy-tcp", plain, listen, func() int { return hap.Process.Pid }})
+}
+
+// rpcNode builds one node of rpcWorld, its agent the node's build or,
+// with bin, that binary; it returns the agent, the captured and the
+// uncaptured client pods and the server's endpoint.
+func rpcNode(t testworld.T, mode, bin, protocol, vipL7, vipL4 string, port int, start func(*testworld.Pod)) (*testworld.Agent, *testworld.Pod, *testworld.Pod, string) {
 	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.1.0", Weir: map[string]any{"mode": mode}})
-	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	startAgent := func(cfg map[string]any) *testworld.Agent {
+		if bin != "" {
+			return node.StartAgentBinary(t, cfg, bin)
+		}
+		return node.StartAgent(t, cfg)
+	}
+	agent := startAgent(map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
 	server := node.MustAddPod(t, "backend", "server")
 	tuneNetns(t, server.Netns)
 	start(server)
 	server.WaitPort(t, fmt.Sprintf("127.0.0.1:%d", port))
 	ep := fmt.Sprintf("%s:%d", server.IP4, port)
 	agent.Stop(t)
-	agent = node.StartAgent(t, map[string]any{
+	agent = startAgent(map[string]any{
 		"capture": map[string]any{"namespaces": []string{"demo"}},
 		"services": []any{
 			map[string]any{"name": protocol + "-l7", "address": vipL7, "protocol": protocol, "endpoints": []string{ep}},
@@ -236,9 +302,66 @@ func rpcWorld(t testworld.T, mode, protocol, vipL7, vipL4 string, port int, star
 	for _, p := range []*testworld.Pod{captured, plain} {
 		tuneNetns(t, p.Netns)
 	}
-	return agent, []rpcPath{
-		{"direct", plain, ep},
-		{"weir-" + mode + "-l4", captured, vipL4},
-		{"weir-" + mode + "-l7", captured, vipL7},
+	return agent, captured, plain, ep
+}
+
+// perf stat's event names, the keys of meter's counts.
+const (
+	perfSyscalls = "raw_syscalls:sys_enter"
+	perfSwitches = "context-switches"
+)
+
+// meter measures a path's proxy over one run: its CPU, and with perf
+// its system calls and context switches.
+type meter struct {
+	pid  int // 0: a direct path, nothing to measure
+	cpu0 time.Duration
+	perf *exec.Cmd
+	out  string
+}
+
+// startMeter starts measuring the process pid gives (nil: a direct path,
+// nothing to measure).
+func startMeter(t testworld.T, pid func() int, perf bool) *meter {
+	t.Helper()
+	m := &meter{}
+	if pid == nil {
+		return m
 	}
+	m.pid = pid()
+	var err error
+	if m.cpu0, err = procCPU(m.pid); err != nil {
+		t.Fatalf("proxy cpu: %v", err)
+	}
+	if perf {
+		m.out = filepath.Join(t.TempDir(), "perf.stat")
+		m.perf = exec.Command("perf", "stat", "-x,", "-o", m.out, "-e", perfSyscalls+","+perfSwitches, "-p", strconv.Itoa(m.pid))
+		if err := m.perf.Start(); err != nil {
+			t.Fatalf("perf stat: %v (Debian package linux-perf)", err)
+		}
+		time.Sleep(200 * time.Millisecond) // let perf attach before the load starts
+	}
+	return m
+}
+
+// stop ends the measurement: the agent's CPU and perf's counts.
+func (m *meter) stop(t testworld.T) (time.Duration, map[string]float64) {
+	t.Helper()
+	if m.pid == 0 {
+		return 0, nil
+	}
+	cpu1, err := procCPU(m.pid)
+	if err != nil {
+		t.Fatalf("proxy cpu: %v", err)
+	}
+	if m.perf == nil {
+		return cpu1 - m.cpu0, nil
+	}
+	m.perf.Process.Signal(os.Interrupt)
+	m.perf.Wait()
+	b, err := os.ReadFile(m.out)
+	if err != nil {
+		t.Fatalf("perf stat: %v", err)
+	}
+	return cpu1 - m.cpu0, parsePerfStat(b)
 }

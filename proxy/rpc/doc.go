@@ -31,7 +31,10 @@
 // goes upstream as its original bytes, only its id patched. Answers go
 // back to each downstream connection as they complete when the protocol
 // has ids (the client matches them; a slow call holds no other), in its
-// request order when it has none. Errors (no
+// request order when it has none, written by the goroutine that completed
+// them (the upstream connection's reader, one non-blocking write per
+// client per read), and by the session's writer goroutine only when the
+// client's socket is full. Errors (no
 // cluster, no endpoint, circuit open, connect failure, an upstream
 // connection lost with requests on it) are answered with the Hijacker's
 // error reply; a protocol without one closes the downstream connection.

@@ -272,9 +272,9 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil) }
 
 // finishTo is finish that, with batch set, fills the answer's slot and
-// appends it to batch instead of waking its writer: the connection's
-// reader wakes them all once its read is used up (signalBatch), so a
-// client's writer wakes once per batch of answers, not once per answer.
+// appends it to batch instead of writing it: the connection's reader
+// writes them all once its read is used up (signalBatch), so a client
+// gets one write per batch of answers, not one per answer.
 func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	if pd.slot != nil && pd.lease != nil {
 		switch {
@@ -308,7 +308,8 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	}
 	pd.s.mt.request(pd.method, status, pd.start)
 	if pd.slot == nil {
-		return // oneway
+		pd.release() // oneway
+		return
 	}
 	var b []byte
 	switch {
@@ -326,9 +327,27 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	if batch != nil {
 		pd.slot.resp, pd.slot.err = b, err
 		*batch = append(*batch, pd.slot)
+	} else {
+		pd.slot.complete(b, err)
+	}
+	pd.release()
+}
+
+// pendings recycles requests: one per request is the hot path's
+// largest allocation.
+var pendings = sync.Pool{New: func() any { return new(pending) }}
+
+// release returns a finished request to pendings, unless it expired:
+// an expired request stays in its connection's tables until its late
+// answer comes or its id is forgotten, and is left to the collector.
+// Every other request is finished after it left its connection's
+// tables, by the one goroutine that holds it then.
+func (pd *pending) release() {
+	if pd.expired {
 		return
 	}
-	pd.slot.complete(b, err)
+	*pd = pending{}
+	pendings.Put(pd)
 }
 
 // unsent answers a request its connection died before sending, or sends
@@ -376,9 +395,16 @@ type upConn struct {
 	dl      deadlines
 	timer   *time.Timer
 	timerAt time.Time
-	// batch holds the answers the reader completed and has not signalled
-	// yet (reader only)
+	// armed is the read deadline set on c (zero: none); since, when the
+	// response clock last started: a wait began or an answer came (see
+	// waitBegins)
+	armed, since time.Time
+	// readAt is when the reader read the frame it delivers (reader only)
+	readAt time.Time
+	// batch holds the answers the reader completed and has not written
+	// yet, seen the sessions they go to (reader only)
 	batch []*slot
+	seen  []*session
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -500,12 +526,12 @@ func (uc *upConn) write(pd *pending, flush bool) error {
 		pd.req.SetID(uc.nextID)
 		uc.byID[uc.nextID] = pd
 		if len(uc.byID) == 1 {
-			uc.arm()
+			uc.waitBegins()
 		}
 	} else {
 		uc.fifo = append(uc.fifo, pd)
 		if len(uc.fifo) == 1 {
-			uc.arm()
+			uc.waitBegins()
 		}
 	}
 	if !oneway && !pd.deadline.IsZero() {
@@ -540,32 +566,66 @@ func (uc *upConn) drainSend() {
 	}
 }
 
-// arm sets the read deadline while requests wait: ResponseTimeout from
-// now, or none when nothing waits. Called with mu held.
-func (uc *upConn) arm() {
+// The response timeout (PoolOptions.ResponseTimeout) is kept lazily: the
+// socket's read deadline is set when a wait begins and no deadline is set,
+// and moved only when it fires, to ResponseTimeout after the last answer
+// (since), or cleared when nothing waits. Moving it at every answer would
+// cost a runtime timer update, under the runtime's locks, per response.
+
+// waitBegins starts the response clock for the first request of a wait
+// (nothing was waiting). Called with mu held.
+func (uc *upConn) waitBegins() {
 	d := uc.pool.opt.ResponseTimeout
 	if d <= 0 {
 		return
 	}
-	var t time.Time
-	if len(uc.fifo) > 0 || len(uc.byID) > 0 {
-		t = time.Now().Add(d)
+	uc.since = time.Now()
+	if uc.armed.IsZero() {
+		uc.armed = uc.since.Add(d)
+		uc.c.SetReadDeadline(uc.armed)
 	}
-	uc.c.SetReadDeadline(t)
+}
+
+// waiting reports whether requests wait for answers; called with mu held.
+func (uc *upConn) waiting() bool { return len(uc.fifo) > 0 || len(uc.byID) > 0 }
+
+// deadlineFired decides what a read deadline that fired means: nothing
+// waits (the deadline is cleared) or an answer came within the timeout
+// (it moves to ResponseTimeout after that answer), and the reader reads
+// on; or the connection really went ResponseTimeout without answering
+// (ok false).
+func (uc *upConn) deadlineFired() (ok bool) {
+	uc.mu.Lock()
+	defer uc.mu.Unlock()
+	now := time.Now()
+	switch next := uc.since.Add(uc.pool.opt.ResponseTimeout); {
+	case !uc.waiting():
+		uc.armed = time.Time{}
+	case next.After(now):
+		uc.armed = next
+	default:
+		return false
+	}
+	uc.c.SetReadDeadline(uc.armed)
+	return true
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch}
+	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
 	for {
 		f, err := fr.next()
 		if err != nil {
-			if isTimeout(err) {
+			if isTimeout(err) && uc.pool.opt.ResponseTimeout > 0 {
+				if uc.deadlineFired() {
+					continue
+				}
 				err = ErrResponseTimeout
 			}
 			uc.signalBatch()
 			uc.fail(err)
 			return
 		}
+		uc.readAt = fr.now
 		if err := uc.deliver(f); err != nil {
 			uc.signalBatch()
 			uc.fail(err)
@@ -574,13 +634,12 @@ func (uc *upConn) readLoop() {
 	}
 }
 
-// signalBatch wakes the writers of the answers the reader has completed
-// since it last read; called by the reader before it reads again.
+// signalBatch writes the answers the reader has completed since it last
+// read to their clients, one write per client where the client's socket
+// has room (else its session's writer takes the rest); called by the
+// reader before it reads again.
 func (uc *upConn) signalBatch() {
-	for i, sl := range uc.batch {
-		sl.signal()
-		uc.batch[i] = nil
-	}
+	uc.seen = completeBatch(uc.batch, uc.seen)
 	uc.batch = uc.batch[:0]
 }
 
@@ -641,7 +700,7 @@ func (uc *upConn) deliver(f Frame) error {
 		uc.fifo = uc.fifo[1:]
 	}
 	if pd != nil {
-		uc.arm() // progress: the clock starts again for the rest
+		uc.since = uc.readAt // progress: the clock starts again for the rest
 		if pd.hidx >= 0 {
 			heap.Remove(&uc.dl, pd.hidx)
 		}
@@ -749,9 +808,6 @@ func (uc *upConn) expire() {
 			pd.deadline = now.Add(grace)
 			heap.Push(&uc.dl, pd)
 		}
-	}
-	if forgot > 0 {
-		uc.arm()
 	}
 	if len(uc.dl) > 0 {
 		uc.timerAt = uc.dl[0].deadline

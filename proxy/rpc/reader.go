@@ -3,6 +3,7 @@ package rpc
 import (
 	"errors"
 	"io"
+	"time"
 )
 
 // minRead is the least free space a read is offered.
@@ -22,6 +23,10 @@ type frameReader struct {
 	// idle, when set, is called before a read that may block (every
 	// buffered whole frame has been returned).
 	idle func()
+	// stamp: now is set after every read that returned bytes, so callers
+	// time a read's worth of frames with one clock reading.
+	stamp bool
+	now   time.Time
 }
 
 // next returns the next frame. Errors: the reader's (io.EOF between
@@ -76,6 +81,9 @@ func (fr *frameReader) fill(need int) error {
 	n, err := fr.r.Read(fr.buf[fr.end:])
 	fr.end += n
 	if n > 0 {
+		if fr.stamp {
+			fr.now = time.Now()
+		}
 		return nil
 	}
 	return err // nil for a read of nothing: the caller tries again

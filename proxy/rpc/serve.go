@@ -1,7 +1,6 @@
 package rpc
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"io"
@@ -58,80 +57,24 @@ var (
 	ErrDraining = errors.New("rpc: proxy is draining")
 )
 
-// slot is one request's place in its downstream connection's answers:
-// for protocols without ids the writer sends them in request order, which
-// pipelining needs; for protocols with ids, as they complete.
-type slot struct {
-	ch   chan struct{} // capacity 1: complete never blocks
-	resp []byte
-	err  error
-	// ready, when set, takes the completed slot instead of ch: the
-	// session answers in completion order (protocols with ids).
-	ready chan<- *slot
-}
-
-var slots = sync.Pool{New: func() any { return &slot{ch: make(chan struct{}, 1)} }}
-
-func (s *slot) complete(resp []byte, err error) {
-	s.resp, s.err = resp, err
-	s.signal()
-}
-
-// signal hands a filled slot to its session's writer.
-func (s *slot) signal() {
-	if s.ready != nil {
-		s.ready <- s // capacity for every slot a session can have: never blocks
-		return
-	}
-	s.ch <- struct{}{}
-}
-
-// newSlot takes a slot for one of s's requests.
-func (s *session) newSlot() *slot {
-	sl := slots.Get().(*slot)
-	sl.ready = s.ready
-	return sl
-}
-
-// register gives a new slot its place among the answers to come: in
-// order, or one of the tokens of answers outstanding.
-func (s *session) register(sl *slot) {
-	if s.tokens != nil {
-		s.tokens <- struct{}{}
-		return
-	}
-	s.order <- sl
-}
-
-// putSlot returns a slot to the pool once its answer is written.
-func putSlot(sl *slot) {
-	sl.resp, sl.err, sl.ready = nil, nil, nil
-	slots.Put(sl)
-}
-
 // maxQueued bounds the requests one downstream connection has in flight;
 // its reader stops reading beyond it.
 const maxQueued = 1024
 
 // session is one downstream connection.
 type session struct {
-	ctx   context.Context
-	down  net.Conn
-	up    *Upstream
-	pool  *Pool
-	p     *Protocol
-	log   *slog.Logger
-	fr    frameReader
-	mt    *serviceTable // this protocol's and service's series; nil: no metrics
-	order chan *slot
-	// ready receives completed slots when answers go out in completion
-	// order (protocols with ids); nil: in request order, through order.
-	ready chan *slot
-	// tokens, with ready, counts the slots not yet answered (at most
-	// maxQueued: the reader waits for room); order then only says, by
-	// closing, that the reader is done.
-	tokens chan struct{}
-	wdone  chan struct{}
+	ctx  context.Context
+	down net.Conn
+	up   *Upstream
+	pool *Pool
+	p    *Protocol
+	log  *slog.Logger
+	fr   frameReader
+	mt   *serviceTable // this protocol's and service's series; nil: no metrics
+	// ordered: answers go out in request order (protocols without ids);
+	// else as they complete.
+	ordered bool
+	answers
 	// unflushed: upstream connections holding requests written inline
 	// and not flushed yet (reader only)
 	unflushed []*upConn
@@ -154,19 +97,18 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	defer down.Close()
 	s := &session{
 		ctx: ctx, down: down, up: up, pool: pool, p: pool.p, log: up.Log, mt: up.Metrics.table(pool.p.Name(), up.Service),
-		order: make(chan *slot, maxQueued), wdone: make(chan struct{}),
+		// A client of a protocol with ids matches answers by id: a slow
+		// call must not hold the answers of the calls after it.
+		ordered: pool.p.IDWidth() == 0,
+	}
+	s.answers = answers{
+		idle: make(chan struct{}), room: make(chan struct{}, 1),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: rawConn(down),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	if s.p.IDWidth() > 0 {
-		// A client of a protocol with ids matches answers by id: a slow
-		// call must not hold the answers of the calls after it. Room for
-		// every slot the session can hold (queued plus being waited for).
-		s.ready = make(chan *slot, maxQueued)
-		s.tokens = make(chan struct{}, maxQueued)
-	}
-	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp}
+	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp, stamp: true}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
@@ -186,10 +128,10 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 		defer unwatch()
 	}
 	go s.writeLoop()
+	defer close(s.quit)
 	s.readLoop()
 	s.flushUp()
-	close(s.order)
-	<-s.wdone
+	s.waitAnswers()
 	if s.pinned == nil || ctx.Err() != nil {
 		return
 	}
@@ -259,10 +201,13 @@ func (s *session) goAway() {
 	}
 }
 
-// local queues an answer made by the agent.
+// local answers with bytes made by the agent, in their turn.
 func (s *session) local(b []byte) {
 	sl := s.newSlot()
-	s.register(sl)
+	if !s.register(sl) {
+		putSlot(sl)
+		return
+	}
 	sl.complete(b, nil)
 }
 
@@ -285,9 +230,15 @@ func (s *session) forward(f Frame) {
 	var sl *slot
 	if f.Kind() != Oneway {
 		sl = s.newSlot()
-		s.register(sl)
+		if !s.register(sl) {
+			putSlot(sl)
+			return // the session ends
+		}
 	}
-	pd := &pending{req: f, slot: sl, p: s.p, start: time.Now(), up: s.up, s: s, pol: s.up.Policy, hidx: -1}
+	// start: when the request's bytes were read, one clock reading for a
+	// read's worth of requests
+	pd := pendings.Get().(*pending)
+	*pd = pending{req: f, slot: sl, p: s.p, start: s.fr.now, up: s.up, s: s, pol: s.up.Policy, hidx: -1}
 	if s.up.Metrics != nil {
 		pd.method = f.Attr("method")
 	}
@@ -378,89 +329,6 @@ func (s *session) flushUp() {
 		s.unflushed[i] = nil
 	}
 	s.unflushed = s.unflushed[:0]
-}
-
-// writeLoop sends answers in request order (or, with ready, in the order
-// they complete), batching those that are ready into one write.
-func (s *session) writeLoop() {
-	defer close(s.wdone)
-	bw := bufio.NewWriterSize(s.down, 32<<10)
-	w := answerWriter{s: s, bw: bw}
-	if s.ready != nil {
-		w.unordered()
-	} else {
-		for sl := range s.order {
-			select {
-			case <-sl.ch:
-			case <-s.ctx.Done():
-				w.broken = true
-				continue // the slot may still be completed: not reused
-			}
-			w.write(sl, len(s.order) == 0)
-		}
-	}
-	if !w.broken {
-		bw.Flush()
-	}
-}
-
-// unordered writes answers as they complete, and returns once the
-// reader is done (order closed) and every answer it registered is
-// written. Registering takes no wake-up of the writer: only answers do.
-func (w *answerWriter) unordered() {
-	s := w.s
-	done := s.order
-	for done != nil || len(s.tokens) > 0 {
-		select {
-		case sl := <-s.ready:
-			w.write(sl, len(s.ready) == 0)
-			<-s.tokens
-		case <-done:
-			done = nil
-		case <-s.ctx.Done():
-			// Slots may still complete into ready (it has room for all):
-			// not reused. Free the reader if it waits for a token.
-			w.broken = true
-			for done != nil {
-				select {
-				case <-s.tokens:
-				case <-done:
-					done = nil
-				}
-			}
-			return
-		}
-	}
-}
-
-// answerWriter writes a session's answers.
-type answerWriter struct {
-	s      *session
-	bw     *bufio.Writer
-	broken bool
-}
-
-// write sends one answer, flushing when flush is set, and recycles its
-// slot. An error with no reply (a protocol without one) ends the
-// connection: later answers would be out of step.
-func (w *answerWriter) write(sl *slot, flush bool) {
-	s := w.s
-	if sl.err != nil && len(sl.resp) == 0 {
-		w.broken = true
-		w.bw.Flush()
-		s.down.Close()
-	}
-	if !w.broken {
-		_, err := w.bw.Write(sl.resp)
-		if err == nil && flush {
-			err = w.bw.Flush()
-		}
-		if err != nil {
-			w.broken = true
-			s.down.Close() // wakes the reader
-		}
-	}
-	putSlot(sl)
 }
 
 // relayPinned moves the connection to an upstream connection of its own,

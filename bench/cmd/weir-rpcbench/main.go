@@ -18,6 +18,16 @@
 //
 //	go run ./bench/cmd/weir-rpcbench
 //	go run ./bench/cmd/weir-rpcbench -protocols dubbo -calls 50000 -parallel 16 -rounds 3 -mode tproxy
+//
+// With -baseline-agent (a weir-agent built from main), a second node runs
+// that agent and its L4 and L7 paths take turns with this build's, for an
+// interleaved A/B; -perf adds the agent's system calls and context
+// switches per call (perf stat attached to the agent during each run).
+// When haproxy is installed, an haproxy-tcp path (haproxy in mode tcp, 2
+// threads, in the uncaptured client pod) runs too: the ceiling of an L4
+// proxy on the same machine.
+//
+//	go run ./bench/cmd/weir-rpcbench -baseline-agent /tmp/weir-agent-main -perf
 package main
 
 import (
@@ -41,8 +51,16 @@ func main() {
 	flag.IntVar(&ro.Requests, "redis-requests", 100000, "redis-benchmark requests per test (SET, GET) and run")
 	flag.IntVar(&ro.Clients, "redis-clients", 10, "redis-benchmark connections")
 	flag.IntVar(&ro.Pipeline, "pipeline", 16, "redis-benchmark commands in flight per connection (-P)")
+	flag.StringVar(&o.BaselineAgent, "baseline-agent", "", "another weir-agent binary (a build of main) measured in the same rounds on a node of its own: paths weir-<mode>-base-l4 and -base-l7")
+	flag.BoolVar(&o.Perf, "perf", false, "count the agent's system calls and context switches per call with perf stat (Debian package linux-perf)")
 	flag.Parse()
-	ro.Mode, ro.Rounds = o.Mode, o.Rounds
+	ro.Mode, ro.Rounds, ro.BaselineAgent, ro.Perf = o.Mode, o.Rounds, o.BaselineAgent, o.Perf
+	if o.BaselineAgent != "" {
+		if st, err := os.Stat(o.BaselineAgent); err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+			fmt.Fprintf(os.Stderr, "weir-rpcbench: -baseline-agent %s is not an executable file\n", o.BaselineAgent)
+			os.Exit(2)
+		}
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weir-rpcbench: needs root (network namespaces)")
 		os.Exit(2)
@@ -68,14 +86,22 @@ func main() {
 		}
 		fmt.Printf("Dubbo (dubbo-go v3.3.0 consumer and provider, hessian2), %d calls × %d rounds per path, %d in flight on one connection, mode %s\n\n",
 			o.Calls, o.Rounds, o.Parallel, o.Mode)
-		fmt.Printf("%-20s %10s %9s %9s %16s\n", "path", "calls/s", "p50 µs", "p99 µs", "agent CPU µs/call")
+		fmt.Printf("%-24s %10s %9s %9s %17s %13s %13s\n", "path", "calls/s", "p50 µs", "p99 µs", "agent CPU µs/call", "syscalls/call", "switches/call")
 		for _, r := range rs {
-			fmt.Printf("%-20s %10.0f %9.0f %9.0f %16.2f\n", r.Path, r.CallsPerSecond(), r.P50, r.P99, r.CPUPerCall())
+			fmt.Printf("%-24s %10.0f %9.0f %9.0f %17.2f %13.2f %13.2f\n", r.Path, r.CallsPerSecond(), r.P50, r.P99, r.CPUPerCall(), r.SyscallsPerCall(), r.SwitchesPerCall())
 		}
-		direct, l4, l7 := rs[0], rs[1], rs[2]
-		fmt.Printf("\nL7/L4 agent CPU per call: %.2f× (goal ≤ 1.3×)\n", l7.CPUPerCall()/l4.CPUPerCall())
-		fmt.Printf("throughput: L7 %.2f× direct, L4 %.2f× direct; p99: L7 %.2f× direct, L4 %.2f× direct\n\n",
-			l7.CallsPerSecond()/direct.CallsPerSecond(), l4.CallsPerSecond()/direct.CallsPerSecond(), l7.P99/direct.P99, l4.P99/direct.P99)
+		direct := rs[0]
+		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
+			l4, l7 := rs[i], rs[i+1]
+			fmt.Printf("\n%s/%s agent CPU per call: %.2f× (goal ≤ 1.3×)\n", l7.Path, l4.Path, l7.CPUPerCall()/l4.CPUPerCall())
+			fmt.Printf("throughput: L7 %.2f× direct, L4 %.2f× direct; p99: L7 %.2f× direct, L4 %.2f× direct\n",
+				l7.CallsPerSecond()/direct.CallsPerSecond(), l4.CallsPerSecond()/direct.CallsPerSecond(), l7.P99/direct.P99, l4.P99/direct.P99)
+		}
+		if last := rs[len(rs)-1]; last.Path == "haproxy-tcp" {
+			fmt.Printf("\nhaproxy-tcp (L4 ceiling): throughput %.2f× direct, CPU %.2f µs/call (weir L4 %.2f×, L7 %.2f× its CPU)\n",
+				last.CallsPerSecond()/direct.CallsPerSecond(), last.CPUPerCall(), rs[1].CPUPerCall()/last.CPUPerCall(), rs[2].CPUPerCall()/last.CPUPerCall())
+		}
+		fmt.Println()
 	}
 	if slices.Contains(want, "redis") {
 		s := bench.NewSession(os.Stderr)
@@ -87,12 +113,19 @@ func main() {
 		}
 		fmt.Printf("Redis (redis-benchmark -t set,get -P %d -c %d), %d requests per test × %d rounds per path, mode %s\n\n",
 			ro.Pipeline, ro.Clients, ro.Requests, ro.Rounds, ro.Mode)
-		fmt.Printf("%-20s %12s %9s %16s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd")
+		fmt.Printf("%-24s %12s %9s %16s %12s %12s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd", "syscalls/cmd", "switches/cmd")
 		for _, r := range rs {
-			fmt.Printf("%-20s %12.0f %9.3f %16.2f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest())
+			fmt.Printf("%-24s %12.0f %9.3f %16.2f %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
 		}
-		direct, l4, l7 := rs[0], rs[1], rs[2]
-		fmt.Printf("\npipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f×\n",
-			l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest())
+		direct := rs[0]
+		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
+			l4, l7 := rs[i], rs[i+1]
+			fmt.Printf("\n%s: pipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f×\n",
+				l7.Path, l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest())
+		}
+		if last := rs[len(rs)-1]; last.Path == "haproxy-tcp" {
+			fmt.Printf("\nhaproxy-tcp (L4 ceiling): pipelined throughput %.2f× direct, CPU %.2f µs/cmd (weir L4 %.2f×, L7 %.2f× its CPU)\n",
+				last.RequestsPerSecond()/direct.RequestsPerSecond(), last.CPUPerRequest(), rs[1].CPUPerRequest()/last.CPUPerRequest(), rs[2].CPUPerRequest()/last.CPUPerRequest())
+		}
 	}
 }

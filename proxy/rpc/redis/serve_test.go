@@ -470,3 +470,137 @@ func TestPipelineOrderKept(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSlowClientDoesNotHoldOthers: a client that stops reading while
+// megabytes of its answers come back must not hold up the answers of a
+// client sharing its upstream connection (the upstream reader writes
+// answers itself, but never blocks on a client's full socket); once it
+// reads again, every one of its answers comes, whole and in order.
+func TestSlowClientDoesNotHoldOthers(t *testing.T) {
+	a := startRedis(t)
+	addr, _, pool := proxy(t, a)
+	big := strings.Repeat("0123456789abcdef", 16<<10) // 256 KiB
+	setup := connect(t, addr)
+	setup.send(t, []string{"SET", "big", big})
+	if r := setup.reply(t); r != "+OK" {
+		t.Fatalf("SET big: %q", r)
+	}
+
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	// 25 MiB of answers, far more than the two sockets' buffers hold: a
+	// fixed 256 KiB receive buffer, and at most tcp_wmem's maximum (4 MiB
+	// by default) on the agent's side. Not smaller: on loopback's 64 KiB
+	// MSS the window would never open by a whole segment, and the sender
+	// would wait for its zero-window probes.
+	slow.(*net.TCPConn).SetReadBuffer(256 << 10)
+	const gets = 100
+	var cmds strings.Builder
+	for range gets {
+		cmds.WriteString(command("GET", "big"))
+	}
+	if _, err := io.WriteString(slow, cmds.String()); err != nil {
+		t.Fatal(err)
+	}
+
+	// The slow client reads nothing meanwhile; the other one shares the
+	// upstream connection (one endpoint, one connection).
+	fast := connect(t, addr)
+	fast.c.SetDeadline(time.Now().Add(30 * time.Second))
+	for i := range 20 {
+		fast.send(t, []string{"INCR", "fast"})
+		if r, want := fast.reply(t), fmt.Sprintf(":%d", i+1); r != want {
+			t.Fatalf("fast client's INCR %d: %q, want %q", i, r, want)
+		}
+	}
+	if n := pool.Conns(a); n != 1 {
+		t.Fatalf("upstream connections: %d, want the 1 both clients share", n)
+	}
+
+	slow.SetDeadline(time.Now().Add(60 * time.Second))
+	r := bufio.NewReaderSize(slow, 64<<10)
+	want := fmt.Sprintf("$%d\r\n", len(big))
+	body := make([]byte, len(big)+2)
+	for i := range gets {
+		line, err := r.ReadString('\n')
+		if err != nil || line != want {
+			t.Fatalf("slow client's GET %d: header %q %v, want %q", i, line, err, want)
+		}
+		if _, err := io.ReadFull(r, body); err != nil {
+			t.Fatalf("slow client's GET %d: %v", i, err)
+		}
+		if string(body[:len(big)]) != big || string(body[len(big):]) != "\r\n" {
+			t.Fatalf("slow client's GET %d: the value came back changed", i)
+		}
+	}
+}
+
+// TestPipelineBeyondMaxQueued: a client pipelines three times more
+// commands than a session keeps outstanding (1024) behind a slow first
+// one, so its reader must stop and wait for room until the answers flow;
+// then every answer comes, in order.
+func TestPipelineBeyondMaxQueued(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	c := connect(t, addr)
+	c.c.SetDeadline(time.Now().Add(30 * time.Second))
+	const n = 3000
+	cmds := [][]string{{"DEBUG", "SLEEP", "0.3"}}
+	for range n {
+		cmds = append(cmds, []string{"INCR", "queued"})
+	}
+	c.send(t, cmds...)
+	if r := c.reply(t); r != "+OK" {
+		t.Fatalf("DEBUG SLEEP: %q", r)
+	}
+	for i := range n {
+		if r, want := c.reply(t), fmt.Sprintf(":%d", i+1); r != want {
+			t.Fatalf("INCR %d: %q, want %q", i, r, want)
+		}
+	}
+}
+
+// TestRequestsBeforeResetStillSent: a client pipelines commands and
+// resets its connection at once. Answering it then fails, but every
+// command it sent before the reset still reaches the server: the
+// session's reader, held back here by its limit of outstanding answers
+// behind a slow first command, reads them on (commands a client sent
+// before going away, like RocketMQ's one-way offset commits, are not
+// dropped because an answer could not be written).
+func TestRequestsBeforeResetStillSent(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1500 // more than a session keeps outstanding (1024)
+	cmds := []string{command("DEBUG", "SLEEP", "0.5")}
+	for range n {
+		cmds = append(cmds, command("INCR", "sent"))
+	}
+	cmds = append(cmds, command("SET", "last", "1"))
+	if _, err := io.WriteString(c, strings.Join(cmds, "")); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).SetLinger(0) // close with a reset
+	c.Close()
+
+	direct := connect(t, a.String())
+	direct.c.SetDeadline(time.Now().Add(30 * time.Second))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		direct.send(t, []string{"GET", "last"}, []string{"GET", "sent"})
+		last, sent := direct.reply(t), direct.reply(t)
+		if last == "$1" && sent == fmt.Sprintf("$%d", n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the client's reset: last %s, sent %s, want $1 and $%d (every command it sent)", last, sent, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
