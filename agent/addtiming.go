@@ -19,6 +19,7 @@ const (
 	phaseListen  = "listen"  // opening the namespace and the capture listeners in it
 	phaseMigrate = "migrate" // net.ipv4.tcp_migrate_req=1 in the pod's namespace
 	phaseServe   = "serve"   // handing the listeners to the engine
+	phaseApply   = "apply"   // programming the redirect, when the plugin asked the agent to (api.QueryApply)
 	phaseState   = "state"   // persisting the pod's state file
 	// phaseTotal is the whole ADD inside the agent, phaseCPU the CPU time
 	// (user and system) the agent process used meanwhile: the part of the
@@ -50,6 +51,14 @@ func (t *phaseTimer) mark(phase string) {
 	now := time.Now()
 	t.record(phase, now.Sub(t.last))
 	t.last = now
+}
+
+// trace is a redirect.WithTrace callback that records the redirect's own
+// steps as "rules.<step>", beside the agent's phases.
+func (t *phaseTimer) trace(phase string, took time.Duration) {
+	if t != nil {
+		t.record("rules."+phase, took)
+	}
 }
 
 func (t *phaseTimer) record(phase string, d time.Duration) {

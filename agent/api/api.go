@@ -7,7 +7,8 @@
 // request type to its path and answers 200 with the matching response type, or
 // a non-200 status with an Error body. Order on the wire for one attachment:
 //
-//	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect
+//	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect, unless it
+//	                            asked the agent to (PathAdd?apply=1) and the agent did (Applied)
 //	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
 //	del    (runtime DEL)     -> DelResponse; the agent removes the rules of an attachment it holds
 //	                            (RulesRemoved), else the plugin does after it
@@ -17,6 +18,13 @@
 // Version is bumped on any incompatible change; the agent rejects requests of
 // another version with 400 so a half-upgraded node fails loudly, not subtly.
 package api
+
+// QueryApply is the query PathAdd takes when the plugin asks the agent to
+// program the redirect itself before it answers (AddResponse.Applied says it
+// did). A query, not a request field: an older agent decodes requests
+// strictly and would refuse an unknown field, but ignores a query, answers
+// as before, and the plugin then programs the rules itself.
+const QueryApply = "apply=1"
 
 // Version is the protocol version both sides must speak.
 const Version = "v1"
@@ -107,6 +115,13 @@ type AddResponse struct {
 	// used meanwhile ("cpu"). For diagnosis only; weir-cni logs it. An
 	// older plugin ignores it.
 	Timings map[string]int64 `json:"timings,omitempty"`
+	// Applied: the agent programmed Redirect in the pod's namespace (it
+	// was asked to with QueryApply), so the plugin has nothing left to do.
+	Applied bool `json:"applied,omitempty"`
+	// ApplyError, when set, says why the agent could not program the
+	// redirect it was asked to: nothing of it is left in the namespace and
+	// the agent released the pod's listeners; the ADD fails.
+	ApplyError string `json:"applyError,omitempty"`
 }
 
 // Redirect is the interception the plugin must program inside the pod netns.
