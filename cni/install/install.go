@@ -180,7 +180,9 @@ func Run(ctx context.Context, o Options) error {
 		if err != nil {
 			return fmt.Errorf("find own executable to install: %w", err)
 		}
-		o.BinarySource = exe
+		// `weir-cni install` runs here as weir-cni-rules (weir-cni hands
+		// it over): the plugin to install is the one it sits beside.
+		o.BinarySource = strings.TrimSuffix(exe, plugin.RulesHelperSuffix)
 	}
 	entry, err := pluginEntry(o)
 	if err != nil {

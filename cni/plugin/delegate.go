@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -47,6 +48,25 @@ func delegate(args *skel.CmdArgs, code uint) error {
 	return types.NewError(code, "cannot start weir-cni's rules helper "+path, err.Error())
 }
 
+// ExecHelper makes this process the rules helper installed beside this
+// executable, running args (weir-cni hands it `install` and `uninstall`,
+// whose code it does not link either). It returns only on failure.
+func ExecHelper(args []string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find own executable: %w", err)
+	}
+	name := filepath.Base(os.Args[0]) + RulesHelperSuffix
+	path, err := findHelperIn(name, []string{filepath.Dir(exe)})
+	if err != nil {
+		return err
+	}
+	if err := unix.Exec(path, append([]string{path}, args...), os.Environ()); err != nil {
+		return fmt.Errorf("exec %s: %w", path, err)
+	}
+	return nil
+}
+
 // findHelper looks for the helper where the runtime looks for plugins
 // (CNI_PATH), then beside this executable.
 func findHelper(name string) (string, error) {
@@ -54,6 +74,10 @@ func findHelper(name string) (string, error) {
 	if exe, err := os.Executable(); err == nil {
 		dirs = append(dirs, filepath.Dir(exe))
 	}
+	return findHelperIn(name, dirs)
+}
+
+func findHelperIn(name string, dirs []string) (string, error) {
 	for _, d := range dirs {
 		if d == "" {
 			continue
@@ -63,7 +87,7 @@ func findHelper(name string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("no executable %s in CNI_PATH (%s) or beside %s", name, os.Getenv("CNI_PATH"), os.Args[0])
+	return "", fmt.Errorf("no executable %s in %s", name, strings.Join(dirs, ", "))
 }
 
 func writeAll(fd int, b []byte) error {

@@ -17,15 +17,16 @@ import (
 )
 
 // TestLinksNoRuleCode: the binary a runtime starts at every pod ADD links
-// none of the rule code (that is the point of the split: docs/design.md,
-// "Who programs the rules").
+// none of the rule code, nor the installer (that is the point of the split:
+// docs/design.md, "Who programs the rules").
 func TestLinksNoRuleCode(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", ".").Output()
 	if err != nil {
 		t.Fatalf("go list -deps: %v", err)
 	}
 	for _, dep := range strings.Fields(string(out)) {
-		for _, banned := range []string{"github.com/weir-mesh/weir/redirect", "github.com/weir-mesh/weir/bpf", "github.com/google/nftables", "netlink", "github.com/cilium/ebpf", "net/http"} {
+		for _, banned := range []string{"github.com/weir-mesh/weir/redirect", "github.com/weir-mesh/weir/bpf", "github.com/google/nftables", "netlink", "github.com/cilium/ebpf", "net/http",
+			"github.com/weir-mesh/weir/cni/install", "github.com/containernetworking/cni/libcni"} {
 			if dep == banned || strings.HasPrefix(dep, banned+"/") || (banned == "netlink" && strings.Contains(dep, "netlink")) {
 				t.Errorf("weir-cni links %s", dep)
 			}
