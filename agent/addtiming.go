@@ -78,13 +78,18 @@ func (t *phaseTimer) done() map[string]int64 {
 	return t.out
 }
 
-// processCPU is the CPU time the agent process has used so far. It counts
-// every thread, so background work (GC, connections) lands in the ADD it
-// overlaps; on an idle agent that is the ADD's own cost.
+// processCPU is the CPU time the agent process has used so far, with the
+// programs it ran and waited for (iptables-restore, when it programs an
+// iptables backend's rules at ADD: the plugin's figure counted them when it
+// ran them). It counts every thread, so background work (GC, connections)
+// lands in the ADD it overlaps; on an idle agent that is the ADD's own cost.
 func processCPU() time.Duration {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return 0
+	var total time.Duration
+	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
+		var ru unix.Rusage
+		if unix.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return total
 }

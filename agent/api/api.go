@@ -10,7 +10,8 @@
 //	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect, unless it
 //	                            asked the agent to (PathAdd?apply=1) and the agent did (Applied)
 //	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
-//	del    (runtime DEL)     -> DelResponse; the agent removes the rules of an attachment it holds
+//	del    (runtime DEL)     -> DelResponse; the agent removes weir's rules from the attachment's
+//	                            namespace, or from the one the DEL names if the guard lets it
 //	                            (RulesRemoved), else the plugin does after it
 //	gc     (runtime GC)      -> GCResponse; drops attachments the runtime no longer knows
 //	status (runtime STATUS)  -> StatusResponse
@@ -165,8 +166,8 @@ type CheckResponse struct {
 	Redirect  *Redirect `json:"redirect,omitempty"`
 }
 
-// DelRequest tells the agent an attachment is gone; the plugin has already
-// removed the rules, so the agent may close the listeners.
+// DelRequest tells the agent an attachment is gone: it removes the rules, then
+// closes the listeners.
 type DelRequest struct {
 	Version    string     `json:"version"`
 	Attachment Attachment `json:"attachment"`
@@ -180,8 +181,9 @@ type DelRequest struct {
 // does not say so (an older one) leaves that to the plugin.
 //
 // Refused, when set, says why the namespace the DEL names must not be
-// entered: it is the capture of another attachment (a DEL for an unknown
-// container naming a live pod's namespace would strip that pod's rules).
+// entered: it is the node's, no network namespace, or the capture of another
+// attachment (a DEL for an unknown container naming a live pod's namespace
+// would strip that pod's rules).
 type DelResponse struct {
 	Known        bool   `json:"known"`
 	RulesRemoved bool   `json:"rulesRemoved,omitempty"`
