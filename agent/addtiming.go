@@ -19,6 +19,7 @@ const (
 	phaseListen  = "listen"  // opening the namespace and the capture listeners in it
 	phaseMigrate = "migrate" // the pod sysctls capture sets (tunePod)
 	phaseServe   = "serve"   // handing the listeners to the engine
+	phaseApply   = "apply"   // programming the redirect, when the plugin asked the agent to (api.QueryApply)
 	phaseState   = "state"   // persisting the pod's state file
 	// phaseTotal is the whole ADD inside the agent, phaseCPU the CPU time
 	// (user and system) the agent process used meanwhile: the part of the
@@ -52,6 +53,14 @@ func (t *phaseTimer) mark(phase string) {
 	t.last = now
 }
 
+// trace is a redirect.WithTrace callback that records the redirect's own
+// steps as "rules.<step>", beside the agent's phases.
+func (t *phaseTimer) trace(phase string, took time.Duration) {
+	if t != nil {
+		t.record("rules."+phase, took)
+	}
+}
+
 func (t *phaseTimer) record(phase string, d time.Duration) {
 	t.out[phase] += d.Microseconds()
 	if t.hist != nil {
@@ -69,13 +78,18 @@ func (t *phaseTimer) done() map[string]int64 {
 	return t.out
 }
 
-// processCPU is the CPU time the agent process has used so far. It counts
-// every thread, so background work (GC, connections) lands in the ADD it
-// overlaps; on an idle agent that is the ADD's own cost.
+// processCPU is the CPU time the agent process has used so far, with the
+// programs it ran and waited for (iptables-restore, when it programs an
+// iptables backend's rules at ADD: the plugin's figure counted them when it
+// ran them). It counts every thread, so background work (GC, connections)
+// lands in the ADD it overlaps; on an idle agent that is the ADD's own cost.
 func processCPU() time.Duration {
-	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
-		return 0
+	var total time.Duration
+	for _, who := range []int{unix.RUSAGE_SELF, unix.RUSAGE_CHILDREN} {
+		var ru unix.Rusage
+		if unix.Getrusage(who, &ru) == nil {
+			total += time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		}
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return total
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/proxy/netns"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -43,6 +44,9 @@ func handle[Req versioned, Resp any](a *Agent, verb string, f func(Req) (Resp, e
 			writeJSON(w, http.StatusBadRequest, api.Error{Error: "decode " + verb + " request: " + err.Error()})
 			return
 		}
+		if q, ok := any(&req).(interface{ fromQuery(rawQuery string) }); ok {
+			q.fromQuery(r.URL.RawQuery)
+		}
 		if v := req.version(); v != api.Version {
 			a.cniRequests.WithLabelValues(verb, "bad_request").Inc()
 			writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("protocol version %q, agent speaks %q: upgrade weir-cni and weir-agent together", v, api.Version)})
@@ -71,9 +75,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-type addReq struct{ api.AddRequest }
+type addReq struct {
+	api.AddRequest
+	// apply: the plugin asked the agent to program the redirect too
+	// (api.QueryApply).
+	apply bool
+}
 
 func (r addReq) version() string { return r.Version }
+
+func (r *addReq) fromQuery(rawQuery string) { r.apply = rawQuery == api.QueryApply }
 
 type checkReq struct{ api.CheckRequest }
 
@@ -88,9 +99,16 @@ type gcReq struct{ api.GCRequest }
 func (r gcReq) version() string { return r.Version }
 
 // add decides on a pod and, when it is captured, opens its listeners before
-// any rule can point at them. Repeating an ADD for the same attachment,
-// namespace and spec is answered from what is already open. Uncaptured pods
-// are remembered too, so that enabling their namespace later onboards them.
+// any rule can point at them; asked to (r.apply), it then programs the
+// rules too, all or nothing. Repeating an ADD for the same attachment,
+// namespace and spec is answered from what is already open (and the rules
+// programmed again, when asked: Apply is idempotent). Uncaptured pods are
+// remembered too, so that enabling their namespace later onboards them.
+//
+// Why the agent programs the rules when weir-cni asks: it already holds a
+// handle on the pod's namespace and the netlink code is warm in it, while
+// weir-cni, a process per ADD, would pay for linking and starting that code
+// at every pod (docs/design.md, "Who programs the rules").
 func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if r.Attachment.ContainerID == "" {
 		return api.AddResponse{}, badRequest{errors.New("attachment.containerID is empty")}
@@ -141,7 +159,17 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 		return api.AddResponse{}, badRequest{err}
 	}
 	if old != nil && old.ns != nil && old.nsID == id && equalSpec(old.spec, spec) {
-		return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(old.spec)}, nil
+		resp := api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(old.spec)}
+		if r.apply {
+			if err := redirect.Apply(old.ns.FdPath(), old.spec, redirect.WithTrace(tm.trace)); err != nil {
+				// The pod keeps its listeners: it was captured before
+				// this repeated ADD, and a failed Apply changed nothing.
+				resp.ApplyError = fmt.Sprintf("program capture in pod netns %s: %v", r.Netns, err)
+				return resp, nil
+			}
+			resp.Applied = true
+		}
+		return resp, nil
 	}
 	if old != nil {
 		a.uncapture(old)
@@ -151,12 +179,25 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 		a.afterChange(r.Attachment)
 		return api.AddResponse{}, err
 	}
+	if r.apply {
+		err := redirect.Apply(next.ns.FdPath(), spec, redirect.WithTrace(tm.trace))
+		tm.mark(phaseApply)
+		if err != nil {
+			// Apply left nothing; neither do the listeners.
+			a.uncapture(next)
+			a.pods.remove(r.Attachment)
+			a.afterChange(r.Attachment)
+			a.log.Warn("cannot program capture; pod released", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "err", err)
+			return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec),
+				ApplyError: fmt.Sprintf("program capture in pod netns %s: %v", r.Netns, err)}, nil
+		}
+	}
 	a.pods.swap(next)
 	a.afterChange(r.Attachment)
 	tm.mark(phaseState)
-	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6)
+	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6, "rulesByAgent", r.apply)
 	a.recordCapture(next, true, d.reason)
-	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Timings: tm.done()}, nil
+	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Timings: tm.done(), Applied: r.apply}, nil
 }
 
 // check answers what the plugin must verify. The namespace guard runs first,
@@ -182,29 +223,41 @@ func (a *Agent) check(r checkReq) (api.CheckResponse, error) {
 // on: deleting a pod's nftables table leaves the kernel work that any
 // process releasing an nftables socket waits for (about 10 ms), and the
 // agent releases its sockets in the background where a plugin's exit would
-// wait (redirect.WithBackgroundRelease). When the DEL names a namespace
-// that is not the one the agent holds (refused: the node's or no network
-// namespace; or another one), the agent still releases the pod from its
-// own and never looks into the named one; RulesRemoved is then false
-// unless the named one is gone, and the plugin judges it (cni/plugin's
-// netns.go).
+// wait (redirect.WithBackgroundRelease).
+//
+// When the agent holds no namespace for the attachment (a pod it did not
+// capture, or never saw), or the DEL names another namespace than the one
+// it holds, it judges the named one with the same guard as ADD and, if it
+// may, removes whatever weir left there itself, after releasing its lock:
+// then weir-cni, which links no rule code on its hot path, never has to
+// start its rules helper for a DEL while the agent is up. A namespace the
+// guard refuses (the node's, no network namespace, another pod's) is never
+// looked into, and the answer says so (Refused).
 func (a *Agent) del(r delReq) (api.DelResponse, error) {
+	resp, removeNamed := a.delLocked(r)
+	if !removeNamed {
+		return resp, nil
+	}
+	if err := redirect.Remove(r.Netns, redirect.WithPinPath(a.cfg.pinPath()), redirect.WithBackgroundRelease()); err != nil {
+		if notExist(err) {
+			resp.RulesRemoved = true // the namespace is gone, and its rules with it
+			return resp, nil
+		}
+		a.log.Warn("remove rules from the namespace a DEL names", "container", r.Attachment.ContainerID, "netns", r.Netns, "err", err)
+		return resp, nil // the plugin tries
+	}
+	resp.RulesRemoved = true
+	return resp, nil
+}
+
+// delLocked is del's part under the agent's lock. removeNamed asks the
+// caller to remove weir's rules from the namespace r names, which the guard
+// let through.
+func (a *Agent) delLocked(r delReq) (resp api.DelResponse, removeNamed bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	p := a.pods.get(r.Attachment)
-	if p == nil {
-		// Unknown here: the plugin removes what it finds, unless the
-		// namespace is another attachment's (the guard's "reused under
-		// another container id", which ADD refuses too).
-		if id, err := a.vetNetns(r.Netns); err == nil {
-			if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
-				a.log.Warn("DEL for an unknown container names another pod's namespace; leaving it alone", "container", r.Attachment.ContainerID, "err", err)
-				return api.DelResponse{Refused: err.Error()}, nil
-			}
-		}
-		return api.DelResponse{}, nil
-	}
-	sameNetns, held := false, p.ns != nil
+	held, sameNetns := p != nil && p.ns != nil, false
 	if held {
 		id, err := a.vetNetns(r.Netns)
 		switch {
@@ -220,9 +273,45 @@ func (a *Agent) del(r delReq) (api.DelResponse, error) {
 			sameNetns = false // let the plugin try
 		}
 	}
-	a.release(p, "cni del")
-	a.deleted.add(p.nsID, p.meta.UID, time.Now())
-	return api.DelResponse{Known: true, RulesRemoved: held && sameNetns}, nil
+	if p != nil {
+		a.release(p, "cni del")
+		a.deleted.add(p.nsID, p.meta.UID, time.Now())
+		resp.Known = true
+	}
+	if held && sameNetns {
+		resp.RulesRemoved = true
+		return resp, false
+	}
+	if r.Netns == "" {
+		return resp, false
+	}
+	id, err := a.vetNetns(r.Netns)
+	switch {
+	case err != nil && notExist(err):
+		resp.RulesRemoved = true // gone: nothing of weir can be left there
+		return resp, false
+	case err != nil:
+		// The node's namespace, or no network namespace: refused. One that
+		// cannot be opened for another reason is the plugin's to try.
+		var nr *netnsRefusal
+		if errors.As(err, &nr) && (nr.err == nil || isNotNetns(nr.err)) {
+			resp.Refused = nr.Error()
+		}
+		return resp, false
+	}
+	// p (if any) is released: only other attachments can claim the
+	// namespace now.
+	if err := a.notShared(r.Netns, id, r.Attachment, r.Pod); err != nil {
+		a.log.Warn("DEL names another pod's namespace; leaving it alone", "container", r.Attachment.ContainerID, "err", err)
+		resp.Refused = err.Error()
+		return resp, false
+	}
+	return resp, true
+}
+
+func isNotNetns(err error) bool {
+	var ne *netns.NotNetnsError
+	return errors.As(err, &ne)
 }
 
 func (a *Agent) gc(r gcReq) (api.GCResponse, error) {

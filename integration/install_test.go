@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -27,8 +28,10 @@ func TestInstalledConflistRunsRealChain(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(confDir, "10-bridge.conflist"), primary, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// No --binary: as in the image, weir-cni installs itself, and its
+	// rules helper beside it (weir-cni hands install to the helper).
 	out, err := node.Run(filepath.Join(node.Bin, "weir-cni"), "install", "--once",
-		"--cni-conf-dir", confDir, "--cni-bin-dir", binDir, "--binary", filepath.Join(node.Bin, "weir-cni"),
+		"--cni-conf-dir", confDir, "--cni-bin-dir", binDir,
 		"--agent-socket", node.Socket, "--log-file", node.CNILog)
 	if err != nil {
 		t.Fatalf("weir-cni install: %v\n%s", err, out)
@@ -40,8 +43,12 @@ func TestInstalledConflistRunsRealChain(t *testing.T) {
 	if strings.Count(string(installed), `"weir-cni"`) != 1 {
 		t.Fatalf("installed conflist:\n%s", installed)
 	}
-	if _, err := os.Stat(filepath.Join(binDir, "weir-cni")); err != nil {
-		t.Fatalf("binary not installed: %v", err)
+	for _, name := range []string{"weir-cni", "weir-cni-rules"} {
+		want, _ := os.ReadFile(filepath.Join(node.Bin, name))
+		got, err := os.ReadFile(filepath.Join(binDir, name))
+		if err != nil || len(want) == 0 || !bytes.Equal(got, want) {
+			t.Fatalf("%s not installed as built (%v)", name, err)
+		}
 	}
 	p := node.NewPodNetns(t, "demo", "installed")
 	if err := node.AddList(t, p, installed, binDir); err != nil {

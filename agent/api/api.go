@@ -7,9 +7,11 @@
 // request type to its path and answers 200 with the matching response type, or
 // a non-200 status with an Error body. Order on the wire for one attachment:
 //
-//	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect
+//	add    (runtime ADD)     -> AddResponse; the plugin then applies the redirect, unless it
+//	                            asked the agent to (PathAdd?apply=1) and the agent did (Applied)
 //	check  (runtime CHECK)   -> CheckResponse; the plugin then verifies the rules
-//	del    (runtime DEL)     -> DelResponse; the agent removes the rules of an attachment it holds
+//	del    (runtime DEL)     -> DelResponse; the agent removes weir's rules from the attachment's
+//	                            namespace, or from the one the DEL names if the guard lets it
 //	                            (RulesRemoved), else the plugin does after it
 //	gc     (runtime GC)      -> GCResponse; drops attachments the runtime no longer knows
 //	status (runtime STATUS)  -> StatusResponse
@@ -17,6 +19,13 @@
 // Version is bumped on any incompatible change; the agent rejects requests of
 // another version with 400 so a half-upgraded node fails loudly, not subtly.
 package api
+
+// QueryApply is the query PathAdd takes when the plugin asks the agent to
+// program the redirect itself before it answers (AddResponse.Applied says it
+// did). A query, not a request field: an older agent decodes requests
+// strictly and would refuse an unknown field, but ignores a query, answers
+// as before, and the plugin then programs the rules itself.
+const QueryApply = "apply=1"
 
 // Version is the protocol version both sides must speak.
 const Version = "v1"
@@ -107,6 +116,13 @@ type AddResponse struct {
 	// used meanwhile ("cpu"). For diagnosis only; weir-cni logs it. An
 	// older plugin ignores it.
 	Timings map[string]int64 `json:"timings,omitempty"`
+	// Applied: the agent programmed Redirect in the pod's namespace (it
+	// was asked to with QueryApply), so the plugin has nothing left to do.
+	Applied bool `json:"applied,omitempty"`
+	// ApplyError, when set, says why the agent could not program the
+	// redirect it was asked to: nothing of it is left in the namespace and
+	// the agent released the pod's listeners; the ADD fails.
+	ApplyError string `json:"applyError,omitempty"`
 }
 
 // Redirect is the interception the plugin must program inside the pod netns.
@@ -150,8 +166,8 @@ type CheckResponse struct {
 	Redirect  *Redirect `json:"redirect,omitempty"`
 }
 
-// DelRequest tells the agent an attachment is gone; the plugin has already
-// removed the rules, so the agent may close the listeners.
+// DelRequest tells the agent an attachment is gone: it removes the rules, then
+// closes the listeners.
 type DelRequest struct {
 	Version    string     `json:"version"`
 	Attachment Attachment `json:"attachment"`
@@ -165,8 +181,9 @@ type DelRequest struct {
 // does not say so (an older one) leaves that to the plugin.
 //
 // Refused, when set, says why the namespace the DEL names must not be
-// entered: it is the capture of another attachment (a DEL for an unknown
-// container naming a live pod's namespace would strip that pod's rules).
+// entered: it is the node's, no network namespace, or the capture of another
+// attachment (a DEL for an unknown container naming a live pod's namespace
+// would strip that pod's rules).
 type DelResponse struct {
 	Known        bool   `json:"known"`
 	RulesRemoved bool   `json:"rulesRemoved,omitempty"`

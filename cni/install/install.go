@@ -40,6 +40,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+
+	"github.com/weir-mesh/weir/cni/plugin"
 )
 
 // Options configure install and uninstall. ParseFlags fills them from the
@@ -51,7 +53,11 @@ type Options struct {
 	// BinDir is the node's CNI bin dir as this process sees it.
 	BinDir string
 	// BinarySource is the weir-cni binary to copy into BinDir. Empty means this
-	// process's own executable (the image runs `weir-cni install`).
+	// process's own executable (the image runs `weir-cni install`). Its rules
+	// helper, BinarySource+"-rules" (weir-cni-rules), is copied beside it as
+	// PluginType+"-rules": weir-cni hands it CHECK and a DEL with the agent
+	// down. With the default source the helper must be there; with one set
+	// by hand (tests, a one-off binary) a missing helper is only warned about.
 	BinarySource string
 	// Primary, when set, names the file in ConfDir to chain into instead of the
 	// first by name (for runtimes configured with a fixed file).
@@ -154,6 +160,9 @@ type installer struct {
 	// replacePending: no pass has yet written this release's entry, so the
 	// watcher still replaces a differing one instead of keeping it.
 	replacePending bool
+	// helper: the rules helper was installed beside the plugin, and is
+	// repaired with it.
+	helper bool
 }
 
 // Run installs weir: it copies the binary, waits for a primary configuration if
@@ -165,12 +174,15 @@ func Run(ctx context.Context, o Options) error {
 	if err := o.validate(); err != nil {
 		return err
 	}
+	helperRequired := o.BinarySource == ""
 	if o.BinarySource == "" {
 		exe, err := os.Executable()
 		if err != nil {
 			return fmt.Errorf("find own executable to install: %w", err)
 		}
-		o.BinarySource = exe
+		// `weir-cni install` runs here as weir-cni-rules (weir-cni hands
+		// it over): the plugin to install is the one it sits beside.
+		o.BinarySource = strings.TrimSuffix(exe, plugin.RulesHelperSuffix)
 	}
 	entry, err := pluginEntry(o)
 	if err != nil {
@@ -178,6 +190,18 @@ func Run(ctx context.Context, o Options) error {
 	}
 	in := &installer{o: o, entry: entry, log: o.logger()}
 
+	// The helper first: a weir-cni the runtime can run never lacks it.
+	helperSrc := o.BinarySource + plugin.RulesHelperSuffix
+	if _, err := os.Stat(helperSrc); err == nil || helperRequired {
+		in.helper = true
+		if wrote, err := installBinary(helperSrc, o.BinDir, o.PluginType+plugin.RulesHelperSuffix); err != nil {
+			return fmt.Errorf("install the rules helper: %w", err)
+		} else if wrote {
+			in.log.Info("installed the plugin's rules helper", "path", filepath.Join(o.BinDir, o.PluginType+plugin.RulesHelperSuffix))
+		}
+	} else {
+		in.log.Warn("no rules helper beside the plugin binary: CHECK, and a DEL while the agent is down, will fail", "want", helperSrc)
+	}
 	if wrote, err := installBinary(o.BinarySource, o.BinDir, o.PluginType); err != nil {
 		return err
 	} else if wrote {
@@ -293,13 +317,23 @@ func (in *installer) watch(ctx context.Context, w *dirWatch) error {
 // compare content: during a rolling update an old and a new installer run side
 // by side, and the newer binary must win, so only the first install replaces.
 func (in *installer) repairBinary() error {
-	if _, err := os.Stat(filepath.Join(in.o.BinDir, in.o.PluginType)); !errors.Is(err, fs.ErrNotExist) {
+	if in.helper {
+		if err := repairOne(in.o.BinarySource+plugin.RulesHelperSuffix, in.o.BinDir, in.o.PluginType+plugin.RulesHelperSuffix, in.log); err != nil {
+			return err
+		}
+	}
+	return repairOne(in.o.BinarySource, in.o.BinDir, in.o.PluginType, in.log)
+}
+
+// repairOne copies src to dir/name if nothing is there.
+func repairOne(src, dir, name string, log *slog.Logger) error {
+	if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if _, err := installBinary(in.o.BinarySource, in.o.BinDir, in.o.PluginType); err != nil {
+	if _, err := installBinary(src, dir, name); err != nil {
 		return err
 	}
-	in.log.Warn("plugin binary was missing; reinstalled", "path", filepath.Join(in.o.BinDir, in.o.PluginType))
+	log.Warn("plugin binary was missing; reinstalled", "path", filepath.Join(dir, name))
 	return nil
 }
 
@@ -425,11 +459,14 @@ func Uninstall(o Options) error {
 		log.Info("removed weir from CNI configuration", "path", path)
 	}
 	if o.RemoveBinary {
-		bin := filepath.Join(o.BinDir, o.PluginType)
-		if err := os.Remove(bin); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("remove plugin binary: %w", err))
-		} else if err == nil {
-			log.Info("removed plugin binary", "path", bin)
+		// The plugin first, then its helper: a plugin is never left without it.
+		for _, name := range []string{o.PluginType, o.PluginType + plugin.RulesHelperSuffix} {
+			bin := filepath.Join(o.BinDir, name)
+			if err := os.Remove(bin); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove plugin binary: %w", err))
+			} else if err == nil {
+				log.Info("removed plugin binary", "path", bin)
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -650,3 +650,60 @@ func TestWatchStartsOnAMalformedPrimary(t *testing.T) {
 		return len(got) == 2 && strings.Contains(got[1], `"/run/weir/agent.sock"`)
 	})
 }
+
+// TestInstallShipsRulesHelper: weir-cni's rules helper (weir-cni-rules,
+// beside the source binary) is installed with the plugin, put back if
+// deleted, and removed with it; without a helper beside a source given by
+// hand, the plugin still installs.
+func TestInstallShipsRulesHelper(t *testing.T) {
+	n := newNode(t)
+	n.write(t, "10-bridge.conflist", bridgeList, 0o644)
+	helperSrc := n.src + "-rules"
+	if err := os.WriteFile(helperSrc, []byte("#!/bin/true\nweir-cni-rules build 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	helper := filepath.Join(n.bin, "weir-cni-rules")
+	if err := Run(context.Background(), n.options()); err != nil {
+		t.Fatal(err)
+	}
+	if same, err := sameContent(helperSrc, helper); !same {
+		t.Fatalf("helper not installed with the plugin (%v)", err)
+	}
+	if st, err := os.Stat(helper); err != nil || st.Mode().Perm() != 0o755 {
+		t.Fatalf("helper %v, %v: want mode 0755", st, err)
+	}
+	in := &installer{o: n.options(), helper: true, log: n.options().logger()}
+	if err := os.Remove(helper); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.repairBinary(); err != nil {
+		t.Fatal(err)
+	}
+	if same, err := sameContent(helperSrc, helper); !same {
+		t.Fatalf("deleted helper not repaired (%v)", err)
+	}
+	o := n.options()
+	o.RemoveBinary = true
+	if err := Uninstall(o); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"weir-cni", "weir-cni-rules"} {
+		if _, err := os.Stat(filepath.Join(n.bin, name)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s still installed after uninstall --remove-binary: %v", name, err)
+		}
+	}
+
+	// A source given by hand with no helper beside it: the plugin alone.
+	if err := os.Remove(helperSrc); err != nil {
+		t.Fatal(err)
+	}
+	if err := Run(context.Background(), n.options()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(helper); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("helper installed from nowhere: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(n.bin, "weir-cni")); err != nil {
+		t.Errorf("plugin not installed without a helper: %v", err)
+	}
+}

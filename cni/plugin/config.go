@@ -19,7 +19,6 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/weir-mesh/weir/agent/api"
-	"github.com/weir-mesh/weir/redirect"
 )
 
 // Conf is weir-cni's entry in a conflist.
@@ -85,7 +84,7 @@ func parseConfig(stdin []byte) (*Conf, error) {
 		c.EnablementFile = filepath.Join(filepath.Dir(c.AgentSocket), "enablement.json")
 	}
 	if c.Mode == "" {
-		c.Mode = string(redirect.ModeRedirect)
+		c.Mode = "redirect"
 	}
 	if c.LogFile == "" {
 		c.LogFile = DefaultLogFile
@@ -117,8 +116,9 @@ func parseConfig(stdin []byte) (*Conf, error) {
 			return nil, err
 		}
 	}
-	switch redirect.Mode(c.Mode) {
-	case redirect.ModeRedirect, redirect.ModeTPROXY, redirect.ModeEBPF:
+	// redirect.Mode's values, spelled out: this package links no rule code.
+	switch c.Mode {
+	case "redirect", "tproxy", "ebpf":
 	default:
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
 			fmt.Sprintf("mode: want \"redirect\", \"tproxy\" or \"ebpf\", got %q", c.Mode))

@@ -13,11 +13,9 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/agent/api"
-	"github.com/weir-mesh/weir/redirect"
 )
 
 // Error codes of weir-cni beyond the CNI spec's well-known ones (the spec
@@ -45,14 +43,26 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// Funcs are the plugin's verbs for skel.
-func Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, Status: cmdStatus, GC: cmdGC}
+// Funcs are the plugin's verbs for skel. With rules, the plugin programs,
+// verifies and removes rules itself (the weir-cni-rules helper). Without
+// (nil: weir-cni, which links no rule code), ADD asks the agent to program
+// the rules, and whatever still needs rule code in this process (CHECK, a
+// DEL the agent could not serve, an ADD answered by an older agent) is
+// handed to the helper (delegate.go).
+func Funcs(rules Rules) skel.CNIFuncs {
+	p := &plugin{rules: rules}
+	return skel.CNIFuncs{Add: p.cmdAdd, Del: p.cmdDel, Check: p.cmdCheck, Status: cmdStatus, GC: cmdGC}
 }
 
-// cmdAdd: parse, require prevResult, ask the agent, program the redirect,
-// print prevResult unchanged.
-func cmdAdd(args *skel.CmdArgs) error {
+// plugin is one process's verbs.
+type plugin struct {
+	rules Rules // nil: delegate rule work to the helper
+}
+
+// cmdAdd: parse, require prevResult, ask the agent (to program the
+// redirect too, when this process has no rule code), program the redirect
+// if the agent did not, print prevResult unchanged.
+func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
 	mainStart := time.Now()
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -77,8 +87,12 @@ func cmdAdd(args *skel.CmdArgs) error {
 	client := newAgentClient(conf)
 	att := api.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}
 	var resp api.AddResponse
+	path := api.PathAdd
+	if pl.rules == nil {
+		path += "?" + api.QueryApply
+	}
 	agentStart := time.Now()
-	err = client.call(methodPost, api.PathAdd, api.AddRequest{
+	err = client.call(methodPost, path, api.AddRequest{
 		Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod, IPs: ips, Mode: conf.Mode,
 	}, &resp)
 	agentTook := time.Since(agentStart)
@@ -101,39 +115,62 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if resp.Redirect == nil {
 		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
 	}
-	spec := fromWire(*resp.Redirect)
+	if resp.ApplyError != "" {
+		// The agent was asked to program the rules and could not: nothing
+		// is left in the namespace, and it released the pod's listeners.
+		log.Error("agent could not program the redirect", "err", resp.ApplyError)
+		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, resp.ApplyError)
+	}
+	spec := *resp.Redirect
 	rulePhases := map[string]int64{}
-	applyStart := time.Now()
-	trace := redirect.WithTrace(func(phase string, took time.Duration) { rulePhases[phase] += took.Microseconds() })
-	if err := redirect.Apply(args.Netns, spec, trace); err != nil {
-		// Nothing was applied (Apply is all or nothing); let the agent close
-		// the listeners it opened for us.
-		if derr := client.call(methodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
-			log.Warn("rollback: agent del failed", "err", derr)
+	var redirectTook time.Duration
+	switch {
+	case resp.Applied:
+		redirectTook = time.Duration(resp.Timings["apply"]) * time.Microsecond
+	case pl.rules == nil:
+		// An agent from before api.QueryApply answered: it opened the
+		// listeners but programmed nothing. The helper does the ADD as
+		// weir-cni did then (the agent answers its repeated ADD from what
+		// it holds).
+		log.Info("agent did not program the redirect; handing the ADD to the rules helper", "pod", pod.Namespace+"/"+pod.Name)
+		return delegate(args, ErrRedirect)
+	default:
+		applyStart := time.Now()
+		trace := func(phase string, took time.Duration) { rulePhases[phase] += took.Microseconds() }
+		if err := pl.rules.Apply(args.Netns, spec, trace); err != nil {
+			// Nothing was applied (Apply is all or nothing); let the agent
+			// close the listeners it opened for us.
+			if derr := client.call(methodPost, api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: args.Netns, Pod: pod}, nil); derr != nil {
+				log.Warn("rollback: agent del failed", "err", derr)
+			}
+			log.Error("apply redirect failed", "err", err)
+			return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
 		}
-		log.Error("apply redirect failed", "err", err)
-		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
+		redirectTook = time.Since(applyStart)
 	}
 	// Where an ADD spends its time, for whoever chases its latency
 	// (weir-addbench reads these): the plugin's own steps, the agent's
-	// phases as it reports them, the redirect's phases, and the CPU time
-	// this process used so far (the rest of its wall time it waited).
-	redirectTook := time.Since(applyStart)
+	// phases as it reports them (with the redirect's, as rules.*, when the
+	// agent programmed it), the redirect's phases when this process did,
+	// and the CPU time this process used so far (the rest of its wall time
+	// it waited).
 	log.Info("pod captured", "pod", pod.Namespace+"/"+pod.Name, "mode", spec.Mode, "backend", spec.Backend, "ipv4", spec.IPv4, "ipv6", spec.IPv6,
+		"rulesByAgent", resp.Applied,
 		"agentMicros", agentTook.Microseconds(), "redirectMicros", redirectTook.Microseconds(), "sinceStartMicros", time.Since(processStart).Microseconds(),
 		"mainMicros", time.Since(mainStart).Microseconds(), "parseMicros", parseTook.Microseconds(), "netnsMicros", netnsTook.Microseconds(),
 		"cpuMicros", processCPU().Microseconds(), "agentPhases", resp.Timings, "rulePhases", rulePhases)
 	return conf.prev.print(conf.CNIVersion)
 }
 
-// cmdDel tells the agent, which takes the rules of a pod it holds out of
-// its namespace (and releases the kernel's sockets in the background: see
-// agent's del), then removes whatever the agent did not say it removed. It
-// needs no prevResult and succeeds for a netns that is gone, a pod never
-// added, a second DEL, and an agent that cannot be reached (its sweep and
-// GC release what it held). A netns that is the node's, or no network
-// namespace, is never entered (netns.go).
-func cmdDel(args *skel.CmdArgs) error {
+// cmdDel tells the agent, which takes weir's rules out of the pod's
+// namespace (and releases the kernel's sockets in the background: see
+// agent's del), then removes whatever the agent did not say it removed
+// (the rules helper does, for weir-cni). It needs no prevResult and
+// succeeds for a netns that is gone, a pod never added, a second DEL, and
+// an agent that cannot be reached (its sweep and GC release what it held).
+// A netns that is the node's, or no network namespace, is never entered
+// (netns.go).
+func (pl *plugin) cmdDel(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -152,14 +189,19 @@ func cmdDel(args *skel.CmdArgs) error {
 		return nil
 	}
 	if resp.Refused != "" {
-		log.Warn("DEL names another pod's namespace; leaving it untouched", "why", resp.Refused)
+		// The agent's guard: the node's namespace, no network namespace,
+		// or another pod's.
+		log.Warn("DEL names a namespace weir never captures for this pod; leaving it untouched", "why", resp.Refused)
 		return nil
 	}
 	if why := netnsRefusal(args.Netns); why != "" {
 		log.Warn("DEL names a namespace weir never captures; leaving it untouched", "why", why)
 		return nil
 	}
-	if err := redirect.Remove(args.Netns); err != nil {
+	if pl.rules == nil {
+		return delegate(args, ErrRedirect)
+	}
+	if err := pl.rules.Remove(args.Netns); err != nil {
 		log.Error("remove redirect failed", "err", err)
 		return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
 	}
@@ -168,11 +210,16 @@ func cmdDel(args *skel.CmdArgs) error {
 }
 
 // cmdCheck fails, naming what is missing, when the capture the agent expects
-// is not fully in place.
-func cmdCheck(args *skel.CmdArgs) error {
+// is not fully in place. It reads the rules one by one, which needs the
+// rule code: weir-cni hands CHECK to the rules helper whole (runtimes call
+// CHECK rarely, and never on a pod's way up).
+func (pl *plugin) cmdCheck(args *skel.CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
+	}
+	if pl.rules == nil {
+		return delegate(args, ErrCheck)
 	}
 	if conf.prev == nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin", "no prevResult in the config")
@@ -192,7 +239,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 		return agentCallError("CHECK", conf, err)
 	}
 	if !resp.Captured {
-		installed, err := redirect.Installed(args.Netns)
+		installed, err := pl.rules.Installed(args.Netns)
 		if err != nil {
 			return types.NewError(ErrCheck, "cannot read rules in pod netns "+args.Netns, err.Error())
 		}
@@ -204,7 +251,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if !resp.Listening || resp.Redirect == nil {
 		return types.NewError(ErrCheck, "weir-agent holds no capture listener for this pod", "container "+args.ContainerID+": delete and re-add the pod, or restart the agent to reconcile")
 	}
-	if err := redirect.Verify(args.Netns, fromWire(*resp.Redirect)); err != nil {
+	if err := pl.rules.Verify(args.Netns, *resp.Redirect); err != nil {
 		return types.NewError(ErrCheck, "weir capture incomplete in pod netns "+args.Netns, err.Error())
 	}
 	return nil
@@ -284,15 +331,20 @@ func checkNetns(path string) error {
 	if path == "" {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
 	}
-	n, err := ns.GetNS(path)
+	f, err := os.Open(path)
 	if err != nil {
-		var notNS ns.NSPathNotNSErr
-		if errors.As(err, &notNS) {
-			return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" is not a network namespace", err.Error())
-		}
 		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
 	}
-	n.Close()
+	defer f.Close()
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", fmt.Sprintf("statfs %s: %v", path, err))
+	}
+	// A namespace file is on nsfs (procfs on kernels before 3.19).
+	if fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC {
+		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" is not a network namespace",
+			fmt.Sprintf("%s is on a file system of type %#x, not nsfs", path, fs.Type))
+	}
 	return nil
 }
 
@@ -312,28 +364,6 @@ func podFromArgs(s string) (api.Pod, error) {
 		return api.Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
 	}
 	return api.Pod{Namespace: string(a.K8S_POD_NAMESPACE), Name: string(a.K8S_POD_NAME), UID: string(a.K8S_POD_UID)}, nil
-}
-
-func fromWire(r api.Redirect) redirect.Spec {
-	return redirect.Spec{
-		Mode:                 redirect.Mode(r.Mode),
-		OutboundPort:         r.OutboundPort,
-		InboundPort:          r.InboundPort,
-		Mark:                 r.Mark,
-		Mask:                 r.Mask,
-		IPv4:                 r.IPv4,
-		IPv6:                 r.IPv6,
-		ExcludeInboundPorts:  r.ExcludeInboundPorts,
-		IncludeInboundPorts:  r.IncludeInboundPorts,
-		ExcludeOutboundPorts: r.ExcludeOutboundPorts,
-		ExcludeOutboundCIDRs: r.ExcludeOutboundCIDRs,
-		Backend:              r.Backend,
-		TPROXYMark:           r.TPROXYMark,
-		TPROXYMask:           r.TPROXYMask,
-		RouteTable:           r.RouteTable,
-		RulePriority:         r.RulePriority,
-		PinPath:              r.PinPath,
-	}
 }
 
 // logger logs to the configured file; it never writes to stderr, which

@@ -35,7 +35,7 @@ func (n *Node) importImages(t *testing.T) {
 		cgo  string
 		pkgs []string
 	}{
-		{"0", []string{"./cni/cmd/weir-cni", "./integration/nodeworld/nodetest"}},
+		{"0", []string{"./cni/cmd/weir-cni", "./cni/cmd/weir-cni-rules", "./integration/nodeworld/nodetest"}},
 		{"", []string{"./agent/cmd/weir-agent"}},
 	} {
 		cmd := exec.Command("go", append([]string{"build", "-o", bin + "/"}, b.pkgs...)...)
@@ -59,6 +59,8 @@ func (n *Node) importImages(t *testing.T) {
 		files := map[string]string{
 			"/usr/local/bin/weir-agent": filepath.Join(bin, "weir-agent"),
 			"/usr/local/bin/weir-cni":   filepath.Join(bin, "weir-cni"),
+			// weir-cni's rules helper, beside it (docs/install.md).
+			"/usr/local/bin/weir-cni-rules": filepath.Join(bin, "weir-cni-rules"),
 		}
 		for k, v := range tools {
 			files[k] = v

@@ -15,7 +15,7 @@ var (
 	buildErr  error
 )
 
-// Binaries builds weir-cni, weir-agent and weirctl once per test binary and returns the
+// Binaries builds weir-cni (and its rules helper), weir-agent and weirctl once per test binary and returns the
 // directory holding them.
 func Binaries(t T) string {
 	t.Helper()
@@ -30,10 +30,10 @@ func Binaries(t T) string {
 			buildErr = err
 			return
 		}
-		for _, pkg := range []string{"./cni/cmd/weir-cni", "./agent/cmd/weir-agent", "./agent/cmd/weirctl"} {
+		for _, pkg := range []string{"./cni/cmd/weir-cni", "./cni/cmd/weir-cni-rules", "./agent/cmd/weir-agent", "./agent/cmd/weirctl"} {
 			cmd := exec.Command("go", "build", "-o", dir, pkg)
 			cmd.Dir = root
-			if pkg == "./cni/cmd/weir-cni" {
+			if strings.HasPrefix(pkg, "./cni/cmd/") {
 				// As the Makefile builds it: see there.
 				cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 			}

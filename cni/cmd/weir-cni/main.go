@@ -1,44 +1,30 @@
 // Command weir-cni is weir's chained CNI plugin. Run by a container runtime
 // (CNI_COMMAND set) it serves the CNI verbs; run by hand as
 // `weir-cni install|uninstall` it chains itself into the node's conflist.
+//
+// It links no rule code (netlink, nftables, iptables, eBPF) and no
+// installer: it is the binary a runtime starts at every pod ADD, and the
+// agent programs the rules of an ADD. What needs more in the plugin's own
+// process (CHECK, a DEL with the agent down, an ADD answered by an older
+// agent, install and uninstall) is handed to weir-cni-rules, installed
+// beside it.
 package main
 
 import (
+	"fmt"
 	"os"
-	"runtime"
-	"runtime/debug"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
-
-	"github.com/weir-mesh/weir/cni/install"
 	"github.com/weir-mesh/weir/cni/plugin"
 )
 
 func main() {
-	// weir-cni does one thing at a time and lives for milliseconds. With a
-	// single P its goroutines (the HTTP client's, netlink's) hand over on
-	// one thread instead of waking and spinning others, which on a busy
-	// node costs scheduling delays: weir-addbench, with ADDs alternating
-	// between GOMAXPROCS=1 and the default on a loaded 2-core machine,
-	// measured medians of 9.2 vs 12.7 ms and 9.7 vs 15.5 ms. The call
-	// itself costs 0.2-0.4 ms of CPU (it stops the world to resize), and
-	// the trade still holds: 200 ADDs at load 30, 2026-11-30, plugin CPU
-	// p50 4.9-5.0 ms with it against 4.5 without, wall p50 9.0-12.7 ms
-	// with it against 16.1 without.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(1)
-	}
-	if os.Getenv("CNI_COMMAND") != "" && os.Getenv("GOGC") == "" {
-		// A CNI verb allocates a few MB and exits: a garbage collection
-		// in it is pure cost (mark workers started and woken while the
-		// runtime waits). The memory limit still collects should a verb
-		// ever grow past it. `install` runs long and keeps the default.
-		debug.SetGCPercent(-1)
-		debug.SetMemoryLimit(256 << 20)
-	}
 	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 && (os.Args[1] == "install" || os.Args[1] == "uninstall") {
-		os.Exit(install.Main(os.Args[1:]))
+		// The installer (libcni, file watching) costs every CNI verb
+		// about 0.2 ms of CPU at start when linked here; it runs in the
+		// helper, which installs this binary and itself.
+		err := plugin.ExecHelper(os.Args[1:])
+		fmt.Fprintf(os.Stderr, "weir-cni %s: %v\n", os.Args[1], err)
+		os.Exit(1)
 	}
-	skel.PluginMainFuncs(plugin.Funcs(), version.PluginSupports("1.0.0", "1.1.0"), "weir-cni: captures pod traffic for the weir node agent")
+	plugin.Main(nil, "weir-cni: captures pod traffic for the weir node agent")
 }
