@@ -51,6 +51,7 @@ type tracked struct {
 	started          time.Time
 	prior            [2]int64 // bytes relayed by earlier agents (adopted)
 	h                relay.Handle
+	clientAccel      accelOnce // whether client is accelerated, once asked
 }
 
 // l4Set is the engine's set of relayed L4 connections.
