@@ -58,6 +58,12 @@ type Engine struct {
 	// not see, so the relay and the sniffer's replaying conn read and
 	// write it instead of splicing. Nil: nothing is accelerated.
 	Accelerated func(*net.TCPConn) bool
+	// Splice, if set, splices an L4 relay's two sockets in the kernel
+	// (capture.ebpf.splice) and relays what the kernel leaves to user
+	// space until both directions end; false means it did not take the
+	// pair, and the engine relays it. Pairs with an accelerated socket are
+	// never offered. Spliced pairs are drained, never handed over.
+	Splice func(ctx context.Context, client, upstream *net.TCPConn) (relay.Result, bool)
 	// Log receives one line per notable event; nil means slog.Default().
 	Log *slog.Logger
 	// Sniffing says when outbound connections to services are sniffed for
@@ -295,13 +301,27 @@ func (e *Engine) relayL4(c *net.TCPConn, ca *accelOnce, prefix []byte, l Listene
 // relayTracked relays t, a member of the hand-over set meanwhile, and
 // accounts for it: bytes, and during a drain, the path it took.
 func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
-	e.l4.add(t)
 	// A pair is relayed without splice when either socket is accelerated:
 	// once the client is, the upstream's answer changes nothing.
-	if t.clientAccel.of(e, t.client) || e.accelerated(t.upstream) {
-		t.h.NoSplice()
+	accel := t.clientAccel.of(e, t.client) || e.accelerated(t.upstream)
+	if !accel && e.Splice != nil {
+		// Marked before it joins the hand-over set: HandOver leaves it.
+		t.spliced.Store(true)
 	}
-	res := relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
+	e.l4.add(t)
+	var res relay.Result
+	spliced := false
+	if t.spliced.Load() {
+		if res, spliced = e.Splice(e.ctx, t.client, t.upstream); !spliced {
+			t.spliced.Store(false)
+		}
+	}
+	if !spliced {
+		if accel {
+			t.h.NoSplice()
+		}
+		res = relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
+	}
 	e.l4.remove(t)
 	e.Metrics.bytes(t.dir, res.Up+int64(len(prefix)), res.Down)
 	select {

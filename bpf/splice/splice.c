@@ -25,6 +25,7 @@ enum {
 	SPLICE_NO_PEER,   // a socket with no peer entry, or a peer gone: user space
 	SPLICE_FELL_BACK, // a direction fell back to user space (peer full)
 	SPLICE_PASSED,    // bytes handed to user space after a fallback
+	SPLICE_TRIMMED,   // bytes of retransmitted skbs already handled, cut off
 	SPLICE_MAX,
 };
 
@@ -39,6 +40,8 @@ struct peer {
 	__u64 cookie;     // the other socket's cookie, its key in splice
 	__u64 redirected; // bytes this direction redirected, for the drain check
 	__u32 fallen;     // 1: this direction goes through user space for good
+	__u32 next_seq;   // sequence number after the last byte handled
+	__u32 seq_known;  // 1: next_seq is set
 	__u32 pad;
 };
 
@@ -86,7 +89,69 @@ struct sk_psock___weir {
 	struct sk_buff_head___weir ingress_skb; // the redirect backlog
 } __attribute__((preserve_access_index));
 
+struct sk_buff___weir {
+	struct sock___weir *sk;
+	char cb[48]; // struct tcp_skb_cb: seq first
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___weir {
+	__u32 copied_seq;
+} __attribute__((preserve_access_index));
+
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+// skb_seq is TCP_SKB_CB(skb)->seq, the sequence number of the skb's first
+// byte, read a byte at a time (a char array takes no wider load).
+static __always_inline __u32 skb_seq(struct sk_buff___weir *k)
+{
+	__u8 b0 = k->cb[0], b1 = k->cb[1], b2 = k->cb[2], b3 = k->cb[3];
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	return (__u32)b0 | (__u32)b1 << 8 | (__u32)b2 << 16 | (__u32)b3 << 24;
+#else
+	return (__u32)b3 | (__u32)b2 << 8 | (__u32)b1 << 16 | (__u32)b0 << 24;
+#endif
+}
+
+// trim_seen cuts off the head of an skb that repeats bytes this socket
+// handled already and returns the length left. TCP queues a retransmitted
+// segment that overlaps what was received untrimmed (a reader skips the
+// overlap by its copied_seq), but the verdict is handed whole skbs: left
+// alone, the overlap would be sent to the peer twice. The first skb after
+// the splice starts at copied_seq (Splice read everything queued before).
+static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __u32 len)
+{
+	struct sk_buff___weir *k = bpf_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff___weir));
+	if (!k)
+		return len;
+	__u32 seq = skb_seq(k);
+	__u32 next = p->next_seq;
+	if (!p->seq_known) {
+		struct tcp_sock___weir *tp = bpf_rdonly_cast(k->sk, bpf_core_type_id_kernel(struct tcp_sock___weir));
+		if (!tp)
+			return len;
+		next = tp->copied_seq;
+		p->seq_known = 1;
+	}
+	p->next_seq = seq + len;
+	__s32 seen = (__s32)(next - seq);
+	if (seen <= 0)
+		return len;
+	if ((__u32)seen > len)
+		seen = len;
+	// bpf_skb_adjust_room pulls at most 0xfff bytes a call; an skb holds
+	// at most 64 KiB.
+	__u32 cut = 0;
+	for (int i = 0; i < 17 && cut < (__u32)seen; i++) {
+		__u32 n = (__u32)seen - cut;
+		if (n > 0xfff)
+			n = 0xfff;
+		if (bpf_skb_adjust_room(skb, -(__s32)n, 0, 0))
+			break;
+		cut += n;
+	}
+	count(SPLICE_TRIMMED, cut);
+	return len - cut;
+}
 
 // sk_user_data holds the psock with flag bits in its low three bits.
 #define SK_USER_DATA_PTRMASK (~7UL)
@@ -125,6 +190,13 @@ int weir_splice(struct __sk_buff *skb)
 	if (!p) {
 		count(SPLICE_NO_PEER, 1);
 		return SK_PASS;
+	}
+	if (bpf_ksym_exists(bpf_rdonly_cast)) {
+		len = trim_seen(skb, p, len);
+		if (len == 0)
+			return SK_DROP; // all of it handled already
+		if (len != skb->len)
+			return SK_DROP; // could not cut it all: never send a byte twice
 	}
 	if (p->fallen) {
 		count(SPLICE_PASSED, len);

@@ -111,7 +111,7 @@ func Load() (*Splicer, error) {
 func (s *Splicer) Close() error { return s.objs.Close() }
 
 // statNames name the counters, in splice.c's order.
-var statNames = []string{"skbs", "bytes", "no_peer", "fell_back", "passed"}
+var statNames = []string{"skbs", "bytes", "no_peer", "fell_back", "passed", "trimmed"}
 
 // Stats sums the per-CPU counters by name: skbs redirected to the peer and
 // their bytes, skbs that found no peer, directions that fell back to user

@@ -18,6 +18,8 @@ type splicePeer struct {
 	Cookie     uint64
 	Redirected uint64
 	Fallen     uint32
+	NextSeq    uint32
+	SeqKnown   uint32
 	Pad        uint32
 }
 
