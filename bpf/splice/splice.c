@@ -75,7 +75,12 @@ static __always_inline void count(__u32 what, __u64 n)
 
 // What peer_has_room reads of the kernel's structures, relocated by CO-RE
 // (the ___weir suffix keeps these local).
+struct sock_common___weir {
+	volatile unsigned char skc_state;
+} __attribute__((preserve_access_index));
+
 struct sock___weir {
+	struct sock_common___weir __sk_common;
 	int sk_sndbuf;
 	int sk_wmem_queued;
 	void *sk_user_data;
@@ -156,15 +161,23 @@ static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __
 // sk_user_data holds the psock with flag bits in its low three bits.
 #define SK_USER_DATA_PTRMASK (~7UL)
 
+#define TCP_ESTABLISHED 1
+#define TCP_CLOSE_WAIT 8
+
 // peer_has_room says whether the peer socket may take more redirected
-// bytes: its send buffer is not full and its redirect backlog holds fewer
-// than BACKLOG_MAX skbs.
+// bytes: it can still send (a reset socket stays in the sockhash until the
+// agent closes it, and the kernel drops what is redirected to it), its
+// send buffer is not full and its redirect backlog holds fewer than
+// BACKLOG_MAX skbs.
 static __always_inline int peer_has_room(struct bpf_sock *sk)
 {
 	if (!bpf_ksym_exists(bpf_rdonly_cast) || !bpf_core_field_exists(struct sk_psock___weir, ingress_skb))
 		return 0;
 	struct sock___weir *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock___weir));
 	if (!s)
+		return 0;
+	unsigned char state = s->__sk_common.skc_state;
+	if (state != TCP_ESTABLISHED && state != TCP_CLOSE_WAIT)
 		return 0;
 	if (s->sk_wmem_queued >= s->sk_sndbuf)
 		return 0;

@@ -68,7 +68,8 @@ var ErrUnsupported = errors.New("in-kernel splice unsupported")
 // CO-RE, the peer's send buffer and its psock's redirect backlog.
 func Support() error {
 	if err := kbtf.RequireRdonlyCast(
-		kbtf.Struct{Name: "sock", Fields: []string{"sk_sndbuf", "sk_wmem_queued", "sk_user_data"}},
+		kbtf.Struct{Name: "sock", Fields: []string{"__sk_common", "sk_sndbuf", "sk_wmem_queued", "sk_user_data"}},
+		kbtf.Struct{Name: "sock_common", Fields: []string{"skc_state"}},
 		kbtf.Struct{Name: "sk_psock", Fields: []string{"ingress_skb"}},
 		kbtf.Struct{Name: "sk_buff_head", Fields: []string{"qlen"}},
 	); err != nil {
@@ -376,17 +377,37 @@ func (p *Pair) Relay(ctx context.Context) Result {
 	})
 	defer stop()
 	var res Result
-	errs := make(chan error, 2)
+	errs, watched := make(chan error, 2), make(chan error, 1)
 	go func() { n, err := p.copy(ctx, &p.a, &p.b); res.CopiedAB = n; errs <- err }()
 	go func() { n, err := p.copy(ctx, &p.b, &p.a); res.CopiedBA = n; errs <- err }()
-	for range 2 {
-		if err := <-errs; err != nil && res.Err == nil {
+	go func() { watched <- p.watch(ctx) }()
+	fail := func(err error) {
+		if err != nil && res.Err == nil {
 			res.Err = err
-			// One side failed: end the other at once.
+			// One side failed: end the other at once, with a reset. The
+			// bytes the program passed to a reader sit outside the TCP
+			// receive queue, so a plain close would send a FIN and leave a
+			// peer whose window the program had kept open unaware.
+			p.a.c.SetLinger(0)
+			p.b.c.SetLinger(0)
 			p.a.c.Close()
 			p.b.c.Close()
 			cancel()
 		}
+	}
+	for done := 0; done < 2; {
+		select {
+		case err := <-errs:
+			done++
+			fail(err)
+		case err := <-watched:
+			fail(err)
+			watched = nil
+		}
+	}
+	cancel()
+	if watched != nil {
+		<-watched
 	}
 	ab, _ := p.redirected(&p.a)
 	ba, _ := p.redirected(&p.b)
@@ -396,6 +417,51 @@ func (p *Pair) Relay(ctx context.Context) Result {
 	res.BToA = int64(ba) + res.CopiedBA
 	p.forget()
 	return res
+}
+
+// watchEvery is how often watch looks at a pair's sockets.
+const watchEvery = 250 * time.Millisecond
+
+// watch ends a pair whose socket failed while its direction was spliced:
+// nobody may be reading that socket (its reader saw EOF already), and the
+// kernel drops what it still redirects to a socket whose send path broke,
+// after the sender's window reopened, so the sender would go on sending
+// into nothing. It returns the socket's error, or nil once ctx ends.
+func (p *Pair) watch(ctx context.Context) error {
+	t := time.NewTicker(watchEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		for _, e := range []*end{&p.a, &p.b} {
+			if err := broken(e.c); err != nil {
+				return fmt.Errorf("splice: socket failed: %w", err)
+			}
+		}
+	}
+}
+
+// broken reports c's pending socket error (SO_ERROR: a reset, or the
+// kernel's failed send of a redirected skb), else nil. A clean close sets
+// none, so a pair that ends normally is never cut short. Reading SO_ERROR
+// clears it; the relay then ends with it.
+func broken(c *net.TCPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var berr error
+	if err := rc.Control(func(fd uintptr) {
+		if v, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); err == nil && v != 0 {
+			berr = unix.Errno(v)
+		}
+	}); err != nil {
+		return err
+	}
+	return berr
 }
 
 // copy relays src to dst in user space: bytes the program passed after a
