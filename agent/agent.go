@@ -22,6 +22,7 @@ import (
 	"github.com/weir-mesh/weir/agent/api"
 	"github.com/weir-mesh/weir/agent/kube"
 	"github.com/weir-mesh/weir/bpf/capture"
+	"github.com/weir-mesh/weir/bpf/splice"
 	"github.com/weir-mesh/weir/proxy"
 	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/http/h2"
@@ -54,6 +55,9 @@ type Agent struct {
 	// accel is the loaded capture once it accelerates local pairs; the
 	// engine asks it which sockets not to splice (Engine.Accelerated).
 	accel atomic.Pointer[capture.Objects]
+	// splicer splices L4 relays in the kernel (capture.ebpf.splice); nil
+	// when off.
+	splicer *splice.Splicer
 	// kube is the Kubernetes source when kubernetes.enabled; nil otherwise.
 	kube *kube.Source
 	// nodeNetns are the namespaces the agent never captures (netns.go).
@@ -168,6 +172,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		RPCMetrics:      rpc.NewMetrics(reg),
 	}
 	a.engine.Accelerated = a.accelerated
+	a.loadSplicer()
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
 	}
@@ -440,6 +445,7 @@ loop:
 		// agent listens), as under REDIRECT.
 		a.ebpf.objs.Close()
 	}
+	a.closeSplicer()
 	a.log.Info("agent stopped")
 	if handedOver && a.kube != nil {
 		// In a pod, an agent that exits after a takeover is restarted by

@@ -282,6 +282,16 @@ type EBPFSettings struct {
 	// pair): false turns it off. A kernel without what it needs
 	// (capture.AccelSupport) runs without it, with a warning.
 	Accelerate *bool `json:"accelerate"`
+	// Splice (default false) splices the two sockets of every L4 relay
+	// whose sockets are not accelerated in the kernel, with an sk_skb
+	// verdict (bpf/splice): relayed bytes go from one socket's receive
+	// path to the other's send path without waking the agent, until the
+	// peer falls behind, when that direction goes back to the agent for
+	// good. It works in every capture mode (it needs the kernel's
+	// features, not eBPF capture); a kernel without them (splice.Support)
+	// runs without, with a warning. Spliced connections are drained, not
+	// handed over, at a takeover.
+	Splice bool `json:"splice"`
 }
 
 // accelerate is Accelerate with its default.

@@ -250,6 +250,7 @@ func (a *Agent) stopStandby() {
 	if a.ebpf.objs != nil {
 		a.ebpf.objs.Close()
 	}
+	a.closeSplicer()
 	if a.standbyAdmin != nil {
 		a.standbyAdmin.Close()
 	}

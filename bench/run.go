@@ -117,7 +117,7 @@ func pathNames() []string {
 	for _, m := range WeirModes {
 		names = append(names, "weir-"+m, "weir-"+m+"-l4", "weir-"+m+baseSuffix, "weir-"+m+baseSuffix+"-l4")
 	}
-	names = append(names, "weir-ebpf"+noAccelSuffix, "weir-ebpf"+noAccelSuffix+"-l4", PolicyPath)
+	names = append(names, "weir-ebpf"+noAccelSuffix, "weir-ebpf"+noAccelSuffix+"-l4", "weir-ebpf"+spliceSuffix, "weir-ebpf"+spliceSuffix+"-l4", PolicyPath)
 	for _, p := range peers {
 		names = append(names, p.name)
 	}

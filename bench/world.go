@@ -142,11 +142,14 @@ func (w *world) logf(format string, args ...any) {
 //
 // bin, when set, is the weir-agent binary to run instead of the node's.
 //
-// In ebpf mode the acceleration is on unless noAccel.
-func (w *world) newSite(mode string, policy bool, bin string, noAccel bool) (*site, *testworld.Agent) {
+// In ebpf mode the acceleration is on unless variant is noAccelSuffix or
+// spliceSuffix (which also turns the in-kernel splice on).
+func (w *world) newSite(mode string, policy bool, bin string, variant string) (*site, *testworld.Agent) {
 	t := w.t
+	noAccel := variant == noAccelSuffix || variant == spliceSuffix
 	node := testworld.NewNode(t, testworld.NodeOptions{SpecVersion: "1.0.0", Weir: map[string]any{"mode": mode}, EBPF: mode == "ebpf",
-		EBPFAccelerate: mode == "ebpf" && !noAccel, EBPFNoAccelerate: mode == "ebpf" && noAccel})
+		EBPFAccelerate: mode == "ebpf" && !noAccel, EBPFNoAccelerate: mode == "ebpf" && noAccel,
+		EBPFSplice: mode == "ebpf" && variant == spliceSuffix})
 	tuneNetns(t, node.Netns)
 	capture := map[string]any{"namespaces": []string{captureNamespace(mode)}, "mode": mode}
 	cfg := map[string]any{"logLevel": "info", "sweepInterval": "30s", "capture": capture}
@@ -260,7 +263,7 @@ func buildWorld(t testworld.T, opts *Options) *world {
 	start := time.Now()
 	for i, mode := range WeirModes {
 		w.logf("building node for weir mode %s", mode)
-		s, agent := w.newSite(mode, false, "", false)
+		s, agent := w.newSite(mode, false, "", "")
 		if i == 0 {
 			w.first = s
 			plain := s.node.MustAddPod(t, "bench-plain", "client-plain")
@@ -274,13 +277,18 @@ func buildWorld(t testworld.T, opts *Options) *world {
 		w.paths = append(w.paths, w.weirPaths(s, agent, mode, "")...)
 		if opts.BaselineAgent != "" && (keep(opts.Paths, "weir-"+mode+baseSuffix) || keep(opts.Paths, "weir-"+mode+baseSuffix+"-l4")) {
 			w.logf("building node for weir mode %s with the baseline agent %s", mode, opts.BaselineAgent)
-			bs, bagent := w.newSite(mode, false, opts.BaselineAgent, false)
+			bs, bagent := w.newSite(mode, false, opts.BaselineAgent, "")
 			w.paths = append(w.paths, w.weirPaths(bs, bagent, mode, baseSuffix)...)
 		}
 		if mode == "ebpf" && (slices.Contains(opts.Paths, "weir-ebpf"+noAccelSuffix) || slices.Contains(opts.Paths, "weir-ebpf"+noAccelSuffix+"-l4")) {
 			w.logf("building node for weir mode ebpf without acceleration")
-			ns, nagent := w.newSite(mode, false, "", true)
+			ns, nagent := w.newSite(mode, false, "", noAccelSuffix)
 			w.paths = append(w.paths, w.weirPaths(ns, nagent, mode, noAccelSuffix)...)
+		}
+		if mode == "ebpf" && (slices.Contains(opts.Paths, "weir-ebpf"+spliceSuffix) || slices.Contains(opts.Paths, "weir-ebpf"+spliceSuffix+"-l4")) {
+			w.logf("building node for weir mode ebpf with the in-kernel splice")
+			ss, sagent := w.newSite(mode, false, "", spliceSuffix)
+			w.paths = append(w.paths, w.weirPaths(ss, sagent, mode, spliceSuffix)...)
 		}
 	}
 	if keep(opts.Paths, PolicyPath) {
@@ -306,6 +314,12 @@ const baseSuffix = "-base"
 // on and off are measured side by side. They run only when --paths names
 // them.
 const noAccelSuffix = "-noaccel"
+
+// spliceSuffix marks the opt-in paths weir-ebpf-splice[-l4]: eBPF capture
+// with the acceleration off and capture.ebpf.splice on (L4 relays spliced
+// in the kernel), on a node of its own. They run only when --paths names
+// them.
+const spliceSuffix = "-splice"
 
 // weirPaths adds site s's captured client pod and returns its two paths,
 // "weir-<mode><suffix>" (sniffed) and the same with "-l4" (protocol: tcp).
@@ -335,6 +349,8 @@ func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) 
 		desc = "the baseline weir-agent (" + filepath.Base(opts.BaselineAgent) + ") on a node of its own"
 	case noAccelSuffix:
 		desc = "weir-agent with capture.ebpf.accelerate off, on a node of its own"
+	case spliceSuffix:
+		desc = "weir-agent with capture.ebpf.accelerate off and capture.ebpf.splice on, on a node of its own"
 	}
 	return []*path{{
 		Name: name, Kind: kindWeir,
@@ -362,7 +378,7 @@ func serverAddrs(p *testworld.Pod) map[backend]string {
 func (w *world) policyPath() *path {
 	t := w.t
 	const mode = "redirect"
-	s, agent := w.newSite(mode, true, "", false)
+	s, agent := w.newSite(mode, true, "", "")
 	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
 	tuneNetns(t, client.Netns)
 	addrs, skip := map[backend]string{}, map[backend]string{}

@@ -77,31 +77,10 @@ func runPump(t *testing.T, p *testworld.Pod, pump string, args ...string) (strin
 // mid-stream ends the server's send with an error, and a server that exits
 // mid-stream ends the client's read: nothing hangs.
 func TestEBPFAcceleration(t *testing.T) {
-	w := world{"1.1.0", "ebpf", "dual", ""}
-	opts := w.nodeOptions()
+	opts := pumpWorld.nodeOptions()
 	opts.EBPFAccelerate = true
-	node := testworld.NewNode(t, opts)
-	pump := testworld.Pump(t)
-	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
-	srv := node.MustAddPod(t, "backend", "srv")
-	outsider := node.MustAddPod(t, "backend", "outsider")
-	agent.Stop(t)
-	var services []any
-	for _, fam := range w.families() {
-		services = append(services, map[string]any{
-			"name": "pump-" + fam, "address": hostPort(vip(fam).Addr(), 9000),
-			"endpoints": []string{hostPort(addr(srv, fam), 9000)}, "protocol": "tcp",
-		})
-	}
-	agent = node.StartAgent(t, map[string]any{
-		"capture":  map[string]any{"namespaces": []string{"demo"}},
-		"services": services,
-	})
-	client := node.MustAddPod(t, "demo", "client")
-	app := node.MustAddPod(t, "demo", "app")
-	w.assertNoRulesIn(t, client)
-	srvOut := startPumpServer(t, srv, pump)
-	startPumpServer(t, app, pump)
+	pw := newPumpNode(t, opts)
+	agent, client, app, outsider, srvOut, pump := pw.agent, pw.client, pw.app, pw.outsider, pw.srvOut, pw.pump
 
 	accel := func(event string) float64 {
 		return agent.Metric(t, fmt.Sprintf(`weir_ebpf_accel_total{event=%q}`, event))
@@ -155,13 +134,70 @@ func TestEBPFAcceleration(t *testing.T) {
 	// each (the client half-closes, the server answers and closes); every
 	// one exact, every pair in the sockhash.
 	socketsBefore := accel("sockets")
+	pumpConns(t, client, pump, hostPort(vip("v4").Addr(), 9000), 8, 500)
+	if d := accel("sockets") - socketsBefore; d < 2*8*500 {
+		t.Fatalf("connection churn: %v sockets put in the sockhash, want %d (both ends of every connection)", d, 2*8*500)
+	}
+
+	// The client goes away after 1 MiB of a 1 GiB download, then the
+	// server does (both pairs accelerated).
+	quitMidStream(t, agent, pump, client, hostPort(vip("v4").Addr(), 9000), srvOut, client, hostPort(app.IP4, 9000))
+}
+
+// pumpWorld is the eBPF dual-stack world of the pump tests.
+var pumpWorld = world{"1.1.0", "ebpf", "dual", ""}
+
+// pumpNode is a node of pumpWorld with an agent whose services pump-v4 and
+// pump-v6 (protocol tcp) lead to srv, a pump server in the uncaptured
+// namespace backend, beside outsider (uncaptured too); client and app are
+// captured pods of namespace demo, app running a pump server as well.
+type pumpNode struct {
+	agent                      *testworld.Agent
+	srv, outsider, client, app *testworld.Pod
+	srvOut                     *syncBuffer
+	pump                       string
+}
+
+func newPumpNode(t *testing.T, opts testworld.NodeOptions) *pumpNode {
+	t.Helper()
+	w := pumpWorld
+	node := testworld.NewNode(t, opts)
+	pump := testworld.Pump(t)
+	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}})
+	srv := node.MustAddPod(t, "backend", "srv")
+	outsider := node.MustAddPod(t, "backend", "outsider")
+	agent.Stop(t)
+	var services []any
+	for _, fam := range w.families() {
+		services = append(services, map[string]any{
+			"name": "pump-" + fam, "address": hostPort(vip(fam).Addr(), 9000),
+			"endpoints": []string{hostPort(addr(srv, fam), 9000)}, "protocol": "tcp",
+		})
+	}
+	agent = node.StartAgent(t, map[string]any{
+		"capture":  map[string]any{"namespaces": []string{"demo"}},
+		"services": services,
+	})
+	client := node.MustAddPod(t, "demo", "client")
+	app := node.MustAddPod(t, "demo", "app")
+	w.assertNoRulesIn(t, client)
+	srvOut := startPumpServer(t, srv, pump)
+	startPumpServer(t, app, pump)
+	return &pumpNode{agent: agent, srv: srv, outsider: outsider, client: client, app: app, srvOut: srvOut, pump: pump}
+}
+
+// pumpConns runs clients pump clients in p at once, each making n
+// connections of one small exchange (the client half-closes, the server
+// answers and closes), and fails unless every one was exact.
+func pumpConns(t *testing.T, p *testworld.Pod, pump, to string, clients, n int) {
+	t.Helper()
 	var churn sync.WaitGroup
-	churnErrs := make(chan string, 8)
-	for range 8 {
+	churnErrs := make(chan string, clients)
+	for range clients {
 		churn.Add(1)
 		go func() {
 			defer churn.Done()
-			out, _, err := runPump(t, client, pump, "conns", hostPort(vip("v4").Addr(), 9000), "500")
+			out, _, err := runPump(t, p, pump, "conns", to, fmt.Sprint(n))
 			if err != nil || !strings.HasPrefix(out, "ok ") {
 				churnErrs <- fmt.Sprintf("%v: %s", err, out)
 			}
@@ -172,13 +208,17 @@ func TestEBPFAcceleration(t *testing.T) {
 	for e := range churnErrs {
 		t.Fatalf("connection churn: %s", e)
 	}
-	if d := accel("sockets") - socketsBefore; d < 2*8*500 {
-		t.Fatalf("connection churn: %v sockets put in the sockhash, want %d (both ends of every connection)", d, 2*8*500)
-	}
+}
 
-	// The client goes away after 1 MiB of a 1 GiB download: the server's
-	// send through the agent fails instead of waiting.
-	out, _, err := runPump(t, client, pump, "bulk", hostPort(vip("v4").Addr(), 9000), "0", fmt.Sprint(gib), fmt.Sprint(1<<20))
+// quitMidStream: a client in from that goes away after 1 MiB of a 1 GiB
+// download from to (a pump server writing its output to srvOut) ends the
+// server's send through the agent with an error instead of a wait; a
+// server (at serverTo) that goes away after 1 MiB ends the client's (in
+// serverFrom) read short, promptly; then every relay in the agent ends.
+func quitMidStream(t *testing.T, agent *testworld.Agent, pump string, from *testworld.Pod, to string, srvOut *syncBuffer, serverFrom *testworld.Pod, serverTo string) {
+	t.Helper()
+	const gib = 1 << 30
+	out, _, err := runPump(t, from, pump, "bulk", to, "0", fmt.Sprint(gib), fmt.Sprint(1<<20))
 	if err != nil || !strings.HasPrefix(out, "ok quitting") {
 		t.Fatalf("client quitting mid-stream: %v: %s", err, out)
 	}
@@ -189,9 +229,7 @@ func TestEBPFAcceleration(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	// The server goes away after 1 MiB (both pairs accelerated): the
-	// client's read ends short, promptly.
-	out, took, err := runPump(t, client, pump, "bulk", hostPort(app.IP4, 9000), "0", fmt.Sprint(gib), "-1")
+	out, took, err := runPump(t, serverFrom, pump, "bulk", serverTo, "0", fmt.Sprint(gib), "-1")
 	var exitErr *exec.ExitError
 	if !errors.As(err, &exitErr) || !strings.Contains(out, "received") {
 		t.Fatalf("server quitting mid-stream: %v: %s; want the client to report a short read", err, out)
@@ -199,7 +237,6 @@ func TestEBPFAcceleration(t *testing.T) {
 	if took > time.Minute {
 		t.Fatalf("server quitting mid-stream: the client noticed after %s", took)
 	}
-	// Every relay ended.
 	deadline = time.Now().Add(30 * time.Second)
 	for agent.Metric(t, `weir_connections_active{direction="outbound"}`)+agent.Metric(t, `weir_connections_active{direction="inbound"}`) > 0 {
 		if time.Now().After(deadline) {

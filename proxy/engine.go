@@ -58,6 +58,12 @@ type Engine struct {
 	// not see, so the relay and the sniffer's replaying conn read and
 	// write it instead of splicing. Nil: nothing is accelerated.
 	Accelerated func(*net.TCPConn) bool
+	// Splice, if set, splices an L4 relay's two sockets in the kernel
+	// (capture.ebpf.splice) and relays what the kernel leaves to user
+	// space until both directions end; false means it did not take the
+	// pair, and the engine relays it. Pairs with an accelerated socket are
+	// never offered. Spliced pairs are drained, never handed over.
+	Splice func(ctx context.Context, client, upstream *net.TCPConn) (relay.Result, bool)
 	// Log receives one line per notable event; nil means slog.Default().
 	Log *slog.Logger
 	// Sniffing says when outbound connections to services are sniffed for
@@ -250,17 +256,19 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 			m.refused(dir, "no_route")
 			return
 		}
-		if r.Cluster != nil && e.serveService(c, l, w, dst, r) {
-			return
-		}
 	}
-	e.relayL4(c, nil, l, w, dst, r)
+	var ca accelOnce
+	if dir == Outbound && r.Cluster != nil && e.serveService(c, &ca, l, w, dst, r) {
+		return
+	}
+	e.relayL4(c, &ca, nil, l, w, dst, r)
 }
 
 // relayL4 connects upstream as r says (the original destination for
 // passthrough and inbound), sends prefix (bytes a sniff already read from
-// the client), relays both ways and accounts for the connection.
-func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+// the client), relays both ways and accounts for the connection. ca holds
+// what sniffing learnt of c's acceleration, if it asked.
+func (e *Engine) relayL4(c *net.TCPConn, ca *accelOnce, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
 	m := e.Metrics
 	dir := l.Direction
 	up, lease, err := e.connect(c, l, dst, w, r)
@@ -276,7 +284,7 @@ func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload,
 			return
 		}
 	}
-	t := &tracked{client: c, upstream: up, w: w, dir: dir, dst: dst, started: time.Now()}
+	t := &tracked{client: c, upstream: up, w: w, dir: dir, dst: dst, started: time.Now(), clientAccel: *ca}
 	if r.Cluster != nil {
 		t.cluster = r.Cluster.Name()
 	}
@@ -293,11 +301,27 @@ func (e *Engine) relayL4(c *net.TCPConn, prefix []byte, l Listener, w *Workload,
 // relayTracked relays t, a member of the hand-over set meanwhile, and
 // accounts for it: bytes, and during a drain, the path it took.
 func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
-	e.l4.add(t)
-	if e.accelerated(t.client) || e.accelerated(t.upstream) {
-		t.h.NoSplice()
+	// A pair is relayed without splice when either socket is accelerated:
+	// once the client is, the upstream's answer changes nothing.
+	accel := t.clientAccel.of(e, t.client) || e.accelerated(t.upstream)
+	if !accel && e.Splice != nil {
+		// Marked before it joins the hand-over set: HandOver leaves it.
+		t.spliced.Store(true)
 	}
-	res := relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
+	e.l4.add(t)
+	var res relay.Result
+	spliced := false
+	if t.spliced.Load() {
+		if res, spliced = e.Splice(e.ctx, t.client, t.upstream); !spliced {
+			t.spliced.Store(false)
+		}
+	}
+	if !spliced {
+		if accel {
+			t.h.NoSplice()
+		}
+		res = relay.RelayWith(e.ctx, t.client, t.upstream, &t.h)
+	}
 	e.l4.remove(t)
 	e.Metrics.bytes(t.dir, res.Up+int64(len(prefix)), res.Down)
 	select {
@@ -318,6 +342,24 @@ func (e *Engine) relayTracked(t *tracked, prefix []byte) relay.Result {
 // accelerated reports whether c must never be spliced from (Accelerated).
 func (e *Engine) accelerated(c *net.TCPConn) bool {
 	return e.Accelerated != nil && e.Accelerated(c)
+}
+
+// accelOnce is Engine.Accelerated's answer about one accepted socket,
+// asked at most once in the connection's life: sniffing and the relay both
+// need it, and each ask costs system calls on every relayed connection.
+// The zero value has not asked yet. The answer cannot go stale: the
+// sockops program puts a socket in the sockhash before accept returns it,
+// and only its close takes it out.
+type accelOnce struct {
+	asked, yes bool
+}
+
+// of returns the answer for c, asking e the first time.
+func (a *accelOnce) of(e *Engine, c *net.TCPConn) bool {
+	if !a.asked {
+		a.asked, a.yes = true, e.accelerated(c)
+	}
+	return a.yes
 }
 
 // isLoop reports whether dst is the agent's own capture socket.

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -51,6 +52,9 @@ type tracked struct {
 	started          time.Time
 	prior            [2]int64 // bytes relayed by earlier agents (adopted)
 	h                relay.Handle
+	clientAccel      accelOnce // whether client is accelerated, once asked
+	// spliced: Engine.Splice relays it; it cannot be paused, so it drains.
+	spliced atomic.Bool
 }
 
 // l4Set is the engine's set of relayed L4 connections.
@@ -147,7 +151,7 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 			return handed, nil
 		}
 		for _, t := range left {
-			if !idle(t.client) || !idle(t.upstream) || !t.h.Pause(100*time.Millisecond) {
+			if t.spliced.Load() || !idle(t.client) || !idle(t.upstream) || !t.h.Pause(100*time.Millisecond) {
 				continue
 			}
 			up, down := t.h.Counts()

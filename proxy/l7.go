@@ -105,7 +105,7 @@ func (w *Workload) Close() {
 // sniffs (or trusts the declared protocol) and hands the connection to
 // the HTTP/1, HTTP/2 or TLS-by-SNI path, or relays it at L4. It reports
 // false when the caller should relay it at L4 itself with c untouched.
-func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrPort, r route.Route) bool {
+func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Workload, dst netip.AddrPort, r route.Route) bool {
 	var wait time.Duration
 	switch r.Protocol {
 	case route.TCP:
@@ -133,7 +133,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			return false
 		}
 	}
-	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics, NoSplice: e.accelerated(c)})
+	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics, NoSplice: ca.of(e, c)})
 	if err != nil {
 		e.Log.Debug("sniff failed", "pod", w.Name, "dst", dst, "err", err)
 		return true
@@ -180,7 +180,7 @@ func (e *Engine) serveService(c *net.TCPConn, l Listener, w *Workload, dst netip
 			}
 		}
 	}
-	e.relayL4(sc.TCP(), sc.Buffered(), l, w, dst, r)
+	e.relayL4(sc.TCP(), ca, sc.Buffered(), l, w, dst, r)
 	return true
 }
 

@@ -23,8 +23,8 @@ import (
 	"net/netip"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
+	"github.com/weir-mesh/weir/bpf/kbtf"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,58 +70,15 @@ func (o *Objects) AccelError() error { return o.accelErr }
 // flow control and ordering rule (capture.c, peer_ready) need them, and
 // without them it never redirects.
 func AccelSupport() error {
-	spec, err := btf.LoadKernelSpec()
-	if err != nil {
-		return fmt.Errorf("%w: acceleration: kernel BTF: %v", ErrUnsupported, err)
-	}
-	var fn *btf.Func
-	if err := spec.TypeByName("bpf_rdonly_cast", &fn); err != nil {
-		return fmt.Errorf("%w: acceleration: kfunc bpf_rdonly_cast (Linux 6.2): %v", ErrUnsupported, err)
-	}
-	for _, want := range []struct {
-		typ     string
-		members []string
-	}{
-		{"sk_psock", []string{"msg_tot_len"}},
-		{"sk_msg", []string{"sk", "sk_redir"}},
-		{"tcp_sock", []string{"copied_seq", "write_seq"}},
-		{"sock", []string{"sk_rcvbuf", "sk_user_data"}},
-	} {
-		var st *btf.Struct
-		if err := spec.TypeByName(want.typ, &st); err != nil {
-			return fmt.Errorf("%w: acceleration: kernel struct %s: %v", ErrUnsupported, want.typ, err)
-		}
-		for _, m := range want.members {
-			if !hasMember(st.Members, m) {
-				return fmt.Errorf("%w: acceleration: kernel struct %s has no field %s", ErrUnsupported, want.typ, m)
-			}
-		}
+	if err := kbtf.RequireRdonlyCast(
+		kbtf.Struct{Name: "sk_psock", Fields: []string{"msg_tot_len"}},
+		kbtf.Struct{Name: "sk_msg", Fields: []string{"sk", "sk_redir"}},
+		kbtf.Struct{Name: "tcp_sock", Fields: []string{"copied_seq", "write_seq"}},
+		kbtf.Struct{Name: "sock", Fields: []string{"sk_rcvbuf", "sk_user_data"}},
+	); err != nil {
+		return fmt.Errorf("%w: acceleration: %v", ErrUnsupported, err)
 	}
 	return nil
-}
-
-// hasMember reports whether members hold a field named name, looking into
-// anonymous structs and unions as CO-RE does.
-func hasMember(members []btf.Member, name string) bool {
-	for _, m := range members {
-		if m.Name == name {
-			return true
-		}
-		if m.Name != "" {
-			continue
-		}
-		switch c := btf.UnderlyingType(m.Type).(type) {
-		case *btf.Struct:
-			if hasMember(c.Members, name) {
-				return true
-			}
-		case *btf.Union:
-			if hasMember(c.Members, name) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // Accelerated reports whether the TCP socket fd is in the accel sockhash:

@@ -95,5 +95,8 @@ func (n *Node) ebpfSettings() map[string]any {
 	if n.Opts.EBPFNoAccelerate {
 		m["accelerate"] = false
 	}
+	if n.Opts.EBPFSplice {
+		m["splice"] = true
+	}
 	return m
 }

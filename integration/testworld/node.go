@@ -49,6 +49,9 @@ type NodeOptions struct {
 	EBPFAccelerate bool
 	// EBPFNoAccelerate turns capture.ebpf.accelerate off explicitly.
 	EBPFNoAccelerate bool
+	// EBPFSplice turns capture.ebpf.splice on (in-kernel splice of L4
+	// relays).
+	EBPFSplice bool
 	// Exec, when set, runs the plugins instead of libcni's default (a
 	// benchmark times weir-cni through it).
 	Exec invoke.Exec
