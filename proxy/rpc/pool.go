@@ -201,8 +201,11 @@ func (p *Pool) drop(uc *upConn) {
 // answer, or being retried.
 type pending struct {
 	req    Frame
-	downID uint64 // the client's id, put back in the response
-	lease  *cluster.Lease
+	downID uint64         // the client's id, put back in the response
+	lease  *cluster.Lease // the current attempt's, one of leases; nil if none
+	// leases hold the attempts' leases in the request itself, so a pick
+	// allocates nothing: a retry picks into the one lease points not to.
+	leases [2]cluster.Lease
 	slot   *slot
 	p      *Protocol
 	// for metrics
@@ -244,8 +247,11 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 	if !pd.deadline.IsZero() && !time.Now().Before(pd.deadline) {
 		return false
 	}
-	next, err := pd.c.Pick(pd.key, pd.lease)
-	if err != nil {
+	next := &pd.leases[0]
+	if next == pd.lease {
+		next = &pd.leases[1]
+	}
+	if err := pd.c.PickInto(next, pd.key, pd.lease, time.Time{}); err != nil {
 		return false
 	}
 	if counted {

@@ -263,12 +263,12 @@ func (s *session) forward(f Frame) {
 		pd.deadline = pd.start.Add(pd.pol.Timeout)
 	}
 	pd.c, pd.key = c, s.key(f)
-	lease, err := c.Pick(pd.key, nil)
-	if err != nil {
+	// The read's clock reading stands in for the cluster's.
+	if err := c.PickInto(&pd.leases[0], pd.key, nil, pd.start); err != nil {
 		pd.finish(nil, err)
 		return
 	}
-	pd.lease = lease
+	pd.lease = &pd.leases[0]
 	s.dispatchFlush(pd, !s.fr.ready())
 }
 
