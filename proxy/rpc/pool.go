@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // PoolOptions tune a Pool; zero fields take the defaults.
@@ -378,6 +380,7 @@ func broke(err error) bool {
 type upConn struct {
 	pool     *Pool
 	c        *net.TCPConn
+	raw      io.ReadWriter // c, read and written with raw calls
 	addr     netip.AddrPort
 	send     chan *pending
 	inflight atomic.Int64
@@ -415,7 +418,13 @@ type upConn struct {
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 	uc := &upConn{pool: p, c: c, addr: addr, send: make(chan *pending, p.opt.MaxInFlight), stop: make(chan struct{})}
-	uc.bw = bufio.NewWriterSize(c, 32<<10)
+	// Raw calls (rawsock): no sysmon wake-up per batch. c's deadlines
+	// and Close still end a wait.
+	uc.raw = io.ReadWriter(c)
+	if raw, err := rawsock.New(c); err == nil {
+		uc.raw = raw
+	}
+	uc.bw = bufio.NewWriterSize(uc.raw, 32<<10)
 	if p.p.IDWidth() > 0 {
 		uc.byID = map[uint64]*pending{}
 	}
@@ -617,7 +626,7 @@ func (uc *upConn) deadlineFired() (ok bool) {
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
+	fr := frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
 	for {
 		f, err := fr.next()
 		if err != nil {

@@ -108,7 +108,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp, stamp: true}
+	s.fr = frameReader{r: downReader(down), p: s.p, side: Client, idle: s.flushUp, stamp: true}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
