@@ -62,6 +62,9 @@ type Cluster struct {
 	tiers     []tier
 	st        *clusterState
 	clock     func() time.Time
+	// realClock: clock is time.Now, so a caller's own time.Now reading
+	// can stand in for it (PickInto), saving a reading per request.
+	realClock bool
 
 	errNoEndpoint  *Error
 	errCircuitOpen *Error
@@ -114,7 +117,7 @@ func New(cfg Config, eps []Endpoint, opt Options) (*Cluster, error) {
 		clock:     opt.Clock,
 	}
 	if c.clock == nil {
-		c.clock = time.Now
+		c.clock, c.realClock = time.Now, true
 	}
 	c.srOn = c.cfg.Outlier.SuccessRate.Enabled && !c.cfg.Outlier.Disabled
 	prev := opt.Prev
@@ -292,6 +295,16 @@ func (c *Cluster) now() int64 {
 	return int64(c.clock().Sub(epoch)) + 1
 }
 
+// at is now from t, a time.Now reading the caller took, when the cluster
+// runs on the real clock; a zero t, or an injected clock, reads the
+// cluster's clock.
+func (c *Cluster) at(t time.Time) int64 {
+	if c.realClock && !t.IsZero() {
+		return int64(t.Sub(epoch)) + 1
+	}
+	return c.now()
+}
+
 var epoch = time.Now()
 
 // pick chooses an endpoint for one attempt, walking three passes over the
@@ -299,8 +312,8 @@ var epoch = time.Now()
 // draining ones too; then, when every endpoint is out (panic), ejected and
 // failing ones too. Within a pass a
 // local tier is skipped while too little of it is up.
-func (c *Cluster) pick(key uint64, v *pickView) *endpoint {
-	v.now = c.now()
+func (c *Cluster) pick(key uint64, v *pickView, now int64) *endpoint {
+	v.now = now
 	for pass := range 3 {
 		v.pass = pass
 		for ti := range c.tiers {
@@ -336,7 +349,8 @@ func (c *Cluster) localUp(t *tier, now int64) bool {
 const maxTried = 11
 
 // pickView is the balance.Hosts one connection's picks see. It lives in
-// the Lease, which is allocated anyway, so a pick allocates nothing.
+// the Lease, so a pick allocates nothing beyond the lease (and nothing at
+// all through PickInto).
 type pickView struct {
 	t     *tier
 	now   int64

@@ -94,7 +94,7 @@ func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TC
 	l := &Lease{c: c}
 	var lastErr error
 	for attempt := 0; ; attempt++ {
-		e := c.pick(key, &l.view)
+		e := c.pick(key, &l.view, c.now())
 		if e == nil {
 			break
 		}

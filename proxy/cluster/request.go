@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"net"
+	"time"
 )
 
 // Pick chooses an endpoint for one L7 request without connecting: the L7
@@ -20,38 +21,60 @@ import (
 // if the caller has not ended it: without an outcome, so a failed Dial
 // (already counted) does not also reset the endpoint's error streak.
 func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
+	l := new(Lease)
+	if err := c.PickInto(l, key, prev, time.Time{}); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// PickInto is Pick into a lease the caller keeps, typically a field of
+// its own per-request state that it recycles, so a request's pick
+// allocates nothing. l must not be live (zero, or ended with Done or
+// Release) and must not be prev: a retry alternates between two leases.
+// now, when not zero, is a time.Now reading the caller already took for
+// the request (e.g. once per read of a batch of requests); it stands in
+// for the cluster's clock, which is then not read per request (a cluster
+// built with Options.Clock ignores it). On error l is left ended.
+func (c *Cluster) PickInto(l *Lease, key uint64, prev *Lease, now time.Time) error {
 	st := c.st
-	l := &Lease{c: c, request: true}
+	l.c, l.ep, l.request = c, nil, true
 	if prev != nil {
 		l.view = prev.view
 		prev.Release()
-		if l.view.n >= maxTried {
-			return nil, c.errNoEndpoint
-		}
+	} else {
+		l.view.t, l.view.pass, l.view.n = nil, 0, 0
+	}
+	// Ended until the pick succeeds, so Done or Release on a failed
+	// lease does nothing.
+	l.done.Store(true)
+	if l.view.n >= maxTried {
+		return c.errNoEndpoint
 	}
 	if st.active.Add(1) > int64(c.cfg.CircuitBreaker.MaxConnections) {
 		st.active.Add(-1)
 		st.circuitOpen.Add(1)
-		return nil, c.errCircuitOpen
+		return c.errCircuitOpen
 	}
+	t := c.at(now)
 	// A retry takes its budget before the pick, so a refused one does not
 	// move the balancer on (round robin would otherwise hand the next
 	// request to the endpoint that just failed); the token goes back if no
 	// endpoint is left.
 	if prev != nil && (c.cfg.Retry.Disabled || l.view.n > c.cfg.Retry.MaxRetries ||
-		!st.budget.withdraw(c.now(), c.cfg.Retry.MinRetriesPerSecond)) {
+		!st.budget.withdraw(t, c.cfg.Retry.MinRetriesPerSecond)) {
 		st.active.Add(-1)
 		st.retryBudgetExhausted.Add(1)
-		return nil, c.errNoEndpoint
+		return c.errNoEndpoint
 	}
-	e := c.pick(key, &l.view)
+	e := c.pick(key, &l.view, t)
 	if e == nil {
 		if prev != nil {
 			st.budget.refund(c.cfg.Retry.MinRetriesPerSecond)
 		}
 		st.active.Add(-1)
 		st.noEndpoint.Add(1)
-		return nil, c.errNoEndpoint
+		return c.errNoEndpoint
 	}
 	if prev != nil {
 		st.retries.Add(1)
@@ -62,7 +85,8 @@ func (c *Cluster) Pick(key uint64, prev *Lease) (*Lease, error) {
 	e.st.active.Add(1)
 	l.ep = e
 	st.connections.Add(1)
-	return l, nil
+	l.done.Store(false)
+	return nil
 }
 
 // Dial opens a new connection to the lease's endpoint with the cluster's

@@ -167,3 +167,59 @@ func TestPickFeedsRequestLatencyToPeakEWMA(t *testing.T) {
 		t.Errorf("an endpoint answering 200× slower got %d of 200 requests under peak_ewma: %v", got[slow], got)
 	}
 }
+
+// TestPickIntoReusesLeases: a request's two leases, reused across requests
+// and retries as proxy/rpc does, count exactly as Pick's; a failed pick
+// leaves the lease ended, so ending it again changes no counter; and the
+// caller's clock reading is what peak-EWMA measures from.
+func TestPickIntoReusesLeases(t *testing.T) {
+	c := mustNew(t, Config{Name: "into", CircuitBreaker: CircuitBreakerConfig{MaxConnections: 2}, Retry: RetryConfig{BudgetPercent: 100}}, eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{})
+	var ls [2]Lease
+	for i := range 20 {
+		if err := c.PickInto(&ls[0], 0, nil, time.Now()); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		// a retry into the other lease avoids the first endpoint and
+		// releases the first lease
+		if err := c.PickInto(&ls[1], 0, &ls[0], time.Time{}); err != nil {
+			t.Fatalf("request %d, retry: %v", i, err)
+		}
+		if ls[1].Endpoint() == ls[0].Endpoint() {
+			t.Fatalf("request %d: the retry went to %s again", i, ls[0].Endpoint())
+		}
+		if s := c.Stats(); s.Active != 1 {
+			t.Fatalf("request %d: active %d during the retry, want 1", i, s.Active)
+		}
+		ls[0].Done(errors.New("stale")) // ended already: nothing changes
+		ls[1].Done(nil)
+		ls[1].Done(nil)
+	}
+	s := c.Stats()
+	if s.Active != 0 || s.Retries != 20 {
+		t.Errorf("active %d, retries %d; want 0 and 20", s.Active, s.Retries)
+	}
+	for _, e := range s.Endpoints {
+		if e.Active != 0 || e.Errors != 0 {
+			t.Errorf("endpoint %s: active %d, errors %d; want 0 and 0", e.Name, e.Active, e.Errors)
+		}
+	}
+	// The breaker refuses the third request in flight; the refused lease
+	// is ended and must not release anything when ended again.
+	var a, b, refused Lease
+	if err := c.PickInto(&a, 0, nil, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PickInto(&b, 0, nil, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PickInto(&refused, 0, nil, time.Time{}); !errors.Is(err, ErrCircuitOpen) {
+		t.Fatalf("third request in flight: %v, want the circuit open", err)
+	}
+	refused.Done(errors.New("x"))
+	refused.Release()
+	if s := c.Stats(); s.Active != 2 {
+		t.Errorf("active %d after ending a refused lease, want 2", s.Active)
+	}
+	a.Done(nil)
+	b.Done(nil)
+}

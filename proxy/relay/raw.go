@@ -1,12 +1,10 @@
 package relay
 
-import (
-	"syscall"
-	"unsafe"
-)
+import "syscall"
 
-// The relay's per-message system calls are made raw: without telling the
-// Go scheduler that the goroutine entered the kernel. They never block (the
+// The relay's per-message system calls are made raw (reads and writes
+// through proxy/rawsock): without telling the Go scheduler that the
+// goroutine entered the kernel. They never block (the
 // sockets are non-blocking; Go's poller does the waiting), but on a veth or
 // loopback path one of them runs the peer's TCP receive in its softirq: a
 // write, the FIN of a shutdown. When such a call outlasts a sysmon tick
@@ -15,24 +13,6 @@ import (
 // return and sleeps. Measured on the agent under a connection per request,
 // that was most of its context switches and a tenth of its CPU in sysmon's
 // wake-ups. A raw call keeps the P: the wait is at most one such softirq.
-
-// rawRead is read(2) on a non-blocking socket.
-func rawRead(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
-// rawWrite is write(2) on a non-blocking socket.
-func rawWrite(fd int, p []byte) (int, error) {
-	n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
 
 // rawShutdownWrite is shutdown(fd, SHUT_WR): it sends the FIN.
 func rawShutdownWrite(fd int) error {

@@ -20,6 +20,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // smallBufSize is the small-message buffer; a read that fills it means bulk.
@@ -255,7 +257,7 @@ type smallState struct {
 func (s *smallState) read(fd uintptr) bool {
 	s.bp = smallBufs.Get().(*[]byte)
 	for {
-		n, err := rawRead(int(fd), *s.bp)
+		n, err := rawsock.Read(int(fd), *s.bp)
 		switch err {
 		case nil:
 			s.n, s.rerr = n, nil
@@ -274,7 +276,7 @@ func (s *smallState) read(fd uintptr) bool {
 // write writes s.out until it is all written (EAGAIN: wait for room).
 func (s *smallState) write(fd uintptr) bool {
 	for len(s.out) > 0 {
-		n, err := rawWrite(int(fd), s.out)
+		n, err := rawsock.Write(int(fd), s.out)
 		switch err {
 		case nil:
 			s.out = s.out[n:]

@@ -2,11 +2,12 @@ package rpc
 
 import (
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // The answer side of a session: how answers get back to the client.
@@ -98,6 +99,47 @@ func rawConn(down net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// downReader reads the client's stream: a sniffer's replaying
+// connection's sniffed bytes through it, then the socket with raw calls
+// (rawsock: no sysmon wake-up per batch); anything without a socket
+// through down.
+func downReader(down net.Conn) io.Reader {
+	r := &replayReader{down: down}
+	tcp, _ := down.(*net.TCPConn)
+	if t, ok := down.(interface{ TCP() *net.TCPConn }); ok {
+		// a wrapper: only one that says what it still holds
+		if r.buffered, ok = down.(interface{ Buffered() []byte }); ok {
+			tcp = t.TCP()
+		}
+	}
+	if tcp == nil {
+		return down
+	}
+	raw, err := rawsock.New(tcp)
+	if err != nil {
+		return down
+	}
+	r.raw = raw
+	return r
+}
+
+// replayReader reads through down while it holds sniffed bytes, then raw.
+type replayReader struct {
+	down     net.Conn
+	buffered interface{ Buffered() []byte } // nil: down holds none
+	raw      *rawsock.Conn
+}
+
+func (r *replayReader) Read(p []byte) (int, error) {
+	if r.buffered != nil {
+		if len(r.buffered.Buffered()) > 0 {
+			return r.down.Read(p)
+		}
+		r.buffered = nil
+	}
+	return r.raw.Read(p)
 }
 
 // register gives a new slot its place among the answers to come, once
@@ -309,13 +351,13 @@ func (s *session) tryWrite(b []byte) (int, error) {
 	var werr error
 	err := s.raw.Write(func(fd uintptr) bool {
 		for n < len(b) {
-			m, err := unix.Write(int(fd), b[n:])
+			m, err := rawsock.Write(int(fd), b[n:])
 			if m > 0 {
 				n += m
 			}
 			switch {
-			case err == unix.EINTR:
-			case err == unix.EAGAIN:
+			case err == syscall.EINTR:
+			case err == syscall.EAGAIN:
 				werr = errWouldBlock
 				return true
 			case err != nil:

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // PoolOptions tune a Pool; zero fields take the defaults.
@@ -201,8 +203,11 @@ func (p *Pool) drop(uc *upConn) {
 // answer, or being retried.
 type pending struct {
 	req    Frame
-	downID uint64 // the client's id, put back in the response
-	lease  *cluster.Lease
+	downID uint64         // the client's id, put back in the response
+	lease  *cluster.Lease // the current attempt's, one of leases; nil if none
+	// leases hold the attempts' leases in the request itself, so a pick
+	// allocates nothing: a retry picks into the one lease points not to.
+	leases [2]cluster.Lease
 	slot   *slot
 	p      *Protocol
 	// for metrics
@@ -244,8 +249,11 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 	if !pd.deadline.IsZero() && !time.Now().Before(pd.deadline) {
 		return false
 	}
-	next, err := pd.c.Pick(pd.key, pd.lease)
-	if err != nil {
+	next := &pd.leases[0]
+	if next == pd.lease {
+		next = &pd.leases[1]
+	}
+	if err := pd.c.PickInto(next, pd.key, pd.lease, time.Time{}); err != nil {
 		return false
 	}
 	if counted {
@@ -372,6 +380,7 @@ func broke(err error) bool {
 type upConn struct {
 	pool     *Pool
 	c        *net.TCPConn
+	raw      io.ReadWriter // c, read and written with raw calls
 	addr     netip.AddrPort
 	send     chan *pending
 	inflight atomic.Int64
@@ -409,7 +418,13 @@ type upConn struct {
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
 	uc := &upConn{pool: p, c: c, addr: addr, send: make(chan *pending, p.opt.MaxInFlight), stop: make(chan struct{})}
-	uc.bw = bufio.NewWriterSize(c, 32<<10)
+	// Raw calls (rawsock): no sysmon wake-up per batch. c's deadlines
+	// and Close still end a wait.
+	uc.raw = io.ReadWriter(c)
+	if raw, err := rawsock.New(c); err == nil {
+		uc.raw = raw
+	}
+	uc.bw = bufio.NewWriterSize(uc.raw, 32<<10)
 	if p.p.IDWidth() > 0 {
 		uc.byID = map[uint64]*pending{}
 	}
@@ -611,7 +626,7 @@ func (uc *upConn) deadlineFired() (ok bool) {
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.c, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
+	fr := frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
 	for {
 		f, err := fr.next()
 		if err != nil {

@@ -108,7 +108,7 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.fr = frameReader{r: down, p: s.p, side: Client, idle: s.flushUp, stamp: true}
+	s.fr = frameReader{r: downReader(down), p: s.p, side: Client, idle: s.flushUp, stamp: true}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
@@ -263,12 +263,12 @@ func (s *session) forward(f Frame) {
 		pd.deadline = pd.start.Add(pd.pol.Timeout)
 	}
 	pd.c, pd.key = c, s.key(f)
-	lease, err := c.Pick(pd.key, nil)
-	if err != nil {
+	// The read's clock reading stands in for the cluster's.
+	if err := c.PickInto(&pd.leases[0], pd.key, nil, pd.start); err != nil {
 		pd.finish(nil, err)
 		return
 	}
-	pd.lease = lease
+	pd.lease = &pd.leases[0]
 	s.dispatchFlush(pd, !s.fr.ready())
 }
 
