@@ -2,7 +2,7 @@ package h1
 
 import (
 	"errors"
-	"net"
+	"io"
 	"sync"
 )
 
@@ -54,7 +54,7 @@ var errBufferFull = errors.New("http/1.1: read buffer full")
 // received and not yet consumed, buf[r:w]. Views into buf stay valid until
 // the next fill, which may move the unconsumed bytes to the front.
 type reader struct {
-	c    net.Conn
+	c    io.Reader
 	bp   *[]byte
 	r, w int
 	size int // buffer size to take when none is held

@@ -170,6 +170,7 @@ func (p *Pool) janitor() {
 type upConn struct {
 	c         *net.TCPConn
 	raw       syscall.RawConn
+	io        sockIO // reads and writes c with raw system calls (rawsock.go)
 	addr      netip.AddrPort
 	rd        reader
 	idleSince int64 // nanotime when pooled
@@ -182,8 +183,10 @@ type upConn struct {
 }
 
 func newUpConn(c *net.TCPConn, addr netip.AddrPort) *upConn {
-	uc := &upConn{c: c, addr: addr, rd: reader{c: c, size: mediumBuf}}
-	uc.raw, _ = c.SyscallConn()
+	uc := &upConn{c: c, addr: addr}
+	uc.io.reset(c)
+	uc.rd = reader{c: &uc.io, size: mediumBuf}
+	uc.raw = uc.io.rc
 	uc.peekFn = func(fd uintptr) {
 		// One byte, MSG_PEEK|MSG_DONTWAIT: EAGAIN means open and quiet;
 		// EOF, an error or unsolicited bytes mean it cannot serve a request.

@@ -83,6 +83,9 @@ func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 type server struct {
 	ctx  context.Context
 	down net.Conn
+	// dio reads and writes down's socket with raw system calls
+	// (rawsock.go).
+	dio  sockIO
 	up   *l7.Upstream
 	pool *Pool
 	opt  *Options
@@ -152,8 +155,9 @@ var servers = sync.Pool{New: func() any {
 
 func (s *server) init(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 	s.ctx, s.down, s.up, s.pool = ctx, down, up, pool
+	s.dio.reset(down)
 	s.opt, s.lim = &pool.opt, &pool.opt.Limits
-	s.dr = reader{c: down, size: smallBuf}
+	s.dr = reader{c: &s.dio, size: smallBuf}
 	s.aborted.Store(false)
 	s.idle.Store(false)
 	s.drain.Store(false)
@@ -196,6 +200,7 @@ func (s *server) finish() {
 	s.dr.release()
 	s.req.raw, s.resp.raw = nil, nil
 	s.ctx, s.down, s.up, s.pool, s.bodyDst = nil, nil, nil, nil, nil
+	s.dio.clear()
 	s.active.Store(nil)
 	if cap(s.wb) > 64<<10 {
 		s.wb = make([]byte, 0, 4<<10)
@@ -434,7 +439,7 @@ func (s *server) reply(status int, reason, location string, retryAfter int, clos
 		s.access(status, start, true, reason)
 	}
 	s.wb = appendLocalReply(s.wb[:0], status, reason, location, retryAfter, close)
-	s.down.Write(s.wb)
+	s.dio.Write(s.wb)
 }
 
 // answerLocally answers a request the route decided to answer itself: 404
@@ -759,7 +764,7 @@ func (s *server) roundTrip(uc *upConn, inline []byte, streamed bool) (int, error
 		_, err = s.bufs.WriteTo(uc.c)
 		s.iov = [2][]byte{}
 	} else {
-		_, err = uc.c.Write(s.wb)
+		_, err = uc.io.Write(s.wb)
 	}
 	if err != nil {
 		// Nothing of the body was read from the client yet: any request
@@ -808,7 +813,7 @@ func (s *server) roundTrip(uc *upConn, inline []byte, streamed bool) (int, error
 		// §15.2), dropped for HTTP/1.0 ones, which do not expect them.
 		if q.minor == 1 {
 			s.wb = appendResponseHead(s.wb[:0], &s.resp, nil, connNone, false)
-			if _, err := s.down.Write(s.wb); err != nil {
+			if _, err := s.dio.Write(s.wb); err != nil {
 				if s.bodyRunning {
 					s.stopBody()
 				}
@@ -923,7 +928,7 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 			conn = connNone
 		}
 		s.wb = appendResponseHead(s.wb[:0], rs, mod, conn, true)
-		_, err := s.down.Write(s.wb)
+		_, err := s.dio.Write(s.wb)
 		s.up.End(&s.x, status, -1)
 		if s.up.AccessLog != nil {
 			s.access(status, start, false, "")
@@ -981,7 +986,7 @@ func (s *server) respond(uc *upConn, lease *cluster.Lease, action *route.Action,
 		released = true
 	}
 	if inlined {
-		_, err = s.down.Write(s.wb)
+		_, err = s.dio.Write(s.wb)
 	} else {
 		s.iov = [2][]byte{s.wb, b[:n]}
 		s.bufs = s.iov[:]
@@ -1067,7 +1072,7 @@ func (s *server) pipeResponse(uc *upConn) (error, bool) {
 		b := rd.buffered()
 		n, done, cerr := f.consume(b, s.lim)
 		if n > 0 {
-			if _, err := s.down.Write(b[:n]); err != nil {
+			if _, err := s.dio.Write(b[:n]); err != nil {
 				return nil, false
 			}
 			rd.r += n
@@ -1104,7 +1109,7 @@ func (s *server) sendBody() {
 		b := rd.buffered()
 		n, done, err := f.consume(b, s.lim)
 		if n > 0 {
-			if _, werr := uc.c.Write(b[:n]); werr != nil {
+			if _, werr := uc.io.Write(b[:n]); werr != nil {
 				res = bodyResult{err: werr, upSide: true}
 				break
 			}
