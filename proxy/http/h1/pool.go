@@ -190,8 +190,9 @@ func newUpConn(c *net.TCPConn, addr netip.AddrPort) *upConn {
 	uc.peekFn = func(fd uintptr) {
 		// One byte, MSG_PEEK|MSG_DONTWAIT: EAGAIN means open and quiet;
 		// EOF, an error or unsolicited bytes mean it cannot serve a request.
+		// Raw, as every call on these sockets (rawsock.go): it never blocks.
 		var b [1]byte
-		_, _, errno := unix.Syscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		uc.peekOK = errno == unix.EAGAIN || errno == unix.EWOULDBLOCK
 	}
