@@ -23,7 +23,9 @@ func TestMain(m *testing.M) {
 	if code, ok := HelperMain(os.Args[1:]); ok {
 		os.Exit(code)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testworld.RemoveBuilds()
+	os.Exit(code)
 }
 
 type logWriter struct{ t *testing.T }

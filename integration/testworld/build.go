@@ -50,6 +50,18 @@ func Binaries(t T) string {
 	return binDir
 }
 
+// RemoveBuilds deletes what Binaries and Pump built, once a test binary's
+// tests are done (call it from TestMain after m.Run): each test binary
+// builds its own copies, about 120 MB, and nothing else removes them.
+func RemoveBuilds() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	if pumpBin != "" {
+		os.RemoveAll(filepath.Dir(pumpBin))
+	}
+}
+
 type buildError struct {
 	pkg, out string
 	err      error
