@@ -17,18 +17,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("missing prerequisite (CI=true, so this fails instead of skipping): root privileges")
-	}
-	t.Skip("missing prerequisite: root privileges")
-}
+	"github.com/weir-mesh/weir/integration/testworld"
+)
 
 // world is a network namespace of the test's own (loopback only) with a
 // splicing relay in front of a server: client → relay (a) … (b) → server.
@@ -53,13 +44,9 @@ type world struct {
 // server's connections.
 func newWorld(t *testing.T, host string, serve func(*net.TCPConn)) *world {
 	t.Helper()
-	requireRoot(t)
-	if err := Support(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	testworld.RequireRoot(t)
+	serr := Support()
+	testworld.Require(t, serr == nil, fmt.Sprintf("kernel support for the in-kernel splice: %v", serr))
 	w := &world{t: t, do: make(chan func())}
 	ready := make(chan error, 1)
 	go func() {
