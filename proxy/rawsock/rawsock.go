@@ -17,6 +17,7 @@ package rawsock
 
 import (
 	"io"
+	"net"
 	"os"
 	"syscall"
 	"unsafe"
@@ -43,10 +44,22 @@ func Write(fd int, p []byte) (int, error) {
 // Conn is an io.Reader and io.Writer over a socket's syscall.RawConn that
 // makes its calls raw and waits in Go's poller when the socket has nothing
 // to read or no room, so the connection's deadlines and Close still end a
-// wait (with the errors net.Conn returns: a timeout, net.ErrClosed). Reads
-// must not run concurrently with each other, nor writes with each other.
+// wait (with the errors net.Conn returns: a timeout, net.ErrClosed). A read
+// and a write may run at once (each has its own state); reads must not run
+// concurrently with each other, nor writes with each other. Its callbacks
+// are bound once, so a call allocates nothing; a Conn must not be copied
+// once used.
 type Conn struct {
+	c  net.Conn // the connection Reset was given: read while it holds sniffed bytes, or for everything when it has no socket
 	rc syscall.RawConn
+	// buffered is a sniffer's connection while it still holds bytes it
+	// read ahead, which come before the socket's.
+	buffered interface{ Buffered() []byte }
+
+	rp, wp     []byte
+	rn, wn     int
+	rerr, werr error
+	rfn, wfn   func(fd uintptr) bool // c.read and c.write, bound once
 }
 
 // New returns a Conn over c's socket.
@@ -55,36 +68,56 @@ func New(c syscall.Conn) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Conn{rc: rc}, nil
+	r := &Conn{rc: rc}
+	r.rfn, r.wfn = r.read, r.write
+	return r, nil
 }
+
+// Reset points the Conn at conn: its TCP socket, or the one a sniffer's
+// connection (TCP() and Buffered()) wraps, after the bytes it read ahead.
+// Anything else is read and written through conn; nil drops it.
+func (c *Conn) Reset(conn net.Conn) {
+	c.c, c.rc, c.buffered, c.rp, c.wp = conn, nil, nil, nil, nil
+	var tcp *net.TCPConn
+	switch t := conn.(type) {
+	case *net.TCPConn:
+		tcp = t
+	case interface {
+		TCP() *net.TCPConn
+		Buffered() []byte
+	}:
+		tcp, c.buffered = t.TCP(), t
+	}
+	if tcp != nil {
+		c.rc, _ = tcp.SyscallConn()
+	}
+	if c.rfn == nil {
+		c.rfn, c.wfn = c.read, c.write
+	}
+}
+
+// RawConn is the socket's, nil without one.
+func (c *Conn) RawConn() syscall.RawConn { return c.rc }
 
 // Read reads what the socket has, waiting until it has something; io.EOF
 // once the peer closed its side.
 func (c *Conn) Read(p []byte) (int, error) {
+	if c.buffered != nil {
+		if len(c.buffered.Buffered()) > 0 {
+			return c.c.Read(p)
+		}
+		c.buffered = nil
+	}
+	if c.rc == nil {
+		return c.c.Read(p)
+	}
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var rerr error
-	err := c.rc.Read(func(fd uintptr) bool {
-		for {
-			m, e := Read(int(fd), p)
-			switch e {
-			case nil:
-				n = m
-				if m == 0 {
-					rerr = io.EOF
-				}
-				return true
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait for readability
-			}
-			rerr = os.NewSyscallError("read", e)
-			return true
-		}
-	})
+	c.rp, c.rn, c.rerr = p, 0, nil
+	err := c.rc.Read(c.rfn)
+	n, rerr := c.rn, c.rerr
+	c.rp = nil
 	if err != nil {
 		return n, err
 	}
@@ -93,27 +126,55 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // Write writes all of p, waiting for room when the socket has none.
 func (c *Conn) Write(p []byte) (int, error) {
-	var n int
-	var werr error
-	err := c.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			m, e := Write(int(fd), p[n:])
-			switch e {
-			case nil:
-				n += m
-				continue
-			case syscall.EINTR:
-				continue
-			case syscall.EAGAIN:
-				return false // wait for room
-			}
-			werr = os.NewSyscallError("write", e)
-			return true
-		}
-		return true
-	})
+	if c.rc == nil {
+		return c.c.Write(p)
+	}
+	c.wp, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.wfn)
+	n, werr := c.wn, c.werr
+	c.wp = nil
 	if err != nil {
 		return n, err
 	}
 	return n, werr
+}
+
+// read is the RawConn read callback; false waits for readability.
+func (c *Conn) read(fd uintptr) bool {
+	for {
+		m, e := Read(int(fd), c.rp)
+		switch e {
+		case nil:
+			c.rn = m
+			if m == 0 {
+				c.rerr = io.EOF
+			}
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.rerr = os.NewSyscallError("read", e)
+		return true
+	}
+}
+
+// write is the RawConn write callback; false waits for room.
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		m, e := Write(int(fd), c.wp[c.wn:])
+		switch e {
+		case nil:
+			c.wn += m
+			continue
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		}
+		c.werr = os.NewSyscallError("write", e)
+		return true
+	}
+	return true
 }

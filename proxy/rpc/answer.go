@@ -106,40 +106,9 @@ func rawConn(down net.Conn) syscall.RawConn {
 // (rawsock: no sysmon wake-up per batch); anything without a socket
 // through down.
 func downReader(down net.Conn) io.Reader {
-	r := &replayReader{down: down}
-	tcp, _ := down.(*net.TCPConn)
-	if t, ok := down.(interface{ TCP() *net.TCPConn }); ok {
-		// a wrapper: only one that says what it still holds
-		if r.buffered, ok = down.(interface{ Buffered() []byte }); ok {
-			tcp = t.TCP()
-		}
-	}
-	if tcp == nil {
-		return down
-	}
-	raw, err := rawsock.New(tcp)
-	if err != nil {
-		return down
-	}
-	r.raw = raw
+	r := new(rawsock.Conn)
+	r.Reset(down)
 	return r
-}
-
-// replayReader reads through down while it holds sniffed bytes, then raw.
-type replayReader struct {
-	down     net.Conn
-	buffered interface{ Buffered() []byte } // nil: down holds none
-	raw      *rawsock.Conn
-}
-
-func (r *replayReader) Read(p []byte) (int, error) {
-	if r.buffered != nil {
-		if len(r.buffered.Buffered()) > 0 {
-			return r.down.Read(p)
-		}
-		r.buffered = nil
-	}
-	return r.raw.Read(p)
 }
 
 // register gives a new slot its place among the answers to come, once

@@ -9,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // Pool holds one pod's idle upstream HTTP/1.1 connections, per endpoint
@@ -170,7 +172,7 @@ func (p *Pool) janitor() {
 type upConn struct {
 	c         *net.TCPConn
 	raw       syscall.RawConn
-	io        sockIO // reads and writes c with raw system calls (rawsock.go)
+	io        rawsock.Conn // reads and writes c with raw system calls
 	addr      netip.AddrPort
 	rd        reader
 	idleSince int64 // nanotime when pooled
@@ -184,13 +186,13 @@ type upConn struct {
 
 func newUpConn(c *net.TCPConn, addr netip.AddrPort) *upConn {
 	uc := &upConn{c: c, addr: addr}
-	uc.io.reset(c)
+	uc.io.Reset(c)
 	uc.rd = reader{c: &uc.io, size: mediumBuf}
-	uc.raw = uc.io.rc
+	uc.raw = uc.io.RawConn()
 	uc.peekFn = func(fd uintptr) {
 		// One byte, MSG_PEEK|MSG_DONTWAIT: EAGAIN means open and quiet;
 		// EOF, an error or unsolicited bytes mean it cannot serve a request.
-		// Raw, as every call on these sockets (rawsock.go): it never blocks.
+		// Raw, as every call on these sockets (proxy/rawsock): it never blocks.
 		var b [1]byte
 		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
 			unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)

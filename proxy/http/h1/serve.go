@@ -15,6 +15,7 @@ import (
 
 	"github.com/weir-mesh/weir/proxy/cluster"
 	l7 "github.com/weir-mesh/weir/proxy/http"
+	"github.com/weir-mesh/weir/proxy/rawsock"
 	"github.com/weir-mesh/weir/proxy/route"
 )
 
@@ -84,8 +85,8 @@ type server struct {
 	ctx  context.Context
 	down net.Conn
 	// dio reads and writes down's socket with raw system calls
-	// (rawsock.go).
-	dio  sockIO
+	// (proxy/rawsock).
+	dio  rawsock.Conn
 	up   *l7.Upstream
 	pool *Pool
 	opt  *Options
@@ -155,7 +156,7 @@ var servers = sync.Pool{New: func() any {
 
 func (s *server) init(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 	s.ctx, s.down, s.up, s.pool = ctx, down, up, pool
-	s.dio.reset(down)
+	s.dio.Reset(down)
 	s.opt, s.lim = &pool.opt, &pool.opt.Limits
 	s.dr = reader{c: &s.dio, size: smallBuf}
 	s.aborted.Store(false)
@@ -200,7 +201,7 @@ func (s *server) finish() {
 	s.dr.release()
 	s.req.raw, s.resp.raw = nil, nil
 	s.ctx, s.down, s.up, s.pool, s.bodyDst = nil, nil, nil, nil, nil
-	s.dio.clear()
+	s.dio.Reset(nil)
 	s.active.Store(nil)
 	if cap(s.wb) > 64<<10 {
 		s.wb = make([]byte, 0, 4<<10)
