@@ -45,13 +45,16 @@ func TestPauseReleaseResume(t *testing.T) {
 		h := &Handle{}
 		done := make(chan Result, 1)
 		go func() { done <- RelayWith(context.Background(), relayDown, relayUp, h) }()
+		// A handle the relay has not bound yet refuses to pause; on a loaded
+		// machine the goroutine may not have started after a fixed sleep.
+		waitBound(t, h)
 		time.Sleep(5 * time.Millisecond)
-		if gen%2 == 1 && h.Pause(time.Second) {
+		if gen%2 == 1 && h.Pause(pauseWait) {
 			h.Resume()
 			resumed++
 			time.Sleep(5 * time.Millisecond)
 		}
-		if gen < 6 && h.Pause(time.Second) {
+		if gen < 6 && h.Pause(pauseWait) {
 			h.Release()
 			res = <-done
 			if !res.HandedOver {
@@ -80,6 +83,23 @@ func TestPauseReleaseResume(t *testing.T) {
 		t.Fatalf("handed over %d times, resumed %d: the test did not exercise pauses", handed, resumed)
 	}
 	t.Logf("%d hand-overs, %d resumes, last relay %+v", handed, resumed, res)
+}
+
+// pauseWait bounds how long a test's Pause waits for both directions to
+// park: generous, because a loaded machine may not run them for a while,
+// and free when they park at once.
+const pauseWait = 10 * time.Second
+
+// waitBound waits until RelayWith has bound h, so that a refused Pause
+// means what the test checks and not that the goroutine had not run yet.
+func waitBound(t *testing.T, h *Handle) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); h.r.Load() == nil; {
+		if time.Now().After(end) {
+			t.Fatal("the relay did not bind its handle within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // A relay that already saw EOF one way is not paused (half-closed
