@@ -279,9 +279,10 @@ struct {
 
 // Acceleration between the agent's upstream socket in a client pod and a
 // server's socket in another pod netns on the same node (accel_conf bit
-// ACCEL_CONF_NODE). Keys carry both namespaces' cookies and the pair's
-// initial sequence numbers; docs/design.md says why a pod cannot forge
-// them.
+// ACCEL_CONF_NODE). The upstream announces its server socket's key (the
+// server netns's cookie and the tuple) with the handshake's sequence
+// numbers, which the server socket must match to join; docs/design.md
+// says why a pod cannot forge that.
 
 // Counters of same-node pairs (accel_node_stats, per CPU): their own map so
 // accel_stats keeps its pinned shape.
