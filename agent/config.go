@@ -292,7 +292,18 @@ type EBPFSettings struct {
 	// runs without, with a warning. Spliced connections are drained, not
 	// handed over, at a takeover.
 	Splice bool `json:"splice"`
+	// AccelerateNode (default true; needs Accelerate) also puts the pair of
+	// the agent's upstream socket and its server in the sockhash when the
+	// server is a socket in another network namespace of this node (a pod
+	// on the same node, captured or not): the bytes skip the second TCP/IP
+	// traversal, across the veths and the bridge, as well (docs/design.md,
+	// "Acceleration of same-node pairs"). Each SYN a listener on the node
+	// takes costs one map update while it is on. false turns it off.
+	AccelerateNode *bool `json:"accelerateNode"`
 }
+
+// accelerateNode is AccelerateNode with its default.
+func (e EBPFSettings) accelerateNode() bool { return e.AccelerateNode == nil || *e.AccelerateNode }
 
 // accelerate is Accelerate with its default.
 func (e EBPFSettings) accelerate() bool { return e.Accelerate == nil || *e.Accelerate }

@@ -60,7 +60,7 @@ func (a *Agent) ebpfReady() error {
 	if err := a.ebpf.objs.AccelError(); err != nil {
 		a.log.Warn("eBPF acceleration left off: the kernel lacks what it needs", "err", err)
 	}
-	a.log.Info("eBPF capture loaded", "pinPath", a.ebpf.objs.PinPath(), "cgroup", a.cgroupPath, "accelerate", a.ebpf.objs.Accelerating())
+	a.log.Info("eBPF capture loaded", "pinPath", a.ebpf.objs.PinPath(), "cgroup", a.cgroupPath, "accelerate", a.ebpf.objs.Accelerating(), "accelerateNode", a.ebpf.objs.AcceleratingNode())
 	return nil
 }
 
@@ -88,7 +88,8 @@ func (a *Agent) loadEBPF() (*capture.Objects, error) {
 	}
 	objs, err := capture.Load(capture.Options{
 		PinPath: pin, Cgroup: a.cgroupPath,
-		Accelerate: a.cfg.Capture.EBPF.accelerate(), AgentCgroup: self,
+		Accelerate: a.cfg.Capture.EBPF.accelerate(), AccelerateNode: a.cfg.Capture.EBPF.accelerateNode(),
+		AgentCgroup: self,
 	})
 	if err != nil {
 		return nil, err

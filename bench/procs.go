@@ -42,8 +42,14 @@ func (w *world) startProc(n *testworld.Netns, name string, extraLogs []string, p
 	p.cmd = n.Command(context.Background(), prog, args...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	// Its own process group, so cleanup also kills the children (nginx's
-	// workers outlive a killed master otherwise).
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// workers outlive a killed master otherwise). Keep what Command set: on
+	// an eBPF node that is the pod's cgroup, without which the node's
+	// programs never see the process's sockets (a server pod's listener
+	// would look like one on another node).
+	if p.cmd.SysProcAttr == nil {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	p.cmd.SysProcAttr.Setpgid = true
 	if err := p.cmd.Start(); err != nil {
 		logf.Close()
 		t.Fatalf("start %s (%s) in %s: %v", name, prog, n.Name, err)

@@ -33,7 +33,10 @@ import (
 // belongs to the pinned map, so it outlives the agent; attaching again
 // replaces the older agent's program). Pairs accelerated already stay so
 // until they close.
-func (o *Objects) setAccel(on bool) error {
+//
+// node adds the same-node pairs: the agent's upstream socket and a server
+// socket in another pod netns of this node (accel_conf bit 2; it needs on).
+func (o *Objects) setAccel(on, node bool) error {
 	if on {
 		if err := AccelSupport(); err != nil {
 			// The capture itself does not need it: run without.
@@ -42,7 +45,10 @@ func (o *Objects) setAccel(on bool) error {
 	}
 	v := uint32(0)
 	if on {
-		v = 1
+		v = accelConfOn
+		if node {
+			v |= accelConfNode
+		}
 	}
 	if err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target: o.objs.Accel.FD(), Program: o.objs.WeirSkMsg, Attach: ebpf.AttachSkMsgVerdict,
@@ -53,8 +59,18 @@ func (o *Objects) setAccel(on bool) error {
 		return fmt.Errorf("switch acceleration to %v: %w", on, err)
 	}
 	o.accel = on
+	o.accelNode = on && node
 	return nil
 }
+
+// accel_conf[0]'s bits, as capture.c reads them.
+const (
+	accelConfOn   = 1 // pairs inside a pod
+	accelConfNode = 2 // the agent's upstream and a server in another pod netns of the node
+)
+
+// AcceleratingNode reports whether Load turned on the same-node pairs.
+func (o *Objects) AcceleratingNode() bool { return o.accelNode }
 
 // Accelerating reports whether Load turned the acceleration on.
 func (o *Objects) Accelerating() bool { return o.accel }
@@ -93,8 +109,20 @@ func (o *Objects) Accelerated(fd int) bool {
 	if err != nil {
 		return true
 	}
-	var cookie uint64
-	err = o.objs.Accel.Lookup(&k, &cookie)
+	return o.inAccel(k)
+}
+
+// inAccel looks the socket with key k up in the accel sockhash: under its
+// own netns, then, with same-node pairs on, under netns 0 (where the
+// sockets of same-node pairs sit).
+func (o *Objects) inAccel(k captureSockKey) bool {
+	var v uint64
+	err := o.objs.Accel.Lookup(&k, &v)
+	if !errors.Is(err, ebpf.ErrKeyNotExist) || !o.accelNode {
+		return !errors.Is(err, ebpf.ErrKeyNotExist)
+	}
+	k.Netns = 0
+	err = o.objs.Accel.Lookup(&k, &v)
 	return !errors.Is(err, ebpf.ErrKeyNotExist)
 }
 
@@ -110,10 +138,7 @@ func (o *Objects) AcceleratedConn(fd int, local, remote netip.AddrPort) bool {
 	if err != nil {
 		return true
 	}
-	k := sockKey(cookie, local, remote)
-	var v uint64
-	err = o.objs.Accel.Lookup(&k, &v)
-	return !errors.Is(err, ebpf.ErrKeyNotExist)
+	return o.inAccel(sockKey(cookie, local, remote))
 }
 
 // sockKeyOf is the accel key of a connected socket, as the programs build it.
@@ -164,6 +189,24 @@ var accelNames = []string{
 // in the sockhash, sendmsg calls redirected and their bytes, first sends
 // that found no peer, sends whose peer had closed, decisions lost for want
 // of socket storage, inserts the full sockhash refused.
+//
+// The same-node pairs add node_sockets (sockets of such pairs put in the
+// sockhash) and node_no_peer (agent upstream sockets whose server is not on
+// this node, left out).
 func (o *Objects) AccelStats() (map[string]uint64, error) {
-	return sumPerCPU(o.objs.AccelStats, accelNames)
+	out, err := sumPerCPU(o.objs.AccelStats, accelNames)
+	if err != nil {
+		return nil, err
+	}
+	node, err := sumPerCPU(o.objs.AccelNodeStats, accelNodeNames)
+	if err != nil {
+		return nil, err
+	}
+	for k, v := range node {
+		out[k] = v
+	}
+	return out, nil
 }
+
+// accelNodeNames name the same-node pair counters, in capture.c's order.
+var accelNodeNames = []string{"node_sockets", "node_no_peer"}

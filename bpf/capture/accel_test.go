@@ -472,3 +472,75 @@ func TestAccelSupport(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAccelNodeNeedsTheHandshake: a same-node pair's passive end is
+// admitted only with the sequence numbers of its own handshake. An
+// announcement naming a socket's exact key (netns cookie and tuple) but
+// other sequence numbers, as a pod could forge by making a connection with
+// the tuple it expects, admits nothing: the accepted socket stays out of
+// the sockhash and the announcement stays unused.
+func TestAccelNodeNeedsTheHandshake(t *testing.T) {
+	b := newTestBed(t)
+	b.objs.Close()
+	var err error
+	self := joinAgentCgroup(t, b)
+	if b.objs, err = Load(Options{PinPath: b.pin, Cgroup: b.cgroup, Accelerate: true, AccelerateNode: true, AgentCgroup: self}); err != nil {
+		t.Fatal(err)
+	}
+	if !b.objs.AcceleratingNode() {
+		t.Fatalf("same-node acceleration is off after Load asked for it (%v)", b.objs.AccelError())
+	}
+	pod := newNetns(t)
+	pod.run(t, "ip", "addr", "add", "10.1.2.3/32", "dev", "lo")
+	pod.run(t, "ip", "addr", "add", "10.1.2.4/32", "dev", "lo")
+	ln := listenIn(t, pod, "10.1.2.3:8080")
+	cookie, err := NetnsCookieOf(fdOf(t, ln))
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := netip.MustParseAddrPort("10.1.2.3:8080")
+	client := netip.MustParseAddrPort("10.1.2.4:40123")
+	forged := captureNodeKey{K: sockKey(cookie, server, client), SndNxt: 1, RcvNxt: 2}
+	if err := b.objs.objs.AccelNodePending.Put(&forged, cookie); err != nil {
+		t.Fatal(err)
+	}
+	before, err := b.objs.AccelStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conn net.Conn
+	if err := pod.do(func() error {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(client), Timeout: 3 * time.Second}
+		var err error
+		conn, err = d.Dial("tcp", server.String())
+		return err
+	}); err != nil {
+		t.Fatalf("connect from %s: %v", client, err)
+	}
+	defer conn.Close()
+	acc, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer acc.Close()
+	if b.objs.Accelerated(fdOf(t, acc)) {
+		t.Fatal("the accepted socket joined the sockhash on an announcement with other sequence numbers")
+	}
+	after, err := b.objs.AccelStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after["node_sockets"] - before["node_sockets"]; d != 0 {
+		t.Fatalf("%d same-node sockets admitted, want 0", d)
+	}
+	var v uint64
+	if err := b.objs.objs.AccelNodePending.Lookup(&forged, &v); err != nil {
+		t.Fatalf("the forged announcement was consumed: %v", err)
+	}
+	// The listener's request socket recorded the SYN under the tuple as
+	// the connecting side sees it, with this netns's cookie.
+	syn := sockKey(0, client, server)
+	if err := b.objs.objs.AccelSyns.Lookup(&syn, &v); err != nil || v != cookie {
+		t.Fatalf("SYN record for %s -> %s: %d, %v; want cookie %d", client, server, v, err, cookie)
+	}
+}

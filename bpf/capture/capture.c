@@ -21,6 +21,12 @@
 //                               the agent takes part in (app -> outbound
 //                               listener, agent upstream -> app) go into
 //                               the accel sockhash, keyed by their tuple
+//   sockops (TIMEOUT_INIT,      same-node acceleration: a request socket
+//            ESTABLISHED_CB)    records which netns took a SYN; the agent's
+//                               upstream socket (tagged by the connect
+//                               programs) and the server socket in that
+//                               netns join the accel sockhash when their
+//                               handshake's sequence numbers match
 //   sk_msg                      on the accel sockhash: what one socket of a
 //                               pair sends goes straight into its peer's
 //                               receive queue, skipping TCP/IP, while the
@@ -271,6 +277,75 @@ struct {
 	__type(value, __u64);
 } accel_stats SEC(".maps");
 
+// Acceleration between the agent's upstream socket in a client pod and a
+// server's socket in another pod netns on the same node (accel_conf bit
+// ACCEL_CONF_NODE). The upstream announces its server socket's key (the
+// server netns's cookie and the tuple) with the handshake's sequence
+// numbers, which the server socket must match to join; docs/design.md
+// says why a pod cannot forge that.
+
+// Counters of same-node pairs (accel_node_stats, per CPU): their own map so
+// accel_stats keeps its pinned shape.
+enum {
+	NODE_SOCKETS = 0, // sockets of same-node pairs put in the sockhash
+	NODE_NO_PEER,     // an agent upstream found no same-node SYN for its tuple (a remote server)
+	NODE_MAX,
+};
+
+// Upstream sockets the agent connected from an enrolled pod (set by the
+// connect programs for the agent's own connects; the value is unused).
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} agent_up SEC(".maps");
+
+// SYNs received by a listener on this node, keyed by the connection as the
+// connecting side sees it (netns 0): the value is the receiving netns's
+// cookie. An agent upstream socket finds its server's namespace here.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} accel_syns SEC(".maps");
+
+// A same-node passive socket to accelerate: its own key, and the sequence
+// numbers it must have at PASSIVE_ESTABLISHED (the next byte it sends and
+// the next it expects), which only the real peer of the handshake knows.
+struct node_key {
+	struct sock_key k;
+	__u32 snd_nxt;
+	__u32 rcv_nxt;
+};
+
+// Announced by the active end; the value is the active end's netns cookie.
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct node_key);
+	__type(value, __u64);
+} accel_node_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NODE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} accel_node_stats SEC(".maps");
+
+// accel_conf[0] bits.
+#define ACCEL_CONF_ON 1   // local pairs inside a pod
+#define ACCEL_CONF_NODE 2 // agent upstream <-> server in another pod netns on the node
+
+static __always_inline void node_count(__u32 what)
+{
+	__u64 *v = bpf_map_lookup_elem(&accel_node_stats, &what);
+	if (v)
+		*v += 1;
+}
+
 static __always_inline void accel_count(__u32 what, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&accel_stats, &what);
@@ -332,17 +407,34 @@ static __always_inline int excluded(__u64 netns, const __u32 a[4], __u16 port)
 	return bpf_map_lookup_elem(&out_cidrs, &ck) != 0;
 }
 
+static __always_inline __u32 accel_conf_bits(void)
+{
+	__u32 zero = 0;
+	__u32 *on = bpf_map_lookup_elem(&accel_conf, &zero);
+	return on ? *on : 0;
+}
+
 // enrolled returns the pod's outbound config when the socket's netns is
-// enrolled and the caller is not the agent.
-static __always_inline struct pod_config *enrolled(void *ctx, __u64 *netns)
+// enrolled and the caller is not the agent. A connect the agent makes from
+// an enrolled netns (an upstream socket) is tagged in agent_up while the
+// same-node acceleration is on: the task's cgroup is what tells the agent,
+// and a pod cannot enter the agent's cgroup.
+static __always_inline struct pod_config *enrolled(struct bpf_sock_addr *ctx, __u64 *netns)
 {
 	*netns = bpf_get_netns_cookie(ctx);
 	struct pod_config *pc = bpf_map_lookup_elem(&pods, netns);
 	if (!pc)
 		return 0;
 	__u64 cg = bpf_get_current_cgroup_id();
-	if (bpf_map_lookup_elem(&agent_cgroups, &cg))
+	if (bpf_map_lookup_elem(&agent_cgroups, &cg)) {
+		if (accel_conf_bits() & ACCEL_CONF_NODE) {
+			struct bpf_sock *sk = ctx->sk;
+			barrier();
+			if (sk)
+				bpf_sk_storage_get(&agent_up, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		}
 		return 0;
+	}
 	return pc;
 }
 
@@ -497,9 +589,7 @@ static __always_inline void reverse_key(const struct sock_key *k, struct sock_ke
 
 static __always_inline int accel_on(void)
 {
-	__u32 zero = 0;
-	__u32 *on = bpf_map_lookup_elem(&accel_conf, &zero);
-	return on && *on;
+	return accel_conf_bits() & ACCEL_CONF_ON;
 }
 
 static __always_inline void accel_insert(struct bpf_sock_ops *skops, struct sock_key *k)
@@ -508,6 +598,91 @@ static __always_inline void accel_insert(struct bpf_sock_ops *skops, struct sock
 		accel_count(ACCEL_SOCKETS, 1);
 	else
 		accel_count(ACCEL_INSERT_FAILED, 1);
+}
+
+// Sockets of same-node pairs sit in the accel sockhash under their tuple
+// with netns 0: the two ends are in different namespaces, and the kernel
+// takes a socket into a sockhash with an sk_msg program only once, so one
+// key must serve both its own fallback redirect and its peer's lookup. No
+// other socket is ever put under a netns-0 key, and the two ends are
+// admitted only as below.
+
+// accel_node_active: the agent's upstream socket, once established, joins
+// the sockhash when a listener on this node took its SYN (accel_syns), so
+// its server is a socket in a pod netns here, which the sockhash can
+// reach. It announces the server socket's own key (that netns's cookie)
+// with the sequence numbers the server socket must hold.
+static __always_inline void accel_node_active(struct bpf_sock_ops *skops)
+{
+	struct sock_key k = {};
+	accel_key(skops, &k);
+	__u64 own_ns = k.netns;
+	k.netns = 0;
+	__u64 *found = bpf_map_lookup_elem(&accel_syns, &k);
+	if (!found) {
+		node_count(NODE_NO_PEER);
+		return;
+	}
+	__u64 peer_ns = *found;
+	bpf_map_delete_elem(&accel_syns, &k);
+	struct node_key pk = {};
+	reverse_key(&k, &pk.k);
+	pk.k.netns = peer_ns;
+	__u32 snd = skops->snd_nxt;
+	barrier();
+	__u32 rcv = skops->rcv_nxt;
+	barrier();
+	pk.snd_nxt = rcv;
+	pk.rcv_nxt = snd;
+	if (bpf_map_update_elem(&accel_node_pending, &pk, &own_ns, BPF_ANY))
+		return;
+	if (bpf_sock_hash_update(skops, &accel, &k, BPF_NOEXIST)) {
+		accel_count(ACCEL_INSERT_FAILED, 1);
+		return;
+	}
+	accel_count(ACCEL_SOCKETS, 1);
+	node_count(NODE_SOCKETS);
+}
+
+// accel_node_passive: an accepted socket an agent upstream socket
+// announced joins, if its sequence numbers are the ones the upstream saw
+// in the handshake.
+static __always_inline void accel_node_passive(struct bpf_sock_ops *skops, struct sock_key *k)
+{
+	struct node_key pk = {};
+	pk.k = *k;
+	pk.snd_nxt = skops->snd_nxt;
+	barrier();
+	pk.rcv_nxt = skops->rcv_nxt;
+	barrier();
+	if (!bpf_map_lookup_elem(&accel_node_pending, &pk))
+		return;
+	bpf_map_delete_elem(&accel_node_pending, &pk);
+	struct sock_key nk = *k;
+	nk.netns = 0;
+	if (bpf_sock_hash_update(skops, &accel, &nk, BPF_NOEXIST)) {
+		accel_count(ACCEL_INSERT_FAILED, 1);
+		return;
+	}
+	accel_count(ACCEL_SOCKETS, 1);
+	node_count(NODE_SOCKETS);
+}
+
+// accel_node_syn: a listener on this node took a SYN (the request socket's
+// first sockops call): remember which netns took it, under the key the
+// connecting socket computes for itself with netns 0.
+static __always_inline void accel_node_syn(struct bpf_sock_ops *skops)
+{
+	__u32 full = skops->is_fullsock;
+	barrier();
+	if (full || !(accel_conf_bits() & ACCEL_CONF_NODE))
+		return;
+	struct sock_key k = {};
+	accel_key(skops, &k);
+	struct sock_key syn = {};
+	reverse_key(&k, &syn);
+	syn.netns = 0;
+	bpf_map_update_elem(&accel_syns, &syn, &k.netns, BPF_ANY);
 }
 
 // accel_active: a captured app's socket to the agent's outbound listener
@@ -520,8 +695,11 @@ static __always_inline void accel_active(struct bpf_sock_ops *skops)
 	barrier();
 	if (!sk || !accel_on())
 		return;
-	if (!bpf_sk_storage_get(&orig_dst, sk, 0, 0) && !bpf_sk_storage_get(&client_of, sk, 0, 0))
+	if (!bpf_sk_storage_get(&orig_dst, sk, 0, 0) && !bpf_sk_storage_get(&client_of, sk, 0, 0)) {
+		if ((accel_conf_bits() & ACCEL_CONF_NODE) && bpf_sk_storage_get(&agent_up, sk, 0, 0))
+			accel_node_active(skops);
 		return;
+	}
 	struct sock_key k = {};
 	accel_key(skops, &k);
 	struct sock_key peer = {};
@@ -536,8 +714,11 @@ static __always_inline void accel_passive(struct bpf_sock_ops *skops)
 {
 	struct sock_key k = {};
 	accel_key(skops, &k);
-	if (!bpf_map_lookup_elem(&accel_pending, &k))
+	if (!bpf_map_lookup_elem(&accel_pending, &k)) {
+		if (accel_conf_bits() & ACCEL_CONF_NODE)
+			accel_node_passive(skops, &k);
 		return;
+	}
 	bpf_map_delete_elem(&accel_pending, &k);
 	accel_insert(skops, &k);
 }
@@ -553,6 +734,11 @@ int weir_sockops(struct bpf_sock_ops *skops)
 	}
 	if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
 		accel_passive(skops);
+		return 1;
+	}
+	if (op == BPF_SOCK_OPS_TIMEOUT_INIT) {
+		// reply stays 0: the kernel's default timeout.
+		accel_node_syn(skops);
 		return 1;
 	}
 	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB)
@@ -907,8 +1093,12 @@ int weir_sk_msg(struct sk_msg_md *msg)
 	__u32 size = msg->size;
 	barrier();
 	if (bpf_msg_redirect_hash(msg, &accel, &peer, BPF_F_INGRESS) != SK_PASS) {
-		accel_count(ACCEL_NO_PEER, 1);
-		return SK_PASS;
+		// A same-node pair's peer is under netns 0 (accel_node_active).
+		peer.netns = 0;
+		if (bpf_msg_redirect_hash(msg, &accel, &peer, BPF_F_INGRESS) != SK_PASS) {
+			accel_count(ACCEL_NO_PEER, 1);
+			return SK_PASS;
+		}
 	}
 	__u32 why = peer_ready(msg, size);
 	if (!why) {

@@ -61,6 +61,10 @@ type Options struct {
 	// Accelerate turns on sockmap acceleration of local pairs (accel.go)
 	// for connections made from now on.
 	Accelerate bool
+	// AccelerateNode (with Accelerate) also accelerates the pair of the
+	// agent's upstream socket and its server when the server is a socket
+	// in another network namespace of this node (a pod on the same node).
+	AccelerateNode bool
 	// AgentCgroup is the agent's own cgroup v2 directory (SelfCgroup):
 	// when it is outside Cgroup, the sockops program is attached there too
 	// (pinned as link_sockops_agent), so the acceleration sees the agent's
@@ -73,6 +77,8 @@ type Objects struct {
 	objs  captureObjects
 	pin   string
 	accel bool
+	// accelNode is whether same-node pairs are accelerated too.
+	accelNode bool
 	// accelErr is why the acceleration stayed off though asked for.
 	accelErr error
 }
@@ -140,7 +146,7 @@ func Load(opts Options) (_ *Objects, err error) {
 	if err := o.attachCgroup(opts.Cgroup); err != nil {
 		return nil, err
 	}
-	if err := o.setAccel(opts.Accelerate); err != nil {
+	if err := o.setAccel(opts.Accelerate, opts.AccelerateNode); err != nil {
 		return nil, err
 	}
 	if err := o.attachAgentSockops(opts.Cgroup, opts.AgentCgroup); err != nil {

@@ -46,6 +46,13 @@ type captureInPortKey struct {
 	Pad  uint16
 }
 
+type captureNodeKey struct {
+	_      structs.HostLayout
+	K      captureSockKey
+	SndNxt uint32
+	RcvNxt uint32
+}
+
 type capturePodConfig struct {
 	_            structs.HostLayout
 	OutboundPort uint16
@@ -84,9 +91,13 @@ type captureTupleKey struct {
 const (
 	captureMapAccel             = "accel"
 	captureMapAccelConf         = "accel_conf"
+	captureMapAccelNodePending  = "accel_node_pending"
+	captureMapAccelNodeStats    = "accel_node_stats"
 	captureMapAccelPending      = "accel_pending"
 	captureMapAccelStats        = "accel_stats"
+	captureMapAccelSyns         = "accel_syns"
 	captureMapAgentCgroups      = "agent_cgroups"
+	captureMapAgentUp           = "agent_up"
 	captureMapClientOf          = "client_of"
 	captureMapInListeners       = "in_listeners"
 	captureMapInPods            = "in_pods"
@@ -161,21 +172,25 @@ type captureProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type captureMapSpecs struct {
-	Accel        *ebpf.MapSpec `ebpf:"accel"`
-	AccelConf    *ebpf.MapSpec `ebpf:"accel_conf"`
-	AccelPending *ebpf.MapSpec `ebpf:"accel_pending"`
-	AccelStats   *ebpf.MapSpec `ebpf:"accel_stats"`
-	AgentCgroups *ebpf.MapSpec `ebpf:"agent_cgroups"`
-	ClientOf     *ebpf.MapSpec `ebpf:"client_of"`
-	InListeners  *ebpf.MapSpec `ebpf:"in_listeners"`
-	InPods       *ebpf.MapSpec `ebpf:"in_pods"`
-	InPorts      *ebpf.MapSpec `ebpf:"in_ports"`
-	OrigDst      *ebpf.MapSpec `ebpf:"orig_dst"`
-	OrigTuples   *ebpf.MapSpec `ebpf:"orig_tuples"`
-	OutCidrs     *ebpf.MapSpec `ebpf:"out_cidrs"`
-	OutPorts     *ebpf.MapSpec `ebpf:"out_ports"`
-	Pods         *ebpf.MapSpec `ebpf:"pods"`
-	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	Accel            *ebpf.MapSpec `ebpf:"accel"`
+	AccelConf        *ebpf.MapSpec `ebpf:"accel_conf"`
+	AccelNodePending *ebpf.MapSpec `ebpf:"accel_node_pending"`
+	AccelNodeStats   *ebpf.MapSpec `ebpf:"accel_node_stats"`
+	AccelPending     *ebpf.MapSpec `ebpf:"accel_pending"`
+	AccelStats       *ebpf.MapSpec `ebpf:"accel_stats"`
+	AccelSyns        *ebpf.MapSpec `ebpf:"accel_syns"`
+	AgentCgroups     *ebpf.MapSpec `ebpf:"agent_cgroups"`
+	AgentUp          *ebpf.MapSpec `ebpf:"agent_up"`
+	ClientOf         *ebpf.MapSpec `ebpf:"client_of"`
+	InListeners      *ebpf.MapSpec `ebpf:"in_listeners"`
+	InPods           *ebpf.MapSpec `ebpf:"in_pods"`
+	InPorts          *ebpf.MapSpec `ebpf:"in_ports"`
+	OrigDst          *ebpf.MapSpec `ebpf:"orig_dst"`
+	OrigTuples       *ebpf.MapSpec `ebpf:"orig_tuples"`
+	OutCidrs         *ebpf.MapSpec `ebpf:"out_cidrs"`
+	OutPorts         *ebpf.MapSpec `ebpf:"out_ports"`
+	Pods             *ebpf.MapSpec `ebpf:"pods"`
+	Stats            *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // captureVariableSpecs contains global variables before they are loaded into the kernel.
@@ -204,30 +219,38 @@ func (o *captureObjects) Close() error {
 //
 // It can be passed to loadCaptureObjects or ebpf.CollectionSpec.LoadAndAssign.
 type captureMaps struct {
-	Accel        *ebpf.Map `ebpf:"accel"`
-	AccelConf    *ebpf.Map `ebpf:"accel_conf"`
-	AccelPending *ebpf.Map `ebpf:"accel_pending"`
-	AccelStats   *ebpf.Map `ebpf:"accel_stats"`
-	AgentCgroups *ebpf.Map `ebpf:"agent_cgroups"`
-	ClientOf     *ebpf.Map `ebpf:"client_of"`
-	InListeners  *ebpf.Map `ebpf:"in_listeners"`
-	InPods       *ebpf.Map `ebpf:"in_pods"`
-	InPorts      *ebpf.Map `ebpf:"in_ports"`
-	OrigDst      *ebpf.Map `ebpf:"orig_dst"`
-	OrigTuples   *ebpf.Map `ebpf:"orig_tuples"`
-	OutCidrs     *ebpf.Map `ebpf:"out_cidrs"`
-	OutPorts     *ebpf.Map `ebpf:"out_ports"`
-	Pods         *ebpf.Map `ebpf:"pods"`
-	Stats        *ebpf.Map `ebpf:"stats"`
+	Accel            *ebpf.Map `ebpf:"accel"`
+	AccelConf        *ebpf.Map `ebpf:"accel_conf"`
+	AccelNodePending *ebpf.Map `ebpf:"accel_node_pending"`
+	AccelNodeStats   *ebpf.Map `ebpf:"accel_node_stats"`
+	AccelPending     *ebpf.Map `ebpf:"accel_pending"`
+	AccelStats       *ebpf.Map `ebpf:"accel_stats"`
+	AccelSyns        *ebpf.Map `ebpf:"accel_syns"`
+	AgentCgroups     *ebpf.Map `ebpf:"agent_cgroups"`
+	AgentUp          *ebpf.Map `ebpf:"agent_up"`
+	ClientOf         *ebpf.Map `ebpf:"client_of"`
+	InListeners      *ebpf.Map `ebpf:"in_listeners"`
+	InPods           *ebpf.Map `ebpf:"in_pods"`
+	InPorts          *ebpf.Map `ebpf:"in_ports"`
+	OrigDst          *ebpf.Map `ebpf:"orig_dst"`
+	OrigTuples       *ebpf.Map `ebpf:"orig_tuples"`
+	OutCidrs         *ebpf.Map `ebpf:"out_cidrs"`
+	OutPorts         *ebpf.Map `ebpf:"out_ports"`
+	Pods             *ebpf.Map `ebpf:"pods"`
+	Stats            *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *captureMaps) Close() error {
 	return _CaptureClose(
 		m.Accel,
 		m.AccelConf,
+		m.AccelNodePending,
+		m.AccelNodeStats,
 		m.AccelPending,
 		m.AccelStats,
+		m.AccelSyns,
 		m.AgentCgroups,
+		m.AgentUp,
 		m.ClientOf,
 		m.InListeners,
 		m.InPods,
