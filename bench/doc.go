@@ -17,7 +17,10 @@
 // client's rate and latency and of the proxy's own CPU per unit of work
 // (/proc/PID/stat) and peak RSS (VmHWM), ratios to the best peer, and weir's
 // performance targets. With a profile directory it also counts each
-// proxy's syscalls and context switches with perf and samples weir-agent.
+// proxy's syscalls and context switches with perf and samples weir-agent:
+// its CPU, and every context switch and wake-up with its call chain
+// (<path>-<workload>.sched.txt), which says which runtime or kernel path
+// parks and wakes the agent's threads.
 //
 // Every load is bounded in time and only reaches addresses inside the
 // namespaces the bench created. Run needs root and the Debian packages

@@ -438,12 +438,20 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 	statFile := filepath.Join(dir, fmt.Sprintf("%s-%s.stat", p.Name, wl.Name))
 	stat := exec.Command("perf", "stat", "-x,", "-o", statFile, "-e", "raw_syscalls:sys_enter,context-switches,task-clock",
 		"-p", strings.Join(ps, ","), "--", "sleep", secs)
-	var rec *exec.Cmd
+	var rec, sched *exec.Cmd
 	data := filepath.Join(dir, fmt.Sprintf("%s-%s.perf.data", p.Name, wl.Name))
+	schedData := filepath.Join(dir, fmt.Sprintf("%s-%s.sched.perf.data", p.Name, wl.Name))
 	if p.Kind == kindWeir {
 		rec = exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", strings.Join(ps, ","), "-o", data, "--", "sleep", secs)
 		if err := rec.Start(); err != nil {
 			return Profile{}, fmt.Errorf("perf record: %w", err)
+		}
+		// Where the agent's threads go to sleep and who wakes them: every
+		// context switch and wake-up with its call chain.
+		sched = exec.Command("perf", "record", "-q", "-g", "-e", "sched:sched_switch,sched:sched_wakeup",
+			"-p", strings.Join(ps, ","), "-o", schedData, "--", "sleep", secs)
+		if err := sched.Start(); err != nil {
+			return Profile{}, fmt.Errorf("perf record sched: %w", err)
 		}
 	}
 	if err := stat.Start(); err != nil {
@@ -454,6 +462,7 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 	stat.Wait()
 	if rec != nil {
 		rec.Wait()
+		sched.Wait()
 	}
 	if err != nil {
 		return Profile{}, err
@@ -482,6 +491,16 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 			return pr, fmt.Errorf("perf report: %w", err)
 		}
 		pr.Report = txt
+		// Per event, the call chains (callee first) into the switch or
+		// wake-up: which runtime path parks a thread, and which wakes one.
+		out, err = exec.Command("perf", "report", "-i", schedData, "--stdio", "--no-children", "--sort", "comm",
+			"--percent-limit", "1", "-g", "graph,0.5", "--max-stack", "24").Output()
+		if err == nil {
+			err = os.WriteFile(strings.TrimSuffix(schedData, ".perf.data")+".txt", out, 0o644)
+		}
+		if err != nil {
+			return pr, fmt.Errorf("perf report sched: %w", err)
+		}
 	}
 	return pr, nil
 }

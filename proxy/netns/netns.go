@@ -246,21 +246,21 @@ type SocketOptions struct {
 
 func (o SocketOptions) apply(fd int, v6 bool) error {
 	if o.Mark != 0 {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark)); err != nil {
+		if err := rawSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(o.Mark)); err != nil {
 			return fmt.Errorf("set SO_MARK: %w", err)
 		}
 	}
 	if o.ReusePort {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		if err := rawSetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
 			return fmt.Errorf("set SO_REUSEPORT: %w", err)
 		}
 	}
 	if o.Transparent {
 		if v6 {
-			if err := unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); err != nil {
+			if err := rawSetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1); err != nil {
 				return fmt.Errorf("set IPV6_TRANSPARENT: %w", err)
 			}
-		} else if err := unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
+		} else if err := rawSetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1); err != nil {
 			return fmt.Errorf("set IP_TRANSPARENT: %w", err)
 		}
 	}
@@ -332,7 +332,7 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 	}
 	runtime.LockOSThread()
-	if err := unix.Setns(int(h.f.Fd()), unix.CLONE_NEWNET); err != nil {
+	if err := rawSetns(int(h.f.Fd())); err != nil {
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("enter netns %s: %w", h.path, err)
 	}
@@ -341,7 +341,7 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 		// socket() failed before the hook ran, or the hook could not switch
 		// back. A thread that cannot leave the pod's namespace stays locked
 		// and dies with this goroutine instead of serving others there.
-		if serr := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); serr != nil {
+		if serr := rawSetns(int(host.f.Fd())); serr != nil {
 			if c != nil {
 				c.Close()
 			}
@@ -376,7 +376,7 @@ func (k *dialHook) control(_ context.Context, _, _ string, c syscall.RawConn) er
 	if err := c.Control(k.apply); err != nil {
 		k.serr = err
 	}
-	if err := unix.Setns(int(k.host.f.Fd()), unix.CLONE_NEWNET); err != nil {
+	if err := rawSetns(int(k.host.f.Fd())); err != nil {
 		return fmt.Errorf("return from netns %s: %w", k.h.path, err)
 	}
 	k.returned = true

@@ -106,7 +106,9 @@ func getV6(fd int) (netip.AddrPort, error) {
 }
 
 func getsockopt(fd, level, name int, v unsafe.Pointer, l *uint32) error {
-	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(v), uintptr(unsafe.Pointer(l)), 0)
+	// Raw: the call cannot block, and through the runtime's syscall path
+	// it would wake sysmon on every connection (proxy/rawsock).
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(v), uintptr(unsafe.Pointer(l)), 0)
 	if e != 0 {
 		return e
 	}

@@ -57,9 +57,8 @@ var ErrHandedOver = errors.New("relay handed over")
 // protocols still get their answers. When a direction fails, both
 // connections are closed so the other direction ends too. When ctx ends, both
 // are closed. Relay returns after both directions ended; it closes neither
-// connection on a clean finish: the caller must close both, and its Close
-// sends the FIN of the direction that ended last (a shutdown right before
-// the close would only cost a system call per connection).
+// connection on a clean finish: the caller must close both (each
+// direction's FIN has been passed on by then, with a raw shutdown).
 func Relay(ctx context.Context, client, upstream *net.TCPConn) Result {
 	return RelayWith(ctx, client, upstream, nil)
 }
@@ -92,8 +91,8 @@ type relayState struct {
 	res              Result
 	wg               sync.WaitGroup
 	aborted          atomic.Bool
-	// ended counts directions that reached EOF: the second one leaves its
-	// FIN to the caller's Close.
+	// ended counts directions that reached EOF (a direction that passed
+	// its FIN on with another one still running may fail and abort both).
 	ended atomic.Int32
 	// running counts directions still copying (parked ones included);
 	// pause is the current or last pause (handover.go).
@@ -159,15 +158,16 @@ func (c copyHalf) run() (n int64, err error) {
 		c.r.abort()
 		return n, err
 	}
-	if c.r.ended.Add(1) == 2 {
-		// Both sources sent FIN and were read to the end: the caller's
-		// Close passes this one on (no unread data, so no reset).
-		return n, nil
-	}
-	// The source sent FIN: pass it on, keep reading the other direction.
-	if cerr := closeWrite(c.dst); cerr != nil {
+	// The source sent FIN: pass it on, and keep reading the other
+	// direction if it still runs. The last direction to end passes its FIN
+	// on here too rather than leaving it to the caller's Close: sending a
+	// FIN runs the peer's TCP receive in this call's softirq on a veth or
+	// loopback path, long enough for the runtime to hand the P away during
+	// a close(2), which goes through its syscall path; the raw shutdown
+	// keeps it (raw.go), and the close that follows only frees the socket.
+	last := c.r.ended.Add(1) == 2
+	if cerr := closeWrite(c.dst); cerr != nil && !last {
 		c.r.abort()
-		return n, nil
 	}
 	return n, nil
 }
