@@ -103,12 +103,12 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	s.answers = answers{
 		idle: make(chan struct{}), room: make(chan struct{}, 1),
-		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: rawConn(down),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: downConn(down),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.fr = frameReader{r: downReader(down), p: s.p, side: Client, idle: s.flushUp, stamp: true}
+	s.fr = frameReader{r: s.raw, p: s.p, side: Client, idle: s.flushUp, stamp: true}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
