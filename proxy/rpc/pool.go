@@ -394,6 +394,7 @@ func (pd *pending) release() {
 	if pd.expired {
 		return
 	}
+	pd.p.recycle(pd.req)
 	*pd = pending{}
 	pendings.Put(pd)
 }
@@ -771,6 +772,7 @@ func (uc *upConn) deliver(f Frame) error {
 	left := uc.inflight.Add(-1)
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
+		uc.pool.p.recycle(f)
 		if left == 0 && uc.goingAway.Load() {
 			return errGoneAway
 		}
@@ -779,7 +781,13 @@ func (uc *upConn) deliver(f Frame) error {
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
+	// Once finished, the response's bytes are in its answer and pd is
+	// released: f is no one's, unless the route rewrites answers.
+	rewrites := pd.up.Answer != nil
 	pd.finishTo(f, nil, &uc.batch)
+	if !rewrites {
+		uc.pool.p.recycle(f)
+	}
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}

@@ -21,9 +21,14 @@ func benchRequest() []byte {
 func BenchmarkDecode(b *testing.B) {
 	req := benchRequest()
 	for _, tc := range []struct {
-		name  string
-		attrs []string
-	}{{"method", []string{AttrMethod}}, {"routed", []string{AttrService, AttrGroup, AttrVersion, AttrMethod}}} {
+		name    string
+		attrs   []string
+		recycle bool // as the framework does once the call is answered
+	}{
+		{"method", []string{AttrMethod}, false},
+		{"method-recycled", []string{AttrMethod}, true},
+		{"routed", []string{AttrService, AttrGroup, AttrVersion, AttrMethod}, false},
+	} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
@@ -33,6 +38,9 @@ func BenchmarkDecode(b *testing.B) {
 				}
 				for _, a := range tc.attrs {
 					f.Attr(a)
+				}
+				if tc.recycle {
+					Codec{}.Recycle(f)
 				}
 			}
 		})
