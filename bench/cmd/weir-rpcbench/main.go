@@ -28,6 +28,11 @@
 // proxy on the same machine.
 //
 //	go run ./bench/cmd/weir-rpcbench -baseline-agent /tmp/weir-agent-main -perf
+//
+// -record DIR writes perf record -g of the agent during every run to
+// DIR/<path>-r<round>.data, to see where L7 spends what L4 does not
+// (perf report -i FILE); the recording costs the agent CPU, so compare
+// figures from runs without it.
 package main
 
 import (
