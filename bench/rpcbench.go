@@ -29,6 +29,10 @@ type RPCOptions struct {
 	// Perf counts the agent's system calls and context switches per call
 	// with `perf stat` attached during each run.
 	Perf bool
+	// Record, when set, is a directory where `perf record -g` writes the
+	// proxy's call graph of every run, <path>-r<round>.data, for finding
+	// where one path spends what another does not.
+	Record string
 }
 
 // RPCResult is one path's measurement, summed over the rounds.
@@ -83,7 +87,7 @@ func MeasureDubbo(t testworld.T, opts RPCOptions) []RPCResult {
 		for i, p := range paths {
 			r := &results[i]
 			r.Path = p.name
-			m := startMeter(t, p.pid, opts.Perf)
+			m := startMeter(t, p.pid, opts.Perf, recordTo(opts.Record, p.name, round))
 			out, err := p.client.Run(peer, "consume", "-url", "dubbo://"+p.addr, "-calls", strconv.Itoa(opts.Calls),
 				"-parallel", strconv.Itoa(opts.Parallel), "-conns", "1")
 			if err != nil {
@@ -136,9 +140,10 @@ type RedisOptions struct {
 	Requests, Clients, Pipeline int
 	// Rounds repeats the three paths in turn.
 	Rounds int
-	// BaselineAgent and Perf are as in RPCOptions.
+	// BaselineAgent, Perf and Record are as in RPCOptions.
 	BaselineAgent string
 	Perf          bool
+	Record        string
 }
 
 // RedisResult is one path's measurement, summed over the rounds: the
@@ -187,7 +192,7 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 			r := &results[i]
 			r.Path = p.name
 			host, port, _ := strings.Cut(p.addr, ":")
-			m := startMeter(t, p.pid, opts.Perf)
+			m := startMeter(t, p.pid, opts.Perf, recordTo(opts.Record, p.name, round))
 			out, err := p.client.Run("redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(opts.Clients),
 				"-n", strconv.Itoa(opts.Requests), "-P", strconv.Itoa(opts.Pipeline), "-t", "set,get", "--csv")
 			if err != nil {
@@ -314,15 +319,25 @@ const (
 // meter measures a path's proxy over one run: its CPU, and with perf
 // its system calls and context switches.
 type meter struct {
-	pid  int // 0: a direct path, nothing to measure
-	cpu0 time.Duration
-	perf *exec.Cmd
-	out  string
+	pid    int // 0: a direct path, nothing to measure
+	cpu0   time.Duration
+	perf   *exec.Cmd
+	out    string
+	record *exec.Cmd
+}
+
+// recordTo is where a run's perf record goes: "" (none) without dir.
+func recordTo(dir, path string, round int) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, fmt.Sprintf("%s-r%d.data", path, round))
 }
 
 // startMeter starts measuring the process pid gives (nil: a direct path,
-// nothing to measure).
-func startMeter(t testworld.T, pid func() int, perf bool) *meter {
+// nothing to measure); record, when set, is where perf record writes the
+// process's call graph during the run.
+func startMeter(t testworld.T, pid func() int, perf bool, record string) *meter {
 	t.Helper()
 	m := &meter{}
 	if pid == nil {
@@ -339,6 +354,14 @@ func startMeter(t testworld.T, pid func() int, perf bool) *meter {
 		if err := m.perf.Start(); err != nil {
 			t.Fatalf("perf stat: %v (Debian package linux-perf)", err)
 		}
+	}
+	if record != "" {
+		m.record = exec.Command("perf", "record", "-q", "-g", "-o", record, "-p", strconv.Itoa(m.pid))
+		if err := m.record.Start(); err != nil {
+			t.Fatalf("perf record: %v (Debian package linux-perf)", err)
+		}
+	}
+	if m.perf != nil || m.record != nil {
 		time.Sleep(200 * time.Millisecond) // let perf attach before the load starts
 	}
 	return m
@@ -353,6 +376,12 @@ func (m *meter) stop(t testworld.T) (time.Duration, map[string]float64) {
 	cpu1, err := procCPU(m.pid)
 	if err != nil {
 		t.Fatalf("proxy cpu: %v", err)
+	}
+	if m.record != nil {
+		m.record.Process.Signal(os.Interrupt)
+		if err := m.record.Wait(); err != nil {
+			t.Logf("perf record: %v", err)
+		}
 	}
 	if m.perf == nil {
 		return cpu1 - m.cpu0, nil

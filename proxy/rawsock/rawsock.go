@@ -16,6 +16,7 @@
 package rawsock
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -60,7 +61,12 @@ type Conn struct {
 	rn, wn     int
 	rerr, werr error
 	rfn, wfn   func(fd uintptr) bool // c.read and c.write, bound once
+	tfn        func(fd uintptr) bool // c.tryWrite, bound once
 }
+
+// ErrWouldBlock is TryWrite's error when the socket took less than all
+// of its bytes.
+var ErrWouldBlock = errors.New("rawsock: socket full")
 
 // New returns a Conn over c's socket.
 func New(c syscall.Conn) (*Conn, error) {
@@ -69,7 +75,7 @@ func New(c syscall.Conn) (*Conn, error) {
 		return nil, err
 	}
 	r := &Conn{rc: rc}
-	r.rfn, r.wfn = r.read, r.write
+	r.bind()
 	return r, nil
 }
 
@@ -92,9 +98,13 @@ func (c *Conn) Reset(conn net.Conn) {
 		c.rc, _ = tcp.SyscallConn()
 	}
 	if c.rfn == nil {
-		c.rfn, c.wfn = c.read, c.write
+		c.bind()
 	}
 }
+
+// bind makes the callbacks once: a method value passed to RawConn escapes,
+// so binding one per call would allocate per call.
+func (c *Conn) bind() { c.rfn, c.wfn, c.tfn = c.read, c.write, c.tryWrite }
 
 // RawConn is the socket's, nil without one.
 func (c *Conn) RawConn() syscall.RawConn { return c.rc }
@@ -129,14 +139,40 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if c.rc == nil {
 		return c.c.Write(p)
 	}
+	return c.writeWith(c.wfn, p)
+}
+
+// writeWith writes p through the RawConn callback fn (c.write or
+// c.tryWrite).
+func (c *Conn) writeWith(fn func(fd uintptr) bool, p []byte) (int, error) {
 	c.wp, c.wn, c.werr = p, 0, nil
-	err := c.rc.Write(c.wfn)
+	err := c.rc.Write(fn)
 	n, werr := c.wn, c.werr
 	c.wp = nil
 	if err != nil {
 		return n, err
 	}
 	return n, werr
+}
+
+// TryWrite writes what of p the socket takes now, without waiting: all of
+// it, or n < len(p) bytes and ErrWouldBlock (a writer that must not wait,
+// such as one goroutine answering many clients, hands the rest to one that
+// may). Without a socket it writes nothing and returns ErrWouldBlock. It
+// is a write: not concurrently with Write or another TryWrite.
+func (c *Conn) TryWrite(p []byte) (int, error) {
+	if c.rc == nil {
+		return 0, ErrWouldBlock
+	}
+	return c.writeWith(c.tfn, p)
+}
+
+// tryWrite is TryWrite's RawConn callback: it never waits.
+func (c *Conn) tryWrite(fd uintptr) bool {
+	if !c.write(fd) {
+		c.werr = ErrWouldBlock
+	}
+	return true
 }
 
 // read is the RawConn read callback; false waits for readability.

@@ -96,3 +96,61 @@ func TestConnDeadlineAndClose(t *testing.T) {
 		t.Fatalf("read on a closed connection: %v, want net.ErrClosed", err)
 	}
 }
+
+// TestTryWriteNeverWaits: TryWrite to a peer that does not read takes
+// what the socket holds and then says ErrWouldBlock at once, never
+// waiting; what it took arrives in order, and once the peer reads, the
+// rest goes. A TryWrite allocates nothing.
+func TestTryWriteNeverWaits(t *testing.T) {
+	a, b := pair(t)
+	wa, err := New(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 32<<20) // more than any loopback socket buffers
+	for i := range want {
+		want[i] = byte(i * 13)
+	}
+	n, err := wa.TryWrite(want)
+	if !errors.Is(err, ErrWouldBlock) || n <= 0 || n >= len(want) {
+		t.Fatalf("TryWrite of %d bytes to a peer not reading: %d, %v; want part and ErrWouldBlock", len(want), n, err)
+	}
+	got := make([]byte, 0, len(want))
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for len(got) < len(want) {
+			m, err := b.Read(buf)
+			got = append(got, buf[:m]...)
+			if err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for off := n; off < len(want); {
+		m, err := wa.TryWrite(want[off:])
+		off += m
+		if err != nil && !errors.Is(err, ErrWouldBlock) {
+			t.Fatalf("TryWrite: %v", err)
+		}
+		if err != nil {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the bytes read are not the bytes written")
+	}
+	small := []byte("x")
+	if allocs := testing.AllocsPerRun(100, func() {
+		if _, err := wa.TryWrite(small); err != nil {
+			t.Fatal(err)
+		}
+	}); allocs != 0 {
+		t.Fatalf("TryWrite allocates %.1f times a call", allocs)
+	}
+}

@@ -1,11 +1,8 @@
 package rpc
 
 import (
-	"errors"
-	"io"
 	"net"
 	"sync"
-	"syscall"
 
 	"github.com/weir-mesh/weir/proxy/rawsock"
 )
@@ -78,37 +75,20 @@ type answers struct {
 	off     int
 	endSoon bool // close the connection once out is written
 	broken  bool // the client's side is gone: answers are dropped
-	// raw writes without blocking; nil: every write goes to the writer
-	// goroutine (a connection with no file descriptor).
-	raw syscall.RawConn
+	// raw writes without blocking; one without a socket takes nothing,
+	// so every write goes to the writer goroutine.
+	raw *rawsock.Conn
 }
 
-// rawConn is the socket under down, for non-blocking writes: a
-// *net.TCPConn, a sniffer's replaying connection over one, or any
-// syscall.Conn; nil for anything else.
-func rawConn(down net.Conn) syscall.RawConn {
-	if t, ok := down.(interface{ TCP() *net.TCPConn }); ok && t.TCP() != nil {
-		down = t.TCP()
-	}
-	sc, ok := down.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
-}
-
-// downReader reads the client's stream: a sniffer's replaying
-// connection's sniffed bytes through it, then the socket with raw calls
-// (rawsock: no sysmon wake-up per batch); anything without a socket
-// through down.
-func downReader(down net.Conn) io.Reader {
-	r := new(rawsock.Conn)
-	r.Reset(down)
-	return r
+// downConn is the client's socket for raw calls (rawsock: no sysmon
+// wake-up per batch): the reader reads through it (a sniffer's replaying
+// connection's sniffed bytes first), and the socket's owner writes
+// answers through it without blocking. Anything without a socket is read
+// through down, and its answers all go to the writer goroutine.
+func downConn(down net.Conn) *rawsock.Conn {
+	c := new(rawsock.Conn)
+	c.Reset(down)
+	return c
 }
 
 // register gives a new slot its place among the answers to come, once
@@ -249,9 +229,6 @@ func (s *session) take() {
 	}
 }
 
-// errWouldBlock: the client's socket has no room now.
-var errWouldBlock = errors.New("rpc: client socket full")
-
 // writeOut writes answers until none is ready, as the socket's owner:
 // block false (any goroutine) gives the bytes the socket cannot take now
 // to the writer goroutine and returns; block true (the writer goroutine)
@@ -290,11 +267,11 @@ func (s *session) writeOut(block bool) {
 		if block {
 			n, err = s.down.Write(s.out[s.off:])
 		} else {
-			n, err = s.tryWrite(s.out[s.off:])
+			n, err = s.raw.TryWrite(s.out[s.off:])
 		}
 		s.off += n
 		switch {
-		case err == errWouldBlock:
+		case err == rawsock.ErrWouldBlock:
 			s.kick <- struct{}{} // capacity 1, and only the owner sends
 			return
 		case err != nil:
@@ -308,41 +285,6 @@ func (s *session) writeOut(block bool) {
 			s.off = len(s.out)
 		}
 	}
-}
-
-// tryWrite writes b without blocking: what the socket takes now, and
-// errWouldBlock when it takes less than all of b.
-func (s *session) tryWrite(b []byte) (int, error) {
-	if s.raw == nil {
-		return 0, errWouldBlock
-	}
-	var n int
-	var werr error
-	err := s.raw.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			m, err := rawsock.Write(int(fd), b[n:])
-			if m > 0 {
-				n += m
-			}
-			switch {
-			case err == syscall.EINTR:
-			case err == syscall.EAGAIN:
-				werr = errWouldBlock
-				return true
-			case err != nil:
-				werr = err
-				return true
-			case m == 0:
-				werr = errWouldBlock
-				return true
-			}
-		}
-		return true
-	})
-	if err != nil {
-		return n, err
-	}
-	return n, werr
 }
 
 // writeLoop finishes, blocking, what a non-blocking write left, then

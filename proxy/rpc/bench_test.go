@@ -52,6 +52,18 @@ func echoToy(b *testing.B) *toyServer {
 	return &toyServer{name: "echo", addr: l.Addr().(*net.TCPAddr).AddrPort()}
 }
 
+// echoClient is a client connection through Serve (with pol and m) to
+// echoToy, a reader on it and a toy request to send.
+func echoClient(b *testing.B, pol *rpc.Policy, m *rpc.Metrics) (net.Conn, *bufio.Reader, []byte) {
+	addr, _, _ := toyProxyWith(b, pol, m, echoToy(b))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c, bufio.NewReader(c), toyBytes(kReq, 0, "0123456789abcdef0123456789abcdef")
+}
+
 // BenchmarkServeMultiplexed: calls pipelined through Serve over one client
 // connection (at most the session's 1024 in flight) to one server: the
 // framework's cost per call (allocations, hand-offs), with and without a
@@ -67,14 +79,7 @@ func BenchmarkServeMultiplexed(b *testing.B) {
 			if tc.metrics {
 				m, _ = newMetrics()
 			}
-			addr, _, _ := toyProxyWith(b, tc.pol, m, echoToy(b))
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer c.Close()
-			r := bufio.NewReader(c)
-			req := toyBytes(kReq, 0, "0123456789abcdef0123456789abcdef")
+			c, r, req := echoClient(b, tc.pol, m)
 			done := make(chan error, 1)
 			go func() {
 				var h [9]byte
@@ -102,5 +107,27 @@ func BenchmarkServeMultiplexed(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// BenchmarkServeOneAtATime: one call in flight, as a client waiting for
+// each answer makes them, so every answer is a write of its own: the
+// framework's cost per call when nothing batches.
+func BenchmarkServeOneAtATime(b *testing.B) {
+	c, r, req := echoClient(b, nil, nil)
+	var h [9]byte
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		binary.BigEndian.PutUint32(req[5:], uint32(i+1))
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := r.Discard(int(binary.BigEndian.Uint32(h[:])) - 5); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -138,6 +138,17 @@ type (
 	Retrier interface {
 		Retryable(req Frame) bool
 	}
+	// Recycler takes back a frame the framework is done with, so the
+	// codec can reuse it in a later Decode instead of allocating one per
+	// message (an allocation per request and per response is most of a
+	// proxied call's garbage). The framework hands back only frames no one
+	// holds any more: a request once it was answered and released (not
+	// one that timed out, which its connection may still match), a
+	// response once its bytes went to the answer (not when the route
+	// rewrites answers: Upstream.Answer). Each frame at most once.
+	Recycler interface {
+		Recycle(f Frame)
+	}
 )
 
 // Protocol is a registered codec with its optional capabilities resolved.
@@ -152,6 +163,7 @@ type Protocol struct {
 	serverReqs  ServerRequester
 	busier      Busier
 	retrier     Retrier
+	recycler    Recycler
 	maxFrame    int
 }
 
@@ -180,6 +192,7 @@ func Register(c Codec, maxFrame int) *Protocol {
 	p.serverReqs, _ = c.(ServerRequester)
 	p.busier, _ = c.(Busier)
 	p.retrier, _ = c.(Retrier)
+	p.recycler, _ = c.(Recycler)
 	if _, dup := registry.LoadOrStore(c.Name(), p); dup {
 		panic("rpc: protocol " + c.Name() + " registered twice")
 	}
@@ -192,6 +205,13 @@ func Lookup(name string) *Protocol {
 		return v.(*Protocol)
 	}
 	return nil
+}
+
+// recycle hands f back to the codec, if it takes frames back.
+func (p *Protocol) recycle(f Frame) {
+	if p.recycler != nil && f != nil {
+		p.recycler.Recycle(f)
+	}
 }
 
 // status names resp's status for metrics.

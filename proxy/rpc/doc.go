@@ -43,6 +43,13 @@
 // request the Pinner names moves the downstream connection to an upstream
 // connection of its own, relayed as bytes from that request on.
 //
+// Per request the hot path allocates nothing of its own: pending requests
+// and answer slots are recycled, the pick goes into a lease the pending
+// request holds (cluster.PickInto), a session's reader finds the shared
+// connection to an endpoint and the metrics of a method in small caches
+// of its last few, and a codec that is a Recycler gets its frames back
+// once no one holds them (Dubbo's are reused).
+//
 // Attribute routes: Upstream.Route, when set, picks each request's
 // cluster from its attributes (proxy/route's RPCRouter); otherwise every
 // request goes to Upstream.Cluster. Metrics (weir_rpc_requests_total by

@@ -180,6 +180,7 @@ func (p *Pool) get(ctx context.Context, l *cluster.Lease, dial cluster.Dialer) (
 
 // drop removes uc from the pool.
 func (p *Pool) drop(uc *upConn) {
+	uc.gone.Store(true)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.conns == nil {
@@ -199,6 +200,45 @@ func (p *Pool) drop(uc *upConn) {
 	}
 }
 
+// upCache is one session reader's last few upstream connections, by
+// endpoint, so a request to an endpoint it sent to before costs a
+// comparison of addresses, not the pool's lock and two map probes. Only
+// with one connection per endpoint (with more, each request takes the
+// least busy one). Not safe for concurrent use.
+type upCache struct {
+	entries [4]struct {
+		addr netip.AddrPort
+		uc   *upConn
+	}
+	next int // the entry a miss replaces
+}
+
+// get returns a live connection to the lease's endpoint: the cached one,
+// while it is in the pool, else the pool's (Pool.get), remembered.
+func (c *upCache) get(ctx context.Context, p *Pool, l *cluster.Lease, dial cluster.Dialer) (*upConn, error) {
+	if p.opt.ConnsPerEndpoint != 1 {
+		return p.get(ctx, l, dial)
+	}
+	addr := l.Endpoint()
+	for i := range c.entries {
+		if e := &c.entries[i]; e.uc != nil && e.addr == addr {
+			if !e.uc.gone.Load() {
+				return e.uc, nil
+			}
+			e.uc = nil
+			break
+		}
+	}
+	uc, err := p.get(ctx, l, dial)
+	if err != nil {
+		return nil, err
+	}
+	e := &c.entries[c.next]
+	c.next = (c.next + 1) % len(c.entries)
+	e.addr, e.uc = addr, uc
+	return uc, nil
+}
+
 // pending is one request on its way: balanced, sent, awaiting its
 // answer, or being retried.
 type pending struct {
@@ -211,9 +251,9 @@ type pending struct {
 	slot   *slot
 	p      *Protocol
 	// for metrics
-	start  time.Time
-	method []byte
-	up     *Upstream
+	start time.Time
+	mc    *methodCounters // nil: no metrics
+	up    *Upstream
 	// for retries
 	s       *session
 	c       *cluster.Cluster
@@ -314,7 +354,7 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	case errors.Is(err, ErrRequestTimeout):
 		status = "timeout"
 	}
-	pd.s.mt.request(pd.method, status, pd.start)
+	pd.s.mt.request(pd.mc, status, pd.start)
 	if pd.slot == nil {
 		pd.release() // oneway
 		return
@@ -354,6 +394,7 @@ func (pd *pending) release() {
 	if pd.expired {
 		return
 	}
+	pd.p.recycle(pd.req)
 	*pd = pending{}
 	pendings.Put(pd)
 }
@@ -392,6 +433,10 @@ type upConn struct {
 	wmu       sync.Mutex
 	bw        *bufio.Writer
 	goingAway atomic.Bool
+	// gone: the connection left the pool (it failed, went away, or the
+	// pool closed); a reader's cache of connections (upCache) stops
+	// handing it out.
+	gone atomic.Bool
 
 	mu     sync.Mutex
 	fifo   []*pending          // IDWidth 0: sent, awaiting a response, in order
@@ -727,6 +772,7 @@ func (uc *upConn) deliver(f Frame) error {
 	left := uc.inflight.Add(-1)
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
+		uc.pool.p.recycle(f)
 		if left == 0 && uc.goingAway.Load() {
 			return errGoneAway
 		}
@@ -735,7 +781,13 @@ func (uc *upConn) deliver(f Frame) error {
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
+	// Once finished, the response's bytes are in its answer and pd is
+	// released: f is no one's, unless the route rewrites answers.
+	rewrites := pd.up.Answer != nil
 	pd.finishTo(f, nil, &uc.batch)
+	if !rewrites {
+		uc.pool.p.recycle(f)
+	}
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway
 	}
@@ -745,6 +797,7 @@ func (uc *upConn) deliver(f Frame) error {
 // fail kills the connection once: it leaves the pool, closes, and every
 // request waiting on it gets an error reply.
 func (uc *upConn) fail(err error) {
+	uc.gone.Store(true) // before err: a cache that finds it dead looks again
 	uc.mu.Lock()
 	if uc.err != nil {
 		uc.mu.Unlock()

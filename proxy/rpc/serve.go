@@ -71,6 +71,10 @@ type session struct {
 	log  *slog.Logger
 	fr   frameReader
 	mt   *serviceTable // this protocol's and service's series; nil: no metrics
+	// methods finds a request's counters in mt (reader only)
+	methods methodCache
+	// ups finds the shared connection a request goes on (reader only)
+	ups upCache
 	// ordered: answers go out in request order (protocols without ids);
 	// else as they complete.
 	ordered bool
@@ -103,12 +107,12 @@ func Serve(ctx context.Context, down net.Conn, up *Upstream, pool *Pool) {
 	}
 	s.answers = answers{
 		idle: make(chan struct{}), room: make(chan struct{}, 1),
-		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: rawConn(down),
+		kick: make(chan struct{}, 1), quit: make(chan struct{}), raw: downConn(down),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.fr = frameReader{r: downReader(down), p: s.p, side: Client, idle: s.flushUp, stamp: true}
+	s.fr = frameReader{r: s.raw, p: s.p, side: Client, idle: s.flushUp, stamp: true}
 	stop := context.AfterFunc(ctx, func() { down.Close() })
 	defer stop()
 	unwatch := func() {}
@@ -239,8 +243,8 @@ func (s *session) forward(f Frame) {
 	// read's worth of requests
 	pd := pendings.Get().(*pending)
 	*pd = pending{req: f, slot: sl, p: s.p, start: s.fr.now, up: s.up, s: s, pol: s.up.Policy, hidx: -1}
-	if s.up.Metrics != nil {
-		pd.method = f.Attr("method")
+	if s.mt != nil {
+		pd.mc = s.methods.get(s.mt, f.Attr("method"))
 	}
 	c := s.up.Cluster
 	if s.up.Route != nil {
@@ -269,7 +273,7 @@ func (s *session) forward(f Frame) {
 		return
 	}
 	pd.lease = &pd.leases[0]
-	s.dispatchFlush(pd, !s.fr.ready())
+	s.dispatchFlush(pd, !s.fr.ready(), true)
 }
 
 // dispatch sends pd on a shared connection to its lease's endpoint. A
@@ -277,16 +281,17 @@ func (s *session) forward(f Frame) {
 // taking it) goes to another endpoint when its policy allows, else it is
 // answered with the error.
 func (s *session) dispatch(pd *pending) {
-	s.dispatchFlush(pd, true)
+	s.dispatchFlush(pd, true, false)
 }
 
 // dispatchFlush is dispatch with a flush hint: false when the client has
 // more requests buffered, so a request written inline may wait in the
 // upstream connection's buffer for the next ones (recorded in
-// s.unflushed, flushed before the reader blocks). Only from the reader.
-func (s *session) dispatchFlush(pd *pending, flush bool) {
+// s.unflushed, flushed before the reader blocks). reader: called by the
+// session's reader, which may use its caches.
+func (s *session) dispatchFlush(pd *pending, flush, reader bool) {
 	for {
-		err := s.send(pd, flush)
+		err := s.send(pd, flush, reader)
 		if err == nil {
 			return
 		}
@@ -302,12 +307,18 @@ func (s *session) dispatchFlush(pd *pending, flush bool) {
 
 // send queues pd on a connection to its lease's endpoint. A connection
 // that died before taking the request never sent it: the endpoint is
-// tried once more on a fresh one.
-func (s *session) send(pd *pending, flush bool) error {
+// tried once more on a fresh one. reader: called by the session's
+// reader, which finds the connection through its cache.
+func (s *session) send(pd *pending, flush, reader bool) error {
 	var err error
 	for range 2 {
 		var uc *upConn
-		if uc, err = s.pool.get(s.ctx, pd.lease, s.up.Dial); err != nil {
+		if reader {
+			uc, err = s.ups.get(s.ctx, s.pool, pd.lease, s.up.Dial)
+		} else {
+			uc, err = s.pool.get(s.ctx, pd.lease, s.up.Dial)
+		}
+		if err != nil {
 			return err
 		}
 		var buffered bool

@@ -28,6 +28,11 @@
 // proxy on the same machine.
 //
 //	go run ./bench/cmd/weir-rpcbench -baseline-agent /tmp/weir-agent-main -perf
+//
+// -record DIR writes perf record -g of the agent during every run to
+// DIR/<path>-r<round>.data, to see where L7 spends what L4 does not
+// (perf report -i FILE); the recording costs the agent CPU, so compare
+// figures from runs without it.
 package main
 
 import (
@@ -53,8 +58,15 @@ func main() {
 	flag.IntVar(&ro.Pipeline, "pipeline", 16, "redis-benchmark commands in flight per connection (-P)")
 	flag.StringVar(&o.BaselineAgent, "baseline-agent", "", "another weir-agent binary (a build of main) measured in the same rounds on a node of its own: paths weir-<mode>-base-l4 and -base-l7")
 	flag.BoolVar(&o.Perf, "perf", false, "count the agent's system calls and context switches per call with perf stat (Debian package linux-perf)")
+	flag.StringVar(&o.Record, "record", "", "a directory for perf record -g of the agent in every run (<path>-r<round>.data; perf report -i FILE)")
 	flag.Parse()
-	ro.Mode, ro.Rounds, ro.BaselineAgent, ro.Perf = o.Mode, o.Rounds, o.BaselineAgent, o.Perf
+	ro.Mode, ro.Rounds, ro.BaselineAgent, ro.Perf, ro.Record = o.Mode, o.Rounds, o.BaselineAgent, o.Perf, o.Record
+	if o.Record != "" {
+		if st, err := os.Stat(o.Record); err != nil || !st.IsDir() {
+			fmt.Fprintf(os.Stderr, "weir-rpcbench: -record %s is not a directory\n", o.Record)
+			os.Exit(2)
+		}
+	}
 	if o.BaselineAgent != "" {
 		if st, err := os.Stat(o.BaselineAgent); err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
 			fmt.Fprintf(os.Stderr, "weir-rpcbench: -baseline-agent %s is not an executable file\n", o.BaselineAgent)

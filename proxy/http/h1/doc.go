@@ -15,7 +15,8 @@
 //     route.RequestView and decides: a local reply (404 no rule, 500 no
 //     backend, 301/302 redirect), a cluster, or passthrough to the original
 //     destination.
-//  3. pick: cluster.Pick chooses an endpoint for this request alone; an
+//  3. pick: cluster.PickInto chooses an endpoint for this request alone,
+//     into one of two leases the connection keeps (no allocation); an
 //     idle connection to it comes from the Pool, else Lease.Dial connects.
 //  4. send: the head is rebuilt in one reusable buffer (hop-by-hop fields
 //     dropped, the route's header modifiers and URL rewrite applied, our own
@@ -38,10 +39,10 @@
 // directions, half-close aware; its upstream connection is never pooled.
 //
 // The warm path (keep-alive, pooled upstream, body in the buffer) makes no
-// allocation in this package and starts no goroutine; through a cluster,
-// cluster.Pick allocates its *Lease. A connection holds an 8 KiB read
-// buffer (grown to the head limit only for a head that needs it); an
-// upstream exchange borrows a 16 KiB one.
+// allocation and starts no goroutine, through a cluster too (the pick is
+// cluster.PickInto, into a lease the connection keeps). A connection
+// holds an 8 KiB read buffer (grown to the head limit only for a head that
+// needs it); an upstream exchange borrows a 16 KiB one.
 //
 // Per request it makes one read and one write on each side when the bytes
 // are there: the head and a small body go upstream in one write, the
@@ -69,7 +70,7 @@
 // endpoint or circuit open, 504 no response head within
 // Options.ResponseHeaderTimeout (15 s), 502 a refused connect or a broken
 // response. A connect failure is retried on another endpoint
-// (cluster.Pick with the failed lease). A pooled connection the server
+// (cluster.PickInto with the failed lease). A pooled connection the server
 // closed is not the endpoint's fault: a request that can be sent again
 // (idempotent method, body not streamed) skips the liveness check and, if
 // the connection fails before any response byte, goes again on a fresh

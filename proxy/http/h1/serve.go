@@ -84,6 +84,11 @@ func Serve(ctx context.Context, down net.Conn, up *l7.Upstream, pool *Pool) {
 type server struct {
 	ctx  context.Context
 	down net.Conn
+	// leases are the current request's attempts' leases (cluster.PickInto:
+	// no allocation per pick); a retry picks into the one the current
+	// attempt does not hold. Each exchange ends its lease before the next
+	// request is read.
+	leases [2]cluster.Lease
 	// dio reads and writes down's socket with raw system calls
 	// (proxy/rawsock).
 	dio  rawsock.Conn
@@ -542,11 +547,10 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 	}
 	var lease *cluster.Lease
 	if d.Cluster != nil {
-		l, err := d.Cluster.Pick(s.up.Key, nil)
-		if err != nil {
+		lease = &s.leases[0]
+		if err := d.Cluster.PickInto(lease, s.up.Key, nil, time.Time{}); err != nil {
 			return s.fail(err, streamed, start)
 		}
-		lease = l
 	}
 	// again moves the request to another endpoint after a failed attempt
 	// whose outcome lease already holds: within the rule's attempts (when
@@ -561,8 +565,11 @@ func (s *server) forward(d l7.Decision, start time.Time) bool {
 		if counted && (policy == nil || retries >= policy.Attempts) {
 			return false
 		}
-		next, err := d.Cluster.Pick(s.up.Key, lease)
-		if err != nil {
+		next := &s.leases[0]
+		if next == lease {
+			next = &s.leases[1]
+		}
+		if err := d.Cluster.PickInto(next, s.up.Key, lease, time.Time{}); err != nil {
 			return false
 		}
 		if counted {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 
 	"github.com/weir-mesh/weir/proxy/rpc"
 )
@@ -73,7 +74,8 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 	if len(b) < n {
 		return nil, n, rpc.ErrNeedMore
 	}
-	f := &Frame{raw: b[:n:n]}
+	f := frames.Get().(*Frame)
+	f.raw = b[:n:n]
 	flags := b[2]
 	switch {
 	case flags&flagRequest == 0:
@@ -89,6 +91,18 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 		f.kind = rpc.Request
 	}
 	return f, n, nil
+}
+
+// frames recycles Frames (rpc.Recycler): one per message is a proxied
+// call's largest garbage.
+var frames = sync.Pool{New: func() any { return new(Frame) }}
+
+// Recycle takes back a frame the framework is done with.
+func (Codec) Recycle(f rpc.Frame) {
+	if df, ok := f.(*Frame); ok {
+		*df = Frame{}
+		frames.Put(df)
+	}
 }
 
 // readonlyBody is the hessian2 string "R": the body of the event a

@@ -181,3 +181,20 @@ func TestBusy(t *testing.T) {
 		t.Fatalf("route timeout status %d", e.Status())
 	}
 }
+
+// TestRecycledFrameIsFresh: a frame handed back and decoded again keeps
+// nothing of the message it held before (its attachments were decoded).
+func TestRecycledFrameIsFresh(t *testing.T) {
+	for range 10 { // sync.Pool may drop a frame: try a few
+		a := decode(t, request(1, reqFlags, "s", "", "m", "", nil, "group", "gold"), rpc.Client)
+		if string(a.Attr(AttrGroup)) != "gold" {
+			t.Fatalf("group %q", a.Attr(AttrGroup))
+		}
+		Codec{}.Recycle(a)
+		b := decode(t, request(2, reqFlags, "s2", "", "m2", "", nil), rpc.Client)
+		if b.Attr(AttrGroup) != nil || string(b.Attr(AttrService)) != "s2" || b.ID() != 2 || b.Kind() != rpc.Request {
+			t.Fatalf("recycled frame: group %q service %q id %d kind %v", b.Attr(AttrGroup), b.Attr(AttrService), b.ID(), b.Kind())
+		}
+		Codec{}.Recycle(b)
+	}
+}

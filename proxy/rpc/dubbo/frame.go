@@ -27,16 +27,27 @@ const (
 )
 
 // Frame is one Dubbo message holding the bytes it was read from. Its
-// body is decoded on the first Attr call, once.
+// body is decoded only as far as an Attr call needs: the leading strings
+// (service, version, method) are found again at each call, which costs a
+// scan of a few short strings and no allocation, so the method a request
+// is counted under costs nothing per request but that scan; the
+// arguments are skipped and the attachments read on the first call that
+// names one, once.
 type Frame struct {
 	raw  []byte
 	kind rpc.Kind
+	// tail is the arguments' and attachments' decoding, nil until an
+	// attribute after the arguments is asked for.
+	tail *tail
+}
 
-	decoded bool
-	bad     error // why the body has no attributes
-	// The body's leading strings and the attachments (string values only).
-	dubboVersion, path, version, method []byte
-	attachments                         []kv
+// tail is what a Frame keeps of the body past its leading strings.
+type tail struct {
+	bad         error // why the body has no (more) attachments
+	attachments []kv  // string values only
+	// first holds the first attachments, so a request as clients send
+	// them costs one allocation for its tail
+	first [10]kv
 }
 
 type kv struct{ k, v []byte }
@@ -57,6 +68,15 @@ func (f *Frame) SetID(id uint64) { binary.BigEndian.PutUint64(f.raw[4:12], id) }
 // Status is a response's status byte (20 is OK).
 func (f *Frame) Status() byte { return f.raw[3] }
 
+// The body's leading strings, in order (lead's indexes).
+const (
+	leadDubboVersion = iota
+	leadPath
+	leadVersion
+	leadMethod
+	leadCount
+)
+
 // Attr returns a request's routing attribute (see the Attr constants;
 // any other name is an attachment), or nil: for responses, events,
 // bodies that are not hessian2, or bodies that do not parse.
@@ -64,32 +84,52 @@ func (f *Frame) Attr(name string) []byte {
 	if f.kind != rpc.Request && f.kind != rpc.Oneway {
 		return nil
 	}
-	if !f.decoded {
-		f.decoded = true
-		f.bad = f.decodeBody()
-	}
 	switch name {
 	case AttrService:
-		return f.path
+		return f.lead(leadPath)
 	case AttrMethod:
-		return f.method
+		return f.lead(leadMethod)
 	case AttrDubboVersion:
-		return f.dubboVersion
+		return f.lead(leadDubboVersion)
 	case AttrVersion:
-		if len(f.version) > 0 {
-			return f.version
+		if v := f.lead(leadVersion); len(v) > 0 {
+			return v
 		}
 	case AttrInterface:
 		if v := f.attachment(AttrInterface); v != nil {
 			return v
 		}
-		return f.path
+		return f.lead(leadPath)
 	}
 	return f.attachment(name)
 }
 
+// lead returns the body's i-th leading string; nil when the body is not
+// hessian2 or does not get that far.
+func (f *Frame) lead(i int) []byte {
+	if f.raw[2]&serialMask != Hessian2 {
+		return nil
+	}
+	r := hreader{b: f.raw[headerLen:]}
+	for range i {
+		if err := r.skipStr(); err != nil {
+			return nil
+		}
+	}
+	s, err := r.str()
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
 func (f *Frame) attachment(name string) []byte {
-	for _, a := range f.attachments {
+	if f.tail == nil {
+		f.tail = new(tail)
+		f.tail.attachments = f.tail.first[:0]
+		f.tail.bad = f.decodeTail()
+	}
+	for _, a := range f.tail.attachments {
 		if string(a.k) == name {
 			return a.v
 		}
@@ -97,22 +137,27 @@ func (f *Frame) attachment(name string) []byte {
 	return nil
 }
 
-// BodyError says why the request's body gave no attributes (nil when it
-// decoded, or has not been asked for).
-func (f *Frame) BodyError() error { return f.bad }
+// BodyError says why the request's body gave no attachments, or not all
+// (nil when it decoded, or no attachment has been asked for).
+func (f *Frame) BodyError() error {
+	if f.tail == nil {
+		return nil
+	}
+	return f.tail.bad
+}
 
 var errNotHessian = errors.New("dubbo: body is not hessian2")
 
-// decodeBody reads the leading strings, skips the arguments and reads the
-// attachments. What was read before an error stays available.
-func (f *Frame) decodeBody() error {
+// decodeTail passes the leading strings, skips the arguments and reads
+// the attachments into f.tail. What was read before an error stays
+// available.
+func (f *Frame) decodeTail() error {
 	if f.raw[2]&serialMask != Hessian2 {
 		return errNotHessian
 	}
 	r := hreader{b: f.raw[headerLen:]}
-	var err error
-	for _, dst := range []*[]byte{&f.dubboVersion, &f.path, &f.version, &f.method} {
-		if *dst, err = r.str(); err != nil {
+	for range leadCount {
+		if err := r.skipStr(); err != nil {
 			return err
 		}
 	}
@@ -169,7 +214,7 @@ func (f *Frame) decodeBody() error {
 			continue
 		}
 		if kerr == nil {
-			f.attachments = append(f.attachments, kv{k, v})
+			f.tail.attachments = append(f.tail.attachments, kv{k, v})
 		}
 	}
 }

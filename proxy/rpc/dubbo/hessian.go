@@ -62,7 +62,17 @@ func (r *hreader) advance(n int) error {
 
 // str reads a string value (nil for null). A one-chunk string aliases the
 // body; a chunked one is copied.
-func (r *hreader) str() ([]byte, error) {
+func (r *hreader) str() ([]byte, error) { return r.string(true) }
+
+// skipStr passes over a string value (or null) without copying a chunked
+// one.
+func (r *hreader) skipStr() error {
+	_, err := r.string(false)
+	return err
+}
+
+// string reads a string value; keep false passes over it, returning nil.
+func (r *hreader) string(keep bool) ([]byte, error) {
 	var out []byte
 	chunks := 0
 	for {
@@ -98,6 +108,12 @@ func (r *hreader) str() ([]byte, error) {
 		}
 		chunk := r.b[start:r.off:r.off]
 		chunks++
+		if !keep {
+			if last {
+				return nil, nil
+			}
+			continue
+		}
 		if last && chunks == 1 {
 			return chunk, nil
 		}
@@ -110,6 +126,11 @@ func (r *hreader) str() ([]byte, error) {
 
 // utf16Units advances over n UTF-16 units of UTF-8 text.
 func (r *hreader) utf16Units(n int) error {
+	// ASCII, one byte a unit, as names and versions nearly always are.
+	for n > 0 && r.off < len(r.b) && r.b[r.off] < utf8.RuneSelf {
+		r.off++
+		n--
+	}
 	for n > 0 {
 		if r.off >= len(r.b) {
 			return errShort
