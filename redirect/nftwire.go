@@ -40,16 +40,20 @@ const nftRecvBuf = 64 << 10
 // ADD with the namespace's lock held.
 const nftRecvTimeout = 10
 
-var nftBufs = sync.Pool{New: func() any { b := make([]byte, nftRecvBuf); return &b }}
+// nftBuffers are a session's buffers, kept between sessions: in for
+// what the kernel sends, batch for the copy of a batch being sent.
+type nftBuffers struct {
+	in, batch []byte
+}
+
+var nftBufs = sync.Pool{New: func() any { return &nftBuffers{in: make([]byte, nftRecvBuf)} }}
 
 // nftSession is one operation's netlink socket in the calling thread's
 // network namespace, for writes and dumps alike.
 type nftSession struct {
 	fd  int
-	buf *[]byte
 	seq uint32
-	// batch is the session's copy of the batch being sent, reused.
-	batch []byte
+	*nftBuffers
 }
 
 // openNFT opens the socket inside the current thread's namespace.
@@ -63,12 +67,12 @@ func openNFT() (*nftSession, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("open nftables netlink: set receive timeout: %w", err)
 	}
-	return &nftSession{fd: fd, buf: nftBufs.Get().(*[]byte)}, nil
+	return &nftSession{fd: fd, nftBuffers: nftBufs.Get().(*nftBuffers)}, nil
 }
 
 func (n *nftSession) close() {
 	unix.Close(n.fd)
-	nftBufs.Put(n.buf)
+	nftBufs.Put(n.nftBuffers)
 }
 
 // nextSeq numbers the session's messages: an answer whose number is not
@@ -92,7 +96,7 @@ type nlMsg struct {
 // returns done or an error.
 func (n *nftSession) recv(f func(m nlMsg) (done bool, err error)) error {
 	for {
-		got, err := unix.Read(n.fd, *n.buf)
+		got, err := unix.Read(n.fd, n.in)
 		if err == unix.EINTR {
 			continue
 		}
@@ -102,7 +106,7 @@ func (n *nftSession) recv(f func(m nlMsg) (done bool, err error)) error {
 			}
 			return fmt.Errorf("read nftables netlink: %w", err)
 		}
-		b := (*n.buf)[:got]
+		b := n.in[:got]
 		for len(b) >= nlMsgHdrLen {
 			l := int(binary.NativeEndian.Uint32(b))
 			if l < nlMsgHdrLen || l > len(b) {

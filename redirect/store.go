@@ -1,8 +1,6 @@
 package redirect
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -145,14 +143,7 @@ func legacyTables(f family) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if t := strings.TrimSpace(sc.Text()); t != "" {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return strings.Fields(string(b)), nil
 }
 
 func (st iptStore) program(undo *undoStack, s Spec) error {
