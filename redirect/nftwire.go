@@ -92,8 +92,8 @@ type nlMsg struct {
 	data  []byte
 }
 
-// recv reads one datagram and calls f for each message in it until f
-// returns done or an error.
+// recv reads one datagram after another and calls f for each message in
+// them until f returns done or an error.
 func (n *nftSession) recv(f func(m nlMsg) (done bool, err error)) error {
 	for {
 		got, err := unix.Read(n.fd, n.in)
@@ -106,20 +106,29 @@ func (n *nftSession) recv(f func(m nlMsg) (done bool, err error)) error {
 			}
 			return fmt.Errorf("read nftables netlink: %w", err)
 		}
-		b := n.in[:got]
-		for len(b) >= nlMsgHdrLen {
-			l := int(binary.NativeEndian.Uint32(b))
-			if l < nlMsgHdrLen || l > len(b) {
-				return fmt.Errorf("read nftables netlink: malformed message of %d bytes in %d", l, len(b))
-			}
-			m := nlMsg{typ: binary.NativeEndian.Uint16(b[4:]), flags: binary.NativeEndian.Uint16(b[6:]),
-				seq: binary.NativeEndian.Uint32(b[8:]), data: b[nlMsgHdrLen:l]}
-			if done, err := f(m); done || err != nil {
-				return err
-			}
-			b = b[nlAlign(l):]
+		if done, err := eachNLMsg(n.in[:got], f); done || err != nil {
+			return err
 		}
 	}
+}
+
+// eachNLMsg calls f for each netlink message in the datagram b until f
+// returns done or an error; a message whose length does not fit is an
+// error.
+func eachNLMsg(b []byte, f func(m nlMsg) (done bool, err error)) (bool, error) {
+	for len(b) >= nlMsgHdrLen {
+		l := int(binary.NativeEndian.Uint32(b))
+		if l < nlMsgHdrLen || l > len(b) {
+			return false, fmt.Errorf("read nftables netlink: malformed message of %d bytes in %d", l, len(b))
+		}
+		m := nlMsg{typ: binary.NativeEndian.Uint16(b[4:]), flags: binary.NativeEndian.Uint16(b[6:]),
+			seq: binary.NativeEndian.Uint32(b[8:]), data: b[nlMsgHdrLen:l]}
+		if done, err := f(m); done || err != nil {
+			return done, err
+		}
+		b = b[min(nlAlign(l), len(b)):]
+	}
+	return false, nil
 }
 
 func nlAlign(l int) int { return (l + 3) &^ 3 }
