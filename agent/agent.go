@@ -72,7 +72,10 @@ type Agent struct {
 	// saved marks what each pod's state file was written from, and
 	// legacyState says a single state file of an older agent is still to
 	// be replaced by per-pod files (state.go). Guarded by mu.
-	saved       map[api.Attachment]savedMark
+	saved map[api.Attachment]savedMark
+	// savedJSON is each pod's file as last written, which the stateFile
+	// mirror is put together from. Guarded by mu.
+	savedJSON   map[api.Attachment][]byte
 	legacyState bool
 	// mirrorDirty says the stateFile mirror is behind the per-pod files
 	// (guarded by mu); mirrorMu serialises its writers (state.go).

@@ -105,8 +105,8 @@ func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 	// The successor reads the state once more after this answer; an older
 	// successor reads the stateFile only, so bring the mirror up to date
 	// first.
-	if st, ok := a.mirrorLocked(false); ok {
-		if err := writeJSONFile(filepath.Join(a.cfg.StateDir, stateFile), st); err != nil {
+	if pods, ok := a.mirrorLocked(false); ok {
+		if err := writeFileAtomic(filepath.Join(a.cfg.StateDir, stateFile), mirrorJSON(pods)); err != nil {
 			a.log.Error("write state mirror for the successor", "err", err)
 		}
 	}

@@ -55,6 +55,11 @@ type ADDResult struct {
 	// AgentCPU is the CPU time the agent process used over the whole run,
 	// from /proc (10 ms ticks; divide by the number of ADDs).
 	AgentCPU time.Duration
+	// AgentAlloc is what the agent's heap allocated over the ADDs, in
+	// bytes, and AgentGCs how many collections ran meanwhile (its Go
+	// metrics): garbage an ADD leaves is collected on the agent's CPU,
+	// often during a later ADD.
+	AgentAlloc, AgentGCs float64
 	// Start is weir-cni VERSION's wall time, repeated: what starting the
 	// plugin process costs before it does anything; StartCPU its CPU time.
 	Start, StartCPU []time.Duration
@@ -110,6 +115,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
 	}
+	alloc0, gcs0 := agent.Metric(t, "go_memstats_alloc_bytes_total"), agent.Metric(t, "go_gc_duration_seconds_count")
 	var pods []*testworld.Pod
 	for i := 0; i < opts.Pods; i++ {
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
@@ -126,6 +132,8 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		t.Fatalf("%s: %v", backend, err)
 	}
 	res.AgentCPU = cpu1 - cpu0
+	res.AgentAlloc = agent.Metric(t, "go_memstats_alloc_bytes_total") - alloc0
+	res.AgentGCs = agent.Metric(t, "go_gc_duration_seconds_count") - gcs0
 	// Then every pod's DEL, in the same order, while its netns still
 	// exists (as a runtime deletes a sandbox): what a DEL costs.
 	for i, p := range pods {
@@ -351,6 +359,10 @@ type Summary struct {
 	// AgentCPUPerADD is the agent's CPU time over the run from /proc,
 	// divided by the number of ADDs (a check on the per-ADD figure).
 	AgentCPUPerADD time.Duration
+	// AgentAllocPerADD is the agent's heap allocation per ADD, in bytes
+	// (the /metrics reads in between add a little); AgentGCs the
+	// collections over the run.
+	AgentAllocPerADD, AgentGCs float64
 	// Del is weir-cni DEL's wall time.
 	Del Dist
 	// Start and StartCPU are weir-cni VERSION's medians.
@@ -367,10 +379,11 @@ type PhaseDist struct {
 
 // Summarize computes the report of r.
 func (r ADDResult) Summarize() Summary {
-	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced,
+	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced, AgentGCs: r.AgentGCs,
 		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
 	if n := len(r.Wall) + r.Traced; n > 0 {
 		s.AgentCPUPerADD = r.AgentCPU / time.Duration(n)
+		s.AgentAllocPerADD = r.AgentAlloc / float64(n)
 	}
 	if pc, ac := r.PluginCPU, r.Phases["cpu.agent"]; len(pc) == len(ac) {
 		sum := make([]time.Duration, len(pc))

@@ -245,7 +245,7 @@ func ProbeNFTables() error {
 			for _, mode := range []Mode{ModeRedirect, ModeTPROXY} {
 				s := Spec{Mode: mode, IPv4: true, IPv6: true, ExcludeInboundPorts: []uint16{1},
 					ExcludeOutboundPorts: []uint16{1}, ExcludeOutboundCIDRs: []string{"192.0.2.0/24", "2001:db8::/32"}}
-				if err := sess.replace(nftChainsFor(s.WithDefaults())); err != nil {
+				if err := sess.replace(s.WithDefaults()); err != nil {
 					return fmt.Errorf("%s rules: %w", mode, err)
 				}
 			}

@@ -28,9 +28,6 @@ const (
 	nftChainOutput     = "output"
 )
 
-// nftTable is weir's table.
-var nftTable = &nftables.Table{Name: nftTableName, Family: nftables.TableFamilyINet}
-
 // nftChain is one base chain of weir's table and the rules it holds.
 type nftChain struct {
 	name  string

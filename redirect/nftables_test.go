@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 )
 
@@ -210,9 +209,8 @@ func TestNFTablesIdempotent(t *testing.T) {
 // that does not exist.
 func refuseBatch(t *testing.T) {
 	t.Helper()
-	nftFaultHook = func(c *nftables.Conn) {
-		ch := &nftables.Chain{Name: nftChainOutput, Table: nftTable}
-		c.AddRule(&nftables.Rule{Table: nftTable, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}})
+	nftFaultHook = func(bt *nftBatch) {
+		bt.addRule(nftChainOutput, []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "no-such-chain"}}, nil)
 	}
 	t.Cleanup(func() { nftFaultHook = nil })
 }

@@ -16,53 +16,25 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Writes go through github.com/google/nftables: one batch per change, which
-// the kernel commits whole or not at all. Reads dump rules over the same
-// netlink family with github.com/mdlayher/netlink (the library's own
-// transport) and keep each expression's attributes as the kernel sent them:
-// the library's rule decoding drops some (a ct expression's source
-// register), and Verify must compare everything.
+// Writes and reads go over nftSession's socket (nftwire.go); reads keep
+// each expression's attributes as the kernel sent them: the library's rule
+// decoding drops some (a ct expression's source register), and Verify must
+// compare everything.
 
 // nftFaultHook, when set (tests only), runs on the batch just before it is
-// sent, to make the kernel refuse it half way.
-var nftFaultHook func(c *nftables.Conn)
+// finished, to make the kernel refuse it half way.
+var nftFaultHook func(bt *nftBatch)
 
-// nftSession is the netlink state of one operation in the calling thread's
-// network namespace: a lasting connection for the writes and one for dumps.
-type nftSession struct {
-	w *nftables.Conn
-	r *netlink.Conn
-}
-
-// openNFT opens both connections inside the current thread's namespace.
-func openNFT() (*nftSession, error) {
-	w, err := nftables.New(nftables.AsLasting())
+// flush sends the batch build makes (or made before for key, when key is
+// not empty). When the kernel asks for a retry (it loaded a module for one
+// of the expressions and aborted the batch), the batch is sent again.
+func (n *nftSession) flush(key string, build func(bt *nftBatch)) error {
+	b, err := cachedBatch(key, build)
 	if err != nil {
-		return nil, fmt.Errorf("open nftables netlink: %w", err)
+		return err
 	}
-	r, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
-	if err != nil {
-		w.CloseLasting()
-		return nil, fmt.Errorf("open nftables netlink: %w", err)
-	}
-	return &nftSession{w: w, r: r}, nil
-}
-
-func (n *nftSession) close() {
-	n.w.CloseLasting()
-	n.r.Close()
-}
-
-// flush sends the batch f builds. When the kernel asks for a retry (it
-// loaded a module for one of the expressions and aborted the batch), the
-// batch is built and sent again.
-func (n *nftSession) flush(f func(c *nftables.Conn)) error {
 	for attempt := 1; ; attempt++ {
-		f(n.w)
-		if nftFaultHook != nil {
-			nftFaultHook(n.w)
-		}
-		err := n.w.Flush()
+		err := n.send(b)
 		if errors.Is(err, unix.EAGAIN) && attempt < 5 {
 			continue
 		}
@@ -70,34 +42,31 @@ func (n *nftSession) flush(f func(c *nftables.Conn)) error {
 	}
 }
 
-// replace swaps weir's table, whatever it held, for one with chains, in one
+// specKey names the rule set of s in the batch cache.
+func specKey(op string, s Spec) string { return fmt.Sprintf("%s %v", op, s) }
+
+// replace swaps weir's table, whatever it held, for the one s wants, in one
 // transaction: packets see the old table or the new one, never a mix, and
 // on error the old one is left as it was.
-func (n *nftSession) replace(chains []nftChain) error {
-	return n.write(chains, resetTable)
+func (n *nftSession) replace(s Spec) error {
+	return n.write(specKey("replace", s), s, (*nftBatch).resetTable)
 }
 
 // create writes weir's table into a namespace that has none. It deletes
 // nothing, which keeps a pod's first Apply (CNI ADD) fast: a transaction
 // that deletes leaves the kernel work that must wait for an RCU grace
 // period, and closing the netlink socket waits for that work (about 10 ms).
-// If a table appeared meanwhile, the kernel refuses the whole batch.
-func (n *nftSession) create(chains []nftChain) error {
-	return n.write(chains, func(c *nftables.Conn) { c.CreateTable(nftTable) })
+// If a table exists, the kernel refuses the whole batch (EEXIST).
+func (n *nftSession) create(s Spec) error {
+	return n.write(specKey("create", s), s, func(bt *nftBatch) { bt.addTable(true) })
 }
 
 // write sends one transaction: start (which makes an empty table), then
-// chains with their rules.
-func (n *nftSession) write(chains []nftChain, start func(c *nftables.Conn)) error {
-	err := n.flush(func(c *nftables.Conn) {
-		start(c)
-		for _, ch := range chains {
-			hook, prio, policy := ch.hook, ch.prio, nftables.ChainPolicyAccept
-			chain := c.AddChain(&nftables.Chain{Name: ch.name, Table: nftTable, Type: ch.typ, Hooknum: &hook, Priority: &prio, Policy: &policy})
-			for _, r := range ch.rules {
-				c.AddRule(&nftables.Rule{Table: nftTable, Chain: chain, Exprs: r.exprs(), UserData: r.userData()})
-			}
-		}
+// the chains of s with their rules.
+func (n *nftSession) write(key string, s Spec, start func(bt *nftBatch)) error {
+	err := n.flush(key, func(bt *nftBatch) {
+		start(bt)
+		bt.addChains(nftChainsFor(s))
 	})
 	if err != nil {
 		return fmt.Errorf("nftables transaction for table inet %s: %w", nftTableName, err)
@@ -105,19 +74,11 @@ func (n *nftSession) write(chains []nftChain, start func(c *nftables.Conn)) erro
 	return nil
 }
 
-// resetTable queues "make sure the table exists, delete it, create it
-// empty": a delete of a missing table would fail the batch.
-func resetTable(c *nftables.Conn) {
-	c.AddTable(nftTable)
-	c.DelTable(nftTable)
-	c.AddTable(nftTable)
-}
-
 // remove deletes weir's table, if any, in one transaction.
 func (n *nftSession) remove() error {
-	err := n.flush(func(c *nftables.Conn) {
-		c.AddTable(nftTable)
-		c.DelTable(nftTable)
+	err := n.flush("remove", func(bt *nftBatch) {
+		bt.addTable(false)
+		bt.delTable()
 	})
 	if err != nil {
 		return fmt.Errorf("delete table inet %s: %w", nftTableName, err)
@@ -140,20 +101,13 @@ func (n *nftSession) restore(st *nftState) error {
 			rules = append(rules, es)
 		}
 	}
-	err := n.flush(func(c *nftables.Conn) {
-		resetTable(c)
+	err := n.flush("", func(bt *nftBatch) {
+		bt.resetTable()
 		i := 0
 		for _, ch := range st.chains {
-			chain := &nftables.Chain{Name: ch.name, Table: nftTable}
-			if ch.hasHook {
-				hook, prio := nftables.ChainHook(ch.hook), nftables.ChainPriority(ch.prio)
-				chain.Hooknum, chain.Priority, chain.Type = &hook, &prio, nftables.ChainType(ch.typ)
-				policy := nftables.ChainPolicy(ch.policy)
-				chain.Policy = &policy
-			}
-			c.AddChain(chain)
+			bt.addChain(ch.name, ch.hasHook, ch.typ, ch.hook, ch.prio, ch.policy)
 			for _, r := range ch.rules {
-				c.AddRule(&nftables.Rule{Table: nftTable, Chain: chain, Exprs: rules[i], UserData: r.userdata})
+				bt.addRule(ch.name, rules[i], r.userdata)
 				i++
 			}
 		}
@@ -434,18 +388,7 @@ func (n *nftSession) dump(msgType uint16, fam nftables.TableFamily, attrs []netl
 	if err != nil {
 		return nil, err
 	}
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type:  netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | msgType),
-			Flags: netlink.Request | netlink.Dump,
-		},
-		Data: append([]byte{byte(fam), unix.NFNETLINK_V0, 0, 0}, data...),
-	}
-	msgs, err := n.r.Execute(req)
-	if err != nil {
-		return nil, err
-	}
-	return msgs, nil
+	return n.request(msgType, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, fam, data)
 }
 
 // chains lists the chains of one family, of one table or (table "") all.
@@ -584,16 +527,8 @@ func (n *nftSession) read() (*nftState, error) {
 // tableExists asks for weir's table by name.
 func (n *nftSession) tableExists() (bool, error) {
 	data, _ := netlink.MarshalAttributes([]netlink.Attribute{{Type: unix.NFTA_TABLE_NAME, Data: []byte(nftTableName + "\x00")}})
-	req := netlink.Message{
-		Header: netlink.Header{
-			Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_GETTABLE),
-			// No Acknowledge: the answer is the table or an error, and
-			// an ack left unread would answer the next request.
-			Flags: netlink.Request,
-		},
-		Data: append([]byte{byte(nftables.TableFamilyINet), unix.NFNETLINK_V0, 0, 0}, data...),
-	}
-	_, err := n.r.Execute(req)
+	// No acknowledgement asked: the answer is the table or an error.
+	_, err := n.request(unix.NFT_MSG_GETTABLE, unix.NLM_F_REQUEST, nftables.TableFamilyINet, data)
 	if errors.Is(err, unix.ENOENT) {
 		return false, nil
 	}

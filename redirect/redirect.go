@@ -429,34 +429,34 @@ func installed() (bool, error) {
 // checkFamilies refuses a spec that leaves one of the namespace's address
 // families uncaptured: a dual-stack pod captured over IPv4 only would reach
 // every IPv6 destination around the agent. Loopback and link-local
-// addresses do not count. One dump of every address, against the links nl
-// read.
+// addresses do not count. One dump of every address; a link is looked up
+// only to name it in a refusal, or to tell whether an interface other than
+// lo is a loopback one.
 func checkFamilies(nl *netlinkState, s Spec) error {
 	addrs, err := nl.h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
 	for _, a := range addrs {
-		var link netlink.Link
-		for _, l := range nl.links {
-			if l.Attrs().Index == a.LinkIndex {
-				link = l
-				break
-			}
-		}
-		if link == nil || link.Attrs().Flags&net.FlagLoopback != 0 {
-			continue
-		}
 		ip := a.IP
-		if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+		if a.LinkIndex == nl.lo || ip.IsLoopback() || ip.IsLinkLocalUnicast() {
 			continue
 		}
-		if ip.To4() != nil && !s.IPv4 {
+		v4 := ip.To4() != nil
+		if (v4 && s.IPv4) || (!v4 && s.IPv6) {
+			continue
+		}
+		link, err := nl.h.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			continue // gone since the dump: its addresses with it
+		}
+		if link.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		if v4 {
 			return fmt.Errorf("%s has IPv4 address %s but the spec captures IPv6 only: IPv4 traffic would bypass the agent", link.Attrs().Name, ip)
 		}
-		if ip.To4() == nil && !s.IPv6 {
-			return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", link.Attrs().Name, ip)
-		}
+		return fmt.Errorf("%s has IPv6 address %s but the spec captures IPv4 only: IPv6 traffic would bypass the agent", link.Attrs().Name, ip)
 	}
 	return nil
 }

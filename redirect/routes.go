@@ -87,15 +87,18 @@ func sameRoute(a, b netlink.Route) bool {
 	return routeString(a) == routeString(b) && a.Type == b.Type
 }
 
-// netlinkState is a netlink handle in the pod netns, its links (read once,
-// with lo's index) and, once asked for, weir's policy rules and routes as
-// they were then.
+// netlinkState is a netlink handle in the pod netns, lo's index and, once
+// asked for, weir's policy rules and routes as they were then.
 type netlinkState struct {
 	h        *netlink.Handle
 	lo       int
-	links    []netlink.Link
 	policies map[family]policy
 }
+
+// loopbackIndex is lo's interface index in every network namespace: the
+// kernel registers lo first and gives it index 1 (LOOPBACK_IFINDEX), so
+// an Apply need not list the links to find it.
+const loopbackIndex = 1
 
 // openNetlink opens a handle whose sockets live in the calling thread's
 // network namespace, so it must run inside the pod netns.
@@ -104,18 +107,7 @@ func openNetlink() (*netlinkState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink: %w", err)
 	}
-	links, err := h.LinkList()
-	if err != nil {
-		h.Close()
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	for _, l := range links {
-		if l.Attrs().Name == "lo" {
-			return &netlinkState{h: h, lo: l.Attrs().Index, links: links}, nil
-		}
-	}
-	h.Close()
-	return nil, errors.New("find lo: no link named lo")
+	return &netlinkState{h: h, lo: loopbackIndex}, nil
 }
 
 func (n *netlinkState) close() { n.h.Close() }

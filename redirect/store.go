@@ -1,8 +1,6 @@
 package redirect
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -145,14 +143,7 @@ func legacyTables(f family) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []string
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if t := strings.TrimSpace(sc.Text()); t != "" {
-			out = append(out, t)
-		}
-	}
-	return out, nil
+	return strings.Fields(string(b)), nil
 }
 
 func (st iptStore) program(undo *undoStack, s Spec) error {
@@ -274,19 +265,23 @@ func (st nftStore) program(undo *undoStack, s Spec) error {
 	if err != nil {
 		return err
 	}
+	// A pod's first Apply (its CNI ADD) finds no table of weir's: one
+	// lookup says so and nothing is listed. Creating the table without
+	// looking first would save that lookup but, where a table exists, the
+	// kernel's abort of the refused transaction waits for an RCU grace
+	// period, which costs a repeated Apply more than the lookup saves.
 	cur, err := sess.read()
 	if err != nil {
 		return err
 	}
-	want := nftChainsFor(s)
 	write := sess.replace
 	switch {
 	case cur == nil:
 		write = sess.create
-	case len(nftProblems(cur, want)) == 0:
+	case len(nftProblems(cur, nftChainsFor(s))) == 0:
 		return nil
 	}
-	if err := write(want); err != nil {
+	if err := write(s); err != nil {
 		return err
 	}
 	undo.push(func() error { return sess.restore(cur) })

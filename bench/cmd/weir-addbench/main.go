@@ -94,7 +94,8 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 	fmt.Println("cpu: weir-cni's CPU time (rusage) plus the agent's during the ADD; the wall time of an idle node tends to it plus")
 	fmt.Println("the waits that burn no CPU. start/startcpu: weir-cni answering VERSION (process start and exit, no work), medians.")
 	for _, s := range sums {
-		fmt.Printf("%s: agent CPU over the run from /proc: %s ms per ADD; %d ADDs under strace left out\n", s.Backend, ms(s.AgentCPUPerADD), s.Traced)
+		fmt.Printf("%s: agent CPU over the run from /proc: %s ms per ADD; agent heap allocation %.1f kB per ADD, %.0f GC cycles over the ADDs; %d ADDs under strace left out\n",
+			s.Backend, ms(s.AgentCPUPerADD), s.AgentAllocPerADD/1e3, s.AgentGCs, s.Traced)
 	}
 	fmt.Printf("\nweir-cni DEL wall time, every pod deleted in sequence after the ADDs, ms\n")
 	fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max")

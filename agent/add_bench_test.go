@@ -1,0 +1,101 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/redirect"
+)
+
+// BenchmarkAddHandler measures the agent's side of a CNI ADD as weir-cni
+// asks for it (api.QueryApply): the request decoded, the namespace guard,
+// the listeners opened in a fresh pod netns, the nftables rules programmed
+// there, the state file written, the answer encoded. With -benchmem it
+// shows what an ADD leaves for the agent's GC to collect, which a busy
+// node pays during later ADDs:
+//
+//	go test -run - -bench AddHandler -benchmem ./agent/
+//
+// Creating each pod netns and the DEL after each ADD are not timed.
+func BenchmarkAddHandler(b *testing.B) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			b.Fatal("needs root (network namespaces; CI=true: failing instead of skipping)")
+		}
+		b.Skip("needs root")
+	}
+	if err := redirect.ProbeNFTables(); err != nil {
+		if os.Getenv("CI") == "true" {
+			b.Fatalf("the kernel refuses weir's nftables rules: %v", err)
+		}
+		b.Skipf("the kernel refuses weir's nftables rules: %v", err)
+	}
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Capture.Namespaces = []string{"demo"}
+	cfg.Capture.Backend = redirect.BackendNFTables
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a.ownsState.Store(true)
+	h := a.cniHandler()
+	post := func(path string, req any) *httptest.ResponseRecorder {
+		body, err := json.Marshal(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, path, bytes.NewReader(body)))
+		return rec
+	}
+	i := 0
+	for b.Loop() {
+		b.StopTimer()
+		n, err := testutils.NewNS()
+		if err != nil {
+			b.Fatal(err)
+		}
+		att := api.Attachment{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"}
+		add := api.AddRequest{Version: api.Version, Attachment: att, Netns: n.Path(),
+			Pod: api.Pod{Namespace: "demo", Name: fmt.Sprintf("p%d", i)}, IPs: []string{"10.9.0.2/24"}}
+		i++
+		body, err := json.Marshal(add)
+		if err != nil {
+			b.Fatal(err)
+		}
+		req := httptest.NewRequest(http.MethodPost, api.PathAdd+"?"+api.QueryApply, bytes.NewReader(body))
+		rec := httptest.NewRecorder()
+		b.StartTimer()
+		h.ServeHTTP(rec, req)
+		b.StopTimer()
+		var resp api.AddResponse
+		if rec.Code != http.StatusOK || json.Unmarshal(rec.Body.Bytes(), &resp) != nil || !resp.Applied {
+			b.Fatalf("ADD answered %d: %s", rec.Code, rec.Body)
+		}
+		if rec := post(api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: n.Path()}); rec.Code != http.StatusOK {
+			b.Fatalf("DEL answered %d: %s", rec.Code, rec.Body)
+		}
+		closeNS(b, n)
+		b.StartTimer()
+	}
+}
+
+func closeNS(b *testing.B, n ns.NetNS) {
+	b.Helper()
+	n.Close()
+	if err := testutils.UnmountNS(n); err != nil {
+		b.Fatal(err)
+	}
+}
