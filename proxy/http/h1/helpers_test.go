@@ -31,6 +31,7 @@ type backend struct {
 	srv      *http.Server
 	addr     netip.AddrPort
 	conns    atomic.Int64
+	closed   atomic.Int64
 	requests atomic.Int64
 }
 
@@ -47,8 +48,11 @@ func newBackend(t testing.TB, h http.HandlerFunc) *backend {
 			h(w, r)
 		}),
 		ConnState: func(_ net.Conn, st http.ConnState) {
-			if st == http.StateNew {
+			switch st {
+			case http.StateNew:
 				b.conns.Add(1)
+			case http.StateClosed:
+				b.closed.Add(1)
 			}
 		},
 		ErrorLog: nil,

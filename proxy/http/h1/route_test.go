@@ -142,9 +142,18 @@ func TestStalePooledConnection(t *testing.T) {
 	p := startProxy(t, up, Options{})
 	c := dialClient(t, p.addr)
 	c.do(get("/1"))
+	// closeIdle has the server close its idle connection, and waits until
+	// it did: on a loaded machine the connection may not be idle yet when
+	// first asked.
 	closeIdle := func() {
-		b.srv.SetKeepAlivesEnabled(false) // closes idle connections
-		time.Sleep(50 * time.Millisecond)
+		t.Helper()
+		before := b.closed.Load()
+		for end := time.Now().Add(10 * time.Second); b.closed.Load() == before; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatal("the server did not close its idle connection within 10s")
+			}
+			b.srv.SetKeepAlivesEnabled(false) // closes idle connections
+		}
 		b.srv.SetKeepAlivesEnabled(true)
 	}
 	// A POST cannot be sent twice: the pool peeks and finds the
