@@ -42,6 +42,44 @@ func Write(fd int, p []byte) (int, error) {
 	return int(n), nil
 }
 
+// ReadOnce reads once from the non-blocking socket fd, retrying an
+// interrupted call. again is true when the socket holds nothing yet (EAGAIN:
+// wait for readability); n == 0 with neither again nor err is the peer's
+// end of stream. The poller callbacks here and in proxy/relay share it.
+func ReadOnce(fd int, p []byte) (n int, again bool, err error) {
+	for {
+		m, e := Read(fd, p)
+		switch e {
+		case nil:
+			return m, false, nil
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return 0, true, nil
+		}
+		return 0, false, os.NewSyscallError("read", e)
+	}
+}
+
+// WriteAll writes p to the non-blocking socket fd until all of it is
+// written, the socket has no room (again: wait for writability, then call
+// it with p[n:]), or an error; it retries an interrupted call.
+func WriteAll(fd int, p []byte) (n int, again bool, err error) {
+	for n < len(p) {
+		m, e := Write(fd, p[n:])
+		switch e {
+		case nil:
+			n += m
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return n, true, nil
+		default:
+			return n, false, os.NewSyscallError("write", e)
+		}
+	}
+	return n, false, nil
+}
+
 // Conn is an io.Reader and io.Writer over a socket's syscall.RawConn that
 // makes its calls raw and waits in Go's poller when the socket has nothing
 // to read or no room, so the connection's deadlines and Close still end a
@@ -177,40 +215,24 @@ func (c *Conn) tryWrite(fd uintptr) bool {
 
 // read is the RawConn read callback; false waits for readability.
 func (c *Conn) read(fd uintptr) bool {
-	for {
-		m, e := Read(int(fd), c.rp)
-		switch e {
-		case nil:
-			c.rn = m
-			if m == 0 {
-				c.rerr = io.EOF
-			}
-			return true
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		c.rerr = os.NewSyscallError("read", e)
-		return true
+	m, again, err := ReadOnce(int(fd), c.rp)
+	if again {
+		return false
 	}
+	c.rn, c.rerr = m, err
+	if m == 0 && err == nil {
+		c.rerr = io.EOF
+	}
+	return true
 }
 
 // write is the RawConn write callback; false waits for room.
 func (c *Conn) write(fd uintptr) bool {
-	for c.wn < len(c.wp) {
-		m, e := Write(int(fd), c.wp[c.wn:])
-		switch e {
-		case nil:
-			c.wn += m
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		c.werr = os.NewSyscallError("write", e)
-		return true
+	m, again, err := WriteAll(int(fd), c.wp[c.wn:])
+	c.wn += m
+	if again {
+		return false
 	}
+	c.werr = err
 	return true
 }

@@ -19,7 +19,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/weir-mesh/weir/proxy/rawsock"
 )
@@ -256,39 +255,23 @@ type smallState struct {
 // holds no buffer and asks the poller to wait.
 func (s *smallState) read(fd uintptr) bool {
 	s.bp = smallBufs.Get().(*[]byte)
-	for {
-		n, err := rawsock.Read(int(fd), *s.bp)
-		switch err {
-		case nil:
-			s.n, s.rerr = n, nil
-			return true
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			s.put()
-			return false // wait for readability, holding no buffer
-		}
-		s.n, s.rerr = 0, os.NewSyscallError("read", err)
-		return true
+	n, again, err := rawsock.ReadOnce(int(fd), *s.bp)
+	if again {
+		s.put()
+		return false // wait for readability, holding no buffer
 	}
+	s.n, s.rerr = n, err
+	return true
 }
 
 // write writes s.out until it is all written (EAGAIN: wait for room).
 func (s *smallState) write(fd uintptr) bool {
-	for len(s.out) > 0 {
-		n, err := rawsock.Write(int(fd), s.out)
-		switch err {
-		case nil:
-			s.out = s.out[n:]
-			continue
-		case syscall.EINTR:
-			continue
-		case syscall.EAGAIN:
-			return false
-		}
-		s.werr = os.NewSyscallError("write", err)
-		return true
+	n, again, err := rawsock.WriteAll(int(fd), s.out)
+	s.out = s.out[n:]
+	if again {
+		return false
 	}
+	s.werr = err
 	return true
 }
 
