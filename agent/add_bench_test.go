@@ -8,13 +8,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 
 	"github.com/weir-mesh/weir/agent/api"
+	"github.com/weir-mesh/weir/integration/testworld"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -29,18 +29,9 @@ import (
 //
 // Creating each pod netns and the DEL after each ADD are not timed.
 func BenchmarkAddHandler(b *testing.B) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			b.Fatal("needs root (network namespaces; CI=true: failing instead of skipping)")
-		}
-		b.Skip("needs root")
-	}
-	if err := redirect.ProbeNFTables(); err != nil {
-		if os.Getenv("CI") == "true" {
-			b.Fatalf("the kernel refuses weir's nftables rules: %v", err)
-		}
-		b.Skipf("the kernel refuses weir's nftables rules: %v", err)
-	}
+	testworld.RequireRoot(b)
+	perr := redirect.ProbeNFTables()
+	testworld.Require(b, perr == nil, fmt.Sprintf("a kernel that takes weir's nftables rules: %v", perr))
 	cfg := DefaultConfig()
 	cfg.StateDir = b.TempDir()
 	cfg.Capture.Namespaces = []string{"demo"}
