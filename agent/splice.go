@@ -56,7 +56,7 @@ func (a *Agent) closeSplicer() {
 type spliceCollector struct{ s *splice.Splicer }
 
 var spliceDesc = prometheus.NewDesc("weir_ebpf_splice_total",
-	"In-kernel splice of L4 relays (capture.ebpf.splice), counted in the kernel: skbs and bytes sent straight to the peer socket, skbs that found no peer, directions that fell back to user space because the peer was full, and bytes handed to user space after a fallback.",
+	"In-kernel splice of L4 relays (capture.ebpf.splice), counted in the kernel: skbs and bytes sent straight to the peer socket, skbs that found no peer, directions that fell back to user space because the peer was full, bytes handed to user space after a fallback, bytes of retransmitted segments cut off, and segments that could not be cut (the pair is reset).",
 	[]string{"event"}, nil)
 
 func (c *spliceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- spliceDesc }

@@ -154,8 +154,22 @@ var pumpWorld = world{"1.1.0", "ebpf", "dual", ""}
 type pumpNode struct {
 	agent                      *testworld.Agent
 	srv, outsider, client, app *testworld.Pod
-	srvOut                     *syncBuffer
+	srvOut, appOut             *syncBuffer
 	pump                       string
+}
+
+// serverDiffs is what the pump servers said about streams they received
+// wrong (where each first differs), for a failure message.
+func (pw *pumpNode) serverDiffs() string {
+	var lines []string
+	for _, out := range []*syncBuffer{pw.srvOut, pw.appOut} {
+		for _, l := range strings.Split(out.String(), "\n") {
+			if strings.Contains(l, "differs") {
+				lines = append(lines, l)
+			}
+		}
+	}
+	return strings.Join(lines, "; ")
 }
 
 func newPumpNode(t *testing.T, opts testworld.NodeOptions) *pumpNode {
@@ -182,8 +196,8 @@ func newPumpNode(t *testing.T, opts testworld.NodeOptions) *pumpNode {
 	app := node.MustAddPod(t, "demo", "app")
 	w.assertNoRulesIn(t, client)
 	srvOut := startPumpServer(t, srv, pump)
-	startPumpServer(t, app, pump)
-	return &pumpNode{agent: agent, srv: srv, outsider: outsider, client: client, app: app, srvOut: srvOut, pump: pump}
+	appOut := startPumpServer(t, app, pump)
+	return &pumpNode{agent: agent, srv: srv, outsider: outsider, client: client, app: app, srvOut: srvOut, appOut: appOut, pump: pump}
 }
 
 // pumpConns runs clients pump clients in p at once, each making n

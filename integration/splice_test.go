@@ -14,7 +14,10 @@ import (
 // small messages echo exactly, and the splice counters show the bytes the
 // kernel moved (the small messages all of theirs: none crossed user
 // space); 2,000 short connections, each half-closed by its client and
-// answered, are exact; a client quitting mid-stream ends the server's send
+// answered, are exact; a 1 GiB stream may instead end in a reset only when
+// the kernel could not cut a retransmitted skb (trim_failed grew), and then
+// every byte either end received is exact (the pump checks each against
+// the pattern); a client quitting mid-stream ends the server's send
 // and a server quitting mid-stream (its close resets the connection) ends
 // the client's read, promptly; every relay ends.
 func TestEBPFSplice(t *testing.T) {
@@ -55,16 +58,27 @@ func TestEBPFSplice(t *testing.T) {
 		}
 		t.Logf("%s: 10,000 echoed messages in %s, %v bytes spliced", p.name, took.Round(time.Millisecond), b)
 		bytesBefore, passedBefore = spliced("bytes"), spliced("passed")
+		trimFailedBefore := spliced("trim_failed")
 		out, took, err = runPump(t, from, pump, "bulk", p.to, fmt.Sprint(gib), fmt.Sprint(gib))
+		if (err != nil || !strings.HasPrefix(out, "ok ")) && spliced("trim_failed") > trimFailedBefore &&
+			strings.Contains(out, "every byte received exact") && pw.serverDiffs() == "" {
+			// The kernel could not cut a retransmitted skb's repeated
+			// head (no memory in softirq): the relay resets the pair
+			// rather than send a byte twice or skip one. What both ends
+			// received is exact.
+			t.Logf("%s: 1 GiB each way: reset after an skb the kernel could not cut (trim_failed %v), every byte received before it exact: %s",
+				p.name, spliced("trim_failed")-trimFailedBefore, out)
+			continue
+		}
 		if err != nil || !strings.HasPrefix(out, "ok ") {
-			t.Fatalf("%s: 1 GiB each way: %v: %s (splice counters: bytes %v, fell_back %v, passed %v, trimmed %v)", p.name, err, out,
-				spliced("bytes"), spliced("fell_back"), spliced("passed"), spliced("trimmed"))
+			t.Fatalf("%s: 1 GiB each way: %v: %s (splice counters: bytes %v, fell_back %v, passed %v, trimmed %v, trim_failed %v) %s", p.name, err, out,
+				spliced("bytes"), spliced("fell_back"), spliced("passed"), spliced("trimmed"), spliced("trim_failed"), pw.serverDiffs())
 		}
 		t.Logf("%s: 1 GiB each way in %s (%v bytes spliced, %v through the agent after a fallback): %s",
 			p.name, took.Round(time.Millisecond), spliced("bytes")-bytesBefore, spliced("passed")-passedBefore, out)
 	}
-	t.Logf("splice counters: skbs %v, bytes %v, no_peer %v, fell_back %v, passed %v, trimmed %v",
-		spliced("skbs"), spliced("bytes"), spliced("no_peer"), spliced("fell_back"), spliced("passed"), spliced("trimmed"))
+	t.Logf("splice counters: skbs %v, bytes %v, no_peer %v, fell_back %v, passed %v, trimmed %v, trim_failed %v",
+		spliced("skbs"), spliced("bytes"), spliced("no_peer"), spliced("fell_back"), spliced("passed"), spliced("trimmed"), spliced("trim_failed"))
 
 	// Connection churn: 4 clients × 500 connections of one small exchange
 	// each (the client half-closes, the server answers and closes).

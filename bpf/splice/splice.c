@@ -26,6 +26,7 @@ enum {
 	SPLICE_FELL_BACK, // a direction fell back to user space (peer full)
 	SPLICE_PASSED,    // bytes handed to user space after a fallback
 	SPLICE_TRIMMED,   // bytes of retransmitted skbs already handled, cut off
+	SPLICE_TRIM_FAILED, // skbs whose repeated head could not be cut off
 	SPLICE_MAX,
 };
 
@@ -42,7 +43,7 @@ struct peer {
 	__u32 fallen;     // 1: this direction goes through user space for good
 	__u32 next_seq;   // sequence number after the last byte handled
 	__u32 seq_known;  // 1: next_seq is set
-	__u32 pad;
+	__u32 broken;     // 1: a repeated head could not be cut; the relay resets the pair
 };
 
 struct {
@@ -117,6 +118,9 @@ static __always_inline __u32 skb_seq(struct sk_buff___weir *k)
 #endif
 }
 
+// TRIM_FAILED is trim_seen's answer for an skb it could not cut.
+#define TRIM_FAILED 0xffffffffu
+
 // trim_seen cuts off the head of an skb that repeats bytes this socket
 // handled already and returns the length left. TCP queues a retransmitted
 // segment that overlaps what was received untrimmed (a reader skips the
@@ -155,6 +159,10 @@ static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __
 		cut += n;
 	}
 	count(SPLICE_TRIMMED, cut);
+	if (cut < (__u32)seen) {
+		count(SPLICE_TRIM_FAILED, 1);
+		return TRIM_FAILED;
+	}
 	return len - cut;
 }
 
@@ -205,11 +213,21 @@ int weir_splice(struct __sk_buff *skb)
 		return SK_PASS;
 	}
 	if (bpf_ksym_exists(bpf_rdonly_cast)) {
+		if (p->broken)
+			return SK_DROP; // the relay is resetting the pair
 		len = trim_seen(skb, p, len);
 		if (len == 0)
 			return SK_DROP; // all of it handled already
-		if (len != skb->len)
-			return SK_DROP; // could not cut it all: never send a byte twice
+		if (len == TRIM_FAILED) {
+			// Could not cut it all (the kernel had no memory to pull
+			// the repeated bytes out of the skb's pages). Passed on,
+			// they would arrive twice; dropped, the bytes after them
+			// would be missing. Neither may happen: the relay sees
+			// broken and resets both connections, which have
+			// delivered an exact prefix of their streams.
+			p->broken = 1;
+			return SK_DROP;
+		}
 	}
 	if (p->fallen) {
 		count(SPLICE_PASSED, len);

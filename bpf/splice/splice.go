@@ -60,6 +60,15 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// ErrCannotTrim ends a pair whose socket received a retransmitted skb
+// that repeats bytes already handled and that the kernel could not cut
+// (pulling the bytes out of the skb's pages needs memory, taken without
+// waiting, in softirq): the program drops it and everything after, and the
+// relay resets both connections. Each has then delivered an exact prefix
+// of its stream; sending the repeated bytes, or skipping the skb, would
+// corrupt it. Counted as trim_failed.
+var ErrCannotTrim = errors.New("splice: the kernel could not cut a retransmitted skb's repeated bytes; connections reset rather than corrupted")
+
 // ErrUnsupported wraps what Support finds missing.
 var ErrUnsupported = errors.New("in-kernel splice unsupported")
 
@@ -112,7 +121,7 @@ func Load() (*Splicer, error) {
 func (s *Splicer) Close() error { return s.objs.Close() }
 
 // statNames name the counters, in splice.c's order.
-var statNames = []string{"skbs", "bytes", "no_peer", "fell_back", "passed", "trimmed"}
+var statNames = []string{"skbs", "bytes", "no_peer", "fell_back", "passed", "trimmed", "trim_failed"}
 
 // Stats sums the per-CPU counters by name: skbs redirected to the peer and
 // their bytes, skbs that found no peer, directions that fell back to user
@@ -159,7 +168,7 @@ type Pair struct {
 // Write what was read from them earlier first.
 //
 // An error means nothing is spliced (a socket that is no longer
-// established, or MPTCP, cannot join): relay the pair as usual. Once a is
+// established, or MPTCP, cannot join): relay the pair as usual. Once b is
 // in the sockhash the pair is never taken apart before Relay ends (that
 // would discard what the program queued for the reader), so a failure
 // after that leaves a pair whose directions fall back to user space
@@ -190,11 +199,16 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*Pair, error) {
 		p.forget()
 		return nil, fmt.Errorf("splice: peer entry: %w", err)
 	}
-	if err := s.objs.Splice.Put(p.a.cookie, uint64(p.a.fd)); err != nil {
+	// b goes in first: a byte that reaches the first socket in before the
+	// second is finds no peer and turns its direction to user space for
+	// good, and the client (a) usually speaks first. A byte reaching a
+	// before its insert waits in its queue for the signal below, when both
+	// are in.
+	if err := s.objs.Splice.Put(p.b.cookie, uint64(p.b.fd)); err != nil {
 		p.forget()
 		return nil, fmt.Errorf("splice: put socket in the sockhash: %w", err)
 	}
-	if err := s.objs.Splice.Put(p.b.cookie, uint64(p.b.fd)); err != nil {
+	if err := s.objs.Splice.Put(p.a.cookie, uint64(p.a.fd)); err != nil {
 		p.degraded = fmt.Errorf("splice: put the second socket in the sockhash: %w", err)
 		return p, nil
 	}
@@ -439,6 +453,10 @@ func (p *Pair) watch(ctx context.Context) error {
 		for _, e := range []*end{&p.a, &p.b} {
 			if err := broken(e.c); err != nil {
 				return fmt.Errorf("splice: socket failed: %w", err)
+			}
+			var v splicePeer
+			if err := p.s.objs.SplicePeers.Lookup(e.cookie, &v); err == nil && v.Broken != 0 {
+				return ErrCannotTrim
 			}
 		}
 	}

@@ -20,7 +20,7 @@ type splicePeer struct {
 	Fallen     uint32
 	NextSeq    uint32
 	SeqKnown   uint32
-	Pad        uint32
+	Broken     uint32
 }
 
 // Names of all BPF objects in the ELF.

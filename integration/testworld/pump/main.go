@@ -27,6 +27,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"os"
@@ -96,6 +97,73 @@ func (p *pattern) Read(b []byte) (int, error) {
 	return n, nil
 }
 
+// verifier hashes a received stream and compares it with the pattern as
+// it goes, keeping where the first difference is and what came instead,
+// so a failure says whether bytes were lost, repeated or reordered.
+type verifier struct {
+	h     hash.Hash
+	off   int64 // bytes received
+	first int64 // offset of the first difference, or -1 before one (set by report)
+	bad   bool
+	got   []byte // up to 64 bytes received from the first difference on
+	runs  int64  // bytes that differ in all
+}
+
+func (v *verifier) Write(b []byte) (int, error) {
+	v.h.Write(b)
+	for i := 0; i < len(b); {
+		p := int((v.off + int64(i)) % int64(len(period)))
+		n := min(len(b)-i, len(period)-p)
+		if !bytes.Equal(b[i:i+n], period[p:p+n]) {
+			for j := range n {
+				if b[i+j] == period[p+j] {
+					continue
+				}
+				if !v.bad {
+					v.bad, v.first = true, v.off+int64(i+j)
+				}
+				v.runs++
+			}
+		}
+		i += n
+	}
+	if v.bad && len(v.got) < 64 {
+		start := max(v.first-v.off, 0)
+		if start < int64(len(b)) {
+			v.got = append(v.got, b[start:min(int64(len(b)), start+int64(64-len(v.got)))]...)
+		}
+	}
+	v.off += int64(len(b))
+	return len(b), nil
+}
+
+// exactness describes a verifier's report for an error message.
+func exactness(diff string) string {
+	if diff == "" {
+		return "every byte received exact"
+	}
+	return diff
+}
+
+// report is "" for an exact stream, else where it first differs and
+// which offset of the stream the bytes received there belong to.
+func (v *verifier) report() string {
+	if !v.bad {
+		return ""
+	}
+	s := fmt.Sprintf("first difference at byte %d of %d (%d bytes differ)", v.first, v.off, v.runs)
+	if len(v.got) >= 16 {
+		doubled := append(append([]byte{}, period...), period[:64]...)
+		if i := bytes.Index(doubled, v.got[:16]); i >= 0 {
+			want := v.first % int64(len(period))
+			s += fmt.Sprintf("; the bytes there are the pattern's at period offset %d, want %d (shift %d mod %d)", i, want, int64(i)-want, len(period))
+		} else {
+			s += "; the bytes there are not from the pattern"
+		}
+	}
+	return s
+}
+
 // onlyWriter and onlyReader hide ReadFrom/WriteTo: the program reads and
 // writes like an ordinary app, never splices.
 type onlyWriter struct{ io.Writer }
@@ -136,9 +204,12 @@ func serveConn(c *net.TCPConn) error {
 	}
 	sum := make(chan []byte, 1)
 	go func() {
-		h := sha256.New()
+		h := &verifier{h: sha256.New()}
 		io.Copy(h, onlyReader{c})
-		sum <- h.Sum(nil)
+		if d := h.report(); d != "" {
+			fmt.Printf("conn %s: received stream differs: %s\n", c.RemoteAddr(), d)
+		}
+		sum <- h.h.Sum(nil)
 	}()
 	n := int64(down)
 	if flags&flagQuit != 0 {
@@ -184,11 +255,12 @@ func bulk(addr string, up, down, quit int64) error {
 	type result struct {
 		n        int64
 		sum, ack []byte
+		diff     string
 		err      error
 	}
 	got := make(chan result, 1)
 	go func() {
-		h := sha256.New()
+		h := &verifier{h: sha256.New()}
 		var r result
 		if quit > 0 {
 			r.n, r.err = io.Copy(h, io.LimitReader(onlyReader{c}, quit))
@@ -196,7 +268,8 @@ func bulk(addr string, up, down, quit int64) error {
 			os.Exit(0)
 		}
 		r.n, r.err = io.Copy(h, io.LimitReader(onlyReader{c}, down))
-		r.sum = h.Sum(nil)
+		r.sum = h.h.Sum(nil)
+		r.diff = h.report()
 		if r.err == nil && r.n == down {
 			r.ack = make([]byte, sha256.Size)
 			_, r.err = io.ReadFull(c, r.ack)
@@ -206,19 +279,21 @@ func bulk(addr string, up, down, quit int64) error {
 	h := sha256.New()
 	src := io.TeeReader(io.LimitReader(&pattern{}, up), h)
 	if _, err := io.Copy(onlyWriter{c}, src); err != nil {
-		return fmt.Errorf("send: %w", err)
+		c.Close()
+		r := <-got
+		return fmt.Errorf("send: %w (received %d of %d bytes, %s)", err, r.n, down, exactness(r.diff))
 	}
 	if err := c.CloseWrite(); err != nil {
 		return err
 	}
 	r := <-got
 	if r.err != nil || r.n != down {
-		return fmt.Errorf("received %d of %d bytes: %v", r.n, down, r.err)
+		return fmt.Errorf("received %d of %d bytes: %v (%s)", r.n, down, r.err, exactness(r.diff))
 	}
 	want := sha256.New()
 	io.Copy(want, io.LimitReader(&pattern{}, down))
 	if !bytes.Equal(r.sum, want.Sum(nil)) {
-		return fmt.Errorf("received stream differs: sha256 %x, want %x", r.sum, want.Sum(nil))
+		return fmt.Errorf("received stream differs: sha256 %x, want %x: %s", r.sum, want.Sum(nil), r.diff)
 	}
 	if !bytes.Equal(r.ack, h.Sum(nil)) {
 		return fmt.Errorf("server received a different stream: sha256 %x, sent %x", r.ack, h.Sum(nil))
