@@ -125,8 +125,9 @@ static __always_inline __u32 skb_seq(struct sk_buff___weir *k)
 // handled already and returns the length left. TCP queues a retransmitted
 // segment that overlaps what was received untrimmed (a reader skips the
 // overlap by its copied_seq), but the verdict is handed whole skbs: left
-// alone, the overlap would be sent to the peer twice. The first skb after
-// the splice starts at copied_seq (Splice read everything queued before).
+// alone, the overlap would be sent to the peer twice. Bytes a reader took
+// before the splice (a sniff that read part of an skb) are cut the same
+// way: the program's first skb is measured against copied_seq.
 static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __u32 len)
 {
 	struct sk_buff___weir *k = bpf_rdonly_cast(skb, bpf_core_type_id_kernel(struct sk_buff___weir));
@@ -148,7 +149,13 @@ static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __
 	if ((__u32)seen > len)
 		seen = len;
 	// bpf_skb_adjust_room pulls at most 0xfff bytes a call; an skb holds
-	// at most 64 KiB.
+	// at most 64 KiB. Each call that reaches into the skb's pages
+	// reallocates its head (the bytes cut before stay in its headroom),
+	// so a long overlap would take one allocation per 4 KiB, each larger
+	// and copying the last; pulling the whole overlap into the head first
+	// takes one. If that fails, the calls below try their own way.
+	if ((__u32)seen > 0xfff)
+		bpf_skb_pull_data(skb, (__u32)seen);
 	__u32 cut = 0;
 	for (int i = 0; i < 17 && cut < (__u32)seen; i++) {
 		__u32 n = (__u32)seen - cut;

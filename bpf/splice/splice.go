@@ -26,14 +26,17 @@
 //     discards a backlog).
 //   - Bytes that arrived before the splice. The program reads a socket's
 //     queue an skb at a time and ignores how much of an skb a reader took
-//     already (tcp_read_skb), so after a partial read (a sniff) it would
-//     send those bytes twice. Splice therefore first moves whatever each
-//     socket holds unread to the other itself. Bytes arriving between that
-//     and the insert would wait for the next arrival to run the program
-//     (forever, for a client waiting for its answer): Splice sets
-//     SO_RCVLOWAT after inserting, which makes TCP signal them to the
-//     program at once. Bytes the relay read earlier (a sniffed prefix)
-//     must be written before Splice.
+//     already (tcp_read_skb): after a partial read (a sniff) it would send
+//     those bytes twice. The program cuts them off like a retransmission's
+//     repeated head: the first skb it sees starts where the reader stopped
+//     (copied_seq). Bytes queued before the insert would wait for the next
+//     arrival to run the program (forever, for a client waiting for its
+//     answer): Splice sets SO_RCVLOWAT after inserting, which makes TCP
+//     signal them to the program at once. Bytes the relay read earlier (a
+//     sniffed prefix) must be written before Splice. Splice itself moves
+//     nothing: a byte it delivered could draw an answer that reaches the
+//     first socket in before the second, finds no peer, and turns its
+//     direction to user space for good.
 //   - FIN and RST are not data: the relay still sees them by reading each
 //     socket (a read returns EOF or the error), passes a FIN on with
 //     shutdown after the drain, and closes both on an error.
@@ -159,8 +162,6 @@ type Pair struct {
 	a, b     end
 	once     sync.Once
 	degraded error
-	// movedAB and movedBA are what Splice moved itself (queued unread).
-	movedAB, movedBA int64
 }
 
 // Splice puts a and b in the sockhash as each other's peer. Bytes either
@@ -168,21 +169,14 @@ type Pair struct {
 // Write what was read from them earlier first.
 //
 // An error means nothing is spliced (a socket that is no longer
-// established, or MPTCP, cannot join): relay the pair as usual. Once b is
+// established, or MPTCP, cannot join): relay the pair as usual. Once a is
 // in the sockhash the pair is never taken apart before Relay ends (that
 // would discard what the program queued for the reader), so a failure
 // after that leaves a pair whose directions fall back to user space
 // (Degraded says why); Relay relays it all the same.
 func (s *Splicer) Splice(a, b *net.TCPConn) (*Pair, error) {
 	p := &Pair{s: s, a: end{c: a}, b: end{c: b}}
-	var err error
-	if p.movedAB, err = moveQueued(a, b); err != nil {
-		return nil, err
-	}
-	if p.movedBA, err = moveQueued(b, a); err != nil {
-		return nil, err
-	}
-	// Each send stream's base, now that nothing writes to it until the
+	// Each send stream's base: nothing writes to it from now on until the
 	// program does.
 	for _, e := range []*end{&p.a, &p.b} {
 		if err := e.load(); err != nil {
@@ -199,16 +193,19 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*Pair, error) {
 		p.forget()
 		return nil, fmt.Errorf("splice: peer entry: %w", err)
 	}
-	// b goes in first: a byte that reaches the first socket in before the
-	// second is finds no peer and turns its direction to user space for
-	// good, and the client (a) usually speaks first. A byte reaching a
-	// before its insert waits in its queue for the signal below, when both
-	// are in.
-	if err := s.objs.Splice.Put(p.b.cookie, uint64(p.b.fd)); err != nil {
+	// a (the client) goes in first. A byte that reaches the first socket
+	// in before the second is finds no peer and turns its direction to
+	// user space for good; one reaching a socket before its own insert
+	// waits in its queue for the signal below, when both are in. The
+	// upstream's answer to what was written to it before Splice may come
+	// at any moment, so the upstream goes in last; the client gets no
+	// answer before both are in, so a client that waits for one sends
+	// nothing in between.
+	if err := s.objs.Splice.Put(p.a.cookie, uint64(p.a.fd)); err != nil {
 		p.forget()
 		return nil, fmt.Errorf("splice: put socket in the sockhash: %w", err)
 	}
-	if err := s.objs.Splice.Put(p.a.cookie, uint64(p.a.fd)); err != nil {
+	if err := s.objs.Splice.Put(p.b.cookie, uint64(p.b.fd)); err != nil {
 		p.degraded = fmt.Errorf("splice: put the second socket in the sockhash: %w", err)
 		return p, nil
 	}
@@ -224,38 +221,6 @@ func (s *Splicer) Splice(a, b *net.TCPConn) (*Pair, error) {
 // Degraded says why a pair Splice returned is not spliced both ways from
 // the start, or nil.
 func (p *Pair) Degraded() error { return p.degraded }
-
-// moveQueued writes what src holds unread to dst, reading without
-// blocking until src's queue is empty, so no partly read skb is left, and
-// returns how many bytes it moved.
-func moveQueued(src, dst *net.TCPConn) (int64, error) {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return 0, fmt.Errorf("splice: %w", err)
-	}
-	buf := make([]byte, 64<<10)
-	var moved int64
-	for {
-		var n int
-		var rerr error
-		if err := rc.Control(func(fd uintptr) {
-			n, _, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
-		}); err != nil {
-			return moved, fmt.Errorf("splice: %w", err)
-		}
-		if errors.Is(rerr, unix.EAGAIN) || (rerr == nil && n == 0) {
-			// Empty, or the peer's FIN: the relay's read finds it.
-			return moved, nil
-		}
-		if rerr != nil {
-			return moved, fmt.Errorf("splice: read what was queued: %w", rerr)
-		}
-		if _, err := dst.Write(buf[:n]); err != nil {
-			return moved, fmt.Errorf("splice: write what was queued: %w", err)
-		}
-		moved += int64(n)
-	}
-}
 
 // load fills e's descriptor, cookie and send stream.
 func (e *end) load() error {
@@ -367,8 +332,8 @@ func (p *Pair) drain(ctx context.Context, src, dst *end) error {
 }
 
 // Result says what Relay moved: bytes a→b and b→a in all, and of them
-// what went through user space (moved by Splice, or copied after a
-// fallback); the rest the kernel spliced.
+// what went through user space (copied after a fallback); the rest the
+// kernel spliced.
 type Result struct {
 	AToB, BToA         int64
 	CopiedAB, CopiedBA int64
@@ -425,8 +390,6 @@ func (p *Pair) Relay(ctx context.Context) Result {
 	}
 	ab, _ := p.redirected(&p.a)
 	ba, _ := p.redirected(&p.b)
-	res.CopiedAB += p.movedAB
-	res.CopiedBA += p.movedBA
 	res.AToB = int64(ab) + res.CopiedAB
 	res.BToA = int64(ba) + res.CopiedBA
 	p.forget()
