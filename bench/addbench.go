@@ -74,6 +74,9 @@ type ADDResult struct {
 // redirect.Apply in the plugin.
 var PhaseDocs = map[string]string{
 	"plugin.exec":     "wall minus main: fork, exec, Go runtime and package init, result printing, exit",
+	"plugin.start":    "fork to weir-cni's package init (exec, runtime start, the inits of what it links), from the log line's clock",
+	"plugin.skel":     "package init to cmdAdd (reading stdin and the environment, runtime settings)",
+	"plugin.exit":     "the log line to the runtime seeing the exit (log write, printing the result, exit, wakeup)",
 	"plugin.parse":    "config decode and validation, log file open",
 	"plugin.netns":    "the pod netns check (open, statfs)",
 	"plugin.agent":    "the agent call as weir-cni sees it",
@@ -165,6 +168,15 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
 		add := func(phase string, d time.Duration) { res.Phases[phase] = append(res.Phases[phase], d) }
 		add("plugin.exec", r.wall-us(l.Main))
+		if !l.Time.IsZero() && l.SinceStart > 0 {
+			// The plugin's clock and this process's are the same wall
+			// clock: the log line's time splits plugin.exec into what
+			// came before the plugin's package init and what came after
+			// its log line.
+			add("plugin.start", l.Time.Add(-us(l.SinceStart)).Sub(r.start))
+			add("plugin.skel", us(l.SinceStart-l.Main))
+			add("plugin.exit", r.start.Add(r.wall).Sub(l.Time))
+		}
 		add("plugin.parse", us(l.Parse))
 		add("plugin.netns", us(l.Netns))
 		add("plugin.agent", us(l.Agent))
@@ -188,6 +200,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 
 // addRun is one timed weir-cni ADD.
 type addRun struct {
+	start     time.Time // wall clock at fork
 	wall, cpu time.Duration
 	traced    bool
 }
@@ -237,7 +250,7 @@ func (a *addTimer) ExecPlugin(ctx context.Context, pluginPath string, stdin []by
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
 	start := time.Now()
 	err := cmd.Run()
-	run := addRun{wall: time.Since(start), traced: traced}
+	run := addRun{start: start, wall: time.Since(start), traced: traced}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru != nil {
 		run.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
@@ -272,6 +285,8 @@ type addLine struct {
 	Main        int64            `json:"mainMicros"`
 	Parse       int64            `json:"parseMicros"`
 	Netns       int64            `json:"netnsMicros"`
+	SinceStart  int64            `json:"sinceStartMicros"`
+	Time        time.Time        `json:"time"`
 	AgentPhases map[string]int64 `json:"agentPhases"`
 	RulePhases  map[string]int64 `json:"rulePhases"`
 }

@@ -40,7 +40,7 @@ func TestMeasureADDSmoke(t *testing.T) {
 			}
 			// Every phase the plugin and the agent report is there, once per ADD
 			// (the agent programs the rules, so their phases are the agent's).
-			for _, ph := range []string{"plugin.exec", "plugin.agent", "plugin.rules", "agent.listen", "agent.state", "agent.total", "cpu.agent", "agent.apply", "agent.rules.enter", "agent.rules.program", "agent.rules.leave"} {
+			for _, ph := range []string{"plugin.exec", "plugin.start", "plugin.skel", "plugin.exit", "plugin.agent", "plugin.rules", "agent.listen", "agent.state", "agent.total", "cpu.agent", "agent.apply", "agent.rules.enter", "agent.rules.program", "agent.rules.leave"} {
 				if n := len(r.Phases[ph]); n != 5 {
 					t.Errorf("phase %s timed %d times, want 5", ph, n)
 				}

@@ -121,7 +121,7 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 		}
 	}
 	fmt.Println()
-	for _, k := range []string{"plugin.exec", "plugin.parse", "plugin.netns", "plugin.agent", "plugin.rules", "plugin.main", "agent.transport", "cpu.plugin", "cpu.agent"} {
+	for _, k := range []string{"plugin.exec", "plugin.start", "plugin.skel", "plugin.exit", "plugin.parse", "plugin.netns", "plugin.agent", "plugin.rules", "plugin.main", "agent.transport", "cpu.plugin", "cpu.agent"} {
 		fmt.Printf("%-16s %s\n", k, bench.PhaseDocs[k])
 	}
 }
