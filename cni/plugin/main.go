@@ -1,15 +1,13 @@
 package plugin
 
 import (
+	"fmt"
 	"os"
 	"runtime/debug"
-
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/version"
 )
 
 // Main serves the CNI verbs the runtime asks for in CNI_COMMAND, with rules
-// (nil in weir-cni: see Funcs), and exits.
+// (nil in weir-cni: see funcs), and exits.
 func Main(rules Rules, about string) {
 	// No runtime.GOMAXPROCS(1) here any more: it stops the world to
 	// resize, which the runtime's idle threads must answer on a busy
@@ -26,5 +24,10 @@ func Main(rules Rules, about string) {
 		debug.SetGCPercent(-1)
 		debug.SetMemoryLimit(256 << 20)
 	}
-	skel.PluginMainFuncs(Funcs(rules), version.PluginSupports("1.0.0", "1.1.0"), about)
+	if e := dispatch(env{getenv: os.Getenv, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr}, funcs(rules), about); e != nil {
+		if err := e.printTo(os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "weir-cni: write the error JSON to stdout: %v\n", err)
+		}
+		os.Exit(1)
+	}
 }
