@@ -129,6 +129,7 @@ func TestThinHandsRuleWorkToHelper(t *testing.T) {
 		wantMsg   string
 		wantCalls string // the agent calls, joined by spaces
 		helperRan bool
+		prev      string // the case's prevResult, when not prev
 	}{
 		{name: "agent applied", verb: "ADD", add: api.AddResponse{Captured: true, Redirect: redir, Applied: true}, helper: true,
 			wantOut: prev, wantCalls: api.PathAdd + "?" + api.QueryApply},
@@ -138,6 +139,8 @@ func TestThinHandsRuleWorkToHelper(t *testing.T) {
 			wantCode: 101, wantMsg: "weir-cni-rules is not installed", wantCalls: api.PathAdd + "?" + api.QueryApply},
 		{name: "agent could not apply", verb: "ADD", add: api.AddResponse{Captured: true, Redirect: redir, ApplyError: "nft: boom"}, helper: true,
 			wantCode: 101, wantMsg: "nft: boom", wantCalls: api.PathAdd + "?" + api.QueryApply},
+		{name: "prevResult in another version", verb: "ADD", add: api.AddResponse{Captured: true, Redirect: redir, Applied: true}, helper: true,
+			prev: `{"interfaces":[{"name":"eth0"}],"ips":[{"address":"10.1.0.5/24","interface":0}]}`, wantOut: "HELPER", helperRan: true},
 		{name: "check", verb: "CHECK", add: api.AddResponse{Captured: true, Redirect: redir}, helper: true,
 			wantOut: "HELPER", helperRan: true},
 		{name: "check, no helper", verb: "CHECK", wantCode: 102, wantMsg: "weir-cni-rules is not installed"},
@@ -158,7 +161,11 @@ func TestThinHandsRuleWorkToHelper(t *testing.T) {
 				writeHelper(t, pathDir, "HELPER", 0)
 			}
 			agent := startFakeAgent(t, dir, c.add)
-			conf := `{"cniVersion":"1.0.0","name":"t","type":"weir-cni","agentSocket":"` + agent.sock + `","logFile":"-","prevResult":` + prev + `}`
+			p := prev
+			if c.prev != "" {
+				p = c.prev
+			}
+			conf := `{"cniVersion":"1.0.0","name":"t","type":"weir-cni","agentSocket":"` + agent.sock + `","logFile":"-","prevResult":` + p + `}`
 			if c.verb == "DEL" {
 				conf = `{"cniVersion":"1.0.0","name":"t","type":"weir-cni","agentSocket":"` + agent.sock + `","logFile":"-"}`
 			}
@@ -202,6 +209,9 @@ func TestThinHandsRuleWorkToHelper(t *testing.T) {
 				if string(stdin) != conf || strings.TrimSpace(string(verb)) != c.verb {
 					t.Fatalf("helper got verb %q and stdin %q; want %s and the config weir-cni was given", verb, stdin, c.verb)
 				}
+			}
+			if c.prev != "" && len(agent.got()) != 0 {
+				t.Fatalf("weir-cni called the agent (%v) before handing the ADD over; the helper makes its own call", agent.got())
 			}
 			if c.wantCalls != "" {
 				if calls := strings.Join(agent.got(), " "); calls != c.wantCalls {
