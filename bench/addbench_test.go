@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -49,5 +51,23 @@ func TestMeasureADDSmoke(t *testing.T) {
 				t.Errorf("in-process time %v not below the wall time %v", main.P50, s.Wall.P99)
 			}
 		})
+	}
+}
+
+// TestMeasureADDBaseline: with a baseline plugin, every other ADD runs it,
+// and each binary's ADDs are summarised on their own.
+func TestMeasureADDBaseline(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "nft")
+	base := filepath.Join(t.TempDir(), "weir-cni-base")
+	if err := os.Link(filepath.Join(testworld.Binaries(t), "weir-cni"), base); err != nil {
+		t.Fatal(err)
+	}
+	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, BaselinePlugin: base})
+	if r.Baseline == nil || len(r.Wall) != 2 || len(r.Baseline.Wall) != 2 || len(r.Baseline.Phases["plugin.start"]) != 2 || len(r.Baseline.Start) == 0 {
+		t.Fatalf("main %d ADDs, baseline %+v", len(r.Wall), r.Baseline)
+	}
+	if s := r.Baseline.Summarize(); s.Backend != "nftables-base" || s.Wall.P50 <= 0 {
+		t.Fatalf("baseline summary %+v", s)
 	}
 }
