@@ -36,6 +36,11 @@ type ADDOptions struct {
 	// left out of the figures.
 	StraceDir   string
 	StraceEvery int
+	// BaselinePlugin, when set, is another weir-cni binary (an older
+	// build, say) that runs every other ADD in place of this tree's:
+	// the two are measured side by side on the same node, agent and
+	// load, and ADDResult.Baseline holds its ADDs.
+	BaselinePlugin string
 }
 
 // ADDResult is one backend's run: per ADD, in order, weir-cni's wall time
@@ -67,6 +72,10 @@ type ADDResult struct {
 	Traced int
 	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
 	Del []time.Duration
+	// Baseline, with ADDOptions.BaselinePlugin, is the baseline binary's
+	// ADDs (every other one) and its VERSION runs; the agent's figures
+	// and DEL are in the main result only.
+	Baseline *ADDResult
 }
 
 // PhaseDocs says what each phase weir-addbench reports measures. Phases
@@ -74,6 +83,9 @@ type ADDResult struct {
 // redirect.Apply in the plugin.
 var PhaseDocs = map[string]string{
 	"plugin.exec":     "wall minus main: fork, exec, Go runtime and package init, result printing, exit",
+	"plugin.start":    "fork to weir-cni's package init (exec, runtime start, the inits of what it links), from the log line's clock",
+	"plugin.skel":     "package init to cmdAdd (reading stdin and the environment, runtime settings)",
+	"plugin.exit":     "the log line to the runtime seeing the exit (log write, printing the result, exit, wakeup)",
 	"plugin.parse":    "config decode and validation, log file open",
 	"plugin.netns":    "the pod netns check (open, statfs)",
 	"plugin.agent":    "the agent call as weir-cni sees it",
@@ -101,7 +113,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		opts.StraceEvery = 100
 	}
 	timer := &addTimer{inner: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}},
-		straceDir: opts.StraceDir, straceEvery: opts.StraceEvery}
+		straceDir: opts.StraceDir, straceEvery: opts.StraceEvery, baseline: opts.BaselinePlugin}
 	node := testworld.NewNode(t, testworld.NodeOptions{Exec: timer, CaptureBackend: backend, Weir: map[string]any{"mode": opts.Mode}})
 	// The state directory on tmpfs, as the README asks of a node.
 	stateDir, err := os.MkdirTemp("/dev/shm", "weir-addbench-")
@@ -154,42 +166,67 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		t.Fatalf("%s: %d 'pod captured' lines in the weir-cni log for %d ADDs", backend, len(lines), len(runs))
 	}
 	res.Phases = map[string][]time.Duration{}
+	if opts.BaselinePlugin != "" {
+		res.Baseline = &ADDResult{Backend: backend + "-base", Mode: opts.Mode, Phases: map[string][]time.Duration{}}
+	}
 	for i, r := range runs {
-		if r.traced {
-			res.Traced++
-			continue
+		into := &res
+		if r.baseline {
+			into = res.Baseline
 		}
-		res.Wall = append(res.Wall, r.wall)
-		res.PluginCPU = append(res.PluginCPU, r.cpu)
-		l := lines[i]
-		us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
-		add := func(phase string, d time.Duration) { res.Phases[phase] = append(res.Phases[phase], d) }
-		add("plugin.exec", r.wall-us(l.Main))
-		add("plugin.parse", us(l.Parse))
-		add("plugin.netns", us(l.Netns))
-		add("plugin.agent", us(l.Agent))
-		add("plugin.rules", us(l.Redirect))
-		add("plugin.main", us(l.Main))
-		add("agent.transport", us(l.Agent-l.AgentPhases["total"]))
-		add("cpu.plugin", r.cpu)
-		add("cpu.agent", us(l.AgentPhases["cpu"]))
-		for k, v := range l.AgentPhases {
-			if k != "cpu" {
-				add("agent."+k, us(v))
-			}
-		}
-		for k, v := range l.RulePhases {
-			add("rules."+k, us(v))
-		}
+		into.addRun(r, lines[i])
 	}
 	res.Start, res.StartCPU = pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 50)
+	if res.Baseline != nil {
+		res.Baseline.Start, res.Baseline.StartCPU = pluginStart(t, opts.BaselinePlugin, 50)
+	}
 	return res
+}
+
+// addRun adds one timed ADD and its log line to the result.
+func (res *ADDResult) addRun(r addRun, l addLine) {
+	if r.traced {
+		res.Traced++
+		return
+	}
+	res.Wall = append(res.Wall, r.wall)
+	res.PluginCPU = append(res.PluginCPU, r.cpu)
+	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+	add := func(phase string, d time.Duration) { res.Phases[phase] = append(res.Phases[phase], d) }
+	add("plugin.exec", r.wall-us(l.Main))
+	if !l.Time.IsZero() && l.SinceStart > 0 {
+		// The plugin's clock and this process's are the same wall
+		// clock: the log line's time splits plugin.exec into what came
+		// before the plugin's package init and what came after its log
+		// line.
+		add("plugin.start", l.Time.Add(-us(l.SinceStart)).Sub(r.start))
+		add("plugin.skel", us(l.SinceStart-l.Main))
+		add("plugin.exit", r.start.Add(r.wall).Sub(l.Time))
+	}
+	add("plugin.parse", us(l.Parse))
+	add("plugin.netns", us(l.Netns))
+	add("plugin.agent", us(l.Agent))
+	add("plugin.rules", us(l.Redirect))
+	add("plugin.main", us(l.Main))
+	add("agent.transport", us(l.Agent-l.AgentPhases["total"]))
+	add("cpu.plugin", r.cpu)
+	add("cpu.agent", us(l.AgentPhases["cpu"]))
+	for k, v := range l.AgentPhases {
+		if k != "cpu" {
+			add("agent."+k, us(v))
+		}
+	}
+	for k, v := range l.RulePhases {
+		add("rules."+k, us(v))
+	}
 }
 
 // addRun is one timed weir-cni ADD.
 type addRun struct {
+	start     time.Time // wall clock at fork
 	wall, cpu time.Duration
 	traced    bool
+	baseline  bool // run by ADDOptions.BaselinePlugin
 }
 
 // addTimer is a libcni Exec that runs every weir-cni ADD itself, to time
@@ -198,6 +235,7 @@ type addTimer struct {
 	inner       invoke.Exec
 	straceDir   string
 	straceEvery int
+	baseline    string // ADDOptions.BaselinePlugin
 	mu          sync.Mutex
 	runs        []addRun
 	del         []time.Duration
@@ -225,6 +263,10 @@ func (a *addTimer) ExecPlugin(ctx context.Context, pluginPath string, stdin []by
 	a.mu.Lock()
 	n := len(a.runs)
 	a.mu.Unlock()
+	base := a.baseline != "" && n%2 == 1
+	if base {
+		pluginPath = a.baseline
+	}
 	argv := []string{pluginPath}
 	traced := a.straceDir != "" && n%a.straceEvery == 0
 	if traced {
@@ -237,7 +279,7 @@ func (a *addTimer) ExecPlugin(ctx context.Context, pluginPath string, stdin []by
 	cmd.Stdout, cmd.Stderr = &stdout, os.Stderr
 	start := time.Now()
 	err := cmd.Run()
-	run := addRun{wall: time.Since(start), traced: traced}
+	run := addRun{start: start, wall: time.Since(start), traced: traced, baseline: base}
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && ru != nil {
 		run.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
@@ -272,6 +314,8 @@ type addLine struct {
 	Main        int64            `json:"mainMicros"`
 	Parse       int64            `json:"parseMicros"`
 	Netns       int64            `json:"netnsMicros"`
+	SinceStart  int64            `json:"sinceStartMicros"`
+	Time        time.Time        `json:"time"`
 	AgentPhases map[string]int64 `json:"agentPhases"`
 	RulePhases  map[string]int64 `json:"rulePhases"`
 }
@@ -381,7 +425,11 @@ type PhaseDist struct {
 func (r ADDResult) Summarize() Summary {
 	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced, AgentGCs: r.AgentGCs,
 		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
-	if n := len(r.Wall) + r.Traced; n > 0 {
+	n := len(r.Wall) + r.Traced
+	if r.Baseline != nil {
+		n += len(r.Baseline.Wall) + r.Baseline.Traced // the agent served those too
+	}
+	if n > 0 {
 		s.AgentCPUPerADD = r.AgentCPU / time.Duration(n)
 		s.AgentAllocPerADD = r.AgentAlloc / float64(n)
 	}

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -40,7 +42,7 @@ func TestMeasureADDSmoke(t *testing.T) {
 			}
 			// Every phase the plugin and the agent report is there, once per ADD
 			// (the agent programs the rules, so their phases are the agent's).
-			for _, ph := range []string{"plugin.exec", "plugin.agent", "plugin.rules", "agent.listen", "agent.state", "agent.total", "cpu.agent", "agent.apply", "agent.rules.enter", "agent.rules.program", "agent.rules.leave"} {
+			for _, ph := range []string{"plugin.exec", "plugin.start", "plugin.skel", "plugin.exit", "plugin.agent", "plugin.rules", "agent.listen", "agent.state", "agent.total", "cpu.agent", "agent.apply", "agent.rules.enter", "agent.rules.program", "agent.rules.leave"} {
 				if n := len(r.Phases[ph]); n != 5 {
 					t.Errorf("phase %s timed %d times, want 5", ph, n)
 				}
@@ -49,5 +51,23 @@ func TestMeasureADDSmoke(t *testing.T) {
 				t.Errorf("in-process time %v not below the wall time %v", main.P50, s.Wall.P99)
 			}
 		})
+	}
+}
+
+// TestMeasureADDBaseline: with a baseline plugin, every other ADD runs it,
+// and each binary's ADDs are summarised on their own.
+func TestMeasureADDBaseline(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "nft")
+	base := filepath.Join(t.TempDir(), "weir-cni-base")
+	if err := os.Link(filepath.Join(testworld.Binaries(t), "weir-cni"), base); err != nil {
+		t.Fatal(err)
+	}
+	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, BaselinePlugin: base})
+	if r.Baseline == nil || len(r.Wall) != 2 || len(r.Baseline.Wall) != 2 || len(r.Baseline.Phases["plugin.start"]) != 2 || len(r.Baseline.Start) == 0 {
+		t.Fatalf("main %d ADDs, baseline %+v", len(r.Wall), r.Baseline)
+	}
+	if s := r.Baseline.Summarize(); s.Backend != "nftables-base" || s.Wall.P50 <= 0 {
+		t.Fatalf("baseline summary %+v", s)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -74,14 +73,11 @@ func (a *agentClient) call(method, path string, req, resp any) error {
 		}
 		body = b
 	}
-	conn, err := net.DialTimeout("unix", a.socket, a.timeout)
+	conn, err := dialAgent(a.socket, a.timeout)
 	if err != nil {
 		return &unreachableError{socket: a.socket, err: err}
 	}
 	defer conn.Close()
-	if a.timeout > 0 {
-		conn.SetDeadline(time.Now().Add(a.timeout))
-	}
 	var w bytes.Buffer
 	fmt.Fprintf(&w, "%s %s HTTP/1.0\r\nHost: weir-agent\r\n", method, path)
 	if body != nil {

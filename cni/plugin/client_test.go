@@ -120,3 +120,52 @@ func TestCallNetHTTPServer(t *testing.T) {
 		t.Fatalf("call to no agent = %v, want unreachable", err)
 	}
 }
+
+// TestCallTimesOut: an agent that accepts and never answers, or answers
+// half and stalls, fails the call at its timeout as unreachable (the
+// runtime retries), instead of holding the runtime's ADD forever.
+func TestCallTimesOut(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		answer string // written, then the connection stalls
+	}{
+		{name: "silent"},
+		{name: "half an answer", answer: "HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n{"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sock := filepath.Join(t.TempDir(), "agent.sock")
+			ln, err := net.Listen("unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			held := make(chan net.Conn, 1)
+			go func() {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conn.Write([]byte(c.answer))
+				held <- conn // kept open, unanswered, until the test ends
+			}()
+			defer func() {
+				select {
+				case conn := <-held:
+					conn.Close()
+				default:
+				}
+			}()
+			cl := &agentClient{socket: sock, timeout: 200 * time.Millisecond}
+			start := time.Now()
+			var ue *unreachableError
+			err = cl.call(methodPost, api.PathAdd, api.AddRequest{}, nil)
+			if !errors.As(err, &ue) || !errors.Is(err, errTimeout) {
+				t.Fatalf("call to a stalled agent = %v, want unreachable with %v", err, errTimeout)
+			}
+			// A bound that only a hang breaks, not a timing claim.
+			if took := time.Since(start); took > 30*time.Second {
+				t.Fatalf("call returned after %v with a 200ms timeout", took)
+			}
+		})
+	}
+}

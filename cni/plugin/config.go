@@ -16,14 +16,31 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/types"
-
 	"github.com/weir-mesh/weir/agent/api"
 )
 
 // Conf is weir-cni's entry in a conflist.
 type Conf struct {
-	types.PluginConf
+	// The keys every plugin's config has (the spec's), as the CNI library
+	// declares them, so that strict decoding accepts what it accepted.
+	CNIVersion   string          `json:"cniVersion,omitempty"`
+	Name         string          `json:"name,omitempty"`
+	Type         string          `json:"type,omitempty"`
+	Capabilities map[string]bool `json:"capabilities,omitempty"`
+	IPAM         struct {
+		Type string `json:"type,omitempty"`
+	} `json:"ipam,omitempty"`
+	DNS struct {
+		Nameservers []string `json:"nameservers,omitempty"`
+		Domain      string   `json:"domain,omitempty"`
+		Search      []string `json:"search,omitempty"`
+		Options     []string `json:"options,omitempty"`
+	} `json:"dns,omitempty"`
+	// ValidAttachments are the attachments a GC keeps.
+	ValidAttachments []struct {
+		ContainerID string `json:"containerID"`
+		IfName      string `json:"ifname"`
+	} `json:"cni.dev/valid-attachments,omitempty"`
 	// AgentSocket is where the agent listens (default /run/weir/agent.sock).
 	AgentSocket string `json:"agentSocket"`
 	// Mode is the node's interception mode: redirect (default), tproxy or
@@ -47,8 +64,7 @@ type Conf struct {
 	EnablementFile string `json:"enablementFile"`
 
 	// PrevResultJSON is the primary plugin's result as the runtime passed
-	// it. It hides types.PluginConf's generic decoding of the same key:
-	// weir-cni reads only the pod's addresses and prints the rest back
+	// it: weir-cni reads only the pod's addresses and prints the rest back
 	// unchanged (prevresult.go).
 	PrevResultJSON json.RawMessage `json:"prevResult,omitempty"`
 
@@ -75,7 +91,7 @@ func parseConfig(stdin []byte) (*Conf, error) {
 	dec := json.NewDecoder(bytes.NewReader(stdin))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(c); err != nil {
-		return nil, types.NewError(types.ErrDecodingFailure, "invalid weir-cni config", err.Error())
+		return nil, newError(ErrDecodingFailure, "invalid weir-cni config", err.Error())
 	}
 	if c.AgentSocket == "" {
 		c.AgentSocket = api.DefaultSocket
@@ -96,7 +112,7 @@ func parseConfig(stdin []byte) (*Conf, error) {
 	if c.AgentTimeout != "" {
 		d, err := time.ParseDuration(c.AgentTimeout)
 		if err != nil || d <= 0 {
-			return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+			return nil, newError(ErrInvalidNetworkConfig, "invalid weir-cni config",
 				fmt.Sprintf("agentTimeout: want a positive duration such as \"10s\", got %q", c.AgentTimeout))
 		}
 		c.timeout = d
@@ -120,19 +136,19 @@ func parseConfig(stdin []byte) (*Conf, error) {
 	switch c.Mode {
 	case "redirect", "tproxy", "ebpf":
 	default:
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+		return nil, newError(ErrInvalidNetworkConfig, "invalid weir-cni config",
 			fmt.Sprintf("mode: want \"redirect\", \"tproxy\" or \"ebpf\", got %q", c.Mode))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+		return nil, newError(ErrInvalidNetworkConfig, "invalid weir-cni config",
 			fmt.Sprintf("logLevel: want debug, info, warn or error, got %q", c.LogLevel))
 	}
 	if len(c.PrevResultJSON) > 0 && string(bytes.TrimSpace(c.PrevResultJSON)) != "null" {
 		p, err := parsePrevResult(c.CNIVersion, c.PrevResultJSON)
 		if err != nil {
-			return nil, types.NewError(types.ErrDecodingFailure, "invalid prevResult", err.Error())
+			return nil, newError(ErrDecodingFailure, "invalid prevResult", err.Error())
 		}
 		c.prev = p
 	}
@@ -149,6 +165,6 @@ func checkPath(key, value string, none bool) error {
 	if none {
 		want += ` or "-" for none`
 	}
-	return types.NewError(types.ErrInvalidNetworkConfig, "invalid weir-cni config",
+	return newError(ErrInvalidNetworkConfig, "invalid weir-cni config",
 		fmt.Sprintf("%s: want %s, got %q (a relative path would resolve against the container runtime's working directory)", key, want, value))
 }

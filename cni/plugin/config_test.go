@@ -3,8 +3,6 @@ package plugin
 import (
 	"strings"
 	"testing"
-
-	"github.com/containernetworking/cni/pkg/types"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -37,23 +35,23 @@ func TestParseConfig(t *testing.T) {
 		code       uint
 		want       string
 	}{
-		{"typo", `{` + base + `,"agentSockt":"/x"}`, types.ErrDecodingFailure, "agentSockt"},
-		{"mode", `{` + base + `,"mode":"fast"}`, types.ErrInvalidNetworkConfig, "fast"},
-		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, types.ErrInvalidNetworkConfig, "agentTimeout"},
-		{"log level", `{` + base + `,"logLevel":"chatty"}`, types.ErrInvalidNetworkConfig, "logLevel"},
-		{"socket", `{` + base + `,"agentSocket":"rel"}`, types.ErrInvalidNetworkConfig, "agentSocket"},
-		{"socket dot", `{` + base + `,"agentSocket":"./run/agent.sock"}`, types.ErrInvalidNetworkConfig, "agentSocket"},
-		{"log file", `{` + base + `,"logFile":"ebpf"}`, types.ErrInvalidNetworkConfig, `logFile: want an absolute path or "-" for none, got "ebpf"`},
-		{"log file dir", `{` + base + `,"logFile":"logs/weir-cni.log"}`, types.ErrInvalidNetworkConfig, "logFile"},
-		{"enablement file", `{` + base + `,"enablementFile":"enablement.json"}`, types.ErrInvalidNetworkConfig, `enablementFile: want an absolute path, got "enablement.json"`},
-		{"enablement file none", `{` + base + `,"enablementFile":"-"}`, types.ErrInvalidNetworkConfig, "enablementFile"},
-		{"prevResult", `{` + base + `,"prevResult":{"cniVersion":"1.0.0","ips":"no"}}`, types.ErrDecodingFailure, "prevResult"},
+		{"typo", `{` + base + `,"agentSockt":"/x"}`, ErrDecodingFailure, "agentSockt"},
+		{"mode", `{` + base + `,"mode":"fast"}`, ErrInvalidNetworkConfig, "fast"},
+		{"timeout", `{` + base + `,"agentTimeout":"0s"}`, ErrInvalidNetworkConfig, "agentTimeout"},
+		{"log level", `{` + base + `,"logLevel":"chatty"}`, ErrInvalidNetworkConfig, "logLevel"},
+		{"socket", `{` + base + `,"agentSocket":"rel"}`, ErrInvalidNetworkConfig, "agentSocket"},
+		{"socket dot", `{` + base + `,"agentSocket":"./run/agent.sock"}`, ErrInvalidNetworkConfig, "agentSocket"},
+		{"log file", `{` + base + `,"logFile":"ebpf"}`, ErrInvalidNetworkConfig, `logFile: want an absolute path or "-" for none, got "ebpf"`},
+		{"log file dir", `{` + base + `,"logFile":"logs/weir-cni.log"}`, ErrInvalidNetworkConfig, "logFile"},
+		{"enablement file", `{` + base + `,"enablementFile":"enablement.json"}`, ErrInvalidNetworkConfig, `enablementFile: want an absolute path, got "enablement.json"`},
+		{"enablement file none", `{` + base + `,"enablementFile":"-"}`, ErrInvalidNetworkConfig, "enablementFile"},
+		{"prevResult", `{` + base + `,"prevResult":{"cniVersion":"1.0.0","ips":"no"}}`, ErrDecodingFailure, "prevResult"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig([]byte(tc.conf))
-			e, ok := err.(*types.Error)
+			e, ok := err.(*Error)
 			if !ok {
-				t.Fatalf("error %v (%T), want *types.Error", err, err)
+				t.Fatalf("error %v (%T), want *Error", err, err)
 			}
 			if e.Code != tc.code || !strings.Contains(e.Msg+e.Details, tc.want) {
 				t.Fatalf("got %+v, want code %d mentioning %q", e, tc.code, tc.want)

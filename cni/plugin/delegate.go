@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
 )
 
@@ -23,29 +21,29 @@ const RulesHelperSuffix = "-rules"
 //
 // Why exec and not a child: nothing of this process is needed after, and
 // the runtime's pipes pass to the helper as they are.
-func delegate(args *skel.CmdArgs, code uint) error {
+func delegate(args *CmdArgs, code uint) error {
 	name := filepath.Base(os.Args[0]) + RulesHelperSuffix
 	path, err := findHelper(name)
 	if err != nil {
-		return types.NewError(code, "weir-cni's rules helper "+name+" is not installed", err.Error()+"; reinstall weir (weir-cni install copies it beside weir-cni)")
+		return newError(code, "weir-cni's rules helper "+name+" is not installed", err.Error()+"; reinstall weir (weir-cni install copies it beside weir-cni)")
 	}
-	// skel read the config off stdin: give the helper a copy to read.
+	// The dispatcher read the config off stdin: give the helper a copy to read.
 	fd, err := unix.MemfdCreate("weir-cni-config", unix.MFD_CLOEXEC)
 	if err != nil {
-		return types.NewError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("memfd for the config: %v", err))
+		return newError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("memfd for the config: %v", err))
 	}
 	defer unix.Close(fd)
 	if err := writeAll(fd, args.StdinData); err != nil {
-		return types.NewError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("write the config to a memfd: %v", err))
+		return newError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("write the config to a memfd: %v", err))
 	}
 	if _, err := unix.Seek(fd, 0, 0); err != nil {
-		return types.NewError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("rewind the config memfd: %v", err))
+		return newError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("rewind the config memfd: %v", err))
 	}
 	if err := unix.Dup3(fd, 0, 0); err != nil {
-		return types.NewError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("config memfd as stdin: %v", err))
+		return newError(code, "cannot start weir-cni's rules helper", fmt.Sprintf("config memfd as stdin: %v", err))
 	}
 	err = unix.Exec(path, []string{path}, os.Environ())
-	return types.NewError(code, "cannot start weir-cni's rules helper "+path, err.Error())
+	return newError(code, "cannot start weir-cni's rules helper "+path, err.Error())
 }
 
 // ExecHelper makes this process the rules helper installed beside this

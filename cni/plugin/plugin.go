@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/agent/api"
@@ -43,15 +41,15 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// Funcs are the plugin's verbs for skel. With rules, the plugin programs,
+// funcs are the plugin's verbs for the dispatcher. With rules, the plugin programs,
 // verifies and removes rules itself (the weir-cni-rules helper). Without
 // (nil: weir-cni, which links no rule code), ADD asks the agent to program
 // the rules, and whatever still needs rule code in this process (CHECK, a
 // DEL the agent could not serve, an ADD answered by an older agent) is
 // handed to the helper (delegate.go).
-func Funcs(rules Rules) skel.CNIFuncs {
+func funcs(rules Rules) verbs {
 	p := &plugin{rules: rules}
-	return skel.CNIFuncs{Add: p.cmdAdd, Del: p.cmdDel, Check: p.cmdCheck, Status: cmdStatus, GC: cmdGC}
+	return verbs{add: p.cmdAdd, del: p.cmdDel, check: p.cmdCheck, status: cmdStatus, gc: cmdGC}
 }
 
 // plugin is one process's verbs.
@@ -62,7 +60,7 @@ type plugin struct {
 // cmdAdd: parse, require prevResult, ask the agent (to program the
 // redirect too, when this process has no rule code), program the redirect
 // if the agent did not, print prevResult unchanged.
-func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
+func (pl *plugin) cmdAdd(args *CmdArgs) error {
 	mainStart := time.Now()
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
@@ -70,8 +68,15 @@ func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
 	}
 	log := conf.logger().With("verb", "ADD", "container", args.ContainerID, "netns", args.Netns)
 	if conf.prev == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin",
+		return newError(ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin",
 			"no prevResult in the config: list weir-cni after the plugin that creates the interface")
+	}
+	if conf.prev.unconverted && pl.rules == nil {
+		// Not the config's version: the helper links the CNI library's
+		// conversion, and does the whole ADD (the agent answers its ADD as
+		// it would this one's).
+		log.Info("prevResult in another CNI version than the config's; handing the ADD to the rules helper")
+		return delegate(args, ErrDecodingFailure)
 	}
 	parseTook := time.Since(mainStart)
 	netnsStart := time.Now()
@@ -113,13 +118,13 @@ func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
 		return conf.prev.print(conf.CNIVersion)
 	}
 	if resp.Redirect == nil {
-		return types.NewError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
+		return newError(ErrAgentRefused, "weir-agent answered captured without a redirect spec", "agent and plugin versions disagree")
 	}
 	if resp.ApplyError != "" {
 		// The agent was asked to program the rules and could not: nothing
 		// is left in the namespace, and it released the pod's listeners.
 		log.Error("agent could not program the redirect", "err", resp.ApplyError)
-		return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, resp.ApplyError)
+		return newError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, resp.ApplyError)
 	}
 	spec := *resp.Redirect
 	rulePhases := map[string]int64{}
@@ -144,7 +149,7 @@ func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
 				log.Warn("rollback: agent del failed", "err", derr)
 			}
 			log.Error("apply redirect failed", "err", err)
-			return types.NewError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
+			return newError(ErrRedirect, "cannot program capture in pod netns "+args.Netns, err.Error())
 		}
 		redirectTook = time.Since(applyStart)
 	}
@@ -170,7 +175,7 @@ func (pl *plugin) cmdAdd(args *skel.CmdArgs) error {
 // an agent that cannot be reached (its sweep and GC release what it held).
 // A netns that is the node's, or no network namespace, is never entered
 // (netns.go).
-func (pl *plugin) cmdDel(args *skel.CmdArgs) error {
+func (pl *plugin) cmdDel(args *CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -203,7 +208,7 @@ func (pl *plugin) cmdDel(args *skel.CmdArgs) error {
 	}
 	if err := pl.rules.Remove(args.Netns); err != nil {
 		log.Error("remove redirect failed", "err", err)
-		return types.NewError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
+		return newError(ErrRedirect, "cannot remove capture from pod netns "+args.Netns, err.Error())
 	}
 	log.Info("pod deleted", "known", resp.Known, "rulesRemovedByAgent", false)
 	return nil
@@ -213,7 +218,7 @@ func (pl *plugin) cmdDel(args *skel.CmdArgs) error {
 // is not fully in place. It reads the rules one by one, which needs the
 // rule code: weir-cni hands CHECK to the rules helper whole (runtimes call
 // CHECK rarely, and never on a pod's way up).
-func (pl *plugin) cmdCheck(args *skel.CmdArgs) error {
+func (pl *plugin) cmdCheck(args *CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -222,7 +227,7 @@ func (pl *plugin) cmdCheck(args *skel.CmdArgs) error {
 		return delegate(args, ErrCheck)
 	}
 	if conf.prev == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin", "no prevResult in the config")
+		return newError(ErrInvalidNetworkConfig, "weir-cni must be chained after a primary plugin", "no prevResult in the config")
 	}
 	if err := checkNetns(args.Netns); err != nil {
 		return err
@@ -241,41 +246,41 @@ func (pl *plugin) cmdCheck(args *skel.CmdArgs) error {
 	if !resp.Captured {
 		installed, err := pl.rules.Installed(args.Netns)
 		if err != nil {
-			return types.NewError(ErrCheck, "cannot read rules in pod netns "+args.Netns, err.Error())
+			return newError(ErrCheck, "cannot read rules in pod netns "+args.Netns, err.Error())
 		}
 		if installed {
-			return types.NewError(ErrCheck, "weir rules present in a pod the agent does not capture", "netns "+args.Netns)
+			return newError(ErrCheck, "weir rules present in a pod the agent does not capture", "netns "+args.Netns)
 		}
 		return nil
 	}
 	if !resp.Listening || resp.Redirect == nil {
-		return types.NewError(ErrCheck, "weir-agent holds no capture listener for this pod", "container "+args.ContainerID+": delete and re-add the pod, or restart the agent to reconcile")
+		return newError(ErrCheck, "weir-agent holds no capture listener for this pod", "container "+args.ContainerID+": delete and re-add the pod, or restart the agent to reconcile")
 	}
 	if err := pl.rules.Verify(args.Netns, *resp.Redirect); err != nil {
-		return types.NewError(ErrCheck, "weir capture incomplete in pod netns "+args.Netns, err.Error())
+		return newError(ErrCheck, "weir capture incomplete in pod netns "+args.Netns, err.Error())
 	}
 	return nil
 }
 
 // cmdStatus reports whether the agent is up to serve ADDs.
-func cmdStatus(args *skel.CmdArgs) error {
+func cmdStatus(args *CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
 	}
 	var resp api.StatusResponse
 	if err := newAgentClient(conf).call(methodGet, api.PathStatus, nil, &resp); err != nil {
-		return types.NewError(ErrPluginNotAvailable, "weir-agent not available", err.Error())
+		return newError(ErrPluginNotAvailable, "weir-agent not available", err.Error())
 	}
 	if !resp.Ready {
-		return types.NewError(ErrPluginNotAvailable, "weir-agent not ready", resp.Error)
+		return newError(ErrPluginNotAvailable, "weir-agent not ready", resp.Error)
 	}
 	return nil
 }
 
 // cmdGC hands the runtime's list of live attachments to the agent, which
 // releases the rest.
-func cmdGC(args *skel.CmdArgs) error {
+func cmdGC(args *CmdArgs) error {
 	conf, err := parseConfig(args.StdinData)
 	if err != nil {
 		return err
@@ -295,15 +300,15 @@ func cmdGC(args *skel.CmdArgs) error {
 func agentCallError(verb string, conf *Conf, err error) error {
 	var ue *unreachableError
 	if errors.As(err, &ue) {
-		return types.NewError(types.ErrTryAgainLater,
+		return newError(ErrTryAgainLater,
 			fmt.Sprintf("weir-agent unreachable at %s", conf.AgentSocket),
 			fmt.Sprintf("%s needs the node agent: %v; is weir-agent running on this node?", verb, ue.err))
 	}
 	var ae *agentError
 	if errors.As(err, &ae) {
-		return types.NewError(ErrAgentRefused, "weir-agent refused "+verb, ae.msg)
+		return newError(ErrAgentRefused, "weir-agent refused "+verb, ae.msg)
 	}
-	return types.NewError(types.ErrInternal, "weir-agent call failed", err.Error())
+	return newError(ErrInternal, "weir-agent call failed", err.Error())
 }
 
 // needsAgent reports whether pods of namespace must wait for the agent,
@@ -329,41 +334,74 @@ func (c *Conf) needsAgent(namespace string) bool {
 // pod's) is the agent's guard to judge: it refuses those (code 100).
 func checkNetns(path string) error {
 	if path == "" {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
+		return newError(ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
+		return newError(ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
 	}
 	defer f.Close()
 	var fs unix.Statfs_t
 	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
-		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" cannot be opened", fmt.Sprintf("statfs %s: %v", path, err))
+		return newError(ErrInvalidNetNS, "pod netns "+path+" cannot be opened", fmt.Sprintf("statfs %s: %v", path, err))
 	}
 	// A namespace file is on nsfs (procfs on kernels before 3.19).
 	if fs.Type != unix.NSFS_MAGIC && fs.Type != unix.PROC_SUPER_MAGIC {
-		return types.NewError(types.ErrInvalidNetNS, "pod netns "+path+" is not a network namespace",
+		return newError(ErrInvalidNetNS, "pod netns "+path+" is not a network namespace",
 			fmt.Sprintf("%s is on a file system of type %#x, not nsfs", path, fs.Type))
 	}
 	return nil
 }
 
-// k8sArgs are the CNI_ARGS a Kubernetes runtime passes.
-type k8sArgs struct {
-	types.CommonArgs
-	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // names are the wire keys
-	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
-	K8S_POD_UID                types.UnmarshallableString //nolint:revive
-	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
-}
-
+// podFromArgs reads the pod from the CNI_ARGS a Kubernetes runtime passes
+// ("K=V;K=V"): K8S_POD_NAMESPACE, K8S_POD_NAME and K8S_POD_UID. It reads
+// them as the CNI library's LoadArgs does with IgnoreUnknown set: every
+// pair must be one K=V, other keys are ignored unless the args themselves
+// say IgnoreUnknown=false.
 func podFromArgs(s string) (api.Pod, error) {
-	var a k8sArgs
-	a.IgnoreUnknown = true
-	if err := types.LoadArgs(s, &a); err != nil {
-		return api.Pod{}, types.NewError(types.ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", err.Error())
+	var p api.Pod
+	if s == "" {
+		return p, nil
 	}
-	return api.Pod{Namespace: string(a.K8S_POD_NAMESPACE), Name: string(a.K8S_POD_NAME), UID: string(a.K8S_POD_UID)}, nil
+	bad := func(format string, a ...any) (api.Pod, error) {
+		return api.Pod{}, newError(ErrInvalidEnvironmentVariables, "invalid CNI_ARGS", fmt.Sprintf(format, a...))
+	}
+	ignoreUnknown := true
+	var unknown []string
+	for _, pair := range strings.Split(s, ";") {
+		k, v, ok := strings.Cut(pair, "=")
+		if !ok || strings.Contains(v, "=") {
+			return bad("ARGS: invalid pair %q", pair)
+		}
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			p.Namespace = v
+		case "K8S_POD_NAME":
+			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
+		case "K8S_POD_INFRA_CONTAINER_ID":
+		case "IgnoreUnknown":
+			switch strings.ToLower(v) {
+			case "1", "true":
+				ignoreUnknown = true
+			case "0", "false":
+				ignoreUnknown = false
+			default:
+				return bad("ARGS: error parsing value of pair %q: boolean unmarshal error: invalid input %s", pair, strings.ToLower(v))
+			}
+		case "CommonArgs":
+			// The library's args struct embeds CommonArgs, which is a
+			// field by that name too, and no value it can take.
+			return bad("ARGS: cannot unmarshal into field '%s' - type '*types.CommonArgs' does not implement encoding.TextUnmarshaler", k)
+		default:
+			unknown = append(unknown, pair)
+		}
+	}
+	if len(unknown) > 0 && !ignoreUnknown {
+		return bad("ARGS: unknown args %q", unknown)
+	}
+	return p, nil
 }
 
 // logger logs to the configured file; it never writes to stderr, which

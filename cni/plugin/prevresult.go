@@ -7,10 +7,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-
-	"github.com/containernetworking/cni/pkg/types"
-	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/cni/pkg/version"
 )
 
 // prevResult is the primary plugin's result, which weir-cni passes on:
@@ -23,13 +19,24 @@ import (
 // it again, as before, cost every ADD about 0.15 ms of CPU in a process
 // that starts cold (measured: a static binary doing only that, 400 runs
 // interleaved: 1.40 ms CPU against 1.24, p50). A result in another version,
-// or one that does not say its version, goes through the library's
-// conversion as before.
+// or one that does not say its version, goes through ConvertPrevResult,
+// which the rules helper sets (package cni/convert, the CNI library's
+// conversion); weir-cni, which does not link that library, hands such an
+// ADD to the helper.
 type prevResult struct {
-	raw   []byte       // printed as is when typed is nil
-	typed types.Result // the library's conversion, for another version
-	ips   []string     // the pod's addresses, CIDR form
+	raw     []byte                // printed as is when printer is nil
+	printer func(io.Writer) error // the converted result's, for another version
+	ips     []string              // the pod's addresses, CIDR form
+	// unconverted is set, and the rest empty, for a result in another
+	// version when this process cannot convert it.
+	unconverted bool
 }
+
+// ConvertPrevResult reads a prevResult in another version than the
+// config's (confVersion): the pod's addresses, in CIDR form, and how to
+// print the result in confVersion. Nil (weir-cni) means this process
+// cannot: the ADD is handed to the rules helper, which sets it.
+var ConvertPrevResult func(confVersion string, raw []byte) ([]string, func(io.Writer) error, error)
 
 // rawVersions are the result versions passed on as bytes: those of the
 // library's current result type, the ones weir-cni's config may name.
@@ -58,25 +65,14 @@ func parsePrevResult(confVersion string, raw []byte) (*prevResult, error) {
 		}
 		return p, nil
 	}
-	pc := types.PluginConf{CNIVersion: confVersion}
-	if err := json.Unmarshal(raw, &pc.RawPrevResult); err != nil {
-		return nil, err
+	if ConvertPrevResult == nil {
+		return &prevResult{unconverted: true}, nil
 	}
-	if err := version.ParsePrevResult(&pc); err != nil {
-		return nil, err
-	}
-	r, err := current.NewResultFromResult(pc.PrevResult)
+	ips, printer, err := ConvertPrevResult(confVersion, raw)
 	if err != nil {
 		return nil, err
 	}
-	p := &prevResult{typed: pc.PrevResult}
-	for i, ip := range r.IPs {
-		if ip.Address.IP == nil {
-			return nil, fmt.Errorf("ips[%d]: no address", i)
-		}
-		p.ips = append(p.ips, ip.Address.String())
-	}
-	return p, nil
+	return &prevResult{printer: printer, ips: ips}, nil
 }
 
 // print writes the result to stdout for the runtime, in confVersion.
@@ -85,12 +81,11 @@ func (p *prevResult) print(confVersion string) error {
 }
 
 func (p *prevResult) printTo(w io.Writer, confVersion string) error {
-	if p.typed != nil {
-		r, err := p.typed.GetAsVersion(confVersion)
-		if err != nil {
-			return err
-		}
-		return r.PrintTo(w)
+	switch {
+	case p.unconverted:
+		return fmt.Errorf("prevResult is in another version than the config's %s, and this plugin cannot convert it", confVersion)
+	case p.printer != nil:
+		return p.printer(w)
 	}
 	_, err := w.Write(p.raw)
 	return err

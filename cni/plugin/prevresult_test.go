@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	"github.com/weir-mesh/weir/cni/convert"
 )
 
 func TestPrevResult(t *testing.T) {
@@ -23,13 +25,20 @@ func TestPrevResult(t *testing.T) {
 		t.Fatalf("printed %q (%v), want the bytes as passed", out.String(), err)
 	}
 
-	// No version in the result: the library converts it to the config's,
-	// as before.
+	// No version in the result: weir-cni cannot convert it and says so
+	// (its ADD goes to the rules helper)...
+	if p, err := parsePrevResult("1.1.0", []byte(`{"ips":[{"address":"10.22.0.7/16"}]}`)); err != nil || !p.unconverted {
+		t.Fatalf("weir-cni parsed a result in another version: %+v, %v", p, err)
+	}
+	// ...and the helper, with the CNI library's conversion, converts it to
+	// the config's version, as before.
+	ConvertPrevResult = convert.PrevResult
+	defer func() { ConvertPrevResult = nil }()
 	p, err = parsePrevResult("1.1.0", []byte(`{"ips":[{"address":"10.22.0.7/16"}]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.typed == nil || strings.Join(p.ips, ",") != "10.22.0.7/16" {
+	if p.printer == nil || strings.Join(p.ips, ",") != "10.22.0.7/16" {
 		t.Fatalf("converted result: %+v", p)
 	}
 	out.Reset()
@@ -65,6 +74,8 @@ func FuzzPrevResult(f *testing.F) {
 	f.Add(`{"cniVersion":"1.0.0","ips":[{"address":"10.22.0.9/16"}]}`)
 	f.Add(`{"ips":[{"address":"fd00::1/64"}],"interfaces":[{"name":"eth0"}]}`)
 	f.Add(`{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.1.2.3/8"}]}`)
+	ConvertPrevResult = convert.PrevResult
+	defer func() { ConvertPrevResult = nil }()
 	f.Fuzz(func(t *testing.T, raw string) {
 		p, err := parsePrevResult("1.0.0", []byte(raw))
 		if err != nil {

@@ -12,6 +12,8 @@
 //	go run ./bench/cmd/weir-addbench                       # 500 pods, nftables, nft, legacy
 //	go run ./bench/cmd/weir-addbench -pods 100 -backends nftables -phases
 //	go run ./bench/cmd/weir-addbench -nice -10             # less noise on a busy machine
+//	go run ./bench/cmd/weir-addbench -backends nftables -baseline-plugin /tmp/main/weir-cni
+//	                                                      # every other ADD by main's weir-cni
 package main
 
 import (
@@ -34,6 +36,7 @@ func main() {
 	nice := flag.Int("nice", 0, "scheduling niceness for this process and what it starts (the agent, the plugins), -20..19; negative needs root and lowers the noise of a busy machine")
 	straceDir := flag.String("strace", "", "run every -strace-every th weir-cni ADD under strace -f -tt -T, one file per ADD in this directory (left out of the figures)")
 	straceEvery := flag.Int("strace-every", 100, "with -strace: trace ADD 0, N, 2N, ...")
+	baseline := flag.String("baseline-plugin", "", "another weir-cni binary (built from main, say) that runs every other ADD instead of this tree's, on the same node and agent; reported as BACKEND-base")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weir-addbench: needs root (network namespaces)")
@@ -56,13 +59,20 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	if *baseline != "" {
+		st, err := os.Stat(*baseline)
+		if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+			fmt.Fprintf(os.Stderr, "weir-addbench: -baseline-plugin %s: want an executable file (%v)\n", *baseline, err)
+			os.Exit(2)
+		}
+	}
 	var sums []bench.Summary
 	for _, b := range strings.Split(*backends, ",") {
 		s := bench.NewSession(os.Stderr)
 		var r bench.ADDResult
 		start := time.Now()
 		ok := s.Guard(func() {
-			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, Progress: func(done int) {
+			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, Progress: func(done int) {
 				if done%100 == 0 {
 					fmt.Fprintf(os.Stderr, "weir-addbench: %s: %d pods added (%s)\n", b, done, time.Since(start).Round(time.Second))
 				}
@@ -74,6 +84,9 @@ func main() {
 			os.Exit(1)
 		}
 		sums = append(sums, r.Summarize())
+		if r.Baseline != nil {
+			sums = append(sums, r.Baseline.Summarize())
+		}
 	}
 	report(sums, *pods, *mode, *nice, *phases)
 }
@@ -83,10 +96,10 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 	load, _ := os.ReadFile("/proc/loadavg")
 	fmt.Printf("weir-cni ADD wall time (fork to exit), %d pods added in sequence per backend, mode %s, IPv4, nice %d, ms\n", pods, mode, nice)
 	fmt.Printf("load average at the end: %s\n", strings.TrimSpace(string(load)))
-	fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s   %7s %7s %7s   %7s %7s   %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max", "first50", "last50", "drift", "cpu p50", "cpu p99", "start", "startcpu")
+	fmt.Printf("%-13s %6s %6s %6s %7s %7s %7s   %7s %7s %7s   %7s %7s   %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max", "first50", "last50", "drift", "cpu p50", "cpu p99", "start", "startcpu")
 	for _, s := range sums {
 		w := s.Wall
-		fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s   %7s %7s %+6.1f%%   %7s %7s   %7s %7s\n", s.Backend, ms(w.Min), ms(w.P10), ms(w.P50), ms(w.P90), ms(w.P99), ms(w.Max),
+		fmt.Printf("%-13s %6s %6s %6s %7s %7s %7s   %7s %7s %+6.1f%%   %7s %7s   %7s %7s\n", s.Backend, ms(w.Min), ms(w.P10), ms(w.P50), ms(w.P90), ms(w.P99), ms(w.Max),
 			ms(w.First50), ms(w.Last50), 100*w.Drift(), ms(s.CPU.P50), ms(s.CPU.P99), ms(s.Start), ms(s.StartCPU))
 	}
 	fmt.Println()
@@ -94,12 +107,18 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 	fmt.Println("cpu: weir-cni's CPU time (rusage) plus the agent's during the ADD; the wall time of an idle node tends to it plus")
 	fmt.Println("the waits that burn no CPU. start/startcpu: weir-cni answering VERSION (process start and exit, no work), medians.")
 	for _, s := range sums {
+		if strings.HasSuffix(s.Backend, "-base") {
+			continue // the agent's figures are the whole run's, in the main row
+		}
 		fmt.Printf("%s: agent CPU over the run from /proc: %s ms per ADD; agent heap allocation %.1f kB per ADD, %.0f GC cycles over the ADDs; %d ADDs under strace left out\n",
 			s.Backend, ms(s.AgentCPUPerADD), s.AgentAllocPerADD/1e3, s.AgentGCs, s.Traced)
 	}
 	fmt.Printf("\nweir-cni DEL wall time, every pod deleted in sequence after the ADDs, ms\n")
 	fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max")
 	for _, s := range sums {
+		if strings.HasSuffix(s.Backend, "-base") {
+			continue // every DEL runs this tree's weir-cni
+		}
 		d := s.Del
 		fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", s.Backend, ms(d.Min), ms(d.P10), ms(d.P50), ms(d.P90), ms(d.P99), ms(d.Max))
 	}
@@ -121,7 +140,7 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 		}
 	}
 	fmt.Println()
-	for _, k := range []string{"plugin.exec", "plugin.parse", "plugin.netns", "plugin.agent", "plugin.rules", "plugin.main", "agent.transport", "cpu.plugin", "cpu.agent"} {
+	for _, k := range []string{"plugin.exec", "plugin.start", "plugin.skel", "plugin.exit", "plugin.parse", "plugin.netns", "plugin.agent", "plugin.rules", "plugin.main", "agent.transport", "cpu.plugin", "cpu.agent"} {
 		fmt.Printf("%-16s %s\n", k, bench.PhaseDocs[k])
 	}
 }

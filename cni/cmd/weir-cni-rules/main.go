@@ -10,6 +10,7 @@ package main
 import (
 	"os"
 
+	"github.com/weir-mesh/weir/cni/convert"
 	"github.com/weir-mesh/weir/cni/install"
 	"github.com/weir-mesh/weir/cni/plugin"
 	"github.com/weir-mesh/weir/cni/rules"
@@ -19,5 +20,6 @@ func main() {
 	if os.Getenv("CNI_COMMAND") == "" && len(os.Args) > 1 && (os.Args[1] == "install" || os.Args[1] == "uninstall") {
 		os.Exit(install.Main(os.Args[1:]))
 	}
+	plugin.ConvertPrevResult = convert.PrevResult
 	plugin.Main(rules.Redirect{}, "weir-cni-rules: weir-cni's rule programming (CHECK, DEL without the agent)")
 }
