@@ -2,6 +2,7 @@ package redis
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/weir-mesh/weir/proxy/rpc"
 )
@@ -15,6 +16,7 @@ var (
 	_ rpc.Hijacker = Codec{}
 	_ rpc.Keyer    = Codec{}
 	_ rpc.Pinner   = Codec{}
+	_ rpc.Recycler = Codec{}
 	_ rpc.Frame    = (*Frame)(nil)
 )
 
@@ -46,6 +48,26 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 		return nil, n, err
 	}
 	return f, n, nil
+}
+
+// frames recycles Frames (rpc.Recycler): a frame per command and one per
+// reply were most of a pipelined command's garbage.
+var frames = sync.Pool{New: func() any { return new(Frame) }}
+
+// newFrame takes a frame from frames, set to raw, kind and nargs, every
+// other field zero.
+func newFrame(raw []byte, kind rpc.Kind, nargs int) *Frame {
+	f := frames.Get().(*Frame)
+	*f = Frame{raw: raw, kind: kind, nargs: nargs}
+	return f
+}
+
+// Recycle takes back a frame the framework is done with.
+func (Codec) Recycle(f rpc.Frame) {
+	if rf, ok := f.(*Frame); ok {
+		*rf = Frame{}
+		frames.Put(rf)
+	}
 }
 
 // ErrorReply is the error a client gets for a command weir could not

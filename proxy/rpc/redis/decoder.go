@@ -37,7 +37,7 @@ func decodeCommand(b []byte, max int) (*Frame, int, error) {
 	}
 	if n <= 0 {
 		// *0 and *-1: Redis reads and ignores them, with no reply.
-		return &Frame{raw: b[:p:p], kind: rpc.Oneway}, p, nil
+		return newFrame(b[:p:p], rpc.Oneway, 0), p, nil
 	}
 	for i := range n {
 		switch {
@@ -63,7 +63,7 @@ func decodeCommand(b []byte, max int) (*Frame, int, error) {
 			return nil, 0, errNoCRLF
 		}
 	}
-	return &Frame{raw: b[:p:p], kind: rpc.Request, nargs: n}, p, nil
+	return newFrame(b[:p:p], rpc.Request, n), p, nil
 }
 
 // decodeInline frames a command sent as a line of words.
@@ -76,7 +76,8 @@ func decodeInline(b []byte) (*Frame, int, error) {
 		return nil, len(b) + 1, rpc.ErrNeedMore
 	}
 	p := i + 1
-	f := &Frame{raw: b[:p:p], kind: rpc.Request, inline: true}
+	f := newFrame(b[:p:p], rpc.Request, 0)
+	f.inline = true
 	for len(inlineArg(f.raw, f.nargs)) > 0 {
 		f.nargs++
 	}
@@ -165,8 +166,9 @@ func decodeReply(b []byte, max int) (*Frame, int, error) {
 			return nil, 0, errBadType
 		}
 	}
-	f := &Frame{raw: b[:p:p], kind: rpc.Response, push: push}
+	f := newFrame(b[:p:p], rpc.Response, 0)
 	if push {
+		f.push = true
 		// Out of band: never the answer to a request. The framework drops
 		// a shared connection that sends one.
 		f.kind = rpc.Oneway

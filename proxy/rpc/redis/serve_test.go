@@ -22,7 +22,7 @@ import (
 
 // startRedis runs a redis-server on a free loopback port for the test's
 // life and returns its address.
-func startRedis(t *testing.T) netip.AddrPort {
+func startRedis(t testing.TB) netip.AddrPort {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -67,24 +67,32 @@ func dial(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
 
 // proxy serves rpc on a loopback listener with a ring_hash cluster over
 // servers, and returns its address and the drain channel.
-func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxy(t testing.TB, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	return proxyWith(t, rpc.PoolOptions{}, servers...)
 }
 
-func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxyWith(t testing.TB, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	return proxyPolicy(t, opt, nil, servers...)
 }
 
 // proxyPolicy is proxyWith with a request policy.
-func proxyPolicy(t *testing.T, opt rpc.PoolOptions, pol *rpc.Policy, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxyPolicy(t testing.TB, opt rpc.PoolOptions, pol *rpc.Policy, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
+	return proxyUpstream(t, opt, cluster.RingHash, rpc.Upstream{Policy: pol}, servers...)
+}
+
+// proxyUpstream serves rpc with a cluster of balancer over servers; every
+// connection's Upstream is tmpl with the cluster, dialer, key and drain
+// channel filled in.
+func proxyUpstream(t testing.TB, opt rpc.PoolOptions, balancer string, tmpl rpc.Upstream, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	eps := make([]cluster.Endpoint, len(servers))
 	for i, s := range servers {
 		eps[i] = cluster.Endpoint{Addr: s}
 	}
-	c, err := cluster.New(cluster.Config{Name: "redis", Balancer: cluster.RingHash}, eps, cluster.Options{})
+	c, err := cluster.New(cluster.Config{Name: "redis", Balancer: balancer}, eps, cluster.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +111,9 @@ func proxyPolicy(t *testing.T, opt rpc.PoolOptions, pol *rpc.Policy, servers ...
 			if err != nil {
 				return
 			}
-			go rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Key: 1, Draining: drain, Policy: pol}, pool)
+			up := tmpl
+			up.Cluster, up.Dial, up.Key, up.Draining = c, dial, 1, drain
+			go rpc.Serve(ctx, conn, &up, pool)
 		}
 	}()
 	t.Cleanup(func() { l.Close(); <-done; cancel(); pool.Close() })
