@@ -61,9 +61,14 @@ func (s *session) putSlot(sl *slot) {
 	slots.Put(sl)
 }
 
-// putPending makes a finished request a spare; called with amu held.
+// putPending makes a finished request a spare, and its frame one for
+// the reader to decode into (Reuser codecs); called with amu held.
 func (s *session) putPending(pd *pending) {
-	pd.p.recycle(pd.req)
+	if s.p.reuser != nil && len(s.spareFrames) < maxSpares {
+		s.spareFrames = append(s.spareFrames, pd.req)
+	} else {
+		s.p.recycle(pd.req)
+	}
 	pd.clear()
 	if len(s.sparePendings) < maxSpares {
 		s.sparePendings = append(s.sparePendings, pd)
@@ -104,9 +109,10 @@ type answers struct {
 	// raw writes without blocking; one without a socket takes nothing,
 	// so every write goes to the writer goroutine.
 	raw *rawsock.Conn
-	// spare slots and requests to reuse (under amu)
+	// spare slots, requests and request frames to reuse (under amu)
 	spareSlots    []*slot
 	sparePendings []*pending
+	spareFrames   []Frame
 }
 
 // downConn is the client's socket for raw calls (rawsock: no sysmon
@@ -123,7 +129,11 @@ func downConn(down net.Conn) *rawsock.Conn {
 // register gives a new slot its place among the answers to come, once
 // fewer than maxQueued are outstanding, with a request to fill when
 // withPending is set; nil when the session ends while the reader waits
-// for room.
+// for room. Only the session's reader calls it, so it also hands the
+// reader a spare frame for its next Decode. (Spare frames still alias the
+// read buffers of their last messages: like the reader's own buffer,
+// those live on while a connection is idle; a busy one reuses its spares
+// at once.)
 func (s *session) register(withPending bool) (*slot, *pending) {
 	s.amu.Lock()
 	for s.outstanding >= maxQueued {
@@ -137,6 +147,12 @@ func (s *session) register(withPending bool) (*slot, *pending) {
 		s.amu.Lock()
 	}
 	s.outstanding++
+	if n := len(s.spareFrames); n > 0 && s.fr.spare == nil {
+		// For the reader's next Decode: register runs on the reader.
+		s.fr.spare = s.spareFrames[n-1]
+		s.spareFrames[n-1] = nil
+		s.spareFrames = s.spareFrames[:n-1]
+	}
 	var sl *slot
 	if n := len(s.spareSlots); n > 0 {
 		sl = s.spareSlots[n-1]

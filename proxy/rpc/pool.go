@@ -464,7 +464,9 @@ type upConn struct {
 	// response clock last started: a wait began or an answer came (see
 	// waitBegins)
 	armed, since time.Time
-	// readAt is when the reader read the frame it delivers (reader only)
+	// fr reads responses; readAt is when it read the frame the reader
+	// delivers (reader only)
+	fr     frameReader
 	readAt time.Time
 	// batch holds the answers the reader completed and has not written
 	// yet, seen the sessions they go to (reader only)
@@ -684,7 +686,8 @@ func (uc *upConn) deadlineFired() (ok bool) {
 func (uc *upConn) readLoop() {
 	// stamp: a read's clock reading times its answers' requests (the
 	// request metrics) and moves the response timeout.
-	fr := frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: true}
+	uc.fr = frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: true}
+	fr := &uc.fr
 	for {
 		f, err := fr.next()
 		if err != nil {
@@ -785,7 +788,7 @@ func (uc *upConn) deliver(f Frame) error {
 	left := uc.inflight.Add(-1)
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
-		uc.pool.p.recycle(f)
+		uc.fr.giveBack(f)
 		if left == 0 && uc.goingAway.Load() {
 			return errGoneAway
 		}
@@ -799,7 +802,7 @@ func (uc *upConn) deliver(f Frame) error {
 	rewrites := pd.up.Answer != nil
 	pd.finishTo(f, nil, &uc.batch, uc.readAt)
 	if !rewrites {
-		uc.pool.p.recycle(f)
+		uc.fr.giveBack(f)
 	}
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway

@@ -27,6 +27,21 @@ type frameReader struct {
 	// time a read's worth of frames with one clock reading.
 	stamp bool
 	now   time.Time
+	// spare is a frame of the reader's own that nothing holds any more,
+	// for the next Decode to fill (Reuser codecs; see giveBack).
+	spare Frame
+}
+
+// giveBack takes back a frame the reader decoded and nothing holds any
+// more (Recycler's rules): as the next frame to fill when the codec is a
+// Reuser and the reader has none, else to the codec. Only the reader's
+// own goroutine calls it.
+func (fr *frameReader) giveBack(f Frame) {
+	if fr.spare == nil && fr.p.reuser != nil && f != nil {
+		fr.spare = f
+		return
+	}
+	fr.p.recycle(f)
 }
 
 // next returns the next frame. Errors: the reader's (io.EOF between
@@ -36,7 +51,19 @@ func (fr *frameReader) next() (Frame, error) {
 	need := 1
 	for {
 		if fr.end > fr.start {
-			f, n, err := fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+			var (
+				f   Frame
+				n   int
+				err error
+			)
+			if fr.spare != nil {
+				f, n, err = fr.p.reuser.DecodeInto(fr.spare, fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+				if err == nil && f == fr.spare {
+					fr.spare = nil
+				}
+			} else {
+				f, n, err = fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+			}
 			switch {
 			case err == nil:
 				if n <= 0 || n > fr.end-fr.start {

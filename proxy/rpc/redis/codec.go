@@ -17,6 +17,7 @@ var (
 	_ rpc.Keyer    = Codec{}
 	_ rpc.Pinner   = Codec{}
 	_ rpc.Recycler = Codec{}
+	_ rpc.Reuser   = Codec{}
 	_ rpc.Frame    = (*Frame)(nil)
 )
 
@@ -31,6 +32,18 @@ func (Codec) IDWidth() int { return 0 }
 
 // Decode frames a command (from the client) or a reply (from a server).
 func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	return decodeInto(nil, b, from, max)
+}
+
+// DecodeInto is Decode into a frame Decode made before and the framework
+// gave back (rpc.Reuser).
+func (Codec) DecodeInto(reuse rpc.Frame, b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	dst, _ := reuse.(*Frame)
+	return decodeInto(dst, b, from, max)
+}
+
+// decodeInto is Decode into dst, or a frame from frames when dst is nil.
+func decodeInto(dst *Frame, b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 	if len(b) == 0 {
 		return nil, 1, rpc.ErrNeedMore
 	}
@@ -40,9 +53,9 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 		err error
 	)
 	if from == rpc.Client {
-		f, n, err = decodeCommand(b, max)
+		f, n, err = decodeCommand(dst, b, max)
 	} else {
-		f, n, err = decodeReply(b, max)
+		f, n, err = decodeReply(dst, b, max)
 	}
 	if err != nil {
 		return nil, n, err
@@ -54,12 +67,15 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 // reply were most of a pipelined command's garbage.
 var frames = sync.Pool{New: func() any { return new(Frame) }}
 
-// newFrame takes a frame from frames, set to raw, kind and nargs, every
-// other field zero.
-func newFrame(raw []byte, kind rpc.Kind, nargs int) *Frame {
-	f := frames.Get().(*Frame)
-	*f = Frame{raw: raw, kind: kind, nargs: nargs}
-	return f
+// newFrame sets dst, or a frame from frames when dst is nil, to raw, kind
+// and nargs, every other field zero. Decoding fails only before it is
+// called, so a dst the framework handed in stays untouched on an error.
+func newFrame(dst *Frame, raw []byte, kind rpc.Kind, nargs int) *Frame {
+	if dst == nil {
+		dst = frames.Get().(*Frame)
+	}
+	*dst = Frame{raw: raw, kind: kind, nargs: nargs}
+	return dst
 }
 
 // Recycle takes back a frame the framework is done with.
