@@ -30,6 +30,9 @@ type slot struct {
 	resp []byte
 	err  error
 	done bool // completed (in-order sessions), under s.amu
+	// buf is the read buffer resp aliases, released once resp is taken;
+	// nil when resp is the agent's own or another's to keep.
+	buf *readBuf
 	// pd is the finished request the slot answers, released (to its
 	// session's spare ones) when the slot is marked, under s.amu; nil when
 	// it is not to be released (it expired, or the agent answered).
@@ -69,6 +72,7 @@ func (s *session) putPending(pd *pending) {
 	} else {
 		s.p.recycle(pd.req)
 	}
+	pd.buf.release()
 	pd.clear()
 	if len(s.sparePendings) < maxSpares {
 		s.sparePendings = append(s.sparePendings, pd)
@@ -263,6 +267,7 @@ func (s *session) take() {
 		} else if !s.broken && !s.endSoon {
 			s.out = append(s.out, sl.resp...)
 		}
+		sl.buf.release()
 		s.putSlot(sl)
 		return !s.endSoon
 	}

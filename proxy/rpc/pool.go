@@ -243,6 +243,7 @@ func (c *upCache) get(ctx context.Context, p *Pool, l *cluster.Lease, dial clust
 // answer, or being retried.
 type pending struct {
 	req    Frame
+	buf    *readBuf       // req's read buffer, released with pd
 	downID uint64         // the client's id, put back in the response
 	lease  *cluster.Lease // the current attempt's, one of leases; nil if none
 	// leases hold the attempts' leases in the request itself, so a pick
@@ -396,6 +397,7 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 // pendings.
 func (pd *pending) release() {
 	pd.p.recycle(pd.req)
+	pd.buf.release()
 	pd.clear()
 	pendings.Put(pd)
 }
@@ -405,7 +407,7 @@ func (pd *pending) release() {
 // but leases (a pick sets up the lease it picks into). It is cheaper than
 // zeroing the whole request with its two leases.
 func (pd *pending) clear() {
-	pd.req, pd.slot, pd.p, pd.mc, pd.up, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil, nil
+	pd.req, pd.buf, pd.slot, pd.p, pd.mc, pd.up, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
 	pd.downID, pd.key, pd.retries, pd.hidx, pd.expired = 0, 0, 0, -1, false
 	pd.start, pd.deadline = time.Time{}, time.Time{}
 }
@@ -468,6 +470,9 @@ type upConn struct {
 	// delivers (reader only)
 	fr     frameReader
 	readAt time.Time
+	// frameBuf is the read buffer of the frame the reader delivers
+	// (reader only)
+	frameBuf *readBuf
 	// batch holds the answers the reader completed and has not written
 	// yet, seen the sessions they go to (reader only)
 	batch []*slot
@@ -701,7 +706,7 @@ func (uc *upConn) readLoop() {
 			uc.fail(err)
 			return
 		}
-		uc.readAt = fr.now
+		uc.readAt, uc.frameBuf = fr.now, fr.cur
 		if err := uc.deliver(f); err != nil {
 			uc.signalBatch()
 			uc.fail(err)
@@ -789,6 +794,7 @@ func (uc *upConn) deliver(f Frame) error {
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
 		uc.fr.giveBack(f)
+		uc.frameBuf.release()
 		if left == 0 && uc.goingAway.Load() {
 			return errGoneAway
 		}
@@ -800,9 +806,18 @@ func (uc *upConn) deliver(f Frame) error {
 	// Once finished, the response's bytes are in its answer and pd is
 	// released: f is no one's, unless the route rewrites answers.
 	rewrites := pd.up.Answer != nil
+	n := len(uc.batch)
 	pd.finishTo(f, nil, &uc.batch, uc.readAt)
 	if !rewrites {
 		uc.fr.giveBack(f)
+		// The answer's slot holds the response's bytes until they are
+		// taken (session.take), and releases their buffer then; a
+		// response not answered (the call is retried) holds nothing.
+		if len(uc.batch) > n {
+			uc.batch[len(uc.batch)-1].buf = uc.frameBuf
+		} else {
+			uc.frameBuf.release()
+		}
 	}
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway

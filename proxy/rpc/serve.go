@@ -244,7 +244,7 @@ func (s *session) forward(f Frame) {
 	// Every field is set here but leases (see pending.clear). start: when
 	// the request's bytes were read, one clock reading for a read's worth
 	// of requests.
-	pd.req, pd.slot, pd.p, pd.start, pd.up, pd.s, pd.pol = f, sl, s.p, s.fr.now, s.up, s, s.up.Policy
+	pd.req, pd.buf, pd.slot, pd.p, pd.start, pd.up, pd.s, pd.pol = f, s.fr.cur, sl, s.p, s.fr.now, s.up, s, s.up.Policy
 	pd.lease, pd.mc, pd.c, pd.key, pd.downID, pd.retries = nil, nil, nil, 0, 0, 0
 	pd.deadline, pd.hidx, pd.expired = time.Time{}, -1, false
 	if s.mt != nil {

@@ -448,29 +448,39 @@ func TestRequestTimeoutPipelined(t *testing.T) {
 func TestPipelineOrderKept(t *testing.T) {
 	a := startRedis(t)
 	addr, _, _ := proxy(t, a)
+	clients(t, 4, func(cl int) error {
+		c := connect(t, addr)
+		key := fmt.Sprintf("{order}%d", cl)
+		for round := range 5 {
+			var cmds [][]string
+			for range 50 {
+				cmds = append(cmds, []string{"INCR", key})
+			}
+			cmds = append(cmds, []string{"GET", key})
+			c.send(t, cmds...)
+			for i := range 50 {
+				if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
+					return fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
+				}
+			}
+			if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
+				return fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
+			}
+		}
+		return nil
+	})
+}
+
+// clients runs n clients at once (run gets the client's number) and fails
+// the test with the first error any of them returns.
+func clients(t *testing.T, n int, run func(cl int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for cl := range 4 {
+	errs := make(chan error, n)
+	for cl := range n {
 		wg.Go(func() {
-			c := connect(t, addr)
-			key := fmt.Sprintf("{order}%d", cl)
-			for round := range 5 {
-				var cmds [][]string
-				for range 50 {
-					cmds = append(cmds, []string{"INCR", key})
-				}
-				cmds = append(cmds, []string{"GET", key})
-				c.send(t, cmds...)
-				for i := range 50 {
-					if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
-						errs <- fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
-						return
-					}
-				}
-				if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
-					errs <- fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
-					return
-				}
+			if err := run(cl); err != nil {
+				errs <- err
 			}
 		})
 	}
@@ -613,4 +623,36 @@ func TestRequestsBeforeResetStillSent(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestValuesIntactAcrossReusedBuffers: read buffers go back to a pool
+// once every command and reply they held is answered, and the next reads
+// of any connection fill them again. Six clients pipeline SETs and GETs
+// of values of many sizes (a few bytes to 6 KiB, so buffers roll over
+// every few commands, some mid-frame) through the shared connection; every
+// GET must read back exactly the value its client set, byte for byte.
+func TestValuesIntactAcrossReusedBuffers(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	clients(t, 6, func(cl int) error {
+		c := connect(t, addr)
+		for round := range 12 {
+			var cmds [][]string
+			var want []string
+			for i := range 16 {
+				key := fmt.Sprintf("{reuse}%d:%d", cl, i)
+				size := (cl*977 + round*613 + i*389) % 6144
+				val := strings.Repeat(string(rune('a'+(cl+round+i)%26)), size) + fmt.Sprintf("|%d/%d/%d", cl, round, i)
+				cmds = append(cmds, []string{"SET", key, val}, []string{"GET", key})
+				want = append(want, "+OK", "$"+val)
+			}
+			c.send(t, cmds...)
+			for i, w := range want {
+				if r := c.reply(t); r != w {
+					return fmt.Errorf("client %d round %d reply %d: %.40q… (%d bytes), want %.40q… (%d bytes)", cl, round, i, r, len(r), w, len(w))
+				}
+			}
+		}
+		return nil
+	})
 }
