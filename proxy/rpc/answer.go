@@ -72,7 +72,7 @@ func (s *session) putPending(pd *pending) {
 	} else {
 		s.p.recycle(pd.req)
 	}
-	pd.buf.release()
+	s.rel.add(pd.buf)
 	pd.clear()
 	if len(s.sparePendings) < maxSpares {
 		s.sparePendings = append(s.sparePendings, pd)
@@ -117,6 +117,10 @@ type answers struct {
 	spareSlots    []*slot
 	sparePendings []*pending
 	spareFrames   []Frame
+	// rel counts the read buffer releases of answered requests and taken
+	// answers (under amu); flushed before amu is let go after marking or
+	// taking.
+	rel releases
 }
 
 // downConn is the client's socket for raw calls (rawsock: no sysmon
@@ -193,6 +197,7 @@ func (sl *slot) complete(resp []byte, err error) {
 func (s *session) mark(sl *slot) {
 	s.amu.Lock()
 	s.markLocked(sl)
+	s.rel.flush()
 	s.amu.Unlock()
 }
 
@@ -220,6 +225,7 @@ func completeBatch(batch []*slot, seen []*session) []*session {
 		s := sl.s // once marked, sl may be taken and reused at once
 		if s != locked {
 			if locked != nil {
+				locked.rel.flush()
 				locked.amu.Unlock()
 			}
 			s.amu.Lock()
@@ -232,6 +238,7 @@ func completeBatch(batch []*slot, seen []*session) []*session {
 		batch[i] = nil
 	}
 	if locked != nil {
+		locked.rel.flush()
 		locked.amu.Unlock()
 	}
 	for i, s := range seen {
@@ -267,7 +274,7 @@ func (s *session) take() {
 		} else if !s.broken && !s.endSoon {
 			s.out = append(s.out, sl.resp...)
 		}
-		sl.buf.release()
+		s.rel.add(sl.buf)
 		s.putSlot(sl)
 		return !s.endSoon
 	}
@@ -301,6 +308,7 @@ func (s *session) take() {
 		clear(s.queue[k:])
 		s.queue = s.queue[:k]
 	}
+	s.rel.flush()
 	s.outstanding -= n
 	if n > 0 && s.roomWait {
 		s.roomWait = false

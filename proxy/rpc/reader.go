@@ -41,6 +41,36 @@ func (rb *readBuf) release() {
 	}
 }
 
+// releases counts releases of one buffer in a row, so a run of answers
+// from one buffer costs one atomic operation on its count, not one each
+// (that count's cache line otherwise moves between cores per message).
+// Its owner flushes it; one never flushed only keeps its buffers from
+// being reused.
+type releases struct {
+	rb *readBuf
+	n  int64
+}
+
+// add counts one release of rb (nil: none).
+func (r *releases) add(rb *readBuf) {
+	if rb == nil {
+		return
+	}
+	if rb != r.rb {
+		r.flush()
+		r.rb = rb
+	}
+	r.n++
+}
+
+// flush makes the releases counted so far.
+func (r *releases) flush() {
+	if r.rb != nil && r.rb.refs.Add(-r.n) == 0 {
+		r.rb.free()
+	}
+	r.rb, r.n = nil, 0
+}
+
 // retire is the reader moving to another buffer after lending lent
 // frames from this one.
 func (rb *readBuf) retire(lent int64) {
@@ -109,8 +139,8 @@ func (fr *frameReader) next() (Frame, error) {
 			)
 			if fr.spare != nil {
 				f, n, err = fr.p.reuser.DecodeInto(fr.spare, fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
-				if err == nil && f == fr.spare {
-					fr.spare = nil
+				if err == nil {
+					fr.spare = nil // filled (or, not the codec's, dropped)
 				}
 			} else {
 				f, n, err = fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)

@@ -21,16 +21,28 @@ func TestReadBufferFreedOnce(t *testing.T) {
 		{"nothing lent", 0, 0, 0, true},
 		{"one kept", 1, 1, 3, false},
 	} {
-		rb := &readBuf{}
-		for range tc.before {
-			rb.release()
-		}
-		rb.retire(tc.lent)
-		for range tc.after {
-			rb.release()
-		}
-		if free := rb.refs.Load() == 0; free != tc.free {
-			t.Errorf("%s: refs %d, free %v, want %v", tc.name, rb.refs.Load(), free, tc.free)
+		for _, batched := range []bool{false, true} {
+			rb := &readBuf{}
+			release := func(k int) {
+				if !batched {
+					for range k {
+						rb.release()
+					}
+					return
+				}
+				var r releases
+				for range k {
+					r.add(rb)
+					r.add(nil) // no buffer: not counted
+				}
+				r.flush()
+			}
+			release(tc.before)
+			rb.retire(tc.lent)
+			release(tc.after)
+			if free := rb.refs.Load() == 0; free != tc.free {
+				t.Errorf("%s (batched %v): refs %d, free %v, want %v", tc.name, batched, rb.refs.Load(), free, tc.free)
+			}
 		}
 	}
 }
