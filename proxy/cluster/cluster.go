@@ -69,6 +69,7 @@ type Cluster struct {
 	errNoEndpoint  *Error
 	errCircuitOpen *Error
 	srOn           bool // success-rate outlier detection runs
+	hashes         bool // the balancer picks by the key (UsesKey)
 }
 
 // tier is one group of endpoints a pick tries in order: the local zone of
@@ -120,6 +121,7 @@ func New(cfg Config, eps []Endpoint, opt Options) (*Cluster, error) {
 		c.clock, c.realClock = time.Now, true
 	}
 	c.srOn = c.cfg.Outlier.SuccessRate.Enabled && !c.cfg.Outlier.Disabled
+	c.hashes = c.cfg.Balancer == RingHash || c.cfg.Balancer == Maglev
 	prev := opt.Prev
 	if prev != nil && prev.cfg.Name == cfg.Name {
 		c.st = prev.st
@@ -272,6 +274,11 @@ func newBalancer(cfg Config, ts []balance.Target, seed uint64) Balancer {
 
 // Name returns the cluster's name.
 func (c *Cluster) Name() string { return c.cfg.Name }
+
+// UsesKey reports whether picks depend on their key (ring_hash, maglev):
+// an L7 caller whose key costs work per request (a Redis key's hash)
+// computes it only when it does.
+func (c *Cluster) UsesKey() bool { return c.hashes }
 
 // Config returns the cluster's configuration with defaults filled in.
 func (c *Cluster) Config() Config { return c.cfg }

@@ -251,7 +251,11 @@ func (l *Lease) Done(err error) {
 		c.outcome(e, err == nil, c.now())
 	}
 	if err == nil {
-		e.st.errorStreak.Store(0)
+		// A load first: per L7 request, a store would take the shared
+		// line from every other core for nothing.
+		if e.st.errorStreak.Load() != 0 {
+			e.st.errorStreak.Store(0)
+		}
 		if l.request && c.cfg.Balancer == PeakEWMA {
 			now := c.now()
 			e.st.rtt.Observe(time.Duration(now-l.view.now), now, c.cfg.PeakEWMA.Decay.D())

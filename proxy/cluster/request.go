@@ -45,9 +45,9 @@ func (c *Cluster) PickInto(l *Lease, key uint64, prev *Lease, now time.Time) err
 	} else {
 		l.view.t, l.view.pass, l.view.n = nil, 0, 0
 	}
-	// Ended until the pick succeeds, so Done or Release on a failed
-	// lease does nothing.
-	l.done.Store(true)
+	// With no endpoint until the pick succeeds, Done or Release on a
+	// failed lease does nothing (they check ep first); done is set only
+	// on success, as an atomic store costs a full barrier per request.
 	if l.view.n >= maxTried {
 		return c.errNoEndpoint
 	}

@@ -223,3 +223,33 @@ func TestPickIntoReusesLeases(t *testing.T) {
 	a.Done(nil)
 	b.Done(nil)
 }
+
+// TestUsesKey: only the hash balancers pick by key, so only their callers
+// need to compute one; every other balancer picks the same whatever the
+// key.
+func TestUsesKey(t *testing.T) {
+	for _, b := range []string{"", RoundRobin, LeastRequest, Random, PeakEWMA, RingHash, Maglev} {
+		c := mustNew(t, Config{Name: "l7", Balancer: b}, eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{})
+		want := b == RingHash || b == Maglev
+		if c.UsesKey() != want {
+			t.Errorf("balancer %q: UsesKey %v, want %v", b, c.UsesKey(), want)
+		}
+		if want {
+			continue
+		}
+		// Keys that a hash would spread: the same picks as key 0 gives.
+		a := mustNew(t, Config{Name: "l7", Balancer: b}, eps("10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"), Options{})
+		for i := range 30 {
+			if b == Random || b == LeastRequest || b == PeakEWMA {
+				break // random choices: nothing to compare pick by pick
+			}
+			l1, err1 := c.Pick(uint64(i)*0x9e3779b97f4a7c15, nil)
+			l2, err2 := a.Pick(0, nil)
+			if err1 != nil || err2 != nil || l1.Endpoint() != l2.Endpoint() {
+				t.Fatalf("balancer %q: pick %d with a key went to %v, with none to %v", b, i, l1.Endpoint(), l2.Endpoint())
+			}
+			l1.Done(nil)
+			l2.Done(nil)
+		}
+	}
+}

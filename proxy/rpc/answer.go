@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/weir-mesh/weir/proxy/rawsock"
@@ -29,21 +30,55 @@ type slot struct {
 	resp []byte
 	err  error
 	done bool // completed (in-order sessions), under s.amu
+	// buf is the read buffer resp aliases, released once resp is taken;
+	// nil when resp is the agent's own or another's to keep.
+	buf *readBuf
+	// pd is the finished request the slot answers, released (to its
+	// session's spare ones) when the slot is marked, under s.amu; nil when
+	// it is not to be released (it expired, or the agent answered).
+	pd *pending
 }
 
-var slots = sync.Pool{New: func() any { return new(slot) }}
+// Slots and requests are reused through their session's spares (under
+// amu, which registering a request and marking its answer hold anyway),
+// so the hot path costs no sync.Pool operation; slots and pendings take
+// what a session's spares (at most maxSpares each) cannot, and give a
+// session the ones it needs beyond them.
+var (
+	slots    = sync.Pool{New: func() any { return new(slot) }}
+	pendings = sync.Pool{New: func() any { return &pending{hidx: -1} }}
+)
 
-// newSlot takes a slot for one of s's requests.
-func (s *session) newSlot() *slot {
-	sl := slots.Get().(*slot)
-	sl.s = s
-	return sl
-}
+// maxSpares bounds a session's spare slots and spare requests: a burst
+// of maxQueued requests does not keep its memory in an idle connection.
+const maxSpares = 64
 
-// putSlot returns a slot to the pool once its answer is taken.
-func putSlot(sl *slot) {
+// putSlot makes a slot whose answer was taken a spare; called with amu
+// held.
+func (s *session) putSlot(sl *slot) {
 	*sl = slot{}
+	if len(s.spareSlots) < maxSpares {
+		s.spareSlots = append(s.spareSlots, sl)
+		return
+	}
 	slots.Put(sl)
+}
+
+// putPending makes a finished request a spare, and its frame one for
+// the reader to decode into (Reuser codecs); called with amu held.
+func (s *session) putPending(pd *pending) {
+	if s.p.reuser != nil && len(s.spareFrames) < maxSpares {
+		s.spareFrames = append(s.spareFrames, pd.req)
+	} else {
+		s.p.recycle(pd.req)
+	}
+	s.rel.add(pd.buf)
+	pd.clear()
+	if len(s.sparePendings) < maxSpares {
+		s.sparePendings = append(s.sparePendings, pd)
+		return
+	}
+	pendings.Put(pd)
 }
 
 // answers is a session's answer state. Fields under amu unless noted.
@@ -78,6 +113,14 @@ type answers struct {
 	// raw writes without blocking; one without a socket takes nothing,
 	// so every write goes to the writer goroutine.
 	raw *rawsock.Conn
+	// spare slots, requests and request frames to reuse (under amu)
+	spareSlots    []*slot
+	sparePendings []*pending
+	spareFrames   []Frame
+	// rel counts the read buffer releases of answered requests and taken
+	// answers (under amu); flushed before amu is let go after marking or
+	// taking.
+	rel releases
 }
 
 // downConn is the client's socket for raw calls (rawsock: no sysmon
@@ -92,9 +135,14 @@ func downConn(down net.Conn) *rawsock.Conn {
 }
 
 // register gives a new slot its place among the answers to come, once
-// fewer than maxQueued are outstanding; false when the session ends while
-// the reader waits for room.
-func (s *session) register(sl *slot) bool {
+// fewer than maxQueued are outstanding, with a request to fill when
+// withPending is set; nil when the session ends while the reader waits
+// for room. Only the session's reader calls it, so it also hands the
+// reader a spare frame for its next Decode. (Spare frames still alias the
+// read buffers of their last messages: like the reader's own buffer,
+// those live on while a connection is idle; a busy one reuses its spares
+// at once.)
+func (s *session) register(withPending bool) (*slot, *pending) {
 	s.amu.Lock()
 	for s.outstanding >= maxQueued {
 		s.roomWait = true
@@ -102,16 +150,39 @@ func (s *session) register(sl *slot) bool {
 		select {
 		case <-s.room:
 		case <-s.ctx.Done():
-			return false
+			return nil, nil
 		}
 		s.amu.Lock()
 	}
 	s.outstanding++
+	if n := len(s.spareFrames); n > 0 && s.fr.spare == nil {
+		// For the reader's next Decode: register runs on the reader.
+		s.fr.spare = s.spareFrames[n-1]
+		s.spareFrames[n-1] = nil
+		s.spareFrames = s.spareFrames[:n-1]
+	}
+	var sl *slot
+	if n := len(s.spareSlots); n > 0 {
+		sl = s.spareSlots[n-1]
+		s.spareSlots = s.spareSlots[:n-1]
+	} else {
+		sl = slots.Get().(*slot)
+	}
+	sl.s = s
 	if s.ordered {
 		s.queue = append(s.queue, sl)
 	}
+	var pd *pending
+	if withPending {
+		if n := len(s.sparePendings); n > 0 {
+			pd = s.sparePendings[n-1]
+			s.sparePendings = s.sparePendings[:n-1]
+		} else {
+			pd = pendings.Get().(*pending)
+		}
+	}
 	s.amu.Unlock()
-	return true
+	return sl, pd
 }
 
 // complete answers one slot and writes what can be written.
@@ -125,12 +196,23 @@ func (sl *slot) complete(resp []byte, err error) {
 // mark records a filled slot as completed; pump then writes it.
 func (s *session) mark(sl *slot) {
 	s.amu.Lock()
+	s.markLocked(sl)
+	s.rel.flush()
+	s.amu.Unlock()
+}
+
+// markLocked is mark with amu held. The request the slot answers becomes
+// a spare: from here on, the slot may be taken and reused at once.
+func (s *session) markLocked(sl *slot) {
+	if sl.pd != nil {
+		s.putPending(sl.pd)
+		sl.pd = nil
+	}
 	if s.ordered {
 		sl.done = true
 	} else {
 		s.queue = append(s.queue, sl)
 	}
-	s.amu.Unlock()
 }
 
 // completeBatch marks the filled slots of batch (any sessions) and then
@@ -138,20 +220,26 @@ func (s *session) mark(sl *slot) {
 // is one write. It clears batch.
 func completeBatch(batch []*slot, seen []*session) []*session {
 	seen = seen[:0]
+	var locked *session // amu held across a run of one session's slots
 	for i, sl := range batch {
 		s := sl.s // once marked, sl may be taken and reused at once
-		s.mark(sl)
-		found := false
-		for _, x := range seen {
-			if x == s {
-				found = true
-				break
+		if s != locked {
+			if locked != nil {
+				locked.rel.flush()
+				locked.amu.Unlock()
+			}
+			s.amu.Lock()
+			locked = s
+			if !slices.Contains(seen, s) {
+				seen = append(seen, s)
 			}
 		}
-		if !found {
-			seen = append(seen, s)
-		}
+		s.markLocked(sl)
 		batch[i] = nil
+	}
+	if locked != nil {
+		locked.rel.flush()
+		locked.amu.Unlock()
 	}
 	for i, s := range seen {
 		s.pump()
@@ -186,7 +274,8 @@ func (s *session) take() {
 		} else if !s.broken && !s.endSoon {
 			s.out = append(s.out, sl.resp...)
 		}
-		putSlot(sl)
+		s.rel.add(sl.buf)
+		s.putSlot(sl)
 		return !s.endSoon
 	}
 	if s.ordered {
@@ -219,6 +308,7 @@ func (s *session) take() {
 		clear(s.queue[k:])
 		s.queue = s.queue[:k]
 	}
+	s.rel.flush()
 	s.outstanding -= n
 	if n > 0 && s.roomWait {
 		s.roomWait = false

@@ -149,6 +149,15 @@ type (
 	Recycler interface {
 		Recycle(f Frame)
 	}
+	// Reuser is a Recycler that decodes into a frame it made before,
+	// which the framework hands back (under Recycler's rules) instead of
+	// recycling it: a reader then reuses the frames of its own answered
+	// messages with no sync.Pool operation per message. DecodeInto is
+	// Decode, filling reuse (or another frame when reuse is not one of
+	// the codec's); on an error it leaves reuse alone.
+	Reuser interface {
+		DecodeInto(reuse Frame, b []byte, from Side, max int) (Frame, int, error)
+	}
 )
 
 // Protocol is a registered codec with its optional capabilities resolved.
@@ -164,6 +173,7 @@ type Protocol struct {
 	busier      Busier
 	retrier     Retrier
 	recycler    Recycler
+	reuser      Reuser // nil unless recycler is set too
 	maxFrame    int
 }
 
@@ -193,6 +203,9 @@ func Register(c Codec, maxFrame int) *Protocol {
 	p.busier, _ = c.(Busier)
 	p.retrier, _ = c.(Retrier)
 	p.recycler, _ = c.(Recycler)
+	if p.recycler != nil {
+		p.reuser, _ = c.(Reuser)
+	}
 	if _, dup := registry.LoadOrStore(c.Name(), p); dup {
 		panic("rpc: protocol " + c.Name() + " registered twice")
 	}

@@ -44,11 +44,17 @@
 // connection of its own, relayed as bytes from that request on.
 //
 // Per request the hot path allocates nothing of its own: pending requests
-// and answer slots are recycled, the pick goes into a lease the pending
-// request holds (cluster.PickInto), a session's reader finds the shared
-// connection to an endpoint and the metrics of a method in small caches
-// of its last few, and a codec that is a Recycler gets its frames back
-// once no one holds them (Dubbo's are reused).
+// and answer slots are a session's spares, reused under the answer lock
+// that registering and answering a request take anyway; the pick goes
+// into a lease the pending request holds (cluster.PickInto), and the key
+// is computed only for clusters that hash it (cluster.UsesKey); a
+// session's reader finds the shared connection to an endpoint and the
+// metrics of a method in small caches of its last few; a codec that is a
+// Recycler gets its frames back once no one holds them (Dubbo's are
+// reused), and one that is also a Reuser (Redis) gets them back as the
+// next frame its reader fills; and a read buffer goes back to a pool once
+// every frame it lent is released, so pipelined commands and replies
+// cost no buffer garbage either.
 //
 // Attribute routes: Upstream.Route, when set, picks each request's
 // cluster from its attributes (proxy/route's RPCRouter); otherwise every

@@ -109,8 +109,8 @@ func (t *serviceTable) counters(method []byte) *methodCounters {
 }
 
 // request counts one answered request of the method mc counts (nil: no
-// metrics).
-func (t *serviceTable) request(mc *methodCounters, status string, start time.Time) {
+// metrics), read at start and answered at end (zero: now).
+func (t *serviceTable) request(mc *methodCounters, status string, start, end time.Time) {
 	if t == nil || mc == nil {
 		return
 	}
@@ -119,7 +119,10 @@ func (t *serviceTable) request(mc *methodCounters, status string, start time.Tim
 	} else {
 		mc.status(t, status).Inc()
 	}
-	t.duration.Observe(time.Since(start).Seconds())
+	if end.IsZero() {
+		end = time.Now()
+	}
+	t.duration.Observe(end.Sub(start).Seconds())
 }
 
 // methodCache is one reader's last few methods and their counters: a

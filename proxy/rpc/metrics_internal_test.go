@@ -17,7 +17,7 @@ func BenchmarkMetricsRequest(b *testing.B) {
 	var c methodCache
 	b.ReportAllocs()
 	for b.Loop() {
-		t.request(c.get(t, method), "ok", start)
+		t.request(c.get(t, method), "ok", start, time.Time{})
 	}
 }
 
@@ -51,7 +51,7 @@ func TestMetricsMethodsBounded(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	st := NewMetrics(reg).table("redis", "cache")
 	start := time.Now()
-	count := func(method []byte, status string) { st.request(st.counters(method), status, start) }
+	count := func(method []byte, status string) { st.request(st.counters(method), status, start, time.Time{}) }
 	count([]byte{0xff, 'm'}, "ok")
 	count(nil, "ok")
 	for i := range maxMethods + 8 {

@@ -243,6 +243,7 @@ func (c *upCache) get(ctx context.Context, p *Pool, l *cluster.Lease, dial clust
 // answer, or being retried.
 type pending struct {
 	req    Frame
+	buf    *readBuf       // req's read buffer, released with pd
 	downID uint64         // the client's id, put back in the response
 	lease  *cluster.Lease // the current attempt's, one of leases; nil if none
 	// leases hold the attempts' leases in the request itself, so a pick
@@ -317,13 +318,16 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 // is set, with the protocol's error reply, and ends the lease. A request
 // whose connection broke, or whose server was busy, goes to another
 // endpoint instead when its policy allows.
-func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil) }
+func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil, time.Time{}) }
 
 // finishTo is finish that, with batch set, fills the answer's slot and
 // appends it to batch instead of writing it: the connection's reader
 // writes them all once its read is used up (signalBatch), so a client
-// gets one write per batch of answers, not one per answer.
-func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
+// gets one write per batch of answers, not one per answer. now, when not
+// zero, is when the answer was read (a read's clock reading, for the
+// request's duration). pd is not to be touched once it returns (unless it
+// is being retried): it is its session's spare then.
+func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time) {
 	if pd.slot != nil && pd.lease != nil {
 		switch {
 		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
@@ -354,7 +358,7 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	case errors.Is(err, ErrRequestTimeout):
 		status = "timeout"
 	}
-	pd.s.mt.request(pd.mc, status, pd.start)
+	pd.s.mt.request(pd.mc, status, pd.start, now)
 	if pd.slot == nil {
 		pd.release() // oneway
 		return
@@ -372,31 +376,40 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot) {
 	default:
 		b = resp.Bytes()
 	}
-	if batch != nil {
-		pd.slot.resp, pd.slot.err = b, err
-		*batch = append(*batch, pd.slot)
-	} else {
-		pd.slot.complete(b, err)
+	sl := pd.slot
+	if !pd.expired {
+		// Released when its slot is marked (session.markLocked): an
+		// expired request stays in its connection's tables until its
+		// late answer comes or its id is forgotten, and is left to the
+		// collector. Every other request is finished after it left its
+		// connection's tables, by the one goroutine that holds it then.
+		sl.pd = pd
 	}
-	pd.release()
+	if batch != nil {
+		sl.resp, sl.err = b, err
+		*batch = append(*batch, sl)
+	} else {
+		sl.complete(b, err)
+	}
 }
 
-// pendings recycles requests: one per request is the hot path's
-// largest allocation.
-var pendings = sync.Pool{New: func() any { return new(pending) }}
-
-// release returns a finished request to pendings, unless it expired:
-// an expired request stays in its connection's tables until its late
-// answer comes or its id is forgotten, and is left to the collector.
-// Every other request is finished after it left its connection's
-// tables, by the one goroutine that holds it then.
+// release returns a finished one-way request (it has no slot) to
+// pendings.
 func (pd *pending) release() {
-	if pd.expired {
-		return
-	}
 	pd.p.recycle(pd.req)
-	*pd = pending{}
+	pd.buf.release()
+	pd.clear()
 	pendings.Put(pd)
+}
+
+// clear drops what a finished request refers to, so a spare holds on to
+// nothing, and makes it ready for its next use, which sets every field
+// but leases (a pick sets up the lease it picks into). It is cheaper than
+// zeroing the whole request with its two leases.
+func (pd *pending) clear() {
+	pd.req, pd.buf, pd.slot, pd.p, pd.mc, pd.up, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
+	pd.downID, pd.key, pd.retries, pd.hidx, pd.expired = 0, 0, 0, -1, false
+	pd.start, pd.deadline = time.Time{}, time.Time{}
 }
 
 // unsent answers a request its connection died before sending, or sends
@@ -453,8 +466,13 @@ type upConn struct {
 	// response clock last started: a wait began or an answer came (see
 	// waitBegins)
 	armed, since time.Time
-	// readAt is when the reader read the frame it delivers (reader only)
+	// fr reads responses; readAt is when it read the frame the reader
+	// delivers (reader only)
+	fr     frameReader
 	readAt time.Time
+	// frameBuf is the read buffer of the frame the reader delivers
+	// (reader only)
+	frameBuf *readBuf
 	// batch holds the answers the reader completed and has not written
 	// yet, seen the sessions they go to (reader only)
 	batch []*slot
@@ -671,7 +689,10 @@ func (uc *upConn) deadlineFired() (ok bool) {
 }
 
 func (uc *upConn) readLoop() {
-	fr := frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: uc.pool.opt.ResponseTimeout > 0}
+	// stamp: a read's clock reading times its answers' requests (the
+	// request metrics) and moves the response timeout.
+	uc.fr = frameReader{r: uc.raw, p: uc.pool.p, side: Server, idle: uc.signalBatch, stamp: true}
+	fr := &uc.fr
 	for {
 		f, err := fr.next()
 		if err != nil {
@@ -685,7 +706,7 @@ func (uc *upConn) readLoop() {
 			uc.fail(err)
 			return
 		}
-		uc.readAt = fr.now
+		uc.readAt, uc.frameBuf = fr.now, fr.cur
 		if err := uc.deliver(f); err != nil {
 			uc.signalBatch()
 			uc.fail(err)
@@ -772,7 +793,8 @@ func (uc *upConn) deliver(f Frame) error {
 	left := uc.inflight.Add(-1)
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
-		uc.pool.p.recycle(f)
+		uc.fr.giveBack(f)
+		uc.frameBuf.release()
 		if left == 0 && uc.goingAway.Load() {
 			return errGoneAway
 		}
@@ -784,9 +806,18 @@ func (uc *upConn) deliver(f Frame) error {
 	// Once finished, the response's bytes are in its answer and pd is
 	// released: f is no one's, unless the route rewrites answers.
 	rewrites := pd.up.Answer != nil
-	pd.finishTo(f, nil, &uc.batch)
+	n := len(uc.batch)
+	pd.finishTo(f, nil, &uc.batch, uc.readAt)
 	if !rewrites {
-		uc.pool.p.recycle(f)
+		uc.fr.giveBack(f)
+		// The answer's slot holds the response's bytes until they are
+		// taken (session.take), and releases their buffer then; a
+		// response not answered (the call is retried) holds nothing.
+		if len(uc.batch) > n {
+			uc.batch[len(uc.batch)-1].buf = uc.frameBuf
+		} else {
+			uc.frameBuf.release()
+		}
 	}
 	if left == 0 && uc.goingAway.Load() {
 		return errGoneAway

@@ -3,16 +3,95 @@ package rpc
 import (
 	"errors"
 	"io"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // minRead is the least free space a read is offered.
 const minRead = 16 << 10
 
+// pooledRead is the size of the read buffers readBufs keeps: a new buffer
+// takes minRead plus the unread tail moved into it, which is mostly less
+// than a quarter of minRead (the room fill keeps).
+const pooledRead = minRead + minRead/4
+
+// readBuf is a read buffer that frames alias. It goes back to readBufs
+// for reuse once its reader has moved on (retire) and every frame it lent
+// was released, each once: a frame whose holder never releases it (a
+// timed-out request, a frame a route keeps) leaves its buffer to the
+// collector, as before buffers were reused.
+type readBuf struct {
+	b      []byte
+	pooled bool // len(b) is pooledRead: it goes back to readBufs
+	// refs: releases count down from 0; retire adds the frames lent, so
+	// it reaches 0 exactly when the last of them is released.
+	refs atomic.Int64
+}
+
+// readBufs recycles read buffers: allocating (and zeroing) a new one for
+// every few hundred pipelined commands was most of a proxied command's
+// garbage.
+var readBufs = sync.Pool{New: func() any { return &readBuf{b: make([]byte, pooledRead), pooled: true} }}
+
+// release ends one frame's use of the buffer; nil does nothing.
+func (rb *readBuf) release() {
+	if rb != nil && rb.refs.Add(-1) == 0 {
+		rb.free()
+	}
+}
+
+// releases counts releases of one buffer in a row, so a run of answers
+// from one buffer costs one atomic operation on its count, not one each
+// (that count's cache line otherwise moves between cores per message).
+// Its owner flushes it; one never flushed only keeps its buffers from
+// being reused.
+type releases struct {
+	rb *readBuf
+	n  int64
+}
+
+// add counts one release of rb (nil: none).
+func (r *releases) add(rb *readBuf) {
+	if rb == nil {
+		return
+	}
+	if rb != r.rb {
+		r.flush()
+		r.rb = rb
+	}
+	r.n++
+}
+
+// flush makes the releases counted so far.
+func (r *releases) flush() {
+	if r.rb != nil && r.rb.refs.Add(-r.n) == 0 {
+		r.rb.free()
+	}
+	r.rb, r.n = nil, 0
+}
+
+// retire is the reader moving to another buffer after lending lent
+// frames from this one.
+func (rb *readBuf) retire(lent int64) {
+	if rb.refs.Add(lent) == 0 {
+		rb.free()
+	}
+}
+
+func (rb *readBuf) free() {
+	if rb.pooled {
+		readBufs.Put(rb)
+	}
+}
+
 // frameReader decodes frames from a stream. Frames alias its buffer; a
 // buffer that lent bytes to a frame is never written again: when it runs
 // out of room the unread tail moves to a new buffer, so a frame stays
-// valid as long as someone holds it, with no copy per frame.
+// valid as long as someone holds it, with no copy per frame. The buffer a
+// frame came from is cur right after next returns it; a holder that
+// releases it (readBuf.release) once done with the frame's bytes lets the
+// buffer be reused.
 type frameReader struct {
 	r          io.Reader
 	p          *Protocol
@@ -20,6 +99,8 @@ type frameReader struct {
 	buf        []byte
 	start, end int
 	lent       bool // a frame aliases buf
+	cur        *readBuf
+	lentN      int64 // frames lent from cur
 	// idle, when set, is called before a read that may block (every
 	// buffered whole frame has been returned).
 	idle func()
@@ -27,6 +108,21 @@ type frameReader struct {
 	// time a read's worth of frames with one clock reading.
 	stamp bool
 	now   time.Time
+	// spare is a frame of the reader's own that nothing holds any more,
+	// for the next Decode to fill (Reuser codecs; see giveBack).
+	spare Frame
+}
+
+// giveBack takes back a frame the reader decoded and nothing holds any
+// more (Recycler's rules): as the next frame to fill when the codec is a
+// Reuser and the reader has none, else to the codec. Only the reader's
+// own goroutine calls it.
+func (fr *frameReader) giveBack(f Frame) {
+	if fr.spare == nil && fr.p.reuser != nil && f != nil {
+		fr.spare = f
+		return
+	}
+	fr.p.recycle(f)
 }
 
 // next returns the next frame. Errors: the reader's (io.EOF between
@@ -36,7 +132,19 @@ func (fr *frameReader) next() (Frame, error) {
 	need := 1
 	for {
 		if fr.end > fr.start {
-			f, n, err := fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+			var (
+				f   Frame
+				n   int
+				err error
+			)
+			if fr.spare != nil {
+				f, n, err = fr.p.reuser.DecodeInto(fr.spare, fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+				if err == nil {
+					fr.spare = nil // filled (or, not the codec's, dropped)
+				}
+			} else {
+				f, n, err = fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
+			}
 			switch {
 			case err == nil:
 				if n <= 0 || n > fr.end-fr.start {
@@ -44,6 +152,7 @@ func (fr *frameReader) next() (Frame, error) {
 				}
 				fr.start += n
 				fr.lent = true
+				fr.lentN++
 				return f, nil
 			case err != ErrNeedMore:
 				return nil, err
@@ -70,9 +179,18 @@ func (fr *frameReader) fill(need int) error {
 	if fr.start+need > len(fr.buf) || len(fr.buf)-fr.end < minRead/4 {
 		size := max(need, fr.end-fr.start+minRead)
 		if fr.lent || size > len(fr.buf) {
-			nb := make([]byte, max(size, minRead))
-			fr.end = copy(nb, fr.buf[fr.start:fr.end])
-			fr.buf, fr.start, fr.lent = nb, 0, false
+			var nb *readBuf
+			if size <= pooledRead {
+				nb = readBufs.Get().(*readBuf)
+				nb.refs.Store(0)
+			} else {
+				nb = &readBuf{b: make([]byte, size)}
+			}
+			fr.end = copy(nb.b, fr.buf[fr.start:fr.end])
+			if old := fr.cur; old != nil {
+				old.retire(fr.lentN)
+			}
+			fr.buf, fr.start, fr.lent, fr.cur, fr.lentN = nb.b, 0, false, nb, 0
 		} else {
 			fr.end = copy(fr.buf, fr.buf[fr.start:fr.end])
 			fr.start = 0

@@ -207,9 +207,8 @@ func (s *session) goAway() {
 
 // local answers with bytes made by the agent, in their turn.
 func (s *session) local(b []byte) {
-	sl := s.newSlot()
-	if !s.register(sl) {
-		putSlot(sl)
+	sl, _ := s.register(false)
+	if sl == nil {
 		return
 	}
 	sl.complete(b, nil)
@@ -231,18 +230,23 @@ func (s *session) key(f Frame) uint64 {
 // its policy allows (never a keyed or one-way request: see
 // Protocol.retryable).
 func (s *session) forward(f Frame) {
-	var sl *slot
+	var (
+		sl *slot
+		pd *pending
+	)
 	if f.Kind() != Oneway {
-		sl = s.newSlot()
-		if !s.register(sl) {
-			putSlot(sl)
+		if sl, pd = s.register(true); sl == nil {
 			return // the session ends
 		}
+	} else {
+		pd = pendings.Get().(*pending)
 	}
-	// start: when the request's bytes were read, one clock reading for a
-	// read's worth of requests
-	pd := pendings.Get().(*pending)
-	*pd = pending{req: f, slot: sl, p: s.p, start: s.fr.now, up: s.up, s: s, pol: s.up.Policy, hidx: -1}
+	// Every field is set here but leases (see pending.clear). start: when
+	// the request's bytes were read, one clock reading for a read's worth
+	// of requests.
+	pd.req, pd.buf, pd.slot, pd.p, pd.start, pd.up, pd.s, pd.pol = f, s.fr.cur, sl, s.p, s.fr.now, s.up, s, s.up.Policy
+	pd.lease, pd.mc, pd.c, pd.key, pd.downID, pd.retries = nil, nil, nil, 0, 0, 0
+	pd.deadline, pd.hidx, pd.expired = time.Time{}, -1, false
 	if s.mt != nil {
 		pd.mc = s.methods.get(s.mt, f.Attr("method"))
 	}
@@ -266,7 +270,12 @@ func (s *session) forward(f Frame) {
 	if pd.pol.Timeout > 0 {
 		pd.deadline = pd.start.Add(pd.pol.Timeout)
 	}
-	pd.c, pd.key = c, s.key(f)
+	pd.c = c
+	if c.UsesKey() {
+		// A key costs work (a Redis key's hash): only for clusters that
+		// pick by it.
+		pd.key = s.key(f)
+	}
 	// The read's clock reading stands in for the cluster's.
 	if err := c.PickInto(&pd.leases[0], pd.key, nil, pd.start); err != nil {
 		pd.finish(nil, err)

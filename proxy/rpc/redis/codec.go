@@ -2,6 +2,7 @@ package redis
 
 import (
 	"strings"
+	"sync"
 
 	"github.com/weir-mesh/weir/proxy/rpc"
 )
@@ -15,6 +16,8 @@ var (
 	_ rpc.Hijacker = Codec{}
 	_ rpc.Keyer    = Codec{}
 	_ rpc.Pinner   = Codec{}
+	_ rpc.Recycler = Codec{}
+	_ rpc.Reuser   = Codec{}
 	_ rpc.Frame    = (*Frame)(nil)
 )
 
@@ -29,6 +32,18 @@ func (Codec) IDWidth() int { return 0 }
 
 // Decode frames a command (from the client) or a reply (from a server).
 func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	return decodeInto(nil, b, from, max)
+}
+
+// DecodeInto is Decode into a frame Decode made before and the framework
+// gave back (rpc.Reuser).
+func (Codec) DecodeInto(reuse rpc.Frame, b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	dst, _ := reuse.(*Frame)
+	return decodeInto(dst, b, from, max)
+}
+
+// decodeInto is Decode into dst, or a frame from frames when dst is nil.
+func decodeInto(dst *Frame, b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 	if len(b) == 0 {
 		return nil, 1, rpc.ErrNeedMore
 	}
@@ -38,14 +53,37 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 		err error
 	)
 	if from == rpc.Client {
-		f, n, err = decodeCommand(b, max)
+		f, n, err = decodeCommand(dst, b, max)
 	} else {
-		f, n, err = decodeReply(b, max)
+		f, n, err = decodeReply(dst, b, max)
 	}
 	if err != nil {
 		return nil, n, err
 	}
 	return f, n, nil
+}
+
+// frames recycles Frames (rpc.Recycler): a frame per command and one per
+// reply were most of a pipelined command's garbage.
+var frames = sync.Pool{New: func() any { return new(Frame) }}
+
+// newFrame sets dst, or a frame from frames when dst is nil, to raw, kind
+// and nargs, every other field zero. Decoding fails only before it is
+// called, so a dst the framework handed in stays untouched on an error.
+func newFrame(dst *Frame, raw []byte, kind rpc.Kind, nargs int) *Frame {
+	if dst == nil {
+		dst = frames.Get().(*Frame)
+	}
+	*dst = Frame{raw: raw, kind: kind, nargs: nargs}
+	return dst
+}
+
+// Recycle takes back a frame the framework is done with.
+func (Codec) Recycle(f rpc.Frame) {
+	if rf, ok := f.(*Frame); ok {
+		*rf = Frame{}
+		frames.Put(rf)
+	}
 }
 
 // ErrorReply is the error a client gets for a command weir could not

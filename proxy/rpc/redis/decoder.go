@@ -27,9 +27,9 @@ var (
 
 // decodeCommand frames one command: an array of bulk strings, or an inline
 // line.
-func decodeCommand(b []byte, max int) (*Frame, int, error) {
+func decodeCommand(dst *Frame, b []byte, max int) (*Frame, int, error) {
 	if b[0] != '*' {
-		return decodeInline(b)
+		return decodeInline(dst, b)
 	}
 	n, p, err := parseLen(b, 1, max/6)
 	if err != nil {
@@ -37,7 +37,7 @@ func decodeCommand(b []byte, max int) (*Frame, int, error) {
 	}
 	if n <= 0 {
 		// *0 and *-1: Redis reads and ignores them, with no reply.
-		return &Frame{raw: b[:p:p], kind: rpc.Oneway}, p, nil
+		return newFrame(dst, b[:p:p], rpc.Oneway, 0), p, nil
 	}
 	for i := range n {
 		switch {
@@ -63,11 +63,11 @@ func decodeCommand(b []byte, max int) (*Frame, int, error) {
 			return nil, 0, errNoCRLF
 		}
 	}
-	return &Frame{raw: b[:p:p], kind: rpc.Request, nargs: n}, p, nil
+	return newFrame(dst, b[:p:p], rpc.Request, n), p, nil
 }
 
 // decodeInline frames a command sent as a line of words.
-func decodeInline(b []byte) (*Frame, int, error) {
+func decodeInline(dst *Frame, b []byte) (*Frame, int, error) {
 	i := bytes.IndexByte(b[:min(len(b), maxInline)], '\n')
 	if i < 0 {
 		if len(b) >= maxInline {
@@ -76,7 +76,8 @@ func decodeInline(b []byte) (*Frame, int, error) {
 		return nil, len(b) + 1, rpc.ErrNeedMore
 	}
 	p := i + 1
-	f := &Frame{raw: b[:p:p], kind: rpc.Request, inline: true}
+	f := newFrame(dst, b[:p:p], rpc.Request, 0)
+	f.inline = true
 	for len(inlineArg(f.raw, f.nargs)) > 0 {
 		f.nargs++
 	}
@@ -89,7 +90,7 @@ func decodeInline(b []byte) (*Frame, int, error) {
 // decodeReply frames one reply of any RESP2 or RESP3 type. It walks the
 // values without recursion: todo counts the values still to read, and an
 // aggregate adds its elements to it.
-func decodeReply(b []byte, max int) (*Frame, int, error) {
+func decodeReply(dst *Frame, b []byte, max int) (*Frame, int, error) {
 	p, todo := 0, 1
 	push := b[0] == '>'
 	for todo > 0 {
@@ -165,8 +166,9 @@ func decodeReply(b []byte, max int) (*Frame, int, error) {
 			return nil, 0, errBadType
 		}
 	}
-	f := &Frame{raw: b[:p:p], kind: rpc.Response, push: push}
+	f := newFrame(dst, b[:p:p], rpc.Response, 0)
 	if push {
+		f.push = true
 		// Out of band: never the answer to a request. The framework drops
 		// a shared connection that sends one.
 		f.kind = rpc.Oneway

@@ -16,7 +16,8 @@ const fuzzMax = 4096
 // is a prefix of the input whose arguments can all be read; decoding the
 // frame alone gives the same length; every proper prefix of it needs more
 // with a hint above the prefix and not beyond the frame (the hint is a
-// lower bound), and none of them is too large.
+// lower bound), and none of them is too large; decoding into a spare
+// frame (rpc.Reuser) gives the same frame.
 func FuzzDecode(f *testing.F) {
 	f.Add(false, []byte("*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"))
 	f.Add(true, []byte("*2\r\n$1\r\na\r\n%1\r\n+k\r\n:1\r\n"))
@@ -49,6 +50,12 @@ func FuzzDecode(f *testing.F) {
 		if _, n2, err := (Codec{}).Decode(b[:n], from, fuzzMax); err != nil || n2 != n {
 			t.Fatalf("alone: %d, %v; in context %d", n2, err, n)
 		}
+		// Into a frame given back (a spare that last held another
+		// message): the same frame as a fresh one.
+		spare, _, _ := Codec{}.Decode([]byte("SET k v\r\n"), rpc.Client, fuzzMax)
+		if again, n3, err := (Codec{}).DecodeInto(spare, b, from, fuzzMax); err != nil || n3 != n || !sameFrame(again.(*Frame), rf) {
+			t.Fatalf("into a spare: %+v (%d, %v), fresh %+v", again, n3, err, rf)
+		}
 		for _, k := range []int{n - 1, n / 2, 1} {
 			if k <= 0 || k >= n {
 				continue
@@ -59,4 +66,9 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// sameFrame reports whether two frames hold the same message.
+func sameFrame(a, b *Frame) bool {
+	return bytes.Equal(a.raw, b.raw) && a.kind == b.kind && a.nargs == b.nargs && a.inline == b.inline && a.push == b.push
 }

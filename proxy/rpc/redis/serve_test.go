@@ -22,7 +22,7 @@ import (
 
 // startRedis runs a redis-server on a free loopback port for the test's
 // life and returns its address.
-func startRedis(t *testing.T) netip.AddrPort {
+func startRedis(t testing.TB) netip.AddrPort {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -67,24 +67,32 @@ func dial(ctx context.Context, a netip.AddrPort) (*net.TCPConn, error) {
 
 // proxy serves rpc on a loopback listener with a ring_hash cluster over
 // servers, and returns its address and the drain channel.
-func proxy(t *testing.T, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxy(t testing.TB, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	return proxyWith(t, rpc.PoolOptions{}, servers...)
 }
 
-func proxyWith(t *testing.T, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxyWith(t testing.TB, opt rpc.PoolOptions, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	return proxyPolicy(t, opt, nil, servers...)
 }
 
 // proxyPolicy is proxyWith with a request policy.
-func proxyPolicy(t *testing.T, opt rpc.PoolOptions, pol *rpc.Policy, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+func proxyPolicy(t testing.TB, opt rpc.PoolOptions, pol *rpc.Policy, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
+	t.Helper()
+	return proxyUpstream(t, opt, cluster.RingHash, rpc.Upstream{Policy: pol}, servers...)
+}
+
+// proxyUpstream serves rpc with a cluster of balancer over servers; every
+// connection's Upstream is tmpl with the cluster, dialer, key and drain
+// channel filled in.
+func proxyUpstream(t testing.TB, opt rpc.PoolOptions, balancer string, tmpl rpc.Upstream, servers ...netip.AddrPort) (string, chan struct{}, *rpc.Pool) {
 	t.Helper()
 	eps := make([]cluster.Endpoint, len(servers))
 	for i, s := range servers {
 		eps[i] = cluster.Endpoint{Addr: s}
 	}
-	c, err := cluster.New(cluster.Config{Name: "redis", Balancer: cluster.RingHash}, eps, cluster.Options{})
+	c, err := cluster.New(cluster.Config{Name: "redis", Balancer: balancer}, eps, cluster.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +111,9 @@ func proxyPolicy(t *testing.T, opt rpc.PoolOptions, pol *rpc.Policy, servers ...
 			if err != nil {
 				return
 			}
-			go rpc.Serve(ctx, conn, &rpc.Upstream{Cluster: c, Dial: dial, Key: 1, Draining: drain, Policy: pol}, pool)
+			up := tmpl
+			up.Cluster, up.Dial, up.Key, up.Draining = c, dial, 1, drain
+			go rpc.Serve(ctx, conn, &up, pool)
 		}
 	}()
 	t.Cleanup(func() { l.Close(); <-done; cancel(); pool.Close() })
@@ -438,29 +448,39 @@ func TestRequestTimeoutPipelined(t *testing.T) {
 func TestPipelineOrderKept(t *testing.T) {
 	a := startRedis(t)
 	addr, _, _ := proxy(t, a)
+	clients(t, 4, func(cl int) error {
+		c := connect(t, addr)
+		key := fmt.Sprintf("{order}%d", cl)
+		for round := range 5 {
+			var cmds [][]string
+			for range 50 {
+				cmds = append(cmds, []string{"INCR", key})
+			}
+			cmds = append(cmds, []string{"GET", key})
+			c.send(t, cmds...)
+			for i := range 50 {
+				if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
+					return fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
+				}
+			}
+			if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
+				return fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
+			}
+		}
+		return nil
+	})
+}
+
+// clients runs n clients at once (run gets the client's number) and fails
+// the test with the first error any of them returns.
+func clients(t *testing.T, n int, run func(cl int) error) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for cl := range 4 {
+	errs := make(chan error, n)
+	for cl := range n {
 		wg.Go(func() {
-			c := connect(t, addr)
-			key := fmt.Sprintf("{order}%d", cl)
-			for round := range 5 {
-				var cmds [][]string
-				for range 50 {
-					cmds = append(cmds, []string{"INCR", key})
-				}
-				cmds = append(cmds, []string{"GET", key})
-				c.send(t, cmds...)
-				for i := range 50 {
-					if r, want := c.reply(t), fmt.Sprintf(":%d", round*50+i+1); r != want {
-						errs <- fmt.Errorf("client %d round %d INCR %d: %q, want %q", cl, round, i, r, want)
-						return
-					}
-				}
-				if r, want := c.reply(t), fmt.Sprintf("$%d", round*50+50); r != want {
-					errs <- fmt.Errorf("client %d round %d GET: %q, want %q", cl, round, r, want)
-					return
-				}
+			if err := run(cl); err != nil {
+				errs <- err
 			}
 		})
 	}
@@ -603,4 +623,36 @@ func TestRequestsBeforeResetStillSent(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// TestValuesIntactAcrossReusedBuffers: read buffers go back to a pool
+// once every command and reply they held is answered, and the next reads
+// of any connection fill them again. Six clients pipeline SETs and GETs
+// of values of many sizes (a few bytes to 6 KiB, so buffers roll over
+// every few commands, some mid-frame) through the shared connection; every
+// GET must read back exactly the value its client set, byte for byte.
+func TestValuesIntactAcrossReusedBuffers(t *testing.T) {
+	a := startRedis(t)
+	addr, _, _ := proxy(t, a)
+	clients(t, 6, func(cl int) error {
+		c := connect(t, addr)
+		for round := range 12 {
+			var cmds [][]string
+			var want []string
+			for i := range 16 {
+				key := fmt.Sprintf("{reuse}%d:%d", cl, i)
+				size := (cl*977 + round*613 + i*389) % 6144
+				val := strings.Repeat(string(rune('a'+(cl+round+i)%26)), size) + fmt.Sprintf("|%d/%d/%d", cl, round, i)
+				cmds = append(cmds, []string{"SET", key, val}, []string{"GET", key})
+				want = append(want, "+OK", "$"+val)
+			}
+			c.send(t, cmds...)
+			for i, w := range want {
+				if r := c.reply(t); r != w {
+					return fmt.Errorf("client %d round %d reply %d: %.40q… (%d bytes), want %.40q… (%d bytes)", cl, round, i, r, len(r), w, len(w))
+				}
+			}
+		}
+		return nil
+	})
 }
