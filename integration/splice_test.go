@@ -45,16 +45,26 @@ func TestEBPFSplice(t *testing.T) {
 		if strings.HasPrefix(p.name, "inbound") {
 			from = outsider
 		}
-		bytesBefore, passedBefore := spliced("bytes"), spliced("passed")
+		bytesBefore, passedBefore, noPeerBefore := spliced("bytes"), spliced("passed"), spliced("no_peer")
 		out, took, err := runPump(t, from, pump, "msgs", p.to, "10000", "64")
 		if err != nil || !strings.HasPrefix(out, "ok ") {
 			t.Fatalf("%s: 10,000 messages: %v: %s", p.name, err, out)
 		}
 		// Both directions of every message but the first (which may wait
-		// in the socket when the splice starts, and is moved by the agent).
+		// in the socket when the splice starts). The pump writes its
+		// header and its first message without waiting for an answer: if
+		// the message reaches the client's socket after it joined the
+		// sockhash and before the upstream did, it finds no peer and its
+		// direction goes through the agent for good, by design (no_peer
+		// counts it). Then the other direction is still all in the kernel.
 		b, passed := spliced("bytes")-bytesBefore, spliced("passed")-passedBefore
-		if want := float64(2 * 9999 * 64); b < want || passed != 0 {
-			t.Fatalf("%s: 10,000 messages: %v bytes spliced by the kernel (want at least %v), %v through the agent (want 0)", p.name, b, want, passed)
+		want, wantPassed := float64(2*9999*64), 0.0
+		if spliced("no_peer")-noPeerBefore == 1 {
+			want, wantPassed = 9999*64, 10000*64+16
+			t.Logf("%s: 10,000 messages: one direction found no peer in the insert window and went through the agent (%v bytes)", p.name, passed)
+		}
+		if b < want || passed > wantPassed {
+			t.Fatalf("%s: 10,000 messages: %v bytes spliced by the kernel (want at least %v), %v through the agent (want at most %v)", p.name, b, want, passed, wantPassed)
 		}
 		t.Logf("%s: 10,000 echoed messages in %s, %v bytes spliced", p.name, took.Round(time.Millisecond), b)
 		bytesBefore, passedBefore = spliced("bytes"), spliced("passed")

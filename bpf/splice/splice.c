@@ -148,8 +148,12 @@ static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __
 		return len;
 	if ((__u32)seen > len)
 		seen = len;
-	// bpf_skb_adjust_room pulls at most 0xfff bytes a call; an skb holds
-	// at most 64 KiB. Each call that reaches into the skb's pages
+	// bpf_skb_adjust_room pulls at most 0xfff bytes a call. An skb in the
+	// receive queue is not bounded by 64 KiB: TCP coalesces the segments
+	// that follow onto it (262 KB seen), retransmitted ones included, so
+	// a repeated head can be longer than one segment (with a bound of 17
+	// calls, cuts stopped at 69,615 bytes and reset the pair). 256 calls
+	// cut up to about 1 MiB. Each call that reaches into the skb's pages
 	// reallocates its head (the bytes cut before stay in its headroom),
 	// so a long overlap would take one allocation per 4 KiB, each larger
 	// and copying the last; pulling the whole overlap into the head first
@@ -157,7 +161,7 @@ static __always_inline __u32 trim_seen(struct __sk_buff *skb, struct peer *p, __
 	if ((__u32)seen > 0xfff)
 		bpf_skb_pull_data(skb, (__u32)seen);
 	__u32 cut = 0;
-	for (int i = 0; i < 17 && cut < (__u32)seen; i++) {
+	for (int i = 0; i < 256 && cut < (__u32)seen; i++) {
 		__u32 n = (__u32)seen - cut;
 		if (n > 0xfff)
 			n = 0xfff;
