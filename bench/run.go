@@ -438,14 +438,17 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 	statFile := filepath.Join(dir, fmt.Sprintf("%s-%s.stat", p.Name, wl.Name))
 	stat := exec.Command("perf", "stat", "-x,", "-o", statFile, "-e", "raw_syscalls:sys_enter,context-switches,task-clock",
 		"-p", strings.Join(ps, ","), "--", "sleep", secs)
-	var rec, sched *exec.Cmd
+	var sched *exec.Cmd
 	data := filepath.Join(dir, fmt.Sprintf("%s-%s.perf.data", p.Name, wl.Name))
 	schedData := filepath.Join(dir, fmt.Sprintf("%s-%s.sched.perf.data", p.Name, wl.Name))
+	// Every proxy is sampled, so that weir's profile can be read against
+	// the peers' of the same run (where nginx spends less, not only where
+	// weir spends).
+	rec := exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", strings.Join(ps, ","), "-o", data, "--", "sleep", secs)
+	if err := rec.Start(); err != nil {
+		return Profile{}, fmt.Errorf("perf record: %w", err)
+	}
 	if p.Kind == kindWeir {
-		rec = exec.Command("perf", "record", "-q", "-g", "-F", "999", "-p", strings.Join(ps, ","), "-o", data, "--", "sleep", secs)
-		if err := rec.Start(); err != nil {
-			return Profile{}, fmt.Errorf("perf record: %w", err)
-		}
 		// Where the agent's threads go to sleep and who wakes them: every
 		// context switch and wake-up with its call chain.
 		sched = exec.Command("perf", "record", "-q", "-g", "-e", "sched:sched_switch,sched:sched_wakeup",
@@ -460,8 +463,8 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 	time.Sleep(200 * time.Millisecond) // let perf attach before the load starts
 	s, err := wl.run(w, p, w.opts.Duration)
 	stat.Wait()
-	if rec != nil {
-		rec.Wait()
+	rec.Wait()
+	if sched != nil {
 		sched.Wait()
 	}
 	if err != nil {
@@ -480,7 +483,7 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 	pr := Profile{Workload: wl.Name, Path: p.Name, Per: per,
 		Syscalls: counts["raw_syscalls:sys_enter"] / units, ContextSwitches: counts["context-switches"] / units,
 		CPUus: counts["task-clock"] * 1e3 / units} // task-clock is in ms
-	if rec != nil {
+	{
 		txt := strings.TrimSuffix(data, ".perf.data") + ".txt"
 		out, err := exec.Command("perf", "report", "-i", data, "--stdio", "--children", "--sort", "sym",
 			"--percent-limit", "2", "-g", "none").Output()
@@ -491,9 +494,11 @@ func (w *world) profileCell(wl workload, p *path, dir string) (Profile, error) {
 			return pr, fmt.Errorf("perf report: %w", err)
 		}
 		pr.Report = txt
+	}
+	if sched != nil {
 		// Per event, the call chains (callee first) into the switch or
 		// wake-up: which runtime path parks a thread, and which wakes one.
-		out, err = exec.Command("perf", "report", "-i", schedData, "--stdio", "--no-children", "--sort", "comm",
+		out, err := exec.Command("perf", "report", "-i", schedData, "--stdio", "--no-children", "--sort", "comm",
 			"--percent-limit", "1", "-g", "graph,0.5", "--max-stack", "24").Output()
 		if err == nil {
 			err = os.WriteFile(strings.TrimSuffix(schedData, ".perf.data")+".txt", out, 0o644)
