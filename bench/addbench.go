@@ -68,6 +68,12 @@ type ADDResult struct {
 	// Start is weir-cni VERSION's wall time, repeated: what starting the
 	// plugin process costs before it does anything; StartCPU its CPU time.
 	Start, StartCPU []time.Duration
+	// Control is weir-cni VERSION's wall time, once right after every
+	// ADD: a process that starts, does no work and exits, timed at the
+	// same moments as the ADDs. Its drift from the first 50 to the last 50
+	// is the node's own (more namespaces, the machine's load), not the
+	// ADD's work.
+	Control []time.Duration
 	// Traced counts the ADDs run under strace, left out of the figures.
 	Traced int
 	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
@@ -135,6 +141,8 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 			t.Fatalf("%s: ADD of pod %d: %v", backend, i, err)
 		}
 		pods = append(pods, p)
+		w, _ := pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 1)
+		res.Control = append(res.Control, w...)
 		if opts.Progress != nil {
 			opts.Progress(i + 1)
 		}
@@ -411,6 +419,8 @@ type Summary struct {
 	Del Dist
 	// Start and StartCPU are weir-cni VERSION's medians.
 	Start, StartCPU time.Duration
+	// Control is the VERSION run after every ADD (ADDResult.Control).
+	Control Dist
 	// Phases by name, sorted.
 	Phases []PhaseDist
 }
@@ -424,7 +434,7 @@ type PhaseDist struct {
 // Summarize computes the report of r.
 func (r ADDResult) Summarize() Summary {
 	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced, AgentGCs: r.AgentGCs,
-		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
+		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Control: DistOf(r.Control), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
 	n := len(r.Wall) + r.Traced
 	if r.Baseline != nil {
 		n += len(r.Baseline.Wall) + r.Baseline.Traced // the agent served those too

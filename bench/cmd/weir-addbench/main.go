@@ -128,6 +128,9 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 		}
 		flat := s.Wall.Drift() <= 0.10 && s.Wall.Drift() >= -0.10
 		fmt.Printf("\ngoal for nftables: p99 <= 10 ms: %v (%s ms); flat within 10%%: %v (%+.1f%%)\n", s.Wall.P99 <= 10*time.Millisecond, ms(s.Wall.P99), flat, 100*s.Wall.Drift())
+		c := s.Control
+		fmt.Printf("control: weir-cni VERSION right after every ADD (start and exit, no work, at the same moments): p50 %s, p99 %s ms; first50 %s, last50 %s, drift %+.1f%%\n",
+			ms(c.P50), ms(c.P99), ms(c.First50), ms(c.Last50), 100*c.Drift())
 	}
 	if !phases {
 		return
