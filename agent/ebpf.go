@@ -13,6 +13,7 @@ import (
 	"github.com/weir-mesh/weir/bpf/capture"
 	"github.com/weir-mesh/weir/proxy"
 	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/proxy/origdst"
 	"github.com/weir-mesh/weir/redirect"
 )
 
@@ -214,8 +215,15 @@ type podMap struct {
 	cookie uint64
 }
 
-func (m *podMap) Lookup(client netip.AddrPort) (netip.AddrPort, error) {
-	return m.objs.OrigDst(m.cookie, client)
+func (m *podMap) Lookup(client netip.AddrPort) (netip.AddrPort, origdst.Accel, error) {
+	dst, st, err := m.objs.OrigDstAccel(m.cookie, client)
+	switch st {
+	case capture.AccelIn:
+		return dst, origdst.AccelYes, err
+	case capture.AccelOut:
+		return dst, origdst.AccelNo, err
+	}
+	return dst, origdst.AccelUnknown, err
 }
 
 func (m *podMap) TagClient(fd int, client netip.AddrPort) error {

@@ -236,7 +236,8 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 	m.accepted(dir)
 	defer m.closed(dir)
 
-	dst, err := e.originalDst(c, l)
+	var ca accelOnce
+	dst, err := e.originalDst(c, l, &ca)
 	if err != nil {
 		m.refused(dir, "no_original_dst")
 		e.Log.Debug("no original destination", "pod", w.Name, "direction", dir, "err", err)
@@ -257,7 +258,6 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 			return
 		}
 	}
-	var ca accelOnce
 	if dir == Outbound && r.Cluster != nil && e.serveService(c, &ca, l, w, dst, r) {
 		return
 	}
@@ -347,6 +347,8 @@ func (e *Engine) accelerated(c *net.TCPConn) bool {
 // accelOnce is Engine.Accelerated's answer about one accepted socket,
 // asked at most once in the connection's life: sniffing and the relay both
 // need it, and each ask costs system calls on every relayed connection.
+// An eBPF outbound record usually carries the answer (originalDst), so
+// the question is then never asked.
 // The zero value has not asked yet. The answer cannot go stale: the
 // sockops program puts a socket in the sockhash before accept returns it,
 // and only its close takes it out.
@@ -380,9 +382,15 @@ func (e *Engine) isLoop(c *net.TCPConn, l Listener, w *Workload, dst netip.AddrP
 	return a.IsLoopback() || a.IsUnspecified() || slices.Contains(w.Addrs, a)
 }
 
-func (e *Engine) originalDst(c *net.TCPConn, l Listener) (netip.AddrPort, error) {
+// originalDst returns where c was going. An eBPF record that also says
+// whether c is accelerated answers ca (the relay's question) on the way.
+func (e *Engine) originalDst(c *net.TCPConn, l Listener, ca *accelOnce) (netip.AddrPort, error) {
 	if l.Map != nil && l.Direction == Outbound {
-		return origdst.FromMap(c, l.Map)
+		dst, accel, err := origdst.FromMap(c, l.Map)
+		if err == nil && accel != origdst.AccelUnknown {
+			ca.asked, ca.yes = true, accel == origdst.AccelYes
+		}
+		return dst, err
 	}
 	if l.Transparent || l.Map != nil {
 		return origdst.Local(c)

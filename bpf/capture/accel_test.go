@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 // pump is the app of TestAccelLocalPair: small messages echoed one by one,
@@ -275,6 +277,18 @@ func TestAccelLocalPair(t *testing.T) {
 				keys = append(keys, fmt.Sprintf("%+v", pk))
 			}
 			accepted <- fmt.Errorf("the agent's accepted socket (key %+v %v) is not in the accel sockhash (counters %v, pending %v)", k, kerr, st, keys)
+			return
+		}
+		// The original destination's record says so too: the agent's
+		// lookup answers the relay's question without asking again.
+		cookie, err := NetnsCookieOf(fdOf(t, c))
+		if err != nil {
+			accepted <- err
+			return
+		}
+		dst, st, err := b.objs.OrigDstAccel(cookie, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+		if err != nil || st != AccelIn || dst != netip.MustParseAddrPort("10.1.2.3:80") {
+			accepted <- fmt.Errorf("original destination record: %v, acceleration %d, err %v; want 10.1.2.3:80, %d (in the sockhash)", dst, st, err, AccelIn)
 			return
 		}
 		// The cheaper check, with the addresses Go holds, agrees.
@@ -542,5 +556,29 @@ func TestAccelNodeNeedsTheHandshake(t *testing.T) {
 	syn := sockKey(0, client, server)
 	if err := b.objs.objs.AccelSyns.Lookup(&syn, &v); err != nil || v != cookie {
 		t.Fatalf("SYN record for %s -> %s: %d, %v; want cookie %d", client, server, v, err, cookie)
+	}
+
+	// A SYN from loopback (an app to the agent's outbound listener) is
+	// never an agent upstream's: it is not recorded.
+	lo := listenIn(t, pod, "127.0.0.1:8081")
+	loClient := netip.MustParseAddrPort("127.0.0.1:40124")
+	var loConn net.Conn
+	if err := pod.do(func() error {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(loClient), Timeout: 3 * time.Second}
+		var err error
+		loConn, err = d.Dial("tcp", "127.0.0.1:8081")
+		return err
+	}); err != nil {
+		t.Fatalf("connect on loopback: %v", err)
+	}
+	defer loConn.Close()
+	loAcc, err := lo.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer loAcc.Close()
+	loSyn := sockKey(0, loClient, netip.MustParseAddrPort("127.0.0.1:8081"))
+	if err := b.objs.objs.AccelSyns.Lookup(&loSyn, &v); !errors.Is(err, ebpf.ErrKeyNotExist) {
+		t.Fatalf("SYN record for a loopback connection: %d, %v; want none", v, err)
 	}
 }

@@ -110,6 +110,13 @@ struct endpoint {
 	__u16 family; // AF_INET or AF_INET6 (of the address, not the socket)
 };
 
+// Flags or-ed into an orig_tuples value's family by accel_passive, for the
+// agent (capture.go, OrigDstAccel): the agent's accepted socket reached
+// PASSIVE_ESTABLISHED here (decided), and went into the accel sockhash
+// (accel). Without decided the agent asks the sockhash itself.
+#define ORIG_DECIDED 0x4000
+#define ORIG_ACCEL 0x8000
+
 // Source of an app's redirected connection as the agent sees its peer.
 struct tuple_key {
 	__u64 netns;
@@ -592,12 +599,16 @@ static __always_inline int accel_on(void)
 	return accel_conf_bits() & ACCEL_CONF_ON;
 }
 
-static __always_inline void accel_insert(struct bpf_sock_ops *skops, struct sock_key *k)
+// accel_insert puts the socket in the accel sockhash under k and reports
+// whether it went in.
+static __always_inline int accel_insert(struct bpf_sock_ops *skops, struct sock_key *k)
 {
-	if (bpf_sock_hash_update(skops, &accel, k, BPF_NOEXIST) == 0)
+	if (bpf_sock_hash_update(skops, &accel, k, BPF_NOEXIST) == 0) {
 		accel_count(ACCEL_SOCKETS, 1);
-	else
-		accel_count(ACCEL_INSERT_FAILED, 1);
+		return 1;
+	}
+	accel_count(ACCEL_INSERT_FAILED, 1);
+	return 0;
 }
 
 // Sockets of same-node pairs sit in the accel sockhash under their tuple
@@ -679,6 +690,13 @@ static __always_inline void accel_node_syn(struct bpf_sock_ops *skops)
 		return;
 	struct sock_key k = {};
 	accel_key(skops, &k);
+	// A SYN from loopback (an app to the agent's outbound listener, or
+	// any pod's own loopback traffic) never comes from an agent upstream
+	// socket: the connect programs never capture loopback destinations.
+	// Recording it would cost an update per connection and fill the LRU
+	// with entries nobody deletes.
+	if (never_captured(k.remote))
+		return;
 	struct sock_key syn = {};
 	reverse_key(&k, &syn);
 	syn.netns = 0;
@@ -720,7 +738,19 @@ static __always_inline void accel_passive(struct bpf_sock_ops *skops)
 		return;
 	}
 	bpf_map_delete_elem(&accel_pending, &k);
-	accel_insert(skops, &k);
+	int in = accel_insert(skops, &k);
+	// An agent's accepted outbound socket: its peer (the app's socket)
+	// published the original destination under the peer's own source,
+	// which the agent reads right after accept. Say there whether this
+	// socket went in, so that read also answers the relay's question
+	// (Engine.Accelerated) without two more system calls.
+	struct tuple_key t = {};
+	t.netns = k.netns;
+	__builtin_memcpy(t.addr, k.remote, sizeof(t.addr));
+	t.port = k.rport;
+	struct endpoint *ep = bpf_map_lookup_elem(&orig_tuples, &t);
+	if (ep)
+		ep->family |= in ? ORIG_DECIDED | ORIG_ACCEL : ORIG_DECIDED;
 }
 
 SEC("sockops")
@@ -775,6 +805,15 @@ int weir_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
+// is_agent reports whether the calling task is the agent (its cgroup is
+// exempt from capture). The agent's own getpeername (Go asks once per
+// dial) needs nothing restored: it skips client_for's socket lookup.
+static __always_inline int is_agent(void)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	return bpf_map_lookup_elem(&agent_cgroups, &cg) != 0;
+}
+
 // client_for finds the socket at the other end of an app's accepted socket
 // (an agent upstream socket in the same netns) and returns the client the
 // agent tagged it with, copied into out.
@@ -813,6 +852,8 @@ int weir_getpeername4(struct bpf_sock_addr *ctx)
 		count(STAT_PEER_RESTORED);
 		return 1;
 	}
+	if (is_agent())
+		return 1;
 	struct bpf_sock_tuple t = {};
 	t.ipv4.saddr = sk->src_ip4;
 	barrier();
@@ -848,6 +889,8 @@ int weir_getpeername6(struct bpf_sock_addr *ctx)
 		out = *dst;
 		count(STAT_PEER_RESTORED);
 	} else {
+		if (is_agent())
+			return 1;
 		__u32 peer[4];
 		peer[0] = ctx->user_ip6[0];
 		barrier();

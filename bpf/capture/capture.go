@@ -357,12 +357,49 @@ func (o *Objects) AllowCgroup(id uint64) error {
 // by the agent's outbound listener in the netns with this cookie, was going.
 // The sockops program published it before the app's SYN left.
 func (o *Objects) OrigDst(netnsCookie uint64, client netip.AddrPort) (netip.AddrPort, error) {
+	dst, _, err := o.OrigDstAccel(netnsCookie, client)
+	return dst, err
+}
+
+// Flags the sockops program ors into a record's family once the agent's
+// accepted socket is established (capture.c, accel_passive).
+const (
+	origDecided = 0x4000
+	origAccel   = 0x8000
+)
+
+// AccelState is what a record of OrigDstAccel says of the agent's accepted
+// socket: whether it is in the accel sockhash, or nothing.
+type AccelState uint8
+
+const (
+	// AccelUnknown: the sockops program did not say (the socket was not
+	// announced, the record was read before the program ran, or an older
+	// program wrote it): ask Accelerated.
+	AccelUnknown AccelState = iota
+	// AccelOut: the socket is not in the accel sockhash.
+	AccelOut
+	// AccelIn: the socket is in the accel sockhash.
+	AccelIn
+)
+
+// OrigDstAccel is OrigDst, and whether the agent's accepted socket went
+// into the accel sockhash, which the sockops program wrote into the same
+// record (one system call answers both).
+func (o *Objects) OrigDstAccel(netnsCookie uint64, client netip.AddrPort) (netip.AddrPort, AccelState, error) {
 	k := captureTupleKey{Netns: netnsCookie, Addr: addrKey(client.Addr()), Port: client.Port()}
 	var v captureEndpoint
 	if err := o.objs.OrigTuples.LookupAndDelete(&k, &v); err != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination of %s (netns cookie %d): %w", client, netnsCookie, err)
+		return netip.AddrPort{}, AccelUnknown, fmt.Errorf("original destination of %s (netns cookie %d): %w", client, netnsCookie, err)
 	}
-	return endpointAddr(v), nil
+	st := AccelUnknown
+	switch {
+	case v.Family&origAccel != 0:
+		st = AccelIn
+	case v.Family&origDecided != 0:
+		st = AccelOut
+	}
+	return endpointAddr(v), st, nil
 }
 
 // TagClient records on the agent's upstream socket fd (before it connects

@@ -291,7 +291,11 @@ func TestEnrolRedirectsAndReleaseRestores(t *testing.T) {
 			if err != nil {
 				return
 			}
-			dst, err := b.objs.OrigDst(cookie, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			dst, st, err := b.objs.OrigDstAccel(cookie, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+			if err == nil && st != AccelUnknown {
+				// Acceleration is off: nothing may claim to know.
+				err = fmt.Errorf("record says acceleration %d with acceleration off", st)
+			}
 			if err != nil {
 				fmt.Fprintf(c, "lookup failed: %v\n", err)
 			} else {

@@ -67,19 +67,37 @@ func Local(c *net.TCPConn) (netip.AddrPort, error) {
 // agent implements it over bpf/capture's maps).
 type Map interface {
 	// Lookup returns where the connection from client (the accepted
-	// socket's peer) was going.
-	Lookup(client netip.AddrPort) (netip.AddrPort, error)
+	// socket's peer) was going, and what the kernel learnt of the accepted
+	// socket's acceleration while it was being established.
+	Lookup(client netip.AddrPort) (netip.AddrPort, Accel, error)
 	// TagClient marks the upstream socket fd, before it connects to the
 	// app, with the client the app must see as its peer.
 	TagClient(fd int, client netip.AddrPort) error
 }
 
+// Accel is what an eBPF record says of the accepted socket's acceleration
+// (the sockhash whose sockets must never be spliced from). Knowing it with
+// the destination spares the engine a system call or two per connection
+// (a netns cookie and a map lookup) to ask.
+type Accel uint8
+
+const (
+	// AccelUnknown: the record does not say (the socket was not announced
+	// to the sockhash, or an older program wrote it); ask.
+	AccelUnknown Accel = iota
+	// AccelNo: the socket is not in the sockhash.
+	AccelNo
+	// AccelYes: the socket is in the sockhash.
+	AccelYes
+)
+
 // FromMap returns the original destination of a connection accepted from
-// an eBPF connect rewrite: m's record for the accepted socket's peer.
-func FromMap(c *net.TCPConn, m Map) (netip.AddrPort, error) {
+// an eBPF connect rewrite, m's record for the accepted socket's peer, and
+// what the record says of the socket's acceleration.
+func FromMap(c *net.TCPConn, m Map) (netip.AddrPort, Accel, error) {
 	ra, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok || ra == nil {
-		return netip.AddrPort{}, fmt.Errorf("no peer address")
+		return netip.AddrPort{}, AccelUnknown, fmt.Errorf("no peer address")
 	}
 	ap := ra.AddrPort()
 	return m.Lookup(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
