@@ -445,6 +445,7 @@ type upConn struct {
 	// writer goroutine, or by a sender writing inline.
 	wmu       sync.Mutex
 	bw        *bufio.Writer
+	oneways   []*pending // the one-way requests of the run being written (under wmu)
 	goingAway atomic.Bool
 	// gone: the connection left the pool (it failed, went away, or the
 	// pool closed); a reader's cache of connections (upCache) stops
@@ -548,6 +549,32 @@ func (uc *upConn) writeLoop() {
 	}
 }
 
+// enqueueRun is enqueue for a run of requests to this connection, read
+// together: written inline as one run (writeRun: one registration under
+// mu, one flush) when nothing is queued and no one is writing, else
+// queued one by one. It reports how many of pds, from the first, the
+// connection took (the rest: it is dead, and they were never sent), and
+// whether requests it took wait in the buffer unflushed (flush false).
+func (uc *upConn) enqueueRun(pds []*pending, flush bool) (taken int, buffered bool) {
+	uc.inflight.Add(int64(len(pds)))
+	if ok, err := uc.writeInlineRun(pds, flush); ok {
+		if err != nil {
+			uc.inflight.Add(-int64(len(pds))) // never sent: the caller may try elsewhere
+			return 0, false
+		}
+		return len(pds), !flush
+	}
+	uc.inflight.Add(-int64(len(pds)))
+	for i, pd := range pds {
+		b, err := uc.enqueue(pd, flush && i == len(pds)-1)
+		if err != nil {
+			return i, buffered
+		}
+		buffered = buffered || b
+	}
+	return len(pds), buffered
+}
+
 // writeInline sends pd from the caller's goroutine when nothing is queued
 // and no one is writing, which saves the writer goroutine a wake-up per
 // request. Requests are registered for their answers in the order they
@@ -557,6 +584,12 @@ func (uc *upConn) writeLoop() {
 // overtake one queued before them: a client's SET then GET reach the
 // server in that order. ok false: the caller queues pd instead.
 func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
+	one := [1]*pending{pd}
+	return uc.writeInlineRun(one[:], flush)
+}
+
+// writeInlineRun is writeInline for a run of requests, written in order.
+func (uc *upConn) writeInlineRun(pds []*pending, flush bool) (ok bool, err error) {
 	if uc.queued.Load() > 0 || !uc.wmu.TryLock() {
 		return false, nil
 	}
@@ -564,7 +597,7 @@ func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
 	if uc.queued.Load() > 0 {
 		return false, nil // queued meanwhile: keep them in order
 	}
-	return true, uc.write(pd, flush)
+	return true, uc.writeRun(pds, flush)
 }
 
 // flush sends what inline writes left in the buffer.
@@ -582,51 +615,72 @@ func (uc *upConn) flush() {
 // sending, when the connection is already dead; a failed write kills the
 // connection, and pd is answered with the others.
 func (uc *upConn) write(pd *pending, flush bool) error {
+	one := [1]*pending{pd}
+	return uc.writeRun(one[:], flush)
+}
+
+// writeRun is write for a run of requests: registered for their answers
+// in order under one hold of mu, then written, and flushed once at the
+// end when flush is set. On a dead connection none is sent.
+func (uc *upConn) writeRun(pds []*pending, flush bool) error {
 	uc.mu.Lock()
 	if uc.err != nil {
 		err := uc.err
 		uc.mu.Unlock()
 		return err
 	}
-	oneway := pd.req.Kind() == Oneway
-	if oneway {
-		// Nothing to match: sent as it is, done once written.
-	} else if uc.byID != nil {
-		// A fresh id not in use: with ids of a byte or two, skip the
-		// ones still awaiting an answer.
-		mask := uc.pool.p.idMask()
-		for {
-			uc.nextID = (uc.nextID + 1) & mask
-			if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
-				break
+	for _, pd := range pds {
+		if pd.req.Kind() == Oneway {
+			// Nothing to match: sent as it is, done once written. (The
+			// others may be answered, and reused, once written: only the
+			// one-way ones are looked at again.)
+			uc.oneways = append(uc.oneways, pd)
+			continue
+		}
+		if uc.byID != nil {
+			// A fresh id not in use: with ids of a byte or two, skip the
+			// ones still awaiting an answer.
+			mask := uc.pool.p.idMask()
+			for {
+				uc.nextID = (uc.nextID + 1) & mask
+				if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
+					break
+				}
+			}
+			pd.req.SetID(uc.nextID)
+			uc.byID[uc.nextID] = pd
+			if len(uc.byID) == 1 {
+				uc.waitBegins()
+			}
+		} else {
+			uc.fifo = append(uc.fifo, pd)
+			if len(uc.fifo) == 1 {
+				uc.waitBegins()
 			}
 		}
-		pd.req.SetID(uc.nextID)
-		uc.byID[uc.nextID] = pd
-		if len(uc.byID) == 1 {
-			uc.waitBegins()
+		if !pd.deadline.IsZero() {
+			uc.schedule(pd)
 		}
-	} else {
-		uc.fifo = append(uc.fifo, pd)
-		if len(uc.fifo) == 1 {
-			uc.waitBegins()
-		}
-	}
-	if !oneway && !pd.deadline.IsZero() {
-		uc.schedule(pd)
 	}
 	uc.mu.Unlock()
-	_, err := uc.bw.Write(pd.req.Bytes())
+	var err error
+	for _, pd := range pds {
+		if _, err = uc.bw.Write(pd.req.Bytes()); err != nil {
+			break
+		}
+	}
 	if err == nil && flush {
 		err = uc.bw.Flush()
 	}
 	if err != nil {
 		uc.fail(err)
 	}
-	if oneway {
+	for i, pd := range uc.oneways {
 		uc.inflight.Add(-1)
 		pd.finish(nil, err)
+		uc.oneways[i] = nil
 	}
+	uc.oneways = uc.oneways[:0]
 	return nil
 }
 
