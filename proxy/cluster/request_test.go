@@ -256,7 +256,8 @@ func TestUsesKey(t *testing.T) {
 
 // TestPickRunSpreadsAndCountsEach: a run of leases picked together is
 // balanced request by request (round robin alternates within the run) and
-// counts as that many active requests until each lease's Done; a run the
+// counts as that many active requests until each lease ends (Done, or
+// DoneRun for a run of them, each once); a run the
 // circuit breaker cannot admit whole, and a cluster that picks by key,
 // are left for one-by-one picks with nothing changed.
 func TestPickRunSpreadsAndCountsEach(t *testing.T) {
@@ -281,12 +282,12 @@ func TestPickRunSpreadsAndCountsEach(t *testing.T) {
 	if s := c.Stats(); s.Active != 6 || s.Endpoints[0].Active != 3 || s.Endpoints[1].Active != 3 {
 		t.Errorf("active %d (endpoints %d, %d), want 6 (3, 3)", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
 	}
-	for _, l := range ls {
-		l.Done(nil)
-		l.Done(nil) // a second Done does nothing
-	}
+	ls[0].Done(nil)
+	DoneRun(append(ls, nil)) // ends the other five; nil and ended leases are skipped
+	ls[1].Done(nil)          // a second end does nothing
+	DoneRun(ls)
 	if s := c.Stats(); s.Active != 0 || s.Endpoints[0].Active != 0 || s.Endpoints[1].Active != 0 {
-		t.Errorf("after Done: active %d, endpoints %d %d, want 0", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
+		t.Errorf("after Done and DoneRun: active %d, endpoints %d %d, want 0", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
 	}
 
 	small := mustNew(t, Config{Name: "small", CircuitBreaker: CircuitBreakerConfig{MaxConnections: 4}}, eps("10.0.0.1:80"), Options{})

@@ -119,6 +119,15 @@ func (t *serviceTable) request(mc *methodCounters, status string, start, end tim
 	} else {
 		mc.status(t, status).Inc()
 	}
+	t.observe(start, end)
+}
+
+// observe records one request's duration, read at start and answered at
+// end (zero: now); nil counts nothing.
+func (t *serviceTable) observe(start, end time.Time) {
+	if t == nil {
+		return
+	}
 	if end.IsZero() {
 		end = time.Now()
 	}

@@ -320,14 +320,16 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 // endpoint instead when its policy allows.
 func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil, time.Time{}) }
 
-// finishTo is finish that, with batch set, fills the answer's slot and
-// appends it to batch instead of writing it: the connection's reader
-// writes them all once its read is used up (signalBatch), so a client
-// gets one write per batch of answers, not one per answer. now, when not
-// zero, is when the answer was read (a read's clock reading, for the
-// request's duration). pd is not to be touched once it returns (unless it
-// is being retried): it is its session's spare then.
-func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time) {
+// finishTo is finish that, with ab set, fills the answer's slot and
+// appends it to ab instead of writing it: the connection's reader writes
+// them all once its read is used up (signalBatch), so a client gets one
+// write per batch of answers, not one per answer; a clean answer's lease
+// and "ok" count wait in ab too, ended and counted with the batch's. now,
+// when not zero, is when the answer was read (a read's clock reading, for
+// the request's duration). pd is not to be touched once it returns
+// (unless it is being retried): it is its session's spare then (after
+// ab's leases are ended: the lease lives in pd).
+func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Time) {
 	if pd.slot != nil && pd.lease != nil {
 		switch {
 		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
@@ -344,9 +346,12 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 			}
 		}
 	}
-	if errors.Is(err, errPoolClosed) {
+	switch {
+	case errors.Is(err, errPoolClosed):
 		pd.lease.Release() // the agent's doing, not the endpoint's
-	} else {
+	case err == nil && ab != nil && pd.slot != nil:
+		ab.leases = append(ab.leases, pd.lease)
+	default:
 		pd.lease.Done(err)
 	}
 	status := "error"
@@ -358,7 +363,12 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 	case errors.Is(err, ErrRequestTimeout):
 		status = "timeout"
 	}
-	pd.s.mt.request(pd.mc, status, pd.start, now)
+	if ab != nil && status == "ok" && pd.mc != nil {
+		ab.countOK(pd.mc)
+		pd.s.mt.observe(pd.start, now)
+	} else {
+		pd.s.mt.request(pd.mc, status, pd.start, now)
+	}
 	if pd.slot == nil {
 		pd.release() // oneway
 		return
@@ -385,9 +395,9 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 		// connection's tables, by the one goroutine that holds it then.
 		sl.pd = pd
 	}
-	if batch != nil {
+	if ab != nil {
 		sl.resp, sl.err = b, err
-		*batch = append(*batch, sl)
+		ab.slots = append(ab.slots, sl)
 	} else {
 		sl.complete(b, err)
 	}
@@ -474,10 +484,13 @@ type upConn struct {
 	// frameBuf is the read buffer of the frame the reader delivers
 	// (reader only)
 	frameBuf *readBuf
-	// batch holds the answers the reader completed and has not written
-	// yet, seen the sessions they go to (reader only)
-	batch []*slot
-	seen  []*session
+	// ab holds what the reader completed and has not handed on yet
+	// (reader only)
+	ab answerBatch
+	// run is a read's worth of frames, matched the requests its
+	// responses answer (reader only)
+	run     []Frame
+	matched []*pending
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -761,7 +774,20 @@ func (uc *upConn) readLoop() {
 			return
 		}
 		uc.readAt, uc.frameBuf = fr.now, fr.cur
-		if err := uc.deliver(f); err != nil {
+		// The frames of one read are one batch: one buffer, one clock
+		// reading, matched under one hold of mu (deliverRun).
+		uc.run = append(uc.run, f)
+		for len(uc.run) < maxRun {
+			f := fr.nextBuffered()
+			if f == nil {
+				break
+			}
+			uc.run = append(uc.run, f)
+		}
+		err = uc.deliverRun(uc.run)
+		clear(uc.run)
+		uc.run = uc.run[:0]
+		if err != nil {
 			uc.signalBatch()
 			uc.fail(err)
 			return
@@ -774,8 +800,47 @@ func (uc *upConn) readLoop() {
 // has room (else its session's writer takes the rest); called by the
 // reader before it reads again.
 func (uc *upConn) signalBatch() {
-	uc.seen = completeBatch(uc.batch, uc.seen)
-	uc.batch = uc.batch[:0]
+	uc.ab.flush()
+}
+
+// answerBatch is what an upstream connection's reader completed since
+// it last read and has not handed on yet (reader only): the answers'
+// slots (seen: the sessions they go to), the leases of the requests
+// answered cleanly, and a run of "ok" counts of one method.
+type answerBatch struct {
+	slots  []*slot
+	seen   []*session
+	leases []*cluster.Lease
+	okMC   *methodCounters
+	okN    int
+}
+
+// countOK counts one "ok" answer of the method mc counts, added to its
+// counter with the others of a run of one method; nil adds the run.
+func (ab *answerBatch) countOK(mc *methodCounters) {
+	if mc != nil && mc == ab.okMC {
+		ab.okN++
+		return
+	}
+	if ab.okN > 0 {
+		ab.okMC.ok.Add(float64(ab.okN))
+	}
+	ab.okMC, ab.okN = mc, 0
+	if mc != nil {
+		ab.okN = 1
+	}
+}
+
+// flush ends the batch's leases, adds its counts, then marks its answers
+// and writes them to their clients (completeBatch); the requests answered
+// are their sessions' spares from then on.
+func (ab *answerBatch) flush() {
+	cluster.DoneRun(ab.leases)
+	clear(ab.leases)
+	ab.leases = ab.leases[:0]
+	ab.countOK(nil)
+	ab.seen = completeBatch(ab.slots, ab.seen)
+	ab.slots = ab.slots[:0]
 }
 
 var (
@@ -784,10 +849,42 @@ var (
 	errGoneAway    = errors.New("rpc: upstream went away")
 )
 
-// deliver matches a response to its request.
+// deliverRun delivers the frames of one read in order: each run of
+// responses is matched to its requests under one hold of mu (matchRun),
+// anything else one by one (deliver).
+func (uc *upConn) deliverRun(frames []Frame) error {
+	for i := 0; i < len(frames); {
+		if frames[i].Kind() != Response {
+			if err := uc.deliver(frames[i]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(frames) && frames[j].Kind() == Response {
+			j++
+		}
+		pds := uc.matchRun(frames[i:j])
+		gone := false
+		for k, pd := range pds {
+			gone = uc.answer(frames[i+k], pd) || gone
+		}
+		clear(pds)
+		if gone {
+			return errGoneAway
+		}
+		if len(pds) < j-i {
+			return errUnsolicited
+		}
+		i = j
+	}
+	return nil
+}
+
+// deliver handles one frame that is not a response.
 func (uc *upConn) deliver(f Frame) error {
 	switch f.Kind() {
-	case Response:
 	case Heartbeat:
 		if hb := uc.pool.p.heartbeater; hb != nil {
 			uc.pool.opt.Metrics.heartbeat(uc.pool.p.Name(), Server)
@@ -824,35 +921,50 @@ func (uc *upConn) deliver(f Frame) error {
 	default:
 		return errUpstreamReq
 	}
+}
+
+// matchRun takes the requests a run of responses answer out of the
+// connection's tables, under one hold of mu: into uc.matched, one per
+// response from the first, ending before a response nobody asked for.
+func (uc *upConn) matchRun(resps []Frame) []*pending {
+	uc.matched = uc.matched[:0]
 	uc.mu.Lock()
-	var pd *pending
-	if uc.byID != nil {
-		pd = uc.byID[f.ID()]
-		delete(uc.byID, f.ID())
-	} else if len(uc.fifo) > 0 {
-		pd = uc.fifo[0]
-		uc.fifo[0] = nil
-		uc.fifo = uc.fifo[1:]
-	}
-	if pd != nil {
-		uc.since = uc.readAt // progress: the clock starts again for the rest
+	for _, f := range resps {
+		var pd *pending
+		if uc.byID != nil {
+			pd = uc.byID[f.ID()]
+			delete(uc.byID, f.ID())
+		} else if len(uc.fifo) > 0 {
+			pd = uc.fifo[0]
+			uc.fifo[0] = nil
+			uc.fifo = uc.fifo[1:]
+		}
+		if pd == nil {
+			break
+		}
 		if pd.hidx >= 0 {
 			heap.Remove(&uc.dl, pd.hidx)
 		}
+		uc.matched = append(uc.matched, pd)
+	}
+	if len(uc.matched) > 0 {
+		uc.since = uc.readAt // progress: the clock starts again for the rest
 	}
 	uc.mu.Unlock()
-	if pd == nil {
-		return errUnsolicited
-	}
+	return uc.matched
+}
+
+// answer completes pd with its response f, into the reader's batch of
+// answers; it reports whether the connection, going away, has nothing
+// left in flight.
+func (uc *upConn) answer(f Frame, pd *pending) (gone bool) {
 	left := uc.inflight.Add(-1)
+	gone = left == 0 && uc.goingAway.Load()
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
 		uc.fr.giveBack(f)
 		uc.frameBuf.release()
-		if left == 0 && uc.goingAway.Load() {
-			return errGoneAway
-		}
-		return nil
+		return gone
 	}
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
@@ -860,23 +972,20 @@ func (uc *upConn) deliver(f Frame) error {
 	// Once finished, the response's bytes are in its answer and pd is
 	// released: f is no one's, unless the route rewrites answers.
 	rewrites := pd.up.Answer != nil
-	n := len(uc.batch)
-	pd.finishTo(f, nil, &uc.batch, uc.readAt)
+	n := len(uc.ab.slots)
+	pd.finishTo(f, nil, &uc.ab, uc.readAt)
 	if !rewrites {
 		uc.fr.giveBack(f)
 		// The answer's slot holds the response's bytes until they are
 		// taken (session.take), and releases their buffer then; a
 		// response not answered (the call is retried) holds nothing.
-		if len(uc.batch) > n {
-			uc.batch[len(uc.batch)-1].buf = uc.frameBuf
+		if len(uc.ab.slots) > n {
+			uc.ab.slots[len(uc.ab.slots)-1].buf = uc.frameBuf
 		} else {
 			uc.frameBuf.release()
 		}
 	}
-	if left == 0 && uc.goingAway.Load() {
-		return errGoneAway
-	}
-	return nil
+	return gone
 }
 
 // fail kills the connection once: it leaves the pool, closes, and every
