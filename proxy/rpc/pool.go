@@ -365,7 +365,7 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 	}
 	if ab != nil && status == "ok" && pd.mc != nil {
 		ab.countOK(pd.mc)
-		pd.s.mt.observe(pd.start, now)
+		pd.s.mt.observe(pd.start, now, &ab.durations)
 	} else {
 		pd.s.mt.request(pd.mc, status, pd.start, now)
 	}
@@ -806,13 +806,16 @@ func (uc *upConn) signalBatch() {
 // answerBatch is what an upstream connection's reader completed since
 // it last read and has not handed on yet (reader only): the answers'
 // slots (seen: the sessions they go to), the leases of the requests
-// answered cleanly, and a run of "ok" counts of one method.
+// answered cleanly, and their "ok" counts (a run of one method) and
+// latencies.
 type answerBatch struct {
 	slots  []*slot
 	seen   []*session
 	leases []*cluster.Lease
 	okMC   *methodCounters
 	okN    int
+	// durations gathers the latencies of answers counted "ok"
+	durations durationRun
 }
 
 // countOK counts one "ok" answer of the method mc counts, added to its
@@ -839,6 +842,7 @@ func (ab *answerBatch) flush() {
 	clear(ab.leases)
 	ab.leases = ab.leases[:0]
 	ab.countOK(nil)
+	ab.durations.flush()
 	ab.seen = completeBatch(ab.slots, ab.seen)
 	ab.slots = ab.slots[:0]
 }
