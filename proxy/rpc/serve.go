@@ -88,6 +88,7 @@ type session struct {
 	ends   []int
 	pds    []*pending
 	leases []*cluster.Lease
+	groups []sendGroup
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -267,7 +268,8 @@ func (s *session) key(f Frame) uint64 {
 // shared upstream connections: registered for their answers under one
 // lock (registerRun), picked once for the run where the cluster does not
 // pick by key (cluster.PickRun; keyed requests are picked one by one),
-// and written to each upstream connection as one run (upConn.enqueueRun).
+// and written to each upstream connection as one run (upConn.enqueueRun),
+// whichever order their endpoints take turns in.
 // A request that cannot be sent is answered with the protocol's error
 // reply; one never sent moves to another endpoint when its policy allows
 // (never a keyed or one-way request: see Protocol.retryable).
@@ -282,39 +284,64 @@ func (s *session) forwardRun(frames []Frame) {
 		}
 	}
 	s.pickRun(pds)
+	// Each connection gets its requests as one run, in their order; the
+	// runs of different connections need no order between them (answers
+	// keep theirs through their slots).
 	last := !s.fr.ready()
-	for i := 0; i < len(pds); {
-		pd := pds[i]
+	groups := s.groups[:0]
+	var (
+		prev *pending
+		uc   *upConn
+	)
+	for i, pd := range pds {
 		if pd == nil {
-			i++
 			continue
 		}
-		uc, err := s.ups.get(s.ctx, s.pool, pd.lease, s.up.Dial)
-		if err != nil {
-			// The whole path, with its retries, for this one.
-			s.dispatchFlush(pd, last && i == len(pds)-1, true)
-			i++
-			continue
+		if prev == nil || pd.lease.Endpoint() != prev.lease.Endpoint() || s.pool.opt.ConnsPerEndpoint != 1 {
+			var err error
+			if uc, err = s.ups.get(s.ctx, s.pool, pd.lease, s.up.Dial); err != nil {
+				// The whole path, with its retries, for this one.
+				s.dispatchFlush(pd, last && i == len(pds)-1, true)
+				prev = nil
+				continue
+			}
 		}
-		// The requests after it to the same endpoint go on the same
-		// connection (with more than one per endpoint, the least busy
-		// when the run began).
-		j := i + 1
-		for j < len(pds) && pds[j] != nil && pds[j].lease.Endpoint() == pd.lease.Endpoint() {
-			j++
+		prev = pd
+		k := 0
+		for k < len(groups) && groups[k].uc != uc {
+			k++
 		}
-		flush := last && j == len(pds)
-		sent, buffered := uc.enqueueRun(pds[i:j], flush)
-		if buffered && !slices.Contains(s.unflushed, uc) {
-			s.unflushed = append(s.unflushed, uc)
+		if k == len(groups) {
+			if k < cap(groups) {
+				groups = groups[:k+1]
+				groups[k].uc = uc
+			} else {
+				groups = append(groups, sendGroup{uc: uc})
+			}
+		}
+		groups[k].pds = append(groups[k].pds, pd)
+	}
+	for k := range groups {
+		g := &groups[k]
+		sent, buffered := g.uc.enqueueRun(g.pds, last)
+		if buffered && !slices.Contains(s.unflushed, g.uc) {
+			s.unflushed = append(s.unflushed, g.uc)
 		}
 		// Those the connection did not take (it died): the whole path.
-		for k := i + sent; k < j; k++ {
-			s.dispatchFlush(pds[k], flush && k == j-1, true)
+		for i := sent; i < len(g.pds); i++ {
+			s.dispatchFlush(g.pds[i], last && i == len(g.pds)-1, true)
 		}
-		i = j
+		clear(g.pds)
+		g.pds, g.uc = g.pds[:0], nil
 	}
+	s.groups = groups[:0]
 	clear(pds)
+}
+
+// sendGroup is the requests of a batch bound for one upstream connection.
+type sendGroup struct {
+	uc  *upConn
+	pds []*pending
 }
 
 // prepare fills in a registered request read as f and routes it; false
