@@ -255,6 +255,9 @@ type pending struct {
 	start time.Time
 	mc    *methodCounters // nil: no metrics
 	up    *Upstream
+	// next links the requests of a run queued for the writer goroutine as
+	// one (upConn.enqueueRun); nil otherwise
+	next *pending
 	// for retries
 	s       *session
 	c       *cluster.Cluster
@@ -456,6 +459,7 @@ type upConn struct {
 	wmu       sync.Mutex
 	bw        *bufio.Writer
 	oneways   []*pending // the one-way requests of the run being written (under wmu)
+	wrun      []*pending // the run the writer goroutine writes (its own)
 	goingAway atomic.Bool
 	// gone: the connection left the pool (it failed, went away, or the
 	// pool closed); a reader's cache of connections (upCache) stops
@@ -551,21 +555,39 @@ func (uc *upConn) writeLoop() {
 			uc.drainSend()
 			return
 		}
+		run := uc.unlink(pd)
 		uc.wmu.Lock()
-		err := uc.write(pd, len(uc.send) == 0)
+		err := uc.writeRun(run, len(uc.send) == 0)
 		uc.queued.Add(-1)
 		uc.wmu.Unlock()
 		if err != nil {
-			uc.inflight.Add(-1)
-			pd.unsent(err)
+			for _, pd := range run {
+				uc.inflight.Add(-1)
+				pd.unsent(err)
+			}
 		}
+		clear(run)
 	}
+}
+
+// unlink takes apart the run of requests queued as one (linked through
+// next, from pd), into the writer's scratch slice.
+func (uc *upConn) unlink(pd *pending) []*pending {
+	run := uc.wrun[:0]
+	for pd != nil {
+		next := pd.next
+		pd.next = nil
+		run = append(run, pd)
+		pd = next
+	}
+	uc.wrun = run
+	return run
 }
 
 // enqueueRun is enqueue for a run of requests to this connection, read
 // together: written inline as one run (writeRun: one registration under
 // mu, one flush) when nothing is queued and no one is writing, else
-// queued one by one. It reports how many of pds, from the first, the
+// queued for the writer goroutine as one item. It reports how many of pds, from the first, the
 // connection took (the rest: it is dead, and they were never sent), and
 // whether requests it took wait in the buffer unflushed (flush false).
 func (uc *upConn) enqueueRun(pds []*pending, flush bool) (taken int, buffered bool) {
@@ -577,15 +599,30 @@ func (uc *upConn) enqueueRun(pds []*pending, flush bool) (taken int, buffered bo
 		}
 		return len(pds), !flush
 	}
-	uc.inflight.Add(-int64(len(pds)))
-	for i, pd := range pds {
-		b, err := uc.enqueue(pd, flush && i == len(pds)-1)
-		if err != nil {
-			return i, buffered
-		}
-		buffered = buffered || b
+	// Queued as one item, the requests linked in their order: one
+	// hand-off to the writer goroutine for the run.
+	for i, pd := range pds[:len(pds)-1] {
+		pd.next = pds[i+1]
 	}
-	return len(pds), buffered
+	uc.queued.Add(1)
+	select {
+	case uc.send <- pds[0]:
+		// The writer may have quit between the two cases: then nobody
+		// else takes the run from the queue.
+		select {
+		case <-uc.stop:
+			uc.drainSend()
+		default:
+		}
+		return len(pds), false
+	case <-uc.stop:
+		uc.queued.Add(-1)
+		uc.inflight.Add(-int64(len(pds)))
+		for _, pd := range pds {
+			pd.next = nil
+		}
+		return 0, false
+	}
 }
 
 // writeInline sends pd from the caller's goroutine when nothing is queued
@@ -703,8 +740,13 @@ func (uc *upConn) drainSend() {
 		select {
 		case pd := <-uc.send:
 			uc.queued.Add(-1)
-			uc.inflight.Add(-1)
-			pd.unsent(uc.err)
+			for pd != nil {
+				next := pd.next
+				pd.next = nil
+				uc.inflight.Add(-1)
+				pd.unsent(uc.err)
+				pd = next
+			}
 		default:
 			return
 		}
