@@ -192,11 +192,16 @@ func (s *session) registerRun(frames []Frame) []*pending {
 
 // roomLocked waits, with amu held (let go while it waits), until fewer
 // than maxQueued answers are outstanding, and counts one more; false,
-// with amu let go, when the session ends first.
+// with amu let go, when the session ends first. Only the session's
+// reader calls it.
 func (s *session) roomLocked() bool {
 	for s.outstanding >= maxQueued {
 		s.roomWait = true
 		s.amu.Unlock()
+		// The requests whose answers would make room may still be in an
+		// upstream connection's buffer: send them before waiting. (Not
+		// under amu: a failed flush answers requests, which takes it.)
+		s.flushUp()
 		select {
 		case <-s.room:
 		case <-s.ctx.Done():
