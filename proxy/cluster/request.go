@@ -89,6 +89,56 @@ func (c *Cluster) PickInto(l *Lease, key uint64, prev *Lease, now time.Time) err
 	return nil
 }
 
+// PickRun is PickInto with no key and no earlier attempt for every lease
+// of ls: for a batch of requests read together (a read's worth of
+// pipelined commands) to a cluster that does not pick by key. The
+// balancer still decides for each request on its own (round robin
+// spreads a batch as it spreads requests one by one), and each lease is a
+// request of its own (active until its Done, with its own outcome); what
+// the batch shares is the cluster-wide bookkeeping of a pick (the
+// circuit breaker's count of active requests, the retry budget's
+// deposits, the pick counter), done once for the batch instead of once
+// per request on lines every core writes. It reports false, having
+// changed nothing, when the cluster picks by key (UsesKey), when the
+// circuit breaker would not admit the whole batch, or when a request
+// finds no endpoint: the caller then picks each lease on its own
+// (PickInto), which admits as many as one-by-one picks would and gives
+// each refused request its error. The leases must not be live; now is as
+// for PickInto.
+func (c *Cluster) PickRun(ls []*Lease, now time.Time) bool {
+	n := int64(len(ls))
+	if n == 0 || c.hashes {
+		return false
+	}
+	st := c.st
+	if st.active.Add(n) > int64(c.cfg.CircuitBreaker.MaxConnections) {
+		st.active.Add(-n)
+		return false
+	}
+	t := c.at(now)
+	for i, l := range ls {
+		l.view.t, l.view.pass, l.view.n = nil, 0, 0
+		e := c.pick(0, &l.view, t)
+		if e == nil {
+			for _, p := range ls[:i] {
+				p.ep.st.active.Add(-1)
+				p.ep = nil
+			}
+			st.active.Add(-n)
+			return false
+		}
+		l.view.remember(e.st)
+		e.st.active.Add(1)
+		l.c, l.ep, l.request = c, e, true
+	}
+	st.budget.add(int64(c.cfg.Retry.BudgetPercent)*10*n, budgetCap(c.cfg.Retry.MinRetriesPerSecond))
+	st.connections.Add(uint64(n))
+	for _, l := range ls {
+		l.done.Store(false)
+	}
+	return true
+}
+
 // Dial opens a new connection to the lease's endpoint with the cluster's
 // connect timeout, for an L7 pool that had none idle. The outcome is
 // recorded on the endpoint as an L4 connect's is (latency estimate,

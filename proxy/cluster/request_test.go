@@ -253,3 +253,52 @@ func TestUsesKey(t *testing.T) {
 		}
 	}
 }
+
+// TestPickRunSpreadsAndCountsEach: a run of leases picked together is
+// balanced request by request (round robin alternates within the run) and
+// counts as that many active requests until each lease ends (Done, or
+// DoneRun for a run of them, each once); a run the
+// circuit breaker cannot admit whole, and a cluster that picks by key,
+// are left for one-by-one picks with nothing changed.
+func TestPickRunSpreadsAndCountsEach(t *testing.T) {
+	c := mustNew(t, Config{Name: "run"}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
+	ls := make([]*Lease, 6)
+	for i := range ls {
+		ls[i] = new(Lease)
+	}
+	if !c.PickRun(ls, time.Time{}) {
+		t.Fatal("PickRun refused a run the cluster can take")
+	}
+	got := map[netip.AddrPort]int{}
+	for i, l := range ls {
+		got[l.Endpoint()]++
+		if i > 0 && l.Endpoint() == ls[i-1].Endpoint() {
+			t.Errorf("leases %d and %d both went to %s: round robin did not alternate", i-1, i, l.Endpoint())
+		}
+	}
+	if got[ap("10.0.0.1:80")] != 3 || got[ap("10.0.0.2:80")] != 3 {
+		t.Errorf("6 leases went %v, want 3 and 3", got)
+	}
+	if s := c.Stats(); s.Active != 6 || s.Endpoints[0].Active != 3 || s.Endpoints[1].Active != 3 {
+		t.Errorf("active %d (endpoints %d, %d), want 6 (3, 3)", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
+	}
+	ls[0].Done(nil)
+	DoneRun(append(ls, nil)) // ends the other five; nil and ended leases are skipped
+	ls[1].Done(nil)          // a second end does nothing
+	DoneRun(ls)
+	if s := c.Stats(); s.Active != 0 || s.Endpoints[0].Active != 0 || s.Endpoints[1].Active != 0 {
+		t.Errorf("after Done and DoneRun: active %d, endpoints %d %d, want 0", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
+	}
+
+	small := mustNew(t, Config{Name: "small", CircuitBreaker: CircuitBreakerConfig{MaxConnections: 4}}, eps("10.0.0.1:80"), Options{})
+	if small.PickRun(ls, time.Time{}) {
+		t.Error("PickRun admitted 6 requests past a breaker of 4")
+	}
+	if s := small.Stats(); s.Active != 0 {
+		t.Errorf("a refused run left %d active", s.Active)
+	}
+	keyed := mustNew(t, Config{Name: "keyed", Balancer: RingHash}, eps("10.0.0.1:80"), Options{})
+	if keyed.PickRun(ls, time.Time{}) {
+		t.Error("PickRun picked for a cluster that picks by key")
+	}
+}

@@ -135,32 +135,87 @@ func downConn(down net.Conn) *rawsock.Conn {
 }
 
 // register gives a new slot its place among the answers to come, once
-// fewer than maxQueued are outstanding, with a request to fill when
-// withPending is set; nil when the session ends while the reader waits
-// for room. Only the session's reader calls it, so it also hands the
-// reader a spare frame for its next Decode. (Spare frames still alias the
-// read buffers of their last messages: like the reader's own buffer,
-// those live on while a connection is idle; a busy one reuses its spares
-// at once.)
-func (s *session) register(withPending bool) (*slot, *pending) {
+// fewer than maxQueued are outstanding, for an answer the agent makes
+// (local); nil when the session ends while the reader waits for room.
+// Only the session's reader calls it.
+func (s *session) register() *slot {
 	s.amu.Lock()
+	if !s.roomLocked() {
+		return nil
+	}
+	sl := s.newSlotLocked()
+	s.amu.Unlock()
+	return sl
+}
+
+// registerRun registers the requests read as frames, in order, under one
+// hold of amu (but while it waits for room): each gets a request to fill
+// (s.pds, returned) and, unless it is one-way, a slot among the answers
+// to come. It returns fewer than frames when the session ends while it
+// waits for room. Only the session's reader calls it, so it also hands
+// the reader the spare frames for its next Decodes. (Spare frames still
+// alias the read buffers of their last messages: like the reader's own
+// buffer, those live on while a connection is idle; a busy one reuses
+// its spares at once.)
+func (s *session) registerRun(frames []Frame) []*pending {
+	s.pds = s.pds[:0]
+	s.amu.Lock()
+	for _, f := range frames {
+		var sl *slot
+		if f.Kind() != Oneway {
+			if !s.roomLocked() {
+				return s.pds
+			}
+			sl = s.newSlotLocked()
+		}
+		var pd *pending
+		if n := len(s.sparePendings); n > 0 {
+			pd = s.sparePendings[n-1]
+			s.sparePendings[n-1] = nil
+			s.sparePendings = s.sparePendings[:n-1]
+		} else {
+			pd = pendings.Get().(*pending)
+		}
+		pd.slot = sl
+		s.pds = append(s.pds, pd)
+	}
+	if n := min(len(s.spareFrames), maxSpares-len(s.fr.spares)); n > 0 {
+		// For the reader's next Decodes: registerRun runs on the reader.
+		k := len(s.spareFrames) - n
+		s.fr.spares = append(s.fr.spares, s.spareFrames[k:]...)
+		clear(s.spareFrames[k:])
+		s.spareFrames = s.spareFrames[:k]
+	}
+	s.amu.Unlock()
+	return s.pds
+}
+
+// roomLocked waits, with amu held (let go while it waits), until fewer
+// than maxQueued answers are outstanding, and counts one more; false,
+// with amu let go, when the session ends first. Only the session's
+// reader calls it.
+func (s *session) roomLocked() bool {
 	for s.outstanding >= maxQueued {
 		s.roomWait = true
 		s.amu.Unlock()
+		// The requests whose answers would make room may still be in an
+		// upstream connection's buffer: send them before waiting. (Not
+		// under amu: a failed flush answers requests, which takes it.)
+		s.flushUp()
 		select {
 		case <-s.room:
 		case <-s.ctx.Done():
-			return nil, nil
+			return false
 		}
 		s.amu.Lock()
 	}
 	s.outstanding++
-	if n := len(s.spareFrames); n > 0 && s.fr.spare == nil {
-		// For the reader's next Decode: register runs on the reader.
-		s.fr.spare = s.spareFrames[n-1]
-		s.spareFrames[n-1] = nil
-		s.spareFrames = s.spareFrames[:n-1]
-	}
+	return true
+}
+
+// newSlotLocked takes a slot for the next answer, in its place among
+// the answers to come; called with amu held.
+func (s *session) newSlotLocked() *slot {
 	var sl *slot
 	if n := len(s.spareSlots); n > 0 {
 		sl = s.spareSlots[n-1]
@@ -172,17 +227,7 @@ func (s *session) register(withPending bool) (*slot, *pending) {
 	if s.ordered {
 		s.queue = append(s.queue, sl)
 	}
-	var pd *pending
-	if withPending {
-		if n := len(s.sparePendings); n > 0 {
-			pd = s.sparePendings[n-1]
-			s.sparePendings = s.sparePendings[:n-1]
-		} else {
-			pd = pendings.Get().(*pending)
-		}
-	}
-	s.amu.Unlock()
-	return sl, pd
+	return sl
 }
 
 // complete answers one slot and writes what can be written.

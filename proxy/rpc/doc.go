@@ -43,6 +43,21 @@
 // request the Pinner names moves the downstream connection to an upstream
 // connection of its own, relayed as bytes from that request on.
 //
+// A reader handles a read's worth of frames as one batch (up to 128 of
+// them: what one read brought, all in one buffer and with one clock
+// reading). A session's reader registers a batch's requests for their
+// answers under one hold of the answer lock, picks them with one call
+// (cluster.PickRun: the balancer still decides for each request, only
+// the cluster-wide counts are updated once) unless the cluster picks by
+// key, and writes each run of them bound for one upstream connection
+// under one hold of its locks, with one flush. An upstream connection's
+// reader matches a read's worth of responses to their requests under one
+// hold of its lock, ends their leases together (cluster.DoneRun) and adds
+// their "ok" counts and latencies (a histogram kept as atomic counts per
+// bucket) once per batch. Order, pinning, heartbeats, retries and
+// timeouts are per request as before: a pinned request puts the frames
+// read after it back as bytes to relay.
+//
 // Per request the hot path allocates nothing of its own: pending requests
 // and answer slots are a session's spares, reused under the answer lock
 // that registering and answering a request take anyway; the pick goes
@@ -50,9 +65,9 @@
 // is computed only for clusters that hash it (cluster.UsesKey); a
 // session's reader finds the shared connection to an endpoint and the
 // metrics of a method in small caches of its last few; a codec that is a
-// Recycler gets its frames back once no one holds them (Dubbo's are
-// reused), and one that is also a Reuser (Redis) gets them back as the
-// next frame its reader fills; and a read buffer goes back to a pool once
+// Recycler gets its frames back once no one holds them, and one that is
+// also a Reuser (Redis, Dubbo) gets them back as the next frames its
+// reader fills; and a read buffer goes back to a pool once
 // every frame it lent is released, so pipelined commands and replies
 // cost no buffer garbage either.
 //

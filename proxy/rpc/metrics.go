@@ -12,7 +12,7 @@ import (
 // counts nothing.
 type Metrics struct {
 	requests   *prometheus.CounterVec
-	duration   *prometheus.HistogramVec
+	duration   *durations
 	heartbeats *prometheus.CounterVec
 	retries    *prometheus.CounterVec
 
@@ -29,7 +29,7 @@ type tableKey struct{ protocol, service string }
 type serviceTable struct {
 	m                 *Metrics
 	protocol, service string
-	duration          prometheus.Observer
+	duration          *durationHist
 	mu                sync.RWMutex
 	methods           map[string]*methodCounters // by the method's bytes
 	other             *methodCounters            // past maxMethods
@@ -56,11 +56,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "weir_rpc_requests_total",
 			Help: "RPC requests (Dubbo, SOFABolt, RocketMQ, Redis) proxied or answered by the agent, by protocol, weir service, method and status (the protocol's status; \"timeout\" for a request past its route's timeout, \"error\" for another answer the agent made, \"sent\" for a one-way request).",
 		}, []string{"protocol", "service", "method", "status"}),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "weir_rpc_request_duration_seconds",
-			Help:    "Time from reading an RPC request to its answer being ready, by protocol.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
-		}, []string{"protocol"}),
+		duration: newDurations(),
 		heartbeats: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_rpc_heartbeats_total",
 			Help: "Heartbeats the agent answered itself, by protocol and side (client: a downstream application's; server: an upstream endpoint's).",
@@ -87,7 +83,7 @@ func (m *Metrics) table(protocol, service string) *serviceTable {
 	t := m.tables[k]
 	if t == nil {
 		t = &serviceTable{m: m, protocol: protocol, service: service,
-			duration: m.duration.WithLabelValues(protocol), methods: map[string]*methodCounters{}}
+			duration: m.duration.hist(protocol), methods: map[string]*methodCounters{}}
 		m.tables[k] = t
 	}
 	return t
@@ -119,10 +115,24 @@ func (t *serviceTable) request(mc *methodCounters, status string, start, end tim
 	} else {
 		mc.status(t, status).Inc()
 	}
+	t.observe(start, end, nil)
+}
+
+// observe records one request's duration, read at start and answered at
+// end (zero: now), at once or, with run set, with run's others; nil
+// counts nothing.
+func (t *serviceTable) observe(start, end time.Time, run *durationRun) {
+	if t == nil {
+		return
+	}
 	if end.IsZero() {
 		end = time.Now()
 	}
-	t.duration.Observe(end.Sub(start).Seconds())
+	if run != nil {
+		run.add(t.duration, end.Sub(start))
+		return
+	}
+	t.duration.observe(end.Sub(start))
 }
 
 // methodCache is one reader's last few methods and their counters: a

@@ -2,6 +2,7 @@ package rpc
 
 import (
 	"fmt"
+	"math"
 	"testing"
 	"time"
 
@@ -89,5 +90,59 @@ func TestMetricsMethodsBounded(t *testing.T) {
 	// "ok" and "timeout".
 	if len(series) != maxMethods+3 || series["other/ok"] != 11 || series["other/timeout"] != 1 || series["none/error"] != 1 {
 		t.Fatalf("%d series; other/ok %v, other/timeout %v, none/error %v", len(series), series["other/ok"], series["other/timeout"], series["none/error"])
+	}
+}
+
+// TestDurationsMatchPrometheus: the latency histogram, fed one at a time
+// and in runs (durationRun), exports what a prometheus.Histogram with the
+// same buckets exports for the same observations: counts per bucket
+// (bounds included in their bucket), sample count and sum.
+func TestDurationsMatchPrometheus(t *testing.T) {
+	ref := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ref", Buckets: func() []float64 {
+		var b []float64
+		for _, le := range durationBuckets {
+			b = append(b, le.Seconds())
+		}
+		return b
+	}()})
+	d := newDurations()
+	h := d.hist("redis")
+	var run durationRun
+	obs := []time.Duration{0, time.Nanosecond, 100 * time.Microsecond, 100*time.Microsecond + 1, 3 * time.Millisecond, time.Second, 10 * time.Second, time.Minute}
+	for i, o := range obs {
+		for k := range i + 1 {
+			ref.Observe(o.Seconds())
+			if k%2 == 0 {
+				h.observe(o)
+			} else {
+				run.add(h, o)
+			}
+		}
+		if i%3 == 0 {
+			run.flush()
+		}
+	}
+	run.flush()
+	run.flush() // a second flush adds nothing
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(d, ref)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 2 || mfs[0].GetName() != "ref" {
+		t.Fatalf("gathered %d families, want ref and ours", len(mfs))
+	}
+	want, got := mfs[0].GetMetric()[0].GetHistogram(), mfs[1].GetMetric()[0].GetHistogram()
+	if got.GetSampleCount() != want.GetSampleCount() || math.Abs(got.GetSampleSum()-want.GetSampleSum()) > 1e-6 {
+		t.Errorf("count %d sum %v, want %d %v", got.GetSampleCount(), got.GetSampleSum(), want.GetSampleCount(), want.GetSampleSum())
+	}
+	for i, b := range want.GetBucket() {
+		if g := got.GetBucket()[i]; g.GetUpperBound() != b.GetUpperBound() || g.GetCumulativeCount() != b.GetCumulativeCount() {
+			t.Errorf("bucket %v: %d, want le %v: %d", g.GetUpperBound(), g.GetCumulativeCount(), b.GetUpperBound(), b.GetCumulativeCount())
+		}
+	}
+	if l := mfs[1].GetMetric()[0].GetLabel(); len(l) != 1 || l[0].GetValue() != "redis" {
+		t.Errorf("labels %v, want protocol=redis", l)
 	}
 }

@@ -255,6 +255,9 @@ type pending struct {
 	start time.Time
 	mc    *methodCounters // nil: no metrics
 	up    *Upstream
+	// next links the requests of a run queued for the writer goroutine as
+	// one (upConn.enqueueRun); nil otherwise
+	next *pending
 	// for retries
 	s       *session
 	c       *cluster.Cluster
@@ -320,14 +323,16 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 // endpoint instead when its policy allows.
 func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil, time.Time{}) }
 
-// finishTo is finish that, with batch set, fills the answer's slot and
-// appends it to batch instead of writing it: the connection's reader
-// writes them all once its read is used up (signalBatch), so a client
-// gets one write per batch of answers, not one per answer. now, when not
-// zero, is when the answer was read (a read's clock reading, for the
-// request's duration). pd is not to be touched once it returns (unless it
-// is being retried): it is its session's spare then.
-func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time) {
+// finishTo is finish that, with ab set, fills the answer's slot and
+// appends it to ab instead of writing it: the connection's reader writes
+// them all once its read is used up (signalBatch), so a client gets one
+// write per batch of answers, not one per answer; a clean answer's lease
+// and "ok" count wait in ab too, ended and counted with the batch's. now,
+// when not zero, is when the answer was read (a read's clock reading, for
+// the request's duration). pd is not to be touched once it returns
+// (unless it is being retried): it is its session's spare then (after
+// ab's leases are ended: the lease lives in pd).
+func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Time) {
 	if pd.slot != nil && pd.lease != nil {
 		switch {
 		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
@@ -344,9 +349,12 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 			}
 		}
 	}
-	if errors.Is(err, errPoolClosed) {
+	switch {
+	case errors.Is(err, errPoolClosed):
 		pd.lease.Release() // the agent's doing, not the endpoint's
-	} else {
+	case err == nil && ab != nil && pd.slot != nil:
+		ab.leases = append(ab.leases, pd.lease)
+	default:
 		pd.lease.Done(err)
 	}
 	status := "error"
@@ -358,7 +366,12 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 	case errors.Is(err, ErrRequestTimeout):
 		status = "timeout"
 	}
-	pd.s.mt.request(pd.mc, status, pd.start, now)
+	if ab != nil && status == "ok" && pd.mc != nil {
+		ab.countOK(pd.mc)
+		pd.s.mt.observe(pd.start, now, &ab.durations)
+	} else {
+		pd.s.mt.request(pd.mc, status, pd.start, now)
+	}
 	if pd.slot == nil {
 		pd.release() // oneway
 		return
@@ -385,9 +398,9 @@ func (pd *pending) finishTo(resp Frame, err error, batch *[]*slot, now time.Time
 		// connection's tables, by the one goroutine that holds it then.
 		sl.pd = pd
 	}
-	if batch != nil {
+	if ab != nil {
 		sl.resp, sl.err = b, err
-		*batch = append(*batch, sl)
+		ab.slots = append(ab.slots, sl)
 	} else {
 		sl.complete(b, err)
 	}
@@ -445,6 +458,8 @@ type upConn struct {
 	// writer goroutine, or by a sender writing inline.
 	wmu       sync.Mutex
 	bw        *bufio.Writer
+	oneways   []*pending // the one-way requests of the run being written (under wmu)
+	wrun      []*pending // the run the writer goroutine writes (its own)
 	goingAway atomic.Bool
 	// gone: the connection left the pool (it failed, went away, or the
 	// pool closed); a reader's cache of connections (upCache) stops
@@ -473,10 +488,13 @@ type upConn struct {
 	// frameBuf is the read buffer of the frame the reader delivers
 	// (reader only)
 	frameBuf *readBuf
-	// batch holds the answers the reader completed and has not written
-	// yet, seen the sessions they go to (reader only)
-	batch []*slot
-	seen  []*session
+	// ab holds what the reader completed and has not handed on yet
+	// (reader only)
+	ab answerBatch
+	// run is a read's worth of frames, matched the requests its
+	// responses answer (reader only)
+	run     []Frame
+	matched []*pending
 }
 
 func newUpConn(p *Pool, c *net.TCPConn, addr netip.AddrPort) *upConn {
@@ -537,14 +555,73 @@ func (uc *upConn) writeLoop() {
 			uc.drainSend()
 			return
 		}
+		run := uc.unlink(pd)
 		uc.wmu.Lock()
-		err := uc.write(pd, len(uc.send) == 0)
+		err := uc.writeRun(run, len(uc.send) == 0)
 		uc.queued.Add(-1)
 		uc.wmu.Unlock()
 		if err != nil {
-			uc.inflight.Add(-1)
-			pd.unsent(err)
+			for _, pd := range run {
+				uc.inflight.Add(-1)
+				pd.unsent(err)
+			}
 		}
+		clear(run)
+	}
+}
+
+// unlink takes apart the run of requests queued as one (linked through
+// next, from pd), into the writer's scratch slice.
+func (uc *upConn) unlink(pd *pending) []*pending {
+	run := uc.wrun[:0]
+	for pd != nil {
+		next := pd.next
+		pd.next = nil
+		run = append(run, pd)
+		pd = next
+	}
+	uc.wrun = run
+	return run
+}
+
+// enqueueRun is enqueue for a run of requests to this connection, read
+// together: written inline as one run (writeRun: one registration under
+// mu, one flush) when nothing is queued and no one is writing, else
+// queued for the writer goroutine as one item. It reports how many of pds, from the first, the
+// connection took (the rest: it is dead, and they were never sent), and
+// whether requests it took wait in the buffer unflushed (flush false).
+func (uc *upConn) enqueueRun(pds []*pending, flush bool) (taken int, buffered bool) {
+	uc.inflight.Add(int64(len(pds)))
+	if ok, err := uc.writeInlineRun(pds, flush); ok {
+		if err != nil {
+			uc.inflight.Add(-int64(len(pds))) // never sent: the caller may try elsewhere
+			return 0, false
+		}
+		return len(pds), !flush
+	}
+	// Queued as one item, the requests linked in their order: one
+	// hand-off to the writer goroutine for the run.
+	for i, pd := range pds[:len(pds)-1] {
+		pd.next = pds[i+1]
+	}
+	uc.queued.Add(1)
+	select {
+	case uc.send <- pds[0]:
+		// The writer may have quit between the two cases: then nobody
+		// else takes the run from the queue.
+		select {
+		case <-uc.stop:
+			uc.drainSend()
+		default:
+		}
+		return len(pds), false
+	case <-uc.stop:
+		uc.queued.Add(-1)
+		uc.inflight.Add(-int64(len(pds)))
+		for _, pd := range pds {
+			pd.next = nil
+		}
+		return 0, false
 	}
 }
 
@@ -557,6 +634,12 @@ func (uc *upConn) writeLoop() {
 // overtake one queued before them: a client's SET then GET reach the
 // server in that order. ok false: the caller queues pd instead.
 func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
+	one := [1]*pending{pd}
+	return uc.writeInlineRun(one[:], flush)
+}
+
+// writeInlineRun is writeInline for a run of requests, written in order.
+func (uc *upConn) writeInlineRun(pds []*pending, flush bool) (ok bool, err error) {
 	if uc.queued.Load() > 0 || !uc.wmu.TryLock() {
 		return false, nil
 	}
@@ -564,7 +647,7 @@ func (uc *upConn) writeInline(pd *pending, flush bool) (ok bool, err error) {
 	if uc.queued.Load() > 0 {
 		return false, nil // queued meanwhile: keep them in order
 	}
-	return true, uc.write(pd, flush)
+	return true, uc.writeRun(pds, flush)
 }
 
 // flush sends what inline writes left in the buffer.
@@ -582,51 +665,72 @@ func (uc *upConn) flush() {
 // sending, when the connection is already dead; a failed write kills the
 // connection, and pd is answered with the others.
 func (uc *upConn) write(pd *pending, flush bool) error {
+	one := [1]*pending{pd}
+	return uc.writeRun(one[:], flush)
+}
+
+// writeRun is write for a run of requests: registered for their answers
+// in order under one hold of mu, then written, and flushed once at the
+// end when flush is set. On a dead connection none is sent.
+func (uc *upConn) writeRun(pds []*pending, flush bool) error {
 	uc.mu.Lock()
 	if uc.err != nil {
 		err := uc.err
 		uc.mu.Unlock()
 		return err
 	}
-	oneway := pd.req.Kind() == Oneway
-	if oneway {
-		// Nothing to match: sent as it is, done once written.
-	} else if uc.byID != nil {
-		// A fresh id not in use: with ids of a byte or two, skip the
-		// ones still awaiting an answer.
-		mask := uc.pool.p.idMask()
-		for {
-			uc.nextID = (uc.nextID + 1) & mask
-			if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
-				break
+	for _, pd := range pds {
+		if pd.req.Kind() == Oneway {
+			// Nothing to match: sent as it is, done once written. (The
+			// others may be answered, and reused, once written: only the
+			// one-way ones are looked at again.)
+			uc.oneways = append(uc.oneways, pd)
+			continue
+		}
+		if uc.byID != nil {
+			// A fresh id not in use: with ids of a byte or two, skip the
+			// ones still awaiting an answer.
+			mask := uc.pool.p.idMask()
+			for {
+				uc.nextID = (uc.nextID + 1) & mask
+				if _, busy := uc.byID[uc.nextID]; !busy && uc.nextID != 0 {
+					break
+				}
+			}
+			pd.req.SetID(uc.nextID)
+			uc.byID[uc.nextID] = pd
+			if len(uc.byID) == 1 {
+				uc.waitBegins()
+			}
+		} else {
+			uc.fifo = append(uc.fifo, pd)
+			if len(uc.fifo) == 1 {
+				uc.waitBegins()
 			}
 		}
-		pd.req.SetID(uc.nextID)
-		uc.byID[uc.nextID] = pd
-		if len(uc.byID) == 1 {
-			uc.waitBegins()
+		if !pd.deadline.IsZero() {
+			uc.schedule(pd)
 		}
-	} else {
-		uc.fifo = append(uc.fifo, pd)
-		if len(uc.fifo) == 1 {
-			uc.waitBegins()
-		}
-	}
-	if !oneway && !pd.deadline.IsZero() {
-		uc.schedule(pd)
 	}
 	uc.mu.Unlock()
-	_, err := uc.bw.Write(pd.req.Bytes())
+	var err error
+	for _, pd := range pds {
+		if _, err = uc.bw.Write(pd.req.Bytes()); err != nil {
+			break
+		}
+	}
 	if err == nil && flush {
 		err = uc.bw.Flush()
 	}
 	if err != nil {
 		uc.fail(err)
 	}
-	if oneway {
+	for i, pd := range uc.oneways {
 		uc.inflight.Add(-1)
 		pd.finish(nil, err)
+		uc.oneways[i] = nil
 	}
+	uc.oneways = uc.oneways[:0]
 	return nil
 }
 
@@ -636,8 +740,13 @@ func (uc *upConn) drainSend() {
 		select {
 		case pd := <-uc.send:
 			uc.queued.Add(-1)
-			uc.inflight.Add(-1)
-			pd.unsent(uc.err)
+			for pd != nil {
+				next := pd.next
+				pd.next = nil
+				uc.inflight.Add(-1)
+				pd.unsent(uc.err)
+				pd = next
+			}
 		default:
 			return
 		}
@@ -707,7 +816,20 @@ func (uc *upConn) readLoop() {
 			return
 		}
 		uc.readAt, uc.frameBuf = fr.now, fr.cur
-		if err := uc.deliver(f); err != nil {
+		// The frames of one read are one batch: one buffer, one clock
+		// reading, matched under one hold of mu (deliverRun).
+		uc.run = append(uc.run, f)
+		for len(uc.run) < maxRun {
+			f := fr.nextBuffered()
+			if f == nil {
+				break
+			}
+			uc.run = append(uc.run, f)
+		}
+		err = uc.deliverRun(uc.run)
+		clear(uc.run)
+		uc.run = uc.run[:0]
+		if err != nil {
 			uc.signalBatch()
 			uc.fail(err)
 			return
@@ -720,8 +842,51 @@ func (uc *upConn) readLoop() {
 // has room (else its session's writer takes the rest); called by the
 // reader before it reads again.
 func (uc *upConn) signalBatch() {
-	uc.seen = completeBatch(uc.batch, uc.seen)
-	uc.batch = uc.batch[:0]
+	uc.ab.flush()
+}
+
+// answerBatch is what an upstream connection's reader completed since
+// it last read and has not handed on yet (reader only): the answers'
+// slots (seen: the sessions they go to), the leases of the requests
+// answered cleanly, and their "ok" counts (a run of one method) and
+// latencies.
+type answerBatch struct {
+	slots  []*slot
+	seen   []*session
+	leases []*cluster.Lease
+	okMC   *methodCounters
+	okN    int
+	// durations gathers the latencies of answers counted "ok"
+	durations durationRun
+}
+
+// countOK counts one "ok" answer of the method mc counts, added to its
+// counter with the others of a run of one method; nil adds the run.
+func (ab *answerBatch) countOK(mc *methodCounters) {
+	if mc != nil && mc == ab.okMC {
+		ab.okN++
+		return
+	}
+	if ab.okN > 0 {
+		ab.okMC.ok.Add(float64(ab.okN))
+	}
+	ab.okMC, ab.okN = mc, 0
+	if mc != nil {
+		ab.okN = 1
+	}
+}
+
+// flush ends the batch's leases, adds its counts, then marks its answers
+// and writes them to their clients (completeBatch); the requests answered
+// are their sessions' spares from then on.
+func (ab *answerBatch) flush() {
+	cluster.DoneRun(ab.leases)
+	clear(ab.leases)
+	ab.leases = ab.leases[:0]
+	ab.countOK(nil)
+	ab.durations.flush()
+	ab.seen = completeBatch(ab.slots, ab.seen)
+	ab.slots = ab.slots[:0]
 }
 
 var (
@@ -730,10 +895,42 @@ var (
 	errGoneAway    = errors.New("rpc: upstream went away")
 )
 
-// deliver matches a response to its request.
+// deliverRun delivers the frames of one read in order: each run of
+// responses is matched to its requests under one hold of mu (matchRun),
+// anything else one by one (deliver).
+func (uc *upConn) deliverRun(frames []Frame) error {
+	for i := 0; i < len(frames); {
+		if frames[i].Kind() != Response {
+			if err := uc.deliver(frames[i]); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		j := i + 1
+		for j < len(frames) && frames[j].Kind() == Response {
+			j++
+		}
+		pds := uc.matchRun(frames[i:j])
+		gone := false
+		for k, pd := range pds {
+			gone = uc.answer(frames[i+k], pd) || gone
+		}
+		clear(pds)
+		if gone {
+			return errGoneAway
+		}
+		if len(pds) < j-i {
+			return errUnsolicited
+		}
+		i = j
+	}
+	return nil
+}
+
+// deliver handles one frame that is not a response.
 func (uc *upConn) deliver(f Frame) error {
 	switch f.Kind() {
-	case Response:
 	case Heartbeat:
 		if hb := uc.pool.p.heartbeater; hb != nil {
 			uc.pool.opt.Metrics.heartbeat(uc.pool.p.Name(), Server)
@@ -770,35 +967,50 @@ func (uc *upConn) deliver(f Frame) error {
 	default:
 		return errUpstreamReq
 	}
+}
+
+// matchRun takes the requests a run of responses answer out of the
+// connection's tables, under one hold of mu: into uc.matched, one per
+// response from the first, ending before a response nobody asked for.
+func (uc *upConn) matchRun(resps []Frame) []*pending {
+	uc.matched = uc.matched[:0]
 	uc.mu.Lock()
-	var pd *pending
-	if uc.byID != nil {
-		pd = uc.byID[f.ID()]
-		delete(uc.byID, f.ID())
-	} else if len(uc.fifo) > 0 {
-		pd = uc.fifo[0]
-		uc.fifo[0] = nil
-		uc.fifo = uc.fifo[1:]
-	}
-	if pd != nil {
-		uc.since = uc.readAt // progress: the clock starts again for the rest
+	for _, f := range resps {
+		var pd *pending
+		if uc.byID != nil {
+			pd = uc.byID[f.ID()]
+			delete(uc.byID, f.ID())
+		} else if len(uc.fifo) > 0 {
+			pd = uc.fifo[0]
+			uc.fifo[0] = nil
+			uc.fifo = uc.fifo[1:]
+		}
+		if pd == nil {
+			break
+		}
 		if pd.hidx >= 0 {
 			heap.Remove(&uc.dl, pd.hidx)
 		}
+		uc.matched = append(uc.matched, pd)
+	}
+	if len(uc.matched) > 0 {
+		uc.since = uc.readAt // progress: the clock starts again for the rest
 	}
 	uc.mu.Unlock()
-	if pd == nil {
-		return errUnsolicited
-	}
+	return uc.matched
+}
+
+// answer completes pd with its response f, into the reader's batch of
+// answers; it reports whether the connection, going away, has nothing
+// left in flight.
+func (uc *upConn) answer(f Frame, pd *pending) (gone bool) {
 	left := uc.inflight.Add(-1)
+	gone = left == 0 && uc.goingAway.Load()
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
 		uc.fr.giveBack(f)
 		uc.frameBuf.release()
-		if left == 0 && uc.goingAway.Load() {
-			return errGoneAway
-		}
-		return nil
+		return gone
 	}
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
@@ -806,23 +1018,20 @@ func (uc *upConn) deliver(f Frame) error {
 	// Once finished, the response's bytes are in its answer and pd is
 	// released: f is no one's, unless the route rewrites answers.
 	rewrites := pd.up.Answer != nil
-	n := len(uc.batch)
-	pd.finishTo(f, nil, &uc.batch, uc.readAt)
+	n := len(uc.ab.slots)
+	pd.finishTo(f, nil, &uc.ab, uc.readAt)
 	if !rewrites {
 		uc.fr.giveBack(f)
 		// The answer's slot holds the response's bytes until they are
 		// taken (session.take), and releases their buffer then; a
 		// response not answered (the call is retried) holds nothing.
-		if len(uc.batch) > n {
-			uc.batch[len(uc.batch)-1].buf = uc.frameBuf
+		if len(uc.ab.slots) > n {
+			uc.ab.slots[len(uc.ab.slots)-1].buf = uc.frameBuf
 		} else {
 			uc.frameBuf.release()
 		}
 	}
-	if left == 0 && uc.goingAway.Load() {
-		return errGoneAway
-	}
-	return nil
+	return gone
 }
 
 // fail kills the connection once: it leaves the pool, closes, and every

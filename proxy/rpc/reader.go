@@ -108,18 +108,19 @@ type frameReader struct {
 	// time a read's worth of frames with one clock reading.
 	stamp bool
 	now   time.Time
-	// spare is a frame of the reader's own that nothing holds any more,
-	// for the next Decode to fill (Reuser codecs; see giveBack).
-	spare Frame
+	// spares are frames of the reader's own that nothing holds any more,
+	// for the next Decodes to fill (Reuser codecs; see giveBack), at
+	// most maxSpares.
+	spares []Frame
 }
 
 // giveBack takes back a frame the reader decoded and nothing holds any
-// more (Recycler's rules): as the next frame to fill when the codec is a
-// Reuser and the reader has none, else to the codec. Only the reader's
-// own goroutine calls it.
+// more (Recycler's rules): as a frame for a later Decode to fill when the
+// codec is a Reuser and the reader has room for it, else to the codec.
+// Only the reader's own goroutine calls it.
 func (fr *frameReader) giveBack(f Frame) {
-	if fr.spare == nil && fr.p.reuser != nil && f != nil {
-		fr.spare = f
+	if fr.p.reuser != nil && f != nil && len(fr.spares) < maxSpares {
+		fr.spares = append(fr.spares, f)
 		return
 	}
 	fr.p.recycle(f)
@@ -132,27 +133,9 @@ func (fr *frameReader) next() (Frame, error) {
 	need := 1
 	for {
 		if fr.end > fr.start {
-			var (
-				f   Frame
-				n   int
-				err error
-			)
-			if fr.spare != nil {
-				f, n, err = fr.p.reuser.DecodeInto(fr.spare, fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
-				if err == nil {
-					fr.spare = nil // filled (or, not the codec's, dropped)
-				}
-			} else {
-				f, n, err = fr.p.Decode(fr.buf[fr.start:fr.end], fr.side, fr.p.maxFrame)
-			}
+			f, n, err := fr.decode()
 			switch {
 			case err == nil:
-				if n <= 0 || n > fr.end-fr.start {
-					return nil, errors.New("rpc: codec " + fr.p.Name() + " returned a bad frame length")
-				}
-				fr.start += n
-				fr.lent = true
-				fr.lentN++
 				return f, nil
 			case err != ErrNeedMore:
 				return nil, err
@@ -172,6 +155,53 @@ func (fr *frameReader) next() (Frame, error) {
 			return nil, err
 		}
 	}
+}
+
+// nextBuffered returns the next frame when the bytes already read hold a
+// whole one, else nil: it never reads, so the frames of one call of next
+// and the nextBuffered calls after it share one buffer (cur) and one
+// clock reading (now), and a reader can handle them as one batch. An
+// error is left for next to report (it decodes the same bytes again).
+func (fr *frameReader) nextBuffered() Frame {
+	if fr.end <= fr.start {
+		return nil
+	}
+	f, _, err := fr.decode()
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// decode decodes the frame at start (into a spare frame when there is
+// one) and moves start past it.
+func (fr *frameReader) decode() (Frame, int, error) {
+	var (
+		f   Frame
+		n   int
+		err error
+	)
+	b := fr.buf[fr.start:fr.end]
+	if k := len(fr.spares); k > 0 {
+		f, n, err = fr.p.reuser.DecodeInto(fr.spares[k-1], b, fr.side, fr.p.maxFrame)
+		if err == nil {
+			// filled (or, not the codec's, dropped)
+			fr.spares[k-1] = nil
+			fr.spares = fr.spares[:k-1]
+		}
+	} else {
+		f, n, err = fr.p.Decode(b, fr.side, fr.p.maxFrame)
+	}
+	if err != nil {
+		return nil, n, err
+	}
+	if n <= 0 || n > len(b) {
+		return nil, 0, errors.New("rpc: codec " + fr.p.Name() + " returned a bad frame length")
+	}
+	fr.start += n
+	fr.lent = true
+	fr.lentN++
+	return f, n, nil
 }
 
 // fill reads once, after making room for need bytes from start.
@@ -213,3 +243,11 @@ func (fr *frameReader) buffered() []byte { return fr.buf[fr.start:fr.end] }
 // ready reports whether undecoded bytes are waiting, so a reader can
 // process a whole batch before flushing.
 func (fr *frameReader) ready() bool { return fr.end > fr.start }
+
+// unread puts the last frames decoded back into the unread bytes, from
+// at on (where the last frame kept ended), so that what follows the
+// frame kept is read again as bytes (a pinned request's successors).
+func (fr *frameReader) unread(at, frames int) {
+	fr.start = at
+	fr.lentN -= int64(frames)
+}

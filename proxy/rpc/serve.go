@@ -82,6 +82,13 @@ type session struct {
 	// unflushed: upstream connections holding requests written inline
 	// and not flushed yet (reader only)
 	unflushed []*upConn
+	// a read's worth of frames the reader handles as one batch, and its
+	// requests and their leases (reader only; see handle)
+	run    []Frame
+	ends   []int
+	pds    []*pending
+	leases []*cluster.Lease
+	groups []sendGroup
 	// set by the reader before it returns
 	pinned Frame
 }
@@ -155,7 +162,11 @@ func (s *session) draining() bool {
 	}
 }
 
-// readLoop reads and dispatches requests until the connection ends.
+// maxRun bounds the frames a reader takes from one read as a batch.
+const maxRun = 128
+
+// readLoop reads and dispatches requests until the connection ends: the
+// frames of one read are handled as a batch (handle).
 func (s *session) readLoop() {
 	for {
 		if s.up.Draining != nil && s.draining() && !s.fr.ready() {
@@ -178,24 +189,55 @@ func (s *session) readLoop() {
 			}
 			return
 		}
+		s.run, s.ends = append(s.run, f), append(s.ends, s.fr.start)
+		for len(s.run) < maxRun {
+			f := s.fr.nextBuffered()
+			if f == nil {
+				break
+			}
+			s.run, s.ends = append(s.run, f), append(s.ends, s.fr.start)
+		}
+		more := s.handle()
+		clear(s.run)
+		s.run, s.ends = s.run[:0], s.ends[:0]
+		if !more {
+			return
+		}
+	}
+}
+
+// handle dispatches the frames of s.run in order: runs of requests are
+// forwarded together (forwardRun), heartbeats answered in their turn. It
+// reports false when the reader is to stop: at a frame that is not a
+// request, or at a request the Pinner pins (s.pinned), whose later frames
+// go back to the reader's buffer unread, to be relayed as bytes.
+func (s *session) handle() bool {
+	from := 0 // the first request not forwarded yet
+	for i, f := range s.run {
 		switch f.Kind() {
 		case Heartbeat:
 			if hb := s.p.heartbeater; hb != nil {
+				s.forwardRun(s.run[from:i])
+				from = i + 1
 				s.up.Metrics.heartbeat(s.p.Name(), Client)
 				s.local(hb.HeartbeatReply(f))
 				continue
 			}
 		case Request, Oneway:
 		default:
+			s.forwardRun(s.run[from:i])
 			s.log.Debug("rpc: client sent a non-request", "protocol", s.p.Name(), "kind", f.Kind())
-			return
+			return false
 		}
 		if s.p.pinner != nil && s.p.pinner.Pins(f) {
+			s.forwardRun(s.run[from:i])
 			s.pinned = f
-			return
+			s.fr.unread(s.ends[i], len(s.run)-1-i)
+			return false
 		}
-		s.forward(f)
 	}
+	s.forwardRun(s.run[from:])
+	return true
 }
 
 // goAway queues the protocol's goaway frame, if it has one.
@@ -207,11 +249,9 @@ func (s *session) goAway() {
 
 // local answers with bytes made by the agent, in their turn.
 func (s *session) local(b []byte) {
-	sl, _ := s.register(false)
-	if sl == nil {
-		return
+	if sl := s.register(); sl != nil {
+		sl.complete(b, nil)
 	}
-	sl.complete(b, nil)
 }
 
 // key is a request's balancing key.
@@ -224,27 +264,93 @@ func (s *session) key(f Frame) uint64 {
 	return s.up.Key
 }
 
-// forward balances one request and queues it on a shared upstream
-// connection. A request that cannot be sent is answered with the
-// protocol's error reply; one never sent moves to another endpoint when
-// its policy allows (never a keyed or one-way request: see
-// Protocol.retryable).
-func (s *session) forward(f Frame) {
-	var (
-		sl *slot
-		pd *pending
-	)
-	if f.Kind() != Oneway {
-		if sl, pd = s.register(true); sl == nil {
-			return // the session ends
-		}
-	} else {
-		pd = pendings.Get().(*pending)
+// forwardRun balances a run of requests read together and queues them on
+// shared upstream connections: registered for their answers under one
+// lock (registerRun), picked once for the run where the cluster does not
+// pick by key (cluster.PickRun; keyed requests are picked one by one),
+// and written to each upstream connection as one run (upConn.enqueueRun),
+// whichever order their endpoints take turns in.
+// A request that cannot be sent is answered with the protocol's error
+// reply; one never sent moves to another endpoint when its policy allows
+// (never a keyed or one-way request: see Protocol.retryable).
+func (s *session) forwardRun(frames []Frame) {
+	if len(frames) == 0 {
+		return
 	}
-	// Every field is set here but leases (see pending.clear). start: when
-	// the request's bytes were read, one clock reading for a read's worth
-	// of requests.
-	pd.req, pd.buf, pd.slot, pd.p, pd.start, pd.up, pd.s, pd.pol = f, s.fr.cur, sl, s.p, s.fr.now, s.up, s, s.up.Policy
+	pds := s.registerRun(frames)
+	for i, pd := range pds {
+		if !s.prepare(pd, frames[i]) {
+			pds[i] = nil // answered already
+		}
+	}
+	s.pickRun(pds)
+	// Each connection gets its requests as one run, in their order; the
+	// runs of different connections need no order between them (answers
+	// keep theirs through their slots).
+	last := !s.fr.ready()
+	groups := s.groups[:0]
+	var (
+		prev *pending
+		uc   *upConn
+	)
+	for i, pd := range pds {
+		if pd == nil {
+			continue
+		}
+		if prev == nil || pd.lease.Endpoint() != prev.lease.Endpoint() || s.pool.opt.ConnsPerEndpoint != 1 {
+			var err error
+			if uc, err = s.ups.get(s.ctx, s.pool, pd.lease, s.up.Dial); err != nil {
+				// The whole path, with its retries, for this one.
+				s.dispatchFlush(pd, last && i == len(pds)-1, true)
+				prev = nil
+				continue
+			}
+		}
+		prev = pd
+		k := 0
+		for k < len(groups) && groups[k].uc != uc {
+			k++
+		}
+		if k == len(groups) {
+			if k < cap(groups) {
+				groups = groups[:k+1]
+				groups[k].uc = uc
+			} else {
+				groups = append(groups, sendGroup{uc: uc})
+			}
+		}
+		groups[k].pds = append(groups[k].pds, pd)
+	}
+	for k := range groups {
+		g := &groups[k]
+		sent, buffered := g.uc.enqueueRun(g.pds, last)
+		if buffered && !slices.Contains(s.unflushed, g.uc) {
+			s.unflushed = append(s.unflushed, g.uc)
+		}
+		// Those the connection did not take (it died): the whole path.
+		for i := sent; i < len(g.pds); i++ {
+			s.dispatchFlush(g.pds[i], last && i == len(g.pds)-1, true)
+		}
+		clear(g.pds)
+		g.pds, g.uc = g.pds[:0], nil
+	}
+	s.groups = groups[:0]
+	clear(pds)
+}
+
+// sendGroup is the requests of a batch bound for one upstream connection.
+type sendGroup struct {
+	uc  *upConn
+	pds []*pending
+}
+
+// prepare fills in a registered request read as f and routes it; false
+// when it was answered already (no cluster).
+func (s *session) prepare(pd *pending, f Frame) bool {
+	// Every field is set here or by registerRun but leases (see
+	// pending.clear). start: when the request's bytes were read, one
+	// clock reading for a read's worth of requests.
+	pd.req, pd.buf, pd.p, pd.start, pd.up, pd.s, pd.pol = f, s.fr.cur, s.p, s.fr.now, s.up, s, s.up.Policy
 	pd.lease, pd.mc, pd.c, pd.key, pd.downID, pd.retries = nil, nil, nil, 0, 0, 0
 	pd.deadline, pd.hidx, pd.expired = time.Time{}, -1, false
 	if s.mt != nil {
@@ -262,7 +368,7 @@ func (s *session) forward(f Frame) {
 	}
 	if c == nil {
 		pd.finish(nil, ErrNoCluster)
-		return
+		return false
 	}
 	if s.p.IDWidth() > 0 {
 		pd.downID = f.ID()
@@ -276,13 +382,54 @@ func (s *session) forward(f Frame) {
 		// pick by it.
 		pd.key = s.key(f)
 	}
-	// The read's clock reading stands in for the cluster's.
-	if err := c.PickInto(&pd.leases[0], pd.key, nil, pd.start); err != nil {
-		pd.finish(nil, err)
-		return
+	return true
+}
+
+// pickRun picks an endpoint for every request of pds (nil: answered),
+// each run of requests to one cluster that does not pick by key in one
+// call (cluster.PickRun: the balancer still decides per request); a
+// request that gets none is answered with the error (and its place in pds
+// cleared).
+func (s *session) pickRun(pds []*pending) {
+	for i := 0; i < len(pds); {
+		pd := pds[i]
+		if pd == nil {
+			i++
+			continue
+		}
+		j := i + 1
+		if !pd.c.UsesKey() {
+			for j < len(pds) && pds[j] != nil && pds[j].c == pd.c {
+				j++
+			}
+		}
+		if j-i > 1 {
+			s.leases = s.leases[:0]
+			for _, pd := range pds[i:j] {
+				s.leases = append(s.leases, &pd.leases[0])
+			}
+			// The read's clock reading stands in for the cluster's.
+			shared := pd.c.PickRun(s.leases, pd.start)
+			clear(s.leases)
+			if shared {
+				for _, pd := range pds[i:j] {
+					pd.lease = &pd.leases[0]
+				}
+				i = j
+				continue
+			}
+		}
+		for k := i; k < j; k++ {
+			pd := pds[k]
+			if err := pd.c.PickInto(&pd.leases[0], pd.key, nil, pd.start); err != nil {
+				pd.finish(nil, err)
+				pds[k] = nil
+				continue
+			}
+			pd.lease = &pd.leases[0]
+		}
+		i = j
 	}
-	pd.lease = &pd.leases[0]
-	s.dispatchFlush(pd, !s.fr.ready(), true)
 }
 
 // dispatch sends pd on a shared connection to its lease's endpoint. A

@@ -60,6 +60,21 @@ func (Codec) IDWidth() int { return 8 }
 
 // Decode frames one message from its header; the body is not read.
 func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	return decodeInto(nil, b, max)
+}
+
+// DecodeInto is Decode into reuse, a frame the framework gave back
+// (rpc.Reuser): a reader then reuses the frames of its answered calls
+// with no sync.Pool operation per message. A reuse that is not a Dubbo
+// frame is dropped; on an error reuse is left alone.
+func (Codec) DecodeInto(reuse rpc.Frame, b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
+	dst, _ := reuse.(*Frame)
+	return decodeInto(dst, b, max)
+}
+
+// decodeInto is Decode into dst, or into a frame from frames when dst is
+// nil.
+func decodeInto(dst *Frame, b []byte, max int) (rpc.Frame, int, error) {
 	if len(b) >= 1 && b[0] != magicHi || len(b) >= 2 && b[1] != magicLo {
 		return nil, 0, ErrNotDubbo
 	}
@@ -74,7 +89,12 @@ func (Codec) Decode(b []byte, from rpc.Side, max int) (rpc.Frame, int, error) {
 	if len(b) < n {
 		return nil, n, rpc.ErrNeedMore
 	}
-	f := frames.Get().(*Frame)
+	f := dst
+	if f == nil {
+		f = frames.Get().(*Frame)
+	} else {
+		*f = Frame{}
+	}
 	f.raw = b[:n:n]
 	flags := b[2]
 	switch {

@@ -196,5 +196,17 @@ func TestRecycledFrameIsFresh(t *testing.T) {
 			t.Fatalf("recycled frame: group %q service %q id %d kind %v", b.Attr(AttrGroup), b.Attr(AttrService), b.ID(), b.Kind())
 		}
 		Codec{}.Recycle(b)
+
+		// Decoded into (rpc.Reuser): the same, and a failed decode leaves
+		// the frame as it was.
+		c := decode(t, request(3, reqFlags, "s3", "", "m3", "", nil, "group", "gold"), rpc.Client)
+		c.Attr(AttrGroup)
+		if _, _, err := (Codec{}).DecodeInto(c, []byte("not dubbo"), rpc.Client, 1<<20); err == nil || string(c.Attr(AttrGroup)) != "gold" {
+			t.Fatalf("a failed decode into a frame: %v, group now %q", err, c.Attr(AttrGroup))
+		}
+		d, _, err := Codec{}.DecodeInto(c, request(4, reqFlags, "s4", "", "m4", "", nil), rpc.Client, 1<<20)
+		if err != nil || d != c || d.Attr(AttrGroup) != nil || string(d.Attr(AttrService)) != "s4" || d.ID() != 4 {
+			t.Fatalf("decoded into a frame: %v, same %v, group %q service %q id %d", err, d == c, d.Attr(AttrGroup), d.Attr(AttrService), d.ID())
+		}
 	}
 }

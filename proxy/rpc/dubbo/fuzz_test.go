@@ -13,7 +13,8 @@ const fuzzMax = 4096
 // FuzzDecode checks the header framing and the lazy body decoder: no
 // panic on any input; a frame is a prefix of the input and decodes alone
 // to the same length; a proper prefix needs more with a hint above it;
-// every attribute can be asked for, and an id set is the id read.
+// every attribute can be asked for, a decode into a spare frame equals a
+// fresh one, and an id set is the id read.
 func FuzzDecode(f *testing.F) {
 	f.Add(false, request(1, reqFlags, "org.weir.Greeter", "1.0", "Hello", "Ljava/lang/String;", appendString(nil, "bob"), "group", "gold"))
 	f.Add(false, message(flagRequest|flagTwoWay|flagEvent|Hessian2, 0, 2, []byte{'N'}))
@@ -42,8 +43,18 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("prefix %d of %d: hint %d, %v", i, n, m, err)
 			}
 		}
+		// Into a frame given back (rpc.Reuser) that held another message,
+		// attachments decoded: the same frame as a fresh decode.
+		spare, _, _ := Codec{}.Decode(request(9, reqFlags, "s", "", "m", "", nil, "group", "gold"), rpc.Client, fuzzMax)
+		spare.Attr(AttrGroup)
+		again, n2, err := Codec{}.DecodeInto(spare, b, from, fuzzMax)
+		if err != nil || n2 != n || again.Kind() != fr.Kind() || !bytes.Equal(again.Bytes(), fr.Bytes()) {
+			t.Fatalf("into a spare: %d bytes, kind %v, %v; fresh: %d, %v", n2, again.Kind(), err, n, fr.Kind())
+		}
 		for _, name := range []string{AttrService, AttrInterface, AttrMethod, AttrGroup, AttrVersion, AttrDubboVersion, "x"} {
-			fr.Attr(name)
+			if a, b := fr.Attr(name), again.Attr(name); !bytes.Equal(a, b) {
+				t.Fatalf("attribute %s: %q fresh, %q into a spare", name, a, b)
+			}
 		}
 		fr.SetID(0x0102030405060708)
 		if fr.ID() != 0x0102030405060708 {

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/weir-mesh/weir/proxy/cluster"
 	"github.com/weir-mesh/weir/proxy/rpc"
 	"github.com/weir-mesh/weir/proxy/rpc/redis"
@@ -655,4 +657,53 @@ func TestValuesIntactAcrossReusedBuffers(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestPipelineBatchCountsEach: commands pipelined in one write are
+// handled as batches (registered, picked, written, matched and counted a
+// read's worth at a time), yet each is still balanced on its own (a
+// round robin cluster spreads one read's commands over both servers),
+// answered in order, and counted once in the request counter and the
+// latency histogram.
+func TestPipelineBatchCountsEach(t *testing.T) {
+	a, b := startRedis(t), startRedis(t)
+	reg := prometheus.NewRegistry()
+	m := rpc.NewMetrics(reg)
+	addr, _, _ := proxyUpstream(t, rpc.PoolOptions{}, cluster.RoundRobin, rpc.Upstream{Metrics: m, Service: "batch"}, a, b)
+	const n = 300
+	c := connect(t, addr)
+	var cmds [][]string
+	for i := range n {
+		cmds = append(cmds, []string{"ECHO", strconv.Itoa(i)})
+	}
+	c.send(t, cmds...)
+	for i := range n {
+		if r, want := c.reply(t), "$"+strconv.Itoa(i); r != want {
+			t.Fatalf("reply %d: %q, want %q", i, r, want)
+		}
+	}
+	for _, s := range []netip.AddrPort{a, b} {
+		if info := connect(t, s.String()).do(t, "INFO", "commandstats"); !strings.Contains(info, "cmdstat_echo:calls=") {
+			t.Errorf("server %s ran no ECHO: one read's commands were not spread (%q)", s, info)
+		}
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok float64
+	var observed uint64
+	for _, mf := range mfs {
+		for _, mt := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "weir_rpc_requests_total":
+				ok += mt.GetCounter().GetValue()
+			case "weir_rpc_request_duration_seconds":
+				observed += mt.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	if ok != n || observed != n {
+		t.Errorf("counted %v requests and observed %d durations, want %d each", ok, observed, n)
+	}
 }
