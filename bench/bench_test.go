@@ -306,6 +306,54 @@ func TestRatios(t *testing.T) {
 	}
 }
 
+// TestRoundRatios: a target is also taken round by round, pairing the
+// samples of one round (a failed cell leaves its round out), and counts
+// the rounds that met it alone.
+func TestRoundRatios(t *testing.T) {
+	w := &WorkloadResult{Name: "http-keepalive", cpuScale: 1, Rows: []*Row{
+		// weir's CPU per request: 9, 11, 12 (rounds 1-3); nginx's: 10, 10, 10 and
+		// a failed round 4 for nginx only.
+		{Path: "weir-redirect", Kind: kindWeir, Samples: []Sample{
+			{Units: 1, ProxyCPU: 9, Round: 1}, {Units: 1, ProxyCPU: 11, Round: 2}, {Units: 1, ProxyCPU: 12, Round: 3}, {Units: 1, ProxyCPU: 1, Round: 4}}},
+		{Path: "nginx-http", Kind: kindPeer, Samples: []Sample{
+			{Units: 1, ProxyCPU: 10, Round: 1}, {Units: 1, ProxyCPU: 10, Round: 2}, {Units: 1, ProxyCPU: 10, Round: 3}},
+			Failures: []string{"round 4"}},
+	}}
+	r := &Report{Rounds: 4, Workloads: []*WorkloadResult{w}}
+	r.finish(time.Second)
+	var got *Target
+	for i := range r.Targets {
+		if r.Targets[i].Path == "weir-redirect" && strings.Contains(r.Targets[i].Goal, "≤ nginx http's (keep-alive)") {
+			got = &r.Targets[i]
+		}
+	}
+	if got == nil || !got.Measured {
+		t.Fatalf("no measured HTTP/1.1 target against nginx: %+v", r.Targets)
+	}
+	// Medians: weir (9, 11, 12, 1) → 10, nginx 10 → ratio 1.00, met.
+	if got.Ratio != 1 || !got.Met {
+		t.Errorf("ratio of medians %v met %v, want 1 true", got.Ratio, got.Met)
+	}
+	want := []float64{0.9, 1.1, 1.2}
+	if len(got.RoundRatios) != len(want) {
+		t.Fatalf("round ratios %v, want %v (round 4 has no nginx sample)", got.RoundRatios, want)
+	}
+	for i := range want {
+		if math.Abs(got.RoundRatios[i]-want[i]) > 1e-9 {
+			t.Errorf("round ratios %v, want %v", got.RoundRatios, want)
+		}
+	}
+	if got.RoundsMet != 1 {
+		t.Errorf("rounds met %d, want 1", got.RoundsMet)
+	}
+	if n := roundsNote(*got, ""); n != "0.90 1.10 1.20, met in 1 of 3" {
+		t.Errorf("note %q", n)
+	}
+	if !strings.Contains(r.Markdown(), "| 0.90 1.10 1.20, met in 1 of 3 |") {
+		t.Error("the markdown targets table lacks the per-round column")
+	}
+}
+
 // countingListener counts the connections it accepts (one goroutine
 // accepts, so no lock).
 type countingListener struct {

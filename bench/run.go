@@ -189,6 +189,7 @@ func Run(t testworld.T, opts Options) (*Report, error) {
 					continue
 				}
 				w.logf("round %d %-15s %-14s %s", round+1, wl.Name, p.Name, describe(wl, s))
+				s.Round = round + 1
 				row.Samples = append(row.Samples, s)
 			}
 		}

@@ -43,6 +43,10 @@ type Sample struct {
 	// run, for weir paths: the requests weir's L7 half proxied (0 for a
 	// connection relayed at L4).
 	WeirL7Requests float64 `json:"weirL7Requests,omitempty"`
+	// Round is the round the sample was taken in, from 1: a target's
+	// ratio is also taken round by round, between samples that shared the
+	// machine's conditions of that moment.
+	Round int `json:"round,omitempty"`
 }
 
 // workload is one kind of load. run drives it from the path's client pod
