@@ -353,14 +353,6 @@ func (o *Objects) AllowCgroup(id uint64) error {
 	return nil
 }
 
-// OrigDst returns (and forgets) where the connection from client, accepted
-// by the agent's outbound listener in the netns with this cookie, was going.
-// The sockops program published it before the app's SYN left.
-func (o *Objects) OrigDst(netnsCookie uint64, client netip.AddrPort) (netip.AddrPort, error) {
-	dst, _, err := o.OrigDstAccel(netnsCookie, client)
-	return dst, err
-}
-
 // Flags the sockops program ors into a record's family once the agent's
 // accepted socket is established (capture.c, accel_passive).
 const (
@@ -368,7 +360,7 @@ const (
 	origAccel   = 0x8000
 )
 
-// AccelState is what a record of OrigDstAccel says of the agent's accepted
+// AccelState is what an OrigDstAccel record says of the agent's accepted
 // socket: whether it is in the accel sockhash, or nothing.
 type AccelState uint8
 
@@ -383,9 +375,12 @@ const (
 	AccelIn
 )
 
-// OrigDstAccel is OrigDst, and whether the agent's accepted socket went
-// into the accel sockhash, which the sockops program wrote into the same
-// record (one system call answers both).
+// OrigDstAccel returns (and forgets) where the connection from client,
+// accepted by the agent's outbound listener in the netns with this cookie,
+// was going: the sockops program published it before the app's SYN left.
+// With it comes whether the agent's accepted socket went into the accel
+// sockhash, which the sockops program wrote into the same record (one
+// system call answers both).
 func (o *Objects) OrigDstAccel(netnsCookie uint64, client netip.AddrPort) (netip.AddrPort, AccelState, error) {
 	k := captureTupleKey{Netns: netnsCookie, Addr: addrKey(client.Addr()), Port: client.Port()}
 	var v captureEndpoint
