@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -41,6 +42,14 @@ type ADDOptions struct {
 	// the two are measured side by side on the same node, agent and
 	// load, and ADDResult.Baseline holds its ADDs.
 	BaselinePlugin string
+	// NoLinkIPv6 gives the links of this IPv4 run (the pods' eth0 and the
+	// bridge's ports) no IPv6, as a runtime may for a network without
+	// IPv6. By default they have it, and every new link sends router
+	// solicitations and MLD reports to link-local multicast, which the
+	// bridge floods to every port: a cost that grows with the number of
+	// pods and lands on every process of the node, weir-cni and the
+	// control alike (docs/benchmarks.md, "CNI ADD latency, eighth pass").
+	NoLinkIPv6 bool
 }
 
 // ADDResult is one backend's run: per ADD, in order, weir-cni's wall time
@@ -74,6 +83,12 @@ type ADDResult struct {
 	// is the node's own (more namespaces, the machine's load), not the
 	// ADD's work.
 	Control []time.Duration
+	// BridgeFrames is how many frames the node's bridge received over the
+	// ADDs: the pods send none of their own, so this is the links'
+	// chatter (see ADDOptions.NoLinkIPv6).
+	BridgeFrames uint64
+	// NoLinkIPv6 is the option the run had (ADDOptions.NoLinkIPv6).
+	NoLinkIPv6 bool
 	// Traced counts the ADDs run under strace, left out of the figures.
 	Traced int
 	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
@@ -128,15 +143,30 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	}
 	t.Cleanup(func() { os.RemoveAll(stateDir) })
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
-	res := ADDResult{Backend: backend, Mode: opts.Mode}
+	res := ADDResult{Backend: backend, Mode: opts.Mode, NoLinkIPv6: opts.NoLinkIPv6}
 	cpu0, err := procCPU(agent.Pid())
 	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
 	}
 	alloc0, gcs0 := agent.Metric(t, "go_memstats_alloc_bytes_total"), agent.Metric(t, "go_gc_duration_seconds_count")
+	if opts.NoLinkIPv6 {
+		// The host ends of the pods' veths are made in the pod netns and
+		// moved here, where they take this netns's defaults.
+		node.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.weir0.disable_ipv6=1")
+	}
+	frames0 := bridgeFrames(t, node)
 	var pods []*testworld.Pod
 	for i := 0; i < opts.Pods; i++ {
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
+		if opts.NoLinkIPv6 {
+			// Links made later in the pod netns (eth0) take the default;
+			// lo keeps ::1.
+			if err := p.Netns.Do(func() error {
+				return os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+			}); err != nil {
+				t.Fatalf("%s: pod %d: no IPv6 on new links: %v", backend, i, err)
+			}
+		}
 		if err := node.Add(t, p); err != nil {
 			t.Fatalf("%s: ADD of pod %d: %v", backend, i, err)
 		}
@@ -147,6 +177,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 			opts.Progress(i + 1)
 		}
 	}
+	res.BridgeFrames = bridgeFrames(t, node) - frames0
 	cpu1, err := procCPU(agent.Pid())
 	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
@@ -189,6 +220,17 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 		res.Baseline.Start, res.Baseline.StartCPU = pluginStart(t, opts.BaselinePlugin, 50)
 	}
 	return res
+}
+
+// bridgeFrames reads how many frames the node's bridge has received.
+func bridgeFrames(t testworld.T, node *testworld.Node) uint64 {
+	t.Helper()
+	out := node.MustRun(t, "cat", "/sys/class/net/weir0/statistics/rx_packets")
+	n, err := strconv.ParseUint(strings.TrimSpace(out), 10, 64)
+	if err != nil {
+		t.Fatalf("bridge weir0's rx_packets %q: %v", out, err)
+	}
+	return n
 }
 
 // addRun adds one timed ADD and its log line to the result.
@@ -421,6 +463,10 @@ type Summary struct {
 	Start, StartCPU time.Duration
 	// Control is the VERSION run after every ADD (ADDResult.Control).
 	Control Dist
+	// BridgeFrames is ADDResult.BridgeFrames; NoLinkIPv6 the option it
+	// ran with.
+	BridgeFrames uint64
+	NoLinkIPv6   bool
 	// Phases by name, sorted.
 	Phases []PhaseDist
 }
@@ -434,7 +480,8 @@ type PhaseDist struct {
 // Summarize computes the report of r.
 func (r ADDResult) Summarize() Summary {
 	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced, AgentGCs: r.AgentGCs,
-		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Control: DistOf(r.Control), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50)}
+		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Control: DistOf(r.Control), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50),
+		BridgeFrames: r.BridgeFrames, NoLinkIPv6: r.NoLinkIPv6}
 	n := len(r.Wall) + r.Traced
 	if r.Baseline != nil {
 		n += len(r.Baseline.Wall) + r.Baseline.Traced // the agent served those too

@@ -71,3 +71,15 @@ func TestMeasureADDBaseline(t *testing.T) {
 		t.Fatalf("baseline summary %+v", s)
 	}
 }
+
+// TestMeasureADDNoLinkIPv6: with the pods' links and the bridge's ports
+// given no IPv6, the ADDs still pass and the bridge carries no frame
+// while they run (the pods send nothing of their own).
+func TestMeasureADDNoLinkIPv6(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "nft", "sysctl")
+	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, NoLinkIPv6: true})
+	if s := r.Summarize(); s.Pods != 4 || !s.NoLinkIPv6 || s.BridgeFrames != 0 {
+		t.Fatalf("want 4 ADDs with no IPv6 on their links and a silent bridge; got %d ADDs, NoLinkIPv6 %v, %d bridge frames", s.Pods, s.NoLinkIPv6, s.BridgeFrames)
+	}
+}

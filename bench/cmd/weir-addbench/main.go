@@ -37,6 +37,7 @@ func main() {
 	straceDir := flag.String("strace", "", "run every -strace-every th weir-cni ADD under strace -f -tt -T, one file per ADD in this directory (left out of the figures)")
 	straceEvery := flag.Int("strace-every", 100, "with -strace: trace ADD 0, N, 2N, ...")
 	baseline := flag.String("baseline-plugin", "", "another weir-cni binary (built from main, say) that runs every other ADD instead of this tree's, on the same node and agent; reported as BACKEND-base")
+	noLinkIPv6 := flag.Bool("no-link-ipv6", false, "give the pods' links and the bridge's ports no IPv6 in this IPv4 run (their router solicitations and MLD reports, flooded by the bridge to every port, cost the whole node more as pods accumulate)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weir-addbench: needs root (network namespaces)")
@@ -72,7 +73,7 @@ func main() {
 		var r bench.ADDResult
 		start := time.Now()
 		ok := s.Guard(func() {
-			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, Progress: func(done int) {
+			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, NoLinkIPv6: *noLinkIPv6, Progress: func(done int) {
 				if done%100 == 0 {
 					fmt.Fprintf(os.Stderr, "weir-addbench: %s: %d pods added (%s)\n", b, done, time.Since(start).Round(time.Second))
 				}
@@ -131,6 +132,11 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) 
 		c := s.Control
 		fmt.Printf("control: weir-cni VERSION right after every ADD (start and exit, no work, at the same moments): p50 %s, p99 %s ms; first50 %s, last50 %s, drift %+.1f%%\n",
 			ms(c.P50), ms(c.P99), ms(c.First50), ms(c.Last50), 100*c.Drift())
+		links := "the pods' links have IPv6 (their link-local chatter)"
+		if s.NoLinkIPv6 {
+			links = "no IPv6 on the pods' links (-no-link-ipv6)"
+		}
+		fmt.Printf("node bridge: %d frames received over the ADDs, %s\n", s.BridgeFrames, links)
 	}
 	if !phases {
 		return
