@@ -336,13 +336,12 @@ func checkNetns(path string) error {
 	if path == "" {
 		return newError(ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "weir-cni needs the pod's network namespace")
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return newError(ErrInvalidNetNS, "pod netns "+path+" cannot be opened", err.Error())
-	}
-	defer f.Close()
+	// statfs(2) on the path, not os.Open: the first file os opens
+	// registers with Go's network poller (an epoll instance and an eventfd
+	// made, a regular file refused, its O_NONBLOCK set and cleared again),
+	// a dozen system calls this one-verb process never needs.
 	var fs unix.Statfs_t
-	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+	if err := ignoringEINTR(func() error { return unix.Statfs(path, &fs) }); err != nil {
 		return newError(ErrInvalidNetNS, "pod netns "+path+" cannot be opened", fmt.Sprintf("statfs %s: %v", path, err))
 	}
 	// A namespace file is on nsfs (procfs on kernels before 3.19).
@@ -409,11 +408,47 @@ func podFromArgs(s string) (api.Pod, error) {
 func (c *Conf) logger() *slog.Logger {
 	var w io.Writer = io.Discard
 	if c.LogFile != "-" {
-		if f, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
-			w = f // closed at process exit; the plugin lives for one verb
+		// A plain open(2) and write(2), not os.OpenFile, for the reason
+		// checkNetns gives.
+		var fd int
+		if err := ignoringEINTR(func() (err error) {
+			fd, err = unix.Open(c.LogFile, unix.O_CREAT|unix.O_WRONLY|unix.O_APPEND|unix.O_CLOEXEC, 0o600)
+			return err
+		}); err == nil {
+			w = fdWriter(fd) // closed at process exit; the plugin lives for one verb
 		}
 	}
 	var level slog.Level
 	level.UnmarshalText([]byte(strings.ToUpper(c.LogLevel)))
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})).With("plugin", "weir-cni")
+}
+
+// fdWriter writes to a descriptor with write(2), whole buffers.
+type fdWriter int
+
+func (w fdWriter) Write(b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := unix.Write(int(w), b[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.ErrShortWrite
+		}
+		n += m
+	}
+	return n, nil
+}
+
+// ignoringEINTR retries f while it fails with EINTR.
+func ignoringEINTR(f func() error) error {
+	for {
+		if err := f(); err != unix.EINTR {
+			return err
+		}
+	}
 }
