@@ -75,11 +75,13 @@ func (c *Controller) Run(ctx context.Context) {
 	lim := &logLimiter{every: c.set.LogEvery}
 	t := time.NewTicker(c.set.Interval)
 	defer t.Stop()
+	var ups, downs int
 	defer func() {
 		if int(c.procs.Load()) != c.set.Max {
 			c.apply(c.set.Max)
 			c.procs.Store(int64(c.set.Max))
 		}
+		c.log.Info("gomaxprocs controller stopped", "changesUp", ups, "changesDown", downs, "procs", c.set.Max)
 	}()
 	failed := false
 	for {
@@ -106,6 +108,9 @@ func (c *Controller) Run(ctx context.Context) {
 		dir := "up"
 		if d.next < from {
 			dir = "down"
+			downs++
+		} else {
+			ups++
 		}
 		c.changes.WithLabelValues(dir).Inc()
 		lim.log(c.log, c.now(), from, d.next, d.reason)
