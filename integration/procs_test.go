@@ -87,7 +87,10 @@ func BenchmarkProcsAuto(b *testing.B) {
 		rounds = n
 	}
 	sites := []*procsSite{newProcsSite(b, "auto"), newProcsSite(b, "max")}
-	type cell struct{ step, reload, idle, paced []string }
+	type cell struct {
+		step, reload, idle, paced []string
+		idleCPU                   []time.Duration
+	}
 	res := map[string]*cell{"auto": {}, "max": {}}
 	for r := range rounds {
 		order := sites
@@ -96,7 +99,7 @@ func BenchmarkProcsAuto(b *testing.B) {
 		}
 		for _, p := range order {
 			c := res[p.procs]
-			p.settle(b)
+			c.idleCPU = append(c.idleCPU, p.settle(b))
 			up := p.agent.Metric(b, procsUp)
 			out, err := p.client.Run("wrk", "-t2", "-c32", "-d1s", "--latency", p.target)
 			if err != nil || wrkClean(out) != nil {
@@ -120,17 +123,18 @@ func BenchmarkProcsAuto(b *testing.B) {
 			p.reload(b, nil)
 			p.waitLog(b, `"routes reloaded"`, 60*time.Second)
 
-			for _, rps := range []int{250, 1000} {
+			for _, rps := range []int{250, 1000, 2000} {
 				c.paced = append(c.paced, p.paced(b, 16, rps))
 			}
 		}
 	}
 	for _, k := range []string{"auto", "max"} {
 		c := res[k]
+		b.Logf("procs %s: CPU over 1 s idle, per round: %v", k, c.idleCPU)
 		for r := range rounds {
 			b.Logf("procs %s round %d: step (wrk -t2 -c32 -d1s after idling): %s", k, r+1, c.step[r])
 			b.Logf("procs %s round %d: echo before the reload: %s; during a reload of %d services: %s", k, r+1, c.idle[r], bigReloadLen, c.reload[r])
-			b.Logf("procs %s round %d: paced HTTP/1.1 (h2load --h1 -c16, 4 s): %s | %s", k, r+1, c.paced[2*r], c.paced[2*r+1])
+			b.Logf("procs %s round %d: paced HTTP/1.1 (h2load --h1 -c16, 4 s): %s", k, r+1, strings.Join(c.paced[3*r:3*r+3], " | "))
 		}
 	}
 }
@@ -161,23 +165,29 @@ func (p *procsSite) paced(t testing.TB, clients, rps int) string {
 		p.agent.Metric(t, procsUp)-up, p.agent.Metric(t, procsDown)-down)
 }
 
-// procCPU is a process's user and system CPU time so far (/proc/PID/stat,
-// in clock ticks of 10 ms).
+// procCPU is a process's CPU time so far, to the nanosecond: the sum of
+// its threads' run time (/proc/PID/task/*/schedstat). The Go runtime does
+// not end threads, so none drops out of the sum between two readings.
 func procCPU(t testing.TB, pid int) time.Duration {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Fields after the command's closing parenthesis: state is the 1st,
-	// utime the 12th, stime the 13th.
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("/proc/%d/stat: %q", pid, b)
+	var sum time.Duration
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, task.Name()))
+		if err != nil {
+			continue // a thread that just ended
+		}
+		f := strings.Fields(string(b))
+		ns, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/%d/task/%s/schedstat: %q", pid, task.Name(), b)
+		}
+		sum += time.Duration(ns)
 	}
-	return time.Duration(ut+st) * 10 * time.Millisecond
+	return sum
 }
 
 // procsSite is a node whose agent runs with one runtime.procs, a client pod
@@ -226,12 +236,17 @@ func (p *procsSite) waitProcs(t testing.TB, n float64, within time.Duration) {
 }
 
 // settle lets the agent idle: 3 s, and for auto until it is down to one P.
-func (p *procsSite) settle(t testing.TB) {
+// It returns the agent's CPU over the last second of the 3.
+func (p *procsSite) settle(t testing.TB) time.Duration {
 	t.Helper()
-	time.Sleep(3 * time.Second)
+	time.Sleep(2 * time.Second)
+	cpu := procCPU(t, p.agent.Pid())
+	time.Sleep(time.Second)
+	cpu = procCPU(t, p.agent.Pid()) - cpu
 	if p.procs == "auto" {
 		p.waitProcs(t, 1, 20*time.Second)
 	}
+	return cpu
 }
 
 // waitLog waits until the agent's log holds want once more than it did at
@@ -366,7 +381,7 @@ func summarise(d []time.Duration) string {
 	return fmt.Sprintf("n %d, p50 %s, p99 %s, max %s", len(s), q(0.5).Round(time.Microsecond), q(0.99).Round(time.Microsecond), s[len(s)-1].Round(time.Microsecond))
 }
 
-var wrkLine = regexp.MustCompile(`(?m)^\s+(50|99)%\s+(\S+)$|^\s+Latency\s+\S+\s+\S+\s+(\S+)|^Requests/sec:\s+(\S+)`)
+var wrkLine = regexp.MustCompile(`(?m)^[ \t]+(50|99)%[ \t]+(\S+)$|^[ \t]+Latency[ \t]+\S+[ \t]+\S+[ \t]+(\S+)|^Requests/sec:[ \t]+(\S+)`)
 
 // wrkFigures picks p50, p99, max latency and the rate out of wrk --latency.
 func wrkFigures(out string) string {

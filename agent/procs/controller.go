@@ -73,7 +73,7 @@ func (c *Controller) Collectors() []prometheus.Collector {
 func (c *Controller) Run(ctx context.Context) {
 	st := &state{set: c.set, procs: c.set.Max}
 	lim := &logLimiter{every: c.set.LogEvery}
-	t := time.NewTicker(c.set.Interval)
+	t := time.NewTimer(c.set.Interval)
 	defer t.Stop()
 	var ups, downs int
 	defer func() {
@@ -96,10 +96,16 @@ func (c *Controller) Run(ctx context.Context) {
 				c.log.Warn("gomaxprocs controller cannot sample; holding the current count", "err", err)
 				failed = true
 			}
+			t.Reset(c.set.Interval)
 			continue
 		}
 		from := st.procs
 		d := st.step(s)
+		if d.idle {
+			t.Reset(c.set.IdleInterval)
+		} else {
+			t.Reset(c.set.Interval)
+		}
 		if d.next == from {
 			continue
 		}

@@ -56,8 +56,16 @@ type Settings struct {
 	// Min and Max bound the P count. Max is normally the runtime's default
 	// (runtime.GOMAXPROCS(0) at start: the CPUs or the cgroup limit).
 	Min, Max int
-	// Interval is the sampling period.
+	// Interval is the sampling period while the agent is busy.
 	Interval time.Duration
+	// IdleInterval is the sampling period after an interval in which the
+	// process used less than IdleBusy of a CPU and no goroutine waited
+	// long. Every sample wakes the idle process (and the runtime's sysmon
+	// behind it): at 20 ms that was measured at 5.8 ms of CPU a second on
+	// an idle agent, against 0.1–0.4 ms without the controller.
+	IdleInterval time.Duration
+	// IdleBusy is the CPU share below which an interval counts as idle.
+	IdleBusy float64
 	// WaitThreshold is the scheduling latency that counts as a goroutine
 	// kept from running for want of a P.
 	WaitThreshold time.Duration
@@ -87,6 +95,8 @@ type Settings struct {
 var Defaults = Settings{
 	Min:           1,
 	Interval:      20 * time.Millisecond,
+	IdleInterval:  100 * time.Millisecond,
+	IdleBusy:      0.05,
 	WaitThreshold: time.Millisecond,
 	WaitShare:     0.01,
 	MinSlow:       2,
@@ -101,6 +111,8 @@ func (s Settings) withDefaults() (Settings, error) {
 	d := Defaults
 	orDefault(&s.Min, d.Min)
 	orDefault(&s.Interval, d.Interval)
+	orDefault(&s.IdleInterval, d.IdleInterval)
+	orDefault(&s.IdleBusy, d.IdleBusy)
 	orDefault(&s.WaitThreshold, d.WaitThreshold)
 	orDefault(&s.WaitShare, d.WaitShare)
 	orDefault(&s.MinSlow, d.MinSlow)
@@ -113,8 +125,8 @@ func (s Settings) withDefaults() (Settings, error) {
 		return s, fmt.Errorf("procs: min %d: want at least 1", s.Min)
 	case s.Max < 1:
 		return s, fmt.Errorf("procs: max %d: want at least 1", s.Max)
-	case s.Interval <= 0 || s.Quiet < s.Interval:
-		return s, fmt.Errorf("procs: interval %s, quiet %s: want 0 < interval <= quiet", s.Interval, s.Quiet)
+	case s.Interval <= 0 || s.IdleInterval < s.Interval || s.Quiet < s.IdleInterval:
+		return s, fmt.Errorf("procs: interval %s, idle interval %s, quiet %s: want 0 < interval <= idle interval <= quiet", s.Interval, s.IdleInterval, s.Quiet)
 	case s.LowerBusy >= s.RaiseBusy:
 		// Without the gap the count would drop into a state that raises it
 		// again at once.
@@ -138,6 +150,9 @@ func orDefault[T comparable](v *T, d T) {
 type decision struct {
 	next   int
 	reason string
+	// idle says the interval was idle: the next sample may wait
+	// IdleInterval.
+	idle bool
 }
 
 // state is the controller's memory between samples: the current count and
@@ -170,6 +185,7 @@ func (st *state) step(s Sample) decision {
 	waits, slow := s.Waits-prev.Waits, s.SlowWaits-prev.SlowWaits
 	short := slow >= st.set.MinSlow && float64(slow) >= st.set.WaitShare*float64(waits)
 	hot := busy >= st.set.RaiseBusy*float64(st.procs)
+	idle := busy < st.set.IdleBusy && slow == 0
 	if short || hot {
 		st.calm = s
 		if st.procs >= st.set.Max {
@@ -184,7 +200,7 @@ func (st *state) step(s Sample) decision {
 	}
 	span := s.At.Sub(st.calm.At)
 	if st.procs <= st.set.Min || span < st.set.Quiet {
-		return decision{next: st.procs}
+		return decision{next: st.procs, idle: idle}
 	}
 	avg := float64(s.CPU-st.calm.CPU) / float64(span)
 	// The fewest Ps that keep the quiet period's average below LowerBusy
@@ -194,9 +210,11 @@ func (st *state) step(s Sample) decision {
 		// Busy enough to keep the count: start a new period, so the
 		// average always covers the last Quiet, not the whole history.
 		st.calm = s
-		return decision{next: st.procs}
+		return decision{next: st.procs, idle: idle}
 	}
-	return st.change(next, fmt.Sprintf("cpu %.2f over %s", avg, span.Round(time.Millisecond)))
+	d := st.change(next, fmt.Sprintf("cpu %.2f over %s", avg, span.Round(time.Millisecond)))
+	d.idle = idle
+	return d
 }
 
 func (st *state) change(next int, reason string) decision {

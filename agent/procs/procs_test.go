@@ -173,6 +173,29 @@ func TestAverageOverTheQuietPeriod(t *testing.T) {
 	}
 }
 
+func TestIdleIntervalsAreMarked(t *testing.T) {
+	f := newFeed(t, Settings{Min: 1, Max: 2})
+	for _, tc := range []struct {
+		cpu      float64
+		waits    uint64
+		slow     uint64
+		wantIdle bool
+		what     string
+	}{
+		{0.01, 10, 0, true, "1 % of a CPU, no slow wait"},
+		{0.2, 10, 0, false, "20 % of a CPU"},
+		{0.01, 10, 1, false, "one slow wait"},
+	} {
+		f.now.At = f.now.At.Add(Defaults.Interval)
+		f.now.CPU += time.Duration(tc.cpu * float64(Defaults.Interval))
+		f.now.Waits += tc.waits
+		f.now.SlowWaits += tc.slow
+		if d := f.st.step(f.now); d.idle != tc.wantIdle {
+			t.Errorf("%s: idle %v, want %v", tc.what, d.idle, tc.wantIdle)
+		}
+	}
+}
+
 func TestSettings(t *testing.T) {
 	s, err := Settings{Min: 4, Max: 2}.withDefaults()
 	if err != nil || s.Min != 2 {
@@ -183,6 +206,7 @@ func TestSettings(t *testing.T) {
 		{Max: -1},
 		{Max: 2, LowerBusy: 0.9},
 		{Max: 2, Interval: time.Second, Quiet: time.Millisecond},
+		{Max: 2, Interval: time.Second, IdleInterval: time.Millisecond},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)
@@ -214,7 +238,7 @@ func (s *script) Read() (Sample, error) {
 }
 
 func TestRunAppliesChangesAndRestoresMax(t *testing.T) {
-	set, err := Settings{Min: 1, Max: 2, Interval: time.Millisecond, Quiet: 10 * time.Millisecond}.withDefaults()
+	set, err := Settings{Min: 1, Max: 2, Interval: time.Millisecond, IdleInterval: time.Millisecond, Quiet: 10 * time.Millisecond}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
