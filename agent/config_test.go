@@ -225,3 +225,30 @@ func TestParseConfigStandby(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseConfigRuntime feeds arbitrary runtime: sections (and whole
+// files) to ParseConfig: it never panics, and what it accepts is a valid
+// runtime.procs and minProcs.
+func FuzzParseConfigRuntime(f *testing.F) {
+	for _, seed := range []string{
+		"runtime:\n  procs: auto\n", "runtime:\n  procs: max\n  minProcs: 2\n", "runtime:\n  procs: 3\n",
+		"runtime:\n  procs: \"7\"\n", "runtime:\n  procs: -1\n", "runtime:\n  procs: 1e3\n",
+		"runtime:\n  procs: 0x10\n", "runtime:\n  procs: null\n", "runtime: {procs: [1], minProcs: x}\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			return
+		}
+		if c.Runtime.Procs != ProcsAuto && c.Runtime.Procs != ProcsMax {
+			if n, ok := c.Runtime.Procs.Fixed(); !ok || n < 1 || n > 4096 {
+				t.Fatalf("accepted runtime.procs %q", c.Runtime.Procs)
+			}
+		}
+		if c.Runtime.MinProcs < 1 || c.Runtime.MinProcs > 4096 {
+			t.Fatalf("accepted runtime.minProcs %d", c.Runtime.MinProcs)
+		}
+	})
+}
