@@ -480,6 +480,17 @@ func (a *Agent) healthDial(ctx context.Context, addr netip.AddrPort) (*net.TCPCo
 	return c.(*net.TCPConn), nil
 }
 
+// RegisterMetrics adds collectors owned outside the agent (the command's
+// GOMAXPROCS controller) to what the admin address serves on /metrics.
+func (a *Agent) RegisterMetrics(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := a.reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return nil
+}
+
 // Reload swaps in the services (and unknownDestinations, zone) of a new
 // config without touching running pods; unchanged clusters keep their state.
 // Other settings need a restart; Reload says which ones differ.

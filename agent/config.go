@@ -87,6 +87,66 @@ type Config struct {
 	// Standby runs this process as the hot standby of the agent on Socket
 	// (agent/standby.go); `standby: true` is short for enabled.
 	Standby Standby `json:"standby"`
+	// Runtime tunes the Go runtime under the agent.
+	Runtime Runtime `json:"runtime"`
+}
+
+// Runtime tunes the Go runtime the agent runs on.
+type Runtime struct {
+	// Procs sets GOMAXPROCS, the number of threads running Go code at once.
+	// "max" (the default) keeps the runtime's default: every CPU the
+	// cgroup allows, followed as the limit changes. "auto" moves it with
+	// the load between MinProcs and that default (agent/procs): fewer Ps
+	// cost less per request while the agent is lightly loaded, and
+	// goroutines waiting for a P raise it at once. A number fixes it.
+	Procs Procs `json:"procs"`
+	// MinProcs is auto's floor (default 1; at most the runtime's default).
+	MinProcs int `json:"minProcs"`
+}
+
+// Procs is runtime.procs: auto, max or a positive number (`procs: 2` and
+// `procs: "2"` both work).
+type Procs string
+
+// The named values of runtime.procs.
+const (
+	ProcsAuto Procs = "auto"
+	ProcsMax  Procs = "max"
+)
+
+// UnmarshalJSON takes a number as well as a string.
+func (p *Procs) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*p = Procs(s)
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return badValue(b, *p)
+	}
+	*p = Procs(n.String())
+	return nil
+}
+
+// Fixed is the number a numeric runtime.procs names.
+func (p Procs) Fixed() (int, bool) {
+	n, err := strconv.Atoi(string(p))
+	return n, err == nil
+}
+
+func (r Runtime) validate() error {
+	switch r.Procs {
+	case ProcsAuto, ProcsMax:
+	default:
+		if n, ok := r.Procs.Fixed(); !ok || n < 1 || n > 4096 {
+			return fmt.Errorf("runtime.procs: want auto, max or a number from 1 to 4096, got %q", string(r.Procs))
+		}
+	}
+	if r.MinProcs < 1 || r.MinProcs > 4096 {
+		return fmt.Errorf("runtime.minProcs: want 1 to 4096, got %d", r.MinProcs)
+	}
+	return nil
 }
 
 // HTTP2 tunes the HTTP/2 (h2c) and gRPC proxy.
@@ -459,6 +519,7 @@ func DefaultConfig() Config {
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
+		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,
@@ -588,6 +649,9 @@ func (c Config) Validate() error {
 		return fmt.Errorf("accessLog.path: want - (stderr) or an absolute path, got %q", p)
 	}
 	if err := c.Tracing.validate(); err != nil {
+		return err
+	}
+	if err := c.Runtime.validate(); err != nil {
 		return err
 	}
 	switch c.UnknownDestinations {

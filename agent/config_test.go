@@ -25,6 +25,34 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigRuntime(t *testing.T) {
+	c, err := ParseConfig(nil)
+	if err != nil || c.Runtime.Procs != ProcsMax || c.Runtime.MinProcs != 1 {
+		t.Fatalf("default runtime %+v, %v; want procs max, minProcs 1", c.Runtime, err)
+	}
+	for _, tc := range []struct {
+		yaml  string
+		procs Procs
+		min   int
+	}{
+		{"runtime:\n  procs: auto\n  minProcs: 2\n", ProcsAuto, 2},
+		{"runtime:\n  procs: max\n", ProcsMax, 1},
+		{"runtime:\n  procs: 3\n", "3", 1},
+		{"runtime:\n  procs: \"4\"\n", "4", 1},
+	} {
+		c, err := ParseConfig([]byte(tc.yaml))
+		if err != nil || c.Runtime.Procs != tc.procs || c.Runtime.MinProcs != tc.min {
+			t.Errorf("%q: %+v, %v; want procs %s, minProcs %d", tc.yaml, c.Runtime, err, tc.procs, tc.min)
+		}
+	}
+	if n, ok := Procs("3").Fixed(); !ok || n != 3 {
+		t.Errorf("Procs(3).Fixed() = %d, %v", n, ok)
+	}
+	if _, ok := ProcsAuto.Fixed(); ok {
+		t.Error("auto reads as a fixed count")
+	}
+}
+
 // With no file at all the state directory is still the socket's, never
 // the working directory.
 func TestParseConfigNoFile(t *testing.T) {
@@ -100,6 +128,11 @@ func TestParseConfigRejects(t *testing.T) {
 		{"unknown http2 engine", "http2:\n  engine: nghttp2\n", "http2.engine"},
 		{"bad service address", "services:\n  - name: a\n    address: 10.0.0.1\n", "services[0] (a).address"},
 		{"bad endpoint", "services:\n  - name: a\n    address: 10.0.0.1:80\n    endpoints: [x]\n", "services[0] (a).endpoints"},
+		{"unknown runtime.procs", "runtime:\n  procs: some\n", `runtime.procs: want auto, max or a number from 1 to 4096, got "some"`},
+		{"zero runtime.procs", "runtime:\n  procs: 0\n", "runtime.procs"},
+		{"fractional runtime.procs", "runtime:\n  procs: 1.5\n", "runtime.procs"},
+		{"zero runtime.minProcs", "runtime:\n  minProcs: 0\n", "runtime.minProcs: want 1 to 4096, got 0"},
+		{"runtime.procs a list", "runtime:\n  procs: [1]\n", "runtime.procs"},
 		{"duplicate address", "services:\n  - name: a\n    address: 10.0.0.1:80\n  - name: b\n    address: 10.0.0.1:80\n", "already belongs to service a"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -191,4 +224,31 @@ func TestParseConfigStandby(t *testing.T) {
 			t.Errorf("%q: err %v, want it to mention %q", in, err, want)
 		}
 	}
+}
+
+// FuzzParseConfigRuntime feeds arbitrary runtime: sections (and whole
+// files) to ParseConfig: it never panics, and what it accepts is a valid
+// runtime.procs and minProcs.
+func FuzzParseConfigRuntime(f *testing.F) {
+	for _, seed := range []string{
+		"runtime:\n  procs: auto\n", "runtime:\n  procs: max\n  minProcs: 2\n", "runtime:\n  procs: 3\n",
+		"runtime:\n  procs: \"7\"\n", "runtime:\n  procs: -1\n", "runtime:\n  procs: 1e3\n",
+		"runtime:\n  procs: 0x10\n", "runtime:\n  procs: null\n", "runtime: {procs: [1], minProcs: x}\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig(b)
+		if err != nil {
+			return
+		}
+		if c.Runtime.Procs != ProcsAuto && c.Runtime.Procs != ProcsMax {
+			if n, ok := c.Runtime.Procs.Fixed(); !ok || n < 1 || n > 4096 {
+				t.Fatalf("accepted runtime.procs %q", c.Runtime.Procs)
+			}
+		}
+		if c.Runtime.MinProcs < 1 || c.Runtime.MinProcs > 4096 {
+			t.Fatalf("accepted runtime.minProcs %d", c.Runtime.MinProcs)
+		}
+	})
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // startEcho runs a line echo server on port 7000 of pod.
-func startEcho(t *testing.T, pod *testworld.Pod) {
+func startEcho(t testing.TB, pod *testworld.Pod) {
 	t.Helper()
 	ln := pod.Listen(t, "0.0.0.0:7000")
 	go func() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/weir-mesh/weir/agent"
+	"github.com/weir-mesh/weir/agent/procs"
 )
 
 // init keeps the main goroutine on the process's first thread, so no
@@ -84,6 +85,12 @@ func run() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	stopProcs, err := sizeProcs(ctx, cfg.Runtime, a, log)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer stopProcs()
 	// SIGHUP re-reads the file and swaps in its services; a bad file is
 	// logged and changes nothing.
 	hup := make(chan os.Signal, 1)
@@ -110,4 +117,34 @@ func run() int {
 		return 1
 	}
 	return 0
+}
+
+// sizeProcs applies runtime.procs: nothing for max, a fixed GOMAXPROCS for a
+// number, the load-following controller for auto. The returned function
+// stops the controller and waits for it.
+func sizeProcs(ctx context.Context, rt agent.Runtime, a *agent.Agent, log *slog.Logger) (func(), error) {
+	if err := a.RegisterMetrics(procs.ProcsGauge()); err != nil {
+		return nil, err
+	}
+	def := runtime.GOMAXPROCS(0)
+	if n, ok := rt.Procs.Fixed(); ok {
+		runtime.GOMAXPROCS(n)
+		log.Info("gomaxprocs fixed by runtime.procs", "procs", n, "runtimeDefault", def)
+		return func() {}, nil
+	}
+	if rt.Procs != agent.ProcsAuto {
+		return func() {}, nil
+	}
+	c, err := procs.New(procs.Settings{Min: rt.MinProcs, Max: def}, log)
+	if err != nil {
+		return nil, fmt.Errorf("runtime.procs auto: %w", err)
+	}
+	if err := a.RegisterMetrics(c.Collectors()...); err != nil {
+		return nil, err
+	}
+	log.Info("gomaxprocs follows the load (runtime.procs: auto)", "min", min(rt.MinProcs, def), "max", def)
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	return func() { cancel(); <-done }, nil
 }
