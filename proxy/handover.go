@@ -16,12 +16,25 @@ import (
 )
 
 // Connection hand-over at upgrade. An agent handing over to its successor
-// offers every L4 connection it relays: one that is idle at that instant
-// (nothing in either socket's receive or send queue, both sides) is paused
-// with no byte in the relay's hands (relay.Handle) and its two sockets are
-// given to the successor, which relays them on (Adopt); the rest drain as
-// before and are offered again while the drain lasts, so a connection busy
-// at the first look moves at its next pause. L7 connections are not moved:
+// offers every L4 connection it relays: one that is caught up at that
+// instant (no unread byte in either socket's receive queue) is paused with
+// no byte in the relay's hands (relay.Handle) and its two sockets are given
+// to the successor, which relays them on (Adopt); the rest drain as before
+// and are offered again while the drain lasts, so a connection busy at the
+// first look moves at its next pause.
+//
+// Bytes in the kernel's queues travel with the sockets: what arrives during
+// the pause waits in a receive queue for the successor to read, and what
+// the relay wrote and the peer has not yet acknowledged stays in the send
+// queue, sent and retransmitted by the kernel whichever process holds the
+// socket. So a send queue need not be empty, and must not be required to:
+// on a connection that carries requests and answers back to back, the
+// answer leaves a socket's send queue only when the peer's next request
+// acknowledges it, so both queues are never empty at once and such a
+// connection was never handed over but cut at the drain deadline
+// (TestTakeoverStress found it). The receive queues are the test of a
+// relay that keeps up: a direction with unread bytes is moving data and
+// would hold a pause back. L7 connections are not moved:
 // they drain at a request boundary (Connection: close, GOAWAY).
 
 // HandOff is one paused L4 connection as the successor needs it.
@@ -151,7 +164,7 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 			return handed, nil
 		}
 		for _, t := range left {
-			if t.spliced.Load() || !idle(t.client) || !idle(t.upstream) || !t.h.Pause(100*time.Millisecond) {
+			if t.spliced.Load() || !caughtUp(t.client) || !caughtUp(t.upstream) || !t.h.Pause(100*time.Millisecond) {
 				continue
 			}
 			up, down := t.h.Counts()
@@ -175,19 +188,18 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 	}
 }
 
-// idle reports whether c's socket holds no byte, received or unsent
-// (SIOCINQ and SIOCOUTQ both 0).
-func idle(c *net.TCPConn) bool {
+// caughtUp reports whether c's socket holds no unread byte (SIOCINQ 0);
+// its send queue may hold bytes, which stay with the socket.
+func caughtUp(c *net.TCPConn) bool {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return false
 	}
-	in, out := -1, -1
+	in := -1
 	rc.Control(func(fd uintptr) {
 		in, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		out, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
 	})
-	return in == 0 && out == 0
+	return in == 0
 }
 
 // Adopt relays a connection a predecessor handed over, as if this engine
