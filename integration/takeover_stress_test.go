@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -31,11 +32,20 @@ import (
 //     handed over to the successor when idle) and a new connection per
 //     request;
 //   - inbound from an uncaptured pod (L4), keep-alive and a new connection
-//     per request.
+//     per request;
+//   - outbound HTTP/1.1 to the service address, keep-alive with a pause of
+//     up to 1.5 s between requests: its connection is often idle when the
+//     old agent drains, which closes it after a grace second.
 //
 // The clients are raw HTTP/1.1 loops that never retry, so every reset,
 // early close, timeout or wrong answer counts; a keep-alive client follows
-// Connection: close to a new connection, as HTTP requires. Each failure is
+// Connection: close to a new connection, as HTTP requires. The one
+// exception is the pausing client: a server may close an idle keep-alive
+// connection at any time, and a request that meets that close before any
+// byte of an answer is one HTTP lets a client send again (RFC 9112 §9.3.1;
+// Go's Transport and curl do). That client does so once, on a new
+// connection, and counts it apart; a second failure, or one after part of
+// an answer, counts as lost. Each failure is
 // placed in the phase it fell in: "overlap" (the successor starting, both
 // agents' listeners open), "drain" (the successor ready, the old agent
 // draining and handing over) or "steady". Any failure fails the test.
@@ -96,6 +106,7 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 		{name: "outbound L4 new connection", from: client, addr: toSrv, want: "server"},
 		{name: "inbound L4 keep-alive", from: srv, addr: toApp, want: "app", keepAlive: true},
 		{name: "inbound L4 new connection", from: srv, addr: toApp, want: "app"},
+		{name: "outbound L7 keep-alive, paused", from: client, addr: stressVIP, want: "server", keepAlive: true, pause: 1500 * time.Millisecond},
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -152,7 +163,7 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 	failed := false
 	for _, l := range loads {
 		ok, fails := l.result()
-		t.Logf("%-28s %7d ok, %d failed", l.name, ok, len(fails))
+		t.Logf("%-32s %7d ok, %d failed, %d sent again after an idle close", l.name, ok, len(fails), l.retried.Load())
 		if ok == 0 {
 			t.Errorf("%s: no request succeeded", l.name)
 		}
@@ -221,11 +232,16 @@ type stressLoad struct {
 	addr      string
 	want      string
 	keepAlive bool
-	tl        *stressTimeline
+	// pause, when set, is the longest random wait between two requests;
+	// such a client sends a request again once if its keep-alive
+	// connection was closed before any byte of the answer.
+	pause time.Duration
+	tl    *stressTimeline
 
-	ok    atomic.Int64
-	mu    sync.Mutex
-	fails []stressFail
+	ok      atomic.Int64
+	retried atomic.Int64
+	mu      sync.Mutex
+	fails   []stressFail
 }
 
 type stressFail struct {
@@ -254,8 +270,10 @@ func (l *stressLoad) result() (int64, []stressFail) {
 // connection until the server says close or a request fails.
 func (l *stressLoad) run(stop <-chan struct{}) {
 	var c *net.TCPConn
+	var cr countingReader // what c gave since the request was written
 	var br *bufio.Reader
-	served := 0 // requests answered on c
+	served := 0        // requests answered on c
+	sendAgain := false // the last request met an idle close: send it once more
 	defer func() {
 		if c != nil {
 			c.Close()
@@ -266,6 +284,13 @@ func (l *stressLoad) run(stop <-chan struct{}) {
 		req = "GET / HTTP/1.1\r\nHost: stress\r\nConnection: close\r\n\r\n"
 	}
 	for i := 0; i < stressMaxRequests; i++ {
+		if l.pause > 0 && !sendAgain {
+			select {
+			case <-stop:
+				return
+			case <-time.After(rand.N(l.pause)):
+			}
+		}
 		select {
 		case <-stop:
 			return
@@ -275,24 +300,37 @@ func (l *stressLoad) run(stop <-chan struct{}) {
 			var err error
 			if c, err = l.from.Dial(l.addr, 5*time.Second); err != nil {
 				l.fail("connect", err)
-				c = nil
+				c, sendAgain = nil, false
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
-			br, served = bufio.NewReader(c), 0
+			cr.c = c
+			br, served = bufio.NewReader(&cr), 0
 		}
 		c.SetDeadline(time.Now().Add(10 * time.Second))
+		cr.n = 0
 		closeAfter, err := exchange(c, br, req, l.want)
 		if err != nil {
+			c.Close()
+			c = nil
+			if l.pause > 0 && served > 0 && cr.n == 0 && !sendAgain {
+				// Closed while idle, before any byte of the answer.
+				l.retried.Add(1)
+				sendAgain = true
+				continue
+			}
 			where := "new connection"
 			if served > 0 {
 				where = fmt.Sprintf("keep-alive connection after %d answers", served)
 			}
+			if sendAgain {
+				where += ", sent again after an idle close"
+			}
 			l.fail(where, err)
-			c.Close()
-			c = nil
+			sendAgain = false
 			continue
 		}
+		sendAgain = false
 		l.ok.Add(1)
 		served++
 		if closeAfter || !l.keepAlive {
@@ -321,6 +359,18 @@ func exchange(c *net.TCPConn, br *bufio.Reader, req, want string) (bool, error) 
 		return false, fmt.Errorf("answer %s %q, want 200 %q", resp.Status, body, want)
 	}
 	return resp.Close, nil
+}
+
+// countingReader counts the bytes read from c.
+type countingReader struct {
+	c *net.TCPConn
+	n int
+}
+
+func (r *countingReader) Read(b []byte) (int, error) {
+	n, err := r.c.Read(b)
+	r.n += n
+	return n, err
 }
 
 // errKind names the failure's kind first (reset, EOF, timeout), then the
