@@ -34,18 +34,19 @@ import (
 //   - inbound from an uncaptured pod (L4), keep-alive and a new connection
 //     per request;
 //   - outbound HTTP/1.1 to the service address, keep-alive with a pause of
-//     up to 1.5 s between requests: its connection is often idle when the
-//     old agent drains, which closes it after a grace second.
+//     up to 1.5 s between requests (twice): its connection is often idle
+//     when the old agent drains, which hands it to the successor.
 //
 // The clients are raw HTTP/1.1 loops that never retry, so every reset,
 // early close, timeout or wrong answer counts; a keep-alive client follows
-// Connection: close to a new connection, as HTTP requires. The one
-// exception is the pausing client: a server may close an idle keep-alive
-// connection at any time, and a request that meets that close before any
-// byte of an answer is one HTTP lets a client send again (RFC 9112 §9.3.1;
-// Go's Transport and curl do). That client does so once, on a new
-// connection, and counts it apart; a second failure, or one after part of
-// an answer, counts as lost. Each failure is
+// Connection: close to a new connection, as HTTP requires. A pausing client
+// tells one failure apart: its idle connection closed before any byte of
+// the answer. HTTP allows a server that (RFC 9112 §9.3.1: the client may
+// send the request again, as Go's Transport and curl do), so the client
+// sends it once more on a new connection; but with a successor taking idle
+// connections over, none should be closed, so the test counts it as a
+// failure too (a client that does not retry, or a request that is not
+// idempotent, would be lost). Each failure is
 // placed in the phase it fell in: "overlap" (the successor starting, both
 // agents' listeners open), "drain" (the successor ready, the old agent
 // draining and handing over) or "steady". Any failure fails the test.
@@ -106,7 +107,8 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 		{name: "outbound L4 new connection", from: client, addr: toSrv, want: "server"},
 		{name: "inbound L4 keep-alive", from: srv, addr: toApp, want: "app", keepAlive: true},
 		{name: "inbound L4 new connection", from: srv, addr: toApp, want: "app"},
-		{name: "outbound L7 keep-alive, paused", from: client, addr: stressVIP, want: "server", keepAlive: true, pause: 1500 * time.Millisecond},
+		{name: "outbound L7 keep-alive, paused #1", from: client, addr: stressVIP, want: "server", keepAlive: true, pause: 1500 * time.Millisecond},
+		{name: "outbound L7 keep-alive, paused #2", from: client, addr: stressVIP, want: "server", keepAlive: true, pause: 1500 * time.Millisecond},
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -146,26 +148,32 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 	stopLoads()
 	took := time.Since(began)
 
-	// What the old agents did with their L4 connections.
-	var handed, drained, cut int
-	re := regexp.MustCompile(`"msg":"L4 connections at the takeover","handedOver":(\d+),"drained":(\d+),"cut":(\d+)`)
+	// What the old agents did with their connections.
+	var handed, drained, cut, handedH1 int
+	re := regexp.MustCompile(`"msg":"L4 connections at the takeover","handedOver":(\d+),"drained":(\d+),"cut":(\d+)(?:,"http1HandedOver":(\d+))?`)
 	for _, a := range olds {
 		if m := re.FindStringSubmatch(a.Log()); m != nil {
 			h, _ := strconv.Atoi(m[1])
 			d, _ := strconv.Atoi(m[2])
 			c, _ := strconv.Atoi(m[3])
-			handed, drained, cut = handed+h, drained+d, cut+c
+			h1, _ := strconv.Atoi(m[4])
+			handed, drained, cut, handedH1 = handed+h, drained+d, cut+c, handedH1+h1
 		}
 	}
-	t.Logf("%s: %d takeovers in %v (%d asked, budget %v); L4 connections at the takeovers: %d handed over, %d drained, %d cut",
-		mode, done, took.Round(time.Millisecond), takeovers, budget, handed, drained, cut)
+	t.Logf("%s: %d takeovers in %v (%d asked, budget %v); L4 connections at the takeovers: %d handed over, %d drained, %d cut; idle HTTP/1 connections handed over: %d",
+		mode, done, took.Round(time.Millisecond), takeovers, budget, handed, drained, cut, handedH1)
 
 	failed := false
 	for _, l := range loads {
 		ok, fails := l.result()
-		t.Logf("%-32s %7d ok, %d failed, %d sent again after an idle close", l.name, ok, len(fails), l.retried.Load())
+		retried := l.retried.Load()
+		t.Logf("%-34s %7d ok, %d failed, %d sent again after an idle close", l.name, ok, len(fails), retried)
 		if ok == 0 {
 			t.Errorf("%s: no request succeeded", l.name)
+		}
+		if retried != 0 {
+			failed = true
+			t.Errorf("%s: %d requests met an idle keep-alive connection closed instead of handed over (answered when sent again; a client that does not retry would have lost them)", l.name, retried)
 		}
 		if len(fails) == 0 {
 			continue

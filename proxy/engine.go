@@ -97,6 +97,12 @@ type Engine struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	l4        l4Set // relayed L4 connections, for a hand-over
+	// idleSend hands idle HTTP/1 client connections to a successor while
+	// set (SetIdleHandOff); handOffIdleFn is handOffIdle as a func value,
+	// made once so an L7 connection's Upstream takes it without an
+	// allocation.
+	idleSend      atomic.Pointer[func(HandOff) error]
+	handOffIdleFn func(net.Conn, *l7.Upstream) bool
 }
 
 // Workload is the pod a listener belongs to: its namespace (where upstream
@@ -137,6 +143,7 @@ func (e *Engine) init() {
 		if e.Log == nil {
 			e.Log = slog.Default()
 		}
+		e.handOffIdleFn = e.handOffIdle
 	})
 }
 
