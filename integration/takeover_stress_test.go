@@ -28,6 +28,10 @@ import (
 //
 //   - outbound HTTP/1.1 to a service address (sniffed, L7), keep-alive
 //     (twice) and a new connection per request;
+//   - outbound HTTP/1.1 to a service whose endpoint is a captured pod, as
+//     in a real cluster: the agent's pooled upstream connections to it are
+//     captured again at the endpoint, relayed inbound at L4 back to back
+//     (the topology of TestRealNode/RollingUpdate's load);
 //   - outbound to a pod address (passthrough, L4), keep-alive (the relay is
 //     handed over to the successor when idle) and a new connection per
 //     request;
@@ -75,6 +79,7 @@ const (
 	// stressMaxRequests bounds each client loop whatever the budget.
 	stressMaxRequests = 2_000_000
 	stressVIP         = "10.96.7.10:80"
+	stressAppVIP      = "10.96.7.11:80"
 )
 
 func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Duration) {
@@ -91,8 +96,10 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 	cfg := map[string]any{
 		"capture":      map[string]any{"namespaces": []string{"demo"}},
 		"drainTimeout": "5s",
-		"services": []any{map[string]any{"name": "web", "address": stressVIP,
-			"endpoints": []string{srv.IP4.String() + ":8080"}}},
+		"services": []any{
+			map[string]any{"name": "web", "address": stressVIP, "endpoints": []string{srv.IP4.String() + ":8080"}},
+			map[string]any{"name": "app", "address": stressAppVIP, "endpoints": []string{app.IP4.String() + ":8080"}},
+		},
 	}
 	agent := node.StartAgent(t, cfg)
 
@@ -103,6 +110,7 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 		{name: "outbound L7 keep-alive #1", from: client, addr: stressVIP, want: "server", keepAlive: true},
 		{name: "outbound L7 keep-alive #2", from: client, addr: stressVIP, want: "server", keepAlive: true},
 		{name: "outbound L7 new connection", from: client, addr: stressVIP, want: "server"},
+		{name: "L7 to a captured endpoint, keep-alive", from: client, addr: stressAppVIP, want: "app", keepAlive: true},
 		{name: "outbound L4 keep-alive", from: client, addr: toSrv, want: "server", keepAlive: true},
 		{name: "outbound L4 new connection", from: client, addr: toSrv, want: "server"},
 		{name: "inbound L4 keep-alive", from: srv, addr: toApp, want: "app", keepAlive: true},
@@ -167,7 +175,7 @@ func takeoverStress(t *testing.T, mode string, takeovers int, budget time.Durati
 	for _, l := range loads {
 		ok, fails := l.result()
 		retried := l.retried.Load()
-		t.Logf("%-34s %7d ok, %d failed, %d sent again after an idle close", l.name, ok, len(fails), retried)
+		t.Logf("%-38s %7d ok, %d failed, %d sent again after an idle close", l.name, ok, len(fails), retried)
 		if ok == 0 {
 			t.Errorf("%s: no request succeeded", l.name)
 		}

@@ -18,25 +18,27 @@ import (
 )
 
 // Connection hand-over at upgrade. An agent handing over to its successor
-// offers every L4 connection it relays: one that is caught up at that
-// instant (no unread byte in either socket's receive queue) is paused with
-// no byte in the relay's hands (relay.Handle) and its two sockets are given
-// to the successor, which relays them on (Adopt); the rest drain as before
-// and are offered again while the drain lasts, so a connection busy at the
-// first look moves at its next pause.
+// offers every L4 connection it relays: one that is quiet at that instant
+// (offerable) is paused with no byte in the relay's hands (relay.Handle)
+// and its two sockets are given to the successor, which relays them on
+// (Adopt); the rest drain as before and are offered again while the drain
+// lasts, so a connection busy at the first look moves at its next pause.
 //
 // Bytes in the kernel's queues travel with the sockets: what arrives during
 // the pause waits in a receive queue for the successor to read, and what
 // the relay wrote and the peer has not yet acknowledged stays in the send
 // queue, sent and retransmitted by the kernel whichever process holds the
-// socket. So a send queue need not be empty, and must not be required to:
-// on a connection that carries requests and answers back to back, the
-// answer leaves a socket's send queue only when the peer's next request
-// acknowledges it, so both queues are never empty at once and such a
-// connection was never handed over but cut at the drain deadline
-// (TestTakeoverStress found it). The receive queues are the test of a
-// relay that keeps up: a direction with unread bytes is moving data and
-// would hold a pause back. L7 connections are not moved:
+// socket. So for a relay of messages (requests and answers) a send queue
+// need not be empty, and must not be required to: on a connection that
+// carries them back to back, an answer leaves a socket's send queue only
+// when the peer's next request acknowledges it, so both queues are never
+// empty at once, and such a connection was never handed over but cut at
+// the drain deadline, losing the request in flight (TestTakeoverStress
+// found it). It is offered when neither socket holds an unread byte. A
+// relay that carries a stream (relay.Handle.Bulk) is offered only when all
+// four queues are empty, so a bulk transfer busy at the takeover drains
+// rather than being paused again and again (moving it would be safe too,
+// but the drain is what the hand-over promises for it). L7 connections are not moved:
 // they drain at a request boundary (Connection: close, GOAWAY).
 
 // HandOff is one paused L4 connection, or one idle HTTP/1 client
@@ -173,7 +175,7 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 			return handed, nil
 		}
 		for _, t := range left {
-			if t.spliced.Load() || !caughtUp(t.client) || !caughtUp(t.upstream) || !t.h.Pause(100*time.Millisecond) {
+			if t.spliced.Load() || !offerable(t) || !t.h.Pause(100*time.Millisecond) {
 				continue
 			}
 			up, down := t.h.Counts()
@@ -268,18 +270,33 @@ func (e *Engine) AdoptHTTP1(h HandOff, w *Workload) error {
 	return nil
 }
 
-// caughtUp reports whether c's socket holds no unread byte (SIOCINQ 0);
-// its send queue may hold bytes, which stay with the socket.
-func caughtUp(c *net.TCPConn) bool {
+// offerable reports whether t is quiet enough to pause now: no unread
+// byte on either socket, and for a stream no unsent or unacknowledged one
+// either.
+func offerable(t *tracked) bool {
+	bulk := t.h.Bulk()
+	for _, c := range []*net.TCPConn{t.client, t.upstream} {
+		in, out := queues(c)
+		if in != 0 || (bulk && out != 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// queues returns the bytes in c's receive queue (unread) and send queue
+// (unsent or unacknowledged), SIOCINQ and SIOCOUTQ; -1 if unknown.
+func queues(c *net.TCPConn) (in, out int) {
+	in, out = -1, -1
 	rc, err := c.SyscallConn()
 	if err != nil {
-		return false
+		return
 	}
-	in := -1
 	rc.Control(func(fd uintptr) {
 		in, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		out, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
 	})
-	return in == 0
+	return
 }
 
 // Adopt relays a connection a predecessor handed over, as if this engine
