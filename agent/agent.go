@@ -407,20 +407,28 @@ loop:
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(a.cfg.DrainTimeout))
 	defer cancel()
-	sent := make(chan struct{})
+	sent, drained := make(chan struct{}), make(chan struct{})
+	var sender *handoverSender
 	if handedOver && a.handoverStream != nil {
-		// Idle L4 connections go to the successor; the rest drain.
-		go func() { defer close(sent); a.sendConnections(drainCtx, a.handoverStream) }()
+		// Greeted before the drain wakes idle HTTP/1 connections, so they
+		// find the way to the successor open.
+		sender = a.greetSuccessor(a.handoverStream)
+	}
+	if sender != nil {
+		// Idle L4 and HTTP/1 connections go to the successor; the rest drain.
+		a.engine.SetIdleHandOff(sender.send)
+		go func() { defer close(sent); a.sendConnections(drainCtx, sender, drained) }()
 	} else {
 		close(sent)
 	}
 	if err := a.engine.Shutdown(drainCtx); err != nil {
 		a.log.Warn("drain deadline passed, closed remaining connections", "timeout", time.Duration(a.cfg.DrainTimeout).String())
 	}
+	close(drained)
 	<-sent
 	if handedOver {
 		c := a.engine.HandoverMetrics.Counts()
-		a.log.Info("L4 connections at the takeover", "handedOver", c["handed_over"], "drained", c["drained"], "cut", c["cut"])
+		a.log.Info("L4 connections at the takeover", "handedOver", c["handed_over"], "drained", c["drained"], "cut", c["cut"], "http1HandedOver", c["handed_over_http1"])
 	}
 	// Rules stay in the pods and the state file stays on disk: a pod of an
 	// enabled namespace must not silently leave the mesh because the agent

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,6 +64,11 @@ var Release = "dev"
 // maxFrame bounds one frame: metadata of one connection is far smaller.
 const maxFrame = 64 << 10
 
+// protoHTTP1 marks a conn frame carrying an idle HTTP/1 client socket. A
+// receiver that predates it refuses the frame (it wants two sockets), and
+// the sender then closes that connection as it did before.
+const protoHTTP1 = "http1"
+
 // handoverMsg is every frame's body; Type says which fields matter.
 type handoverMsg struct {
 	Type string `json:"type"` // ready, hello, ack, conn, done
@@ -74,15 +80,19 @@ type handoverMsg struct {
 	OK    bool   `json:"ok,omitempty"`
 	Error string `json:"error,omitempty"`
 	// conn
-	Namespace string    `json:"namespace,omitempty"`
-	Name      string    `json:"name,omitempty"`
-	Direction string    `json:"direction,omitempty"`
-	Dst       string    `json:"dst,omitempty"`
-	Cluster   string    `json:"cluster,omitempty"`
-	Endpoint  string    `json:"endpoint,omitempty"`
-	Up        int64     `json:"up,omitempty"`
-	Down      int64     `json:"down,omitempty"`
-	Started   time.Time `json:"started,omitzero"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Direction string `json:"direction,omitempty"`
+	Dst       string `json:"dst,omitempty"`
+	Cluster   string `json:"cluster,omitempty"`
+	Endpoint  string `json:"endpoint,omitempty"`
+	// Proto is "" for an L4 connection (client and upstream sockets) and
+	// "http1" for an HTTP/1 client connection idle between requests (its
+	// socket alone).
+	Proto   string    `json:"proto,omitempty"`
+	Up      int64     `json:"up,omitempty"`
+	Down    int64     `json:"down,omitempty"`
+	Started time.Time `json:"started,omitzero"`
 }
 
 // decodeFrame parses one frame's bytes (length prefix included) and checks
@@ -111,6 +121,9 @@ func decodeFrame(b []byte) (handoverMsg, error) {
 	case "conn":
 		if m.Name == "" || (m.Direction != string(proxy.Outbound) && m.Direction != string(proxy.Inbound)) {
 			return m, fmt.Errorf("hand-over conn: pod %q, direction %q", m.Name, m.Direction)
+		}
+		if m.Proto != "" && m.Proto != protoHTTP1 {
+			return m, fmt.Errorf("hand-over conn: unknown proto %q", m.Proto)
 		}
 		if _, err := netip.ParseAddrPort(m.Dst); err != nil {
 			return m, fmt.Errorf("hand-over conn: dst: %w", err)
@@ -211,53 +224,107 @@ func closeFiles(fs []*os.File) {
 	}
 }
 
-// sendConnections is the old agent's side, run during its drain: it greets
-// the successor and hands over every idle L4 connection until none is left
-// or ctx ends.
-func (a *Agent) sendConnections(ctx context.Context, c *net.UnixConn) {
-	defer c.Close()
+// handoverSender is the old agent's end of the stream. Two kinds of
+// sender share it, the L4 hand-over loop and HTTP/1 connections offering
+// themselves when idle: every conn frame and its answer is one exchange
+// under mu.
+type handoverSender struct {
+	h  handoverConn
+	mu sync.Mutex
+	// ended: done was sent, or the stream broke.
+	ended bool
+}
+
+// greetSuccessor opens the stream: the successor's ready, this agent's
+// hello, the successor's ack. Nil (and the stream closed) when the
+// successor did not start it or refused: connections then drain.
+func (a *Agent) greetSuccessor(c *net.UnixConn) *handoverSender {
 	h := handoverConn{c}
 	if m, _, err := h.read(10 * time.Second); err != nil || m.Type != "ready" {
 		a.log.Warn("connection hand-over: the successor did not start it; connections drain", "err", err)
-		return
+		c.Close()
+		return nil
 	}
 	if err := h.write(handoverMsg{Type: "hello", Version: handoverVersion, Release: Release, Pid: os.Getpid()}); err != nil {
 		a.log.Warn("connection hand-over: hello", "err", err)
-		return
+		c.Close()
+		return nil
 	}
 	if m, _, err := h.read(10 * time.Second); err != nil || !m.OK {
 		a.log.Warn("connection hand-over refused by the successor; connections drain", "version", handoverVersion, "reason", m.Error, "err", err)
-		return
-	}
-	start := time.Now()
-	n, err := a.engine.HandOver(ctx, 10*time.Millisecond, func(o proxy.HandOff) error {
-		fc, err := fdOf(o.Client)
-		if err != nil {
-			return err
-		}
-		fu, err := fdOf(o.Upstream)
-		if err != nil {
-			return err
-		}
-		ns, name, _ := strings.Cut(o.Workload, "/")
-		msg := handoverMsg{Type: "conn", Namespace: ns, Name: name, Direction: string(o.Direction), Dst: o.Dst.String(),
-			Cluster: o.Cluster, Up: o.Up, Down: o.Down, Started: o.Started}
-		if o.Endpoint.IsValid() {
-			msg.Endpoint = o.Endpoint.String()
-		}
-		if err := h.write(msg, fc, fu); err != nil {
-			return fmt.Errorf("send connection: %w", err)
-		}
-		ack, _, err := h.read(10 * time.Second)
-		if err != nil {
-			return fmt.Errorf("successor's answer: %w", err)
-		}
-		if !ack.OK {
-			return fmt.Errorf("successor refused a connection: %s", ack.Error)
-		}
+		c.Close()
 		return nil
-	})
-	h.write(handoverMsg{Type: "done"})
+	}
+	return &handoverSender{h: h}
+}
+
+// send gives one connection to the successor and waits for its answer. A
+// refusal leaves the stream usable; a broken stream ends it.
+func (s *handoverSender) send(o proxy.HandOff) error {
+	fds := make([]int, 0, 2)
+	for _, c := range []*net.TCPConn{o.Client, o.Upstream} {
+		if c == nil {
+			continue
+		}
+		fd, err := fdOf(c)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+	}
+	ns, name, _ := strings.Cut(o.Workload, "/")
+	msg := handoverMsg{Type: "conn", Namespace: ns, Name: name, Direction: string(o.Direction), Dst: o.Dst.String(),
+		Cluster: o.Cluster, Up: o.Up, Down: o.Down, Started: o.Started}
+	if o.HTTP1 {
+		msg.Proto = protoHTTP1
+	}
+	if o.Endpoint.IsValid() {
+		msg.Endpoint = o.Endpoint.String()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return errors.New("hand-over stream ended")
+	}
+	if err := s.h.write(msg, fds...); err != nil {
+		s.ended = true
+		return fmt.Errorf("send connection: %w", err)
+	}
+	ack, _, err := s.h.read(10 * time.Second)
+	if err != nil {
+		s.ended = true
+		return fmt.Errorf("successor's answer: %w", err)
+	}
+	if !ack.OK {
+		return fmt.Errorf("successor refused a connection: %s", ack.Error)
+	}
+	return nil
+}
+
+// end sends done, once, and closes the stream.
+func (s *handoverSender) end() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ended {
+		s.ended = true
+		s.h.write(handoverMsg{Type: "done"})
+	}
+	s.h.c.Close()
+}
+
+// sendConnections is the old agent's side, run during its drain on a
+// greeted stream: it hands over every idle L4 connection until none is
+// left or ctx ends, and keeps the stream open for idle HTTP/1 connections
+// (Engine.SetIdleHandOff) until the engine has drained (drained closed).
+func (a *Agent) sendConnections(ctx context.Context, s *handoverSender, drained <-chan struct{}) {
+	start := time.Now()
+	n, err := a.engine.HandOver(ctx, 10*time.Millisecond, s.send)
+	select {
+	case <-drained:
+	case <-ctx.Done():
+	}
+	a.engine.SetIdleHandOff(nil)
+	s.end()
 	a.log.Info("connection hand-over finished", "handedOver", n, "took", time.Since(start).String(), "err", err)
 }
 
@@ -328,16 +395,13 @@ func (a *Agent) receiveConnections(c *net.UnixConn) {
 // happens (the engine holds its own descriptors on success).
 func (a *Agent) adopt(m handoverMsg, files []*os.File) error {
 	defer closeFiles(files)
+	if m.Type == "conn" && m.Proto == protoHTTP1 {
+		return a.adoptHTTP1(m, files)
+	}
 	if m.Type != "conn" || len(files) != 2 {
 		return fmt.Errorf("want a conn frame with 2 sockets, got %q with %d", m.Type, len(files))
 	}
-	var w *proxy.Workload
-	for _, p := range a.pods.list() {
-		if p.meta.Namespace == m.Namespace && p.meta.Name == m.Name && p.workload != nil {
-			w = p.workload
-			break
-		}
-	}
+	w := a.workloadOf(m.Namespace, m.Name)
 	if w == nil {
 		return fmt.Errorf("pod %s/%s is not captured here", m.Namespace, m.Name)
 	}
@@ -364,6 +428,43 @@ func (a *Agent) adopt(m handoverMsg, files []*os.File) error {
 		closeConns(conns[:])
 	}
 	return err
+}
+
+// adoptHTTP1 serves one handed-over idle HTTP/1 client connection; its
+// caller closes files.
+func (a *Agent) adoptHTTP1(m handoverMsg, files []*os.File) error {
+	if len(files) != 1 {
+		return fmt.Errorf("want an HTTP/1 conn frame with 1 socket, got %d", len(files))
+	}
+	w := a.workloadOf(m.Namespace, m.Name)
+	if w == nil {
+		return fmt.Errorf("pod %s/%s is not captured here", m.Namespace, m.Name)
+	}
+	c, err := net.FileConn(files[0])
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		c.Close()
+		return fmt.Errorf("socket is not TCP")
+	}
+	dst, _ := netip.ParseAddrPort(m.Dst)
+	if err := a.engine.AdoptHTTP1(proxy.HandOff{Client: tc, HTTP1: true, Workload: w.Name, Direction: proxy.Outbound, Dst: dst}, w); err != nil {
+		tc.Close()
+		return err
+	}
+	return nil
+}
+
+// workloadOf is this agent's workload of a captured pod; nil if none.
+func (a *Agent) workloadOf(namespace, name string) *proxy.Workload {
+	for _, p := range a.pods.list() {
+		if p.meta.Namespace == namespace && p.meta.Name == name && p.workload != nil {
+			return p.workload
+		}
+	}
+	return nil
 }
 
 func closeConns(cs []*net.TCPConn) {

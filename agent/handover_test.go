@@ -16,6 +16,7 @@ func TestDecodeFrame(t *testing.T) {
 	good := map[string]string{
 		`{"type":"hello","version":"1","release":"r1","pid":7}`:                                                                      "hello",
 		`{"type":"conn","namespace":"demo","name":"c","direction":"outbound","dst":"10.0.0.1:80","endpoint":"10.0.0.2:8080","up":3}`: "conn",
+		`{"type":"conn","namespace":"demo","name":"c","direction":"outbound","dst":"10.96.0.1:80","proto":"http1"}`:                  "conn",
 		`{"type":"ack","ok":true}`: "ack",
 		`{"type":"done"}`:          "done",
 	}
@@ -35,6 +36,7 @@ func TestDecodeFrame(t *testing.T) {
 		"conn bad dst":     frame(`{"type":"conn","name":"c","direction":"outbound","dst":"nowhere"}`),
 		"conn bad dir":     frame(`{"type":"conn","name":"c","direction":"sideways","dst":"10.0.0.1:80"}`),
 		"conn bad ep":      frame(`{"type":"conn","name":"c","direction":"inbound","dst":"10.0.0.1:80","endpoint":"x"}`),
+		"conn bad proto":   frame(`{"type":"conn","name":"c","direction":"outbound","dst":"10.0.0.1:80","proto":"gopher"}`),
 	}
 	for name, b := range bad {
 		if _, err := decodeFrame(b); err == nil || !strings.Contains(err.Error(), "hand-over") {
@@ -46,6 +48,7 @@ func TestDecodeFrame(t *testing.T) {
 func FuzzDecodeFrame(f *testing.F) {
 	f.Add(frame(`{"type":"hello","version":"1"}`))
 	f.Add(frame(`{"type":"conn","namespace":"demo","name":"c","direction":"inbound","dst":"[fd00::1]:80","started":"2026-01-01T00:00:00Z"}`))
+	f.Add(frame(`{"type":"conn","namespace":"demo","name":"c","direction":"outbound","dst":"10.96.0.1:80","proto":"http1"}`))
 	f.Add([]byte{0, 0, 0, 1, '{'})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := decodeFrame(b)

@@ -97,6 +97,12 @@ type Engine struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	l4        l4Set // relayed L4 connections, for a hand-over
+	// idleSend hands idle HTTP/1 client connections to a successor while
+	// set (SetIdleHandOff); handOffIdleFn is handOffIdle as a func value,
+	// made once so an L7 connection's Upstream takes it without an
+	// allocation.
+	idleSend      atomic.Pointer[func(HandOff) error]
+	handOffIdleFn func(net.Conn, *l7.Upstream) bool
 }
 
 // Workload is the pod a listener belongs to: its namespace (where upstream
@@ -137,6 +143,7 @@ func (e *Engine) init() {
 		if e.Log == nil {
 			e.Log = slog.Default()
 		}
+		e.handOffIdleFn = e.handOffIdle
 	})
 }
 
@@ -411,12 +418,15 @@ func (e *Engine) connect(c *net.TCPConn, l Listener, dst netip.AddrPort, w *Work
 			opts.BeforeConnect = func(fd int) error { return l.Map.TagClient(fd, client) }
 		}
 	} else if dir == Inbound && l.Transparent {
-		// TPROXY inbound: connect to the app from the client's own address
-		// (port 0: the client's port would collide with the accepted socket's
-		// 4-tuple), so the app sees who really called.
+		// TPROXY inbound: connect to the app from the client's own address,
+		// so the app sees who really called, on a port the kernel picks but
+		// never the client's own: that one would give the upstream socket
+		// the accepted socket's four-tuple reversed, in the same namespace
+		// (netns.SocketOptions.AvoidPort).
 		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			src = ra.AddrPort().Addr().Unmap()
 			opts.Transparent = true
+			opts.AvoidPort = ra.AddrPort().Port()
 		}
 	}
 	dial := func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error) {

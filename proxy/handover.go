@@ -12,21 +12,44 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	l7 "github.com/weir-mesh/weir/proxy/http"
 	"github.com/weir-mesh/weir/proxy/relay"
+	"github.com/weir-mesh/weir/proxy/sniff"
 )
 
 // Connection hand-over at upgrade. An agent handing over to its successor
-// offers every L4 connection it relays: one that is idle at that instant
-// (nothing in either socket's receive or send queue, both sides) is paused
-// with no byte in the relay's hands (relay.Handle) and its two sockets are
-// given to the successor, which relays them on (Adopt); the rest drain as
-// before and are offered again while the drain lasts, so a connection busy
-// at the first look moves at its next pause. L7 connections are not moved:
+// offers every L4 connection it relays: one that is quiet at that instant
+// (offerable) is paused with no byte in the relay's hands (relay.Handle)
+// and its two sockets are given to the successor, which relays them on
+// (Adopt); the rest drain as before and are offered again while the drain
+// lasts, so a connection busy at the first look moves at its next pause.
+//
+// Bytes in the kernel's queues travel with the sockets: what arrives during
+// the pause waits in a receive queue for the successor to read, and what
+// the relay wrote and the peer has not yet acknowledged stays in the send
+// queue, sent and retransmitted by the kernel whichever process holds the
+// socket. So for a relay of messages (requests and answers) a send queue
+// need not be empty, and must not be required to: on a connection that
+// carries them back to back, an answer leaves a socket's send queue only
+// when the peer's next request acknowledges it, so both queues are never
+// empty at once, and such a connection was never handed over but cut at
+// the drain deadline, losing the request in flight (TestTakeoverStress
+// found it). It is offered when neither socket holds an unread byte. A
+// relay that carries a stream (relay.Handle.Bulk) is offered only when all
+// four queues are empty, so a bulk transfer busy at the takeover drains
+// rather than being paused again and again (moving it would be safe too,
+// but the drain is what the hand-over promises for it). L7 connections are not moved:
 // they drain at a request boundary (Connection: close, GOAWAY).
 
-// HandOff is one paused L4 connection as the successor needs it.
+// HandOff is one paused L4 connection, or one idle HTTP/1 client
+// connection (HTTP1), as the successor needs it.
 type HandOff struct {
+	// Client and Upstream are the relay's sockets; an HTTP/1 hand-off has
+	// the client's alone (its upstream connections are pooled, not its).
 	Client, Upstream *net.TCPConn
+	// HTTP1: Client is idle between HTTP/1.1 requests with nothing read
+	// of the next one; the successor serves it from its next request on.
+	HTTP1 bool
 	// Workload names the pod (Workload.Name) the connection belongs to.
 	Workload  string
 	Direction Direction
@@ -91,7 +114,8 @@ func (s *l4Set) list() []*tracked {
 // HandoverMetrics count what became of L4 connections at a takeover, by
 // path: handed_over (moved to the successor), drained (ended during the
 // drain), cut (closed at the drain deadline), adopted (received from a
-// predecessor).
+// predecessor); and of idle HTTP/1 client connections: handed_over_http1
+// and adopted_http1.
 type HandoverMetrics struct {
 	total *prometheus.CounterVec
 	// counts mirror the series for the agent's exit log (its metrics
@@ -104,7 +128,7 @@ type HandoverMetrics struct {
 func NewHandoverMetrics(reg prometheus.Registerer) *HandoverMetrics {
 	m := &HandoverMetrics{total: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_handover_connections_total",
-		Help: "L4 connections at an agent takeover by path: handed_over, drained, cut (sender) and adopted (receiver).",
+		Help: "Connections at an agent takeover by path: L4 handed_over, drained, cut (sender) and adopted (receiver); idle HTTP/1 client connections handed_over_http1 (sender) and adopted_http1 (receiver).",
 	}, []string{"path"})}
 	reg.MustRegister(m.total)
 	return m
@@ -151,7 +175,7 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 			return handed, nil
 		}
 		for _, t := range left {
-			if t.spliced.Load() || !idle(t.client) || !idle(t.upstream) || !t.h.Pause(100*time.Millisecond) {
+			if t.spliced.Load() || !offerable(t) || !t.h.Pause(100*time.Millisecond) {
 				continue
 			}
 			up, down := t.h.Counts()
@@ -175,19 +199,104 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 	}
 }
 
-// idle reports whether c's socket holds no byte, received or unsent
-// (SIOCINQ and SIOCOUTQ both 0).
-func idle(c *net.TCPConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
+// SetIdleHandOff makes send the way out for HTTP/1 client connections that
+// are idle between requests while the engine drains for a successor
+// (l7.Upstream.HandOff): an idle keep-alive connection that is closed
+// races with a request its client is sending at that moment, which a
+// client that does not retry loses. nil stops it; they are then closed
+// after a grace second, as without a successor. send must serialise with
+// the HandOver's own sends.
+func (e *Engine) SetIdleHandOff(send func(HandOff) error) {
+	e.init()
+	if send == nil {
+		e.idleSend.Store(nil)
+		return
+	}
+	e.idleSend.Store(&send)
+}
+
+// handOffIdle is l7.Upstream.HandOff for HTTP/1 client connections: down
+// goes to the successor if one takes it. A connection with sniffed bytes
+// not yet read, or an eBPF-accelerated one (not tested), stays.
+func (e *Engine) handOffIdle(down net.Conn, up *l7.Upstream) bool {
+	send := e.idleSend.Load()
+	if send == nil {
 		return false
 	}
-	in, out := -1, -1
+	c, ok := down.(*net.TCPConn)
+	if !ok {
+		sc, isSniffed := down.(*sniff.Conn)
+		if !isSniffed || len(sc.Buffered()) > 0 || sc.TCP() == nil {
+			return false
+		}
+		c = sc.TCP()
+	}
+	if e.accelerated(c) {
+		return false
+	}
+	if err := (*send)(HandOff{Client: c, HTTP1: true, Workload: up.Pod, Direction: Outbound, Dst: up.Dst}); err != nil {
+		return false
+	}
+	e.HandoverMetrics.inc("handed_over_http1")
+	return true
+}
+
+// AdoptHTTP1 serves an idle HTTP/1 client connection a predecessor handed
+// over, from its next request on, as if this engine had accepted and
+// sniffed it: w is this agent's workload of the same pod. It fails when
+// this agent has no service route for the connection's destination.
+func (e *Engine) AdoptHTTP1(h HandOff, w *Workload) error {
+	e.init()
+	if h.Client == nil || w == nil {
+		return fmt.Errorf("adopt HTTP/1: incomplete hand-off")
+	}
+	select {
+	case <-e.draining:
+		return fmt.Errorf("adopt HTTP/1: engine is shutting down")
+	default:
+	}
+	r := e.lookup(h.Dst)
+	if r.Refused() || r.Cluster == nil {
+		return fmt.Errorf("adopt HTTP/1: no service route to %s here", h.Dst)
+	}
+	e.HandoverMetrics.inc("adopted_http1")
+	e.Metrics.accepted(Outbound)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer e.Metrics.closed(Outbound)
+		e.serveHTTP1(h.Client, h.Client, w, h.Dst, r)
+	}()
+	return nil
+}
+
+// offerable reports whether t is quiet enough to pause now: no unread
+// byte on either socket, and for a stream no unsent or unacknowledged one
+// either.
+func offerable(t *tracked) bool {
+	bulk := t.h.Bulk()
+	for _, c := range []*net.TCPConn{t.client, t.upstream} {
+		in, out := queues(c)
+		if in != 0 || (bulk && out != 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// queues returns the bytes in c's receive queue (unread) and send queue
+// (unsent or unacknowledged), SIOCINQ and SIOCOUTQ; -1 if unknown.
+func queues(c *net.TCPConn) (in, out int) {
+	in, out = -1, -1
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
 	rc.Control(func(fd uintptr) {
 		in, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
 		out, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ)
 	})
-	return in == 0 && out == 0
+	return
 }
 
 // Adopt relays a connection a predecessor handed over, as if this engine

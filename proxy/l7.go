@@ -139,25 +139,17 @@ func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Work
 		return true
 	}
 	switch res.Protocol {
-	case sniff.HTTP1, sniff.HTTP2:
+	case sniff.HTTP1:
 		if r.Protocol == route.TLS {
 			break
 		}
-		up := &l7.Upstream{
-			Route: r, Dst: dst, Key: sourceKey(c), Draining: e.draining,
-			Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name, Tracer: e.Tracer,
-			Dial: e.podDialer(w),
+		e.serveHTTP1(sc, c, w, dst, r)
+		return true
+	case sniff.HTTP2:
+		if r.Protocol == route.TLS {
+			break
 		}
-		p := w.pools.get(e.HTTP2, e.RPCMetrics)
-		switch {
-		case res.Protocol == sniff.HTTP1 && r.UpstreamProtocol == route.HTTP2:
-			// The service's endpoints serve only HTTP/2.
-			h2.ServeHTTP1(e.ctx, sc, up, p.h2)
-		case res.Protocol == sniff.HTTP1:
-			h1.Serve(e.ctx, sc, up, p.h1)
-		default:
-			h2.Serve(e.ctx, sc, up, p.h2)
-		}
+		h2.Serve(e.ctx, sc, e.httpUpstream(c, w, dst, r), w.pools.get(e.HTTP2, e.RPCMetrics).h2)
 		return true
 	case sniff.Redis:
 		if r.Protocol != route.Redis {
@@ -182,6 +174,31 @@ func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Work
 	}
 	e.relayL4(sc.TCP(), ca, sc.Buffered(), l, w, dst, r)
 	return true
+}
+
+// httpUpstream is what the HTTP codecs need of a connection to dst.
+func (e *Engine) httpUpstream(accepted *net.TCPConn, w *Workload, dst netip.AddrPort, r route.Route) *l7.Upstream {
+	return &l7.Upstream{
+		Route: r, Dst: dst, Key: sourceKey(accepted), Draining: e.draining,
+		Metrics: e.HTTPMetrics, Log: e.Log, AccessLog: e.AccessLog, Pod: w.Name, Tracer: e.Tracer,
+		Dial: e.podDialer(w),
+	}
+}
+
+// serveHTTP1 serves HTTP/1.1 requests on c (the accepted connection, or
+// a sniffer's replaying one): to HTTP/2-only endpoints through the h2
+// bridge, else by the HTTP/1 proxy, whose idle connections a successor
+// can take over during a drain (handover.go).
+func (e *Engine) serveHTTP1(c net.Conn, accepted *net.TCPConn, w *Workload, dst netip.AddrPort, r route.Route) {
+	up := e.httpUpstream(accepted, w, dst, r)
+	p := w.pools.get(e.HTTP2, e.RPCMetrics)
+	if r.UpstreamProtocol == route.HTTP2 {
+		// The service's endpoints serve only HTTP/2.
+		h2.ServeHTTP1(e.ctx, c, up, p.h2)
+		return
+	}
+	up.HandOff = e.handOffIdleFn
+	h1.Serve(e.ctx, c, up, p.h1)
 }
 
 // serveRPC hands a connection to the RPC framework: every request is

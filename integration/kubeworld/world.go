@@ -214,9 +214,13 @@ func startOnce(binDir string, opts Options) (w *World, err error) {
 	if opts.AuthorizationMode != "" {
 		authz = opts.AuthorizationMode
 	}
+	// The world made so far: a failed start returns a nil w, and what it
+	// started must still stop (else the nil dereference panics the whole
+	// test binary instead of letting startWorld retry).
+	started := w
 	defer func() {
 		if err != nil {
-			w.Stop()
+			started.Stop()
 		}
 	}()
 

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"net/netip"
 	"strconv"
 	"time"
@@ -52,6 +53,16 @@ type Upstream struct {
 	// own per request and exports the sampled spans; nil: tracing is off
 	// and traceparent goes upstream as the client sent it.
 	Tracer *Tracer
+	// HandOff, when set, is offered a client connection that is idle
+	// between requests, with nothing read of the next one, while the agent
+	// drains for a successor: true means the successor now holds the
+	// socket (an agent takeover's connection hand-over), and the codec must
+	// end without writing to it or shutting it down (closing its own
+	// descriptor is all). False: the codec closes the idle connection as
+	// it would without a successor. Closing an idle keep-alive connection
+	// races with a request the client is sending at that moment, which a
+	// client that does not retry loses; handing it over does not.
+	HandOff func(down net.Conn, up *Upstream) bool
 }
 
 // Decision is where one request goes.

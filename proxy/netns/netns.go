@@ -242,6 +242,10 @@ type SocketOptions struct {
 	// BeforeConnect, when set, runs on a dialled socket after its options
 	// and before connect (eBPF capture tags it with the client's address).
 	BeforeConnect func(fd int) error
+	// AvoidPort is a source port Dial with a source address must not take
+	// (0: none): a TPROXY inbound connect gives the client's own port, which
+	// would make the upstream socket the accepted one's mirror (bind.go).
+	AvoidPort uint16
 }
 
 func (o SocketOptions) apply(fd int, v6 bool) error {
@@ -311,8 +315,8 @@ func (h *Handle) Listen(addr netip.AddrPort, opts SocketOptions) (*net.TCPListen
 // connect waits on Go's poller like any other and holds no thread (the hook
 // also starts the connect, connect.go, so it usually has finished by the
 // time Go's own connect call looks). src, when
-// valid, is bound first (with port 0): transparent connects on behalf of a
-// foreign client. TCP keep-alive is left off: the endpoints' own settings
+// valid, is bound first by the hook too, on a port the kernel picks other
+// than opts.AvoidPort: transparent connects on behalf of a foreign client. TCP keep-alive is left off: the endpoints' own settings
 // apply, and it saves a handful of syscalls per connection.
 func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, opts SocketOptions) (*net.TCPConn, error) {
 	host, err := Host()
@@ -326,11 +330,8 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	}
 	// One allocation carries the hook's state (a closure would move each
 	// variable it writes to the heap on its own).
-	k := &dialHook{h: h, host: host, opts: opts, v6: v6, addr: addr, connect: !src.IsValid()}
+	k := &dialHook{h: h, host: host, opts: opts, v6: v6, addr: addr, src: src}
 	d := net.Dialer{KeepAlive: -1, ControlContext: k.control}
-	if src.IsValid() {
-		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
-	}
 	runtime.LockOSThread()
 	if err := rawSetns(int(h.f.Fd())); err != nil {
 		runtime.UnlockOSThread()
@@ -365,9 +366,9 @@ type dialHook struct {
 	opts    SocketOptions
 	v6      bool
 	addr    netip.AddrPort
-	// connect: the hook starts the connect itself (connect.go); false
-	// when a source address must be bound first (Go binds after the hook).
-	connect  bool
+	// src, when valid, is bound by the hook before it starts the connect
+	// (connect.go); Go's dialer binds nothing.
+	src      netip.Addr
 	returned bool // the thread is back in the host namespace and unlocked
 	serr     error
 }
@@ -386,7 +387,10 @@ func (k *dialHook) control(_ context.Context, _, _ string, c syscall.RawConn) er
 
 func (k *dialHook) apply(fd uintptr) {
 	k.serr = k.opts.apply(int(fd), k.v6)
-	if k.serr == nil && k.connect {
+	if k.serr == nil && k.src.IsValid() {
+		k.serr = bindSource(int(fd), k.src, k.opts.AvoidPort, k.v6, k.opts)
+	}
+	if k.serr == nil {
 		k.serr = startConnect(int(fd), k.addr, k.v6)
 	}
 }

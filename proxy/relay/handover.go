@@ -82,6 +82,14 @@ func (h *Handle) Pause(wait time.Duration) bool {
 	return true
 }
 
+// Bulk reports whether a direction of the relay switched to bulk mode (a
+// read filled the small-message buffer): the connection carries a stream,
+// not messages. A takeover leaves such a relay to drain while it is busy.
+func (h *Handle) Bulk() bool {
+	r := h.r.Load()
+	return r != nil && r.bulk.Load()
+}
+
 // Counts are the bytes the relay moved each way up to its pause; valid
 // between a Pause that returned true and Release or Resume.
 func (h *Handle) Counts() (up, down int64) {

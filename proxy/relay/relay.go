@@ -99,6 +99,8 @@ type relayState struct {
 	pause   atomic.Pointer[pauseState]
 	// noSplice keeps both directions in small-message mode (nosplice.go).
 	noSplice bool
+	// bulk: a direction switched to bulk mode (Handle.Bulk).
+	bulk atomic.Bool
 	// parkedUp and parkedDown are each direction's count when it parked,
 	// written before it reports on the pause's events.
 	parkedUp, parkedDown int64
@@ -141,6 +143,7 @@ func (c copyHalf) run() (n int64, err error) {
 		}
 		n += m
 		if err == nil && switched {
+			c.r.bulk.Store(true)
 			continue // on to splice
 		}
 		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {

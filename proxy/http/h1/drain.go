@@ -68,12 +68,34 @@ var aLongTimeAgo = time.Unix(1, 0)
 const drainIdleGrace = time.Second
 
 // wakeForDrain marks s draining and, if it is idle between requests,
-// shortens its read to drainIdleGrace, after which it closes. The flag is
-// stored before idle is loaded, and readHead stores idle before it loads
-// the flag, so one of the two always sees the other.
+// shortens its read: to now when a successor may take the connection
+// (Upstream.HandOff; readHead offers it), else to drainIdleGrace, after
+// which it closes. The flag is stored before idle is loaded, and readHead
+// stores idle before it loads the flag, so one of the two always sees the
+// other.
 func (s *server) wakeForDrain() {
 	s.drain.Store(true)
 	if s.idle.Load() {
-		s.down.SetReadDeadline(time.Now().Add(drainIdleGrace))
+		s.down.SetReadDeadline(s.drainDeadline())
 	}
+}
+
+// drainDeadline is the read deadline of a connection found idle by the
+// drain: at once if it may be handed over, else after drainIdleGrace.
+func (s *server) drainDeadline() time.Time {
+	if s.up.HandOff != nil {
+		return aLongTimeAgo
+	}
+	return time.Now().Add(drainIdleGrace)
+}
+
+// offerIdle offers an idle connection, with nothing read of a next
+// request, to the successor once: true if it took it. Otherwise the
+// connection gets the grace an idle one gets without a successor.
+func (s *server) offerIdle() bool {
+	if s.up.HandOff(s.down, s.up) {
+		return true
+	}
+	s.setDownReadDeadline(time.Now().Add(drainIdleGrace))
+	return false
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -279,12 +280,16 @@ func isParseError(err error) bool {
 // too long, or the agent drains.
 var errClientGone = errors.New("http/1.1: client connection ended")
 
+// errHandedOver ends a connection a successor agent now serves
+// (Upstream.HandOff): nothing more is written to it.
+var errHandedOver = errors.New("http/1.1: client connection handed over")
+
 // readHead reads the next request head into s.req, consuming it from the
 // buffer. Empty lines before a request line are skipped (RFC 9112 §2.2).
 func (s *server) readHead() error {
 	rd := &s.dr
 	rd.shrink()
-	scan, skipped, deadline, drainArmed := 0, 0, false, false
+	scan, skipped, deadline, drainArmed, offered := 0, 0, false, false, false
 	for {
 		if rd.bp != nil {
 			b := rd.buffered()
@@ -326,9 +331,10 @@ func (s *server) readHead() error {
 			}
 			if s.drain.Load() && !drainArmed {
 				// Closing an idle keep-alive connection races with a
-				// request the client is sending right now: give it a
-				// moment, answer it with Connection: close if it comes.
-				s.setDownReadDeadline(time.Now().Add(drainIdleGrace))
+				// request the client is sending right now: offer it to
+				// the successor, else give it a moment, answer it with
+				// Connection: close if it comes.
+				s.setDownReadDeadline(s.drainDeadline())
 				drainArmed = true
 			}
 		}
@@ -346,6 +352,16 @@ func (s *server) readHead() error {
 			continue
 		}
 		if err != nil {
+			if empty && !offered && s.up.HandOff != nil && s.drain.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
+				// Woken by the drain with nothing read: bytes that
+				// arrived meanwhile wait in the socket, which a
+				// successor takes with them.
+				offered, drainArmed = true, true
+				if s.offerIdle() {
+					return errHandedOver
+				}
+				continue
+			}
 			return errClientGone
 		}
 	}
