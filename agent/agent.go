@@ -104,11 +104,10 @@ type Agent struct {
 
 	// mu serialises changes to the set of captured pods (CNI calls,
 	// reconcile, restore); the connection path never takes it.
-	mu           sync.Mutex
-	reloadMu     sync.Mutex
-	podsCaptured prometheus.Gauge
-	cniRequests  *prometheus.CounterVec
-	addPhases    *prometheus.HistogramVec
+	mu          sync.Mutex
+	reloadMu    sync.Mutex
+	cniRequests *prometheus.CounterVec
+	addPhases   *prometheus.HistogramVec
 }
 
 // New builds an agent from a validated config. It checks what the agent
@@ -132,9 +131,6 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		routes:    &route.Table{},
 		reg:       reg,
 		baseCtx:   context.Background(),
-		podsCaptured: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
-		}),
 		cniRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "weir_cni_requests_total", Help: "Requests from weir-cni by verb and result.",
 		}, []string{"verb", "result"}),
@@ -144,7 +140,12 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		Help:    "Time a CNI ADD spends in each phase inside the agent (vet, decide, lock, shared, listen, migrate, serve, state; total; cpu is the agent's CPU time meanwhile).",
 		Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 	}, []string{"phase"})
-	reg.MustRegister(a.podsCaptured, a.cniRequests, a.addPhases)
+	// Counted when scraped: counting every pod at each ADD made the ADD's
+	// cost grow with the node (5.9 µs at 500 pods, hot).
+	podsCaptured := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "weir_pods_captured", Help: "Pods whose network namespace the agent currently captures.",
+	}, func() float64 { return float64(a.pods.capturedCount()) })
+	reg.MustRegister(podsCaptured, a.cniRequests, a.addPhases)
 	if a.backend, a.autoBackend, err = chooseBackend(cfg.Capture.Backend, log); err != nil {
 		return nil, err
 	}

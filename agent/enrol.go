@@ -302,7 +302,6 @@ func (a *Agent) reconcilePod(ctx context.Context, p *pod) bool {
 // with a.mu held. Naming the attachments that changed (a CNI call changes
 // one) persists those only; with none named every pod is looked at.
 func (a *Agent) afterChange(changed ...api.Attachment) {
-	a.podsCaptured.Set(float64(a.pods.capturedCount()))
 	// The state file belongs to one agent at a time: not to a successor
 	// before its predecessor handed over, not to a predecessor after.
 	if !a.ownsState.Load() {
