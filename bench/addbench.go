@@ -50,6 +50,12 @@ type ADDOptions struct {
 	// pods and lands on every process of the node, weir-cni and the
 	// control alike (docs/benchmarks.md, "CNI ADD latency, eighth pass").
 	NoLinkIPv6 bool
+	// Gap is a pause before each pod is made (after the previous pod's ADD
+	// and control): what the node still does for the previous pod then
+	// lands in the pause instead of on the next ADD (docs/benchmarks.md,
+	// "CNI ADD latency, eighth pass"). Zero, the default, adds pods back
+	// to back.
+	Gap time.Duration
 }
 
 // ADDResult is one backend's run: per ADD, in order, weir-cni's wall time
@@ -157,6 +163,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	frames0 := bridgeFrames(t, node)
 	var pods []*testworld.Pod
 	for i := 0; i < opts.Pods; i++ {
+		time.Sleep(opts.Gap)
 		p := node.NewPodNetns(t, "demo", fmt.Sprintf("p%04d", i))
 		if opts.NoLinkIPv6 {
 			// Links made later in the pod netns (eth0) take the default;

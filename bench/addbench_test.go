@@ -78,7 +78,7 @@ func TestMeasureADDBaseline(t *testing.T) {
 func TestMeasureADDNoLinkIPv6(t *testing.T) {
 	testworld.RequireRoot(t)
 	testworld.RequireTool(t, "ip", "nft", "sysctl")
-	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, NoLinkIPv6: true})
+	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, NoLinkIPv6: true, Gap: time.Millisecond})
 	if s := r.Summarize(); s.Pods != 4 || !s.NoLinkIPv6 || s.BridgeFrames != 0 {
 		t.Fatalf("want 4 ADDs with no IPv6 on their links and a silent bridge; got %d ADDs, NoLinkIPv6 %v, %d bridge frames", s.Pods, s.NoLinkIPv6, s.BridgeFrames)
 	}

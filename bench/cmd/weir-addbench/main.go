@@ -38,6 +38,7 @@ func main() {
 	straceEvery := flag.Int("strace-every", 100, "with -strace: trace ADD 0, N, 2N, ...")
 	baseline := flag.String("baseline-plugin", "", "another weir-cni binary (built from main, say) that runs every other ADD instead of this tree's, on the same node and agent; reported as BACKEND-base")
 	noLinkIPv6 := flag.Bool("no-link-ipv6", false, "give the pods' links and the bridge's ports no IPv6 in this IPv4 run (their router solicitations and MLD reports, flooded by the bridge to every port, cost the whole node more as pods accumulate)")
+	gap := flag.Duration("gap", 0, "pause before each pod is made, so that what the node still does for the previous pod does not land on the next ADD (0: pods back to back)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "weir-addbench: needs root (network namespaces)")
@@ -45,6 +46,10 @@ func main() {
 	}
 	if *nice < -20 || *nice > 19 {
 		fmt.Fprintln(os.Stderr, "weir-addbench: -nice must be within -20..19")
+		os.Exit(2)
+	}
+	if *gap < 0 || *gap > time.Second {
+		fmt.Fprintln(os.Stderr, "weir-addbench: -gap must be within 0..1s")
 		os.Exit(2)
 	}
 	if *straceEvery < 1 {
@@ -73,7 +78,7 @@ func main() {
 		var r bench.ADDResult
 		start := time.Now()
 		ok := s.Guard(func() {
-			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, NoLinkIPv6: *noLinkIPv6, Progress: func(done int) {
+			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, NoLinkIPv6: *noLinkIPv6, Gap: *gap, Progress: func(done int) {
 				if done%100 == 0 {
 					fmt.Fprintf(os.Stderr, "weir-addbench: %s: %d pods added (%s)\n", b, done, time.Since(start).Round(time.Second))
 				}
@@ -89,13 +94,13 @@ func main() {
 			sums = append(sums, r.Baseline.Summarize())
 		}
 	}
-	report(sums, *pods, *mode, *nice, *phases)
+	report(sums, *pods, *mode, *nice, *phases, *gap)
 }
 
-func report(sums []bench.Summary, pods int, mode string, nice int, phases bool) {
+func report(sums []bench.Summary, pods int, mode string, nice int, phases bool, gap time.Duration) {
 	ms := func(d time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(time.Millisecond)) }
 	load, _ := os.ReadFile("/proc/loadavg")
-	fmt.Printf("weir-cni ADD wall time (fork to exit), %d pods added in sequence per backend, mode %s, IPv4, nice %d, ms\n", pods, mode, nice)
+	fmt.Printf("weir-cni ADD wall time (fork to exit), %d pods added in sequence per backend, mode %s, IPv4, nice %d, gap %v before each pod, ms\n", pods, mode, nice, gap)
 	fmt.Printf("load average at the end: %s\n", strings.TrimSpace(string(load)))
 	fmt.Printf("%-13s %6s %6s %6s %7s %7s %7s   %7s %7s %7s   %7s %7s   %7s %7s\n", "backend", "min", "p10", "p50", "p90", "p99", "max", "first50", "last50", "drift", "cpu p50", "cpu p99", "start", "startcpu")
 	for _, s := range sums {
