@@ -54,10 +54,18 @@ func pinning(name []byte) bool {
 	return false
 }
 
+// Pinning command names are 4 to 10 bytes long (XREAD and XREADGROUP
+// included): a name of another length needs no closer look.
+const minPinning, maxPinning = 4, 10
+
 // pins reports whether a command must pin its connection.
 func pins(f *Frame) bool {
+	name := f.Arg(0)
+	if len(name) < minPinning || len(name) > maxPinning {
+		return false
+	}
 	var buf [24]byte
-	name := upper(f.Arg(0), &buf)
+	name = upper(name, &buf)
 	if pinning(name) {
 		return true
 	}

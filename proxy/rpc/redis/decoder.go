@@ -39,21 +39,32 @@ func decodeCommand(dst *Frame, b []byte, max int) (*Frame, int, error) {
 		// *0 and *-1: Redis reads and ignores them, with no reply.
 		return newFrame(dst, b[:p:p], rpc.Oneway, 0), p, nil
 	}
+	var nameAt, nameLen int // argument 0, the command's name
 	for i := range n {
-		switch {
-		case p >= len(b):
-			return nil, p + 6*(n-i), rpc.ErrNeedMore
-		case b[p] != '$':
-			return nil, 0, errNotBulk
+		// The common case, a whole bulk string with a short length, in
+		// one pass; anything else (need more, an error, a long length)
+		// takes the careful path below, which decides it as before.
+		l, q, ok := bulkLen(b, p, max)
+		if !ok {
+			switch {
+			case p >= len(b):
+				return nil, p + 6*(n-i), rpc.ErrNeedMore
+			case b[p] != '$':
+				return nil, 0, errNotBulk
+			}
+			var err error
+			l, q, err = parseLen(b, p+1, max)
+			switch {
+			case err == rpc.ErrNeedMore:
+				return nil, q + 2 + 6*(n-i-1), err
+			case err != nil:
+				return nil, 0, err
+			case l < 0:
+				return nil, 0, errBadLength
+			}
 		}
-		l, q, err := parseLen(b, p+1, max)
-		switch {
-		case err == rpc.ErrNeedMore:
-			return nil, q + 2 + 6*(n-i-1), err
-		case err != nil:
-			return nil, 0, err
-		case l < 0:
-			return nil, 0, errBadLength
+		if i == 0 {
+			nameAt, nameLen = q, l
 		}
 		p = q + l + 2
 		if p > len(b) {
@@ -63,7 +74,32 @@ func decodeCommand(dst *Frame, b []byte, max int) (*Frame, int, error) {
 			return nil, 0, errNoCRLF
 		}
 	}
-	return newFrame(dst, b[:p:p], rpc.Request, n), p, nil
+	f := newFrame(dst, b[:p:p], rpc.Request, n)
+	f.nameAt, f.nameLen = int32(nameAt), int32(nameLen)
+	return f, p, nil
+}
+
+// bulkLen is the fast path of a command's "$<len> CRLF" at p: one to
+// four digits, the CRLF, and a length within limit, all in b. It returns
+// the length and the index after the CRLF; ok false leaves the line to
+// parseLen (more digits, "-1", need more, or not a length at all), which
+// accepts everything bulkLen does with the same result.
+func bulkLen(b []byte, p, limit int) (n, next int, ok bool) {
+	if p+3 >= len(b) || b[p] != '$' {
+		return 0, 0, false
+	}
+	i := p + 1
+	for end := min(i+4, len(b)); i < end; i++ {
+		c := b[i]
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	if i == p+1 || i+1 >= len(b) || b[i] != '\r' || b[i+1] != '\n' || n > limit {
+		return 0, 0, false
+	}
+	return n, i + 2, true
 }
 
 // decodeInline frames a command sent as a line of words.
@@ -91,6 +127,14 @@ func decodeInline(dst *Frame, b []byte) (*Frame, int, error) {
 // values without recursion: todo counts the values still to read, and an
 // aggregate adds its elements to it.
 func decodeReply(dst *Frame, b []byte, max int) (*Frame, int, error) {
+	if f, n := decodeSimpleReply(dst, b, max); f != nil {
+		return f, n, nil
+	}
+	return walkReply(dst, b, max)
+}
+
+// walkReply is decodeReply for any reply: the walk over its values.
+func walkReply(dst *Frame, b []byte, max int) (*Frame, int, error) {
 	p, todo := 0, 1
 	push := b[0] == '>'
 	for todo > 0 {
@@ -174,6 +218,35 @@ func decodeReply(dst *Frame, b []byte, max int) (*Frame, int, error) {
 		f.kind = rpc.Oneway
 	}
 	return f, p, nil
+}
+
+// decodeSimpleReply is decodeReply's fast path for the replies most
+// commands get, whole in b: a status, an error, an integer, or a bulk
+// string with a short length. It returns nil for anything else (an
+// aggregate, need more, bytes that are not RESP), which decodeReply's walk
+// then decides as before.
+func decodeSimpleReply(dst *Frame, b []byte, max int) (*Frame, int) {
+	p := 0
+	switch b[0] {
+	case '+', '-', ':':
+		i := bytes.IndexByte(b, '\n')
+		if i < 1 || b[i-1] != '\r' {
+			return nil, 0
+		}
+		p = i + 1
+	case '$':
+		l, q, ok := bulkLen(b, 0, max)
+		if !ok {
+			return nil, 0
+		}
+		p = q + l + 2
+		if p > len(b) || b[p-2] != '\r' || b[p-1] != '\n' {
+			return nil, 0
+		}
+	default:
+		return nil, 0
+	}
+	return newFrame(dst, b[:p:p], rpc.Response, 0), p
 }
 
 // parseLen reads "<digits> CRLF" or "-1 CRLF" at p. It returns the value

@@ -27,6 +27,11 @@ type Frame struct {
 	nargs  int
 	inline bool
 	push   bool
+	// nameAt and nameLen place argument 0, the command's name, in raw
+	// (commands sent as arrays with at least one argument; framing finds
+	// it anyway), so the name routing, pinning and metrics ask for costs
+	// no second walk of the frame.
+	nameAt, nameLen int32
 }
 
 // Kind is rpc.Request for commands (rpc.Oneway for the empty ones Redis
@@ -80,8 +85,12 @@ func (f *Frame) Arg(i int) []byte {
 	if f.inline {
 		return inlineArg(f.raw, i)
 	}
-	p := skipLine(f.raw, 0) // *<n>
-	for j := 0; ; j++ {
+	// From the name on: argument 0 is placed already.
+	p := int(f.nameAt + f.nameLen + 2)
+	if i == 0 {
+		return f.raw[f.nameAt : p-2 : p-2]
+	}
+	for j := 1; ; j++ {
 		n, q := readLen(f.raw, p+1) // $<len> CRLF
 		if j == i {
 			return f.raw[q : q+n : q+n]
@@ -114,14 +123,6 @@ func inlineArg(b []byte, i int) []byte {
 }
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' }
-
-// skipLine returns the index after the LF of the line at p (validated).
-func skipLine(b []byte, p int) int {
-	for b[p] != '\n' {
-		p++
-	}
-	return p + 1
-}
 
 // readLen reads a validated decimal length at p and returns it and the
 // index after its CRLF.

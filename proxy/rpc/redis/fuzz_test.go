@@ -30,6 +30,13 @@ func FuzzDecode(f *testing.F) {
 			return
 		}
 		fr, n, err := Codec{}.Decode(b, from, fuzzMax)
+		if server {
+			// The fast path for simple replies decides as the walk does.
+			wf, wn, werr := walkReply(nil, b, fuzzMax)
+			if wn != n || werr != err || (err == nil && !sameFrame(wf, fr.(*Frame))) {
+				t.Fatalf("fast path: %v, %d, %v; the walk: %v, %d, %v", fr, n, err, wf, wn, werr)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, rpc.ErrNeedMore) && n <= len(b) {
 				t.Fatalf("need more with hint %d for %d bytes", n, len(b))
@@ -41,7 +48,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		rf := fr.(*Frame)
 		for i := range rf.Args() {
-			rf.Arg(i)
+			if a, w := rf.Arg(i), argWalk(rf, i); !bytes.Equal(a, w) {
+				t.Fatalf("argument %d: %q, walking the frame %q", i, a, w)
+			}
 		}
 		fr.Attr(AttrCommand)
 		fr.Attr(AttrKey)
@@ -70,5 +79,22 @@ func FuzzDecode(f *testing.F) {
 
 // sameFrame reports whether two frames hold the same message.
 func sameFrame(a, b *Frame) bool {
-	return bytes.Equal(a.raw, b.raw) && a.kind == b.kind && a.nargs == b.nargs && a.inline == b.inline && a.push == b.push
+	return bytes.Equal(a.raw, b.raw) && a.kind == b.kind && a.nargs == b.nargs && a.inline == b.inline && a.push == b.push &&
+		a.nameAt == b.nameAt && a.nameLen == b.nameLen
+}
+
+// argWalk is argument i of an array command found by walking its bytes
+// from the start, as Arg did before the name's place was kept.
+func argWalk(f *Frame, i int) []byte {
+	if f.inline {
+		return inlineArg(f.raw, i)
+	}
+	p := bytes.IndexByte(f.raw, '\n') + 1 // *<n>
+	for j := 0; ; j++ {
+		n, q := readLen(f.raw, p+1) // $<len> CRLF
+		if j == i {
+			return f.raw[q : q+n]
+		}
+		p = q + n + 2
+	}
 }
