@@ -70,6 +70,10 @@ type Cluster struct {
 	errCircuitOpen *Error
 	srOn           bool // success-rate outlier detection runs
 	hashes         bool // the balancer picks by the key (UsesKey)
+	// readsActive: the balancer reads the endpoints' active counts
+	// (least_request, peak_ewma), so a batch's picks (PickRun) count each
+	// at once, for the next pick of the batch to see it.
+	readsActive bool
 }
 
 // tier is one group of endpoints a pick tries in order: the local zone of
@@ -122,6 +126,7 @@ func New(cfg Config, eps []Endpoint, opt Options) (*Cluster, error) {
 	}
 	c.srOn = c.cfg.Outlier.SuccessRate.Enabled && !c.cfg.Outlier.Disabled
 	c.hashes = c.cfg.Balancer == RingHash || c.cfg.Balancer == Maglev
+	c.readsActive = c.cfg.Balancer == LeastRequest || c.cfg.Balancer == PeakEWMA
 	prev := opt.Prev
 	if prev != nil && prev.cfg.Name == cfg.Name {
 		c.st = prev.st

@@ -225,10 +225,11 @@ type Lease struct {
 	c    *Cluster
 	ep   *endpoint
 	done atomic.Bool
-	view pickView
 	// request marks an L7 lease (Pick): its life is one request, whose
-	// latency feeds peak-EWMA, as connect latency does at L4.
+	// latency feeds peak-EWMA, as connect latency does at L4. Beside the
+	// fields every Done reads, before the view's list of endpoints tried.
 	request bool
+	view    pickView
 }
 
 // Endpoint is the address the connection went to.

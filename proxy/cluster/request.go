@@ -116,10 +116,20 @@ func (c *Cluster) PickRun(ls []*Lease, now time.Time) bool {
 		return false
 	}
 	t := c.at(now)
+	// A balancer that does not read the active counts (round robin,
+	// random) sees no difference when a run of picks of one endpoint is
+	// counted on it at once: one atomic add per run, not per request.
+	var (
+		runEP *endpoint
+		runN  int64
+	)
 	for i, l := range ls {
 		l.view.t, l.view.pass, l.view.n = nil, 0, 0
 		e := c.pick(0, &l.view, t)
 		if e == nil {
+			if runN > 0 {
+				runEP.st.active.Add(runN)
+			}
 			for _, p := range ls[:i] {
 				p.ep.st.active.Add(-1)
 				p.ep = nil
@@ -128,8 +138,21 @@ func (c *Cluster) PickRun(ls []*Lease, now time.Time) bool {
 			return false
 		}
 		l.view.remember(e.st)
-		e.st.active.Add(1)
+		switch {
+		case c.readsActive:
+			e.st.active.Add(1)
+		case e == runEP:
+			runN++
+		default:
+			if runN > 0 {
+				runEP.st.active.Add(runN)
+			}
+			runEP, runN = e, 1
+		}
 		l.c, l.ep, l.request = c, e, true
+	}
+	if runN > 0 {
+		runEP.st.active.Add(runN)
 	}
 	st.budget.add(int64(c.cfg.Retry.BudgetPercent)*10*n, budgetCap(c.cfg.Retry.MinRetriesPerSecond))
 	st.connections.Add(uint64(n))

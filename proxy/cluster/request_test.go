@@ -290,6 +290,28 @@ func TestPickRunSpreadsAndCountsEach(t *testing.T) {
 		t.Errorf("after Done and DoneRun: active %d, endpoints %d %d, want 0", s.Active, s.Endpoints[0].Active, s.Endpoints[1].Active)
 	}
 
+	// A run of one endpoint is counted on it at once (round robin reads
+	// no counts); a balancer that reads them sees each pick of the run.
+	one := mustNew(t, Config{Name: "one"}, eps("10.0.0.1:80"), Options{})
+	if !one.PickRun(ls, time.Time{}) {
+		t.Fatal("PickRun refused a run of one endpoint")
+	}
+	if s := one.Stats(); s.Active != 6 || s.Endpoints[0].Active != 6 {
+		t.Errorf("one endpoint: active %d (endpoint %d), want 6 (6)", s.Active, s.Endpoints[0].Active)
+	}
+	DoneRun(ls)
+	if s := one.Stats(); s.Active != 0 || s.Endpoints[0].Active != 0 {
+		t.Errorf("one endpoint after DoneRun: active %d (endpoint %d), want 0", s.Active, s.Endpoints[0].Active)
+	}
+	least := mustNew(t, Config{Name: "least", Balancer: LeastRequest}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
+	if !least.PickRun(ls, time.Time{}) {
+		t.Fatal("PickRun refused a least_request run")
+	}
+	if s := least.Stats(); s.Endpoints[0].Active != 3 || s.Endpoints[1].Active != 3 {
+		t.Errorf("least_request: endpoints %d and %d active, want 3 and 3 (each pick sees the ones before)", s.Endpoints[0].Active, s.Endpoints[1].Active)
+	}
+	DoneRun(ls)
+
 	small := mustNew(t, Config{Name: "small", CircuitBreaker: CircuitBreakerConfig{MaxConnections: 4}}, eps("10.0.0.1:80"), Options{})
 	if small.PickRun(ls, time.Time{}) {
 		t.Error("PickRun admitted 6 requests past a breaker of 4")
