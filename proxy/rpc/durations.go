@@ -102,6 +102,25 @@ type durationRun struct {
 	h      *durationHist
 	counts [len(durationBuckets) + 1]uint64
 	sum    int64
+	// the last span added (addSpan) and its duration's bucket: the
+	// requests of one client's read share a start, and the answers of
+	// one upstream read an end
+	lastStart, lastEnd time.Time
+	lastD              time.Duration
+	lastB              int
+}
+
+// addSpan observes in h the duration from start to end; a span equal to
+// the last one costs no subtraction of times and no search of buckets.
+func (r *durationRun) addSpan(h *durationHist, start, end time.Time) {
+	if h == r.h && start == r.lastStart && end == r.lastEnd {
+		r.counts[r.lastB]++
+		r.sum += int64(r.lastD)
+		return
+	}
+	d := end.Sub(start)
+	r.add(h, d)
+	r.lastStart, r.lastEnd, r.lastD, r.lastB = start, end, d, bucket(d)
 }
 
 // add observes d in h.
@@ -127,4 +146,5 @@ func (r *durationRun) flush() {
 	}
 	r.h.sum.Add(r.sum)
 	r.h, r.sum = nil, 0
+	r.lastStart, r.lastEnd = time.Time{}, time.Time{}
 }

@@ -129,7 +129,7 @@ func (t *serviceTable) observe(start, end time.Time, run *durationRun) {
 		end = time.Now()
 	}
 	if run != nil {
-		run.add(t.duration, end.Sub(start))
+		run.addSpan(t.duration, start, end)
 		return
 	}
 	t.duration.observe(end.Sub(start))

@@ -94,7 +94,7 @@ func TestMetricsMethodsBounded(t *testing.T) {
 }
 
 // TestDurationsMatchPrometheus: the latency histogram, fed one at a time
-// and in runs (durationRun), exports what a prometheus.Histogram with the
+// and in runs (durationRun, by duration and by span), exports what a prometheus.Histogram with the
 // same buckets exports for the same observations: counts per bucket
 // (bounds included in their bucket), sample count and sum.
 func TestDurationsMatchPrometheus(t *testing.T) {
@@ -108,14 +108,23 @@ func TestDurationsMatchPrometheus(t *testing.T) {
 	d := newDurations()
 	h := d.hist("redis")
 	var run durationRun
+	t0 := time.Now()
 	obs := []time.Duration{0, time.Nanosecond, 100 * time.Microsecond, 100*time.Microsecond + 1, 3 * time.Millisecond, time.Second, 10 * time.Second, time.Minute}
 	for i, o := range obs {
 		for k := range i + 1 {
 			ref.Observe(o.Seconds())
-			if k%2 == 0 {
+			switch k % 4 {
+			case 0, 2:
 				h.observe(o)
-			} else {
+			case 1:
 				run.add(h, o)
+			case 3:
+				// Spans, equal ones in a row too (the shortcut).
+				run.addSpan(h, t0, t0.Add(o))
+				if k+4 <= i {
+					ref.Observe(o.Seconds())
+					run.addSpan(h, t0, t0.Add(o))
+				}
 			}
 		}
 		if i%3 == 0 {

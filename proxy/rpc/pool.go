@@ -240,30 +240,20 @@ func (c *upCache) get(ctx context.Context, p *Pool, l *cluster.Lease, dial clust
 }
 
 // pending is one request on its way: balanced, sent, awaiting its
-// answer, or being retried.
+// answer, or being retried. The fields an answer reads come first, the
+// leases last: a request is filled by its session's reader and answered
+// by an upstream connection's reader on another core, and what that
+// reader reads should come in as few cache lines as it can.
 type pending struct {
-	req    Frame
-	buf    *readBuf       // req's read buffer, released with pd
-	downID uint64         // the client's id, put back in the response
-	lease  *cluster.Lease // the current attempt's, one of leases; nil if none
-	// leases hold the attempts' leases in the request itself, so a pick
-	// allocates nothing: a retry picks into the one lease points not to.
-	leases [2]cluster.Lease
-	slot   *slot
-	p      *Protocol
-	// for metrics
-	start time.Time
+	s     *session // its session (protocol, upstream, metrics)
+	slot  *slot
+	lease *cluster.Lease // the current attempt's, one of leases; nil if none
+	pol   *Policy
 	mc    *methodCounters // nil: no metrics
-	up    *Upstream
-	// next links the requests of a run queued for the writer goroutine as
-	// one (upConn.enqueueRun); nil otherwise
-	next *pending
-	// for retries
-	s       *session
-	c       *cluster.Cluster
-	key     uint64
-	pol     *Policy
-	retries int // counted retries made (reset, busy)
+	req   Frame
+	buf   *readBuf // req's read buffer, released with pd
+	// start: when the request was read, for metrics
+	start time.Time
 	// deadline is when the request times out (zero: never); hidx its
 	// place in its connection's deadline heap (-1: not in it); expired,
 	// once it was answered with the timeout error: its late answer is
@@ -271,6 +261,17 @@ type pending struct {
 	deadline time.Time
 	hidx     int
 	expired  bool
+	downID   uint64 // the client's id, put back in the response
+	// next links the requests of a run queued for the writer goroutine as
+	// one (upConn.enqueueRun); nil otherwise
+	next *pending
+	// for retries
+	c       *cluster.Cluster
+	key     uint64
+	retries int // counted retries made (reset, busy)
+	// leases hold the attempts' leases in the request itself, so a pick
+	// allocates nothing: a retry picks into the one lease points not to.
+	leases [2]cluster.Lease
 }
 
 // errBusy is the outcome recorded on an endpoint that said it was busy.
@@ -284,7 +285,7 @@ var errBusy = errors.New("rpc: upstream busy")
 func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 	// Whether the request may move at all is asked only now: failures
 	// are rare, and a Redis key's hash is not computed twice per command.
-	if pd.pol.On&on == 0 || pd.s.ctx.Err() != nil || !pd.p.retryable(pd.req) {
+	if pd.pol.On&on == 0 || pd.s.ctx.Err() != nil || !pd.s.p.retryable(pd.req) {
 		return false
 	}
 	if counted && pd.retries >= pd.pol.Attempts {
@@ -310,8 +311,8 @@ func (pd *pending) again(on RetryOn, counted bool, cause error) bool {
 	case RetryBusy:
 		reason = reasonBusy
 	}
-	pd.s.log.Debug("rpc: retrying a request on another endpoint", "protocol", pd.p.Name(), "reason", reason, "from", pd.lease.Endpoint(), "to", next.Endpoint(), "err", cause)
-	pd.up.Metrics.retry(pd.p.Name(), pd.up.Service, reason)
+	pd.s.log.Debug("rpc: retrying a request on another endpoint", "protocol", pd.s.p.Name(), "reason", reason, "from", pd.lease.Endpoint(), "to", next.Endpoint(), "err", cause)
+	pd.s.up.Metrics.retry(pd.s.p.Name(), pd.s.up.Service, reason)
 	pd.lease = next
 	pd.hidx, pd.expired = -1, false
 	return true
@@ -341,7 +342,7 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 				go pd.s.dispatch(pd)
 				return
 			}
-		case err == nil && pd.pol.On&RetryBusy != 0 && pd.p.busy(resp):
+		case err == nil && pd.pol.On&RetryBusy != 0 && pd.s.p.busy(resp):
 			pd.lease.Done(errBusy)
 			if pd.again(RetryBusy, true, errBusy) {
 				go pd.s.dispatch(pd)
@@ -360,7 +361,7 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 	status := "error"
 	switch {
 	case err == nil && resp != nil:
-		status = pd.p.status(resp)
+		status = pd.s.p.status(resp)
 	case err == nil:
 		status = "sent" // oneway
 	case errors.Is(err, ErrRequestTimeout):
@@ -379,13 +380,13 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 	var b []byte
 	switch {
 	case err != nil:
-		b = pd.p.errorReply(pd.req, err)
-		if pd.p.IDWidth() > 0 && pd.req.ID() != pd.downID {
+		b = pd.s.p.errorReply(pd.req, err)
+		if pd.s.p.IDWidth() > 0 && pd.req.ID() != pd.downID {
 			// Sent with the upstream id: the reply takes the client's.
-			b = pd.p.withID(b, pd.downID)
+			b = pd.s.p.withID(b, pd.downID)
 		}
-	case pd.up.Answer != nil:
-		b = pd.up.Answer(pd.req, resp)
+	case pd.s.up.Answer != nil:
+		b = pd.s.up.Answer(pd.req, resp)
 	default:
 		b = resp.Bytes()
 	}
@@ -409,7 +410,7 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 // release returns a finished one-way request (it has no slot) to
 // pendings.
 func (pd *pending) release() {
-	pd.p.recycle(pd.req)
+	pd.s.p.recycle(pd.req)
 	pd.buf.release()
 	pd.clear()
 	pendings.Put(pd)
@@ -420,7 +421,7 @@ func (pd *pending) release() {
 // but leases (a pick sets up the lease it picks into). It is cheaper than
 // zeroing the whole request with its two leases.
 func (pd *pending) clear() {
-	pd.req, pd.buf, pd.slot, pd.p, pd.mc, pd.up, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil, nil, nil
+	pd.req, pd.buf, pd.slot, pd.mc, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil
 	pd.downID, pd.key, pd.retries, pd.hidx, pd.expired = 0, 0, 0, -1, false
 	pd.start, pd.deadline = time.Time{}, time.Time{}
 }
@@ -912,9 +913,11 @@ func (uc *upConn) deliverRun(frames []Frame) error {
 			j++
 		}
 		pds := uc.matchRun(frames[i:j])
-		gone := false
+		// One count for the run's answers, not one atomic add each.
+		left := uc.inflight.Add(-int64(len(pds)))
+		gone := len(pds) > 0 && left == 0 && uc.goingAway.Load()
 		for k, pd := range pds {
-			gone = uc.answer(frames[i+k], pd) || gone
+			uc.answer(frames[i+k], pd)
 		}
 		clear(pds)
 		if gone {
@@ -1001,23 +1004,20 @@ func (uc *upConn) matchRun(resps []Frame) []*pending {
 }
 
 // answer completes pd with its response f, into the reader's batch of
-// answers; it reports whether the connection, going away, has nothing
-// left in flight.
-func (uc *upConn) answer(f Frame, pd *pending) (gone bool) {
-	left := uc.inflight.Add(-1)
-	gone = left == 0 && uc.goingAway.Load()
+// answers. The caller counts it out of inflight.
+func (uc *upConn) answer(f Frame, pd *pending) {
 	if pd.expired {
 		// Answered with the timeout already: the late answer is dropped.
 		uc.fr.giveBack(f)
 		uc.frameBuf.release()
-		return gone
+		return
 	}
 	if uc.pool.p.IDWidth() > 0 {
 		f.SetID(pd.downID)
 	}
 	// Once finished, the response's bytes are in its answer and pd is
 	// released: f is no one's, unless the route rewrites answers.
-	rewrites := pd.up.Answer != nil
+	rewrites := pd.s.up.Answer != nil
 	n := len(uc.ab.slots)
 	pd.finishTo(f, nil, &uc.ab, uc.readAt)
 	if !rewrites {
@@ -1031,7 +1031,6 @@ func (uc *upConn) answer(f Frame, pd *pending) (gone bool) {
 			uc.frameBuf.release()
 		}
 	}
-	return gone
 }
 
 // fail kills the connection once: it leaves the pool, closes, and every

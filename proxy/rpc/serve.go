@@ -350,7 +350,7 @@ func (s *session) prepare(pd *pending, f Frame) bool {
 	// Every field is set here or by registerRun but leases (see
 	// pending.clear). start: when the request's bytes were read, one
 	// clock reading for a read's worth of requests.
-	pd.req, pd.buf, pd.p, pd.start, pd.up, pd.s, pd.pol = f, s.fr.cur, s.p, s.fr.now, s.up, s, s.up.Policy
+	pd.req, pd.buf, pd.start, pd.s, pd.pol = f, s.fr.cur, s.fr.now, s, s.up.Policy
 	pd.lease, pd.mc, pd.c, pd.key, pd.downID, pd.retries = nil, nil, nil, 0, 0, 0
 	pd.deadline, pd.hidx, pd.expired = time.Time{}, -1, false
 	if s.mt != nil {
