@@ -210,6 +210,10 @@ func TestParseProc(t *testing.T) {
 	if cpu != 3250*time.Millisecond {
 		t.Errorf("cpu = %v, want 3.25s", cpu)
 	}
+	user, sys, err := parseStatTimes([]byte("1234 (we ir) (x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 100 1000 200 18446744073709551615"))
+	if err != nil || user != 2500*time.Millisecond || sys != 750*time.Millisecond {
+		t.Errorf("user, sys = %v, %v, %v; want 2.5s, 0.75s", user, sys, err)
+	}
 	if _, err := parseStatCPU([]byte("1234 no name here")); err == nil {
 		t.Error("accepted a stat line without a command name")
 	}

@@ -23,28 +23,45 @@ func procCPU(pid int) (time.Duration, error) {
 	return parseStatCPU(b)
 }
 
+// procTimes returns the user and the system CPU time a process has used
+// so far, as procCPU counts them.
+func procTimes(pid int) (user, sys time.Duration, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, 0, fmt.Errorf("read cpu of pid %d: %w", pid, err)
+	}
+	return parseStatTimes(b)
+}
+
 // parseStatCPU reads utime and stime (fields 14 and 15) out of a
+// /proc/PID/stat line, summed.
+func parseStatCPU(b []byte) (time.Duration, error) {
+	ut, st, err := parseStatTimes(b)
+	return ut + st, err
+}
+
+// parseStatTimes reads utime and stime (fields 14 and 15) out of a
 // /proc/PID/stat line. The command name (field 2) may hold spaces and
 // parentheses, so fields are counted from its closing parenthesis.
-func parseStatCPU(b []byte) (time.Duration, error) {
+func parseStatTimes(b []byte) (user, sys time.Duration, err error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parse /proc stat: no command name in %q", b)
+		return 0, 0, fmt.Errorf("parse /proc stat: no command name in %q", b)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state); utime is field 14, stime 15.
 	if len(f) < 13 {
-		return 0, fmt.Errorf("parse /proc stat: %d fields after the name", len(f))
+		return 0, 0, fmt.Errorf("parse /proc stat: %d fields after the name", len(f))
 	}
 	ut, err := strconv.ParseUint(f[11], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("parse utime: %w", err)
+		return 0, 0, fmt.Errorf("parse utime: %w", err)
 	}
 	st, err := strconv.ParseUint(f[12], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("parse stime: %w", err)
+		return 0, 0, fmt.Errorf("parse stime: %w", err)
 	}
-	return time.Duration(ut+st) * clockTick, nil
+	return time.Duration(ut) * clockTick, time.Duration(st) * clockTick, nil
 }
 
 // procHWM returns a process's peak resident set size (VmHWM) in bytes.

@@ -156,9 +156,17 @@ type RedisResult struct {
 	Seconds  float64
 	P99      float64
 	AgentCPU time.Duration
+	// AgentUser is the user-space part of AgentCPU (the agent's own code
+	// and the Go runtime, not the kernel's socket work).
+	AgentUser time.Duration
 	// Syscalls and Switches are as in RPCResult.
 	Syscalls, Switches float64
 	p99s               []float64
+}
+
+// UserPerRequest is the agent's user-space CPU per command in µs.
+func (r RedisResult) UserPerRequest() float64 {
+	return float64(r.AgentUser.Microseconds()) / float64(r.Requests)
 }
 
 // SyscallsPerRequest is the agent's system calls per command.
@@ -219,9 +227,10 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 				t.Fatalf("round %d, %s: %d of 2 results (SET, GET) in:\n%s", round, p.name, tests, tail(out, 20))
 			}
 			r.AgentCPU += cpu
+			r.AgentUser += m.user
 			r.Syscalls += counts[perfSyscalls]
 			r.Switches += counts[perfSwitches]
-			t.Logf("round %d %s: agent CPU %s\n%s", round, p.name, cpu, strings.TrimSpace(out))
+			t.Logf("round %d %s: agent CPU %s (user %s)\n%s", round, p.name, cpu, m.user, strings.TrimSpace(out))
 		}
 	}
 	for i := range results {
@@ -319,11 +328,14 @@ const (
 // meter measures a path's proxy over one run: its CPU, and with perf
 // its system calls and context switches.
 type meter struct {
-	pid    int // 0: a direct path, nothing to measure
-	cpu0   time.Duration
-	perf   *exec.Cmd
-	out    string
-	record *exec.Cmd
+	pid  int // 0: a direct path, nothing to measure
+	cpu0 time.Duration
+	// user0 is the user-space part of cpu0; user, once stopped, the
+	// user-space CPU of the run
+	user0, user time.Duration
+	perf        *exec.Cmd
+	out         string
+	record      *exec.Cmd
 }
 
 // recordTo is where a run's perf record goes: "" (none) without dir.
@@ -344,10 +356,11 @@ func startMeter(t testworld.T, pid func() int, perf bool, record string) *meter 
 		return m
 	}
 	m.pid = pid()
-	var err error
-	if m.cpu0, err = procCPU(m.pid); err != nil {
+	user, sys, err := procTimes(m.pid)
+	if err != nil {
 		t.Fatalf("proxy cpu: %v", err)
 	}
+	m.cpu0, m.user0 = user+sys, user
 	if perf {
 		m.out = filepath.Join(t.TempDir(), "perf.stat")
 		m.perf = exec.Command("perf", "stat", "-x,", "-o", m.out, "-e", perfSyscalls+","+perfSwitches, "-p", strconv.Itoa(m.pid))
@@ -373,10 +386,12 @@ func (m *meter) stop(t testworld.T) (time.Duration, map[string]float64) {
 	if m.pid == 0 {
 		return 0, nil
 	}
-	cpu1, err := procCPU(m.pid)
+	user1, sys1, err := procTimes(m.pid)
 	if err != nil {
 		t.Fatalf("proxy cpu: %v", err)
 	}
+	cpu1 := user1 + sys1
+	m.user = user1 - m.user0
 	if m.record != nil {
 		m.record.Process.Signal(os.Interrupt)
 		if err := m.record.Wait(); err != nil {

@@ -125,15 +125,15 @@ func main() {
 		}
 		fmt.Printf("Redis (redis-benchmark -t set,get -P %d -c %d), %d requests per test × %d rounds per path, mode %s\n\n",
 			ro.Pipeline, ro.Clients, ro.Requests, ro.Rounds, ro.Mode)
-		fmt.Printf("%-24s %12s %9s %16s %12s %12s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd", "syscalls/cmd", "switches/cmd")
+		fmt.Printf("%-24s %12s %9s %16s %13s %12s %12s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd", "user µs/cmd", "syscalls/cmd", "switches/cmd")
 		for _, r := range rs {
-			fmt.Printf("%-24s %12.0f %9.3f %16.2f %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
+			fmt.Printf("%-24s %12.0f %9.3f %16.2f %13.2f %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.UserPerRequest(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
 		}
 		direct := rs[0]
 		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
 			l4, l7 := rs[i], rs[i+1]
-			fmt.Printf("\n%s: pipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f×\n",
-				l7.Path, l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest())
+			fmt.Printf("\n%s: pipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f× (user space %.2f×)\n",
+				l7.Path, l7.RequestsPerSecond()/direct.RequestsPerSecond(), l4.RequestsPerSecond()/direct.RequestsPerSecond(), l7.CPUPerRequest()/l4.CPUPerRequest(), l7.UserPerRequest()/l4.UserPerRequest())
 		}
 		if last := rs[len(rs)-1]; last.Path == "haproxy-tcp" {
 			fmt.Printf("\nhaproxy-tcp (L4 ceiling): pipelined throughput %.2f× direct, CPU %.2f µs/cmd (weir L4 %.2f×, L7 %.2f× its CPU)\n",
