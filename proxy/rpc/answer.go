@@ -53,14 +53,23 @@ var (
 // of maxQueued requests does not keep its memory in an idle connection.
 const maxSpares = 64
 
+// Spares are not cleared when they are put back, only set whole when
+// they are taken (newSlotLocked, registerRun and prepare): they are put
+// back by whichever goroutine took an answer or finished a request, on
+// any core, and taken by the session's reader. Clearing them on the way
+// back would write their cache lines on the core that puts them back,
+// for the reader to fetch back at once to write them again. What a spare
+// still points to (its last request's frame and buffer, given back)
+// belongs to the session or to a pool: it is never read again.
+
 // putSlot makes a slot whose answer was taken a spare; called with amu
 // held.
 func (s *session) putSlot(sl *slot) {
-	*sl = slot{}
 	if len(s.spareSlots) < maxSpares {
 		s.spareSlots = append(s.spareSlots, sl)
 		return
 	}
+	*sl = slot{}
 	slots.Put(sl)
 }
 
@@ -73,11 +82,11 @@ func (s *session) putPending(pd *pending) {
 		s.p.recycle(pd.req)
 	}
 	s.rel.add(pd.buf)
-	pd.clear()
 	if len(s.sparePendings) < maxSpares {
 		s.sparePendings = append(s.sparePendings, pd)
 		return
 	}
+	pd.clear()
 	pendings.Put(pd)
 }
 
@@ -223,7 +232,8 @@ func (s *session) newSlotLocked() *slot {
 	} else {
 		sl = slots.Get().(*slot)
 	}
-	sl.s = s
+	// Every field: a spare comes back as it was last used (putSlot).
+	*sl = slot{s: s}
 	if s.ordered {
 		s.queue = append(s.queue, sl)
 	}
