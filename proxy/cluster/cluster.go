@@ -364,11 +364,12 @@ const maxTried = 11
 // the Lease, so a pick allocates nothing beyond the lease (and nothing at
 // all through PickInto).
 type pickView struct {
-	t     *tier
-	now   int64
-	pass  int
+	t    *tier
+	now  int64
+	pass int
+	n    int // before tried: a first pick writes n and tried[0] only
+	// tried holds the endpoints tried, n of them
 	tried [maxTried]*endpointState
-	n     int
 }
 
 func (v *pickView) Len() int { return len(v.t.eps) }
