@@ -24,7 +24,10 @@ import (
 // go. Protocols without ids are answered in request order (a completed
 // answer waits for the ones before it); with ids, in completion order.
 
-// slot is one request's place in its downstream connection's answers.
+// slot is one request's place in its downstream connection's answers. It
+// lives in the request (pending.sl), or in a pending of its own for an
+// answer the agent makes (session.register), so registering a request
+// takes one record, not two.
 type slot struct {
 	s    *session
 	resp []byte
@@ -33,61 +36,71 @@ type slot struct {
 	// buf is the read buffer resp aliases, released once resp is taken;
 	// nil when resp is the agent's own or another's to keep.
 	buf *readBuf
-	// pd is the finished request the slot answers, released (to its
-	// session's spare ones) when the slot is marked, under s.amu; nil when
-	// it is not to be released (it expired, or the agent answered).
+	// pd is the pending the slot lives in, made a spare once the answer
+	// is taken (its request's frame and buffer are released when the slot
+	// is marked), under s.amu; nil when it is not to be reused: the
+	// request expired, and its connection's tables still hold it.
 	pd *pending
 }
 
-// Slots and requests are reused through their session's spares (under
-// amu, which registering a request and marking its answer hold anyway),
-// so the hot path costs no sync.Pool operation; slots and pendings take
-// what a session's spares (at most maxSpares each) cannot, and give a
-// session the ones it needs beyond them.
-var (
-	slots    = sync.Pool{New: func() any { return new(slot) }}
-	pendings = sync.Pool{New: func() any { return &pending{hidx: -1} }}
-)
+// Requests (with their slots) are reused through their session's spares
+// (under amu, which registering a request and taking its answer hold
+// anyway), so the hot path costs no sync.Pool operation; pendings takes
+// what a session's spares (at most maxSpares) cannot, and gives a session
+// the ones it needs beyond them.
+var pendings = sync.Pool{New: func() any { return &pending{hidx: -1} }}
 
-// maxSpares bounds a session's spare slots and spare requests: a burst
-// of maxQueued requests does not keep its memory in an idle connection.
+// maxSpares bounds a session's spare requests and frames: a burst of
+// maxQueued requests does not keep its memory in an idle connection.
 const maxSpares = 64
 
 // Spares are not cleared when they are put back, only set whole when
-// they are taken (newSlotLocked, registerRun and prepare): they are put
-// back by whichever goroutine took an answer or finished a request, on
-// any core, and taken by the session's reader. Clearing them on the way
-// back would write their cache lines on the core that puts them back,
-// for the reader to fetch back at once to write them again. What a spare
-// still points to (its last request's frame and buffer, given back)
-// belongs to the session or to a pool: it is never read again.
+// they are taken (newPendingLocked and prepare): they are put back by
+// whichever goroutine took an answer, on any core, and taken by the
+// session's reader. Clearing them on the way back would write their
+// cache lines on the core that puts them back, for the reader to fetch
+// back at once to write them again. What a spare still points to (its
+// last request's frame and buffer, given back) belongs to the session or
+// to a pool: it is never read again.
 
-// putSlot makes a slot whose answer was taken a spare; called with amu
-// held.
-func (s *session) putSlot(sl *slot) {
-	if len(s.spareSlots) < maxSpares {
-		s.spareSlots = append(s.spareSlots, sl)
-		return
+// releaseReq gives back what a finished request's frame holds: the frame
+// (as one for the reader to decode into, for Reuser codecs) and its read
+// buffer; called with amu held. pd itself lives on until its answer is
+// taken (putPending), as its slot does.
+func (s *session) releaseReq(pd *pending) {
+	if pd.req == nil {
+		return // an answer the agent made: no request
 	}
-	*sl = slot{}
-	slots.Put(sl)
-}
-
-// putPending makes a finished request a spare, and its frame one for
-// the reader to decode into (Reuser codecs); called with amu held.
-func (s *session) putPending(pd *pending) {
 	if s.p.reuser != nil && len(s.spareFrames) < maxSpares {
 		s.spareFrames = append(s.spareFrames, pd.req)
 	} else {
 		s.p.recycle(pd.req)
 	}
 	s.rel.add(pd.buf)
+	pd.req, pd.buf = nil, nil
+}
+
+// putPending makes a request whose answer was taken a spare; called with
+// amu held.
+func (s *session) putPending(pd *pending) {
 	if len(s.sparePendings) < maxSpares {
 		s.sparePendings = append(s.sparePendings, pd)
 		return
 	}
 	pd.clear()
 	pendings.Put(pd)
+}
+
+// newPendingLocked takes a spare request, or one from pendings; called
+// with amu held.
+func (s *session) newPendingLocked() *pending {
+	if n := len(s.sparePendings); n > 0 {
+		pd := s.sparePendings[n-1]
+		s.sparePendings[n-1] = nil
+		s.sparePendings = s.sparePendings[:n-1]
+		return pd
+	}
+	return pendings.Get().(*pending)
 }
 
 // answers is a session's answer state. Fields under amu unless noted.
@@ -123,7 +136,6 @@ type answers struct {
 	// so every write goes to the writer goroutine.
 	raw *rawsock.Conn
 	// spare slots, requests and request frames to reuse (under amu)
-	spareSlots    []*slot
 	sparePendings []*pending
 	spareFrames   []Frame
 	// rel counts the read buffer releases of answered requests and taken
@@ -152,7 +164,12 @@ func (s *session) register() *slot {
 	if !s.roomLocked() {
 		return nil
 	}
-	sl := s.newSlotLocked()
+	// The slot lives in a pending of its own, with no request, made a
+	// spare again once the answer is taken.
+	pd := s.newPendingLocked()
+	pd.req, pd.buf = nil, nil
+	sl := s.newSlotLocked(pd)
+	sl.pd = pd
 	s.amu.Unlock()
 	return sl
 }
@@ -170,22 +187,15 @@ func (s *session) registerRun(frames []Frame) []*pending {
 	s.pds = s.pds[:0]
 	s.amu.Lock()
 	for _, f := range frames {
-		var sl *slot
-		if f.Kind() != Oneway {
-			if !s.roomLocked() {
-				return s.pds
-			}
-			sl = s.newSlotLocked()
+		oneway := f.Kind() == Oneway
+		if !oneway && !s.roomLocked() {
+			return s.pds
 		}
-		var pd *pending
-		if n := len(s.sparePendings); n > 0 {
-			pd = s.sparePendings[n-1]
-			s.sparePendings[n-1] = nil
-			s.sparePendings = s.sparePendings[:n-1]
-		} else {
-			pd = pendings.Get().(*pending)
+		pd := s.newPendingLocked()
+		pd.slot = nil
+		if !oneway {
+			pd.slot = s.newSlotLocked(pd)
 		}
-		pd.slot = sl
 		s.pds = append(s.pds, pd)
 	}
 	if n := min(len(s.spareFrames), maxSpares-len(s.fr.spares)); n > 0 {
@@ -222,17 +232,11 @@ func (s *session) roomLocked() bool {
 	return true
 }
 
-// newSlotLocked takes a slot for the next answer, in its place among
-// the answers to come; called with amu held.
-func (s *session) newSlotLocked() *slot {
-	var sl *slot
-	if n := len(s.spareSlots); n > 0 {
-		sl = s.spareSlots[n-1]
-		s.spareSlots = s.spareSlots[:n-1]
-	} else {
-		sl = slots.Get().(*slot)
-	}
-	// Every field: a spare comes back as it was last used (putSlot).
+// newSlotLocked sets up pd's slot for the next answer, in its place
+// among the answers to come; called with amu held.
+func (s *session) newSlotLocked(pd *pending) *slot {
+	sl := &pd.sl
+	// Every field: a spare comes back as it was last used.
 	*sl = slot{s: s}
 	if s.ordered {
 		s.queue = append(s.queue, sl)
@@ -256,12 +260,12 @@ func (s *session) mark(sl *slot) {
 	s.amu.Unlock()
 }
 
-// markLocked is mark with amu held. The request the slot answers becomes
-// a spare: from here on, the slot may be taken and reused at once.
+// markLocked is mark with amu held. The frame and buffer of the request
+// the slot answers are given back; from here on, the slot may be taken,
+// and its request (with the slot) reused, at once.
 func (s *session) markLocked(sl *slot) {
 	if sl.pd != nil {
-		s.putPending(sl.pd)
-		sl.pd = nil
+		s.releaseReq(sl.pd)
 	}
 	if s.ordered {
 		sl.done = true
@@ -330,7 +334,11 @@ func (s *session) take() {
 			s.out = append(s.out, sl.resp...)
 		}
 		s.rel.add(sl.buf)
-		s.putSlot(sl)
+		if sl.pd != nil {
+			// The slot's request, with the slot in it, is a spare from
+			// here on.
+			s.putPending(sl.pd)
+		}
 		return !s.endSoon
 	}
 	if s.ordered {

@@ -245,8 +245,8 @@ func (c *upCache) get(ctx context.Context, p *Pool, l *cluster.Lease, dial clust
 // by an upstream connection's reader on another core, and what that
 // reader reads should come in as few cache lines as it can.
 type pending struct {
-	s     *session // its session (protocol, upstream, metrics)
-	slot  *slot
+	s     *session       // its session (protocol, upstream, metrics)
+	slot  *slot          // &sl, or nil for a one-way request
 	lease *cluster.Lease // the current attempt's, one of leases; nil if none
 	pol   *Policy
 	mc    *methodCounters // nil: no metrics
@@ -269,6 +269,8 @@ type pending struct {
 	c       *cluster.Cluster
 	key     uint64
 	retries int // counted retries made (reset, busy)
+	// sl is the request's place among its session's answers (slot)
+	sl slot
 	// leases hold the attempts' leases in the request itself, so a pick
 	// allocates nothing: a retry picks into the one lease points not to.
 	leases [2]cluster.Lease
@@ -392,11 +394,13 @@ func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Tim
 	}
 	sl := pd.slot
 	if !pd.expired {
-		// Released when its slot is marked (session.markLocked): an
-		// expired request stays in its connection's tables until its
-		// late answer comes or its id is forgotten, and is left to the
-		// collector. Every other request is finished after it left its
-		// connection's tables, by the one goroutine that holds it then.
+		// Its frame is released when its slot is marked, and it is reused
+		// once its answer is taken (session.markLocked, take): an expired
+		// request stays in its connection's tables until its late answer
+		// comes or its id is forgotten, and is left to the collector
+		// (with its slot, once taken). Every other request is finished
+		// after it left its connection's tables, by the one goroutine
+		// that holds it then.
 		sl.pd = pd
 	}
 	if ab != nil {
@@ -422,6 +426,7 @@ func (pd *pending) release() {
 // zeroing the whole request with its two leases.
 func (pd *pending) clear() {
 	pd.req, pd.buf, pd.slot, pd.mc, pd.s, pd.c, pd.pol, pd.lease = nil, nil, nil, nil, nil, nil, nil, nil
+	pd.sl = slot{}
 	pd.downID, pd.key, pd.retries, pd.hidx, pd.expired = 0, 0, 0, -1, false
 	pd.start, pd.deadline = time.Time{}, time.Time{}
 }
