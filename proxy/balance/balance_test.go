@@ -84,6 +84,33 @@ func TestRoundRobinSmoothWeighted(t *testing.T) {
 	}
 }
 
+// TestRoundRobinTurns: a batch of turns reserved at once (Turns, Turn)
+// gets the hosts n Picks in a row get, weighted or not; a turn whose host
+// is not allowed is None, for the caller to Pick instead.
+func TestRoundRobinTurns(t *testing.T) {
+	for _, w := range [][]uint32{{1, 1, 1}, {5, 1, 1}} {
+		one, batch := NewRoundRobin(targets(w...), 7), NewRoundRobin(targets(w...), 7)
+		hs := &hosts{n: len(w)}
+		first := batch.Turns(20)
+		for i := range uint64(20) {
+			if got, want := batch.Turn(first+i, hs), one.Pick(0, hs); got != want {
+				t.Errorf("weights %v, turn %d: host %d, Pick gives %d", w, i, got, want)
+			}
+		}
+		if got, want := batch.Pick(0, hs), one.Pick(0, hs); got != want {
+			t.Errorf("weights %v: after the batch Pick gives %d, one by one %d", w, got, want)
+		}
+	}
+	var r RoundRobin
+	hs := &hosts{n: 2, down: map[int]bool{1: true}}
+	if first := r.Turns(2); r.Turn(first, hs) != 0 || r.Turn(first+1, hs) != None {
+		t.Error("a turn of a host not allowed is not None")
+	}
+	if r.Turn(0, &hosts{}) != None {
+		t.Error("a turn with no hosts is not None")
+	}
+}
+
 func TestRoundRobinSkipsDisallowed(t *testing.T) {
 	var r RoundRobin // zero value: unweighted
 	hs := &hosts{n: 4, down: map[int]bool{1: true}}

@@ -61,6 +61,33 @@ func (r *RoundRobin) Pick(_ uint64, hs Hosts) int {
 	return None
 }
 
+// Turns reserves n consecutive turns with one atomic add and returns the
+// first, for a batch of picks made together (Turn picks each): the
+// counter every picker shares is written once per batch, not once per
+// pick, and the batch gets the same hosts in the same order as n Picks in
+// a row would.
+func (r *RoundRobin) Turns(n int) uint64 {
+	return r.next.Add(uint64(n)) - uint64(n)
+}
+
+// Turn is the host whose turn t (from Turns) is, or None when it is not
+// allowed: the caller then picks that request with Pick, which moves on
+// to the next allowed host in the order.
+func (r *RoundRobin) Turn(t uint64, hs Hosts) int {
+	n := hs.Len()
+	if n == 0 {
+		return None
+	}
+	i := int(t % uint64(n))
+	if r.seq != nil {
+		i = int(r.seq[t%uint64(len(r.seq))])
+	}
+	if i < n && hs.Allowed(i) {
+		return i
+	}
+	return None
+}
+
 // smoothOrder returns one period of the smooth weighted round robin order
 // over ts, with weights divided by their gcd and scaled to maxSequence.
 func smoothOrder(ts []Target) []int32 {

@@ -29,13 +29,22 @@ type Balancer interface {
 	Pick(key uint64, hs balance.Hosts) int
 }
 
+// runBalancer is a Balancer that reserves a batch's turns at once
+// (round robin: one write of its shared counter per batch, see PickRun)
+// and then picks each turn's host, None when that host is not allowed.
+type runBalancer interface {
+	Turns(n int) uint64
+	Turn(t uint64, hs balance.Hosts) int
+}
+
 var (
-	_ Balancer = (*balance.RoundRobin)(nil)
-	_ Balancer = (*balance.PeakEWMA)(nil)
-	_ Balancer = (*balance.Random)(nil)
-	_ Balancer = (*balance.LeastRequest)(nil)
-	_ Balancer = (*balance.RingHash)(nil)
-	_ Balancer = (*balance.Maglev)(nil)
+	_ runBalancer = (*balance.RoundRobin)(nil)
+	_ Balancer    = (*balance.RoundRobin)(nil)
+	_ Balancer    = (*balance.PeakEWMA)(nil)
+	_ Balancer    = (*balance.Random)(nil)
+	_ Balancer    = (*balance.LeastRequest)(nil)
+	_ Balancer    = (*balance.RingHash)(nil)
+	_ Balancer    = (*balance.Maglev)(nil)
 )
 
 // Options carry what a cluster needs beyond its config.

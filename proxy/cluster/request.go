@@ -97,8 +97,9 @@ func (c *Cluster) PickInto(l *Lease, key uint64, prev *Lease, now time.Time) err
 // request of its own (active until its Done, with its own outcome); what
 // the batch shares is the cluster-wide bookkeeping of a pick (the
 // circuit breaker's count of active requests, the retry budget's
-// deposits, the pick counter), done once for the batch instead of once
-// per request on lines every core writes. It reports false, having
+// deposits, the pick counter, and round robin's turns: one add to its
+// shared counter reserves the batch's), done once for the batch instead
+// of once per request on lines every core writes. It reports false, having
 // changed nothing, when the cluster picks by key (UsesKey), when the
 // circuit breaker would not admit the whole batch, or when a request
 // finds no endpoint: the caller then picks each lease on its own
@@ -123,9 +124,31 @@ func (c *Cluster) PickRun(ls []*Lease, now time.Time) bool {
 		runEP *endpoint
 		runN  int64
 	)
+	// With one tier and a balancer that takes turns (round robin), the
+	// batch's turns are reserved at once; a turn whose host is not
+	// allowed is picked as usual.
+	var (
+		rb   runBalancer
+		turn uint64
+	)
+	if len(c.tiers) == 1 && !c.tiers[0].local {
+		if rb, _ = c.tiers[0].bal.(runBalancer); rb != nil {
+			turn = rb.Turns(len(ls))
+		}
+	}
 	for i, l := range ls {
 		l.view.t, l.view.pass, l.view.n = nil, 0, 0
-		e := c.pick(0, &l.view, t)
+		var e *endpoint
+		if rb != nil {
+			tr := &c.tiers[0]
+			l.view.t, l.view.now = tr, t
+			if k := rb.Turn(turn+uint64(i), &l.view); k >= 0 && k < len(tr.eps) {
+				e = tr.eps[k]
+			}
+		}
+		if e == nil {
+			e = c.pick(0, &l.view, t)
+		}
 		if e == nil {
 			if runN > 0 {
 				runEP.st.active.Add(runN)

@@ -303,6 +303,18 @@ func TestPickRunSpreadsAndCountsEach(t *testing.T) {
 	if s := one.Stats(); s.Active != 0 || s.Endpoints[0].Active != 0 {
 		t.Errorf("one endpoint after DoneRun: active %d (endpoint %d), want 0", s.Active, s.Endpoints[0].Active)
 	}
+	// Round robin's turns are reserved for the run; a turn of an endpoint
+	// that is not to be picked (draining) goes to one that is.
+	draining := mustNew(t, Config{Name: "draining"}, []Endpoint{{Addr: ap("10.0.0.1:80")}, {Addr: ap("10.0.0.2:80"), Health: Draining}}, Options{})
+	if !draining.PickRun(ls, time.Time{}) {
+		t.Fatal("PickRun refused a run with one endpoint draining")
+	}
+	for i, l := range ls {
+		if l.Endpoint() != ap("10.0.0.1:80") {
+			t.Errorf("lease %d went to %s, which drains", i, l.Endpoint())
+		}
+	}
+	DoneRun(ls)
 	least := mustNew(t, Config{Name: "least", Balancer: LeastRequest}, eps("10.0.0.1:80", "10.0.0.2:80"), Options{})
 	if !least.PickRun(ls, time.Time{}) {
 		t.Fatal("PickRun refused a least_request run")
