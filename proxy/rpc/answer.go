@@ -326,27 +326,13 @@ func (s *session) pump() {
 // before it is written: later answers would be out of step.
 func (s *session) take() {
 	n := 0
-	add := func(sl *slot) bool {
-		n++
-		if sl.err != nil && len(sl.resp) == 0 {
-			s.endSoon = true
-		} else if !s.broken && !s.endSoon {
-			s.out = append(s.out, sl.resp...)
-		}
-		s.rel.add(sl.buf)
-		if sl.pd != nil {
-			// The slot's request, with the slot in it, is a spare from
-			// here on.
-			s.putPending(sl.pd)
-		}
-		return !s.endSoon
-	}
 	if s.ordered {
 		for s.qh < len(s.queue) && s.queue[s.qh].done {
 			sl := s.queue[s.qh]
 			s.queue[s.qh] = nil
 			s.qh++
-			if !add(sl) {
+			n++
+			if !s.takeOne(sl) {
 				break
 			}
 		}
@@ -363,7 +349,8 @@ func (s *session) take() {
 			sl := s.queue[i]
 			s.queue[i] = nil
 			i++
-			if !add(sl) {
+			n++
+			if !s.takeOne(sl) {
 				break
 			}
 		}
@@ -380,6 +367,24 @@ func (s *session) take() {
 		default: // a wake-up is pending already
 		}
 	}
+}
+
+// takeOne moves one answer into out and makes its request a spare; false
+// when the connection is to end after what is in out (see take). Called
+// with amu held by the owner.
+func (s *session) takeOne(sl *slot) bool {
+	if sl.err != nil && len(sl.resp) == 0 {
+		s.endSoon = true
+	} else if !s.broken && !s.endSoon {
+		s.out = append(s.out, sl.resp...)
+	}
+	s.rel.add(sl.buf)
+	if sl.pd != nil {
+		// The slot's request, with the slot in it, is a spare from here
+		// on.
+		s.putPending(sl.pd)
+	}
+	return !s.endSoon
 }
 
 // writeOut writes answers until none is ready, as the socket's owner:
