@@ -175,6 +175,9 @@ type Protocol struct {
 	recycler    Recycler
 	reuser      Reuser // nil unless recycler is set too
 	maxFrame    int
+	// ids: the codec's IDWidth is not 0, asked once rather than through
+	// the interface per message
+	ids bool
 }
 
 // DefaultMaxFrame bounds a frame when Register is given 0.
@@ -192,7 +195,7 @@ func Register(c Codec, maxFrame int) *Protocol {
 	if maxFrame <= 0 {
 		maxFrame = DefaultMaxFrame
 	}
-	p := &Protocol{Codec: c, maxFrame: maxFrame}
+	p := &Protocol{Codec: c, maxFrame: maxFrame, ids: c.IDWidth() > 0}
 	p.heartbeater, _ = c.(Heartbeater)
 	p.hijacker, _ = c.(Hijacker)
 	p.goAwayer, _ = c.(GoAwayer)

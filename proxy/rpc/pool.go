@@ -1017,7 +1017,7 @@ func (uc *upConn) answer(f Frame, pd *pending) {
 		uc.frameBuf.release()
 		return
 	}
-	if uc.pool.p.IDWidth() > 0 {
+	if uc.pool.p.ids {
 		f.SetID(pd.downID)
 	}
 	// Once finished, the response's bytes are in its answer and pd is

@@ -370,7 +370,7 @@ func (s *session) prepare(pd *pending, f Frame) bool {
 		pd.finish(nil, ErrNoCluster)
 		return false
 	}
-	if s.p.IDWidth() > 0 {
+	if s.p.ids {
 		pd.downID = f.ID()
 	}
 	if pd.pol.Timeout > 0 {
