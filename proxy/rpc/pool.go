@@ -336,6 +336,21 @@ func (pd *pending) finish(resp Frame, err error) { pd.finishTo(resp, err, nil, t
 // (unless it is being retried): it is its session's spare then (after
 // ab's leases are ended: the lease lives in pd).
 func (pd *pending) finishTo(resp Frame, err error, ab *answerBatch, now time.Time) {
+	if err == nil && ab != nil && pd.slot != nil && !pd.expired && pd.pol.On&RetryBusy == 0 &&
+		pd.s.p.statuser == nil && pd.s.up.Answer == nil {
+		// The common answer, as the steps below make it: a clean
+		// response, "ok" (the codec gives no status), sent as read,
+		// nothing to retry.
+		ab.leases = append(ab.leases, pd.lease)
+		if pd.mc != nil {
+			ab.countOK(pd.mc)
+			pd.s.mt.observe(pd.start, now, &ab.durations)
+		}
+		sl := pd.slot
+		sl.pd, sl.resp, sl.err = pd, resp.Bytes(), nil
+		ab.slots = append(ab.slots, sl)
+		return
+	}
 	if pd.slot != nil && pd.lease != nil {
 		switch {
 		case err != nil && pd.pol.On&RetryReset != 0 && broke(err):
