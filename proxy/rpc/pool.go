@@ -487,8 +487,12 @@ type upConn struct {
 	// handing it out.
 	gone atomic.Bool
 
-	mu     sync.Mutex
-	fifo   []*pending          // IDWidth 0: sent, awaiting a response, in order
+	mu sync.Mutex
+	// fifo (IDWidth 0): sent, awaiting a response, in order, from fh on.
+	// Answered ones move fh, not the slice's start, so its array is
+	// reused rather than reallocated as appends reach its end.
+	fifo   []*pending
+	fh     int
 	byID   map[uint64]*pending // otherwise
 	nextID uint64
 	err    error // set once: the connection is dead
@@ -724,8 +728,16 @@ func (uc *upConn) writeRun(pds []*pending, flush bool) error {
 				uc.waitBegins()
 			}
 		} else {
+			if len(uc.fifo) == cap(uc.fifo) && uc.fh*2 >= len(uc.fifo) {
+				// Full up to its end and half answered: move what waits
+				// to the front (else append grows it: no copying of a
+				// long queue per request).
+				k := copy(uc.fifo, uc.fifo[uc.fh:])
+				clear(uc.fifo[k:])
+				uc.fifo, uc.fh = uc.fifo[:k], 0
+			}
 			uc.fifo = append(uc.fifo, pd)
-			if len(uc.fifo) == 1 {
+			if len(uc.fifo)-uc.fh == 1 {
 				uc.waitBegins()
 			}
 		}
@@ -795,7 +807,7 @@ func (uc *upConn) waitBegins() {
 }
 
 // waiting reports whether requests wait for answers; called with mu held.
-func (uc *upConn) waiting() bool { return len(uc.fifo) > 0 || len(uc.byID) > 0 }
+func (uc *upConn) waiting() bool { return len(uc.fifo) > uc.fh || len(uc.byID) > 0 }
 
 // deadlineFired decides what a read deadline that fired means: nothing
 // waits (the deadline is cleared) or an answer came within the timeout
@@ -1003,10 +1015,13 @@ func (uc *upConn) matchRun(resps []Frame) []*pending {
 		if uc.byID != nil {
 			pd = uc.byID[f.ID()]
 			delete(uc.byID, f.ID())
-		} else if len(uc.fifo) > 0 {
-			pd = uc.fifo[0]
-			uc.fifo[0] = nil
-			uc.fifo = uc.fifo[1:]
+		} else if uc.fh < len(uc.fifo) {
+			pd = uc.fifo[uc.fh]
+			uc.fifo[uc.fh] = nil
+			uc.fh++
+			if uc.fh == len(uc.fifo) {
+				uc.fifo, uc.fh = uc.fifo[:0], 0
+			}
 		}
 		if pd == nil {
 			break
@@ -1063,8 +1078,8 @@ func (uc *upConn) fail(err error) {
 		return
 	}
 	uc.err = err
-	waiting := uc.fifo
-	uc.fifo = nil
+	waiting := uc.fifo[uc.fh:]
+	uc.fifo, uc.fh = nil, 0
 	for _, pd := range uc.byID {
 		waiting = append(waiting, pd)
 	}
