@@ -44,8 +44,14 @@ func decodeCommand(dst *Frame, b []byte, max int) (*Frame, int, error) {
 		// The common case, a whole bulk string with a short length, in
 		// one pass; anything else (need more, an error, a long length)
 		// takes the careful path below, which decides it as before.
-		l, q, ok := bulkLen(b, p, max)
-		if !ok {
+		var (
+			l, q int
+			ok   bool
+		)
+		if p < len(b) && b[p] == '$' {
+			l, q, ok = bulkLen(b, p+1)
+		}
+		if !ok || l > max {
 			switch {
 			case p >= len(b):
 				return nil, p + 6*(n-i), rpc.ErrNeedMore
@@ -79,27 +85,24 @@ func decodeCommand(dst *Frame, b []byte, max int) (*Frame, int, error) {
 	return f, p, nil
 }
 
-// bulkLen is the fast path of a command's "$<len> CRLF" at p: one to
-// four digits, the CRLF, and a length within limit, all in b. It returns
-// the length and the index after the CRLF; ok false leaves the line to
+// bulkLen is the fast path of the length of a "$<len> CRLF" whose digits
+// start at p: one to four digits and the CRLF, all in b. It returns the
+// length and the index after the CRLF; ok false leaves the line to
 // parseLen (more digits, "-1", need more, or not a length at all), which
-// accepts everything bulkLen does with the same result.
-func bulkLen(b []byte, p, limit int) (n, next int, ok bool) {
-	if p+3 >= len(b) || b[p] != '$' {
-		return 0, 0, false
-	}
-	i := p + 1
-	for end := min(i+4, len(b)); i < end; i++ {
-		c := b[i]
-		if c < '0' || c > '9' {
+// accepts everything bulkLen does with the same result. The caller checks
+// the '$' and the length's limit.
+func bulkLen(b []byte, p int) (n, next int, ok bool) {
+	// Small enough for the compiler to inline: it runs per argument.
+	i := p
+	for ; i < len(b) && i < p+4; i++ {
+		d := b[i] - '0' // a byte: below '0' wraps past 9
+		if d > 9 {
 			break
 		}
-		n = n*10 + int(c-'0')
+		n = n*10 + int(d)
 	}
-	if i == p+1 || i+1 >= len(b) || b[i] != '\r' || b[i+1] != '\n' || n > limit {
-		return 0, 0, false
-	}
-	return n, i + 2, true
+	ok = i > p && i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n'
+	return n, i + 2, ok
 }
 
 // decodeInline frames a command sent as a line of words.
@@ -235,8 +238,8 @@ func decodeSimpleReply(dst *Frame, b []byte, max int) (*Frame, int) {
 		}
 		p = i + 1
 	case '$':
-		l, q, ok := bulkLen(b, 0, max)
-		if !ok {
+		l, q, ok := bulkLen(b, 1)
+		if !ok || l > max {
 			return nil, 0
 		}
 		p = q + l + 2
