@@ -415,6 +415,79 @@ type Service struct {
 	// requests ({timeout, retry: {attempts, on}}) that no rpcRoute gives
 	// its own; none: no timeout, only connect failures retried.
 	RPC *route.RPCPolicy `json:"rpc"`
+	// Dataplane is agent (default: connections to the service's addresses
+	// go through the agent) or kernel: in eBPF capture, an enrolled pod's
+	// connect to an address of this service is sent straight to one of its
+	// endpoints by the connect program, with no proxy in the path
+	// (README, "Kernel-balanced services"). It trades per-connection
+	// metrics, retries, outlier detection and L7 for one handshake less;
+	// Validate refuses every setting the kernel cannot honour.
+	Dataplane string `json:"dataplane"`
+}
+
+// Service dataplanes (Service.Dataplane).
+const (
+	DataplaneAgent  = "agent"
+	DataplaneKernel = "kernel"
+)
+
+// validateKernel refuses, naming the field, what a kernel-balanced
+// service cannot do: the connect program rewrites one address to one
+// endpoint picked at random or in turn (weights honoured), and nothing
+// else. Active health checks stay: they take endpoints out of the
+// kernel's table.
+func (s Service) validateKernel(c Config) error {
+	if redirect.Mode(c.Capture.Mode) != redirect.ModeEBPF {
+		return fmt.Errorf("dataplane: kernel needs capture.mode ebpf (the connect program balances), got capture.mode %q", c.Capture.Mode)
+	}
+	if p, _ := route.ParseProtocol(s.Protocol); p != route.TCP {
+		return fmt.Errorf("protocol: dataplane kernel needs protocol tcp (the kernel does not sniff or parse), got %q", s.Protocol)
+	}
+	if s.Address == "" && len(s.Addresses) == 0 {
+		return fmt.Errorf("address: dataplane kernel needs an address to balance")
+	}
+	if u, _ := route.ParseUpstreamProtocol(s.UpstreamProtocol); u != route.Auto {
+		return fmt.Errorf("upstreamProtocol: not available with dataplane kernel (no L7)")
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"httpRoutes", len(s.HTTPRoutes) > 0},
+		{"tlsRoutes", len(s.TLSRoutes) > 0},
+		{"rpcRoutes", len(s.RPCRoutes) > 0},
+		{"rpc", s.RPC != nil},
+		{"rateLimit", s.RateLimit != nil},
+	} {
+		if f.set {
+			return fmt.Errorf("%s: not available with dataplane kernel (no L7, no rate limit: connections never reach the agent)", f.name)
+		}
+	}
+	cc := s.Cluster
+	switch cc.Balancer {
+	case "", cluster.RoundRobin, cluster.Random:
+	default:
+		return fmt.Errorf("cluster.balancer: dataplane kernel balances round_robin or random, got %q", cc.Balancer)
+	}
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{
+		{"cluster.retry", cc.Retry != (cluster.RetryConfig{}) && cc.Retry != (cluster.RetryConfig{Disabled: true})},
+		{"cluster.outlier", cc.Outlier != (cluster.OutlierConfig{}) && cc.Outlier != (cluster.OutlierConfig{Disabled: true})},
+		{"cluster.circuitBreaker", cc.CircuitBreaker != (cluster.CircuitBreakerConfig{})},
+		{"cluster.connectTimeout", cc.ConnectTimeout != 0},
+		{"cluster.peakEwma", cc.PeakEWMA != (cluster.PeakEWMAConfig{})},
+		{"cluster.ringHash", cc.RingHash != (cluster.RingHashConfig{})},
+		{"cluster.maglev", cc.Maglev != (cluster.MaglevConfig{})},
+		{"cluster.subset", len(cc.Subset.Selector) > 0 || cc.Subset.Fallback != ""},
+		{"cluster.locality", cc.Locality != (cluster.LocalityConfig{})},
+	} {
+		if f.set {
+			return fmt.Errorf("%s: not available with dataplane kernel (the kernel picks an endpoint once per connect: no retries, outlier detection, circuit breaking or locality)", f.name)
+		}
+	}
+	return nil
 }
 
 // Sniffing configures protocol detection on connections to services whose
@@ -739,6 +812,15 @@ func (c Config) Validate() error {
 		}
 		if _, err := route.ParseUpstreamProtocol(s.UpstreamProtocol); err != nil {
 			return fmt.Errorf("%s.upstreamProtocol: %w", where, err)
+		}
+		switch s.Dataplane {
+		case "", DataplaneAgent:
+		case DataplaneKernel:
+			if err := s.validateKernel(c); err != nil {
+				return fmt.Errorf("%s.%w", where, err)
+			}
+		default:
+			return fmt.Errorf("%s.dataplane: want agent or kernel, got %q", where, s.Dataplane)
 		}
 	}
 	if len(c.Services) > 0 {
