@@ -1,0 +1,160 @@
+package capture
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/cilium/ebpf"
+)
+
+// TestKernelServices: with a service address in the kernel's table, an
+// enrolled pod's connects to it go straight to its endpoints (in turn, or
+// at random), never to the agent's listener, and the app sees the address
+// it dialled as its peer; an address not in the table still goes to the
+// agent; a service with no endpoint refuses connects; a second Load (an
+// agent restart) finds the table and changes it in place; an empty table
+// leaves no entry behind.
+func TestKernelServices(t *testing.T) {
+	b := newTestBed(t)
+	pod := newNetns(t)
+	pod.run(t, "ip", "addr", "add", "10.9.0.2/32", "dev", "lo")
+	pod.run(t, "ip", "addr", "add", "10.1.2.3/32", "dev", "lo")
+	pod.run(t, "ip", "addr", "add", "10.1.2.4/32", "dev", "lo")
+	serve := func(addr, name string, n *atomic.Int64) *net.TCPListener {
+		ln := listenIn(t, pod, addr)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				if n != nil {
+					n.Add(1)
+				}
+				fmt.Fprintln(c, name)
+				c.Close()
+			}
+		}()
+		return ln
+	}
+	var agentConns atomic.Int64
+	agentLn := serve("127.0.0.1:15001", "agent", &agentConns)
+	serve("10.1.2.3:81", "a", nil)
+	serve("10.1.2.4:82", "b", nil)
+	cookie, err := NetnsCookieOf(fdOf(t, agentLn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Open(b.pin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	nsf, err := os.Open(pod.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nsf.Close()
+	spec := Pod{OutboundPort: 15001, IPv4: true, Addrs: []netip.Addr{netip.MustParseAddr("10.9.0.2")}}
+	if err := p.Enrol(int(nsf.Fd()), cookie, spec); err != nil {
+		t.Fatal(err)
+	}
+
+	vip := netip.MustParseAddrPort("10.96.0.20:80")
+	a, bb := netip.MustParseAddrPort("10.1.2.3:81"), netip.MustParseAddrPort("10.1.2.4:82")
+	if err := b.objs.SetKernelServices([]KernelService{{Addr: vip, Slots: []netip.AddrPort{a, bb}}}); err != nil {
+		t.Fatal(err)
+	}
+	spread := func(what string, n int) map[string]int {
+		t.Helper()
+		seen := map[string]int{}
+		for i := 0; i < n; i++ {
+			got := b.dial(t, pod, vip.String())
+			if got["peer"] != vip.String() {
+				t.Fatalf("%s: dial %d: %v; want the app's peer to be the service address %s", what, i, got, vip)
+			}
+			seen[got["got"]]++
+		}
+		return seen
+	}
+	if seen := spread("round robin", 10); seen["a"] != 5 || seen["b"] != 5 {
+		t.Fatalf("round robin over two endpoints, 10 connects: %v; want 5 each", seen)
+	}
+	if n := agentConns.Load(); n != 0 {
+		t.Fatalf("the agent's listener took %d connections to a kernel-balanced service", n)
+	}
+	if got := b.dial(t, pod, "10.96.0.21:80"); got["got"] != "agent" {
+		t.Fatalf("an address not in the table: %v; want the agent", got)
+	}
+
+	if err := b.objs.SetKernelServices([]KernelService{{Addr: vip, Random: true, Slots: []netip.AddrPort{a, bb}}}); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread("random", 24); seen["a"] == 0 || seen["b"] == 0 || seen["a"]+seen["b"] != 24 {
+		t.Fatalf("random over two endpoints, 24 connects: %v; want both and nothing else", seen)
+	}
+
+	if err := b.objs.SetKernelServices([]KernelService{{Addr: vip}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.dial(t, pod, vip.String()); !strings.Contains(got["error"], "refused") {
+		t.Fatalf("a service with no endpoint: %v; want connection refused", got)
+	}
+
+	// A restarted agent finds the table and changes it in place.
+	if err := b.objs.SetKernelServices([]KernelService{{Addr: vip, Slots: []netip.AddrPort{a, a, bb}}}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Load(Options{PinPath: b.pin, Cgroup: b.cgroup})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	have, err := again.KernelServices()
+	if err != nil || len(have) != 1 || fmt.Sprint(have[vip].Slots) != fmt.Sprint([]netip.AddrPort{a, a, bb}) {
+		t.Fatalf("table after a reload: %v, %v; want %s over [%s %s %s]", have, err, vip, a, a, bb)
+	}
+	if err := again.SetKernelServices([]KernelService{{Addr: vip, Slots: []netip.AddrPort{bb}}}); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread("one endpoint left", 4); seen["b"] != 4 {
+		t.Fatalf("after the table shrank to b alone: %v", seen)
+	}
+	if n := countEntries(t, again.objs.LbBackends); n != 1 {
+		t.Fatalf("lb_backends holds %d slots after shrinking to one", n)
+	}
+	st, err := again.KernelLBStats()
+	if err != nil || st["connect_balanced"] < 38 || st["connect_no_endpoint"] != 1 {
+		t.Fatalf("kernel balancing counters %v (%v); want at least 38 balanced, 1 refused", st, err)
+	}
+
+	if err := again.SetKernelServices(nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, m := countEntries(t, again.objs.LbServices), countEntries(t, again.objs.LbBackends); n != 0 || m != 0 {
+		t.Fatalf("an empty table left %d services and %d slots", n, m)
+	}
+	if got := b.dial(t, pod, vip.String()); got["got"] != "agent" {
+		t.Fatalf("the address once out of the table: %v; want the agent", got)
+	}
+}
+
+func countEntries(t *testing.T, m *ebpf.Map) int {
+	t.Helper()
+	n := 0
+	k := make([]byte, m.KeySize())
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
