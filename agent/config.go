@@ -432,62 +432,22 @@ const (
 )
 
 // validateKernel refuses, naming the field, what a kernel-balanced
-// service cannot do: the connect program rewrites one address to one
-// endpoint picked at random or in turn (weights honoured), and nothing
-// else. Active health checks stay: they take endpoints out of the
-// kernel's table.
+// service cannot do (route.Service.KernelError says what); the capture
+// mode must be ebpf, whose connect program does the balancing.
 func (s Service) validateKernel(c Config) error {
 	if redirect.Mode(c.Capture.Mode) != redirect.ModeEBPF {
 		return fmt.Errorf("dataplane: kernel needs capture.mode ebpf (the connect program balances), got capture.mode %q", c.Capture.Mode)
 	}
-	if p, _ := route.ParseProtocol(s.Protocol); p != route.TCP {
-		return fmt.Errorf("protocol: dataplane kernel needs protocol tcp (the kernel does not sniff or parse), got %q", s.Protocol)
-	}
 	if s.Address == "" && len(s.Addresses) == 0 {
 		return fmt.Errorf("address: dataplane kernel needs an address to balance")
 	}
-	if u, _ := route.ParseUpstreamProtocol(s.UpstreamProtocol); u != route.Auto {
-		return fmt.Errorf("upstreamProtocol: not available with dataplane kernel (no L7)")
+	proto, _ := route.ParseProtocol(s.Protocol)
+	up, _ := route.ParseUpstreamProtocol(s.UpstreamProtocol)
+	rs := route.Service{
+		Name: s.Name, Cluster: s.Cluster, Protocol: proto, UpstreamProtocol: up,
+		HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RPCRoutes: s.RPCRoutes, RPC: s.RPC, RateLimit: s.RateLimit,
 	}
-	for _, f := range []struct {
-		name string
-		set  bool
-	}{
-		{"httpRoutes", len(s.HTTPRoutes) > 0},
-		{"tlsRoutes", len(s.TLSRoutes) > 0},
-		{"rpcRoutes", len(s.RPCRoutes) > 0},
-		{"rpc", s.RPC != nil},
-		{"rateLimit", s.RateLimit != nil},
-	} {
-		if f.set {
-			return fmt.Errorf("%s: not available with dataplane kernel (no L7, no rate limit: connections never reach the agent)", f.name)
-		}
-	}
-	cc := s.Cluster
-	switch cc.Balancer {
-	case "", cluster.RoundRobin, cluster.Random:
-	default:
-		return fmt.Errorf("cluster.balancer: dataplane kernel balances round_robin or random, got %q", cc.Balancer)
-	}
-	for _, f := range []struct {
-		name string
-		set  bool
-	}{
-		{"cluster.retry", cc.Retry != (cluster.RetryConfig{}) && cc.Retry != (cluster.RetryConfig{Disabled: true})},
-		{"cluster.outlier", cc.Outlier != (cluster.OutlierConfig{}) && cc.Outlier != (cluster.OutlierConfig{Disabled: true})},
-		{"cluster.circuitBreaker", cc.CircuitBreaker != (cluster.CircuitBreakerConfig{})},
-		{"cluster.connectTimeout", cc.ConnectTimeout != 0},
-		{"cluster.peakEwma", cc.PeakEWMA != (cluster.PeakEWMAConfig{})},
-		{"cluster.ringHash", cc.RingHash != (cluster.RingHashConfig{})},
-		{"cluster.maglev", cc.Maglev != (cluster.MaglevConfig{})},
-		{"cluster.subset", len(cc.Subset.Selector) > 0 || cc.Subset.Fallback != ""},
-		{"cluster.locality", cc.Locality != (cluster.LocalityConfig{})},
-	} {
-		if f.set {
-			return fmt.Errorf("%s: not available with dataplane kernel (the kernel picks an endpoint once per connect: no retries, outlier detection, circuit breaking or locality)", f.name)
-		}
-	}
-	return nil
+	return rs.KernelError()
 }
 
 // Sniffing configures protocol detection on connections to services whose
