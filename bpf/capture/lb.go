@@ -105,6 +105,10 @@ func (o *Objects) SetKernelServices(want []KernelService) error {
 			cur.Id = alloc()
 			delete(t.slots, cur.Id)
 		}
+		if c, ok := t.slots[cur.Id]; ok && uint32(len(c)) != cur.Count {
+			// Someone else (the other agent of a takeover) changed it.
+			delete(t.slots, cur.Id)
+		}
 		old, err := o.lbSlots(cur.Id, cur.Count)
 		if err != nil {
 			errs = append(errs, err)
