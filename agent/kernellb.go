@@ -31,8 +31,8 @@ const kernelLBInterval = 500 * time.Millisecond
 type kernelLB struct {
 	// svcs are the kernel-balanced services of the routes last published.
 	svcs atomic.Pointer[[]route.Service]
-	// mu serialises syncs; last is what the last sync wrote (to log
-	// changes only).
+	// mu serialises syncs and the objects' close at shutdown; last is
+	// what the last sync wrote (to log changes only).
 	mu   sync.Mutex
 	last []capture.KernelService
 	// services and endpoints are the gauges' values.
@@ -56,6 +56,9 @@ func (a *Agent) setKernelServices(all []route.Service) {
 // eBPF capture is loaded (config validation allows kernel services only
 // in capture.mode ebpf, which loads it at start).
 func (a *Agent) syncKernelLB() {
+	// Under mu: shutdown clears lbObjs and closes the objects under it.
+	a.klb.mu.Lock()
+	defer a.klb.mu.Unlock()
 	objs := a.lbObjs.Load()
 	if objs == nil {
 		return
@@ -65,8 +68,6 @@ func (a *Agent) syncKernelLB() {
 		svcs = *p
 	}
 	want := kernelTable(svcs, a.routes.Load())
-	a.klb.mu.Lock()
-	defer a.klb.mu.Unlock()
 	if err := objs.SetKernelServices(want); err != nil {
 		a.log.Error("program kernel-balanced services", "err", err)
 		return
