@@ -45,7 +45,8 @@ func runPeers(t *testing.T, p *testworld.Pod, addr netip.AddrPort, n int) peersR
 // app sees the address it dialled; an endpoint removed by a reload, or
 // failing its health check, gets no new connection; a pod that is not
 // enrolled is not rewritten; a dataplane: agent service beside it still
-// goes through the agent.
+// goes through the agent; with the agent stopped, the pinned table goes on
+// balancing, and the next agent takes it over.
 func TestEBPFKernelService(t *testing.T) {
 	for _, fam := range []string{"v4", "dual"} {
 		t.Run(fam, func(t *testing.T) { testKernelService(t, world{"1.1.0", "ebpf", fam, ""}) })
@@ -130,6 +131,24 @@ func testKernelService(t *testing.T, w world) {
 		if got := agent.Metric(t, `weir_kernel_lb_events_total{event="connect_balanced"}`); got != balanced {
 			t.Fatalf("%s: a pod that is not enrolled was balanced (connect_balanced %v -> %v)", fam, balanced, got)
 		}
+	}
+
+	// The table is pinned: with the agent stopped, kernel-balanced
+	// connections go on; the next agent takes the table over.
+	agent.Stop(t)
+	for _, fam := range w.families() {
+		r := runPeers(t, client, kernelVIP(fam), 20)
+		if r.Errors != 0 || r.Bodies["server-a"] == 0 || r.Bodies["server-b"] == 0 {
+			t.Fatalf("%s: with the agent stopped: %+v; want both endpoints, no error", fam, r)
+		}
+	}
+	agent = node.StartAgent(t, map[string]any{
+		"capture":  map[string]any{"namespaces": []string{"demo"}, "mode": "ebpf"},
+		"services": services(srvA, srvB),
+	})
+	waitMetric(t, agent, "weir_kernel_lb_endpoints", 2*nfam, 5*time.Second)
+	if got := agent.Metric(t, "weir_kernel_lb_services"); got != nfam {
+		t.Fatalf("after a restart: weir_kernel_lb_services = %v, want %v", got, nfam)
 	}
 
 	// An endpoint removed from the config gets no new connection.
