@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 )
 
 // TestKernelServices: with a service address in the kernel's table, an
@@ -85,6 +86,20 @@ func TestKernelServices(t *testing.T) {
 	if seen := spread("round robin", 10); seen["a"] != 5 || seen["b"] != 5 {
 		t.Fatalf("round robin over two endpoints, 10 connects: %v; want 5 each", seen)
 	}
+	// connect6: the same address dialled from an IPv6 socket (v4-mapped)
+	// goes to the same endpoints, and getpeername6 restores it.
+	for i := 0; i < 2; i++ {
+		cmd, sc := b.helperProc(t, pod, "dial6", "[::ffff:"+vip.Addr().String()+"]:80")
+		got := map[string]string{}
+		for sc.Scan() {
+			k, v, _ := strings.Cut(sc.Text(), "=")
+			got[k] = v
+		}
+		cmd.Wait()
+		if (got["got"] != "a" && got["got"] != "b") || got["peer"] != "[::ffff:"+vip.Addr().String()+"]:80" {
+			t.Fatalf("v4-mapped dial from an IPv6 socket: %v; want an endpoint and the service address as the peer", got)
+		}
+	}
 	if n := agentConns.Load(); n != 0 {
 		t.Fatalf("the agent's listener took %d connections to a kernel-balanced service", n)
 	}
@@ -129,8 +144,8 @@ func TestKernelServices(t *testing.T) {
 		t.Fatalf("lb_backends holds %d slots after shrinking to one", n)
 	}
 	st, err := again.KernelLBStats()
-	if err != nil || st["connect_balanced"] < 38 || st["connect_no_endpoint"] != 1 {
-		t.Fatalf("kernel balancing counters %v (%v); want at least 38 balanced, 1 refused", st, err)
+	if err != nil || st["connect_balanced"] < 40 || st["connect_no_endpoint"] != 1 {
+		t.Fatalf("kernel balancing counters %v (%v); want at least 40 balanced, 1 refused", st, err)
 	}
 
 	if err := again.SetKernelServices(nil); err != nil {
@@ -157,4 +172,30 @@ func countEntries(t *testing.T, m *ebpf.Map) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// dial6 is the "dial6" helper: connect an AF_INET6 socket to addr, print
+// peer= (getpeername) and got= (what the server sent).
+func dial6(addr string) int {
+	ap := netip.MustParseAddrPort(addr)
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		fmt.Printf("error=%v\n", err)
+		return 0
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}); err != nil {
+		fmt.Printf("error=%v\n", err)
+		return 0
+	}
+	if sa, err := unix.Getpeername(fd); err == nil {
+		if s6, ok := sa.(*unix.SockaddrInet6); ok {
+			fmt.Printf("peer=%s\n", netip.AddrPortFrom(netip.AddrFrom16(s6.Addr), uint16(s6.Port)))
+		}
+	}
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 3})
+	b := make([]byte, 64)
+	n, _ := unix.Read(fd, b)
+	fmt.Printf("got=%s\n", strings.TrimSpace(string(b[:max(n, 0)])))
+	return 0
 }
