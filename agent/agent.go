@@ -55,6 +55,11 @@ type Agent struct {
 	// accel is the loaded capture once it accelerates local pairs; the
 	// engine asks it which sockets not to splice (Engine.Accelerated).
 	accel atomic.Pointer[capture.Objects]
+	// lbObjs is the loaded capture, for the kernel-balanced services'
+	// table (kernellb.go), which syncs outside mu; klb is the agent's side
+	// of that table.
+	lbObjs atomic.Pointer[capture.Objects]
+	klb    kernelLB
 	// splicer splices L4 relays in the kernel (capture.ebpf.splice); nil
 	// when off.
 	splicer *splice.Splicer
@@ -160,7 +165,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a.routes.Store(snap)
-	reg.MustRegister(route.NewCollector(a.routes))
+	if rc, err := staticRoutes(cfg); err == nil {
+		a.setKernelServices(rc.Services)
+	}
+	reg.MustRegister(route.NewCollector(a.routes), &kernelLBCollector{a: a})
 	a.engine = &proxy.Engine{
 		Routes:         a.routes,
 		Metrics:        proxy.NewMetrics(reg),
@@ -251,6 +259,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.restoreState(); err != nil {
 		a.log.Error("restore state", "err", err)
 	}
+	a.syncKernelLB()
 	cniLn, err := listenUnix(a.cfg.Socket, pred != nil)
 	if err != nil {
 		pred.close()
@@ -343,6 +352,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	go route.RunHealthChecks(runCtx, a.routes, a.healthDial, time.Second, 64)
+	go a.runKernelLB(runCtx)
 
 	sweep := time.NewTicker(time.Duration(a.cfg.SweepInterval))
 	defer sweep.Stop()
@@ -454,8 +464,12 @@ loop:
 	}
 	if a.ebpf.objs != nil {
 		// Pins stay: captured pods stay captured (refused until the next
-		// agent listens), as under REDIRECT.
+		// agent listens), as under REDIRECT. The kernel-balanced services
+		// stay too: they need no agent.
+		a.lbObjs.Store(nil)
+		a.klb.mu.Lock()
 		a.ebpf.objs.Close()
+		a.klb.mu.Unlock()
 	}
 	a.closeSplicer()
 	a.log.Info("agent stopped")

@@ -415,6 +415,39 @@ type Service struct {
 	// requests ({timeout, retry: {attempts, on}}) that no rpcRoute gives
 	// its own; none: no timeout, only connect failures retried.
 	RPC *route.RPCPolicy `json:"rpc"`
+	// Dataplane is agent (default: connections to the service's addresses
+	// go through the agent) or kernel: in eBPF capture, an enrolled pod's
+	// connect to an address of this service is sent straight to one of its
+	// endpoints by the connect program, with no proxy in the path
+	// (README, "Kernel-balanced services"). It trades per-connection
+	// metrics, retries, outlier detection and L7 for one handshake less;
+	// Validate refuses every setting the kernel cannot honour.
+	Dataplane string `json:"dataplane"`
+}
+
+// Service dataplanes (Service.Dataplane).
+const (
+	DataplaneAgent  = "agent"
+	DataplaneKernel = "kernel"
+)
+
+// validateKernel refuses, naming the field, what a kernel-balanced
+// service cannot do (route.Service.KernelError says what); the capture
+// mode must be ebpf, whose connect program does the balancing.
+func (s Service) validateKernel(c Config) error {
+	if redirect.Mode(c.Capture.Mode) != redirect.ModeEBPF {
+		return fmt.Errorf("dataplane: kernel needs capture.mode ebpf (the connect program balances), got capture.mode %q", c.Capture.Mode)
+	}
+	if s.Address == "" && len(s.Addresses) == 0 {
+		return fmt.Errorf("address: dataplane kernel needs an address to balance")
+	}
+	proto, _ := route.ParseProtocol(s.Protocol)
+	up, _ := route.ParseUpstreamProtocol(s.UpstreamProtocol)
+	rs := route.Service{
+		Name: s.Name, Cluster: s.Cluster, Protocol: proto, UpstreamProtocol: up,
+		HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RPCRoutes: s.RPCRoutes, RPC: s.RPC, RateLimit: s.RateLimit,
+	}
+	return rs.KernelError()
 }
 
 // Sniffing configures protocol detection on connections to services whose
@@ -739,6 +772,15 @@ func (c Config) Validate() error {
 		}
 		if _, err := route.ParseUpstreamProtocol(s.UpstreamProtocol); err != nil {
 			return fmt.Errorf("%s.upstreamProtocol: %w", where, err)
+		}
+		switch s.Dataplane {
+		case "", DataplaneAgent:
+		case DataplaneKernel:
+			if err := s.validateKernel(c); err != nil {
+				return fmt.Errorf("%s.%w", where, err)
+			}
+		default:
+			return fmt.Errorf("%s.dataplane: want agent or kernel, got %q", where, s.Dataplane)
 		}
 	}
 	if len(c.Services) > 0 {

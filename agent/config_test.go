@@ -252,3 +252,56 @@ func FuzzParseConfigRuntime(f *testing.F) {
 		}
 	})
 }
+
+// A kernel-balanced service is accepted with what the connect program can
+// do, and every other setting is refused at start, naming the service and
+// the field.
+func TestParseConfigKernelDataplane(t *testing.T) {
+	const base = "capture:\n  mode: ebpf\nservices:\n- name: db\n  address: 10.96.0.20:5432\n  endpoints: [\"10.0.0.1:5432\", {address: \"10.0.0.2:5432\", weight: 3}]\n  protocol: tcp\n  dataplane: kernel\n"
+	for _, extra := range []string{
+		"",
+		"  cluster: {balancer: random}\n",
+		"  cluster: {balancer: round_robin, healthCheck: {enabled: true, interval: 1s}}\n",
+		"  cluster: {retry: {disabled: true}, outlier: {disabled: true}}\n",
+	} {
+		c, err := ParseConfig([]byte(base + extra))
+		if err != nil {
+			t.Errorf("%q: %v", extra, err)
+			continue
+		}
+		if c.Services[0].Dataplane != DataplaneKernel {
+			t.Errorf("%q: dataplane %q", extra, c.Services[0].Dataplane)
+		}
+	}
+	if _, err := ParseConfig([]byte(strings.Replace(base, "kernel", "agent", 1))); err != nil {
+		t.Errorf("dataplane agent: %v", err)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{strings.Replace(base, "mode: ebpf", "mode: redirect", 1), "services[0] (db).dataplane: kernel needs capture.mode ebpf"},
+		{strings.Replace(base, "  mode: ebpf\n", "  namespaces: [demo]\n", 1), "services[0] (db).dataplane: kernel needs capture.mode ebpf"},
+		{strings.Replace(base, "dataplane: kernel", "dataplane: xdp", 1), "services[0] (db).dataplane: want agent or kernel"},
+		{strings.Replace(base, "protocol: tcp", "protocol: http", 1), "services[0] (db).protocol: dataplane kernel needs protocol tcp"},
+		{strings.Replace(base, "  protocol: tcp\n", "", 1), "services[0] (db).protocol: dataplane kernel needs protocol tcp"},
+		{strings.Replace(base, "  address: 10.96.0.20:5432\n", "", 1), "services[0] (db).address: dataplane kernel needs an address"},
+		{base + "  upstreamProtocol: http2\n", "services[0] (db).upstreamProtocol"},
+		{base + "  httpRoutes: [{name: r, rules: [{backendRefs: [{service: db}]}]}]\n", "services[0] (db).httpRoutes: not available with dataplane kernel"},
+		{base + "  tlsRoutes: [{name: r, hostnames: [a.example], backendRefs: [{service: db}]}]\n", "services[0] (db).tlsRoutes: not available"},
+		{base + "  rpcRoutes: [{name: r, backendRefs: [{service: db}]}]\n", "services[0] (db).rpcRoutes: not available"},
+		{base + "  rpc: {timeout: 1s}\n", "services[0] (db).rpc: not available"},
+		{base + "  rateLimit: {requestsPerSecond: 10, burst: 10}\n", "services[0] (db).rateLimit: not available"},
+		{base + "  cluster: {balancer: least_request}\n", "services[0] (db).cluster.balancer: dataplane kernel balances round_robin or random"},
+		{base + "  cluster: {balancer: maglev}\n", "services[0] (db).cluster.balancer"},
+		{base + "  cluster: {retry: {maxRetries: 3}}\n", "services[0] (db).cluster.retry: not available"},
+		{base + "  cluster: {outlier: {consecutiveFailures: 2}}\n", "services[0] (db).cluster.outlier: not available"},
+		{base + "  cluster: {circuitBreaker: {maxConnections: 10}}\n", "services[0] (db).cluster.circuitBreaker: not available"},
+		{base + "  cluster: {connectTimeout: 1s}\n", "services[0] (db).cluster.connectTimeout: not available"},
+		{base + "  cluster: {subset: {selector: {v: \"1\"}}}\n", "services[0] (db).cluster.subset: not available"},
+		{base + "  cluster: {locality: {enabled: true}}\n", "services[0] (db).cluster.locality: not available"},
+		{base + "  cluster: {peakEwma: {decay: 1s}}\n", "services[0] (db).cluster.peakEwma: not available"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("config:\n%s\ngot error %v, want one containing %q", tc.yaml, err, tc.want)
+		}
+	}
+}

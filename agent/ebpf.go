@@ -55,6 +55,7 @@ func (a *Agent) ebpfReady() error {
 		return a.ebpf.err
 	}
 	a.reg.MustRegister(&ebpfCollector{objs: a.ebpf.objs})
+	a.lbObjs.Store(a.ebpf.objs)
 	if a.ebpf.objs.Accelerating() {
 		a.accel.Store(a.ebpf.objs)
 	}

@@ -47,6 +47,7 @@ func staticRoutes(cfg Config) (route.Config, error) {
 			Protocol: proto, UpstreamProtocol: upProto, HTTPRoutes: s.HTTPRoutes, TLSRoutes: s.TLSRoutes, RateLimit: s.RateLimit,
 			RPCRoutes: s.RPCRoutes,
 			RPC:       s.RPC,
+			Kernel:    s.Dataplane == DataplaneKernel,
 		})
 	}
 	return rc, nil

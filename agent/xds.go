@@ -387,6 +387,8 @@ func (a *Agent) publishRoutes(rc route.Config) error {
 	if a.xds != nil {
 		a.xds.built, a.xds.builtFrom = snap, from
 	}
+	a.setKernelServices(rc.Services)
+	a.syncKernelLB()
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -159,6 +160,11 @@ type RedisResult struct {
 	// AgentUser is the user-space part of AgentCPU (the agent's own code
 	// and the Go runtime, not the kernel's socket work).
 	AgentUser time.Duration
+	// MachineCPU is the whole machine's busy time (every process and the
+	// kernel, all CPUs) and Wall the wall time over the same
+	// redis-benchmark runs: with every process on the path sharing the
+	// machine's cores, their ratio says whether the rate was bound by CPU.
+	MachineCPU, Wall time.Duration
 	// Syscalls and Switches are as in RPCResult.
 	Syscalls, Switches float64
 	p99s               []float64
@@ -167,6 +173,20 @@ type RedisResult struct {
 // UserPerRequest is the agent's user-space CPU per command in µs.
 func (r RedisResult) UserPerRequest() float64 {
 	return float64(r.AgentUser.Microseconds()) / float64(r.Requests)
+}
+
+// MachineCPUPerRequest is the whole machine's CPU per command in µs.
+func (r RedisResult) MachineCPUPerRequest() float64 {
+	return float64(r.MachineCPU.Microseconds()) / float64(r.Requests)
+}
+
+// Busy is the share of the machine's CPUs that was busy while the path
+// ran (1: all of them, all the time).
+func (r RedisResult) Busy() float64 {
+	if r.Wall <= 0 {
+		return 0
+	}
+	return float64(r.MachineCPU) / float64(r.Wall) / float64(runtime.NumCPU())
 }
 
 // SyscallsPerRequest is the agent's system calls per command.
@@ -201,12 +221,24 @@ func MeasureRedis(t testworld.T, opts RedisOptions) []RedisResult {
 			r.Path = p.name
 			host, port, _ := strings.Cut(p.addr, ":")
 			m := startMeter(t, p.pid, opts.Perf, recordTo(opts.Record, p.name, round))
+			busy0, err := machineBusy()
+			if err != nil {
+				t.Fatalf("round %d, %s: %v", round, p.name, err)
+			}
+			start := time.Now()
 			out, err := p.client.Run("redis-benchmark", "-h", host, "-p", port, "-c", strconv.Itoa(opts.Clients),
 				"-n", strconv.Itoa(opts.Requests), "-P", strconv.Itoa(opts.Pipeline), "-t", "set,get", "--csv")
 			if err != nil {
 				t.Fatalf("round %d, %s: redis-benchmark: %v\n%s", round, p.name, err, tail(out, 20))
 			}
+			wall := time.Since(start)
+			busy1, berr := machineBusy()
+			if berr != nil {
+				t.Fatalf("round %d, %s: %v", round, p.name, berr)
+			}
 			cpu, counts := m.stop(t)
+			r.MachineCPU += busy1 - busy0
+			r.Wall += wall
 			tests := 0
 			for _, l := range strings.Split(out, "\n") {
 				f := strings.Split(strings.ReplaceAll(strings.TrimSpace(l), `"`, ""), ",")

@@ -117,7 +117,7 @@ func pathNames() []string {
 	for _, m := range WeirModes {
 		names = append(names, "weir-"+m, "weir-"+m+"-l4", "weir-"+m+baseSuffix, "weir-"+m+baseSuffix+"-l4")
 	}
-	names = append(names, "weir-ebpf"+noAccelSuffix, "weir-ebpf"+noAccelSuffix+"-l4", "weir-ebpf"+spliceSuffix, "weir-ebpf"+spliceSuffix+"-l4", PolicyPath)
+	names = append(names, KernelPath, "weir-ebpf"+noAccelSuffix, "weir-ebpf"+noAccelSuffix+"-l4", "weir-ebpf"+spliceSuffix, "weir-ebpf"+spliceSuffix+"-l4", PolicyPath)
 	for _, p := range peers {
 		names = append(names, p.name)
 	}
@@ -226,13 +226,14 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 	}
 	// The agent's L7 request counter around the run tells whether the
 	// requests went through weir's L7 half (read outside the accounting).
-	var l7Before float64
+	var l7Before, connsBefore float64
 	if p.agent != nil {
 		m, err := agentMetrics(p.agent)
 		if err != nil {
 			return Sample{}, err
 		}
 		l7Before = sumSeries(m, "weir_http_requests_total")
+		connsBefore = m[`weir_connections_total{direction="outbound"}`]
 	}
 	if wl.pinned {
 		restore, err := pinPath(p)
@@ -276,6 +277,7 @@ func (w *world) cell(wl workload, p *path, d time.Duration) (Sample, error) {
 			return Sample{}, err
 		}
 		s.WeirL7Requests = sumSeries(m, "weir_http_requests_total") - l7Before
+		s.WeirConnections = m[`weir_connections_total{direction="outbound"}`] - connsBefore
 	}
 	return s, nil
 }

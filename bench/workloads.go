@@ -43,6 +43,10 @@ type Sample struct {
 	// run, for weir paths: the requests weir's L7 half proxied (0 for a
 	// connection relayed at L4).
 	WeirL7Requests float64 `json:"weirL7Requests,omitempty"`
+	// WeirConnections is how much the agent's outbound connection counter
+	// rose during the run, for weir paths: 0 over KernelPath proves no
+	// connection passed the agent.
+	WeirConnections float64 `json:"weirConnections,omitempty"`
 	// Round is the round the sample was taken in, from 1: a target's
 	// ratio is also taken round by round, between samples that shared the
 	// machine's conditions of that moment.

@@ -52,6 +52,15 @@ const (
 	weirVIPL4 = "10.96.0.11"
 )
 
+// weirVIPKernel has, on eBPF nodes, the same services declared `protocol:
+// tcp, dataplane: kernel`: the connect program sends each connection
+// straight to the server pod, with no proxy in its path (KernelPath).
+const weirVIPKernel = "10.96.0.12"
+
+// KernelPath is the path of weir's kernel-balanced services (issue 12):
+// the weir-ebpf node's client pod dialling weirVIPKernel.
+const KernelPath = "weir-ebpf-kernel"
+
 // PolicyPath is weir's L7 path with issue 10's policy and telemetry
 // configured, measured against the plain weir-<first mode> path: one
 // route with one rule per HTTP service (retry on 503, a request timeout,
@@ -189,6 +198,15 @@ func (w *world) newSite(mode string, policy bool, bin string, variant string) (*
 			"endpoints": ep,
 			"protocol":  "tcp",
 		})
+		if mode == "ebpf" {
+			services = append(services, map[string]any{
+				"name":      string(b) + "-kernel",
+				"address":   fmt.Sprintf("%s:%d", weirVIPKernel, servicePort[b]),
+				"endpoints": ep,
+				"protocol":  "tcp",
+				"dataplane": "kernel",
+			})
+		}
 	}
 	cfg["services"] = services
 	if w.opts.HTTP2Engine != "" {
@@ -321,8 +339,9 @@ const noAccelSuffix = "-noaccel"
 // them.
 const spliceSuffix = "-splice"
 
-// weirPaths adds site s's captured client pod and returns its two paths,
-// "weir-<mode><suffix>" (sniffed) and the same with "-l4" (protocol: tcp).
+// weirPaths adds site s's captured client pod and returns its paths,
+// "weir-<mode><suffix>" (sniffed) and the same with "-l4" (protocol: tcp),
+// and on the eBPF node KernelPath (dataplane: kernel).
 func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) []*path {
 	t, opts := w.t, w.opts
 	client := s.node.MustAddPod(t, captureNamespace(mode), "client")
@@ -352,7 +371,7 @@ func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) 
 	case spliceSuffix:
 		desc = "weir-agent with capture.ebpf.accelerate off and capture.ebpf.splice on, on a node of its own"
 	}
-	return []*path{{
+	paths := []*path{{
 		Name: name, Kind: kindWeir,
 		Desc:   desc + ", captured by " + captureHow(mode) + "; service protocol auto: HTTP/1.1 and h2c sniffed and proxied per request (L7, HTTP/2 engine " + engine + "), other bytes relayed at L4",
 		client: client, addr: addrs, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
@@ -363,6 +382,18 @@ func (w *world) weirPaths(s *site, agent *testworld.Agent, mode, suffix string) 
 		client: client, addr: addrsL4, skip: skipL4, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
 		notes: map[backend]string{backendH2C: "bytes relayed: the client's h2c connection ends at the server"},
 	}}
+	if mode == "ebpf" && suffix == "" {
+		addrsKernel := map[backend]string{}
+		for _, b := range backends {
+			addrsKernel[b] = fmt.Sprintf("%s:%d", weirVIPKernel, servicePort[b])
+		}
+		paths = append(paths, &path{
+			Name: KernelPath, Kind: kindWeir,
+			Desc:   "the same client pod; services declared protocol: tcp, dataplane: kernel, so the connect program sends each connection straight to the server (no proxy in the path; the agent's CPU is still counted)",
+			client: client, addr: addrsKernel, procs: procGroup{root: agent.Pid()}, agent: agent, deps: s.servers,
+		})
+	}
+	return paths
 }
 
 func serverAddrs(p *testworld.Pod) map[backend]string {

@@ -3,6 +3,7 @@ package kube
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sort"
@@ -40,6 +41,9 @@ const LabelZone = "zone"
 //   - the cluster config is the default unless the Service carries
 //     weir.dev/cluster (a JSON cluster.Config) or weir.dev/balancer; invalid
 //     ones leave the default and record a Warning Event on the Service;
+//   - weir.dev/dataplane: kernel marks the ports the kernel can balance
+//     (route.Service.KernelError) Kernel; the others stay with the agent,
+//     with a Warning Event;
 //   - with Options.Gateway, each port carries the HTTPRoutes and GRPCRoutes
 //     attached to it (gateway.go), already checked: a route the engine
 //     would refuse is refused alone, in its status, never in route.Build.
@@ -150,6 +154,22 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]r
 		problem = &serviceProblem{svc, fmt.Errorf("service %s/%s: %w; using the default cluster config", svc.Namespace, svc.Name, err)}
 		cfg = cluster.Config{}
 	}
+	// addProblem keeps every problem of the Service, for one Event.
+	addProblem := func(err error) {
+		if problem == nil {
+			problem = &serviceProblem{svc, err}
+		} else {
+			problem.err = errors.Join(problem.err, err)
+		}
+	}
+	kernel := false
+	switch dp := svc.Annotations[AnnotationDataplane]; dp {
+	case "", "agent":
+	case "kernel":
+		kernel = true
+	default:
+		addProblem(fmt.Errorf("service %s/%s: annotation %s: want agent or kernel, got %q; using agent", svc.Namespace, svc.Name, AnnotationDataplane, dp))
+	}
 	var out []route.Service
 	for _, sp := range svc.Spec.Ports {
 		if !isTCP(sp.Protocol) || sp.Port <= 0 || sp.Port > 65535 {
@@ -160,6 +180,13 @@ func buildService(svc *corev1.Service, slices []*discoveryv1.EndpointSlice) ([]r
 			Cluster:   cfg,
 			Endpoints: endpointsFor(sp.Name, slices),
 			Protocol:  PortProtocol(sp),
+		}
+		if kernel {
+			if err := rs.KernelError(); err != nil {
+				addProblem(fmt.Errorf("service %s/%s port %d: annotation %s kernel: %w; the agent balances it", svc.Namespace, svc.Name, sp.Port, AnnotationDataplane, err))
+			} else {
+				rs.Kernel = true
+			}
 		}
 		for _, ip := range ips {
 			rs.Addresses = append(rs.Addresses, netip.AddrPortFrom(ip, uint16(sp.Port)))

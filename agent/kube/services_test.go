@@ -207,3 +207,30 @@ func TestPortProtocol(t *testing.T) {
 		}
 	}
 }
+
+// weir.dev/dataplane: kernel marks the ports the kernel can balance; the
+// others stay with the agent and the Service gets a problem naming why.
+func TestBuildServiceKernelDataplane(t *testing.T) {
+	tcp := "tcp"
+	db := sport("db", 5432, corev1.ProtocolTCP)
+	db.AppProtocol = &tcp
+	web := sport("http", 80, corev1.ProtocolTCP)
+	s := svc("db", []string{"10.96.0.30"}, db, web)
+	s.Annotations = map[string]string{AnnotationDataplane: "kernel"}
+	out, problem := buildService(s, nil)
+	if len(out) != 2 || !out[0].Kernel || out[1].Kernel {
+		t.Fatalf("services %+v; want port 5432 kernel-balanced, port 80 not", out)
+	}
+	if problem == nil || !strings.Contains(problem.err.Error(), "port 80") || !strings.Contains(problem.err.Error(), "protocol: dataplane kernel needs protocol tcp") {
+		t.Fatalf("problem %+v; want one naming port 80's protocol", problem)
+	}
+	s.Annotations[AnnotationDataplane] = "xdp"
+	out, problem = buildService(s, nil)
+	if out[0].Kernel || problem == nil || !strings.Contains(problem.err.Error(), AnnotationDataplane) {
+		t.Fatalf("dataplane xdp: %+v, %+v; want agent and a problem naming the annotation", out, problem)
+	}
+	s.Annotations = map[string]string{AnnotationDataplane: "kernel", AnnotationBalancer: "least_request"}
+	if out, problem = buildService(s, nil); out[0].Kernel || problem == nil || !strings.Contains(problem.err.Error(), "cluster.balancer") {
+		t.Fatalf("kernel with least_request: %+v, %+v; want agent and a problem naming cluster.balancer", out, problem)
+	}
+}

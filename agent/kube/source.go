@@ -81,6 +81,12 @@ const (
 	// random, least_request, peak_ewma, ring_hash, maglev); it overrides
 	// the balancer of AnnotationCluster.
 	AnnotationBalancer = "weir.dev/balancer"
+	// AnnotationDataplane on a Service is agent (default) or kernel: its
+	// TCP ports declared protocol tcp are balanced by eBPF capture's
+	// connect program, straight to an endpoint (route.Service.Kernel).
+	// A port the kernel cannot balance (route.Service.KernelError) stays
+	// with the agent, with a Warning Event on the Service.
+	AnnotationDataplane = "weir.dev/dataplane"
 )
 
 // Label values of LabelCapture.

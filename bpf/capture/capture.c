@@ -6,7 +6,9 @@
 //   cgroup/connect4, connect6   an enrolled pod's TCP connect() goes to the
 //                               agent's in-pod listener (127.0.0.1 / ::1);
 //                               the original destination goes into the
-//                               socket's storage
+//                               socket's storage. A kernel-balanced service
+//                               address (lb_services) goes straight to one
+//                               of its endpoints instead, never to the agent
 //   sockops (TCP_CONNECT_CB)    before the SYN leaves, the original
 //                               destination is published under the socket's
 //                               source (netns cookie, address, port): the
@@ -215,6 +217,85 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
+
+// Kernel-balanced services (services[].dataplane: kernel): the agent
+// fills these; an enrolled pod's connect to a service address goes straight
+// to one of the service's endpoints. New maps rather than new slots of the
+// ones above, so pinned maps of an older agent keep their shape.
+
+// lb_services flags.
+#define LB_RANDOM 1 // pick at random (else round robin)
+
+// A service address: v4 mapped, port in host byte order.
+struct lb_key {
+	__u32 addr[4];
+	__u16 port;
+	__u16 pad;
+};
+
+// What a service address balances over: slots 0..count-1 of its id in
+// lb_backends (an endpoint with weight w holds w slots). count 0: no
+// endpoint is up, and the connect is refused.
+struct lb_service {
+	__u32 id;
+	__u32 count;
+	__u32 flags; // LB_RANDOM
+	__u32 rr;    // round-robin position, advanced without a lock (a lost
+	             // increment only repeats a slot)
+};
+
+struct lb_backend_key {
+	__u32 id;
+	__u32 slot;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_key);
+	__type(value, struct lb_service);
+} lb_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_backend_key);
+	__type(value, struct endpoint);
+} lb_backends SEC(".maps");
+
+// The service address a kernel-balanced socket dialled, for getpeername.
+// Its own storage, not orig_dst: sockops and the acceleration take a
+// socket with orig_dst for one bound to the agent's listener.
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct endpoint);
+} lb_orig SEC(".maps");
+
+// Counters of kernel balancing (lb_stats, per CPU).
+enum {
+	LB_CONNECTS = 0, // connects sent straight to an endpoint
+	LB_NO_ENDPOINT,  // connects refused: the service had no endpoint up
+	LB_NO_STORAGE,   // balanced, but getpeername will show the endpoint
+	LB_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} lb_stats SEC(".maps");
+
+static __always_inline void lb_count(__u32 what)
+{
+	__u64 *v = bpf_map_lookup_elem(&lb_stats, &what);
+	if (v)
+		*v += 1;
+}
 
 static __always_inline void count(__u32 what)
 {
@@ -463,6 +544,77 @@ static __always_inline int record(struct bpf_sock_addr *ctx, const struct endpoi
 	return 1;
 }
 
+// ECONNREFUSED as Linux numbers it.
+#define ECONNREFUSED 111
+
+// lb_pick looks dst up among the kernel-balanced services. It returns 0
+// when dst is not one; 1 with one of its endpoints in out; -1 when the
+// service has no endpoint up.
+static __always_inline int lb_pick(const struct endpoint *dst, struct endpoint *out)
+{
+	struct lb_key k = {};
+	k.addr[0] = dst->addr[0];
+	k.addr[1] = dst->addr[1];
+	k.addr[2] = dst->addr[2];
+	k.addr[3] = dst->addr[3];
+	k.port = bpf_ntohs(dst->port);
+	struct lb_service *s = bpf_map_lookup_elem(&lb_services, &k);
+	if (!s)
+		return 0;
+	__u32 n = s->count;
+	if (n == 0)
+		return -1;
+	__u32 i;
+	if (s->flags & LB_RANDOM) {
+		i = bpf_get_prandom_u32() % n;
+	} else {
+		i = s->rr;
+		s->rr = i + 1;
+		i %= n;
+	}
+	struct lb_backend_key bk = {};
+	bk.id = s->id;
+	bk.slot = i;
+	struct endpoint *be = bpf_map_lookup_elem(&lb_backends, &bk);
+	if (!be) {
+		// The agent is shrinking the table (count first, then slots):
+		// slot 0 outlives every other.
+		bk.slot = 0;
+		be = bpf_map_lookup_elem(&lb_backends, &bk);
+		if (!be)
+			return -1;
+	}
+	*out = *be;
+	return 1;
+}
+
+// lb_refuse refuses a connect to a service with no endpoint up, with
+// ECONNREFUSED where the kernel lets the program choose (bpf_set_retval,
+// Linux 5.18; before, the caller sees EPERM), rather than send it to an
+// address nothing serves.
+static __always_inline int lb_refuse(void)
+{
+	lb_count(LB_NO_ENDPOINT);
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_set_retval))
+		bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
+// lb_keep records the service address on the socket for getpeername.
+static __always_inline void lb_keep(struct bpf_sock_addr *ctx, const struct endpoint *dst)
+{
+	struct bpf_sock *sk = ctx->sk;
+	barrier();
+	struct endpoint *st = 0;
+	if (sk)
+		st = bpf_sk_storage_get(&lb_orig, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		*st = *dst;
+	else
+		lb_count(LB_NO_STORAGE);
+	lb_count(LB_CONNECTS);
+}
+
 SEC("cgroup/connect4")
 int weir_connect4(struct bpf_sock_addr *ctx)
 {
@@ -484,6 +636,17 @@ int weir_connect4(struct bpf_sock_addr *ctx)
 	map_v4(dst.addr, ip);
 	dst.port = (__u16)port;
 	dst.family = AF_INET;
+	struct endpoint be;
+	int lb = lb_pick(&dst, &be);
+	if (lb < 0)
+		return lb_refuse();
+	if (lb > 0) {
+		lb_keep(ctx, &dst);
+		ctx->user_ip4 = be.addr[3];
+		barrier();
+		ctx->user_port = be.port;
+		return 1;
+	}
 	if (never_captured(dst.addr) || excluded(netns, dst.addr, bpf_ntohs(dst.port))) {
 		count(STAT_CONNECT_EXCLUDED);
 		return 1;
@@ -526,6 +689,25 @@ int weir_connect6(struct bpf_sock_addr *ctx)
 	dst.family = v4 ? AF_INET : AF_INET6;
 	if (!(pc->flags & (v4 ? POD_IPV4 : POD_IPV6)))
 		return 1;
+	// A service address's endpoints have its family (the agent sees to
+	// it), kept mapped when the address is IPv4.
+	struct endpoint be;
+	int lb = lb_pick(&dst, &be);
+	if (lb < 0)
+		return lb_refuse();
+	if (lb > 0) {
+		lb_keep(ctx, &dst);
+		ctx->user_ip6[0] = be.addr[0];
+		barrier();
+		ctx->user_ip6[1] = be.addr[1];
+		barrier();
+		ctx->user_ip6[2] = be.addr[2];
+		barrier();
+		ctx->user_ip6[3] = be.addr[3];
+		barrier();
+		ctx->user_port = be.port;
+		return 1;
+	}
 	if (never_captured(dst.addr) || excluded(netns, dst.addr, bpf_ntohs(dst.port))) {
 		count(STAT_CONNECT_EXCLUDED);
 		return 1;
@@ -843,6 +1025,8 @@ int weir_getpeername4(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return 1;
 	struct endpoint *dst = bpf_sk_storage_get(&orig_dst, sk, 0, 0);
+	if (!dst)
+		dst = bpf_sk_storage_get(&lb_orig, sk, 0, 0);
 	if (dst) {
 		if (dst->family != AF_INET)
 			return 1;
@@ -884,6 +1068,8 @@ int weir_getpeername6(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return 1;
 	struct endpoint *dst = bpf_sk_storage_get(&orig_dst, sk, 0, 0);
+	if (!dst)
+		dst = bpf_sk_storage_get(&lb_orig, sk, 0, 0);
 	struct endpoint out = {};
 	if (dst) {
 		out = *dst;

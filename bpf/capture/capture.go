@@ -81,6 +81,8 @@ type Objects struct {
 	accelNode bool
 	// accelErr is why the acceleration stayed off though asked for.
 	accelErr error
+	// lb is the agent's copy of the kernel-balanced services (lb.go).
+	lb lbTable
 }
 
 // cgroupProgs are the programs attached to the cgroup, by pin name.

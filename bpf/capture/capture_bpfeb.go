@@ -46,6 +46,27 @@ type captureInPortKey struct {
 	Pad  uint16
 }
 
+type captureLbBackendKey struct {
+	_    structs.HostLayout
+	Id   uint32
+	Slot uint32
+}
+
+type captureLbKey struct {
+	_    structs.HostLayout
+	Addr [4]uint32
+	Port uint16
+	Pad  uint16
+}
+
+type captureLbService struct {
+	_     structs.HostLayout
+	Id    uint32
+	Count uint32
+	Flags uint32
+	Rr    uint32
+}
+
 type captureNodeKey struct {
 	_      structs.HostLayout
 	K      captureSockKey
@@ -102,6 +123,10 @@ const (
 	captureMapInListeners       = "in_listeners"
 	captureMapInPods            = "in_pods"
 	captureMapInPorts           = "in_ports"
+	captureMapLbBackends        = "lb_backends"
+	captureMapLbOrig            = "lb_orig"
+	captureMapLbServices        = "lb_services"
+	captureMapLbStats           = "lb_stats"
 	captureMapOrigDst           = "orig_dst"
 	captureMapOrigTuples        = "orig_tuples"
 	captureMapOutCidrs          = "out_cidrs"
@@ -185,6 +210,10 @@ type captureMapSpecs struct {
 	InListeners      *ebpf.MapSpec `ebpf:"in_listeners"`
 	InPods           *ebpf.MapSpec `ebpf:"in_pods"`
 	InPorts          *ebpf.MapSpec `ebpf:"in_ports"`
+	LbBackends       *ebpf.MapSpec `ebpf:"lb_backends"`
+	LbOrig           *ebpf.MapSpec `ebpf:"lb_orig"`
+	LbServices       *ebpf.MapSpec `ebpf:"lb_services"`
+	LbStats          *ebpf.MapSpec `ebpf:"lb_stats"`
 	OrigDst          *ebpf.MapSpec `ebpf:"orig_dst"`
 	OrigTuples       *ebpf.MapSpec `ebpf:"orig_tuples"`
 	OutCidrs         *ebpf.MapSpec `ebpf:"out_cidrs"`
@@ -232,6 +261,10 @@ type captureMaps struct {
 	InListeners      *ebpf.Map `ebpf:"in_listeners"`
 	InPods           *ebpf.Map `ebpf:"in_pods"`
 	InPorts          *ebpf.Map `ebpf:"in_ports"`
+	LbBackends       *ebpf.Map `ebpf:"lb_backends"`
+	LbOrig           *ebpf.Map `ebpf:"lb_orig"`
+	LbServices       *ebpf.Map `ebpf:"lb_services"`
+	LbStats          *ebpf.Map `ebpf:"lb_stats"`
 	OrigDst          *ebpf.Map `ebpf:"orig_dst"`
 	OrigTuples       *ebpf.Map `ebpf:"orig_tuples"`
 	OutCidrs         *ebpf.Map `ebpf:"out_cidrs"`
@@ -255,6 +288,10 @@ func (m *captureMaps) Close() error {
 		m.InListeners,
 		m.InPods,
 		m.InPorts,
+		m.LbBackends,
+		m.LbOrig,
+		m.LbServices,
+		m.LbStats,
 		m.OrigDst,
 		m.OrigTuples,
 		m.OutCidrs,

@@ -31,6 +31,8 @@ func TestMain(m *testing.M) {
 
 func helper(args []string) int {
 	switch args[0] {
+	case "dial6": // dial6 ADDR: dial from an IPv6 socket (ADDR may be v4-mapped, which Go's dialer refuses)
+		return dial6(args[1])
 	case "dial": // dial ADDR: print the peer getpeername reports, then what the server sent
 		c, err := net.DialTimeout("tcp", args[1], 3*time.Second)
 		if err != nil {

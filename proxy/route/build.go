@@ -80,6 +80,12 @@ type Service struct {
 	// beyond the agent's stalled-connection bound, and only requests
 	// never sent are retried.
 	RPC *RPCPolicy `json:"rpc,omitempty"`
+	// Kernel marks a service the capture balances in the kernel (eBPF
+	// capture's connect program): the agent programs its addresses and up
+	// endpoints there. Its cluster is still built, for health checks and
+	// for connections that reach the agent all the same (pods in another
+	// capture mode). Build itself ignores it.
+	Kernel bool `json:"kernel,omitempty"`
 }
 
 // CIDRRoute sends destinations inside Prefix to a service's cluster, or

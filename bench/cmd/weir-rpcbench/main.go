@@ -125,11 +125,18 @@ func main() {
 		}
 		fmt.Printf("Redis (redis-benchmark -t set,get -P %d -c %d), %d requests per test × %d rounds per path, mode %s\n\n",
 			ro.Pipeline, ro.Clients, ro.Requests, ro.Rounds, ro.Mode)
-		fmt.Printf("%-24s %12s %9s %16s %13s %12s %12s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd", "user µs/cmd", "syscalls/cmd", "switches/cmd")
+		fmt.Printf("%-24s %12s %9s %16s %13s %18s %12s %12s %12s\n", "path", "commands/s", "p99 ms", "agent CPU µs/cmd", "user µs/cmd", "machine CPU µs/cmd", "machine busy", "syscalls/cmd", "switches/cmd")
 		for _, r := range rs {
-			fmt.Printf("%-24s %12.0f %9.3f %16.2f %13.2f %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.UserPerRequest(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
+			fmt.Printf("%-24s %12.0f %9.3f %16.2f %13.2f %18.2f %11.0f%% %12.3f %12.3f\n", r.Path, r.RequestsPerSecond(), r.P99, r.CPUPerRequest(), r.UserPerRequest(), r.MachineCPUPerRequest(), 100*r.Busy(), r.SyscallsPerRequest(), r.SwitchesPerRequest())
 		}
 		direct := rs[0]
+		// When direct already keeps every core busy, a proxy's own CPU comes
+		// out of the same cores: its rate is bounded by the machine, not by
+		// how fast it relays.
+		if d := direct.MachineCPUPerRequest(); d > 0 {
+			fmt.Printf("\ndirect keeps the machine %.0f%% busy at %.2f µs of machine CPU per command: while the machine is the limit, a proxy whose own CPU is A µs/cmd reaches at most %.2f/(%.2f+A) of direct's rate; 0.8× needs A ≤ %.2f µs/cmd\n",
+				100*direct.Busy(), d, d, d, d/4)
+		}
 		for i := 1; i+1 < len(rs) && strings.HasPrefix(rs[i+1].Path, "weir-"); i += 2 {
 			l4, l7 := rs[i], rs[i+1]
 			fmt.Printf("\n%s: pipelined throughput: L7 %.2f× direct (goal ≥ 0.8×), L4 %.2f× direct; L7/L4 agent CPU per command %.2f× (user space %.2f×)\n",

@@ -13,6 +13,12 @@
 //	pump conns ADDR N               N connections one after the other, each
 //	                                one small exchange (the server closes
 //	                                first); prints the slowest
+//	pump peers ADDR N               N HTTP/1.0 GETs, a connection each, to a
+//	                                server that answers with its name;
+//	                                prints one JSON line: how often each
+//	                                peer address (getpeername) and each
+//	                                answer came, and the failures (it
+//	                                fails only on bad arguments)
 //
 // A connection starts with a 16-byte header: the bytes the server must send
 // (big-endian uint64) and flags (echo: copy everything back; quit: close
@@ -25,6 +31,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -32,6 +39,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -57,6 +65,8 @@ func main() {
 		err = msgs(os.Args[2], int(num(3)), int(num(4)))
 	case "conns":
 		err = conns(os.Args[2], int(num(3)))
+	case "peers":
+		err = peers(os.Args[2], int(num(3)))
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -365,4 +375,52 @@ func exchange(addr string) error {
 		return errors.New("exchange differs")
 	}
 	return nil
+}
+
+// peers is the "peers" command: what the app sees of N connections to addr
+// (the peer address getpeername reports: Go reads it right after connect)
+// and which server answered each.
+func peers(addr string, n int) error {
+	res := struct {
+		Peers   map[string]int `json:"peers"`
+		Bodies  map[string]int `json:"bodies"`
+		Errors  int            `json:"errors"`
+		LastErr string         `json:"lastErr,omitempty"`
+	}{Peers: map[string]int{}, Bodies: map[string]int{}}
+	for i := 0; i < n; i++ {
+		peer, body, err := get(addr)
+		if err != nil {
+			res.Errors++
+			res.LastErr = err.Error()
+			continue
+		}
+		res.Peers[peer]++
+		res.Bodies[body]++
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+// get is one HTTP/1.0 GET on a connection of its own: the peer address the
+// socket reports and the last line of the answer.
+func get(addr string) (string, string, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\n\r\n"); err != nil {
+		return "", "", err
+	}
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", "", err
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return c.RemoteAddr().String(), strings.TrimSpace(lines[len(lines)-1]), nil
 }
