@@ -46,7 +46,29 @@ type nftBuffers struct {
 	in, batch []byte
 }
 
-var nftBufs = sync.Pool{New: func() any { return &nftBuffers{in: make([]byte, nftRecvBuf)} }}
+// nlBufsFree keeps a few sessions' buffers between operations. It is not a
+// sync.Pool: a pool is emptied by every second garbage collection, and
+// each miss then makes a new 64 kB buffer, which brings the next
+// collection nearer (the agent's ADDs missed it after every cycle).
+// Sessions at once are few (the agent's lock serialises most of them), so
+// a small free list is enough; beyond it buffers are made and dropped.
+var nlBufsFree = make(chan *nftBuffers, 4)
+
+func getNLBuffers() *nftBuffers {
+	select {
+	case b := <-nlBufsFree:
+		return b
+	default:
+		return &nftBuffers{in: make([]byte, nftRecvBuf)}
+	}
+}
+
+func putNLBuffers(b *nftBuffers) {
+	select {
+	case nlBufsFree <- b:
+	default:
+	}
+}
 
 // nftSession is one operation's netlink socket in the calling thread's
 // network namespace, for writes and dumps alike.
@@ -67,12 +89,12 @@ func openNFT() (*nftSession, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("open nftables netlink: set receive timeout: %w", err)
 	}
-	return &nftSession{fd: fd, nftBuffers: nftBufs.Get().(*nftBuffers)}, nil
+	return &nftSession{fd: fd, nftBuffers: getNLBuffers()}, nil
 }
 
 func (n *nftSession) close() {
 	unix.Close(n.fd)
-	nftBufs.Put(n.nftBuffers)
+	putNLBuffers(n.nftBuffers)
 }
 
 // nextSeq numbers the session's messages: an answer whose number is not

@@ -1,0 +1,86 @@
+package redirect
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// TestAnyTaggedRule checks the in-place rule scan against rules added
+// through the same library Apply uses: a fresh namespace's defaults and a
+// rule of another protocol are not weir's; a routeProtocol rule of either
+// family is.
+func TestAnyTaggedRule(t *testing.T) {
+	n := newNS(t)
+	h := nsHandle(t, n)
+	scan := func() bool {
+		t.Helper()
+		var got bool
+		if err := n.Do(func(ns.NetNS) error {
+			var err error
+			got, err = anyTaggedRule()
+			return err
+		}); err != nil {
+			t.Fatalf("scan rules in %s: %v", n.Path(), err)
+		}
+		return got
+	}
+	add := func(fam int, proto uint8, prio int) {
+		t.Helper()
+		r := netlink.NewRule()
+		r.Family, r.Protocol, r.Priority, r.Table, r.Mark = fam, proto, prio, 133, 0x400
+		if err := h.RuleAdd(r); err != nil {
+			t.Fatalf("add rule proto %d family %d: %v", proto, fam, err)
+		}
+	}
+	if scan() {
+		t.Fatal("a fresh namespace reported a weir rule")
+	}
+	add(netlink.FAMILY_V4, unix.RTPROT_STATIC, 100)
+	if scan() {
+		t.Fatal("a rule of protocol static was taken for weir's")
+	}
+	add(netlink.FAMILY_V6, routeProtocol, 101)
+	if !scan() {
+		t.Fatal("an IPv6 rule of weir's protocol was not found")
+	}
+	if err := h.RuleDel(&netlink.Rule{Family: netlink.FAMILY_V6, Priority: 101, Table: 133, Mark: 0x400, Protocol: routeProtocol, Goto: -1, Flow: -1, SuppressIfgroup: -1, SuppressPrefixlen: -1}); err != nil {
+		t.Fatalf("delete the IPv6 rule: %v", err)
+	}
+	if scan() {
+		t.Fatal("a deleted rule was still reported")
+	}
+	add(netlink.FAMILY_V4, routeProtocol, 102)
+	if !scan() {
+		t.Fatal("an IPv4 rule of weir's protocol was not found")
+	}
+}
+
+// TestReadProcFile reads a file longer than the buffer given, one that
+// fits, and one that is missing (which must still be fs.ErrNotExist, as
+// legacyTables relies on).
+func TestReadProcFile(t *testing.T) {
+	dir := t.TempDir()
+	long := strings.Repeat("nat filter mangle raw security\n", 40)
+	for _, content := range []string{long, "nat\n", ""} {
+		path := filepath.Join(dir, "f")
+		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var buf [16]byte
+		got, err := readProcFile(path, buf[:])
+		if err != nil || string(got) != content {
+			t.Fatalf("read %d bytes: got %q, %v", len(content), got, err)
+		}
+	}
+	if _, err := readProcFile(filepath.Join(dir, "missing"), nil); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("missing file: %v, want fs.ErrNotExist", err)
+	}
+}
