@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -544,23 +545,70 @@ func (n *nftSession) tableExists() (bool, error) {
 // starting iptables-nft-save. No WEIR_* chain means no weir rule either,
 // since every weir rule lives in or jumps to one.
 func (n *nftSession) weirChains() (map[family]bool, error) {
-	chains, err := n.chains(nftables.TableFamilyUnspecified, "")
+	found := map[family]bool{}
+	// The dump is read in place: every ADD and DEL asks, and the answer
+	// lists weir's own chains (and whatever else the pod holds), which
+	// chains would copy and decode only for their names to be dropped.
+	err := n.dumpEach(unix.NFT_MSG_GETCHAIN, nftables.TableFamilyUnspecified, func(data []byte) {
+		var f family
+		switch nftables.TableFamily(data[0]) {
+		case nftables.TableFamilyIPv4:
+			f = ipv4
+		case nftables.TableFamilyIPv6:
+			f = ipv6
+		default:
+			return
+		}
+		if name, ok := nlAttr(data[nfgenLen:], unix.NFTA_CHAIN_NAME); ok && bytes.HasPrefix(name, []byte(chainPrefix)) {
+			found[f] = true
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
-	found := map[family]bool{}
-	for _, c := range chains {
-		if !strings.HasPrefix(c.name, chainPrefix) {
-			continue
-		}
-		switch c.family {
-		case nftables.TableFamilyIPv4:
-			found[ipv4] = true
-		case nftables.TableFamilyIPv6:
-			found[ipv6] = true
-		}
-	}
 	return found, nil
+}
+
+// dumpEach sends a dump request without attributes and calls f with each
+// answer's data (nfgenmsg, then attributes), which points into the
+// session's read buffer and is valid only during the call.
+func (n *nftSession) dumpEach(msgType uint16, fam nftables.TableFamily, f func(data []byte)) error {
+	seq := n.nextSeq()
+	n.batch = appendNLMsg(n.batch[:0], unix.NFNL_SUBSYS_NFTABLES<<8|msgType, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, seq, byte(fam), 0, nil)
+	if _, err := unix.Write(n.fd, n.batch); err != nil {
+		return fmt.Errorf("write nftables netlink: %w", err)
+	}
+	return n.recv(func(m nlMsg) (bool, error) {
+		if m.seq != seq {
+			return false, nil
+		}
+		switch m.typ {
+		case unix.NLMSG_ERROR:
+			return true, errnoOf(m)
+		case unix.NLMSG_DONE:
+			return true, nil
+		}
+		if len(m.data) >= nfgenLen {
+			f(m.data)
+		}
+		return false, nil
+	})
+}
+
+// nlAttr finds the first attribute of type typ (flags ignored) in b and
+// returns its payload, without a terminating NUL for a string.
+func nlAttr(b []byte, typ uint16) ([]byte, bool) {
+	for len(b) >= unix.SizeofNlAttr {
+		l := int(binary.NativeEndian.Uint16(b))
+		if l < unix.SizeofNlAttr || l > len(b) {
+			return nil, false
+		}
+		if binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
+			return bytes.TrimSuffix(b[unix.SizeofNlAttr:l], []byte{0}), true
+		}
+		b = b[min(nlAlign(l), len(b)):]
+	}
+	return nil, false
 }
 
 func iptFamily(f family) nftables.TableFamily {

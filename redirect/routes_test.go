@@ -3,12 +3,14 @@ package redirect
 import (
 	"errors"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -82,5 +84,64 @@ func TestReadProcFile(t *testing.T) {
 	}
 	if _, err := readProcFile(filepath.Join(dir, "missing"), nil); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("missing file: %v, want fs.ErrNotExist", err)
+	}
+}
+
+// TestWeirChainsInPlace checks the in-place chain scan against the decoded
+// chain list it replaced, in a namespace with weir's iptables-nft chains
+// (which it must find) beside weir's nftables table (whose chains, in
+// family inet, it must not count).
+func TestWeirChainsInPlace(t *testing.T) {
+	requireBackend(t, BackendNFT)
+	requireBackend(t, BackendNFTables)
+	n := newNS(t)
+	scan := func() (inPlace, decoded map[family]bool) {
+		t.Helper()
+		err := n.Do(func(ns.NetNS) error {
+			sess, err := openNFT()
+			if err != nil {
+				return err
+			}
+			defer sess.close()
+			if inPlace, err = sess.weirChains(); err != nil {
+				return err
+			}
+			chains, err := sess.chains(nftables.TableFamilyUnspecified, "")
+			if err != nil {
+				return err
+			}
+			decoded = map[family]bool{}
+			for _, c := range chains {
+				if strings.HasPrefix(c.name, chainPrefix) && c.family == nftables.TableFamilyIPv4 {
+					decoded[ipv4] = true
+				}
+				if strings.HasPrefix(c.name, chainPrefix) && c.family == nftables.TableFamilyIPv6 {
+					decoded[ipv6] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("list chains in %s: %v", n.Path(), err)
+		}
+		return inPlace, decoded
+	}
+	if got, want := scan(); len(got) != 0 || len(want) != 0 {
+		t.Fatalf("fresh namespace: in place %v, decoded %v; want none", got, want)
+	}
+	if err := Apply(n.Path(), fullSpec(BackendNFTables)); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := scan(); len(got) != 0 || len(want) != 0 {
+		t.Fatalf("weir's own nftables table only: in place %v, decoded %v; want none", got, want)
+	}
+	// Apply through iptables-nft: weir's chains in family ip (and ip6),
+	// the nftables table gone (Apply replaces whatever weir installed).
+	if err := Apply(n.Path(), fullSpec(BackendNFT)); err != nil {
+		t.Fatal(err)
+	}
+	got, want := scan()
+	if !got[ipv4] || !maps.Equal(got, want) {
+		t.Fatalf("with iptables-nft chains: in place %v, decoded %v; want ipv4 in both", got, want)
 	}
 }

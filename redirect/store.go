@@ -67,7 +67,12 @@ func (o *nsOp) close() {
 		return
 	}
 	if o.bgRelease {
-		go o.nft.close()
+		// Only the socket's release waits; the buffers go back at once,
+		// for the next operation to take.
+		fd := o.nft.fd
+		putNLBuffers(o.nft.nftBuffers)
+		o.nft.nftBuffers = nil
+		go unix.Close(fd)
 		return
 	}
 	o.nft.close()
