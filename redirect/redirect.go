@@ -433,7 +433,14 @@ func installed() (bool, error) {
 // only to name it in a refusal, or to tell whether an interface other than
 // lo is a loopback one.
 func checkFamilies(nl *netlinkState, s Spec) error {
-	addrs, err := nl.h.AddrList(nil, netlink.FAMILY_ALL)
+	if s.IPv4 && s.IPv6 {
+		return nil // every address is captured: nothing to look at
+	}
+	h, err := nl.handle()
+	if err != nil {
+		return err
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
@@ -446,7 +453,7 @@ func checkFamilies(nl *netlinkState, s Spec) error {
 		if (v4 && s.IPv4) || (!v4 && s.IPv6) {
 			continue
 		}
-		link, err := nl.h.LinkByIndex(a.LinkIndex)
+		link, err := h.LinkByIndex(a.LinkIndex)
 		if err != nil {
 			continue // gone since the dump: its addresses with it
 		}

@@ -88,8 +88,9 @@ func sameRoute(a, b netlink.Route) bool {
 	return routeString(a) == routeString(b) && a.Type == b.Type
 }
 
-// netlinkState is a netlink handle in the pod netns, lo's index and, once
-// asked for, weir's policy rules and routes as they were then.
+// netlinkState is a netlink handle in the pod netns (opened on first
+// use: a REDIRECT pod's ADD and DEL need none), lo's index and, once asked
+// for, weir's policy rules and routes as they were then.
 type netlinkState struct {
 	h        *netlink.Handle
 	lo       int
@@ -101,17 +102,31 @@ type netlinkState struct {
 // an Apply need not list the links to find it.
 const loopbackIndex = 1
 
-// openNetlink opens a handle whose sockets live in the calling thread's
-// network namespace, so it must run inside the pod netns.
+// openNetlink prepares netlink work in the calling thread's network
+// namespace, so it must run inside the pod netns, as must every use of
+// what it returns (the handle's sockets are opened in the namespace of the
+// thread that first needs them).
 func openNetlink() (*netlinkState, error) {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("open netlink: %w", err)
-	}
-	return &netlinkState{h: h, lo: loopbackIndex}, nil
+	return &netlinkState{lo: loopbackIndex}, nil
 }
 
-func (n *netlinkState) close() { n.h.Close() }
+// handle is the netlink handle, opened on first use.
+func (n *netlinkState) handle() (*netlink.Handle, error) {
+	if n.h == nil {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return nil, fmt.Errorf("open netlink: %w", err)
+		}
+		n.h = h
+	}
+	return n.h, nil
+}
+
+func (n *netlinkState) close() {
+	if n.h != nil {
+		n.h.Close()
+	}
+}
 
 // current lists weir's rules and routes of family f (those tagged with
 // routeProtocol), in any table, as they were at the first call: both
@@ -122,16 +137,21 @@ func (n *netlinkState) current(f family) (policy, error) {
 		return n.policies[f], nil
 	}
 	all := map[family]policy{}
-	var rules []netlink.Rule
-	tagged, err := anyTaggedRule()
+	tagged, err := anyTagged()
 	if err != nil {
 		return policy{}, err
 	}
-	if tagged {
-		rules, err = n.h.RuleList(netlink.FAMILY_ALL)
-		if err != nil {
-			return policy{}, fmt.Errorf("list policy rules: %w", err)
-		}
+	if !tagged {
+		n.policies = all
+		return policy{}, nil
+	}
+	h, err := n.handle()
+	if err != nil {
+		return policy{}, err
+	}
+	rules, err := h.RuleList(netlink.FAMILY_ALL)
+	if err != nil {
+		return policy{}, fmt.Errorf("list policy rules: %w", err)
 	}
 	for _, r := range rules {
 		if r.Protocol != routeProtocol {
@@ -143,7 +163,7 @@ func (n *netlinkState) current(f family) (policy, error) {
 			all[fam] = p
 		}
 	}
-	routes, err := n.h.RouteListFiltered(netlink.FAMILY_ALL,
+	routes, err := h.RouteListFiltered(netlink.FAMILY_ALL,
 		&netlink.Route{Table: unix.RT_TABLE_UNSPEC, Protocol: routeProtocol},
 		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
@@ -173,31 +193,38 @@ func familyOfNetlink(f int) (family, bool) {
 // add installs what want has and have lacks: routes first, then the rule
 // that points at them. Each addition pushes its removal onto undo.
 func (n *netlinkState) add(undo *undoStack, have, want policy) error {
+	if want.empty() {
+		return nil
+	}
+	h, err := n.handle()
+	if err != nil {
+		return err
+	}
 	for _, r := range want.routes {
 		if containsFunc(have.routes, r, sameRoute) {
 			continue
 		}
 		r := r
-		if err := n.h.RouteAdd(&r); err != nil {
+		if err := h.RouteAdd(&r); err != nil {
 			if errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("add %s: table %d already holds such a route that weir did not add; pick another route table: %w", routeString(r), r.Table, err)
 			}
 			return fmt.Errorf("add %s: %w", routeString(r), err)
 		}
-		undo.push(func() error { return ignoreGone(n.h.RouteDel(&r)) })
+		undo.push(func() error { return ignoreGone(h.RouteDel(&r)) })
 	}
 	for _, r := range want.rules {
 		if containsFunc(have.rules, r, sameRule) {
 			continue
 		}
 		r := r
-		if err := n.h.RuleAdd(&r); err != nil {
+		if err := h.RuleAdd(&r); err != nil {
 			if errors.Is(err, unix.EEXIST) {
 				return fmt.Errorf("add %s: an equal policy rule that weir did not add exists: %w", ruleString(r), err)
 			}
 			return fmt.Errorf("add %s: %w", ruleString(r), err)
 		}
-		undo.push(func() error { return ignoreGone(n.h.RuleDel(&r)) })
+		undo.push(func() error { return ignoreGone(h.RuleDel(&r)) })
 	}
 	return nil
 }
@@ -206,16 +233,23 @@ func (n *netlinkState) add(undo *undoStack, have, want policy) error {
 // points at a route while it goes. Each deletion pushes its re-addition
 // onto undo (nil undo: no way back, as in Remove).
 func (n *netlinkState) prune(undo *undoStack, have, want policy) error {
+	if have.empty() {
+		return nil
+	}
+	h, err := n.handle()
+	if err != nil {
+		return err
+	}
 	for _, r := range have.rules {
 		if containsFunc(want.rules, r, sameRule) {
 			continue
 		}
 		r := r
-		if err := ignoreGone(n.h.RuleDel(&r)); err != nil {
+		if err := ignoreGone(h.RuleDel(&r)); err != nil {
 			return fmt.Errorf("delete %s: %w", ruleString(r), err)
 		}
 		if undo != nil {
-			undo.push(func() error { return n.h.RuleAdd(&r) })
+			undo.push(func() error { return h.RuleAdd(&r) })
 		}
 	}
 	for _, r := range have.routes {
@@ -223,11 +257,11 @@ func (n *netlinkState) prune(undo *undoStack, have, want policy) error {
 			continue
 		}
 		r := r
-		if err := ignoreGone(n.h.RouteDel(&r)); err != nil {
+		if err := ignoreGone(h.RouteDel(&r)); err != nil {
 			return fmt.Errorf("delete %s: %w", routeString(r), err)
 		}
 		if undo != nil {
-			undo.push(func() error { return n.h.RouteAdd(&r) })
+			undo.push(func() error { return h.RouteAdd(&r) })
 		}
 	}
 	return nil
@@ -280,42 +314,67 @@ func ignoreGone(err error) error {
 }
 
 // fibRuleHdrLen is the size of struct fib_rule_hdr, which starts every
-// RTM_NEWRULE message before its attributes.
-const fibRuleHdrLen = 12
+// RTM_NEWRULE message before its attributes; rtMsgLen of struct rtmsg,
+// which starts every RTM_NEWROUTE message, with rtm_protocol at
+// rtmProtocolOff.
+const (
+	fibRuleHdrLen  = 12
+	rtMsgLen       = 12
+	rtmProtocolOff = 5
+)
 
-// anyTaggedRule reports whether the calling thread's namespace holds a
-// policy rule tagged with routeProtocol, in either family. It reads the
-// rule dump in place, into a pooled buffer: most namespaces hold none
-// (every pod outside TPROXY, every pod's first ADD), and then the parsed
-// list netlink.Handle.RuleList builds (about 6 kB of garbage per call for
-// a fresh namespace's five default rules, measured by
-// BenchmarkAddHandler) is not needed at all. When one is there, current
-// still lists the rules with RuleList, so what it finds does not change.
-func anyTaggedRule() (bool, error) {
+// anyTagged reports whether the calling thread's namespace holds a policy
+// rule or a route tagged with routeProtocol, in either family. It reads
+// the rule and route dumps in place, into pooled buffers: most namespaces
+// hold none (every pod outside TPROXY, every pod's first ADD), and then
+// the parsed lists of vishvananda's RuleList and RouteListFiltered (with
+// the handle they need, about 7 kB of garbage per ADD and per DEL for a
+// fresh namespace, measured by BenchmarkAddHandler) are not needed at all.
+// When one is there, current lists them with the library as before, so
+// what it finds does not change.
+func anyTagged() (bool, error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
-		return false, fmt.Errorf("list policy rules: open netlink: %w", err)
+		return false, fmt.Errorf("list policy rules and routes: open netlink: %w", err)
 	}
 	defer unix.Close(fd)
 	tv := unix.Timeval{Sec: nftRecvTimeout}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return false, fmt.Errorf("list policy rules: set receive timeout: %w", err)
+		return false, fmt.Errorf("list policy rules and routes: set receive timeout: %w", err)
 	}
 	bufs := getNLBuffers()
 	defer putNLBuffers(bufs)
-	const seq = 1
-	// nlmsghdr, then struct fib_rule_hdr with only the family set
-	// (AF_UNSPEC: both).
+	found, err := dumpTagged(fd, bufs, 1, unix.RTM_GETRULE, fibRuleHdrLen, func(data []byte) bool {
+		return ruleProtocol(data) == routeProtocol
+	})
+	if err != nil || found {
+		return found, err
+	}
+	return dumpTagged(fd, bufs, 2, unix.RTM_GETROUTE, rtMsgLen, func(data []byte) bool {
+		return len(data) > rtmProtocolOff && data[rtmProtocolOff] == routeProtocol
+	})
+}
+
+// dumpTagged sends one rtnetlink dump request of type typ for both
+// families (a zeroed header of hdrLen bytes) and reports whether tagged
+// holds for the data of any answer.
+func dumpTagged(fd int, bufs *nftBuffers, seq uint32, typ uint16, hdrLen int, tagged func(data []byte) bool) (bool, error) {
+	what := "policy rules"
+	if typ == unix.RTM_GETROUTE {
+		what = "routes"
+	}
 	req := bufs.batch[:0]
-	req = binary.NativeEndian.AppendUint32(req, nlMsgHdrLen+fibRuleHdrLen)
-	req = binary.NativeEndian.AppendUint16(req, unix.RTM_GETRULE)
+	req = binary.NativeEndian.AppendUint32(req, uint32(nlMsgHdrLen+hdrLen))
+	req = binary.NativeEndian.AppendUint16(req, typ)
 	req = binary.NativeEndian.AppendUint16(req, unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	req = binary.NativeEndian.AppendUint32(req, seq)
 	req = binary.NativeEndian.AppendUint32(req, 0)
-	req = append(req, make([]byte, fibRuleHdrLen)...)
+	for range hdrLen {
+		req = append(req, 0)
+	}
 	bufs.batch = req
 	if _, err := unix.Write(fd, req); err != nil {
-		return false, fmt.Errorf("list policy rules: write netlink: %w", err)
+		return false, fmt.Errorf("list %s: write netlink: %w", what, err)
 	}
 	found := false
 	for {
@@ -324,10 +383,10 @@ func anyTaggedRule() (bool, error) {
 			continue
 		}
 		if err == unix.EAGAIN {
-			return false, errors.New("list policy rules: no answer from the kernel within 10s")
+			return false, fmt.Errorf("list %s: no answer from the kernel within 10s", what)
 		}
 		if err != nil {
-			return false, fmt.Errorf("list policy rules: read netlink: %w", err)
+			return false, fmt.Errorf("list %s: read netlink: %w", what, err)
 		}
 		done, err := eachNLMsg(bufs.in[:got], func(m nlMsg) (bool, error) {
 			if m.seq != seq {
@@ -336,15 +395,14 @@ func anyTaggedRule() (bool, error) {
 			switch m.typ {
 			case unix.NLMSG_ERROR:
 				if err := errnoOf(m); err != nil {
-					return true, fmt.Errorf("list policy rules: %w", err)
+					return true, fmt.Errorf("list %s: %w", what, err)
 				}
 				return true, nil
 			case unix.NLMSG_DONE:
 				return true, nil
-			case unix.RTM_NEWRULE:
-				if ruleProtocol(m.data) == routeProtocol {
-					found = true
-				}
+			}
+			if !found && tagged(m.data) {
+				found = true
 			}
 			return false, nil
 		})

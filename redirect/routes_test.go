@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"maps"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,11 +16,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestAnyTaggedRule checks the in-place rule scan against rules added
-// through the same library Apply uses: a fresh namespace's defaults and a
-// rule of another protocol are not weir's; a routeProtocol rule of either
-// family is.
-func TestAnyTaggedRule(t *testing.T) {
+// TestAnyTagged checks the in-place rule and route scan against rules and
+// routes added through the same library Apply uses: a fresh namespace's
+// defaults and a rule of another protocol are not weir's; a routeProtocol
+// rule of either family is, and so is a routeProtocol route in any table.
+func TestAnyTagged(t *testing.T) {
 	n := newNS(t)
 	h := nsHandle(t, n)
 	scan := func() bool {
@@ -27,7 +28,7 @@ func TestAnyTaggedRule(t *testing.T) {
 		var got bool
 		if err := n.Do(func(ns.NetNS) error {
 			var err error
-			got, err = anyTaggedRule()
+			got, err = anyTagged()
 			return err
 		}); err != nil {
 			t.Fatalf("scan rules in %s: %v", n.Path(), err)
@@ -62,6 +63,30 @@ func TestAnyTaggedRule(t *testing.T) {
 	add(netlink.FAMILY_V4, routeProtocol, 102)
 	if !scan() {
 		t.Fatal("an IPv4 rule of weir's protocol was not found")
+	}
+	if err := h.RuleDel(&netlink.Rule{Family: netlink.FAMILY_V4, Priority: 102, Table: 133, Mark: 0x400, Protocol: routeProtocol, Goto: -1, Flow: -1, SuppressIfgroup: -1, SuppressPrefixlen: -1}); err != nil {
+		t.Fatalf("delete the IPv4 rule: %v", err)
+	}
+	if scan() {
+		t.Fatal("a deleted rule was still reported")
+	}
+	// The route TPROXY installs, in its own table, then one of another
+	// protocol in the same table.
+	other := policyFor(Spec{Mode: ModeTPROXY, IPv4: true, RouteTable: 133}, ipv4, loopbackIndex).routes[0]
+	other.Protocol = unix.RTPROT_STATIC
+	other.Dst = &net.IPNet{IP: net.IPv4(10, 1, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}
+	if err := h.RouteAdd(&other); err != nil {
+		t.Fatalf("add a static route: %v", err)
+	}
+	if scan() {
+		t.Fatal("a route of protocol static was taken for weir's")
+	}
+	weirs := policyFor(Spec{Mode: ModeTPROXY, IPv4: true, RouteTable: 133}, ipv4, loopbackIndex).routes[0]
+	if err := h.RouteAdd(&weirs); err != nil {
+		t.Fatalf("add weir's route: %v", err)
+	}
+	if !scan() {
+		t.Fatal("a route of weir's protocol was not found")
 	}
 }
 
