@@ -1,6 +1,11 @@
 package agent
 
 import (
+	"encoding/json"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,17 +35,36 @@ const (
 )
 
 // phaseTimer measures the phases of one ADD. A nil *phaseTimer measures
-// nothing, so paths other than ADD pass nil.
+// nothing, so paths other than ADD pass nil. Its phases are a list in a
+// buffer of its own rather than a map: an ADD records about fifteen, and a
+// map of that size (grown step by step) and its encoding were a good part
+// of the garbage the agent made per ADD.
 type phaseTimer struct {
 	start, last time.Time
 	cpu0        time.Duration
-	out         map[string]int64
 	hist        *prometheus.HistogramVec
+	phases      phaseTimes
+	buf         [24]phaseTime
+	// reported: the ADD finished in the way whose answer carries the
+	// phases (done was called).
+	reported bool
 }
 
-func newPhaseTimer(hist *prometheus.HistogramVec) *phaseTimer {
+// phaseTime is one phase's total, in microseconds.
+type phaseTime struct {
+	name   string
+	micros int64
+}
+
+// phaseTimes is what api.AddResponse.Timings carries, sorted by name; its
+// JSON is the same object a map would give.
+type phaseTimes []phaseTime
+
+// begin starts the clock: the ADD's total counts from here.
+func (t *phaseTimer) begin(hist *prometheus.HistogramVec) {
 	now := time.Now()
-	return &phaseTimer{start: now, last: now, cpu0: processCPU(), out: map[string]int64{}, hist: hist}
+	t.start, t.last, t.cpu0, t.hist = now, now, processCPU(), hist
+	t.phases = t.buf[:0]
 }
 
 // mark ends phase, which began at the previous mark.
@@ -57,25 +81,88 @@ func (t *phaseTimer) mark(phase string) {
 // steps as "rules.<step>", beside the agent's phases.
 func (t *phaseTimer) trace(phase string, took time.Duration) {
 	if t != nil {
-		t.record("rules."+phase, took)
+		t.record(rulesPhase(phase), took)
 	}
 }
 
+var rulesPhases struct {
+	sync.Mutex
+	names map[string]string
+}
+
+// rulesPhase is "rules."+phase, made once per name: the redirect has a
+// handful of steps, and every ADD reports them.
+func rulesPhase(phase string) string {
+	rulesPhases.Lock()
+	defer rulesPhases.Unlock()
+	name, ok := rulesPhases.names[phase]
+	if !ok {
+		if rulesPhases.names == nil {
+			rulesPhases.names = map[string]string{}
+		}
+		name = "rules." + phase
+		rulesPhases.names[phase] = name
+	}
+	return name
+}
+
 func (t *phaseTimer) record(phase string, d time.Duration) {
-	t.out[phase] += d.Microseconds()
+	i, found := slices.BinarySearchFunc(t.phases, phase, func(e phaseTime, name string) int { return strings.Compare(e.name, name) })
+	if !found {
+		t.phases = slices.Insert(t.phases, i, phaseTime{name: phase})
+	}
+	t.phases[i].micros += d.Microseconds()
 	if t.hist != nil {
 		t.hist.WithLabelValues(phase).Observe(d.Seconds())
 	}
 }
 
-// done records the total and the CPU time and returns every phase.
-func (t *phaseTimer) done() map[string]int64 {
+// done records the total and the CPU time; the answer then carries every
+// phase.
+func (t *phaseTimer) done() {
 	if t == nil {
-		return nil
+		return
 	}
 	t.record(phaseTotal, time.Since(t.start))
 	t.record(phaseCPU, processCPU()-t.cpu0)
-	return t.out
+	t.reported = true
+}
+
+// MarshalJSON writes the phases as one object, keys in the order
+// encoding/json gives a map's (record keeps them sorted), without the map.
+func (p phaseTimes) MarshalJSON() ([]byte, error) {
+	b := make([]byte, 0, 24*len(p)+2)
+	b = append(b, '{')
+	for i, e := range p {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		if plainName(e.name) {
+			b = append(b, '"')
+			b = append(b, e.name...)
+			b = append(b, '"')
+		} else {
+			k, err := json.Marshal(e.name)
+			if err != nil {
+				return nil, err
+			}
+			b = append(b, k...)
+		}
+		b = append(b, ':')
+		b = strconv.AppendInt(b, e.micros, 10)
+	}
+	return append(b, '}'), nil
+}
+
+// plainName: s needs no escaping in a JSON string (every phase name).
+func plainName(s string) bool {
+	for i := range len(s) {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // processCPU is the CPU time the agent process has used so far, with the

@@ -15,7 +15,7 @@ import (
 // cniHandler serves weir-cni's calls (see package api for the protocol).
 func (a *Agent) cniHandler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+api.PathAdd, handle(a, "add", a.add))
+	mux.HandleFunc("POST "+api.PathAdd, handle(a, "add", a.addTimed))
 	mux.HandleFunc("POST "+api.PathCheck, handle(a, "check", a.check))
 	mux.HandleFunc("POST "+api.PathDel, handle(a, "del", a.del))
 	mux.HandleFunc("POST "+api.PathGC, handle(a, "gc", a.gc))
@@ -109,7 +109,7 @@ func (r gcReq) version() string { return r.Version }
 // handle on the pod's namespace and the netlink code is warm in it, while
 // weir-cni, a process per ADD, would pay for linking and starting that code
 // at every pod (docs/design.md, "Who programs the rules").
-func (a *Agent) add(r addReq) (api.AddResponse, error) {
+func (a *Agent) add(r addReq, tm *phaseTimer) (api.AddResponse, error) {
 	if r.Attachment.ContainerID == "" {
 		return api.AddResponse{}, badRequest{errors.New("attachment.containerID is empty")}
 	}
@@ -119,7 +119,7 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	if _, _, err := families(r.IPs); err != nil {
 		return api.AddResponse{}, badRequest{err}
 	}
-	tm := newPhaseTimer(a.addPhases)
+	tm.begin(a.addPhases)
 	// The guard first, whatever the policy would say: a node's namespace
 	// is refused even for a pod that would not be captured.
 	id, err := a.vetNetns(r.Netns)
@@ -197,7 +197,28 @@ func (a *Agent) add(r addReq) (api.AddResponse, error) {
 	tm.mark(phaseState)
 	a.log.Info("pod captured", "pod", name, "container", r.Attachment.ContainerID, "netns", r.Netns, "mode", spec.Mode, "ipv4", spec.IPv4, "ipv6", spec.IPv6, "rulesByAgent", r.apply)
 	a.recordCapture(next, true, d.reason)
-	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Timings: tm.done(), Applied: r.apply}, nil
+	tm.done()
+	return api.AddResponse{Captured: true, Reason: d.reason, Redirect: toWire(spec), Applied: r.apply}, nil
+}
+
+// addResp is api.AddResponse as the agent writes it: Timings, on the wire
+// the same object, is written from the phase timer's list without a map
+// (its field shadows the embedded one for encoding/json).
+type addResp struct {
+	api.AddResponse
+	Timings phaseTimes `json:"timings,omitempty"`
+}
+
+// addTimed is add with its phase timer, whose phases the answer carries
+// when add finished a capture.
+func (a *Agent) addTimed(r addReq) (addResp, error) {
+	tm := new(phaseTimer)
+	resp, err := a.add(r, tm)
+	out := addResp{AddResponse: resp}
+	if err == nil && tm.reported {
+		out.Timings = tm.phases
+	}
+	return out, err
 }
 
 // check answers what the plugin must verify. The namespace guard runs first,
