@@ -436,6 +436,12 @@ func checkFamilies(nl *netlinkState, s Spec) error {
 	if s.IPv4 && s.IPv6 {
 		return nil // every address is captured: nothing to look at
 	}
+	// The dump read in place first: when no address would need a closer
+	// look (the usual answer), the handle, the parsed list and the link
+	// lookups below are spared; otherwise they decide as before.
+	if suspect, err := anySuspectAddr(nl.lo, s); err != nil || !suspect {
+		return err
+	}
 	h, err := nl.handle()
 	if err != nil {
 		return err

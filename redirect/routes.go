@@ -355,13 +355,78 @@ func anyTagged() (bool, error) {
 	})
 }
 
+// ifAddrMsgLen is the size of struct ifaddrmsg, which starts every
+// RTM_NEWADDR message: family, prefix length, flags, scope, then the
+// interface index at ifaIndexOff.
+const (
+	ifAddrMsgLen = 8
+	ifaIndexOff  = 4
+)
+
+// anySuspectAddr reports whether the calling thread's namespace holds an
+// address checkFamilies must look at: not on lo (index lo), neither
+// loopback nor link-local, in a family s does not capture. It reads the
+// address dump in place; the address is IFA_LOCAL when given, else
+// IFA_ADDRESS, as vishvananda's AddrList takes it.
+func anySuspectAddr(lo int, s Spec) (bool, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return false, fmt.Errorf("list addresses: open netlink: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: nftRecvTimeout}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return false, fmt.Errorf("list addresses: set receive timeout: %w", err)
+	}
+	bufs := getNLBuffers()
+	defer putNLBuffers(bufs)
+	return dumpTagged(fd, bufs, 1, unix.RTM_GETADDR, ifAddrMsgLen, func(data []byte) bool {
+		if len(data) < ifAddrMsgLen || int(binary.NativeEndian.Uint32(data[ifaIndexOff:])) == lo {
+			return false
+		}
+		local, _ := rtAttr(data[ifAddrMsgLen:], unix.IFA_LOCAL)
+		ip := net.IP(local)
+		if ip == nil {
+			addr, _ := rtAttr(data[ifAddrMsgLen:], unix.IFA_ADDRESS)
+			ip = net.IP(addr)
+		}
+		if len(ip) != net.IPv4len && len(ip) != net.IPv6len {
+			return true // not understood: let AddrList decide
+		}
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+			return false
+		}
+		v4 := ip.To4() != nil
+		return !(v4 && s.IPv4 || !v4 && s.IPv6)
+	})
+}
+
+// rtAttr finds the first attribute of type typ in b and returns its
+// payload.
+func rtAttr(b []byte, typ uint16) ([]byte, bool) {
+	for len(b) >= unix.SizeofRtAttr {
+		l := int(binary.NativeEndian.Uint16(b))
+		if l < unix.SizeofRtAttr || l > len(b) {
+			return nil, false
+		}
+		if binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
+			return b[unix.SizeofRtAttr:l], true
+		}
+		b = b[min(nlAlign(l), len(b)):]
+	}
+	return nil, false
+}
+
 // dumpTagged sends one rtnetlink dump request of type typ for both
 // families (a zeroed header of hdrLen bytes) and reports whether tagged
 // holds for the data of any answer.
 func dumpTagged(fd int, bufs *nftBuffers, seq uint32, typ uint16, hdrLen int, tagged func(data []byte) bool) (bool, error) {
 	what := "policy rules"
-	if typ == unix.RTM_GETROUTE {
+	switch typ {
+	case unix.RTM_GETROUTE:
 		what = "routes"
+	case unix.RTM_GETADDR:
+		what = "addresses"
 	}
 	req := bufs.batch[:0]
 	req = binary.NativeEndian.AppendUint32(req, uint32(nlMsgHdrLen+hdrLen))

@@ -170,3 +170,66 @@ func TestWeirChainsInPlace(t *testing.T) {
 		t.Fatalf("with iptables-nft chains: in place %v, decoded %v; want ipv4 in both", got, want)
 	}
 }
+
+// TestCheckFamilies: a spec that leaves a family with a global address
+// uncaptured is refused, whether the in-place scan or the full listing
+// decides; loopback and link-local addresses, and lo, do not count.
+func TestCheckFamilies(t *testing.T) {
+	n := newNS(t)
+	h := nsHandle(t, n)
+	link := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0peer"}
+	if err := h.LinkAdd(link); err != nil {
+		t.Fatalf("add a veth pair: %v", err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		t.Fatalf("set eth0 up: %v", err)
+	}
+	addAddr := func(cidr string) *netlink.Addr {
+		t.Helper()
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.Flags = unix.IFA_F_NODAD
+		if err := h.AddrAdd(link, a); err != nil {
+			t.Fatalf("add %s: %v", cidr, err)
+		}
+		return a
+	}
+	check := func(s Spec) (suspect bool, err error) {
+		t.Helper()
+		if derr := n.Do(func(ns.NetNS) error {
+			var serr error
+			if suspect, serr = anySuspectAddr(loopbackIndex, s); serr != nil {
+				return serr
+			}
+			err = checkFamilies(&netlinkState{lo: loopbackIndex}, s)
+			return nil
+		}); derr != nil {
+			t.Fatalf("scan addresses in %s: %v", n.Path(), derr)
+		}
+		return suspect, err
+	}
+	v4only, v6only := Spec{IPv4: true}, Spec{IPv6: true}
+	addAddr("10.1.2.3/24")
+	addAddr("fe80::1/64")
+	if suspect, err := check(v4only); suspect || err != nil {
+		t.Fatalf("IPv4 and link-local IPv6 under an IPv4 spec: suspect %v, %v; want neither", suspect, err)
+	}
+	if suspect, err := check(v6only); !suspect || err == nil || !strings.Contains(err.Error(), "IPv4 address 10.1.2.3") {
+		t.Fatalf("IPv4 address under an IPv6 spec: suspect %v, %v; want a refusal naming 10.1.2.3", suspect, err)
+	}
+	v6 := addAddr("fd00::1/64")
+	if suspect, err := check(v4only); !suspect || err == nil || !strings.Contains(err.Error(), "eth0 has IPv6 address fd00::1") {
+		t.Fatalf("global IPv6 address under an IPv4 spec: suspect %v, %v; want a refusal naming it", suspect, err)
+	}
+	if suspect, err := check(Spec{IPv4: true, IPv6: true}); suspect || err != nil {
+		t.Fatalf("dual-stack spec: suspect %v, %v; want neither", suspect, err)
+	}
+	if err := h.AddrDel(link, v6); err != nil {
+		t.Fatalf("delete fd00::1: %v", err)
+	}
+	if suspect, err := check(v4only); suspect || err != nil {
+		t.Fatalf("after deleting fd00::1: suspect %v, %v", suspect, err)
+	}
+}
