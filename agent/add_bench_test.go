@@ -2,13 +2,17 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
@@ -77,6 +81,81 @@ func BenchmarkAddHandler(b *testing.B) {
 		}
 		if rec := post(api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: n.Path()}); rec.Code != http.StatusOK {
 			b.Fatalf("DEL answered %d: %s", rec.Code, rec.Body)
+		}
+		closeNS(b, n)
+		b.StartTimer()
+	}
+}
+
+// BenchmarkAddOverSocket is BenchmarkAddHandler through the agent's real
+// transport: an http.Server on a unix socket, and a new connection per
+// request as weir-cni (a process per CNI call) makes. The client's side is
+// timed too; with -memprofile, -focus 'net/http.\(\*conn\)' shows the
+// server's share, which a profile of BenchmarkAddHandler does not have.
+func BenchmarkAddOverSocket(b *testing.B) {
+	testworld.RequireRoot(b)
+	perr := redirect.ProbeNFTables()
+	testworld.Require(b, perr == nil, fmt.Sprintf("a kernel that takes weir's nftables rules: %v", perr))
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Capture.Namespaces = []string{"demo"}
+	cfg.Capture.Backend = redirect.BackendNFTables
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a.ownsState.Store(true)
+	sock := filepath.Join(b.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: a.cniHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Close() })
+	client := &http.Client{Transport: &http.Transport{
+		DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+	}}
+	post := func(path string, req any) (int, []byte) {
+		body, err := json.Marshal(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := client.Post("http://agent"+path, "application/json", bytes.NewReader(body))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, err := io.ReadAll(resp.Body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return resp.StatusCode, out
+	}
+	i := 0
+	for b.Loop() {
+		b.StopTimer()
+		n, err := testutils.NewNS()
+		if err != nil {
+			b.Fatal(err)
+		}
+		att := api.Attachment{ContainerID: fmt.Sprintf("bench-%d", i), IfName: "eth0"}
+		add := api.AddRequest{Version: api.Version, Attachment: att, Netns: n.Path(),
+			Pod: api.Pod{Namespace: "demo", Name: fmt.Sprintf("p%d", i)}, IPs: []string{"10.9.0.2/24"}}
+		i++
+		b.StartTimer()
+		code, body := post(api.PathAdd+"?"+api.QueryApply, add)
+		b.StopTimer()
+		var resp api.AddResponse
+		if code != http.StatusOK || json.Unmarshal(body, &resp) != nil || !resp.Applied {
+			b.Fatalf("ADD answered %d: %s", code, body)
+		}
+		if code, body := post(api.PathDel, api.DelRequest{Version: api.Version, Attachment: att, Netns: n.Path()}); code != http.StatusOK {
+			b.Fatalf("DEL answered %d: %s", code, body)
 		}
 		closeNS(b, n)
 		b.StartTimer()
