@@ -48,6 +48,32 @@ type phaseTimer struct {
 	// reported: the ADD finished in the way whose answer carries the
 	// phases (done was called).
 	reported bool
+	// json is phaseTimes.MarshalJSON's buffer, kept with the timer.
+	json []byte
+}
+
+// freeTimers keeps a few timers between ADDs (see releaseTimer).
+var freeTimers = make(chan *phaseTimer, 4)
+
+// getTimer is a timer for one ADD, reused when one is free: with its
+// buffers it is most of what the timing costs an ADD.
+func getTimer() *phaseTimer {
+	select {
+	case t := <-freeTimers:
+		return t
+	default:
+		return new(phaseTimer)
+	}
+}
+
+// releaseTimer gives t back once nothing refers to it or its phases any
+// more: after the answer that carried them is written.
+func releaseTimer(t *phaseTimer) {
+	*t = phaseTimer{json: t.json[:0]}
+	select {
+	case freeTimers <- t:
+	default:
+	}
 }
 
 // phaseTime is one phase's total, in microseconds.
@@ -57,14 +83,19 @@ type phaseTime struct {
 }
 
 // phaseTimes is what api.AddResponse.Timings carries, sorted by name; its
-// JSON is the same object a map would give.
-type phaseTimes []phaseTime
+// JSON is the same object a map would give. buf, when set, is where
+// MarshalJSON writes (encoding/json copies what it returns at once).
+type phaseTimes struct {
+	list []phaseTime
+	buf  *[]byte
+}
 
 // begin starts the clock: the ADD's total counts from here.
 func (t *phaseTimer) begin(hist *prometheus.HistogramVec) {
 	now := time.Now()
 	t.start, t.last, t.cpu0, t.hist = now, now, processCPU(), hist
-	t.phases = t.buf[:0]
+	t.phases.list = t.buf[:0]
+	t.phases.buf = &t.json
 }
 
 // mark ends phase, which began at the previous mark.
@@ -107,11 +138,13 @@ func rulesPhase(phase string) string {
 }
 
 func (t *phaseTimer) record(phase string, d time.Duration) {
-	i, found := slices.BinarySearchFunc(t.phases, phase, func(e phaseTime, name string) int { return strings.Compare(e.name, name) })
+	l := t.phases.list
+	i, found := slices.BinarySearchFunc(l, phase, func(e phaseTime, name string) int { return strings.Compare(e.name, name) })
 	if !found {
-		t.phases = slices.Insert(t.phases, i, phaseTime{name: phase})
+		l = slices.Insert(l, i, phaseTime{name: phase})
+		t.phases.list = l
 	}
-	t.phases[i].micros += d.Microseconds()
+	l[i].micros += d.Microseconds()
 	if t.hist != nil {
 		t.hist.WithLabelValues(phase).Observe(d.Seconds())
 	}
@@ -131,9 +164,12 @@ func (t *phaseTimer) done() {
 // MarshalJSON writes the phases as one object, keys in the order
 // encoding/json gives a map's (record keeps them sorted), without the map.
 func (p phaseTimes) MarshalJSON() ([]byte, error) {
-	b := make([]byte, 0, 24*len(p)+2)
+	var b []byte
+	if p.buf != nil {
+		b = (*p.buf)[:0]
+	}
 	b = append(b, '{')
-	for i, e := range p {
+	for i, e := range p.list {
 		if i > 0 {
 			b = append(b, ',')
 		}
@@ -151,7 +187,11 @@ func (p phaseTimes) MarshalJSON() ([]byte, error) {
 		b = append(b, ':')
 		b = strconv.AppendInt(b, e.micros, 10)
 	}
-	return append(b, '}'), nil
+	b = append(b, '}')
+	if p.buf != nil {
+		*p.buf = b
+	}
+	return b, nil
 }
 
 // plainName: s needs no escaping in a JSON string (every phase name).

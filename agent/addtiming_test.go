@@ -14,7 +14,7 @@ import (
 // redirect steps are prefixed, keys come out sorted, and weir-cni's
 // decoding of api.AddResponse reads every phase back.
 func TestPhaseTimesJSON(t *testing.T) {
-	tm := new(phaseTimer)
+	tm := getTimer()
 	tm.begin(nil)
 	want := map[string]int64{}
 	for i, phase := range []string{phaseVet, phaseLock, "zeta", phaseApply, phaseVet, "a-b_c.9"} {
@@ -27,7 +27,7 @@ func TestPhaseTimesJSON(t *testing.T) {
 	tm.record(`odd "name"`, time.Microsecond)
 	want[`odd "name"`] = 1
 
-	got, err := json.Marshal(addResp{AddResponse: api.AddResponse{Captured: true, Applied: true}, Timings: tm.phases})
+	got, err := json.Marshal(addResp{AddResponse: api.AddResponse{Captured: true, Applied: true}, Timings: &tm.phases})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,5 +56,14 @@ func TestPhaseTimesJSON(t *testing.T) {
 	ref, _ = json.Marshal(api.AddResponse{Captured: true})
 	if string(got) != string(ref) {
 		t.Fatalf("without phases: got %s, want %s", got, ref)
+	}
+	// A timer given back and taken again starts empty.
+	releaseTimer(tm)
+	tm = getTimer()
+	tm.begin(nil)
+	tm.record(phaseLock, time.Millisecond)
+	again, err := json.Marshal(addResp{AddResponse: api.AddResponse{Captured: true}, Timings: &tm.phases})
+	if err != nil || string(again) != `{"captured":true,"timings":{"lock":1000}}` {
+		t.Fatalf("reused timer: %s, %v", again, err)
 	}
 }

@@ -66,6 +66,9 @@ func handle[Req versioned, Resp any](a *Agent, verb string, f func(Req) (Resp, e
 		}
 		a.cniRequests.WithLabelValues(verb, "ok").Inc()
 		writeJSON(w, http.StatusOK, resp)
+		if r, ok := any(resp).(interface{ release() }); ok {
+			r.release()
+		}
 	}
 }
 
@@ -206,17 +209,25 @@ func (a *Agent) add(r addReq, tm *phaseTimer) (api.AddResponse, error) {
 // (its field shadows the embedded one for encoding/json).
 type addResp struct {
 	api.AddResponse
-	Timings phaseTimes `json:"timings,omitempty"`
+	Timings *phaseTimes `json:"timings,omitempty"`
+	tm      *phaseTimer
+}
+
+// release gives the phase timer back once the answer is written.
+func (r addResp) release() {
+	if r.tm != nil {
+		releaseTimer(r.tm)
+	}
 }
 
 // addTimed is add with its phase timer, whose phases the answer carries
 // when add finished a capture.
 func (a *Agent) addTimed(r addReq) (addResp, error) {
-	tm := new(phaseTimer)
+	tm := getTimer()
 	resp, err := a.add(r, tm)
-	out := addResp{AddResponse: resp}
+	out := addResp{AddResponse: resp, tm: tm}
 	if err == nil && tm.reported {
-		out.Timings = tm.phases
+		out.Timings = &tm.phases
 	}
 	return out, err
 }
