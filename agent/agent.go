@@ -86,6 +86,8 @@ type Agent struct {
 	// (guarded by mu); mirrorMu serialises its writers (state.go).
 	mirrorDirty bool
 	mirrorMu    sync.Mutex
+	// mirrorScratch: see writeMirror (guarded by mirrorMu).
+	mirrorScratch mirrorScratch
 	// handover is closed when a successor took over (see takeover.go).
 	handover     chan struct{}
 	handoverOnce sync.Once

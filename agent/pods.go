@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -127,6 +129,17 @@ func (r *registry) list() []*pod {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].att.ContainerID < out[j].att.ContainerID })
 	return out
+}
+
+// appendSorted appends every pod to dst, by container id, as list does.
+func (r *registry) appendSorted(dst []*pod) []*pod {
+	r.mu.Lock()
+	for _, p := range r.pods {
+		dst = append(dst, p)
+	}
+	r.mu.Unlock()
+	slices.SortFunc(dst, func(a, b *pod) int { return strings.Compare(a.att.ContainerID, b.att.ContainerID) })
+	return dst
 }
 
 // snapshot copies the map, for a walk that must not hold the lock.

@@ -83,12 +83,25 @@ func (a *Agent) writeMirror(force bool) error {
 	a.mirrorMu.Lock()
 	defer a.mirrorMu.Unlock()
 	a.mu.Lock()
-	pods, ok := a.mirrorLocked(force)
+	pods, ok := a.mirrorLocked(force, &a.mirrorScratch)
 	a.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	return writeFileAtomic(filepath.Join(a.cfg.StateDir, stateFile), mirrorJSON(pods))
+	a.mirrorScratch.json = appendMirrorJSON(a.mirrorScratch.json[:0], pods)
+	err := writeFileAtomic(filepath.Join(a.cfg.StateDir, stateFile), a.mirrorScratch.json)
+	clear(a.mirrorScratch.pods) // drop the references until the next write
+	return err
+}
+
+// mirrorScratch is what writeMirror reuses from one write to the next
+// (guarded by mirrorMu): the mirror is rewritten every mirrorInterval while
+// pods change, and at hundreds of pods its buffers, made afresh each time,
+// were a good part of the agent's garbage during a run of ADDs.
+type mirrorScratch struct {
+	list []*pod
+	pods [][]byte
+	json []byte
 }
 
 // mirrorLocked collects every pod's encoding for the mirror: the one its
@@ -97,11 +110,24 @@ func (a *Agent) writeMirror(force bool) error {
 // pointers, and its garbage one buffer, at any node size: encoding 500
 // pods afresh every mirrorInterval competed with CNI ADDs for the CPU.
 // ok is false when there is nothing to write. Called with a.mu held.
-func (a *Agent) mirrorLocked(force bool) (pods [][]byte, ok bool) {
+//
+// scratch, when not nil, lends its slices (the caller holds mirrorMu).
+func (a *Agent) mirrorLocked(force bool, scratch *mirrorScratch) (pods [][]byte, ok bool) {
 	if !a.ownsState.Load() || (!a.mirrorDirty && !force) {
 		return nil, false
 	}
-	for _, p := range a.pods.list() {
+	var list []*pod
+	if scratch != nil {
+		scratch.list = a.pods.appendSorted(scratch.list[:0])
+		list, pods = scratch.list, scratch.pods[:0]
+		defer func() {
+			clear(scratch.list)
+			scratch.pods = pods
+		}()
+	} else {
+		list = a.pods.list()
+	}
+	for _, p := range list {
 		b, cached := a.savedJSON[p.att]
 		if !cached || a.saved[p.att] != (savedMark{p: p, ns: p.ns, touched: p.touched.Load()}) {
 			var err error
@@ -122,7 +148,11 @@ func mirrorJSON(pods [][]byte) []byte {
 	for _, p := range pods {
 		n += len(p) + 1
 	}
-	b := make([]byte, 0, n)
+	return appendMirrorJSON(make([]byte, 0, n), pods)
+}
+
+// appendMirrorJSON appends the mirror to b.
+func appendMirrorJSON(b []byte, pods [][]byte) []byte {
 	b = append(b, `{"version":1,"pods":[`...)
 	for i, p := range pods {
 		if i > 0 {
@@ -204,7 +234,7 @@ func (a *Agent) saveState(only []api.Attachment) error {
 		// Every pod an older agent's stateFile listed has a file of its
 		// own now; the stateFile becomes this agent's mirror.
 		a.legacyState = false
-		if pods, ok := a.mirrorLocked(true); ok {
+		if pods, ok := a.mirrorLocked(true, nil); ok {
 			if err := writeFileAtomic(filepath.Join(a.cfg.StateDir, stateFile), mirrorJSON(pods)); err != nil {
 				errs = append(errs, err)
 			}

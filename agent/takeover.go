@@ -105,7 +105,7 @@ func (a *Agent) handleHandover(w http.ResponseWriter, r *http.Request) {
 	// The successor reads the state once more after this answer; an older
 	// successor reads the stateFile only, so bring the mirror up to date
 	// first.
-	if pods, ok := a.mirrorLocked(false); ok {
+	if pods, ok := a.mirrorLocked(false, nil); ok {
 		if err := writeFileAtomic(filepath.Join(a.cfg.StateDir, stateFile), mirrorJSON(pods)); err != nil {
 			a.log.Error("write state mirror for the successor", "err", err)
 		}
