@@ -3,12 +3,8 @@ package agent
 import (
 	"bytes"
 	"errors"
-	"io"
-	"io/fs"
-	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/weir-mesh/weir/internal/sysfile"
 	"github.com/weir-mesh/weir/proxy/netns"
 )
 
@@ -75,7 +71,7 @@ func readSysctl(name string) (string, error) {
 	var errs []error
 	for _, root := range sysctlRoots {
 		var buf [32]byte
-		b, err := readSmall(root+name, buf[:])
+		b, err := sysfile.Read(root+name, buf[:])
 		if err == nil {
 			return string(bytes.TrimSpace(b)), nil
 		}
@@ -89,62 +85,11 @@ func readSysctl(name string) (string, error) {
 func writeSysctl(name, value string) error {
 	var errs []error
 	for _, root := range sysctlRoots {
-		err := writeSmall(root+name, value)
+		err := sysfile.Write(root+name, value)
 		if err == nil {
 			return nil
 		}
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// readSmall reads a file of a few bytes (a sysctl) whole into buf, growing
-// it when the file is longer. Unlike os.ReadFile it makes no *os.File, no
-// poller registration and no buffer: tunePod reads and writes sysctls at
-// every ADD, and what os.ReadFile left behind was the agent's garbage.
-func readSmall(name string, buf []byte) ([]byte, error) {
-	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	defer unix.Close(fd)
-	n := 0
-	for {
-		if n == len(buf) {
-			buf = append(buf, 0)[:n]
-			buf = buf[:cap(buf)]
-		}
-		got, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "read", Path: name, Err: err}
-		}
-		if got == 0 {
-			return buf[:n], nil
-		}
-		n += got
-	}
-}
-
-// writeSmall writes value to a file the way os.WriteFile would (same flags
-// and mode), in one write, for the same reason as readSmall.
-func writeSmall(name, value string) error {
-	fd, err := unix.Open(name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	// The kernel only reads the bytes: a view of the string saves a copy.
-	got, err := unix.Write(fd, unsafe.Slice(unsafe.StringData(value), len(value)))
-	cerr := unix.Close(fd)
-	switch {
-	case err != nil:
-		return &fs.PathError{Op: "write", Path: name, Err: err}
-	case got < len(value):
-		return &fs.PathError{Op: "write", Path: name, Err: io.ErrShortWrite}
-	case cerr != nil:
-		return &fs.PathError{Op: "close", Path: name, Err: cerr}
-	}
-	return nil
 }

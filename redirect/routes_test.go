@@ -1,12 +1,8 @@
 package redirect
 
 import (
-	"errors"
-	"io/fs"
 	"maps"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -87,28 +83,6 @@ func TestAnyTagged(t *testing.T) {
 	}
 	if !scan() {
 		t.Fatal("a route of weir's protocol was not found")
-	}
-}
-
-// TestReadProcFile reads a file longer than the buffer given, one that
-// fits, and one that is missing (which must still be fs.ErrNotExist, as
-// legacyTables relies on).
-func TestReadProcFile(t *testing.T) {
-	dir := t.TempDir()
-	long := strings.Repeat("nat filter mangle raw security\n", 40)
-	for _, content := range []string{long, "nat\n", ""} {
-		path := filepath.Join(dir, "f")
-		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		var buf [16]byte
-		got, err := readProcFile(path, buf[:])
-		if err != nil || string(got) != content {
-			t.Fatalf("read %d bytes: got %q, %v", len(content), got, err)
-		}
-	}
-	if _, err := readProcFile(filepath.Join(dir, "missing"), nil); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("missing file: %v, want fs.ErrNotExist", err)
 	}
 }
 

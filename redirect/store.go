@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/internal/sysfile"
 )
 
 // store is one place weir's packet rules can live in a network namespace:
@@ -141,7 +143,7 @@ func legacyTables(f family) ([]string, error) {
 		name = "/proc/thread-self/net/ip6_tables_names"
 	}
 	var buf [256]byte
-	b, err := readProcFile(name, buf[:])
+	b, err := sysfile.Read(name, buf[:])
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil // x_tables not in this kernel: nothing can be there
 	}
@@ -149,36 +151,6 @@ func legacyTables(f family) ([]string, error) {
 		return nil, err
 	}
 	return strings.Fields(string(b)), nil
-}
-
-// readProcFile reads a small /proc file whole into buf, growing it when
-// the file is longer. It is os.ReadFile without the *os.File, its poller
-// registration and its buffer: every ADD and DEL reads two of these files,
-// which are empty in a namespace iptables-legacy never touched.
-func readProcFile(name string, buf []byte) ([]byte, error) {
-	fd, err := unix.Open(name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: name, Err: err}
-	}
-	defer unix.Close(fd)
-	n := 0
-	for {
-		if n == len(buf) {
-			buf = append(buf, 0)[:n]
-			buf = buf[:cap(buf)]
-		}
-		got, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "read", Path: name, Err: err}
-		}
-		if got == 0 {
-			return buf[:n], nil
-		}
-		n += got
-	}
 }
 
 func (st iptStore) program(undo *undoStack, s Spec) error {
