@@ -182,8 +182,8 @@ func testKernelService(t *testing.T, w world) {
 }
 
 // reloadServices rewrites the agent's config file with these services and
-// sends SIGHUP.
-func reloadServices(t *testing.T, a *testworld.Agent, services []any) {
+// sends SIGHUP; it returns when it sent it.
+func reloadServices(t testing.TB, a *testworld.Agent, services []any) time.Time {
 	t.Helper()
 	b, err := os.ReadFile(a.Config)
 	if err != nil {
@@ -200,7 +200,9 @@ func reloadServices(t *testing.T, a *testworld.Agent, services []any) {
 	if err := os.WriteFile(a.Config, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	at := time.Now()
 	if err := syscall.Kill(a.Pid(), syscall.SIGHUP); err != nil {
 		t.Fatalf("SIGHUP the agent: %v", err)
 	}
+	return at
 }

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"math"
 	"os"
@@ -11,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -266,27 +264,8 @@ func (p *procsSite) waitLog(t testing.TB, want string, within time.Duration) {
 // SIGHUP; it returns when it sent it.
 func (p *procsSite) reload(t testing.TB, services []any) time.Time {
 	t.Helper()
-	b, err := os.ReadFile(p.agent.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg map[string]any
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	cfg["services"] = services
-	if b, err = json.Marshal(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p.agent.Config, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	p.reloads++
-	at := time.Now()
-	if err := syscall.Kill(p.agent.Pid(), syscall.SIGHUP); err != nil {
-		t.Fatalf("SIGHUP the agent: %v", err)
-	}
-	return at
+	return reloadServices(t, p.agent, services)
 }
 
 // bigServices is n services on addresses of 10.97.0.0/16, each with one
