@@ -33,18 +33,7 @@ import (
 //
 // Creating each pod netns and the DEL after each ADD are not timed.
 func BenchmarkAddHandler(b *testing.B) {
-	testworld.RequireRoot(b)
-	perr := redirect.ProbeNFTables()
-	testworld.Require(b, perr == nil, fmt.Sprintf("a kernel that takes weir's nftables rules: %v", perr))
-	cfg := DefaultConfig()
-	cfg.StateDir = b.TempDir()
-	cfg.Capture.Namespaces = []string{"demo"}
-	cfg.Capture.Backend = redirect.BackendNFTables
-	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	a.ownsState.Store(true)
+	a := benchAgent(b)
 	h := a.cniHandler()
 	post := func(path string, req any) *httptest.ResponseRecorder {
 		body, err := json.Marshal(req)
@@ -93,18 +82,7 @@ func BenchmarkAddHandler(b *testing.B) {
 // timed too; with -memprofile, -focus 'net/http.\(\*conn\)' shows the
 // server's share, which a profile of BenchmarkAddHandler does not have.
 func BenchmarkAddOverSocket(b *testing.B) {
-	testworld.RequireRoot(b)
-	perr := redirect.ProbeNFTables()
-	testworld.Require(b, perr == nil, fmt.Sprintf("a kernel that takes weir's nftables rules: %v", perr))
-	cfg := DefaultConfig()
-	cfg.StateDir = b.TempDir()
-	cfg.Capture.Namespaces = []string{"demo"}
-	cfg.Capture.Backend = redirect.BackendNFTables
-	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		b.Fatal(err)
-	}
-	a.ownsState.Store(true)
+	a := benchAgent(b)
 	sock := filepath.Join(b.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -168,4 +146,23 @@ func closeNS(b *testing.B, n ns.NetNS) {
 	if err := testutils.UnmountNS(n); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// benchAgent is an agent that captures namespace demo with nftables and owns
+// its state, as the ADD benchmarks need.
+func benchAgent(b *testing.B) *Agent {
+	b.Helper()
+	testworld.RequireRoot(b)
+	perr := redirect.ProbeNFTables()
+	testworld.Require(b, perr == nil, fmt.Sprintf("a kernel that takes weir's nftables rules: %v", perr))
+	cfg := DefaultConfig()
+	cfg.StateDir = b.TempDir()
+	cfg.Capture.Namespaces = []string{"demo"}
+	cfg.Capture.Backend = redirect.BackendNFTables
+	a, err := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	a.ownsState.Store(true)
+	return a
 }
