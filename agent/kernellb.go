@@ -32,9 +32,12 @@ type kernelLB struct {
 	// svcs are the kernel-balanced services of the routes last published.
 	svcs atomic.Pointer[[]route.Service]
 	// mu serialises syncs and the objects' close at shutdown; last is
-	// what the last sync wrote (to log changes only).
-	mu   sync.Mutex
-	last []capture.KernelService
+	// what the last sync wrote into wrote's maps: a check that finds the
+	// same table to write writes nothing, so the ticker costs no map dump
+	// and no system call per slot while nothing changed.
+	mu    sync.Mutex
+	last  []capture.KernelService
+	wrote *capture.Objects
 	// services and endpoints are the gauges' values.
 	services, endpoints atomic.Int64
 }
@@ -68,6 +71,10 @@ func (a *Agent) syncKernelLB() {
 		svcs = *p
 	}
 	want := kernelTable(svcs, a.routes.Load())
+	changed := !slices.EqualFunc(a.klb.last, want, sameKernelService)
+	if objs == a.klb.wrote && !changed {
+		return
+	}
 	if err := objs.SetKernelServices(want); err != nil {
 		a.log.Error("program kernel-balanced services", "err", err)
 		return
@@ -80,10 +87,10 @@ func (a *Agent) syncKernelLB() {
 	}
 	a.klb.services.Store(int64(len(want)))
 	a.klb.endpoints.Store(int64(len(eps)))
-	if !slices.EqualFunc(a.klb.last, want, sameKernelService) {
+	if changed {
 		a.log.Info("kernel-balanced services programmed", "addresses", len(want), "endpoints", len(eps))
-		a.klb.last = want
 	}
+	a.klb.last, a.klb.wrote = want, objs
 }
 
 // runKernelLB re-syncs the table every kernelLBInterval until ctx ends, so
