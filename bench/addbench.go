@@ -56,6 +56,16 @@ type ADDOptions struct {
 	// "CNI ADD latency, eighth pass"). Zero, the default, adds pods back
 	// to back.
 	Gap time.Duration
+	// EmptyNode adds a second node, with an agent of its own and the same
+	// backend and mode, whose pod count stays at zero: right after every
+	// ADD on the measured node, a pod is made there, added, deleted and its
+	// namespace removed, and that ADD is timed too (ADDResult.Empty). The
+	// two ADDs run the same code at nearly the same moment, and only the
+	// measured node's pod count grows, so the ratio of the two, first 50
+	// against last 50, is the growth with the number of pods with the
+	// machine's own drift over the run divided out (the VERSION control
+	// does no work, so it shows only part of that drift).
+	EmptyNode bool
 }
 
 // ADDResult is one backend's run: per ADD, in order, weir-cni's wall time
@@ -97,6 +107,10 @@ type ADDResult struct {
 	NoLinkIPv6 bool
 	// Traced counts the ADDs run under strace, left out of the figures.
 	Traced int
+	// Empty, with ADDOptions.EmptyNode, is weir-cni ADD's wall time on the
+	// empty node, one right after each ADD of Wall (untraced ones only, so
+	// that Empty[i] pairs with Wall[i]).
+	Empty []time.Duration
 	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
 	Del []time.Duration
 	// Baseline, with ADDOptions.BaselinePlugin, is the baseline binary's
@@ -150,6 +164,10 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	t.Cleanup(func() { os.RemoveAll(stateDir) })
 	agent := node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
 	res := ADDResult{Backend: backend, Mode: opts.Mode, NoLinkIPv6: opts.NoLinkIPv6}
+	var empty *emptyNode
+	if opts.EmptyNode {
+		empty = newEmptyNode(t, backend, opts)
+	}
 	cpu0, err := procCPU(agent.Pid())
 	if err != nil {
 		t.Fatalf("%s: %v", backend, err)
@@ -178,6 +196,9 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 			t.Fatalf("%s: ADD of pod %d: %v", backend, i, err)
 		}
 		pods = append(pods, p)
+		if empty != nil {
+			empty.add(t, i)
+		}
 		w, _ := pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 1)
 		res.Control = append(res.Control, w...)
 		if opts.Progress != nil {
@@ -215,18 +236,73 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	if opts.BaselinePlugin != "" {
 		res.Baseline = &ADDResult{Backend: backend + "-base", Mode: opts.Mode, Phases: map[string][]time.Duration{}}
 	}
+	var emptyRuns []addRun
+	if empty != nil {
+		emptyRuns = empty.timer.adds()
+		if len(emptyRuns) != len(runs) {
+			t.Fatalf("%s: timed %d ADDs on the empty node, want %d", backend, len(emptyRuns), len(runs))
+		}
+	}
 	for i, r := range runs {
 		into := &res
 		if r.baseline {
 			into = res.Baseline
 		}
 		into.addRun(r, lines[i])
+		if empty != nil && !r.traced && !r.baseline {
+			res.Empty = append(res.Empty, emptyRuns[i].wall)
+		}
 	}
 	res.Start, res.StartCPU = pluginStart(t, filepath.Join(node.Bin, "weir-cni"), 50)
 	if res.Baseline != nil {
 		res.Baseline.Start, res.Baseline.StartCPU = pluginStart(t, opts.BaselinePlugin, 50)
 	}
 	return res
+}
+
+// emptyNode is ADDOptions.EmptyNode's node: its agent captures namespace
+// demo like the measured node's, and it never keeps a pod.
+type emptyNode struct {
+	node       *testworld.Node
+	timer      *addTimer
+	noLinkIPv6 bool
+}
+
+func newEmptyNode(t testworld.T, backend string, opts ADDOptions) *emptyNode {
+	t.Helper()
+	timer := &addTimer{inner: &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}}
+	node := testworld.NewNode(t, testworld.NodeOptions{Exec: timer, CaptureBackend: backend, Weir: map[string]any{"mode": opts.Mode}})
+	stateDir, err := os.MkdirTemp("/dev/shm", "weir-addbench-empty-")
+	if err != nil {
+		t.Fatalf("state directory on tmpfs: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(stateDir) })
+	node.StartAgent(t, map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "logLevel": "info", "stateDir": stateDir})
+	if opts.NoLinkIPv6 {
+		node.MustRun(t, "sysctl", "-q", "-w", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv6.conf.weir0.disable_ipv6=1")
+	}
+	return &emptyNode{node: node, timer: timer, noLinkIPv6: opts.NoLinkIPv6}
+}
+
+// add makes pod i on the empty node, adds it (timed), deletes it and
+// removes its namespace, so the node is empty again.
+func (e *emptyNode) add(t testworld.T, i int) {
+	t.Helper()
+	p := e.node.NewPodNetns(t, "demo", fmt.Sprintf("e%04d", i))
+	if e.noLinkIPv6 {
+		if err := p.Netns.Do(func() error {
+			return os.WriteFile("/proc/sys/net/ipv6/conf/default/disable_ipv6", []byte("1"), 0)
+		}); err != nil {
+			t.Fatalf("empty node: pod %d: no IPv6 on new links: %v", i, err)
+		}
+	}
+	if err := e.node.Add(t, p); err != nil {
+		t.Fatalf("empty node: ADD of pod %d: %v", i, err)
+	}
+	if err := e.node.Del(p); err != nil {
+		t.Fatalf("empty node: DEL of pod %d: %v", i, err)
+	}
+	p.Netns.MustRunDelete(t)
 }
 
 // bridgeFrames reads how many frames the node's bridge has received.
@@ -470,6 +546,13 @@ type Summary struct {
 	Start, StartCPU time.Duration
 	// Control is the VERSION run after every ADD (ADDResult.Control).
 	Control Dist
+	// Empty is the empty node's ADDs (ADDResult.Empty), and PairedDrift
+	// the growth with the pod count net of the machine's: the median of
+	// Wall[i]/Empty[i] over the last 50 pairs against the first 50, minus
+	// one. HasEmpty says whether the run had an empty node.
+	Empty       Dist
+	PairedDrift float64
+	HasEmpty    bool
 	// BridgeFrames is ADDResult.BridgeFrames; NoLinkIPv6 the option it
 	// ran with.
 	BridgeFrames uint64
@@ -489,6 +572,9 @@ func (r ADDResult) Summarize() Summary {
 	s := Summary{Backend: r.Backend, Mode: r.Mode, Pods: len(r.Wall), Traced: r.Traced, AgentGCs: r.AgentGCs,
 		Wall: DistOf(r.Wall), Del: DistOf(r.Del), Control: DistOf(r.Control), Start: Percentile(r.Start, 50), StartCPU: Percentile(r.StartCPU, 50),
 		BridgeFrames: r.BridgeFrames, NoLinkIPv6: r.NoLinkIPv6}
+	if len(r.Empty) > 0 && len(r.Empty) == len(r.Wall) {
+		s.HasEmpty, s.Empty, s.PairedDrift = true, DistOf(r.Empty), pairedDrift(r.Wall, r.Empty)
+	}
 	n := len(r.Wall) + r.Traced
 	if r.Baseline != nil {
 		n += len(r.Baseline.Wall) + r.Baseline.Traced // the agent served those too
@@ -513,6 +599,33 @@ func (r ADDResult) Summarize() Summary {
 		s.Phases = append(s.Phases, PhaseDist{Name: k, Dist: DistOf(r.Phases[k])})
 	}
 	return s
+}
+
+// pairedDrift is the median of a[i]/b[i] over the last 50 pairs divided by
+// its median over the first 50, minus one: a's growth over the run beyond
+// b's, pair by pair, so that a moment when the whole machine was slow
+// counts against both.
+func pairedDrift(a, b []time.Duration) float64 {
+	ratios := make([]float64, len(a))
+	for i := range a {
+		if b[i] > 0 {
+			ratios[i] = float64(a[i]) / float64(b[i])
+		}
+	}
+	n := min(50, len(ratios))
+	median := func(xs []float64) float64 {
+		s := slices.Clone(xs)
+		slices.Sort(s)
+		if len(s) == 0 {
+			return 0
+		}
+		return s[(len(s)-1)/2]
+	}
+	first := median(ratios[:n])
+	if first <= 0 {
+		return 0
+	}
+	return median(ratios[len(ratios)-n:])/first - 1
 }
 
 // Phase returns the named phase's distribution (zero if absent).

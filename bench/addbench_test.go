@@ -83,3 +83,53 @@ func TestMeasureADDNoLinkIPv6(t *testing.T) {
 		t.Fatalf("want 4 ADDs with no IPv6 on their links and a silent bridge; got %d ADDs, NoLinkIPv6 %v, %d bridge frames", s.Pods, s.NoLinkIPv6, s.BridgeFrames)
 	}
 }
+
+// TestPairedDrift: a series that grows only as fast as its pair shows no
+// drift; one that grows on its own shows its own growth.
+func TestPairedDrift(t *testing.T) {
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	var a, b, c []time.Duration
+	for i := 0; i < 200; i++ {
+		machine := 1 + float64(i)/200 // the machine slows by up to 2× over the run
+		a = append(a, ms(3*machine))
+		b = append(b, ms(2*machine))
+		c = append(c, ms(3*machine*(1+0.2*float64(i)/199)))
+	}
+	if d := pairedDrift(a, b); d < -0.001 || d > 0.001 {
+		t.Errorf("same growth as the pair: drift %.4f, want 0", d)
+	}
+	// Over the run c grows by 20 % of its own; the medians of the first
+	// and the last 50 sit at pairs 24 and 174: 1.1749/1.0241 - 1.
+	if d := pairedDrift(c, b); d < 0.14 || d > 0.155 {
+		t.Errorf("20 %% own growth over the run: drift %.4f, want 0.147", d)
+	}
+	if d := DistOf(a).Drift(); d < 0.5 {
+		t.Errorf("unpaired drift %.3f should show the machine's slowing", d)
+	}
+}
+
+// TestMeasureADDEmptyNode: with an empty node, every ADD on the measured
+// node has a timed ADD on the other node after it, and the empty node
+// keeps no pod and no namespace.
+func TestMeasureADDEmptyNode(t *testing.T) {
+	testworld.RequireRoot(t)
+	testworld.RequireTool(t, "ip", "nft")
+	before, err := os.ReadDir("/run/netns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := MeasureADD(t, "nftables", ADDOptions{Pods: 4, EmptyNode: true})
+	s := r.Summarize()
+	if len(r.Empty) != 4 || !s.HasEmpty || s.Empty.P50 <= 0 {
+		t.Fatalf("want 4 timed ADDs on the empty node; got %d (%+v)", len(r.Empty), s.Empty)
+	}
+	after, err := os.ReadDir("/run/netns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The measured node's netns, its 4 pods and the empty node's netns
+	// remain until cleanup; the empty node's 4 pods are gone.
+	if got, want := len(after)-len(before), 6; got != want {
+		t.Errorf("%d more namespaces during the run, want %d (the empty node's pods must be removed)", got, want)
+	}
+}

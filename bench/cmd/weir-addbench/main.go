@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +39,7 @@ func main() {
 	straceEvery := flag.Int("strace-every", 100, "with -strace: trace ADD 0, N, 2N, ...")
 	baseline := flag.String("baseline-plugin", "", "another weir-cni binary (built from main, say) that runs every other ADD instead of this tree's, on the same node and agent; reported as BACKEND-base")
 	noLinkIPv6 := flag.Bool("no-link-ipv6", false, "give the pods' links and the bridge's ports no IPv6 in this IPv4 run (their router solicitations and MLD reports, flooded by the bridge to every port, cost the whole node more as pods accumulate)")
+	emptyNode := flag.Bool("empty-node", true, "after every ADD, time the same ADD on a second node that keeps no pods, and report the pod-count drift net of the machine's (paired drift); -empty-node=false halves the run time")
 	gap := flag.Duration("gap", 0, "pause before each pod is made, so that what the node still does for the previous pod does not land on the next ADD (0: pods back to back)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
@@ -78,7 +80,7 @@ func main() {
 		var r bench.ADDResult
 		start := time.Now()
 		ok := s.Guard(func() {
-			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, NoLinkIPv6: *noLinkIPv6, Gap: *gap, Progress: func(done int) {
+			r = bench.MeasureADD(s, b, bench.ADDOptions{Pods: *pods, Mode: *mode, StraceDir: *straceDir, StraceEvery: *straceEvery, BaselinePlugin: *baseline, NoLinkIPv6: *noLinkIPv6, Gap: *gap, EmptyNode: *emptyNode, Progress: func(done int) {
 				if done%100 == 0 {
 					fmt.Fprintf(os.Stderr, "weir-addbench: %s: %d pods added (%s)\n", b, done, time.Since(start).Round(time.Second))
 				}
@@ -128,6 +130,17 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool, 
 		d := s.Del
 		fmt.Printf("%-9s %6s %6s %6s %7s %7s %7s\n", s.Backend, ms(d.Min), ms(d.P10), ms(d.P50), ms(d.P90), ms(d.P99), ms(d.Max))
 	}
+	if slices.ContainsFunc(sums, func(s bench.Summary) bool { return s.HasEmpty }) {
+		fmt.Printf("\nthe same ADD on an empty node (a second node that keeps no pods), right after each ADD above, ms; paired drift: median of ADD/empty-node ADD over the last 50 pairs against the first 50\n")
+		fmt.Printf("%-13s %6s %7s   %7s %7s %7s   %12s\n", "backend", "p50", "p99", "first50", "last50", "drift", "paired drift")
+		for _, s := range sums {
+			if !s.HasEmpty {
+				continue
+			}
+			e := s.Empty
+			fmt.Printf("%-13s %6s %7s   %7s %7s %+6.1f%%   %+11.1f%%\n", s.Backend, ms(e.P50), ms(e.P99), ms(e.First50), ms(e.Last50), 100*e.Drift(), 100*s.PairedDrift)
+		}
+	}
 	for _, s := range sums {
 		if s.Backend != "nftables" {
 			continue
@@ -142,6 +155,10 @@ func report(sums []bench.Summary, pods int, mode string, nice int, phases bool, 
 			links = "no IPv6 on the pods' links (-no-link-ipv6)"
 		}
 		fmt.Printf("node bridge: %d frames received over the ADDs, %s\n", s.BridgeFrames, links)
+		if s.HasEmpty {
+			fmt.Printf("paired drift (ADD / empty-node ADD, median of the last 50 pairs against the first 50): %+.1f%%; flat within 10%% net of the machine: %v\n",
+				100*s.PairedDrift, s.PairedDrift <= 0.10 && s.PairedDrift >= -0.10)
+		}
 	}
 	if !phases {
 		return
