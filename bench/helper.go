@@ -37,6 +37,8 @@ func HelperMain(args []string) (int, bool) {
 		err = pingpongMain(args[2:], os.Stdout)
 	case "relay":
 		err = relayMain(args[2:])
+	case "epoll-relay":
+		err = epollRelayMain(args[2:])
 	default:
 		err = fmt.Errorf("unknown helper %q", args[1])
 	}

@@ -44,6 +44,10 @@ var peers = []peer{
 	{name: "go-relay", desc: "plain Go relay, io.Copy between TCPConns (splice)", start: startGoRelay("splice")},
 	// Experiments for relay.go's copy strategy (run with --paths).
 	{name: "go-relay-buffer", desc: "Go relay copying through a 32 KiB user-space buffer (read/write, no splice)", optIn: true, start: startGoRelay("buffer")},
+	// How close Go itself comes to nginx stream (issue 17): an event loop
+	// per thread over raw system calls, nginx's design (epollrelay.go).
+	{name: "go-epoll", desc: "Go relay written like nginx stream: 2 threads, each its own SO_REUSEPORT listeners and edge-triggered epoll, raw system calls only", optIn: true, start: startEpollRelay(false)},
+	{name: "go-epoll-hold", desc: "go-epoll whose threads keep their P while waiting in epoll_wait (a raw system call)", optIn: true, start: startEpollRelay(true)},
 	{name: "go-relay-adaptive", desc: "Go relay: read/write through a 32 KiB buffer, a direction switches to splice after 2 reads in a row fill the buffer", optIn: true, start: startGoRelay("adaptive")},
 }
 
@@ -221,6 +225,20 @@ defaults
 func startGoRelay(copyMode string) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 		return startGoRelayMode(w, copyMode, listen, upstream)
+	}
+}
+
+func startEpollRelay(hold bool) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+		args := []string{fmt.Sprintf("-hold=%v", hold)}
+		for _, b := range backends {
+			args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
+		}
+		exe, args, err := helperCommand("epoll-relay", args...)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		return w.startProc(w.plain.Netns, "go-epoll", nil, exe, args...)
 	}
 }
 
