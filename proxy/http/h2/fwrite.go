@@ -34,7 +34,8 @@ type wconn struct {
 	closed   bool // no more writes: the connection failed or is closing
 	enc      *hpack.Encoder
 	hbuf     bytes.Buffer
-	maxFrame uint32 // the peer's SETTINGS_MAX_FRAME_SIZE
+	memo     encodeMemo // the last block, when the same fields may reuse it
+	maxFrame uint32     // the peer's SETTINGS_MAX_FRAME_SIZE
 
 	kick chan struct{} // cap 1: the writer has something to do
 	done chan struct{} // closed when the writer goroutine ends
@@ -299,11 +300,15 @@ func (w *wconn) headersLocked(id uint32, end bool, fields []hpack.HeaderField) {
 	if w.closed {
 		return
 	}
-	w.hbuf.Reset()
-	for _, f := range fields {
-		w.enc.WriteField(f)
+	block, ok := w.memo.lookup(fields)
+	if !ok {
+		w.hbuf.Reset()
+		for _, f := range fields {
+			w.enc.WriteField(f)
+		}
+		block = w.hbuf.Bytes()
+		w.memo.encoded(fields, block)
 	}
-	block := w.hbuf.Bytes()
 	t := http2.FrameHeaders
 	var flags http2.Flags
 	if end {
@@ -401,6 +406,7 @@ func (w *wconn) applySettings(f *http2.SettingsFrame) {
 	}
 	if v, ok := f.Value(http2.SettingHeaderTableSize); ok {
 		w.enc.SetMaxDynamicTableSizeLimit(min(v, 4096))
+		w.memo.ok = false // the next block may carry a size update
 	}
 }
 
