@@ -53,7 +53,9 @@
 // SETTINGS_MAX_CONCURRENT_STREAMS (one stream until its SETTINGS arrive);
 // the client's own streams are bounded by MaxConcurrentStreams
 // (REFUSED_STREAM beyond). Header blocks are decoded and encoded again on
-// each hop, so the proxy can filter fields, rewrite and apply routes.
+// each hop, so the proxy can filter fields, rewrite and apply routes; a
+// writer sends its last block again, without the encoder, when the same
+// fields follow a block that left the table unchanged (hpackmemo.go).
 // Flow control is end to end but decoupled: each side is offered fixed
 // windows (256 KiB per stream, 1 MiB per connection), and window goes
 // back to one side only as the other side's windows let the bytes out, so
