@@ -224,32 +224,25 @@ defaults
 
 func startGoRelay(copyMode string) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
-		return startGoRelayMode(w, copyMode, listen, upstream)
+		return startRelayHelper(w, "relay", "go-relay", []string{"-copy", copyMode}, listen, upstream)
 	}
 }
 
 func startEpollRelay(hold bool) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
-		args := []string{fmt.Sprintf("-hold=%v", hold)}
-		for _, b := range backends {
-			args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
-		}
-		exe, args, err := helperCommand("epoll-relay", args...)
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		return w.startProc(w.plain.Netns, "go-epoll", nil, exe, args...)
+		return startRelayHelper(w, "epoll-relay", "go-epoll", []string{fmt.Sprintf("-hold=%v", hold)}, listen, upstream)
 	}
 }
 
-func startGoRelayMode(w *world, copyMode string, listen map[backend]int, upstream map[backend]string) *proc {
-	args := []string{"-copy", copyMode}
+// startRelayHelper starts one of the bench's own relays (helper role) in
+// the plain client pod, with a -pair LISTEN=UPSTREAM per backend.
+func startRelayHelper(w *world, role, name string, args []string, listen map[backend]int, upstream map[backend]string) *proc {
 	for _, b := range backends {
 		args = append(args, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", listen[b], upstream[b]))
 	}
-	exe, args, err := helperCommand("relay", args...)
+	exe, args, err := helperCommand(role, args...)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	return w.startProc(w.plain.Netns, "go-relay", nil, exe, args...)
+	return w.startProc(w.plain.Netns, name, nil, exe, args...)
 }
