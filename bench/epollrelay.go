@@ -224,13 +224,14 @@ func (w *epollWorker) handle(p *epollPair, fd int, events uint32) {
 		return
 	}
 	if events&unix.EPOLLOUT != 0 && len(p.side[i].pending) > 0 {
-		if !w.flush(p, i) {
+		drained, open := w.flush(p, i)
+		if !open {
 			return
 		}
 		// Room again: what the other side held back can come now, read
 		// until EAGAIN: a FIN that came meanwhile raised its edge while
 		// nothing was read.
-		if !w.pump(p, 1-i, drainAll) {
+		if drained && !w.pump(p, 1-i, drainAll) {
 			return
 		}
 	}
@@ -284,25 +285,25 @@ func (w *epollWorker) pump(p *epollPair, from int, events uint32) bool {
 	return true
 }
 
-// flush writes side i's pending bytes; false if the pair was closed or
-// bytes remain.
-func (w *epollWorker) flush(p *epollPair, i int) bool {
+// flush writes side i's pending bytes. drained: none remain; open: the
+// pair was not closed.
+func (w *epollWorker) flush(p *epollPair, i int) (drained, open bool) {
 	s := &p.side[i]
 	m, err := unix.Write(s.fd, s.pending)
 	if err != nil && err != unix.EAGAIN {
 		w.close(p)
-		return false
+		return false, false
 	}
 	if m > 0 {
 		s.pending = s.pending[:copy(s.pending, s.pending[m:])]
 	}
 	if len(s.pending) > 0 {
-		return false
+		return false, true
 	}
 	if p.side[1-i].eof {
 		unix.Shutdown(s.fd, unix.SHUT_WR)
 	}
-	return true
+	return true, true
 }
 
 func (w *epollWorker) close(p *epollPair) {
