@@ -111,6 +111,9 @@ type ADDResult struct {
 	// empty node, one right after each ADD of Wall (untraced ones only, so
 	// that Empty[i] pairs with Wall[i]).
 	Empty []time.Duration
+	// EmptyNetns are the paths the empty node's pods' namespaces had,
+	// each removed right after its pod's DEL.
+	EmptyNetns []string
 	// Del is weir-cni DEL's wall time per pod, after every ADD, in order.
 	Del []time.Duration
 	// Baseline, with ADDOptions.BaselinePlugin, is the baseline binary's
@@ -238,6 +241,7 @@ func MeasureADD(t testworld.T, backend string, opts ADDOptions) ADDResult {
 	}
 	var emptyRuns []addRun
 	if empty != nil {
+		res.EmptyNetns = empty.netns
 		emptyRuns = empty.timer.adds()
 		if len(emptyRuns) != len(runs) {
 			t.Fatalf("%s: timed %d ADDs on the empty node, want %d", backend, len(emptyRuns), len(runs))
@@ -266,6 +270,7 @@ type emptyNode struct {
 	node       *testworld.Node
 	timer      *addTimer
 	noLinkIPv6 bool
+	netns      []string // every pod's namespace path, in order
 }
 
 func newEmptyNode(t testworld.T, backend string, opts ADDOptions) *emptyNode {
@@ -303,6 +308,7 @@ func (e *emptyNode) add(t testworld.T, i int) {
 		t.Fatalf("empty node: DEL of pod %d: %v", i, err)
 	}
 	p.Netns.MustRunDelete(t)
+	e.netns = append(e.netns, p.Netns.Path)
 }
 
 // bridgeFrames reads how many frames the node's bridge has received.
