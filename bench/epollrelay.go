@@ -29,10 +29,18 @@ import (
 // (a raw system call), so each keeps its P and no other thread wakes for
 // it; without it the wait is an ordinary blocking system call, and the
 // runtime may hand the P to another thread while the worker sleeps.
+//
+// With -weir-calls each connection also makes the system calls weir's
+// capture needs and nginx's does not: SO_ORIGINAL_DST on the accepted
+// socket, a setns into the pod's namespace and back around the upstream
+// socket (here into the namespace the relay already runs in, which costs
+// the kernel the same), and SO_MARK on it. That is the floor of weir's L4
+// path rebuilt on these loops.
 func epollRelayMain(args []string) error {
 	fs := flag.NewFlagSet("epoll-relay", flag.ContinueOnError)
 	workers := fs.Int("workers", 2, "event-loop threads, each with its own listeners and epoll")
 	hold := fs.Bool("hold", false, "wait in epoll_wait as a raw system call, keeping the P")
+	weirCalls := fs.Bool("weir-calls", false, "also make weir's per-connection system calls: SO_ORIGINAL_DST, setns into the pod namespace and back, SO_MARK")
 	var pairs [][2]netip.AddrPort
 	fs.Func("pair", "LISTEN=UPSTREAM (repeatable)", func(s string) error {
 		l, u, ok := strings.Cut(s, "=")
@@ -72,6 +80,11 @@ func epollRelayMain(args []string) error {
 		if err != nil {
 			return err
 		}
+		if *weirCalls {
+			if w.netns, err = unix.Open("/proc/self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
+				return fmt.Errorf("open own netns: %w", err)
+			}
+		}
 		go func() { errc <- w.run() }()
 	}
 	return <-errc
@@ -94,6 +107,7 @@ type epollPair struct {
 type epollWorker struct {
 	ep        int
 	hold      bool
+	netns     int                    // with -weir-calls: the namespace to enter around each upstream socket; else 0
 	listeners map[int]netip.AddrPort // listening fd → upstream
 	conns     map[int]*epollPair
 	buf       []byte
@@ -189,10 +203,26 @@ func (w *epollWorker) accept(lfd int, up netip.AddrPort) {
 		if err != nil {
 			return // EAGAIN, or an error nginx would log and skip
 		}
+		if w.netns != 0 {
+			// weir reads where the pod was going: under REDIRECT this is
+			// the conntrack lookup (here it finds no NAT and fails, after
+			// the same lookup).
+			var sa [16]byte // a sockaddr_in, as proxy/origdst asks
+			n := uint32(len(sa))
+			unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(cfd), unix.IPPROTO_IP, unix.SO_ORIGINAL_DST,
+				uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&n)), 0)
+			unix.Setns(w.netns, unix.CLONE_NEWNET)
+		}
 		ufd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if w.netns != 0 {
+			unix.Setns(w.netns, unix.CLONE_NEWNET) // and back to the agent's
+		}
 		if err != nil {
 			unix.Close(cfd)
 			continue
+		}
+		if w.netns != 0 {
+			unix.SetsockoptInt(ufd, unix.SOL_SOCKET, unix.SO_MARK, 0x100)
 		}
 		unix.SetsockoptInt(ufd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 		if err := unix.Connect(ufd, &unix.SockaddrInet4{Addr: up.Addr().As4(), Port: int(up.Port())}); err != nil && err != unix.EINPROGRESS {

@@ -9,19 +9,20 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 )
 
 // TestEpollRelay runs the go-epoll peer on loopback in front of an echo
-// server, with and without -hold: 16 MiB echoed byte-exact while the
+// server, with and without -hold, and with -weir-calls: 16 MiB echoed byte-exact while the
 // client still writes (the relay holds bytes back when a side is full),
 // a half-close that still gets the rest of the answer, and 300 short
 // connections.
 func TestEpollRelay(t *testing.T) {
-	for _, hold := range []bool{false, true} {
-		t.Run(fmt.Sprintf("hold=%v", hold), func(t *testing.T) {
+	for _, flags := range [][]string{{"-hold=false"}, {"-hold=true"}, {"-hold=true", "-weir-calls"}} {
+		t.Run(strings.Join(flags, " "), func(t *testing.T) {
 			echo, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -29,7 +30,7 @@ func TestEpollRelay(t *testing.T) {
 			defer echo.Close()
 			go serveEcho(echo)
 			port := freePort(t)
-			exe, args, err := helperCommand("epoll-relay", fmt.Sprintf("-hold=%v", hold), "-pair", fmt.Sprintf("127.0.0.1:%d=%s", port, echo.Addr()))
+			exe, args, err := helperCommand("epoll-relay", append(flags, "-pair", fmt.Sprintf("127.0.0.1:%d=%s", port, echo.Addr()))...)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -48,6 +48,7 @@ var peers = []peer{
 	// per thread over raw system calls, nginx's design (epollrelay.go).
 	{name: "go-epoll", desc: "Go relay written like nginx stream: 2 threads, each its own SO_REUSEPORT listeners and edge-triggered epoll, raw system calls only", optIn: true, start: startEpollRelay(false)},
 	{name: "go-epoll-hold", desc: "go-epoll whose threads keep their P while waiting in epoll_wait (a raw system call)", optIn: true, start: startEpollRelay(true)},
+	{name: "go-epoll-weir", desc: "go-epoll-hold plus the system calls weir's capture needs per connection (SO_ORIGINAL_DST, setns there and back, SO_MARK)", optIn: true, start: startEpollRelay(true, "-weir-calls")},
 	{name: "go-relay-adaptive", desc: "Go relay: read/write through a 32 KiB buffer, a direction switches to splice after 2 reads in a row fill the buffer", optIn: true, start: startGoRelay("adaptive")},
 }
 
@@ -228,9 +229,9 @@ func startGoRelay(copyMode string) func(w *world, listen map[backend]int, upstre
 	}
 }
 
-func startEpollRelay(hold bool) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
+func startEpollRelay(hold bool, extra ...string) func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
 	return func(w *world, listen map[backend]int, upstream map[backend]string) *proc {
-		return startRelayHelper(w, "epoll-relay", "go-epoll", []string{fmt.Sprintf("-hold=%v", hold)}, listen, upstream)
+		return startRelayHelper(w, "epoll-relay", "go-epoll", append([]string{fmt.Sprintf("-hold=%v", hold)}, extra...), listen, upstream)
 	}
 }
 
