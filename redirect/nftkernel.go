@@ -596,19 +596,11 @@ func (n *nftSession) dumpEach(msgType uint16, fam nftables.TableFamily, f func(d
 }
 
 // nlAttr finds the first attribute of type typ (flags ignored) in b and
-// returns its payload, without a terminating NUL for a string.
+// returns its payload, without a terminating NUL for a string. Netlink
+// attributes and rtnetlink's have the same layout (rtAttr).
 func nlAttr(b []byte, typ uint16) ([]byte, bool) {
-	for len(b) >= unix.SizeofNlAttr {
-		l := int(binary.NativeEndian.Uint16(b))
-		if l < unix.SizeofNlAttr || l > len(b) {
-			return nil, false
-		}
-		if binary.NativeEndian.Uint16(b[2:])&^(unix.NLA_F_NESTED|unix.NLA_F_NET_BYTEORDER) == typ {
-			return bytes.TrimSuffix(b[unix.SizeofNlAttr:l], []byte{0}), true
-		}
-		b = b[min(nlAlign(l), len(b)):]
-	}
-	return nil, false
+	p, ok := rtAttr(b, typ)
+	return bytes.TrimSuffix(p, []byte{0}), ok
 }
 
 func iptFamily(f family) nftables.TableFamily {

@@ -333,15 +333,11 @@ const (
 // When one is there, current lists them with the library as before, so
 // what it finds does not change.
 func anyTagged() (bool, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	fd, err := openRouteDump("list policy rules and routes")
 	if err != nil {
-		return false, fmt.Errorf("list policy rules and routes: open netlink: %w", err)
+		return false, err
 	}
 	defer unix.Close(fd)
-	tv := unix.Timeval{Sec: nftRecvTimeout}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return false, fmt.Errorf("list policy rules and routes: set receive timeout: %w", err)
-	}
 	bufs := getNLBuffers()
 	defer putNLBuffers(bufs)
 	found, err := dumpTagged(fd, bufs, 1, unix.RTM_GETRULE, fibRuleHdrLen, func(data []byte) bool {
@@ -353,6 +349,22 @@ func anyTagged() (bool, error) {
 	return dumpTagged(fd, bufs, 2, unix.RTM_GETROUTE, rtMsgLen, func(data []byte) bool {
 		return len(data) > rtmProtocolOff && data[rtmProtocolOff] == routeProtocol
 	})
+}
+
+// openRouteDump opens an rtnetlink socket in the calling thread's
+// namespace for a dump, with the receive timeout the nftables sessions
+// use; what names the dump in errors.
+func openRouteDump(what string) (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return -1, fmt.Errorf("%s: open netlink: %w", what, err)
+	}
+	tv := unix.Timeval{Sec: nftRecvTimeout}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("%s: set receive timeout: %w", what, err)
+	}
+	return fd, nil
 }
 
 // ifAddrMsgLen is the size of struct ifaddrmsg, which starts every
@@ -369,15 +381,11 @@ const (
 // address dump in place; the address is IFA_LOCAL when given, else
 // IFA_ADDRESS, as vishvananda's AddrList takes it.
 func anySuspectAddr(lo int, s Spec) (bool, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	fd, err := openRouteDump("list addresses")
 	if err != nil {
-		return false, fmt.Errorf("list addresses: open netlink: %w", err)
+		return false, err
 	}
 	defer unix.Close(fd)
-	tv := unix.Timeval{Sec: nftRecvTimeout}
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return false, fmt.Errorf("list addresses: set receive timeout: %w", err)
-	}
 	bufs := getNLBuffers()
 	defer putNLBuffers(bufs)
 	return dumpTagged(fd, bufs, 1, unix.RTM_GETADDR, ifAddrMsgLen, func(data []byte) bool {
@@ -401,7 +409,7 @@ func anySuspectAddr(lo int, s Spec) (bool, error) {
 	})
 }
 
-// rtAttr finds the first attribute of type typ in b and returns its
+// rtAttr finds the first attribute of type typ (flags ignored) in b and returns its
 // payload.
 func rtAttr(b []byte, typ uint16) ([]byte, bool) {
 	for len(b) >= unix.SizeofRtAttr {
