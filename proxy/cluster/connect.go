@@ -71,77 +71,36 @@ type Dialer func(ctx context.Context, addr netip.AddrPort) (*net.TCPConn, error)
 // On success the caller owns the connection and must call Lease.Done when
 // it ends.
 func (c *Cluster) Connect(ctx context.Context, key uint64, dial Dialer) (*net.TCPConn, *Lease, error) {
-	st := c.st
-	if st.active.Add(1) > int64(c.cfg.CircuitBreaker.MaxConnections) {
-		st.active.Add(-1)
-		st.circuitOpen.Add(1)
-		return nil, nil, c.errCircuitOpen
-	}
-	if st.pending.Add(1) > int64(c.cfg.CircuitBreaker.MaxPendingConnects) {
-		st.pending.Add(-1)
-		st.active.Add(-1)
-		st.circuitOpen.Add(1)
-		return nil, nil, c.errCircuitOpen
-	}
-	defer st.pending.Add(-1)
-
-	maxRetries := c.cfg.Retry.MaxRetries
-	if c.cfg.Retry.Disabled {
-		maxRetries = 0
-	}
-	st.budget.deposit(c.cfg.Retry.BudgetPercent, c.cfg.Retry.MinRetriesPerSecond)
-
-	l := &Lease{c: c}
-	var lastErr error
-	for attempt := 0; ; attempt++ {
-		e := c.pick(key, &l.view, c.now())
-		if e == nil {
-			break
-		}
-		if attempt > 0 {
-			if !st.budget.withdraw(l.view.now, c.cfg.Retry.MinRetriesPerSecond) {
-				st.retryBudgetExhausted.Add(1)
-				break
+	// The steps are Connecting's, which an event loop drives without
+	// blocking; here each attempt is one blocking dial. cn stays on the
+	// stack: the lease Start allocates is the connect's only allocation
+	// beyond the dial's timeout context.
+	var cn Connecting
+	addr, timeout, err := c.Start(key, &cn)
+	for err == nil {
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		conn, derr := dial(dctx, addr)
+		cancel()
+		if derr == nil {
+			if conn != nil {
+				return conn, cn.Connected(), nil
 			}
-			st.retries.Add(1)
-		}
-		l.view.remember(e.st)
-		conn, err := c.attempt(ctx, dial, e, l.view.now)
-		if err == nil {
-			st.connections.Add(1)
-			l.ep = e
-			return conn, l, nil
+			derr = errNoConn
 		}
 		if ctx.Err() != nil {
-			st.active.Add(-1)
-			st.connectFailures.Add(1)
-			return nil, nil, &Error{Cluster: c.cfg.Name, Attempts: l.view.n, Err: ErrConnectFailed, Cause: ctx.Err()}
+			// The caller gave up, not the endpoint: Abandon blames nobody
+			// and counts the connect as failed, which it is to the caller.
+			n := cn.attempts()
+			cn.Abandon()
+			return nil, nil, &Error{Cluster: c.cfg.Name, Attempts: n, Err: ErrConnectFailed, Cause: ctx.Err()}
 		}
-		lastErr = err
-		if attempt >= maxRetries {
-			break
-		}
+		addr, timeout, err = cn.Failed(derr)
 	}
-	st.active.Add(-1)
-	if l.view.n == 0 {
-		st.noEndpoint.Add(1)
-		return nil, nil, c.errNoEndpoint
-	}
-	st.connectFailures.Add(1)
-	return nil, nil, &Error{Cluster: c.cfg.Name, Attempts: l.view.n, Err: ErrConnectFailed, Cause: lastErr}
+	return nil, nil, err
 }
 
-// attempt dials one endpoint with the connect timeout and records the
-// outcome on it; start is the clock at the pick. The endpoint counts as
-// active from the attempt on, and again not if it fails.
-func (c *Cluster) attempt(ctx context.Context, dial Dialer, e *endpoint, start int64) (*net.TCPConn, error) {
-	e.st.active.Add(1)
-	conn, err := c.dialEndpoint(ctx, dial, e, start)
-	if err != nil {
-		e.st.active.Add(-1)
-	}
-	return conn, err
-}
+// errNoConn is the failure of a dialer that broke its contract.
+var errNoConn = errors.New("dialer returned no connection and no error")
 
 // dialEndpoint dials e with the connect timeout and records the outcome on
 // it: latency, connect failures in a row, ejection.
@@ -151,25 +110,39 @@ func (c *Cluster) dialEndpoint(ctx context.Context, dial Dialer, e *endpoint, st
 	cancel()
 	now := c.now()
 	if err == nil {
-		if conn == nil {
-			err = errors.New("dialer returned no connection and no error")
-		} else {
-			e.st.connections.Add(1)
-			e.st.connectStreak.Store(0)
-			e.st.rtt.Observe(time.Duration(now-start), now, c.cfg.PeakEWMA.Decay.D())
+		if conn != nil {
+			c.connectOK(e, start, now)
 			return conn, nil
 		}
+		err = errNoConn
 	}
 	if ctx.Err() != nil {
 		return nil, err
 	}
+	c.connectFailed(e, now)
+	return nil, err
+}
+
+// connectOK records a connect to e that succeeded at now, started at
+// start: the latency estimate learns it and e's connect failures in a row
+// end. Every connect (Connect, Connecting, Lease.Dial) records through
+// here and connectFailed, so they weigh endpoints alike.
+func (c *Cluster) connectOK(e *endpoint, start, now int64) {
+	e.st.connections.Add(1)
+	e.st.connectStreak.Store(0)
+	e.st.rtt.Observe(time.Duration(now-start), now, c.cfg.PeakEWMA.Decay.D())
+}
+
+// connectFailed records a connect to e that failed at now, the endpoint's
+// fault: a failure in a row toward ejection, and in success-rate
+// detection.
+func (c *Cluster) connectFailed(e *endpoint, now int64) {
 	e.st.connectFailures.Add(1)
 	// A failed connect costs the whole timeout in the latency estimate, so
 	// an endpoint that refuses fast does not look attractive.
 	e.st.rtt.Observe(c.cfg.ConnectTimeout.D(), now, c.cfg.PeakEWMA.Decay.D())
 	c.outcome(e, false, now)
 	c.failed(e, &e.st.connectStreak, now)
-	return nil, err
 }
 
 // failed counts a failure in a row on e and ejects it at the threshold.
