@@ -11,21 +11,7 @@ import (
 // created inside the pod namespace with the bypass mark, connect, close.
 func BenchmarkDial(b *testing.B) {
 	h := newNetns(b)
-	ln, err := h.Listen(netip.MustParseAddrPort("127.0.0.1:0"), SocketOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	addr := closingListener(b, h)
 	opts := SocketOptions{Mark: 0x539}
 	ctx := context.Background()
 	b.ReportAllocs()
@@ -68,4 +54,24 @@ func BenchmarkDialSameNetns(b *testing.B) {
 		}
 		c.Close()
 	}
+}
+
+// closingListener listens in h and closes every connection it accepts,
+// until the benchmark ends.
+func closingListener(b *testing.B, h *Handle) netip.AddrPort {
+	ln, err := h.Listen(netip.MustParseAddrPort("127.0.0.1:0"), SocketOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
 }

@@ -41,6 +41,25 @@ func newNetns(t testing.TB) *Handle {
 	return h
 }
 
+// greetingListener listens in h and writes "hi" to the first connection
+// it accepts.
+func greetingListener(t *testing.T, h *Handle, opts SocketOptions) net.Listener {
+	t.Helper()
+	ln, err := h.Listen(netip.MustParseAddrPort("127.0.0.1:0"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	return ln
+}
+
 func threadNetns(t *testing.T) ID {
 	id, err := IDOf("/proc/thread-self/ns/net")
 	if err != nil {
@@ -59,18 +78,7 @@ func TestListenDialStayOnHost(t *testing.T) {
 	if before == h.ID() {
 		t.Fatal("test runs inside the namespace it made")
 	}
-	ln, err := h.Listen(netip.MustParseAddrPort("127.0.0.1:0"), SocketOptions{ReusePort: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			c.Write([]byte("hi"))
-			c.Close()
-		}
-	}()
+	ln := greetingListener(t, h, SocketOptions{ReusePort: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := h.Dial(ctx, ln.Addr().(*net.TCPAddr).AddrPort(), netip.Addr{}, SocketOptions{Mark: 0x5700})

@@ -132,3 +132,50 @@ func getsockopt(fd, level, name int, v unsafe.Pointer, l *uint32) error {
 	}
 	return nil
 }
+
+// RedirectedFD is Redirected for a raw accepted socket of the given family
+// (an event loop's, which has no *net.TCPConn).
+func RedirectedFD(fd int, v6 bool) (netip.AddrPort, error) {
+	var ap netip.AddrPort
+	var err error
+	if v6 {
+		ap, err = getV6(fd)
+	} else {
+		ap, err = getV4(fd)
+	}
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("original destination: %w", err)
+	}
+	return ap, nil
+}
+
+// LocalFD is Local for a raw accepted socket: its local address, read with
+// a raw getsockname.
+func LocalFD(fd int) (netip.AddrPort, error) {
+	var sa unix.RawSockaddrAny
+	l := uint32(unsafe.Sizeof(sa))
+	if _, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l))); e != 0 {
+		return netip.AddrPort{}, fmt.Errorf("local address: %w", e)
+	}
+	ap, ok := AddrPortOf(&sa)
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("local address: not an IP socket")
+	}
+	return ap, nil
+}
+
+// AddrPortOf decodes an IPv4 or IPv6 socket address (IPv4-mapped ones
+// unmapped); false for another family.
+func AddrPortOf(sa *unix.RawSockaddrAny) (netip.AddrPort, bool) {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&a.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), port), true
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&a.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), port), true
+	}
+	return netip.AddrPort{}, false
+}

@@ -1,0 +1,96 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+)
+
+// ErrStranded is ConnectOnThread's error when the calling thread entered the
+// pod's namespace and could not return to the host's: the thread must never
+// make another socket, and should exit locked (its goroutine returns while
+// it holds runtime.LockOSThread, so the runtime ends the thread).
+var ErrStranded = errors.New("thread could not return to the host network namespace")
+
+// ConnectOnThread is Dial for a caller that waits for sockets itself (an
+// event loop on epoll): it makes a non-blocking TCP socket inside the
+// namespace, sets opts, binds src when valid (on a port other than
+// opts.AvoidPort), and starts a connect to addr, returning the socket
+// without waiting for the connect to finish (the socket turns writable, or
+// reports an error, when it has).
+//
+// The calling goroutine must be locked to its thread (runtime.LockOSThread)
+// and stay so: the thread enters the namespace for socket() alone, with raw
+// setns calls that keep the goroutine's P (raw.go), and comes back before
+// anything else. If it cannot come back, the error wraps ErrStranded and
+// the thread must not be used again.
+func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts SocketOptions) (int, error) {
+	host, err := Host()
+	if err != nil {
+		return -1, err
+	}
+	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
+	family := syscall.AF_INET
+	if v6 {
+		family = syscall.AF_INET6
+	}
+	if err := rawSetns(int(h.f.Fd())); err != nil {
+		return -1, fmt.Errorf("enter netns %s: %w", h.path, err)
+	}
+	// Options and the source bind are made in the namespace too: binding
+	// around opts.AvoidPort makes a second socket, which must be the
+	// pod's as well (bind.go).
+	s, err := h.socketHere(family, v6, src, opts)
+	if serr := rawSetns(int(host.f.Fd())); serr != nil {
+		if s >= 0 {
+			syscall.Close(s)
+		}
+		return -1, fmt.Errorf("return from netns %s: %w: %w", h.path, ErrStranded, serr)
+	}
+	if err == nil {
+		err = startConnect(s, addr, v6)
+	}
+	if err != nil {
+		if s >= 0 {
+			syscall.Close(s)
+		}
+		return -1, fmt.Errorf("connect %s in netns %s: %w", addr, h.path, err)
+	}
+	return s, nil
+}
+
+// socketHere makes the socket in the thread's namespace, sets opts and
+// TCP_NODELAY and binds src when valid; on error the socket, if made, is
+// returned with it for the caller to close.
+func (h *Handle) socketHere(family int, v6 bool, src netip.Addr, opts SocketOptions) (int, error) {
+	fd, _, e := syscall.RawSyscall(syscall.SYS_SOCKET, uintptr(family), syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return -1, fmt.Errorf("socket: %w", e)
+	}
+	s := int(fd)
+	if err := opts.apply(s, v6); err != nil {
+		return s, err
+	}
+	// Go's dialer sets it too: small messages leave at once.
+	if err := rawSetsockoptInt(s, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
+		return s, fmt.Errorf("set TCP_NODELAY: %w", err)
+	}
+	if src.IsValid() {
+		if err := bindSource(s, src, opts.AvoidPort, v6, opts); err != nil {
+			return s, err
+		}
+	}
+	return s, nil
+}
+
+// ConnectFailed cleans up after a connect ConnectOnThread started failed
+// with err: one that got no answer leaves a conntrack entry that would
+// keep a later app connection with the same four-tuple out of capture
+// (conntrack.go). It talks netlink, so an event loop calls it on another
+// goroutine.
+func (h *Handle) ConnectFailed(addr netip.AddrPort, err error) {
+	if !answeredOrRefused(err) {
+		h.forgetUnanswered(addr)
+	}
+}

@@ -1,0 +1,81 @@
+package netns
+
+import (
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// ConnectOnThread makes its socket in the namespace with the options and
+// TCP_NODELAY, starts the connect and leaves the thread on the host.
+func TestConnectOnThread(t *testing.T) {
+	h := newNetns(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	before := threadNetns(t)
+	ln := greetingListener(t, h, SocketOptions{})
+	fd, err := h.ConnectOnThread(ln.Addr().(*net.TCPAddr).AddrPort(), netip.Addr{}, SocketOptions{Mark: 0x5700})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if after := threadNetns(t); after != before {
+		t.Fatalf("thread left in netns %v, was %v", after, before)
+	}
+	if mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); mark != 0x5700 {
+		t.Fatalf("SO_MARK %#x", mark)
+	}
+	if nd, _ := unix.GetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY); nd != 1 {
+		t.Fatal("TCP_NODELAY not set")
+	}
+	// Non-blocking: wait for the answer by hand.
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if n, err := unix.Poll(pfd, 5000); err != nil || n != 1 {
+		t.Fatalf("poll: %d %v", n, err)
+	}
+	b := make([]byte, 2)
+	if n, err := unix.Read(fd, b); err != nil || string(b[:n]) != "hi" {
+		t.Fatalf("read %q %v", b[:n], err)
+	}
+
+	// Nothing listens: the connect fails later (refused), on the socket.
+	fd2, err := h.ConnectOnThread(netip.MustParseAddrPort("127.0.0.1:1"), netip.Addr{}, SocketOptions{})
+	if err != nil {
+		t.Fatalf("a refused connect should be reported on the socket, got %v at once", err)
+	}
+	defer unix.Close(fd2)
+	pfd = []unix.PollFd{{Fd: int32(fd2), Events: unix.POLLOUT}}
+	unix.Poll(pfd, 5000)
+	if e, _ := unix.GetsockoptInt(fd2, unix.SOL_SOCKET, unix.SO_ERROR); e != int(unix.ECONNREFUSED) {
+		t.Fatalf("SO_ERROR %d, want ECONNREFUSED", e)
+	}
+	if after := threadNetns(t); after != before {
+		t.Fatal("thread left in the namespace after a refused connect")
+	}
+}
+
+// BenchmarkConnectOnThread is the event loops' upstream connect: socket
+// made in the pod namespace on a locked thread, mark, connect, close.
+// Against BenchmarkDial: no poller registration, no goroutine hand-off.
+func BenchmarkConnectOnThread(b *testing.B) {
+	h := newNetns(b)
+	addr := closingListener(b, h)
+	opts := SocketOptions{Mark: 0x539}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pfd := make([]unix.PollFd, 1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		fd, err := h.ConnectOnThread(addr, netip.Addr{}, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		pfd[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}
+		unix.Poll(pfd, 1000)
+		unix.Close(fd)
+	}
+}
