@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"reflect"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -186,7 +187,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		RPCMetrics:      rpc.NewMetrics(reg),
 	}
 	a.engine.Accelerated = a.accelerated
+	a.engine.AcceleratedFD = a.acceleratedFD
 	a.loadSplicer()
+	a.engine.Loops = cfg.Runtime.LoopCount(runtime.GOMAXPROCS(0), a.engine.Splice != nil)
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
 	}
@@ -416,7 +419,7 @@ loop:
 		os.Remove(a.cfg.Socket)
 	}
 	for _, p := range a.pods.list() {
-		closeListeners(p.listeners)
+		a.closeListeners(p.listeners)
 	}
 	drainCtx, cancel := context.WithTimeout(context.Background(), time.Duration(a.cfg.DrainTimeout))
 	defer cancel()

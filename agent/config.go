@@ -102,6 +102,53 @@ type Runtime struct {
 	Procs Procs `json:"procs"`
 	// MinProcs is auto's floor (default 1; at most the runtime's default).
 	MinProcs int `json:"minProcs"`
+	// Loops is how many event loops relay L4 connections (proxy/evloop):
+	// "auto" (the default) is one per P the runtime starts with, "off" (or
+	// 0) relays each connection on goroutines, a number fixes it. Each
+	// loop is a thread that keeps its P while busy, so GOMAXPROCS grows by
+	// the number of loops. auto is off under procs: auto (the controller
+	// would move the Ps the loops hold) and with capture.ebpf.splice.
+	Loops Loops `json:"loops"`
+}
+
+// Loops is runtime.loops: auto, off or a number. YAML reads a bare off as
+// false, so false means off too.
+type Loops string
+
+// loopsOff is runtime.loops' "off"; LoopsAuto its default.
+const (
+	loopsOff  Loops = "off"
+	LoopsAuto Loops = "auto"
+)
+
+// UnmarshalJSON takes a number and false as well as a string.
+func (l *Loops) UnmarshalJSON(b []byte) error {
+	if string(b) == "false" {
+		*l = loopsOff
+		return nil
+	}
+	var p Procs
+	if err := p.UnmarshalJSON(b); err != nil {
+		return err
+	}
+	*l = Loops(p)
+	return nil
+}
+
+// LoopCount is how many event loops runtime.loops asks for, given the
+// runtime's default P count and whether eBPF splice is on.
+func (r Runtime) LoopCount(procs int, splice bool) int {
+	switch r.Loops {
+	case loopsOff:
+		return 0
+	case LoopsAuto, "":
+		if r.Procs == ProcsAuto || splice {
+			return 0
+		}
+		return max(1, procs)
+	}
+	n, _ := Procs(r.Loops).Fixed()
+	return n
 }
 
 // Procs is runtime.procs: auto, max or a positive number (`procs: 2` and
@@ -141,6 +188,13 @@ func (r Runtime) validate() error {
 	default:
 		if n, ok := r.Procs.Fixed(); !ok || n < 1 || n > 4096 {
 			return fmt.Errorf("runtime.procs: want auto, max or a number from 1 to 4096, got %q", string(r.Procs))
+		}
+	}
+	switch r.Loops {
+	case LoopsAuto, loopsOff, "":
+	default:
+		if n, ok := Procs(r.Loops).Fixed(); !ok || n < 0 || n > 256 {
+			return fmt.Errorf("runtime.loops: want auto, off or a number from 0 to 256, got %q", string(r.Loops))
 		}
 	}
 	if r.MinProcs < 1 || r.MinProcs > 4096 {
@@ -552,7 +606,7 @@ func DefaultConfig() Config {
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
-		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1},
+		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: LoopsAuto},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,

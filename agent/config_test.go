@@ -53,6 +53,41 @@ func TestParseConfigRuntime(t *testing.T) {
 	}
 }
 
+// runtime.loops: auto follows the runtime's P count, except under procs:
+// auto or eBPF splice; off and numbers are taken as they are; the rest is
+// refused.
+func TestParseConfigLoops(t *testing.T) {
+	for _, tc := range []struct {
+		yaml   string
+		procs  int
+		splice bool
+		want   int
+	}{
+		{"", 4, false, 4},
+		{"runtime:\n  loops: auto\n", 1, false, 1},
+		{"runtime:\n  loops: auto\n  procs: auto\n", 4, false, 0},
+		{"", 4, true, 0},
+		{"runtime:\n  loops: off\n", 4, false, 0},
+		{"runtime:\n  loops: 0\n", 4, false, 0},
+		{"runtime:\n  loops: 3\n", 8, false, 3},
+		{"runtime:\n  loops: 3\n  procs: auto\n", 8, true, 3},
+	} {
+		c, err := ParseConfig([]byte(tc.yaml))
+		if err != nil {
+			t.Errorf("%q: %v", tc.yaml, err)
+			continue
+		}
+		if got := c.Runtime.LoopCount(tc.procs, tc.splice); got != tc.want {
+			t.Errorf("%q with %d Ps, splice %v: %d loops, want %d", tc.yaml, tc.procs, tc.splice, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"runtime:\n  loops: many\n", "runtime:\n  loops: -1\n", "runtime:\n  loops: 257\n"} {
+		if _, err := ParseConfig([]byte(bad)); err == nil || !strings.Contains(err.Error(), "runtime.loops") {
+			t.Errorf("%q: %v, want a runtime.loops error", bad, err)
+		}
+	}
+}
+
 // With no file at all the state directory is still the socket's, never
 // the working directory.
 func TestParseConfigNoFile(t *testing.T) {

@@ -233,6 +233,12 @@ func (m *podMap) TagClient(fd int, client netip.AddrPort) error {
 
 // accelerated is the engine's Engine.Accelerated: whether c is in the
 // acceleration's sockhash (one lookup, only once eBPF acceleration is on).
+// acceleratedFD is accelerated for a raw socket (the event loops').
+func (a *Agent) acceleratedFD(fd int) bool {
+	objs := a.accel.Load()
+	return objs != nil && objs.Accelerated(fd)
+}
+
 func (a *Agent) accelerated(c *net.TCPConn) bool {
 	objs := a.accel.Load()
 	if objs == nil {

@@ -151,7 +151,7 @@ func (a *Agent) uncapture(p *pod) {
 	if p.ns == nil {
 		return
 	}
-	closeListeners(p.listeners)
+	a.closeListeners(p.listeners)
 	p.serving.Wait()
 	p.workload.Close()
 	p.ns.Close()

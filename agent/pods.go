@@ -234,6 +234,17 @@ func openListeners(ns *netns.Handle, spec redirect.Spec, standby bool) ([]proxy.
 	return out, nil
 }
 
+// closeListeners closes listeners the engine serves (Engine.CloseListener:
+// a listener on the event loops is no longer Go's to close).
+func (a *Agent) closeListeners(ls []proxy.Listener) {
+	for _, l := range ls {
+		if err := a.engine.CloseListener(l); err != nil && !errors.Is(err, net.ErrClosed) {
+			_ = err // a listener that cannot close is already gone
+		}
+	}
+}
+
+// closeListeners closes listeners no engine serves yet.
 func closeListeners(ls []proxy.Listener) {
 	for _, l := range ls {
 		if err := l.TCP.Close(); err != nil && !errors.Is(err, net.ErrClosed) {

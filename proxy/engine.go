@@ -58,6 +58,9 @@ type Engine struct {
 	// not see, so the relay and the sniffer's replaying conn read and
 	// write it instead of splicing. Nil: nothing is accelerated.
 	Accelerated func(*net.TCPConn) bool
+	// AcceleratedFD is Accelerated for a raw socket, for the event loops
+	// (Loops): asked before a relay there splices. Nil: nothing is.
+	AcceleratedFD func(fd int) bool
 	// Splice, if set, splices an L4 relay's two sockets in the kernel
 	// (capture.ebpf.splice) and relays what the kernel leaves to user
 	// space until both directions end; false means it did not take the
@@ -89,6 +92,15 @@ type Engine struct {
 	// HandoverMetrics counts L4 connections by what became of them at a
 	// takeover (handover.go); nil counts nothing.
 	HandoverMetrics *HandoverMetrics
+	// Loops is how many event loops relay L4 connections (loops.go,
+	// proxy/evloop): each a thread of its own that accepts, connects and
+	// relays with raw system calls, as nginx's workers do, at about two
+	// thirds of the CPU per new connection of a goroutine per direction.
+	// The engine raises GOMAXPROCS by Loops while they run, since each
+	// keeps its P while busy. 0: every connection is handled on
+	// goroutines. Not used with Splice (eBPF splice relays its own way);
+	// listeners served on loops must be closed with CloseListener.
+	Loops int
 
 	once      sync.Once
 	draining  chan struct{} // closed by Shutdown: L7 connections wind down
@@ -97,6 +109,7 @@ type Engine struct {
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
 	l4        l4Set // relayed L4 connections, for a hand-over
+	loopState loopsState
 	// idleSend hands idle HTTP/1 client connections to a successor while
 	// set (SetIdleHandOff); handOffIdleFn is handOffIdle as a func value,
 	// made once so an L7 connection's Upstream takes it without an
@@ -144,6 +157,7 @@ func (e *Engine) init() {
 			e.Log = slog.Default()
 		}
 		e.handOffIdleFn = e.handOffIdle
+		e.startLoops()
 	})
 }
 
@@ -151,8 +165,9 @@ func (e *Engine) init() {
 // for its next connection.
 const maxIdleHandlers = 16
 
-// Serve accepts on l until it is closed, handling each connection on its own
-// goroutine. It returns nil when the listener was closed.
+// Serve accepts on l until it is closed, handling each connection on the
+// event loops (Loops) or on its own goroutine. It returns nil when the
+// listener was closed (CloseListener).
 //
 // A handler goroutine that finished its connection waits for the next one
 // (up to maxIdleHandlers per listener) instead of exiting: it keeps the stack
@@ -161,6 +176,14 @@ const maxIdleHandlers = 16
 // connection per request).
 func (e *Engine) Serve(l Listener, w *Workload) error {
 	e.init()
+	if e.onLoops(l) {
+		return e.serveOnLoops(l, w)
+	}
+	return e.serveGo(l, w)
+}
+
+// serveGo is Serve with a goroutine per connection.
+func (e *Engine) serveGo(l Listener, w *Workload) error {
 	hs := &handlers{work: make(chan *net.TCPConn)}
 	defer close(hs.work) // idle handlers exit
 	for {
@@ -218,12 +241,13 @@ func (e *Engine) handler(hs *handlers, c *net.TCPConn, l Listener, w *Workload) 
 // Shutdown tells L7 connections to wind down (HTTP/1 answers its next
 // response with Connection: close, HTTP/2 sends GOAWAY), waits for every
 // connection to finish, up to ctx's deadline, then closes the ones that
-// remain. Close listeners first.
+// remain. Close listeners first. The event loops end with it.
 func (e *Engine) Shutdown(ctx context.Context) error {
 	e.init()
 	e.drainOnce.Do(func() { close(e.draining) })
 	done := make(chan struct{})
 	go func() { e.wg.Wait(); close(done) }()
+	defer e.stopLoops()
 	select {
 	case <-done:
 		return nil

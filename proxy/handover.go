@@ -171,8 +171,13 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 	handed := 0
 	for {
 		left := e.l4.list()
-		if len(left) == 0 {
+		if len(left) == 0 && e.loopState.pairs.Load() == 0 {
 			return handed, nil
+		}
+		n, err := e.handOverLoops(send)
+		handed += n
+		if err != nil {
+			return handed, err
 		}
 		for _, t := range left {
 			if t.spliced.Load() || !offerable(t) || !t.h.Pause(100*time.Millisecond) {

@@ -106,10 +106,11 @@ func (w *Workload) Close() {
 // the HTTP/1, HTTP/2 or TLS-by-SNI path, or relays it at L4. It reports
 // false when the caller should relay it at L4 itself with c untouched.
 func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Workload, dst netip.AddrPort, r route.Route) bool {
+	if e.relaysAtL4(r, dst.Port()) {
+		return false
+	}
 	var wait time.Duration
 	switch r.Protocol {
-	case route.TCP:
-		return false
 	case route.Dubbo, route.Bolt:
 		// Framed by its own codec from the first byte: bytes that are not
 		// the protocol close the connection there.
@@ -129,9 +130,6 @@ func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Work
 		wait = declaredWait
 	default:
 		wait = e.Sniffing.timeoutFor(dst.Port())
-		if wait <= 0 {
-			return false
-		}
 	}
 	res, sc, err := sniff.Detect(c, sniff.Options{Timeout: wait, Metrics: e.SniffMetrics, NoSplice: ca.of(e, c)})
 	if err != nil {
@@ -174,6 +172,20 @@ func (e *Engine) serveService(c *net.TCPConn, ca *accelOnce, l Listener, w *Work
 	}
 	e.relayL4(sc.TCP(), ca, sc.Buffered(), l, w, dst, r)
 	return true
+}
+
+// relaysAtL4 reports whether a connection to a service on route r and
+// destination port is relayed as bytes without a look at them: declared
+// tcp, or undeclared on a port not sniffed. The event loops keep such
+// connections; serveService takes the others.
+func (e *Engine) relaysAtL4(r route.Route, port uint16) bool {
+	switch r.Protocol {
+	case route.TCP:
+		return true
+	case route.Dubbo, route.Bolt, route.RocketMQ, route.HTTP, route.HTTP2, route.GRPC, route.TLS, route.Redis:
+		return false
+	}
+	return e.Sniffing.timeoutFor(port) <= 0
 }
 
 // httpUpstream is what the HTTP codecs need of a connection to dst.

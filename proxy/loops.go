@@ -1,0 +1,575 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/proxy/cluster"
+	"github.com/weir-mesh/weir/proxy/evloop"
+	"github.com/weir-mesh/weir/proxy/netns"
+	"github.com/weir-mesh/weir/proxy/origdst"
+	"github.com/weir-mesh/weir/proxy/route"
+)
+
+// L4 connections on event loops (Engine.Loops, proxy/evloop). A listener
+// served on the loops leaves Go's poller: Serve duplicates its socket,
+// closes the *net.TCPListener (which takes it out of the runtime's epoll,
+// so a new connection wakes no runtime thread) and registers the
+// duplicate with every loop; the first loop free accepts. Each accepted
+// connection is handled on that loop to the end: original destination,
+// loop check, route, the cluster's pick, a socket made in the pod's
+// namespace on the loop's own thread, a non-blocking connect, and the
+// relay. A connection the route sends to L7 (sniffed or a declared L7
+// protocol) becomes a *net.TCPConn and goes to a goroutine as before; so
+// do eBPF-captured listeners (the sockhash and the splice want their own
+// path) and everything when on-demand routing may have to wait.
+//
+// Because the *net.TCPListener is closed by Serve, the caller ends such a
+// listener with Engine.CloseListener, not by closing it.
+
+// loopListener is one listener served on the loops.
+type loopListener struct {
+	fd   int // the duplicate the loops accept from; closed last
+	lns  []*evloop.Listener
+	done chan struct{} // closed when no loop accepts from it any more
+}
+
+// loopsState is the engine's loops.
+type loopsState struct {
+	loops []*evloop.Loop
+	procs int // GOMAXPROCS added for them
+	mu    sync.Mutex
+	lns   map[*net.TCPListener]*loopListener
+	pairs atomic.Int64 // relayed on the loops, for HandOver
+	next  atomic.Uint32
+}
+
+// startLoops starts e.Loops loops; called once from init.
+func (e *Engine) startLoops() {
+	if e.Loops <= 0 || e.Splice != nil {
+		return
+	}
+	ls := &e.loopState
+	ls.lns = map[*net.TCPListener]*loopListener{}
+	for range e.Loops {
+		lp, err := evloop.New(true)
+		if err != nil {
+			e.Log.Error("cannot start an event loop; L4 connections use goroutines", "err", err)
+			for _, l := range ls.loops {
+				l.Stop()
+			}
+			ls.loops = nil
+			return
+		}
+		ls.loops = append(ls.loops, lp)
+		go lp.Run()
+	}
+	// Each loop keeps its P while busy: the rest of the process keeps the
+	// Ps it had.
+	ls.procs = len(ls.loops)
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + ls.procs)
+	context.AfterFunc(e.ctx, func() {
+		for _, lp := range ls.loops {
+			lp.Post(lp.CloseAll)
+		}
+	})
+}
+
+// stopLoops ends the loops (cutting what they still relay) and every
+// listener on them; from Shutdown, once connections are done.
+func (e *Engine) stopLoops() {
+	ls := &e.loopState
+	ls.mu.Lock()
+	loops := ls.loops
+	ls.loops = nil
+	lns := ls.lns
+	ls.lns = map[*net.TCPListener]*loopListener{}
+	ls.mu.Unlock()
+	if len(loops) == 0 {
+		return
+	}
+	for _, lp := range loops {
+		lp.Stop()
+	}
+	for _, lp := range loops {
+		<-lp.Done()
+	}
+	for _, ll := range lns {
+		unix.Close(ll.fd)
+		close(ll.done)
+	}
+	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)-ls.procs))
+}
+
+// onLoops reports whether l is served on the loops.
+func (e *Engine) onLoops(l Listener) bool {
+	return len(e.loopState.loops) > 0 && l.Map == nil && e.OnDemand == nil
+}
+
+// onLoop runs f on lp and waits for it; false if lp ended first.
+func onLoop(lp *evloop.Loop, f func()) bool {
+	done := make(chan struct{})
+	lp.Post(func() { f(); close(done) })
+	select {
+	case <-done:
+		return true
+	case <-lp.Done():
+		return false
+	}
+}
+
+// serveOnLoops is Serve for a listener on the loops.
+func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
+	rc, err := l.TCP.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	lport := uint16(l.TCP.Addr().(*net.TCPAddr).Port)
+	ls := &e.loopState
+	ls.mu.Lock()
+	dup := -1
+	var derr error
+	if cerr := rc.Control(func(fd uintptr) {
+		dup, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); cerr != nil || ls.loops == nil {
+		// Closed already (CloseListener came first), or the loops ended.
+		ls.mu.Unlock()
+		if dup >= 0 {
+			unix.Close(dup)
+		}
+		return nil
+	}
+	if derr != nil {
+		ls.mu.Unlock()
+		e.Log.Warn("cannot take listener onto the event loops; serving it on goroutines", "pod", w.Name, "err", derr)
+		return e.serveGo(l, w)
+	}
+	// Accepted sockets inherit it: small messages leave at once, as Go
+	// sets it on every connection it accepts.
+	unix.SetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	ll := &loopListener{fd: dup, done: make(chan struct{})}
+	for _, lp := range ls.loops {
+		eln := &evloop.Listener{FD: dup}
+		eln.Accept = func(fd int, peer unix.RawSockaddrAny) { e.acceptOnLoop(lp, fd, &peer, l, lport, w) }
+		eln.Failed = func(err error) {
+			e.Log.Warn("accept failed", "pod", w.Name, "direction", l.Direction, "err", err)
+		}
+		ll.lns = append(ll.lns, eln)
+		lp.Post(func() {
+			if err := lp.AddListener(eln); err != nil {
+				e.Log.Warn("event loop cannot watch a listener", "pod", w.Name, "err", err)
+			}
+		})
+	}
+	ls.lns[l.TCP] = ll
+	// Out of Go's poller: the loops alone hear of new connections.
+	l.TCP.Close()
+	ls.mu.Unlock()
+	<-ll.done
+	return nil
+}
+
+// CloseListener closes a listener given to Serve, which then returns:
+// required for listeners on the loops (Loops), whose *net.TCPListener
+// Serve has closed already; for the others it is l.TCP.Close. Connections
+// already accepted are not affected.
+func (e *Engine) CloseListener(l Listener) error {
+	ls := &e.loopState
+	ls.mu.Lock()
+	ll := ls.lns[l.TCP]
+	if ll == nil {
+		err := l.TCP.Close()
+		ls.mu.Unlock()
+		return err
+	}
+	delete(ls.lns, l.TCP)
+	loops := ls.loops
+	ls.mu.Unlock()
+	for i, lp := range loops {
+		eln := ll.lns[i]
+		onLoop(lp, func() { lp.RemoveListener(eln) })
+	}
+	unix.Close(ll.fd)
+	close(ll.done)
+	return nil
+}
+
+// loopConn is one connection relayed on a loop.
+type loopConn struct {
+	evloop.Pair
+	e        *Engine
+	lp       *evloop.Loop
+	w        *Workload
+	dir      Direction
+	l        Listener
+	client   netip.AddrPort // the accepted socket's peer
+	dst      netip.AddrPort
+	addr     netip.AddrPort // being connected to
+	r        route.Route
+	cn       cluster.Connecting
+	lease    *cluster.Lease
+	started  time.Time
+	detached bool
+}
+
+// acceptOnLoop handles a connection lp accepted on a listener of w (the
+// loop's version of handle).
+func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny, l Listener, lport uint16, w *Workload) {
+	m := e.Metrics
+	dir := l.Direction
+	m.accepted(dir)
+	client, _ := origdst.AddrPortOf(peer)
+	var dst netip.AddrPort
+	var err error
+	if l.Transparent {
+		dst, err = origdst.LocalFD(fd)
+	} else {
+		dst, err = origdst.RedirectedFD(fd, peer.Addr.Family == unix.AF_INET6)
+	}
+	if err != nil {
+		m.refused(dir, "no_original_dst")
+		e.Log.Debug("no original destination", "pod", w.Name, "direction", dir, "err", err)
+		e.dropOnLoop(fd, dir)
+		return
+	}
+	if isLoopDst(lport, w, dst) {
+		m.refused(dir, "loop")
+		e.dropOnLoop(fd, dir)
+		return
+	}
+	var r route.Route
+	if dir == Outbound {
+		r = e.Routes.Load().Lookup(dst)
+		if r.Refused() {
+			m.refused(dir, "no_route")
+			e.dropOnLoop(fd, dir)
+			return
+		}
+		if r.Cluster != nil && !e.relaysAtL4(r, dst.Port()) {
+			e.toGoroutine(fd, l, w, dst, r)
+			return
+		}
+	}
+	c := &loopConn{e: e, lp: lp, w: w, dir: dir, l: l, client: client, dst: dst, r: r, started: time.Now()}
+	c.Handler = c
+	up, timeout, err := c.first()
+	if err != nil {
+		m.connectError(dir)
+		e.Log.Debug("upstream connect failed", "pod", w.Name, "direction", dir, "dst", dst, "err", err)
+		e.dropOnLoop(fd, dir)
+		return
+	}
+	if err := lp.Add(&c.Pair, fd, up, timeout); err != nil {
+		unix.Close(up)
+		c.cn.Abandon()
+		m.connectError(dir)
+		e.dropOnLoop(fd, dir)
+		return
+	}
+	e.wg.Add(1)
+	e.loopState.pairs.Add(1)
+}
+
+func (e *Engine) dropOnLoop(fd int, dir Direction) {
+	unix.Close(fd)
+	e.Metrics.closed(dir)
+}
+
+// isLoopDst reports whether dst is a capture listener itself (port lport
+// on the pod's own addresses): forwarding it would loop. Under TPROXY this
+// is exactly isLoop's test; under REDIRECT isLoop compares dst with the
+// accepted socket's local address, which only a connection to the
+// listener's own address and port matches, and that is this test too.
+func isLoopDst(lport uint16, w *Workload, dst netip.AddrPort) bool {
+	if dst.Port() != lport {
+		return false
+	}
+	a := dst.Addr()
+	return a.IsLoopback() || a.IsUnspecified() || slices.Contains(w.Addrs, a)
+}
+
+// toGoroutine hands an accepted socket to the goroutine path: sniffing
+// and the L7 proxies work on *net.TCPConn.
+func (e *Engine) toGoroutine(fd int, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+	f := os.NewFile(uintptr(fd), "")
+	nc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		e.Log.Warn("cannot hand a connection to the L7 proxy", "pod", w.Name, "err", err)
+		e.Metrics.closed(l.Direction)
+		return
+	}
+	c := nc.(*net.TCPConn)
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer c.Close()
+		defer e.Metrics.closed(l.Direction)
+		var ca accelOnce
+		if !e.serveService(c, &ca, l, w, dst, r) {
+			e.relayL4(c, &ca, nil, l, w, dst, r)
+		}
+	}()
+}
+
+// first starts the connect: through the cluster's pick, or to the
+// original destination.
+func (c *loopConn) first() (int, time.Duration, error) {
+	if c.r.Cluster == nil {
+		c.addr = c.dst
+		fd, err := c.dial(c.dst)
+		return fd, c.e.ConnectTimeout, err
+	}
+	addr, timeout, err := c.r.Cluster.Start(sourceKeyOf(c.client), &c.cn)
+	if err != nil {
+		return -1, 0, err
+	}
+	return c.tryFrom(addr, timeout)
+}
+
+// tryFrom connects to addr, and on an immediate failure to the cluster's
+// next pick, until one starts or the cluster gives up.
+func (c *loopConn) tryFrom(addr netip.AddrPort, timeout time.Duration) (int, time.Duration, error) {
+	for {
+		c.addr = addr
+		fd, err := c.dial(addr)
+		if err == nil {
+			return fd, timeout, nil
+		}
+		if errors.Is(err, netns.ErrStranded) {
+			c.cn.Abandon()
+			return -1, 0, err
+		}
+		if addr, timeout, err = c.cn.Failed(err); err != nil {
+			return -1, 0, err
+		}
+	}
+}
+
+// dial makes the upstream socket in the pod's namespace on the loop's
+// thread and starts its connect.
+func (c *loopConn) dial(addr netip.AddrPort) (int, error) {
+	opts := c.e.upstreamOptions()
+	var src netip.Addr
+	if c.dir == Inbound && c.l.Transparent && c.client.IsValid() {
+		// As connect does: from the client's address, on another port.
+		src = c.client.Addr()
+		opts.Transparent = true
+		opts.AvoidPort = c.client.Port()
+	}
+	fd, err := c.w.Netns.ConnectOnThread(addr, src, opts)
+	if errors.Is(err, netns.ErrStranded) {
+		// This thread is in the pod's namespace for good: the loop ends
+		// (its goroutine exits locked, and the thread with it); the other
+		// loops go on accepting.
+		c.e.Log.Error("event loop thread stranded in a pod network namespace; stopping that loop", "pod", c.w.Name, "err", err)
+		c.lp.Stop()
+	}
+	return fd, err
+}
+
+// Connected is evloop.Handler's.
+func (c *loopConn) Connected(*evloop.Pair) {
+	if c.r.Cluster != nil {
+		c.lease = c.cn.Connected()
+	}
+}
+
+// ConnectFailed is evloop.Handler's.
+func (c *loopConn) ConnectFailed(p *evloop.Pair, err error) (int, time.Duration) {
+	failed := c.addr
+	if c.r.Cluster != nil {
+		addr, timeout, ferr := c.cn.Failed(err)
+		if ferr == nil {
+			go c.w.Netns.ConnectFailed(failed, err)
+			fd, t, ferr2 := c.tryFrom(addr, timeout)
+			if ferr2 == nil {
+				return fd, t
+			}
+			ferr = ferr2
+		}
+		err = ferr
+	}
+	// The conntrack sweep talks netlink, off the loop. The client's
+	// socket is held open until it is done (the loop closes its own
+	// descriptor when this returns): the client, seeing its connection
+	// end, may connect again at once, and must find no entry left.
+	keep, derr := unix.FcntlInt(uintptr(p.FD(0)), unix.F_DUPFD_CLOEXEC, 0)
+	go func() {
+		c.w.Netns.ConnectFailed(failed, err)
+		if derr == nil {
+			unix.Close(keep)
+		}
+	}()
+	c.e.Metrics.connectError(c.dir)
+	c.e.Log.Debug("upstream connect failed", "pod", c.w.Name, "direction", c.dir, "dst", c.dst, "err", err)
+	return -1, 0
+}
+
+// MaySplice is evloop.Handler's.
+func (c *loopConn) MaySplice(p *evloop.Pair) bool {
+	f := c.e.AcceleratedFD
+	return f == nil || (!f(p.FD(0)) && !f(p.FD(1)))
+}
+
+// Ended is evloop.Handler's.
+func (c *loopConn) Ended(_ *evloop.Pair, res evloop.Result) {
+	e := c.e
+	if !res.Connected {
+		c.cn.Abandon() // a cut during the connect
+	}
+	c.lease.Done(res.UpstreamErr)
+	e.Metrics.bytes(c.dir, res.Up, res.Down)
+	e.Metrics.closed(c.dir)
+	select {
+	case <-e.draining:
+		if res.Cut || e.ctx.Err() != nil {
+			e.HandoverMetrics.inc("cut")
+		} else {
+			e.HandoverMetrics.inc("drained")
+		}
+	default:
+	}
+	e.loopState.pairs.Add(-1)
+	e.wg.Done()
+}
+
+// sourceKeyOf is sourceKey for an address.
+func sourceKeyOf(a netip.AddrPort) uint64 {
+	b := a.Addr().As16()
+	return maphash.Bytes(seed, b[:])
+}
+
+// detachLoops takes every quiet L4 connection off the loops, for a
+// hand-over: their sockets become *net.TCPConns the caller sends.
+func (e *Engine) detachLoops() []detached {
+	var out []detached
+	var mu sync.Mutex
+	for _, lp := range e.loopState.loops {
+		onLoop(lp, func() {
+			lp.Each(func(p *evloop.Pair) {
+				c := p.Handler.(*loopConn)
+				up, down := p.Counts()
+				cfd, ufd, ok := lp.Detach(p)
+				if !ok {
+					return
+				}
+				mu.Lock()
+				out = append(out, detached{c: c, client: cfd, upstream: ufd, up: up, down: down})
+				mu.Unlock()
+			})
+		})
+	}
+	return out
+}
+
+// detached is a connection taken off a loop.
+type detached struct {
+	c                *loopConn
+	client, upstream int
+	up, down         int64
+}
+
+// conns makes *net.TCPConns of d's sockets (the descriptors are closed).
+func (d detached) conns() (client, upstream *net.TCPConn, err error) {
+	client, err = fdConn(d.client)
+	if err != nil {
+		unix.Close(d.upstream)
+		return nil, nil, err
+	}
+	upstream, err = fdConn(d.upstream)
+	if err != nil {
+		client.Close()
+		return nil, nil, err
+	}
+	return client, upstream, nil
+}
+
+func fdConn(fd int) (*net.TCPConn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// handOverLoops offers the loops' quiet connections to send, as HandOver
+// does its goroutines'. A connection that cannot be sent is relayed on
+// from here on a goroutine.
+func (e *Engine) handOverLoops(send func(HandOff) error) (int, error) {
+	handed := 0
+	for _, d := range e.detachLoops() {
+		c := d.c
+		client, upstream, err := d.conns()
+		if err != nil {
+			c.end(d, false)
+			continue
+		}
+		t := &tracked{client: client, upstream: upstream, w: c.w, dir: c.dir, dst: c.dst,
+			cluster: clusterName(c.r), endpoint: c.endpointAddr(), started: c.started, prior: [2]int64{d.up, d.down}}
+		if serr := send(HandOff{
+			Client: client, Upstream: upstream, Workload: c.w.Name, Direction: c.dir,
+			Dst: c.dst, Cluster: t.cluster, Endpoint: t.endpoint, Up: d.up, Down: d.down, Started: c.started,
+		}); serr != nil {
+			// Resumed, on a goroutine: it keeps its accounting.
+			e.loopState.pairs.Add(-1)
+			go func() {
+				defer e.wg.Done()
+				defer e.Metrics.closed(c.dir)
+				defer client.Close()
+				defer upstream.Close()
+				res := e.relayTracked(t, nil)
+				c.lease.Done(res.Err())
+			}()
+			return handed, serr
+		}
+		client.Close()
+		upstream.Close()
+		c.end(d, true)
+		handed++
+	}
+	return handed, nil
+}
+
+// end accounts for a connection taken off its loop: handed over, or lost
+// when its sockets could not be wrapped.
+func (c *loopConn) end(d detached, handed bool) {
+	e := c.e
+	c.lease.Done(nil)
+	e.Metrics.bytes(c.dir, d.up, d.down)
+	e.Metrics.closed(c.dir)
+	if handed {
+		e.HandoverMetrics.inc("handed_over")
+	} else {
+		e.HandoverMetrics.inc("cut")
+	}
+	e.loopState.pairs.Add(-1)
+	e.wg.Done()
+}
+
+func (c *loopConn) endpointAddr() netip.AddrPort {
+	if c.lease == nil {
+		return netip.AddrPort{}
+	}
+	return c.lease.Endpoint()
+}
+
+func clusterName(r route.Route) string {
+	if r.Cluster == nil {
+		return ""
+	}
+	return r.Cluster.Name()
+}
