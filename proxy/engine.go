@@ -300,6 +300,9 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 // the client), relays both ways and accounts for the connection. ca holds
 // what sniffing learnt of c's acceleration, if it asked.
 func (e *Engine) relayL4(c *net.TCPConn, ca *accelOnce, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+	if e.moveToLoop(c, prefix, l, w, dst, r) {
+		return // sniffed on a goroutine, relayed on a loop
+	}
 	m := e.Metrics
 	dir := l.Direction
 	up, lease, err := e.connect(c, l, dst, w, r)

@@ -261,24 +261,64 @@ func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny
 			return
 		}
 	}
+	e.wg.Add(1)
+	e.startOnLoop(lp, fd, client, nil, l, w, dst, r)
+}
+
+// startOnLoop connects the client socket fd upstream as r says and relays
+// it on lp, sending prefix first; on lp, with e.wg counting it already.
+func (e *Engine) startOnLoop(lp *evloop.Loop, fd int, client netip.AddrPort, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+	m := e.Metrics
+	dir := l.Direction
 	c := &loopConn{e: e, lp: lp, w: w, dir: dir, l: l, client: client, dst: dst, r: r, started: time.Now()}
 	c.Handler = c
 	up, timeout, err := c.first()
+	if err == nil {
+		if err = lp.Add(&c.Pair, fd, up, timeout, prefix); err != nil {
+			unix.Close(up)
+			c.cn.Abandon()
+		}
+	}
 	if err != nil {
 		m.connectError(dir)
 		e.Log.Debug("upstream connect failed", "pod", w.Name, "direction", dir, "dst", dst, "err", err)
 		e.dropOnLoop(fd, dir)
+		e.wg.Done()
 		return
 	}
-	if err := lp.Add(&c.Pair, fd, up, timeout); err != nil {
-		unix.Close(up)
-		c.cn.Abandon()
-		m.connectError(dir)
-		e.dropOnLoop(fd, dir)
-		return
-	}
-	e.wg.Add(1)
 	e.loopState.pairs.Add(1)
+}
+
+// moveToLoop hands a connection a goroutine sniffed and found to be L4 to
+// a loop, which relays it from there (prefix first: what the sniffer
+// read). The caller closes c as usual: the loop holds a duplicate of its
+// socket, and accounts for it as a connection of its own. False: c stays
+// with the caller.
+func (e *Engine) moveToLoop(c *net.TCPConn, prefix []byte, l Listener, w *Workload, dst netip.AddrPort, r route.Route) bool {
+	loops := e.loopState.loops
+	if !e.onLoops(l) || len(loops) == 0 {
+		return false
+	}
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	rc.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if fd < 0 {
+		return false
+	}
+	var client netip.AddrPort
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		client = netip.AddrPortFrom(ra.AddrPort().Addr().Unmap(), ra.AddrPort().Port())
+	}
+	pre := append([]byte(nil), prefix...)
+	lp := loops[int(e.loopState.next.Add(1))%len(loops)]
+	// The caller's count of it ends when it returns; the loop's starts now.
+	e.Metrics.reopened(l.Direction)
+	e.wg.Add(1)
+	lp.Post(func() { e.startOnLoop(lp, fd, client, pre, l, w, dst, r) })
+	return true
 }
 
 func (e *Engine) dropOnLoop(fd int, dir Direction) {

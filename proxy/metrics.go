@@ -62,6 +62,10 @@ func (m *Metrics) accepted(d Direction) {
 
 func (m *Metrics) closed(d Direction) { m.dir(d).active.Dec() }
 
+// reopened counts an open connection again that a goroutine handed to an
+// event loop: the goroutine's closed and the loop's both follow.
+func (m *Metrics) reopened(d Direction) { m.dir(d).active.Inc() }
+
 func (m *Metrics) connectError(d Direction) { m.dir(d).connectErrors.Inc() }
 
 func (m *Metrics) refused(d Direction, reason string) {

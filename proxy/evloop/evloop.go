@@ -404,11 +404,15 @@ func (l *Loop) retryStalled() {
 
 // Add takes a pair on: client is the accepted socket, upstream a socket
 // whose connect was started (netns.Handle.ConnectOnThread), due within
-// timeout. On the loop. On error nothing was registered and the caller
-// still owns both sockets.
-func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration) error {
+// timeout; prefix, if any, is sent upstream first (bytes of the client's
+// that were read before: a sniffer's). On the loop. On error nothing was
+// registered and the caller still owns both sockets.
+func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix []byte) error {
 	p.fd = [2]int{client, upstream}
 	p.d = [2]direction{}
+	if len(prefix) > 0 {
+		p.d[0].pending = append([]byte(nil), prefix...)
+	}
 	p.res = Result{}
 	p.bulk, p.noSplice = false, false
 	p.slot = l.alloc()
@@ -492,7 +496,10 @@ func (l *Loop) connected(p *Pair) {
 		return
 	}
 	// The client may have sent already, its FIN too: its edges came before
-	// the upstream could take anything.
+	// the upstream could take anything. A prefix goes first.
+	if p.d[0].held() && (!l.flush(p, 0) || p.d[0].held()) {
+		return
+	}
 	l.pump(p, 0, drainAll)
 }
 

@@ -23,6 +23,7 @@ type testHandler struct {
 	timeout  time.Duration
 	retry    netip.AddrPort // ConnectFailed tries this once when valid
 	noSplice bool
+	prefix   []byte // sent upstream before the client's bytes
 
 	mu       sync.Mutex
 	ended    []Result
@@ -123,7 +124,7 @@ func startWorld(t testing.TB, h *testHandler) *relayWorld {
 		}
 		p := &testPair{h: h}
 		p.Handler = h
-		if err := lp.Add(&p.Pair, fd, up, h.timeout); err != nil {
+		if err := lp.Add(&p.Pair, fd, up, h.timeout, h.prefix); err != nil {
 			unix.Close(fd)
 			unix.Close(up)
 		}
@@ -244,6 +245,24 @@ func TestEchoMessagesAndStream(t *testing.T) {
 				t.Fatalf("result %+v, want %d bytes each way, clean", res, want)
 			}
 		})
+	}
+}
+
+// TestPrefix: bytes given to Add reach the upstream before the client's.
+func TestPrefix(t *testing.T) {
+	h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second, prefix: []byte("sniffed:")}
+	w := newRelayWorld(t, h)
+	c := dial(t, w.addr)
+	defer c.Close()
+	c.Write([]byte("rest"))
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "sniffed:rest" {
+		t.Fatalf("echoed %q, %v; want the prefix first", got, err)
+	}
+	if res := waitEnded(t, h, 1)[0]; res.Up != int64(len("sniffed:rest")) {
+		t.Fatalf("up %d bytes, want the prefix counted", res.Up)
 	}
 }
 
