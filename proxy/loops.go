@@ -159,13 +159,31 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 	// sets it on every connection it accepts.
 	unix.SetsockoptInt(dup, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	ll := &loopListener{fd: dup, done: make(chan struct{})}
-	for _, lp := range ls.loops {
-		eln := &evloop.Listener{FD: dup}
-		eln.Accept = func(fd int, peer unix.RawSockaddrAny) { e.acceptOnLoop(lp, fd, &peer, l, lport, w) }
+	// One loop accepts from it: its home. Offered to every loop (with
+	// EPOLLEXCLUSIVE), a new connection woke whichever loop was idle, most
+	// often on the other CPU than the one that just served its client:
+	// 8 % more CPU per connection than one loop per listener, measured
+	// (docs/benchmarks.md, "L4 cost, sixth pass"). Listeners are spread
+	// over the loops, and a home loop that finds a backlog passes the
+	// excess on (spill).
+	home := int(ls.next.Add(1)) % len(ls.loops)
+	for i, lp := range ls.loops {
+		eln := &evloop.Listener{FD: -1}
+		ll.lns = append(ll.lns, eln)
+		if i != home {
+			continue
+		}
+		eln.FD = dup
+		eln.Accept = func(fd int, peer unix.RawSockaddrAny, nth int) {
+			if nth >= spillAfter {
+				e.spill(lp, fd, peer, l, lport, w)
+				return
+			}
+			e.acceptOnLoop(lp, fd, &peer, l, lport, w)
+		}
 		eln.Failed = func(err error) {
 			e.Log.Warn("accept failed", "pod", w.Name, "direction", l.Direction, "err", err)
 		}
-		ll.lns = append(ll.lns, eln)
 		lp.Post(func() {
 			if err := lp.AddListener(eln); err != nil {
 				e.Log.Warn("event loop cannot watch a listener", "pod", w.Name, "err", err)
@@ -178,6 +196,22 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 	ls.mu.Unlock()
 	<-ll.done
 	return nil
+}
+
+// spillAfter is how many connections a home loop accepts in one wake-up
+// before it passes the rest of the backlog to the other loops in turn: at
+// this depth it is falling behind, and the others share the work.
+const spillAfter = 8
+
+// spill hands a connection the home loop accepted to the next loop.
+func (e *Engine) spill(home *evloop.Loop, fd int, peer unix.RawSockaddrAny, l Listener, lport uint16, w *Workload) {
+	loops := e.loopState.loops
+	lp := loops[int(e.loopState.next.Add(1))%len(loops)]
+	if lp == home || len(loops) < 2 {
+		e.acceptOnLoop(home, fd, &peer, l, lport, w)
+		return
+	}
+	lp.Post(func() { e.acceptOnLoop(lp, fd, &peer, l, lport, w) })
 }
 
 // CloseListener closes a listener given to Serve, which then returns:

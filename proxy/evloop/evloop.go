@@ -129,8 +129,10 @@ type Listener struct {
 	// FD is the non-blocking listening socket; the loop never closes it.
 	FD int
 	// Accept receives each accepted socket (non-blocking, close-on-exec,
-	// owned by Accept from then on) and the peer's address, on the loop.
-	Accept func(fd int, peer unix.RawSockaddrAny)
+	// owned by Accept from then on), the peer's address, and how many
+	// this wake-up accepted before it (a measure of the backlog: a caller
+	// may pass some on to another loop), on the loop.
+	Accept func(fd int, peer unix.RawSockaddrAny, nth int)
 	// Failed, when set, hears of an accept that failed for want of
 	// resources (EMFILE, ENFILE, ENOBUFS, ENOMEM); the loop tries that
 	// listener again at its next scan, a tenth of a second later, since
@@ -339,7 +341,8 @@ func (l *Loop) add(fd int, events uint32, data int32) error {
 
 // AddListener makes the loop accept from ln (on the loop). Several loops
 // may hold the same socket: EPOLLEXCLUSIVE wakes one waiting loop per
-// connection, and a busy loop accepts what is queued at its next turn.
+// connection, and a busy loop accepts what is queued at its next turn
+// (but see proxy's loops.go: one loop per listener measured cheaper).
 func (l *Loop) AddListener(ln *Listener) error {
 	ln.slot = l.alloc()
 	l.slots[ln.slot] = slot{ln: ln}
@@ -367,14 +370,15 @@ func (l *Loop) RemoveListener(ln *Listener) {
 
 // accept takes every queued connection (nginx's multi_accept).
 func (l *Loop) accept(ln *Listener) {
-	for !l.stopped && l.slots[ln.slot].ln == ln {
+	for nth := 0; !l.stopped && l.slots[ln.slot].ln == ln; {
 		var sa unix.RawSockaddrAny
 		n := uint32(unsafe.Sizeof(sa))
 		fd, _, e := syscall.RawSyscall6(unix.SYS_ACCEPT4, uintptr(ln.FD), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&n)),
 			unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
-			ln.Accept(int(fd), sa)
+			ln.Accept(int(fd), sa, nth)
+			nth++
 			continue
 		case unix.EINTR, unix.ECONNABORTED:
 			continue

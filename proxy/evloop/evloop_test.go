@@ -116,7 +116,7 @@ func startWorld(t testing.TB, h *testHandler) *relayWorld {
 	w := &relayWorld{loop: lp, h: h, lfd: lfd,
 		addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))}
 	go lp.Run()
-	ln := &Listener{FD: lfd, Accept: func(fd int, _ unix.RawSockaddrAny) {
+	ln := &Listener{FD: lfd, Accept: func(fd int, _ unix.RawSockaddrAny, _ int) {
 		up, err := connectTo(h.upstream)
 		if err != nil {
 			unix.Close(fd)
@@ -245,6 +245,57 @@ func TestEchoMessagesAndStream(t *testing.T) {
 				t.Fatalf("result %+v, want %d bytes each way, clean", res, want)
 			}
 		})
+	}
+}
+
+// TestAcceptCountsBacklog: connections queued before the listener joins
+// the loop are all accepted at once, numbered from 0 (what the engine
+// reads as the backlog).
+func TestAcceptCountsBacklog(t *testing.T) {
+	prev := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(prev + 1)
+	defer runtime.GOMAXPROCS(prev)
+	lp, err := New(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go lp.Run()
+	defer func() { lp.Stop(); <-lp.Done() }()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var conns []net.Conn
+	for range 5 {
+		c, err := net.Dial("tcp4", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lfd := int(f.Fd()) // Fd makes it blocking: once, then back
+	unix.SetNonblock(lfd, true)
+	var nths []int
+	ln := &Listener{FD: lfd, Accept: func(fd int, _ unix.RawSockaddrAny, nth int) {
+		nths = append(nths, nth)
+		unix.Close(fd)
+	}}
+	done := make(chan error, 1)
+	lp.Post(func() { done <- lp.AddListener(ln) })
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan []int, 1)
+	lp.Post(func() { got <- append([]int(nil), nths...) })
+	if n := <-got; len(n) != 5 || n[0] != 0 || n[4] != 4 {
+		t.Fatalf("accepted %v, want 0..4 in one go", n)
 	}
 }
 
