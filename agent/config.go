@@ -103,11 +103,13 @@ type Runtime struct {
 	// MinProcs is auto's floor (default 1; at most the runtime's default).
 	MinProcs int `json:"minProcs"`
 	// Loops is how many event loops relay L4 connections (proxy/evloop):
-	// "auto" (the default) is one per P the runtime starts with, "off" (or
-	// 0) relays each connection on goroutines, a number fixes it. Each
-	// loop is a thread that keeps its P while busy, so GOMAXPROCS grows by
-	// the number of loops. auto is off under procs: auto (the controller
-	// would move the Ps the loops hold) and with capture.ebpf.splice.
+	// "off" (the default, or 0) relays each connection on goroutines,
+	// "auto" is one per P the runtime starts with, a number fixes it. Each
+	// loop is a thread that keeps its P, so GOMAXPROCS grows by the number
+	// of loops. auto is off under procs: auto (the controller would move
+	// the Ps the loops hold) and with capture.ebpf.splice. Opt-in while the
+	// held Ps lengthen the p99 of L7 requests (docs/benchmarks.md, "L4
+	// cost, sixth pass").
 	Loops Loops `json:"loops"`
 }
 
@@ -139,9 +141,9 @@ func (l *Loops) UnmarshalJSON(b []byte) error {
 // runtime's default P count and whether eBPF splice is on.
 func (r Runtime) LoopCount(procs int, splice bool) int {
 	switch r.Loops {
-	case loopsOff:
+	case loopsOff, "":
 		return 0
-	case LoopsAuto, "":
+	case LoopsAuto:
 		if r.Procs == ProcsAuto || splice {
 			return 0
 		}
@@ -606,7 +608,7 @@ func DefaultConfig() Config {
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
-		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: LoopsAuto},
+		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: loopsOff},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,

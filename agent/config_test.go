@@ -53,9 +53,9 @@ func TestParseConfigRuntime(t *testing.T) {
 	}
 }
 
-// runtime.loops: auto follows the runtime's P count, except under procs:
-// auto or eBPF splice; off and numbers are taken as they are; the rest is
-// refused.
+// runtime.loops: off by default; auto follows the runtime's P count,
+// except under procs: auto or eBPF splice; off and numbers are taken as
+// they are; the rest is refused.
 func TestParseConfigLoops(t *testing.T) {
 	for _, tc := range []struct {
 		yaml   string
@@ -63,10 +63,11 @@ func TestParseConfigLoops(t *testing.T) {
 		splice bool
 		want   int
 	}{
-		{"", 4, false, 4},
+		{"", 4, false, 0},
+		{"runtime:\n  loops: auto\n", 4, false, 4},
 		{"runtime:\n  loops: auto\n", 1, false, 1},
 		{"runtime:\n  loops: auto\n  procs: auto\n", 4, false, 0},
-		{"", 4, true, 0},
+		{"runtime:\n  loops: auto\n", 4, true, 0},
 		{"runtime:\n  loops: off\n", 4, false, 0},
 		{"runtime:\n  loops: 0\n", 4, false, 0},
 		{"runtime:\n  loops: 3\n", 8, false, 3},

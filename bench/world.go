@@ -166,6 +166,10 @@ func (w *world) newSite(mode string, policy bool, bin string, variant string) (*
 		if bin != "" {
 			return node.StartAgentBinary(t, cfg, bin)
 		}
+		if w.opts.Loops != "" {
+			// This build's agent only: a baseline may not know the key.
+			cfg["runtime"] = map[string]any{"loops": w.opts.Loops}
+		}
 		return node.StartAgent(t, cfg)
 	}
 	agent := start()

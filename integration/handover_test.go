@@ -35,10 +35,23 @@ func TestTakeoverHandsConnectionsOver(t *testing.T) {
 	testworld.RequireTool(t, "redis-server", "redis-cli")
 	relN := testworld.AgentBuild(t, "-X "+agentPkg+".Release=N")
 	relN1 := testworld.AgentBuild(t, "-X "+agentPkg+".Release=N+1")
+	// L4 relays on goroutines (the default), then on the event loops
+	// (runtime.loops), whose quiet connections are taken off the loops
+	// and handed over too.
+	for _, loops := range []string{"off", "2"} {
+		t.Run("loops-"+loops, func(t *testing.T) { takeoverHandsConnectionsOver(t, relN, relN1, loops) })
+	}
+}
+
+func takeoverHandsConnectionsOver(t *testing.T, relN, relN1, loops string) {
 	node := testworld.NewNode(t, world{"1.0.0", "redirect", "v4", ""}.nodeOptions())
 	const drain = 60 * time.Second
-	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": drain.String()}
+	cfg := map[string]any{"capture": map[string]any{"namespaces": []string{"demo"}}, "drainTimeout": drain.String(),
+		"runtime": map[string]any{"loops": loops}}
 	old := node.StartAgentBinary(t, cfg, relN)
+	if loops != "off" {
+		waitLog(t, old, "L4 relays on event loops", 5*time.Second)
+	}
 	srv := node.MustAddPod(t, "backend", "server")
 	client := node.MustAddPod(t, "demo", "client")
 

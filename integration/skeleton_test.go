@@ -43,6 +43,13 @@ func newMeshWith(t *testing.T, w world, clusterCfg map[string]any) *mesh {
 // auto: sniffed, so HTTP goes through the L7 half).
 func newMeshProto(t *testing.T, w world, clusterCfg map[string]any, protocol string) *mesh {
 	t.Helper()
+	return newMeshAgent(t, w, clusterCfg, protocol, nil)
+}
+
+// newMeshAgent is newMeshProto with more settings for the agent (merged
+// into its configuration).
+func newMeshAgent(t *testing.T, w world, clusterCfg map[string]any, protocol string, agentCfg map[string]any) *mesh {
+	t.Helper()
 	m := &mesh{w: w, node: testworld.NewNode(t, w.nodeOptions())}
 	// The agent must answer every ADD, captured or not; start it, add the
 	// servers, then restart it with the service pointing at them.
@@ -61,10 +68,14 @@ func newMeshProto(t *testing.T, w world, clusterCfg map[string]any, protocol str
 			"protocol":  protocol,
 		})
 	}
-	m.agent = m.node.StartAgent(t, map[string]any{
+	cfg := map[string]any{
 		"capture":  map[string]any{"namespaces": []string{"demo"}},
 		"services": services,
-	})
+	}
+	for k, v := range agentCfg {
+		cfg[k] = v
+	}
+	m.agent = m.node.StartAgent(t, cfg)
 	m.client = m.node.MustAddPod(t, "demo", "client")
 	w.assertNoRulesIn(t, m.client)
 	return m

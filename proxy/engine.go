@@ -142,6 +142,10 @@ type Listener struct {
 	// under TPROXY, and the connect to the app is tagged with the client
 	// instead of binding the client's address.
 	Map origdst.Map
+
+	// mix is set on a listener of the loops served on goroutines for a
+	// while (loops.go): handle counts its connections.
+	mix *loopListener
 }
 
 var seed = maphash.MakeSeed()
@@ -288,6 +292,9 @@ func (e *Engine) handle(c *net.TCPConn, l Listener, w *Workload) {
 			m.refused(dir, "no_route")
 			return
 		}
+	}
+	if l.mix != nil {
+		l.mix.backToLoop(dir == Outbound && r.Cluster != nil && !e.relaysAtL4(r, dst.Port()))
 	}
 	if dir == Outbound && r.Cluster != nil && e.serveService(c, &ca, l, w, dst, r) {
 		return

@@ -38,11 +38,63 @@ import (
 // Because the *net.TCPListener is closed by Serve, the caller ends such a
 // listener with Engine.CloseListener, not by closing it.
 
-// loopListener is one listener served on the loops.
+// loopListener is one listener served on the loops, or for a while on
+// goroutines, when most of its connections need one anyway (mix).
 type loopListener struct {
 	fd   int // the duplicate the loops accept from; closed last
 	lns  []*evloop.Listener
+	home int
 	done chan struct{} // closed when no loop accepts from it any more
+
+	mu     sync.Mutex
+	closed bool
+	// goLn is the listener's socket in Go's poller while it is served on
+	// goroutines (serveGoMode); back: it is being closed to return.
+	goLn *net.TCPListener
+	back bool
+	// gor and l4 count, since the last look, the connections that needed
+	// a goroutine first (sniffing or an L7 protocol) and the ones relayed
+	// at L4 straight away.
+	gor, l4 atomic.Int32
+}
+
+// mixWindow is how many connections a listener's mix is judged over, and
+// mixShare the share of them (in quarters) that moves it: a listener on
+// the loops whose connections mostly go to goroutines is served on
+// goroutines, and back when they mostly do not.
+//
+// Why: a connection the loop accepts and then hands to a goroutine (to
+// sniff it, or for L7) is made a *net.TCPConn from its descriptor
+// (net.FileConn: a dozen system calls) and started on a fresh goroutine on
+// another thread: 30 % more CPU per HTTP connection than Go's own accept
+// (docs/benchmarks.md, "L4 cost, sixth pass"). A connection Go accepts
+// and finds to be L4 moves to a loop for its relay (moveToLoop), so a
+// listener on goroutines still relays on the loops.
+const (
+	mixWindow = 64
+	mixShare  = 3
+)
+
+// count records one connection of the mix and reports whether the
+// listener should move: to goroutines when onLoops, else to the loops.
+func (ll *loopListener) count(needsGoroutine, onLoops bool) bool {
+	var g, n int32
+	if needsGoroutine {
+		g = ll.gor.Add(1)
+		n = g + ll.l4.Load()
+	} else {
+		n = ll.l4.Add(1) + ll.gor.Load()
+		g = ll.gor.Load()
+	}
+	if n < mixWindow {
+		return false
+	}
+	ll.gor.Store(0)
+	ll.l4.Store(0)
+	if onLoops {
+		return g*4 >= n*mixShare
+	}
+	return (n-g)*4 >= n*mixShare
 }
 
 // loopsState is the engine's loops.
@@ -106,6 +158,12 @@ func (e *Engine) stopLoops() {
 		<-lp.Done()
 	}
 	for _, ll := range lns {
+		ll.mu.Lock()
+		ll.closed = true
+		if ll.goLn != nil {
+			ll.goLn.Close()
+		}
+		ll.mu.Unlock()
 		unix.Close(ll.fd)
 		close(ll.done)
 	}
@@ -167,6 +225,7 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 	// over the loops, and a home loop that finds a backlog passes the
 	// excess on (spill).
 	home := int(ls.next.Add(1)) % len(ls.loops)
+	ll.home = home
 	for i, lp := range ls.loops {
 		eln := &evloop.Listener{FD: -1}
 		ll.lns = append(ll.lns, eln)
@@ -176,10 +235,12 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 		eln.FD = dup
 		eln.Accept = func(fd int, peer unix.RawSockaddrAny, nth int) {
 			if nth >= spillAfter {
-				e.spill(lp, fd, peer, l, lport, w)
+				e.spill(lp, fd, peer, l, lport, w, ll)
 				return
 			}
-			e.acceptOnLoop(lp, fd, &peer, l, lport, w)
+			if e.acceptOnLoop(lp, fd, &peer, l, lport, w, ll) {
+				e.toGoMode(lp, ll, eln, l, w)
+			}
 		}
 		eln.Failed = func(err error) {
 			e.Log.Warn("accept failed", "pod", w.Name, "direction", l.Direction, "err", err)
@@ -203,15 +264,16 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 // this depth it is falling behind, and the others share the work.
 const spillAfter = 8
 
-// spill hands a connection the home loop accepted to the next loop.
-func (e *Engine) spill(home *evloop.Loop, fd int, peer unix.RawSockaddrAny, l Listener, lport uint16, w *Workload) {
+// spill hands a connection the home loop accepted to the next loop. A
+// spilt connection does not count in the listener's mix.
+func (e *Engine) spill(home *evloop.Loop, fd int, peer unix.RawSockaddrAny, l Listener, lport uint16, w *Workload, ll *loopListener) {
 	loops := e.loopState.loops
 	lp := loops[int(e.loopState.next.Add(1))%len(loops)]
 	if lp == home || len(loops) < 2 {
-		e.acceptOnLoop(home, fd, &peer, l, lport, w)
+		e.acceptOnLoop(home, fd, &peer, l, lport, w, nil)
 		return
 	}
-	lp.Post(func() { e.acceptOnLoop(lp, fd, &peer, l, lport, w) })
+	lp.Post(func() { e.acceptOnLoop(lp, fd, &peer, l, lport, w, nil) })
 }
 
 // CloseListener closes a listener given to Serve, which then returns:
@@ -230,6 +292,12 @@ func (e *Engine) CloseListener(l Listener) error {
 	delete(ls.lns, l.TCP)
 	loops := ls.loops
 	ls.mu.Unlock()
+	ll.mu.Lock()
+	ll.closed = true
+	if ll.goLn != nil {
+		ll.goLn.Close()
+	}
+	ll.mu.Unlock()
 	for i, lp := range loops {
 		eln := ll.lns[i]
 		onLoop(lp, func() { lp.RemoveListener(eln) })
@@ -258,8 +326,9 @@ type loopConn struct {
 }
 
 // acceptOnLoop handles a connection lp accepted on a listener of w (the
-// loop's version of handle).
-func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny, l Listener, lport uint16, w *Workload) {
+// loop's version of handle). It reports whether the listener's mix says
+// it should be served on goroutines from now on.
+func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny, l Listener, lport uint16, w *Workload, ll *loopListener) (toGo bool) {
 	m := e.Metrics
 	dir := l.Direction
 	m.accepted(dir)
@@ -275,12 +344,12 @@ func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny
 		m.refused(dir, "no_original_dst")
 		e.Log.Debug("no original destination", "pod", w.Name, "direction", dir, "err", err)
 		e.dropOnLoop(fd, dir)
-		return
+		return false
 	}
 	if isLoopDst(lport, w, dst) {
 		m.refused(dir, "loop")
 		e.dropOnLoop(fd, dir)
-		return
+		return false
 	}
 	var r route.Route
 	if dir == Outbound {
@@ -288,15 +357,96 @@ func (e *Engine) acceptOnLoop(lp *evloop.Loop, fd int, peer *unix.RawSockaddrAny
 		if r.Refused() {
 			m.refused(dir, "no_route")
 			e.dropOnLoop(fd, dir)
-			return
+			return false
 		}
 		if r.Cluster != nil && !e.relaysAtL4(r, dst.Port()) {
-			e.toGoroutine(fd, l, w, dst, r)
-			return
+			e.toGoroutine(lp, fd, l, w, dst, r)
+			return ll != nil && ll.count(true, true)
 		}
 	}
 	e.wg.Add(1)
 	e.startOnLoop(lp, fd, client, nil, l, w, dst, r)
+	return ll != nil && ll.count(false, true)
+}
+
+// toGoMode moves ll from the loops to goroutines (on its home loop lp,
+// from an accept): Go's poller watches a duplicate of its socket and
+// serveGoMode accepts.
+func (e *Engine) toGoMode(lp *evloop.Loop, ll *loopListener, eln *evloop.Listener, l Listener, w *Workload) {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	if ll.closed || ll.goLn != nil {
+		return
+	}
+	nl, err := fdListener(ll.fd)
+	if err != nil {
+		e.Log.Warn("cannot serve a listener on goroutines; it stays on the loops", "pod", w.Name, "err", err)
+		return
+	}
+	lp.RemoveListener(eln)
+	ll.goLn = nl
+	lg := l
+	lg.TCP, lg.mix = nl, ll
+	e.Log.Debug("listener served on goroutines: its connections go to L7", "pod", w.Name, "direction", l.Direction)
+	go e.serveGoMode(lg, w, ll, eln)
+}
+
+// serveGoMode serves ll on goroutines until it is closed, or until its mix
+// sends it back to its home loop (handle closes the Go listener then).
+func (e *Engine) serveGoMode(lg Listener, w *Workload, ll *loopListener, eln *evloop.Listener) {
+	e.serveGo(lg, w)
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	ll.goLn, ll.back = nil, false
+	if ll.closed {
+		return
+	}
+	lp := e.loopState.loops[ll.home]
+	e.Log.Debug("listener back on its event loop: its connections are L4", "pod", w.Name, "direction", lg.Direction)
+	lp.Post(func() {
+		// Not under ll.mu: AddListener accepts what is queued, which may
+		// move the listener again. A CloseListener meanwhile posts its
+		// RemoveListener after this.
+		ll.mu.Lock()
+		closed := ll.closed
+		ll.mu.Unlock()
+		if closed {
+			return
+		}
+		if err := lp.AddListener(eln); err != nil {
+			e.Log.Error("event loop lost a listener", "pod", w.Name, "err", err)
+		}
+	})
+}
+
+// backToLoop is handle's half of the mix on goroutines: it counts the
+// connection and, when the listener's connections are mostly L4 again,
+// closes the Go listener so serveGoMode returns it to the loops.
+func (ll *loopListener) backToLoop(needsGoroutine bool) {
+	if !ll.count(needsGoroutine, false) {
+		return
+	}
+	ll.mu.Lock()
+	if !ll.closed && ll.goLn != nil && !ll.back {
+		ll.back = true
+		ll.goLn.Close()
+	}
+	ll.mu.Unlock()
+}
+
+// fdListener makes a *net.TCPListener over a duplicate of fd.
+func fdListener(fd int) (*net.TCPListener, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(d), "")
+	nl, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	return nl.(*net.TCPListener), nil
 }
 
 // startOnLoop connects the client socket fd upstream as r says and relays
@@ -375,7 +525,7 @@ func isLoopDst(lport uint16, w *Workload, dst netip.AddrPort) bool {
 
 // toGoroutine hands an accepted socket to the goroutine path: sniffing
 // and the L7 proxies work on *net.TCPConn.
-func (e *Engine) toGoroutine(fd int, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
+func (e *Engine) toGoroutine(lp *evloop.Loop, fd int, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
 	f := os.NewFile(uintptr(fd), "")
 	nc, err := net.FileConn(f)
 	f.Close()
@@ -386,6 +536,9 @@ func (e *Engine) toGoroutine(fd int, l Listener, w *Workload, dst netip.AddrPort
 	}
 	c := nc.(*net.TCPConn)
 	e.wg.Add(1)
+	// The new goroutine is queued on the loop's P, which the loop keeps:
+	// it yields at the end of this batch of events.
+	lp.YieldSoon()
 	go func() {
 		defer e.wg.Done()
 		defer c.Close()
@@ -442,14 +595,17 @@ func (c *loopConn) dial(addr netip.AddrPort) (int, error) {
 		opts.Transparent = true
 		opts.AvoidPort = c.client.Port()
 	}
+	runtime.LockOSThread()
 	fd, err := c.w.Netns.ConnectOnThread(addr, src, opts)
 	if errors.Is(err, netns.ErrStranded) {
-		// This thread is in the pod's namespace for good: the loop ends
-		// (its goroutine exits locked, and the thread with it); the other
-		// loops go on accepting.
+		// This thread is in the pod's namespace for good: the loop ends,
+		// its goroutine exits still locked and the thread with it; the
+		// other loops go on.
 		c.e.Log.Error("event loop thread stranded in a pod network namespace; stopping that loop", "pod", c.w.Name, "err", err)
-		c.lp.Stop()
+		c.lp.Abort()
+		return fd, err
 	}
+	runtime.UnlockOSThread()
 	return fd, err
 }
 

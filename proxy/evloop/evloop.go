@@ -13,12 +13,17 @@
 // connection, where a loop like this one measured 1.04×
 // (docs/benchmarks.md, "L4 cost, fifth pass").
 //
-// A Loop that holds its P waits in epoll_wait as a raw system call while
-// it is busy, so the runtime neither hands its P to another thread nor
-// wakes one for it; after a quiet millisecond it waits through the
-// runtime's system-call path like any goroutine, so an idle agent costs
-// nothing. The process needs one P per holding loop beyond what the rest of
-// it uses (the engine raises GOMAXPROCS by the number of loops).
+// A Loop that holds its P waits in epoll_wait as a raw system call, so the
+// runtime neither hands its P to another thread nor wakes one for it: the
+// P is the loop's, as a CPU is an nginx worker's, and the process needs
+// one P per holding loop beyond what the rest of it uses (the engine
+// raises GOMAXPROCS by the number of loops). It holds it while idle too:
+// a loop that gave its P back when quiet (through the runtime's
+// system-call path) let the runtime run the rest of the process on more Ps
+// than CPUs, which cost the agent's L7 half 14 % more CPU per request
+// (docs/benchmarks.md, "L4 cost, sixth pass"). The runtime still preempts
+// a loop every 10 ms (its signal ends the wait early), so the P serves
+// other goroutines now and then and a stop-the-world does not wait.
 //
 // Each direction of a pair starts in small-message mode (one read and one
 // write per message through the loop's shared buffer) and switches for
@@ -45,10 +50,6 @@ const pipeSize = 1 << 20
 
 // maxFreePipes bounds the pipes a loop keeps for its next streams.
 const maxFreePipes = 32
-
-// quiet is how long a holding loop waits keeping its P before it waits
-// through the runtime instead.
-const quiet = time.Millisecond
 
 // scanEvery is how often connects in progress are checked for their
 // deadline.
@@ -167,6 +168,10 @@ type Loop struct {
 	start   time.Time
 	scanAt  int64
 	stopped bool
+	// yieldNext: the loop yields at the end of this batch of events
+	// (posted functions ran, which may have readied goroutines on its P,
+	// or YieldSoon).
+	yieldNext bool
 
 	// Err is why Run ended early, if it did (read after Done).
 	Err error
@@ -222,30 +227,30 @@ func (l *Loop) Pairs() int { return l.pairs }
 
 func (l *Loop) now() int64 { return int64(time.Since(l.start)) }
 
-// Run runs the loop on the calling goroutine, locked to its thread for
-// good (a thread a Handler stranded in another network namespace then
-// ends with the goroutine), until Stop.
+// yieldEvery bounds how long a holding loop keeps its P from the
+// goroutines and timers that queued on it meanwhile (it yields that often,
+// busy or idle, and after posted functions, which may wake some): left to
+// the runtime's preemption alone, they waited up to 10 ms, which showed as
+// the p99 of L7 requests (docs/benchmarks.md, "L4 cost, sixth pass").
+const yieldEvery = time.Millisecond
+
+// Run runs the loop on the calling goroutine until Stop or Abort. It does
+// not lock its thread: a Handler that changes the thread's state (a
+// network namespace) locks it around the change, and on a failure to undo
+// it calls Abort and leaves it locked, so the thread ends with Run.
 func (l *Loop) Run() {
-	runtime.LockOSThread()
 	defer close(l.done)
-	held := true // the last wait kept the P and saw events
+	yielded := l.now()
 	for !l.stopped {
 		timeout := int(scanEvery / time.Millisecond)
 		if len(l.conns) == 0 && len(l.stalled) == 0 {
 			timeout = 1000
 		}
-		var n int
-		var err error
-		if l.hold && held {
-			n, err = l.wait(int(quiet/time.Millisecond), true)
-			if err == nil && n == 0 {
-				held = false
-				continue
-			}
-		} else {
-			n, err = l.wait(timeout, false)
-			held = n > 0
+		if l.hold {
+			// Idle too, the P is let go of that often (see yieldEvery).
+			timeout = int(yieldEvery / time.Millisecond)
 		}
+		n, err := l.wait(timeout, l.hold)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -256,6 +261,11 @@ func (l *Loop) Run() {
 		}
 		for i := 0; i < n; i++ {
 			l.dispatch(l.events[i])
+		}
+		if now := l.now(); l.hold && (now-yielded >= int64(yieldEvery) || l.yieldNext) {
+			l.yieldNext = false
+			runtime.Gosched()
+			yielded = l.now()
 		}
 		if len(l.freeing) > 0 {
 			l.free = append(l.free, l.freeing...)
@@ -322,7 +332,16 @@ func (l *Loop) runPosted() {
 		f()
 		l.run[i] = nil
 	}
+	l.yieldNext = l.yieldNext || len(l.run) > 0
 }
+
+// YieldSoon makes the loop let other goroutines have its P at the end of
+// this batch of events (on the loop): for a Handler that started one.
+func (l *Loop) YieldSoon() { l.yieldNext = true }
+
+// Abort ends Run after the current event (on the loop): for a Handler
+// whose thread cannot be used again.
+func (l *Loop) Abort() { l.stopped = true }
 
 func (l *Loop) alloc() int32 {
 	if n := len(l.free); n > 0 {
