@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -43,22 +42,7 @@ func TestLoopsEndToEnd(t *testing.T) {
 				}
 			}
 
-			app := m.node.MustAddPod(t, "demo", "app")
-			ngx := app.StartNginx(t, 8080, "app")
-			for _, fam := range w.families() {
-				before := inbound(t, m.agent)
-				body, err := m.srvA.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
-				if err != nil || strings.TrimSpace(body) != "app" {
-					t.Fatalf("%s: into the captured pod: %v %q", fam, err, body)
-				}
-				if got := inbound(t, m.agent) - before; got != 1 {
-					t.Fatalf("%s: inbound counter rose by %v, want 1", fam, got)
-				}
-				clients := ngx.Clients(t)
-				if last := clients[len(clients)-1]; w.mode == "tproxy" && last != addr(m.srvA, fam).String() {
-					t.Fatalf("%s: app saw %s, want the real client %s", fam, last, addr(m.srvA, fam))
-				}
-			}
+			assertInbound(t, m)
 
 			// Half-close, then a stream each way, passthrough to server-a.
 			for i, fam := range w.families() {

@@ -156,25 +156,33 @@ func TestDirectPodIPGoesThroughAgent(t *testing.T) {
 // under TPROXY and eBPF the app sees the real client's IP.
 func TestInboundThroughAgent(t *testing.T) {
 	forEachWorld(t, func(t *testing.T, w world) {
-		m := newMesh(t, w)
-		app := m.node.MustAddPod(t, "demo", "app")
-		ngx := app.StartNginx(t, 8080, "app")
-		for _, fam := range w.families() {
-			before := inbound(t, m.agent)
-			body, err := m.srvA.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
-			if err != nil || strings.TrimSpace(body) != "app" {
-				t.Fatalf("%s request into captured pod: %v: %q", fam, err, body)
-			}
-			if got := inbound(t, m.agent) - before; got != 1 {
-				t.Fatalf("%s: inbound counter rose by %v, want 1", fam, got)
-			}
-			clients := ngx.Clients(t)
-			last := clients[len(clients)-1]
-			if (w.mode == "tproxy" || w.mode == "ebpf") && last != addr(m.srvA, fam).String() {
-				t.Fatalf("%s %s: app logged client %s, want the real client %s", w.mode, fam, last, addr(m.srvA, fam))
-			}
-		}
+		assertInbound(t, newMesh(t, w))
 	})
+}
+
+// assertInbound adds an nginx pod to m's captured namespace and calls it
+// from server-a in each family: one inbound connection each, and under
+// TPROXY and eBPF the app sees server-a's own address.
+func assertInbound(t *testing.T, m *mesh) {
+	t.Helper()
+	w := m.w
+	app := m.node.MustAddPod(t, "demo", "app")
+	ngx := app.StartNginx(t, 8080, "app")
+	for _, fam := range w.families() {
+		before := inbound(t, m.agent)
+		body, err := m.srvA.Curl(t, url(netip.AddrPortFrom(addr(app, fam), 8080)))
+		if err != nil || strings.TrimSpace(body) != "app" {
+			t.Fatalf("%s request into captured pod: %v: %q", fam, err, body)
+		}
+		if got := inbound(t, m.agent) - before; got != 1 {
+			t.Fatalf("%s: inbound counter rose by %v, want 1", fam, got)
+		}
+		clients := ngx.Clients(t)
+		last := clients[len(clients)-1]
+		if (w.mode == "tproxy" || w.mode == "ebpf") && last != addr(m.srvA, fam).String() {
+			t.Fatalf("%s %s: app logged client %s, want the real client %s", w.mode, fam, last, addr(m.srvA, fam))
+		}
+	}
 }
 
 // Must show 4: an uncaptured pod has no weir rule and works normally.
