@@ -351,9 +351,7 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 		runtime.UnlockOSThread()
 	}
 	if err != nil {
-		if !answeredOrRefused(err) {
-			h.forgetUnanswered(addr)
-		}
+		h.ConnectFailed(addr, err)
 		return nil, fmt.Errorf("connect %s in netns %s: %w", addr, h.path, err)
 	}
 	return c.(*net.TCPConn), nil

@@ -4,13 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"runtime"
 	"syscall"
 )
 
 // ErrStranded is ConnectOnThread's error when the calling thread entered the
-// pod's namespace and could not return to the host's: the thread must never
-// make another socket, and should exit locked (its goroutine returns while
-// it holds runtime.LockOSThread, so the runtime ends the thread).
+// pod's namespace and could not return to the host's: ConnectOnThread then
+// leaves the goroutine locked to it, and the goroutine should return, so
+// the runtime ends the thread instead of reusing it.
 var ErrStranded = errors.New("thread could not return to the host network namespace")
 
 // ConnectOnThread is Dial for a caller that waits for sockets itself (an
@@ -20,22 +21,24 @@ var ErrStranded = errors.New("thread could not return to the host network namesp
 // without waiting for the connect to finish (the socket turns writable, or
 // reports an error, when it has).
 //
-// The calling goroutine must be locked to its thread (runtime.LockOSThread)
-// and stay so: the thread enters the namespace for socket() alone, with raw
-// setns calls that keep the goroutine's P (raw.go), and comes back before
-// anything else. If it cannot come back, the error wraps ErrStranded and
-// the thread must not be used again.
+// The calling goroutine is locked to its thread meanwhile: the thread
+// enters the namespace for the socket's making alone, with raw setns calls
+// that keep the goroutine's P (raw.go), and comes back before anything
+// else. If it cannot come back, the error wraps ErrStranded and the
+// goroutine stays locked (see ErrStranded).
 func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts SocketOptions) (int, error) {
 	host, err := Host()
 	if err != nil {
 		return -1, err
 	}
+	runtime.LockOSThread()
 	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
 	family := syscall.AF_INET
 	if v6 {
 		family = syscall.AF_INET6
 	}
 	if err := rawSetns(int(h.f.Fd())); err != nil {
+		runtime.UnlockOSThread()
 		return -1, fmt.Errorf("enter netns %s: %w", h.path, err)
 	}
 	// Options and the source bind are made in the namespace too: binding
@@ -48,6 +51,7 @@ func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts Socke
 		}
 		return -1, fmt.Errorf("return from netns %s: %w: %w", h.path, ErrStranded, serr)
 	}
+	runtime.UnlockOSThread()
 	if err == nil {
 		err = startConnect(s, addr, v6)
 	}

@@ -36,20 +36,10 @@ func Redirected(c *net.TCPConn) (netip.AddrPort, error) {
 		ap   netip.AddrPort
 		gerr error
 	)
-	err = rc.Control(func(fd uintptr) {
-		if v6 {
-			ap, gerr = getV6(int(fd))
-		} else {
-			ap, gerr = getV4(int(fd))
-		}
-	})
-	if err != nil {
+	if err := rc.Control(func(fd uintptr) { ap, gerr = RedirectedFD(int(fd), v6) }); err != nil {
 		return netip.AddrPort{}, err
 	}
-	if gerr != nil {
-		return netip.AddrPort{}, fmt.Errorf("original destination: %w", gerr)
-	}
-	return ap, nil
+	return ap, gerr
 }
 
 // Local returns the accepted socket's local address: the original destination
