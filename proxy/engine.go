@@ -97,7 +97,7 @@ type Engine struct {
 	// relays with raw system calls, as nginx's workers do, at about two
 	// thirds of the CPU per new connection of a goroutine per direction.
 	// The engine raises GOMAXPROCS by Loops while they run, since each
-	// keeps its P while busy. 0: every connection is handled on
+	// keeps its P. 0: every connection is handled on
 	// goroutines. Not used with Splice (eBPF splice relays its own way);
 	// listeners served on loops must be closed with CloseListener.
 	Loops int
@@ -325,10 +325,7 @@ func (e *Engine) relayL4(c *net.TCPConn, ca *accelOnce, prefix []byte, l Listene
 			return
 		}
 	}
-	t := &tracked{client: c, upstream: up, w: w, dir: dir, dst: dst, started: time.Now(), clientAccel: *ca}
-	if r.Cluster != nil {
-		t.cluster = r.Cluster.Name()
-	}
+	t := &tracked{client: c, upstream: up, w: w, dir: dir, dst: dst, cluster: clusterName(r), started: time.Now(), clientAccel: *ca}
 	if lease != nil {
 		t.endpoint = lease.Endpoint()
 	}
@@ -481,6 +478,13 @@ func sourceKey(c *net.TCPConn) uint64 {
 	if !ok {
 		return 0
 	}
-	b := ra.AddrPort().Addr().As16()
+	return sourceKeyOf(ra.AddrPort())
+}
+
+// sourceKeyOf is sourceKey for an address (the event loops have no
+// *net.TCPConn). IPv4 hashes as its IPv4-mapped form whether or not the
+// address came unmapped, so both paths give one client one key.
+func sourceKeyOf(a netip.AddrPort) uint64 {
+	b := a.Addr().As16()
 	return maphash.Bytes(seed, b[:])
 }

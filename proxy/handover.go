@@ -80,6 +80,16 @@ type tracked struct {
 	spliced atomic.Bool
 }
 
+// handOff is t as its successor needs it, with up and down bytes relayed
+// here since its prior counts.
+func (t *tracked) handOff(up, down int64) HandOff {
+	return HandOff{
+		Client: t.client, Upstream: t.upstream, Workload: t.w.Name, Direction: t.dir,
+		Dst: t.dst, Cluster: t.cluster, Endpoint: t.endpoint,
+		Up: t.prior[0] + up, Down: t.prior[1] + down, Started: t.started,
+	}
+}
+
 // l4Set is the engine's set of relayed L4 connections.
 type l4Set struct {
 	mu sync.Mutex
@@ -183,12 +193,7 @@ func (e *Engine) HandOver(ctx context.Context, interval time.Duration, send func
 			if t.spliced.Load() || !offerable(t) || !t.h.Pause(100*time.Millisecond) {
 				continue
 			}
-			up, down := t.h.Counts()
-			err := send(HandOff{
-				Client: t.client, Upstream: t.upstream, Workload: t.w.Name, Direction: t.dir,
-				Dst: t.dst, Cluster: t.cluster, Endpoint: t.endpoint,
-				Up: t.prior[0] + up, Down: t.prior[1] + down, Started: t.started,
-			})
+			err := send(t.handOff(t.h.Counts()))
 			if err != nil {
 				t.h.Resume()
 				return handed, err

@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"hash/maphash"
 	"net"
 	"net/netip"
 	"os"
@@ -26,7 +25,8 @@ import (
 // served on the loops leaves Go's poller: Serve duplicates its socket,
 // closes the *net.TCPListener (which takes it out of the runtime's epoll,
 // so a new connection wakes no runtime thread) and registers the
-// duplicate with every loop; the first loop free accepts. Each accepted
+// duplicate with one loop, its home, which passes a backlog on to the
+// others (spill). Each accepted
 // connection is handled on that loop to the end: original destination,
 // loop check, route, the cluster's pick, a socket made in the pod's
 // namespace on the loop's own thread, a non-blocking connect, and the
@@ -127,8 +127,7 @@ func (e *Engine) startLoops() {
 		ls.loops = append(ls.loops, lp)
 		go lp.Run()
 	}
-	// Each loop keeps its P while busy: the rest of the process keeps the
-	// Ps it had.
+	// Each loop keeps its P: the rest of the process keeps the Ps it had.
 	ls.procs = len(ls.loops)
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + ls.procs)
 	context.AfterFunc(e.ctx, func() {
@@ -273,7 +272,9 @@ func (e *Engine) spill(home *evloop.Loop, fd int, peer unix.RawSockaddrAny, l Li
 		e.acceptOnLoop(home, fd, &peer, l, lport, w, nil)
 		return
 	}
-	lp.Post(func() { e.acceptOnLoop(lp, fd, &peer, l, lport, w, nil) })
+	if !lp.Post(func() { e.acceptOnLoop(lp, fd, &peer, l, lport, w, nil) }) {
+		e.acceptOnLoop(home, fd, &peer, l, lport, w, nil) // that loop ended
+	}
 }
 
 // CloseListener closes a listener given to Serve, which then returns:
@@ -310,19 +311,18 @@ func (e *Engine) CloseListener(l Listener) error {
 // loopConn is one connection relayed on a loop.
 type loopConn struct {
 	evloop.Pair
-	e        *Engine
-	lp       *evloop.Loop
-	w        *Workload
-	dir      Direction
-	l        Listener
-	client   netip.AddrPort // the accepted socket's peer
-	dst      netip.AddrPort
-	addr     netip.AddrPort // being connected to
-	r        route.Route
-	cn       cluster.Connecting
-	lease    *cluster.Lease
-	started  time.Time
-	detached bool
+	e       *Engine
+	lp      *evloop.Loop
+	w       *Workload
+	dir     Direction
+	l       Listener
+	client  netip.AddrPort // the accepted socket's peer
+	dst     netip.AddrPort
+	addr    netip.AddrPort // being connected to
+	r       route.Route
+	cn      cluster.Connecting
+	lease   *cluster.Lease
+	started time.Time
 }
 
 // acceptOnLoop handles a connection lp accepted on a listener of w (the
@@ -501,7 +501,13 @@ func (e *Engine) moveToLoop(c *net.TCPConn, prefix []byte, l Listener, w *Worklo
 	// The caller's count of it ends when it returns; the loop's starts now.
 	e.Metrics.reopened(l.Direction)
 	e.wg.Add(1)
-	lp.Post(func() { e.startOnLoop(lp, fd, client, pre, l, w, dst, r) })
+	if !lp.Post(func() { e.startOnLoop(lp, fd, client, pre, l, w, dst, r) }) {
+		// That loop ended (a stranded thread): the caller relays c.
+		unix.Close(fd)
+		e.Metrics.closed(l.Direction)
+		e.wg.Done()
+		return false
+	}
 	return true
 }
 
@@ -526,15 +532,12 @@ func isLoopDst(lport uint16, w *Workload, dst netip.AddrPort) bool {
 // toGoroutine hands an accepted socket to the goroutine path: sniffing
 // and the L7 proxies work on *net.TCPConn.
 func (e *Engine) toGoroutine(lp *evloop.Loop, fd int, l Listener, w *Workload, dst netip.AddrPort, r route.Route) {
-	f := os.NewFile(uintptr(fd), "")
-	nc, err := net.FileConn(f)
-	f.Close()
+	c, err := fdConn(fd)
 	if err != nil {
 		e.Log.Warn("cannot hand a connection to the L7 proxy", "pod", w.Name, "err", err)
 		e.Metrics.closed(l.Direction)
 		return
 	}
-	c := nc.(*net.TCPConn)
 	e.wg.Add(1)
 	// The new goroutine is queued on the loop's P, which the loop keeps:
 	// it yields at the end of this batch of events.
@@ -595,7 +598,6 @@ func (c *loopConn) dial(addr netip.AddrPort) (int, error) {
 		opts.Transparent = true
 		opts.AvoidPort = c.client.Port()
 	}
-	runtime.LockOSThread()
 	fd, err := c.w.Netns.ConnectOnThread(addr, src, opts)
 	if errors.Is(err, netns.ErrStranded) {
 		// This thread is in the pod's namespace for good: the loop ends,
@@ -603,9 +605,7 @@ func (c *loopConn) dial(addr netip.AddrPort) (int, error) {
 		// other loops go on.
 		c.e.Log.Error("event loop thread stranded in a pod network namespace; stopping that loop", "pod", c.w.Name, "err", err)
 		c.lp.Abort()
-		return fd, err
 	}
-	runtime.UnlockOSThread()
 	return fd, err
 }
 
@@ -675,12 +675,6 @@ func (c *loopConn) Ended(_ *evloop.Pair, res evloop.Result) {
 	e.wg.Done()
 }
 
-// sourceKeyOf is sourceKey for an address.
-func sourceKeyOf(a netip.AddrPort) uint64 {
-	b := a.Addr().As16()
-	return maphash.Bytes(seed, b[:])
-}
-
 // detachLoops takes every quiet L4 connection off the loops, for a
 // hand-over: their sockets become *net.TCPConns the caller sends.
 func (e *Engine) detachLoops() []detached {
@@ -726,6 +720,8 @@ func (d detached) conns() (client, upstream *net.TCPConn, err error) {
 	return client, upstream, nil
 }
 
+// fdConn makes a *net.TCPConn of the socket fd (closed: the conn holds a
+// duplicate).
 func fdConn(fd int) (*net.TCPConn, error) {
 	f := os.NewFile(uintptr(fd), "")
 	c, err := net.FileConn(f)
@@ -750,10 +746,7 @@ func (e *Engine) handOverLoops(send func(HandOff) error) (int, error) {
 		}
 		t := &tracked{client: client, upstream: upstream, w: c.w, dir: c.dir, dst: c.dst,
 			cluster: clusterName(c.r), endpoint: c.endpointAddr(), started: c.started, prior: [2]int64{d.up, d.down}}
-		if serr := send(HandOff{
-			Client: client, Upstream: upstream, Workload: c.w.Name, Direction: c.dir,
-			Dst: c.dst, Cluster: t.cluster, Endpoint: t.endpoint, Up: d.up, Down: d.down, Started: c.started,
-		}); serr != nil {
+		if serr := send(t.handOff(0, 0)); serr != nil {
 			// Resumed, on a goroutine: it keeps its accounting.
 			e.loopState.pairs.Add(-1)
 			go func() {

@@ -2,7 +2,6 @@ package evloop
 
 import (
 	"net/netip"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -67,11 +66,7 @@ func rawDial(b *testing.B, a netip.AddrPort) int {
 }
 
 func benchWorld(b *testing.B) *relayWorld {
-	h := &testHandler{upstream: rawEchoServer(b), timeout: 5 * time.Second}
-	prev := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(prev + 1)
-	b.Cleanup(func() { runtime.GOMAXPROCS(prev) })
-	return startWorld(b, h)
+	return newRelayWorld(b, &testHandler{upstream: rawEchoServer(b), timeout: 5 * time.Second})
 }
 
 // BenchmarkPingPong is one 128-byte message relayed each way per op, on

@@ -177,6 +177,7 @@ type Loop struct {
 	Err error
 
 	mu     sync.Mutex
+	ended  bool // Run has returned: Post drops what it is given
 	posted []func()
 	run    []func()
 	done   chan struct{}
@@ -206,14 +207,20 @@ func New(hold bool) (*Loop, error) {
 	return l, nil
 }
 
-// Post runs f on the loop, soon. It may be called from any goroutine; f
-// posted after Stop may never run.
-func (l *Loop) Post(f func()) {
+// Post runs f on the loop, soon. It may be called from any goroutine. It
+// reports false when the loop has ended, and f will not run; f posted
+// after Stop or Abort may not run either.
+func (l *Loop) Post(f func()) bool {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		// Its eventfd is closed, and the number may name another file.
+		return false
+	}
 	l.posted = append(l.posted, f)
-	l.mu.Unlock()
 	one := uint64(1)
 	unix.Write(l.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
+	return true
 }
 
 // Stop makes Run close every pair (Cut) and return; Done is closed then.
@@ -262,26 +269,28 @@ func (l *Loop) Run() {
 		for i := 0; i < n; i++ {
 			l.dispatch(l.events[i])
 		}
-		if now := l.now(); l.hold && (now-yielded >= int64(yieldEvery) || l.yieldNext) {
-			l.yieldNext = false
-			runtime.Gosched()
-			yielded = l.now()
-		}
 		if len(l.freeing) > 0 {
 			l.free = append(l.free, l.freeing...)
 			l.freeing = l.freeing[:0]
 		}
-		if len(l.conns) > 0 || len(l.stalled) > 0 {
-			if now := l.now(); now >= l.scanAt {
-				l.scanAt = now + int64(scanEvery)
-				l.scan(now)
-				l.retryStalled()
-			}
+		now := l.now()
+		if (len(l.conns) > 0 || len(l.stalled) > 0) && now >= l.scanAt {
+			l.scanAt = now + int64(scanEvery)
+			l.scan(now)
+			l.retryStalled()
+		}
+		if l.hold && (now-yielded >= int64(yieldEvery) || l.yieldNext) {
+			l.yieldNext = false
+			runtime.Gosched()
+			yielded = l.now()
 		}
 	}
 	l.closeAll(true)
-	unix.Close(l.ep)
+	l.mu.Lock()
+	l.ended = true
 	unix.Close(l.efd)
+	l.mu.Unlock()
+	unix.Close(l.ep)
 	for _, p := range l.pipes {
 		unix.Close(p[0])
 		unix.Close(p[1])

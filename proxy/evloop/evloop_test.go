@@ -86,21 +86,9 @@ type relayWorld struct {
 	lfd  int
 }
 
-func newRelayWorld(t *testing.T, h *testHandler) *relayWorld {
+func newRelayWorld(t testing.TB, h *testHandler) *relayWorld {
 	t.Helper()
-	// The loop keeps a P while busy, as the engine arranges.
-	prev := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(prev + 1)
-	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
-	return startWorld(t, h)
-}
-
-func startWorld(t testing.TB, h *testHandler) *relayWorld {
-	t.Helper()
-	lp, err := New(true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	lp := runLoop(t)
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -115,7 +103,6 @@ func startWorld(t testing.TB, h *testHandler) *relayWorld {
 	sa, _ := unix.Getsockname(lfd)
 	w := &relayWorld{loop: lp, h: h, lfd: lfd,
 		addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))}
-	go lp.Run()
 	ln := &Listener{FD: lfd, Accept: func(fd int, _ unix.RawSockaddrAny, _ int) {
 		up, err := connectTo(h.upstream)
 		if err != nil {
@@ -134,12 +121,27 @@ func startWorld(t testing.TB, h *testHandler) *relayWorld {
 	if err := <-added; err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		lp.Stop()
-		<-lp.Done()
-		unix.Close(lfd)
-	})
+	t.Cleanup(func() { unix.Close(lfd) })
 	return w
+}
+
+// runLoop starts a holding loop with a P of its own, as the engine gives
+// it, ended with the test.
+func runLoop(t testing.TB) *Loop {
+	t.Helper()
+	prev := runtime.GOMAXPROCS(0)
+	runtime.GOMAXPROCS(prev + 1)
+	lp, err := New(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go lp.Run()
+	t.Cleanup(func() {
+		lp.Stop() // dropped if the test ended it already
+		<-lp.Done()
+		runtime.GOMAXPROCS(prev)
+	})
+	return lp
 }
 
 // echoServer echoes every connection until its FIN, then closes.
@@ -252,15 +254,7 @@ func TestEchoMessagesAndStream(t *testing.T) {
 // the loop are all accepted at once, numbered from 0 (what the engine
 // reads as the backlog).
 func TestAcceptCountsBacklog(t *testing.T) {
-	prev := runtime.GOMAXPROCS(0)
-	runtime.GOMAXPROCS(prev + 1)
-	defer runtime.GOMAXPROCS(prev)
-	lp, err := New(true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go lp.Run()
-	defer func() { lp.Stop(); <-lp.Done() }()
+	lp := runLoop(t)
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
