@@ -107,9 +107,10 @@ type Runtime struct {
 	// "auto" is one per P the runtime starts with, a number fixes it. Each
 	// loop is a thread that keeps its P, so GOMAXPROCS grows by the number
 	// of loops. auto is off under procs: auto (the controller would move
-	// the Ps the loops hold) and with capture.ebpf.splice. Opt-in while the
-	// held Ps lengthen the p99 of L7 requests (docs/benchmarks.md, "L4
-	// cost, sixth pass").
+	// the Ps the loops hold) and with capture.ebpf.splice. Opt-in for now:
+	// an idle loop still wakes every millisecond, about 11 ms of CPU a
+	// second, and fixing GOMAXPROCS stops it following the cgroup limit
+	// (docs/benchmarks.md, "L4 cost, sixth pass"). Changed by a restart.
 	Loops Loops `json:"loops"`
 }
 
@@ -117,7 +118,7 @@ type Runtime struct {
 // false, so false means off too.
 type Loops string
 
-// loopsOff is runtime.loops' "off"; LoopsAuto its default.
+// The named values of runtime.loops: loopsOff (the default) and LoopsAuto.
 const (
 	loopsOff  Loops = "off"
 	LoopsAuto Loops = "auto"
