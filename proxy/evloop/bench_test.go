@@ -111,3 +111,17 @@ func BenchmarkConnectionPerRequest(b *testing.B) {
 		syscall.Close(fd)
 	}
 }
+
+// BenchmarkOthersWait is what a holding loop pays each millisecond to
+// decide whether to yield.
+func BenchmarkOthersWait(b *testing.B) {
+	l, err := New(true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { go l.Run(); l.Stop(); <-l.Done() }()
+	b.ReportAllocs()
+	for b.Loop() {
+		l.othersWait()
+	}
+}

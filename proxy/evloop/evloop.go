@@ -13,17 +13,18 @@
 // connection, where a loop like this one measured 1.04×
 // (docs/benchmarks.md, "L4 cost, fifth pass").
 //
-// A Loop that holds its P waits in epoll_wait as a raw system call, so the
-// runtime neither hands its P to another thread nor wakes one for it: the
-// P is the loop's, as a CPU is an nginx worker's, and the process needs
-// one P per holding loop beyond what the rest of it uses (the engine
-// raises GOMAXPROCS by the number of loops). It holds it while idle too:
-// a loop that gave its P back when quiet (through the runtime's
-// system-call path) let the runtime run the rest of the process on more Ps
-// than CPUs, which cost the agent's L7 half 14 % more CPU per request
-// (docs/benchmarks.md, "L4 cost, sixth pass"). The runtime still preempts
-// a loop every 10 ms (its signal ends the wait early), so the P serves
-// other goroutines now and then and a stop-the-world does not wait.
+// A busy Loop holds its P: it waits in epoll_wait as a raw system call,
+// so the runtime neither hands its P to another thread nor wakes one for
+// it; the P is the loop's, as a CPU is an nginx worker's, and the process
+// needs one P per holding loop beyond what the rest of it uses (OnHold
+// tells the engine, which raises GOMAXPROCS by one meanwhile). Giving the
+// P back between events instead, through the runtime's system-call path,
+// let the runtime run the rest of the process on more Ps than CPUs, which
+// cost the agent's L7 half 14 % more CPU per request (docs/benchmarks.md,
+// "L4 cost, sixth pass"). A quiet loop lets go of it (it parks): holding
+// costs a wake-up every millisecond, and GOMAXPROCS stays raised. The
+// runtime still preempts a holding loop every 10 ms (its signal ends the
+// wait early), so a stop-the-world does not wait.
 //
 // Each direction of a pair starts in small-message mode (one read and one
 // write per message through the loop's shared buffer) and switches for
@@ -34,6 +35,7 @@ package evloop
 import (
 	"errors"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"syscall"
 	"time"
@@ -120,6 +122,9 @@ type direction struct {
 	n       int64  // bytes written out
 	eof     bool   // the source sent its FIN
 	shut    bool   // that FIN was passed on
+	// drained: the last read found the source empty (EAGAIN, or a short
+	// read), and no edge came since; a read now would find EAGAIN.
+	drained bool
 }
 
 func (d *direction) held() bool { return len(d.pending) > 0 || d.inPipe > 0 }
@@ -154,8 +159,15 @@ type slot struct {
 // goroutine; everything else but Post runs on the loop (from a Handler, an
 // Accept, or a function given to Post).
 type Loop struct {
+	// OnHold, if set before Run, is told on the loop when it starts to
+	// hold its P (true) and when it parks (false); a loop starts parked,
+	// and a holding loop parks when it ends.
+	OnHold func(holding bool)
+
 	ep, efd int
-	hold    bool
+	hold    bool // may hold its P while busy
+	holding bool
+	window  time.Duration // holdWindow, shorter in tests
 	events  []unix.EpollEvent
 	buf     []byte
 	slots   []slot
@@ -172,6 +184,8 @@ type Loop struct {
 	// (posted functions ran, which may have readied goroutines on its P,
 	// or YieldSoon).
 	yieldNext bool
+	// runnable reads how many goroutines wait for a P (see yieldEvery).
+	runnable []metrics.Sample
 
 	// Err is why Run ended early, if it did (read after Done).
 	Err error
@@ -196,7 +210,8 @@ func New(hold bool) (*Loop, error) {
 		return nil, errors.Join(errors.New("evloop: eventfd"), err)
 	}
 	l := &Loop{ep: ep, efd: efd, hold: hold, events: make([]unix.EpollEvent, 256), buf: make([]byte, bufSize),
-		slots: make([]slot, 1), start: time.Now(), done: make(chan struct{})}
+		slots: make([]slot, 1), start: time.Now(), done: make(chan struct{}),
+		runnable: []metrics.Sample{{Name: runnableMetric}}, window: holdWindow}
 	// Slot 0 is the eventfd's.
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET}
 	if err := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, efd, &ev); err != nil {
@@ -235,11 +250,32 @@ func (l *Loop) Pairs() int { return l.pairs }
 func (l *Loop) now() int64 { return int64(time.Since(l.start)) }
 
 // yieldEvery bounds how long a holding loop keeps its P from the
-// goroutines and timers that queued on it meanwhile (it yields that often,
-// busy or idle, and after posted functions, which may wake some): left to
-// the runtime's preemption alone, they waited up to 10 ms, which showed as
-// the p99 of L7 requests (docs/benchmarks.md, "L4 cost, sixth pass").
+// goroutines and timers that queued on it meanwhile: left to the runtime's
+// preemption alone, they waited up to 10 ms, which showed as the p99 of L7
+// requests (docs/benchmarks.md, "L4 cost, sixth pass"). That often the
+// loop looks at whether any goroutine waits for a P, and yields only then
+// (and after posted functions, which may have readied some). A yield with
+// nothing waiting is not free: the runtime wakes a thread for one of the
+// process's idle Ps at every Gosched, and that thread finds nothing to do;
+// yielding every millisecond regardless was 7.8 % of the agent's CPU with
+// a connection per request (docs/benchmarks.md, "L4 cost, seventh pass").
+// Timers on the loop's P need no yield: a thread idle in the runtime's
+// poller sleeps until the earliest timer of every P, and runs it.
 const yieldEvery = time.Millisecond
+
+// A parked loop that wakes with work holdAt times within one holdWindow
+// starts to hold its P; a holding loop that woke with work fewer than
+// parkBelow times in the last window parks. Each change is a
+// runtime.GOMAXPROCS (a stop-the-world), so the window keeps them to about
+// one a second per loop at most, and a loop that sees a little traffic
+// now and then stays parked: parked, it relays the same way, entering the
+// kernel through the runtime's system-call path, which at that rate costs
+// nothing worth a P.
+const (
+	holdWindow = time.Second
+	holdAt     = 64
+	parkBelow  = 16
+)
 
 // Run runs the loop on the calling goroutine until Stop or Abort. It does
 // not lock its thread: a Handler that changes the thread's state (a
@@ -248,16 +284,17 @@ const yieldEvery = time.Millisecond
 func (l *Loop) Run() {
 	defer close(l.done)
 	yielded := l.now()
+	winStart, woke := yielded, 0
 	for !l.stopped {
 		timeout := int(scanEvery / time.Millisecond)
 		if len(l.conns) == 0 && len(l.stalled) == 0 {
 			timeout = 1000
 		}
-		if l.hold {
-			// Idle too, the P is let go of that often (see yieldEvery).
+		if l.holding {
+			// Idle too, it looks that often (see yieldEvery).
 			timeout = int(yieldEvery / time.Millisecond)
 		}
-		n, err := l.wait(timeout, l.hold)
+		n, err := l.wait(timeout, l.holding)
 		if err != nil {
 			if err == unix.EINTR {
 				continue
@@ -279,11 +316,34 @@ func (l *Loop) Run() {
 			l.scan(now)
 			l.retryStalled()
 		}
-		if l.hold && (now-yielded >= int64(yieldEvery) || l.yieldNext) {
-			l.yieldNext = false
-			runtime.Gosched()
-			yielded = l.now()
+		if l.hold {
+			if n > 0 {
+				woke++
+			}
+			switch {
+			case !l.holding && woke >= holdAt:
+				l.setHolding(true)
+				winStart, woke, yielded = now, 0, now
+			case now-winStart >= int64(l.window):
+				if l.holding && woke < parkBelow {
+					l.setHolding(false)
+				}
+				winStart, woke = now, 0
+			}
 		}
+		if l.holding && (now-yielded >= int64(yieldEvery) || l.yieldNext) {
+			if l.yieldNext || l.othersWait() {
+				runtime.Gosched()
+				now = l.now()
+			}
+			l.yieldNext = false
+			yielded = now
+		} else if !l.holding {
+			l.yieldNext = false // parked, it lets go of its P at each wait
+		}
+	}
+	if l.holding {
+		l.setHolding(false)
 	}
 	l.closeAll(true)
 	l.mu.Lock()
@@ -296,6 +356,28 @@ func (l *Loop) Run() {
 		unix.Close(p[1])
 	}
 	l.pipes = nil
+}
+
+// Holding reports whether the loop holds its P now (on the loop).
+func (l *Loop) Holding() bool { return l.holding }
+
+func (l *Loop) setHolding(h bool) {
+	l.holding = h
+	if l.OnHold != nil {
+		l.OnHold(h)
+	}
+}
+
+// runnableMetric counts the goroutines that wait for a P, in every run
+// queue.
+const runnableMetric = "/sched/goroutines/runnable:goroutines"
+
+// othersWait reports whether any goroutine waits for a P (about 100 ns:
+// the runtime sums its run queues under its scheduler lock).
+func (l *Loop) othersWait() bool {
+	metrics.Read(l.runnable)
+	v := l.runnable[0].Value
+	return v.Kind() != metrics.KindUint64 || v.Uint64() > 0
 }
 
 // wait is epoll_wait; raw keeps the P (the call is made without telling
@@ -441,7 +523,8 @@ func (l *Loop) retryStalled() {
 // registered and the caller still owns both sockets.
 func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix []byte) error {
 	p.fd = [2]int{client, upstream}
-	p.d = [2]direction{}
+	// No edge seen yet: the registration below reports what is queued.
+	p.d = [2]direction{{drained: true}, {drained: true}}
 	if len(prefix) > 0 {
 		p.d[0].pending = append([]byte(nil), prefix...)
 	}
@@ -477,6 +560,9 @@ func (l *Loop) unslot(p *Pair) {
 
 // event handles one epoll event on side i of p.
 func (l *Loop) event(p *Pair, i int, ev uint32) {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		p.d[i].drained = false
+	}
 	switch p.state {
 	case stateConnecting:
 		if i == 0 {
@@ -508,7 +594,7 @@ func (l *Loop) event(p *Pair, i int, ev uint32) {
 		if !l.flush(p, 1-i) {
 			return
 		}
-		if !p.d[1-i].held() && !l.pump(p, 1-i, drainAll) {
+		if !p.d[1-i].held() && !p.d[1-i].drained && !l.pump(p, 1-i, drainAll) {
 			return
 		}
 	}
@@ -528,8 +614,13 @@ func (l *Loop) connected(p *Pair) {
 		return
 	}
 	// The client may have sent already, its FIN too: its edges came before
-	// the upstream could take anything. A prefix goes first.
+	// the upstream could take anything. A prefix goes first. No edge yet
+	// (the usual case with a client that sends once connected): nothing
+	// to read, and no read that finds EAGAIN.
 	if p.d[0].held() && (!l.flush(p, 0) || p.d[0].held()) {
+		return
+	}
+	if p.d[0].drained {
 		return
 	}
 	l.pump(p, 0, drainAll)
@@ -595,6 +686,7 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 		switch e {
 		case 0:
 		case unix.EAGAIN:
+			d.drained = true
 			return true
 		case unix.EINTR:
 			continue
@@ -628,7 +720,8 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 			continue
 		}
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0 {
-			return true // drained: the next edge says when there is more
+			d.drained = true
+			return true // the next edge says when there is more
 		}
 	}
 	return l.passFIN(p, from)

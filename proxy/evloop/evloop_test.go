@@ -86,9 +86,9 @@ type relayWorld struct {
 	lfd  int
 }
 
-func newRelayWorld(t testing.TB, h *testHandler) *relayWorld {
+func newRelayWorld(t testing.TB, h *testHandler, setup ...func(*Loop)) *relayWorld {
 	t.Helper()
-	lp := runLoop(t)
+	lp := runLoop(t, setup...)
 	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -127,13 +127,16 @@ func newRelayWorld(t testing.TB, h *testHandler) *relayWorld {
 
 // runLoop starts a holding loop with a P of its own, as the engine gives
 // it, ended with the test.
-func runLoop(t testing.TB) *Loop {
+func runLoop(t testing.TB, setup ...func(*Loop)) *Loop {
 	t.Helper()
 	prev := runtime.GOMAXPROCS(0)
 	runtime.GOMAXPROCS(prev + 1)
 	lp, err := New(true)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(lp)
 	}
 	go lp.Run()
 	t.Cleanup(func() {
@@ -485,5 +488,56 @@ func TestStopCutsPairs(t *testing.T) {
 	res := waitEnded(t, h, 1)[0]
 	if !res.Cut || res.Up != 1 || res.Down != 1 {
 		t.Fatalf("result %+v, want cut after one byte each way", res)
+	}
+}
+
+// TestHoldFollowsLoad: a loop starts parked, holds its P once it wakes
+// with work often, and parks again when quiet, telling OnHold each time.
+func TestHoldFollowsLoad(t *testing.T) {
+	changes := make(chan bool, 16)
+	h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second}
+	w := newRelayWorld(t, h, func(l *Loop) {
+		l.window = 100 * time.Millisecond
+		l.OnHold = func(on bool) { changes <- on }
+	})
+	c := dial(t, w.addr)
+	defer c.Close()
+	msg, buf := []byte("ping"), make([]byte, 4)
+	deadline := time.After(10 * time.Second)
+	// Each round trip wakes the loop twice (the message, its echo).
+	for held := false; !held; {
+		for range holdAt {
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil {
+				t.Fatal(err)
+			}
+		}
+		select {
+		case on := <-changes:
+			if !on {
+				t.Fatal("OnHold(false) before the loop held its P")
+			}
+			held = true
+		case <-deadline:
+			t.Fatal("a busy loop never held its P")
+		default:
+		}
+	}
+	select {
+	case on := <-changes:
+		if on {
+			t.Fatal("OnHold(true) twice")
+		}
+	case <-deadline:
+		t.Fatal("a quiet loop never parked")
+	}
+	// Still relaying, parked.
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo after parking: %q, %v", buf, err)
 	}
 }
