@@ -42,6 +42,7 @@ type Handle struct {
 	path string
 
 	unanswered unanswered // conntrack.go
+	spares     spares     // spare.go
 }
 
 var (
@@ -196,7 +197,10 @@ func (h *Handle) Path() string { return h.path }
 func (h *Handle) FdPath() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), h.f.Fd()) }
 
 // Close releases the namespace; it may be destroyed once nothing else holds it.
-func (h *Handle) Close() error { return h.f.Close() }
+func (h *Handle) Close() error {
+	h.spares.close()
+	return h.f.Close()
+}
 
 // Do runs f on an OS thread switched into the namespace. f must be short and
 // must not start goroutines that expect to inherit the namespace.

@@ -51,8 +51,11 @@ func greetingListener(t *testing.T, h *Handle, opts SocketOptions) net.Listener 
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
-		c, err := ln.Accept()
-		if err == nil {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
 			c.Write([]byte("hi"))
 			c.Close()
 		}

@@ -27,6 +27,10 @@ var ErrStranded = errors.New("thread could not return to the host network namesp
 // else. If it cannot come back, the error wraps ErrStranded and the
 // goroutine stays locked (see ErrStranded).
 func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts SocketOptions) (int, error) {
+	if !src.IsValid() {
+		// No bind in the namespace to make: a spare will do (spare.go).
+		return h.connectSpare(addr, opts)
+	}
 	host, err := Host()
 	if err != nil {
 		return -1, err
@@ -64,6 +68,23 @@ func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts Socke
 	return s, nil
 }
 
+// connectSpare is ConnectOnThread without a source address.
+func (h *Handle) connectSpare(addr netip.AddrPort, opts SocketOptions) (int, error) {
+	v6 := addr.Addr().Is6() && !addr.Addr().Is4In6()
+	s, err := h.spareSocket(v6)
+	if err != nil {
+		return -1, err
+	}
+	if err = h.setUp(s, v6, netip.Addr{}, opts); err == nil {
+		err = startConnect(s, addr, v6)
+	}
+	if err != nil {
+		syscall.Close(s)
+		return -1, fmt.Errorf("connect %s in netns %s: %w", addr, h.path, err)
+	}
+	return s, nil
+}
+
 // socketHere makes the socket in the thread's namespace, sets opts and
 // TCP_NODELAY and binds src when valid; on error the socket, if made, is
 // returned with it for the caller to close.
@@ -73,19 +94,22 @@ func (h *Handle) socketHere(family int, v6 bool, src netip.Addr, opts SocketOpti
 		return -1, fmt.Errorf("socket: %w", e)
 	}
 	s := int(fd)
+	return s, h.setUp(s, v6, src, opts)
+}
+
+// setUp sets opts and TCP_NODELAY on s and binds src when valid.
+func (h *Handle) setUp(s int, v6 bool, src netip.Addr, opts SocketOptions) error {
 	if err := opts.apply(s, v6); err != nil {
-		return s, err
+		return err
 	}
 	// Go's dialer sets it too: small messages leave at once.
 	if err := rawSetsockoptInt(s, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1); err != nil {
-		return s, fmt.Errorf("set TCP_NODELAY: %w", err)
+		return fmt.Errorf("set TCP_NODELAY: %w", err)
 	}
 	if src.IsValid() {
-		if err := bindSource(s, src, opts.AvoidPort, v6, opts); err != nil {
-			return s, err
-		}
+		return bindSource(s, src, opts.AvoidPort, v6, opts)
 	}
-	return s, nil
+	return nil
 }
 
 // ConnectFailed cleans up after a connect ConnectOnThread started failed

@@ -79,3 +79,49 @@ func BenchmarkConnectOnThread(b *testing.B) {
 		unix.Close(fd)
 	}
 }
+
+// Sockets without a source address come from the namespace's stock, made
+// spareBatch at a time there; every one of them is the namespace's, and
+// Close closes the stock.
+func TestConnectOnThreadSpares(t *testing.T) {
+	h := newNetns(t)
+	ln := greetingListener(t, h, SocketOptions{})
+	addr := ln.Addr().(*net.TCPAddr).AddrPort()
+	for i := range spareBatch + 2 {
+		fd, err := h.ConnectOnThread(addr, netip.Addr{}, SocketOptions{Mark: 0x5700})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The listener is on the namespace's loopback: a host socket
+		// would be refused.
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		if n, err := unix.Poll(pfd, 5000); err != nil || n != 1 {
+			t.Fatalf("connect %d: poll %d %v", i, n, err)
+		}
+		b := make([]byte, 2)
+		if n, err := unix.Read(fd, b); err != nil || string(b[:n]) != "hi" {
+			t.Fatalf("connect %d: read %q %v", i, b[:n], err)
+		}
+		if mark, _ := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK); mark != 0x5700 {
+			t.Fatalf("connect %d: SO_MARK %#x", i, mark)
+		}
+		unix.Close(fd)
+		want := (spareBatch - 1 - i%spareBatch)
+		if got := h.spares.count(false); got != want {
+			t.Fatalf("after connect %d: %d spares, want %d", i, got, want)
+		}
+	}
+	if n := h.spares.count(true); n != 0 {
+		t.Fatalf("%d IPv6 spares, none asked for", n)
+	}
+	stock := append([]int(nil), h.spares.fds[0]...)
+	h.Close()
+	for _, fd := range stock {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			t.Fatalf("spare %d still open after Close (%v)", fd, err)
+		}
+	}
+	if fd := h.spares.take(false); fd != -1 {
+		t.Fatalf("a closed handle gave spare %d", fd)
+	}
+}
