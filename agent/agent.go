@@ -190,8 +190,10 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.engine.AcceleratedFD = a.acceleratedFD
 	a.loadSplicer()
 	a.engine.Loops = cfg.Runtime.LoopCount(runtime.GOMAXPROCS(0), a.engine.Splice != nil)
+	_, fixed := cfg.Runtime.Procs.Fixed()
+	a.engine.LoopsDefaultProcs = !fixed && cfg.Runtime.Procs != ProcsAuto
 	if a.engine.Loops > 0 {
-		log.Info("L4 relays on event loops", "loops", a.engine.Loops, "gomaxprocs", runtime.GOMAXPROCS(0)+a.engine.Loops)
+		log.Info("L4 relays on event loops", "loops", a.engine.Loops, "gomaxprocs", runtime.GOMAXPROCS(0), "gomaxprocsBusy", runtime.GOMAXPROCS(0)+a.engine.Loops)
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err

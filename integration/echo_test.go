@@ -13,9 +13,12 @@ import (
 )
 
 // startEcho runs a line echo server on port 7000 of pod.
-func startEcho(t testing.TB, pod *testworld.Pod) {
+func startEcho(t testing.TB, pod *testworld.Pod) { echoAt(t, pod, "0.0.0.0:7000") }
+
+// echoAt runs an echo server on addr in pod.
+func echoAt(t testing.TB, pod *testworld.Pod, addr string) {
 	t.Helper()
-	ln := pod.Listen(t, "0.0.0.0:7000")
+	ln := pod.Listen(t, addr)
 	go func() {
 		for {
 			c, err := ln.Accept()

@@ -113,16 +113,7 @@ func TestLoopsEndToEnd(t *testing.T) {
 func TestLoopsListenerFollowsItsMix(t *testing.T) {
 	w := world{"1.0.0", "redirect", "v4", ""}
 	m := newMeshAgent(t, w, nil, "", map[string]any{"runtime": map[string]any{"loops": 2}})
-	ln := m.srvA.Listen(t, hostPort(m.srvA.IP4, 9200))
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
+	echoAt(t, m.srvA, hostPort(m.srvA.IP4, 9200))
 	echo := func(i int) {
 		c, err := m.client.Dial(hostPort(m.srvA.IP4, 9200), 5*time.Second)
 		if err != nil {
@@ -176,4 +167,63 @@ func sumMetric(t *testing.T, m *mesh, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// A busy loop holds a P of its own and GOMAXPROCS grows by one for it; a
+// quiet one parks, and GOMAXPROCS is the runtime's default again. Both
+// states relay.
+func TestLoopsHoldPsWhileBusy(t *testing.T) {
+	w := world{"1.1.0", "redirect", "v4", ""}
+	m := newMeshAgent(t, w, nil, "tcp", map[string]any{"runtime": map[string]any{"loops": 2}})
+	waitLog(t, m.agent, `"msg":"L4 relays on event loops","loops":2`, 5*time.Second)
+	base := m.agent.Metric(t, "weir_agent_gomaxprocs")
+	if h := m.agent.Metric(t, "weir_event_loops_holding"); h != 0 || base < 1 {
+		t.Fatalf("at the start %v loops hold a P (gomaxprocs %v), want none", h, base)
+	}
+	echoAt(t, m.srvA, hostPort(m.srvA.IP4, 9300))
+	c, err := m.client.Dial(hostPort(m.srvA.IP4, 9300), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	msg, buf := []byte("ping"), make([]byte, 4)
+	held := false
+	for round := 0; round < 100 && !held; round++ {
+		// Each round trip wakes the loop twice; 64 wake-ups in a second
+		// make it hold.
+		for range 200 {
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("echo %q, %v", buf, err)
+			}
+		}
+		h := m.agent.Metric(t, "weir_event_loops_holding")
+		if h > 0 {
+			held = true
+			if p := m.agent.Metric(t, "weir_agent_gomaxprocs"); p <= base {
+				t.Fatalf("%v loops hold a P but gomaxprocs is %v, was %v", h, p, base)
+			}
+		}
+	}
+	if !held {
+		t.Fatal("after 20,000 round trips no loop holds a P")
+	}
+	// Quiet: the loop parks within about two seconds.
+	deadline := time.Now().Add(15 * time.Second)
+	for m.agent.Metric(t, "weir_event_loops_holding") != 0 || m.agent.Metric(t, "weir_agent_gomaxprocs") != base {
+		if time.Now().After(deadline) {
+			t.Fatalf("quiet for 15 s: %v loops hold a P, gomaxprocs %v (was %v)",
+				m.agent.Metric(t, "weir_event_loops_holding"), m.agent.Metric(t, "weir_agent_gomaxprocs"), base)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo once parked: %q, %v", buf, err)
+	}
 }

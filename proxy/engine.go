@@ -96,11 +96,18 @@ type Engine struct {
 	// proxy/evloop): each a thread of its own that accepts, connects and
 	// relays with raw system calls, as nginx's workers do, at about two
 	// thirds of the CPU per new connection of a goroutine per direction.
-	// The engine raises GOMAXPROCS by Loops while they run, since each
-	// keeps its P. 0: every connection is handled on
-	// goroutines. Not used with Splice (eBPF splice relays its own way);
-	// listeners served on loops must be closed with CloseListener.
+	// A busy loop keeps its P, and the engine raises GOMAXPROCS by one
+	// for each loop that does; a quiet loop gives it back. 0: every
+	// connection is handled on goroutines. Not used with Splice (eBPF
+	// splice relays its own way); listeners served on loops must be closed
+	// with CloseListener.
 	Loops int
+	// LoopsDefaultProcs says GOMAXPROCS is the runtime's default (it
+	// follows the cgroup's CPU limit): while no loop holds a P the engine
+	// gives the runtime its default back, and it adds the loops' Ps to
+	// whatever the default is then. Otherwise it adds them to the
+	// GOMAXPROCS it found at the start.
+	LoopsDefaultProcs bool
 
 	once      sync.Once
 	draining  chan struct{} // closed by Shutdown: L7 connections wind down

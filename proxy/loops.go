@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/weir-mesh/weir/proxy/cluster"
@@ -100,11 +101,15 @@ func (ll *loopListener) count(needsGoroutine, onLoops bool) bool {
 // loopsState is the engine's loops.
 type loopsState struct {
 	loops []*evloop.Loop
-	procs int // GOMAXPROCS added for them
-	mu    sync.Mutex
-	lns   map[*net.TCPListener]*loopListener
-	pairs atomic.Int64 // relayed on the loops, for HandOver
-	next  atomic.Uint32
+	// GOMAXPROCS: base, plus one per loop holding its P (holding).
+	procsMu       sync.Mutex
+	base, holding int
+	defaultProcs  bool // base is the runtime's default (LoopsDefaultProcs)
+	holdingGauge  prometheus.Gauge
+	mu            sync.Mutex
+	lns           map[*net.TCPListener]*loopListener
+	pairs         atomic.Int64 // relayed on the loops, for HandOver
+	next          atomic.Uint32
 }
 
 // startLoops starts e.Loops loops; called once from init.
@@ -124,12 +129,14 @@ func (e *Engine) startLoops() {
 			ls.loops = nil
 			return
 		}
+		lp.OnHold = ls.onHold
 		ls.loops = append(ls.loops, lp)
+	}
+	ls.base, ls.defaultProcs = runtime.GOMAXPROCS(0), e.LoopsDefaultProcs
+	ls.holdingGauge = e.Metrics.loopsHolding
+	for _, lp := range ls.loops {
 		go lp.Run()
 	}
-	// Each loop keeps its P: the rest of the process keeps the Ps it had.
-	ls.procs = len(ls.loops)
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + ls.procs)
 	context.AfterFunc(e.ctx, func() {
 		for _, lp := range ls.loops {
 			lp.Post(lp.CloseAll)
@@ -166,7 +173,30 @@ func (e *Engine) stopLoops() {
 		unix.Close(ll.fd)
 		close(ll.done)
 	}
-	runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)-ls.procs))
+}
+
+// onHold is every loop's OnHold: a loop that holds its P gets one more,
+// so the rest of the process keeps the Ps it had. Each call is a
+// stop-the-world; the loops make about one a second at most
+// (proxy/evloop's holdWindow).
+func (ls *loopsState) onHold(holding bool) {
+	ls.procsMu.Lock()
+	defer ls.procsMu.Unlock()
+	if holding {
+		if ls.holding == 0 && ls.defaultProcs {
+			// The default may have moved with the cgroup's limit.
+			ls.base = runtime.GOMAXPROCS(0)
+		}
+		ls.holding++
+	} else {
+		ls.holding--
+	}
+	ls.holdingGauge.Set(float64(ls.holding))
+	if ls.holding == 0 && ls.defaultProcs {
+		runtime.SetDefaultGOMAXPROCS()
+		return
+	}
+	runtime.GOMAXPROCS(ls.base + ls.holding)
 }
 
 // onLoops reports whether l is served on the loops.
@@ -259,9 +289,15 @@ func (e *Engine) serveOnLoops(l Listener, w *Workload) error {
 }
 
 // spillAfter is how many connections a home loop accepts in one wake-up
-// before it passes the rest of the backlog to the other loops in turn: at
-// this depth it is falling behind, and the others share the work.
-const spillAfter = 8
+// before it passes the rest of the backlog to the other loops in turn: it
+// is far behind, and the others share the work. Not fewer: passing a
+// connection to another loop costs a wake-up on another CPU, and spilling
+// at a backlog of 8 cost 8 % more CPU per connection with 16 clients
+// connecting at once, which the home loop kept up with alone (1.08 ×
+// nginx stream's CPU per connection against 1.00; gated on the home loop
+// being busy nine tenths of the time, 1.03: docs/benchmarks.md, "L4 cost,
+// seventh pass").
+const spillAfter = 32
 
 // spill hands a connection the home loop accepted to the next loop. A
 // spilt connection does not count in the listener's mix.

@@ -8,6 +8,8 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	refusedTotal *prometheus.CounterVec
 	dirs         [2]dirMetrics
+	// loopsHolding is how many event loops hold a P now (loops.go).
+	loopsHolding prometheus.Gauge
 }
 
 // dirMetrics are one direction's series.
@@ -33,8 +35,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"direction"})
 	m := &Metrics{refusedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "weir_connections_refused_total", Help: "Captured connections closed before any upstream connect, by reason.",
-	}, []string{"direction", "reason"})}
-	reg.MustRegister(connections, active, bytesTotal, connectErrors, m.refusedTotal)
+	}, []string{"direction", "reason"}),
+		loopsHolding: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_event_loops_holding", Help: "Event loops (runtime.loops) busy enough to hold a P of their own; GOMAXPROCS is raised by as many.",
+		})}
+	reg.MustRegister(connections, active, bytesTotal, connectErrors, m.refusedTotal, m.loopsHolding)
 	for i, d := range []Direction{Outbound, Inbound} {
 		m.dirs[i] = dirMetrics{
 			connections:   connections.WithLabelValues(string(d)),
