@@ -103,14 +103,14 @@ type Runtime struct {
 	// MinProcs is auto's floor (default 1; at most the runtime's default).
 	MinProcs int `json:"minProcs"`
 	// Loops is how many event loops relay L4 connections (proxy/evloop):
-	// "off" (the default, or 0) relays each connection on goroutines,
-	// "auto" is one per P the runtime starts with, a number fixes it. Each
-	// loop is a thread that keeps its P, so GOMAXPROCS grows by the number
-	// of loops. auto is off under procs: auto (the controller would move
-	// the Ps the loops hold) and with capture.ebpf.splice. Opt-in for now:
-	// an idle loop still wakes every millisecond, about 11 ms of CPU a
-	// second, and fixing GOMAXPROCS stops it following the cgroup limit
-	// (docs/benchmarks.md, "L4 cost, sixth pass"). Changed by a restart.
+	// "auto" (the default) is one per P the runtime starts with, "off" (or
+	// 0) relays each connection on goroutines, a number fixes it. A busy
+	// loop is a thread that keeps its P, and GOMAXPROCS grows by one for
+	// each busy loop; a quiet loop gives its P back (it parks), and under
+	// procs: max GOMAXPROCS is then the runtime's default again, following
+	// the cgroup's limit. auto is off under procs: auto (the controller
+	// would move the Ps the loops hold) and with capture.ebpf.splice.
+	// Changed by a restart (docs/benchmarks.md, "L4 cost, seventh pass").
 	Loops Loops `json:"loops"`
 }
 
@@ -118,7 +118,7 @@ type Runtime struct {
 // false, so false means off too.
 type Loops string
 
-// The named values of runtime.loops: loopsOff (the default) and LoopsAuto.
+// The named values of runtime.loops: LoopsAuto (the default) and loopsOff.
 const (
 	loopsOff  Loops = "off"
 	LoopsAuto Loops = "auto"
@@ -609,7 +609,7 @@ func DefaultConfig() Config {
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
-		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: loopsOff},
+		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: LoopsAuto},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,
