@@ -122,9 +122,11 @@ type direction struct {
 	n       int64  // bytes written out
 	eof     bool   // the source sent its FIN
 	shut    bool   // that FIN was passed on
-	// drained: the last read found the source empty (EAGAIN, or a short
-	// read), and no edge came since; a read now would find EAGAIN.
-	drained bool
+	// edge is the readiness (EPOLLIN, EPOLLRDHUP, EPOLLHUP, EPOLLERR) the
+	// source's events reported since a read last found it empty (EAGAIN,
+	// or a short read with no FIN reported): 0, and a read now would find
+	// EAGAIN; without EPOLLRDHUP, a short read empties it.
+	edge uint32
 }
 
 func (d *direction) held() bool { return len(d.pending) > 0 || d.inPipe > 0 }
@@ -524,7 +526,7 @@ func (l *Loop) retryStalled() {
 func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix []byte) error {
 	p.fd = [2]int{client, upstream}
 	// No edge seen yet: the registration below reports what is queued.
-	p.d = [2]direction{{drained: true}, {drained: true}}
+	p.d = [2]direction{}
 	if len(prefix) > 0 {
 		p.d[0].pending = append([]byte(nil), prefix...)
 	}
@@ -560,9 +562,7 @@ func (l *Loop) unslot(p *Pair) {
 
 // event handles one epoll event on side i of p.
 func (l *Loop) event(p *Pair, i int, ev uint32) {
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		p.d[i].drained = false
-	}
+	p.d[i].edge |= ev & readable
 	switch p.state {
 	case stateConnecting:
 		if i == 0 {
@@ -575,7 +575,7 @@ func (l *Loop) event(p *Pair, i int, ev uint32) {
 		if ev&unix.EPOLLOUT != 0 {
 			l.connected(p)
 			if p.state == stateRelaying && ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
-				l.pump(p, 1, ev)
+				l.pump(p, 1, p.d[1].edge)
 			}
 		}
 		return
@@ -594,17 +594,17 @@ func (l *Loop) event(p *Pair, i int, ev uint32) {
 		if !l.flush(p, 1-i) {
 			return
 		}
-		if !p.d[1-i].held() && !p.d[1-i].drained && !l.pump(p, 1-i, drainAll) {
+		if !p.d[1-i].held() && p.d[1-i].edge != 0 && !l.pump(p, 1-i, p.d[1-i].edge) {
 			return
 		}
 	}
 	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
-		l.pump(p, i, ev)
+		l.pump(p, i, p.d[i].edge)
 	}
 }
 
-// drainAll makes pump read until EAGAIN or EOF.
-const drainAll = unix.EPOLLIN | unix.EPOLLRDHUP
+// readable is the readiness a direction's edge keeps.
+const readable = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
 
 func (l *Loop) connected(p *Pair) {
 	p.state = stateRelaying
@@ -614,16 +614,15 @@ func (l *Loop) connected(p *Pair) {
 		return
 	}
 	// The client may have sent already, its FIN too: its edges came before
-	// the upstream could take anything. A prefix goes first. No edge yet
-	// (the usual case with a client that sends once connected): nothing
-	// to read, and no read that finds EAGAIN.
+	// the upstream could take anything. A prefix goes first. Its edges say
+	// how far to read: none yet (a client that sends once connected), no
+	// read at all; no FIN among them, a short read empties it.
 	if p.d[0].held() && (!l.flush(p, 0) || p.d[0].held()) {
 		return
 	}
-	if p.d[0].drained {
-		return
+	if p.d[0].edge != 0 {
+		l.pump(p, 0, p.d[0].edge)
 	}
-	l.pump(p, 0, drainAll)
 }
 
 func (l *Loop) connectFailed(p *Pair, err error) {
@@ -686,7 +685,7 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 		switch e {
 		case 0:
 		case unix.EAGAIN:
-			d.drained = true
+			d.edge = 0
 			return true
 		case unix.EINTR:
 			continue
@@ -720,7 +719,7 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 			continue
 		}
 		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0 {
-			d.drained = true
+			d.edge = 0
 			return true // the next edge says when there is more
 		}
 	}
