@@ -122,10 +122,11 @@ type direction struct {
 	n       int64  // bytes written out
 	eof     bool   // the source sent its FIN
 	shut    bool   // that FIN was passed on
-	// edge is the readiness (EPOLLIN, EPOLLRDHUP, EPOLLHUP, EPOLLERR) the
-	// source's events reported since a read last found it empty (EAGAIN,
-	// or a short read with no FIN reported): 0, and a read now would find
-	// EAGAIN; without EPOLLRDHUP, a short read empties it.
+	// edge is the readiness (readable's bits) the source's events
+	// reported since a read last found it empty (EAGAIN, or a short read
+	// with no FIN and no urgent data reported): 0, and a read now would
+	// find EAGAIN; without EPOLLRDHUP, EPOLLHUP or EPOLLPRI, a short read
+	// empties it.
 	edge uint32
 }
 
@@ -261,15 +262,18 @@ func (l *Loop) now() int64 { return int64(time.Since(l.start)) }
 // process's idle Ps at every Gosched, and that thread finds nothing to do;
 // yielding every millisecond regardless was 7.8 % of the agent's CPU with
 // a connection per request (docs/benchmarks.md, "L4 cost, seventh pass").
-// Timers on the loop's P need no yield: a thread idle in the runtime's
-// poller sleeps until the earliest timer of every P, and runs it.
+// Timers on the loop's P need no yield while some P is idle: a thread
+// idle in the runtime's poller sleeps until the earliest timer of every
+// P, and runs it. When every P is busy they wait for the runtime's
+// preemption (about 10 ms), as on any busy P.
 const yieldEvery = time.Millisecond
 
 // A parked loop that wakes with work holdAt times within one holdWindow
 // starts to hold its P; a holding loop that woke with work fewer than
 // parkBelow times in the last window parks. Each change is a
-// runtime.GOMAXPROCS (a stop-the-world), so the window keeps them to about
-// one a second per loop at most, and a loop that sees a little traffic
+// runtime.GOMAXPROCS (a stop-the-world). A hold lasts a window at least,
+// so a loop makes two changes a second at most (it may park at the end
+// of one window and hold again early in the next), and a loop that sees a little traffic
 // now and then stays parked: parked, it relays the same way, entering the
 // kernel through the runtime's system-call path, which at that rate costs
 // nothing worth a P.
@@ -534,12 +538,11 @@ func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix 
 	p.bulk, p.noSplice = false, false
 	p.slot = l.alloc()
 	l.slots[p.slot] = slot{pair: p}
-	const all = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP
-	if err := l.add(client, all, p.slot<<1); err != nil {
+	if err := l.add(client, pairEvents, p.slot<<1); err != nil {
 		l.unslot(p)
 		return err
 	}
-	if err := l.add(upstream, all, p.slot<<1|1); err != nil {
+	if err := l.add(upstream, pairEvents, p.slot<<1|1); err != nil {
 		unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, client, nil)
 		l.unslot(p)
 		return err
@@ -574,7 +577,7 @@ func (l *Loop) event(p *Pair, i int, ev uint32) {
 		}
 		if ev&unix.EPOLLOUT != 0 {
 			l.connected(p)
-			if p.state == stateRelaying && ev&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 {
+			if p.state == stateRelaying && ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLPRI) != 0 {
 				l.pump(p, 1, p.d[1].edge)
 			}
 		}
@@ -598,13 +601,23 @@ func (l *Loop) event(p *Pair, i int, ev uint32) {
 			return
 		}
 	}
-	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+	if ev&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLPRI) != 0 {
 		l.pump(p, i, p.d[i].edge)
 	}
 }
 
 // readable is the readiness a direction's edge keeps.
-const readable = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR
+//
+// EPOLLPRI is TCP urgent data (MSG_OOB) queued: a read stops short at its
+// mark (tcp_recvmsg) with bytes still behind it and no new edge to come,
+// so while it is reported a short read does not mean empty. The relay
+// passes the bytes around the urgent one on, not the urgent byte itself
+// (it is out of band unless the socket sets SO_OOBINLINE), as nginx
+// stream and Go's io.Copy do.
+const readable = unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLHUP | unix.EPOLLERR | unix.EPOLLPRI
+
+// pairEvents is what a pair's sockets are registered for (edge-triggered).
+const pairEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLPRI
 
 func (l *Loop) connected(p *Pair) {
 	p.state = stateRelaying
@@ -630,9 +643,9 @@ func (l *Loop) connectFailed(p *Pair, err error) {
 	p.fd[1] = -1
 	fd, timeout := p.Handler.ConnectFailed(p, err)
 	if fd >= 0 {
-		const all = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP
-		if aerr := l.add(fd, all, p.slot<<1|1); aerr == nil {
+		if aerr := l.add(fd, pairEvents, p.slot<<1|1); aerr == nil {
 			p.fd[1] = fd
+			p.d[1].edge = 0 // the refused socket's, not this one's
 			p.deadline = l.now() + int64(timeout)
 			return
 		}
@@ -675,7 +688,10 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 		}
 		var n int
 		var e syscall.Errno
-		if d.pipe[0] != 0 {
+		// splice stops at an urgent byte for good (tcp_read_sock cannot
+		// skip it), read steps over it: read while one is reported.
+		spliced := d.pipe[0] != 0 && ev&unix.EPOLLPRI == 0
+		if spliced {
 			n, e = splice(src, d.pipe[1], pipeSize)
 		} else {
 			var r uintptr
@@ -697,7 +713,7 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 			d.eof = true
 			break
 		}
-		if d.pipe[0] != 0 {
+		if spliced {
 			d.inPipe = n
 			if !l.flush(p, from) {
 				return false
@@ -715,10 +731,12 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 			return true
 		}
 		if n == len(l.buf) {
-			l.toBulk(p, d)
+			if d.pipe[0] == 0 {
+				l.toBulk(p, d)
+			}
 			continue
 		}
-		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP) == 0 {
+		if ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLPRI) == 0 {
 			d.edge = 0
 			return true // the next edge says when there is more
 		}

@@ -314,6 +314,93 @@ func TestPrefix(t *testing.T) {
 	}
 }
 
+// pauseLoop keeps lp busy until the returned func is called, so what a
+// test sends meanwhile is queued when the loop next looks.
+func pauseLoop(lp *Loop) (resume func()) {
+	gate := make(chan struct{})
+	lp.Post(func() { <-gate })
+	return func() { close(gate) }
+}
+
+// TestQueuedBeforeConnect: a request and its FIN sent before the loop
+// accepted (so before the upstream connect even started) all go through
+// once the upstream is there, after the prefix when there is one; edges
+// reported while connecting are not lost.
+func TestQueuedBeforeConnect(t *testing.T) {
+	for _, prefix := range []string{"", "sniffed:"} {
+		t.Run("prefix="+prefix, func(t *testing.T) {
+			h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second, prefix: []byte(prefix)}
+			w := newRelayWorld(t, h)
+			resume := pauseLoop(w.loop)
+			c := dial(t, w.addr)
+			defer c.Close()
+			if _, err := c.Write([]byte("queued request")); err != nil {
+				t.Fatal(err)
+			}
+			c.CloseWrite()
+			time.Sleep(20 * time.Millisecond) // the FIN reaches the listener's socket
+			resume()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(c)
+			if want := prefix + "queued request"; err != nil || string(got) != want {
+				t.Fatalf("echoed %q, %v; want %q and the FIN", got, err, want)
+			}
+		})
+	}
+}
+
+// sendUrgent sends b with MSG_OOB: its last byte is TCP urgent data, a
+// mark a read stops short at.
+func sendUrgent(t *testing.T, c *net.TCPConn, b []byte) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, unix.MSG_OOB, nil)
+		return true
+	}); err != nil || serr != nil {
+		t.Fatalf("send urgent data: %v %v", err, serr)
+	}
+}
+
+// TestUrgentData: bytes queued behind a TCP urgent mark are relayed
+// without waiting for another segment, in small-message mode (the read
+// stops short at the mark) and in bulk mode (splice cannot pass it); the
+// urgent byte itself is out of band and not relayed.
+func TestUrgentData(t *testing.T) {
+	for _, mode := range []string{"small", "splice", "bulk-no-splice"} {
+		t.Run(mode, func(t *testing.T) {
+			h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second, noSplice: mode == "bulk-no-splice"}
+			w := newRelayWorld(t, h)
+			c := dial(t, w.addr)
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if mode != "small" {
+				big := make([]byte, 256<<10) // past one read's buffer: bulk mode
+				rand.Read(big)
+				go c.Write(big)
+				if _, err := io.ReadFull(c, make([]byte, len(big))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			resume := pauseLoop(w.loop)
+			c.Write([]byte("a"))
+			sendUrgent(t, c, []byte("bX")) // X is urgent
+			c.Write([]byte("cd"))
+			time.Sleep(20 * time.Millisecond)
+			resume()
+			// No FIN follows: only the bytes behind the mark wake nothing.
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "abcd" {
+				t.Fatalf("echoed %q, %v; want \"abcd\" (the urgent byte out of band)", buf, err)
+			}
+		})
+	}
+}
+
 // TestHalfClose: the client's FIN reaches the server, whose answer after
 // it still reaches the client, then the server's FIN.
 func TestHalfClose(t *testing.T) {
