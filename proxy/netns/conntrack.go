@@ -66,7 +66,7 @@ func (h *Handle) forgetUnanswered(dst netip.AddrPort) {
 		u.pending = map[netip.AddrPort]struct{}{}
 		u.mu.Unlock()
 		n, err := h.deleteUnanswered(batch)
-		if err != nil {
+		if err != nil && !errors.Is(err, ErrClosed) { // closed: the pod is gone
 			slog.Default().Warn("forget failed connects in conntrack", "netns", h.path, "deleted", n, "err", err)
 		}
 		u.mu.Lock()
@@ -77,7 +77,14 @@ func (h *Handle) forgetUnanswered(dst netip.AddrPort) {
 
 // deleteUnanswered runs one sweep of h's conntrack table for dsts.
 func (h *Handle) deleteUnanswered(dsts map[netip.AddrPort]struct{}) (uint, error) {
-	nh, err := netlink.NewHandleAt(vnetns.NsHandle(h.Fd()), unix.NETLINK_NETFILTER)
+	// Held for the socket's making in the namespace, as enter does.
+	h.use.RLock()
+	if h.closed {
+		h.use.RUnlock()
+		return 0, ErrClosed
+	}
+	nh, err := netlink.NewHandleAt(vnetns.NsHandle(h.fd), unix.NETLINK_NETFILTER)
+	h.use.RUnlock()
 	if err != nil {
 		return 0, err
 	}

@@ -16,6 +16,7 @@ package netns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -38,8 +39,16 @@ func (id ID) String() string { return fmt.Sprintf("%d:%d", id.Dev, id.Ino) }
 // Handle is an open network namespace. It keeps the namespace alive until Close.
 type Handle struct {
 	f    *os.File
+	fd   int // f's descriptor, read once
 	id   ID
 	path string
+
+	// use guards fd while a thread enters the namespace by it (enter holds
+	// it shared) against Close (exclusive): a connect racing the pod's
+	// removal must not setns by a number the kernel has given to another
+	// pod's namespace meanwhile.
+	use    sync.RWMutex
+	closed bool
 
 	unanswered unanswered // conntrack.go
 	spares     spares     // spare.go
@@ -87,7 +96,7 @@ func Open(path string) (*Handle, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Handle{f: f, id: id, path: path}, nil
+	return &Handle{f: f, fd: int(f.Fd()), id: id, path: path}, nil
 }
 
 // Inspect returns the identity of the network namespace at path, refusing
@@ -194,12 +203,38 @@ func (h *Handle) Path() string { return h.path }
 
 // FdPath is a path that opens this very namespace for as long as the handle is
 // open, even after its bind mount is gone (for tools that want a path).
-func (h *Handle) FdPath() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), h.f.Fd()) }
+func (h *Handle) FdPath() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), h.fd) }
 
 // Close releases the namespace; it may be destroyed once nothing else holds it.
+// A thread entering it meanwhile is waited for; later visits fail with
+// ErrClosed.
 func (h *Handle) Close() error {
+	h.use.Lock()
+	defer h.use.Unlock()
+	if h.closed {
+		return fmt.Errorf("close netns %s: %w", h.path, ErrClosed)
+	}
+	h.closed = true
 	h.spares.close()
 	return h.f.Close()
+}
+
+// ErrClosed is what using a Handle after its Close returns.
+var ErrClosed = errors.New("namespace handle closed")
+
+// enter switches the calling thread, locked to its goroutine, into the
+// namespace (raw setns, raw.go). Once there the thread holds the
+// namespace itself: the handle is needed for the switch alone.
+func (h *Handle) enter() error {
+	h.use.RLock()
+	defer h.use.RUnlock()
+	if h.closed {
+		return fmt.Errorf("enter netns %s: %w", h.path, ErrClosed)
+	}
+	if err := rawSetns(h.fd); err != nil {
+		return fmt.Errorf("enter netns %s: %w", h.path, err)
+	}
+	return nil
 }
 
 // Do runs f on an OS thread switched into the namespace. f must be short and
@@ -212,13 +247,13 @@ func (h *Handle) Do(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := unix.Setns(int(h.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		if err := h.enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", h.path, err)
+			errc <- err
 			return
 		}
 		ferr := f()
-		if err := unix.Setns(int(host.f.Fd()), unix.CLONE_NEWNET); err != nil {
+		if err := unix.Setns(host.fd, unix.CLONE_NEWNET); err != nil {
 			// Leave the thread locked: it exits with this goroutine instead of
 			// serving other goroutines in the pod's namespace.
 			errc <- fmt.Errorf("return from netns %s: %w", h.path, err)
@@ -337,16 +372,16 @@ func (h *Handle) Dial(ctx context.Context, addr netip.AddrPort, src netip.Addr, 
 	k := &dialHook{h: h, host: host, opts: opts, v6: v6, addr: addr, src: src}
 	d := net.Dialer{KeepAlive: -1, ControlContext: k.control}
 	runtime.LockOSThread()
-	if err := rawSetns(int(h.f.Fd())); err != nil {
+	if err := h.enter(); err != nil {
 		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("enter netns %s: %w", h.path, err)
+		return nil, err
 	}
 	c, err := d.DialContext(ctx, network, addr.String())
 	if !k.returned {
 		// socket() failed before the hook ran, or the hook could not switch
 		// back. A thread that cannot leave the pod's namespace stays locked
 		// and dies with this goroutine instead of serving others there.
-		if serr := rawSetns(int(host.f.Fd())); serr != nil {
+		if serr := rawSetns(host.fd); serr != nil {
 			if c != nil {
 				c.Close()
 			}
@@ -379,7 +414,7 @@ func (k *dialHook) control(_ context.Context, _, _ string, c syscall.RawConn) er
 	if err := c.Control(k.apply); err != nil {
 		k.serr = err
 	}
-	if err := rawSetns(int(k.host.f.Fd())); err != nil {
+	if err := rawSetns(k.host.fd); err != nil {
 		return fmt.Errorf("return from netns %s: %w", k.h.path, err)
 	}
 	k.returned = true
@@ -398,4 +433,4 @@ func (k *dialHook) apply(fd uintptr) {
 }
 
 // Fd is the open namespace's file descriptor, valid until Close.
-func (h *Handle) Fd() int { return int(h.f.Fd()) }
+func (h *Handle) Fd() int { return h.fd }

@@ -41,15 +41,15 @@ func (h *Handle) ConnectOnThread(addr netip.AddrPort, src netip.Addr, opts Socke
 	if v6 {
 		family = syscall.AF_INET6
 	}
-	if err := rawSetns(int(h.f.Fd())); err != nil {
+	if err := h.enter(); err != nil {
 		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("enter netns %s: %w", h.path, err)
+		return -1, err
 	}
 	// Options and the source bind are made in the namespace too: binding
 	// around opts.AvoidPort makes a second socket, which must be the
 	// pod's as well (bind.go).
 	s, err := h.socketHere(family, v6, src, opts)
-	if serr := rawSetns(int(host.f.Fd())); serr != nil {
+	if serr := rawSetns(host.fd); serr != nil {
 		if s >= 0 {
 			syscall.Close(s)
 		}

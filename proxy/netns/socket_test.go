@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"runtime"
@@ -124,4 +125,39 @@ func TestConnectOnThreadSpares(t *testing.T) {
 	if fd := h.spares.take(false); fd != -1 {
 		t.Fatalf("a closed handle gave spare %d", fd)
 	}
+	if _, err := h.ConnectOnThread(addr, netip.Addr{}, SocketOptions{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("connect through a closed handle: %v, want ErrClosed", err)
+	}
+	if _, err := h.ConnectOnThread(addr, netip.MustParseAddr("127.0.0.2"), SocketOptions{}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("connect with a source through a closed handle: %v, want ErrClosed", err)
+	}
+}
+
+// TestSparesBounded: two batches made at once (two loops that found the
+// stock empty) leave at most spareBatch-1 in stock; the rest are closed.
+func TestSparesBounded(t *testing.T) {
+	var s spares
+	batch := func() []int {
+		fds := make([]int, spareBatch-1)
+		for i := range fds {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fds[i] = fd
+		}
+		return fds
+	}
+	first, second := batch(), batch()
+	s.put(false, first)
+	s.put(false, second)
+	if n := s.count(false); n != spareBatch-1 {
+		t.Fatalf("%d in stock, want %d", n, spareBatch-1)
+	}
+	for _, fd := range second {
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+			t.Fatalf("surplus spare %d still open (%v)", fd, err)
+		}
+	}
+	s.close()
 }

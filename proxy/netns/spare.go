@@ -43,18 +43,21 @@ func (s *spares) take(v6 bool) int {
 	return fd
 }
 
-// put adds fds to the stock, or closes them once the handle is closed.
+// put adds fds to the stock, up to spareBatch-1, and closes the rest (two
+// loops that found the stock empty at once made a batch each), or all of
+// them once the handle is closed.
 func (s *spares) put(v6 bool, fds []int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-		return
-	}
 	i := famIndex(v6)
-	s.fds[i] = append(s.fds[i], fds...)
+	keep := 0
+	if !s.closed {
+		keep = max(0, min(len(fds), spareBatch-1-len(s.fds[i])))
+		s.fds[i] = append(s.fds[i], fds[:keep]...)
+	}
+	for _, fd := range fds[keep:] {
+		syscall.Close(fd)
+	}
 }
 
 // close closes the stock; later puts close what they are given.
@@ -103,9 +106,9 @@ func (h *Handle) spareSocket(v6 bool) (int, error) {
 	var batch [spareBatch]int
 	n := 0
 	runtime.LockOSThread()
-	if err := rawSetns(int(h.f.Fd())); err != nil {
+	if err := h.enter(); err != nil {
 		runtime.UnlockOSThread()
-		return -1, fmt.Errorf("enter netns %s: %w", h.path, err)
+		return -1, err
 	}
 	var serr error
 	for n < spareBatch {
@@ -117,7 +120,7 @@ func (h *Handle) spareSocket(v6 bool) (int, error) {
 		batch[n] = int(fd)
 		n++
 	}
-	if err := rawSetns(int(host.f.Fd())); err != nil {
+	if err := rawSetns(host.fd); err != nil {
 		for _, fd := range batch[:n] {
 			syscall.Close(fd)
 		}
