@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,11 +190,20 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	a.engine.Accelerated = a.accelerated
 	a.engine.AcceleratedFD = a.acceleratedFD
 	a.loadSplicer()
-	a.engine.Loops = cfg.Runtime.LoopCount(runtime.GOMAXPROCS(0), a.engine.Splice != nil)
-	_, fixed := cfg.Runtime.Procs.Fixed()
-	a.engine.LoopsDefaultProcs = !fixed && cfg.Runtime.Procs != ProcsAuto
+	// The P count the agent runs with: runtime.procs' number when it fixes
+	// one (applied after New, in weir-agent's sizeProcs), else the
+	// runtime's start value.
+	procs, fixed := cfg.Runtime.Procs.Fixed()
+	if !fixed {
+		procs = runtime.GOMAXPROCS(0)
+	}
+	a.engine.Loops = cfg.Runtime.LoopCount(procs, a.engine.Splice != nil)
+	// Only a default the runtime computes may be restored when the loops
+	// go quiet: runtime.SetDefaultGOMAXPROCS ignores a GOMAXPROCS the
+	// environment sets, which then stays the base instead.
+	a.engine.LoopsDefaultProcs = !fixed && cfg.Runtime.Procs != ProcsAuto && !procsFromEnv(os.Getenv("GOMAXPROCS"))
 	if a.engine.Loops > 0 {
-		log.Info("L4 relays on event loops", "loops", a.engine.Loops, "gomaxprocs", runtime.GOMAXPROCS(0), "gomaxprocsBusy", runtime.GOMAXPROCS(0)+a.engine.Loops)
+		log.Info("L4 relays on event loops", "loops", a.engine.Loops, "gomaxprocs", procs, "gomaxprocsBusy", procs+a.engine.Loops)
 	}
 	if a.engine.AccessLog, err = openAccessLog(cfg.AccessLog); err != nil {
 		return nil, err
@@ -613,4 +623,11 @@ func openAccessLog(c AccessLog) (*l7.AccessLog, error) {
 		w = f
 	}
 	return l7.NewAccessLog(slog.New(slog.NewJSONHandler(w, nil)), c.SampleRate), nil
+}
+
+// procsFromEnv reports whether the GOMAXPROCS environment variable sets the
+// P count, as the runtime reads it: a positive integer.
+func procsFromEnv(v string) bool {
+	n, err := strconv.Atoi(v)
+	return err == nil && n > 0
 }

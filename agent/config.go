@@ -109,7 +109,8 @@ type Runtime struct {
 	// each busy loop; a quiet loop gives its P back (it parks), and under
 	// procs: max GOMAXPROCS is then the runtime's default again, following
 	// the cgroup's limit. auto is off under procs: auto (the controller
-	// would move the Ps the loops hold) and with capture.ebpf.splice.
+	// would move the Ps the loops hold), and a number is refused there; off
+	// with capture.ebpf.splice.
 	// Changed by a restart (docs/benchmarks.md, "L4 cost, seventh pass").
 	Loops Loops `json:"loops"`
 }
@@ -196,8 +197,14 @@ func (r Runtime) validate() error {
 	switch r.Loops {
 	case LoopsAuto, loopsOff, "":
 	default:
-		if n, ok := Procs(r.Loops).Fixed(); !ok || n < 0 || n > 256 {
+		n, ok := Procs(r.Loops).Fixed()
+		if !ok || n < 0 || n > 256 {
 			return fmt.Errorf("runtime.loops: want auto, off or a number from 0 to 256, got %q", string(r.Loops))
+		}
+		if n > 0 && r.Procs == ProcsAuto {
+			// The controller sets GOMAXPROCS from its own count and would
+			// take back the Ps busy loops hold.
+			return fmt.Errorf("runtime.loops: %d loops need runtime.procs max or a number, not auto (auto's controller would take the Ps busy loops hold); use loops: auto, which is off under procs: auto", n)
 		}
 	}
 	if r.MinProcs < 1 || r.MinProcs > 4096 {

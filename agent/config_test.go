@@ -73,7 +73,7 @@ func TestParseConfigLoops(t *testing.T) {
 		{"runtime:\n  loops: off\n", 4, false, 0},
 		{"runtime:\n  loops: 0\n", 4, false, 0},
 		{"runtime:\n  loops: 3\n", 8, false, 3},
-		{"runtime:\n  loops: 3\n  procs: auto\n", 8, true, 3},
+		{"runtime:\n  loops: 3\n  procs: 2\n", 8, true, 3},
 	} {
 		c, err := ParseConfig([]byte(tc.yaml))
 		if err != nil {
@@ -84,7 +84,7 @@ func TestParseConfigLoops(t *testing.T) {
 			t.Errorf("%q with %d Ps, splice %v: %d loops, want %d", tc.yaml, tc.procs, tc.splice, got, tc.want)
 		}
 	}
-	for _, bad := range []string{"runtime:\n  loops: many\n", "runtime:\n  loops: -1\n", "runtime:\n  loops: 257\n"} {
+	for _, bad := range []string{"runtime:\n  loops: many\n", "runtime:\n  loops: -1\n", "runtime:\n  loops: 257\n", "runtime:\n  loops: 2\n  procs: auto\n"} {
 		if _, err := ParseConfig([]byte(bad)); err == nil || !strings.Contains(err.Error(), "runtime.loops") {
 			t.Errorf("%q: %v, want a runtime.loops error", bad, err)
 		}
@@ -340,6 +340,16 @@ func TestParseConfigKernelDataplane(t *testing.T) {
 		_, err := ParseConfig([]byte(tc.yaml))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("config:\n%s\ngot error %v, want one containing %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// The GOMAXPROCS environment variable counts as set as the runtime reads
+// it: a positive integer; anything else leaves the runtime's default.
+func TestProcsFromEnv(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "2": true, "0": false, "-1": false, "two": false, "64": true} {
+		if got := procsFromEnv(v); got != want {
+			t.Errorf("GOMAXPROCS=%q: set %v, want %v", v, got, want)
 		}
 	}
 }

@@ -177,8 +177,8 @@ func (e *Engine) stopLoops() {
 
 // onHold is every loop's OnHold: a loop that holds its P gets one more,
 // so the rest of the process keeps the Ps it had. Each call is a
-// stop-the-world; the loops make about one a second at most
-// (proxy/evloop's holdWindow).
+// stop-the-world; a loop makes two a second at most (proxy/evloop's
+// holdWindow).
 func (ls *loopsState) onHold(holding bool) {
 	ls.procsMu.Lock()
 	defer ls.procsMu.Unlock()
@@ -575,8 +575,10 @@ func (e *Engine) toGoroutine(lp *evloop.Loop, fd int, l Listener, w *Workload, d
 		return
 	}
 	e.wg.Add(1)
-	// The new goroutine is queued on the loop's P, which the loop keeps:
-	// it yields at the end of this batch of events.
+	// The new goroutine is queued on the loop's P. A holding loop keeps
+	// that P: it yields at the end of this batch of events. A parked one
+	// ignores this and gives the P up at its next wait; meanwhile an idle
+	// P, which the go statement wakes, steals the goroutine.
 	lp.YieldSoon()
 	go func() {
 		defer e.wg.Done()
