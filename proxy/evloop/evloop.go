@@ -42,6 +42,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/proxy/rawsock"
 )
 
 // bufSize is the small-message buffer; a read that fills it means a stream.
@@ -682,6 +684,7 @@ func (l *Loop) scan(now int64) {
 func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 	d := &p.d[from]
 	src, dst := p.fd[from], p.fd[1-from]
+	atMarkRetries := 0
 	for !d.eof {
 		if d.held() {
 			return true // EPOLLOUT on dst resumes this
@@ -701,6 +704,12 @@ func (l *Loop) pump(p *Pair, from int, ev uint32) bool {
 		switch e {
 		case 0:
 		case unix.EAGAIN:
+			if ev&unix.EPOLLPRI != 0 && atMarkRetries < 16 && rawsock.AtMark(src) {
+				// At the urgent mark, a read with a signal pending (the
+				// runtime's preemption) finds EAGAIN: not empty.
+				atMarkRetries++
+				continue
+			}
 			d.edge = 0
 			return true
 		case unix.EINTR:

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/weir-mesh/weir/internal/tcptest"
 )
 
 // testHandler connects every accepted socket to upstream and records what
@@ -349,23 +351,6 @@ func TestQueuedBeforeConnect(t *testing.T) {
 	}
 }
 
-// sendUrgent sends b with MSG_OOB: its last byte is TCP urgent data, a
-// mark a read stops short at.
-func sendUrgent(t *testing.T, c *net.TCPConn, b []byte) {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	if err := rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), b, unix.MSG_OOB, nil)
-		return true
-	}); err != nil || serr != nil {
-		t.Fatalf("send urgent data: %v %v", err, serr)
-	}
-}
-
 // TestUrgentData: bytes queued behind a TCP urgent mark are relayed
 // without waiting for another segment, in small-message mode (the read
 // stops short at the mark) and in bulk mode (splice cannot pass it); the
@@ -388,7 +373,9 @@ func TestUrgentData(t *testing.T) {
 			}
 			resume := pauseLoop(w.loop)
 			c.Write([]byte("a"))
-			sendUrgent(t, c, []byte("bX")) // X is urgent
+			if err := tcptest.SendUrgent(c, []byte("bX")); err != nil {
+				t.Fatal(err)
+			} // X is urgent
 			c.Write([]byte("cd"))
 			time.Sleep(20 * time.Millisecond)
 			resume()
@@ -396,6 +383,18 @@ func TestUrgentData(t *testing.T) {
 			buf := make([]byte, 4)
 			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "abcd" {
 				t.Fatalf("echoed %q, %v; want \"abcd\" (the urgent byte out of band)", buf, err)
+			}
+			// An urgent byte with the FIN right behind it.
+			resume = pauseLoop(w.loop)
+			c.Write([]byte("e"))
+			if err := tcptest.SendUrgent(c, []byte("Y")); err != nil {
+				t.Fatal(err)
+			}
+			c.CloseWrite()
+			time.Sleep(20 * time.Millisecond)
+			resume()
+			if rest, err := io.ReadAll(c); err != nil || string(rest) != "e" {
+				t.Fatalf("after the last mark: %q, %v; want \"e\" and the FIN", rest, err)
 			}
 		})
 	}

@@ -22,6 +22,8 @@ import (
 	"os"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // Read is read(2) on a non-blocking socket.
@@ -235,4 +237,15 @@ func (c *Conn) write(fd uintptr) bool {
 	}
 	c.werr = err
 	return true
+}
+
+// AtMark reports whether the next byte fd would read is a TCP urgent mark
+// (SIOCATMARK). At the mark a read that has copied nothing returns EAGAIN
+// while a signal is pending for the thread (tcp_recvmsg), and the Go
+// runtime signals threads to preempt them: an EAGAIN there does not mean
+// the socket is empty, and the read is to be made again.
+func AtMark(fd int) bool {
+	var v int32
+	_, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(fd), unix.SIOCATMARK, uintptr(unsafe.Pointer(&v)))
+	return e == 0 && v != 0
 }

@@ -5,16 +5,14 @@
 // no buffer, reads what is there into a pooled buffer and writes it out, so
 // an idle connection costs no memory and a request/response exchange costs
 // one read and one write. The first read that fills the buffer switches the
-// direction to bulk mode for good: io.Copy between the unwrapped
-// *net.TCPConns reaches (*net.TCPConn).ReadFrom and the kernel splices
-// through a pipe, which halves the CPU per byte. Byte counts come from the
-// copy loops' own results (a counting wrapper would disable splice).
+// direction to bulk mode for good: the kernel splices through a pipe
+// (splice.go), which halves the CPU per byte. Byte counts come from the
+// copy loops' own results.
 package relay
 
 import (
 	"context"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -136,7 +134,7 @@ func (c copyHalf) run() (n int64, err error) {
 		if bulk && c.r.noSplice {
 			m, err = copyNoSplice(c.dst, c.src)
 		} else if bulk {
-			m, err = io.Copy(c.dst, c.src)
+			m, err = spliceCopy(c.dst, c.src)
 		} else {
 			m, bulk, err = c.copySmall()
 			switched = bulk
