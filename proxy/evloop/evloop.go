@@ -154,10 +154,24 @@ type Listener struct {
 }
 
 // slot is one registered thing; an epoll event's data names its slot and,
-// for a pair, the side.
+// for a pair, the side, and carries the slot's generation.
+//
+// The generation is there because closing a descriptor does not always
+// end its registration: epoll forgets a socket only when the last
+// descriptor of it is closed, in any process. A child the agent forks
+// (iptables, nft) holds a copy of every descriptor until it execs, and a
+// sniffed connection's Go descriptor outlives the loop's duplicate for a
+// moment; a socket closed meanwhile can still raise events, with the data
+// of a slot that a new pair may hold by then. A connecting pair that took
+// such an event (HUP, from an old stream's end) failed its healthy
+// connect, and a takeover, whose re-programming forks many times, reset a
+// connection now and then (TestBackendSwitchKeepsTraffic). The loop
+// ignores an event whose generation is not its slot's: no system call
+// per close, as an EPOLL_CTL_DEL before each would be.
 type slot struct {
 	pair *Pair
 	ln   *Listener
+	gen  uint32
 }
 
 // Loop is one event loop. Make it with New, run it with Run on its own
@@ -178,6 +192,7 @@ type Loop struct {
 	slots   []slot
 	free    []int32
 	freeing []int32 // freed during the current batch of events
+	gen     uint32  // the last slot generation given (see slot)
 	pipes   [][2]int
 	conns   []*Pair     // connects in progress, checked every scanEvery
 	stalled []*Listener // accept failed for want of resources
@@ -412,6 +427,9 @@ func (l *Loop) dispatch(ev unix.EpollEvent) {
 		return
 	}
 	s := &l.slots[idx]
+	if s.gen != uint32(ev.Pad) {
+		return // a closed socket's (see slot)
+	}
 	if s.ln != nil {
 		l.accept(s.ln)
 		return
@@ -442,18 +460,24 @@ func (l *Loop) YieldSoon() { l.yieldNext = true }
 // whose thread cannot be used again.
 func (l *Loop) Abort() { l.stopped = true }
 
+// alloc takes a free slot, of a generation of its own.
 func (l *Loop) alloc() int32 {
+	var i int32
 	if n := len(l.free); n > 0 {
-		i := l.free[n-1]
+		i = l.free[n-1]
 		l.free = l.free[:n-1]
-		return i
+	} else {
+		l.slots = append(l.slots, slot{})
+		i = int32(len(l.slots) - 1)
 	}
-	l.slots = append(l.slots, slot{})
-	return int32(len(l.slots) - 1)
+	l.gen++
+	l.slots[i].gen = l.gen
+	return i
 }
 
-func (l *Loop) add(fd int, events uint32, data int32) error {
-	ev := unix.EpollEvent{Events: events | unix.EPOLLET, Fd: data}
+// add registers fd for events, naming slot and side (0 or 1) in the data.
+func (l *Loop) add(fd int, events uint32, slot int32, side int32) error {
+	ev := unix.EpollEvent{Events: events | unix.EPOLLET, Fd: slot<<1 | side, Pad: int32(l.slots[slot].gen)}
 	return unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &ev)
 }
 
@@ -463,9 +487,9 @@ func (l *Loop) add(fd int, events uint32, data int32) error {
 // (but see proxy's loops.go: one loop per listener measured cheaper).
 func (l *Loop) AddListener(ln *Listener) error {
 	ln.slot = l.alloc()
-	l.slots[ln.slot] = slot{ln: ln}
-	if err := l.add(ln.FD, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, ln.slot<<1); err != nil {
-		l.slots[ln.slot] = slot{}
+	l.slots[ln.slot].ln = ln
+	if err := l.add(ln.FD, unix.EPOLLIN|unix.EPOLLEXCLUSIVE, ln.slot, 0); err != nil {
+		l.slots[ln.slot].ln = nil
 		l.free = append(l.free, ln.slot)
 		return err
 	}
@@ -481,7 +505,7 @@ func (l *Loop) RemoveListener(ln *Listener) {
 		return
 	}
 	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, ln.FD, nil)
-	l.slots[ln.slot] = slot{}
+	l.slots[ln.slot].ln = nil
 	l.freeing = append(l.freeing, ln.slot)
 	ln.slot = 0
 }
@@ -539,12 +563,12 @@ func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix 
 	p.res = Result{}
 	p.bulk, p.noSplice = false, false
 	p.slot = l.alloc()
-	l.slots[p.slot] = slot{pair: p}
-	if err := l.add(client, pairEvents, p.slot<<1); err != nil {
+	l.slots[p.slot].pair = p
+	if err := l.add(client, pairEvents, p.slot, 0); err != nil {
 		l.unslot(p)
 		return err
 	}
-	if err := l.add(upstream, pairEvents, p.slot<<1|1); err != nil {
+	if err := l.add(upstream, pairEvents, p.slot, 1); err != nil {
 		unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, client, nil)
 		l.unslot(p)
 		return err
@@ -560,7 +584,7 @@ func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix 
 }
 
 func (l *Loop) unslot(p *Pair) {
-	l.slots[p.slot] = slot{}
+	l.slots[p.slot].pair = nil
 	l.freeing = append(l.freeing, p.slot)
 	p.slot = 0
 }
@@ -641,11 +665,15 @@ func (l *Loop) connected(p *Pair) {
 }
 
 func (l *Loop) connectFailed(p *Pair, err error) {
+	// The slot stays the pair's, generation and all: the refused socket
+	// leaves it before its close (see slot), an extra system call only
+	// when a connect fails.
+	unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, p.fd[1], nil)
 	unix.Close(p.fd[1])
 	p.fd[1] = -1
 	fd, timeout := p.Handler.ConnectFailed(p, err)
 	if fd >= 0 {
-		if aerr := l.add(fd, pairEvents, p.slot<<1|1); aerr == nil {
+		if aerr := l.add(fd, pairEvents, p.slot, 1); aerr == nil {
 			p.fd[1] = fd
 			p.d[1].edge = 0 // the refused socket's, not this one's
 			p.deadline = l.now() + int64(timeout)

@@ -627,3 +627,116 @@ func TestHoldFollowsLoad(t *testing.T) {
 		t.Fatalf("echo after parking: %q, %v", buf, err)
 	}
 }
+
+// TestClosedSocketEventsIgnored: a socket the loop closed while another
+// descriptor of it lived on (a forked child's copy, until it execs) can
+// still raise events, with the data of a slot a new pair holds by then.
+// The new pair must not hear them: here an old upstream socket is reset
+// after its pair ended and the next pair took its slot, and the next pair
+// relays on.
+func TestClosedSocketEventsIgnored(t *testing.T) {
+	up, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	h := &testHandler{upstream: up.Addr().(*net.TCPAddr).AddrPort(), timeout: 5 * time.Second}
+	lp := runLoop(t)
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(lfd)
+	if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(lfd, 16); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := unix.Getsockname(lfd)
+	addr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*unix.SockaddrInet4).Port))
+	slots := make(chan int32, 2)
+	copyOfFirst := -1
+	ln := &Listener{FD: lfd, Accept: func(fd int, _ unix.RawSockaddrAny, _ int) {
+		u, err := connectTo(h.upstream)
+		if err != nil {
+			unix.Close(fd)
+			return
+		}
+		if copyOfFirst < 0 {
+			// What a child forked now would hold until its exec.
+			copyOfFirst, _ = unix.FcntlInt(uintptr(u), unix.F_DUPFD_CLOEXEC, 0)
+		}
+		p := &testPair{h: h}
+		p.Handler = h
+		if err := lp.Add(&p.Pair, fd, u, h.timeout, nil); err != nil {
+			unix.Close(fd)
+			unix.Close(u)
+			return
+		}
+		slots <- p.slot
+	}}
+	added := make(chan error, 1)
+	lp.Post(func() { added <- lp.AddListener(ln) })
+	if err := <-added; err != nil {
+		t.Fatal(err)
+	}
+	roundTrip := func(c, srv net.Conn, msg string) {
+		t.Helper()
+		buf := make([]byte, len(msg))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(srv, buf); err != nil || string(buf) != msg {
+			t.Fatalf("upstream read %q, %v; want %q", buf, err, msg)
+		}
+		if _, err := srv.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg {
+			t.Fatalf("client read %q, %v; want %q", buf, err, msg)
+		}
+	}
+
+	a := dial(t, addr)
+	srvA, err := up.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvA.Close()
+	roundTrip(a, srvA, "first")
+	slotA := <-slots
+	// The client resets: the loop closes both sockets, but the upstream
+	// one lives on in its copy, connected.
+	a.SetLinger(0)
+	a.Close()
+	waitEnded(t, h, 1)
+	defer func() {
+		if copyOfFirst >= 0 {
+			unix.Close(copyOfFirst)
+		}
+	}()
+
+	b := dial(t, addr)
+	defer b.Close()
+	srvB, err := up.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srvB.Close()
+	roundTrip(b, srvB, "second")
+	if slotB := <-slots; slotB != slotA {
+		t.Fatalf("the second pair has slot %d, the first had %d: the test needs them the same", slotB, slotA)
+	}
+	// The old upstream is reset now: an error event on its registration,
+	// which names the slot the second pair holds.
+	srvA.(*net.TCPConn).SetLinger(0)
+	srvA.Close()
+	roundTrip(b, srvB, "third")
+	h.mu.Lock()
+	ended := len(h.ended)
+	h.mu.Unlock()
+	if ended != 1 {
+		t.Fatalf("%d pairs ended, want 1 (the first): %+v", ended, h.ended)
+	}
+}
