@@ -103,12 +103,8 @@ type Runtime struct {
 	// MinProcs is auto's floor (default 1; at most the runtime's default).
 	MinProcs int `json:"minProcs"`
 	// Loops is how many event loops relay L4 connections (proxy/evloop):
-	// "off" (the default, or 0) relays each connection on goroutines,
-	// "auto" is one per P the agent runs with, a number fixes it. Opt-in
-	// for now: with the loops, a takeover during a capture-backend switch
-	// reset about one connection in 3 of 8 runs of
-	// TestBackendSwitchKeepsTraffic (never with goroutines), not yet
-	// explained (docs/benchmarks.md, "L4 cost, seventh pass"). A busy
+	// "auto" (the default) is one per P the agent runs with, "off" (or
+	// 0) relays each connection on goroutines, a number fixes it. A busy
 	// loop is a thread that keeps its P, and GOMAXPROCS grows by one for
 	// each busy loop; a quiet loop gives its P back (it parks), and under
 	// procs: max GOMAXPROCS is then the runtime's default again, following
@@ -123,7 +119,7 @@ type Runtime struct {
 // false, so false means off too.
 type Loops string
 
-// The named values of runtime.loops: loopsOff (the default) and LoopsAuto.
+// The named values of runtime.loops: LoopsAuto (the default) and loopsOff.
 const (
 	loopsOff  Loops = "off"
 	LoopsAuto Loops = "auto"
@@ -620,7 +616,7 @@ func DefaultConfig() Config {
 		AccessLog:           AccessLog{SampleRate: 1, Path: "-"},
 		Kubernetes:          Kubernetes{GatewayAPI: true},
 		Tracing:             Tracing{SampleRatio: 0.01, BatchTimeout: Duration(5 * time.Second)},
-		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: loopsOff},
+		Runtime:             Runtime{Procs: ProcsMax, MinProcs: 1, Loops: LoopsAuto},
 		Sniffing: Sniffing{
 			Timeout:          Duration(100 * time.Millisecond),
 			ServerFirstPorts: DefaultServerFirstPorts,

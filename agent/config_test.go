@@ -53,7 +53,7 @@ func TestParseConfigRuntime(t *testing.T) {
 	}
 }
 
-// runtime.loops: off by default; auto follows the runtime's P count,
+// runtime.loops: auto by default; auto follows the runtime's P count,
 // except under procs: auto or eBPF splice; off and numbers are taken as
 // they are; the rest is refused.
 func TestParseConfigLoops(t *testing.T) {
@@ -63,7 +63,7 @@ func TestParseConfigLoops(t *testing.T) {
 		splice bool
 		want   int
 	}{
-		{"", 4, false, 0},
+		{"", 4, false, 4},
 		{"", 2, true, 0},
 		{"runtime:\n  procs: auto\n", 4, false, 0},
 		{"runtime:\n  loops: auto\n", 4, false, 4},

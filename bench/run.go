@@ -41,9 +41,8 @@ type Options struct {
 	// paths "weir-<mode>-base" and "weir-<mode>-base-l4", so a change is
 	// measured before and after in the same run, interleaved.
 	BaselineAgent string
-	// Loops, when set, is runtime.loops for this build's agents (the
-	// event loops are opt-in: "auto" measures them); the baseline agent
-	// keeps its default.
+	// Loops, when set, is runtime.loops for this build's agents ("off"
+	// measures the goroutine path); the baseline agent keeps its default.
 	Loops string
 	// Log receives progress lines; nil for none.
 	Log io.Writer

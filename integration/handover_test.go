@@ -35,8 +35,8 @@ func TestTakeoverHandsConnectionsOver(t *testing.T) {
 	testworld.RequireTool(t, "redis-server", "redis-cli")
 	relN := testworld.AgentBuild(t, "-X "+agentPkg+".Release=N")
 	relN1 := testworld.AgentBuild(t, "-X "+agentPkg+".Release=N+1")
-	// L4 relays on goroutines (the default), then on the event loops
-	// (runtime.loops: auto), whose quiet connections are taken off the loops
+	// L4 relays on goroutines (runtime.loops: off), then on the event
+	// loops (the default), whose quiet connections are taken off the loops
 	// and handed over too.
 	for _, loops := range []string{"off", "2"} {
 		t.Run("loops-"+loops, func(t *testing.T) { takeoverHandsConnectionsOver(t, relN, relN1, loops) })

@@ -37,7 +37,7 @@ func run() int {
 	jsonPath := flag.String("json", "", "where to write the JSON results (default a new file in the temp dir)")
 	doc := flag.String("doc", "", "rewrite this markdown file (docs/benchmarks.md) with the results")
 	flag.StringVar(&opts.HTTP2Engine, "http2-engine", "", "the agent's http2.engine: frames (the default) or xnet")
-	flag.StringVar(&opts.Loops, "loops", "", "runtime.loops for this build's weir-agent (auto, off or a number; default: the agent's default, off): auto measures the L4 event loops")
+	flag.StringVar(&opts.Loops, "loops", "", "runtime.loops for this build's weir-agent (auto, off or a number; default: the agent's default, auto): off measures the goroutine path")
 	flag.StringVar(&opts.BaselineAgent, "baseline-agent", "", "another weir-agent binary (an older build) measured beside this one: paths weir-<mode>-base and weir-<mode>-base-l4, on nodes of their own")
 	flag.StringVar(&opts.ProfileDir, "profile", "", "after the rounds, record weir-agent with perf per workload into this directory")
 	flag.Parse()
