@@ -37,7 +37,7 @@ func TestTakeoverHandsConnectionsOver(t *testing.T) {
 	relN1 := testworld.AgentBuild(t, "-X "+agentPkg+".Release=N+1")
 	// L4 relays on goroutines (runtime.loops: off), then on the event
 	// loops (the default), whose quiet connections are taken off the loops
-	// and handed over too.
+	// and handed over too, and which the successor relays on its loops.
 	for _, loops := range []string{"off", "2"} {
 		t.Run("loops-"+loops, func(t *testing.T) { takeoverHandsConnectionsOver(t, relN, relN1, loops) })
 	}
@@ -256,6 +256,15 @@ func takeoverHandsConnectionsOver(t *testing.T, relN, relN1, loops string) {
 	if n := succ.Metric(t, `weir_handover_connections_total{path="adopted"}`); n != echoConns+redisSessions {
 		t.Fatalf("successor adopted %v connections, want %d", n, echoConns+redisSessions)
 	}
+	// With the loops, what it adopted it relays on them, as it would a
+	// connection of its own.
+	onLoops := 0
+	if loops != "off" {
+		onLoops = echoConns + redisSessions
+	}
+	if n := succ.Metric(t, `weir_event_loop_connections`); n != float64(onLoops) {
+		t.Fatalf("successor relays %v connections on its event loops, want %d", n, onLoops)
+	}
 	if !strings.Contains(succ.Log(), `"predecessorRelease":"N"`) || !strings.Contains(old.Log(), `"release":"N"`) {
 		t.Fatal("the logs do not show release N handing over to N+1")
 	}
@@ -272,6 +281,9 @@ func takeoverHandsConnectionsOver(t *testing.T, relN, relN1, loops string) {
 	}
 	if n := fut.Metric(t, `weir_handover_connections_total{path="adopted"}`); n != echoConns+redisSessions {
 		t.Fatalf("future release adopted %v connections from N+1, want %d", n, echoConns+redisSessions)
+	}
+	if n := fut.Metric(t, `weir_event_loop_connections`); n != float64(onLoops) {
+		t.Fatalf("future release relays %v connections on its event loops, want %d", n, onLoops)
 	}
 	close(stop)
 	wg.Wait()

@@ -325,6 +325,11 @@ func (e *Engine) Adopt(h HandOff, w *Workload) error {
 		cluster: h.Cluster, endpoint: h.Endpoint, started: h.Started, prior: [2]int64{h.Up, h.Down}}
 	e.HandoverMetrics.inc("adopted")
 	e.Metrics.accepted(h.Direction)
+	if e.adoptOnLoop(h, w) {
+		h.Client.Close()
+		h.Upstream.Close()
+		return nil
+	}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()

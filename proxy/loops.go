@@ -359,6 +359,9 @@ type loopConn struct {
 	cn      cluster.Connecting
 	lease   *cluster.Lease
 	started time.Time
+	// adopted: a predecessor's connection (adoptOnLoop); r, cn and lease
+	// are unset then.
+	adopted *adoption
 }
 
 // acceptOnLoop handles a connection lp accepted on a listener of w (the
@@ -506,7 +509,85 @@ func (e *Engine) startOnLoop(lp *evloop.Loop, fd int, client netip.AddrPort, pre
 		e.wg.Done()
 		return
 	}
-	e.loopState.pairs.Add(1)
+	e.loopPairs(1)
+}
+
+// loopPairs counts n more (or fewer) connections relayed on the loops.
+func (e *Engine) loopPairs(n int64) {
+	e.loopState.pairs.Add(n)
+	e.Metrics.loopConns.Add(float64(n))
+}
+
+// adoptOnLoop relays a handed-over L4 connection on a loop, as one this
+// agent accepted would be (Adopt): a connection that outlives an upgrade
+// costs what a new one does. It reports false, with h untouched, when the
+// connection stays on goroutines: no loops, or an eBPF-accelerated
+// socket (the loops' path for those starts at their listener). On true
+// the loop holds duplicates of h's sockets and the caller closes h's.
+func (e *Engine) adoptOnLoop(h HandOff, w *Workload) bool {
+	loops := e.loopState.loops
+	if len(loops) == 0 || e.Splice != nil {
+		return false
+	}
+	cfd, err := dupConn(h.Client)
+	if err != nil {
+		return false
+	}
+	ufd, err := dupConn(h.Upstream)
+	if err != nil {
+		unix.Close(cfd)
+		return false
+	}
+	if f := e.AcceleratedFD; f != nil && (f(cfd) || f(ufd)) {
+		unix.Close(cfd)
+		unix.Close(ufd)
+		return false
+	}
+	lp := loops[int(e.loopState.next.Add(1))%len(loops)]
+	c := &loopConn{e: e, lp: lp, w: w, dir: h.Direction, dst: h.Dst, started: h.Started,
+		adopted: &adoption{cluster: h.Cluster, endpoint: h.Endpoint, prior: [2]int64{h.Up, h.Down}}}
+	c.Handler = c
+	e.wg.Add(1)
+	posted := lp.Post(func() {
+		if err := lp.AddConnected(&c.Pair, cfd, ufd); err != nil {
+			e.Log.Warn("event loop cannot take a handed-over connection", "pod", w.Name, "err", err)
+			unix.Close(cfd)
+			unix.Close(ufd)
+			e.Metrics.closed(h.Direction)
+			e.wg.Done()
+			return
+		}
+		e.loopPairs(1)
+	})
+	if !posted {
+		// That loop ended: the caller relays h.
+		unix.Close(cfd)
+		unix.Close(ufd)
+		e.wg.Done()
+		return false
+	}
+	return true
+}
+
+// adoption is what a handed-over connection brought from its predecessor,
+// kept for the next hand-over.
+type adoption struct {
+	cluster  string
+	endpoint netip.AddrPort
+	prior    [2]int64
+}
+
+// dupConn duplicates c's socket (close-on-exec).
+func dupConn(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }
 
 // moveToLoop hands a connection a goroutine sniffed and found to be L4 to
@@ -709,7 +790,7 @@ func (c *loopConn) Ended(_ *evloop.Pair, res evloop.Result) {
 		}
 	default:
 	}
-	e.loopState.pairs.Add(-1)
+	e.loopPairs(-1)
 	e.wg.Done()
 }
 
@@ -783,10 +864,14 @@ func (e *Engine) handOverLoops(send func(HandOff) error) (int, error) {
 			continue
 		}
 		t := &tracked{client: client, upstream: upstream, w: c.w, dir: c.dir, dst: c.dst,
-			cluster: clusterName(c.r), endpoint: c.endpointAddr(), started: c.started, prior: [2]int64{d.up, d.down}}
+			cluster: c.clusterName(), endpoint: c.endpointAddr(), started: c.started, prior: [2]int64{d.up, d.down}}
+		if a := c.adopted; a != nil {
+			t.prior[0] += a.prior[0]
+			t.prior[1] += a.prior[1]
+		}
 		if serr := send(t.handOff(0, 0)); serr != nil {
 			// Resumed, on a goroutine: it keeps its accounting.
-			e.loopState.pairs.Add(-1)
+			e.loopPairs(-1)
 			go func() {
 				defer e.wg.Done()
 				defer e.Metrics.closed(c.dir)
@@ -817,15 +902,27 @@ func (c *loopConn) end(d detached, handed bool) {
 	} else {
 		e.HandoverMetrics.inc("cut")
 	}
-	e.loopState.pairs.Add(-1)
+	e.loopPairs(-1)
 	e.wg.Done()
 }
 
+// endpointAddr is the endpoint the connection went to, if a cluster's.
 func (c *loopConn) endpointAddr() netip.AddrPort {
+	if c.adopted != nil {
+		return c.adopted.endpoint
+	}
 	if c.lease == nil {
 		return netip.AddrPort{}
 	}
 	return c.lease.Endpoint()
+}
+
+// clusterName is the connection's cluster, if any.
+func (c *loopConn) clusterName() string {
+	if c.adopted != nil {
+		return c.adopted.cluster
+	}
+	return clusterName(c.r)
 }
 
 func clusterName(r route.Route) string {

@@ -10,6 +10,8 @@ type Metrics struct {
 	dirs         [2]dirMetrics
 	// loopsHolding is how many event loops hold a P now (loops.go).
 	loopsHolding prometheus.Gauge
+	// loopConns is how many connections the event loops relay now.
+	loopConns prometheus.Gauge
 }
 
 // dirMetrics are one direction's series.
@@ -38,8 +40,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}, []string{"direction", "reason"}),
 		loopsHolding: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "weir_event_loops_holding", Help: "Event loops (runtime.loops) busy enough to hold a P of their own; GOMAXPROCS is raised by as many.",
+		}),
+		loopConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "weir_event_loop_connections", Help: "L4 connections the event loops (runtime.loops) relay now, handed-over ones included; the rest of weir_connections_active is on goroutines.",
 		})}
-	reg.MustRegister(connections, active, bytesTotal, connectErrors, m.refusedTotal, m.loopsHolding)
+	reg.MustRegister(connections, active, bytesTotal, connectErrors, m.refusedTotal, m.loopsHolding, m.loopConns)
 	for i, d := range []Direction{Outbound, Inbound} {
 		m.dirs[i] = dirMetrics{
 			connections:   connections.WithLabelValues(string(d)),

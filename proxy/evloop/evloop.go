@@ -554,6 +554,37 @@ func (l *Loop) retryStalled() {
 // that were read before: a sniffer's). On the loop. On error nothing was
 // registered and the caller still owns both sockets.
 func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix []byte) error {
+	if err := l.register(p, client, upstream, prefix); err != nil {
+		return err
+	}
+	p.state = stateConnecting
+	p.deadline = l.now() + int64(timeout)
+	l.conns = append(l.conns, p)
+	l.pairs++
+	if l.scanAt == 0 || l.scanAt > p.deadline {
+		l.scanAt = min(p.deadline, l.now()+int64(scanEvery))
+	}
+	return nil
+}
+
+// AddConnected takes on a pair whose upstream is connected already: a
+// connection a predecessor agent relayed and handed over (on the loop).
+// Bytes and FINs that reached either socket meanwhile are reported by the
+// registration. On error nothing was registered and the caller still owns
+// both sockets.
+func (l *Loop) AddConnected(p *Pair, client, upstream int) error {
+	if err := l.register(p, client, upstream, nil); err != nil {
+		return err
+	}
+	p.state = stateRelaying
+	p.res.Connected = true
+	l.pairs++
+	return nil
+}
+
+// register resets p for client and upstream and registers both; on error
+// neither is.
+func (l *Loop) register(p *Pair, client, upstream int, prefix []byte) error {
 	p.fd = [2]int{client, upstream}
 	// No edge seen yet: the registration below reports what is queued.
 	p.d = [2]direction{}
@@ -572,13 +603,6 @@ func (l *Loop) Add(p *Pair, client, upstream int, timeout time.Duration, prefix 
 		unix.EpollCtl(l.ep, unix.EPOLL_CTL_DEL, client, nil)
 		l.unslot(p)
 		return err
-	}
-	p.state = stateConnecting
-	p.deadline = l.now() + int64(timeout)
-	l.conns = append(l.conns, p)
-	l.pairs++
-	if l.scanAt == 0 || l.scanAt > p.deadline {
-		l.scanAt = min(p.deadline, l.now()+int64(scanEvery))
 	}
 	return nil
 }

@@ -478,31 +478,47 @@ func TestConnectDeadline(t *testing.T) {
 	}
 }
 
+// echoPair is a loop relaying to an echo server and a client connected
+// through it, closed with the test.
+func echoPair(t *testing.T) (*relayWorld, *net.TCPConn) {
+	t.Helper()
+	w := newRelayWorld(t, &testHandler{upstream: echoServer(t), timeout: 5 * time.Second})
+	c := dial(t, w.addr)
+	t.Cleanup(func() { c.Close() })
+	return w, c
+}
+
+// detached is a pair's two sockets, taken off its loop.
+type detached struct{ client, upstream int }
+
+// detachOne detaches the loop's one quiet pair, failing t if there is none.
+func detachOne(t *testing.T, lp *Loop) detached {
+	t.Helper()
+	out := make(chan detached, 1)
+	lp.Post(func() {
+		lp.Each(func(p *Pair) {
+			if cfd, ufd, ok := lp.Detach(p); ok {
+				out <- detached{cfd, ufd}
+			}
+		})
+		close(out)
+	})
+	d, ok := <-out
+	if !ok {
+		t.Fatal("a quiet pair was not detached")
+	}
+	return d
+}
+
 // TestDetach: a quiet pair leaves the loop with both sockets, which still
 // carry the connection; a pair with an unread byte stays.
 func TestDetach(t *testing.T) {
-	h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second}
-	w := newRelayWorld(t, h)
-	c := dial(t, w.addr)
-	defer c.Close()
+	w, c := echoPair(t)
 	c.Write([]byte("one"))
 	buf := make([]byte, 3)
 	io.ReadFull(c, buf)
 
-	type got struct{ client, upstream int }
-	detached := make(chan got, 1)
-	w.loop.Post(func() {
-		w.loop.Each(func(p *Pair) {
-			if cfd, ufd, ok := w.loop.Detach(p); ok {
-				detached <- got{cfd, ufd}
-			}
-		})
-		close(detached)
-	})
-	d, ok := <-detached
-	if !ok {
-		t.Fatal("a quiet pair was not detached")
-	}
+	d := detachOne(t, w.loop)
 	defer unix.Close(d.client)
 	defer unix.Close(d.upstream)
 	// Relay one message by hand: the client's bytes now wait in the
@@ -527,13 +543,56 @@ func TestDetach(t *testing.T) {
 	}
 }
 
+// TestAddConnected: a pair detached from one loop goes on relaying on
+// another, as a successor agent takes a handed-over connection: what the
+// client sent in between, and its FIN, go through, and the pair ends
+// clean, counted from its new start.
+func TestAddConnected(t *testing.T) {
+	w, c := echoPair(t)
+	buf := make([]byte, 3)
+	c.Write([]byte("one"))
+	io.ReadFull(c, buf)
+	d := detachOne(t, w.loop)
+	// Sent while no loop watches the pair: the registration must report it.
+	c.Write([]byte("two"))
+	h2 := &testHandler{endedC: make(chan Result, 1)}
+	next := runLoop(t)
+	added := make(chan error, 1)
+	next.Post(func() {
+		p := &testPair{h: h2}
+		p.Handler = h2
+		added <- next.AddConnected(&p.Pair, d.client, d.upstream)
+	})
+	if err := <-added; err != nil {
+		unix.Close(d.client)
+		unix.Close(d.upstream)
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "two" {
+		t.Fatalf("the bytes sent between the loops came back as %q, %v", buf, err)
+	}
+	c.Write([]byte("six"))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "six" {
+		t.Fatalf("echo on the second loop: %q, %v", buf, err)
+	}
+	c.CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after the FIN: %q, %v", rest, err)
+	}
+	res := <-h2.endedC
+	if !res.Connected || res.Up != 6 || res.Down != 6 || res.ClientErr != nil || res.UpstreamErr != nil || res.Cut {
+		t.Fatalf("result %+v, want connected, 6 bytes each way, clean", res)
+	}
+	if n := len(h2.failures); n != 0 {
+		t.Fatalf("%d connect failures reported for a connected pair", n)
+	}
+}
+
 // TestNoAllocationPerMessage: relaying a message each way allocates
 // nothing, in the loop or anywhere else in the process.
 func TestNoAllocationPerMessage(t *testing.T) {
-	h := &testHandler{upstream: echoServer(t), timeout: 5 * time.Second}
-	w := newRelayWorld(t, h)
-	c := dial(t, w.addr)
-	defer c.Close()
+	_, c := echoPair(t)
 	msg := make([]byte, 128)
 	buf := make([]byte, 128)
 	roundTrip := func() {
