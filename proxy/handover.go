@@ -321,8 +321,6 @@ func (e *Engine) Adopt(h HandOff, w *Workload) error {
 		return fmt.Errorf("adopt: engine is shutting down")
 	default:
 	}
-	t := &tracked{client: h.Client, upstream: h.Upstream, w: w, dir: h.Direction, dst: h.Dst,
-		cluster: h.Cluster, endpoint: h.Endpoint, started: h.Started, prior: [2]int64{h.Up, h.Down}}
 	e.HandoverMetrics.inc("adopted")
 	e.Metrics.accepted(h.Direction)
 	if e.adoptOnLoop(h, w) {
@@ -331,12 +329,24 @@ func (e *Engine) Adopt(h HandOff, w *Workload) error {
 		return nil
 	}
 	e.wg.Add(1)
+	e.relayAdopted(adoptedTracked(h, w))
+	return nil
+}
+
+// adoptedTracked is h as this engine relays it.
+func adoptedTracked(h HandOff, w *Workload) *tracked {
+	return &tracked{client: h.Client, upstream: h.Upstream, w: w, dir: h.Direction, dst: h.Dst,
+		cluster: h.Cluster, endpoint: h.Endpoint, started: h.Started, prior: [2]int64{h.Up, h.Down}}
+}
+
+// relayAdopted relays an adopted connection on a new goroutine, which
+// ends its count in e.wg and closes it.
+func (e *Engine) relayAdopted(t *tracked) {
 	go func() {
 		defer e.wg.Done()
-		defer e.Metrics.closed(h.Direction)
-		defer h.Client.Close()
-		defer h.Upstream.Close()
+		defer e.Metrics.closed(t.dir)
+		defer t.client.Close()
+		defer t.upstream.Close()
 		e.relayTracked(t, nil)
 	}()
-	return nil
 }

@@ -549,15 +549,22 @@ func (e *Engine) adoptOnLoop(h HandOff, w *Workload) bool {
 	c.Handler = c
 	e.wg.Add(1)
 	posted := lp.Post(func() {
-		if err := lp.AddConnected(&c.Pair, cfd, ufd); err != nil {
-			e.Log.Warn("event loop cannot take a handed-over connection", "pod", w.Name, "err", err)
-			unix.Close(cfd)
-			unix.Close(ufd)
+		err := lp.AddConnected(&c.Pair, cfd, ufd)
+		if err == nil {
+			e.loopPairs(1)
+			return
+		}
+		// The predecessor has let go: relayed on a goroutine, not lost.
+		e.Log.Warn("event loop cannot take a handed-over connection; relaying it on a goroutine", "pod", w.Name, "err", err)
+		client, upstream, err := detached{client: cfd, upstream: ufd}.conns()
+		if err != nil {
 			e.Metrics.closed(h.Direction)
 			e.wg.Done()
 			return
 		}
-		e.loopPairs(1)
+		g := h
+		g.Client, g.Upstream = client, upstream
+		e.relayAdopted(adoptedTracked(g, w))
 	})
 	if !posted {
 		// That loop ended: the caller relays h.
