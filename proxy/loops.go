@@ -607,13 +607,8 @@ func (e *Engine) moveToLoop(c *net.TCPConn, prefix []byte, l Listener, w *Worklo
 	if !e.onLoops(l) || len(loops) == 0 {
 		return false
 	}
-	rc, err := c.SyscallConn()
+	fd, err := dupConn(c)
 	if err != nil {
-		return false
-	}
-	fd := -1
-	rc.Control(func(s uintptr) { fd, _ = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
-	if fd < 0 {
 		return false
 	}
 	var client netip.AddrPort
